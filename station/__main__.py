@@ -1,0 +1,3 @@
+from station.cli.app import main
+
+main()

@@ -1,0 +1,86 @@
+"""The `station` Typer app. Each command group lives in its own module and registers here.
+
+Expected failures (`StationError`) print one red line and exit non-zero; no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from rich.console import Console
+
+from station import __version__
+from station.errors import RecipeError, StationError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="station",
+    help="Inline inspection cell for woven glass-fibre sheets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Modules under station.cli that each define `register(app)`. Order is the order in --help.
+COMMAND_MODULES = [
+    "recipe",
+    "db",
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"station {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Inline inspection cell for woven glass-fibre sheets."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"station.cli.{_name}").register(app)
+
+
+def report_error(exc: StationError) -> None:
+    """Print an expected failure as one line per problem, plus the hint."""
+    if isinstance(exc, RecipeError):
+        err_console.print(f"[bold red]error:[/] recipe {exc.path} is not valid:", highlight=False)
+        for problem in exc.problems:
+            err_console.print(f"  {exc.path}: {problem}", highlight=False, soft_wrap=True)
+        return
+    err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+    if exc.hint:
+        err_console.print(f"  hint: {exc.hint}", highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except StationError as exc:
+        report_error(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,79 @@
+"""`station recipe ...`: validate and summarise recipes."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from station.recipe import Recipe, load_recipe
+
+
+def summary_table(recipe: Recipe) -> Table:
+    t = Table(title=f"recipe {recipe.name}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("file", recipe.source)
+    t.add_row("description", recipe.description or "-")
+    t.add_row(
+        "backend",
+        f"{recipe.backend} (robot: {recipe.robot_driver}, camera: {recipe.camera_driver}, "
+        f"line I/O: {recipe.line_driver})",
+    )
+    poses = ", ".join(
+        f"{p.name} ({p.position_mm[0]:.0f}, {p.position_mm[1]:.0f}, {p.position_mm[2]:.0f}) mm"
+        for p in recipe.robot.poses
+    )
+    t.add_row("poses", f"{len(recipe.robot.poses)}: {poses}")
+    t.add_row(
+        "motion",
+        f"{recipe.robot.speed_mm_s:g} mm/s, {recipe.robot.acceleration_mm_s2:g} mm/s², "
+        f"settle {recipe.robot.settle_s:g} s",
+    )
+    cam = recipe.camera
+    t.add_row(
+        "camera",
+        f"{cam.width}x{cam.height} {cam.pixel_format}, exposure {cam.exposure_us:g} µs, "
+        f"gain {cam.gain_db:g} dB, {cam.trigger} trigger, serial {cam.serial or 'first found'}",
+    )
+    pre = recipe.preprocess
+    t.add_row(
+        "preprocess",
+        f"crop {pre.crop or 'none'}, resize to {pre.size[0]}x{pre.size[1]}"
+        + (", grey to RGB" if pre.grey_to_rgb else ""),
+    )
+    for d in recipe.detectors:
+        params = ", ".join(f"{k}={v}" for k, v in d.params.items()) or "defaults"
+        t.add_row(
+            f"detector {d.name}",
+            f"backbone {d.backbone} (weights: {d.weights}), device {d.device}, {params}",
+        )
+    dec = recipe.decision
+    t.add_row(
+        "decision",
+        f"poses combined by {dec.combine_poses}, detectors by {dec.combine_detectors}; "
+        f"thresholds from {recipe.calibration_path} (policy {dec.policy})",
+    )
+    t.add_row(
+        "line I/O",
+        f"reject output DO{recipe.line_io.reject_output}, "
+        f"part present DI{recipe.line_io.part_present_input}",
+    )
+    t.add_row("database", recipe.storage.resolved_database_url())
+    t.add_row("data", str(recipe.data_dir))
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Validate and summarise recipes.", no_args_is_help=True)
+    app.add_typer(group, name="recipe")
+
+    @group.command("check")
+    def check(
+        recipe: str = typer.Argument(..., help="Recipe name (recipes/<name>.yaml) or path."),
+    ) -> None:
+        """Validate a recipe and print its summary. Exit code 2 with one line per problem."""
+        from station.cli.app import console
+
+        loaded = load_recipe(recipe)
+        console.print(summary_table(loaded))
+        console.print(f"[green]ok[/]: {loaded.source} is valid")

@@ -1,0 +1,66 @@
+"""Errors the station expects and reports as one clear line (no traceback).
+
+Raise `StationError` (or a subclass) for anything a user can fix: bad recipe, missing file,
+dropped link, full disk. The CLI prints `error: <message>` (and the hint) and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class StationError(Exception):
+    """A failure with a message for the operator: what went wrong and how to fix it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class RecipeError(StationError):
+    """A recipe file is missing or invalid. `problems` holds one line per problem."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(f"recipe {path}: " + "; ".join(problems))
+
+
+class HardwareError(StationError):
+    """Robot, camera or line I/O failed (link lost, timeout, protective stop, ...)."""
+
+
+class RobotError(HardwareError):
+    pass
+
+
+class ProtectiveStop(RobotError):
+    """The robot is in protective or emergency stop; an operator must clear it."""
+
+
+class CameraError(HardwareError):
+    pass
+
+
+class LineIOError(HardwareError):
+    pass
+
+
+class DetectorError(StationError):
+    """A detector could not be built, trained, loaded or run."""
+
+
+class WeightsNotFound(DetectorError):
+    pass
+
+
+class StorageError(StationError):
+    """The database or the image store failed (locked, full disk, bad URL)."""
+
+
+class CalibrationError(StationError):
+    """No usable threshold calibration (missing, stale, or too little data)."""

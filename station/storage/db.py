@@ -1,0 +1,136 @@
+"""Engines, sessions and schema upgrades.
+
+`open_database(url)` returns a `Database` whose schema is at the Alembic head (upgrading an
+empty or older database first). SQLite gets WAL mode, a busy timeout and foreign keys, so two
+processes logging parts to one file wait for each other instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from station.errors import StorageError
+from station.storage.models import Part
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API objects)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(
+            f"database URL {url!r} is not valid",
+            hint="use e.g. sqlite:///data/station.db or postgresql+psycopg://user@host/db",
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create database folder {folder}: {exc}") from None
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, pool_pre_ping=True
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (ImportError, SQLAlchemyError) as exc:
+        raise StorageError(
+            f"cannot use database URL {parsed.render_as_string()}: {exc}",
+            hint="install the driver, e.g. pip install 'station[postgres]'",
+        ) from None
+
+
+@dataclass
+class Database:
+    engine: Engine
+    url: str
+
+    def __post_init__(self) -> None:
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error.
+
+        Database failures surface as StorageError (locked database, full disk, lost server).
+        """
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except OperationalError as exc:
+            session.rollback()
+            raise StorageError(f"database {self.safe_url} failed: {exc.orig}") from None
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @property
+    def safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def next_sequence(self, session: Session, recipe: str) -> int:
+        current = session.scalar(select(func.max(Part.sequence)).where(Part.recipe == recipe))
+        return (current or 0) + 1
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def alembic_config(url: str):  # noqa: ANN201 (alembic.config.Config, imported lazily)
+    from alembic.config import Config
+
+    here = Path(__file__).parent
+    cfg = Config()
+    cfg.set_main_option("script_location", str(here / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> str:
+    """Apply migrations up to `revision`; returns the revision the database is now at."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision() or "base"
+    except OperationalError as exc:
+        raise StorageError(f"cannot upgrade database {url}: {exc.orig}") from None
+    finally:
+        engine.dispose()
+
+
+def open_database(url: str, migrate: bool = True) -> Database:
+    """Open the database at `url`, upgrading its schema to head unless `migrate` is False."""
+    if migrate:
+        upgrade(url)
+    return Database(make_engine(url), url)

@@ -1,0 +1,178 @@
+"""SQLAlchemy 2 models: every part, shot, detection, review, calibration and model version.
+
+Schema changes go through an Alembic migration in `station/storage/migrations/versions/`.
+Images and heatmaps live on disk (paths relative to the recipe's data directory, with sha256);
+the database holds what was decided and where to find it.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Verdict(enum.StrEnum):
+    PENDING = "pending"  # part row written, decision not yet made
+    PASS = "pass"
+    FAIL = "fail"
+    FAULT = "fault"  # hardware/detector/storage fault: treated as reject
+    INTERRUPTED = "interrupted"  # the station stopped mid-part (crash, power loss)
+
+
+class ReviewLabel(enum.StrEnum):
+    DEFECT_CONFIRMED = "defect_confirmed"
+    FALSE_REJECT = "false_reject"
+
+
+_TS = DateTime(timezone=True)
+
+
+class Part(Base):
+    __tablename__ = "parts"
+    __table_args__ = (
+        UniqueConstraint("recipe", "sequence", name="uq_parts_recipe_sequence"),
+        Index("ix_parts_recipe_verdict_started", "recipe", "verdict", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recipe: Mapped[str] = mapped_column(String(128))
+    recipe_sha256: Mapped[str] = mapped_column(String(64), default="")
+    sequence: Mapped[int] = mapped_column(Integer)  # per-recipe running number
+    line_part_id: Mapped[str | None] = mapped_column(String(128))  # id from the line, if any
+    mode: Mapped[str] = mapped_column(String(16), default="live")  # live | offline | capture
+    started_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(_TS)
+    verdict: Mapped[Verdict] = mapped_column(
+        Enum(Verdict, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
+        default=Verdict.PENDING,
+    )
+    reason: Mapped[str | None] = mapped_column(Text)  # why fail/fault, in words
+    part_score: Mapped[float | None] = mapped_column(Float)  # combined, 1.0 = at threshold
+    calibration_id: Mapped[int | None] = mapped_column(ForeignKey("calibrations.id"))
+    model_versions: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timings_ms: Mapped[dict[str, Any]] = mapped_column(default=dict)  # cycle breakdown
+    ground_truth: Mapped[str | None] = mapped_column(String(16))  # good | defect (twin only)
+
+    shots: Mapped[list[Shot]] = relationship(
+        back_populates="part", cascade="all, delete-orphan", order_by="Shot.pose_index"
+    )
+    reviews: Mapped[list[Review]] = relationship(
+        back_populates="part", cascade="all, delete-orphan", order_by="Review.created_at"
+    )
+
+
+class Shot(Base):
+    __tablename__ = "shots"
+    __table_args__ = (UniqueConstraint("part_id", "pose_index", name="uq_shots_part_pose"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    part_id: Mapped[int] = mapped_column(ForeignKey("parts.id", ondelete="CASCADE"), index=True)
+    pose_index: Mapped[int] = mapped_column(Integer)
+    pose_name: Mapped[str] = mapped_column(String(64))
+    image_path: Mapped[str] = mapped_column(Text)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    camera_settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    robot_pose: Mapped[list[Any]] = mapped_column(default=list)  # read back: mm + rotvec rad
+    captured_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    mask_path: Mapped[str | None] = mapped_column(Text)  # ground truth (twin only)
+
+    part: Mapped[Part] = relationship(back_populates="shots")
+    detections: Mapped[list[Detection]] = relationship(
+        back_populates="shot", cascade="all, delete-orphan", order_by="Detection.detector"
+    )
+
+
+class Detection(Base):
+    __tablename__ = "detections"
+    __table_args__ = (UniqueConstraint("shot_id", "detector", name="uq_detections_shot_det"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shot_id: Mapped[int] = mapped_column(ForeignKey("shots.id", ondelete="CASCADE"), index=True)
+    detector: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    normalized_score: Mapped[float | None] = mapped_column(Float)  # score / threshold
+    heatmap_path: Mapped[str | None] = mapped_column(Text)  # 8-bit PNG
+    raw_map_path: Mapped[str | None] = mapped_column(Text)  # float32 .npy, if asked for
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+
+    shot: Mapped[Shot] = relationship(back_populates="detections")
+
+
+class Review(Base):
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    part_id: Mapped[int] = mapped_column(ForeignKey("parts.id", ondelete="CASCADE"), index=True)
+    operator: Mapped[str] = mapped_column(String(128))
+    label: Mapped[ReviewLabel] = mapped_column(
+        Enum(
+            ReviewLabel,
+            native_enum=False,
+            length=32,
+            values_callable=lambda e: [m.value for m in e],
+        )
+    )
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+
+    part: Mapped[Part] = relationship(back_populates="reviews")
+
+
+class Calibration(Base):
+    __tablename__ = "calibrations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recipe: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    policy: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(64))  # capture | dataset | reviews
+    thresholds: Mapped[dict[str, Any]] = mapped_column(default=dict)  # detector -> threshold
+    rates: Mapped[dict[str, Any]] = mapped_column(default=dict)  # expected rates with CIs
+    model_versions: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    data_sha256: Mapped[str] = mapped_column(String(64), default="")
+    file_path: Mapped[str] = mapped_column(Text, default="")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("recipe", "detector", "version", name="uq_model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recipe: Mapped[str] = mapped_column(String(128))
+    detector: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(128))  # e.g. patchcore-20261124T2100-1a2b3c4d
+    artifact_path: Mapped[str] = mapped_column(Text)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    train_data_sha256: Mapped[str] = mapped_column(String(64), default="")
+    n_train_images: Mapped[int] = mapped_column(Integer, default=0)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    trained_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
