@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from station.errors import StorageError
@@ -24,12 +24,19 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API objects)
+    dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (see _sqlite_begin)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
     cur.close()
+
+
+def _sqlite_begin(conn) -> None:  # noqa: ANN001
+    # Take the write lock up front: two processes reading then writing in WAL mode would
+    # otherwise fail with "database is locked" instead of waiting for each other.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -51,6 +58,7 @@ def make_engine(url: str) -> Engine:
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, pool_pre_ping=True
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     try:
         return create_engine(url, pool_pre_ping=True)
@@ -95,6 +103,22 @@ class Database:
     def next_sequence(self, session: Session, recipe: str) -> int:
         current = session.scalar(select(func.max(Part.sequence)).where(Part.recipe == recipe))
         return (current or 0) + 1
+
+    def create_part(self, recipe: str, **fields: object) -> Part:
+        """Insert and commit a new Part with the next sequence number of its recipe.
+
+        Safe with several writers: on a sequence clash (another process took the number
+        between our read and insert) it retries with the next one.
+        """
+        for _ in range(20):
+            try:
+                with self.session() as s:
+                    part = Part(recipe=recipe, sequence=self.next_sequence(s, recipe), **fields)
+                    s.add(part)
+                return part
+            except IntegrityError:
+                continue
+        raise StorageError(f"could not allocate a part number for recipe {recipe!r}")
 
     def dispose(self) -> None:
         self.engine.dispose()

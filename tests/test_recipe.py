@@ -1,0 +1,138 @@
+"""Recipe validation and the `station recipe check` / `station db upgrade` commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from station.errors import RecipeError
+from station.recipe import load_recipe, parse_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = (REPO / "recipes" / "glassfiber.yaml").read_text()
+
+
+def _station(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "station", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"STATION_HOME": str(home), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
+
+
+def _mutated(edit) -> str:  # noqa: ANN001
+    data = yaml.safe_load(SHIPPED)
+    edit(data)
+    return yaml.safe_dump(data)
+
+
+def test_shipped_recipes_are_valid(station_home: Path) -> None:
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        recipe = load_recipe(str(path))
+        assert recipe.name
+    r = load_recipe("glassfiber")
+    assert [p.name for p in r.robot.poses] == ["left", "centre", "right"]
+    assert r.robot_driver == "sim" and r.camera_driver == "sim" and r.line_driver == "sim"
+    assert r.detectors[0].name == "patchcore"
+    assert r.storage.resolved_database_url() == f"sqlite:///{station_home}/data/station.db"
+    assert r.dataset_dir == station_home / "data" / "glassfiber" / "dataset"
+    assert len(r.sha256) == 64
+
+
+def test_real_backend_picks_real_drivers() -> None:
+    r = parse_recipe(_mutated(lambda d: d.update(backend="real")))
+    assert (r.robot_driver, r.camera_driver, r.line_driver) == ("ur_rtde", "pylon", "ur_rtde")
+
+
+def test_pose_as_ur_is_metres() -> None:
+    r = parse_recipe(SHIPPED)
+    assert r.robot.poses[1].as_ur()[:3] == pytest.approx([0.4, 0.0, 0.35])
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda d: d["camera"].update(exposur_us=5), "camera.exposur_us: unknown field"),
+        (lambda d: d["camera"].update(width="wide"), "camera.width: "),
+        (lambda d: d["robot"].pop("poses"), "robot.poses: required field is missing"),
+        (lambda d: d["robot"].update(poses=[]), "robot.poses: "),
+        (lambda d: d["detectors"][0].update(name="magic"), "unknown detector 'magic'"),
+        (lambda d: d["detectors"][0].update(device="gpu"), "detectors.0.device"),
+        (lambda d: d.update(backend="hybrid"), "backend: "),
+    ],
+)
+def test_invalid_recipes_name_the_field(edit, expected: str) -> None:  # noqa: ANN001
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(_mutated(edit), "bad.yaml")
+    assert any(expected in p for p in info.value.problems), info.value.problems
+
+
+def test_several_problems_are_all_reported() -> None:
+    def edit(d: dict) -> None:
+        d["camera"]["gain"] = 3
+        d["robot"].pop("poses")
+        d["detectors"][0]["name"] = "magic"
+
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(_mutated(edit))
+    assert len(info.value.problems) == 3
+
+
+def test_duplicate_pose_names_rejected() -> None:
+    def edit(d: dict) -> None:
+        d["robot"]["poses"][1]["name"] = "left"
+
+    with pytest.raises(RecipeError, match="unique"):
+        parse_recipe(_mutated(edit))
+
+
+def test_yaml_syntax_error_names_line() -> None:
+    with pytest.raises(RecipeError, match="line 2"):
+        parse_recipe("name: x\n  bad: [\n", "broken.yaml")
+
+
+def test_cli_check_prints_summary(station_home: Path) -> None:
+    out = _station("recipe", "check", "glassfiber", home=station_home)
+    assert out.returncode == 0, out.stderr
+    assert "recipe glassfiber" in out.stdout
+    assert "left" in out.stdout and "patchcore" in out.stdout
+    assert "is valid" in out.stdout
+
+
+def test_cli_check_bad_recipe_one_line_per_problem(station_home: Path) -> None:
+    def edit(d: dict) -> None:
+        d["camera"]["exposur_us"] = 5
+        d["camera"]["width"] = "wide"
+        d["robot"].pop("poses")
+        d["detectors"][0]["name"] = "magic"
+
+    bad = station_home / "recipes" / "bad.yaml"
+    bad.write_text(_mutated(edit))
+    out = _station("recipe", "check", "bad", home=station_home)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    problems = [line for line in out.stderr.splitlines() if line.strip().startswith(str(bad))]
+    assert len(problems) == 4, out.stderr
+    assert any("camera.exposur_us: unknown field" in p for p in problems)
+    assert any("robot.poses: required field is missing" in p for p in problems)
+
+
+def test_cli_missing_recipe(station_home: Path) -> None:
+    out = _station("recipe", "check", "nosuch", home=station_home)
+    assert out.returncode == 2
+    assert "file not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_version_and_db_upgrade(station_home: Path) -> None:
+    out = _station("--version", home=station_home)
+    assert out.returncode == 0 and out.stdout.startswith("station ")
+    out = _station("db", "upgrade", home=station_home)
+    assert out.returncode == 0, out.stderr
+    assert (station_home / "data" / "station.db").is_file()
+    assert "revision 0001" in out.stdout

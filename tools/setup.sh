@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up the station in ./.venv. With --dev: also the test tools and the system packages the
+# tests use for real (PostgreSQL server, Debian's Chromium). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+if [ "$dev" = 1 ]; then
+    need=()
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+    command -v chromium >/dev/null || need+=(chromium)
+    if [ "${#need[@]}" -gt 0 ]; then
+        sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        echo "setup: installing system packages: ${need[*]}"
+        $sudo apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+    fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+if [ "$dev" = 1 ]; then
+    .venv/bin/python -m pip install -q -e '.[dev]'
+else
+    .venv/bin/python -m pip install -q -e .
+fi
+echo "setup: ok ($(.venv/bin/station --version))"
