@@ -1,0 +1,227 @@
+"""Synthetic review data: parts, shots, detections, reviews and small PNG files.
+
+For tests, the review benchmark (`tools/bench_review.py`) and the screenshot tool. The images
+are a procedurally woven texture with a dark blob on defective parts; heatmaps are colour PNGs
+of the same pixel size, hot where the blob is. Rows go in with bulk inserts so 10 000 parts
+take seconds. Nothing here is used on the line.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import cv2
+import numpy as np
+from sqlalchemy import func, insert, select
+
+from station.storage.db import Database
+from station.storage.models import Detection, Part, Review, ReviewLabel, Shot, Verdict
+
+POSES = ("left", "centre", "right")
+
+
+def woven_image(
+    width: int, height: int, seed: int, blob: tuple[int, int, int] | None
+) -> np.ndarray:
+    """A grey plain-weave texture (uint8 HxW); `blob` = (x, y, radius) draws a dark defect."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    pitch = 12.0  # yarn width in pixels
+    # Plain weave: checkerboard of crossings; warp yarn on top in one half, weft in the other.
+    warp_on_top = (np.floor(x / pitch) + np.floor(y / pitch)) % 2 == 0
+    warp = np.abs(np.sin(np.pi * x / pitch))  # bright along the yarn centre
+    weft = np.abs(np.sin(np.pi * y / pitch))
+    img = 95 + 110 * np.where(warp_on_top, warp, weft) + rng.normal(0, 6, (height, width))
+    if blob:
+        bx, by, r = blob
+        d2 = (x - bx) ** 2 + (y - by) ** 2
+        img -= 90 * np.exp(-d2 / (2 * (r / 1.5) ** 2))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def heatmap_png(
+    width: int, height: int, seed: int, blob: tuple[int, int, int] | None
+) -> np.ndarray:
+    """A BGR colour heatmap (JET) of the same size: low noise, hot around `blob`."""
+    rng = np.random.default_rng(seed + 7)
+    low = cv2.resize(rng.random((max(2, height // 32), max(2, width // 32))), (width, height))
+    amap = 0.25 * low.astype(np.float32)
+    if blob:
+        bx, by, r = blob
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        amap += np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * (r * 1.2) ** 2))
+    u8 = np.clip(amap * 255, 0, 255).astype(np.uint8)
+    return cv2.applyColorMap(u8, cv2.COLORMAP_JET)
+
+
+def _write(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"cannot write {path}")
+
+
+@dataclass
+class SampleSet:
+    part_ids: list[int]
+    rejected_ids: list[int]  # fail or fault, newest last
+
+
+def seed_parts(
+    db: Database,
+    data_root: Path,
+    n_parts: int,
+    *,
+    recipe: str = "glassfiber",
+    detectors: tuple[str, ...] = ("patchcore",),
+    reject_rate: float = 0.3,
+    fault_rate: float = 0.03,
+    review_rate: float = 0.3,
+    size: tuple[int, int] = (320, 256),
+    shared_images: bool = False,
+    seed: int = 0,
+    end: datetime | None = None,
+    interval_s: float = 20.0,
+) -> SampleSet:
+    """Insert `n_parts` parts of `recipe` (3 shots, one detection per detector and shot).
+
+    With `shared_images` all parts point at one good and one defective image set (fast, for
+    benchmarks); otherwise every shot of a rejected part gets its own PNG files.
+    """
+    rng = random.Random(seed)
+    width, height = size
+    end = end or datetime.now(UTC) - timedelta(minutes=10)
+    thresholds = {d: 1.0 + 0.5 * i for i, d in enumerate(detectors)}
+    with db.session() as s:
+        part_id = (s.scalar(select(func.max(Part.id))) or 0) + 1
+        shot_id = (s.scalar(select(func.max(Shot.id))) or 0) + 1
+        seq = (s.scalar(select(func.max(Part.sequence)).where(Part.recipe == recipe)) or 0) + 1
+    parts: list[dict] = []
+    shots: list[dict] = []
+    dets: list[dict] = []
+    reviews: list[dict] = []
+    made: dict[str, str] = {}
+
+    def image_files(key: str, bad: bool, pose: int, file_seed: int) -> tuple[str, list[str]]:
+        if key in made:
+            return made[key], [f"{made[key][:-4]}_{d}.png" for d in detectors]
+        blob = (
+            (
+                rng.randint(width // 5, 4 * width // 5),
+                rng.randint(height // 5, 4 * height // 5),
+                rng.randint(8, 20),
+            )
+            if bad
+            else None
+        )
+        rel = f"{recipe}/images/{key}.png"
+        _write(data_root / rel, woven_image(width, height, file_seed, blob))
+        heat_rels = []
+        for i, d in enumerate(detectors):
+            hrel = f"{rel[:-4]}_{d}.png"
+            _write(data_root / hrel, heatmap_png(width, height, file_seed + i, blob))
+            heat_rels.append(hrel)
+        made[key] = rel
+        return rel, heat_rels
+
+    rejected: list[int] = []
+    for n in range(n_parts):
+        roll = rng.random()
+        verdict = (
+            Verdict.FAULT
+            if roll < fault_rate
+            else Verdict.FAIL
+            if roll < fault_rate + reject_rate
+            else Verdict.PASS
+        )
+        started = end - timedelta(seconds=interval_s * (n_parts - 1 - n))
+        bad_pose = rng.randrange(len(POSES))
+        part_scores: list[float] = []
+        for pose_index, pose in enumerate(POSES):
+            bad = verdict == Verdict.FAIL and pose_index == bad_pose
+            if shared_images:
+                key = f"shared/{'bad' if bad else 'good'}_{pose}"
+            else:
+                key = f"{seq + n:06d}/{pose}"
+            rel, heat_rels = image_files(key, bad, pose_index, seed * 100_003 + n * 7 + pose_index)
+            shots.append(
+                dict(
+                    id=shot_id,
+                    part_id=part_id,
+                    pose_index=pose_index,
+                    pose_name=pose,
+                    image_path=rel,
+                    image_sha256="0" * 64,
+                    width=width,
+                    height=height,
+                    camera_settings={"exposure_us": 8000},
+                    robot_pose=[],
+                    captured_at=started,
+                )
+            )
+            if verdict != Verdict.FAULT or pose_index == 0:
+                for d, hrel in zip(detectors, heat_rels, strict=True):
+                    thr = thresholds[d]
+                    norm = rng.uniform(1.05, 2.2) if bad else rng.uniform(0.3, 0.95)
+                    part_scores.append(norm)
+                    dets.append(
+                        dict(
+                            shot_id=shot_id,
+                            detector=d,
+                            model_version=f"{d}-sample-1",
+                            score=norm * thr,
+                            threshold=thr,
+                            normalized_score=norm,
+                            heatmap_path=hrel,
+                            latency_ms=rng.uniform(8, 30),
+                            created_at=started,
+                        )
+                    )
+            shot_id += 1
+        worst = max(part_scores) if part_scores else None
+        if verdict == Verdict.FAIL:
+            reason = f"{detectors[0]} {worst:.2f}x threshold on pose {POSES[bad_pose]}"
+        elif verdict == Verdict.FAULT:
+            reason = "camera timeout on pose centre after 2 retries"
+        else:
+            reason = None
+        parts.append(
+            dict(
+                id=part_id,
+                recipe=recipe,
+                sequence=seq + n,
+                mode="live",
+                started_at=started,
+                finished_at=started + timedelta(seconds=4),
+                verdict=verdict,
+                reason=reason,
+                part_score=worst,
+                model_versions={d: f"{d}-sample-1" for d in detectors},
+                timings_ms={"cycle": 4000},
+                line_part_id=f"L{seq + n:07d}",
+            )
+        )
+        if verdict in (Verdict.FAIL, Verdict.FAULT):
+            rejected.append(part_id)
+            if rng.random() < review_rate:
+                label = (
+                    ReviewLabel.DEFECT_CONFIRMED if rng.random() < 0.7 else ReviewLabel.FALSE_REJECT
+                )
+                reviews.append(
+                    dict(
+                        part_id=part_id,
+                        operator=rng.choice(["Ana", "Ben", "Chen"]),
+                        label=label,
+                        comment="",
+                        created_at=started + timedelta(seconds=60),
+                    )
+                )
+        part_id += 1
+    with db.session() as s:
+        for model, rows in ((Part, parts), (Shot, shots), (Detection, dets), (Review, reviews)):
+            for i in range(0, len(rows), 5000):
+                s.execute(insert(model), rows[i : i + 5000])
+    first = parts[0]["id"] if parts else part_id
+    return SampleSet(part_ids=list(range(first, part_id)), rejected_ids=rejected)

@@ -1,0 +1,401 @@
+"""Review pages: queue filters, counts and paging, the part page, storing reviews, CSV export,
+the calibration-facing queries and the `station review` command's refusals.
+
+Runs the real app (FastAPI TestClient) on a real SQLite database (and PostgreSQL when a server
+is installed) with real PNG files in a scratch data root.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from station.review import store
+from station.review.app import create_app
+from station.review.sample import seed_parts
+from station.storage.db import open_database
+from station.storage.models import Part, Review, ReviewLabel, Verdict
+
+BASE = "http://127.0.0.1:8080"
+
+
+def _setup(tmp_path: Path, url: str | None = None, n: int = 24, **app_kw):  # noqa: ANN202
+    url = url or f"sqlite:///{tmp_path}/station.db"
+    data = tmp_path / "data"
+    db = open_database(url)
+    sample = seed_parts(db, data, n, size=(64, 48), seed=5, reject_rate=0.5, fault_rate=0.15)
+    client = TestClient(create_app(url, data, **app_kw), base_url=BASE)
+    return db, sample, client
+
+
+def _csrf(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "no CSRF field on the page"
+    return m.group(1)
+
+
+def _row_ids(html: str) -> list[int]:
+    return [int(x) for x in re.findall(r'<tr data-part-id="(\d+)"', html)]
+
+
+def _count(html: str, name: str) -> int:
+    m = re.search(rf'id="count-{name}">(\d+)<', html)
+    assert m, name
+    return int(m.group(1))
+
+
+@pytest.fixture
+def seeded(tmp_path: Path):  # noqa: ANN201
+    db, sample, client = _setup(tmp_path)
+    yield db, sample, client
+    client.close()
+    db.dispose()
+
+
+def test_queue_lists_rejects_and_faults_newest_first_with_counts(seeded) -> None:
+    db, sample, client = seeded
+    html = client.get("/").text
+    with db.session() as s:
+        parts = s.scalars(select(Part).order_by(Part.started_at.desc(), Part.id.desc())).all()
+        reviewed = set(s.scalars(select(Review.part_id)))
+    queue = [p for p in parts if p.verdict in (Verdict.FAIL, Verdict.FAULT)]
+    assert queue and len(queue) < len(parts)  # some passes are left out
+    assert _row_ids(html) == [p.id for p in queue]
+    assert _count(html, "total") == len(queue)
+    assert _count(html, "fail") == sum(p.verdict == Verdict.FAIL for p in queue)
+    assert _count(html, "fault") == sum(p.verdict == Verdict.FAULT for p in queue)
+    assert _count(html, "unreviewed") == sum(p.id not in reviewed for p in queue)
+
+
+def test_filters_verdict_reviewed_and_paging(tmp_path: Path) -> None:
+    db, sample, client = _setup(tmp_path, n=40, page_size=4)
+    with db.session() as s:
+        faults = s.scalars(
+            select(Part.id)
+            .where(Part.verdict == Verdict.FAULT)
+            .order_by(Part.started_at.desc(), Part.id.desc())
+        ).all()
+    html = client.get("/?verdict=fault&page=1").text
+    assert _row_ids(html) == faults[:4]
+    # Paging: page 2 continues where page 1 stopped, and the pager says how many pages.
+    all_ids: list[int] = []
+    page = 1
+    while True:
+        html = client.get(f"/?page={page}").text
+        ids = _row_ids(html)
+        assert 0 < len(ids) <= 4
+        all_ids += ids
+        if 'rel="next"' not in html:
+            break
+        page += 1
+    assert all_ids == sorted(sample.rejected_ids, reverse=True)
+    assert f"Page {page} of {page}" in html
+    # Out-of-range page numbers clamp to the last page instead of failing.
+    assert _row_ids(client.get("/?page=999").text) == _row_ids(html)
+    # Reviewed or not: the seeded reviews split the queue.
+    with db.session() as s:
+        reviewed = set(s.scalars(select(Review.part_id)))
+    big = TestClient(
+        create_app(f"sqlite:///{tmp_path}/station.db", tmp_path / "data"), base_url=BASE
+    )
+    no = _row_ids(big.get("/?reviewed=no").text)
+    yes = _row_ids(big.get("/?reviewed=yes").text)
+    assert set(no).isdisjoint(reviewed) and set(yes) <= reviewed
+    assert sorted(no + yes, reverse=True) == sorted(sample.rejected_ids, reverse=True)
+    big.close()
+    client.close()
+    db.dispose()
+
+
+def test_newest_review_counts_and_history_is_kept(seeded) -> None:
+    db, sample, client = seeded
+    pid = sample.rejected_ids[-1]
+    page = client.get(f"/parts/{pid}")
+    for label, who in (("defect_confirmed", "Ana"), ("false_reject", "Ben")):
+        r = client.post(
+            f"/parts/{pid}/review",
+            data={"csrf": _csrf(page.text), "label": label, "operator": who, "comment": label},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303
+    with db.session() as s:
+        rows = s.scalars(select(Review).where(Review.part_id == pid).order_by(Review.id)).all()
+        assert [r.label for r in rows][-2:] == [
+            ReviewLabel.DEFECT_CONFIRMED,
+            ReviewLabel.FALSE_REJECT,
+        ]
+        assert store.latest_labels(s)[pid] == ReviewLabel.FALSE_REJECT
+    html = client.get(f"/parts/{pid}").text
+    history = html[html.index('id="history"') :]
+    assert history.index("Ben") < history.index("Ana")  # newest first
+    assert 'id="current-label">false reject<' in html
+    fr = _row_ids(client.get("/?reviewed=false_reject").text)
+    dc = _row_ids(client.get("/?reviewed=defect_confirmed").text)
+    assert pid in fr and pid not in dc
+    # The operator's name is remembered for the next part.
+    assert 'value="Ben"' in client.get(f"/parts/{sample.rejected_ids[0]}").text
+
+
+def test_review_redirects_to_next_part_in_the_filtered_queue(seeded) -> None:
+    db, sample, client = seeded
+    newest_two = client.get("/?reviewed=no")
+    ids = _row_ids(newest_two.text)
+    assert len(ids) >= 2
+    r = client.post(
+        f"/parts/{ids[0]}/review",
+        data={
+            "csrf": _csrf(client.get(f"/parts/{ids[0]}").text),
+            "label": "defect_confirmed",
+            "operator": "Ana",
+            "q": "recipe=&reviewed=no",
+        },
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    assert r.headers["location"].startswith(f"/parts/{ids[1]}?")
+    nxt = client.get(r.headers["location"])
+    assert f"Part {ids[0]} marked: defect confirmed." in nxt.text
+    assert ids[0] not in _row_ids(client.get("/?reviewed=no").text)
+
+
+def test_review_input_is_validated(seeded) -> None:
+    db, sample, client = seeded
+    pid = sample.rejected_ids[0]
+    token = _csrf(client.get(f"/parts/{pid}").text)
+    bad = [
+        {"label": "pass", "operator": "Tess"},
+        {"label": "defect_confirmed", "operator": "  "},
+        {"label": "defect_confirmed", "operator": "Tess", "comment": "x" * 2001},
+    ]
+    for data in bad:
+        r = client.post(f"/parts/{pid}/review", data={"csrf": token, **data})
+        assert r.status_code == 400, data
+    r = client.post(
+        "/parts/999999/review", data={"csrf": token, "label": "false_reject", "operator": "Tess"}
+    )
+    assert r.status_code == 404
+    with db.session() as s:
+        assert (
+            s.scalar(select(func.count()).select_from(Review).where(Review.operator == "Tess")) == 0
+        )
+
+
+def test_part_page_shows_every_pose_overlay_scores_and_reason(seeded) -> None:
+    db, sample, client = seeded
+    with db.session() as s:
+        part = store.load_part(s, sample.rejected_ids[-1])
+        assert part is not None
+    html = client.get(f"/parts/{part.id}").text
+    for shot in part.shots:
+        assert f'src="/files/{shot.image_path}"' in html
+        for det in shot.detections:
+            assert f'src="/files/{det.heatmap_path}"' in html
+            assert client.get(f"/files/{det.heatmap_path}").headers["content-type"] == "image/png"
+        assert client.get(f"/files/{shot.image_path}").content[:4] == b"\x89PNG"
+    assert 'id="overlay-opacity"' in html and 'type="range"' in html
+    assert part.reason and part.reason in html
+    assert html.count("<meter") == sum(len(s.detections) for s in part.shots)
+    assert client.get("/parts/987654").status_code == 404
+
+
+def test_missing_image_file_is_reported_not_linked(seeded) -> None:
+    db, sample, client = seeded
+    with db.session() as s:
+        part = store.load_part(s, sample.rejected_ids[0])
+        shot = part.shots[0]
+        shot.image_path = "glassfiber/images/gone.png"
+        s.add(shot)
+    html = client.get(f"/parts/{sample.rejected_ids[0]}").text
+    assert "image file missing: glassfiber/images/gone.png" in html
+    assert 'src="/files/glassfiber/images/gone.png"' not in html
+
+
+def test_bad_filter_values_are_reported(seeded) -> None:
+    _, _, client = seeded
+    r = client.get("/?date_from=yesterday&verdict=won&reviewed=maybe&page=x")
+    assert r.status_code == 200
+    assert "date from &#39;yesterday&#39; is not a date" in r.text
+    assert "verdict &#39;won&#39; is not one of fail, fault, pass" in r.text
+
+
+def test_date_range_and_recipe_filters(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/station.db"
+    data = tmp_path / "data"
+    db = open_database(url)
+    end = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
+    seed_parts(db, data, 30, size=(32, 32), end=end, interval_s=6 * 3600, reject_rate=0.6, seed=1)
+    seed_parts(db, data, 10, recipe="other", size=(32, 32), end=end, reject_rate=0.9, seed=2)
+    client = TestClient(create_app(url, data), base_url=BASE)
+    lo, hi = datetime(2026, 3, 15).date(), datetime(2026, 3, 17).date()
+    html = client.get(f"/?date_from={lo}&date_to={hi}&recipe=glassfiber").text
+    with db.session() as s:
+        parts = s.scalars(select(Part).where(Part.verdict.in_(store.QUEUE_VERDICTS))).all()
+    want = sorted(
+        (
+            p
+            for p in parts
+            if p.recipe == "glassfiber"
+            and lo <= store.as_utc(p.started_at).astimezone().date() <= hi
+        ),
+        key=lambda p: (p.started_at, p.id),
+        reverse=True,
+    )
+    assert want and _row_ids(html) == [p.id for p in want]
+    other = _row_ids(client.get("/?recipe=other").text)
+    assert other and all(p.recipe == "other" for p in parts if p.id in other)
+    everything = _row_ids(client.get("/?recipe=").text)
+    assert len(everything) == len(parts)
+    # An app started for one recipe filters to it by default.
+    one = TestClient(create_app(url, data, recipe_name="other"), base_url=BASE)
+    assert _row_ids(one.get("/").text) == other
+    one.close()
+    client.close()
+    db.dispose()
+
+
+def test_csv_export_has_every_review_and_neutralises_formulas(seeded) -> None:
+    db, sample, client = seeded
+    pid = sample.rejected_ids[-1]
+    token = _csrf(client.get(f"/parts/{pid}").text)
+    for label, comment in (("false_reject", '=HYPERLINK("http://x")'), ("defect_confirmed", "ok")):
+        client.post(
+            f"/parts/{pid}/review",
+            data={"csrf": token, "label": label, "operator": "Eve", "comment": comment},
+        )
+    r = client.get("/export.csv")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert "attachment" in r.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    with db.session() as s:
+        assert len(rows) == s.scalar(select(func.count()).select_from(Review))
+    mine = [row for row in rows if row["operator"] == "Eve"]
+    assert [row["label"] for row in mine] == ["false_reject", "defect_confirmed"]
+    assert [row["is_latest"] for row in mine] == ["False", "True"]
+    assert mine[0]["comment"].startswith("'=")  # not a live formula in a spreadsheet
+    assert all(row["part_id"] == str(pid) for row in mine)
+    assert list(csv.reader(io.StringIO(client.get("/export.csv?recipe=nope").text))) == [
+        store.EXPORT_HEADER
+    ]
+
+
+def test_reviewed_parts_for_calibration(seeded) -> None:
+    db, sample, client = seeded
+    with db.session() as s:
+        before = {r.part_id: r for r in store.reviewed_parts(s, "glassfiber")}
+        pid = next(p for p in sample.rejected_ids if p not in before)
+        store.add_review(s, pid, ReviewLabel.FALSE_REJECT, "Ana", "fold, not a defect")
+    with db.session() as s:
+        after = {r.part_id: r for r in store.reviewed_parts(s, "glassfiber")}
+        part = store.load_part(s, pid)
+    got = after[pid]
+    assert got.label == ReviewLabel.FALSE_REJECT and not got.defective
+    for det in {d.detector for shot in part.shots for d in shot.detections}:
+        assert got.scores[det] == max(
+            d.score for shot in part.shots for d in shot.detections if d.detector == det
+        )
+    assert set(after) == set(before) | {pid}
+    with db.session() as s:
+        assert store.reviewed_parts(s, "no-such-recipe") == []
+
+
+def test_queue_on_postgresql(tmp_path: Path, fresh_postgres_url: str) -> None:
+    db, sample, client = _setup(tmp_path, url=fresh_postgres_url, n=20)
+    html = client.get("/").text
+    assert _row_ids(html) == sorted(sample.rejected_ids, reverse=True)
+    pid = sample.rejected_ids[0]
+    r = client.post(
+        f"/parts/{pid}/review",
+        data={
+            "csrf": _csrf(client.get(f"/parts/{pid}").text),
+            "label": "false_reject",
+            "operator": "Pg",
+        },
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    assert pid in _row_ids(client.get("/?reviewed=false_reject").text)
+    assert "Pg" in client.get("/export.csv").text
+    lo = (datetime.now(UTC) - timedelta(days=1)).date()
+    assert _row_ids(client.get(f"/?date_from={lo}").text)
+    client.close()
+    db.dispose()
+
+
+def test_cli_refuses_unsafe_binds(
+    station_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from station.cli.app import main
+
+    monkeypatch.delenv("STATION_REVIEW_TOKEN", raising=False)
+    (station_home / "data").mkdir()
+    cases = [
+        (["review", "--host", "0.0.0.0"], "without an access token"),
+        (["review", "--host", "192.168.1.7", "--token", "short"], "too short"),
+        (["review", "--data-dir", str(station_home / "nowhere")], "does not exist"),
+        (["review", "--ssl-certfile", "c.pem"], "both --ssl-certfile and --ssl-keyfile"),
+    ]
+    for argv, words in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err
+
+
+def test_review_next_opens_the_newest_unreviewed_part(seeded) -> None:
+    db, sample, client = seeded
+    todo = _row_ids(client.get("/?reviewed=no").text)
+    r = client.get("/next?recipe=", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith(f"/parts/{todo[0]}?")
+    assert "reviewed=no" in r.headers["location"]
+    with db.session() as s:
+        for pid in todo:
+            store.add_review(s, pid, ReviewLabel.FALSE_REJECT, "Ana")
+    r = client.get("/next?recipe=")
+    assert r.url.path == "/" and "Nothing left to review here." in r.text
+
+
+def test_audit_of_passed_parts(seeded) -> None:
+    db, sample, client = seeded
+    with db.session() as s:
+        passed = s.scalars(
+            select(Part.id)
+            .where(Part.verdict == Verdict.PASS)
+            .order_by(Part.started_at.desc(), Part.id.desc())
+        ).all()
+    html = client.get("/?verdict=pass").text
+    assert passed and _row_ids(html) == list(passed)
+    assert "passed (audit)" in html and _count(html, "total") == len(passed)
+    page = client.get(f"/parts/{passed[0]}?verdict=pass").text
+    assert ">Missed defect <kbd>D</kbd>" in page and ">Good <kbd>F</kbd>" in page
+    r = client.post(
+        f"/parts/{passed[0]}/review",
+        data={"csrf": _csrf(page), "label": "false_reject", "operator": "Ana", "q": "verdict=pass"},
+        follow_redirects=False,
+    )
+    assert r.headers["location"].startswith(f"/parts/{passed[1]}?")
+    assert 'id="current-label">good<' in client.get(f"/parts/{passed[0]}").text
+    assert _row_ids(client.get("/?verdict=pass&reviewed=false_reject").text) == [passed[0]]
+    assert passed[0] not in _row_ids(client.get("/").text)  # not in the reject queue
+
+
+def test_image_paths_with_odd_characters_are_url_quoted(seeded) -> None:
+    db, sample, client = seeded
+    root = client.app.state.data_root
+    pid = sample.rejected_ids[0]
+    with db.session() as s:
+        shot = store.load_part(s, pid).shots[0]
+        new = "glassfiber/images/odd name #1 ü.png"
+        (root / shot.image_path).rename(root / new)
+        shot.image_path = new
+    html = client.get(f"/parts/{pid}").text
+    assert 'src="/files/glassfiber/images/odd%20name%20%231%20%C3%BC.png"' in html
+    r = client.get("/files/glassfiber/images/odd%20name%20%231%20%C3%BC.png")
+    assert r.status_code == 200 and r.content[:4] == b"\x89PNG"

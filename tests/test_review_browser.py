@@ -1,0 +1,148 @@
+"""End to end in a real headless Chromium (Playwright): queue -> part -> overlay -> mark ->
+queue updated -> CSV export. The app runs under uvicorn on 127.0.0.1 with sample parts and
+real PNG files in a scratch data root.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from station.review.app import create_app
+from station.review.sample import seed_parts
+from station.review.server import background_server
+from station.storage.db import open_database
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}"),
+]
+
+
+def test_operator_reviews_a_part_in_the_browser(tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url = f"sqlite:///{tmp_path}/station.db"
+    data = tmp_path / "data"
+    db = open_database(url)
+    sample = seed_parts(
+        db,
+        data,
+        16,
+        detectors=("patchcore", "simplenet"),
+        size=(160, 128),
+        seed=4,
+        reject_rate=0.6,
+        review_rate=0.0,
+    )
+    app = create_app(url, data)
+    with background_server(app) as base, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, accept_downloads=True
+        )
+        page = context.new_page()
+        seen: list[str] = []
+        page.on("request", lambda req: seen.append(req.url))
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        # Queue: every rejected part, newest first, nothing reviewed yet.
+        page.goto(base + "/")
+        rows = page.locator("#queue tbody tr")
+        n = len(sample.rejected_ids)
+        assert rows.count() == n
+        assert page.inner_text("#count-unreviewed") == str(n)
+        newest = max(sample.rejected_ids)
+        assert rows.first.get_attribute("data-part-id") == str(newest)
+
+        # N on the queue opens the newest part still to review.
+        page.keyboard.press("n")
+        page.wait_for_url(f"**/parts/{newest}?*")
+        images = page.locator(".stack img.base")
+        assert images.count() == 3
+        for i in range(3):
+            assert images.nth(i).evaluate("img => img.complete && img.naturalWidth") == 160
+        overlay = page.locator(".stack img.overlay[data-detector=patchcore]").first
+        assert overlay.evaluate("img => getComputedStyle(img).opacity") == "0.5"
+        assert overlay.evaluate("img => img.naturalWidth") == 160
+
+        # Opacity slider, then the H key hides the overlay, then the checkbox brings it back.
+        page.locator("#overlay-opacity").fill("80")
+        assert overlay.evaluate("img => getComputedStyle(img).opacity") == "0.8"
+        assert page.inner_text("#overlay-opacity-value") == "80 %"
+        page.keyboard.press("h")
+        assert overlay.evaluate("img => getComputedStyle(img).display") == "none"
+        page.locator("#overlay-show").check()
+        assert overlay.evaluate("img => getComputedStyle(img).display") == "block"
+        # Switching the detector shows the other heatmap.
+        page.select_option("#overlay-detector", "simplenet")
+        assert overlay.evaluate("img => getComputedStyle(img).display") == "none"
+        other = page.locator(".stack img.overlay[data-detector=simplenet]").first
+        assert other.evaluate("img => getComputedStyle(img).display") == "block"
+
+        # Mark with the keyboard: name and comment first, D = defect confirmed.
+        page.fill("#operator", "Dana")
+        page.fill("#comment", "metal chip, <b>left</b> edge")
+        page.locator("body").click(position={"x": 5, "y": 300})
+        page.keyboard.press("d")
+        page.wait_for_url(lambda u: f"/parts/{newest}?" not in u)
+        assert f"Part {newest} marked: defect confirmed." in page.inner_text(".flash")
+        assert page.input_value("#operator") == "Dana"  # remembered
+
+        # N goes to the next (older) part, Q back to the queue, which shows the review.
+        before = page.url
+        page.keyboard.press("n")
+        page.wait_for_url(lambda u: u != before)
+        page.keyboard.press("q")
+        page.wait_for_url(lambda u: "/parts/" not in u)
+        assert page.inner_text("#count-unreviewed") == str(n - 1)
+        assert page.inner_text("#count-confirmed") == "1"
+        # The queue came back filtered to parts still to review: the marked one has left it.
+        ids = page.locator("#queue tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.partId)"
+        )
+        assert len(ids) == n - 1 and str(newest) not in ids
+        with page.expect_navigation():
+            page.click("a.count:has(#count-total)")  # the whole queue again
+        first = page.locator("#queue tbody tr").first
+        assert first.get_attribute("data-part-id") == str(newest)
+        assert "defect confirmed" in first.inner_text().lower()
+        assert "Dana" in first.inner_text()
+
+        # The F key marks a false reject from the part page.
+        page.goto(f"{base}/parts/{min(sample.rejected_ids)}")
+        with page.expect_navigation():
+            page.keyboard.press("f")
+        page.goto(base + "/?reviewed=false_reject")
+        assert page.locator("#queue tbody tr").count() == 1
+
+        # CSV export through the link.
+        with page.expect_download() as info:
+            page.click("#export-csv")
+        text = Path(info.value.path()).read_text()
+        rows_csv = list(csv.DictReader(io.StringIO(text)))
+        assert [(r["operator"], r["label"]) for r in rows_csv] == [
+            ("Dana", "defect_confirmed"),
+            ("Dana", "false_reject"),
+        ]
+        assert rows_csv[0]["comment"] == "metal chip, <b>left</b> edge"
+        assert rows_csv[0]["part_id"] == str(newest)
+
+        browser.close()
+    db.dispose()
+    assert not errors, errors
+    assert seen and all(u.startswith(base) for u in seen), "a page asked for an outside resource"
