@@ -1,0 +1,125 @@
+"""`station sim ...`: simulators for integrators (a fake UR controller that ur_rtde talks to)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import typer
+
+from station.errors import StationError
+
+if TYPE_CHECKING:
+    from station.twin.fake_ur import FakeURController
+
+CONSOLE_HELP = (
+    "commands: part on|off, pstop, unlock, estop, release, power on, drop, cut, restore, "
+    "silent on|off, status, help"
+)
+
+
+def _console_command(fake: FakeURController, line: str, part_input: int) -> str:
+    """One operator command typed on the server's stdin (fault injection and I/O)."""
+    cmd = line.strip().lower()
+    actions = {
+        "part on": lambda: fake.set_digital_input(part_input, True),
+        "part off": lambda: fake.set_digital_input(part_input, False),
+        "pstop": fake.protective_stop,
+        "unlock": fake.unlock_protective_stop,
+        "estop": fake.emergency_stop,
+        "release": fake.release_emergency_stop,
+        "power on": lambda: (fake.model.power_on(), fake.model.brake_release()),
+        "drop": fake.drop_connections,
+        "cut": fake.disconnect_network,
+        "restore": fake.reconnect_network,
+        "silent on": lambda: fake.go_silent(True),
+        "silent off": lambda: fake.go_silent(False),
+    }
+    if cmd in actions:
+        answer = actions[cmd]()
+        if isinstance(answer, str):
+            return answer  # the controller's own reply, e.g. to unlock
+    elif cmd != "status":
+        return CONSOLE_HELP
+    pose = ", ".join(f"{v:.4f}" for v in fake.tcp_pose)
+    return (
+        f"robot {fake.robot_mode}, safety {fake.safety_mode}, program "
+        f"{'running' if fake.program_running else 'stopped'}, TCP [{pose}], "
+        f"DI{part_input}={int(fake.digital_input(part_input))}, clients {fake.connection_count}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Simulated devices for trying the real drivers.", no_args_is_help=True)
+    app.add_typer(group, name="sim")
+
+    @group.command("robot-server")
+    def robot_server(
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+        speed_scale: float = typer.Option(
+            1.0, "--speed-scale", min=0.01, help="Simulated motion speed (2 = twice real time)."
+        ),
+        part_input: int = typer.Option(
+            0, "--part-input", min=0, max=7, help="Standard digital input of the part sensor."
+        ),
+        part_every: float = typer.Option(
+            0.0, "--part-every", min=0.0, help="Seconds between simulated sheets (0: none)."
+        ),
+        part_hold: float = typer.Option(
+            1.0, "--part-hold", min=0.05, help="Seconds the part sensor stays on per sheet."
+        ),
+        duration: float = typer.Option(
+            0.0, "--duration", min=0.0, help="Stop after this many seconds (0: until Ctrl-C)."
+        ),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Log protocol traffic."),
+    ) -> None:
+        """Run a fake UR5 controller (RTDE 30004, dashboard 29999, script 30001-30003).
+
+        Point a recipe's robot.host at HOST, set its drivers to ur_rtde, and ur_rtde drives it.
+
+        Any 127.0.0.x address is local on Linux, so several servers can run at once. Type
+        commands on stdin to inject faults (`help` lists them).
+        """
+        import logging
+
+        from station.cli.app import console
+        from station.twin.fake_ur import FakeURController
+
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.INFO,
+            format="%(asctime)s %(name)s: %(message)s",
+        )
+        fake = FakeURController(host, speed_scale=speed_scale)
+        try:
+            fake.start()
+        except OSError as exc:
+            raise StationError(
+                f"fake UR controller cannot listen on {host}: {exc.__cause__ or exc}",
+                "stop the other server on these ports or use another address, e.g. 127.0.0.2",
+            ) from None
+        console.print(
+            f"[green]fake UR5 controller[/] on {host} (RTDE 30004, dashboard 29999, "
+            f"script 30001-30003); Ctrl-C stops it"
+        )
+
+        def read_commands() -> None:
+            for line in sys.stdin:
+                if line.strip():
+                    console.print(_console_command(fake, line, part_input), highlight=False)
+
+        if sys.stdin is not None and not sys.stdin.closed:
+            threading.Thread(target=read_commands, name="sim-console", daemon=True).start()
+        t0 = time.monotonic()
+        try:
+            while duration <= 0 or time.monotonic() - t0 < duration:
+                if part_every > 0:
+                    phase = (time.monotonic() - t0) % part_every
+                    fake.set_digital_input(part_input, phase < min(part_hold, part_every / 2))
+                time.sleep(0.02)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            fake.stop()
+            console.print("fake UR controller stopped")

@@ -1,0 +1,195 @@
+"""`URRobot`: the station's Robot on a real UR controller, through ur_rtde in a child process.
+
+Units: the recipe speaks millimetres and rotation vectors; ur_rtde speaks metres. Every read of
+the robot state is checked for staleness (ur_rtde keeps returning the last values after a lost
+link), and every move is bracketed by protective/emergency stop checks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from station.errors import HardwareError, ProtectiveStop, RobotError
+from station.hardware.interfaces import RobotState
+from station.hardware.ur.link import URLink
+from station.hardware.ur.poses import rotation_distance
+from station.recipe import Pose, RobotConfig
+
+ROBOT_MODE_NAMES = {
+    -1: "NO_CONTROLLER",
+    0: "DISCONNECTED",
+    1: "CONFIRM_SAFETY",
+    2: "BOOTING",
+    3: "POWER_OFF",
+    4: "POWER_ON",
+    5: "IDLE",
+    6: "BACKDRIVE",
+    7: "RUNNING",
+    8: "UPDATING_FIRMWARE",
+}
+ROBOT_MODE_RUNNING = 7
+STATE_CALL_TIMEOUT_S = 2.0
+
+
+def fresh_state(
+    link: URLink, last_timestamp: float | None, stale_after_s: float, error_cls: type[HardwareError]
+) -> dict[str, Any]:
+    """Read the state and insist it is live: connected, and its timestamp moving on.
+
+    When `last_timestamp` is None the timestamp must advance between two reads.
+    """
+    deadline = time.monotonic() + stale_after_s
+    st = link.call("state", STATE_CALL_TIMEOUT_S)
+    base = st["timestamp"] if last_timestamp is None else last_timestamp
+    while True:
+        if not st["connected"]:
+            raise error_cls(
+                f"UR {link.role} link to {link.host}: RTDE connection lost",
+                "check the network and the controller, then reconnect",
+            )
+        if st["timestamp"] > base:
+            return st
+        if time.monotonic() > deadline:
+            raise error_cls(
+                f"UR {link.role} link to {link.host}: controller data stale "
+                f"(timestamp stuck at {st['timestamp']:.3f} s for {stale_after_s:.1f} s)",
+                "the controller stopped streaming; check it, then reconnect",
+            )
+        time.sleep(0.01)
+        st = link.call("state", STATE_CALL_TIMEOUT_S)
+
+
+def check_safety(st: dict[str, Any], host: str) -> None:
+    if st["emergency_stop"]:
+        raise ProtectiveStop(
+            f"robot at {host} is emergency-stopped",
+            "release the emergency stop, then power on and release the brakes on the pendant",
+        )
+    if st["protective_stop"]:
+        raise ProtectiveStop(
+            f"robot at {host} is in a protective stop",
+            "inspect the cause, then unlock the protective stop on the pendant",
+        )
+
+
+class URRobot:
+    """Robot protocol on a UR controller. Reconnect by calling `connect()` again."""
+
+    def __init__(
+        self,
+        robot_cfg: RobotConfig,
+        *,
+        stale_after_s: float = 1.0,
+        position_tolerance_mm: float = 1.0,
+        rotation_tolerance_rad: float = 0.01,
+    ) -> None:
+        self.cfg = robot_cfg
+        self.stale_after_s = stale_after_s
+        self.position_tolerance_mm = position_tolerance_mm
+        self.rotation_tolerance_rad = rotation_tolerance_rad
+        self._link = URLink(robot_cfg.host, RobotError, "robot")
+        self._last_ts: float | None = None
+
+    # -- connection ------------------------------------------------------------------------
+    def connect(self) -> None:
+        cfg = self.cfg
+        t = cfg.connect_timeout_s
+        self._link.start(t)
+        try:
+            self._link.call("open_receive", t, host=cfg.host)
+            st = fresh_state(self._link, None, self.stale_after_s, RobotError)
+            check_safety(st, cfg.host)
+            if st["robot_mode"] != ROBOT_MODE_RUNNING:
+                mode = ROBOT_MODE_NAMES.get(st["robot_mode"], str(st["robot_mode"]))
+                raise RobotError(
+                    f"robot at {cfg.host} is in mode {mode}, not RUNNING",
+                    "power on the arm and release the brakes on the pendant",
+                )
+            # Uploads ur_rtde's control script; needs remote control on e-Series robots.
+            self._link.call("open_control", t, host=cfg.host)
+            offset = [v / 1000.0 for v in cfg.tcp_offset_mm] + list(cfg.tcp_offset_rotvec_rad)
+            if not self._link.call("set_tcp", t, offset=offset):
+                raise RobotError(f"robot at {cfg.host} refused the TCP offset {offset}")
+            self._last_ts = st["timestamp"]
+        except Exception:
+            self._link.kill()
+            raise
+
+    def close(self) -> None:
+        self._link.close()
+
+    # -- state -----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        st = fresh_state(self._link, self._last_ts, self.stale_after_s, RobotError)
+        self._last_ts = st["timestamp"]
+        return st
+
+    @staticmethod
+    def _to_robot_state(st: dict[str, Any]) -> RobotState:
+        tcp = st["tcp"]
+        pose = (tcp[0] * 1000.0, tcp[1] * 1000.0, tcp[2] * 1000.0, tcp[3], tcp[4], tcp[5])
+        return RobotState(
+            tcp_mm_rotvec=pose,
+            protective_stop=st["protective_stop"],
+            emergency_stop=st["emergency_stop"],
+            timestamp_s=st["timestamp"],
+        )
+
+    def state(self) -> RobotState:
+        return self._to_robot_state(self._state())
+
+    # -- motion ----------------------------------------------------------------------------
+    def move_to(self, pose: Pose) -> RobotState:
+        cfg = self.cfg
+        st = self._state()
+        check_safety(st, cfg.host)
+        # After a protective stop the controller stopped ur_rtde's script: load it again.
+        if not st["program_running"] and not self._link.call(
+            "ensure_script", cfg.connect_timeout_s, wait_s=2.0
+        ):
+            raise RobotError(
+                f"robot at {cfg.host} does not run the ur_rtde control script",
+                "check remote control mode and the controller log, then reconnect",
+            )
+        outcome = self._link.call(
+            "movel",
+            cfg.move_timeout_s,
+            pose=pose.as_ur(),
+            speed=cfg.speed_mm_s / 1000.0,
+            acceleration=cfg.acceleration_mm_s2 / 1000.0,
+            stale_after_s=self.stale_after_s,
+        )
+        if outcome == "stale":
+            self._link.kill()
+            raise RobotError(
+                f"UR robot link to {cfg.host}: controller data stopped during the move to "
+                f"{pose.name!r}; link closed",
+                "check the network cable and the controller, then reconnect",
+            )
+        # Two fresh reads: the second package was certainly sent after the move ended.
+        self._state()
+        st = self._state()
+        check_safety(st, cfg.host)
+        if outcome != "done":
+            raise RobotError(
+                f"robot at {cfg.host}: moveL to pose {pose.name!r} was {outcome} by the controller",
+                "check the pendant for a program error or safety event",
+            )
+        self._check_reached(pose, st["tcp"])
+        if cfg.settle_s > 0:
+            time.sleep(cfg.settle_s)
+            st = self._state()
+            check_safety(st, cfg.host)
+        return self._to_robot_state(st)
+
+    def _check_reached(self, pose: Pose, tcp: list[float]) -> None:
+        err_mm = math.dist([v * 1000.0 for v in tcp[:3]], pose.position_mm)
+        rot_err = rotation_distance(tcp[3:6], pose.rotvec_rad)
+        if err_mm > self.position_tolerance_mm or rot_err > self.rotation_tolerance_rad:
+            raise RobotError(
+                f"robot at {self.cfg.host} stopped {err_mm:.1f} mm / {rot_err:.3f} rad away "
+                f"from pose {pose.name!r}",
+                "check the program and safety limits on the pendant",
+            )

@@ -1,0 +1,141 @@
+"""Child process that owns the ur_rtde objects; run as `python -m station.hardware.ur.worker`.
+
+ur_rtde can block forever while holding the GIL (a silent peer) and can abort the whole process
+after a lost connection, so it never runs in the station's own process. This worker reads one
+JSON request per line on stdin and writes one JSON reply per line on a private copy of stdout;
+ur_rtde's own console output goes to stderr, which the parent logs. The parent enforces every
+timeout and kills this process when it stops answering.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+# Standard digital outputs/inputs are bits 0-7 of the RTDE digital bit fields.
+RECEIVE_VARIABLES = [
+    "timestamp",
+    "actual_TCP_pose",
+    "robot_mode",
+    "safety_mode",
+    "safety_status_bits",
+    "robot_status_bits",
+    "actual_digital_input_bits",
+    "actual_digital_output_bits",
+]
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.receive: Any = None
+        self.control: Any = None
+        self.io: Any = None
+
+    def op_open_receive(self, host: str, frequency: float = -1.0) -> None:
+        import rtde_receive
+
+        self.receive = rtde_receive.RTDEReceiveInterface(host, frequency, RECEIVE_VARIABLES)
+
+    def op_open_io(self, host: str) -> None:
+        import rtde_io
+
+        self.io = rtde_io.RTDEIOInterface(host)
+
+    def op_open_control(self, host: str, frequency: float = -1.0) -> None:
+        import rtde_control
+
+        self.control = rtde_control.RTDEControlInterface(host, frequency)
+
+    def op_state(self) -> dict[str, Any]:
+        r = self.receive
+        status = int(r.getRobotStatus())
+        return {
+            "connected": bool(r.isConnected()),
+            "timestamp": float(r.getTimestamp()),
+            "tcp": [float(v) for v in r.getActualTCPPose()],
+            "robot_mode": int(r.getRobotMode()),
+            "safety_mode": int(r.getSafetyMode()),
+            "protective_stop": bool(r.isProtectiveStopped()),
+            "emergency_stop": bool(r.isEmergencyStopped()),
+            "program_running": bool(status & 2),
+            "digital_in": int(r.getActualDigitalInputBits()),
+            "digital_out": int(r.getActualDigitalOutputBits()),
+            "control_connected": bool(self.control.isConnected()) if self.control else None,
+        }
+
+    def op_ensure_script(self, wait_s: float = 2.0) -> bool:
+        """Re-upload the control script when it is not running (after a protective stop)."""
+        c = self.control
+        if c.isProgramRunning():
+            return True
+        c.reuploadScript()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if c.isProgramRunning():
+                return True
+            time.sleep(0.01)
+        return False
+
+    def op_set_tcp(self, offset: list[float]) -> bool:
+        return bool(self.control.setTcp(offset))
+
+    def op_movel(
+        self, pose: list[float], speed: float, acceleration: float, stale_after_s: float
+    ) -> str:
+        """Move and watch: "done", "refused", "stopped" (safety stop or script ended) or
+        "stale" (the controller stopped streaming). Async moveL keeps this loop in charge."""
+        c, r = self.control, self.receive
+        if not c.moveL(pose, speed, acceleration, True):
+            return "refused"
+        last_ts, last_change = r.getTimestamp(), time.monotonic()
+        while c.getAsyncOperationProgress() >= 0:
+            if r.isProtectiveStopped() or r.isEmergencyStopped() or not c.isProgramRunning():
+                return "stopped"
+            ts, now = r.getTimestamp(), time.monotonic()
+            if ts != last_ts:
+                last_ts, last_change = ts, now
+            elif now - last_change > stale_after_s or not r.isConnected():
+                return "stale"
+            time.sleep(0.004)
+        return "done"
+
+    def op_set_do(self, index: int, value: bool) -> bool:
+        return bool(self.io.setStandardDigitalOut(index, value))
+
+    def op_close(self) -> None:
+        # Stop the control script politely; the sockets close when this process exits.
+        if self.control is not None and self.control.isProgramRunning():
+            self.control.stopScript()
+
+
+def main() -> None:
+    # Keep the reply channel to ourselves: ur_rtde prints to fd 1, so fd 1 becomes stderr.
+    reply = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    worker = Worker()
+    reply.write(json.dumps({"id": 0, "ok": True, "result": "ready"}) + "\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        op = req.get("op", "")
+        try:
+            fn = getattr(worker, f"op_{op}")
+            result = fn(**req.get("args", {}))
+            msg = {"id": req["id"], "ok": True, "result": result}
+        except Exception as exc:  # ur_rtde raises RuntimeError and friends; report them all
+            msg = {"id": req["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        reply.write(json.dumps(msg) + "\n")
+        if op == "close":
+            break
+    reply.flush()
+    # Skip interpreter teardown: destroying ur_rtde objects after a lost link can abort.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
