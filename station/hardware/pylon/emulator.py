@@ -1,0 +1,150 @@
+"""Feed the pylon camera emulator with digital-twin shots.
+
+The emulator plays the files of `camera.emulator_images` in alphabetical order, one per
+software trigger, rewinding when grabbing restarts; it cannot render anything itself. So a run
+of the mixed setup (real drivers against the pylon emulator and the fake UR controller) first
+renders the parts with the twin and writes them, named so that alphabetical order is part order
+then recipe pose order: `p000000_00_left.png`, `p000000_01_centre.png`, ... The camera, opened
+once, then returns part 0's poses, part 1's poses, and so on, as the robot visits them.
+
+Ground truth cannot travel through the emulator, so masks go to a sibling folder
+`<folder>-masks/` and a manifest `<folder>.json` maps each played file to its part seed, pose,
+mask and defect flag. Nothing but images may stay in the played folder: the emulator turns any
+other file into a failed buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from station.errors import StationError
+from station.paths import resolve
+from station.recipe import Recipe
+
+_OURS = re.compile(r"^p\d{6}_\d{2}_.+\.png(\.tmp)?$")
+
+
+@dataclass(frozen=True)
+class EmulatorShot:
+    """One file the emulator will play, in play order."""
+
+    image_path: str
+    mask_path: str
+    part_index: int
+    part_seed: int
+    pose: str
+    defective: bool
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def _clear(folder: Path) -> None:
+    """Remove files written by an earlier run; refuse when foreign files would be played."""
+    files = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
+    foreign = [p.name for p in files if not (p.is_file() and _OURS.match(p.name))]
+    if foreign:
+        raise StationError(
+            f"emulator image folder {folder} holds other files ({', '.join(foreign[:5])}); "
+            "the emulator would play them too",
+            hint="give an empty folder or remove them",
+        )
+    for p in files:
+        p.unlink()
+
+
+def prepare_twin_images(
+    recipe: Recipe,
+    count: int,
+    folder: str | Path | None = None,
+    first_seed: int | None = None,
+    defective: bool | None = None,
+) -> list[EmulatorShot]:
+    """Render `count` twin parts and write their shots for the emulator; returns them in order.
+
+    `folder` defaults to the recipe's `camera.emulator_images`; part i uses twin seed
+    `first_seed + i` (default: `recipe.twin.seed`); `defective` True/False forces defective or
+    good sheets, None draws them at the recipe's defect rate. Earlier files from this function
+    in the folder are replaced. Shots must match the camera's width x height, else the emulator
+    would crop them silently.
+    """
+    if count < 1:
+        raise StationError(f"count must be at least 1, not {count}")
+    target = folder if folder is not None else recipe.camera.emulator_images
+    if target is None:
+        raise StationError(
+            f"recipe {recipe.name} sets no camera.emulator_images",
+            hint="set it to the folder the pylon emulator should play",
+        )
+    try:
+        from station.twin import render_part_shots
+    except ImportError:
+        raise StationError(
+            "the digital twin renderer (station.twin.render_part_shots) is not available"
+        ) from None
+
+    out = resolve(target)
+    out.mkdir(parents=True, exist_ok=True)
+    masks = out.with_name(out.name + "-masks")
+    masks.mkdir(exist_ok=True)
+    _clear(out)
+    for p in masks.glob("p*_mask.png"):
+        p.unlink()
+
+    cam = recipe.camera
+    size = (cam.height, cam.width)
+    seed0 = recipe.twin.seed if first_seed is None else first_seed
+    shots: list[EmulatorShot] = []
+    for i in range(count):
+        seed = seed0 + i
+        for j, (pose, image, mask) in enumerate(render_part_shots(recipe, seed, defective)):
+            if image.shape[:2] != size:
+                raise StationError(
+                    f"twin shot {pose} is {image.shape[1]}x{image.shape[0]} but the camera is "
+                    f"{cam.width}x{cam.height}; the emulator would crop it",
+                    hint="render at the recipe's camera.width x camera.height",
+                )
+            stem = f"p{i:06d}_{j:02d}_{pose}"
+            image_path, mask_path = out / f"{stem}.png", masks / f"{stem}_mask.png"
+            _write_png(image_path, image.astype(np.uint8, copy=False))
+            _write_png(mask_path, mask.astype(np.uint8, copy=False))
+            shots.append(
+                EmulatorShot(
+                    image_path=str(image_path),
+                    mask_path=str(mask_path),
+                    part_index=i,
+                    part_seed=seed,
+                    pose=pose,
+                    defective=bool(np.any(mask)),
+                )
+            )
+    manifest = out.with_name(out.name + ".json")
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(
+        json.dumps({"recipe": recipe.name, "shots": [asdict(s) for s in shots]}, indent=1),
+        encoding="utf-8",
+    )
+    tmp.replace(manifest)
+    return shots
+
+
+def read_manifest(folder: str | Path) -> list[EmulatorShot]:
+    """The shots `prepare_twin_images` wrote for `folder`, in play order."""
+    out = resolve(folder)
+    manifest = out.with_name(out.name + ".json")
+    if not manifest.is_file():
+        raise StationError(
+            f"no emulator manifest {manifest}", hint="run prepare_twin_images for this folder"
+        )
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    return [EmulatorShot(**s) for s in data["shots"]]

@@ -1,0 +1,246 @@
+"""PylonCamera against the real pylon camera emulator shipped in the pypylon wheel.
+
+PYLON_CAMEMU is read at every enumeration, so each test sets it before opening a camera.
+Emulated serials are 0815-0000, 0815-0001, ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from station.errors import CameraError, StationError
+from station.hardware.interfaces import Camera
+from station.recipe import CameraConfig
+
+pytest.importorskip("pypylon")
+
+from station.hardware.pylon.camera import PylonCamera, list_cameras  # noqa: E402
+
+# pylon times its waits with SIGALRM timers: a signal-based test timeout breaks them.
+pytestmark = pytest.mark.timeout(60, method="thread")
+
+W, H = 64, 48
+
+
+@pytest.fixture(autouse=True)
+def two_emulated_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYLON_CAMEMU", "2")
+
+
+def cfg(**overrides: object) -> CameraConfig:
+    base: dict[str, object] = {"driver": "pylon", "width": W, "height": H, "timeout_ms": 1000}
+    return CameraConfig(**(base | overrides))
+
+
+def write_images(folder: Path, n: int, rgb: bool = False) -> list[np.ndarray]:
+    """`n` distinct noise images, named so that alphabetical order is creation order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(42)
+    images = []
+    for i in range(n):
+        shape = (H, W, 3) if rgb else (H, W)
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(img).save(folder / f"shot_{i:03d}.png")
+        images.append(img)
+    return images
+
+
+def test_enumerate_and_open_by_serial() -> None:
+    serials = [c["serial"] for c in list_cameras()]
+    assert "0815-0000" in serials and "0815-0001" in serials
+    cam = PylonCamera(cfg(serial="0815-0001"))
+    assert isinstance(cam, Camera)
+    with cam:
+        assert cam.is_emulator
+        settings = cam.settings()
+        assert settings["serial"] == "0815-0001"
+        assert settings["model"] == "Emulation"
+        frame = cam.grab()  # the emulator's built-in test pattern
+        assert frame.image.shape == (H, W) and frame.image.dtype == np.uint8
+        assert frame.camera_settings["serial"] == "0815-0001"
+    assert not cam.is_open
+    with pytest.raises(CameraError, match="not open"):
+        cam.grab()
+
+
+def test_first_camera_when_serial_is_null() -> None:
+    with PylonCamera(cfg(serial=None)) as cam:
+        assert cam.settings()["serial"] == "0815-0000"
+
+
+def test_unknown_serial_names_it_and_lists_the_cameras() -> None:
+    with pytest.raises(CameraError) as err:
+        PylonCamera(cfg(serial="4711-9999")).open()
+    assert "4711-9999" in err.value.message
+    assert "0815-0000" in err.value.message and "0815-0001" in err.value.message
+
+
+def test_no_camera_hints_at_the_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYLON_CAMEMU", "0")
+    if list_cameras():
+        pytest.skip("a real camera is attached to this machine")
+    with pytest.raises(CameraError, match="no Basler camera found") as err:
+        PylonCamera(cfg()).open()
+    assert "PYLON_CAMEMU" in (err.value.hint or "")
+
+
+def test_settings_applied_and_read_back() -> None:
+    c = cfg(width=320, height=200, exposure_us=12345.0, gain_db=6.5, serial="0815-0000")
+    with PylonCamera(c) as cam:
+        s = cam.settings()
+        assert (s["width"], s["height"]) == (320, 200)
+        assert s["exposure_us"] == pytest.approx(12345.0)
+        assert s["gain_db"] == pytest.approx(6.5, abs=0.05)
+        assert s["pixel_format"] == "Mono8"
+        assert (s["trigger_mode"], s["trigger_source"]) == ("On", "Software")
+        frame = cam.grab()
+        assert frame.image.shape == (200, 320)
+        assert frame.camera_settings["exposure_us"] == pytest.approx(12345.0)
+        assert frame.camera_settings["attempts"] == 1
+        assert cam.device.ExposureTime.Value == pytest.approx(12345.0)
+
+
+@pytest.mark.parametrize("fmt", ["RGB8", "BayerRG8"])
+def test_colour_formats_give_hxwx3(fmt: str) -> None:
+    with PylonCamera(cfg(pixel_format=fmt)) as cam:
+        frame = cam.grab()
+    assert frame.image.shape == (H, W, 3) and frame.image.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [({"width": 5000}, "camera.width"), ({"exposure_us": 5e7}, "camera.exposure_us")],
+)
+def test_out_of_range_setting_names_the_recipe_field(overrides: dict, field: str) -> None:
+    with pytest.raises(CameraError, match=field.replace(".", r"\.")):
+        PylonCamera(cfg(**overrides)).open()
+
+
+def test_emulator_plays_the_folder_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATION_HOME", str(tmp_path))
+    images = write_images(tmp_path / "emu", 4)
+    # A relative folder resolves against the station home.
+    with PylonCamera(cfg(emulator_images="emu")) as cam:
+        got = [cam.grab().image for _ in range(6)]
+        assert cam.settings()["emulator_images"] == str(tmp_path / "emu")
+    for k, img in enumerate(got):  # grabbing keeps running, so the folder wraps, not rewinds
+        assert np.array_equal(img, images[k % 4]), f"grab {k}"
+
+
+def test_emulator_plays_rgb_files(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "rgb", 2, rgb=True)
+    with PylonCamera(cfg(pixel_format="RGB8", emulator_images=str(tmp_path / "rgb"))) as cam:
+        assert np.array_equal(cam.grab().image, images[0])
+        assert np.array_equal(cam.grab().image, images[1])
+
+
+def test_emulator_single_file(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "one", 1)
+    with PylonCamera(cfg(emulator_images=str(tmp_path / "one" / "shot_000.png"))) as cam:
+        assert np.array_equal(cam.grab().image, images[0])
+        assert np.array_equal(cam.grab().image, images[0])
+
+
+def test_emulator_folder_problems_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(CameraError, match="not found"):
+        PylonCamera(cfg(emulator_images=str(tmp_path / "missing"))).open()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CameraError, match="has no images"):
+        PylonCamera(cfg(emulator_images=str(tmp_path / "empty"))).open()
+    write_images(tmp_path / "mixed", 2)
+    (tmp_path / "mixed" / "notes.txt").write_text("not an image")
+    with pytest.raises(CameraError, match="notes.txt"):
+        PylonCamera(cfg(emulator_images=str(tmp_path / "mixed"))).open()
+
+
+def test_failed_buffer_is_retried(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "emu", 3)
+    with PylonCamera(cfg(emulator_images=str(tmp_path / "emu"), retries=1)) as cam:
+        cam.device.ForceFailedBufferCount.Value = 1
+        cam.device.ForceFailedBuffer.Execute()
+        frame = cam.grab()
+        # The failed buffer used up file 0; the retry is the next exposure: file 1.
+        assert frame.camera_settings["attempts"] == 2
+        assert np.array_equal(frame.image, images[1])
+        assert np.array_equal(cam.grab().image, images[2])
+
+
+def test_failed_buffer_without_retries_raises(tmp_path: Path) -> None:
+    write_images(tmp_path / "emu", 2)
+    with PylonCamera(cfg(emulator_images=str(tmp_path / "emu"), retries=0)) as cam:
+        cam.device.ForceFailedBufferCount.Value = 1
+        cam.device.ForceFailedBuffer.Execute()
+        with pytest.raises(CameraError) as err:
+            cam.grab()
+        msg = err.value.message
+        assert "0815-0000" in msg and "1 try" in msg and "failed buffer" in msg
+        assert "incompletely grabbed" in msg  # pylon's own description is passed on
+        cam.grab()  # the camera recovers on the next grab
+
+
+def test_hardware_trigger_timeout_raises_after_retries() -> None:
+    with PylonCamera(cfg(trigger="hardware", timeout_ms=100, retries=2)) as cam:
+        assert cam.settings()["trigger_source"] == "Line1"
+        with pytest.raises(CameraError) as err:
+            cam.grab()
+    msg = err.value.message
+    assert "3 tries" in msg and "no hardware trigger on Line1 within 100 ms" in msg
+    assert "Line1" in (err.value.hint or "")
+
+
+def test_feature_file_roundtrip(tmp_path: Path) -> None:
+    pfs = tmp_path / "cam" / "features.pfs"
+    with PylonCamera(cfg(exposure_us=2222.0)) as cam:
+        cam.device.BlackLevel.Value = 17.0  # a feature the recipe does not set
+        assert cam.save_features(pfs) == pfs
+    assert pfs.read_text().startswith("# {")  # pylon's persistence GUID line
+    assert "BlackLevel\t17" in pfs.read_text()
+    with PylonCamera(cfg(feature_file=str(pfs), exposure_us=3333.0)) as cam:
+        assert cam.device.BlackLevel.Value == pytest.approx(17.0)  # from the file
+        assert cam.settings()["exposure_us"] == pytest.approx(3333.0)  # the recipe wins
+    with PylonCamera(cfg()) as cam:  # without the file the device starts from its defaults
+        assert cam.device.BlackLevel.Value == pytest.approx(0.0)
+
+
+def test_bad_feature_files_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(CameraError, match="feature file .* not found"):
+        PylonCamera(cfg(feature_file=str(tmp_path / "none.pfs"))).open()
+    bad = tmp_path / "bad.pfs"
+    bad.write_text("Width\tabc\n")
+    with pytest.raises(CameraError, match="could not be applied") as err:
+        PylonCamera(cfg(feature_file=str(bad))).open()
+    assert "\n" not in str(err.value)
+
+
+def test_prepare_twin_images_feeds_the_emulator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import station.twin
+
+    if not hasattr(station.twin, "render_part_shots"):
+        pytest.skip("station.twin.render_part_shots is not built yet")
+    from station.hardware.pylon.emulator import prepare_twin_images, read_manifest
+    from station.recipe import load_recipe
+
+    monkeypatch.setenv("STATION_HOME", str(Path(__file__).resolve().parents[1]))
+    recipe = load_recipe("glassfiber-emulated")
+    folder = tmp_path / "emu"
+    shots = prepare_twin_images(recipe, 2, folder)
+    poses = [p.name for p in recipe.robot.poses]
+    assert [s.pose for s in shots] == poses * 2
+    assert read_manifest(folder) == shots
+    with pytest.raises(StationError, match="other files"):
+        (folder / "x.txt").write_text("x")
+        prepare_twin_images(recipe, 1, folder)
+    (folder / "x.txt").unlink()
+    camera_cfg = recipe.camera.model_copy(update={"emulator_images": str(folder)})
+    with PylonCamera(camera_cfg) as cam:
+        for shot in shots:
+            expected = np.asarray(Image.open(shot.image_path))
+            assert np.array_equal(cam.grab().image, expected), shot.image_path
