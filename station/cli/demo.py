@@ -1,0 +1,161 @@
+"""`station demo`: the whole loop on the simulated station, with the user's own commands.
+
+The demo works on a copy of a sim recipe named `<recipe>-demo` (data under
+`data/<recipe>-demo/`, calibration `calibration/<recipe>-demo.yaml`, same database), so it never
+touches a product's real captures, models or thresholds. Each run replaces the previous demo's
+data and parts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from station.errors import StationError
+
+
+def _demo_recipe(source: str, time_scale: float) -> tuple[Any, Path]:
+    """Write `<data>/<name>-demo/recipe.yaml` from a sim recipe; return (recipe, path)."""
+    from station.recipe import load_recipe, parse_recipe
+
+    base = load_recipe(source)
+    if {base.robot_driver, base.camera_driver, base.line_driver} != {"sim"}:
+        raise StationError(
+            f"recipe {base.name} does not run on the simulated station",
+            hint="the demo needs backend: sim (robot, camera and line I/O on the twin)",
+        )
+    data = yaml.safe_load(Path(base.source).read_text(encoding="utf-8"))
+    name = f"{base.name}-demo"
+    data["name"] = name
+    data["description"] = f"station demo copy of {base.name}"
+    data.setdefault("twin", {})["time_scale"] = time_scale
+    data.setdefault("decision", {})["calibration_file"] = f"calibration/{name}.yaml"
+    demo = parse_recipe(yaml.safe_dump(data, sort_keys=False), f"{name} (demo)")
+    demo.data_dir.mkdir(parents=True, exist_ok=True)
+    path = demo.data_dir / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return parse_recipe(path.read_text(encoding="utf-8"), str(path)), path
+
+
+def _clear_previous(recipe: Any) -> int:
+    """Remove the previous demo run: its files and its database rows."""
+    from sqlalchemy import delete, func, select
+
+    from station.storage.db import open_database
+    from station.storage.models import Calibration, ModelVersion, Part
+
+    db = open_database(recipe.storage.resolved_database_url())
+    try:
+        with db.session() as s:
+            n = s.scalar(select(func.count(Part.id)).where(Part.recipe == recipe.name)) or 0
+            for part in s.scalars(select(Part).where(Part.recipe == recipe.name)):
+                s.delete(part)  # cascades to shots, detections, reviews
+            s.execute(delete(ModelVersion).where(ModelVersion.recipe == recipe.name))
+            s.execute(delete(Calibration).where(Calibration.recipe == recipe.name))
+    finally:
+        db.dispose()
+    for sub in ("dataset", "images", "models"):
+        shutil.rmtree(recipe.data_dir / sub, ignore_errors=True)
+    recipe.calibration_path.unlink(missing_ok=True)
+    return n
+
+
+def _outcome(recipe: Any, since_sequence: int) -> dict[str, Any]:
+    """Confusion counts of the live parts against the twin's ground truth."""
+    from sqlalchemy import select
+
+    from station.storage.db import open_database
+    from station.storage.models import Part, Verdict
+
+    db = open_database(recipe.storage.resolved_database_url(), migrate=False)
+    try:
+        with db.session() as s:
+            parts = s.scalars(
+                select(Part).where(
+                    Part.recipe == recipe.name, Part.mode == "live", Part.sequence > since_sequence
+                )
+            ).all()
+            rows = [(p.verdict, p.ground_truth, p.timings_ms or {}) for p in parts]
+    finally:
+        db.dispose()
+    rejected = {Verdict.FAIL, Verdict.FAULT}
+    good = [v for v, gt, _ in rows if gt == "good"]
+    bad = [v for v, gt, _ in rows if gt == "defect"]
+    cycle = [t.get("cycle") for _, _, t in rows if t.get("cycle")]
+    return {
+        "parts": len(rows),
+        "good": len(good),
+        "defect": len(bad),
+        "false_rejects": sum(v in rejected for v in good),
+        "misses": sum(v not in rejected for v in bad),
+        "faults": sum(v == Verdict.FAULT for v, _, _ in rows),
+        "mean_cycle_ms": sum(cycle) / len(cycle) if cycle else None,
+    }
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        recipe: str = typer.Option("glassfiber", "--recipe", "-r", help="A sim recipe to copy."),
+        good: int = typer.Option(20, min=2, help="Good sheets captured for training."),
+        labelled: int = typer.Option(40, min=4, help="Labelled sheets for the calibration."),
+        parts: int = typer.Option(20, min=1, help="Sheets inspected live."),
+        time_scale: float = typer.Option(
+            0.25, min=0.0, help="Robot timing of the twin: 1 = real time, 0 = no waiting."
+        ),
+    ) -> None:
+        """Run the whole loop on the simulated station: capture, train, calibrate, inspect."""
+        from station.cli.app import app as root
+        from station.cli.app import console
+        from station.storage.db import open_database
+
+        t0 = time.monotonic()
+        demo_recipe, path = _demo_recipe(recipe, time_scale)
+        removed = _clear_previous(demo_recipe)
+        rp = str(path)
+        console.rule(f"[bold]station demo[/] on the simulated station: recipe {demo_recipe.name}")
+        if removed:
+            console.print(f"removed the previous demo run ({removed} parts)")
+
+        def step(title: str, *args: str) -> None:
+            console.rule(f"[bold cyan]{title}[/]  [dim]station {' '.join(args)}[/]")
+            root(args=list(args), standalone_mode=False)
+
+        step("1/5 capture good sheets", "capture", "--recipe", rp, "--count", str(good),
+             "--label", "good")
+        step("2/5 train the detectors", "train", "--recipe", rp)
+        step("3/5 capture labelled sheets", "capture", "--recipe", rp, "--count",
+             str(labelled), "--label", "labelled", "--seed", str(demo_recipe.twin.seed + 10_000))
+        step("4/5 calibrate the threshold", "calibrate-threshold", "--recipe", rp)
+        db = open_database(demo_recipe.storage.resolved_database_url(), migrate=False)
+        with db.session() as s:
+            before = db.next_sequence(s, demo_recipe.name) - 1
+        db.dispose()
+        step("5/5 inspect live", "inspect", "--live", "--recipe", rp, "--count", str(parts),
+             "--no-view")
+
+        out = _outcome(demo_recipe, before)
+        console.rule("[bold]demo summary[/]")
+        n_good, n_bad = out["good"], out["defect"]
+        fr = f"{out['false_rejects']}/{n_good}" + (
+            f" ({out['false_rejects'] / n_good:.0%})" if n_good else "")
+        miss = f"{out['misses']}/{n_bad}" + (f" ({out['misses'] / n_bad:.0%})" if n_bad else "")
+        console.print(f"inspected {out['parts']} sheets live: {n_good} good, {n_bad} defective "
+                      "(twin ground truth)")
+        console.print(f"false rejects: {fr}   missed defects: {miss}   faults: {out['faults']}")
+        if out["mean_cycle_ms"]:
+            console.print(f"mean cycle time: {out['mean_cycle_ms'] / 1000:.2f} s per sheet "
+                          f"(twin time scale {time_scale:g})")
+        console.print(f"finished in {time.monotonic() - t0:.0f} s\n")
+        console.print("where to look next:")
+        console.print(f"  review rejects:  station review --recipe {rp}   "
+                      "(http://127.0.0.1:8080)")
+        console.print(f"  threshold:       {demo_recipe.calibration_path} and its ROC plot")
+        console.print(f"  shots, heatmaps: {demo_recipe.images_dir}")
+        console.print(f"  training data:   {demo_recipe.dataset_dir}")
+        console.print(f"  database:        {demo_recipe.storage.resolved_database_url()}")
