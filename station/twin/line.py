@@ -1,0 +1,61 @@
+"""Simulated line: brings sheets (good or defective at the twin's rate) and takes the reject bit.
+
+The reject output and the part-present input live on the robot controller, as on the real cell,
+so a lost robot link fails line I/O too.
+"""
+
+from __future__ import annotations
+
+from station.errors import LineIOError
+from station.twin.world import TwinWorld
+
+
+class SimLine:
+    """The twin's conveyor; implements `station.hardware.interfaces.LineIO`."""
+
+    def __init__(self, world: TwinWorld) -> None:
+        self.world = world
+        params = world.twin.params
+        self.transfer_s = float(params.get("line_transfer_s", 1.5))
+        limit = params.get("line_parts")  # sheets the line brings before running empty
+        self.limit = int(limit) if limit is not None else None
+        self.is_open = False
+        self.rejects = 0
+
+    def _link(self, what: str) -> None:
+        if self.world.trip("link_lost"):
+            self.world.link_up = False
+        if not self.world.link_up:
+            raise LineIOError(
+                f"line I/O (simulated, on the robot controller) unreachable while {what}",
+                hint="check the network link to the controller, then restart the run",
+            )
+
+    def open(self) -> None:
+        self._link("opening")
+        self.is_open = True
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def wait_for_part(self, timeout_s: float) -> str | None:
+        self._link("waiting for a sheet")
+        if self.limit is not None and self.world.sheets_presented >= self.limit:
+            self.world.wait(timeout_s)
+            return None
+        self.world.wait(self.transfer_s)
+        _, part_id = self.world.next_sheet()
+        return part_id
+
+    def set_reject(self, reject: bool) -> None:
+        self._link("setting the reject output")
+        self.world.reject_output = bool(reject)
+        if self.world.reject_output != bool(reject):  # read-back, as on the real cell
+            raise LineIOError("reject output did not hold")
+        if reject:
+            self.rejects += 1
+
+    def release_part(self) -> None:
+        self._link("releasing the sheet")
+        self.world.wait(self.transfer_s / 2)
+        self.world.present(None)

@@ -1,0 +1,304 @@
+"""The simulated cell: the sheet on the table, the robot's TCP, a clock, and injectable faults.
+
+`TwinWorld(recipe, seed)` is shared by the simulated robot, camera and line. It makes sheets
+from seeds (`make_sheet`: weave variation, defects at the configured rate, placed where the
+recipe's poses look), renders what the camera sees from the current TCP (`render`), keeps the
+simulated time (`wait`, scaled by `twin.time_scale`: 0 never sleeps) and holds the faults the
+devices raise (`inject_fault`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from station.errors import RecipeError
+from station.recipe import Pose, Recipe
+from station.twin import optics
+from station.twin.defects import KINDS
+from station.twin.render import Lighting, Shot, shade
+from station.twin.sheet import (
+    DefectSpec,
+    Layers,
+    Region,
+    SheetSpec,
+    SheetTexture,
+    render_layers,
+)
+
+FAULT_KINDS = ("protective_stop", "link_lost", "camera_timeout", "failed_buffer")
+MAX_TEXELS = 4_000_000  # largest layer raster rendered at once
+CACHE_SIZE = 3
+
+
+@dataclass
+class Fault:
+    kind: str
+    after: int = 0  # operations that still succeed before it fires
+    count: int | None = None  # how many times it fires; None: until cleared
+
+
+def pose_tcp(pose: Pose) -> np.ndarray:
+    return np.array([*pose.position_mm, *pose.rotvec_rad], np.float64)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from integers (stable across runs and platforms)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0]
+               & 0x7FFFFFFF)
+
+
+class TwinWorld:
+    def __init__(self, recipe: Recipe, seed: int | None = None, *,
+                 defect_rate: float | None = None) -> None:
+        self.recipe = recipe
+        self.twin = recipe.twin
+        self.seed = int(self.twin.seed if seed is None else seed)
+        self.defect_rate = self.twin.defect_rate if defect_rate is None else float(defect_rate)
+        self.time_scale = float(self.twin.time_scale)
+        self.kinds, self.kind_weights = self._kinds()
+        params = self.twin.params
+        cx, cy = self.twin.sheet_center_mm
+        self.lighting = Lighting(
+            side_light_mm=tuple(params.get("side_light_mm", (cx - 300.0, cy + 150.0, 650.0))),
+            reference_exposure_us=float(params.get("reference_exposure_us", 8000.0)),
+        )
+        self.intrinsics = optics.Intrinsics.from_camera(recipe.camera)
+        self.tcp = pose_tcp(recipe.robot.home)
+        self.clock_s = 0.0
+        self.sheet: SheetSpec | None = None
+        self.part_id: str | None = None
+        self.sheets_presented = 0
+        self.grabs_on_sheet = 0
+        self.reject_output = False
+        self.protective_stop = False
+        self.link_up = True
+        self.faults: dict[str, Fault] = {}
+        self.jitter_rng = np.random.default_rng([self.seed, 99])
+        self._queue: collections.deque[tuple[int, bool | None, str | None]] = collections.deque()
+        self._tex: SheetTexture | None = None
+        self._cache: list[Layers] = []
+        # faults injected from the recipe, e.g. twin.params.faults: {protective_stop: {after: 7}}
+        for kind, opts in dict(params.get("faults") or {}).items():
+            try:
+                self.inject_fault(kind, **dict(opts or {}))
+            except (TypeError, ValueError) as exc:
+                raise RecipeError(self.recipe.source or self.recipe.name,
+                                  [f"twin.params.faults.{kind}: {exc}"]) from None
+        self._empty = SheetSpec(self.seed, "plain", (2.5, 2.5), (0.0, 0.0), (cx, cy), 0.0,
+                                1.0, 0.0)
+
+    def _kinds(self) -> tuple[list[str], np.ndarray]:
+        given = self.twin.defect_kinds or {k: 1.0 for k in KINDS}
+        unknown = sorted(set(given) - set(KINDS))
+        if unknown:
+            raise RecipeError(self.recipe.source or self.recipe.name, [
+                f"twin.defect_kinds: unknown kind {', '.join(unknown)}; known: {', '.join(KINDS)}"
+            ])
+        kinds = [k for k, w in given.items() if w > 0]
+        w = np.array([given[k] for k in kinds], np.float64)
+        if not kinds or w.sum() <= 0:
+            raise RecipeError(self.recipe.source or self.recipe.name,
+                              ["twin.defect_kinds: give at least one kind a positive weight"])
+        return kinds, w / w.sum()
+
+    # -- time and faults --------------------------------------------------------------------
+    def wait(self, seconds: float) -> None:
+        """Advance the simulated clock; sleep `seconds * time_scale` of real time."""
+        if seconds <= 0:
+            return
+        self.clock_s += seconds
+        if self.time_scale > 0:
+            time.sleep(seconds * self.time_scale)
+
+    def inject_fault(self, kind: str, *, after: int = 0, count: int | None = None) -> None:
+        """Make a fault happen at the `after`+1-th next operation of the devices it concerns.
+
+        protective_stop: a robot move stops (latched until cleared). link_lost: the robot and
+        line I/O link drops (latched). camera_timeout / failed_buffer: grab attempts fail,
+        `count` times (None: every attempt until cleared).
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
+        self.faults[kind] = Fault(kind, after=max(0, int(after)), count=count)
+
+    def clear_faults(self) -> None:
+        """Remove injected faults and reset the protective stop and the link."""
+        self.faults.clear()
+        self.protective_stop = False
+        self.link_up = True
+
+    def trip(self, kind: str) -> bool:
+        """Count one operation for fault `kind`; True when the fault fires now."""
+        f = self.faults.get(kind)
+        if f is None:
+            return False
+        if f.after > 0:
+            f.after -= 1
+            return False
+        if f.count is not None:
+            f.count -= 1
+            if f.count <= 0:
+                del self.faults[kind]
+        return True
+
+    # -- sheets -----------------------------------------------------------------------------
+    def part_seed(self, index: int) -> int:
+        return derive_seed(self.seed, index)
+
+    def inspected_footprints(self) -> list[np.ndarray]:
+        """Table quadrilaterals (4x2 mm) seen from the recipe's shot poses."""
+        out = []
+        for p in self.recipe.robot.poses:
+            try:
+                out.append(optics.footprint(self.intrinsics, optics.CameraPose.from_tcp(
+                    pose_tcp(p))))
+            except ValueError:
+                continue
+        return out
+
+    def make_sheet(self, seed: int, defective: bool | None = None) -> SheetSpec:
+        """The sheet for `seed`; `defective` None draws it at the configured defect rate."""
+        tw = self.twin
+        rng = np.random.default_rng([int(seed), 0])
+        weave = tw.weave if tw.weave != "mixed" else str(rng.choice(["plain", "twill"]))
+        pitch = tw.roving_pitch_mm
+        centre = np.array(tw.sheet_center_mm) + rng.normal(0, 1.0, 2)
+        draw_defective = rng.uniform() < self.defect_rate
+        is_defective = draw_defective if defective is None else bool(defective)
+        base = SheetSpec(
+            seed=int(seed),
+            weave=weave,
+            pitch_mm=(pitch * (1 + rng.normal(0, 0.012)), pitch * (1 + rng.normal(0, 0.012))),
+            size_mm=(tw.sheet_width_mm, tw.sheet_height_mm),
+            centre_mm=(float(centre[0]), float(centre[1])),
+            angle_rad=float(rng.normal(0, 0.005)),
+            brightness=float(np.clip(rng.normal(1.0, 0.035), 0.9, 1.1)),
+            waviness_mm=float(abs(rng.normal(0.12, 0.04))) * pitch / 2.5,
+        )
+        if not is_defective:
+            return base
+        n = 1 + int(rng.uniform() < 0.3)
+        feet = self.inspected_footprints()
+        lo, hi = tw.defect_size_mm
+        lo, hi = min(lo, hi), max(lo, hi)
+        defects = []
+        for _ in range(n):
+            kind = str(rng.choice(self.kinds, p=self.kind_weights))
+            size = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+            if feet:
+                q = feet[int(rng.integers(len(feet)))]
+                a, b = rng.uniform(0.12, 0.88, 2)
+                top = q[0] + (q[1] - q[0]) * a
+                bottom = q[3] + (q[2] - q[3]) * a
+                at = top + (bottom - top) * b
+            else:
+                at = np.array(tw.sheet_center_mm) + rng.normal(0, 10, 2)
+            local = base.table_to_local(np.array([at]))[0]
+            defects.append(DefectSpec(kind, (float(local[0]), float(local[1])), size,
+                                      float(rng.uniform(0, 2 * math.pi)),
+                                      int(rng.integers(0, 2**31 - 1))))
+        return dataclasses.replace(base, defects=tuple(defects))
+
+    def present(self, spec: SheetSpec | None, part_id: str | None = None) -> None:
+        """Put `spec` on the table (None: take the sheet away)."""
+        self.sheet = spec
+        self.part_id = part_id
+        self.grabs_on_sheet = 0
+        self._tex = SheetTexture(spec) if spec is not None else None
+        self._cache = []
+
+    def queue_sheet(self, seed: int, defective: bool | None = None,
+                    part_id: str | None = None) -> None:
+        """The next sheet the simulated line brings will be this one."""
+        self._queue.append((int(seed), defective, part_id))
+
+    def next_sheet(self) -> tuple[SheetSpec, str]:
+        """Bring the next sheet (queued, else the next from the world's seed) onto the table."""
+        self.sheets_presented += 1
+        if self._queue:
+            seed, defective, part_id = self._queue.popleft()
+        else:
+            seed, defective, part_id = self.part_seed(self.sheets_presented), None, None
+        part_id = part_id or f"TWIN-{self.seed}-{self.sheets_presented:06d}"
+        spec = self.make_sheet(seed, defective)
+        self.present(spec, part_id)
+        return spec, part_id
+
+    # -- rendering --------------------------------------------------------------------------
+    def _layers(self, tcp: np.ndarray) -> Layers:
+        spec = self.sheet or self._empty
+        pose = optics.CameraPose.from_tcp(tcp)
+        try:
+            foot = optics.footprint(self.intrinsics, pose, margin_px=4.0)
+        except ValueError:
+            foot = np.array([[-1.0, -1.0], [1.0, 1.0]]) + spec.centre_mm
+        local = spec.table_to_local(foot)
+        need_ppm = optics.ground_px_per_mm(self.intrinsics, pose) * 1.1
+        x0, y0 = local.min(axis=0)
+        x1, y1 = local.max(axis=0)
+        for lay in self._cache:
+            if lay.region.contains(x0, y0, x1, y1) and lay.region.ppm >= 0.75 * need_ppm:
+                self._cache.remove(lay)
+                self._cache.insert(0, lay)
+                return lay
+        # first render of this sheet: cover every recipe pose at once, so all shots share it
+        bx0, by0, bx1, by1 = x0, y0, x1, y1
+        ppm = need_ppm * 1.05
+        if not self._cache:
+            for p in self.recipe.robot.poses:
+                ptcp = pose_tcp(p)
+                try:
+                    f = spec.table_to_local(optics.footprint(
+                        self.intrinsics, optics.CameraPose.from_tcp(ptcp), margin_px=12.0))
+                except ValueError:
+                    continue
+                fx0, fy0 = f.min(axis=0)
+                fx1, fy1 = f.max(axis=0)
+                if max(fx1 - fx0, fy1 - fy0) > 4 * max(x1 - x0, y1 - y0):
+                    continue  # far from this view: not worth rendering together
+                bx0, by0 = min(bx0, fx0), min(by0, fy0)
+                bx1, by1 = max(bx1, fx1), max(by1, fy1)
+                ppm = max(ppm, optics.ground_px_per_mm(
+                    self.intrinsics, optics.CameraPose.from_tcp(ptcp)) * 1.15)
+        area = (bx1 - bx0 + 2) * (by1 - by0 + 2)
+        ppm = float(min(ppm, 24.0, math.sqrt(MAX_TEXELS / max(area, 1e-6))))
+        region = Region.covering(bx0 - 1, by0 - 1, bx1 + 1, by1 + 1, ppm)
+        if self._tex is None or self._tex.spec is not spec:
+            self._tex = SheetTexture(spec)
+        lay = render_layers(spec, region, self._tex, self._light_xy_per_z(spec))
+        self._cache.insert(0, lay)
+        del self._cache[CACHE_SIZE:]
+        return lay
+
+    def _light_xy_per_z(self, spec: SheetSpec) -> tuple[float, float]:
+        """Horizontal shadow offset per mm of height, in sheet-local axes (at the centre)."""
+        lx, ly, lz = self.lighting.side_light_mm
+        dx, dy = lx - spec.centre_mm[0], ly - spec.centre_mm[1]
+        c, s = math.cos(-spec.angle_rad), math.sin(-spec.angle_rad)
+        return (float((c * dx - s * dy) / lz), float((s * dx + c * dy) / lz))
+
+    def render(self, tcp: np.ndarray | None = None, *, noise_seed: Any = None,
+               exposure_us: float | None = None, gain_db: float | None = None) -> Shot:
+        """What the camera sees from `tcp` (default: the robot's current TCP)."""
+        tcp = self.tcp if tcp is None else np.asarray(tcp, np.float64)
+        layers = self._layers(tcp)
+        if noise_seed is None:
+            noise_seed = [self.sheet.seed if self.sheet else self.seed, 7, self.grabs_on_sheet]
+        return shade(self.sheet, layers, self.recipe.camera, tcp, self.lighting, noise_seed,
+                     exposure_us=exposure_us, gain_db=gain_db)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.sheet
+        return {
+            "seed": self.seed,
+            "sheet_seed": s.seed if s else None,
+            "weave": s.weave if s else None,
+            "defects": [d.as_dict() for d in s.defects] if s else [],
+        }

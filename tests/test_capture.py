@@ -1,0 +1,187 @@
+"""`station capture` on the twin: MVTec layout on disk, Part/Shot rows, resume, faults."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+import yaml
+from sqlalchemy import select
+
+from station.cli.app import main
+from station.cli.capture import run_capture
+from station.errors import StationError
+from station.recipe import load_recipe
+from station.storage.db import open_database
+from station.storage.models import Part, Shot
+
+
+def set_twin(home: Path, **twin: object) -> None:
+    path = home / "recipes/glassfiber.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["twin"].update({"time_scale": 0, **twin})
+    path.write_text(yaml.safe_dump(data))
+
+
+def parts_and_shots(home: Path) -> tuple[list[Part], list[Shot]]:
+    db = open_database(f"sqlite:///{home / 'data/station.db'}")
+    try:
+        with db.session() as s:
+            parts = list(s.scalars(select(Part).order_by(Part.sequence)))
+            shots = list(s.scalars(select(Shot).order_by(Shot.id)))
+            return parts, shots
+    finally:
+        db.dispose()
+
+
+def pngs(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.png") if ".staging" not in p.parts)
+
+
+def test_capture_five_good_parts(station_home: Path) -> None:
+    set_twin(station_home)
+    main(["capture", "--recipe", "glassfiber", "--count", "5"])
+    data = station_home / "data"
+    ds = data / "glassfiber/dataset"
+    files = pngs(ds)
+    assert len(files) == 15 and all(f.parent == ds / "train/good" for f in files)
+    assert files[0].name == "p000001_centre.png"
+    parts, shots = parts_and_shots(station_home)
+    assert [p.sequence for p in parts] == [1, 2, 3, 4, 5]
+    assert all(p.mode == "capture" and p.ground_truth == "good" for p in parts)
+    assert all(p.line_part_id and p.finished_at is not None for p in parts)
+    assert len(shots) == 15
+    for shot in shots:
+        path = data / shot.image_path
+        assert not Path(shot.image_path).is_absolute() and path.is_file()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == shot.image_sha256
+        assert (shot.width, shot.height) == (640, 512) and shot.mask_path is None
+        assert len(shot.robot_pose) == 6 and shot.camera_settings["exposure_us"] == 8000
+    first = sorted((s for s in shots if s.part_id == parts[0].id), key=lambda s: s.pose_index)
+    assert [s.pose_name for s in first] == ["left", "centre", "right"]
+    meta = json.loads((ds / "meta/p000001.json").read_text())
+    assert meta["ground_truth"] == "good" and len(meta["shots"]) == 3
+    assert meta["shots"][0]["robot_pose"][2] == pytest.approx(350, abs=0.2)
+    assert meta["simulated_cycle_s"] > 1.0  # robot and line timing ran (without waiting)
+
+
+def test_capture_labelled_sorts_shots_by_ground_truth(station_home: Path) -> None:
+    set_twin(station_home, defect_rate=0.6)
+    main(["capture", "--recipe", "glassfiber", "--count", "6", "--label", "labelled",
+          "--seed", "3"])
+    data = station_home / "data"
+    ds = data / "glassfiber/dataset"
+    defect = sorted((ds / "test/defect").glob("*.png"))
+    good = sorted((ds / "test/good").glob("*.png"))
+    assert defect and good and len(defect) + len(good) == 18
+    assert not (ds / "train").exists()
+    for f in defect:
+        mask = cv2.imread(str(ds / "ground_truth/defect" / f"{f.stem}_mask.png"), 0)
+        assert mask is not None and mask.shape == (512, 640) and (mask > 0).any()
+        assert set(mask.ravel().tolist()) <= {0, 255}
+    assert len(list((ds / "ground_truth/defect").glob("*.png"))) == len(defect)
+    parts, shots = parts_and_shots(station_home)
+    by_part: dict[int, list[Shot]] = {}
+    for s in shots:
+        by_part.setdefault(s.part_id, []).append(s)
+        assert (s.mask_path is not None) == ("/test/defect/" in s.image_path)
+        if s.mask_path:
+            assert (data / s.mask_path).is_file()
+    for p in parts:
+        has_defect = any(s.mask_path for s in by_part[p.id])
+        assert p.ground_truth == ("defect" if has_defect else "good")
+    meta = json.loads((ds / f"meta/p{parts[0].sequence:06d}.json").read_text())
+    assert "defects" in meta["twin"]
+
+
+def test_rerun_continues_numbering_without_overwriting(station_home: Path) -> None:
+    set_twin(station_home)
+    main(["capture", "--recipe", "glassfiber", "--count", "2"])
+    ds = station_home / "data/glassfiber/dataset/train/good"
+    first = {p.name: p.read_bytes() for p in ds.glob("*.png")}
+    main(["capture", "--recipe", "glassfiber", "--count", "2"])
+    parts, _ = parts_and_shots(station_home)
+    assert [p.sequence for p in parts] == [1, 2, 3, 4]
+    assert {p.name: p.read_bytes() for p in ds.glob("p00000[12]_*.png")} == first
+    assert len(list(ds.glob("*.png"))) == 12
+    # files on disk without a database row (e.g. the run died in between) are not overwritten
+    (ds / "p000009_left.png").write_bytes(b"not really a png")
+    main(["capture", "--recipe", "glassfiber", "--count", "1"])
+    parts, _ = parts_and_shots(station_home)
+    assert parts[-1].sequence == 10
+
+
+def test_fault_mid_capture_keeps_earlier_parts(station_home: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # each part: home, 3 poses, home = 5 moves; the 11th move (part 3) stops the robot
+    set_twin(station_home, params={"faults": {"protective_stop": {"after": 10}}})
+    with pytest.raises(SystemExit) as ei:
+        main(["capture", "--recipe", "glassfiber", "--count", "5"])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "protective stop" in err and "2 of 5 parts" in err and "Traceback" not in err
+    parts, shots = parts_and_shots(station_home)
+    assert [p.sequence for p in parts] == [1, 2] and len(shots) == 6
+    ds = station_home / "data/glassfiber/dataset"
+    assert len(pngs(ds)) == 6 and not (ds / ".staging").exists()
+    set_twin(station_home, params={})
+    main(["capture", "--recipe", "glassfiber", "--count", "1"])
+    parts, _ = parts_and_shots(station_home)
+    assert [p.sequence for p in parts] == [1, 2, 3]
+
+
+def test_camera_failure_is_one_clear_error(station_home: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    set_twin(station_home, params={"faults": {"camera_timeout": {"after": 4}}})
+    with pytest.raises(SystemExit) as ei:
+        main(["capture", "--recipe", "glassfiber", "--count", "3"])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "camera" in err and "1 of 3 parts" in err
+    parts, _ = parts_and_shots(station_home)
+    assert len(parts) == 1
+
+
+def test_interrupt_mid_part_leaves_no_partial_part(station_home: Path) -> None:
+    set_twin(station_home)
+    recipe = load_recipe("glassfiber")
+    calls: list[tuple[int, str]] = []
+
+    def on_shot(seq: int, pose: str) -> None:
+        calls.append((seq, pose))
+        if seq == 2 and pose == "centre":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_capture(recipe, 3, on_shot=on_shot)
+    ds = recipe.dataset_dir
+    assert [p.name for p in pngs(ds)] == [
+        "p000001_centre.png", "p000001_left.png", "p000001_right.png"]
+    assert not (ds / ".staging").exists()
+    parts, _ = parts_and_shots(station_home)
+    assert [p.sequence for p in parts] == [1]
+
+
+def test_labelled_needs_the_simulated_camera(station_home: Path) -> None:
+    path = station_home / "recipes/glassfiber.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["camera"]["driver"] = "pylon"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(StationError, match="ground truth"):
+        run_capture(load_recipe("glassfiber"), 1, label="labelled")
+    with pytest.raises(StationError, match="not known"):
+        run_capture(load_recipe("glassfiber"), 1, label="maybe")
+
+
+def test_out_folder_and_unlabelled(station_home: Path, tmp_path: Path) -> None:
+    set_twin(station_home, defect_rate=1.0)
+    out = tmp_path / "elsewhere"
+    res = run_capture(load_recipe("glassfiber"), 1, label="unlabelled", out=out)
+    assert res.shots == 3 and len(list((out / "unlabelled").glob("*.png"))) == 3
+    assert not (out / "ground_truth").exists()
+    parts, shots = parts_and_shots(station_home)
+    assert parts[0].ground_truth is None
+    assert all(Path(s.image_path).is_absolute() and Path(s.image_path).is_file() for s in shots)
