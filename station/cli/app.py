@@ -29,6 +29,14 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "recipe",
     "db",
+    "capture",
+    "train",
+    "evaluate",
+    "review",
+    "calibrate",
+    "inspect",
+    "sim",
+    "demo",
 ]
 
 

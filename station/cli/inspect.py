@@ -1,0 +1,210 @@
+"""`station inspect`: run the line live, or the same decision path on stored images."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from station.errors import StationError
+
+EXIT_OPERATOR = 3  # stopped on a fault that needs a person (message printed)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("inspect")
+    def inspect_cmd(
+        paths: list[Path] = typer.Argument(
+            None, help="Stored images or folders (offline). Omit with --live.", show_default=False
+        ),
+        recipe: str = typer.Option("glassfiber", "--recipe", "-r", help="Recipe name or path."),
+        live: bool = typer.Option(False, "--live", help="Run the cell: robot, camera, line."),
+        count: int | None = typer.Option(
+            None, "--count", "-n", min=1, help="Stop after N parts (live). Default: until Ctrl-C."
+        ),
+        pipelined: bool = typer.Option(
+            True, "--pipeline/--no-pipeline", help="Overlap inference with robot motion."
+        ),
+        view: bool | None = typer.Option(
+            None, "--view/--no-view", help="Live screen (default: when the output is a terminal)."
+        ),
+    ) -> None:
+        """Inspect parts: verdicts against calibrated thresholds, reject output, database.
+
+        Live: Ctrl-C finishes the part in progress, leaves the cell safe and exits.
+        A second Ctrl-C aborts at once; that part is marked interrupted at the next start.
+        """
+        from station.cli.app import console
+        from station.inspection.cycle import Inspector, group_offline
+        from station.inspection.models import load_detector_set
+        from station.inspection.recorder import Recorder
+        from station.recipe import load_recipe
+        from station.storage.db import open_database
+
+        if live and paths:
+            raise StationError("give either --live or image paths, not both")
+        if not live and not paths:
+            raise StationError(
+                "nothing to inspect", hint="add --live to run the cell, or give stored image paths"
+            )
+        rcp = load_recipe(recipe)
+        groups = None if live else group_offline(paths, rcp)
+        db = open_database(rcp.storage.resolved_database_url())
+        detectors = load_detector_set(rcp, db)
+        recorder = Recorder(db, rcp)
+        show = console.is_terminal if view is None else view
+        try:
+            if live:
+                summary = run_live_with_view(rcp, detectors, recorder, count, pipelined, show)
+            else:
+                with Inspector(
+                    rcp, detectors, recorder, pipelined=pipelined, on_event=_offline_printer()
+                ) as insp:
+                    summary = insp.run_offline(groups)
+        finally:
+            db.dispose()
+        _print_summary(summary)
+        if summary.operator_fault is not None:
+            raise typer.Exit(EXIT_OPERATOR)
+
+
+def _offline_printer() -> Any:
+    from station.cli.app import console
+    from station.inspection.decision import fmt_ratio
+    from station.inspection.live_view import verdict_text
+
+    def on_event(event: Any) -> None:
+        r = event.result
+        if event.kind != "part_finished" or r is None:
+            return
+        scores = ", ".join(f"{n} {fmt_ratio(v)}x" for n, v in r.normalized.items())
+        line = verdict_text(r.verdict.value)
+        line.append(f"  part {r.sequence}  {r.line_part_id}  ", style="")
+        line.append(scores or r.reason, style="dim" if scores else "")
+        console.print(line, highlight=False, soft_wrap=True)
+        if r.verdict.value == "fault":
+            console.print(f"  {r.reason}", style="magenta", highlight=False, soft_wrap=True)
+
+    return on_event
+
+
+def run_live_with_view(
+    rcp: Any,
+    detectors: Any,
+    recorder: Any,
+    count: int | None,
+    pipelined: bool = True,
+    show: bool = True,
+    world: Any = None,
+) -> Any:
+    """Run the cell with the live view (or one line per part), Ctrl-C handling and the
+    terminal operator prompt; returns the RunSummary. `world`: a TwinWorld to use (demo)."""
+    from rich.live import Live
+
+    from station.cli.app import console
+    from station.hardware.factory import open_devices
+    from station.inspection.cycle import Inspector
+    from station.inspection.decision import fmt_ratio
+    from station.inspection.live_view import LiveView
+
+    stop = threading.Event()
+    view = LiveView(
+        f"station inspect: {rcp.name}",
+        f"{'pipelined' if pipelined else 'sequential'} | thresholds {detectors.calibration_label}",
+    )
+    live: Live | None = None
+
+    def on_event(event: Any) -> None:
+        view.handle(event)
+        if not show and event.kind in ("part_finished", "message", "operator"):
+            if event.result is not None:
+                r = event.result
+                scores = ", ".join(f"{n} {fmt_ratio(v)}x" for n, v in r.normalized.items())
+                console.print(
+                    f"part {r.sequence}: {r.verdict.value} ({scores or r.reason}) "
+                    f"cycle {r.timings_ms.get('cycle', 0):.0f} ms",
+                    highlight=False,
+                )
+            elif event.text:
+                console.print(f"{event.level}: {event.text}", highlight=False)
+
+    def operator(fault: Any) -> bool:
+        """Ask the operator at the terminal; without one, stop with instructions."""
+        if not sys.stdin.isatty():
+            return False
+        if live is not None:
+            live.stop()
+        console.print(f"[bold red]{fault.message}[/]", highlight=False)
+        console.print(f"  {fault.action}", highlight=False)
+        try:
+            answer = console.input("  press Enter to resume, or q then Enter to stop: ")
+        except (EOFError, KeyboardInterrupt):
+            answer = "q"
+        if live is not None:
+            live.start()
+        return answer.strip().lower() not in ("q", "quit", "stop")
+
+    def on_sigint(_sig: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        view.stopping = True
+        view.message("Ctrl-C: finishing the part in progress (again to abort)", "warning")
+        if not show:
+            console.print("stopping after the part in progress (Ctrl-C again to abort)")
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    try:
+        with (
+            open_devices(rcp, world=world) as devices,
+            Inspector(
+                rcp,
+                detectors,
+                recorder,
+                devices,
+                pipelined=pipelined,
+                operator=operator,
+                on_event=on_event,
+            ) as insp,
+        ):
+            if show:
+                with Live(
+                    get_renderable=view.render, console=console, refresh_per_second=4
+                ) as live_:
+                    live = live_
+                    summary = insp.run_live(count=count, stop=stop)
+                live = None
+            else:
+                summary = insp.run_live(count=count, stop=stop)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+    return summary
+
+
+def _print_summary(summary: Any) -> None:
+    from station.cli.app import console
+    from station.inspection.cycle import TIMING_KEYS
+
+    c = summary.counts
+    console.print(
+        f"[bold]{summary.parts} part(s)[/]: pass {c['pass']}, fail {c['fail']}, "
+        f"fault {c['fault']} in {summary.elapsed_s:.1f} s "
+        f"({summary.throughput_per_hour:.0f} parts/h)",
+        highlight=False,
+    )
+    if summary.parts:
+        mean = summary.mean_timings()
+        console.print(
+            "mean cycle ms: " + ", ".join(f"{k} {mean.get(k, 0):.0f}" for k in TIMING_KEYS),
+            highlight=False,
+        )
+    if summary.operator_fault is not None:
+        f = summary.operator_fault
+        console.print(f"[bold red]stopped:[/] {f.message}", highlight=False, soft_wrap=True)
+        console.print(f"  to do: {f.action}; then run the command again", highlight=False)

@@ -1,0 +1,675 @@
+"""The inspection cycle: a part arrives, poses, shots, detectors, verdict, reject output, record.
+
+One part, live:
+
+    wait for a sheet -> Part row (pending) -> for each pose: move, grab, store shot, queue the
+    shot for inference -> move home -> collect scores -> verdict -> commit record -> set the
+    reject output (confirmed by read-back) -> release the sheet
+
+With `pipelined=True` a single worker thread scores shot k (and writes its heatmaps) while the
+robot moves to pose k+1, and scores the last shot while the robot moves home, clear of the next
+sheet's approach. With `pipelined=False` every step waits for the previous one (the baseline
+for tools/bench_cycle.py; detectors still run on the same worker thread, so the two modes
+differ only by the overlap). The per-part breakdown (`timings_ms` on the Part row) is the summed
+time of each activity: motion, exposure (the grab; offline: reading the file), inference
+(preprocessing + detectors), logging (files and database), line (reject output and
+release), wait (the cycle blocked on inference), and cycle (wall time from the sheet's
+arrival to its release). Inference and heatmap logging overlap the motion when pipelined,
+so the activities then add up to more than the cycle.
+
+Faults (see station.inspection.faults) end the part as `fault`, raise the reject output and
+then continue, wait for the operator, or stop. Stopping (Ctrl-C, `count` reached, operator)
+always finishes the part in progress, then leaves the cell safe: robot home, reject output
+raised so that sheets arriving while nobody inspects are diverted.
+
+Offline mode (`run_offline`) takes stored images through the same path, without robot, camera
+or line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from station.errors import StationError, StorageError
+from station.inspection.decision import Decision, decide
+from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify
+from station.inspection.models import DetectorSet
+from station.inspection.recorder import (
+    DetectionRecord,
+    PartRecord,
+    Recorder,
+    RecoveryReport,
+    ShotRecord,
+)
+from station.recipe import Recipe
+from station.storage.models import Verdict
+
+TIMING_KEYS = ("motion", "exposure", "inference", "logging", "line", "wait", "cycle")
+
+
+class Timings:
+    """Summed milliseconds per activity; safe to add to from the inference thread."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = dict.fromkeys(TIMING_KEYS, 0.0)
+        self._lock = threading.Lock()
+
+    def add(self, key: str, ms: float) -> None:
+        with self._lock:
+            self.ms[key] = self.ms.get(key, 0.0) + ms
+
+    @contextlib.contextmanager
+    def measure(self, key: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(key, (time.perf_counter() - t0) * 1000.0)
+
+    def rounded(self) -> dict[str, float]:
+        with self._lock:
+            return {k: round(v, 2) for k, v in self.ms.items()}
+
+
+@dataclass
+class Acquired:
+    """One shot as it leaves the camera (or the disk, offline)."""
+
+    pose_index: int
+    pose_name: str
+    image: np.ndarray
+    camera_settings: dict[str, Any] = field(default_factory=dict)
+    robot_pose: list[float] = field(default_factory=list)
+    mask: np.ndarray | None = None
+    defects: list[dict[str, Any]] | None = None  # None: no ground truth
+
+
+@dataclass
+class ShotScores:
+    shot: ShotRecord
+    scores: dict[str, float]
+    detections: list[DetectionRecord]
+
+
+@dataclass
+class PartResult:
+    sequence: int | None
+    part_id: int | None
+    mode: str
+    verdict: Verdict
+    reason: str
+    part_score: float | None
+    # per detector: its raw score combined over poses, its threshold, and the ratio
+    scores: dict[str, float]
+    thresholds: dict[str, float]
+    normalized: dict[str, float]
+    timings_ms: dict[str, float]
+    ground_truth: str | None
+    fault: Fault | None = None
+    stored: bool = True  # False: held in the journal until the database answers
+    line_part_id: str | None = None
+
+
+@dataclass
+class Event:
+    kind: str  # "waiting" | "part_started" | "part_finished" | "message" | "operator"
+    text: str = ""
+    result: PartResult | None = None
+    level: str = "info"  # info | warning | error
+
+
+@dataclass
+class RunSummary:
+    counts: Counter[str] = field(default_factory=Counter)
+    parts: int = 0
+    elapsed_s: float = 0.0
+    timing_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    last: PartResult | None = None
+    results: list[PartResult] = field(default_factory=list)  # the most recent KEEP_RESULTS
+    stopped_reason: str = ""
+    operator_fault: Fault | None = None  # set when stopped waiting for an operator
+    recovery: RecoveryReport | None = None
+
+    KEEP_RESULTS = 1000
+
+    def add(self, result: PartResult) -> None:
+        self.parts += 1
+        self.counts[result.verdict.value] += 1
+        for k, v in result.timings_ms.items():
+            self.timing_sums[k] += v
+        self.last = result
+        self.results.append(result)
+        del self.results[: -self.KEEP_RESULTS]
+
+    def mean_timings(self) -> dict[str, float]:
+        n = max(self.parts, 1)
+        return {k: v / n for k, v in self.timing_sums.items()}
+
+    @property
+    def throughput_per_hour(self) -> float:
+        return 3600.0 * self.parts / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+OperatorFn = Callable[[Fault], bool]  # True: the operator fixed it, resume; False: stop
+EventFn = Callable[[Event], None]
+
+
+@dataclass
+class OfflinePart:
+    """Stored images of one part: (pose name, path) in pose order."""
+
+    key: str
+    shots: list[tuple[str, Path]]
+    ground_truth: str | None = None
+
+
+_PART_STEM = re.compile(r"^(p\d+)_(.+)$")
+
+
+def group_offline(paths: Sequence[Path], recipe: Recipe) -> list[OfflinePart]:
+    """Group image files into parts: stems `p<sequence>_<pose>` (the capture layout) of one folder
+    form a part, in the recipe's pose order; any other file is a part of its own."""
+    from station.imaging import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise StationError(f"image {p} does not exist", hint="check the path")
+    files = [f for f in files if not f.stem.endswith("_mask")]
+    if not files:
+        raise StationError("no image files given", hint="pass image files or folders of them")
+    order = {pose.name: i for i, pose in enumerate(recipe.robot.poses)}
+    groups: dict[tuple[Path, str], OfflinePart] = {}
+    out: list[OfflinePart] = []
+    for f in files:
+        gt = f.parent.name if f.parent.name in ("good", "defect") else None
+        m = _PART_STEM.match(f.stem)
+        if m is None:
+            out.append(OfflinePart(key=str(f), shots=[(f.stem, f)], ground_truth=gt))
+            continue
+        gkey = (f.parent, m.group(1))
+        if gkey not in groups:
+            groups[gkey] = OfflinePart(key=f"{f.parent}/{m.group(1)}", shots=[], ground_truth=gt)
+            out.append(groups[gkey])
+        groups[gkey].shots.append((m.group(2), f))
+    for part in out:
+        part.shots.sort(key=lambda s: (order.get(s[0], len(order)), s[0]))
+    return out
+
+
+class Inspector:
+    """Runs parts through acquisition, detectors, decision, line output and the recorder."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        detectors: DetectorSet,
+        recorder: Recorder,
+        devices: Any = None,  # station.hardware.factory.Devices; None offline
+        *,
+        pipelined: bool = True,
+        operator: OperatorFn | None = None,
+        on_event: EventFn | None = None,
+        max_consecutive_faults: int = MAX_CONSECUTIVE_FAULTS,
+    ) -> None:
+        self.recipe = recipe
+        self.detectors = detectors
+        self.recorder = recorder
+        self.devices = devices
+        self.pipelined = pipelined
+        self.operator = operator
+        self.on_event = on_event
+        self.max_consecutive_faults = max_consecutive_faults
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            1, thread_name_prefix="inference"
+        )
+        self.held: PartRecord | None = None  # a faulted sheet not released (line I/O failed)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> Inspector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _emit(
+        self, kind: str, text: str = "", result: PartResult | None = None, level: str = "info"
+    ) -> None:
+        if self.on_event is not None:
+            self.on_event(Event(kind, text, result, level))
+
+    # -- one shot through the detectors (on the worker thread when pipelined) -----------
+    def _score_shot(
+        self, part: PartRecord, shot: ShotRecord, image: np.ndarray, timings: Timings
+    ) -> ShotScores:
+        with timings.measure("inference"):
+            outputs = self.detectors.score(image)
+        t0 = time.perf_counter()
+        dets = [
+            self.recorder.write_detection(
+                part,
+                shot,
+                detector=o.detector,
+                model_version=o.version,
+                score=o.score,
+                threshold=o.threshold,
+                amap=o.amap,
+                latency_ms=o.latency_ms,
+                store_raw=self.recipe.decision.store_raw_maps,
+                crop=self.recipe.preprocess.crop,
+            )
+            for o in outputs
+        ]
+        timings.add("logging", (time.perf_counter() - t0) * 1000.0)
+        return ShotScores(shot, {o.detector: o.score for o in outputs}, dets)
+
+    def _submit(
+        self, part: PartRecord, shot: ShotRecord, image: np.ndarray, timings: Timings
+    ) -> Future[ShotScores]:
+        """Score the shot on the inference thread; unless pipelined, wait until it is done.
+
+        Both modes run the detectors on the same thread, so they differ only by the overlap.
+        """
+        if self._pool is None:
+            raise StationError("the inspector is closed")
+        fut = self._pool.submit(self._score_shot, part, shot, image, timings)
+        if not self.pipelined:
+            futures_wait([fut])
+        return fut
+
+    # -- one part, any source ----------------------------------------------------------
+    def _run_part(
+        self,
+        mode: str,
+        line_part_id: str | None,
+        shots: Callable[[Timings], Iterator[Acquired]],
+        ground_truth: str | None = None,
+    ) -> tuple[PartRecord, Timings, Fault | None, float]:
+        """Acquire, score, decide and record one part (the line output is the caller's)."""
+        t_start = time.perf_counter()
+        timings = Timings()
+        part = self.recorder.new_part(mode, line_part_id)
+        part.model_versions = self.detectors.model_versions
+        part.calibration_id = self.detectors.calibration_id
+        part.ground_truth = ground_truth
+        fault: Fault | None = None
+        futures: list[Future[ShotScores]] = []
+        pose_names: list[str] = []
+        seen_truth = False
+        any_defect = False
+        try:
+            with timings.measure("logging"):
+                self.recorder.open_part(part)
+            self._emit("part_started", f"part {part.sequence}")
+            for acq in shots(timings):
+                with timings.measure("logging"):
+                    shot = self.recorder.add_shot(
+                        part,
+                        acq.pose_index,
+                        acq.pose_name,
+                        acq.image,
+                        camera_settings=acq.camera_settings,
+                        robot_pose=acq.robot_pose,
+                        mask=acq.mask,
+                    )
+                pose_names.append(acq.pose_name)
+                if acq.defects is not None:
+                    seen_truth = True
+                    any_defect = any_defect or bool(acq.defects)
+                futures.append(self._submit(part, shot, acq.image, timings))
+        except Exception as exc:  # noqa: BLE001 (every failure ends the part as a fault)
+            fault = classify(exc)
+        if seen_truth:
+            part.ground_truth = "defect" if any_defect else "good"
+
+        # Collect the scores; the worker may still be on the last shot.
+        scores: dict[str, list[float]] = defaultdict(list)
+        with timings.measure("wait"):
+            for fut in futures:
+                try:
+                    res = fut.result()
+                except Exception as exc:  # noqa: BLE001
+                    fault = fault or classify(exc)
+                    continue
+                res.shot.detections.extend(res.detections)
+                for name, s in res.scores.items():
+                    scores[name].append(s)
+
+        if fault is None and part.db_id is not None:
+            decision = decide(scores, self.detectors.thresholds, self.recipe.decision, pose_names)
+        elif fault is None:
+            decision = Decision.fault("the part was not recorded")
+        else:
+            decision = Decision.fault(fault.message)
+        part.verdict = decision.verdict
+        part.reason = decision.reason
+        part.part_score = decision.part_score
+        part.timings_ms = timings.rounded()
+
+        if part.db_id is not None or fault is None or fault.kind != "storage":
+            with timings.measure("logging"):
+                try:
+                    self.recorder.finish_part(part)
+                except StorageError as exc:
+                    fault = fault or classify(exc)
+                    self._refused(part, exc)
+        else:
+            self._refused(part, None)
+        return part, timings, fault, t_start
+
+    def _refused(self, part: PartRecord, exc: StationError | None) -> None:
+        """The database did not take the part: fault it and hold it in the journal."""
+        if part.verdict is not Verdict.FAULT:
+            part.reason = f"record refused by the database ({exc}); detectors said: " + (
+                f"{part.verdict.value}, {part.reason}"
+            )
+            part.verdict = Verdict.FAULT
+        self.recorder.keep(part, part.reason or "")
+
+    def _result(self, part: PartRecord, timings: Timings, fault: Fault | None) -> PartResult:
+        per: dict[str, list[float]] = defaultdict(list)
+        for shot in part.shots:
+            for d in shot.detections:
+                per[d.detector].append(d.score)
+        how = self.recipe.decision.combine_poses
+        combined = {n: (max(v) if how == "max" else sum(v) / len(v)) for n, v in per.items() if v}
+        th = self.detectors.thresholds
+        return PartResult(
+            sequence=part.sequence,
+            part_id=part.db_id,
+            mode=part.mode,
+            verdict=part.verdict,
+            reason=part.reason or "",
+            part_score=part.part_score,
+            scores=combined,
+            thresholds={n: th[n] for n in combined if n in th},
+            normalized={n: s / th[n] for n, s in combined.items() if n in th},
+            timings_ms=timings.rounded(),
+            ground_truth=part.ground_truth,
+            fault=fault,
+            stored=part.key not in self.recorder.backlog,
+            line_part_id=part.line_part_id,
+        )
+
+    # -- live -----------------------------------------------------------------------------
+    def _live_shots(self, timings: Timings) -> Iterator[Acquired]:
+        robot, camera = self.devices.robot, self.devices.camera
+        for k, pose in enumerate(self.recipe.robot.poses):
+            with timings.measure("motion"):
+                state = robot.move_to(pose)
+            with timings.measure("exposure"):
+                frame = camera.grab()
+            yield Acquired(
+                pose_index=k,
+                pose_name=pose.name,
+                image=frame.image,
+                camera_settings=dict(frame.camera_settings),
+                robot_pose=[float(v) for v in state.tcp_mm_rotvec],
+                mask=frame.mask,
+                defects=list(frame.defects) if frame.mask is not None else None,
+            )
+        # Clear of the sheet; when pipelined, this overlaps scoring the last shot.
+        with timings.measure("motion"):
+            robot.move_to(self.recipe.robot.home)
+
+    def live_part(self, line_part_id: str | None) -> PartResult:
+        """One part on the cell, from its arrival to its release (or hold, see below).
+
+        If the reject output cannot be set and confirmed, the sheet is not released: it stays
+        held (`self.held`) until the operator has restored the line I/O and resumed.
+        """
+        part, timings, fault, t_start = self._run_part("live", line_part_id, self._live_shots)
+        if fault is not None and fault.kind not in ("robot", "protective_stop", "line_io"):
+            # the part ended early, maybe with the robot over the sheet: clear the way first
+            try:
+                with timings.measure("motion"):
+                    self.devices.robot.move_to(self.recipe.robot.home)
+            except Exception as exc:  # noqa: BLE001
+                fault = classify(exc)
+                part.reason = f"{part.reason}; then {fault.message}"
+        try:
+            with timings.measure("line"):
+                self._output(part.verdict is not Verdict.PASS)
+        except Exception as exc:  # noqa: BLE001
+            line_fault = classify(exc)
+            part.reason = f"{line_fault.message}; before that: {part.verdict.value}, {part.reason}"
+            part.verdict = Verdict.FAULT
+            fault = line_fault
+            self.held = part
+        timings.add("cycle", (time.perf_counter() - t_start) * 1000.0)
+        part.timings_ms = timings.rounded()
+        # the cycle time is known only now: store it with any late change of verdict
+        if part.key not in self.recorder.backlog:
+            try:
+                self.recorder.finish_part(part)
+            except StorageError as exc:
+                if part.verdict is not Verdict.FAULT:
+                    # the verdict row is committed already; only the timings are late
+                    self._emit("message", f"cycle timings not stored: {exc}", level="warning")
+                else:
+                    self._refused(part, exc)
+        else:
+            self.recorder.keep(part, part.reason or "")  # refresh the journal copy
+        return self._result(part, timings, fault)
+
+    def _output(self, reject: bool) -> None:
+        """Set the reject output (confirmed by the driver's read-back), then release."""
+        self.devices.line.set_reject(reject)
+        self.devices.line.release_part()
+
+    def _wait_for_part(self, stop: threading.Event) -> str | None:
+        line = self.devices.line
+        waited = 0.0
+        warned = False
+        while not stop.is_set():
+            t0 = time.monotonic()
+            pid = line.wait_for_part(0.5)
+            if pid is not None:
+                return pid
+            waited += time.monotonic() - t0
+            if not warned and waited >= self.recipe.line_io.part_timeout_s:
+                self._emit("waiting", f"no sheet for {waited:.0f} s", level="warning")
+                warned = True
+        return None
+
+    def _resume_after(self, fault: Fault) -> bool:
+        """Ask the operator to fix `fault`, then bring the cell back. False: stop the station.
+
+        Resuming reconnects the robot (robot and line faults), reopens the line I/O (line
+        faults), moves the robot home, and rejects and releases a held sheet. If that fails,
+        the operator is asked again.
+        """
+        while True:
+            self._emit("operator", str(fault), level="error")
+            if self.operator is None or not self.operator(fault):
+                return False
+            try:
+                robot, line = self.devices.robot, self.devices.line
+                if fault.kind in ("robot", "protective_stop", "line_io"):
+                    with contextlib.suppress(StationError):
+                        robot.close()
+                    robot.connect()
+                if fault.kind == "line_io":
+                    # only then: reopening may ignore a sheet already present (edge-triggered)
+                    with contextlib.suppress(StationError):
+                        line.close()
+                    line.open()
+                robot.move_to(self.recipe.robot.home)
+                if self.held is not None:
+                    self._output(True)
+                    self._emit("message", f"held part {self.held.sequence} rejected and released")
+                    self.held = None
+                self._emit("message", "resumed")
+                return True
+            except Exception as exc:  # noqa: BLE001
+                fault = classify(exc)
+                if fault.policy is Policy.STOP:
+                    raise
+
+    def _safe_state(self) -> None:
+        """Robot home, reject output raised; errors are reported, not raised."""
+        try:
+            self.devices.robot.move_to(self.recipe.robot.home)
+        except Exception as exc:  # noqa: BLE001
+            self._emit("message", f"robot not sent home: {exc}", level="warning")
+        try:
+            self.devices.line.set_reject(True)
+        except Exception as exc:  # noqa: BLE001
+            self._emit("message", f"could not raise the reject output: {exc}", level="error")
+        if self.held is not None:
+            self._emit(
+                "message",
+                f"part {self.held.sequence} is still held on the line (fault): divert it by hand",
+                level="error",
+            )
+        self._flush_backlog()
+
+    def _flush_backlog(self) -> None:
+        if not self.recorder.backlog:
+            return
+        try:
+            self.recorder.flush_backlog()
+            self._emit("message", "held part records written to the database")
+        except StorageError as exc:
+            n = len(self.recorder.backlog)
+            self._emit(
+                "message",
+                f"{n} part record(s) still held in {self.recorder.journal_dir} ({exc}); "
+                "they are written at the next start",
+                level="warning",
+            )
+
+    def _stop_or_resume(self, fault: Fault, summary: RunSummary) -> bool:
+        """Apply a fault's policy after its part; False: the run ends."""
+        if fault.policy is Policy.OPERATOR and self._resume_after(fault):
+            return True
+        summary.stopped_reason = str(fault)
+        summary.operator_fault = fault
+        return False
+
+    def run_live(self, count: int | None = None, stop: threading.Event | None = None) -> RunSummary:
+        """Inspect parts until `stop` is set, `count` parts are done, or a fault stops it."""
+        if self.devices is None:
+            raise StationError("live inspection needs devices (robot, camera, line)")
+        stop = stop or threading.Event()
+        summary = RunSummary()
+        summary.recovery = self.recorder.recover()
+        rec = summary.recovery
+        if rec.journal_replayed or rec.interrupted:
+            self._emit(
+                "message",
+                f"recovered: {rec.journal_replayed} held record(s) written, "
+                f"{len(rec.interrupted)} part(s) marked interrupted "
+                f"({', '.join(map(str, rec.interrupted)) or '-'})",
+                level="warning",
+            )
+        self._announce()
+        self.devices.robot.move_to(self.recipe.robot.home)
+        t_run = time.perf_counter()
+        consecutive = 0
+        try:
+            while not stop.is_set() and (count is None or summary.parts < count):
+                self._emit("waiting", "waiting for a sheet")
+                try:
+                    pid = self._wait_for_part(stop)
+                except Exception as exc:  # noqa: BLE001
+                    if not self._stop_or_resume(classify(exc), summary):
+                        break
+                    continue
+                if pid is None:
+                    break
+                result = self.live_part(pid)
+                summary.elapsed_s = time.perf_counter() - t_run
+                summary.add(result)
+                self._emit("part_finished", result.reason, result)
+                fault = result.fault
+                if fault is None:
+                    consecutive = 0
+                    self._flush_backlog()
+                    continue
+                consecutive += 1
+                self._emit("message", str(fault), level="error")
+                if fault.policy is Policy.CONTINUE and consecutive >= self.max_consecutive_faults:
+                    fault = Fault(
+                        fault.kind,
+                        f"{consecutive} faults in a row, last: {fault.message}",
+                        fault.action,
+                        Policy.OPERATOR,
+                    )
+                if fault.policy is not Policy.CONTINUE:
+                    if not self._stop_or_resume(fault, summary):
+                        break
+                    consecutive = 0
+                self._flush_backlog()
+        finally:
+            summary.elapsed_s = time.perf_counter() - t_run
+            self._safe_state()
+        if not summary.stopped_reason:
+            summary.stopped_reason = "stopped" if stop.is_set() else "done"
+        return summary
+
+    # -- offline --------------------------------------------------------------------------
+    def offline_part(self, group: OfflinePart) -> PartResult:
+        from station.imaging import read_image
+
+        def shots(timings: Timings) -> Iterator[Acquired]:
+            for k, (pose, path) in enumerate(group.shots):
+                with timings.measure("exposure"):
+                    image = read_image(path)
+                yield Acquired(k, pose, image, {"source": str(path)})
+
+        t_start = time.perf_counter()
+        part, timings, fault, _ = self._run_part("offline", group.key, shots, group.ground_truth)
+        timings.add("cycle", (time.perf_counter() - t_start) * 1000.0)
+        part.timings_ms = timings.rounded()
+        if part.key not in self.recorder.backlog:
+            with contextlib.suppress(StorageError):
+                self.recorder.finish_part(part)
+        return self._result(part, timings, fault)
+
+    def _announce(self) -> None:
+        if self.detectors.calibration_note:
+            self._emit("message", self.detectors.calibration_note, level="warning")
+
+    def run_offline(
+        self, groups: Sequence[OfflinePart], stop: threading.Event | None = None
+    ) -> RunSummary:
+        summary = RunSummary()
+        self._announce()
+        t_run = time.perf_counter()
+        for group in groups:
+            if stop is not None and stop.is_set():
+                summary.stopped_reason = "stopped"
+                break
+            result = self.offline_part(group)
+            summary.elapsed_s = time.perf_counter() - t_run
+            summary.add(result)
+            self._emit("part_finished", result.reason, result)
+            if result.fault is not None and result.fault.policy is Policy.STOP:
+                summary.stopped_reason = str(result.fault)
+                break
+        summary.elapsed_s = time.perf_counter() - t_run
+        self._flush_backlog()
+        summary.stopped_reason = summary.stopped_reason or "done"
+        return summary

@@ -1,0 +1,110 @@
+"""What a fault during a part means for the station: its kind, message and policy.
+
+Every fault ends the part in progress as `fault` (treated as a reject: the reject output is
+raised and the sheet released to the reject path). What happens next depends on the kind:
+
+| fault                                  | kind             | then                           |
+|----------------------------------------|------------------|--------------------------------|
+| robot protective or emergency stop     | protective_stop  | wait for the operator          |
+| robot link lost, robot timeout         | robot            | wait for the operator          |
+| camera timeout, failed buffers         | camera           | next part                      |
+| detector error (incl. bad preprocess)  | detector         | next part                      |
+| disk full, database locked or gone     | storage          | next part (record held, retried)|
+| reject output not confirmed, line I/O  | line_io          | hold the sheet, wait for the   |
+|                                        |                  | operator, then reject it       |
+| unreadable stored image (offline)      | input            | next part                      |
+| anything unexpected (a bug)            | internal         | stop                           |
+
+`MAX_CONSECUTIVE_FAULTS` "next part" faults in a row also wait for the operator: a camera or
+disk that fails every part needs a person, not an endless stream of rejects.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from station.errors import (
+    CameraError,
+    DetectorError,
+    LineIOError,
+    ProtectiveStop,
+    RobotError,
+    StationError,
+    StorageError,
+)
+
+MAX_CONSECUTIVE_FAULTS = 3
+
+
+class Policy(enum.StrEnum):
+    CONTINUE = "continue"  # go on with the next part
+    OPERATOR = "operator"  # wait until the operator has fixed the cause and resumes
+    STOP = "stop"  # stop the station; the line must be handled by hand
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    message: str  # one line for the operator: what happened
+    action: str  # one line: what to do about it
+    policy: Policy
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.action})"
+
+
+def classify(exc: BaseException) -> Fault:
+    """The fault an exception raised during a part stands for."""
+    text = exc.message if isinstance(exc, StationError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ProtectiveStop):
+        return Fault(
+            "protective_stop",
+            f"robot protective/emergency stop: {text}",
+            "clear the stop on the teach pendant and check the cell, then resume",
+            Policy.OPERATOR,
+        )
+    if isinstance(exc, RobotError):
+        return Fault(
+            "robot",
+            f"robot: {text}",
+            "check the robot controller, its network link and remote control mode, then resume",
+            Policy.OPERATOR,
+        )
+    if isinstance(exc, CameraError):
+        return Fault(
+            "camera",
+            f"camera: {text}",
+            "part rejected; check the camera cable and trigger if this repeats",
+            Policy.CONTINUE,
+        )
+    if isinstance(exc, DetectorError):
+        return Fault(
+            "detector",
+            f"detector: {text}",
+            "part rejected; check the model files and the GPU if this repeats",
+            Policy.CONTINUE,
+        )
+    if isinstance(exc, StorageError):
+        return Fault(
+            "storage",
+            f"storage: {text}",
+            "part rejected; free disk space / release the database lock",
+            Policy.CONTINUE,
+        )
+    if isinstance(exc, LineIOError):
+        return Fault(
+            "line_io",
+            f"line I/O: {text}",
+            "the sheet is held: restore the controller link / line I/O, then resume "
+            "(the station raises the reject output and releases it), or divert it by hand",
+            Policy.OPERATOR,
+        )
+    if isinstance(exc, StationError):
+        return Fault("input", text, "part rejected", Policy.CONTINUE)
+    return Fault(
+        "internal",
+        f"internal error: {text}",
+        "the station stopped; report this with the log",  # never guess after a bug
+        Policy.STOP,
+    )

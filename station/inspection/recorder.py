@@ -1,0 +1,433 @@
+"""Everything the inspection cycle writes: shots, heatmaps and database rows, crash-safe.
+
+Order of writes for one part (so nothing captured or decided is ever lost):
+
+1. `open_part`: the Part row (verdict `pending`) is committed before the first shot.
+2. `add_shot`: the shot PNG is written atomically (temporary file, fsync, rename) and its Shot
+   row committed, before the shot goes to the detectors.
+3. `add_detections`: heatmap PNGs (and raw maps when the recipe asks) are written to disk.
+4. `finish_part`: Detection rows and the verdict are committed in one transaction.
+
+When the database refuses a write (locked, server gone, disk full), the part's full record is
+kept in memory and in a journal file (`<data>/<recipe>/journal/<key>.json`) and written to the
+database as soon as it answers again (before the next part, at shutdown, or at the next start).
+`recover()` at start-up replays the journal, then marks parts still `pending` as `interrupted`
+and adds Shot rows for shot files that reached the disk but not the database.
+
+Paths in the database are POSIX paths relative to the data root, e.g.
+`glassfiber/images/000123/centre.png`; a part's files share the folder of its sequence number:
+`<pose>.png` (shot), `<pose>.mask.png` (twin ground truth), `<pose>.<detector>.heat.png`,
+`<pose>.<detector>.raw.npy`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from station.errors import StorageError
+from station.paths import resolve
+from station.recipe import Recipe
+from station.storage.db import Database
+from station.storage.heatmaps import (
+    encode_heatmap,
+    encode_png,
+    encode_raw_map,
+    write_atomic,
+)
+from station.storage.models import Detection, Part, Shot, Verdict
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+def _from_iso(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s) if s else None
+
+
+@dataclass
+class DetectionRecord:
+    detector: str
+    model_version: str
+    score: float
+    threshold: float | None
+    normalized_score: float | None
+    heatmap_path: str | None
+    raw_map_path: str | None
+    latency_ms: float
+    db_id: int | None = None
+
+
+@dataclass
+class ShotRecord:
+    pose_index: int
+    pose_name: str
+    image_path: str
+    image_sha256: str
+    width: int
+    height: int
+    camera_settings: dict[str, Any] = field(default_factory=dict)
+    robot_pose: list[float] = field(default_factory=list)
+    captured_at: datetime = field(default_factory=_now)
+    mask_path: str | None = None
+    detections: list[DetectionRecord] = field(default_factory=list)
+    db_id: int | None = None
+
+
+@dataclass
+class PartRecord:
+    """One part as the station knows it, whether or not the database has it yet."""
+
+    recipe: str
+    recipe_sha256: str
+    mode: str
+    line_part_id: str | None = None
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: datetime = field(default_factory=_now)
+    finished_at: datetime | None = None
+    verdict: Verdict = Verdict.PENDING
+    reason: str | None = None
+    part_score: float | None = None
+    calibration_id: int | None = None
+    model_versions: dict[str, str] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    ground_truth: str | None = None
+    shots: list[ShotRecord] = field(default_factory=list)
+    sequence: int | None = None
+    db_id: int | None = None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["verdict"] = self.verdict.value
+        data["started_at"] = _iso(self.started_at)
+        data["finished_at"] = _iso(self.finished_at)
+        for shot, raw in zip(self.shots, data["shots"], strict=True):
+            raw["captured_at"] = _iso(shot.captured_at)
+        return json.dumps(data, indent=1)
+
+    @staticmethod
+    def from_json(text: str) -> PartRecord:
+        data = json.loads(text)
+        shots = []
+        for raw in data.pop("shots"):
+            dets = [DetectionRecord(**d) for d in raw.pop("detections")]
+            raw["captured_at"] = _from_iso(raw["captured_at"])
+            shots.append(ShotRecord(**raw, detections=dets))
+        data["verdict"] = Verdict(data["verdict"])
+        data["started_at"] = _from_iso(data["started_at"])
+        data["finished_at"] = _from_iso(data["finished_at"])
+        return PartRecord(**data, shots=shots)
+
+
+@dataclass
+class RecoveryReport:
+    journal_replayed: int = 0
+    interrupted: list[int] = field(default_factory=list)  # sequences marked interrupted
+    shots_added: int = 0
+
+
+class Recorder:
+    """Writes one recipe's parts to its data folder and database (see the module docstring)."""
+
+    def __init__(self, db: Database, recipe: Recipe) -> None:
+        self.db = db
+        self.recipe = recipe
+        self.data_root = resolve(recipe.storage.data_dir)
+        self.journal_dir = recipe.data_dir / "journal"
+        self.backlog: dict[str, PartRecord] = {}  # key -> parts the database has not taken yet
+
+    # -- paths ---------------------------------------------------------------------------
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.data_root).as_posix()
+
+    def abs(self, rel: str) -> Path:
+        return self.data_root / rel
+
+    def part_folder(self, part: PartRecord) -> Path:
+        if part.sequence is None:
+            raise StorageError("internal: the part has no sequence number yet")
+        return self.recipe.images_dir / f"{part.sequence:06d}"
+
+    # -- the part's life -----------------------------------------------------------------
+    def new_part(self, mode: str, line_part_id: str | None = None) -> PartRecord:
+        return PartRecord(
+            recipe=self.recipe.name,
+            recipe_sha256=self.recipe.sha256,
+            mode=mode,
+            line_part_id=line_part_id,
+        )
+
+    def open_part(self, part: PartRecord) -> None:
+        """Commit the pending Part row (and its sequence number). StorageError if refused."""
+        self.flush_backlog()
+        self._sync(part)
+
+    def add_shot(
+        self,
+        part: PartRecord,
+        pose_index: int,
+        pose_name: str,
+        image: np.ndarray,
+        *,
+        camera_settings: dict[str, Any] | None = None,
+        robot_pose: list[float] | None = None,
+        mask: np.ndarray | None = None,
+        captured_at: datetime | None = None,
+    ) -> ShotRecord:
+        """Write the shot (and twin mask) to disk, then commit its Shot row."""
+        folder = self.part_folder(part)
+        path = folder / f"{pose_name}.png"
+        sha = write_atomic(path, encode_png(image))
+        mask_rel = None
+        if mask is not None:
+            mask_path = folder / f"{pose_name}.mask.png"
+            write_atomic(mask_path, encode_png(mask))
+            mask_rel = self.rel(mask_path)
+        shot = ShotRecord(
+            pose_index=pose_index,
+            pose_name=pose_name,
+            image_path=self.rel(path),
+            image_sha256=sha,
+            width=int(image.shape[1]),
+            height=int(image.shape[0]),
+            camera_settings=dict(camera_settings or {}),
+            robot_pose=[float(v) for v in (robot_pose or [])],
+            captured_at=captured_at or _now(),
+            mask_path=mask_rel,
+        )
+        part.shots.append(shot)
+        self._sync(part, with_detections=False)
+        return shot
+
+    def write_detection(
+        self,
+        part: PartRecord,
+        shot: ShotRecord,
+        *,
+        detector: str,
+        model_version: str,
+        score: float,
+        threshold: float,
+        amap: np.ndarray,
+        latency_ms: float,
+        store_raw: bool = False,
+        crop: tuple[int, int, int, int] | None = None,
+    ) -> DetectionRecord:
+        """Write the heatmap (and raw map) files of one detector on one shot; no database."""
+        folder = self.part_folder(part)
+        heat = folder / f"{shot.pose_name}.{detector}.heat.png"
+        write_atomic(heat, encode_heatmap(amap, threshold, (shot.width, shot.height), crop))
+        raw_rel = None
+        if store_raw:
+            raw = folder / f"{shot.pose_name}.{detector}.raw.npy"
+            write_atomic(raw, encode_raw_map(amap))
+            raw_rel = self.rel(raw)
+        return DetectionRecord(
+            detector=detector,
+            model_version=model_version,
+            score=float(score),
+            threshold=float(threshold),
+            normalized_score=float(score) / float(threshold),
+            heatmap_path=self.rel(heat),
+            raw_map_path=raw_rel,
+            latency_ms=float(latency_ms),
+        )
+
+    def finish_part(self, part: PartRecord) -> None:
+        """Commit detections and verdict in one transaction; StorageError if refused.
+
+        On refusal the caller settles the verdict (a refused record is a fault) and hands
+        the part to `keep`, which holds it until the database takes it.
+        """
+        if part.finished_at is None:
+            part.finished_at = _now()
+        self._sync(part)
+        self._drop_journal(part)
+        self.backlog.pop(part.key, None)
+
+    def keep(self, part: PartRecord, why: str) -> None:
+        """Hold a part the database refused: in memory and in the journal folder."""
+        self.backlog[part.key] = part
+        try:
+            write_atomic(self.journal_dir / f"{part.key}.json", part.to_json().encode())
+        except StorageError as exc:
+            log.error("part %s kept in memory only (%s; journal: %s)", part.key, why, exc)
+
+    def flush_backlog(self) -> int:
+        """Write held parts to the database; returns how many are left. Raises on refusal."""
+        for key, part in list(self.backlog.items()):
+            self._sync(part)
+            self._drop_journal(part)
+            del self.backlog[key]
+        return len(self.backlog)
+
+    # -- start-up recovery ---------------------------------------------------------------
+    def recover(self) -> RecoveryReport:
+        """Replay the journal, then mark this recipe's undecided inspections `interrupted`.
+
+        Captured parts (mode "capture") are never decided, so they stay as they are.
+        """
+        report = RecoveryReport()
+        if self.journal_dir.is_dir():
+            for path in sorted(self.journal_dir.glob("*.json")):
+                try:
+                    part = PartRecord.from_json(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError, TypeError, KeyError) as exc:
+                    log.error("unreadable journal file %s: %s", path, exc)
+                    continue
+                self._sync(part)
+                path.unlink(missing_ok=True)
+                report.journal_replayed += 1
+        pose_index = {p.name: i for i, p in enumerate(self.recipe.robot.poses)}
+        with self.db.session() as s:
+            stale = s.scalars(
+                select(Part).where(
+                    Part.recipe == self.recipe.name,
+                    Part.verdict == Verdict.PENDING,
+                    Part.mode.in_(("live", "offline")),
+                )
+            ).all()
+            for row in stale:
+                row.verdict = Verdict.INTERRUPTED
+                row.reason = "the station stopped mid-part (crash or power loss); shots kept"
+                row.finished_at = row.finished_at or _now()
+                report.interrupted.append(row.sequence)
+                report.shots_added += self._adopt_shot_files(s, row, pose_index)
+        return report
+
+    def _adopt_shot_files(self, s: Any, row: Part, pose_index: dict[str, int]) -> int:
+        """Shot rows for shot files of an interrupted part that never reached the database."""
+        folder = self.recipe.images_dir / f"{row.sequence:06d}"
+        if not folder.is_dir():
+            return 0
+        known = {shot.pose_name for shot in row.shots}
+        added = 0
+        for pose, index in pose_index.items():
+            path = folder / f"{pose}.png"
+            if pose in known or not path.is_file():
+                continue
+            data = path.read_bytes()
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                continue  # a torn write cannot happen (atomic rename), but never trust a file
+            mask = folder / f"{pose}.mask.png"
+            s.add(
+                Shot(
+                    part_id=row.id,
+                    pose_index=index,
+                    pose_name=pose,
+                    image_path=self.rel(path),
+                    image_sha256=hashlib.sha256(data).hexdigest(),
+                    width=int(img.shape[1]),
+                    height=int(img.shape[0]),
+                    mask_path=self.rel(mask) if mask.is_file() else None,
+                )
+            )
+            added += 1
+        return added
+
+    # -- database ------------------------------------------------------------------------
+    def _drop_journal(self, part: PartRecord) -> None:
+        with contextlib.suppress(OSError):
+            (self.journal_dir / f"{part.key}.json").unlink(missing_ok=True)
+
+    def _sync(self, part: PartRecord, with_detections: bool = True) -> None:
+        """Bring the database up to `part` (idempotent: only missing rows are inserted)."""
+        for _attempt in range(10):
+            try:
+                self._sync_once(part, with_detections)
+                return
+            except IntegrityError as exc:
+                if part.db_id is not None:
+                    raise StorageError(f"database refused part {part.key}: {exc.orig}") from None
+                part.sequence = None  # another writer took the number: take the next one
+            except SQLAlchemyError as exc:
+                raise StorageError(f"database {self.db.safe_url} failed: {exc}") from None
+        raise StorageError(f"could not allocate a part number for recipe {part.recipe!r}")
+
+    def _sync_once(self, part: PartRecord, with_detections: bool) -> None:
+        new_ids: list[tuple[Any, Any]] = []  # (record, row): ids applied only after commit
+        with self.db.session() as s:
+            if part.db_id is None:
+                sequence = part.sequence or self.db.next_sequence(s, part.recipe)
+                row = Part(recipe=part.recipe, sequence=sequence, started_at=part.started_at)
+                s.add(row)
+            else:
+                row = s.get(Part, part.db_id)
+                if row is None:
+                    raise StorageError(f"part id {part.db_id} vanished from the database")
+            row.recipe_sha256 = part.recipe_sha256
+            row.mode = part.mode
+            row.line_part_id = part.line_part_id
+            row.verdict = part.verdict
+            row.reason = part.reason
+            row.part_score = part.part_score
+            row.finished_at = part.finished_at
+            row.calibration_id = part.calibration_id
+            row.model_versions = dict(part.model_versions)
+            row.timings_ms = dict(part.timings_ms)
+            row.ground_truth = part.ground_truth
+            s.flush()
+            new_ids.append((part, row))
+            for shot in part.shots:
+                if shot.db_id is None:
+                    srow = Shot(
+                        part_id=row.id,
+                        pose_index=shot.pose_index,
+                        pose_name=shot.pose_name,
+                        image_path=shot.image_path,
+                        image_sha256=shot.image_sha256,
+                        width=shot.width,
+                        height=shot.height,
+                        camera_settings=shot.camera_settings,
+                        robot_pose=shot.robot_pose,
+                        captured_at=shot.captured_at,
+                        mask_path=shot.mask_path,
+                    )
+                    s.add(srow)
+                    s.flush()
+                    new_ids.append((shot, srow))
+                    shot_id = srow.id
+                else:
+                    shot_id = shot.db_id
+                if not with_detections:
+                    continue
+                for det in shot.detections:
+                    if det.db_id is not None:
+                        continue
+                    drow = Detection(
+                        shot_id=shot_id,
+                        detector=det.detector,
+                        model_version=det.model_version,
+                        score=det.score,
+                        threshold=det.threshold,
+                        normalized_score=det.normalized_score,
+                        heatmap_path=det.heatmap_path,
+                        raw_map_path=det.raw_map_path,
+                        latency_ms=det.latency_ms,
+                    )
+                    s.add(drow)
+                    s.flush()
+                    new_ids.append((det, drow))
+        for record, dbrow in new_ids:
+            record.db_id = dbrow.id
+        part.sequence = row.sequence

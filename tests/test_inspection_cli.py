@@ -1,0 +1,159 @@
+"""`station inspect` end to end: a real PatchCore trained on twin sheets, a real calibration,
+offline and live runs on the twin, Ctrl-C, and the clear errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from test_inspection_support import database, small_recipe
+
+from station.cli.app import main
+from station.imaging import write_png
+from station.storage.models import Part, Verdict
+from station.twin import render_part_shots
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A station home with a trained PatchCore, a labelled twin dataset and a calibration."""
+    import shutil
+
+    from station.detectors.training import train_and_save
+
+    home = tmp_path_factory.mktemp("cli") / "home"
+    shutil.copytree(REPO / "recipes", home / "recipes")
+    old = os.environ.get("STATION_HOME")
+    os.environ["STATION_HOME"] = str(home)
+    try:
+        recipe = small_recipe(
+            home,
+            preprocess__size=[64, 64],
+            detectors=[{"name": "patchcore", "device": "cpu", "params": {"coreset_ratio": 0.5}}],
+        )
+        train = [img for s in range(3) for _, img, _ in render_part_shots(recipe, 100 + s, False)]
+        from station.imaging import preprocess
+
+        train_and_save(
+            recipe,
+            recipe.detectors[0],
+            [],
+            [preprocess(i, recipe.preprocess) for i in train],
+            train_hash="twin-seeds-100-102",
+        )
+        ds = home / "labelled"
+        for seq, defective in enumerate([False, False, False, True, True, True], start=1):
+            folder = "defect" if defective else "good"
+            for pose, img, _ in render_part_shots(recipe, 200 + seq, defective):
+                write_png(ds / "test" / folder / f"p{seq:06d}_{pose}.png", img)
+        argv = ["calibrate-threshold", "--recipe", "small", "--dataset", str(ds)]
+        argv += ["--resamples", "100", "--oob-resamples", "0"]
+        try:
+            main(argv)
+        except SystemExit as exc:
+            assert not exc.code, f"calibrate-threshold exited {exc.code}"
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("STATION_HOME", None)
+        else:
+            os.environ["STATION_HOME"] = old
+
+
+def _parts(home: Path) -> list[Part]:
+    from station.recipe import load_recipe
+
+    db = database(load_recipe("small"))
+    with db.session() as s:
+        rows = s.scalars(select(Part).order_by(Part.sequence)).all()
+        for r in rows:
+            _ = [sh.detections for sh in r.shots]
+    db.dispose()
+    return list(rows)
+
+
+def test_offline_on_stored_images(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = len(_parts(home))
+    code, out = _run(["inspect", "--recipe", "small", str(home / "labelled" / "test")], capsys)
+    assert code == 0, out
+    assert "6 part(s)" in out and "patchcore" in out
+    rows = _parts(home)[before:]
+    assert len(rows) == 6 and all(r.mode == "offline" for r in rows)
+    assert {r.ground_truth for r in rows} == {"good", "defect"}
+    assert all(r.calibration_id is not None for r in rows)  # linked to the calibration record
+    for r in rows:
+        assert r.verdict in (Verdict.PASS, Verdict.FAIL) and len(r.shots) == 3
+        assert all(len(s.detections) == 1 for s in r.shots)
+    # zero_miss policy on these same parts: every defective one is rejected
+    assert all(r.verdict is Verdict.FAIL for r in rows if r.ground_truth == "defect")
+
+
+def test_live_count(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = len(_parts(home))
+    code, out = _run(["inspect", "--live", "--recipe", "small", "-n", "2", "--no-view"], capsys)
+    assert code == 0, out
+    assert re.search(r"^part \d+: (pass|fail) \(patchcore \d+\.\d+x\) cycle", out, re.M)
+    assert "2 part(s)" in out and "mean cycle ms" in out
+    rows = _parts(home)[before:]
+    assert [r.mode for r in rows] == ["live", "live"]
+    assert all(r.timings_ms["cycle"] > 0 for r in rows)
+
+
+def test_ctrl_c_finishes_part_and_exits_cleanly(home: Path) -> None:
+    env = {**os.environ, "STATION_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "station", "inspect", "--live", "-r", "small", "--no-view"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("part "):
+                proc.send_signal(signal.SIGINT)
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out
+    assert "stopping after the part in progress" in out
+    assert "part(s): pass" in out
+    rows = _parts(home)
+    assert all(r.verdict is not Verdict.PENDING for r in rows)
+
+
+def test_clear_errors(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(["inspect", "--recipe", "small"], capsys)
+    assert code == 2 and "nothing to inspect" in out and "Traceback" not in out
+    code, out = _run(["inspect", "--recipe", "small", "--live", str(home)], capsys)
+    assert code == 2 and "not both" in out
+    code, out = _run(["inspect", "--recipe", "small", str(home / "missing.png")], capsys)
+    assert code == 2 and "missing.png does not exist" in out
+    # the shipped recipe has no trained model in this home
+    code, out = _run(["inspect", "--recipe", "glassfiber", str(home / "labelled")], capsys)
+    assert code == 2 and "station train" in out and "Traceback" not in out

@@ -1,0 +1,422 @@
+"""Live inspection on the digital twin: records, reject output, pipelining, fault injection.
+
+Each fault is injected at a known point of part 2 (from the inspector's own events) and must
+end that part as `fault` with the reject output raised, follow its policy (next part, or wait
+for the operator), and leave every captured shot and every decided part in the database.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from test_inspection_support import BrightSpot, bright_set, database, small_recipe
+
+import station.storage.db as dbmod
+import station.storage.heatmaps as heatmaps
+from station.hardware.factory import open_devices
+from station.inspection.cycle import Event, Inspector, RunSummary
+from station.inspection.faults import Fault
+from station.inspection.recorder import Recorder
+from station.recipe import Recipe
+from station.storage.models import Part, Verdict
+from station.twin import render_part_shots
+from station.twin.world import TwinWorld, pose_tcp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Cell:
+    recipe: Recipe
+    home: Path
+    db: Any
+    detector: BrightSpot
+    threshold: float = 0.12
+    world: TwinWorld | None = None
+    devices: Any = None
+    events: list[Event] = field(default_factory=list)
+    faults_seen: list[Fault] = field(default_factory=list)
+    hooks: dict[tuple[str, int], Callable[[], None]] = field(default_factory=dict)
+    on_open: Callable[[Any], None] | None = None
+
+    def parts(self) -> list[Part]:
+        with self.db.session() as s:
+            rows = s.scalars(select(Part).order_by(Part.sequence)).all()
+            for r in rows:
+                _ = [sh.detections for sh in r.shots]
+            return list(rows)
+
+    def run(
+        self,
+        count: int,
+        *,
+        pipelined: bool = True,
+        operator: bool = True,
+        stop: threading.Event | None = None,
+        seed: int = 3,
+    ) -> RunSummary:
+        self.world = TwinWorld(self.recipe, seed=seed)
+        dets = bright_set(self.recipe, threshold=self.threshold, mean=self.detector.mean)
+        dets.detectors[0].detector = self.detector
+
+        def on_event(e: Event) -> None:
+            self.events.append(e)
+            if e.kind in ("part_started", "part_finished"):
+                n = int(e.text.split()[-1]) if e.kind == "part_started" else e.result.sequence
+                hook = self.hooks.get((e.kind, n))
+                if hook is not None:
+                    hook()
+
+        def op(fault: Fault) -> bool:
+            self.faults_seen.append(fault)
+            self.world.clear_faults()
+            return operator
+
+        with (
+            open_devices(self.recipe, world=self.world) as dev,
+            Inspector(
+                self.recipe,
+                dets,
+                Recorder(self.db, self.recipe),
+                dev,
+                pipelined=pipelined,
+                operator=op,
+                on_event=on_event,
+            ) as insp,
+        ):
+            self.devices = dev
+            if self.on_open is not None:
+                self.on_open(dev)
+            return insp.run_live(count=count, stop=stop)
+
+
+def _cell(home: Path, **overrides: Any) -> Cell:
+    recipe = small_recipe(home, **overrides)
+    det = BrightSpot()
+    det.fit([img for _, img, _ in render_part_shots(recipe, 11, defective=False)])
+    return Cell(recipe, home, database(recipe), det)
+
+
+@pytest.fixture
+def cell(station_home: Path) -> Cell:
+    return _cell(station_home)
+
+
+def _check_complete(cell: Cell, n_parts: int) -> list[Part]:
+    """Every part decided, every shot on disk with its sha256, every heatmap on disk."""
+    import hashlib
+
+    rows = cell.parts()
+    assert len(rows) == n_parts, [r.verdict for r in rows]
+    root = cell.recipe.data_dir.parent
+    for r in rows:
+        assert r.verdict in (Verdict.PASS, Verdict.FAIL, Verdict.FAULT), r.verdict
+        assert r.finished_at is not None and r.model_versions == {"brightspot": "brightspot-test-1"}
+        for s in r.shots:
+            data = (root / s.image_path).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == s.image_sha256
+            for d in s.detections:
+                assert (root / d.heatmap_path).is_file()
+    assert not list((cell.recipe.data_dir / "journal").glob("*.json"))
+    return rows
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_parts_records_and_reject_output(cell: Cell, pipelined: bool) -> None:
+    # a threshold between the parts' scores, so that both verdicts occur
+    first = cell.run(4, pipelined=pipelined, seed=21)
+    cell.threshold = float(np.median([r.scores["brightspot"] for r in first.results]))
+    cell.db = database(
+        cell.recipe.model_copy(
+            update={
+                "storage": cell.recipe.storage.model_copy(
+                    update={"database_url": f"sqlite:///{cell.home}/other.db"}
+                )
+            }
+        )
+    )
+    summary = cell.run(4, pipelined=pipelined, seed=21)
+    assert {r.verdict for r in summary.results} == {Verdict.PASS, Verdict.FAIL}
+    assert summary.parts == 4 and summary.stopped_reason == "done"
+    rows = _check_complete(cell, 4)
+    for r, res in zip(rows, summary.results, strict=True):
+        assert r.verdict is res.verdict and len(r.shots) == 3
+        assert [s.pose_name for s in r.shots] == ["left", "centre", "right"]
+        assert r.ground_truth in ("good", "defect") and r.mode == "live"
+        ratio = max(d.normalized_score for s in r.shots for d in s.detections)
+        assert (r.verdict is Verdict.FAIL) == (ratio >= 1.0)
+        assert r.part_score == pytest.approx(ratio)
+        assert all(r.timings_ms[k] > 0 for k in ("exposure", "inference", "logging", "cycle"))
+        assert r.line_part_id.startswith("TWIN-")
+        assert len(r.shots[0].robot_pose) == 6
+    rejected = sum(r.verdict is not Verdict.PASS for r in rows)
+    assert 0 < rejected < 4
+    assert cell.devices.line.rejects == rejected + 1  # + the safe state at the end
+    assert cell.world.reject_output is True
+    assert np.allclose(cell.world.tcp[:3], pose_tcp(cell.recipe.robot.home)[:3], atol=0.1)
+    assert cell.detector.threads == {"inference_0"}  # both modes: same thread, overlap differs
+
+
+def test_pipelining_does_not_change_verdicts(cell: Cell) -> None:
+    on = cell.run(3, pipelined=True, seed=5)
+    off = cell.run(3, pipelined=False, seed=5)
+    assert [r.verdict for r in on.results] == [r.verdict for r in off.results]
+    assert [r.scores for r in on.results] == [r.scores for r in off.results]
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_inference_overlaps_motion_only_when_pipelined(cell: Cell, pipelined: bool) -> None:
+    """Order of events, not speed: does scoring shot k run during the move to pose k+1?"""
+    cell.detector.delay_s = 0.3
+    moves: list[tuple[float, float]] = []
+
+    def watch(dev: Any) -> None:
+        original = dev.robot.move_to
+
+        def move_to(pose: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(pose)
+            finally:
+                moves.append((t0, time.perf_counter()))
+
+        dev.robot.move_to = move_to
+
+    cell.on_open = watch
+    cell.run(2, pipelined=pipelined)
+    overlaps = sum(
+        1 for a0, a1 in cell.detector.intervals for m0, m1 in moves if m0 < a1 and a0 < m1
+    )
+    assert (overlaps > 0) is pipelined
+
+
+def _one_fault(cell: Cell, n_parts: int = 3, **run: Any) -> tuple[RunSummary, list[Part]]:
+    summary = cell.run(n_parts, **run)
+    rows = _check_complete(cell, n_parts)
+    assert [r.verdict for r in rows][0] is not Verdict.FAULT
+    assert rows[1].verdict is Verdict.FAULT
+    assert all(r.verdict is not Verdict.FAULT for r in rows[2:])
+    assert summary.counts["fault"] == 1
+    return summary, rows
+
+
+@pytest.mark.parametrize("kind", ["camera_timeout", "failed_buffer"])
+def test_camera_fault_rejects_and_continues(cell: Cell, kind: str) -> None:
+    tries = cell.recipe.camera.retries + 1
+    cell.hooks[("part_started", 2)] = lambda: cell.world.inject_fault(kind, after=1, count=tries)
+    heights: list[float] = []  # robot height whenever a sheet moves
+
+    def watch(dev: Any) -> None:
+        original = dev.line.release_part
+
+        def release_part() -> None:
+            heights.append(float(cell.world.tcp[2]))
+            original()
+
+        dev.line.release_part = release_part
+
+    cell.on_open = watch
+    summary, rows = _one_fault(cell)
+    assert heights == pytest.approx([cell.recipe.robot.home.position_mm[2]] * 3, abs=0.1)
+    assert summary.results[1].fault.kind == "camera"
+    assert rows[1].reason.startswith("camera:") and f"{tries} tries" in rows[1].reason
+    # the shot taken before the failed grab is kept, with its detections
+    assert [s.pose_name for s in rows[1].shots] == ["left"]
+    assert len(rows[1].shots[0].detections) == 1
+    assert cell.faults_seen == []  # no operator needed
+    assert cell.devices.line.rejects >= 2
+
+
+def test_detector_error_rejects_and_continues(cell: Cell) -> None:
+    def fail() -> None:
+        cell.detector.fail_with = RuntimeError("CUDA error: an illegal memory access")
+
+    def heal() -> None:
+        cell.detector.fail_with = None
+
+    cell.hooks[("part_started", 2)] = fail
+    cell.hooks[("part_finished", 2)] = heal
+    summary, rows = _one_fault(cell)
+    assert "detector brightspot failed: RuntimeError: CUDA error" in rows[1].reason
+    assert len(rows[1].shots) == 3  # shots were on disk and in the database before inference
+    assert cell.faults_seen == []
+
+
+def test_protective_stop_waits_for_operator(cell: Cell) -> None:
+    cell.hooks[("part_started", 2)] = lambda: cell.world.inject_fault("protective_stop", after=1)
+    summary, rows = _one_fault(cell)
+    assert [f.kind for f in cell.faults_seen] == ["protective_stop"]
+    assert "protective/emergency stop" in rows[1].reason
+    assert [s.pose_name for s in rows[1].shots] == ["left"]
+    assert any(e.kind == "operator" for e in cell.events)
+
+
+def test_protective_stop_without_operator_stops_safely(cell: Cell) -> None:
+    cell.hooks[("part_started", 2)] = lambda: cell.world.inject_fault("protective_stop", after=1)
+    summary = cell.run(4, operator=False)
+    assert summary.parts == 2 and summary.operator_fault.kind == "protective_stop"
+    rows = _check_complete(cell, 2)
+    assert rows[1].verdict is Verdict.FAULT
+    assert cell.world.reject_output is True
+
+
+def test_lost_link_holds_sheet_until_operator(cell: Cell) -> None:
+    # the link drops right after part 2 arrived: no robot, and no line I/O either
+    cell.hooks[("part_started", 2)] = lambda: cell.world.inject_fault("link_lost")
+    summary, rows = _one_fault(cell)
+    assert summary.results[1].fault.kind == "line_io"
+    assert "lost connection to the robot" in rows[1].reason and "line I/O" in rows[1].reason
+    assert rows[1].shots == []
+    assert [f.kind for f in cell.faults_seen] == ["line_io"]
+    assert any("held part 2 rejected and released" in e.text for e in cell.events)
+
+
+def test_locked_database_faults_part_and_keeps_everything(
+    cell: Cell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    monkeypatch.setattr(dbmod, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    cell.db = database(cell.recipe)
+    path = cell.db.url.removeprefix("sqlite:///")
+    lock: list[sqlite3.Connection] = []
+
+    def grab_lock() -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=0.1)
+        conn.execute("BEGIN EXCLUSIVE")
+        lock.append(conn)
+
+    def release_lock() -> None:
+        lock[0].rollback()
+        lock[0].close()
+
+    cell.hooks[("part_started", 2)] = grab_lock
+    cell.hooks[("part_finished", 2)] = release_lock
+    summary, rows = _one_fault(cell)
+    assert summary.results[1].fault.kind == "storage" and not summary.results[1].stored
+    assert "locked" in rows[1].reason
+    # the first shot reached the disk before the database refused its row: not lost
+    assert [s.pose_name for s in rows[1].shots] == ["left"]
+
+
+def _mount_tmpfs(where: Path) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    cmd = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+def test_full_disk_faults_part_and_continues(
+    station_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = tmp_path / "disk"
+    real = _mount_tmpfs(disk)
+    cell = _cell(station_home, storage__data_dir=str(disk))
+    filler = disk / "filler.bin"
+
+    def fill() -> None:
+        if real:
+            with open(filler, "wb") as fh:  # take every free byte
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+                except OSError:
+                    pass
+        else:  # no tmpfs (not root): the OS answer for a full disk, at the write call
+
+            def full(*a: Any, **k: Any) -> Any:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            monkeypatch.setattr(heatmaps.tempfile, "mkstemp", full)
+
+    def free() -> None:
+        if real:
+            filler.unlink()
+        else:
+            monkeypatch.undo()
+
+    cell.hooks[("part_started", 2)] = fill
+    cell.hooks[("part_finished", 2)] = free
+    try:
+        summary, rows = _one_fault(cell)
+        assert summary.results[1].fault.kind == "storage"
+        assert "disk full" in rows[1].reason
+        assert rows[1].shots == []
+    finally:
+        if real:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_stop_finishes_the_part_in_progress(cell: Cell) -> None:
+    stop = threading.Event()
+    cell.hooks[("part_started", 2)] = stop.set  # Ctrl-C while part 2 is on the table
+    summary = cell.run(5, stop=stop)
+    assert summary.parts == 2 and summary.stopped_reason == "stopped"
+    rows = _check_complete(cell, 2)
+    assert len(rows[1].shots) == 3 and rows[1].verdict is not Verdict.FAULT
+    assert cell.world.reject_output is True
+    assert np.allclose(cell.world.tcp[:3], pose_tcp(cell.recipe.robot.home)[:3], atol=0.1)
+
+
+def test_repeated_faults_call_the_operator(cell: Cell) -> None:
+    cell.hooks[("part_started", 1)] = lambda: cell.world.inject_fault("camera_timeout")
+    summary = cell.run(4, operator=True)
+    assert [r.verdict for r in summary.results[:3]] == [Verdict.FAULT] * 3
+    assert summary.results[3].verdict is not Verdict.FAULT  # operator cleared it
+    assert len(cell.faults_seen) == 1 and "3 faults in a row" in cell.faults_seen[0].message
+
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    from test_inspection_support import bright_set, database, small_recipe
+    from station.hardware.factory import open_devices
+    from station.inspection.cycle import Inspector
+    from station.inspection.recorder import Recorder
+
+    recipe = small_recipe(Path({home!r}))
+    dets = bright_set(recipe)
+    det = dets.detectors[0].detector
+    original = det.predict
+
+    def predict(images):
+        if det.calls >= 4:  # part 2, second shot: the power goes
+            os._exit(9)
+        return original(images)
+
+    det.predict = predict
+    with open_devices(recipe) as dev, Inspector(
+        recipe, dets, Recorder(database(recipe), recipe), dev, pipelined=False
+    ) as insp:
+        insp.run_live(count=5)
+    """
+)
+
+
+def test_crash_mid_part_leaves_it_interrupted(cell: Cell) -> None:
+    script = CRASH_SCRIPT.format(tests=str(REPO / "tests"), home=str(cell.home))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr.decode()[-2000:]
+    rows = cell.parts()
+    assert [r.verdict for r in rows][1] is Verdict.PENDING
+    summary = cell.run(1)  # restart
+    assert summary.recovery.interrupted == [2]
+    rows = cell.parts()
+    assert [r.sequence for r in rows] == [1, 2, 3]
+    assert rows[1].verdict is Verdict.INTERRUPTED
+    assert [s.pose_name for s in rows[1].shots] == ["left", "centre"]  # both shots kept
+    assert rows[0].verdict is not Verdict.PENDING and rows[2].verdict is not Verdict.PENDING

@@ -1,0 +1,196 @@
+"""Recorder: write order, crash recovery, and a locked database held in the journal."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from test_inspection_support import database, sheet, small_recipe
+
+import station.storage.db as dbmod
+from station.errors import StorageError
+from station.inspection.recorder import PartRecord, Recorder
+from station.storage.heatmaps import encode_png, write_atomic
+from station.storage.models import Detection, Part, Shot, Verdict
+
+
+@pytest.fixture
+def rec(station_home: Path) -> Recorder:
+    recipe = small_recipe(station_home)
+    return Recorder(database(recipe), recipe)
+
+
+def _parts(rec: Recorder) -> list[Part]:
+    with rec.db.session() as s:
+        rows = s.scalars(select(Part).order_by(Part.sequence)).all()
+        for r in rows:
+            _ = [sh.detections for sh in r.shots]
+        return list(rows)
+
+
+def test_write_order_and_paths(rec: Recorder) -> None:
+    part = rec.new_part("live", "sheet-1")
+    rec.open_part(part)
+    (row,) = _parts(rec)
+    assert row.verdict is Verdict.PENDING and row.sequence == 1 and row.line_part_id == "sheet-1"
+    assert row.shots == []
+
+    img = sheet(True)
+    mask = np.zeros_like(img)
+    shot = rec.add_shot(part, 0, "left", img, robot_pose=[1, 2, 3, 0, 0, 0], mask=mask)
+    assert shot.image_path == "glassfiber/images/000001/left.png"
+    data = (rec.data_root / shot.image_path).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == shot.image_sha256
+    (row,) = _parts(rec)
+    assert row.verdict is Verdict.PENDING  # shot row is in before any detection
+    assert [s.image_path for s in row.shots] == [shot.image_path]
+    assert row.shots[0].mask_path == "glassfiber/images/000001/left.mask.png"
+
+    amap = np.full((32, 32), 0.6, np.float32)
+    det = rec.write_detection(
+        part,
+        shot,
+        detector="brightspot",
+        model_version="v1",
+        score=0.6,
+        threshold=0.3,
+        amap=amap,
+        latency_ms=1.5,
+        store_raw=True,
+    )
+    assert det.normalized_score == pytest.approx(2.0)
+    assert (rec.data_root / det.heatmap_path).is_file()
+    assert np.load(rec.data_root / det.raw_map_path).shape == (32, 32)
+    shot.detections.append(det)
+    part.verdict, part.reason, part.part_score = Verdict.FAIL, "bright", 2.0
+    rec.finish_part(part)
+    (row,) = _parts(rec)
+    assert row.verdict is Verdict.FAIL and row.finished_at is not None
+    (d,) = row.shots[0].detections
+    assert d.heatmap_path == "glassfiber/images/000001/left.brightspot.heat.png"
+    # idempotent: a second sync adds no rows
+    rec.finish_part(part)
+    with rec.db.session() as s:
+        assert len(s.scalars(select(Detection)).all()) == 1
+        assert len(s.scalars(select(Shot)).all()) == 1
+
+
+def test_recover_marks_pending_interrupted_and_adopts_shot_files(rec: Recorder) -> None:
+    captured = rec.db.create_part(rec.recipe.name, mode="capture")  # never decided: left alone
+    done = rec.new_part("live")
+    rec.open_part(done)
+    done.verdict = Verdict.PASS
+    rec.finish_part(done)
+
+    crashed = rec.new_part("live")
+    rec.open_part(crashed)
+    rec.add_shot(crashed, 0, "left", sheet(False))
+    # the crash came after the second shot reached the disk, before its row
+    write_atomic(rec.part_folder(crashed) / "centre.png", encode_png(sheet(False, seed=1)))
+
+    report = Recorder(rec.db, rec.recipe).recover()  # a new process
+    assert report.interrupted == [crashed.sequence] and report.shots_added == 1
+    rows = _parts(rec)
+    assert [r.verdict for r in rows] == [Verdict.PENDING, Verdict.PASS, Verdict.INTERRUPTED]
+    assert rows[0].id == captured.id
+    assert "mid-part" in rows[2].reason
+    assert [(s.pose_index, s.pose_name) for s in rows[2].shots] == [(0, "left"), (1, "centre")]
+    assert Recorder(rec.db, rec.recipe).recover().interrupted == []
+
+
+def _lock(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0.1)
+    conn.execute("BEGIN EXCLUSIVE")
+    return conn
+
+
+def test_locked_database_is_journaled_then_written(
+    rec: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dbmod, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    db = database(rec.recipe)  # a fresh engine picks up the short busy timeout
+    rec = Recorder(db, rec.recipe)
+    part = rec.new_part("live")
+    rec.open_part(part)
+    shot = rec.add_shot(part, 0, "left", sheet(True))
+    shot.detections.append(
+        rec.write_detection(
+            part,
+            shot,
+            detector="brightspot",
+            model_version="v1",
+            score=0.6,
+            threshold=0.3,
+            amap=np.zeros((8, 8), np.float32),
+            latency_ms=1.0,
+        )
+    )
+    part.verdict, part.reason = Verdict.FAIL, "bright"
+
+    dbfile = db.url.removeprefix("sqlite:///")
+    lock = _lock(dbfile)
+    try:
+        with pytest.raises(StorageError, match="locked"):
+            rec.finish_part(part)
+        rec.keep(part, "locked")
+        journal = rec.journal_dir / f"{part.key}.json"
+        assert journal.is_file()
+        assert PartRecord.from_json(journal.read_text()).verdict is Verdict.FAIL
+        other = rec.new_part("live")
+        with pytest.raises(StorageError):
+            rec.open_part(other)
+    finally:
+        lock.rollback()
+        lock.close()
+
+    # the station died while the record was held: the next start writes it
+    report = Recorder(database(rec.recipe), rec.recipe).recover()
+    assert report.journal_replayed == 1 and report.interrupted == []
+    assert not journal.exists()
+    (row,) = _parts(rec)
+    assert row.verdict is Verdict.FAIL and len(row.shots[0].detections) == 1
+
+
+def test_part_refused_before_its_row_gets_one_later(
+    rec: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dbmod, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    rec = Recorder(database(rec.recipe), rec.recipe)
+    lock = _lock(rec.db.url.removeprefix("sqlite:///"))
+    try:
+        part = rec.new_part("live", "sheet-9")
+        with pytest.raises(StorageError):
+            rec.open_part(part)
+        part.verdict, part.reason = Verdict.FAULT, "storage: database is locked"
+        rec.keep(part, "locked")
+    finally:
+        lock.rollback()
+        lock.close()
+    assert rec.flush_backlog() == 0 and not rec.backlog
+    (row,) = _parts(rec)
+    assert (row.verdict, row.line_part_id, row.sequence) == (Verdict.FAULT, "sheet-9", 1)
+
+
+def test_disk_full_is_a_storage_error(tmp_path: Path) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    import subprocess
+
+    ok = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        == 0
+    )
+    if not ok:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with pytest.raises(StorageError, match="disk full"):
+            write_atomic(mnt / "big.bin", b"x" * 200_000)
+        assert [p.name for p in mnt.iterdir()] == []  # no partial or temporary file left
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -1,0 +1,197 @@
+"""Benchmark: cycle time per part with pipelining off and on, on the same twin parts.
+
+Runs the live inspection cycle on the digital twin (robot and camera timing at `--time-scale`
+of real time) twice over the same sequence of sheets (same twin seed): first with every step
+in turn (`pipelined=False`), then with inference overlapping the robot's moves
+(`pipelined=True`). Prints the mean per-part breakdown (motion, exposure, inference, logging,
+line, wait, cycle), throughput, and the ratio of the mean cycle times.
+
+Detector: by default a PatchCore (EfficientNet-Lite0 backbone, the shipped recipe's settings)
+trained here on a few good twin sheets. Its threshold is the highest score of those training
+images: a stand-in so that the decision path runs, NOT a calibration, and verdicts are not
+what this benchmark measures. `--home DIR` instead uses the trained artifacts and calibration
+of an existing station home.
+
+    .venv/bin/python tools/bench_cycle.py --parts 8 --time-scale 1.0 [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ("motion", "exposure", "inference", "logging", "line", "wait", "cycle")
+
+
+def _recipe(home: Path, args: argparse.Namespace) -> Any:
+    from station.recipe import parse_recipe
+
+    data = yaml.safe_load((REPO / "recipes" / "glassfiber.yaml").read_text())
+    data["twin"]["time_scale"] = args.time_scale
+    data["storage"] = {"database_url": f"sqlite:///{home}/data/station.db", "data_dir": "data"}
+    for det in data["detectors"]:
+        det["device"] = args.device
+    text = yaml.safe_dump(data)
+    (home / "recipes").mkdir(parents=True, exist_ok=True)
+    path = home / "recipes" / "glassfiber.yaml"
+    path.write_text(text)
+    return parse_recipe(text, str(path))
+
+
+def _bench_detectors(recipe: Any, args: argparse.Namespace) -> Any:
+    """A PatchCore trained on good twin sheets, threshold = max training score (see above)."""
+    from station.detectors.registry import create_detector
+    from station.imaging import preprocess
+    from station.inspection.models import DetectorSet, LoadedDetector
+    from station.twin import render_part_shots
+
+    cfg = recipe.detectors[0]
+    images = [
+        preprocess(img, recipe.preprocess)
+        for seed in range(1000, 1000 + args.train_parts)
+        for _, img, _ in render_part_shots(recipe, seed, defective=False)
+    ]
+    t0 = time.perf_counter()
+    det = create_detector(
+        cfg.name, backbone=cfg.backbone, weights=cfg.weights, device=cfg.device, **cfg.params
+    )
+    det.fit(images)
+    fit_s = time.perf_counter() - t0
+    scores = det.predict(np.stack(images)).scores
+    threshold = float(np.max(scores))
+    print(
+        f"trained {cfg.name} on {len(images)} good twin shots in {fit_s:.1f} s; "
+        f"bench threshold {threshold:.4g} (max training score, not a calibration)"
+    )
+    return DetectorSet(
+        detectors=[LoadedDetector(cfg.name, det, f"{cfg.name}-bench", threshold)],
+        preprocess_cfg=recipe.preprocess,
+        calibration_label="bench threshold",
+    )
+
+
+def _run(recipe: Any, detectors: Any, db: Any, pipelined: bool, args: argparse.Namespace) -> Any:
+    from station.hardware.factory import open_devices
+    from station.inspection.cycle import Inspector
+    from station.inspection.recorder import Recorder
+    from station.twin.world import TwinWorld
+
+    world = TwinWorld(recipe, seed=args.seed)
+    with (
+        open_devices(recipe, world=world) as dev,
+        Inspector(recipe, detectors, Recorder(db, recipe), dev, pipelined=pipelined) as insp,
+    ):
+        return insp.run_live(count=args.parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--parts", type=int, default=6, help="parts per mode")
+    ap.add_argument("--time-scale", type=float, default=1.0, help="twin timing (1 = real)")
+    ap.add_argument("--device", default="auto", help="detector device: auto | cpu | cuda")
+    ap.add_argument("--train-parts", type=int, default=4, help="good twin parts to train on")
+    ap.add_argument("--seed", type=int, default=7, help="twin seed: the sheet sequence")
+    ap.add_argument("--home", type=Path, help="use this station home's trained models")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    from station.inspection.models import load_detector_set
+    from station.storage.db import open_database
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_cycle_"))
+    try:
+        if args.home:
+            os.environ["STATION_HOME"] = str(args.home.resolve())
+            from station.recipe import load_recipe
+
+            recipe = load_recipe("glassfiber")
+            recipe = recipe.model_copy(
+                update={
+                    "twin": recipe.twin.model_copy(update={"time_scale": args.time_scale}),
+                    "storage": recipe.storage.model_copy(
+                        update={"database_url": f"sqlite:///{tmp}/bench.db", "data_dir": str(tmp)}
+                    ),
+                }
+            )
+            detectors = load_detector_set(recipe)
+        else:
+            os.environ["STATION_HOME"] = str(tmp)
+            recipe = _recipe(tmp, args)
+            detectors = _bench_detectors(recipe, args)
+        db = open_database(recipe.storage.resolved_database_url())
+        # warm-up: first-call costs (allocations, kernels) out of the measurement
+        from station.twin import render_part_shots
+
+        for _, img, _ in render_part_shots(recipe, 1)[:2]:
+            detectors.score(img)
+
+        results: dict[str, Any] = {}
+        verdicts: dict[str, list[str]] = {}
+        for name, pipelined in (("sequential", False), ("pipelined", True)):
+            summary = _run(recipe, detectors, db, pipelined, args)
+            if summary.counts.get("fault"):
+                faults = [r.reason for r in summary.results if r.fault]
+                print(f"{name}: faults during the benchmark: {faults}", file=sys.stderr)
+                return 1
+            mean = summary.mean_timings()
+            results[name] = {
+                **{k: round(mean.get(k, 0.0), 1) for k in KEYS},
+                "parts": summary.parts,
+                "parts_per_hour": round(summary.throughput_per_hour, 1),
+            }
+            verdicts[name] = [r.verdict.value for r in summary.results]
+        db.dispose()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    import torch
+
+    dev = detectors.detectors[0].detector
+    device = str(getattr(dev, "device", "?"))
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else ""
+    print(
+        f"\n{args.parts} parts per mode, {len(recipe.robot.poses)} poses, twin time scale "
+        f"{args.time_scale}, camera {recipe.camera.width}x{recipe.camera.height}, detector "
+        f"input {recipe.preprocess.size[0]}x{recipe.preprocess.size[1]}, device {device} {gpu}"
+    )
+    print(f"{'mean ms per part':<18}" + "".join(f"{k:>11}" for k in KEYS) + f"{'parts/h':>10}")
+    for name, row in results.items():
+        print(
+            f"{name:<18}"
+            + "".join(f"{row[k]:>11.1f}" for k in KEYS)
+            + f"{row['parts_per_hour']:>10.1f}"
+        )
+    ratio = results["sequential"]["cycle"] / results["pipelined"]["cycle"]
+    print(f"cycle time ratio sequential / pipelined: {ratio:.2f}")
+    same = verdicts["sequential"] == verdicts["pipelined"]
+    print(f"same verdicts on the same parts: {'yes' if same else 'NO'}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "results": results,
+                    "ratio": round(ratio, 3),
+                    "same_verdicts": same,
+                    "device": device,
+                    "gpu": gpu,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                },
+                indent=2,
+            )
+        )
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
