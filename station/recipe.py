@@ -139,6 +139,10 @@ class LineIOConfig(_Strict):
     part_present_input: int = Field(0, ge=0, le=7)
     confirm_timeout_s: PositiveFloat = 0.5
     part_timeout_s: PositiveFloat = 30.0
+    # ur_rtde line I/O: standard digital output pulsed to let the conveyor move a sheet on
+    # (None: the line does not wait for a release signal).
+    release_output: int | None = Field(None, ge=0, le=7)
+    release_pulse_s: PositiveFloat = 0.2
 
 
 class StorageConfig(_Strict):
