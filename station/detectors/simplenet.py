@@ -9,7 +9,8 @@ Pipeline, following the paper and its reference settings:
 - discriminator Linear(d, hidden) + BatchNorm + LeakyReLU(0.2) + Linear(hidden, 1);
 - truncated L1 loss: true scores pushed above +margin, noisy ones below -margin;
 - adaptor AdamW (lr 1e-4), discriminator Adam (lr 2e-4, weight decay 1e-5);
-- anomaly map = -D per position, upsampled to the input size, Gaussian-smoothed (sigma 4);
+- anomaly map = softplus(-D) per position (positive, same order as -D), upsampled to the input
+  size, Gaussian-smoothed (sigma 4) before the softplus;
   image score = max of the map.
 
 Differences from the reference code, on purpose: backbone features are computed once and
@@ -271,7 +272,9 @@ class SimpleNet(Detector):
             flat = feats.reshape(-1, d).float()
             patch = -self.discriminator(self.adaptor(flat)).view(n, 1, h, w)
             maps = F.interpolate(patch, size=self.image_size, mode="bilinear", align_corners=False)
-            return gaussian_blur(maps[:, 0], self.smoothing_sigma)
+            # -D can be negative; softplus keeps the order of every pixel and image score (so
+            # all metrics are unchanged) and makes scores positive, as thresholds need.
+            return F.softplus(gaussian_blur(maps[:, 0], self.smoothing_sigma))
 
     # -- training ---------------------------------------------------------------------------
 

@@ -1,0 +1,325 @@
+"""Labelled part scores for calibration, from image folders or from operator reviews.
+
+- Folders in MVTec-AD layout (what `station capture` writes, or `--dataset DIR`): the test
+  images (`test/good` = good, any other `test/<kind>` = defective) are scored by the recipe's
+  trained detectors. Stems `p{sequence:06d}_{pose}` group shots into parts (capture layout);
+  otherwise each image is its own part. A part is defective when any of its shots is.
+- Operator reviews in the database: the newest review of each part gives its label
+  (defect_confirmed = defective, false_reject = good); the scores are the stored Detection
+  scores of its shots. Reviews mostly cover rejected parts, and the result says so.
+
+A part's score for one detector is `combine_poses` (max or mean) over its shots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from station.calibration.core import PartScores
+from station.errors import CalibrationError
+
+if TYPE_CHECKING:
+    from station.recipe import Recipe
+
+CAPTURE_STEM = re.compile(r"^p(\d{6,})_(.+)$")
+ProgressFn = Callable[[str, int, int], None]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def part_key(stem: str, group: bool) -> str:
+    m = CAPTURE_STEM.match(stem) if group else None
+    return f"p{m.group(1)}" if m else stem
+
+
+def combine_shots(values: Sequence[float], how: str) -> float:
+    """A part's score from its shots in pose order (mean: left-to-right sum / count)."""
+    if how == "max":
+        return float(max(values))
+    if how == "mean":
+        return float(sum(values) / len(values))
+    raise CalibrationError(f"unknown combine_poses {how!r}", hint="use max or mean")
+
+
+def group_parts(
+    shot_parts: Sequence[str],
+    shot_labels: Sequence[int],
+    shot_scores: dict[str, Sequence[float]],
+    combine_poses: str,
+    shot_order: Sequence[int] | None = None,
+) -> tuple[list[str], np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-shot labels and scores folded into parts (label: defective if any shot is).
+
+    Returns part ids, labels, pose-combined scores and the N x P shot scores (NaN padded),
+    shots sorted by `shot_order` (pose index) within each part.
+    """
+    order = list(shot_order) if shot_order is not None else [0] * len(shot_parts)
+    index: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(shot_parts):
+        index[key].append(i)
+    parts = sorted(index)
+    for p in parts:
+        index[p].sort(key=lambda i: (order[i], i))
+    labels = np.array([max(int(shot_labels[i]) for i in index[p]) for p in parts], np.int64)
+    width = max((len(v) for v in index.values()), default=0)
+    scores: dict[str, np.ndarray] = {}
+    shots: dict[str, np.ndarray] = {}
+    for det, vals in shot_scores.items():
+        arr = np.full((len(parts), width), np.nan)
+        for r, p in enumerate(parts):
+            arr[r, : len(index[p])] = [float(vals[i]) for i in index[p]]
+        shots[det] = arr
+        scores[det] = np.array(
+            [combine_shots([float(vals[i]) for i in index[p]], combine_poses) for p in parts]
+        )
+    return parts, labels, scores, shots
+
+
+def dataset_hash(entries: Iterable[tuple[str, int, str]]) -> str:
+    """sha256 over sorted (name, label, content sha256) lines: what the thresholds rest on."""
+    h = hashlib.sha256()
+    for name, label, digest in sorted(entries):
+        h.update(f"{name}\t{label}\t{digest}\n".encode())
+    return h.hexdigest()
+
+
+def load_detectors(recipe: Recipe) -> dict[str, object]:
+    """The recipe's newest trained detectors (LoadedModel per name); clear error if untrained."""
+    from station.detectors.artifact import latest_artifact, load_artifact
+
+    loaded = {}
+    for cfg in recipe.detectors:
+        path = latest_artifact(recipe, cfg.name)
+        loaded[cfg.name] = load_artifact(path, recipe=recipe)
+    return loaded
+
+
+def score_folder(
+    recipe: Recipe,
+    root: Path,
+    source: str,
+    models: dict[str, object] | None = None,
+    batch_size: int = 16,
+    progress: ProgressFn | None = None,
+) -> PartScores:
+    """Score the labelled test images of an MVTec-layout folder with the recipe's detectors."""
+    from station.datasets import MVTecFolder
+    from station.imaging import preprocess, read_image
+
+    root = Path(root)
+    items = MVTecFolder(root).test_items()
+    if not items:
+        raise CalibrationError(
+            f"no labelled images in {root / 'test'}",
+            hint="capture labelled parts with station capture, or give --dataset a folder "
+            "with test/good and test/<defect> images",
+        )
+    group = all(CAPTURE_STEM.match(it.stem) for it in items)
+    models = models if models is not None else load_detectors(recipe)
+    shot_scores: dict[str, list[float]] = {name: [] for name in models}
+    total = len(items)
+    for start in range(0, total, batch_size):
+        chunk = items[start : start + batch_size]
+        batch = np.stack([preprocess(read_image(it.path), recipe.preprocess) for it in chunk])
+        for name, model in models.items():
+            pred = model.detector.predict(batch)  # type: ignore[attr-defined]
+            shot_scores[name].extend(float(s) for s in np.asarray(pred.scores).reshape(-1))
+        if progress:
+            progress("scoring", min(start + batch_size, total), total)
+    keys = [part_key(it.stem, group) for it in items]
+    pose_index = {p.name: k for k, p in enumerate(recipe.robot.poses)}
+
+    def pose_of(stem: str) -> int:
+        m = CAPTURE_STEM.match(stem) if group else None
+        return pose_index.get(m.group(2), len(pose_index)) if m else 0
+
+    parts, labels, scores, shots = group_parts(
+        keys,
+        [it.label for it in items],
+        shot_scores,
+        recipe.decision.combine_poses,
+        [pose_of(it.stem) for it in items],
+    )
+    digest = dataset_hash(
+        (it.path.relative_to(root).as_posix(), it.label, file_sha256(it.path)) for it in items
+    )
+    n_def = int(labels.sum())
+    what = "parts (shots grouped by p<sequence>_ prefix)" if group else "images (one part each)"
+    notes = [
+        f"labels from folder {root}: {len(parts) - n_def} good and {n_def} defective {what}, "
+        f"{len(items)} shots"
+    ]
+    return PartScores(
+        part_ids=parts,
+        labels=labels,
+        scores=scores,
+        source=source,
+        model_versions={n: str(m.version) for n, m in models.items()},  # type: ignore[attr-defined]
+        data_sha256=digest,
+        n_shots=len(items),
+        notes=notes,
+        shots=shots,
+    )
+
+
+@dataclass
+class _Reviewed:
+    sequence: int
+    label: int
+    passed: bool  # the station had passed it (an audit review)
+    review_id: int
+    scores: dict[str, list[tuple[float, str]]]  # detector -> (score, model version) per shot
+    when: datetime
+
+
+def scores_from_reviews(recipe: Recipe, database_url: str | None = None) -> PartScores:
+    """Labels from the newest operator review of each part, scores from stored detections."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    from station.storage.db import open_database
+    from station.storage.models import ModelVersion, Part, ReviewLabel, Shot, Verdict
+
+    names = [d.name for d in recipe.detectors]
+    db = open_database(database_url or recipe.storage.resolved_database_url())
+    try:
+        with db.session() as session:
+            parts = (
+                session.scalars(
+                    select(Part)
+                    .where(Part.recipe == recipe.name, Part.reviews.any())
+                    .options(
+                        selectinload(Part.reviews),
+                        selectinload(Part.shots).selectinload(Shot.detections),
+                    )
+                    .order_by(Part.sequence)
+                )
+                .unique()
+                .all()
+            )
+            newest_models = {}
+            for name in names:
+                mv = session.scalars(
+                    select(ModelVersion)
+                    .where(ModelVersion.recipe == recipe.name, ModelVersion.detector == name)
+                    .order_by(ModelVersion.trained_at.desc(), ModelVersion.id.desc())
+                    .limit(1)
+                ).first()
+                if mv is not None:
+                    newest_models[name] = mv.version
+            rows: list[_Reviewed] = []
+            for part in parts:
+                review = max(part.reviews, key=lambda r: (r.created_at, r.id))
+                per_det: dict[str, list[tuple[float, str]]] = {n: [] for n in names}
+                for shot in sorted(part.shots, key=lambda sh: sh.pose_index):
+                    for det in shot.detections:
+                        if det.detector in per_det:
+                            per_det[det.detector].append((det.score, det.model_version))
+                rows.append(
+                    _Reviewed(
+                        sequence=part.sequence,
+                        label=1 if review.label == ReviewLabel.DEFECT_CONFIRMED else 0,
+                        passed=part.verdict == Verdict.PASS,
+                        review_id=review.id,
+                        scores=per_det,
+                        when=part.finished_at or part.started_at,
+                    )
+                )
+    finally:
+        db.dispose()
+    if not rows:
+        raise CalibrationError(
+            f"no reviewed parts of recipe {recipe.name} in the database",
+            hint="review rejected parts in station review first, or calibrate on labelled "
+            "captures (station calibrate-threshold without --from-reviews)",
+        )
+
+    # the model versions of the newest reviewed part that has scores from every detector
+    versions: dict[str, str] = {}
+    for row in sorted(rows, key=lambda r: r.when, reverse=True):
+        if all(row.scores[n] for n in names):
+            versions = {n: row.scores[n][0][1] for n in names}
+            break
+    if not versions:
+        raise CalibrationError(
+            "no reviewed part has stored scores from every detector of the recipe "
+            f"({', '.join(names)})",
+            hint="inspect parts with the current recipe, then review them",
+        )
+    kept = [
+        r
+        for r in rows
+        if all(r.scores[n] and all(v == versions[n] for _, v in r.scores[n]) for n in names)
+    ]
+    how = recipe.decision.combine_poses
+    scores = {
+        n: np.array([combine_shots([s for s, _ in r.scores[n]], how) for r in kept]) for n in names
+    }
+    width = max((len(r.scores[n]) for r in kept for n in names), default=1)
+    shots = {n: np.full((len(kept), width), np.nan) for n in names}
+    for i, r in enumerate(kept):
+        for n in names:
+            shots[n][i, : len(r.scores[n])] = [s for s, _ in r.scores[n]]
+    labels = np.array([r.label for r in kept], np.int64)
+    n_def = int(labels.sum())
+    n_passed = sum(1 for r in kept if r.passed)
+    notes = [
+        f"labels from operator reviews (newest per part): {len(kept) - n_def} false_reject "
+        f"= good, {n_def} defect_confirmed = defective; scores are the stored detections of "
+        + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"{n_passed} of the {len(kept)} reviewed parts had passed (audit reviews)",
+    ]
+    if len(rows) > len(kept):
+        notes.append(
+            f"{len(rows) - len(kept)} reviewed parts left out: scored by other model versions"
+        )
+    warnings = []
+    if n_passed == 0:
+        warnings.append(
+            "reviews cover only rejected parts: the false-reject rate is measured among "
+            "rejected parts, not among all good parts, and defects the old threshold passed "
+            "are not in the set (the miss rate is optimistic); review a random sample of "
+            "passed parts for unbiased rates"
+        )
+    for n, v in versions.items():
+        if n in newest_models and newest_models[n] != v:
+            warnings.append(
+                f"reviewed parts were scored by {n} {v}, but the newest trained {n} is "
+                f"{newest_models[n]}: station inspect with that model will refuse this "
+                "calibration as stale"
+            )
+    digest = dataset_hash(
+        (
+            f"p{r.sequence:06d}",
+            r.label,
+            f"review {r.review_id}: " + " ".join(repr(s) for n in names for s, _ in r.scores[n]),
+        )
+        for r in kept
+    )
+    return PartScores(
+        part_ids=[f"p{r.sequence:06d}" for r in kept],
+        labels=labels,
+        scores=scores,
+        source="reviews",
+        model_versions=versions,
+        data_sha256=digest,
+        n_shots=sum(len(r.scores[names[0]]) for r in kept),
+        notes=notes,
+        warnings=warnings,
+        shots=shots,
+    )
