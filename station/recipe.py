@@ -127,9 +127,13 @@ class DecisionConfig(_Strict):
     combine_poses: Literal["max", "mean"] = "max"
     combine_detectors: Literal["any", "all", "mean"] = "any"
     calibration_file: str | None = None  # default: calibration/<recipe>.yaml
-    policy: Literal["zero_miss", "false_reject_budget", "miss_budget", "youden", "f1"] = "zero_miss"
+    policy: Literal[
+        "zero_miss", "false_reject_budget", "miss_budget", "youden", "f1", "good_quantile"
+    ] = "zero_miss"
     false_reject_budget: float = Field(0.05, ge=0, le=1)
     miss_budget: float = Field(0.0, ge=0, le=1)
+    # good_quantile only: threshold at this quantile of GOOD scores (no defect data behind it)
+    good_quantile: float = Field(0.99, gt=0, lt=1)
     store_raw_maps: bool = False
 
 

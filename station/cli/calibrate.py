@@ -113,7 +113,9 @@ def register(app: typer.Typer) -> None:
             miss_budget=miss_budget
             if miss_budget is not None
             else (cfg.decision.miss_budget if name == "miss_budget" else None),
-            quantile=quantile,
+            quantile=quantile
+            if quantile is not None
+            else (cfg.decision.good_quantile if name == "good_quantile" else None),
         )
         db_url = database or cfg.storage.resolved_database_url()
 
