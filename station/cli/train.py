@@ -1,0 +1,193 @@
+"""`station train`: fit the recipe's detectors on good shots and save versioned models.
+
+Training data: `--data DIR` (an MVTec-layout folder, using train/good, or a plain folder of
+images), else the recipe's captured dataset (`<data>/<recipe>/dataset/train/good`). Images go
+through the recipe's preprocessing. Each detector holds out its own validation split of good
+images; their score statistics are stored in the artifact and in the ModelVersion row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit torch's CPU threads (shared machines); None keeps torch's default."""
+    if threads is None:
+        return
+    import torch
+
+    from station.errors import StationError
+
+    if threads < 1:
+        raise StationError(f"--threads must be >= 1, not {threads}")
+    torch.set_num_threads(threads)
+
+
+def selected_detectors(recipe: Any, detector: str | None) -> list[Any]:
+    """The recipe's detector entries, or the one named (StationError if the recipe lacks it)."""
+    from station.errors import StationError
+
+    if detector is None:
+        return list(recipe.detectors)
+    names = [d.name for d in recipe.detectors]
+    if detector not in names:
+        raise StationError(
+            f"recipe {recipe.name} has no detector {detector!r}; it runs: {', '.join(names)}",
+            hint="add it under detectors: in the recipe, or pick one of those",
+        )
+    return [recipe.detector(detector)]
+
+
+def make_progress() -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from station.cli.app import console
+
+    return Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def stage_callback(progress: Any, prefix: str) -> Any:
+    """A detector ProgressFn that shows one rich task per stage."""
+    tasks: dict[str, Any] = {}
+
+    def cb(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(f"{prefix} {stage}", total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+
+    return cb
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_cmd(
+        recipe: str = typer.Option("glassfiber", "--recipe", "-r", help="Recipe name or path."),
+        detector: str | None = typer.Option(
+            None, "--detector", "-d", help="Train only this detector of the recipe."
+        ),
+        data: Path | None = typer.Option(
+            None,
+            "--data",
+            help="MVTec-layout folder (uses train/good) or a folder of good images. "
+            "Default: the recipe's captured dataset.",
+        ),
+        device: str | None = typer.Option(
+            None, "--device", help="Override the recipe's device: auto, cpu, cuda, cuda:N."
+        ),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
+        register_db: bool = typer.Option(
+            True, "--db/--no-db", help="Record a ModelVersion row in the recipe's database."
+        ),
+    ) -> None:
+        """Train the recipe's detectors on good images and save versioned model files."""
+        from rich.table import Table
+
+        from station.cli.app import console
+        from station.datasets import training_images
+        from station.detectors.training import data_sha256, load_images, train_and_save
+        from station.paths import resolve
+        from station.recipe import load_recipe
+
+        rcp = load_recipe(recipe)
+        targets = selected_detectors(rcp, detector)
+        set_threads(threads)
+        folder = data if data is not None else rcp.dataset_dir
+        files = training_images(folder)
+        console.print(
+            f"recipe [bold]{rcp.name}[/]: {len(files)} good images from {folder}, "
+            f"size {rcp.preprocess.size[0]} x {rcp.preprocess.size[1]}"
+        )
+        with make_progress() as progress:
+            task = progress.add_task("reading images", total=len(files))
+            images = load_images(
+                files, rcp.preprocess, lambda d, n: progress.update(task, completed=d)
+            )
+            train_hash = data_sha256(files)
+            trained = []
+            for det_cfg in targets:
+                cb = stage_callback(progress, det_cfg.name)
+                trained.append(
+                    train_and_save(
+                        rcp,
+                        det_cfg,
+                        files,
+                        images,
+                        device=device,
+                        progress=cb,
+                        train_hash=train_hash,
+                    )
+                )
+
+        data_root = resolve(rcp.storage.data_dir)
+        if register_db:
+            _record_versions(rcp, trained, data_root)
+
+        table = Table(title=f"trained models for recipe {rcp.name}")
+        for col in ("detector", "version", "images", "good score mean ± std", "q95", "seconds"):
+            table.add_column(col)
+        for t in trained:
+            gs = t.meta["good_scores"]
+            stats = f"{gs['mean']:.4g} ± {gs['std']:.3g}" if gs.get("n") else "(no held-out)"
+            table.add_row(
+                t.meta["detector"],
+                t.version,
+                str(t.meta["n_train_images"]),
+                stats,
+                f"{gs['q95']:.4g}" if gs.get("n") else "-",
+                f"{t.report.seconds:.1f}",
+            )
+        console.print(table)
+        for t in trained:
+            console.print(f"saved {t.path}")
+        console.print(
+            "next: calibrate thresholds on labelled parts: "
+            f"station calibrate-threshold --recipe {rcp.name}"
+        )
+
+
+def _record_versions(rcp: Any, trained: list[Any], data_root: Path) -> None:
+    from station.storage.db import open_database
+    from station.storage.models import ModelVersion
+
+    db = open_database(rcp.storage.resolved_database_url())
+    try:
+        with db.session() as s:
+            for t in trained:
+                try:
+                    rel = t.path.resolve().relative_to(data_root.resolve()).as_posix()
+                except ValueError:
+                    rel = t.path.resolve().as_posix()  # outside the data root: keep absolute
+                s.add(
+                    ModelVersion(
+                        recipe=rcp.name,
+                        detector=t.meta["detector"],
+                        version=t.version,
+                        artifact_path=rel,
+                        artifact_sha256=t.sha256,
+                        train_data_sha256=t.meta["train_data_sha256"],
+                        n_train_images=t.meta["n_train_images"],
+                        config=t.meta["config"],
+                        metrics={"good_scores": t.meta["good_scores"], "fit": t.meta["fit"]},
+                    )
+                )
+    finally:
+        db.dispose()

@@ -1,0 +1,116 @@
+"""Image folders in MVTec-AD layout, and plain folders of images.
+
+MVTec layout (what `station capture` writes, and public benchmarks use):
+    root/train/good/*.png
+    root/test/good/*.png
+    root/test/<defect_type>/*.png
+    root/ground_truth/<defect_type>/<stem>_mask.png
+`MVTecFolder(root)` lists the training images (`train_good()`) and labelled test items
+(`test_items()`); `category_dirs(root)` finds one or many such folders (a benchmark with
+categories side by side). `training_images(folder)` accepts an MVTec folder or a plain folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from station.errors import StationError
+from station.imaging import IMAGE_SUFFIXES
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name (hidden files skipped)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+@dataclass(frozen=True)
+class DatasetItem:
+    path: Path
+    label: int  # 0 good, 1 defect
+    mask_path: Path | None  # None for good images (and defects without a mask file)
+    defect_type: str  # "good" or the test sub-folder name
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+
+class MVTecFolder:
+    """One category in MVTec-AD layout."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise StationError(f"dataset folder {self.root} does not exist")
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @staticmethod
+    def is_mvtec(root: Path) -> bool:
+        return (root / "train").is_dir() or (root / "test").is_dir()
+
+    def train_good(self) -> list[Path]:
+        return image_files(self.root / "train" / "good")
+
+    def _mask_for(self, defect_type: str, image: Path) -> Path | None:
+        gt = self.root / "ground_truth" / defect_type
+        for name in (f"{image.stem}_mask.png", f"{image.stem}.png"):
+            if (gt / name).is_file():
+                return gt / name
+        return None
+
+    def test_items(self) -> list[DatasetItem]:
+        test = self.root / "test"
+        if not test.is_dir():
+            return []
+        items: list[DatasetItem] = []
+        for sub in sorted(p for p in test.iterdir() if p.is_dir()):
+            label = 0 if sub.name == "good" else 1
+            for img in image_files(sub):
+                mask = None if label == 0 else self._mask_for(sub.name, img)
+                items.append(DatasetItem(img, label, mask, sub.name))
+        return items
+
+
+def category_dirs(root: str | Path) -> list[Path]:
+    """`root` itself when it is one MVTec category, else its sub-folders that are."""
+    root = Path(root)
+    if not root.is_dir():
+        raise StationError(f"dataset folder {root} does not exist", hint="check --dataset")
+    if MVTecFolder.is_mvtec(root):
+        return [root]
+    cats = sorted(p for p in root.iterdir() if p.is_dir() and MVTecFolder.is_mvtec(p))
+    if not cats:
+        raise StationError(
+            f"{root} is neither an MVTec-layout folder (train/, test/) nor a folder of them",
+            hint="point --dataset at a category folder or a folder of categories",
+        )
+    return cats
+
+
+def training_images(folder: str | Path) -> list[Path]:
+    """Good training images of an MVTec folder (train/good) or of a plain image folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StationError(f"training folder {folder} does not exist", hint="check --data")
+    if MVTecFolder.is_mvtec(folder):
+        files = MVTecFolder(folder).train_good()
+        where = folder / "train" / "good"
+    else:
+        files = image_files(folder)
+        where = folder
+    if not files:
+        raise StationError(
+            f"no training images in {where}",
+            hint="capture good parts first (station capture) or give --data a folder of images",
+        )
+    return files

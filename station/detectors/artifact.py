@@ -1,0 +1,177 @@
+"""Trained-model files: save, load with checks, and find the latest one of a recipe.
+
+An artifact is one `torch.save` file holding a dict
+    format_version, detector (name), detector_version, config, state_dict, meta
+written atomically to `<recipe.models_dir>/<detector>/<version>.pt`, where the version string
+is `<detector>-<UTC yyyymmddThhmmss>-<8 hex>` (sorts by time). `meta` records the recipe,
+backbone and weights identity, training-data hash, image size, good-score statistics, etc.
+Loading refuses a file of another format, another detector version, another recipe, or
+another image size, with a one-line DetectorError naming both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from station.errors import DetectorError, StationError
+
+if TYPE_CHECKING:
+    from station.detectors.base import Detector
+    from station.recipe import Recipe
+
+FORMAT_VERSION = 1
+SUFFIX = ".pt"
+
+
+@dataclass
+class LoadedModel:
+    detector: Detector
+    meta: dict[str, Any]
+    version: str
+    path: Path
+    sha256: str
+
+
+def new_version(detector_name: str, now: datetime | None = None) -> str:
+    """A fresh version string, e.g. `patchcore-20261124T210512-1a2b3c4d`."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    return f"{detector_name}-{stamp}-{secrets.token_hex(4)}"
+
+
+def artifact_path(recipe: Recipe, detector_name: str, version: str) -> Path:
+    return recipe.models_dir / detector_name / f"{version}{SUFFIX}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_artifact(detector: Detector, path: str | Path, meta: dict[str, Any]) -> str:
+    """Write the detector's config, state and `meta` to `path` atomically; returns its sha256."""
+    import torch
+
+    path = Path(path)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "detector": detector.name,
+        "detector_version": int(detector.version),
+        "config": detector.config(),
+        "state_dict": detector.state_dict(),
+        "meta": dict(meta),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise StationError(
+            f"cannot write model file {path}: {exc.strerror or exc}",
+            hint="check free disk space and write permission",
+        ) from None
+    return _sha256(path)
+
+
+def read_artifact(path: str | Path) -> dict[str, Any]:
+    """The raw payload of an artifact (tensors on the CPU), format-checked."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DetectorError(f"model file {path} does not exist", hint="run station train")
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, or not a torch file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DetectorError(
+            f"model file {path} cannot be read ({first[:200]})",
+            hint="retrain with station train",
+        ) from None
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise DetectorError(f"model file {path} is not a station model artifact")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise DetectorError(
+            f"model file {path} has format {payload['format_version']}, this station reads "
+            f"format {FORMAT_VERSION}",
+            hint="retrain with station train",
+        )
+    return payload
+
+
+def load_artifact(
+    path: str | Path, recipe: Recipe | None = None, device: str | None = None
+) -> LoadedModel:
+    """Rebuild a trained detector from `path`.
+
+    With `recipe`: the model must come from that recipe and match its image size; the
+    detector runs on the recipe's device for it unless `device` is given.
+    """
+    from station.detectors.registry import detector_class
+
+    path = Path(path)
+    payload = read_artifact(path)
+    name = payload["detector"]
+    meta = dict(payload.get("meta") or {})
+    cls = detector_class(name)
+    if int(payload["detector_version"]) != int(cls.version):
+        raise DetectorError(
+            f"model file {path} holds {name} version {payload['detector_version']}, "
+            f"this station runs {name} version {cls.version}",
+            hint="retrain with station train",
+        )
+    config = dict(payload["config"])
+    if recipe is not None:
+        trained_for = meta.get("recipe")
+        if trained_for != recipe.name:
+            raise DetectorError(
+                f"model file {path} was trained for recipe {trained_for!r}, not for recipe "
+                f"{recipe.name!r}",
+                hint=f"train one for this recipe: station train --recipe {recipe.name}",
+            )
+        size = meta.get("image_size")
+        want = list(recipe.preprocess.size)
+        if size is not None and list(size) != want:
+            raise DetectorError(
+                f"model file {path} was trained on {size[0]} x {size[1]} px images, recipe "
+                f"{recipe.name} feeds {want[0]} x {want[1]} (preprocess.size)",
+                hint=f"retrain: station train --recipe {recipe.name}",
+            )
+        with contextlib.suppress(KeyError):
+            config["device"] = recipe.detector(name).device
+    if device is not None:
+        config["device"] = device
+    from station.detectors.registry import create_detector
+
+    detector = create_detector(name, **config)
+    detector.load_state_dict(payload["state_dict"])
+    version = str(meta.get("version") or path.stem)
+    return LoadedModel(detector, meta, version, path, _sha256(path))
+
+
+def latest_artifact(recipe: Recipe, detector_name: str) -> Path:
+    """The newest model file of `detector_name` for `recipe`; StationError when none."""
+    folder = recipe.models_dir / detector_name
+    files = sorted(folder.glob(f"{detector_name}-*{SUFFIX}")) if folder.is_dir() else []
+    if not files:
+        raise StationError(
+            f"no trained {detector_name} model for recipe {recipe.name} in {folder}",
+            hint=f"run station train --recipe {recipe.name}",
+        )
+    return files[-1]

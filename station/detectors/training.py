@@ -1,0 +1,131 @@
+"""Train a detector on a folder of good images and save it as an artifact (used by
+`station train` and `station evaluate --train`).
+
+The detector receives all good images; it holds out its own validation split (seeded) and
+reports those images' scores, summarised here as good-score statistics in the artifact meta.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from station.detectors.artifact import new_version, save_artifact
+from station.detectors.backbones import file_sha256
+from station.detectors.base import Detector, FitReport, ProgressFn
+from station.imaging import preprocess, read_image
+
+if TYPE_CHECKING:
+    from station.recipe import DetectorConfig, PreprocessConfig, Recipe
+
+
+@dataclass
+class TrainedModel:
+    detector: Detector
+    report: FitReport
+    version: str
+    path: Path
+    sha256: str
+    meta: dict[str, Any]
+
+
+def data_sha256(files: Sequence[Path]) -> str:
+    """sha256 over the sorted sha256s of the training files (order- and name-independent)."""
+    digests = sorted(file_sha256(Path(f)) for f in files)
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def load_images(
+    files: Sequence[Path],
+    cfg: PreprocessConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[np.ndarray]:
+    out = []
+    for i, f in enumerate(files):
+        out.append(preprocess(read_image(f), cfg))
+        if progress:
+            progress(i + 1, len(files))
+    return out
+
+
+def score_stats(scores: Sequence[float]) -> dict[str, Any]:
+    """Mean, std and quantiles of good-image scores (empty dict entries when none)."""
+    s = np.asarray(list(scores), dtype=np.float64)
+    if s.size == 0:
+        return {"n": 0}
+    q = np.quantile(s, [0.0, 0.5, 0.9, 0.95, 0.99, 1.0])
+    return {
+        "n": int(s.size),
+        "mean": float(s.mean()),
+        "std": float(s.std(ddof=1)) if s.size > 1 else 0.0,
+        "min": float(q[0]),
+        "q50": float(q[1]),
+        "q90": float(q[2]),
+        "q95": float(q[3]),
+        "q99": float(q[4]),
+        "max": float(q[5]),
+    }
+
+
+def detector_kwargs(cfg: DetectorConfig, device: str | None = None) -> dict[str, Any]:
+    """Constructor arguments of a recipe's detector entry."""
+    return {
+        "backbone": cfg.backbone,
+        "weights": cfg.weights,
+        "device": device or cfg.device,
+        **cfg.params,
+    }
+
+
+def train_and_save(
+    recipe: Recipe,
+    det_cfg: DetectorConfig,
+    files: Sequence[Path],
+    images: Sequence[np.ndarray],
+    out_path: Path | None = None,
+    device: str | None = None,
+    progress: ProgressFn | None = None,
+    train_hash: str | None = None,
+) -> TrainedModel:
+    """Fit `det_cfg`'s detector on `images` and save it (default: the recipe's models dir)."""
+    from station.detectors.registry import create_detector
+
+    detector = create_detector(det_cfg.name, **detector_kwargs(det_cfg, device))
+    report = detector.fit(images, progress=progress)
+    version = new_version(det_cfg.name)
+    path = out_path or recipe.models_dir / det_cfg.name / f"{version}.pt"
+    first = images[0]
+    backbone = getattr(detector, "backbone", None)
+    meta: dict[str, Any] = {
+        "version": version,
+        "recipe": recipe.name,
+        "recipe_sha256": recipe.sha256,
+        "detector": det_cfg.name,
+        "detector_version": detector.version,
+        "config": detector.config(),
+        "backbone": dict(getattr(backbone, "identity", {}) or {}),
+        "train_data_sha256": train_hash or data_sha256(files),
+        "n_train_images": len(images),
+        "train_folder": str(Path(files[0]).parent) if files else "",
+        "image_size": [int(first.shape[1]), int(first.shape[0])],
+        "channels": 1 if first.ndim == 2 else int(first.shape[2]),
+        "good_scores": score_stats(report.good_scores),
+        "fit": {k: v for k, v in report.extra.items() if _plain(v)},
+        "fit_seconds": round(report.seconds, 3),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    sha = save_artifact(detector, path, meta)
+    return TrainedModel(detector, report, version, path, sha, meta)
+
+
+def _plain(v: Any) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return isinstance(v, str | int | bool | list | dict) or v is None

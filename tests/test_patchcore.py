@@ -1,0 +1,142 @@
+"""PatchCore on small synthetic weave textures: detection, bounded memory, persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from station.detectors.artifact import load_artifact, read_artifact, save_artifact
+from station.detectors.patchcore import PatchCore, greedy_coreset
+from station.detectors.registry import available_detectors, create_detector
+from station.errors import DetectorError
+
+torch.set_num_threads(2)
+SIZE = 96
+
+
+def weave(seed: int, size: int = SIZE) -> np.ndarray:
+    """A grey plain-weave-like texture with random phase and noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    px, py = rng.uniform(0, 2 * np.pi, 2)
+    img = 128 + 40 * np.sin(2 * np.pi * x / 8 + px) * np.sin(2 * np.pi * y / 8 + py)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def with_defect(img: np.ndarray, cx: int = 60, cy: int = 40) -> np.ndarray:
+    out = img.copy()
+    out[cy - 5 : cy + 5, cx - 12 : cx + 12] = 20  # a dark foreign strip
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted() -> PatchCore:
+    det = PatchCore(device="cpu", max_bank=300, batch_size=4, val_fraction=0.25, seed=1)
+    report = det.fit([weave(s) for s in range(8)])
+    assert report.n_images == 8 and len(report.good_scores) == 2
+    assert report.extra["bank_size"] <= 300
+    return det
+
+
+def test_registered() -> None:
+    assert "patchcore" in available_detectors()
+    with pytest.raises(DetectorError, match="known detectors: .*patchcore"):
+        create_detector("nope")
+
+
+def test_defect_scores_higher_and_is_localised(fitted: PatchCore) -> None:
+    goods = np.stack([weave(s) for s in range(100, 104)])
+    bad = with_defect(weave(200))[None]
+    pg = fitted.predict(goods)
+    pb = fitted.predict(bad)
+    assert pg.maps.shape == (4, SIZE, SIZE) and pg.scores.shape == (4,)
+    assert pb.scores[0] > 1.5 * pg.scores.max()
+    np.testing.assert_allclose(pg.scores, pg.maps.reshape(4, -1).max(1), rtol=1e-6)
+    peak_y, peak_x = np.unravel_index(np.argmax(pb.maps[0]), pb.maps[0].shape)
+    assert abs(peak_y - 40) <= 12 and abs(peak_x - 60) <= 16
+
+
+def test_grey_and_colour_input_agree(fitted: PatchCore) -> None:
+    grey = np.stack([with_defect(weave(300)), weave(301)])
+    colour = np.repeat(grey[..., None], 3, axis=3)
+    a, b = fitted.predict(grey), fitted.predict(colour)
+    np.testing.assert_allclose(a.maps, b.maps, rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_input_is_a_clear_error(fitted: PatchCore) -> None:
+    with pytest.raises(DetectorError, match="trained on 96 x 96"):
+        fitted.predict(np.zeros((1, 64, 64), np.uint8))
+    with pytest.raises(DetectorError, match="expected H x W"):
+        fitted.predict(np.zeros((1, SIZE, SIZE, 2), np.uint8))
+    with pytest.raises(DetectorError, match="not fitted"):
+        PatchCore(device="cpu").predict(np.zeros((1, SIZE, SIZE), np.uint8))
+    with pytest.raises(DetectorError, match="coreset_ratio"):
+        PatchCore(device="cpu", coreset_ratio=0)
+
+
+def test_memory_stays_bounded() -> None:
+    det = PatchCore(device="cpu", max_bank=40, max_train_patches=500, coreset_ratio=0.5)
+    report = det.fit([weave(s, 64) for s in range(6)])
+    assert report.extra["patches_pooled"] <= 500
+    assert report.extra["patches_seen"] == 5 * 8 * 8  # 5 training images, 8 x 8 grid each
+    assert det.state_dict()["memory_bank"].shape[0] == 40
+
+
+def test_greedy_coreset_covers_outliers() -> None:
+    g = torch.Generator().manual_seed(0)
+    pts = torch.randn(500, 16, generator=g)
+    pts[123] += 50.0  # one far outlier must be picked early
+    sel = greedy_coreset(pts, 10, proj_dim=8, seed=0)
+    assert len(set(sel.tolist())) == 10 and 123 in sel.tolist()[:2]
+    assert torch.equal(greedy_coreset(pts, 600), torch.arange(500))
+
+
+def test_save_load_roundtrip_is_identical(fitted: PatchCore, tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    sha = save_artifact(fitted, path, {"recipe": "r", "image_size": [SIZE, SIZE]})
+    assert len(sha) == 64
+    loaded = load_artifact(path)
+    imgs = np.stack([with_defect(weave(400)), weave(401)])
+    a, b = fitted.predict(imgs), loaded.detector.predict(imgs)
+    np.testing.assert_array_equal(a.maps, b.maps)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert loaded.sha256 == sha and loaded.meta["recipe"] == "r"
+
+
+def test_artifact_checks(fitted: PatchCore, tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    save_artifact(fitted, path, {"recipe": "r"})
+    payload = read_artifact(path)
+    payload["detector_version"] = 99
+    torch.save(payload, tmp_path / "v.pt")
+    with pytest.raises(DetectorError, match="version 99"):
+        load_artifact(tmp_path / "v.pt")
+    payload = read_artifact(path)
+    payload["state_dict"]["backbone_identity"]["weights_sha256"] = "0" * 64
+    torch.save(payload, tmp_path / "w.pt")
+    with pytest.raises(DetectorError, match="trained on backbone"):
+        load_artifact(tmp_path / "w.pt")
+    (tmp_path / "c.pt").write_bytes(b"garbage")
+    with pytest.raises(DetectorError, match="cannot be read"):
+        load_artifact(tmp_path / "c.pt")
+    with pytest.raises(DetectorError, match="does not exist"):
+        load_artifact(tmp_path / "missing.pt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_and_fp16_stays_close(fitted: PatchCore, tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    save_artifact(fitted, path, {"recipe": "r"})
+    imgs = np.stack([with_defect(weave(500)), weave(501)])
+    ref = fitted.predict(imgs)
+    gpu = load_artifact(path, device="cuda").detector.predict(imgs)
+    np.testing.assert_allclose(gpu.scores, ref.scores, rtol=1e-3)
+    half = load_artifact(path, device="cuda").detector
+    half._cfg["amp"] = True
+    out = half.predict(imgs)
+    np.testing.assert_allclose(out.scores, ref.scores, rtol=2e-2)
+    assert np.corrcoef(out.maps.ravel(), ref.maps.ravel())[0, 1] > 0.999

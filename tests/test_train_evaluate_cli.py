@@ -1,0 +1,160 @@
+"""`station train` and `station evaluate` end to end on tiny generated MVTec-layout folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import select
+
+from station.cli.app import main
+from station.imaging import write_png
+
+torch.set_num_threads(2)
+SIZE = 64
+
+RECIPE_PATCH = """
+preprocess:
+  crop: null
+  size: [64, 64]
+  grey_to_rgb: true
+
+detectors:
+  - name: patchcore
+    backbone: efficientnet_lite0
+    weights: package
+    device: cpu
+    params:
+      max_bank: 200
+      batch_size: 4
+"""
+
+
+def weave(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    px, py = rng.uniform(0, 2 * np.pi, 2)
+    img = 128 + 40 * np.sin(2 * np.pi * x / 8 + px) * np.sin(2 * np.pi * y / 8 + py)
+    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+
+
+def make_category(root: Path, n_train: int, seed: int = 0) -> Path:
+    for i in range(n_train):
+        write_png(root / "train" / "good" / f"g{i}.png", weave(seed + i))
+    for i in range(2):
+        write_png(root / "test" / "good" / f"t{i}.png", weave(seed + 100 + i))
+        img, mask = weave(seed + 200 + i), np.zeros((SIZE, SIZE), np.uint8)
+        img[20:30, 16:44] = 15
+        mask[20:30, 16:44] = 255
+        write_png(root / "test" / "defect" / f"d{i}.png", img)
+        write_png(root / "ground_truth" / "defect" / f"d{i}_mask.png", mask)
+    return root
+
+
+def make_recipe(home: Path, name: str) -> str:
+    text = (home / "recipes" / "glassfiber.yaml").read_text()
+    head, _, tail = text.partition("preprocess:")
+    tail = tail[tail.index("decision:") :]
+    text = head.replace("name: glassfiber", f"name: {name}") + RECIPE_PATCH.lstrip() + "\n" + tail
+    (home / "recipes" / f"{name}.yaml").write_text(text)
+    return name
+
+
+def run(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_train_then_evaluate(station_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = make_recipe(station_home, "tiny")
+    cat = make_category(station_home / "ds" / "cat_a", n_train=2)
+    assert run(["train", "--recipe", recipe, "--data", str(cat), "--threads", "2"]) == 0
+    models = sorted((station_home / "data" / "tiny" / "models" / "patchcore").glob("*.pt"))
+    assert len(models) == 1 and models[0].name.startswith("patchcore-")
+    from station.detectors.artifact import read_artifact
+
+    meta = read_artifact(models[0])["meta"]
+    assert meta["recipe"] == "tiny" and meta["n_train_images"] == 2
+    assert meta["image_size"] == [SIZE, SIZE] and meta["good_scores"]["n"] == 1
+    assert meta["backbone"]["weights_source"] == "package"
+    assert len(meta["train_data_sha256"]) == 64
+
+    from station.storage.db import open_database
+    from station.storage.models import ModelVersion
+
+    db = open_database(f"sqlite:///{station_home / 'data' / 'station.db'}")
+    with db.session() as s:
+        row = s.scalars(select(ModelVersion)).one()
+    db.dispose()
+    assert row.recipe == "tiny" and row.version == meta["version"]
+    assert row.artifact_path == f"tiny/models/patchcore/{models[0].name}"
+    assert row.metrics["good_scores"]["n"] == 1
+
+    out = station_home / "eval"
+    capsys.readouterr()
+    assert run(["evaluate", "--recipe", recipe, "--dataset", str(cat), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "I-AUROC" in printed and "mean" in printed
+    res = json.loads((out / "results.json").read_text())
+    m = res["categories"]["cat_a"]["patchcore"]
+    assert m["image_auroc"] == 1.0 and m["pixel_auroc"] > 0.9
+    assert m["model"]["version"] == meta["version"]
+    assert list((out / "cat_a" / "patchcore").glob("*.png"))
+
+
+def test_evaluate_with_training_per_category(station_home: Path) -> None:
+    recipe = make_recipe(station_home, "tiny")
+    root = station_home / "bench"
+    make_category(root / "c1", n_train=3, seed=10)
+    make_category(root / "c2", n_train=3, seed=20)
+    out = station_home / "eval"
+    assert (
+        run(["evaluate", "-r", recipe, "--dataset", str(root), "--out", str(out), "--train"]) == 0
+    )
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["categories"]) == {"c1", "c2"} and res["complete"] is True
+    assert set(res["mean"]["patchcore"]) >= {"image_auroc", "pixel_auroc", "aupro"}
+    assert (out / "c1" / "patchcore.pt").is_file()
+    assert not (station_home / "data" / "tiny" / "models").exists()  # recipe models untouched
+
+
+def test_model_from_another_recipe_is_refused(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = make_recipe(station_home, "first"), make_recipe(station_home, "second")
+    cat = make_category(station_home / "ds" / "cat", n_train=2)
+    assert run(["train", "-r", first, "--data", str(cat), "--no-db"]) == 0
+    src = next((station_home / "data" / "first" / "models" / "patchcore").glob("*.pt"))
+    dst = station_home / "data" / "second" / "models" / "patchcore" / src.name
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(src.read_bytes())
+    capsys.readouterr()
+    assert run(["evaluate", "-r", second, "--dataset", str(cat)]) == 2
+    err = capsys.readouterr().err
+    assert "'first'" in err and "'second'" in err and "Traceback" not in err
+
+
+def test_clear_errors(station_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = make_recipe(station_home, "tiny")
+    empty = station_home / "empty"
+    empty.mkdir()
+    assert run(["train", "-r", recipe, "--data", str(empty)]) == 2
+    assert "no training images" in capsys.readouterr().err
+    assert run(["train", "-r", recipe]) == 2  # nothing captured yet
+    assert "does not exist" in capsys.readouterr().err
+    assert run(["train", "-r", recipe, "--data", str(empty), "-d", "simplenet"]) == 2
+    assert "has no detector 'simplenet'" in capsys.readouterr().err
+    assert run(["evaluate", "-r", recipe, "--dataset", str(empty)]) == 2
+    assert "neither an MVTec-layout folder" in capsys.readouterr().err
+    cat = make_category(station_home / "ds" / "cat", n_train=2)
+    assert run(["evaluate", "-r", recipe, "--dataset", str(cat)]) == 2
+    assert "run station train" in capsys.readouterr().err
+    (cat / "train" / "good" / "g0.png").write_bytes(b"\x89PNG broken")
+    assert run(["train", "-r", recipe, "--data", str(cat)]) == 2
+    assert "g0.png" in capsys.readouterr().err

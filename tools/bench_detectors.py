@@ -1,0 +1,183 @@
+"""Detector throughput benchmark: images/s per detector, batch sizes 1 and 8, CPU and CUDA.
+
+    .venv/bin/python tools/bench_detectors.py                  # CPU (+ CUDA when present)
+    .venv/bin/python tools/bench_detectors.py --devices cuda --detectors patchcore,simplenet
+
+Each detector is fitted on a few synthetic 256 x 256 weave images (short training settings,
+see FAST_PARAMS; override with --param det.key=value), then `predict` is timed on fresh images.
+The baseline, measured in the same run on the same device, is the detector's backbone forward
+alone (default layers); the table shows each detector's throughput as a ratio of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Short training for benchmarking only (throughput does not depend on training length).
+FAST_PARAMS: dict[str, dict[str, Any]] = {
+    "simplenet": {"epochs": 1},
+    "dfda": {"attention_epochs": 1},
+    "efficientad": {"steps": 2, "distill_steps": 2, "teacher_cache": False},
+    "ast_mfr": {"epochs": 1, "train_student": False},
+}
+
+
+def weave(seed: int, size: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    px, py = rng.uniform(0, 2 * np.pi, 2)
+    img = 128 + 40 * np.sin(2 * np.pi * x / 8 + px) * np.sin(2 * np.pi * y / 8 + py)
+    img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+    return np.repeat(img[:, :, None], 3, axis=2)
+
+
+def _parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        det, _, name = key.partition(".")
+        if not name or not _:
+            raise SystemExit(f"--param must look like detector.key=value, not {item!r}")
+        try:
+            parsed: Any = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(det, {})[name] = parsed
+    return out
+
+
+def _time(fn: Any, iters: int, sync: Any) -> float:
+    fn()  # warm-up (allocations, cudnn autotuning)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--detectors", default="patchcore,simplenet,dfda,ast_mfr,efficientad")
+    ap.add_argument("--devices", default="auto", help="auto (cpu + cuda if present), cpu, cuda")
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--iters", type=int, default=5, help="timed predict calls per batch size")
+    ap.add_argument("--train-images", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--param", action="append", default=[], help="detector.key=value")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from station.detectors.backbones import create_backbone
+    from station.detectors.registry import available_detectors, create_detector
+    from station.errors import StationError
+
+    torch.set_num_threads(args.threads)
+    console = Console()
+    if args.devices == "auto":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = [d.strip() for d in args.devices.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    names = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    unknown = [n for n in names if n not in available_detectors()]
+    if unknown:
+        console.print(f"[red]unknown detector(s) {unknown}; known: {available_detectors()}")
+        return 2
+    params = FAST_PARAMS | _parse_params(args.param)
+    train = [weave(i, args.size) for i in range(args.train_images)]
+    test = np.stack([weave(1000 + i, args.size) for i in range(max(batches))])
+    rows: list[dict[str, Any]] = []
+    try:
+        for device in devices:
+            dev = torch.device(device)
+
+            def sync(dev: torch.device = dev) -> None:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+
+            backbone = create_backbone(args.backbone).to(dev)
+            base: dict[int, float] = {}
+            for b in batches:
+                x = torch.from_numpy(test[:b]).permute(0, 3, 1, 2).float().div(255).to(dev)
+
+                def fwd(x: torch.Tensor = x, net: torch.nn.Module = backbone) -> None:
+                    with torch.no_grad():
+                        net(x)
+
+                base[b] = b * args.iters / _time(fwd, args.iters, sync)
+                rows.append(
+                    {
+                        "device": device,
+                        "model": f"backbone {args.backbone}",
+                        "batch": b,
+                        "images_per_s": base[b],
+                        "ratio": 1.0,
+                    }
+                )
+            for name in names:
+                det = create_detector(
+                    name, backbone=args.backbone, device=device, **params.get(name, {})
+                )
+                t0 = time.perf_counter()
+                det.fit(train)
+                fit_s = time.perf_counter() - t0
+                for b in batches:
+                    ips = b * args.iters / _time(partial(det.predict, test[:b]), args.iters, sync)
+                    rows.append(
+                        {
+                            "device": device,
+                            "model": name,
+                            "batch": b,
+                            "images_per_s": ips,
+                            "ratio": ips / base[b],
+                            "fit_s": fit_s,
+                        }
+                    )
+                del det
+    except StationError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+
+    table = Table(
+        title=f"predict throughput, {args.size} x {args.size} px, torch threads {args.threads}"
+    )
+    for col in ("device", "model", "batch", "images/s", "ms/image", "x backbone"):
+        table.add_column(col, justify="right" if col not in ("device", "model") else "left")
+    for r in rows:
+        table.add_row(
+            r["device"],
+            r["model"],
+            str(r["batch"]),
+            f"{r['images_per_s']:.2f}",
+            f"{1000 / r['images_per_s']:.1f}",
+            f"{r['ratio']:.2f}",
+        )
+    console.print(table)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    console.print(f"torch {torch.__version__}, GPU: {gpu}")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"rows": rows, "gpu": gpu, "args": vars(args)}, indent=2, default=str)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
