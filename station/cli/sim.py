@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -123,3 +124,27 @@ def register(app: typer.Typer) -> None:
         finally:
             fake.stop()
             console.print("fake UR controller stopped")
+
+    @group.command("camera-images")
+    def camera_images(
+        recipe: str = typer.Option(
+            ..., "--recipe", "-r", help="Recipe with camera.emulator_images."
+        ),
+        count: int = typer.Option(5, "--count", "-n", min=1, help="Parts (sheets) to render."),
+        seed: int | None = typer.Option(None, "--seed", help="First twin seed."),
+        defective: bool | None = typer.Option(
+            None, "--defective/--good", help="Force defective or good sheets (default: the rate)."
+        ),
+    ) -> None:
+        """Render twin shots into the folder the pylon camera emulator plays."""
+        from station.cli.app import console
+        from station.hardware.pylon.emulator import prepare_twin_images
+        from station.recipe import load_recipe
+
+        rcp = load_recipe(recipe)
+        shots = prepare_twin_images(rcp, count, first_seed=seed, defective=defective)
+        folder = Path(shots[0].image_path).parent
+        console.print(
+            f"[green]wrote[/] {len(shots)} shots of {count} parts for the pylon emulator -> "
+            f"{folder} (set PYLON_CAMEMU=1 so the emulated camera appears)"
+        )

@@ -1,0 +1,26 @@
+"""`station sim camera-images`: twin shots rendered for the pylon camera emulator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+
+
+def test_camera_images_fill_the_emulator_folder(station_home: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "station", "sim", "camera-images", "-r", "glassfiber-emulated",
+         "-n", "2", "--defective"],
+        capture_output=True, text=True, timeout=180,
+        env={"STATION_HOME": str(station_home), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stderr
+    folder = station_home / "data" / "glassfiber-emulated" / "emulator"
+    files = sorted(folder.glob("*.png"))
+    assert [f.name.split("_", 2)[-1] for f in files] == ["left.png", "centre.png", "right.png"] * 2
+    image = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (512, 640)  # the recipe's camera size: the emulator must not crop
+    masks = sorted((folder.parent / "emulator-masks").glob("*.png"))
+    assert len(masks) == 6 and any(cv2.imread(str(m), 0).max() == 255 for m in masks)
