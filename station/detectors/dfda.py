@@ -45,15 +45,17 @@ Choices for what the paper leaves open (measured on AITEX by tools/ablate_dfda.p
   FitReport.good_scores; the centres come from the rest.
 
 Measured (AITEX fabric01, 256 px, CPU; tools/ablate_dfda.py; I-AUROC / P-AUROC / AUPRO):
-full 0.774 / 0.944 / 0.653; without CBAM 0.753 / 0.946 / 0.667; without both attentions
-0.795 / 0.947 / 0.670; untrained (seeded) attention 0.710 / 0.924 / 0.597. So training the
-attention matters (it recovers most of what a random reweighting loses), but on this fabric
-the attention-free variant is as good or better: the paper's attention does not earn its place
-here. The defaults stay the paper's architecture; set `use_cbam: false`, `use_query_key:
-false` in the recipe's params for the stronger AITEX variant. k sweep (untrained attention,
-re-clustering only): k = 8 / 16 / 32 / 64 -> I-AUROC 0.680 / 0.708 / 0.697 / 0.739, P-AUROC
-0.900 / 0.915 / 0.925 / 0.934: more centres help; the elbow rule picks 32 on every AITEX
-fabric, which is cheaper but not the best k.
+full 0.774 / 0.944 / 0.653; without CBAM 0.753 / 0.946 / 0.667; without the query-key
+attention 0.731 / 0.928 / 0.626; without both attentions 0.795 / 0.947 / 0.670; untrained
+(seeded) attention 0.710 / 0.924 / 0.597. Training the attention matters (it recovers most of
+what a random reweighting loses), but on this fabric the attention-free variant is as good or
+better: the paper's attention does not earn its place here. The defaults stay the paper's
+architecture; set `use_cbam: false` and `use_query_key: false` in the recipe's params for the
+stronger AITEX variant. k sweep (untrained attention, re-clustering only): k = 8 / 16 / 32 /
+64 / 128 / 256 / 512 -> I-AUROC 0.680 / 0.708 / 0.697 / 0.739 / 0.738 / 0.746 / 0.751,
+P-AUROC 0.900 / 0.915 / 0.925 / 0.934 / 0.934 / 0.937 / 0.939: more centres help, with
+diminishing returns past 64; the elbow rule picks 32 or 64 on the AITEX fabrics, which is
+cheaper but not the best k.
 """
 
 from __future__ import annotations
