@@ -158,3 +158,14 @@ def test_clear_errors(station_home: Path, capsys: pytest.CaptureFixture[str]) ->
     (cat / "train" / "good" / "g0.png").write_bytes(b"\x89PNG broken")
     assert run(["train", "-r", recipe, "--data", str(cat)]) == 2
     assert "g0.png" in capsys.readouterr().err
+
+
+def test_aitex_clean_goods_include_two_digit_defect_free_codes() -> None:
+    import numpy as np
+
+    from station.cli.evaluate import clean_good_mask
+
+    stems = ["0018_00_01_t00", "0004_002_01_t01", "0001_000_00_t03", "0004_002_01_t05"]
+    mask = clean_good_mask(stems, np.array([0, 0, 0, 1]))
+    assert mask is not None and mask.tolist() == [True, False, True, True]
+    assert clean_good_mask(["p000001_left"], np.array([0])) is None

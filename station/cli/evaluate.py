@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import typer
 
-AITEX_STEM = re.compile(r"^\d{4}_(\d{3})_\d{2}_t\d{2}$")
+# Some defect-free AITEX strips carry a two-digit code ("0018_00_01"): any all-zero code counts.
+AITEX_STEM = re.compile(r"^\d{4}_(\d{2,3})_\d{2}_t\d{2}$")
 COLUMNS = [
     ("image_auroc", "I-AUROC"),
     ("image_auroc_clean", "I-AUROC*"),
@@ -39,7 +40,9 @@ def clean_good_mask(stems: list[str], labels: np.ndarray) -> np.ndarray | None:
     codes = [AITEX_STEM.match(s) for s in stems]
     if not stems or not all(codes):
         return None
-    return np.array([lab == 1 or m.group(1) == "000" for m, lab in zip(codes, labels, strict=True)])  # type: ignore[union-attr]
+    return np.array(
+        [lab == 1 or int(m.group(1)) == 0 for m, lab in zip(codes, labels, strict=True)]  # type: ignore[union-attr]
+    )
 
 
 def overlay_panel(
