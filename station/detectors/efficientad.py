@@ -14,9 +14,10 @@ Networks, as in the paper:
   the autoencoder's output respectively; Adam lr 1e-4, weight decay 1e-5, lr x0.1 at 95 %;
 - maps: student-teacher = mean over channels of (T - S[:384])^2, autoencoder = mean of
   (A - S[384:])^2; each mapped by 0.1 * (m - q_a) / (q_b - q_a) with q_a, q_b its 0.9 and 0.995
-  quantiles over a validation split of good training images; combined = their average, padded
-  by 4 cells (edge cells replicated; the paper pads zeros, which after normalisation are often
-  the maximum), bilinearly upsampled to the input size; image score = max of the map.
+  quantiles over a validation split of good training images (q_b - q_a at least 1 % of q_b);
+  combined = their average, padded by 4 cells (edge cells replicated; the paper pads zeros,
+  which after normalisation are often the maximum), bilinearly upsampled to the input size;
+  image score = max of the map.
 
 Teacher (paper: distilled from WideResNet101 features on ImageNet, 60k steps). Neither is
 available here, so the teacher is distilled, as a separate cached step, from a frozen backbone
@@ -606,8 +607,8 @@ class EfficientAD(Detector):
         x = to_batch(images, self.image_size, "efficientad")
         st, ae = self._raw_maps(x)
         q = self.quantiles
-        st = 0.1 * (st - q["st_a"]) / max(q["st_b"] - q["st_a"], 1e-12)
-        ae = 0.1 * (ae - q["ae_a"]) / max(q["ae_b"] - q["ae_a"], 1e-12)
+        st = 0.1 * (st - q["st_a"]) / _spread(q["st_a"], q["st_b"])
+        ae = 0.1 * (ae - q["ae_a"]) / _spread(q["ae_a"], q["ae_b"])
         # The paper pads with zeros; after normalisation most cells are negative, so zeros
         # would often be an image's maximum. Replicating the edge cells keeps max meaningful.
         comb = F.pad((0.5 * st + 0.5 * ae)[:, None], (MAP_PAD,) * 4, mode="replicate")
@@ -615,6 +616,12 @@ class EfficientAD(Detector):
         out = maps[:, 0].cpu().numpy().astype(np.float32)
         scores = out.reshape(out.shape[0], -1).max(axis=1)
         return Prediction(maps=out, scores=scores, latency_ms=(time.perf_counter() - t0) * 1e3)
+
+
+def _spread(qa: float, qb: float) -> float:
+    """q_b - q_a, but at least 1 % of q_b: validation maps that are nearly constant (e.g. many
+    identical blank tiles) would otherwise make the normalisation explode."""
+    return max(qb - qa, 0.01 * abs(qb), 1e-8)
 
 
 def _quantiles(maps: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:
