@@ -4,12 +4,14 @@ validation splits and chunked nearest-neighbour search (CPU and CUDA alike)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from station.detectors.base import Prediction
 from station.errors import DetectorError
 
 
@@ -61,6 +63,29 @@ def to_batch(
             arr = arr * 255.0
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def predict_in_batches(
+    images: np.ndarray | Sequence[np.ndarray],
+    image_hw: tuple[int, int],
+    name: str,
+    batch_size: int,
+    predict_tensor: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]],
+) -> Prediction:
+    """Check and stack `images`, run `predict_tensor` (maps, scores) chunk by chunk."""
+    t0 = time.perf_counter()
+    imgs = list(images) if not isinstance(images, np.ndarray) else images
+    batch = to_batch(imgs, image_hw, name)
+    maps, scores = [], []
+    for start in range(0, batch.shape[0], batch_size):
+        m, s = predict_tensor(batch[start : start + batch_size])
+        maps.append(m)
+        scores.append(s)
+    return Prediction(
+        maps=np.concatenate(maps).astype(np.float32),
+        scores=np.concatenate(scores).astype(np.float32),
+        latency_ms=(time.perf_counter() - t0) * 1000.0,
+    )
 
 
 def local_aggregate(feat: torch.Tensor, size: int = 3) -> torch.Tensor:

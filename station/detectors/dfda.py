@@ -78,6 +78,7 @@ from station.detectors.common import (
     gaussian_blur,
     local_aggregate,
     nearest_neighbours,
+    predict_in_batches,
     split_validation,
     to_batch,
 )
@@ -568,21 +569,10 @@ class DFDA(Detector):
         return maps.float().cpu().numpy(), scores.float().cpu().numpy()
 
     def predict(self, images: np.ndarray) -> Prediction:
-        t0 = time.perf_counter()
         if self.centres is None or self.image_hw is None:
             raise DetectorError("dfda: not fitted", hint="run station train first")
-        imgs = list(images) if not isinstance(images, np.ndarray) else images
-        batch = to_batch(imgs, self.image_hw, "dfda")
-        maps, scores = [], []
-        bs = self._cfg["batch_size"]
-        for start in range(0, batch.shape[0], bs):
-            m, s = self._predict_tensor(batch[start : start + bs])
-            maps.append(m)
-            scores.append(s)
-        return Prediction(
-            maps=np.concatenate(maps).astype(np.float32),
-            scores=np.concatenate(scores).astype(np.float32),
-            latency_ms=(time.perf_counter() - t0) * 1000.0,
+        return predict_in_batches(
+            images, self.image_hw, "dfda", self._cfg["batch_size"], self._predict_tensor
         )
 
     # -- persistence -----------------------------------------------------------------------
