@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import textures
 import torch
 
 from station.detectors.artifact import load_artifact, save_artifact
@@ -35,15 +36,7 @@ SMALL: dict[str, Any] = {
 
 
 def weave(rng: np.random.Generator, n: int, size: int = SIZE) -> np.ndarray:
-    """Grey plain-weave-like texture: a product of sinusoids with random phase, plus noise."""
-    y, x = np.mgrid[0:size, 0:size]
-    out = []
-    for _ in range(n):
-        px, py = rng.uniform(0, 2 * np.pi, 2)
-        img = 128 + 45 * np.sin(2 * np.pi * x / 8 + px) * np.sin(2 * np.pi * y / 8 + py)
-        img = img + rng.normal(0, 5, (size, size))
-        out.append(np.clip(img, 0, 255).astype(np.uint8))
-    return np.stack(out)
+    return textures.weave(rng, n, size)
 
 
 def with_defect(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
