@@ -9,9 +9,6 @@ grey to three channels when asked.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +16,7 @@ import cv2
 import numpy as np
 
 from station.errors import StationError
+from station.files import atomic_write
 
 if TYPE_CHECKING:
     from station.recipe import PreprocessConfig
@@ -78,21 +76,12 @@ def write_png(path: str | Path, image: np.ndarray) -> str:
     path = Path(path)
     data = encode_png(image)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return atomic_write(path, data)
     except OSError as exc:
         raise StationError(
             f"cannot write image {path}: {exc.strerror or exc}",
             hint="check free disk space and write permission",
         ) from None
-    return hashlib.sha256(data).hexdigest()
 
 
 def check_image(image: np.ndarray, what: str = "image") -> np.ndarray:

@@ -46,7 +46,7 @@ def test_files_record_and_exact_rates(station_home: Path) -> None:
     assert saved.path == station_home / "calibration" / "glassfiber.yaml"
     assert saved.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert saved.plot_path.stat().st_size > 10_000
-    from station.calibration.store import file_mode
+    from station.files import default_file_mode as file_mode
 
     for f in (saved.path, saved.plot_path, saved.scores_path):  # not mkstemp's owner-only mode
         assert f.stat().st_mode & 0o777 == file_mode()

@@ -7,13 +7,13 @@ Right: combined part scores of good and defective parts, with the threshold at 1
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
 
 from station.calibration.core import CalibrationResult, OperatingPoint
+from station.files import atomic_write
 
 
 def _label(p: OperatingPoint) -> str:
@@ -104,18 +104,9 @@ def plot_calibration(result: CalibrationResult, path: Path) -> Path:
     hx.legend(fontsize=8)
     fig.tight_layout()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp files are owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write(path, buf.getvalue())
     return path
 
 

@@ -11,8 +11,6 @@ on thresholds fitted to another model would be silently wrong.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +21,7 @@ import yaml
 
 from station.calibration.core import CalibrationResult, OperatingPoint
 from station.errors import CalibrationError, StorageError
+from station.files import atomic_write
 from station.paths import station_home
 from station.recipe import Recipe, load_recipe
 
@@ -130,24 +129,8 @@ def result_document(
     }
 
 
-def file_mode() -> int:
-    """Permissions of an ordinary new file (mkstemp's are owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode("utf-8"))
 
 
 @dataclass

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
+import io
 import secrets
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from station.errors import DetectorError, StationError
+from station.files import atomic_write
 
 if TYPE_CHECKING:
     from station.detectors.base import Detector
@@ -71,22 +71,15 @@ def save_artifact(detector: Detector, path: str | Path, meta: dict[str, Any]) ->
         "state_dict": detector.state_dict(),
         "meta": dict(meta),
     }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return atomic_write(path, buf.getvalue())
     except OSError as exc:
         raise StationError(
             f"cannot write model file {path}: {exc.strerror or exc}",
             hint="check free disk space and write permission",
         ) from None
-    return _sha256(path)
 
 
 def read_artifact(path: str | Path) -> dict[str, Any]:

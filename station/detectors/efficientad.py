@@ -42,10 +42,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +66,7 @@ from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import local_aggregate, split_validation, to_batch
 from station.detectors.registry import register
 from station.errors import DetectorError
+from station.files import atomic_write
 
 TEACHER_CHANNELS = 384
 PDN_OFFSET = 16  # px from a cell's patch corner to its centre (33 px patch, stride 4)
@@ -632,15 +632,7 @@ def _quantiles(maps: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:
 
 def _save_atomic(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temp file then rename; a cache that cannot be written is only skipped."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError:
-        pass
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with contextlib.suppress(OSError):
+        atomic_write(path, buf.getvalue())

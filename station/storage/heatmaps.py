@@ -9,18 +9,15 @@ map is resized into the crop rectangle and the rest of the heatmap is black.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from station.errors import StorageError
+from station.files import atomic_write
 
 COLORMAP = cv2.COLORMAP_TURBO
 
@@ -94,41 +91,17 @@ def encode_raw_map(amap: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (best effort: not every filesystem allows it)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_atomic(path: Path, data: bytes) -> str:
     """Write `data` to `path` via a synced temporary file and a rename; returns its sha256.
 
     A crash leaves either the old file or the complete new one, never a partial file. OS errors
     (full disk, read-only or missing folder) become StorageError naming the file.
     """
-    path = Path(path)
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)
+        return atomic_write(path, data, durable=True)
     except OSError as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StorageError(
                 f"disk full writing {path}", hint="free space on the data disk"
             ) from None
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return hashlib.sha256(data).hexdigest()
