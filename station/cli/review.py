@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         app = create_app(
             url,
             root,
-            recipe_name=recipe,
+            recipe_name=cfg.name if recipe else None,
             token=token,
             require_auth=bool(token) or not local,
             secure_cookies=tls,
