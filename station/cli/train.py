@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"saved {t.path}")
         console.print(
             "next: calibrate thresholds on labelled parts: "
-            f"station calibrate-threshold --recipe {rcp.name}"
+            f"station calibrate-threshold --recipe {recipe}"
         )
 
 
