@@ -114,6 +114,12 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return m[:, 0]
 
 
+def upsample_smooth(patch_maps: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """N x 1 x h x w patch scores -> N x H x W maps: bilinear upsampling, then Gaussian blur."""
+    maps = F.interpolate(patch_maps, size=size, mode="bilinear", align_corners=False)
+    return gaussian_blur(maps[:, 0], sigma)
+
+
 def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train indices, validation indices): a seeded split holding out ~`fraction` of n.
 

@@ -75,12 +75,12 @@ from torch import nn
 from station.detectors.backbones import check_identity, create_backbone, resolve_device
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import (
-    gaussian_blur,
     local_aggregate,
     nearest_neighbours,
     predict_in_batches,
     split_validation,
     to_batch,
+    upsample_smooth,
 )
 from station.detectors.registry import register
 from station.errors import DetectorError
@@ -563,8 +563,7 @@ class DFDA(Detector):
         feats, (h, w) = self.patch_features(batch)
         dist, _ = nearest_neighbours(feats, self.centres, k=1)
         maps = dist[:, 0].view(n, 1, h, w)
-        maps = F.interpolate(maps, size=self.image_hw, mode="bilinear", align_corners=False)[:, 0]
-        maps = gaussian_blur(maps, self._cfg["sigma"])
+        maps = upsample_smooth(maps, self.image_hw, self._cfg["sigma"])
         scores = maps.flatten(1).amax(1)
         return maps.float().cpu().numpy(), scores.float().cpu().numpy()
 

@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from station.detectors.backbones import check_identity, create_backbone, resolve_device
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import (
-    gaussian_blur,
     local_aggregate,
     nearest_neighbours,
     predict_in_batches,
     split_validation,
     to_batch,
+    upsample_smooth,
 )
 from station.detectors.registry import register
 from station.errors import DetectorError
@@ -277,8 +277,7 @@ class PatchCore(Detector):
         else:
             weight = torch.ones(n, device=dist.device)
         maps = dist.view(n, 1, h, w)
-        maps = F.interpolate(maps, size=self.image_hw, mode="bilinear", align_corners=False)[:, 0]
-        maps = gaussian_blur(maps, self._cfg["sigma"]) * weight[:, None, None]
+        maps = upsample_smooth(maps, self.image_hw, self._cfg["sigma"]) * weight[:, None, None]
         scores = maps.flatten(1).amax(1)
         return maps.float().cpu().numpy(), scores.float().cpu().numpy()
 

@@ -42,7 +42,7 @@ from torch import nn
 
 from station.detectors.backbones import check_identity, create_backbone, resolve_device
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
-from station.detectors.common import gaussian_blur, split_validation, to_batch
+from station.detectors.common import split_validation, to_batch, upsample_smooth
 from station.detectors.registry import register
 from station.errors import DetectorError
 
@@ -271,10 +271,9 @@ class SimpleNet(Detector):
         with torch.no_grad():
             flat = feats.reshape(-1, d).float()
             patch = -self.discriminator(self.adaptor(flat)).view(n, 1, h, w)
-            maps = F.interpolate(patch, size=self.image_size, mode="bilinear", align_corners=False)
             # -D can be negative; softplus keeps the order of every pixel and image score (so
             # all metrics are unchanged) and makes scores positive, as thresholds need.
-            return F.softplus(gaussian_blur(maps[:, 0], self.smoothing_sigma))
+            return F.softplus(upsample_smooth(patch, self.image_size, self.smoothing_sigma))
 
     # -- training ---------------------------------------------------------------------------
 
