@@ -331,16 +331,9 @@ class EfficientAD(Detector):
             "image_size": list(self.image_size),
             "teacher_key": self.teacher_key,
             "backbone_identity": dict(self.backbone_identity),
-            "version": self.version,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != self.version:
-            raise DetectorError(
-                f"efficientad model state version {state.get('version')} does not match this "
-                f"code's version {self.version}",
-                hint="retrain with station train",
-            )
         try:
             h, w = state["image_size"]
             self._build((int(h), int(w)))

@@ -214,16 +214,9 @@ class SimpleNet(Detector):
             "image_size": list(self.image_size),
             "feature_scale": self.feature_scale,
             "backbone_identity": dict(self.backbone.identity),
-            "version": self.version,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != self.version:
-            raise DetectorError(
-                f"simplenet model state version {state.get('version')} does not match this "
-                f"code's version {self.version}",
-                hint="retrain with station train",
-            )
         check_identity(state.get("backbone_identity", {}), self.backbone.identity)
         try:
             self.adaptor.load_state_dict(state["adaptor"])
