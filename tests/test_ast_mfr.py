@@ -48,12 +48,8 @@ def with_defect(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny matrices: one torch thread is faster, and far faster on a loaded machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,8 @@ def weave(rng: np.random.Generator, n: int, size: int = SIZE) -> np.ndarray:
     return textures.weave(rng, n, size)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """Tiny matrices: one torch thread is faster, and far faster on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny matrices: one torch thread is faster, and far faster on a loaded machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
