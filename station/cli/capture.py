@@ -269,28 +269,16 @@ def register(app: typer.Typer) -> None:
         seed: int | None = typer.Option(None, "--seed", help="Twin seed (default: twin.seed)."),
     ) -> None:
         """Move through the recipe's poses for each part and store one shot per pose."""
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         from station.cli.app import console, err_console
+        from station.cli.progress import make_progress
         from station.recipe import load_recipe
 
         rec = load_recipe(recipe)
         check_arguments(rec, count, label)
         total = count * len(rec.robot.poses)
-        columns = (
-            TextColumn("[bold]capture[/] {task.description}"), BarColumn(),
-            MofNCompleteColumn(), TextColumn("shots"), TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
         stored: list[int] = []
-        with Progress(*columns, console=err_console, transient=False) as progress:
+        bar = make_progress("[bold]capture[/] {task.description}", "shots", err_console)
+        with bar as progress:
             task = progress.add_task(f"{rec.name} ({label})", total=total)
 
             def on_shot(seq: int, pose: str) -> None:

@@ -115,7 +115,8 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from station.cli.app import console
-        from station.cli.train import make_progress, selected_detectors, set_threads, stage_callback
+        from station.cli.progress import make_progress
+        from station.cli.train import selected_detectors, set_threads, stage_callback
         from station.datasets import MVTecFolder, category_dirs
         from station.detectors.artifact import latest_artifact, load_artifact
         from station.detectors.training import load_images, train_and_save

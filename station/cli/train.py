@@ -13,6 +13,8 @@ from typing import Any
 
 import typer
 
+from station.cli.progress import make_progress
+
 
 def set_threads(threads: int | None) -> None:
     """Limit torch's CPU threads (shared machines); None keeps torch's default."""
@@ -40,29 +42,6 @@ def selected_detectors(recipe: Any, detector: str | None) -> list[Any]:
             hint="add it under detectors: in the recipe, or pick one of those",
         )
     return [recipe.detector(detector)]
-
-
-def make_progress() -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from station.cli.app import console
-
-    return Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def stage_callback(progress: Any, prefix: str) -> Any:
