@@ -14,22 +14,10 @@ from typing import Any
 from station.errors import HardwareError, ProtectiveStop, RobotError
 from station.hardware.interfaces import RobotState
 from station.hardware.ur.link import URLink
+from station.hardware.ur.modes import ROBOT_MODES, RUNNING
 from station.hardware.ur.poses import rotation_distance
 from station.recipe import Pose, RobotConfig
 
-ROBOT_MODE_NAMES = {
-    -1: "NO_CONTROLLER",
-    0: "DISCONNECTED",
-    1: "CONFIRM_SAFETY",
-    2: "BOOTING",
-    3: "POWER_OFF",
-    4: "POWER_ON",
-    5: "IDLE",
-    6: "BACKDRIVE",
-    7: "RUNNING",
-    8: "UPDATING_FIRMWARE",
-}
-ROBOT_MODE_RUNNING = 7
 STATE_CALL_TIMEOUT_S = 2.0
 
 
@@ -101,8 +89,8 @@ class URRobot:
             self._link.call("open_receive", t, host=cfg.host)
             st = fresh_state(self._link, None, self.stale_after_s, RobotError)
             check_safety(st, cfg.host)
-            if st["robot_mode"] != ROBOT_MODE_RUNNING:
-                mode = ROBOT_MODE_NAMES.get(st["robot_mode"], str(st["robot_mode"]))
+            if st["robot_mode"] != RUNNING:
+                mode = ROBOT_MODES.get(st["robot_mode"], str(st["robot_mode"]))
                 raise RobotError(
                     f"robot at {cfg.host} is in mode {mode}, not RUNNING",
                     "power on the arm and release the brakes on the pendant",

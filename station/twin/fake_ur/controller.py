@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from station.hardware.ur.modes import ROBOT_MODES, SAFETY_MODES
 from station.twin.fake_ur import rtde_protocol as rp
-from station.twin.fake_ur.robot import ROBOT_MODES, SAFETY_MODES, RobotModel
+from station.twin.fake_ur.robot import RobotModel
 
 log = logging.getLogger("station.fake_ur")
 

@@ -21,40 +21,22 @@ import threading
 import time
 from typing import Any
 
+from station.hardware.ur.modes import (
+    IDLE,
+    NORMAL,
+    POWER_OFF,
+    PROTECTIVE_STOP,
+    ROBOT_EMERGENCY_STOP,
+    ROBOT_MODES,
+    RUNNING,
+    SAFETY_MODES,
+)
 from station.hardware.ur.poses import pose_inv, pose_trans
 from station.twin.fake_ur.motion import LinearMove
 
 log = logging.getLogger("station.fake_ur")
 
 CYCLE_S = 0.008  # CB3 controller: 125 Hz
-
-# Robot modes (RTDE robot_mode, dashboard "robotmode").
-ROBOT_MODES = {
-    -1: "NO_CONTROLLER",
-    0: "DISCONNECTED",
-    1: "CONFIRM_SAFETY",
-    2: "BOOTING",
-    3: "POWER_OFF",
-    4: "POWER_ON",
-    5: "IDLE",
-    6: "BACKDRIVE",
-    7: "RUNNING",
-}
-POWER_OFF, IDLE, RUNNING = 3, 5, 7
-
-# Safety modes (RTDE safety_mode, dashboard "safetymode"/"safetystatus").
-SAFETY_MODES = {
-    1: "NORMAL",
-    2: "REDUCED",
-    3: "PROTECTIVE_STOP",
-    4: "RECOVERY",
-    5: "SAFEGUARD_STOP",
-    6: "SYSTEM_EMERGENCY_STOP",
-    7: "ROBOT_EMERGENCY_STOP",
-    8: "VIOLATION",
-    9: "FAULT",
-}
-NORMAL, PROTECTIVE_STOP, ROBOT_EMERGENCY_STOP = 1, 3, 7
 
 # Commands of ur_rtde's control script that run without waiting for a clear (see main loop).
 REALTIME_CMDS = {24, 11, 9, 10, 6, 25, 26, 27, 38, 58, 66, 67, 68, 69, 70, 71}
