@@ -119,6 +119,11 @@ def test_protective_stop_mid_move_then_recovery(fake: FakeURController, robot: U
     with pytest.raises(ProtectiveStop):
         robot.move_to(robot.cfg.poses[0])  # still stopped: refused before moving
     fake.unlock_protective_stop()
+    # RTDE data lags the controller by up to a cycle: wait until the driver sees the unlock,
+    # as an operator does before resuming.
+    deadline = time.monotonic() + 5.0
+    while robot.state().protective_stop and time.monotonic() < deadline:
+        time.sleep(0.01)
     st = robot.move_to(robot.cfg.poses[0])  # the control script is uploaded again
     assert st.tcp_mm_rotvec[:3] == pytest.approx(robot.cfg.poses[0].position_mm, abs=1e-3)
 
