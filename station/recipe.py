@@ -279,7 +279,7 @@ def find_recipe(name_or_path: str) -> Path:
     return path
 
 
-def parse_recipe(text: str, source: str = "<string>") -> Recipe:
+def _read_mapping(text: str, source: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -289,11 +289,55 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
         raise RecipeError(source, [f"{where}not valid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise RecipeError(source, ["(top level): expected a mapping of recipe fields"])
+    return data
+
+
+def _overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _overlay(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _resolve_extends(
+    data: dict[str, Any], source: str, seen: tuple[str, ...]
+) -> tuple[dict[str, Any], list[str]]:
+    """The recipe's fields with its `extends:` chain applied, and the texts of the bases."""
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data, []
+    if not isinstance(base_name, str) or not base_name:
+        raise RecipeError(source, ["extends: expected the name or path of another recipe"])
+    if "name" not in data:
+        raise RecipeError(
+            source, ["name: required in a recipe that extends another (their data would mix)"]
+        )
+    base_path = find_recipe(base_name)
+    key = str(base_path.resolve())
+    if key in seen:
+        raise RecipeError(source, [f"extends: {base_name!r} extends this recipe again (a loop)"])
+    base_text = base_path.read_text(encoding="utf-8")
+    base, texts = _resolve_extends(
+        _read_mapping(base_text, str(base_path)), str(base_path), (*seen, key)
+    )
+    return _overlay(base, data), [*texts, base_text]
+
+
+def parse_recipe(text: str, source: str = "<string>") -> Recipe:
+    """A validated recipe from YAML text. `extends: <recipe>` starts from another recipe's
+    fields: nested sections merge key by key, lists (poses, detectors) are replaced whole."""
+    seen = (str(Path(source).resolve()),) if Path(source).is_file() else ()
+    data, base_texts = _resolve_extends(_read_mapping(text, source), source, seen)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(source, [_format_error(e) for e in exc.errors()]) from None
-    digest = hashlib.sha256(text.encode()).hexdigest()
+    # The effective recipe changes when a base does: the digest covers the whole chain.
+    digest = hashlib.sha256("\0".join([*base_texts, text]).encode()).hexdigest()
     return recipe.model_copy(update={"source": source, "sha256": digest})
 
 

@@ -92,6 +92,46 @@ def test_duplicate_pose_names_rejected() -> None:
         parse_recipe(_mutated(edit))
 
 
+def test_extends_overlays_the_base(station_home: Path) -> None:
+    base = load_recipe("glassfiber")
+    gpu = load_recipe("glassfiber-gpu")
+    assert gpu.name == "glassfiber-gpu" and gpu.preprocess.size == (320, 320)
+    assert [d.backbone for d in gpu.detectors] == ["efficientnet_lite2"]  # lists replace
+    assert gpu.robot == base.robot and gpu.camera == base.camera  # untouched sections
+    assert gpu.preprocess.grey_to_rgb == base.preprocess.grey_to_rgb  # mappings merge
+    assert gpu.data_dir == station_home / "data" / "glassfiber-gpu"
+    before = gpu.sha256
+    (station_home / "recipes" / "glassfiber.yaml").write_text(
+        (station_home / "recipes" / "glassfiber.yaml").read_text().replace(
+            "settle_s: 0.15", "settle_s: 0.3"
+        )
+    )
+    changed = load_recipe("glassfiber-gpu")
+    assert changed.robot.settle_s == 0.3 and changed.sha256 != before  # digest covers the base
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("extends: glassfiber\n", "name: required in a recipe that extends another"),
+        ("extends: nosuch\nname: x\n", "file not found"),
+        ("extends: [glassfiber]\nname: x\n", "extends: expected the name or path"),
+        ("extends: glassfiber\nname: x\ncamera: {gian_db: 2}\n", "camera.gian_db: unknown field"),
+    ],
+)
+def test_extends_errors_name_the_problem(station_home: Path, text: str, expected: str) -> None:
+    with pytest.raises(RecipeError, match=expected):
+        parse_recipe(text, "child.yaml")
+
+
+def test_extends_loop_is_refused(station_home: Path) -> None:
+    recipes = station_home / "recipes"
+    (recipes / "a.yaml").write_text("extends: b\nname: a\n")
+    (recipes / "b.yaml").write_text("extends: a\nname: b\n")
+    with pytest.raises(RecipeError, match="a loop"):
+        load_recipe("a")
+
+
 def test_yaml_syntax_error_names_line() -> None:
     with pytest.raises(RecipeError, match="line 2"):
         parse_recipe("name: x\n  bad: [\n", "broken.yaml")

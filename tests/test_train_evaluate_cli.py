@@ -106,6 +106,14 @@ def test_train_then_evaluate(station_home: Path, capsys: pytest.CaptureFixture[s
     assert m["image_auroc"] == 1.0 and m["pixel_auroc"] > 0.9
     assert m["model"]["version"] == meta["version"]
     assert list((out / "cat_a" / "patchcore").glob("*.png"))
+    rows = (out / "cat_a" / "patchcore" / "scores.csv").read_text().splitlines()
+    assert rows[0] == "image,label,score" and len(rows) == 1 + m["n_test"]
+    by_label: dict[str, list[float]] = {"good": [], "defect": []}
+    for row in rows[1:]:
+        _, label, score = row.split(",")
+        by_label[label].append(float(score))
+    assert len(by_label["defect"]) == m["n_defect"]
+    assert min(by_label["defect"]) > max(by_label["good"])  # image AUROC 1.0, as reported
 
 
 def test_evaluate_with_training_per_category(station_home: Path) -> None:

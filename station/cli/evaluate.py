@@ -4,7 +4,9 @@
 category's test images run through the recipe's preprocessing and detectors: the recipe's
 trained models, or with `--train` a model fitted on that category's train/good first (saved
 under the output folder, not in the recipe's models). Prints a table per category and
-detector plus the mean, writes `results.json` and a few heatmap overlays.
+detector plus the mean, writes `results.json`, each image's score (`<category>/<detector>/
+scores.csv`: image, label, score; for failure analysis and threshold studies) and a few heatmap
+overlays.
 
 AITEX tiles (stems `NNNN_DDD_FF_tKK`, DDD = defect code): image AUROC is also reported
 against the good tiles of defect-free strips only (DDD == 000), see the dataset README.
@@ -22,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import typer
+
+from station.files import atomic_write
 
 # Some defect-free AITEX strips carry a two-digit code ("0018_00_01"): any all-zero code counts.
 AITEX_STEM = re.compile(r"^\d{4}_(\d{2,3})_\d{2}_t\d{2}$")
@@ -246,6 +250,9 @@ def register(app: typer.Typer) -> None:
                         model=model_info,
                     )
                     results[cat.name][d.name] = metrics
+                    write_scores_csv(
+                        out_dir / cat.name / d.name / "scores.csv", stems, labels, all_scores
+                    )
                     vmax = (
                         float(np.quantile(all_scores[labels == 0], 0.99))
                         if (labels == 0).any()
@@ -291,6 +298,17 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         path = write_report(means, complete=True)
         console.print(f"results: {path}")
+
+
+def write_scores_csv(
+    path: Path, stems: list[str], labels: np.ndarray, scores: np.ndarray
+) -> None:
+    lines = ["image,label,score"]
+    lines += [
+        f"{stem},{'defect' if lab else 'good'},{float(sc):.6g}"
+        for stem, lab, sc in zip(stems, labels, scores, strict=True)
+    ]
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
 
 
 def _no_nan(v: Any) -> Any:
