@@ -16,6 +16,7 @@ from station.detectors.efficientad import (
     AutoEncoder,
     EfficientAD,
     hard_mse,
+    lr_schedule,
     pdn,
     pdn_out_size,
 )
@@ -103,6 +104,23 @@ def test_hard_mse_keeps_only_the_hardest() -> None:
     assert float(hard_mse(d, 0.99)) == pytest.approx(float(d[990:].mean()))
 
 
+@pytest.mark.parametrize("kind", ["cosine", "paper"])
+def test_lr_schedules(kind: str) -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = lr_schedule(opt, 100, kind)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    if kind == "paper":
+        assert lrs[0] == lrs[94] == 1.0 and lrs[95] == lrs[99] == pytest.approx(0.1)
+    else:  # warm-up over 5 steps to the full lr, then a monotone decay towards 1 %
+        assert lrs[0] == pytest.approx(0.2) and lrs[4] == pytest.approx(1.0)
+        assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+        assert 0.01 <= lrs[99] < 0.02
+
+
 def test_fit_report_and_distillation(trained: tuple[EfficientAD, Any]) -> None:
     det, report = trained
     assert report.n_images == 8 and report.extra["n_validation"] == 2
@@ -178,3 +196,5 @@ def test_bad_input(trained: tuple[EfficientAD, Any]) -> None:
         fresh.fit(weave(np.random.default_rng(1), 2, size=48))
     with pytest.raises(DetectorError, match="model_size"):
         create_detector("efficientad", device="cpu", model_size="large")
+    with pytest.raises(DetectorError, match="schedule"):
+        create_detector("efficientad", device="cpu", schedule="linear")

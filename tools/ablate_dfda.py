@@ -3,11 +3,15 @@
 Fits one DFDA detector per variant on a category's train/good and scores its test set with
 station.metrics (image AUROC, pixel AUROC, AUPRO, pixel AP, pixel F1-max). Variants: the full
 model, without the CBAM-style attention, without the query-key attention, without both, with
-untrained (seeded) attention, and a sweep of fixed k. Frozen backbone features are computed
-once per image and shared between variants (they do not depend on the variant).
+untrained (seeded random) attention, with the neutral initialisation (every gate 0.5) instead
+of the random one, and a k sweep. Frozen backbone features (of the good images, of their synthetic
+faults and of the test images) are computed once per image and shared between variants (they
+do not depend on the variant), so only the first variant's fit time includes them. Each row
+also reports the label-free synthetic-fault validation (`syn_*`, held-out good images with
+synthetic faults) that the detector itself uses to choose k.
 
     .venv/bin/python tools/ablate_dfda.py --dataset ../shared/datasets/aitex/fabric01 \
-        --threads 2 --out data/ablate_dfda.json
+        --threads 1 --recluster full --out data/ablate_dfda.json
     .venv/bin/python tools/ablate_dfda.py --dataset ../shared/datasets/aitex --variants full
 """
 
@@ -29,8 +33,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_query_key": {"use_query_key": False},
     "no_attention": {"use_cbam": False, "use_query_key": False},
     "untrained_attention": {"attention_epochs": 0},
+    "neutral_init": {"attention_init": "neutral"},
 }
-K_SWEEP = (8, 16, 32, 64, 128, 256, 512)
+K_SWEEP = (16, 32, 64, 128, 256, 512)
 COLS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max")
 
 
@@ -53,14 +58,15 @@ def main() -> None:
     ap.add_argument("--dataset", type=Path, required=True, help="category or folder of them")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS) + ["ksweep"])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--size", type=int, default=256, help="square input size")
     ap.add_argument("--out", type=Path, default=None, help="write results JSON here")
     ap.add_argument(
         "--recluster",
         default=None,
-        help="k sweep without refitting: fit this variant once, then re-run only K-means for "
-        "each k of the sweep on its fused good features (same pool size as fit)",
+        help="k sweep without refitting: after fitting this variant (added when not listed), "
+        "re-run only K-means for each k of the sweep on its fused good features (same pool "
+        "size as fit; the attention stays the one trained with the k the fit chose)",
     )
     args = ap.parse_args()
 
@@ -76,8 +82,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = PreprocessConfig(size=(args.size, args.size), grey_to_rgb=True)
     variants = _variants(args.variants)
-    if args.recluster:
-        variants = _variants([args.recluster])
+    if args.recluster and args.recluster not in variants:
+        variants.update(_variants([args.recluster]))
     cache: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for cat in category_dirs(args.dataset):
@@ -122,13 +128,24 @@ def main() -> None:
                 k=rep.extra["k"],
                 kmeans_iterations=rep.extra["kmeans_iterations"],
                 kmeans_converged=rep.extra["kmeans_converged"],
+                k_from=rep.extra["k_from"],
+                k_separation=rep.extra["k_separation"],
                 attention_losses=rep.extra["attention_losses"],
+                attention_margins=rep.extra["attention_margins"],
+                syn_before=rep.extra["synthetic_val_before"].get("mean", math.nan),
+                syn_patch=rep.extra["synthetic_val"].get("patch_auroc", math.nan),
+                syn_image=rep.extra["synthetic_val"].get("image_auroc", math.nan),
+                syn_mean=rep.extra["synthetic_val"].get("mean", math.nan),
+                seconds={key[:-8]: rep.extra[key] for key in rep.extra if key.endswith("_seconds")},
                 fit_s=round(t1 - t0, 1),
                 predict_s=round(t2 - t1, 1),
             )
             results[cat.name][vname] = row
             _print(cat.name, vname, row)
-            if args.recluster:
+            if args.out:  # after every variant, so a cut-off run keeps what it measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+            if vname == args.recluster:
                 results[cat.name].update(
                     _recluster(det, train, test, labels, masks, vname, cat.name)
                 )
@@ -141,7 +158,7 @@ def _print(cat: str, vname: str, row: dict[str, Any]) -> None:
     print(
         f"{cat:10s} {vname:20s} "
         + " ".join(f"{c}={row[c]:.3f}" for c in COLS)
-        + f" k={row['k']} fit={row['fit_s']}s",
+        + f" syn={row.get('syn_mean', math.nan):.3f} k={row['k']} fit={row['fit_s']}s",
         flush=True,
     )
 
