@@ -13,19 +13,9 @@ from pathlib import Path
 import pytest
 
 from station.review.app import create_app
-from station.review.sample import seed_parts
+from station.review.sample import CHROMIUM, CHROMIUM_ARGS, seed_parts
 from station.review.server import background_server
 from station.storage.db import open_database
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 pytestmark = [
     pytest.mark.browser,
@@ -54,7 +44,7 @@ def test_operator_reviews_a_part_in_the_browser(tmp_path: Path) -> None:
     )
     app = create_app(url, data)
     with background_server(app) as base, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
         context = browser.new_context(
             viewport={"width": 1280, "height": 900}, accept_downloads=True
         )

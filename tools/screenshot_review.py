@@ -14,19 +14,9 @@ import tempfile
 from pathlib import Path
 
 from station.review.app import create_app
-from station.review.sample import seed_parts
+from station.review.sample import CHROMIUM, CHROMIUM_ARGS, seed_parts
 from station.review.server import background_server
 from station.storage.db import open_database
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def main() -> None:
@@ -49,7 +39,7 @@ def main() -> None:
         db.dispose()
         app = create_app(url, data)
         with background_server(app) as base, sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             if args.queue_out:
                 page.goto(base + "/")

@@ -962,8 +962,6 @@ class DFDA(Detector):
 
     @torch.no_grad()
     def _predict_tensor(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        if self.centres is None or self.image_hw is None:
-            raise DetectorError("dfda: not fitted", hint="run station train first")
         return self._score_branches(*self.branch_maps(batch))
 
     def predict(self, images: np.ndarray) -> Prediction:

@@ -22,6 +22,17 @@ from station.storage.models import Detection, Part, Review, ReviewLabel, Shot, V
 
 POSES = ("left", "centre", "right")
 
+# Headless Chromium for the browser test and the screenshot tool: Debian's package, quiet.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
 
 def woven_image(
     width: int, height: int, seed: int, blob: tuple[int, int, int] | None

@@ -58,7 +58,11 @@ class QueueFilter:
     def base_conditions(self) -> list[ColumnElement[bool]]:
         """Conditions the counts share: queue verdicts, recipe and date range."""
         verdicts = (Verdict.PASS,) if self.audit else QUEUE_VERDICTS
-        conds: list[ColumnElement[bool]] = [Part.verdict.in_(verdicts)]
+        return [Part.verdict.in_(verdicts), *self.scope_conditions()]
+
+    def scope_conditions(self) -> list[ColumnElement[bool]]:
+        """The recipe and date-range conditions (no verdict)."""
+        conds: list[ColumnElement[bool]] = []
         if self.recipe:
             conds.append(Part.recipe == self.recipe)
         if self.date_from:
@@ -321,13 +325,7 @@ def export_rows(session: Session, flt: QueueFilter) -> Iterator[list[Any]]:
         .limit(1)
         .scalar_subquery()
     )
-    conds: list[ColumnElement[bool]] = []
-    if flt.recipe:
-        conds.append(Part.recipe == flt.recipe)
-    if flt.date_from:
-        conds.append(Part.started_at >= local_day_start(flt.date_from))
-    if flt.date_to:
-        conds.append(Part.started_at < local_day_start(flt.date_to + timedelta(days=1)))
+    conds = flt.scope_conditions()
     stmt = (
         select(Review, Part, (Review.id == newest_id).label("is_latest"))
         .join(Part, Part.id == Review.part_id)

@@ -49,7 +49,7 @@ class URLineIO:
             self._link.call("open_io", t, host=self.host)
             st = fresh_state(self._link, None, self.stale_after_s, LineIOError)
             self._last_ts = st["timestamp"]
-            self._await_clear = bool(st["digital_in"] >> self.cfg.part_present_input & 1)
+            self._await_clear = self._input(st)
         except Exception:
             self._link.kill()
             raise
