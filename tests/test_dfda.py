@@ -121,6 +121,21 @@ def test_attention_modules_keep_shape_and_gate_into_zero_one() -> None:
     assert sum(isinstance(m, torch.nn.Linear) for m in cb.mlp) == 3
 
 
+@pytest.mark.parametrize("standardize", [True, False])
+def test_standardized_spatial_gate_ignores_the_image_level(standardize: bool) -> None:
+    """With `standardize`, the spatial gate sees each pooled map relative to its own image, so
+    scaling a whole image leaves the gate (and, with a constant channel gate, the output up to
+    the same scale) unchanged; the plain gate reads absolute levels."""
+    torch.manual_seed(0)
+    cb = ChannelSpatialAttention(40, standardize=standardize)
+    with torch.no_grad():  # constant channel gate (0.5), so only the spatial gate can differ
+        torch.nn.init.zeros_(cb.mlp[-1].weight)
+        torch.nn.init.zeros_(cb.mlp[-1].bias)
+    x = torch.rand(2, 40, 12, 12)
+    same = torch.allclose(cb(3.0 * x), 3.0 * cb(x), atol=1e-5)
+    assert same == standardize
+
+
 # -- the detector -----------------------------------------------------------------------------
 
 

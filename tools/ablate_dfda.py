@@ -13,6 +13,12 @@ synthetic faults) that the detector itself uses to choose k.
     .venv/bin/python tools/ablate_dfda.py --dataset ../shared/datasets/aitex/fabric01 \
         --threads 1 --recluster full --out data/ablate_dfda.json
     .venv/bin/python tools/ablate_dfda.py --dataset ../shared/datasets/aitex --variants full
+    .venv/bin/python tools/ablate_dfda.py --dataset ../shared/datasets/aitex/fabric04 \
+        --variants full no_cbam --seeds 0 1 2
+
+With several `--seeds`, every variant is fitted once per seed (the seed moves the validation
+split, the synthetic faults, the attention's initialisation and K-means) and a last table gives
+each variant's mean and spread over the seeds, so a difference can be set against the noise.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_attention": {"use_cbam": False, "use_query_key": False},
     "untrained_attention": {"attention_epochs": 0},
     "neutral_init": {"attention_init": "neutral"},
+    "cbam_standardized": {"cbam_standardize": True},
 }
 K_SWEEP = (16, 32, 64, 128, 256, 512)
 COLS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max")
@@ -57,6 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", type=Path, required=True, help="category or folder of them")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS) + ["ksweep"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="detector seeds")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--size", type=int, default=256, help="square input size")
@@ -66,9 +74,12 @@ def main() -> None:
         default=None,
         help="k sweep without refitting: after fitting this variant (added when not listed), "
         "re-run only K-means for each k of the sweep on its fused good features (same pool "
-        "size as fit; the attention stays the one trained with the k the fit chose)",
+        "size as fit; the attention stays the one trained with the k the fit chose; "
+        "one seed only)",
     )
     args = ap.parse_args()
+    if args.recluster and len(args.seeds) > 1:
+        raise SystemExit("--recluster works with one seed; drop --seeds or give one")
 
     import torch
 
@@ -102,7 +113,7 @@ def main() -> None:
         )
         cache.clear()
         results[cat.name] = {}
-        for vname, over in variants.items():
+        for vname, over in _seeded(variants, args.seeds).items():
             det = create_detector("dfda", device=args.device, **over)
             inner = det.branch_maps
 
@@ -152,6 +163,32 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if len(args.seeds) > 1:
+        _print_spread(results, list(variants), args.seeds)
+
+
+def _seeded(variants: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """One entry per variant and seed; names get '@seed=N' when there is more than one seed."""
+    if len(seeds) == 1:
+        return {v: {**over, "seed": seeds[0]} for v, over in variants.items()}
+    return {f"{v}@seed={s}": {**over, "seed": s} for s in seeds for v, over in variants.items()}
+
+
+def _print_spread(
+    results: dict[str, dict[str, dict[str, Any]]], names: list[str], seeds: list[int]
+) -> None:
+    print("\nmean +- standard deviation over seeds " + ", ".join(map(str, seeds)))
+    for cat, rows in results.items():
+        for v in names:
+            got = [rows[f"{v}@seed={s}"] for s in seeds if f"{v}@seed={s}" in rows]
+            if not got:
+                continue
+            cells = []
+            for c in COLS[:3]:
+                vals = np.array([r[c] for r in got], dtype=float)
+                sd = vals.std(ddof=1) if len(vals) > 1 else 0.0
+                cells.append(f"{c}={vals.mean():.3f}+-{sd:.3f}")
+            print(f"{cat:10s} {v:20s} " + " ".join(cells) + f" n={len(got)}", flush=True)
 
 
 def _print(cat: str, vname: str, row: dict[str, Any]) -> None:
