@@ -88,6 +88,17 @@ def predict_in_batches(
     )
 
 
+def sample_per_image(feats: torch.Tensor, per_image: int, rng: np.random.Generator) -> torch.Tensor:
+    """N x per_image x D: a seeded subsample of each image's N x P x D patch features (all of
+    them, untouched and without drawing from `rng`, when per_image >= P)."""
+    n, p, d = feats.shape
+    if per_image >= p:
+        return feats
+    sel = np.stack([rng.choice(p, per_image, replace=False) for _ in range(n)])
+    idx = torch.from_numpy(sel).to(feats.device)[..., None].expand(-1, -1, d)
+    return torch.gather(feats, 1, idx)
+
+
 def local_aggregate(feat: torch.Tensor, size: int = 3) -> torch.Tensor:
     """Average each position's `size` x `size` neighbourhood (PatchCore / SimpleNet)."""
     if size <= 1:

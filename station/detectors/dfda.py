@@ -136,6 +136,7 @@ from station.detectors.common import (
     local_aggregate,
     nearest_neighbours,
     predict_in_batches,
+    sample_per_image,
     split_validation,
     to_batch,
     upsample_smooth,
@@ -238,8 +239,8 @@ def choose_k(
 ) -> tuple[int, dict[int, float]]:
     """k by the inertia elbow over `candidates` (those below the number of points)."""
     ks = sorted({int(c) for c in candidates if 1 <= int(c) < x.shape[0]})
-    if not ks:
-        return max(1, min(x.shape[0], 1)), {}
+    if not ks:  # too few points for any candidate
+        return 1, {}
     inertias = {k: kmeans(x, k, max_iter, seed).inertia for k in ks}
     return elbow_k(ks, [inertias[k] for k in ks]), inertias
 
@@ -700,15 +701,9 @@ class DFDA(Detector):
         bs = self._cfg["batch_size"]
         with torch.no_grad():
             for s in range(0, len(br), bs):
-                a = br.a[s : s + bs].to(self.device).float()
-                b = br.b[s : s + bs].to(self.device).float()
-                z = self.fuse(a, b)
+                z = self._fused(br, slice(s, s + bs))
                 n, d, h, w = z.shape
-                z = z.permute(0, 2, 3, 1).reshape(n, h * w, d)
-                if per_image < h * w:
-                    sel = np.stack([rng.choice(h * w, per_image, replace=False) for _ in range(n)])
-                    idx = torch.from_numpy(sel).to(z.device)[..., None].expand(-1, -1, d)
-                    z = torch.gather(z, 1, idx)
+                z = sample_per_image(z.permute(0, 2, 3, 1).reshape(n, h * w, d), per_image, rng)
                 out.append(z.reshape(-1, d))
         return torch.cat(out)
 
@@ -747,8 +742,8 @@ class DFDA(Detector):
         """k from the data: the smallest candidate whose synthetic-fault separation on the
         held-out images is within `k_tolerance` of the best candidate's."""
         ks = sorted({c for c in self._cfg["k_candidates"] if 1 <= c < pool.shape[0]})
-        if not ks:
-            return max(1, min(pool.shape[0], 1)), {}
+        if not ks:  # too few points for any candidate
+            return 1, {}
         seps = {}
         for k in ks:
             res = kmeans(pool, k, min(20, self._cfg["kmeans_iters"]), self._cfg["seed"])

@@ -39,6 +39,7 @@ from station.detectors.common import (
     local_aggregate,
     nearest_neighbours,
     predict_in_batches,
+    sample_per_image,
     split_validation,
     to_batch,
     upsample_smooth,
@@ -202,18 +203,8 @@ class PatchCore(Detector):
                 per_image_cap = max(
                     1, min(per_image, self._cfg["max_train_patches"] // len(train_idx))
                 )
-            feats = feats.view(count, h * w, -1)
-            if per_image_cap < h * w:  # bounded memory: a seeded subsample of each image
-                sel = np.stack(
-                    [rng.choice(h * w, per_image_cap, replace=False) for _ in range(count)]
-                )
-                feats = torch.gather(
-                    feats,
-                    1,
-                    torch.from_numpy(sel)
-                    .to(feats.device)[..., None]
-                    .expand(-1, -1, feats.shape[2]),
-                )
+            # Bounded memory: a seeded subsample of each image.
+            feats = sample_per_image(feats.view(count, h * w, -1), per_image_cap, rng)
             kept.append(feats.reshape(-1, feats.shape[-1]))
             total_patches += count * h * w
             done += count
