@@ -85,8 +85,7 @@ def main() -> None:
 
     from station.datasets import MVTecFolder, category_dirs
     from station.detectors.registry import create_detector
-    from station.detectors.training import load_images
-    from station.imaging import preprocess_mask, read_image
+    from station.detectors.training import load_images, load_masks
     from station.metrics import evaluate_all
     from station.recipe import PreprocessConfig
 
@@ -103,14 +102,7 @@ def main() -> None:
         items = folder.test_items()
         test = np.stack(load_images([it.path for it in items], cfg))
         labels = np.array([it.label for it in items])
-        masks = np.stack(
-            [
-                preprocess_mask(read_image(it.mask_path), cfg)
-                if it.mask_path is not None
-                else np.zeros(test.shape[1:3], np.uint8)
-                for it in items
-            ]
-        )
+        masks = load_masks(items, cfg, test.shape[1:3])
         cache.clear()
         results[cat.name] = {}
         for vname, over in _seeded(variants, args.seeds).items():

@@ -26,8 +26,7 @@ from station.datasets import MVTecFolder, category_dirs
 from station.detectors.artifact import load_artifact
 from station.detectors.common import to_batch
 from station.detectors.efficientad import MAP_PAD, EfficientAD
-from station.detectors.training import load_images
-from station.imaging import preprocess_mask, read_image
+from station.detectors.training import load_images, load_masks
 from station.metrics import aupro, image_auroc, pixel_auroc
 from station.recipe import PreprocessConfig
 
@@ -44,10 +43,7 @@ def score_category(det: EfficientAD, folder: MVTecFolder, batch: int) -> dict[st
     items = folder.test_items()
     images = np.stack(load_images([it.path for it in items], pp))
     labels = np.array([it.label for it in items])
-    masks = np.zeros((len(items), h, w), np.uint8)
-    for i, it in enumerate(items):
-        if it.mask_path is not None:
-            masks[i] = preprocess_mask(read_image(it.mask_path), pp)
+    masks = load_masks(items, pp, (h, w))
     maps: dict[str, list[np.ndarray]] = {"student-teacher": [], "autoencoder": [], "combined": []}
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]

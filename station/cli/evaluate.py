@@ -123,9 +123,9 @@ def register(app: typer.Typer) -> None:
         from station.cli.train import selected_detectors, set_threads, stage_callback
         from station.datasets import MVTecFolder, category_dirs
         from station.detectors.artifact import latest_artifact, load_artifact
-        from station.detectors.training import load_images, train_and_save
+        from station.detectors.training import load_images, load_masks, train_and_save
         from station.errors import StationError
-        from station.imaging import preprocess_mask, read_image, write_png
+        from station.imaging import write_png
         from station.metrics import evaluate_all, image_auroc
         from station.recipe import load_recipe
 
@@ -181,11 +181,11 @@ def register(app: typer.Typer) -> None:
                 labels = np.array([it.label for it in items], dtype=np.int64)
                 has_masks = all(it.mask_path is not None for it in items if it.label == 1)
                 h, w = images[0].shape[:2]
-                masks = np.zeros((len(items), h, w), np.uint8)
-                if has_masks:
-                    for i, it in enumerate(items):
-                        if it.mask_path is not None:
-                            masks[i] = preprocess_mask(read_image(it.mask_path), rcp.preprocess)
+                masks = (
+                    load_masks(items, rcp.preprocess, (h, w))
+                    if has_masks
+                    else np.zeros((len(items), h, w), np.uint8)
+                )
                 stems = [it.stem for it in items]
                 clean = clean_good_mask(stems, labels)
                 results[cat.name] = {}

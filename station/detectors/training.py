@@ -20,9 +20,10 @@ import numpy as np
 from station.detectors.artifact import new_version, save_artifact
 from station.detectors.backbones import file_sha256
 from station.detectors.base import Detector, FitReport, ProgressFn
-from station.imaging import preprocess, read_image
+from station.imaging import preprocess, preprocess_mask, read_image
 
 if TYPE_CHECKING:
+    from station.datasets import DatasetItem
     from station.recipe import DetectorConfig, PreprocessConfig, Recipe
 
 
@@ -53,6 +54,18 @@ def load_images(
         if progress:
             progress(i + 1, len(files))
     return out
+
+
+def load_masks(
+    items: Sequence[DatasetItem], cfg: PreprocessConfig, hw: tuple[int, int]
+) -> np.ndarray:
+    """N x H x W uint8 ground-truth masks of test items, preprocessed like their images;
+    all zero for an item without a mask (a good image)."""
+    masks = np.zeros((len(items), *hw), np.uint8)
+    for i, it in enumerate(items):
+        if it.mask_path is not None:
+            masks[i] = preprocess_mask(read_image(it.mask_path), cfg)
+    return masks
 
 
 def score_stats(scores: Sequence[float]) -> dict[str, Any]:
