@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from station.detectors.artifact import load_artifact, read_artifact, save_artifact
+from station.detectors.common import local_aggregate, mirrored_stage_maps
 from station.detectors.patchcore import PatchCore, greedy_coreset
 from station.detectors.registry import available_detectors, create_detector
 from station.errors import DetectorError
@@ -140,3 +141,58 @@ def test_cuda_matches_cpu_and_fp16_stays_close(fitted: PatchCore, tmp_path: Path
     out = half.predict(imgs)
     np.testing.assert_allclose(out.scores, ref.scores, rtol=2e-2)
     assert np.corrcoef(out.maps.ravel(), ref.maps.ravel())[0, 1] > 0.999
+
+
+def test_mirrored_stage_maps_line_up_with_the_image() -> None:
+    det = PatchCore(device="cpu")
+    x = torch.from_numpy(np.stack([weave(600), with_defect(weave(601))])).float().div(255)
+    x = x[:, None].expand(-1, 3, -1, -1).contiguous()
+    plain = mirrored_stage_maps(det.backbone, x, 0, 3)
+    mirrored = mirrored_stage_maps(det.backbone, x, 32, 3)
+    assert [m.shape for m in mirrored] == [m.shape for m in plain]
+    # The same as running the network on an independently mirrored image and cropping.
+    big = np.pad(x.numpy(), ((0, 0), (0, 0), (32, 32), (32, 32)), mode="reflect")
+    stages = det.backbone(torch.from_numpy(big))
+    for m, f, stride in zip(mirrored, stages, det.backbone.strides, strict=True):
+        c = 32 // stride
+        ref = local_aggregate(f, 3)[:, :, c:-c, c:-c]
+        torch.testing.assert_close(m, ref)
+    # Mirroring changes what the edge cells see, hardly what the centre cells see.
+    diff = (mirrored[0] - plain[0]).abs()
+    assert diff[:, :, 0].max() > 20 * diff[:, :, 5:-5, 5:-5].max()
+
+
+def coarser(img: np.ndarray, factor: float = 1.2) -> np.ndarray:
+    """The same weave seen from closer: every thread `factor` times wider."""
+    import cv2
+
+    big = cv2.resize(np.tile(img, (2, 2)), None, fx=factor, fy=factor)
+    return big[: img.shape[0], : img.shape[1]]
+
+
+def test_centred_features_ignore_a_sheet_wide_change_but_not_a_fault() -> None:
+    train = [weave(s) for s in range(8)]
+    sheet_wide = np.stack([coarser(weave(s)) for s in range(700, 704)])
+    ratios = {}
+    for centred in (False, True):
+        det = PatchCore(
+            device="cpu", max_bank=300, val_fraction=0.25, seed=1, center_features=centred
+        )
+        det.fit(train)
+        good = det.predict(np.stack([weave(s) for s in range(100, 104)])).scores.max()
+        wide = det.predict(sheet_wide).scores / good
+        ratios[centred] = (
+            wide.min() if not centred else wide.max(),
+            det.predict(with_defect(coarser(weave(710)))[None]).scores[0] / good,
+        )
+    assert ratios[False][0] > 1.1  # measured 1.17 at least: the coarser sheet is anomalous
+    assert ratios[True][0] < 1.0  # measured 0.89 at most: centred, it is not...
+    assert ratios[True][1] > 2.5  # ...while a fault on it still is (measured 3.3)
+
+
+def test_mirror_pad_is_checked() -> None:
+    with pytest.raises(DetectorError, match="multiple of the layers' strides"):
+        PatchCore(device="cpu", mirror_pad=20)
+    det = PatchCore(device="cpu", mirror_pad=64, max_bank=20)
+    with pytest.raises(DetectorError, match="mirror_pad 64 px needs images larger"):
+        det.fit([weave(s, 64) for s in range(3)])

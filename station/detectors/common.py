@@ -106,6 +106,26 @@ def local_aggregate(feat: torch.Tensor, size: int = 3) -> torch.Tensor:
     return F.avg_pool2d(feat, size, stride=1, padding=size // 2, count_include_pad=False)
 
 
+def mirrored_stage_maps(
+    backbone: torch.nn.Module, x: torch.Tensor, pad: int, patch_size: int
+) -> list[torch.Tensor]:
+    """The backbone's stage maps of `x`, each averaged over `patch_size` neighbourhoods, as
+    seen with `pad` px of mirrored image around it: the network runs on the reflect-padded
+    batch and every map is cropped back to the cells of `x` itself. Cells at the image edge
+    then see fabric-like context instead of the network's zero padding. `pad` must be a
+    multiple of every stage's stride (`backbone.strides`) and smaller than the image."""
+    if pad <= 0:
+        return [local_aggregate(f.float(), patch_size) for f in backbone(x)]
+    maps = []
+    for f, stride in zip(
+        backbone(F.pad(x, (pad, pad, pad, pad), mode="reflect")), backbone.strides, strict=True
+    ):
+        c = pad // stride
+        f = local_aggregate(f.float(), patch_size)
+        maps.append(f[:, :, c : f.shape[-2] - c, c : f.shape[-1] - c])
+    return maps
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian smoothing of N x H x W maps (reflect padding)."""
     if sigma <= 0:
