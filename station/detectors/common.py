@@ -126,6 +126,11 @@ def mirrored_stage_maps(
     return maps
 
 
+def center_per_image(feat: torch.Tensor) -> torch.Tensor:
+    """N x C x h x w stage map minus each image's mean feature (PatchCore, SimpleNet)."""
+    return feat - feat.mean(dim=(2, 3), keepdim=True)
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian smoothing of N x H x W maps (reflect padding)."""
     if sigma <= 0:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from station.detectors.backbones import check_identity, create_backbone, resolve_device
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import (
+    center_per_image,
     mirrored_stage_maps,
     nearest_neighbours,
     predict_in_batches,
@@ -188,7 +189,7 @@ class PatchCore(Detector):
         parts = []
         for f in feats:
             if self._cfg["center_features"]:
-                f = f - f.mean(dim=(2, 3), keepdim=True)
+                f = center_per_image(f)
             if f.shape[-2:] != grid:
                 f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
             n, c, h, w = f.shape
