@@ -127,7 +127,7 @@ def mirrored_stage_maps(
 
 
 def center_per_image(feat: torch.Tensor) -> torch.Tensor:
-    """N x C x h x w stage map minus each image's mean feature (PatchCore, SimpleNet)."""
+    """N x C x h x w stage map minus each image's mean feature (PatchCore)."""
     return feat - feat.mean(dim=(2, 3), keepdim=True)
 
 

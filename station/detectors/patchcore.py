@@ -8,12 +8,13 @@ paper, both for woven fabric and both on by default (measured on AITEX, README):
   maps are cropped back, so edge patches are not scored on the network's zero padding (which
   made a frame of high scores round every image, as high as a small defect).
 - `center_features`: each image's mean feature (per stage) is subtracted from its patches, so a
-  sheet whose weave is shifted or lit differently as a whole is not anomalous everywhere,
-  while a local fault still stands out from its own sheet. Patches of all good
-images form a memory bank, thinned by a greedy k-center coreset (~10 %) chosen in a random
-low-dimensional projection. Memory stays bounded: features stream in batches, at most
-`max_train_patches` patches are kept (a seeded per-image subsample) and the bank never exceeds
-`max_bank` rows.
+  sheet whose weave is shifted or scaled as a whole is not anomalous everywhere, while a local
+  fault still stands out from its own sheet.
+
+Patches of all good images form a memory bank, thinned by a greedy k-center coreset (~10 %)
+chosen in a random low-dimensional projection. Memory stays bounded: features stream in
+batches, at most `max_train_patches` patches are kept (a seeded per-image subsample) and the
+bank never exceeds `max_bank` rows.
 
 Predict: each patch's distance to its nearest bank feature is its anomaly score; the map is
 upsampled to the input size and Gaussian-smoothed (sigma 4). The paper's image-level
