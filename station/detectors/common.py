@@ -1,11 +1,12 @@
-"""Helpers shared by the detectors: input batches, neighbourhood aggregation, smoothing,
-validation splits and chunked nearest-neighbour search (CPU and CUDA alike)."""
+"""Helpers shared by the detectors: input batches, neighbourhood aggregation, mirrored edge
+context, smoothing, validation splits and chunked nearest-neighbour search (CPU and CUDA)."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ import torch.nn.functional as F
 
 from station.detectors.base import Prediction
 from station.errors import DetectorError
+
+if TYPE_CHECKING:
+    from station.detectors.backbones import Backbone
 
 
 def image_size_of(image: np.ndarray) -> tuple[int, int]:
@@ -107,7 +111,7 @@ def local_aggregate(feat: torch.Tensor, size: int = 3) -> torch.Tensor:
 
 
 def mirrored_stage_maps(
-    backbone: torch.nn.Module, x: torch.Tensor, pad: int, patch_size: int
+    backbone: Backbone, x: torch.Tensor, pad: int, patch_size: int
 ) -> list[torch.Tensor]:
     """The backbone's stage maps of `x`, each averaged over `patch_size` neighbourhoods, as
     seen with `pad` px of mirrored image around it: the network runs on the reflect-padded
