@@ -118,13 +118,11 @@ def mirrored_stage_maps(
     batch and every map is cropped back to the cells of `x` itself. Cells at the image edge
     then see fabric-like context instead of the network's zero padding. `pad` must be a
     multiple of every stage's stride (`backbone.strides`) and smaller than the image."""
-    if pad <= 0:
-        return [local_aggregate(f.float(), patch_size) for f in backbone(x)]
+    if pad > 0:
+        x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     maps = []
-    for f, stride in zip(
-        backbone(F.pad(x, (pad, pad, pad, pad), mode="reflect")), backbone.strides, strict=True
-    ):
-        c = pad // stride
+    for f, stride in zip(backbone(x), backbone.strides, strict=True):
+        c = pad // stride  # 0 without padding: nothing cropped
         f = local_aggregate(f.float(), patch_size)
         maps.append(f[:, :, c : f.shape[-2] - c, c : f.shape[-1] - c])
     return maps

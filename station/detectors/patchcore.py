@@ -177,15 +177,10 @@ class PatchCore(Detector):
     def patch_features(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(N*h*w, D) float32 patch features of a batch in [0, 1], and the grid (h, w)."""
         x = x.to(self.device, non_blocking=True)
-        pad = self._cfg["mirror_pad"]
-        if pad >= min(x.shape[-2:]):
-            raise DetectorError(
-                f"patchcore: mirror_pad {pad} px needs images larger than "
-                f"{x.shape[-1]} x {x.shape[-2]} px",
-                hint="lower the detector's mirror_pad param",
-            )
         with self._autocast():
-            feats = mirrored_stage_maps(self.backbone, x, pad, self._cfg["patch_size"])
+            feats = mirrored_stage_maps(
+                self.backbone, x, self._cfg["mirror_pad"], self._cfg["patch_size"]
+            )
         grid = feats[0].shape[-2:]
         parts = []
         for f in feats:
@@ -216,6 +211,13 @@ class PatchCore(Detector):
             raise DetectorError("patchcore: no training images")
         first = np.asarray(images[0])
         self.image_hw = (int(first.shape[0]), int(first.shape[1]))
+        pad = self._cfg["mirror_pad"]
+        if pad >= min(self.image_hw):  # predict takes this size only
+            raise DetectorError(
+                f"patchcore: mirror_pad {pad} px needs images larger than "
+                f"{self.image_hw[1]} x {self.image_hw[0]} px",
+                hint="lower the detector's mirror_pad param",
+            )
         train_idx, val_idx = split_validation(n, self._cfg["val_fraction"], self._cfg["seed"])
         rng = np.random.default_rng(self._cfg["seed"])
         per_image_cap: int | None = None
