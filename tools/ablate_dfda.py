@@ -18,7 +18,8 @@ synthetic faults) that the detector itself uses to choose k.
 
 With several `--seeds`, every variant is fitted once per seed (the seed moves the validation
 split, the synthetic faults, the attention's initialisation and K-means) and a last table gives
-each variant's mean and spread over the seeds, so a difference can be set against the noise.
+each variant's mean and spread over the seeds, and each variant's paired difference from `full`
+(same seed) with its standard error, so a difference can be set against the noise.
 """
 
 from __future__ import annotations
@@ -181,6 +182,24 @@ def _print_spread(
                 sd = vals.std(ddof=1) if len(vals) > 1 else 0.0
                 cells.append(f"{c}={vals.mean():.3f}+-{sd:.3f}")
             print(f"{cat:10s} {v:20s} " + " ".join(cells) + f" n={len(got)}", flush=True)
+    if "full" not in names:
+        return
+    print("\nfull minus variant, paired by seed: mean +- standard error (seeds where full wins)")
+    for cat, rows in results.items():
+        for v in names:
+            pairs = [
+                (rows[f"full@seed={s}"], rows[f"{v}@seed={s}"])
+                for s in seeds
+                if v != "full" and f"full@seed={s}" in rows and f"{v}@seed={s}" in rows
+            ]
+            if len(pairs) < 2:
+                continue
+            cells = []
+            for c in COLS[:3]:
+                d = np.array([a[c] - b[c] for a, b in pairs], dtype=float)
+                se = d.std(ddof=1) / math.sqrt(len(d))
+                cells.append(f"{c}={d.mean():+.4f}+-{se:.4f} ({int((d > 0).sum())}/{len(d)})")
+            print(f"{cat:10s} {v:20s} " + " ".join(cells), flush=True)
 
 
 def _print(cat: str, vname: str, row: dict[str, Any]) -> None:
