@@ -61,6 +61,48 @@ def test_defect_scores_higher_and_is_localised(fitted: PatchCore) -> None:
     assert abs(peak_y - 40) <= 12 and abs(peak_x - 60) <= 16
 
 
+def test_image_score_is_the_weighted_nearest_distance_of_the_worst_patch(
+    fitted: PatchCore,
+) -> None:
+    imgs = np.stack([weave(400), with_defect(weave(401)), dot(weave(402))])
+    out = fitted.predict(imgs)
+    x = torch.from_numpy(imgs).float().div(255)[:, None].expand(-1, 3, -1, -1)
+    feats, (h, w) = fitted.patch_features(x)
+    bank = fitted.bank
+    d = torch.cdist(feats, bank).view(3, h * w, -1)  # every patch to every bank row
+    nearest = d.min(2)
+    worst = nearest.values.argmax(1)
+    for i in range(3):
+        j = nearest.indices[i, worst[i]]
+        support = torch.cdist(bank[j][None], bank)[0].argsort()[: fitted.config()["num_neighbors"]]
+        to_support = d[i, worst[i], support].double()  # support[0] is bank row j itself
+        w_i = 1 - torch.exp(to_support[0] - torch.logsumexp(to_support, 0))
+        assert out.scores[i] == pytest.approx(float(nearest.values[i, worst[i]] * w_i), rel=1e-4)
+    # The map peaks at the image score, where the worst patch is.
+    np.testing.assert_allclose(out.maps.reshape(3, -1).max(1), out.scores, rtol=1e-5)
+
+
+def dot(img: np.ndarray, cx: int = 30, cy: int = 50) -> np.ndarray:
+    out = img.copy()
+    out[cy - 2 : cy + 2, cx - 2 : cx + 2] = 250  # a 4 px bright speck
+    return out
+
+
+def test_image_score_does_not_depend_on_the_smoothing() -> None:
+    # Version 2 scored images by the smoothed map's peak, which flattens a one-patch speck far
+    # more than a broad fault; now smoothing shapes the map only.
+    train = [weave(s) for s in range(8)]
+    imgs = np.stack([weave(100), weave(101), dot(weave(402)), with_defect(weave(403))])
+    out = {}
+    for sigma in (2.0, 12.0):
+        det = PatchCore(device="cpu", max_bank=300, val_fraction=0.25, seed=1, sigma=sigma)
+        det.fit(train)
+        out[sigma] = det.predict(imgs)
+    np.testing.assert_allclose(out[2.0].scores, out[12.0].scores, rtol=1e-5)
+    assert np.abs(out[2.0].maps - out[12.0].maps).max() > 0.1 * out[2.0].scores.max()
+    assert out[2.0].scores[2] > 1.2 * out[2.0].scores[:2].max()  # the speck stands out
+
+
 def test_grey_and_colour_input_agree(fitted: PatchCore) -> None:
     grey = np.stack([with_defect(weave(300)), weave(301)])
     colour = np.repeat(grey[..., None], 3, axis=3)

@@ -16,11 +16,12 @@ chosen in a random low-dimensional projection. Memory stays bounded: features st
 batches, at most `max_train_patches` patches are kept (a seeded per-image subsample) and the
 bank never exceeds `max_bank` rows.
 
-Predict: each patch's distance to its nearest bank feature is its anomaly score; the map is
-upsampled to the input size and Gaussian-smoothed (sigma 4). The paper's image-level
-re-weighting (how isolated the nearest bank feature of the most anomalous patch is among its
-`num_neighbors` bank neighbours) becomes a factor w in (0, 1] applied to the whole map, so the
-image score stays the max of the returned map.
+Predict: each patch's distance to its nearest bank feature is its anomaly score. The image
+score is the paper's: the highest patch score times the re-weighting factor w in (0, 1] (how
+isolated the nearest bank feature of that patch is among its `num_neighbors` bank neighbours).
+The map is the patch scores upsampled to the input size, Gaussian-smoothed (sigma 4) and scaled
+so that its peak equals the image score: smoothing alone would lower a one-patch fault's peak
+far more than a broad one's (version 2 scored images by the smoothed peak; AITEX, README).
 
 Devices: CPU or CUDA (nearest-neighbour search in chunks on either). `amp=True` runs the
 backbone in fp16 on CUDA (features and distances stay fp32); it is off by default until its
@@ -104,7 +105,7 @@ def greedy_coreset(
 @register
 class PatchCore(Detector):
     name = "patchcore"
-    version = 2  # 2: mirror_pad and center_features
+    version = 3  # 2: mirror_pad and center_features; 3: image score = weighted max patch score
 
     def __init__(
         self,
@@ -295,9 +296,13 @@ class PatchCore(Detector):
             weight = 1.0 - torch.softmax(d_support, dim=1)[:, 0]
         else:
             weight = torch.ones(n, device=dist.device)
-        maps = dist.view(n, 1, h, w)
-        maps = upsample_smooth(maps, self.image_hw, self._cfg["sigma"]) * weight[:, None, None]
-        scores = maps.flatten(1).amax(1)
+        # Image score (paper, eq. 6-7): the weighted distance of the most anomalous patch. The
+        # smoothed map is scaled so its peak is that score: a one-patch fault keeps its height,
+        # and the heatmap's peak reads on the same scale as the image score and its threshold.
+        scores = dist[ar, top] * weight
+        maps = upsample_smooth(dist.view(n, 1, h, w), self.image_hw, self._cfg["sigma"])
+        peak = maps.flatten(1).amax(1).clamp_min(torch.finfo(maps.dtype).tiny)
+        maps = maps * (scores / peak)[:, None, None]
         return maps.float().cpu().numpy(), scores.float().cpu().numpy()
 
     def predict(self, images: np.ndarray) -> Prediction:
