@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # usage errors arrive here in non-standalone mode
         import click
 
-        # Typer >= 0.24 raises its own vendored copy of click's exceptions, whose common base
-        # is typer.TyperException; older Typer raises click's.
+        # Recent Typer (0.29 here) raises its own vendored copy of click's exceptions, whose
+        # common base is typer.TyperException; older Typer raises click's.
         usage = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
         if isinstance(exc, usage) and callable(getattr(exc, "show", None)):
             exc.show()
