@@ -41,7 +41,8 @@ def weave(seed: int, size: int) -> np.ndarray:
     return np.repeat(img[:, :, None], 3, axis=2)
 
 
-def _parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
+def parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--param detector.key=value` items (value as JSON, else as text) per detector."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, _, value = item.partition("=")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         console.print(f"[red]unknown detector(s) {unknown}; known: {available_detectors()}")
         return 2
-    params = FAST_PARAMS | _parse_params(args.param)
+    params = FAST_PARAMS | parse_params(args.param)
     train = [weave(i, args.size) for i in range(args.train_images)]
     test = np.stack([weave(1000 + i, args.size) for i in range(max(batches))])
     rows: list[dict[str, Any]] = []

@@ -1,7 +1,7 @@
 """Does a detector trained on one material flag another? A wrong-material check.
 
     .venv/bin/python tools/cross_material.py --dataset ../shared/datasets/aitex \
-        --train fabric01 --detector patchcore --param center_features=false
+        --train fabric01 --detector patchcore --param patchcore.center_features=false
 
 Fits the detector on the training category's train/good, then scores that category's good test
 images and the train/good images of every other category (at most `--limit` each). Prints the
@@ -13,11 +13,11 @@ apart. An inspection recipe relies on this when the wrong material can reach the
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_detectors import parse_params
 
 from station.datasets import MVTecFolder, category_dirs
 from station.detectors.registry import create_detector
@@ -31,19 +31,16 @@ def main() -> None:
     ap.add_argument("--dataset", type=Path, required=True, help="folder of MVTec categories")
     ap.add_argument("--train", required=True, help="category to train on")
     ap.add_argument("--detector", default="patchcore")
-    ap.add_argument("--param", action="append", default=[], help="NAME=VALUE (JSON value)")
+    ap.add_argument("--param", action="append", default=[], help="detector.key=value")
     ap.add_argument("--size", type=int, default=256, help="square input size")
     ap.add_argument("--limit", type=int, default=60, help="images per other category")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    params = {}
-    for p in args.param:
-        name, _, value = p.partition("=")
-        try:
-            params[name] = json.loads(value)
-        except json.JSONDecodeError:
-            params[name] = value
+    by_detector = parse_params(args.param)
+    if set(by_detector) - {args.detector}:
+        raise SystemExit(f"--param names another detector than {args.detector!r}")
+    params = by_detector.get(args.detector, {})
     cfg = PreprocessConfig(size=(args.size, args.size))
     folders = {d.name: MVTecFolder(d) for d in category_dirs(args.dataset)}
     if args.train not in folders:
