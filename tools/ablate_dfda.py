@@ -187,10 +187,12 @@ def _print_spread(
     print("\nfull minus variant, paired by seed: mean +- standard error (seeds where full wins)")
     for cat, rows in results.items():
         for v in names:
+            if v == "full":
+                continue
             pairs = [
                 (rows[f"full@seed={s}"], rows[f"{v}@seed={s}"])
                 for s in seeds
-                if v != "full" and f"full@seed={s}" in rows and f"{v}@seed={s}" in rows
+                if f"full@seed={s}" in rows and f"{v}@seed={s}" in rows
             ]
             if len(pairs) < 2:
                 continue
