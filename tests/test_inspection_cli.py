@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import select
 from test_inspection_support import database, small_recipe
 
 from station.cli.app import main
 from station.imaging import write_png
+from station.recipe import load_recipe
 from station.storage.models import Part, Verdict
 from station.twin import render_part_shots
 
@@ -80,8 +82,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _parts(home: Path) -> list[Part]:
-    from station.recipe import load_recipe
-
     db = database(load_recipe("small"))
     with db.session() as s:
         rows = s.scalars(select(Part).order_by(Part.sequence)).all()
@@ -157,3 +157,30 @@ def test_clear_errors(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # the shipped recipe has no trained model in this home
     code, out = _run(["inspect", "--recipe", "glassfiber", str(home / "labelled")], capsys)
     assert code == 2 and "station train" in out and "Traceback" not in out
+
+
+def test_exit_codes_say_when_the_run_did_not_end_well(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A protective stop with no operator at a terminal: the run stops and exits 3.
+    path = home / "recipes" / "small.yaml"
+    original = path.read_text()
+    faulted = yaml.safe_load(original)
+    faulted["twin"]["params"] = {"faults": {"protective_stop": {"after": 4}}}
+    path.write_text(yaml.safe_dump(faulted))
+    try:
+        code, out = _run(["inspect", "--live", "--recipe", "small", "-n", "3", "--no-view"], capsys)
+    finally:
+        path.write_text(original)
+    assert code == 3, out
+    assert "stopped:" in out and "Traceback" not in out
+    # Offline, one unreadable image among good ones: every part is decided, the exit code is 2.
+    folder = home / "corrupt"
+    folder.mkdir()
+    for pose, img, _ in render_part_shots(load_recipe("small"), 300, False):
+        write_png(folder / f"p000001_{pose}.png", img)
+    (folder / "p000002_left.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code, out = _run(["inspect", "--recipe", "small", str(folder)], capsys)
+    assert code == 2, out
+    assert "2 part(s)" in out and "1 of 2 part(s) ended in a fault" in out
+    assert "Traceback" not in out

@@ -25,6 +25,7 @@ from test_inspection_support import BrightSpot, bright_set, database, small_reci
 
 import station.storage.db as dbmod
 import station.storage.heatmaps as heatmaps
+from station.errors import ProtectiveStop
 from station.hardware.factory import open_devices
 from station.inspection.cycle import Event, Inspector, RunSummary
 from station.inspection.faults import Fault
@@ -254,6 +255,18 @@ def test_detector_error_rejects_and_continues(cell: Cell) -> None:
     assert cell.faults_seen == []
 
 
+def test_nan_score_is_a_fault_that_is_stored_and_blocks_nothing(cell: Cell) -> None:
+    # SQLite cannot store NaN: the score is stored as NULL, and the next parts are unaffected.
+    cell.hooks[("part_started", 2)] = lambda: setattr(cell.detector, "nan", True)
+    cell.hooks[("part_finished", 2)] = lambda: setattr(cell.detector, "nan", False)
+    summary, rows = _one_fault(cell, n_parts=4)
+    assert "brightspot" in rows[1].reason and len(rows[1].shots) == 3
+    assert [d.score for s in rows[1].shots for d in s.detections] == [None] * 3
+    assert all(d.score is not None for r in rows[2:] for s in r.shots for d in s.detections)
+    assert summary.operator_fault is None
+    assert not list((cell.recipe.data_dir / "journal").glob("refused/*.json"))
+
+
 def test_protective_stop_waits_for_operator(cell: Cell) -> None:
     cell.hooks[("part_started", 2)] = lambda: cell.world.inject_fault("protective_stop", after=1)
     summary, rows = _one_fault(cell)
@@ -270,6 +283,17 @@ def test_protective_stop_without_operator_stops_safely(cell: Cell) -> None:
     rows = _check_complete(cell, 2)
     assert rows[1].verdict is Verdict.FAULT
     assert cell.world.reject_output is True
+
+
+def test_failed_start_leaves_the_reject_output_raised(cell: Cell) -> None:
+    def stopped(_dev: Any) -> None:
+        cell.world.inject_fault("protective_stop", after=0)
+        cell.world.reject_output = False
+
+    cell.on_open = stopped
+    with pytest.raises(ProtectiveStop):
+        cell.run(2)
+    assert cell.world.reject_output is True and cell.parts() == []
 
 
 def test_lost_link_holds_sheet_until_operator(cell: Cell) -> None:

@@ -175,6 +175,30 @@ def test_part_refused_before_its_row_gets_one_later(
     assert (row.verdict, row.line_part_id, row.sequence) == (Verdict.FAULT, "sheet-9", 1)
 
 
+def test_record_refused_for_good_is_set_aside_not_retried_forever(rec: Recorder) -> None:
+    import dataclasses
+
+    part = rec.new_part("live")
+    rec.open_part(part)
+    shot = rec.add_shot(part, 0, "left", sheet(False))
+    # a second shot row at the same pose index breaks a constraint: never accepted
+    part.shots.append(dataclasses.replace(shot, pose_name="again", db_id=None))
+    part.verdict, part.reason = Verdict.FAULT, "test"
+    rec.keep(part, "refused")
+    assert rec.flush_backlog() == 0 and rec.set_aside == [part.key]
+    assert not (rec.journal_dir / f"{part.key}.json").exists()
+    kept = PartRecord.from_json((rec.journal_dir / "refused" / f"{part.key}.json").read_text())
+    assert [s.pose_name for s in kept.shots] == ["left", "again"]
+    other = rec.new_part("live")
+    rec.open_part(other)  # the next part is not blocked
+    assert other.sequence == 2
+    # the same record found in the journal at start-up is set aside too
+    rec.keep(part, "refused")
+    report = Recorder(rec.db, rec.recipe).recover()
+    assert report.set_aside == 1 and report.journal_replayed == 0
+    assert not list(rec.journal_dir.glob("*.json"))
+
+
 def test_disk_full_is_a_storage_error(tmp_path: Path) -> None:
     mnt = tmp_path / "small"
     mnt.mkdir()

@@ -30,6 +30,7 @@ class BrightSpot(Detector):
         self.size = size
         self.mean = 0.0
         self.fail_with: Exception | None = None  # raise this from predict (detector fault)
+        self.nan = False  # return NaN maps and scores (a numerically broken model)
         self.calls = 0
         self.threads: set[str] = set()
         self.delay_s = 0.0  # make predict slow (to see the pipelining overlap)
@@ -55,6 +56,8 @@ class BrightSpot(Detector):
         k = (self.size, self.size)
         maps = np.stack([cv2.blur(np.clip(g - self.mean, 0, None) / 255.0, k) for g in grey])
         maps = maps.astype(np.float32)
+        if self.nan:
+            maps[:] = np.nan
         self.intervals.append((t0, time.perf_counter()))
         return Prediction(maps=maps, scores=maps.reshape(len(maps), -1).max(axis=1))
 

@@ -108,10 +108,10 @@ def _tables(url: str) -> set[str]:
 
 def test_migration_from_empty_to_head_matches_models(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    assert upgrade(url) == "0001"
+    assert upgrade(url) == "0002"
     assert _tables(url) >= set(Base.metadata.tables)
     # Upgrading again is a no-op, and the schema has no drift against the models.
-    assert upgrade(url) == "0001"
+    assert upgrade(url) == "0002"
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -122,9 +122,27 @@ def test_migration_from_empty_to_head_matches_models(tmp_path: Path) -> None:
     assert diff == []
 
 
+def test_upgrade_keeps_rows_and_then_takes_a_missing_score(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    assert upgrade(url, "0001") == "0001"
+    db = open_database(url, migrate=False)
+    _log_part(db, "r")
+    db.dispose()
+    assert upgrade(url) == "0002"
+    db = open_database(url, migrate=False)
+    with db.session() as s:
+        scores = sorted(s.scalars(select(Detection.score)).all())
+        assert scores == [0.5, 1.5, 2.5]
+        shot = s.scalars(select(Shot)).first()
+        shot.detections[0].score = None  # 0002: a detector that gave no finite score
+    with db.session() as s:
+        assert s.scalar(select(sa.func.count()).where(Detection.score.is_(None))) == 1
+    db.dispose()
+
+
 @pytest.mark.postgres
 def test_postgres_migration_from_empty(fresh_postgres_url: str) -> None:
-    assert upgrade(fresh_postgres_url) == "0001"
+    assert upgrade(fresh_postgres_url) == "0002"
     assert _tables(fresh_postgres_url) >= set(Base.metadata.tables)
 
 

@@ -223,13 +223,17 @@ def scores_from_reviews(recipe: Recipe, database_url: str | None = None) -> Part
                 if mv is not None:
                     newest_models[name] = mv.version
             rows: list[_Reviewed] = []
+            unscored = 0  # parts where a detector gave no finite score (stored as NULL)
             for part in parts:
                 review = max(part.reviews, key=lambda r: (r.created_at, r.id))
                 per_det: dict[str, list[tuple[float, str]]] = {n: [] for n in names}
-                for shot in sorted(part.shots, key=lambda sh: sh.pose_index):
-                    for det in shot.detections:
-                        if det.detector in per_det:
-                            per_det[det.detector].append((det.score, det.model_version))
+                dets = [d for sh in sorted(part.shots, key=lambda sh: sh.pose_index)
+                        for d in sh.detections if d.detector in per_det]
+                if any(d.score is None for d in dets):
+                    unscored += 1
+                    continue
+                for det in dets:
+                    per_det[det.detector].append((det.score, det.model_version))
                 rows.append(
                     _Reviewed(
                         sequence=part.sequence,
@@ -288,6 +292,8 @@ def scores_from_reviews(recipe: Recipe, database_url: str | None = None) -> Part
         notes.append(
             f"{len(rows) - len(kept)} reviewed parts left out: scored by other model versions"
         )
+    if unscored:
+        notes.append(f"{unscored} reviewed parts left out: a detector gave no finite score")
     warnings = []
     if n_passed == 0:
         warnings.append(

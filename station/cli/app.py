@@ -73,7 +73,7 @@ def report_error(exc: StationError) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except StationError as exc:
         report_error(exc)
         sys.exit(exc.exit_code)
@@ -95,3 +95,6 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(getattr(exc, "exit_code", 2))
         raise
+    # Outside standalone mode, click returns a `typer.Exit(code)` raised by a command.
+    if isinstance(code, int) and code:
+        sys.exit(code)

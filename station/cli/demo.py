@@ -122,9 +122,10 @@ def register(app: typer.Typer) -> None:
         if removed:
             console.print(f"removed the previous demo run ({removed} parts)")
 
-        def step(title: str, *args: str) -> None:
+        def step(title: str, *args: str) -> int:
             console.rule(f"[bold cyan]{title}[/]  [dim]station {' '.join(args)}[/]")
-            root(args=list(args), standalone_mode=False)
+            code = root(args=list(args), standalone_mode=False)  # a typer.Exit comes back
+            return code if isinstance(code, int) else 0
 
         step("1/5 capture good sheets", "capture", "--recipe", rp, "--count", str(good),
              "--label", "good")
@@ -136,8 +137,12 @@ def register(app: typer.Typer) -> None:
         with db.session() as s:
             before = db.next_sequence(s, demo_recipe.name) - 1
         db.dispose()
-        step("5/5 inspect live", "inspect", "--live", "--recipe", rp, "--count", str(parts),
-             "--no-view")
+        failure: StationError | None = None
+        try:  # the summary below is printed even when the live run ends on a fault
+            code = step("5/5 inspect live", "inspect", "--live", "--recipe", rp, "--count",
+                        str(parts), "--no-view")
+        except StationError as exc:
+            failure, code = exc, exc.exit_code
 
         out = _outcome(demo_recipe, before)
         console.rule("[bold]demo summary[/]")
@@ -159,3 +164,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"  shots, heatmaps: {demo_recipe.images_dir}")
         console.print(f"  training data:   {demo_recipe.dataset_dir}")
         console.print(f"  database:        {demo_recipe.storage.resolved_database_url()}")
+        if failure is not None:
+            raise failure
+        if code:
+            raise typer.Exit(code)

@@ -70,6 +70,18 @@ def register(app: typer.Typer) -> None:
         _print_summary(summary)
         if summary.operator_fault is not None:
             raise typer.Exit(EXIT_OPERATOR)
+        if summary.stopped_reason not in ("done", "stopped"):
+            left = len(groups) - summary.parts if groups is not None else 0
+            raise StationError(
+                f"inspection stopped after {summary.parts} part(s), {left} not inspected: "
+                f"{summary.stopped_reason}"
+            )
+        if summary.counts["fault"]:
+            raise StationError(
+                f"{summary.counts['fault']} of {summary.parts} part(s) ended in a fault "
+                "(each listed above with its reason, and stored as a reject)",
+                hint="fix the cause, then inspect those parts again",
+            )
 
 
 def _offline_printer() -> Any:

@@ -548,9 +548,19 @@ class Inspector:
     def _flush_backlog(self) -> None:
         if not self.recorder.backlog:
             return
+        before = len(self.recorder.set_aside)
         try:
             self.recorder.flush_backlog()
-            self._emit("message", "held part records written to the database")
+            refused = self.recorder.set_aside[before:]
+            if refused:
+                self._emit(
+                    "message",
+                    f"the database refused {len(refused)} held part record(s) for good "
+                    f"({', '.join(refused)}); kept in {self.recorder.journal_dir / 'refused'}",
+                    level="error",
+                )
+            else:
+                self._emit("message", "held part records written to the database")
         except StorageError as exc:
             n = len(self.recorder.backlog)
             self._emit(
@@ -568,27 +578,37 @@ class Inspector:
         summary.operator_fault = fault
         return False
 
+    def _report_recovery(self, rec: RecoveryReport) -> None:
+        if not (rec.journal_replayed or rec.interrupted or rec.set_aside):
+            return
+        refused = (
+            f", {rec.set_aside} refused by the database and kept in "
+            f"{self.recorder.journal_dir / 'refused'}"
+            if rec.set_aside
+            else ""
+        )
+        self._emit(
+            "message",
+            f"recovered: {rec.journal_replayed} held record(s) written{refused}, "
+            f"{len(rec.interrupted)} part(s) marked interrupted "
+            f"({', '.join(map(str, rec.interrupted)) or '-'})",
+            level="warning",
+        )
+
     def run_live(self, count: int | None = None, stop: threading.Event | None = None) -> RunSummary:
         """Inspect parts until `stop` is set, `count` parts are done, or a fault stops it."""
         if self.devices is None:
             raise StationError("live inspection needs devices (robot, camera, line)")
         stop = stop or threading.Event()
         summary = RunSummary()
-        summary.recovery = self.recorder.recover()
-        rec = summary.recovery
-        if rec.journal_replayed or rec.interrupted:
-            self._emit(
-                "message",
-                f"recovered: {rec.journal_replayed} held record(s) written, "
-                f"{len(rec.interrupted)} part(s) marked interrupted "
-                f"({', '.join(map(str, rec.interrupted)) or '-'})",
-                level="warning",
-            )
-        self._announce()
-        self.devices.robot.move_to(self.recipe.robot.home)
         t_run = time.perf_counter()
         consecutive = 0
-        try:
+        try:  # from here on, however the run ends, the cell is left safe (reject output up)
+            summary.recovery = self.recorder.recover()
+            self._report_recovery(summary.recovery)
+            self._announce()
+            self.devices.robot.move_to(self.recipe.robot.home)
+            t_run = time.perf_counter()
             while not stop.is_set() and (count is None or summary.parts < count):
                 self._emit("waiting", "waiting for a sheet")
                 try:

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +63,12 @@ def _iso(t: datetime | None) -> str | None:
 
 def _from_iso(s: str | None) -> datetime | None:
     return datetime.fromisoformat(s) if s else None
+
+
+def _finite(x: float | None) -> float | None:
+    """NaN and inf are stored as NULL: SQLite cannot keep NaN (PostgreSQL can), and a detector
+    that gave no finite score has faulted its part anyway (the reason says so)."""
+    return x if x is not None and math.isfinite(x) else None
 
 
 @dataclass
@@ -143,6 +150,11 @@ class RecoveryReport:
     journal_replayed: int = 0
     interrupted: list[int] = field(default_factory=list)  # sequences marked interrupted
     shots_added: int = 0
+    set_aside: int = 0  # held records the database refuses for good, moved to journal/refused
+
+
+class RecordRefused(StorageError):
+    """The database refuses a record for good (a constraint), not for a while."""
 
 
 class Recorder:
@@ -154,6 +166,7 @@ class Recorder:
         self.data_root = resolve(recipe.storage.data_dir)
         self.journal_dir = recipe.data_dir / "journal"
         self.backlog: dict[str, PartRecord] = {}  # key -> parts the database has not taken yet
+        self.set_aside: list[str] = []  # keys of records moved to journal/refused (see flush)
 
     # -- paths ---------------------------------------------------------------------------
     def rel(self, path: Path) -> str:
@@ -273,12 +286,31 @@ class Recorder:
             log.error("part %s kept in memory only (%s; journal: %s)", part.key, why, exc)
 
     def flush_backlog(self) -> int:
-        """Write held parts to the database; returns how many are left. Raises on refusal."""
+        """Write held parts to the database; returns how many are left.
+
+        Raises StorageError while the database is unavailable. A record it refuses for good
+        is set aside (journal/refused/) so that one bad record never blocks the next parts.
+        """
         for key, part in list(self.backlog.items()):
-            self._sync(part)
-            self._drop_journal(part)
+            try:
+                self._sync(part)
+            except RecordRefused as exc:
+                self._set_aside(part.key, part.to_json(), exc)
+            else:
+                self._drop_journal(part)
             del self.backlog[key]
         return len(self.backlog)
+
+    def _set_aside(self, key: str, text: str, exc: StorageError) -> None:
+        folder = self.journal_dir / "refused"
+        try:
+            write_atomic(folder / f"{key}.json", text.encode())
+            (self.journal_dir / f"{key}.json").unlink(missing_ok=True)
+        except (OSError, StorageError) as err:
+            log.error("part %s: could not set its record aside (%s)", key, err)
+            return
+        self.set_aside.append(key)
+        log.error("part %s: %s; its record is kept in %s", key, exc.message, folder)
 
     # -- start-up recovery ---------------------------------------------------------------
     def recover(self) -> RecoveryReport:
@@ -294,7 +326,12 @@ class Recorder:
                 except (OSError, ValueError, TypeError, KeyError) as exc:
                     log.error("unreadable journal file %s: %s", path, exc)
                     continue
-                self._sync(part)
+                try:
+                    self._sync(part)
+                except RecordRefused as exc:
+                    self._set_aside(part.key, part.to_json(), exc)
+                    report.set_aside += 1
+                    continue
                 path.unlink(missing_ok=True)
                 report.journal_replayed += 1
         pose_index = {p.name: i for i, p in enumerate(self.recipe.robot.poses)}
@@ -320,10 +357,11 @@ class Recorder:
         if not folder.is_dir():
             return 0
         known = {shot.pose_name for shot in row.shots}
+        taken = {shot.pose_index for shot in row.shots}  # the recipe's poses may have changed
         added = 0
         for pose, index in pose_index.items():
             path = folder / f"{pose}.png"
-            if pose in known or not path.is_file():
+            if pose in known or index in taken or not path.is_file():
                 continue
             data = path.read_bytes()
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -358,7 +396,7 @@ class Recorder:
                 return
             except IntegrityError as exc:
                 if part.db_id is not None:
-                    raise StorageError(f"database refused part {part.key}: {exc.orig}") from None
+                    raise RecordRefused(f"database refused part {part.key}: {exc.orig}") from None
                 part.sequence = None  # another writer took the number: take the next one
             except SQLAlchemyError as exc:
                 raise StorageError(f"database {self.db.safe_url} failed: {exc}") from None
@@ -418,9 +456,9 @@ class Recorder:
                         shot_id=shot_id,
                         detector=det.detector,
                         model_version=det.model_version,
-                        score=det.score,
+                        score=_finite(det.score),
                         threshold=det.threshold,
-                        normalized_score=det.normalized_score,
+                        normalized_score=_finite(det.normalized_score),
                         heatmap_path=det.heatmap_path,
                         raw_map_path=det.raw_map_path,
                         latency_ms=det.latency_ms,

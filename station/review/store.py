@@ -293,7 +293,8 @@ def reviewed_parts(session: Session, recipe: str | None = None) -> list[Reviewed
             scores: dict[str, float] = {}
             for shot in part.shots:
                 for det in shot.detections:
-                    scores[det.detector] = max(scores.get(det.detector, det.score), det.score)
+                    if det.score is not None:  # None: the detector gave no finite score
+                        scores[det.detector] = max(scores.get(det.detector, det.score), det.score)
             label = labels[part.id]
             out.append(
                 ReviewedPart(

@@ -81,15 +81,21 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on error.
 
-        Database failures surface as StorageError (locked database, full disk, lost server).
+        Database failures surface as StorageError (locked database, full disk, lost server,
+        a refused row); an IntegrityError is passed on as it is, for callers that retry on it
+        (a part number taken by another writer).
         """
         session = self._sessions()
         try:
             yield session
             session.commit()
-        except OperationalError as exc:
+        except IntegrityError:
             session.rollback()
-            raise StorageError(f"database {self.safe_url} failed: {exc.orig}") from None
+            raise
+        except SQLAlchemyError as exc:
+            session.rollback()
+            reason = getattr(exc, "orig", None) or exc
+            raise StorageError(f"database {self.safe_url} failed: {reason}") from None
         except BaseException:
             session.rollback()
             raise

@@ -115,7 +115,7 @@ class Detection(Base):
     shot_id: Mapped[int] = mapped_column(ForeignKey("shots.id", ondelete="CASCADE"), index=True)
     detector: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(128))
-    score: Mapped[float] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float)  # None: the detector gave no finite score
     threshold: Mapped[float | None] = mapped_column(Float)
     normalized_score: Mapped[float | None] = mapped_column(Float)  # score / threshold
     heatmap_path: Mapped[str | None] = mapped_column(Text)  # 8-bit PNG
