@@ -9,6 +9,9 @@ from station.calibration.core import PartScores, calibrate
 from station.calibration.policies import Policy
 from station.calibration.scores import group_parts, part_key
 from station.errors import CalibrationError
+from station.inspection.decision import decide
+from station.recipe import DecisionConfig
+from station.storage.models import Verdict
 
 POLICIES = [
     Policy("zero_miss"),
@@ -51,8 +54,9 @@ def _inspect_rule(
     for i, label in enumerate(data.labels):
         values = []
         for name in data.detectors:
-            norm = [float(v) / thresholds[name] for v in data.shots[name][i] if not np.isnan(v)]
-            values.append(max(norm) if poses == "max" else sum(norm) / len(norm))
+            raw = [float(v) for v in data.shots[name][i] if not np.isnan(v)]
+            part_score = max(raw) if poses == "max" else sum(raw) / len(raw)
+            values.append(part_score / thresholds[name])  # combined over poses, then divided
         if combine == "any":
             part = max(values)
         elif combine == "all":
@@ -100,11 +104,11 @@ def test_combined_rates_reproduce_exactly(policy: Policy, combine: str, poses: s
             assert c.misses <= 0.2 * data.n_defect
 
 
-def test_mean_of_poses_at_the_threshold_still_counts() -> None:
-    """mean(s / t) can round to just below 1.0 when t = mean(s): the threshold steps below."""
+def test_a_part_whose_mean_score_is_the_threshold_is_rejected() -> None:
+    """Pose scores are combined, then divided: score >= threshold is a reject, exactly."""
     weakest = [0.39971189053738476, 0.5226872211976584, 0.12831967114546297]
     m = sum(weakest) / 3
-    assert sum(v / m for v in weakest) / 3 < 1.0  # the rounding trap, as found
+    assert sum(v / m for v in weakest) / 3 < 1.0  # the rounding trap of dividing first
     shots = np.array([[0.1, 0.12, 0.11], [0.2, 0.21, 0.19], weakest, [0.9, 0.8, 0.7]])
     data = PartScores(
         ["g1", "g2", "d1", "d2"],
@@ -114,9 +118,40 @@ def test_mean_of_poses_at_the_threshold_still_counts() -> None:
     )
     res = calibrate(data, Policy("zero_miss"), recipe="t", combine_poses="mean", resamples=100)
     t = res.thresholds["a"]
-    assert t < m and m - t < 1e-15  # a few floats below the weakest defect's mean
+    assert t == m  # the weakest defect's own mean score
     assert _inspect_rule(data, res.thresholds, "mean", "any") == (0, 0)
     assert res.combined.choice.misses == 0
+    cfg = DecisionConfig(combine_poses="mean")
+    assert decide({"a": weakest}, {"a": t}, cfg, ["l", "c", "r"]).verdict is Verdict.FAIL
+
+
+def test_policies_that_allow_no_false_reject_find_a_threshold() -> None:
+    """good_quantile 0.99 on 30 good parts, or a zero false-reject budget: the threshold lies
+    above every good part, for one detector and for two, with the max or mean of poses."""
+    rng = np.random.default_rng(7)
+    policies = [
+        Policy("good_quantile", quantile=0.99),
+        Policy("false_reject_budget", false_reject_budget=0.0),
+    ]
+    for _ in range(5):
+        shots = rng.gamma(4, 0.5, (30, 3, 2)).astype(np.float32).astype(np.float64)
+        labels = np.zeros(30, int)
+        labels[np.argsort(shots[:, :, 0].mean(axis=1))[:3]] = 1  # the three lowest: defective
+        for names in (["a"], ["a", "b"]):
+            data = PartScores(
+                [f"p{i}" for i in range(30)],
+                labels,
+                {n: shots[:, :, j].max(axis=1) for j, n in enumerate(names)},
+                shots={n: shots[:, :, j] for j, n in enumerate(names)},
+            )
+            for policy in policies:
+                for poses in ("max", "mean"):
+                    res = calibrate(
+                        data, policy, recipe="t", combine_poses=poses, resamples=10,
+                        oob_resamples=20,
+                    )
+                    assert res.combined.choice.false_rejects == 0
+                    assert _inspect_rule(data, res.thresholds, poses, "any")[0] == 0
 
 
 def test_combined_zero_miss_is_never_worse_than_one_detector() -> None:

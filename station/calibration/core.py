@@ -119,17 +119,18 @@ def decision_values(
 ) -> np.ndarray:
     """Combined normalised part scores (C x N) for C threshold vectors (C x D).
 
-    The inspection's rule: each shot score / its detector's threshold, combined over poses
-    (`combine_poses`), then over detectors (any -> max, all -> min, mean); reject at >= 1.0.
+    The inspection's rule: each detector's shot scores combined over poses (`combine_poses`),
+    divided by its threshold, then combined over detectors (any -> max, all -> min, mean);
+    reject at >= 1.0.
     """
     t = np.atleast_2d(np.asarray(thresholds, np.float64))
-    n, p, d = shots.shape
+    n, _, d = shots.shape
+    per_detector = combine_last(np.swapaxes(shots, 1, 2), combine_poses)  # N x D
     out = np.empty((len(t), n))
-    step = max(1, 4_000_000 // max(1, n * p * d))
+    step = max(1, 4_000_000 // max(1, n * d))
     for i in range(0, len(t), step):
-        norm = shots[None, :, :, :] / t[i : i + step, None, None, :]  # C x N x P x D
-        per_detector = combine_last(np.swapaxes(norm, 2, 3), combine_poses)  # C x N x D
-        out[i : i + step] = combine_last(per_detector, COMBINE_DETECTORS[combine_detectors])
+        norm = per_detector[None, :, :] / t[i : i + step, None, :]  # C x N x D
+        out[i : i + step] = combine_last(norm, COMBINE_DETECTORS[combine_detectors])
     return out
 
 
@@ -223,10 +224,12 @@ def _point(
 
 
 def _candidates(values: np.ndarray) -> np.ndarray:
-    """Positive observed values, each also nudged a few floats lower, plus one above all.
+    """Positive observed values, each also nudged a few floats lower, plus two above all.
 
-    Decisions divide scores by the threshold, so a part whose score equals the threshold can
-    land a rounding step below 1.0; the nudged copies let the exact counts still reach it.
+    On the combined score of several detectors, scaling every threshold by a candidate does
+    not divide the combined values exactly by it: the nudged copies let the exact counts still
+    reach a part at a candidate, and the last candidate (1e-9 above the highest value, far
+    more than any rounding) rejects none.
     """
     v = np.unique(values[np.isfinite(values) & (values > 0)])
     if len(v) == 0:
@@ -236,7 +239,7 @@ def _candidates(values: np.ndarray) -> np.ndarray:
         steps.append(np.nextafter(steps[-1], -np.inf))
     cand = np.unique(np.concatenate(steps))
     cand = cand[cand > 0]
-    return np.append(cand, np.nextafter(v[-1], np.inf))
+    return np.append(cand, [np.nextafter(v[-1], np.inf), v[-1] * (1.0 + 1e-9)])
 
 
 def _counts(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +255,10 @@ def _pick(
     n_good, n_defect = int((labels == 0).sum()), int((labels == 1).sum())
     if policy.name == "good_quantile":
         allowed = np.floor((1.0 - float(policy.quantile)) * n_good + 1e-9)
-        return int(np.flatnonzero(fr <= allowed)[0])
+        ok = np.flatnonzero(fr <= allowed)
+        if len(ok) == 0:  # the last candidate rejects nothing, so only if scores are broken
+            raise CalibrationError(f"no threshold of {what} meets policy {policy.name}")
+        return int(ok[0])
     check_data(policy, n_good, n_defect, what)
     return select(policy, cand, fr, miss, n_good, n_defect)
 

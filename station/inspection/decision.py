@@ -1,9 +1,9 @@
 """The verdict of one part from its detector scores: pure functions, no I/O.
 
-Each detector score is divided by that detector's calibrated threshold (1.0 = at threshold;
-a score is defective when `score >= threshold`). Per detector, the normalised scores of the
-part's poses are combined by `decision.combine_poses` (max or mean); the detectors' values are
-then combined by `decision.combine_detectors`:
+Per detector, the raw scores of the part's poses are combined by `decision.combine_poses` (max
+or mean) and divided by that detector's calibrated threshold (1.0 = at threshold; the part is
+defective for it exactly when its combined score >= threshold). The detectors' values are then
+combined by `decision.combine_detectors`:
 
 - `any`  (default): reject when any detector is at or over its threshold; part score = max.
 - `all`:  reject only when every detector is at or over; part score = min.
@@ -79,9 +79,9 @@ def decide(
         for pose, s in zip(pose_names, raw, strict=True):
             if not math.isfinite(s):
                 return Decision.fault(f"detector {name} returned a non-finite score on pose {pose}")
-        norm = [normalise(s, threshold) for s in raw]
-        per_detector[name] = _combine(norm, cfg.combine_poses)
-        worst_pose[name] = pose_names[max(range(len(norm)), key=norm.__getitem__)]
+        # combine the raw scores, then divide: `score >= threshold` is then exactly a reject
+        per_detector[name] = normalise(_combine(raw, cfg.combine_poses), threshold)
+        worst_pose[name] = pose_names[max(range(len(raw)), key=raw.__getitem__)]
 
     values = list(per_detector.values())
     how = cfg.combine_detectors
