@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from station.detectors.artifact import load_artifact, read_artifact, save_artifact
+from station.detectors.artifact import load_artifact, new_version, read_artifact, save_artifact
 from station.detectors.common import local_aggregate, mirrored_stage_maps
 from station.detectors.patchcore import PatchCore, greedy_coreset
 from station.detectors.registry import available_detectors, create_detector
@@ -168,6 +168,16 @@ def test_artifact_checks(fitted: PatchCore, tmp_path: Path) -> None:
         load_artifact(tmp_path / "c.pt")
     with pytest.raises(DetectorError, match="does not exist"):
         load_artifact(tmp_path / "missing.pt")
+
+
+def test_versions_sort_by_time_within_one_second() -> None:
+    from datetime import UTC, datetime
+
+    first = datetime(2026, 12, 1, 23, 40, 5, 1_000, tzinfo=UTC)
+    second = first.replace(microsecond=2_000)
+    for _ in range(20):  # whatever the random suffixes
+        a, b = new_version("patchcore", first), new_version("patchcore", second)
+        assert sorted([b, a]) == [a, b]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -148,6 +148,34 @@ def test_model_from_another_recipe_is_refused(
     assert "'first'" in err and "'second'" in err and "Traceback" not in err
 
 
+def test_model_trained_before_the_recipe_changed_is_refused(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = make_recipe(station_home, "tiny")
+    cat = make_category(station_home / "ds" / "cat", n_train=2)
+    assert run(["train", "-r", recipe, "--data", str(cat), "--no-db"]) == 0
+    path = station_home / "recipes" / "tiny.yaml"
+    trained = path.read_text()
+    edits = [
+        ("max_bank: 200", "max_bank: 300", "max_bank 200 -> 300"),
+        ("params:\n", "params:\n      mirror_pad: 0\n", "mirror_pad 32 -> 0"),
+        ("backbone: efficientnet_lite0", "backbone: efficientnet_lite1", "efficientnet_lite1"),
+        ("crop: null", "crop: [0, 0, 64, 64]", "crop None -> [0, 0, 64, 64]"),
+        ("grey_to_rgb: true", "grey_to_rgb: false", "grey_to_rgb True -> False"),
+    ]
+    for old, new, said in edits:
+        assert old in trained
+        path.write_text(trained.replace(old, new, 1))
+        capsys.readouterr()
+        assert run(["evaluate", "-r", recipe, "--dataset", str(cat)]) == 2, said
+        err = capsys.readouterr().err
+        assert said in err and "station train --recipe tiny" in err, err
+        assert "Traceback" not in err
+    # the device is not a setting of the model: changing it needs no retraining
+    path.write_text(trained.replace("device: cpu", "device: auto"))
+    assert run(["evaluate", "-r", recipe, "--dataset", str(cat)]) == 0
+
+
 def test_clear_errors(station_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = make_recipe(station_home, "tiny")
     empty = station_home / "empty"

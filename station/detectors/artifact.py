@@ -3,10 +3,11 @@
 An artifact is one `torch.save` file holding a dict
     format_version, detector (name), detector_version, config, state_dict, meta
 written atomically to `<recipe.models_dir>/<detector>/<version>.pt`, where the version string
-is `<detector>-<UTC yyyymmddThhmmss>-<8 hex>` (sorts by time). `meta` records the recipe,
+is `<detector>-<UTC yyyymmddThhmmssmmm>-<8 hex>` (sorts by time). `meta` records the recipe,
 backbone and weights identity, training-data hash, image size, good-score statistics, etc.
-Loading refuses a file of another format, another detector version, another recipe, or
-another image size, with a one-line DetectorError naming both sides.
+Loading refuses a file of another format, another detector version, another recipe, another
+image size or preprocessing, or detector settings the recipe no longer has (backbone, weights,
+params; not the device), with a one-line DetectorError naming both sides.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class LoadedModel:
 
 
 def new_version(detector_name: str, now: datetime | None = None) -> str:
-    """A fresh version string, e.g. `patchcore-20261124T210512-1a2b3c4d`."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    """A fresh version string, e.g. `patchcore-20261124T210512345-1a2b3c4d` (UTC, to the
+    millisecond, so that two models trained in the same second still sort by time)."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%f")[:-3]
     return f"{detector_name}-{stamp}-{secrets.token_hex(4)}"
 
 
@@ -146,8 +148,11 @@ def load_artifact(
                 f"{recipe.name} feeds {want[0]} x {want[1]} (preprocess.size)",
                 hint=f"retrain: station train --recipe {recipe.name}",
             )
+        _check_preprocess(path, meta, recipe)
         with contextlib.suppress(KeyError):
-            config["device"] = recipe.detector(name).device
+            det_cfg = recipe.detector(name)
+            _check_settings(path, cls, config, det_cfg, recipe.name)
+            config["device"] = det_cfg.device
     if device is not None:
         config["device"] = device
     from station.detectors.registry import create_detector
@@ -156,6 +161,67 @@ def load_artifact(
     detector.load_state_dict(payload["state_dict"])
     version = str(meta.get("version") or path.stem)
     return LoadedModel(detector, meta, version, path, _sha256(path))
+
+
+def _plain(value: Any) -> Any:
+    """Settings in comparable form: tuples as lists, numbers as floats."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _check_settings(
+    path: Path, cls: type, config: dict[str, Any], det_cfg: Any, recipe_name: str
+) -> None:
+    """The recipe's detector settings (its values, else the defaults) must be the model's."""
+    import inspect
+
+    from station.detectors.training import detector_kwargs
+
+    params = inspect.signature(cls.__init__).parameters
+    want = {
+        k: p.default
+        for k, p in params.items()
+        if k != "self" and p.default is not inspect.Parameter.empty
+    }
+    want.update(detector_kwargs(det_cfg))
+    changed = [
+        f"{k} {config[k]!r} -> {v!r}"
+        for k, v in want.items()
+        # None / "auto" are resolved when the model is built; the device may differ
+        if k != "device" and k in config and v is not None and v != "auto"
+        and _plain(v) != _plain(config[k])
+    ]
+    if changed:
+        raise DetectorError(
+            f"model file {path} was trained with other {det_cfg.name} settings than recipe "
+            f"{recipe_name} has now: {', '.join(changed)}",
+            hint=f"retrain: station train --recipe {recipe_name}",
+        )
+
+
+def _check_preprocess(path: Path, meta: dict[str, Any], recipe: Recipe) -> None:
+    trained = meta.get("preprocess")  # absent in files written before it was recorded
+    if trained is None:
+        return
+    now = preprocess_meta(recipe)
+    changed = [f"{k} {trained.get(k)!r} -> {v!r}" for k, v in now.items() if trained.get(k) != v]
+    if changed:
+        raise DetectorError(
+            f"model file {path} was trained on other preprocessing than recipe {recipe.name} "
+            f"has now: {', '.join(changed)}",
+            hint=f"retrain: station train --recipe {recipe.name}",
+        )
+
+
+def preprocess_meta(recipe: Recipe) -> dict[str, Any]:
+    """The preprocessing a model is trained on, as stored in its meta (size is kept apart)."""
+    pre = recipe.preprocess
+    return {"crop": None if pre.crop is None else list(pre.crop), "grey_to_rgb": pre.grey_to_rgb}
 
 
 def latest_artifact(recipe: Recipe, detector_name: str) -> Path:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from station.detectors.artifact import new_version, save_artifact
+from station.detectors.artifact import new_version, preprocess_meta, save_artifact
 from station.detectors.backbones import file_sha256
 from station.detectors.base import Detector, FitReport, ProgressFn
 from station.imaging import preprocess, preprocess_mask, read_image
@@ -128,6 +128,7 @@ def train_and_save(
         "n_train_images": len(images),
         "train_folder": str(Path(files[0]).parent) if files else "",
         "image_size": [int(first.shape[1]), int(first.shape[0])],
+        "preprocess": preprocess_meta(recipe),
         "channels": 1 if first.ndim == 2 else int(first.shape[2]),
         "good_scores": score_stats(report.good_scores),
         "fit": {k: v for k, v in report.extra.items() if _plain(v)},
