@@ -184,3 +184,25 @@ def test_exit_codes_say_when_the_run_did_not_end_well(
     assert code == 2, out
     assert "2 part(s)" in out and "1 of 2 part(s) ended in a fault" in out
     assert "Traceback" not in out
+
+
+def test_offline_parts_follow_the_capture_layout(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A sheet's shots are filed by their own label: one sheet, one part, defective.
+    # A sheet that lacks a pose is never passed.
+    root = home / "split" / "test"
+    recipe = load_recipe("small")
+    shots = render_part_shots(recipe, 400, True)
+    for k, (pose, img, _) in enumerate(shots):
+        write_png(root / ("defect" if k == 2 else "good") / f"p000001_{pose}.png", img)
+    for pose, img, _ in shots[:2]:
+        write_png(root / "good" / f"p000002_{pose}.png", img)
+    before = len(_parts(home))
+    code, out = _run(["inspect", "--recipe", "small", str(root)], capsys)
+    assert code == 2 and "2 part(s)" in out, out
+    whole, partial = _parts(home)[before:]
+    assert whole.ground_truth == "defect" and len(whole.shots) == 3
+    assert whole.verdict in (Verdict.PASS, Verdict.FAIL)
+    assert partial.verdict is Verdict.FAULT and "no image of pose(s) right" in partial.reason
+    assert len(partial.shots) == 2  # what was there is stored

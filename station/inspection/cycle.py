@@ -173,6 +173,7 @@ class OfflinePart:
     key: str
     shots: list[tuple[str, Path]]
     ground_truth: str | None = None
+    missing: list[str] = field(default_factory=list)  # recipe poses without an image
 
 
 _PART_STEM = re.compile(r"^(p\d+)_(.+)$")
@@ -180,7 +181,11 @@ _PART_STEM = re.compile(r"^(p\d+)_(.+)$")
 
 def group_offline(paths: Sequence[Path], recipe: Recipe) -> list[OfflinePart]:
     """Group image files into parts: stems `p<sequence>_<pose>` (the capture layout) of one folder
-    form a part, in the recipe's pose order; any other file is a part of its own."""
+    form a part, in the recipe's pose order; any other file is a part of its own.
+
+    In the capture layout a sheet's shots are filed by label (`test/good`, `test/defect`), so
+    those two folders count as one: the sheet is one part, defective if any shot is. A part
+    that lacks one of the recipe's poses records which (it is inspected as a fault)."""
     from station.imaging import IMAGE_SUFFIXES
 
     files: list[Path] = []
@@ -204,11 +209,18 @@ def group_offline(paths: Sequence[Path], recipe: Recipe) -> list[OfflinePart]:
         if m is None:
             out.append(OfflinePart(key=str(f), shots=[(f.stem, f)], ground_truth=gt))
             continue
-        gkey = (f.parent, m.group(1))
+        folder = f.parent.parent if gt else f.parent
+        gkey = (folder, m.group(1))
         if gkey not in groups:
-            groups[gkey] = OfflinePart(key=f"{f.parent}/{m.group(1)}", shots=[], ground_truth=gt)
+            groups[gkey] = OfflinePart(key=f"{folder}/{m.group(1)}", shots=[], ground_truth=gt)
             out.append(groups[gkey])
-        groups[gkey].shots.append((m.group(2), f))
+        part = groups[gkey]
+        if gt == "defect":
+            part.ground_truth = "defect"
+        part.shots.append((m.group(2), f))
+    for part in groups.values():
+        present = {pose for pose, _ in part.shots}
+        part.missing = [pose for pose in order if pose not in present]
     for part in out:
         part.shots.sort(key=lambda s: (order.get(s[0], len(order)), s[0]))
     return out
@@ -658,6 +670,10 @@ class Inspector:
                 with timings.measure("exposure"):
                     image = read_image(path)
                 yield Acquired(k, pose, image, {"source": str(path)})
+            if group.missing:  # never pass a sheet that was not seen whole
+                raise StationError(
+                    f"part {group.key} has no image of pose(s) {', '.join(group.missing)}"
+                )
 
         t_start = time.perf_counter()
         part, timings, fault, _ = self._run_part("offline", group.key, shots, group.ground_truth)
