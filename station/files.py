@@ -6,7 +6,23 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from station.errors import StationError
+
+
+@contextlib.contextmanager
+def writing(what: str | Path) -> Iterator[None]:
+    """An OSError inside (full disk, read-only or missing folder) becomes a StationError
+    naming `what`."""
+    try:
+        yield
+    except OSError as exc:
+        raise StationError(
+            f"cannot write {what}: {exc.strerror or exc}",
+            hint="check free disk space and write permission",
+        ) from None
 
 
 def default_file_mode() -> int:

@@ -123,6 +123,22 @@ def preprocess(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def check_like(
+    image: np.ndarray, path: str | Path, first: np.ndarray, first_path: str | Path
+) -> None:
+    """Images of one set must match after preprocessing (one batch, one model input)."""
+    if image.shape == first.shape:
+        return
+
+    def kind(a: np.ndarray) -> str:
+        return f"{a.shape[1]} x {a.shape[0]} px, " + ("grey" if a.ndim == 2 else "colour")
+
+    raise StationError(
+        f"image {path} is {kind(image)} after preprocessing, {first_path} is {kind(first)}",
+        hint="convert the images to one kind, or set preprocess.grey_to_rgb: true",
+    )
+
+
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A 0/1 uint8 mask resized (nearest) to `size` (width, height)."""
     mask = check_image(mask, "mask")

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from station.errors import RecipeError
 from station.paths import resolve, station_home
@@ -91,8 +100,9 @@ class CameraConfig(_Strict):
 
 
 class PreprocessConfig(_Strict):
-    crop: tuple[int, int, int, int] | None = None  # x, y, width, height in camera pixels
-    size: tuple[int, int] = (256, 256)  # width, height fed to the detectors
+    # x, y, width, height in camera pixels
+    crop: tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt] | None = None
+    size: tuple[PositiveInt, PositiveInt] = (256, 256)  # width, height fed to the detectors
     grey_to_rgb: bool = True
 
 
@@ -320,7 +330,7 @@ def _resolve_extends(
     key = str(base_path.resolve())
     if key in seen:
         raise RecipeError(source, [f"extends: {base_name!r} extends this recipe again (a loop)"])
-    base_text = base_path.read_text(encoding="utf-8")
+    base_text = _read_text(base_path)
     base, texts = _resolve_extends(
         _read_mapping(base_text, str(base_path)), str(base_path), (*seen, key)
     )
@@ -341,6 +351,15 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
     return recipe.model_copy(update={"source": source, "sha256": digest})
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(str(path), ["not a UTF-8 text file (a YAML recipe is text)"]) from None
+    except OSError as exc:
+        raise RecipeError(str(path), [f"cannot be read: {exc.strerror or exc}"]) from None
+
+
 def load_recipe(name_or_path: str) -> Recipe:
     path = find_recipe(name_or_path)
-    return parse_recipe(path.read_text(encoding="utf-8"), str(path))
+    return parse_recipe(_read_text(path), str(path))

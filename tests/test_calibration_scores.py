@@ -87,6 +87,19 @@ def test_folder_scored_by_trained_artifact_then_cli(
     active = load_active_calibration(recipe, {"patchcore": trained.version})
     assert active.thresholds == {"patchcore": t} and active.policy == "youden"
 
+    # MVTec AD layout: the same file names in every folder are still different parts
+    from station.imaging import write_png
+
+    mv = station_home / "mvtec"
+    rng = np.random.default_rng(1)
+    for sub in ("test/good", "test/hole"):
+        for i in range(2):
+            write_png(mv / sub / f"{i:03d}.png", _weave(rng))
+    data = score_folder(recipe, mv, "dataset", models=load_detectors(recipe), batch_size=4)
+    assert sorted(zip(data.part_ids, data.labels.tolist(), strict=True)) == [
+        ("test/good/000", 0), ("test/good/001", 0), ("test/hole/000", 1), ("test/hole/001", 1)
+    ]
+
 
 def test_dataset_hash_sees_labels_and_content() -> None:
     base = [("test/good/a.png", 0, "11"), ("test/defect/b.png", 1, "22")]

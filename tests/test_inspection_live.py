@@ -396,10 +396,18 @@ def test_stop_finishes_the_part_in_progress(cell: Cell) -> None:
 
 def test_repeated_faults_call_the_operator(cell: Cell) -> None:
     cell.hooks[("part_started", 1)] = lambda: cell.world.inject_fault("camera_timeout")
+    opened: list[bool] = []
+
+    def count_opens(dev: Any) -> None:
+        real = dev.camera.open
+        dev.camera.open = lambda: (opened.append(True), real())[1]
+
+    cell.on_open = count_opens
     summary = cell.run(4, operator=True)
     assert [r.verdict for r in summary.results[:3]] == [Verdict.FAULT] * 3
     assert summary.results[3].verdict is not Verdict.FAULT  # operator cleared it
     assert len(cell.faults_seen) == 1 and "3 faults in a row" in cell.faults_seen[0].message
+    assert opened == [True]  # reopened on resume: a replugged camera is a new device
 
 
 CRASH_SCRIPT = textwrap.dedent(

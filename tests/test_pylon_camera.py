@@ -184,6 +184,35 @@ def test_failed_buffer_without_retries_raises(tmp_path: Path) -> None:
         cam.grab()  # the camera recovers on the next grab
 
 
+def _fail_first_read(cam: PylonCamera, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Make the camera's first frame conversion raise a real GenICam exception."""
+    real, calls = cam._to_array, []
+
+    def flaky(result: object) -> np.ndarray:
+        calls.append(result)
+        if len(calls) == 1:
+            cam.device.Width.Value = 10**9  # locked while grabbing, and out of range
+        return real(result)
+
+    monkeypatch.setattr(cam, "_to_array", flaky)
+    return calls
+
+
+def test_genicam_error_reading_a_frame_is_a_retried_camera_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = write_images(tmp_path / "emu", 3)
+    with PylonCamera(cfg(emulator_images=str(tmp_path / "emu"), retries=1)) as cam:
+        calls = _fail_first_read(cam, monkeypatch)
+        frame = cam.grab()
+        assert frame.camera_settings["attempts"] == 2 and len(calls) == 2
+        assert np.array_equal(frame.image, images[1])
+    with PylonCamera(cfg(emulator_images=str(tmp_path / "emu"), retries=0)) as cam:
+        _fail_first_read(cam, monkeypatch)
+        with pytest.raises(CameraError, match="no image after 1 try"):
+            cam.grab()
+
+
 def test_hardware_trigger_timeout_raises_after_retries() -> None:
     with PylonCamera(cfg(trigger="hardware", timeout_ms=100, retries=2)) as cam:
         assert cam.settings()["trigger_source"] == "Line1"

@@ -163,6 +163,37 @@ def test_cli_check_bad_recipe_one_line_per_problem(station_home: Path) -> None:
     assert any("robot.poses: required field is missing" in p for p in problems)
 
 
+def test_cli_check_sees_what_the_schema_cannot(station_home: Path) -> None:
+    """Detector params, backbone, weights on this machine, the twin's settings."""
+
+    def edit(d: dict) -> None:
+        d["detectors"][0]["params"].update(coreset_rati=0.1, num_neighbors="nine")
+        d["detectors"].append({"name": "simplenet", "backbone": "nosuchnet"})
+        d["detectors"].append({"name": "dfda", "backbone": "wide_resnet50_2"})
+        d["twin"]["defect_kinds"] = {"nosuch": 1}
+
+    (station_home / "recipes" / "deep.yaml").write_text(_mutated(edit))
+    out = _station("recipe", "check", "deep", home=station_home)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    for expected in (
+        "detectors[0].params: patchcore: unknown parameter 'coreset_rati'",
+        "detectors[0].params: patchcore: parameter 'num_neighbors' must be a whole number",
+        "detectors[1].backbone: unknown backbone 'nosuchnet'",
+        "detectors[2].weights: no auto weights for backbone wide_resnet50_2",
+        "twin.defect_kinds: unknown kind nosuch",
+    ):
+        assert expected in out.stderr, out.stderr
+    for text, expected in (
+        (SHIPPED.replace("size: [256, 256]", "size: [0, 256]"), "preprocess.size.0"),
+        (b"\xff\xfe not text", "not a UTF-8 text file"),
+    ):
+        path = station_home / "recipes" / "odd.yaml"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        out = _station("recipe", "check", "odd", home=station_home)
+        assert out.returncode == 2 and expected in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+
+
 def test_cli_missing_recipe(station_home: Path) -> None:
     out = _station("recipe", "check", "nosuch", home=station_home)
     assert out.returncode == 2
@@ -175,4 +206,4 @@ def test_cli_version_and_db_upgrade(station_home: Path) -> None:
     out = _station("db", "upgrade", home=station_home)
     assert out.returncode == 0, out.stderr
     assert (station_home / "data" / "station.db").is_file()
-    assert "revision 0001" in out.stdout
+    assert "revision 0002" in out.stdout

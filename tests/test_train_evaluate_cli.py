@@ -191,6 +191,18 @@ def test_clear_errors(station_home: Path, capsys: pytest.CaptureFixture[str]) ->
     cat = make_category(station_home / "ds" / "cat", n_train=2)
     assert run(["evaluate", "-r", recipe, "--dataset", str(cat)]) == 2
     assert "run station train" in capsys.readouterr().err
+    # an output folder that cannot be made (under a file; as root, permissions do not stop it)
+    afile = station_home / "afile"
+    afile.write_text("")
+    argv = ["evaluate", "-r", recipe, "--dataset", str(cat), "--out", str(afile / "sub")]
+    assert run([*argv, "--train"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write results folder" in err and "Traceback" not in err
+    assert run([*argv, "--batch", "0"]) == 2  # a usage error, before any work
+    assert "--batch" in capsys.readouterr().err
+    # text in brackets is printed as it is, never read as markup
+    assert run(["train", "-r", recipe, "--data", str(station_home / "run[/x]")]) == 2
+    assert "run[/x]" in capsys.readouterr().err
     (cat / "train" / "good" / "g0.png").write_bytes(b"\x89PNG broken")
     assert run(["train", "-r", recipe, "--data", str(cat)]) == 2
     assert "g0.png" in capsys.readouterr().err

@@ -119,7 +119,7 @@ def score_folder(
 ) -> PartScores:
     """Score the labelled test images of an MVTec-layout folder with the recipe's detectors."""
     from station.datasets import MVTecFolder
-    from station.imaging import preprocess, read_image
+    from station.imaging import check_like, preprocess, read_image
 
     root = Path(root)
     items = MVTecFolder(root).test_items()
@@ -133,15 +133,25 @@ def score_folder(
     models = models if models is not None else load_detectors(recipe)
     shot_scores: dict[str, list[float]] = {name: [] for name in models}
     total = len(items)
+    first: np.ndarray | None = None
     for start in range(0, total, batch_size):
         chunk = items[start : start + batch_size]
-        batch = np.stack([preprocess(read_image(it.path), recipe.preprocess) for it in chunk])
+        images = [preprocess(read_image(it.path), recipe.preprocess) for it in chunk]
+        if first is None:
+            first = images[0]
+        for it, img in zip(chunk, images, strict=True):
+            check_like(img, it.path, first, items[0].path)
+        batch = np.stack(images)
         for name, model in models.items():
             pred = model.detector.predict(batch)  # type: ignore[attr-defined]
             shot_scores[name].extend(float(s) for s in np.asarray(pred.scores).reshape(-1))
         if progress:
             progress("scoring", min(start + batch_size, total), total)
-    keys = [part_key(it.stem, group) for it in items]
+    # one image, one part: keyed by its path, as MVTec AD reuses 000.png in every folder
+    keys = [
+        part_key(it.stem, group) if group else it.path.relative_to(root).with_suffix("").as_posix()
+        for it in items
+    ]
     pose_index = {p.name: k for k, p in enumerate(recipe.robot.poses)}
 
     def pose_of(stem: str) -> int:

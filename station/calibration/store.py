@@ -254,9 +254,10 @@ class ActiveCalibration:
 def _read(path: Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        why = " ".join(str(exc).split())  # YAML errors span several lines
         raise CalibrationError(
-            f"calibration file {path} cannot be read: {exc}",
+            f"calibration file {path} cannot be read: {why}",
             hint="re-run station calibrate-threshold",
         ) from None
     ok = isinstance(doc, dict) and isinstance(doc.get("thresholds"), dict)

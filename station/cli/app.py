@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from station import __version__
 from station.errors import RecipeError, StationError
@@ -61,14 +62,16 @@ for _name in COMMAND_MODULES:
 
 def report_error(exc: StationError) -> None:
     """Print an expected failure as one line per problem, plus the hint."""
+    # Messages carry paths and values: never read them as rich markup ("[/x]" would crash).
     if isinstance(exc, RecipeError):
-        err_console.print(f"[bold red]error:[/] recipe {exc.path} is not valid:", highlight=False)
+        path = escape(str(exc.path))
+        err_console.print(f"[bold red]error:[/] recipe {path} is not valid:", highlight=False)
         for problem in exc.problems:
-            err_console.print(f"  {exc.path}: {problem}", highlight=False, soft_wrap=True)
+            err_console.print(f"  {path}: {escape(problem)}", highlight=False, soft_wrap=True)
         return
-    err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
     if exc.hint:
-        err_console.print(f"  hint: {exc.hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"  hint: {escape(exc.hint)}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

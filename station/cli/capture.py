@@ -25,6 +25,7 @@ from typing import Any
 import typer
 
 from station.errors import LineIOError, StationError
+from station.files import writing
 from station.paths import resolve
 from station.recipe import Recipe
 
@@ -145,12 +146,12 @@ def run_capture(
                 dev.robot.move_to(robot_cfg.home)
                 dev.line.release_part()
                 sim_s = (dev.world.clock_s - clock0) if dev.world is not None else None
-                _store_part(
-                    recipe, db, root, data_root, staging, seq, label, line_id, started, frames,
-                    (time.perf_counter() - t0) * 1000, sim_s,
-                    twin_info,
-                    write_png, Part, Shot, result,
-                )
+                with writing(f"part {seq} under {root}"):
+                    _store_part(
+                        recipe, db, root, data_root, staging, seq, label, line_id, started,
+                        frames, (time.perf_counter() - t0) * 1000, sim_s, twin_info, write_png,
+                        Part, Shot, result,
+                    )
                 if on_part:
                     on_part(seq)
     finally:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from station.files import atomic_write
+from station.files import atomic_write, writing
 
 # Some defect-free AITEX strips carry a two-digit code ("0018_00_01"): any all-zero code counts.
 AITEX_STEM = re.compile(r"^\d{4}_(\d{2,3})_\d{2}_t\d{2}$")
@@ -111,8 +111,10 @@ def register(app: typer.Typer) -> None:
         ),
         device: str | None = typer.Option(None, "--device", help="Override the recipe's device."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
-        heatmaps: int = typer.Option(4, "--heatmaps", help="Overlay PNGs per category/detector."),
-        batch: int = typer.Option(16, "--batch", help="Images per predict call."),
+        heatmaps: int = typer.Option(
+            4, "--heatmaps", min=0, help="Overlay PNGs per category/detector."
+        ),
+        batch: int = typer.Option(16, "--batch", min=1, help="Images per predict call."),
     ) -> None:
         """Measure detectors on labelled data: image/pixel AUROC, AUPRO, AP, F1-max."""
         from rich import box
@@ -135,7 +137,8 @@ def register(app: typer.Typer) -> None:
         set_threads(threads)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         out_dir = out or rcp.data_dir / "eval" / f"{dataset.resolve().name}-{stamp}"
-        out_dir.mkdir(parents=True, exist_ok=True)
+        with writing(f"results folder {out_dir}"):
+            out_dir.mkdir(parents=True, exist_ok=True)
 
         loaded: dict[str, Any] = {}
         if not train:
@@ -163,7 +166,8 @@ def register(app: typer.Typer) -> None:
             }
             path = out_dir / "results.json"
             text = json.dumps(_no_nan(report), indent=2, default=_json_default, allow_nan=False)
-            path.write_text(text, encoding="utf-8")
+            with writing(path):
+                atomic_write(path, text.encode("utf-8"))
             return path
 
         with make_progress() as progress:
@@ -308,7 +312,8 @@ def write_scores_csv(
         f"{stem},{'defect' if lab else 'good'},{float(sc):.6g}"
         for stem, lab, sc in zip(stems, labels, scores, strict=True)
     ]
-    atomic_write(path, ("\n".join(lines) + "\n").encode())
+    with writing(path):
+        atomic_write(path, ("\n".join(lines) + "\n").encode())
 
 
 def _no_nan(v: Any) -> Any:

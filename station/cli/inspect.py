@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from station.errors import StationError
 
@@ -99,7 +100,7 @@ def _offline_printer() -> Any:
         line.append(scores or r.reason, style="dim" if scores else "")
         console.print(line, highlight=False, soft_wrap=True)
         if r.verdict.value == "fault":
-            console.print(f"  {r.reason}", style="magenta", highlight=False, soft_wrap=True)
+            console.print(f"  {escape(r.reason)}", style="magenta", highlight=False, soft_wrap=True)
 
     return on_event
 
@@ -137,12 +138,12 @@ def run_live_with_view(
                 r = event.result
                 scores = ", ".join(f"{n} {fmt_ratio(v)}x" for n, v in r.normalized.items())
                 console.print(
-                    f"part {r.sequence}: {r.verdict.value} ({scores or r.reason}) "
+                    f"part {r.sequence}: {r.verdict.value} ({scores or escape(r.reason)}) "
                     f"cycle {r.timings_ms.get('cycle', 0):.0f} ms",
                     highlight=False,
                 )
             elif event.text:
-                console.print(f"{event.level}: {event.text}", highlight=False)
+                console.print(f"{event.level}: {escape(event.text)}", highlight=False)
 
     def operator(fault: Any) -> bool:
         """Ask the operator at the terminal; without one, stop with instructions."""
@@ -150,8 +151,8 @@ def run_live_with_view(
             return False
         if live is not None:
             live.stop()
-        console.print(f"[bold red]{fault.message}[/]", highlight=False)
-        console.print(f"  {fault.action}", highlight=False)
+        console.print(f"[bold red]{escape(fault.message)}[/]", highlight=False)
+        console.print(f"  {escape(fault.action)}", highlight=False)
         try:
             answer = console.input("  press Enter to resume, or q then Enter to stop: ")
         except (EOFError, KeyboardInterrupt):
@@ -218,5 +219,5 @@ def _print_summary(summary: Any) -> None:
         )
     if summary.operator_fault is not None:
         f = summary.operator_fault
-        console.print(f"[bold red]stopped:[/] {f.message}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]stopped:[/] {escape(f.message)}", highlight=False, soft_wrap=True)
         console.print(f"  to do: {f.action}; then run the command again", highlight=False)

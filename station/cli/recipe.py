@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from station.errors import RecipeError
 from station.recipe import Recipe, load_recipe
 
 
@@ -75,5 +76,42 @@ def register(app: typer.Typer) -> None:
         from station.cli.app import console
 
         loaded = load_recipe(recipe)
+        problems = deep_problems(loaded)
+        if problems:
+            raise RecipeError(str(loaded.source or loaded.name), problems)
         console.print(summary_table(loaded))
         console.print(f"[green]ok[/]: {loaded.source} is valid")
+
+
+def deep_problems(recipe: Recipe) -> list[str]:
+    """What the schema alone cannot see: detector params against each detector's parameters,
+    the backbone and its weights on this machine, and the twin's settings (sim recipes)."""
+    from station.detectors.backbones import BACKBONES, find_weights
+    from station.detectors.registry import config_problems
+    from station.detectors.training import detector_kwargs
+    from station.errors import StationError
+    from station.hardware.factory import uses_twin
+
+    problems = []
+    for i, det in enumerate(recipe.detectors):
+        where = f"detectors[{i}]"
+        found = config_problems(det.name, detector_kwargs(det))
+        problems += [f"{where}.params: {p}" for p in found]
+        if det.backbone not in BACKBONES:
+            problems.append(
+                f"{where}.backbone: unknown backbone {det.backbone!r}; known: "
+                + ", ".join(sorted(BACKBONES))
+            )
+            continue
+        try:
+            find_weights(det.backbone, det.weights)
+        except StationError as exc:
+            problems.append(f"{where}.weights: {exc}")
+    if uses_twin(recipe):
+        from station.twin.world import TwinWorld
+
+        try:
+            TwinWorld(recipe)
+        except RecipeError as exc:
+            problems += exc.problems
+    return problems

@@ -107,6 +107,13 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
             f"format {FORMAT_VERSION}",
             hint="retrain with station train",
         )
+    required = ("detector", "detector_version", "config", "state_dict")
+    missing = [k for k in required if k not in payload]
+    if missing:
+        raise DetectorError(
+            f"model file {path} is not a complete station model artifact (no {', '.join(missing)})",
+            hint="retrain with station train",
+        )
     return payload
 
 

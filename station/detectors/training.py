@@ -20,7 +20,7 @@ import numpy as np
 from station.detectors.artifact import new_version, preprocess_meta, save_artifact
 from station.detectors.backbones import file_sha256
 from station.detectors.base import Detector, FitReport, ProgressFn
-from station.imaging import preprocess, preprocess_mask, read_image
+from station.imaging import check_like, preprocess, preprocess_mask, read_image
 
 if TYPE_CHECKING:
     from station.datasets import DatasetItem
@@ -48,9 +48,10 @@ def load_images(
     cfg: PreprocessConfig,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[np.ndarray]:
-    out = []
+    out: list[np.ndarray] = []
     for i, f in enumerate(files):
         out.append(preprocess(read_image(f), cfg))
+        check_like(out[-1], f, out[0], files[0])
         if progress:
             progress(i + 1, len(files))
     return out

@@ -509,8 +509,9 @@ class Inspector:
         """Ask the operator to fix `fault`, then bring the cell back. False: stop the station.
 
         Resuming reconnects the robot (robot and line faults), reopens the line I/O (line
-        faults), moves the robot home, and rejects and releases a held sheet. If that fails,
-        the operator is asked again.
+        faults) or the camera (camera faults: a replugged camera is a new device), moves the
+        robot home, and rejects and releases a held sheet. If that fails, the operator is
+        asked again.
         """
         while True:
             self._emit("operator", str(fault), level="error")
@@ -527,6 +528,10 @@ class Inspector:
                     with contextlib.suppress(StationError):
                         line.close()
                     line.open()
+                if fault.kind == "camera":
+                    with contextlib.suppress(StationError):
+                        self.devices.camera.close()
+                    self.devices.camera.open()
                 robot.move_to(self.recipe.robot.home)
                 if self.held is not None:
                     self._output(True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from station.errors import StorageError
@@ -94,8 +94,7 @@ class Database:
             raise
         except SQLAlchemyError as exc:
             session.rollback()
-            reason = getattr(exc, "orig", None) or exc
-            raise StorageError(f"database {self.safe_url} failed: {reason}") from None
+            raise StorageError(f"database {self.safe_url} failed: {_reason(exc)}") from None
         except BaseException:
             session.rollback()
             raise
@@ -104,7 +103,7 @@ class Database:
 
     @property
     def safe_url(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        return _safe(self.url)
 
     def next_sequence(self, session: Session, recipe: str) -> int:
         current = session.scalar(select(func.max(Part.sequence)).where(Part.recipe == recipe))
@@ -144,6 +143,7 @@ def upgrade(url: str, revision: str = "head") -> str:
     """Apply migrations up to `revision`; returns the revision the database is now at."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
+    from alembic.util.exc import CommandError
 
     engine = make_engine(url)
     try:
@@ -153,10 +153,29 @@ def upgrade(url: str, revision: str = "head") -> str:
             command.upgrade(cfg, revision)
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision() or "base"
-    except OperationalError as exc:
-        raise StorageError(f"cannot upgrade database {url}: {exc.orig}") from None
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot upgrade database {_safe(url)}: {_reason(exc)}") from None
+    except CommandError as exc:  # e.g. an unknown revision
+        raise StorageError(
+            f"cannot upgrade database {_safe(url)}: {exc}",
+            hint="give a revision of station/storage/migrations, or none for the newest",
+        ) from None
     finally:
         engine.dispose()
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's message, first line only (PostgreSQL adds detail lines)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _safe(url: str) -> str:
+    """The URL with its password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def open_database(url: str, migrate: bool = True) -> Database:

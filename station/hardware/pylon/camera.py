@@ -456,6 +456,9 @@ class PylonCamera:
                     "block_id": int(result.GetBlockID()),
                     "device_timestamp": int(result.GetTimeStamp()),
                 }
+            except generic as exc:  # conversion or chunk data: a camera fault, retried
+                problems.append(_short(exc))
+                continue
             finally:
                 result.Release()
             if attempt > 1:

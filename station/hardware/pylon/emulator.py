@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from station.errors import StationError
+from station.files import atomic_write, writing
 from station.paths import resolve
 from station.recipe import Recipe
 
@@ -94,9 +95,10 @@ def prepare_twin_images(
         ) from None
 
     out = resolve(target)
-    out.mkdir(parents=True, exist_ok=True)
     masks = out.with_name(out.name + "-masks")
-    masks.mkdir(exist_ok=True)
+    with writing(f"emulator image folder {out}"):
+        out.mkdir(parents=True, exist_ok=True)
+        masks.mkdir(exist_ok=True)
     _clear(out)
     for p in masks.glob("p*_mask.png"):
         p.unlink()
@@ -116,8 +118,9 @@ def prepare_twin_images(
                 )
             stem = f"p{i:06d}_{j:02d}_{pose}"
             image_path, mask_path = out / f"{stem}.png", masks / f"{stem}_mask.png"
-            _write_png(image_path, image.astype(np.uint8, copy=False))
-            _write_png(mask_path, mask.astype(np.uint8, copy=False))
+            with writing(image_path):
+                _write_png(image_path, image.astype(np.uint8, copy=False))
+                _write_png(mask_path, mask.astype(np.uint8, copy=False))
             shots.append(
                 EmulatorShot(
                     image_path=str(image_path),
@@ -129,12 +132,9 @@ def prepare_twin_images(
                 )
             )
     manifest = out.with_name(out.name + ".json")
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text(
-        json.dumps({"recipe": recipe.name, "shots": [asdict(s) for s in shots]}, indent=1),
-        encoding="utf-8",
-    )
-    tmp.replace(manifest)
+    text = json.dumps({"recipe": recipe.name, "shots": [asdict(s) for s in shots]}, indent=1)
+    with writing(manifest):
+        atomic_write(manifest, text.encode("utf-8"))
     return shots
 
 
