@@ -100,8 +100,16 @@ def category_dirs(root: str | Path) -> list[Path]:
 def training_images(folder: str | Path) -> list[Path]:
     """Good training images of an MVTec folder (train/good) or of a plain image folder."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise StationError(
+            f"training data {folder} is a file, not a folder",
+            hint="give --data the folder that holds the good images",
+        )
     if not folder.is_dir():
-        raise StationError(f"training folder {folder} does not exist", hint="check --data")
+        raise StationError(
+            f"training folder {folder} does not exist",
+            hint="capture good parts first (station capture --label good) or check --data",
+        )
     if MVTecFolder.is_mvtec(folder):
         files = MVTecFolder(folder).train_good()
         where = folder / "train" / "good"

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """8-bit pixels: 16-bit keeps its high byte, floats in [0, 1] are scaled and rounded."""
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.uint16:
@@ -49,7 +50,7 @@ def read_image(path: str | Path) -> np.ndarray:
             f"image {path} is empty or not a readable image file",
             hint="re-capture it or remove it from the folder",
         )
-    img = _to_uint8(img)
+    img = to_uint8(img)
     if img.ndim == 3:
         if img.shape[2] == 1:
             img = img[:, :, 0]
@@ -97,7 +98,7 @@ def check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
         )
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise StationError(f"{what} is empty (shape {image.shape})")
-    return _to_uint8(image)
+    return to_uint8(image)
 
 
 def preprocess(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

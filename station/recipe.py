@@ -275,9 +275,12 @@ def _format_error(err: dict[str, Any]) -> str:
 
 
 def find_recipe(name_or_path: str) -> Path:
-    """A recipe path from a name (`recipes/<name>.yaml` under the station home) or a path."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    """A recipe path from a name (`recipes/<name>.yaml` under the station home) or a path (a
+    relative one from the current folder when the file is there, else from the station home)."""
+    p = Path(name_or_path).expanduser()
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        path = p.resolve()
+    elif p.suffix in (".yaml", ".yml") or p.exists():
         path = resolve(p)
     else:
         path = station_home() / "recipes" / f"{name_or_path}.yaml"

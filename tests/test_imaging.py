@@ -97,3 +97,16 @@ def test_mvtec_folder(tmp_path: Path) -> None:
         training_images(tmp_path / "none")
     with pytest.raises(StationError, match="neither an MVTec-layout"):
         category_dirs(tmp_path / "none")
+
+
+def test_detector_batches_convert_each_image_as_files_are_read() -> None:
+    from station.detectors.common import to_batch
+    from station.imaging import to_uint8
+
+    unit = np.full((4, 4), 0.999, np.float32)  # floats in [0, 1]
+    wide = np.full((4, 4), 200.0, np.float32)  # floats taken as 0-255
+    deep = np.full((4, 4), 40000, np.uint16)
+    batch = (to_batch([unit, wide, deep])[:, 0, 0, 0] * 255).round().tolist()
+    assert batch == [255.0, 200.0, float(to_uint8(deep)[0, 0])] == [255.0, 200.0, 156.0]
+    alone = (to_batch([unit])[:, 0, 0, 0] * 255).round().tolist()
+    assert alone == [255.0]  # the same with or without the rest of the batch

@@ -207,3 +207,18 @@ def test_cli_version_and_db_upgrade(station_home: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert (station_home / "data" / "station.db").is_file()
     assert "revision 0002" in out.stdout
+
+
+def test_relative_recipe_path_is_taken_from_the_current_folder(
+    station_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from station.recipe import find_recipe
+
+    here = tmp_path / "work"
+    here.mkdir()
+    (here / "mine.yaml").write_text(SHIPPED.replace("name: glassfiber", "name: mine"))
+    monkeypatch.chdir(here)
+    assert find_recipe("mine.yaml") == here / "mine.yaml"
+    assert load_recipe("mine.yaml").name == "mine"
+    # not in the current folder: from the station home, as before
+    assert find_recipe("recipes/glassfiber.yaml") == station_home / "recipes" / "glassfiber.yaml"

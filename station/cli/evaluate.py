@@ -122,7 +122,7 @@ def register(app: typer.Typer) -> None:
 
         from station.cli.app import console
         from station.cli.progress import make_progress
-        from station.cli.train import selected_detectors, set_threads, stage_callback
+        from station.cli.train import check_device, selected_detectors, set_threads, stage_callback
         from station.datasets import MVTecFolder, category_dirs
         from station.detectors.artifact import latest_artifact, load_artifact
         from station.detectors.training import load_images, load_masks, train_and_save
@@ -133,6 +133,7 @@ def register(app: typer.Typer) -> None:
 
         rcp = load_recipe(recipe)
         targets = selected_detectors(rcp, detector)
+        check_device(device)
         cats = category_dirs(dataset)
         set_threads(threads)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

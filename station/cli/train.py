@@ -29,6 +29,14 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def check_device(device: str | None) -> None:
+    """A `--device` that cannot run is an error before any image is read."""
+    if device is not None and device.strip().lower() != "auto":  # auto: decided, and said, later
+        from station.detectors.backbones import resolve_device
+
+        resolve_device(device)
+
+
 def selected_detectors(recipe: Any, detector: str | None) -> list[Any]:
     """The recipe's detector entries, or the one named (StationError if the recipe lacks it)."""
     from station.errors import StationError
@@ -88,6 +96,11 @@ def register(app: typer.Typer) -> None:
 
         rcp = load_recipe(recipe)
         targets = selected_detectors(rcp, detector)
+        check_device(device)
+        if register_db:  # a database that cannot take the record fails now, not after training
+            from station.storage.db import open_database
+
+            open_database(rcp.storage.resolved_database_url()).dispose()
         set_threads(threads)
         folder = data if data is not None else rcp.dataset_dir
         files = training_images(folder)

@@ -165,7 +165,12 @@ def load_artifact(
     from station.detectors.registry import create_detector
 
     detector = create_detector(name, **config)
-    detector.load_state_dict(payload["state_dict"])
+    try:
+        detector.load_state_dict(payload["state_dict"])
+    except DetectorError as exc:  # name the file: the state belongs to it
+        raise DetectorError(
+            f"model file {path}: {exc.message}", hint=exc.hint or "retrain with station train"
+        ) from None
     version = str(meta.get("version") or path.stem)
     return LoadedModel(detector, meta, version, path, _sha256(path))
 

@@ -124,9 +124,9 @@ def available_backbones() -> list[str]:
 # -- device -----------------------------------------------------------------------------------
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
+def resolve_device(spec: str | None = "auto") -> torch.device:
     """A torch device for "auto" | "cpu" | "cuda" | "cuda:N". Never a silent CPU fallback."""
-    spec = (spec or "auto").strip().lower()
+    spec = ("auto" if spec is None else spec).strip().lower()  # "" is an error, not auto
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from station.detectors.base import Prediction
 from station.errors import DetectorError
+from station.imaging import to_uint8
 
 if TYPE_CHECKING:
     from station.detectors.backbones import Backbone
@@ -42,7 +43,7 @@ def to_batch(
         raise DetectorError(f"{what}: no images given")
     out = []
     for i, img in enumerate(arrays):
-        img = np.asarray(img)
+        img = _as_uint8(np.asarray(img))
         if img.ndim == 3 and img.shape[2] == 1:
             img = img[:, :, 0]
         if img.ndim == 2:
@@ -62,11 +63,15 @@ def to_batch(
             raise DetectorError(f"{what}: images in one batch differ in size")
         out.append(img)
     arr = np.stack(out)
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.max(initial=0) <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _as_uint8(img: np.ndarray) -> np.ndarray:
+    """Each image on its own (never judged by the rest of its batch), as `imaging` reads files;
+    floats above 1 are taken as 0-255 values."""
+    if np.issubdtype(img.dtype, np.floating) and img.max(initial=0) > 1.0:
+        return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return to_uint8(img)
 
 
 def predict_in_batches(
