@@ -399,3 +399,67 @@ def test_image_paths_with_odd_characters_are_url_quoted(seeded) -> None:
     assert 'src="/files/glassfiber/images/odd%20name%20%231%20%C3%BC.png"' in html
     r = client.get("/files/glassfiber/images/odd%20name%20%231%20%C3%BC.png")
     assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+
+
+def test_review_next_in_an_audit_stays_in_the_audit(seeded) -> None:
+    db, sample, client = seeded
+    html = client.get("/?verdict=pass").text
+    link = re.search(r'href="/next\?([^"]*)" class="navlink" id="start-review"', html)
+    assert link and "verdict=pass" in link.group(1)
+    r = client.get(f"/next?{link.group(1).replace('&amp;', '&')}", follow_redirects=False)
+    pid = int(re.match(r"/parts/(\d+)", r.headers["location"]).group(1))
+    with db.session() as s:
+        assert s.get(Part, pid).verdict is Verdict.PASS
+
+
+def test_database_down_is_a_clear_page_and_nothing_pretends_to_work(tmp_path: Path) -> None:
+    db, sample, client = _setup(tmp_path)
+    pid = sample.rejected_ids[0]
+    token = _csrf(client.get(f"/parts/{pid}").text)
+    db.dispose()
+    client.app.state.db.dispose()
+    (tmp_path / "station.db").write_bytes(b"this is no database" * 100)
+    for path in ("/", f"/parts/{pid}", "/next?recipe=", "/export.csv", "/healthz"):
+        r = client.get(path, headers={"accept": "text/html"})
+        assert r.status_code == 503, (path, r.status_code, r.text[:200])
+        assert "not a database" in r.text
+    r = client.post(
+        f"/parts/{pid}/review",
+        data={"csrf": token, "label": "false_reject", "operator": "Ana", "comment": "keep me"},
+        headers={"accept": "text/html"},
+    )
+    assert r.status_code == 503 and "Nothing was saved" in r.text
+    client.close()
+
+
+def test_odd_requests_get_answers_not_errors(seeded, tmp_path: Path) -> None:
+    db, sample, client = seeded
+    pid = sample.rejected_ids[0]
+    # filters far out of range, and a recipe name that is none
+    for query, said in (
+        ("date_to=9999-12-31", "outside 1900-9998"),
+        ("date_from=0001-01-01", "outside 1900-9998"),
+        ("recipe=a%00b", "is not a recipe name"),
+    ):
+        r = client.get(f"/?{query}")
+        assert r.status_code == 200 and said in r.text, query
+        assert client.get(f"/export.csv?{query}").status_code == 200
+    assert client.get("/export.csv?recipe=%E6%97%A5").status_code == 200
+    for big in (2**31, 10**23):
+        assert client.get(f"/parts/{big}").status_code == 404
+    # a forged cookie with non-ASCII bytes is just no session
+    r = client.get("/", headers={"cookie": "station_review=abc.\u00e9".encode()})
+    assert r.status_code == 200
+    # a link inside the data root named .png but holding something else is not served
+    data = tmp_path / "data"
+    (data / "notes.txt").write_text("secret")
+    (data / "link.png").symlink_to(data / "notes.txt")
+    assert client.get("/files/link.png").status_code == 404
+    # the browser's count of a comment (line breaks as one) is what is checked; upload refused
+    token = _csrf(client.get(f"/parts/{pid}").text)
+    comment = ("x" * 198 + "\r\n") * 10  # 1990 characters as the browser counts them
+    ok = {"csrf": token, "label": "false_reject", "operator": "Ana"}
+    r = client.post(f"/parts/{pid}/review", data={**ok, "comment": comment}, follow_redirects=False)
+    assert r.status_code == 303
+    r = client.post(f"/parts/{pid}/review", data=ok, files={"comment": ("x.txt", b"upload")})
+    assert r.status_code == 400 and "must be text" in r.text

@@ -360,3 +360,13 @@ def test_no_external_resources_in_pages(site) -> None:
         assert "url(http" not in text and "@import" not in text
     assert os.path.isfile(here / "static/review.js")
     client.close()
+
+
+def test_csv_cells_neutralise_formulas_but_keep_numbers() -> None:
+    from station.review.security import csv_cell
+
+    for formula in ("=1+2", "-1+2", "+A1", "@SUM(A1)", " =HYPERLINK(x)", "\t=1"):
+        assert csv_cell(formula) == "'" + formula
+    for number in ("-0.25", "+3e-5", "12", "-.5"):
+        assert csv_cell(number) == number
+    assert csv_cell(-0.25) == -0.25 and csv_cell("plain") == "plain"

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         from station.paths import resolve
         from station.recipe import load_recipe
         from station.review.app import create_app
-        from station.review.security import MIN_TOKEN_CHARS, is_loopback
+        from station.review.security import LOCAL_HOST_NAMES, MIN_TOKEN_CHARS, is_loopback
         from station.review.server import serve
 
         token = token or os.environ.get(TOKEN_ENV) or None
@@ -81,6 +81,8 @@ def register(app: typer.Typer) -> None:
             recipe_name=cfg.name if recipe else None,
             token=token,
             require_auth=bool(token) or not local,
+            # a loopback bind other than the usual names (127.0.0.2) must still be reachable
+            allowed_hosts=None if not local else [*LOCAL_HOST_NAMES, host.strip("[]").lower()],
             secure_cookies=tls,
         )
         scheme = "https" if tls else "http"

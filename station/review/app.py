@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import io
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import date
@@ -38,6 +39,7 @@ from fastapi.responses import (
 )
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import text
 
 from station.errors import StationError
 from station.review import store
@@ -58,6 +60,8 @@ from station.storage.models import ReviewLabel, Verdict
 
 HERE = Path(__file__).parent
 COOKIE = "station_review"
+RECIPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # as the recipe schema allows
+MAX_ID = 2**31 - 1  # database integer ids
 PUBLIC_PREFIXES = ("/static/", "/login", "/healthz", "/favicon.ico")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -100,13 +104,20 @@ def _parse_filter(params: Any, default_recipe: str | None) -> tuple[store.QueueF
         if not raw:
             return None
         try:
-            return date.fromisoformat(raw)
+            value = date.fromisoformat(raw)
         except ValueError:
             problems.append(f"{name.replace('_', ' ')} {raw!r} is not a date (YYYY-MM-DD)")
             return None
+        if not 1900 <= value.year <= 9998:  # local midnight of the next day must exist
+            problems.append(f"{name.replace('_', ' ')} {raw!r} is outside 1900-9998")
+            return None
+        return value
 
     recipe = params.get("recipe")
     recipe = default_recipe if recipe is None else (recipe.strip() or None)
+    if recipe is not None and not RECIPE_NAME.fullmatch(recipe):
+        problems.append(f"recipe {recipe!r} is not a recipe name")
+        recipe = default_recipe
     verdict_raw = (params.get("verdict") or "").strip()
     verdict = None
     if verdict_raw:
@@ -256,6 +267,8 @@ def create_app(
             response = await call_next(request)
         except _Refused as exc:  # raised inside a sync endpoint
             response = _refusal(request, exc)
+        except StationError as exc:
+            response = _refusal(request, _unavailable(request, exc))
         return _finish(request, response)
 
     def _finish(request: Request, response: Response) -> Response:
@@ -313,6 +326,8 @@ def create_app(
     # -- pages ------------------------------------------------------------------------------
     @app.get("/healthz", response_class=PlainTextResponse)
     def healthz() -> str:
+        with db.session() as s:  # a database that is down is not healthy
+            s.execute(text("SELECT 1"))
         return "ok"
 
     @app.get("/", response_class=HTMLResponse)
@@ -327,6 +342,7 @@ def create_app(
             "next": _filter_query(flt, page=page.page + 1) if page.page < page.pages else None,
             "part": _filter_query(flt),
             "export": _filter_query(flt, page=None, verdict=None, reviewed=None),
+            "review_next": _filter_query(flt, page=None, reviewed=None),  # keeps an audit
         }
         return _render(
             request,
@@ -357,6 +373,7 @@ def create_app(
     @app.get("/parts/{part_id}", response_class=HTMLResponse)
     def part_page(request: Request, part_id: int) -> Response:
         flt, _ = _parse_filter(request.query_params, recipe_name)
+        _check_id(part_id)
         with db.session() as s:
             part = store.load_part(s, part_id)
             if part is None:
@@ -394,24 +411,26 @@ def create_app(
     @app.post("/parts/{part_id}/review")
     async def review(request: Request, part_id: int) -> Response:
         form = await _form(request)
+        _check_id(part_id)
         session = request.state.session
-        label_raw = str(form.get("label") or "")
+        label_raw = _text(form, "label")
         if label_raw not in LABEL_TEXT or label_raw == "none":
             raise _Refused(400, "label must be defect_confirmed or false_reject")
         if require_auth:
             operator = str(session.get("operator") or "")
         else:
-            operator = str(form.get("operator") or "").strip()
+            operator = _text(form, "operator").strip()
         if not operator:
             raise _Refused(400, "enter the operator's name before marking a part")
-        comment = str(form.get("comment") or "")
+        # browsers count a line break as one character (maxlength) and send it as two
+        comment = _text(form, "comment").replace("\r\n", "\n").strip()
         if len(comment) > store.MAX_COMMENT or len(operator) > store.MAX_OPERATOR:
             raise _Refused(
                 400,
                 f"comment (max {store.MAX_COMMENT}) or operator name "
                 f"(max {store.MAX_OPERATOR} characters) too long",
             )
-        flt, _ = _parse_filter(_QueryDict(str(form.get("q") or "")), recipe_name)
+        flt, _ = _parse_filter(_QueryDict(_text(form, "q")), recipe_name)
 
         def write() -> int | None:
             with db.session() as s:
@@ -433,21 +452,34 @@ def create_app(
     def export(request: Request) -> Response:
         flt, _ = _parse_filter(request.query_params, recipe_name)
 
+        # The session opens and the first rows arrive before the response starts: a database
+        # that fails is an error page, not an empty "successful" download.
+        stack = contextlib.ExitStack()
+        s = stack.enter_context(db.session())
+        try:
+            found = store.export_rows(s, flt)
+            first = next(found, None)
+        except BaseException as exc:  # the session turns a database error into a StationError
+            if not stack.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+
         def rows() -> Iterator[str]:
-            buf = io.StringIO()
-            writer = csv.writer(buf)
-            writer.writerow(store.EXPORT_HEADER)
-            with db.session() as s:
-                for row in store.export_rows(s, flt):
+            with stack:
+                buf = io.StringIO()
+                writer = csv.writer(buf)
+                writer.writerow(store.EXPORT_HEADER)
+                if first is not None:
+                    writer.writerow([csv_cell(v) for v in first])
+                for row in found:
                     writer.writerow([csv_cell(v) for v in row])
                     if buf.tell() > 64 * 1024:
                         yield buf.getvalue()
                         buf.seek(0)
                         buf.truncate()
-            yield buf.getvalue()
+                yield buf.getvalue()
 
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = f"reviews-{flt.recipe or 'all'}-{stamp}.csv"
+        name = f"reviews-{flt.recipe or 'all'}-{stamp}.csv"  # a checked recipe name
         return StreamingResponse(
             rows(),
             media_type="text/csv",
@@ -502,7 +534,32 @@ def create_app(
     async def refused(request: Request, exc: _Refused) -> Response:
         return _refusal(request, exc)
 
+    @app.exception_handler(StationError)
+    async def unavailable(request: Request, exc: StationError) -> Response:
+        return _refusal(request, _unavailable(request, exc))
+
     return app
+
+
+def _unavailable(request: Request, exc: StationError) -> _Refused:
+    """The database is down or locked: say so, and whether anything was saved."""
+    saved = " Nothing was saved: go back and submit again." if request.method == "POST" else ""
+    return _Refused(503, f"{exc}.{saved}")
+
+
+def _check_id(part_id: int) -> None:
+    if not 1 <= part_id <= MAX_ID:
+        raise _Refused(404, f"part {part_id} is not in the database")
+
+
+def _text(form: Any, name: str) -> str:
+    """A form field as text: a file upload is not one, and NUL cannot be stored."""
+    value = form.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Refused(400, f"form field {name} must be text")
+    return value.replace("\x00", "")
 
 
 class _QueryDict(dict):

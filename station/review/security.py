@@ -59,7 +59,8 @@ class SessionSigner:
             return None
         payload, sig = cookie.split(".")
         try:
-            if not hmac.compare_digest(sig, self._sign(payload)):
+            # bytes: compare_digest refuses non-ASCII text with a TypeError (a 500)
+            if not hmac.compare_digest(sig.encode(), self._sign(payload).encode()):
                 return None
             data = json.loads(_unb64(payload))
         except (ValueError, UnicodeError):
@@ -135,14 +136,20 @@ def safe_data_path(data_root: Path, rel: str) -> Path | None:
         return None
     if not target.is_relative_to(root) or not target.is_file():
         return None
+    if target.suffix.lower() not in IMAGE_TYPES:  # a link named .png to something else
+        return None
     return target
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def csv_cell(value: object) -> object:
-    """Neutralise spreadsheet formulas in text cells (CSV injection): prefix with a quote."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    """Neutralise spreadsheet formulas in text cells (CSV injection): prefix with a quote.
+    A plain number ("-0.25") is left as it is: it is a value, not a formula."""
+    if isinstance(value, str) and value.lstrip(" ").startswith(_FORMULA_START):
+        if _NUMBER.fullmatch(value):
+            return value
         return "'" + value
     return value
