@@ -27,3 +27,30 @@ def test_usage_errors_are_short(argv: list[str], says: str) -> None:
     assert run.returncode == 2
     assert says in run.stderr
     assert "Traceback" not in run.stderr + run.stdout
+
+
+def test_sigterm_ends_a_command_cleanly() -> None:
+    """systemd stops the station with SIGTERM: `finally` blocks run, exit 143, no traceback."""
+    import os
+    import signal
+    import time
+
+    exe = str(STATION) if STATION.exists() else shutil.which("station")
+    host = f"127.{60 + os.getpid() % 150}.9.9"
+    proc = subprocess.Popen(
+        [exe, "sim", "robot-server", "--host", host],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "fake UR5 controller" in proc.stdout.readline()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in out + err

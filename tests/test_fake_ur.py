@@ -219,6 +219,10 @@ def test_control_interface_movel_set_tcp_and_timing(fake: FakeURController) -> N
         back = list(p0)
         c.moveL(back, 0.1, 1.2, True)
         out["xs"] = []
+        # as in ur_rtde's examples: the move reports "running" a little after moveL returns
+        t = time.monotonic()
+        while c.getAsyncOperationProgress() < 0 and time.monotonic() - t < 1.0:
+            time.sleep(0.002)
         while c.getAsyncOperationProgress() >= 0:
             out["xs"].append(r.getActualTCPPose()[0])
             time.sleep(0.01)

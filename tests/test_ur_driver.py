@@ -284,3 +284,102 @@ def test_factory_builds_ur_drivers_from_the_recipe(fake: FakeURController) -> No
         dev.line.set_reject(True)
         assert fake.digital_output(recipe.line_io.reject_output)
     assert fake.wait_until(lambda: not fake.program_running, 5.0)
+
+
+@pytest.mark.timeout(60)
+def test_move_that_overruns_its_timeout_is_stopped(fake: FakeURController) -> None:
+    cfg = _cfg(fake.host, speed_mm_s=20.0, move_timeout_s=1.0)  # 50 mm take 2.5 s
+    rob = URRobot(cfg)
+    try:
+        rob.connect()
+        t = time.monotonic()
+        with pytest.raises(RobotError, match="did not reach pose 'home' within 1 s"):
+            rob.move_to(cfg.home)
+        assert time.monotonic() - t < 3.0
+        z = fake.tcp_pose[2]
+        time.sleep(0.3)
+        assert fake.tcp_pose[2] == pytest.approx(z, abs=1e-6)  # the arm stands still
+        assert 0.406 < z < 0.445  # stopped on the way up from 405 mm to 450 mm
+    finally:
+        rob.close()
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_stop_ends_the_program(fake: FakeURController, robot: URRobot) -> None:
+    from station.hardware.ur.robot import dashboard_stop
+
+    robot.connect()
+    assert fake.model.program_running()
+    assert dashboard_stop(fake.host)
+    assert not fake.model.program_running()
+    assert dashboard_stop(_next_host(), timeout_s=0.2) is False  # nothing there: said, not raised
+
+
+@pytest.mark.timeout(60)
+def test_safeguard_stop_is_named(fake: FakeURController) -> None:
+    cfg = _cfg(fake.host, speed_mm_s=50.0)
+    rob = URRobot(cfg)
+    try:
+        fake.safeguard_stop()
+        with pytest.raises(ProtectiveStop, match="safety mode SAFEGUARD_STOP"):
+            rob.connect()  # at once, not after ur_rtde's script timeout
+        fake.reset_safeguard()
+        rob.connect()
+        threading.Timer(0.3, fake.safeguard_stop).start()
+        with pytest.raises(ProtectiveStop, match="SAFEGUARD_STOP") as err:
+            rob.move_to(cfg.home)
+        assert "safeguard" in (err.value.hint or "")
+    finally:
+        rob.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_link_process_that_died_is_said_so(fake: FakeURController, robot: URRobot) -> None:
+    robot.connect()
+    proc = robot._link._proc
+    proc.kill()
+    proc.wait()
+    with pytest.raises(RobotError, match=r"link process ended \(exit code -9\)"):
+        robot.state()
+
+
+@pytest.mark.timeout(60)
+def test_link_process_dies_with_the_station(fake: FakeURController) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    # The child blocks inside ur_rtde (a silent controller): it never reads the end of its
+    # stdin, so only the kernel can end it when the station is killed.
+    fake.go_silent()
+    script = (
+        "import sys\n"
+        "from station.errors import RobotError\n"
+        "from station.hardware.ur.link import URLink\n"
+        "link = URLink(sys.argv[1], RobotError, 'robot')\n"
+        "link.start(10.0)\n"
+        "print(link._proc.pid, flush=True)\n"
+        "link.call('open_receive', 60.0, host=sys.argv[1])\n"
+    )
+    station = subprocess.Popen(
+        [sys.executable, "-c", script, fake.host], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        child = int(station.stdout.readline())
+        station.send_signal(signal.SIGKILL)  # no atexit hook runs
+        station.wait(timeout=10)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and _alive(child):
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        if station.poll() is None:
+            station.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False

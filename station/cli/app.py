@@ -6,7 +6,9 @@ Expected failures (`StationError`) print one red line and exit non-zero; no trac
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 
 import typer
 from rich.console import Console
@@ -74,7 +76,23 @@ def report_error(exc: StationError) -> None:
         err_console.print(f"  hint: {escape(exc.hint)}", highlight=False, soft_wrap=True)
 
 
+def _terminate(_signum: int, _frame: object) -> None:
+    # systemd and `kill` send SIGTERM: unwind like an exception, so that every `finally`
+    # runs (cell left safe, robot link closed, files complete) and atexit hooks run too.
+    raise SystemExit(143)
+
+
 def main(argv: list[str] | None = None) -> None:
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        _run(argv)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)
     except StationError as exc:

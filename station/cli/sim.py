@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from station.twin.fake_ur import FakeURController
 
 CONSOLE_HELP = (
-    "commands: part on|off, pstop, unlock, estop, release, power on, drop, cut, restore, "
+    "commands: part on|off, pstop, unlock, safeguard, reset, estop, release, power on, drop, "
+    "cut, restore, "
     "silent on|off, status, help"
 )
 
@@ -29,6 +30,8 @@ def _console_command(fake: FakeURController, line: str, part_input: int) -> str:
         "part off": lambda: fake.set_digital_input(part_input, False),
         "pstop": fake.protective_stop,
         "unlock": fake.unlock_protective_stop,
+        "safeguard": fake.safeguard_stop,
+        "reset": fake.reset_safeguard,
         "estop": fake.emergency_stop,
         "release": fake.release_emergency_stop,
         "power on": lambda: (fake.model.power_on(), fake.model.brake_release()),

@@ -25,6 +25,7 @@ from station.errors import HardwareError
 log = logging.getLogger("station.hardware.ur")
 
 _EOF = object()
+PARENT_ENV = "STATION_UR_PARENT_PID"
 _LINKS: weakref.WeakSet[URLink] = weakref.WeakSet()
 
 
@@ -59,6 +60,7 @@ class URLink:
         # The child must import this package even when it is not installed.
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        env[PARENT_ENV] = str(os.getpid())  # the child ends itself when this process dies
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "station.hardware.ur.worker"],
             stdin=subprocess.PIPE,
@@ -77,16 +79,18 @@ class URLink:
         self._wait_reply(0, "start", timeout_s)
 
     def _read_replies(self, stream: IO[str], replies: queue.Queue[Any]) -> None:
-        for line in stream:
-            try:
-                replies.put(json.loads(line))
-            except json.JSONDecodeError:
-                log.debug("ur worker: unexpected output %r", line)
+        with stream:
+            for line in stream:
+                try:
+                    replies.put(json.loads(line))
+                except json.JSONDecodeError:
+                    log.debug("ur worker: unexpected output %r", line)
         replies.put(_EOF)
 
     def _drain_log(self, stream: IO[str]) -> None:
-        for line in stream:
-            log.debug("ur_rtde[%s %s]: %s", self.role, self.host, line.rstrip())
+        with stream:
+            for line in stream:
+                log.debug("ur_rtde[%s %s]: %s", self.role, self.host, line.rstrip())
 
     def _wait_reply(self, req_id: int, op: str, timeout_s: float) -> Any:
         deadline = time.monotonic() + timeout_s
@@ -119,6 +123,13 @@ class URLink:
     def call(self, op: str, timeout_s: float, **args: Any) -> Any:
         with self._lock:
             if not self.alive:
+                if self._proc is not None:  # it was started, and has ended on its own
+                    code = self._proc.poll()
+                    self.kill()
+                    raise self._fail(
+                        f"link process ended (exit code {code}); connection lost (cannot {op})",
+                        "check the network cable and the controller, then reconnect",
+                    )
                 raise self._fail(f"not connected (cannot {op})", "connect first")
             req_id = self._next_id
             self._next_id += 1
@@ -155,5 +166,5 @@ class URLink:
                 proc.stdin.close()
         except OSError:
             pass
-        # stdout/stderr reach EOF by themselves; their reader threads then end.
+        # stdout/stderr reach EOF by themselves; their reader threads then close them.
         self._proc = None

@@ -7,18 +7,51 @@ link), and every move is bracketed by protective/emergency stop checks.
 
 from __future__ import annotations
 
+import logging
 import math
+import socket
 import time
 from typing import Any
 
 from station.errors import HardwareError, ProtectiveStop, RobotError
 from station.hardware.interfaces import RobotState
 from station.hardware.ur.link import URLink
-from station.hardware.ur.modes import ROBOT_MODES, RUNNING
+from station.hardware.ur.modes import (
+    FAULT,
+    NORMAL,
+    RECOVERY,
+    REDUCED,
+    ROBOT_MODES,
+    RUNNING,
+    SAFEGUARD_STOP,
+    SAFETY_MODES,
+    VIOLATION,
+)
 from station.hardware.ur.poses import rotation_distance
 from station.recipe import Pose, RobotConfig
 
+log = logging.getLogger("station.hardware.ur")
+
 STATE_CALL_TIMEOUT_S = 2.0
+MOVE_STOP_MARGIN_S = 3.0  # the child's own move deadline (and its stopL) comes first
+DASHBOARD_PORT = 29999
+
+
+def dashboard_stop(host: str, timeout_s: float = 1.0) -> bool:
+    """Stop the running program through the dashboard server, on a plain socket (no ur_rtde):
+    the last resort when the control link is gone and the arm may still be moving."""
+    try:
+        with socket.create_connection((host, DASHBOARD_PORT), timeout=timeout_s) as sock:
+            f = sock.makefile("rwb")
+            f.readline()  # the greeting
+            f.write(b"stop\n")
+            f.flush()
+            reply = f.readline().decode("utf-8", "replace").strip()
+    except OSError as exc:
+        log.error("dashboard stop on %s failed: %s", host, exc)
+        return False
+    log.warning("dashboard stop on %s: %s", host, reply)
+    return reply.lower().startswith("stopped")
 
 
 def fresh_state(
@@ -50,6 +83,7 @@ def fresh_state(
 
 
 def check_safety(st: dict[str, Any], host: str) -> None:
+    """Any safety mode but NORMAL or REDUCED stops the station for a person (ProtectiveStop)."""
     if st["emergency_stop"]:
         raise ProtectiveStop(
             f"robot at {host} is emergency-stopped",
@@ -60,6 +94,23 @@ def check_safety(st: dict[str, Any], host: str) -> None:
             f"robot at {host} is in a protective stop",
             "inspect the cause, then unlock the protective stop on the pendant",
         )
+    mode = st.get("safety_mode", NORMAL)
+    if mode not in (NORMAL, REDUCED):
+        name = SAFETY_MODES.get(mode, str(mode))
+        raise ProtectiveStop(
+            f"robot at {host} is in safety mode {name}",
+            SAFETY_HINTS.get(mode, "see the safety message on the pendant and clear it"),
+        )
+
+
+SAFETY_HINTS = {
+    SAFEGUARD_STOP: "a safeguard (light curtain, door) stopped the robot: clear the cell, "
+    "reset the safeguard",
+    RECOVERY: "the arm is outside its safety limits: move it back in recovery mode on the "
+    "pendant",
+    VIOLATION: "a safety limit was violated: see the pendant, fix the cause, restart the arm",
+    FAULT: "the safety system reports a fault: see the pendant log, restart the arm",
+}
 
 
 class URRobot:
@@ -141,20 +192,33 @@ class URRobot:
                 f"robot at {cfg.host} does not run the ur_rtde control script",
                 "check remote control mode and the controller log, then reconnect",
             )
-        outcome = self._link.call(
-            "movel",
-            cfg.move_timeout_s,
-            pose=pose.as_ur(),
-            speed=cfg.speed_mm_s / 1000.0,
-            acceleration=cfg.acceleration_mm_s2 / 1000.0,
-            stale_after_s=self.stale_after_s,
-        )
+        try:
+            # The child stops the arm at move_timeout_s itself; this deadline is the last resort.
+            outcome = self._link.call(
+                "movel",
+                cfg.move_timeout_s + MOVE_STOP_MARGIN_S,
+                pose=pose.as_ur(),
+                speed=cfg.speed_mm_s / 1000.0,
+                acceleration=cfg.acceleration_mm_s2 / 1000.0,
+                stale_after_s=self.stale_after_s,
+                deadline_s=cfg.move_timeout_s,
+            )
+        except RobotError:
+            dashboard_stop(cfg.host)  # the link is gone: the arm may still be moving
+            raise
         if outcome == "stale":
             self._link.kill()
+            dashboard_stop(cfg.host)
             raise RobotError(
                 f"UR robot link to {cfg.host}: controller data stopped during the move to "
                 f"{pose.name!r}; link closed",
                 "check the network cable and the controller, then reconnect",
+            )
+        if outcome == "timeout":
+            raise RobotError(
+                f"robot at {cfg.host} did not reach pose {pose.name!r} within "
+                f"{cfg.move_timeout_s:g} s (robot.move_timeout_s); the arm was stopped",
+                "check the speed slider on the pendant and robot.speed_mm_s, then resume",
             )
         # Two fresh reads: the second package was certainly sent after the move ended.
         self._state()

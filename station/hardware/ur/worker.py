@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+SAFE_MODES = (1, 2)  # NORMAL, REDUCED: any other safety mode has stopped the arm
 # Standard digital outputs/inputs are bits 0-7 of the RTDE digital bit fields.
 RECEIVE_VARIABLES = [
     "timestamp",
@@ -83,22 +84,39 @@ class Worker:
         return bool(self.control.setTcp(offset))
 
     def op_movel(
-        self, pose: list[float], speed: float, acceleration: float, stale_after_s: float
+        self,
+        pose: list[float],
+        speed: float,
+        acceleration: float,
+        stale_after_s: float,
+        deadline_s: float,
+        start_wait_s: float = 0.5,
     ) -> str:
-        """Move and watch: "done", "refused", "stopped" (safety stop or script ended) or
-        "stale" (the controller stopped streaming). Async moveL keeps this loop in charge."""
+        """Move and watch: "done", "refused", "stopped" (safety stop or script ended), "stale"
+        (the controller stopped streaming) or "timeout" (not there within `deadline_s`: the
+        arm is stopped with stopL first). Async moveL keeps this loop in charge."""
         c, r = self.control, self.receive
+        t0 = time.monotonic()
         if not c.moveL(pose, speed, acceleration, True):
             return "refused"
+        # The script's move thread reports "running" a cycle or more after moveL returns;
+        # until then the progress still reads idle. A move too short to be seen running has
+        # ended: the caller checks that the arm reached the pose.
+        while c.getAsyncOperationProgress() < 0 and time.monotonic() - t0 < start_wait_s:
+            time.sleep(0.002)
         last_ts, last_change = r.getTimestamp(), time.monotonic()
         while c.getAsyncOperationProgress() >= 0:
-            if r.isProtectiveStopped() or r.isEmergencyStopped() or not c.isProgramRunning():
+            stopped = r.isProtectiveStopped() or r.isEmergencyStopped()
+            if stopped or r.getSafetyMode() not in SAFE_MODES or not c.isProgramRunning():
                 return "stopped"
             ts, now = r.getTimestamp(), time.monotonic()
             if ts != last_ts:
                 last_ts, last_change = ts, now
             elif now - last_change > stale_after_s or not r.isConnected():
                 return "stale"
+            if now - t0 > deadline_s:
+                c.stopL(max(acceleration, 0.5))  # never leave the arm moving on its own
+                return "timeout"
             time.sleep(0.004)
         return "done"
 
@@ -111,7 +129,26 @@ class Worker:
             self.control.stopScript()
 
 
+def die_with_parent() -> None:
+    """Be killed when the station dies, even by SIGKILL (no atexit hook survives that): a
+    child blocked inside ur_rtde never reads the end of its stdin. Linux only; the kernel
+    signals when the thread that started this process ends, which is the station's main
+    thread (links are opened there)."""
+    parent = int(os.environ.get("STATION_UR_PARENT_PID", "0") or 0)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if parent and os.getppid() != parent:  # it died before the line above took effect
+        os._exit(0)
+
+
 def main() -> None:
+    die_with_parent()
     # Keep the reply channel to ourselves: ur_rtde prints to fd 1, so fd 1 becomes stderr.
     reply = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)

@@ -547,6 +547,12 @@ class FakeURController:
     def unlock_protective_stop(self) -> str:
         return self.model.unlock_protective_stop()
 
+    def safeguard_stop(self) -> None:
+        self.model.safeguard_stop()
+
+    def reset_safeguard(self) -> None:
+        self.model.reset_safeguard()
+
     def emergency_stop(self) -> None:
         self.model.emergency_stop()
 

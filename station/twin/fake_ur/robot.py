@@ -29,6 +29,7 @@ from station.hardware.ur.modes import (
     ROBOT_EMERGENCY_STOP,
     ROBOT_MODES,
     RUNNING,
+    SAFEGUARD_STOP,
     SAFETY_MODES,
 )
 from station.hardware.ur.poses import pose_inv, pose_trans
@@ -163,6 +164,8 @@ class RobotModel:
             bits |= 1 << 1
         elif m == PROTECTIVE_STOP:
             bits |= (1 << 2) | (1 << 10)
+        elif m == SAFEGUARD_STOP:
+            bits |= (1 << 4) | (1 << 10)
         elif m == 6:
             bits |= (1 << 5) | (1 << 7) | (1 << 10)
         elif m == ROBOT_EMERGENCY_STOP:
@@ -223,6 +226,19 @@ class RobotModel:
     def arm_protective_stop(self, at_fraction: float) -> None:
         with self.lock:
             self._armed_stop = at_fraction
+
+    def safeguard_stop(self) -> None:
+        """A safeguard (light curtain, door switch) opened: the arm stops, the program ends."""
+        with self.lock:
+            self.halt()
+            self.safety_mode = SAFEGUARD_STOP
+            log.info("safeguard stop")
+            self._abort_program_locked()
+
+    def reset_safeguard(self) -> None:
+        with self.lock:
+            if self.safety_mode == SAFEGUARD_STOP:
+                self.safety_mode = NORMAL
 
     def emergency_stop(self) -> None:
         with self.lock:
@@ -296,8 +312,13 @@ class RobotModel:
 
     # -- programs ---------------------------------------------------------------------------
     def run_program(self, script: str) -> None:
-        """A program arrived on a script port: replace the running one, as the controller does."""
+        """A program arrived on a script port: replace the running one, as the controller does.
+        A secondary program (`sec`) runs beside the primary one on a real controller; the fake
+        cannot run URScript, so it records it and leaves the running program alone."""
         self.received_scripts.append(script)
+        if script.lstrip().startswith("sec "):
+            log.warning("fake UR: secondary program recorded, not run")
+            return
         with self.lock:
             self._abort_program_locked()
         old = self.program
@@ -348,6 +369,8 @@ class ControlScript(threading.Thread):
         self._wr_count = 0
         self._op_id = 0
         self._async_move: LinearMove | None = None
+        self._starting: LinearMove | None = None  # reported running from the next cycle on
+        self._start_delay = 0
 
     # registers, with the script's register offset
     def _in_int(self, i: int) -> int:
@@ -403,6 +426,17 @@ class ControlScript(threading.Thread):
             log.info("program %s stopped", self.m.program_name)
 
     def _check_async_move(self) -> None:
+        if self._starting is not None:
+            # ur_rtde's script runs an async move in a thread that reports "running" itself,
+            # a cycle or more after "done with command": the driver must not read the idle
+            # progress before that as the end of the move.
+            if self._start_delay > 0:
+                self._start_delay -= 1
+                return
+            if self._starting is self._async_move:
+                self._async_progress(0)
+            self._starting = None
+            return
         mv = self._async_move
         if mv is not None and self.m.move is not mv:
             self._async_move = None
@@ -431,7 +465,7 @@ class ControlScript(threading.Thread):
             mv = self.m.start_linear_move(pose, v, a)
             if is_async:
                 self._async_move = mv
-                self._async_progress(0)
+                self._starting, self._start_delay = mv, 2
             else:
                 self._wait_move(mv)
         elif cmd == 17:  # set_payload
