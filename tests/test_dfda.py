@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -337,3 +338,25 @@ def test_untrained_attention_reports_no_training(train_images: np.ndarray) -> No
     elbow = create_detector("dfda", **{**SMALL, "k": "elbow", "attention_epochs": 0})
     rep = elbow.fit(train_images)
     assert rep.extra["k_from"] == "elbow" and str(rep.extra["k"]) in rep.extra["k_inertias"]
+
+
+def test_k_falls_back_to_the_elbow_when_no_candidate_can_be_judged(
+    train_images: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny images: the synthetic faults may cover no held-out patch, so every separation is
+    NaN. The fit says so and takes the elbow rule instead of failing."""
+    det = create_detector("dfda", **{**SMALL, "attention_epochs": 0})
+    nan = {"patch_auroc": math.nan, "image_auroc": math.nan, "mean": math.nan}
+    monkeypatch.setattr(det, "_separation", lambda *a: dict(nan))
+    rep = det.fit(train_images)
+    assert rep.extra["k_from"] == "elbow (the synthetic faults covered no held-out patch)"
+    assert rep.extra["k"] in SMALL["k_candidates"]
+    # patches absent but whole images judged: the image AUROC decides
+    by_k = {2: 0.6, 4: 0.9, 8: 0.9, 16: 0.7, 32: 0.5}
+
+    def image_only(centres: torch.Tensor, *_: Any) -> dict[str, float]:
+        return {"patch_auroc": math.nan, "image_auroc": by_k[len(centres)], "mean": math.nan}
+
+    monkeypatch.setattr(det, "_separation", image_only)
+    rep = det.fit(train_images)
+    assert rep.extra["k_from"] == "synthetic-fault validation" and rep.extra["k"] == 4

@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="detector device: auto | cpu | cuda")
     ap.add_argument("--train-parts", type=int, default=4, help="good twin parts to train on")
     ap.add_argument("--seed", type=int, default=7, help="twin seed: the sheet sequence")
-    ap.add_argument("--home", type=Path, help="use this station home's trained models")
+    ap.add_argument(
+        "--home", type=Path, help="use this station home's trained models (and their device)"
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -116,15 +118,17 @@ def main(argv: list[str] | None = None) -> int:
             from station.recipe import load_recipe
 
             recipe = load_recipe("glassfiber")
+            # the home's models and calibration; parts go to a scratch database and folder
+            scratch = f"sqlite:///{tmp}/bench.db"
+            detectors = load_detector_set(recipe, open_database(scratch))
             recipe = recipe.model_copy(
                 update={
                     "twin": recipe.twin.model_copy(update={"time_scale": args.time_scale}),
                     "storage": recipe.storage.model_copy(
-                        update={"database_url": f"sqlite:///{tmp}/bench.db", "data_dir": str(tmp)}
+                        update={"database_url": scratch, "data_dir": str(tmp)}
                     ),
                 }
             )
-            detectors = load_detector_set(recipe)
         else:
             os.environ["STATION_HOME"] = str(tmp)
             recipe = _recipe(tmp, args)

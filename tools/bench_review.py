@@ -47,10 +47,12 @@ def _time(client: httpx.Client, path: str, n: int) -> tuple[float, float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", type=int, default=10_000)
-    ap.add_argument("--requests", type=int, default=60)
+    ap.add_argument("--requests", type=int, default=60, help="timed requests per page (>= 1)")
     ap.add_argument("--reject-rate", type=float, default=0.3, help="share of parts failed")
     ap.add_argument("--db-url", default=None, help="an empty database (default: scratch SQLite)")
     args = ap.parse_args()
+    if args.requests < 1 or args.parts < 1:
+        ap.error("--parts and --requests must be at least 1")
 
     with tempfile.TemporaryDirectory() as tmp:
         url = args.db_url or f"sqlite:///{tmp}/bench.db"
@@ -107,6 +109,11 @@ def main() -> None:
                         out = server.stdout.read().decode() if server.stdout else ""
                         raise SystemExit(f"server did not start:\n{out}") from None
                     time.sleep(0.2)
+            if not sample.rejected_ids:
+                raise SystemExit(
+                    f"none of the {args.parts} seeded parts was rejected, so there is no part "
+                    "page to time: seed more parts or raise --reject-rate"
+                )
             part = sample.rejected_ids[len(sample.rejected_ids) // 2]
             cases = [
                 ("/healthz (baseline)", "/healthz"),

@@ -743,9 +743,10 @@ class DFDA(Detector):
 
     def _choose_k(
         self, pool: torch.Tensor, val: _Branches, val_bad: _Branches
-    ) -> tuple[int, dict[int, dict[str, float]]]:
+    ) -> tuple[int | None, dict[int, dict[str, float]]]:
         """k from the data: the smallest candidate whose synthetic-fault separation on the
-        held-out images is within `k_tolerance` of the best candidate's."""
+        held-out images is within `k_tolerance` of the best candidate's. None when no
+        candidate could be judged (the synthetic faults covered no held-out patch)."""
         ks = sorted({c for c in self._cfg["k_candidates"] if 1 <= c < pool.shape[0]})
         if not ks:  # too few points for any candidate
             return 1, {}
@@ -753,8 +754,15 @@ class DFDA(Detector):
         for k in ks:
             res = kmeans(pool, k, min(20, self._cfg["kmeans_iters"]), self._cfg["seed"])
             seps[k] = self._separation(res.centres, val, val_bad)
-        best = max(s["mean"] for s in seps.values())
-        chosen = next(k for k in ks if seps[k]["mean"] >= best - self._cfg["k_tolerance"])
+
+        def score(s: dict[str, float]) -> float:  # the image AUROC alone when patches are absent
+            return s["mean"] if math.isfinite(s["mean"]) else s["image_auroc"]
+
+        judged = [k for k in ks if math.isfinite(score(seps[k]))]
+        if not judged:
+            return None, seps
+        best = max(score(seps[k]) for k in judged)
+        chosen = next(k for k in judged if score(seps[k]) >= best - self._cfg["k_tolerance"])
         return chosen, seps
 
     def _epoch_centres(
@@ -902,16 +910,22 @@ class DFDA(Detector):
         k_from = "config"
         if self._cfg["k"] in ("auto", "elbow"):
             pool = self._sample(clean, per_image, rng)
+            judged, k_from = None, "elbow"
             if self._cfg["k"] == "auto" and val is not None and val_bad is not None:
-                k, k_sep = self._choose_k(pool, val, val_bad)
-                k_from = "synthetic-fault validation"
+                judged, k_sep = self._choose_k(pool, val, val_bad)
+                k_from = (
+                    "synthetic-fault validation"
+                    if judged is not None
+                    else "elbow (the synthetic faults covered no held-out patch)"
+                )
+            if judged is not None:
+                k = judged
             else:
                 if pool.shape[0] > self._cfg["k_select_patches"]:
                     g = torch.Generator(device="cpu").manual_seed(seed)
                     pick = torch.randperm(pool.shape[0], generator=g)
                     pool = pool[pick[: self._cfg["k_select_patches"]].to(pool.device)]
                 k, k_inertias = choose_k(pool, self._cfg["k_candidates"], seed)
-                k_from = "elbow"
             del pool
         else:
             k = int(self._cfg["k"])
