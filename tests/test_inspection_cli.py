@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from sqlalchemy import select
@@ -180,9 +181,11 @@ def test_exit_codes_say_when_the_run_did_not_end_well(
     for pose, img, _ in render_part_shots(load_recipe("small"), 300, False):
         write_png(folder / f"p000001_{pose}.png", img)
     (folder / "p000002_left.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    write_png(folder / "other_camera.png", np.zeros((20, 30), np.uint8))
     code, out = _run(["inspect", "--recipe", "small", str(folder)], capsys)
     assert code == 2, out
-    assert "2 part(s)" in out and "1 of 2 part(s) ended in a fault" in out
+    assert "3 part(s)" in out and "2 of 3 part(s) ended in a fault" in out
+    assert "other_camera.png is 30 x 20 px; recipe glassfiber's camera takes 64 x 48" in out
     assert "Traceback" not in out
 
 

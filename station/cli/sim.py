@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 import threading
 import time
@@ -99,9 +100,13 @@ def register(app: typer.Typer) -> None:
         try:
             fake.start()
         except OSError as exc:
+            cause = exc.__cause__ or exc
+            in_use = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
             raise StationError(
-                f"fake UR controller cannot listen on {host}: {exc.__cause__ or exc}",
-                "stop the other server on these ports or use another address, e.g. 127.0.0.2",
+                f"fake UR controller cannot listen on {host}: {cause}",
+                "stop the other server on these ports or use another address, e.g. 127.0.0.2"
+                if in_use
+                else "give --host an address of this machine, e.g. 127.0.0.1",
             ) from None
         console.print(
             f"[green]fake UR5 controller[/] on {host} (RTDE 30004, dashboard 29999, "

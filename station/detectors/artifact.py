@@ -131,7 +131,13 @@ def load_artifact(
     payload = read_artifact(path)
     name = payload["detector"]
     meta = dict(payload.get("meta") or {})
-    cls = detector_class(name)
+    try:
+        cls = detector_class(name)
+    except DetectorError:
+        raise DetectorError(
+            f"model file {path} holds detector {name!r}, which this station does not have",
+            hint="retrain with station train, or use the station version that wrote it",
+        ) from None
     if int(payload["detector_version"]) != int(cls.version):
         raise DetectorError(
             f"model file {path} holds {name} version {payload['detector_version']}, "

@@ -670,10 +670,17 @@ class Inspector:
     def offline_part(self, group: OfflinePart) -> PartResult:
         from station.imaging import read_image
 
+        cam = self.recipe.camera
+
         def shots(timings: Timings) -> Iterator[Acquired]:
             for k, (pose, path) in enumerate(group.shots):
                 with timings.measure("exposure"):
                     image = read_image(path)
+                if image.shape[:2] != (cam.height, cam.width):  # thresholds hold for this camera
+                    raise StationError(
+                        f"image {path} is {image.shape[1]} x {image.shape[0]} px; recipe "
+                        f"{self.recipe.name}'s camera takes {cam.width} x {cam.height}"
+                    )
                 yield Acquired(k, pose, image, {"source": str(path)})
             if group.missing:  # never pass a sheet that was not seen whole
                 raise StationError(
