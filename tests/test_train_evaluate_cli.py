@@ -182,6 +182,9 @@ def test_clear_errors(station_home: Path, capsys: pytest.CaptureFixture[str]) ->
     empty.mkdir()
     assert run(["train", "-r", recipe, "--data", str(empty)]) == 2
     assert "no training images" in capsys.readouterr().err
+    for bad in ("gpu", ""):  # the device is checked before any image is looked at
+        assert run(["train", "-r", recipe, "--data", str(empty), "--device", bad]) == 2
+        assert "device must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     assert run(["train", "-r", recipe]) == 2  # nothing captured yet
     assert "does not exist" in capsys.readouterr().err
     assert run(["train", "-r", recipe, "--data", str(empty), "-d", "simplenet"]) == 2
