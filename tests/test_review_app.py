@@ -463,3 +463,13 @@ def test_odd_requests_get_answers_not_errors(seeded, tmp_path: Path) -> None:
     assert r.status_code == 303
     r = client.post(f"/parts/{pid}/review", data=ok, files={"comment": ("x.txt", b"upload")})
     assert r.status_code == 400 and "must be text" in r.text
+
+
+def test_framework_refusals_get_the_error_page_too(seeded) -> None:
+    db, sample, client = seeded
+    html = {"accept": "text/html"}
+    r = client.get("/no/such/page", headers=html)
+    assert r.status_code == 404 and "no such page" in r.text and "<html" in r.text.lower()
+    r = client.get("/parts/abc", headers=html)
+    assert r.status_code == 400 and "malformed request (part_id)" in r.text
+    assert client.get("/parts/abc").text == "malformed request (part_id)"  # not JSON

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
     HTMLResponse,
@@ -40,6 +41,7 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from station.errors import StationError
 from station.review import store
@@ -537,6 +539,18 @@ def create_app(
     @app.exception_handler(StationError)
     async def unavailable(request: Request, exc: StationError) -> Response:
         return _refusal(request, _unavailable(request, exc))
+
+    # The framework's own refusals (no such page, a part id that is not a number) get the
+    # same small page as the app's, not FastAPI's JSON.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = "no such page" if exc.status_code == 404 else str(exc.detail)
+        return _refusal(request, _Refused(exc.status_code, message))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        where = ", ".join(str(e.get("loc", ["?"])[-1]) for e in exc.errors()) or "request"
+        return _refusal(request, _Refused(400, f"malformed request ({where})"))
 
     return app
 
