@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from station.errors import StationError
-from station.files import atomic_write
+from station.files import atomic_write, writing
 
 if TYPE_CHECKING:
     from station.recipe import PreprocessConfig
@@ -76,13 +76,9 @@ def write_png(path: str | Path, image: np.ndarray) -> str:
     """Write `image` as PNG at `path` atomically (parents created); returns its sha256."""
     path = Path(path)
     data = encode_png(image)
-    try:
-        return atomic_write(path, data)
-    except OSError as exc:
-        raise StationError(
-            f"cannot write image {path}: {exc.strerror or exc}",
-            hint="check free disk space and write permission",
-        ) from None
+    with writing(f"image {path}"):
+        sha = atomic_write(path, data)
+    return sha
 
 
 def check_image(image: np.ndarray, what: str = "image") -> np.ndarray:

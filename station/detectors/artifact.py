@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from station.errors import DetectorError, StationError
-from station.files import atomic_write
+from station.files import atomic_write, writing
 
 if TYPE_CHECKING:
     from station.detectors.base import Detector
@@ -75,13 +75,9 @@ def save_artifact(detector: Detector, path: str | Path, meta: dict[str, Any]) ->
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    try:
-        return atomic_write(path, buf.getvalue())
-    except OSError as exc:
-        raise StationError(
-            f"cannot write model file {path}: {exc.strerror or exc}",
-            hint="check free disk space and write permission",
-        ) from None
+    with writing(f"model file {path}"):
+        sha = atomic_write(path, buf.getvalue())
+    return sha
 
 
 def read_artifact(path: str | Path) -> dict[str, Any]:
@@ -164,7 +160,7 @@ def load_artifact(
         _check_preprocess(path, meta, recipe)
         with contextlib.suppress(KeyError):
             det_cfg = recipe.detector(name)
-            _check_settings(path, cls, config, det_cfg, recipe.name)
+            _check_settings(path, config, det_cfg, recipe.name)
             config["device"] = det_cfg.device
     if device is not None:
         config["device"] = device
@@ -192,20 +188,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _check_settings(
-    path: Path, cls: type, config: dict[str, Any], det_cfg: Any, recipe_name: str
-) -> None:
+def _check_settings(path: Path, config: dict[str, Any], det_cfg: Any, recipe_name: str) -> None:
     """The recipe's detector settings (its values, else the defaults) must be the model's."""
-    import inspect
 
+    from station.detectors.registry import settings
     from station.detectors.training import detector_kwargs
 
-    params = inspect.signature(cls.__init__).parameters
-    want = {
-        k: p.default
-        for k, p in params.items()
-        if k != "self" and p.default is not inspect.Parameter.empty
-    }
+    want = {k: p.default for k, p in settings(det_cfg.name).items() if p.default is not p.empty}
     want.update(detector_kwargs(det_cfg))
     changed = [
         f"{k} {config[k]!r} -> {v!r}"

@@ -114,13 +114,17 @@ def _describe(hint: Any) -> str:
     return "a list" if origin in (list, tuple, collections.abc.Sequence) else str(hint)
 
 
+def settings(name: str) -> dict[str, inspect.Parameter]:
+    """A detector's settings: its constructor's named parameters (defaults and annotations)."""
+    params = inspect.signature(detector_class(name).__init__).parameters
+    return {k: p for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
 def config_problems(name: str, cfg: dict[str, Any]) -> list[str]:
     """What is wrong with `cfg` for detector `name`, judged from its constructor's annotated
     parameters (unknown names, a text where a number belongs, ...): one line each."""
-    init = detector_class(name).__init__
-    params = inspect.signature(init).parameters
-    known = [k for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
-    hints = typing.get_type_hints(init)
+    known = settings(name)
+    hints = typing.get_type_hints(detector_class(name).__init__)
     problems = []
     for key, value in cfg.items():
         if key not in known:
