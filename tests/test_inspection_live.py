@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import select
-from test_inspection_support import BrightSpot, bright_set, database, small_recipe
+from test_inspection_support import BrightSpot, bright_set, database, sheet, small_recipe
 
 import station.storage.db as dbmod
 import station.storage.heatmaps as heatmaps
@@ -51,6 +51,7 @@ class Cell:
     faults_seen: list[Fault] = field(default_factory=list)
     hooks: dict[tuple[str, int], Callable[[], None]] = field(default_factory=dict)
     on_open: Callable[[Any], None] | None = None
+    recorder: Recorder | None = None  # default: a fresh one per run
 
     def parts(self) -> list[Part]:
         with self.db.session() as s:
@@ -90,7 +91,7 @@ class Cell:
             Inspector(
                 self.recipe,
                 dets,
-                Recorder(self.db, self.recipe),
+                self.recorder or Recorder(self.db, self.recipe),
                 dev,
                 pipelined=pipelined,
                 operator=op,
@@ -265,6 +266,24 @@ def test_nan_score_is_a_fault_that_is_stored_and_blocks_nothing(cell: Cell) -> N
     assert all(d.score is not None for r in rows[2:] for s in r.shots for d in s.detections)
     assert summary.operator_fault is None
     assert not list((cell.recipe.data_dir / "journal").glob("refused/*.json"))
+
+
+def test_a_record_refused_while_a_part_opens_is_reported(cell: Cell) -> None:
+    import dataclasses
+
+    rec = Recorder(cell.db, cell.recipe)
+    bad = rec.new_part("live")
+    rec.open_part(bad)
+    shot = rec.add_shot(bad, 0, "left", sheet(False, seed=1))
+    # a second shot row at the same pose index: a record the database never takes
+    bad.shots.append(dataclasses.replace(shot, pose_name="again", db_id=None))
+    bad.verdict, bad.reason = Verdict.FAULT, "test"
+    rec.backlog[bad.key] = bad  # held in memory: the first part's opening flushes it
+    cell.recorder = rec
+    cell.run(2)
+    said = [e.text for e in cell.events if e.kind == "message" and e.level == "error"]
+    assert any("refused 1 held part record(s) for good" in t for t in said), said
+    assert (rec.journal_dir / "refused" / f"{bad.key}.json").is_file()
 
 
 def test_protective_stop_waits_for_operator(cell: Cell) -> None:

@@ -249,6 +249,7 @@ class Inspector:
         self.operator = operator
         self.on_event = on_event
         self.max_consecutive_faults = max_consecutive_faults
+        self._refused_told = len(recorder.set_aside)  # set-aside records already reported
         self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
             1, thread_name_prefix="inference"
         )
@@ -563,28 +564,30 @@ class Inspector:
         self._flush_backlog()
 
     def _flush_backlog(self) -> None:
-        if not self.recorder.backlog:
-            return
-        before = len(self.recorder.set_aside)
-        try:
-            self.recorder.flush_backlog()
-            refused = self.recorder.set_aside[before:]
-            if refused:
+        if self.recorder.backlog:
+            before = len(self.recorder.set_aside)
+            try:
+                self.recorder.flush_backlog()
+            except StorageError as exc:
+                n = len(self.recorder.backlog)
                 self._emit(
                     "message",
-                    f"the database refused {len(refused)} held part record(s) for good "
-                    f"({', '.join(refused)}); kept in {self.recorder.journal_dir / 'refused'}",
-                    level="error",
+                    f"{n} part record(s) still held in {self.recorder.journal_dir} ({exc}); "
+                    "they are written at the next start",
+                    level="warning",
                 )
             else:
-                self._emit("message", "held part records written to the database")
-        except StorageError as exc:
-            n = len(self.recorder.backlog)
+                if len(self.recorder.set_aside) == before:
+                    self._emit("message", "held part records written to the database")
+        # Records set aside here or when a part was opened (the recorder flushes then too).
+        refused = self.recorder.set_aside[self._refused_told :]
+        if refused:
+            self._refused_told = len(self.recorder.set_aside)
             self._emit(
                 "message",
-                f"{n} part record(s) still held in {self.recorder.journal_dir} ({exc}); "
-                "they are written at the next start",
-                level="warning",
+                f"the database refused {len(refused)} held part record(s) for good "
+                f"({', '.join(refused)}); kept in {self.recorder.journal_dir / 'refused'}",
+                level="error",
             )
 
     def _stop_or_resume(self, fault: Fault, summary: RunSummary) -> bool:
