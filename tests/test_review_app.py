@@ -222,7 +222,7 @@ def test_bad_filter_values_are_reported(seeded) -> None:
     r = client.get("/?date_from=yesterday&verdict=won&reviewed=maybe&page=x")
     assert r.status_code == 200
     assert "date from &#39;yesterday&#39; is not a date" in r.text
-    assert "verdict &#39;won&#39; is not one of fail, fault, pass" in r.text
+    assert "verdict &#39;won&#39; is not one of fail, fault, interrupted, pending, pass" in r.text
 
 
 def test_date_range_and_recipe_filters(tmp_path: Path) -> None:
@@ -473,3 +473,95 @@ def test_framework_refusals_get_the_error_page_too(seeded) -> None:
     r = client.get("/parts/abc", headers=html)
     assert r.status_code == 400 and "malformed request (part_id)" in r.text
     assert client.get("/parts/abc").text == "malformed request (part_id)"  # not JSON
+
+
+def test_interrupted_and_stalled_parts_are_in_the_queue_and_can_be_labelled(
+    tmp_path: Path,
+) -> None:
+    db, sample, client = _setup(tmp_path, n=30)
+    now = datetime.now(UTC)
+    with db.session() as s:
+        passed = s.scalars(select(Part).where(Part.verdict == Verdict.PASS)).all()
+        assert len(passed) >= 7
+        # four stopped mid-part (the recorder's recovery marks them so at the next start)
+        for part in passed[3:7]:
+            part.verdict, part.reason = Verdict.INTERRUPTED, "the station stopped mid-part"
+            part.part_score = None
+            s.delete(part.shots[-1])
+        interrupted = [p.id for p in passed[3:7]]
+        # pending: a live part 20 min old (station dead), one just started, an old capture
+        for part, mode, age in zip(passed, ("live", "live", "capture"), (20, 0, 60), strict=False):
+            part.verdict, part.mode = Verdict.PENDING, mode
+            part.started_at = now - timedelta(minutes=age)
+        stalled = passed[0].id
+    html = client.get("/").text
+    with db.session() as s:
+        parts = s.scalars(select(Part).order_by(Part.started_at.desc(), Part.id.desc())).all()
+    want = [p.id for p in parts if p.verdict in store.QUEUE_VERDICTS or p.id == stalled]
+    assert len(interrupted) == 4 and set(interrupted) <= set(want)
+    assert _row_ids(html) == want
+    assert _count(html, "interrupted") == 4 and _count(html, "pending") == 1
+    assert _count(html, "total") == len(want)
+    row = html[html.index(f'data-part-id="{interrupted[0]}"') :]
+    assert '<span class="badge interrupted">interrupted</span>' in row[: row.index("</tr>")]
+    # the filter values
+    r = client.get("/?verdict=interrupted")
+    assert "is not one of" not in r.text
+    assert _row_ids(r.text) == sorted(interrupted, reverse=True)
+    assert _row_ids(client.get("/?verdict=pending").text) == [stalled]
+    nxt = client.get("/next?recipe=&verdict=interrupted", follow_redirects=False)
+    assert nxt.headers["location"].startswith(f"/parts/{max(interrupted)}?")
+    # the part page asks what the sheet was, and the label is stored and shown as such
+    pid = interrupted[0]
+    page = client.get(f"/parts/{pid}?verdict=interrupted").text
+    assert ">Sheet defective <kbd>D</kbd>" in page and ">Sheet good <kbd>F</kbd>" in page
+    assert 'id="undecided"' in page and "No decision was stored" in page
+    r = client.post(
+        f"/parts/{pid}/review",
+        data={
+            "csrf": _csrf(page),
+            "label": "defect_confirmed",
+            "operator": "Ida",
+            "q": "verdict=interrupted",
+        },
+    )
+    assert r.status_code == 200 and f"Part {pid} marked: sheet defective." in r.text
+    assert 'id="current-label">sheet defective<' in client.get(f"/parts/{pid}").text
+    assert _row_ids(client.get("/?verdict=interrupted&reviewed=defect_confirmed").text) == [pid]
+    assert _row_ids(client.get("/?verdict=interrupted&reviewed=no").text) == sorted(
+        set(interrupted) - {pid}, reverse=True
+    )
+    rows = [r for r in csv.DictReader(io.StringIO(client.get("/export.csv").text))]
+    mine = [r for r in rows if r["operator"] == "Ida"]
+    assert [(r["part_id"], r["part_verdict"], r["label"], r["label_meaning"]) for r in mine] == [
+        (str(pid), "interrupted", "defect_confirmed", "sheet defective")
+    ]
+    client.close()
+    db.dispose()
+
+
+def test_csv_export_is_safe_for_semicolon_comma_and_tab_readers(seeded) -> None:
+    db, sample, client = seeded
+    pid = sample.rejected_ids[-1]
+    token = _csrf(client.get(f"/parts/{pid}").text)
+    comments = [";=1+1", "fold, @SUM(A1)", 'x;"=HYPERLINK(1)', "a\t-2+3", "line\n+cmd"]
+    for comment in comments:
+        client.post(
+            f"/parts/{pid}/review",
+            data={"csrf": token, "label": "false_reject", "operator": "Eve", "comment": comment},
+        )
+    text = client.get("/export.csv").text
+    for delimiter in (",", ";", "\t"):
+        for row in csv.reader(io.StringIO(text), delimiter=delimiter):
+            for cell in row:
+                start = cell.lstrip(' "')
+                if start[:1] in ("=", "+", "-", "@", "\t", "\r"):  # only a plain number may
+                    assert re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", start), (delimiter, cell)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    mine = [r["comment"] for r in rows if r["operator"] == "Eve"]
+    assert mine[0] == "';'=1+1" and mine[1] == "'fold, '@SUM(A1)"
+    # numbers stay numbers: unquoted in the file, numeric to a reader
+    scored = next(r for r in rows if r["part_score"])
+    line = next(ln for ln in text.splitlines() if ln.startswith(scored["review_id"] + ","))
+    assert f",{scored['part_score']}," in line and float(scored["part_score"]) > 0
+    assert int(scored["part_id"]) > 0 and int(scored["sequence"]) > 0

@@ -16,6 +16,7 @@ from station.review.app import create_app
 from station.review.sample import CHROMIUM, CHROMIUM_ARGS, seed_parts
 from station.review.server import background_server
 from station.storage.db import open_database
+from station.storage.models import Part, Verdict
 
 pytestmark = [
     pytest.mark.browser,
@@ -140,3 +141,61 @@ def test_operator_reviews_a_part_in_the_browser(tmp_path: Path) -> None:
     db.dispose()
     assert not errors, errors
     assert seen and all(u.startswith(base) for u in seen), "a page asked for an outside resource"
+
+
+def test_interrupted_parts_in_the_browser(tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url = f"sqlite:///{tmp_path}/station.db"
+    data = tmp_path / "data"
+    db = open_database(url)
+    sample = seed_parts(db, data, 12, size=(96, 64), seed=8, reject_rate=0.5, review_rate=0)
+    with db.session() as s:  # three passed sheets the station never decided
+        stopped = [p.id for p in s.query(Part).filter(Part.verdict == Verdict.PASS)][:3]
+        for pid in stopped:
+            s.get(Part, pid).verdict = Verdict.INTERRUPTED
+    assert len(stopped) == 3
+    with background_server(create_app(url, data)) as base, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, accept_downloads=True
+        )
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        # The default queue lists them among the rejects, with a coloured badge and a count.
+        page.goto(base + "/")
+        ids = page.locator("#queue tbody tr").evaluate_all("rs => rs.map(r => +r.dataset.partId)")
+        assert sorted(ids) == sorted(sample.rejected_ids + stopped)
+        badge = page.locator(f"tr[data-part-id='{stopped[0]}'] .badge.interrupted")
+        assert badge.is_visible() and badge.inner_text().lower() == "interrupted"
+        colour = badge.evaluate("b => getComputedStyle(b).backgroundColor")
+        assert colour == "rgb(161, 98, 7)"
+        assert page.inner_text("#count-interrupted") == str(len(stopped))
+
+        # Their count is a filter; N opens the newest, which asks what the sheet was.
+        with page.expect_navigation():
+            page.click("a.count.interrupted")
+        rows = page.locator("#queue tbody tr")
+        assert rows.count() == len(stopped)
+        page.keyboard.press("n")
+        page.wait_for_url(f"**/parts/{max(stopped)}?*")
+        assert page.locator("#undecided").is_visible()
+        assert page.inner_text("#mark-defect").startswith("Sheet defective")
+        page.fill("#operator", "Ida")
+        page.locator("body").click(position={"x": 5, "y": 300})
+        page.keyboard.press("d")
+        page.wait_for_url(lambda u: f"/parts/{max(stopped)}?" not in u)
+        assert f"Part {max(stopped)} marked: sheet defective." in page.inner_text(".flash")
+
+        page.goto(base + "/?verdict=interrupted&reviewed=defect_confirmed")
+        assert page.locator("#queue tbody tr").count() == 1
+        with page.expect_download() as info:
+            page.click("#export-csv")
+        rows_csv = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text())))
+        assert [(r["part_id"], r["part_verdict"], r["label_meaning"]) for r in rows_csv] == [
+            (str(max(stopped)), "interrupted", "sheet defective")
+        ]
+        browser.close()
+    db.dispose()
+    assert not errors, errors

@@ -10,10 +10,14 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +27,7 @@ from station.errors import StationError
 from station.review import store
 from station.review.app import COOKIE, create_app
 from station.review.sample import seed_parts
-from station.review.security import SessionSigner, safe_data_path, safe_next
+from station.review.security import AuthThrottle, SessionSigner, safe_data_path, safe_next
 from station.review.server import background_server
 from station.storage.db import open_database
 from station.storage.models import Part, Review
@@ -365,8 +369,155 @@ def test_no_external_resources_in_pages(site) -> None:
 def test_csv_cells_neutralise_formulas_but_keep_numbers() -> None:
     from station.review.security import csv_cell
 
-    for formula in ("=1+2", "-1+2", "+A1", "@SUM(A1)", " =HYPERLINK(x)", "\t=1"):
+    for formula in ("=1+2", "-1+2", "+A1", "@SUM(A1)", " =HYPERLINK(x)", '"=1'):
         assert csv_cell(formula) == "'" + formula
+    # a tab is a field start too (tab-delimited readers): quoted after it as well
+    assert csv_cell("\t=1") == "'\t'=1"
     for number in ("-0.25", "+3e-5", "12", "-.5"):
         assert csv_cell(number) == number
     assert csv_cell(-0.25) == -0.25 and csv_cell("plain") == "plain"
+
+
+# -- guessing, weak tokens, large bodies --------------------------------------------------------
+
+
+def test_bearer_guesses_are_throttled_per_address(site) -> None:
+    db, sample, url, data = site
+    far = "http://10.0.0.5:8080"
+    client = TestClient(create_app(url, data, token=TOKEN), base_url=far)
+    t0 = time.monotonic()
+    codes = [
+        client.get("/export.csv", headers={"authorization": f"Bearer guess-{i}"}).status_code
+        for i in range(60)
+    ]
+    # the default allows 10 failures, then one more every 6 s
+    assert codes.count(401) <= 11 + (time.monotonic() - t0) / 6
+    assert codes.count(401) + codes.count(429) == 60
+    r = client.get("/export.csv", headers={"authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 6
+    assert "review_id" not in r.text  # throttled: even the right token is not looked at
+    # Another address is counted on its own; with a long refill the count is exact.
+    throttle = AuthThrottle(burst=5, refill_s=3600)
+    app = create_app(url, data, token=TOKEN, throttle=throttle)
+    other = TestClient(app, base_url=far, client=("10.0.0.9", 4000))
+    right = {"authorization": f"Bearer {TOKEN}"}
+    assert all(other.get("/export.csv", headers=right).status_code == 200 for _ in range(20))
+    codes = [
+        other.get("/", headers={"authorization": "Bearer nope"}).status_code for _ in range(40)
+    ]
+    assert codes == [401] * 5 + [429] * 35
+    assert TestClient(app, base_url=far).get("/export.csv", headers=right).status_code == 200
+    other.close()
+    client.close()
+
+
+def test_parallel_login_guesses_are_throttled(site) -> None:
+    db, sample, url, data = site
+    app = create_app(url, data, token=TOKEN)  # default: 10 failures, then one every 6 s
+    with background_server(app) as base, httpx.Client(base_url=base) as first:
+        csrf = _csrf(first.get("/login").text)
+        cookies = dict(first.cookies)
+
+        def guess(i: int) -> int:
+            with httpx.Client(base_url=base, cookies=cookies, timeout=30) as c:
+                form = {"csrf": csrf, "operator": "Mal", "token": f"guess-{i:04d}-{i:04d}"}
+                return c.post("/login", data=form).status_code
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(40) as pool:
+            codes = list(pool.map(guess, range(40)))
+        assert codes.count(401) <= 11 + (time.monotonic() - t0) / 6
+        assert codes.count(401) + codes.count(429) == 40
+        with httpx.Client(base_url=base, cookies=cookies, timeout=30) as c:
+            form = {"csrf": csrf, "operator": "Olga", "token": TOKEN}
+            r = c.post("/login", data=form, headers={"accept": "text/html"})
+        assert r.status_code == 429 and "Too many failed logins" in r.text
+        assert int(r.headers["retry-after"]) > 0
+
+
+def test_throttle_table_is_bounded() -> None:
+    throttle = AuthThrottle(burst=3, refill_s=3600, max_clients=100)
+    allowed = sum(
+        throttle.acquire(f"10.1.{i // 250}.{i % 250}") == 0.0 for i in range(2000) for _ in range(5)
+    )
+    assert len(throttle) == 101  # 100 addresses and the shared bucket
+    assert allowed == 100 * 3 + 3  # flooding addresses does not buy fresh buckets
+    # an entry whose bucket has refilled is forgotten to make room
+    quick = AuthThrottle(burst=1, refill_s=0.001, max_clients=2)
+    assert quick.acquire("10.2.0.1") == quick.acquire("10.2.0.2") == 0.0
+    time.sleep(0.01)
+    assert quick.acquire("10.2.0.3") == 0.0 and len(quick) == 2
+    assert "10.2.0.1" not in quick._buckets and "*" not in quick._buckets
+    # IPv6: one /64 is one client
+    v6 = AuthThrottle(burst=2, refill_s=3600)
+    assert [v6.acquire(f"2001:db8::{i:x}") == 0.0 for i in range(5)] == [True, True] + [False] * 3
+    assert len(v6) == 1
+
+
+def test_weak_tokens_are_refused_at_startup(
+    site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from station.cli.app import main
+
+    db, sample, url, data = site
+    for weak in ("aaaaaaaaaaaa", "a" * 40, "abcdabcdabcdabcd", "0123012301230123"):
+        with pytest.raises(StationError, match="--token") as exc:
+            create_app(url, data, token=weak)
+        assert "secrets.token_urlsafe(24)" in str(exc.value) and "\n" not in str(exc.value)
+    create_app(url, data, token=secrets.token_urlsafe(24))
+    monkeypatch.setenv("STATION_REVIEW_TOKEN", "aaaaaaaaaaaaaaaa")
+    with pytest.raises(SystemExit) as stop:
+        main(["review", "--host", "192.168.1.7"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "STATION_REVIEW_TOKEN" in err and "too guessable" in err and "Traceback" not in err
+
+
+def _raw(netloc: str, path: str, headers: dict[str, str], chunks: list[bytes]) -> int:
+    """Send a POST over a plain socket (body in the given pieces), return the status."""
+    conn = http.client.HTTPConnection(netloc, timeout=10)
+    conn.putrequest("POST", path, skip_host=True, skip_accept_encoding=True)
+    for k, v in {"Host": netloc, "Content-Type": FORM, **headers}.items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    try:
+        for chunk in chunks:
+            conn.send(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered and closed before the whole body was sent
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp.status
+
+
+def _chunked(body: bytes, size: int = 4096) -> list[bytes]:
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    return [b"%x\r\n%s\r\n" % (len(p), p) for p in parts] + [b"0\r\n\r\n"]
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def test_large_bodies_are_refused_before_they_are_read(site) -> None:
+    db, sample, url, data = site
+    app = create_app(url, data, token=TOKEN)
+    pid = sample.rejected_ids[0]
+    with background_server(app) as base:
+        netloc = urlsplit(base).netloc
+        # a declared 100 MB: refused at once, after 1 KiB sent (the socket timeout is 10 s)
+        big = {"Content-Length": str(100 * 1024 * 1024)}
+        assert _raw(netloc, "/login", big, [b"token=" + b"x" * 1024]) == 413
+        over = {"Content-Length": str(40 * 1024)}
+        assert _raw(netloc, f"/parts/{pid}/review", over, [b"x" * 1024]) == 413
+        # chunked: counted as it arrives
+        chunked = {"Transfer-Encoding": "chunked"}
+        assert _raw(netloc, "/login", chunked, _chunked(b"operator=" + b"x" * 20_000)) == 413
+        # within the limits the same routes answer as usual (wrong CSRF, then a real login)
+        assert _raw(netloc, "/login", chunked, _chunked(b"operator=Olga&token=x")) == 403
+        with httpx.Client(base_url=base) as c:
+            form = {"csrf": _csrf(c.get("/login").text), "operator": "Olga", "token": TOKEN}
+            body = urlencode(form).encode()
+            cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
+        ok = _raw(netloc, "/login", {**chunked, "Cookie": cookie}, _chunked(body, 7))
+        assert ok == 303

@@ -45,7 +45,13 @@ def register(app: typer.Typer) -> None:
         from station.paths import resolve
         from station.recipe import load_recipe
         from station.review.app import create_app
-        from station.review.security import LOCAL_HOST_NAMES, MIN_TOKEN_CHARS, is_loopback
+        from station.review.security import (
+            LOCAL_HOST_NAMES,
+            MAKE_TOKEN,
+            MIN_TOKEN_CHARS,
+            check_token,
+            is_loopback,
+        )
         from station.review.server import serve
 
         token = token or os.environ.get(TOKEN_ENV) or None
@@ -53,15 +59,11 @@ def register(app: typer.Typer) -> None:
         if not local and not token:
             raise StationError(
                 f"refusing to serve the review pages on {host} without an access token",
-                hint=f"pass --token or set {TOKEN_ENV} (at least {MIN_TOKEN_CHARS} characters),"
-                " or bind to 127.0.0.1",
+                hint=f"pass --token or set {TOKEN_ENV} (at least {MIN_TOKEN_CHARS} characters,"
+                f" e.g. {MAKE_TOKEN}), or bind to 127.0.0.1",
             )
-        if token and len(token) < MIN_TOKEN_CHARS:
-            raise StationError(
-                f"the review access token is too short ({len(token)} characters)",
-                hint=f"use at least {MIN_TOKEN_CHARS} characters, e.g. "
-                "python -c 'import secrets; print(secrets.token_urlsafe(24))'",
-            )
+        if token:
+            check_token(token, f"--token or {TOKEN_ENV}")
         if (ssl_certfile is None) != (ssl_keyfile is None):
             raise StationError(
                 "HTTPS needs both --ssl-certfile and --ssl-keyfile", hint="give both or neither"

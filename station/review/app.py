@@ -1,24 +1,26 @@
 """The operator review web app (FastAPI + Jinja2, server-rendered, local static files only).
 
-`create_app(database_url, data_root, ...)` builds it. Pages: the queue of rejected and fault
-parts (`/`), a part page (`/parts/{id}`) with shots, heatmap overlays, scores against
-thresholds and the review form, the CSV export of reviews (`/export.csv`), images under the
-data root (`/files/<relative path>`) and, when login is required, `/login` and `/logout`.
+`create_app(database_url, data_root, ...)` builds it. Pages: the queue of parts to look at
+(rejected, fault, interrupted, stale pending; `/`), a part page (`/parts/{id}`) with shots,
+heatmap overlays, scores against thresholds and the review form, the CSV export of reviews
+(`/export.csv`), images under the data root (`/files/<relative path>`) and, when login is
+required, `/login` and `/logout`.
 
 Security: every POST carries the session's CSRF token; when login is required (any bind
 beyond localhost) every page and file needs a logged-in session, or for GET requests an
 `Authorization: Bearer <token>` header; on localhost-only binds the Host header must name
-localhost (blocks DNS rebinding). Responses carry CSP `default-src 'self'`, frame-ancestors
-'none' and nosniff; Jinja2 autoescapes all output.
+localhost (blocks DNS rebinding). Failed logins and Bearer guesses are throttled per client
+address (429 + Retry-After); request bodies are capped per route (413). Responses carry CSP
+`default-src 'self'`, frame-ancestors 'none' and nosniff; Jinja2 autoescapes all output.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import dataclasses
 import io
+import math
 import os
 import re
 import time
@@ -48,9 +50,11 @@ from station.review import store
 from station.review.security import (
     IMAGE_TYPES,
     LOCAL_HOST_NAMES,
-    MIN_TOKEN_CHARS,
+    AuthThrottle,
+    BodyLimit,
     SessionSigner,
-    csv_cell,
+    check_token,
+    csv_line,
     host_without_port,
     new_csrf_token,
     safe_data_path,
@@ -76,16 +80,24 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-# On a passed part (audit) the same two labels mean "missed defect" and "correct pass".
-AUDIT_LABEL_TEXT = {
-    ReviewLabel.DEFECT_CONFIRMED.value: "missed defect",
-    ReviewLabel.FALSE_REJECT.value: "good",
-}
 LABEL_TEXT = {
     ReviewLabel.DEFECT_CONFIRMED.value: "defect confirmed",
     ReviewLabel.FALSE_REJECT.value: "false reject",
     "none": "not reviewed",
 }
+# Request body limits in bytes. A review holds a comment of up to 2000 characters (12 bytes
+# each at most, UTF-8 and URL-encoded) and the queue state; no other route reads a body.
+FORM_BODY_LIMIT = 8 * 1024
+REVIEW_BODY_LIMIT = 32 * 1024
+OTHER_BODY_LIMIT = 1024
+
+
+def body_limit(method: str, path: str) -> int:
+    if path in ("/login", "/logout"):
+        return FORM_BODY_LIMIT
+    if path.startswith("/parts/") and path.endswith("/review"):
+        return REVIEW_BODY_LIMIT
+    return OTHER_BODY_LIMIT
 
 
 class _Refused(Exception):
@@ -126,7 +138,8 @@ def _parse_filter(params: Any, default_recipe: str | None) -> tuple[store.QueueF
         if verdict_raw in {v.value for v in store.FILTER_VERDICTS}:
             verdict = Verdict(verdict_raw)
         else:
-            problems.append(f"verdict {verdict_raw!r} is not one of fail, fault, pass")
+            choices = ", ".join(v.value for v in store.FILTER_VERDICTS)
+            problems.append(f"verdict {verdict_raw!r} is not one of {choices}")
     reviewed = (params.get("reviewed") or "").strip() or None
     if reviewed and reviewed not in store.REVIEWED_CHOICES:
         problems.append(f"reviewed {reviewed!r} is not one of {', '.join(store.REVIEWED_CHOICES)}")
@@ -160,13 +173,6 @@ def _filter_query(flt: store.QueueFilter, page: int | None = None, **over: Any) 
     return urlencode({k: v for k, v in values.items() if v is not None})
 
 
-def _label_for(label: ReviewLabel | str, verdict: Verdict | str) -> str:
-    value = ReviewLabel(label).value
-    if Verdict(verdict) == Verdict.PASS:
-        return AUDIT_LABEL_TEXT[value]
-    return LABEL_TEXT[value]
-
-
 def _fmt_time(dt: Any) -> str:
     if dt is None:
         return ""
@@ -190,20 +196,20 @@ def create_app(
     secret_key: bytes | None = None,
     secure_cookies: bool = False,
     page_size: int = store.PAGE_SIZE,
+    throttle: AuthThrottle | None = None,
 ) -> FastAPI:
     """Build the review app.
 
     `require_auth` defaults to True when a token is given; it must be True for any bind
     beyond localhost (the CLI enforces that). `allowed_hosts` defaults to the localhost names
-    when no login is required (DNS-rebinding guard) and to any host otherwise.
+    when no login is required (DNS-rebinding guard) and to any host otherwise. `throttle`
+    limits failed logins and Bearer guesses per client address (default: AuthThrottle()).
     """
     if require_auth is None:
         require_auth = token is not None
-    if require_auth and (not token or len(token) < MIN_TOKEN_CHARS):
-        raise StationError(
-            f"the review pages need an access token of at least {MIN_TOKEN_CHARS} characters",
-            hint="pass --token or set STATION_REVIEW_TOKEN",
-        )
+    if require_auth:
+        check_token(token)
+    throttle = AuthThrottle() if throttle is None else throttle
     root = Path(data_root).resolve()
     db = open_database(database_url)
     if allowed_hosts is None and not require_auth:
@@ -218,7 +224,7 @@ def create_app(
         fmt_time=_fmt_time,
         fmt_num=_fmt_num,
         label_text=LABEL_TEXT,
-        label_for=_label_for,
+        label_for=store.label_text,
         require_auth=require_auth,
     )
 
@@ -253,7 +259,12 @@ def create_app(
             if not authed and request.method in ("GET", "HEAD"):
                 header = request.headers.get("authorization", "")
                 if header.lower().startswith("bearer "):
+                    wait = throttle.acquire(_client(request))
+                    if wait:
+                        return _finish(request, _too_many(wait))
                     authed = tokens_equal(header[7:].strip(), token)
+                    if authed:
+                        throttle.succeeded(_client(request))
                     request.state.bearer = authed
             if not authed:
                 accepts_html = "text/html" in request.headers.get("accept", "")
@@ -434,17 +445,17 @@ def create_app(
             )
         flt, _ = _parse_filter(_QueryDict(_text(form, "q")), recipe_name)
 
-        def write() -> int | None:
+        def write() -> tuple[int | None, Verdict]:
             with db.session() as s:
                 part = store.load_part(s, part_id)
                 if part is None:
                     raise _Refused(404, f"part {part_id} is not in the database")
                 store.add_review(s, part_id, ReviewLabel(label_raw), operator, comment)
-                return store.neighbours(s, part, flt)[1]
+                return store.neighbours(s, part, flt)[1], part.verdict
 
-        next_id = await asyncio.to_thread(write)
+        next_id, verdict = await asyncio.to_thread(write)
         session["operator"] = operator
-        session["flash"] = f"Part {part_id} marked: {LABEL_TEXT[label_raw]}."
+        session["flash"] = f"Part {part_id} marked: {store.label_text(label_raw, verdict)}."
         request.state.session_dirty = True
         q = _filter_query(flt)
         target = f"/parts/{next_id}?{q}" if next_id else f"/?{q}"
@@ -468,12 +479,11 @@ def create_app(
         def rows() -> Iterator[str]:
             with stack:
                 buf = io.StringIO()
-                writer = csv.writer(buf)
-                writer.writerow(store.EXPORT_HEADER)
+                buf.write(",".join(store.EXPORT_HEADER) + "\r\n")
                 if first is not None:
-                    writer.writerow([csv_cell(v) for v in first])
+                    buf.write(csv_line(first))
                 for row in found:
-                    writer.writerow([csv_cell(v) for v in row])
+                    buf.write(csv_line(row))
                     if buf.tell() > 64 * 1024:
                         yield buf.getvalue()
                         buf.seek(0)
@@ -510,8 +520,19 @@ def create_app(
         name = str(form.get("operator") or "").strip()[: store.MAX_OPERATOR]
         given = str(form.get("token") or "")
         target = safe_next(str(form.get("next") or "/"))
+        wait = throttle.acquire(_client(request))  # no await from here to the check
+        if wait:
+            seconds = math.ceil(wait)
+            resp = _render(
+                request,
+                "login.html",
+                status=429,
+                next=target,
+                error=f"Too many failed logins from this address: try again in {seconds} s.",
+            )
+            resp.headers["Retry-After"] = str(seconds)
+            return resp
         if not name or not tokens_equal(given, token):
-            await asyncio.sleep(1.0)  # slows down guessing
             return _render(
                 request,
                 "login.html",
@@ -519,6 +540,7 @@ def create_app(
                 next=target,
                 error="Wrong access token or missing name.",
             )
+        throttle.succeeded(_client(request))
         session = request.state.session
         session.clear()
         session.update(csrf=new_csrf_token(), auth=token_fp, operator=name)
@@ -552,7 +574,21 @@ def create_app(
         where = ", ".join(str(e.get("loc", ["?"])[-1]) for e in exc.errors()) or "request"
         return _refusal(request, _Refused(400, f"malformed request ({where})"))
 
+    app.add_middleware(BodyLimit, limit=body_limit)  # outermost: before anything reads a body
     return app
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _too_many(wait: float) -> Response:
+    seconds = str(math.ceil(wait))
+    return PlainTextResponse(
+        f"too many failed logins from this address: try again in {seconds} s",
+        status_code=429,
+        headers={"Retry-After": seconds},
+    )
 
 
 def _unavailable(request: Request, exc: StationError) -> _Refused:

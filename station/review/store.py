@@ -1,7 +1,10 @@
 """Database queries behind the review pages, and the review labels calibration reads.
 
-The review queue holds rejected (`fail`) and `fault` parts, newest first. Reviews are never
-overwritten: every mark adds a row and the newest one (by `created_at`, then `id`) counts.
+The review queue holds every part an operator must look at, newest first: rejected (`fail`),
+`fault`, `interrupted` (the station stopped mid-part) and stale `pending` parts (a live or
+offline inspection undecided for STALE_PENDING: the station died and has not restarted; its
+next start marks them interrupted). Reviews are never overwritten: every mark adds a row and
+the newest one (by `created_at`, then `id`) counts.
 Nothing here imports FastAPI, so `station calibrate-threshold --from-reviews` can use
 `latest_labels()` / `reviewed_parts()` cheaply.
 """
@@ -18,16 +21,35 @@ from sqlalchemy.orm import Session, aliased, selectinload
 
 from station.storage.models import Calibration, Part, Review, ReviewLabel, Shot, Verdict
 
-QUEUE_VERDICTS: tuple[Verdict, ...] = (Verdict.FAIL, Verdict.FAULT)
+QUEUE_VERDICTS: tuple[Verdict, ...] = (Verdict.FAIL, Verdict.FAULT, Verdict.INTERRUPTED)
+# No decision stored: the operator labels the sheet itself (defective or good).
+UNDECIDED_VERDICTS: tuple[Verdict, ...] = (Verdict.INTERRUPTED, Verdict.PENDING)
+# A pending live/offline part this old has no station deciding it any more (a cycle takes
+# seconds; the recipe's part timeout is 30 s by default). Captures stay pending by design.
+STALE_PENDING = timedelta(minutes=10)
+DECIDED_MODES = ("live", "offline")
 # verdict=pass switches the queue to an audit of passed parts: reviews of a sample of them
 # give calibration the misses and an unbiased false-reject rate.
-FILTER_VERDICTS: tuple[Verdict, ...] = (*QUEUE_VERDICTS, Verdict.PASS)
+FILTER_VERDICTS: tuple[Verdict, ...] = (*QUEUE_VERDICTS, Verdict.PENDING, Verdict.PASS)
 PAGE_SIZE = 50
 MAX_COMMENT = 2000
 MAX_OPERATOR = 128
 
 # Values of the "reviewed" filter: not yet, any review, or the newest review's label.
 REVIEWED_CHOICES = ("no", "yes", ReviewLabel.DEFECT_CONFIRMED.value, ReviewLabel.FALSE_REJECT.value)
+
+
+def label_text(label: ReviewLabel | str, verdict: Verdict | str) -> str:
+    """What a label means for a part with `verdict`: the two stored labels read as a reject's
+    check, an audit of a passed part, or the operator's call on a sheet never decided."""
+    v = Verdict(verdict)
+    if v == Verdict.PASS:
+        words = ("missed defect", "good")
+    elif v in UNDECIDED_VERDICTS:
+        words = ("sheet defective", "sheet good")
+    else:
+        words = ("defect confirmed", "false reject")
+    return words[0] if ReviewLabel(label) == ReviewLabel.DEFECT_CONFIRMED else words[1]
 
 
 def as_utc(dt: datetime) -> datetime:
@@ -47,7 +69,7 @@ class QueueFilter:
     recipe: str | None = None
     date_from: date | None = None
     date_to: date | None = None
-    verdict: Verdict | None = None  # fail | fault | None: both; pass: audit of passed parts
+    verdict: Verdict | None = None  # one of QUEUE_VERDICTS or pending; None: all; pass: audit
     reviewed: str | None = None  # one of REVIEWED_CHOICES, None: any
     page: int = 1
 
@@ -57,8 +79,14 @@ class QueueFilter:
 
     def base_conditions(self) -> list[ColumnElement[bool]]:
         """Conditions the counts share: queue verdicts, recipe and date range."""
-        verdicts = (Verdict.PASS,) if self.audit else QUEUE_VERDICTS
-        return [Part.verdict.in_(verdicts), *self.scope_conditions()]
+        if self.audit:
+            return [Part.verdict == Verdict.PASS, *self.scope_conditions()]
+        stale = and_(
+            Part.verdict == Verdict.PENDING,
+            Part.mode.in_(DECIDED_MODES),
+            Part.started_at < datetime.now(UTC) - STALE_PENDING,
+        )
+        return [or_(Part.verdict.in_(QUEUE_VERDICTS), stale), *self.scope_conditions()]
 
     def scope_conditions(self) -> list[ColumnElement[bool]]:
         """The recipe and date-range conditions (no verdict)."""
@@ -350,6 +378,7 @@ def export_rows(session: Session, flt: QueueFilter) -> Iterator[list[Any]]:
             "" if part.part_score is None else f"{part.part_score:.6g}",
             as_utc(part.started_at).isoformat(timespec="seconds"),
             part.reason or "",
+            label_text(review.label, part.verdict),
         ]
 
 
@@ -368,4 +397,5 @@ EXPORT_HEADER = [
     "part_score",
     "part_started_at_utc",
     "part_reason",
+    "label_meaning",  # the label as the page showed it (e.g. "sheet good" on an interrupted part)
 ]
