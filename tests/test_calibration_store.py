@@ -215,6 +215,27 @@ def test_reviews_with_audits_and_other_model_versions(station_home: Path) -> Non
     assert any("2 reviewed parts left out" in n for n in data.notes)
 
 
+def test_reviewed_parts_missing_poses_are_left_out(station_home: Path) -> None:
+    """An interrupted sheet reviewed as defective has scores from only some poses: its combined
+    score is not comparable with whole sheets, so calibration leaves it out and says so."""
+    from station.calibration.scores import scores_from_reviews
+
+    recipe = load_recipe("glassfiber")
+    url = recipe.storage.resolved_database_url()
+    _review_db(url, n_good=10, n_defect=4)
+    db = open_database(url)
+    with db.session() as s:
+        part = s.scalars(select(Part).where(Part.sequence == 12)).one()  # a defective one
+        part.verdict = Verdict.INTERRUPTED
+        for shot in part.shots:
+            if shot.pose_index > 0:
+                shot.detections.clear()
+    db.dispose()
+    data = scores_from_reviews(recipe, url)
+    assert (data.n_good, data.n_defect) == (10, 3)
+    assert any("1 reviewed parts left out: not scored on each" in n for n in data.notes)
+
+
 def test_unwritable_folder_leaves_no_row(station_home: Path) -> None:
     recipe = load_recipe("glassfiber")
     (station_home / "calibration").rmdir()

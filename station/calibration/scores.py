@@ -234,6 +234,8 @@ def scores_from_reviews(recipe: Recipe, database_url: str | None = None) -> Part
                     newest_models[name] = mv.version
             rows: list[_Reviewed] = []
             unscored = 0  # parts where a detector gave no finite score (stored as NULL)
+            partial = 0  # parts not scored on every pose (interrupted, or faulted mid-part)
+            n_poses = len(recipe.robot.poses)
             for part in parts:
                 review = max(part.reviews, key=lambda r: (r.created_at, r.id))
                 per_det: dict[str, list[tuple[float, str]]] = {n: [] for n in names}
@@ -241,6 +243,9 @@ def scores_from_reviews(recipe: Recipe, database_url: str | None = None) -> Part
                         for d in sh.detections if d.detector in per_det]
                 if any(d.score is None for d in dets):
                     unscored += 1
+                    continue
+                if any(sum(d.detector == n for d in dets) != n_poses for n in names):
+                    partial += 1
                     continue
                 for det in dets:
                     per_det[det.detector].append((det.score, det.model_version))
@@ -304,6 +309,11 @@ def scores_from_reviews(recipe: Recipe, database_url: str | None = None) -> Part
         )
     if unscored:
         notes.append(f"{unscored} reviewed parts left out: a detector gave no finite score")
+    if partial:
+        notes.append(
+            f"{partial} reviewed parts left out: not scored on each of the recipe's "
+            f"{n_poses} poses (interrupted, or faulted mid-part)"
+        )
     warnings = []
     if n_passed == 0:
         warnings.append(
