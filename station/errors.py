@@ -62,5 +62,17 @@ class StorageError(StationError):
     """The database or the image store failed (locked, full disk, bad URL)."""
 
 
+class NowhereToStore(StorageError):
+    """A decided part could be written neither to the database nor to the journal."""
+
+
+class InUse(StationError):
+    """Another process holds the lock this run needs (e.g. a live run on the same recipe)."""
+
+
 class CalibrationError(StationError):
     """No usable threshold calibration (missing, stale, or too little data)."""
+
+
+class CellCalibrationError(StationError):
+    """Cell calibration (camera, hand-eye) cannot run or its file is unusable."""

@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "evaluate",
     "review",
     "calibrate",
+    "cellcal",
     "inspect",
     "sim",
     "demo",

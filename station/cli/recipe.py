@@ -61,6 +61,9 @@ def summary_table(recipe: Recipe) -> Table:
     )
     t.add_row("database", recipe.storage.resolved_database_url())
     t.add_row("data", str(recipe.data_dir))
+    from station.cellcal.store import summary as cell_summary
+
+    t.add_row("cell calibration", cell_summary(recipe))
     return t
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -20,6 +20,9 @@ import numpy as np
 from station.recipe import CameraConfig
 from station.twin import optics
 from station.twin.sheet import Layers, SheetSpec
+
+if TYPE_CHECKING:
+    from station.twin.truth import TrueCamera
 
 FULL_WELL_E = 10500.0  # electrons at 255 DN with 0 dB gain
 READ_NOISE_E = 7.0
@@ -69,15 +72,30 @@ def blur_sigma_px(cam: CameraConfig, pose: optics.CameraPose, base: float) -> fl
 
 def shade(spec: SheetSpec | None, layers: Layers, cam: CameraConfig, tcp: np.ndarray,
           light: Lighting, noise_seed: Any, exposure_us: float | None = None,
-          gain_db: float | None = None) -> Shot:
-    k = optics.Intrinsics.from_camera(cam)
-    pose = optics.CameraPose.from_tcp(tcp)
+          gain_db: float | None = None, truth: TrueCamera | None = None) -> Shot:
+    """`truth`: the twin's true camera (intrinsics, distortion, mounting); default the
+    recipe's nominal pinhole at the TCP."""
+    k = truth.intrinsics if truth is not None else optics.Intrinsics.from_camera(cam)
+    pose = truth.pose(tcp) if truth is not None else optics.CameraPose.from_tcp(tcp)
     H = sheet_homography(spec, layers, k, pose)
     size = (k.width, k.height)
-    st = cv2.warpPerspective(layers.stack, H, size, flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REPLICATE)
-    ids = cv2.warpPerspective(layers.ids, H, size, flags=cv2.INTER_NEAREST,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if truth is not None and truth.distorted:
+        # each distorted pixel samples the layer where its pinhole ray meets the table
+        ideal = truth.ideal_map().astype(np.float64)
+        hi_ = np.linalg.inv(H)
+        w_ = hi_[2, 0] * ideal[..., 0] + hi_[2, 1] * ideal[..., 1] + hi_[2, 2]
+        mx_ = (hi_[0, 0] * ideal[..., 0] + hi_[0, 1] * ideal[..., 1] + hi_[0, 2]) / w_
+        my_ = (hi_[1, 0] * ideal[..., 0] + hi_[1, 1] * ideal[..., 1] + hi_[1, 2]) / w_
+        mx_, my_ = mx_.astype(np.float32), my_.astype(np.float32)
+        st = cv2.remap(layers.stack, mx_, my_, cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+        ids = cv2.remap(layers.ids, mx_, my_, cv2.INTER_NEAREST,
+                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    else:
+        st = cv2.warpPerspective(layers.stack, H, size, flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE)
+        ids = cv2.warpPerspective(layers.ids, H, size, flags=cv2.INTER_NEAREST,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     alb, hx, hy, dirn, metal, lit = (st[..., i] for i in range(6))
 
     # view, light and half-vector directions vary slowly over the image: exact on a coarse

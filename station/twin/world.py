@@ -14,7 +14,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,10 @@ from station.twin.sheet import (
     SheetTexture,
     render_layers,
 )
+from station.twin.truth import BoardOnTable, TrueCamera
+
+if TYPE_CHECKING:
+    from station.twin.board_scene import BoardScene
 
 FAULT_KINDS = ("protective_stop", "link_lost", "camera_timeout", "failed_buffer")
 MAX_TEXELS = 4_000_000  # largest layer raster rendered at once
@@ -69,7 +73,13 @@ class TwinWorld:
             side_light_mm=tuple(params.get("side_light_mm", (cx - 300.0, cy + 150.0, 650.0))),
             reference_exposure_us=float(params.get("reference_exposure_us", 8000.0)),
         )
-        self.intrinsics = optics.Intrinsics.from_camera(recipe.camera)
+        try:  # the true camera and board (twin.params); nominal camera when not set
+            self.truth = TrueCamera.from_recipe(recipe)
+            self.board_placed = BoardOnTable.from_recipe(recipe)
+        except ValueError as exc:
+            raise RecipeError(recipe.source or recipe.name, [f"twin.params.{exc}"]) from None
+        self.intrinsics = self.truth.intrinsics
+        self.board: BoardScene | None = None  # show_board(): the ChArUco board, not a sheet
         self.tcp = pose_tcp(recipe.robot.home)
         self.clock_s = 0.0
         self.sheet: SheetSpec | None = None
@@ -77,6 +87,11 @@ class TwinWorld:
         self.sheets_presented = 0
         self.grabs_on_sheet = 0
         self.reject_output = False
+        # the line contract's signals (see station.twin.line.SimLine), as a PLC would see them
+        self.result_valid = False
+        self.part_id_echo = 0
+        self.heartbeat = False  # toggling
+        self.line_log: list[tuple[str, object]] = []  # (signal, value) in the order set
         self.protective_stop = False
         self.link_up = True
         self.faults: dict[str, Fault] = {}
@@ -157,8 +172,8 @@ class TwinWorld:
         out = []
         for p in self.recipe.robot.poses:
             try:
-                out.append(optics.footprint(self.intrinsics, optics.CameraPose.from_tcp(
-                    pose_tcp(p))))
+                out.append(optics.footprint(self.intrinsics, self.truth.pose(pose_tcp(p)),
+                                            margin_px=self.truth.margin_px(0.0)))
             except ValueError:
                 continue
         return out
@@ -234,9 +249,9 @@ class TwinWorld:
     # -- rendering --------------------------------------------------------------------------
     def _layers(self, tcp: np.ndarray) -> Layers:
         spec = self.sheet or self._empty
-        pose = optics.CameraPose.from_tcp(tcp)
+        pose = self.truth.pose(tcp)
         try:
-            foot = optics.footprint(self.intrinsics, pose, margin_px=4.0)
+            foot = optics.footprint(self.intrinsics, pose, margin_px=self.truth.margin_px(4.0))
         except ValueError:
             foot = np.array([[-1.0, -1.0], [1.0, 1.0]]) + spec.centre_mm
         local = spec.table_to_local(foot)
@@ -256,7 +271,8 @@ class TwinWorld:
                 ptcp = pose_tcp(p)
                 try:
                     f = spec.table_to_local(optics.footprint(
-                        self.intrinsics, optics.CameraPose.from_tcp(ptcp), margin_px=12.0))
+                        self.intrinsics, self.truth.pose(ptcp),
+                        margin_px=self.truth.margin_px(12.0)))
                 except ValueError:
                     continue
                 fx0, fy0 = f.min(axis=0)
@@ -266,7 +282,7 @@ class TwinWorld:
                 bx0, by0 = min(bx0, fx0), min(by0, fy0)
                 bx1, by1 = max(bx1, fx1), max(by1, fy1)
                 ppm = max(ppm, optics.ground_px_per_mm(
-                    self.intrinsics, optics.CameraPose.from_tcp(ptcp)) * 1.15)
+                    self.intrinsics, self.truth.pose(ptcp)) * 1.15)
         area = (bx1 - bx0 + 2) * (by1 - by0 + 2)
         ppm = float(min(ppm, 24.0, math.sqrt(MAX_TEXELS / max(area, 1e-6))))
         region = Region.covering(bx0 - 1, by0 - 1, bx1 + 1, by1 + 1, ppm)
@@ -288,11 +304,23 @@ class TwinWorld:
                exposure_us: float | None = None, gain_db: float | None = None) -> Shot:
         """What the camera sees from `tcp` (default: the robot's current TCP)."""
         tcp = self.tcp if tcp is None else np.asarray(tcp, np.float64)
+        if self.board is not None:
+            return self.board.render(self.truth, self.recipe.camera, tcp, self.lighting,
+                                     noise_seed if noise_seed is not None
+                                     else [self.seed, 11, self.grabs_on_sheet],
+                                     exposure_us=exposure_us, gain_db=gain_db)
         layers = self._layers(tcp)
         if noise_seed is None:
             noise_seed = [self.sheet.seed if self.sheet else self.seed, 7, self.grabs_on_sheet]
         return shade(self.sheet, layers, self.recipe.camera, tcp, self.lighting, noise_seed,
-                     exposure_us=exposure_us, gain_db=gain_db)
+                     exposure_us=exposure_us, gain_db=gain_db, truth=self.truth)
+
+    def show_board(self, on: bool = True) -> None:
+        """Put the calibration board (twin.params.calibration_board) on the table instead of
+        a sheet, or take it away."""
+        from station.twin.board_scene import BoardScene
+
+        self.board = BoardScene(self.board_placed) if on else None
 
     def describe(self) -> dict[str, Any]:
         s = self.sheet

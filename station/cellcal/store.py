@@ -1,0 +1,191 @@
+"""`calibration/cell-<name>.yaml`: the cell's camera calibration, and the camera model from it.
+
+Written by `station calibrate-camera` (section `camera`: intrinsics, distortion, per-view errors)
+and `station calibrate-hand-eye` (section `hand_eye`: camera -> flange, board -> base, residuals),
+atomically, with a copy under `calibration/history/`. A sha256 digest of the content sits inside:
+a file changed by hand is refused, so a calibration is always what a command computed.
+`camera_model(recipe)` is what the rest of the station uses: the calibrated model when the file
+is there, else the recipe's nominal one (lens focal length, centred principal point, no
+distortion, `tcp_offset_mm`), and it says which.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+
+from station.cellcal import geometry as geo
+from station.cellcal.views import nominal_mount
+from station.errors import CellCalibrationError
+from station.files import atomic_write, writing
+from station.paths import resolve, station_home
+from station.recipe import Recipe
+
+FORMAT_VERSION = 1
+HEADER = ("# Cell calibration written by `station calibrate-camera` and "
+          "`station calibrate-hand-eye`.\n# Never edit it by hand: the digest below would no "
+          "longer match and the file is refused.\n")
+
+
+def cell_path(recipe: Recipe) -> Path:
+    return resolve(f"calibration/cell-{recipe.name}.yaml")
+
+
+def display(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(station_home()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def _digest(data: dict[str, Any]) -> str:
+    body = {k: v for k, v in data.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def read(path: Path) -> dict[str, Any] | None:
+    """The file's content (None when absent); CellCalibrationError when unreadable or edited."""
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise CellCalibrationError(f"cannot read {display(path)}: {str(exc).splitlines()[0]}",
+                                   hint="run station calibrate-camera again") from None
+    if not isinstance(data, dict) or data.get("digest") != _digest(data):
+        raise CellCalibrationError(
+            f"{display(path)} was changed by hand (its digest does not match its content)",
+            hint="run station calibrate-camera and calibrate-hand-eye again; never edit the file")
+    if data.get("format") != FORMAT_VERSION:
+        raise CellCalibrationError(f"{display(path)} has format {data.get('format')!r}, this "
+                                   f"station reads {FORMAT_VERSION}",
+                                   hint="run station calibrate-camera again")
+    return data
+
+
+def write(path: Path, data: dict[str, Any]) -> Path:
+    """Write `data` (digest added) to `path` and a history copy; returns the copy's path."""
+    data = {"format": FORMAT_VERSION, **{k: v for k, v in data.items() if k != "format"}}
+    data["digest"] = _digest(data)
+    text = HEADER + yaml.safe_dump(data, sort_keys=False, width=100)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    history = path.parent / "history" / f"{path.stem}-{stamp}.yaml"
+    with writing(path):
+        atomic_write(history, text.encode("utf-8"), durable=True)
+        atomic_write(path, text.encode("utf-8"), durable=True)
+    return history
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def age(iso: str) -> str:
+    """'3 days' / '5 hours' / '12 minutes' since an ISO time."""
+    s = (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
+    for unit, n in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if s >= n:
+            v = int(s // n)
+            return f"{v} {unit}{'s' if v != 1 else ''}"
+    return "less than a minute"
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    matrix: np.ndarray  # 3x3
+    dist: np.ndarray  # k1 k2 p1 p2 k3
+    camera_to_flange: np.ndarray  # 4x4 camera frame -> flange frame
+    tcp_to_flange: np.ndarray  # 4x4: inverse of the recipe's nominal mount (the reported TCP)
+    table_to_base: np.ndarray  # 4x4: a frame whose z = 0 plane is the table
+    width: int
+    height: int
+    source: str  # "calibrated (...)" or "nominal (...)"
+    calibrated: bool
+
+    def camera_pose(self, tcp: Any) -> np.ndarray:
+        """4x4 camera -> base when the robot reports TCP pose `tcp` (mm, rotvec rad)."""
+        return geo.from_tcp(tcp) @ self.tcp_to_flange @ self.camera_to_flange
+
+    def pixels_to_table(self, tcp: Any, uv: np.ndarray) -> np.ndarray:
+        """Base-frame points (N, 3) on the table plane seen at pixels `uv` (N, 2)."""
+        pts = np.asarray(uv, np.float64).reshape(-1, 1, 2)
+        crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 40, 1e-10)
+        norm = cv2.undistortPointsIter(pts, self.matrix, self.dist, None, None, crit)
+        rays = np.c_[norm.reshape(-1, 2), np.ones(len(pts))]
+        cam = self.camera_pose(tcp)
+        d = rays @ cam[:3, :3].T
+        n, p0 = self.table_to_base[:3, 2], self.table_to_base[:3, 3]
+        s = ((p0 - cam[:3, 3]) @ n) / (d @ n)
+        return cam[:3, 3] + d * s[:, None]
+
+
+def nominal_model(recipe: Recipe) -> CameraModel:
+    cam = recipe.camera
+    f = cam.lens.focal_length_mm * 1000.0 / cam.lens.pixel_size_um
+    k = np.array([[f, 0, (cam.width - 1) / 2], [0, f, (cam.height - 1) / 2], [0, 0, 1.0]])
+    return CameraModel(k, np.zeros(5), np.eye(4), geo.inv(nominal_mount(recipe)), np.eye(4),
+                       cam.width, cam.height,
+                       "nominal (recipe lens, no distortion, tcp_offset_mm, table at z = 0)",
+                       False)
+
+
+def camera_model(recipe: Recipe) -> CameraModel:
+    """The cell's camera model: from `calibration/cell-<recipe>.yaml` when present (refused
+    when edited by hand or made for another image size), else the nominal one."""
+    path = cell_path(recipe)
+    data = read(path)
+    nominal = nominal_model(recipe)
+    if data is None or "camera" not in data:
+        return nominal
+    c = data["camera"]
+    if [recipe.camera.width, recipe.camera.height] != c["image_size"]:
+        raise CellCalibrationError(
+            f"{display(path)} was made for {c['image_size'][0]} x {c['image_size'][1]} px, the "
+            f"recipe's camera takes {recipe.camera.width} x {recipe.camera.height}",
+            hint="run station calibrate-camera again")
+    serial = recipe.camera.serial
+    if serial and serial != data.get("camera_serial"):
+        raise CellCalibrationError(
+            f"{display(path)} was made with camera {data.get('camera_serial')}, the recipe uses "
+            f"camera {serial}", hint="run station calibrate-camera with this camera")
+    k = np.array(c["matrix"], np.float64)
+    dist = np.array([c["distortion"][n] for n in ("k1", "k2", "p1", "p2", "k3")], np.float64)
+    he = data.get("hand_eye")
+    if he is None:
+        return CameraModel(k, dist, nominal.camera_to_flange, nominal.tcp_to_flange,
+                           nominal.table_to_base, nominal.width, nominal.height,
+                           f"calibrated intrinsics ({display(path)}, {c['date']}); nominal "
+                           "mounting (no hand-eye yet)", True)
+    mount = geo.from_dict(he["camera_to_flange"])
+    if "matrix" in he:  # refined jointly with the mounting
+        k = np.array(he["matrix"], np.float64)
+        dist = np.array([he["distortion"][n] for n in ("k1", "k2", "p1", "p2", "k3")])
+    return CameraModel(k, dist, mount, geo.inv(geo.from_dict(he["nominal_mount"])),
+                       geo.from_dict(he["board_to_base"]), nominal.width, nominal.height,
+                       f"calibrated ({display(path)}: camera {c['date']}, hand-eye "
+                       f"{he['date']})", True)
+
+
+def summary(recipe: Recipe) -> str:
+    """One line for `station recipe check`: which cell calibration the recipe uses, how old."""
+    path = cell_path(recipe)
+    try:
+        data = read(path)
+    except CellCalibrationError as exc:
+        return f"refused: {exc.message}; run station calibrate-camera again"
+    if data is None or "camera" not in data:
+        return (f"none ({display(path)} absent): nominal lens and tcp_offset_mm; run station "
+                "calibrate-camera")
+    out = f"{display(path)}: camera {age(data['camera']['date'])} old"
+    he = data.get("hand_eye")
+    out += (f", hand-eye {age(he['date'])} old" if he
+            else ", no hand-eye yet (nominal mounting)")
+    return out + f", camera {data.get('camera_serial')}"

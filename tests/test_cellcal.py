@@ -1,0 +1,270 @@
+"""Cell calibration on the twin: camera intrinsics and hand-eye against the twin's known truth,
+the calibration file, the board printout, and every refusal (one line, exit 2, nothing written).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from station.cellcal import geometry as geo
+from station.cellcal import solve
+from station.cellcal.store import camera_model, cell_path, nominal_model
+from station.charuco import BoardDef
+from station.cli.app import main
+from station.errors import CellCalibrationError
+from station.recipe import load_recipe
+from station.twin.truth import TrueCamera, perturbed_truth
+from station.twin.world import TwinWorld
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def write_recipe(home: Path, name: str, params: dict, **twin: object) -> str:
+    text = yaml.safe_dump({"extends": "glassfiber", "name": name,
+                           "twin": {"time_scale": 0, "params": params, **twin}})
+    (home / "recipes" / f"{name}.yaml").write_text(text)
+    return name
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as ex:
+        main([*args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(ex.value.code or 0), out.out, out.err
+
+
+def written(home: Path) -> list[str]:
+    """Files the calibration may write: the calibration folder and the stored views."""
+    return sorted(str(p.relative_to(home)) for p in [*home.glob("calibration/**/*"),
+                                                     *home.glob("data/*/cell-calibration/**/*")])
+
+
+def test_default_twin_camera_is_the_nominal_pinhole() -> None:
+    recipe = load_recipe("glassfiber")
+    truth = TrueCamera.from_recipe(recipe)
+    assert truth.tcp_to_camera is None and not truth.distorted
+    assert TwinWorld(recipe).board is None
+
+
+def test_recovers_the_true_camera_within_the_acceptance(station_home: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    base = load_recipe("glassfiber")
+    params = perturbed_truth(base, seed=0)  # mount 3 mm and 1 degree off, distortion on
+    name = write_recipe(station_home, "twincal", params)
+    code, out, err = run(capsys, "calibrate-camera", "-r", name)
+    assert code == 0, err
+    assert "RMS reprojection" in out and "view19" in out
+    code, out, err = run(capsys, "calibrate-hand-eye", "-r", name)
+    assert code == 0, err
+    assert re.search(r"kept (TSAI|PARK|DANIILIDIS)", out)
+
+    recipe = load_recipe(name)
+    data = yaml.safe_load(cell_path(recipe).read_text())
+    truth = params["camera_truth"]
+    x_true = geo.from_pose(truth["mount_offset_mm"], truth["mount_rotvec_rad"])
+    nominal = geo.from_pose(base.robot.tcp_offset_mm, base.robot.tcp_offset_rotvec_rad)
+    off = geo.inv(nominal) @ x_true
+    assert np.linalg.norm(off[:3, 3]) == pytest.approx(3.0) and geo.angle_deg(off) == (
+        pytest.approx(1.0))
+    model = camera_model(recipe)
+    assert model.calibrated and "calibrated" in model.source
+    err_t = geo.inv(x_true) @ model.camera_to_flange
+    assert np.linalg.norm(err_t[:3, 3]) < 0.5
+    assert geo.angle_deg(err_t) < 0.1
+    for k in (data["camera"]["matrix"], model.matrix):  # calibrateCamera's and the final one
+        assert abs(k[0][0] / truth["fx"] - 1) < 0.005 and abs(k[1][1] / truth["fy"] - 1) < 0.005
+    assert data["camera"]["rms_px"] < 0.3 and data["hand_eye"]["rms_px"] < 0.3
+    assert set(data["hand_eye"]["methods"]) == {"TSAI", "PARK", "DANIILIDIS"}
+    assert data["camera_serial"] == "TWIN-0001"
+    assert len(list((station_home / "calibration" / "history").glob("cell-twincal-*.yaml"))) == 2
+    # the board lies where the twin put it
+    board_true = TwinWorld(recipe).board_placed.board_to_base()
+    b = geo.from_dict(data["hand_eye"]["board_to_base"])
+    assert np.linalg.norm(b[:3, 3] - board_true[:3, 3]) < 0.5
+    assert "hand-eye" in run(capsys, "recipe", "check", name)[1]
+
+
+def test_the_file_refuses_hand_edits(station_home: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    name = write_recipe(station_home, "edited", {})
+    assert run(capsys, "calibrate-camera", "-r", name)[0] == 0
+    recipe = load_recipe(name)
+    path = cell_path(recipe)
+    path.write_text(path.read_text().replace("rms_px: 0.", "rms_px: 0.0"))
+    with pytest.raises(CellCalibrationError, match="changed by hand"):
+        camera_model(recipe)
+    code, _, err = run(capsys, "calibrate-hand-eye", "-r", name)
+    assert code == 2 and "changed by hand" in err and "Traceback" not in err
+
+
+def test_nominal_model_without_a_calibration(station_home: Path) -> None:
+    recipe = load_recipe("glassfiber")
+    model = camera_model(recipe)
+    assert not model.calibrated and model.source.startswith("nominal")
+    # straight down from 350 mm: the image centre is right under the TCP
+    xyz = model.pixels_to_table([400.0, 0.0, 350.0, np.pi, 0, 0], np.array([[319.5, 255.5]]))
+    assert xyz[0] == pytest.approx([400.0, 0.0, 0.0], abs=1e-6)
+    assert nominal_model(recipe).matrix[0, 0] == pytest.approx(12000 / 3.45)
+
+
+@pytest.mark.parametrize(("args", "params", "message"), [
+    (["--count", "4"], {}, "4 views are too few"),
+    ([], {"calibration_board": {"centre_mm": [100.0, 300.0]}}, "board was not found"),
+    (["--squares", "6x5"], {}, "are not on the board"),
+    (["--dictionary", "DICT_5X5_100"], {}, "show DICT_4X4_"),
+    (["--marker-mm", "2.5"], {}, "off the layout"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(
+        station_home: Path, capsys: pytest.CaptureFixture[str], args: list[str], params: dict,
+        message: str) -> None:
+    name = write_recipe(station_home, "bad", params)
+    code, out, err = run(capsys, "calibrate-camera", "-r", name, *args)
+    assert code == 2, out + err
+    assert message in err and "Traceback" not in err and "hint:" in err
+    assert len(err.strip().splitlines()) == 2  # the error and its hint
+    assert written(station_home) == []
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("translate", "differ only by translations"), ("one_axis", "rotate about one axis only")])
+def test_views_that_only_translate_or_turn_about_one_axis_are_refused_before_moving(
+        station_home: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str,
+        message: str) -> None:
+    name = write_recipe(station_home, "degenerate", {})
+    if kind == "translate":  # straight down at different places and heights
+        poses = [{"name": f"v{i}", "position_mm": [400 + 4 * (i % 3), 3 * (i // 3) - 4,
+                                                   340 + 3 * i], "rotvec_rad": [np.pi, 0, 0]}
+                 for i in range(9)]
+    else:  # tilted about the base x axis only
+        poses = [{"name": f"v{i}", "position_mm": [400, 350 * np.sin(a), 350 * np.cos(a)],
+                  "rotvec_rad": [np.pi + a, 0, 0]} for i, a in enumerate(np.linspace(-.4, .4, 9))]
+    views = tmp_path / "views.yaml"
+    views.write_text(yaml.safe_dump([{**p, "position_mm": [float(v) for v in p["position_mm"]],
+                                      "rotvec_rad": [float(v) for v in p["rotvec_rad"]]}
+                                     for p in poses]))
+    code, _, err = run(capsys, "calibrate-camera", "-r", name, "--views", str(views))
+    assert code == 2 and message in err and "Traceback" not in err
+    assert written(station_home) == []
+
+
+def test_motion_checks() -> None:
+    down = geo.from_pose([400, 0, 350], [np.pi, 0, 0])
+    shifts = [geo.from_pose([i, 2 * i, 0], [0, 0, 0]) @ down for i in range(5)]
+    assert solve.motion_problem(shifts) == "the views differ only by translations"
+    rolls = [down @ geo.from_pose([i, 0, 0], [0, 0, 0.2 * i]) for i in range(5)]
+    assert solve.motion_problem(rolls) == "the views rotate about one axis only"
+    mixed = [*rolls, down @ geo.from_pose([0, 0, 0], [0.3, 0, 0])]
+    assert solve.motion_problem(mixed) is None
+    shifts = [geo.from_pose([i, 0, 0], [0, 0, 0]) @ down for i in range(9)]
+    with pytest.raises(CellCalibrationError, match="undetermined: the views differ only"):
+        solve.solve_hand_eye(BoardDef(), {f"v{i}": f for i, f in enumerate(shifts)},
+                             {f"v{i}": np.eye(4) for i in range(9)})
+
+
+def test_board_printout_is_true_scale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pdf = tmp_path / "board.pdf"
+    code, out, _ = run(capsys, "calibrate-camera", "--print-board", str(pdf), "--squares", "10x7",
+                       "--square-mm", "20")
+    assert code == 0 and "200 x 140 mm" in out
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF-1.4") and data.rstrip().endswith(b"%%EOF")
+    # the image is drawn 200 x 140 mm wide (in points: mm * 72 / 25.4)
+    m = re.search(rb"([\d.]+) 0 0 ([\d.]+) [\d.]+ [\d.]+ cm /Im1 Do", data)
+    assert m and float(m[1]) == pytest.approx(200 * 72 / 25.4, abs=1e-3)
+    assert float(m[2]) == pytest.approx(140 * 72 / 25.4, abs=1e-3)
+    assert b"DICT_4X4_100" in data and b"square 20 mm" in data
+    board = BoardDef(10, 7, 20.0, 15.0)
+    assert board.image(120).shape == (7 * 120, 10 * 120)
+
+
+def test_distorted_board_render_puts_corners_where_the_true_model_projects_them() -> None:
+    import cv2
+
+    from station.cellcal.detect import BoardDetector
+    from station.cellcal.views import plan_views
+    from station.twin.world import pose_tcp
+
+    base = load_recipe("glassfiber")
+    params = perturbed_truth(base, seed=3)
+    recipe = base.model_copy(update={"twin": base.twin.model_copy(update={"params": params})})
+    world = TwinWorld(recipe)
+    world.show_board()
+    truth, board = world.truth, world.board_placed.board
+    assert truth.distorted and truth.tcp_to_camera is not None
+    det = BoardDetector(board)
+    for pose in plan_views(recipe, board, 8)[::3]:
+        tcp = pose_tcp(pose)
+        found = det.detect(world.render(tcp, noise_seed=1).image, pose.name)
+        assert found is not None and len(found.ids) > 30
+        cam = truth.pose(tcp)
+        cam_t = np.eye(4)
+        cam_t[:3, :3], cam_t[:3, 3] = cam.rotation, cam.centre
+        board_in_cam = geo.inv(cam_t) @ world.board_placed.board_to_base()
+        proj, _ = cv2.projectPoints(board.corners_mm()[found.ids], geo.rotvec(board_in_cam),
+                                    board_in_cam[:3, 3], truth.matrix, truth.dist)
+        err = np.linalg.norm(proj.reshape(-1, 2) - found.corners, axis=1)
+        assert np.sqrt(np.mean(err**2)) < 0.15
+
+
+def test_outlier_views_are_dropped_and_named() -> None:
+    import cv2
+
+    from station.cellcal.detect import Detection
+
+    board = BoardDef()
+    k = np.array([[3480.0, 0, 320.0], [0, 3480.0, 256.0], [0, 0, 1]])
+    dist = np.array([-0.2, 0.1, 0.0, 0.0, 0.0])
+    rng = np.random.default_rng(0)
+    dets = {}
+    for i in range(12):
+        # board -> camera: the board faces the camera from about 350 mm, tilted up to ~23 deg
+        t = geo.from_pose([-30.0, -22.5, 350.0 + 20 * rng.uniform(-1, 1)],
+                          [rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4), rng.uniform(-1, 1)])
+        ids = np.arange(len(board.corners_mm()))
+        proj, _ = cv2.projectPoints(board.corners_mm(), geo.rotvec(t), t[:3, 3], k, dist)
+        uv = proj.reshape(-1, 2) + rng.normal(0, 0.05 if i != 5 else 3.0, (len(ids), 2))
+        dets[f"v{i:02d}"] = Detection(ids, uv, 54)
+    res = solve.solve_intrinsics(board, dets, (640, 512))
+    assert list(res.dropped) == ["v05"] and "RMS" in res.dropped["v05"]
+    assert "v05" not in res.used and res.rms_px < 0.1
+    assert res.matrix[0, 0] == pytest.approx(3480, rel=0.005)
+
+
+def test_default_twin_renders_exactly_as_the_nominal_pinhole() -> None:
+    from station.twin.render import shade
+    from station.twin.world import pose_tcp
+
+    recipe = load_recipe("glassfiber")
+    world = TwinWorld(recipe)
+    world.present(world.make_sheet(5, defective=True))
+    tcp = pose_tcp(recipe.robot.poses[0])
+    shot = world.render(tcp, noise_seed=3)
+    plain = shade(world.sheet, world._layers(tcp), recipe.camera, tcp, world.lighting, 3)
+    assert np.array_equal(shot.image, plain.image) and np.array_equal(shot.mask, plain.mask)
+
+
+def test_bad_twin_truth_is_a_recipe_problem() -> None:
+    from station.errors import RecipeError
+
+    base = load_recipe("glassfiber")
+    for params, says in [({"camera_truth": {"k9": 1.0}}, "unknown key(s) k9"),
+                         ({"calibration_board": {"squares_x": 2}}, "at least 3 x 3")]:
+        recipe = base.model_copy(update={"twin": base.twin.model_copy(update={"params": params})})
+        with pytest.raises(RecipeError, match=re.escape(says)):
+            TwinWorld(recipe)
+
+
+def test_a_wrong_square_size_is_warned_about(station_home: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    name = write_recipe(station_home, "ruler", {})
+    assert run(capsys, "calibrate-camera", "-r", name, "--square-mm", "5.25")[0] == 0
+    code, out, _ = run(capsys, "calibrate-hand-eye", "-r", name)
+    assert code == 0 and "warning: the board poses disagree" in " ".join(out.split())
+    data = yaml.safe_load(cell_path(load_recipe(name)).read_text())
+    assert data["hand_eye"]["warnings"]
