@@ -35,8 +35,21 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """The image at `path` as uint8 H x W (grey) or H x W x 3 (RGB); alpha is dropped."""
+# What a shot of each camera pixel format is on disk (the driver debayers BayerRG8 to RGB).
+PIXEL_FORMAT_KINDS = {"Mono8": "8-bit grey", "RGB8": "8-bit colour", "BayerRG8": "8-bit colour"}
+
+
+def image_kind(img: np.ndarray) -> str:
+    """A decoded image's format in words, e.g. '8-bit grey', '16-bit colour', '8-bit RGBA'."""
+    depth = f"{img.dtype.itemsize * 8}-bit" if img.dtype.kind == "u" else str(img.dtype)
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    return f"{depth} " + {1: "grey", 3: "colour", 4: "RGBA"}.get(channels, f"{channels}-channel")
+
+
+def read_image(path: str | Path, pixel_format: str | None = None) -> np.ndarray:
+    """The image at `path` as uint8 H x W (grey) or H x W x 3 (RGB); alpha is dropped.
+    With `pixel_format` (a recipe's camera.pixel_format), a file of any other format (depth,
+    channels) is a StationError instead of being converted."""
     path = Path(path)
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
@@ -49,6 +62,12 @@ def read_image(path: str | Path) -> np.ndarray:
         raise StationError(
             f"image {path} is empty or not a readable image file",
             hint="re-capture it or remove it from the folder",
+        )
+    if pixel_format is not None and image_kind(img) != PIXEL_FORMAT_KINDS[pixel_format]:
+        raise StationError(
+            f"image {path} is {image_kind(img)}; the recipe's camera ({pixel_format}) takes "
+            f"{PIXEL_FORMAT_KINDS[pixel_format]} images",
+            hint="inspect images from this recipe's camera, or fix camera.pixel_format",
         )
     img = to_uint8(img)
     if img.ndim == 3:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -366,3 +367,20 @@ def test_robot_server_cli_console_and_bind_error() -> None:
         )
     assert busy.returncode == 2
     assert "cannot listen on" in busy.stderr and "Traceback" not in busy.stderr
+
+
+@pytest.mark.timeout(60)
+def test_robot_server_runs_the_plc(tmp_path: Path) -> None:
+    # No station runs: every sheet is rejected at once, and said so.
+    log = tmp_path / "plc.jsonl"
+    cmd = [sys.executable, "-m", "station", "sim", "robot-server", "--host", _next_host()]
+    proc = subprocess.run(
+        [*cmd, "--part-every", "0.3", "--part-hold", "0.1", "--duration", "1.5"]
+        + ["--plc-log", str(log)],
+        input="", capture_output=True, text=True, timeout=40,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "PLC sheet 1: rejected (heartbeat lost)" in out and "0 passed" in out
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(lines) >= 3 and {d["reason"] for d in lines} == {"heartbeat lost"}

@@ -51,6 +51,31 @@ def test_read_16_bit_and_alpha(tmp_path: Path) -> None:
     assert rgb.shape == (8, 8, 3) and rgb[0, 0, 0] == 200
 
 
+
+def test_read_with_a_pixel_format_takes_that_format_only(tmp_path: Path) -> None:
+    files = {
+        "grey.png": np.zeros((8, 8), np.uint8),
+        "grey16.png": np.zeros((8, 8), np.uint16),
+        "colour.png": np.zeros((8, 8, 3), np.uint8),
+        "rgba.png": np.zeros((8, 8, 4), np.uint8),
+    }
+    for name, img in files.items():
+        cv2.imwrite(str(tmp_path / name), img)
+    formats = ("Mono8", "RGB8", "BayerRG8")
+    accepted = {fmt: [n for n in files if _reads(tmp_path / n, fmt)] for fmt in formats}
+    assert accepted == {"Mono8": ["grey.png"], "RGB8": ["colour.png"], "BayerRG8": ["colour.png"]}
+    with pytest.raises(StationError, match=r"rgba.png is 8-bit RGBA; the recipe's camera \(RGB8\)"):
+        read_image(tmp_path / "rgba.png", "RGB8")
+    assert read_image(tmp_path / "grey16.png").dtype == np.uint8  # without a format: converted
+
+
+def _reads(path: Path, fmt: str) -> bool:
+    try:
+        read_image(path, fmt)
+    except StationError:
+        return False
+    return True
+
 def test_preprocess_crop_resize_grey_to_rgb() -> None:
     img = np.zeros((100, 200), np.uint8)
     img[10:60, 20:120] = 255

@@ -181,12 +181,33 @@ def test_exit_codes_say_when_the_run_did_not_end_well(
     for pose, img, _ in render_part_shots(load_recipe("small"), 300, False):
         write_png(folder / f"p000001_{pose}.png", img)
     (folder / "p000002_left.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    write_png(folder / "other_camera.png", np.zeros((20, 30), np.uint8))
+    write_png(folder / "p000003_left.png", np.zeros((20, 30), np.uint8))
     code, out = _run(["inspect", "--recipe", "small", str(folder)], capsys)
     assert code == 2, out
     assert "3 part(s)" in out and "2 of 3 part(s) ended in a fault" in out
-    assert "other_camera.png is 30 x 20 px; recipe glassfiber's camera takes 64 x 48" in out
+    assert "p000003_left.png is 30 x 20 px; recipe glassfiber's camera takes 64 x 48" in out
     assert "Traceback" not in out
+
+
+def test_a_fault_line_shows_the_reason_not_the_scores(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The second shot of the first sheet times out (three tries): the first shot was scored,
+    # but the line must say why the sheet is a fault, not show a score below threshold.
+    path = home / "recipes" / "small.yaml"
+    original = path.read_text()
+    faulted = yaml.safe_load(original)
+    faulted["twin"]["params"] = {"faults": {"camera_timeout": {"after": 1, "count": 3}}}
+    path.write_text(yaml.safe_dump(faulted))
+    try:
+        code, out = _run(["inspect", "--live", "--recipe", "small", "-n", "2", "--no-view"], capsys)
+    finally:
+        path.write_text(original)
+    assert code == 2 and "Traceback" not in out, out
+    (line,) = [x for x in out.splitlines() if re.match(r"part \d+: fault", x)]
+    assert re.match(r"part \d+: fault \(camera: .*no frame within .*\) cycle \d+ ms$", line), line
+    assert "patchcore" not in line
+    assert re.search(r"^part \d+: (pass|fail) \(patchcore \d+\.\d+x\) cycle", out, re.M)
 
 
 def test_offline_parts_follow_the_capture_layout(
@@ -209,3 +230,31 @@ def test_offline_parts_follow_the_capture_layout(
     assert whole.verdict in (Verdict.PASS, Verdict.FAIL)
     assert partial.verdict is Verdict.FAULT and "no image of pose(s) right" in partial.reason
     assert len(partial.shots) == 2  # what was there is stored
+
+
+def test_second_live_run_on_a_recipe_exits_2_naming_the_lock(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23: a second live run marked the first run's parts interrupted mid-part."""
+    env = {**os.environ, "STATION_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "station", "inspect", "--live", "-r", "small", "--no-view"]
+    first = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        lines = [first.stdout.readline()]
+        while lines[-1] and not lines[-1].startswith("part "):
+            lines.append(first.stdout.readline())
+        assert lines[-1], "".join(lines)
+        code, out = _run(["inspect", "--live", "-r", "small", "-n", "1", "--no-view"], capsys)
+        first.send_signal(signal.SIGINT)
+        rest, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert code == 2, out
+    lock = load_recipe("small").data_dir / "live.lock"
+    assert out.startswith("error: ") and out.count("error:") == 1 and "Traceback" not in out
+    assert str(lock) in out and f"PID {first.pid}" in out, out
+    assert first.returncode == 0, "".join(lines) + rest
+    assert "recovered" not in rest and Verdict.INTERRUPTED not in {r.verdict for r in _parts(home)}

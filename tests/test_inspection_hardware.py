@@ -62,6 +62,9 @@ class Conveyor(threading.Thread):
         self.released: list[bool] = []  # reject output at each release
 
     def run(self) -> None:
+        while not self.ready.wait(0.05):  # a sheet there before the heartbeat is not counted
+            if self.stopped.is_set():
+                return
         self.fake.set_digital_input(PRESENT, True)
         while not self.stopped.is_set():
             if self.fake.digital_output(RELEASE):

@@ -354,9 +354,9 @@ def test_locked_database_faults_part_and_keeps_everything(
     assert [s.pose_name for s in rows[1].shots] == ["left"]
 
 
-def _mount_tmpfs(where: Path) -> bool:
+def _mount_tmpfs(where: Path, size: str = "2m") -> bool:
     where.mkdir(parents=True, exist_ok=True)
-    cmd = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)]
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
     return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
@@ -471,3 +471,141 @@ def test_crash_mid_part_leaves_it_interrupted(cell: Cell) -> None:
     assert rows[1].verdict is Verdict.INTERRUPTED
     assert [s.pose_name for s in rows[1].shots] == ["left", "centre"]  # both shots kept
     assert rows[0].verdict is not Verdict.PENDING and rows[2].verdict is not Verdict.PENDING
+
+
+def test_line_contract_order_on_the_twin(cell: Cell) -> None:
+    """Per sheet: reject output set (and read back), then the sheet's number, then RESULT_VALID;
+    RESULT_VALID low again when the sheet leaves. The heartbeat runs only while inspecting, and
+    the safe state leaves it still, the reject output high and RESULT_VALID low."""
+    summary = cell.run(3)
+    assert cell.world is not None
+    expected: list[tuple[str, object]] = [("heartbeat", True)]
+    for n, r in enumerate(summary.results, start=1):
+        expected += [
+            ("reject_output", r.verdict is not Verdict.PASS),
+            ("part_id_echo", n),
+            ("result_valid", True),
+            ("result_valid", False),
+        ]
+    expected += [("heartbeat", False), ("reject_output", True)]
+    assert cell.world.line_log == expected
+    assert cell.world.result_valid is False and cell.world.heartbeat is False
+
+
+def _fill_disk(folder: Path) -> Path:
+    filler = folder / "filler.bin"
+    try:
+        with open(filler, "wb") as fh:  # take every free byte
+            while True:
+                fh.write(b"\1" * 4096)
+                fh.flush()
+    except OSError:
+        pass
+    return filler
+
+
+@pytest.mark.parametrize("reserve_mb", [None, 0.0])  # None: the default reserve
+def test_database_and_data_on_one_full_disk_lose_no_decision(
+    station_home: Path, tmp_path: Path, reserve_mb: float | None
+) -> None:
+    """Issue 23: database and data on one 4 MB tmpfs, filled mid-run. With a journal reserve
+    the faulted sheets are held in the journal (three in a row call the operator) and come
+    back as `fault` at the next start. Without one, the first decision stored nowhere stops
+    the line for the operator; space freed, the run resumes and writes it. Every sheet but
+    the passes is rejected, and every decided sheet ends with its row and its verdict."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "4m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        storage = {"data_dir": str(disk), "database_url": f"sqlite:///{disk}/station.db"}
+        if reserve_mb is not None:
+            storage["journal_reserve_mb"] = reserve_mb
+        cell = _cell(station_home, storage=storage)
+        fillers: list[Path] = []
+        cell.hooks[("part_started", 2)] = lambda: fillers.append(_fill_disk(disk))
+        if reserve_mb == 0:  # the operator frees space before resuming
+            cell.hooks[("part_finished", 2)] = lambda: fillers[0].unlink()
+        summary = cell.run(3 if reserve_mb == 0 else 6, operator=reserve_mb == 0)
+        said = [e.text for e in cell.events if e.kind in ("message", "operator")]
+        decided = {r.line_part_id: r.verdict for r in summary.results}
+        assert summary.results[1].verdict is Verdict.FAULT
+        assert cell.devices.line.rejects >= sum(v is not Verdict.PASS for v in decided.values())
+        assert cell.world.reject_output
+        if reserve_mb is None:
+            assert 2 <= summary.parts < 6 and summary.operator_fault.kind == "storage", said
+            assert set(list(decided.values())[1:]) == {Verdict.FAULT}
+            assert "faults in a row" in summary.operator_fault.message
+            assert not any("no journal" in t for t in said), said
+            fillers[0].unlink()
+            after = cell.run(1, seed=4)  # restart with space: held records go in first
+            assert after.recovery.interrupted == [] and after.recovery.refused == []
+        else:
+            assert summary.parts == 3 and summary.operator_fault is None
+            (fault,) = cell.faults_seen
+            assert fault.kind == "storage" and "stored nowhere" in fault.message, said
+        rows = {r.line_part_id: r.verdict for r in cell.parts()}
+        assert {k: rows.get(k) for k in decided} == decided
+        assert Verdict.INTERRUPTED not in rows.values() and Verdict.PENDING not in rows.values()
+        assert not list((cell.recipe.data_dir / "journal").glob("*.json"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_locked_database_wait_is_bounded_by_the_part_timeout(
+    station_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23: a locked database stalled a sheet for two busy timeouts (61 s). The total
+    lock wait of one part is bounded by line_io.part_timeout_s."""
+    import sqlite3
+
+    monkeypatch.setattr(dbmod, "SQLITE_BUSY_TIMEOUT_S", 4.0)
+    cell = _cell(station_home, line_io__part_timeout_s=0.5)
+    path = cell.db.url.removeprefix("sqlite:///")
+    lock: list[sqlite3.Connection] = []
+
+    def grab_lock() -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=0.1)
+        conn.execute("BEGIN EXCLUSIVE")
+        lock.append(conn)
+
+    def release_lock() -> None:
+        lock[0].rollback()
+        lock[0].close()
+
+    cell.hooks[("part_started", 2)] = grab_lock
+    cell.hooks[("part_finished", 2)] = release_lock
+    summary, rows = _one_fault(cell)
+    assert "locked" in rows[1].reason and not summary.results[1].stored
+    assert summary.results[1].timings_ms["logging"] < 2000  # 0.5 s of waits, not 2 x 4 s
+
+
+def test_second_live_run_on_a_recipe_is_refused(cell: Cell) -> None:
+    """Issue 23: a second live run marked the first run's parts interrupted mid-part."""
+    import os
+
+    from station.errors import InUse
+
+    in_part, go_on = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        in_part.set()
+        go_on.wait(30)
+
+    cell.hooks[("part_started", 2)] = hold
+    first: list[RunSummary] = []
+    runner = threading.Thread(target=lambda: first.append(cell.run(3)))
+    runner.start()
+    try:
+        assert in_part.wait(30)
+        second = Recorder(database(cell.recipe), cell.recipe)
+        with pytest.raises(InUse) as err:
+            second.recover()
+        lock_file = cell.recipe.data_dir / "live.lock"
+        assert str(lock_file) in err.value.message and f"PID {os.getpid()}" in err.value.message
+        assert [r.verdict for r in cell.parts()][1] is Verdict.PENDING  # not interrupted
+    finally:
+        go_on.set()
+        runner.join(60)
+    assert first[0].parts == 3 and first[0].recovery.interrupted == []
+    _check_complete(cell, 3)
+    assert Recorder(cell.db, cell.recipe).recover().interrupted == []  # the lock was released

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+import yaml
 from sqlalchemy import select
 from test_inspection_support import bright_set, database, sheet, small_recipe
 
@@ -15,7 +18,8 @@ from station.storage.models import Part, Verdict
 
 
 def _layout(root: Path) -> list[Path]:
-    """Capture layout: one good part, one defective part (defect on `centre`), one loose file."""
+    """Capture layout: one good part, one defective part (defect on `centre`), one loose file
+    (no part of a three-pose recipe: a fault)."""
     for pose in ("right", "left", "centre"):
         write_png(root / "test/good" / f"p000001_{pose}.png", sheet(False))
         write_png(root / "test/defect" / f"p000002_{pose}.png", sheet(pose == "centre"))
@@ -30,7 +34,10 @@ def test_grouping_follows_capture_stems(station_home: Path, tmp_path: Path) -> N
     assert set(keyed) == {"p000001", "p000002", "loose.png"}
     assert [p for p, _ in keyed["p000002"].shots] == ["left", "centre", "right"]  # recipe order
     assert keyed["p000001"].ground_truth == "good" and keyed["p000002"].ground_truth == "defect"
-    assert keyed["loose.png"].ground_truth is None and keyed["loose.png"].shots[0][0] == "loose"
+    loose = keyed["loose.png"]
+    assert loose.ground_truth is None and loose.shots == []
+    assert loose.missing == ["left", "centre", "right"]
+    assert "p<sequence>_<pose>.png" in loose.problem
 
 
 @pytest.mark.parametrize("pipelined", [True, False])
@@ -47,9 +54,10 @@ def test_offline_verdicts_and_records(station_home: Path, tmp_path: Path, pipeli
     ) as insp:
         summary = insp.run_offline(groups)
     verdicts = [r.verdict for r in summary.results]
-    # test/defect sorts before test/good
-    assert verdicts == [Verdict.FAIL, Verdict.PASS, Verdict.FAIL, Verdict.FAULT]
-    assert summary.counts == {"pass": 1, "fail": 2, "fault": 1}
+    # test/defect sorts before test/good; the loose image is no part of a three-pose recipe
+    assert verdicts == [Verdict.FAIL, Verdict.PASS, Verdict.FAULT, Verdict.FAULT]
+    assert summary.counts == {"pass": 1, "fail": 1, "fault": 2}
+    assert "loose.png is not named for a pose" in summary.results[2].reason
     fail = summary.results[0]
     assert fail.normalized["brightspot"] > 1.0 and "centre" in fail.reason
     assert summary.results[3].fault.kind == "input" and "broken.png" in summary.results[3].reason
@@ -71,7 +79,7 @@ def test_offline_verdicts_and_records(station_home: Path, tmp_path: Path, pipeli
         t = defect.timings_ms
         assert t["inference"] > 0 and t["cycle"] > 0 and t["motion"] == 0
         assert defect.model_versions == {"brightspot": "brightspot-test-1"}
-        assert rows[3].shots == []  # the unreadable file never became a shot
+        assert rows[3].shots == [] and rows[2].shots == []  # neither file became a shot
 
 
 @pytest.mark.postgres
@@ -83,11 +91,11 @@ def test_offline_on_postgres(station_home: Path, tmp_path: Path, fresh_postgres_
     groups = group_offline(_layout(tmp_path / "ds"), recipe)
     with Inspector(recipe, bright_set(recipe), Recorder(db, recipe)) as insp:
         summary = insp.run_offline(groups)
-    assert [r.verdict for r in summary.results] == [Verdict.FAIL, Verdict.PASS, Verdict.FAIL]
+    assert [r.verdict for r in summary.results] == [Verdict.FAIL, Verdict.PASS, Verdict.FAULT]
     with db.session() as s:
         rows = s.scalars(select(Part).order_by(Part.sequence)).all()
         assert [r.sequence for r in rows] == [1, 2, 3]
-        assert [len(r.shots) for r in rows] == [3, 3, 1]
+        assert [len(r.shots) for r in rows] == [3, 3, 0]
     db.dispose()
 
 
@@ -99,6 +107,7 @@ def test_live_view_shows_counts_scores_and_breakdown(station_home: Path, tmp_pat
     recipe = small_recipe(station_home)
     view = LiveView("station inspect: test", "pipelined")
     groups = group_offline(_layout(tmp_path / "ds"), recipe)
+    groups.append(groups.pop(0))  # the defective sheet last, after the loose image's fault
     with Inspector(
         recipe, bright_set(recipe), Recorder(database(recipe), recipe), on_event=view.handle
     ) as insp:
@@ -108,9 +117,82 @@ def test_live_view_shows_counts_scores_and_breakdown(station_home: Path, tmp_pat
     console.print(view.render())
     text = console.export_text()
     last = summary.results[-1]
-    assert "parts 3" in text and "pass 1" in text and "fail 2" in text and "fault 0" in text
+    assert "parts 3" in text and "pass 1" in text and "fail 1" in text and "fault 1" in text
     assert f"last: part {last.sequence}" in text and "FAIL" in text
     assert "brightspot" in text and "0.3" in text  # the threshold beside the score
     for key in ("motion", "exposure", "inference", "logging", "wait", "cycle"):
         assert key in text
     assert "camera: timeout" in text
+
+
+def _inspect(recipe, paths: list[Path]) -> list:  # noqa: ANN001
+    with Inspector(recipe, bright_set(recipe), Recorder(database(recipe), recipe)) as insp:
+        return insp.run_offline(group_offline(paths, recipe)).results
+
+
+def test_a_loose_image_is_a_part_only_on_a_one_pose_recipe(
+    station_home: Path, tmp_path: Path
+) -> None:
+    """The rule: a part is one p<sequence>_<pose> image per recipe pose; on a one-pose recipe
+    any other name is that pose."""
+    write_png(loose := tmp_path / "sheet42.png", sheet(False))
+    three = small_recipe(station_home)
+    (r,) = _inspect(three, [loose])
+    assert r.verdict is Verdict.FAULT and r.fault.kind == "input"
+    assert r.reason == (
+        "image sheet42.png is not named for a pose, and recipe glassfiber shoots 3: missing "
+        "left, centre, right (name a part's images p<sequence>_<pose>.png, one per pose: "
+        "left, centre, right)"
+    )
+    write_png(tmp_path / "named" / "p000042_left.png", sheet(False))  # the same file, as a pose
+    (r,) = _inspect(three, [tmp_path / "named"])
+    assert r.verdict is Verdict.FAULT and "no image of pose(s) centre, right" in r.reason
+
+    robot = yaml.safe_load((station_home / "recipes" / "glassfiber.yaml").read_text())["robot"]
+    robot["poses"] = robot["poses"][1:2]
+    one = small_recipe(station_home, robot=robot)
+    (g,) = group_offline([loose], one)
+    assert g.shots == [("centre", loose)] and g.problem is None and g.missing == []
+    (r,) = _inspect(one, [loose])
+    assert r.verdict is Verdict.PASS
+
+
+def test_unknown_and_repeated_poses_are_faults(station_home: Path, tmp_path: Path) -> None:
+    recipe = small_recipe(station_home)
+    for name in ("p1_left", "p1_centre", "p1_right", "p1_top", "p2_left", "p2_centre"):
+        write_png(tmp_path / "a" / f"{name}.png", sheet(False))
+    write_png(tmp_path / "a" / "p2_centre.jpg", sheet(False))
+    write_png(tmp_path / "a" / "p2_right.png", sheet(False))
+    one, two = _inspect(recipe, [tmp_path / "a"])
+    assert one.verdict is Verdict.FAULT
+    assert "images of pose(s) top that recipe glassfiber does not have" in one.reason
+    assert two.verdict is Verdict.FAULT and "more than one image of pose(s) centre" in two.reason
+
+
+@pytest.mark.parametrize(
+    ("image", "kind"),
+    [
+        ((sheet(False).astype(np.uint16) << 8), "16-bit grey"),
+        (np.repeat(sheet(False)[:, :, None], 3, axis=2), "8-bit colour"),
+    ],
+)
+def test_only_the_recipe_pixel_format_is_accepted(
+    station_home: Path, tmp_path: Path, image: np.ndarray, kind: str
+) -> None:
+    recipe = small_recipe(station_home)  # Mono8, 64 x 48
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for pose in ("left", "centre", "right"):
+        img = image if pose == "centre" else sheet(False)
+        cv2.imwrite(str(folder / f"p000001_{pose}.png"), img)  # as written, any depth
+    (r,) = _inspect(recipe, [folder])
+    assert r.verdict is Verdict.FAULT and r.fault.kind == "input"
+    assert r.reason == (
+        f"image {folder}/p000001_centre.png is {kind}; the recipe's camera (Mono8) takes "
+        "8-bit grey images"
+    )
+    colour = small_recipe(station_home, camera__pixel_format="RGB8")
+    (r,) = _inspect(colour, [folder])
+    assert "p000001_left.png is 8-bit grey; the recipe's camera (RGB8) takes 8-bit colour" in (
+        r.reason
+    )

@@ -218,3 +218,158 @@ def test_disk_full_is_a_storage_error(tmp_path: Path) -> None:
         assert [p.name for p in mnt.iterdir()] == []  # no partial or temporary file left
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def _decided(rec: Recorder, verdict: Verdict, line_id: str) -> PartRecord:
+    part = rec.new_part("live", line_id)
+    rec.open_part(part)
+    rec.add_shot(part, 0, "left", sheet(verdict is Verdict.FAIL))
+    part.verdict, part.reason = verdict, f"{verdict.value} by the detectors"
+    rec.finish_part(part)
+    return part
+
+
+def test_journal_replay_never_rewrites_another_part(rec: Recorder) -> None:
+    """Issue 23: a journal file naming an existing part id rewrote its verdict."""
+    failed = _decided(rec, Verdict.FAIL, "sheet-1")
+    forged = Recorder(rec.db, rec.recipe).new_part("live", "forged")  # another run's record
+    forged.db_id, forged.sequence = failed.db_id, failed.sequence
+    forged.verdict, forged.reason = Verdict.PASS, "forged"
+    rec.journal_dir.mkdir(parents=True)
+    path = rec.journal_dir / f"{forged.key}.json"
+    path.write_text(forged.to_json())
+    report = Recorder(rec.db, rec.recipe).recover()
+    (row,) = _parts(rec)
+    assert (row.verdict, row.line_part_id, row.reason) == (Verdict.FAIL, "sheet-1", failed.reason)
+    assert report.journal_replayed == 0 and not path.exists()
+    assert (rec.journal_dir / "refused" / path.name).is_file()
+    (line,) = report.refused
+    assert path.name in line and "run id" in line and "\n" not in line
+
+
+def test_unknown_or_garbage_journal_files_are_moved_aside_and_never_block(rec: Recorder) -> None:
+    """Issue 23: an unknown part id blocked every start; garbage was logged at every start."""
+    _decided(rec, Verdict.PASS, "sheet-1")
+    ghost = rec.new_part("live", "ghost")
+    ghost.db_id, ghost.sequence, ghost.verdict = 999999, 7, Verdict.FAIL
+    rec.journal_dir.mkdir(parents=True)
+    (rec.journal_dir / "ghost.json").write_text(ghost.to_json())
+    (rec.journal_dir / "garbage.json").write_text("{not json")
+    (rec.journal_dir / "list.json").write_text("[1, 2]")
+    report = Recorder(rec.db, rec.recipe).recover()
+    assert sorted(p.name for p in (rec.journal_dir / "refused").iterdir()) == [
+        "garbage.json",
+        "ghost.json",
+        "list.json",
+    ]
+    assert len(report.refused) == 3 and all("journal file " in ln for ln in report.refused)
+    assert any("ghost.json" in ln and "999999" in ln for ln in report.refused)
+    assert Recorder(rec.db, rec.recipe).recover().refused == []  # reported once
+    assert [r.line_part_id for r in _parts(rec)] == ["sheet-1"]
+
+
+def test_record_replayed_after_its_commit_adds_no_second_row(rec: Recorder) -> None:
+    """A crash between the commit of a held record and the removal of its journal file."""
+    part = rec.new_part("live", "sheet-1")
+    part.verdict, part.reason = Verdict.FAULT, "storage: database is locked"
+    rec.keep(part, "locked")  # refused before its row: no id yet
+    text = (rec.journal_dir / f"{part.key}.json").read_text()
+    assert rec.flush_backlog() == 0
+    (rec.journal_dir / f"{part.key}.json").write_text(text)  # the unlink never happened
+    report = Recorder(rec.db, rec.recipe).recover()
+    assert [(r.line_part_id, r.verdict) for r in _parts(rec)] == [("sheet-1", Verdict.FAULT)]
+    assert report.journal_replayed == 1 and report.refused == []
+
+
+def test_no_journal_copy_is_claimed_unless_it_was_synced(
+    rec: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23: records 'held in the journal' were in memory only. A full disk answers at
+    fsync (ENOSPC) with no reserve left: the part is stored nowhere, and says so."""
+    import errno
+    import os
+
+    from station.errors import NowhereToStore
+
+    rec.journal.reserve_bytes = 0
+    part = rec.new_part("live", "sheet-1")
+    part.verdict, part.reason = Verdict.FAULT, "storage: disk full"
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(NowhereToStore, match="stored nowhere") as err:
+        rec.keep(part, "database or disk is full")
+    assert "journal" in err.value.message and "\n" not in err.value.message
+    monkeypatch.undo()
+    assert part.key not in rec.journaled and part.key in rec.backlog
+    assert not list(rec.journal_dir.glob("*.json"))
+    rec.rejournal()  # space came back: now it is held
+    assert part.key in rec.journaled and (rec.journal_dir / f"{part.key}.json").is_file()
+
+
+def _tmpfs(where: Path, size: str) -> bool:
+    import subprocess
+
+    where.mkdir(parents=True, exist_ok=True)
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler.bin"
+    try:
+        with open(filler, "wb") as fh:
+            while True:
+                fh.write(b"\1" * 4096)
+                fh.flush()
+    except OSError:
+        pass  # full
+    return filler
+
+
+def test_journal_takes_records_on_a_full_disk_from_its_reserve(station_home: Path) -> None:
+    import subprocess
+
+    disk = station_home / "disk"
+    if not _tmpfs(disk, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        recipe = small_recipe(
+            station_home, storage__journal_dir=str(disk), storage__journal_reserve_mb=0.25
+        )
+        rec = Recorder(database(recipe), recipe)
+        rec.recover()  # takes the reserve
+        assert rec.journal.reserved() == 2**18
+        filler = _fill(disk)
+        for i in range(3):
+            part = rec.new_part("live", f"sheet-{i}")
+            part.verdict, part.reason = Verdict.FAULT, "storage: disk full"
+            rec.keep(part, "disk full")
+            assert PartRecord.from_json(rec.journal.path(part.key).read_text()).key == part.key
+        assert len(rec.journaled) == 3
+        filler.unlink()
+        assert rec.flush_backlog() == 0 and not list(rec.journal_dir.glob("*.json"))
+        assert rec.journal.reserved() == 2**18  # taken back
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_one_live_run_per_recipe_and_per_real_cell(station_home: Path) -> None:
+    import os
+
+    from station.errors import InUse
+
+    first = small_recipe(station_home, backend="real")
+    other = first.model_copy(update={"name": "other"})  # another recipe, the same UR5
+    a, b = Recorder(database(first), first), Recorder(database(other), other)
+    a.hold_lock()
+    try:
+        with pytest.raises(InUse, match=f"cell {first.robot.host} .* PID {os.getpid()}"):
+            b.recover()
+        with pytest.raises(InUse, match="recipe glassfiber"):
+            Recorder(a.db, first).recover()
+    finally:
+        a.release_lock()
+    assert b.recover().interrupted == [] and not any(lock.held for lock in b.locks)

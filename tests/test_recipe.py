@@ -206,7 +206,7 @@ def test_cli_version_and_db_upgrade(station_home: Path) -> None:
     out = _station("db", "upgrade", home=station_home)
     assert out.returncode == 0, out.stderr
     assert (station_home / "data" / "station.db").is_file()
-    assert "revision 0002" in out.stdout
+    assert "revision 0003" in out.stdout
 
 
 def test_relative_recipe_path_is_taken_from_the_current_folder(
@@ -222,3 +222,195 @@ def test_relative_recipe_path_is_taken_from_the_current_folder(
     assert load_recipe("mine.yaml").name == "mine"
     # not in the current folder: from the station home, as before
     assert find_recipe("recipes/glassfiber.yaml") == station_home / "recipes" / "glassfiber.yaml"
+
+
+# -- issue 23: non-finite numbers, bounded sizes, duplicate keys, bounded reads ---------------
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text, "bad.yaml")
+    return info.value.problems
+
+
+def _cli_problems(station_home: Path, text: str | None = None) -> list[str]:
+    """`station recipe check bad`: exit 2, no traceback; the problem lines."""
+    if text is not None:
+        (station_home / "recipes" / "bad.yaml").write_text(text)
+    out = _station("recipe", "check", "bad", home=station_home)
+    assert out.returncode == 2 and "Traceback" not in out.stderr + out.stdout, out.stderr
+    return [line.strip() for line in out.stderr.splitlines() if "bad.yaml" in line][1:]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("exposure_us: 8000", "exposure_us: .inf", "camera.exposure_us: Input should be a finite"),
+        ("exposure_us: 8000", "exposure_us: 'nan'", "camera.exposure_us: Input should be a finite"),
+        ("[388.0, -6.0, 350.0]", "[388.0, .nan, 350.0]", "robot.poses.0.position_mm.1: Input"),
+        ("defect_kinds: {}", "defect_kinds: {hole: .inf}", "twin.defect_kinds.hole: Input"),
+        ("num_neighbors: 9", "num_neighbors: -.inf", "detectors.0.params: num_neighbors = -inf"),
+        (
+            "defect_kinds: {}",
+            "defect_kinds: {}\n  params: {side_light_mm: [100, .nan, 650]}",
+            "twin.params: side_light_mm.1 = nan: every number must be finite",
+        ),
+    ],
+)
+def test_non_finite_numbers_are_refused(old: str, new: str, expected: str) -> None:
+    assert old in SHIPPED
+    problems = _problems(SHIPPED.replace(old, new, 1))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda d: d["camera"].update(width=10**8, height=10**8),
+            "camera.width: must be at least 16 and at most 16384 (got 100000000)",
+        ),
+        (
+            lambda d: d.update(backend="real") or d["camera"].update(width=16384, height=16384),
+            "camera: width x height = 16384 x 16384 is more than 67,108,864 pixels",
+        ),
+        (
+            lambda d: d["camera"].update(width=8000),
+            "camera.width: the twin camera (driver sim) renders at most 4096 x 4096 px",
+        ),
+        (
+            lambda d: d["preprocess"].update(crop=[600, 0, 100, 10**8]),
+            "preprocess.crop: [600, 0, 100, 100000000] (x, y, width, height) must lie within",
+        ),
+        (lambda d: d["preprocess"].update(size=[10**5, 256]), "preprocess.size.0: must be at"),
+        (lambda d: d["camera"].update(exposure_us=1e12), "camera.exposure_us: must be above 0"),
+        (lambda d: d["camera"].update(timeout_ms=10**12), "camera.timeout_ms: must be above 0"),
+        (lambda d: d["camera"].update(retries=10**9), "camera.retries: must be at least 0 and"),
+        (lambda d: d["robot"].update(move_timeout_s=1e300), "robot.move_timeout_s: must be"),
+        (lambda d: d["robot"].update(speed_mm_s=5000), "robot.speed_mm_s: must be above 0 and"),
+        (lambda d: d["robot"].update(poses=d["robot"]["poses"] * 40), "robot.poses: List should"),
+        (lambda d: d["twin"].update(roving_pitch_mm=1e-9), "twin.roving_pitch_mm: must be at"),
+        (lambda d: d["twin"].update(sheet_width_mm=1e9), "twin.sheet_width_mm: must be at"),
+        (lambda d: d["twin"].update(defect_size_mm=[3, 1e6]), "twin.defect_size_mm.1: must be"),
+        (lambda d: d["twin"].update(seed=-1), "twin.seed: must be at least 0 and at most"),
+        (lambda d: d["twin"].update(time_scale=1e9), "twin.time_scale: must be at least 0 and"),
+        (
+            lambda d: d["twin"].update(params={"side_light_mm": 5}),  # was a TypeError traceback
+            "twin.params: side_light_mm must be [x, y, z] in mm, z above 0, not 5",
+        ),
+        (
+            lambda d: d["twin"].update(params={"side_light_mm": [0, 0, 0]}),  # ZeroDivisionError
+            "twin.params: side_light_mm must be",
+        ),
+        (
+            lambda d: d["twin"].update(params={"line_transfer_s": "slow"}),
+            "twin.params: line_transfer_s must be a number above 0, not 'slow'",
+        ),
+    ],
+)
+def test_sizes_are_bounded_with_the_range(edit, expected: str) -> None:  # noqa: ANN001
+    problems = _problems(_mutated(edit))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_the_largest_sizes_pass() -> None:
+    def edit(d: dict) -> None:
+        d["camera"].update(width=4096, height=4096)  # the twin's and the emulator's limit
+        d["preprocess"].update(crop=[0, 0, 4096, 4096], size=[4096, 4096])
+
+    parse_recipe(_mutated(edit))
+
+    def boost(d: dict) -> None:  # Basler boost 65 MP, on the real camera
+        d["backend"] = "real"
+        d["camera"].update(width=9344, height=7000)
+
+    assert parse_recipe(_mutated(boost)).camera.width == 9344
+
+
+def _line(prefix: str) -> int:
+    """The number of the shipped recipe's first line that starts with `prefix`."""
+    return next(i for i, t in enumerate(SHIPPED.splitlines(), 1) if t.startswith(prefix))
+
+
+TWICE = SHIPPED + "twin:\n  seed: 3\n"  # `twin` again, on the line after the last
+TWIN, AGAIN = _line("twin:"), SHIPPED.count("\n") + 1
+WEAVE, KINDS = _line("  weave:"), _line("  defect_kinds:")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (TWICE, f"key 'twin' is given twice (lines {TWIN} and {AGAIN})"),
+        (
+            SHIPPED.replace("  weave: plain", "  weave: plain\n  weave: twill"),
+            f"key 'weave' is given twice (lines {WEAVE} and {WEAVE + 1})",
+        ),
+        (
+            SHIPPED.replace("defect_kinds: {}", "defect_kinds: {hole: 1, hole: 2}"),
+            f"key 'hole' is given twice (lines {KINDS} and {KINDS})",
+        ),
+    ],
+)
+def test_duplicate_keys_are_refused_with_both_lines(text: str, expected: str) -> None:
+    (problem,) = _problems(text)
+    assert expected in problem, problem
+
+
+def test_anchors_and_merge_keys_still_work() -> None:
+    text = SHIPPED.replace("lens:\n", "lens: &lens\n").replace(
+        "preprocess:\n", "preprocess: &pre\n"
+    )
+    text = text.replace("detectors:\n", "x: &x {<<: *lens, f_number: 2.0}\ndetectors:\n")
+    problems = _problems(text)  # the merged mapping overrides f_number: no duplicate
+    assert problems == ["x: unknown field (typo?)"], problems
+
+
+def test_alias_bombs_and_deep_nesting_are_refused_fast() -> None:
+    import time
+
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )  # 10^9 values once expanded
+    start = time.perf_counter()
+    (problem,) = _problems(bomb + SHIPPED)
+    assert "more than 100,000 values, counting each alias (*name) expanded" in problem
+    (problem,) = _problems(SHIPPED + "x: &s [*s]\n")  # refers to itself
+    assert "more than 100,000 values" in problem
+    (problem,) = _problems(SHIPPED + "x: " + "[" * 500 + "]" * 500 + "\n")
+    assert "nested more than 32 levels deep" in problem
+    assert time.perf_counter() - start < 5
+
+
+def test_cli_refuses_non_finite_and_huge_values(station_home: Path) -> None:
+    text = SHIPPED.replace("name: glassfiber", "name: bad").replace(
+        "exposure_us: 8000", "exposure_us: .inf"
+    )
+    assert _cli_problems(station_home, text) == [
+        f"{station_home}/recipes/bad.yaml: camera.exposure_us: Input should be a finite number "
+        "(got inf)"
+    ]
+    text = SHIPPED.replace("width: 640 ", "width: 100000000 ")
+    (line,) = _cli_problems(station_home, text)
+    assert "camera.width: must be at least 16 and at most 16384 (got 100000000)" in line
+    (line,) = _cli_problems(station_home, TWICE)
+    assert f"line {AGAIN}, column 1: not valid YAML: key 'twin' is given twice" in line
+    assert f"(lines {TWIN} and {AGAIN})" in line
+
+
+def test_cli_refuses_a_huge_file_before_reading_it(station_home: Path) -> None:
+    import time
+
+    path = station_home / "recipes" / "bad.yaml"
+    with path.open("w") as f:
+        f.write(SHIPPED)
+        f.truncate(300 << 20)  # 300 MB, sparse
+    start = time.perf_counter()
+    (line,) = _cli_problems(station_home)
+    assert line == (
+        f"{path}: file is 314,572,800 bytes; a recipe may be at most 1,048,576 bytes (1 MiB)"
+    )
+    assert time.perf_counter() - start < 30  # the interpreter start; reading took over 60 s
+    path.write_text(SHIPPED)
+    with pytest.raises(RecipeError, match="file is 1,048,577 bytes"):  # text given directly
+        parse_recipe(SHIPPED + "#" * ((1 << 20) + 1 - len(SHIPPED)), "big.yaml")

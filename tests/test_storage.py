@@ -108,10 +108,10 @@ def _tables(url: str) -> set[str]:
 
 def test_migration_from_empty_to_head_matches_models(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    assert upgrade(url) == "0002"
+    assert upgrade(url) == "0003"
     assert _tables(url) >= set(Base.metadata.tables)
     # Upgrading again is a no-op, and the schema has no drift against the models.
-    assert upgrade(url) == "0002"
+    assert upgrade(url) == "0003"
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -122,17 +122,44 @@ def test_migration_from_empty_to_head_matches_models(tmp_path: Path) -> None:
     assert diff == []
 
 
+def _log_old_part(db) -> None:
+    """A part with three shots and detections, through Core inserts of 0001's columns only."""
+    with db.engine.begin() as conn:
+        ins = conn.execute(sa.insert(Part.__table__).values(recipe="r", sequence=1))
+        for i in range(3):
+            shot = conn.execute(
+                sa.insert(Shot.__table__).values(
+                    part_id=ins.inserted_primary_key[0],
+                    pose_index=i,
+                    pose_name=f"pose{i}",
+                    image_path=f"r/images/000001/pose{i}.png",
+                    image_sha256="ab" * 32,
+                    width=640,
+                    height=512,
+                )
+            )
+            conn.execute(
+                sa.insert(Detection.__table__).values(
+                    shot_id=shot.inserted_primary_key[0],
+                    detector="patchcore",
+                    model_version="v1",
+                    score=0.5 + i,
+                )
+            )
+
+
 def test_upgrade_keeps_rows_and_then_takes_a_missing_score(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     assert upgrade(url, "0001") == "0001"
     db = open_database(url, migrate=False)
-    _log_part(db, "r")
+    _log_old_part(db)
     db.dispose()
-    assert upgrade(url) == "0002"
+    assert upgrade(url) == "0003"
     db = open_database(url, migrate=False)
     with db.session() as s:
         scores = sorted(s.scalars(select(Detection.score)).all())
         assert scores == [0.5, 1.5, 2.5]
+        assert s.scalars(select(Part.run_id)).all() == [None]  # 0003: rows from before it
         shot = s.scalars(select(Shot)).first()
         shot.detections[0].score = None  # 0002: a detector that gave no finite score
     with db.session() as s:
@@ -142,7 +169,7 @@ def test_upgrade_keeps_rows_and_then_takes_a_missing_score(tmp_path: Path) -> No
 
 @pytest.mark.postgres
 def test_postgres_migration_from_empty(fresh_postgres_url: str) -> None:
-    assert upgrade(fresh_postgres_url) == "0002"
+    assert upgrade(fresh_postgres_url) == "0003"
     assert _tables(fresh_postgres_url) >= set(Base.metadata.tables)
 
 

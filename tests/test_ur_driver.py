@@ -24,6 +24,15 @@ from station.hardware.ur.robot import URRobot
 from station.recipe import LineIOConfig, Pose, RobotConfig
 from station.twin.fake_ur import FakeURController
 from station.twin.fake_ur.motion import LinearMove
+from station.twin.fake_ur.plc import (
+    HEARTBEAT_LOST,
+    MISMATCH,
+    NO_RESULT,
+    REJECT,
+    Disposition,
+    PlcConfig,
+    SimPLC,
+)
 
 pytestmark = pytest.mark.timeout(60)  # nothing here may hang the suite
 _hosts = itertools.count(2)
@@ -383,3 +392,119 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"  # a zombie has ended
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["silent", "cut"])
+def test_link_lost_as_a_move_starts_fails_within_seconds(
+    fake: FakeURController, kind: str
+) -> None:
+    # The controller dies while ur_rtde waits for the move command's acknowledgement: the link
+    # child is stuck inside ur_rtde, so only the parent's short calls can notice.
+    cfg = _cfg(fake.host, speed_mm_s=50.0, move_timeout_s=20.0)
+    rob = URRobot(cfg)
+    try:
+        rob.connect()
+        fake.arm_link_loss(kind)
+        t = time.monotonic()
+        with pytest.raises(RobotError, match=fake.host) as err:
+            rob.move_to(cfg.poses[0])
+        took = time.monotonic() - t
+        assert took < cfg.move_timeout_s / 4, f"noticed after {took:.1f} s"
+        assert "\n" not in str(err.value)
+    finally:
+        rob.close()
+
+
+# -- the line contract against the simulated PLC ----------------------------------------------
+def _plc(fake: FakeURController, cfg: LineIOConfig, **over: object) -> SimPLC:
+    plc = SimPLC(fake.model, PlcConfig.from_line_io(cfg, **{"part_every_s": 0.3, "gap_s": 0.1,
+                                                             "hold_s": 0.3, **over}))
+    plc.start()
+    return plc
+
+
+def _routed(plc: SimPLC, n: int, timeout_s: float = 5.0) -> Disposition:
+    deadline = time.monotonic() + timeout_s
+    while len(plc.dispositions) < n:
+        assert time.monotonic() < deadline, f"sheet {n} not routed: {plc.dispositions}"
+        time.sleep(0.01)
+    return plc.dispositions[n - 1]
+
+
+@pytest.mark.timeout(60)
+def test_plc_passes_only_a_valid_result_for_its_sheet(fake: FakeURController) -> None:
+    cfg = LineIOConfig(part_present_input=2, reject_output=4, result_timeout_s=1.0)
+    line = URLineIO(_cfg(fake.host), cfg)
+    line.open()
+    plc = _plc(fake, cfg, gap_s=0.5)  # time to start the heartbeat between two sheets
+    try:
+        first = _routed(plc, 1)  # no heartbeat yet: the station is dead to the PLC
+        assert first.route == "rejected" and first.reason == HEARTBEAT_LOST
+        line.start_heartbeat()
+        n = len(plc.dispositions)
+        # sheet A passes, B is rejected by the station, C gets no result, D's number is wrong
+        # (a lost edge), E is in step again
+        for step in ("pass", "reject", "none", "wrong", "pass"):
+            assert line.wait_for_part(5.0) is not None
+            assert not fake.digital_output(2)  # RESULT_VALID low while the sheet is inspected
+            if step == "wrong":
+                line._count += 1
+            if step != "none":
+                line.publish_result(step == "reject")
+                # the verdict and the number were there before RESULT_VALID rose
+                assert fake.digital_output(2) and fake.digital_output(4) == (step == "reject")
+                assert fake.model.in_int[18] == line._count
+            n += 1
+            _routed(plc, n)
+        got = [(d.route, d.reason.split(" (")[0]) for d in plc.dispositions[-5:]]
+        assert got == [
+            ("passed", ""),
+            ("rejected", REJECT),
+            ("rejected", NO_RESULT),
+            ("rejected", MISMATCH),
+            ("passed", ""),
+        ]
+        # A result left high is never taken for the next sheet's: it must rise after it.
+        assert fake.digital_output(2)
+        assert _routed(plc, n + 1).reason == NO_RESULT
+        assert line.wait_for_part(5.0) is not None and not fake.digital_output(2)
+        line.close()  # the heartbeat stops: the sheet in place is rejected at once
+        d = _routed(plc, n + 2, timeout_s=3.0)
+        assert d.route == "rejected" and d.reason == HEARTBEAT_LOST
+        assert d.decided_at - d.presented_at < cfg.result_timeout_s + cfg.heartbeat_timeout_s
+    finally:
+        plc.stop()
+        line.close()
+
+
+@pytest.mark.timeout(60)
+def test_heartbeat_toggles_from_this_process_and_fail_safe(fake: FakeURController) -> None:
+    cfg = LineIOConfig(part_present_input=2, reject_output=4, heartbeat_period_s=0.1,
+                       heartbeat_timeout_s=0.3)
+    line = URLineIO(_cfg(fake.host), cfg)
+    line.open()
+    try:
+        line.start_heartbeat()
+        seen = []
+        for _ in range(60):
+            seen.append(fake.digital_output(1))
+            time.sleep(0.01)
+        assert 3 <= sum(a != b for a, b in itertools.pairwise(seen)) <= 9
+        fake.set_digital_input(2, True)
+        assert line.wait_for_part(2.0) is not None
+        line.publish_result(False)
+        line.fail_safe()
+        assert fake.digital_output(4) and not fake.digital_output(2)
+        level = fake.digital_output(1)
+        time.sleep(0.3)
+        assert fake.digital_output(1) == level  # still
+    finally:
+        line.close()
+
+
+def test_line_outputs_must_differ() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="result_valid_output and reject_output are both DO4"):
+        LineIOConfig(reject_output=4, result_valid_output=4)

@@ -55,10 +55,12 @@ def register(app: typer.Typer) -> None:
         rcp = load_recipe(recipe)
         groups = None if live else group_offline(paths, rcp)
         db = open_database(rcp.storage.resolved_database_url())
-        detectors = load_detector_set(rcp, db)
         recorder = Recorder(db, rcp)
         show = console.is_terminal if view is None else view
         try:
+            if live:  # one live run per recipe and cell: refused before the models load
+                recorder.hold_lock()
+            detectors = load_detector_set(rcp, db)
             if live:
                 summary = run_live_with_view(rcp, detectors, recorder, count, pipelined, show)
             else:
@@ -67,6 +69,7 @@ def register(app: typer.Typer) -> None:
                 ) as insp:
                     summary = insp.run_offline(groups)
         finally:
+            recorder.release_lock()
             db.dispose()
         _print_summary(summary)
         if summary.operator_fault is not None:
@@ -87,20 +90,16 @@ def register(app: typer.Typer) -> None:
 
 def _offline_printer() -> Any:
     from station.cli.app import console
-    from station.inspection.decision import fmt_ratio
-    from station.inspection.live_view import verdict_text
+    from station.inspection.live_view import result_detail, verdict_text
 
     def on_event(event: Any) -> None:
         r = event.result
         if event.kind != "part_finished" or r is None:
             return
-        scores = ", ".join(f"{n} {fmt_ratio(v)}x" for n, v in r.normalized.items())
         line = verdict_text(r.verdict.value)
         line.append(f"  part {r.sequence}  {r.line_part_id}  ", style="")
-        line.append(scores or r.reason, style="dim" if scores else "")
+        line.append(result_detail(r), style="magenta" if r.verdict.value == "fault" else "dim")
         console.print(line, highlight=False, soft_wrap=True)
-        if r.verdict.value == "fault":
-            console.print(f"  {escape(r.reason)}", style="magenta", highlight=False, soft_wrap=True)
 
     return on_event
 
@@ -121,8 +120,7 @@ def run_live_with_view(
     from station.cli.app import console
     from station.hardware.factory import open_devices
     from station.inspection.cycle import Inspector
-    from station.inspection.decision import fmt_ratio
-    from station.inspection.live_view import LiveView
+    from station.inspection.live_view import LiveView, result_detail
 
     stop = threading.Event()
     view = LiveView(
@@ -136,11 +134,11 @@ def run_live_with_view(
         if not show and event.kind in ("part_finished", "message", "operator"):
             if event.result is not None:
                 r = event.result
-                scores = ", ".join(f"{n} {fmt_ratio(v)}x" for n, v in r.normalized.items())
                 console.print(
-                    f"part {r.sequence}: {r.verdict.value} ({scores or escape(r.reason)}) "
+                    f"part {r.sequence}: {r.verdict.value} ({escape(result_detail(r))}) "
                     f"cycle {r.timings_ms.get('cycle', 0):.0f} ms",
                     highlight=False,
+                    soft_wrap=True,  # one line per part, however long the reason
                 )
             elif event.text:
                 console.print(f"{event.level}: {escape(event.text)}", highlight=False)

@@ -15,6 +15,7 @@ from station.errors import StationError
 
 if TYPE_CHECKING:
     from station.twin.fake_ur import FakeURController
+    from station.twin.fake_ur.plc import SimPLC
 
 CONSOLE_HELP = (
     "commands: part on|off, pstop, unlock, safeguard, reset, estop, release, power on, drop, "
@@ -56,6 +57,43 @@ def _console_command(fake: FakeURController, line: str, part_input: int) -> str:
     )
 
 
+def _start_plc(
+    fake: FakeURController,
+    recipe: str | None,
+    part_input: int,
+    every_s: float,
+    hold_s: float,
+    log: Path | None,
+) -> SimPLC:
+    """The simulated PLC on the fake controller's I/O (README "Line contract")."""
+    from station.cli.app import console
+    from station.recipe import LineIOConfig, load_recipe
+    from station.twin.fake_ur.plc import Disposition, PlcConfig, SimPLC
+
+    line = load_recipe(recipe).line_io if recipe else LineIOConfig(part_present_input=part_input)
+    if line.result_valid_output is None:
+        raise StationError(
+            "the simulated PLC needs a RESULT_VALID output",
+            "set line_io.result_valid_output in the recipe, or run without --part-every",
+        )
+    cfg = PlcConfig.from_line_io(line, part_every_s=every_s, hold_s=hold_s)
+
+    def show(d: Disposition) -> None:
+        why = f" ({d.reason})" if d.reason else ""
+        console.print(f"PLC sheet {d.sheet}: {d.route}{why}", highlight=False)
+
+    plc = SimPLC(fake.model, cfg, log_path=log, on_disposition=show)
+    plc.start()
+    beat = f"DO{cfg.heartbeat_output}" if cfg.heartbeat_output is not None else "none"
+    console.print(
+        f"PLC: a sheet every {every_s:g} s on DI{cfg.part_input}; RESULT_VALID "
+        f"DO{cfg.result_valid_output} within {cfg.result_timeout_s:g} s, heartbeat {beat}, "
+        f"reject DO{cfg.reject_output}",
+        highlight=False,
+    )
+    return plc
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Simulated devices for trying the real drivers.", no_args_is_help=True)
     app.add_typer(group, name="sim")
@@ -70,10 +108,19 @@ def register(app: typer.Typer) -> None:
             0, "--part-input", min=0, max=7, help="Standard digital input of the part sensor."
         ),
         part_every: float = typer.Option(
-            0.0, "--part-every", min=0.0, help="Seconds between simulated sheets (0: none)."
+            0.0,
+            "--part-every",
+            min=0.0,
+            help="Seconds between sheets the simulated PLC presents (0: no PLC).",
         ),
         part_hold: float = typer.Option(
-            1.0, "--part-hold", min=0.05, help="Seconds the part sensor stays on per sheet."
+            1.0, "--part-hold", min=0.0, help="Seconds a sheet stays at least (no station: 1 s)."
+        ),
+        recipe: str | None = typer.Option(
+            None, "--recipe", "-r", help="Take the PLC's signals and timings from its line_io."
+        ),
+        plc_log: Path | None = typer.Option(
+            None, "--plc-log", help="Append each sheet's disposition to this JSONL file."
         ),
         duration: float = typer.Option(
             0.0, "--duration", min=0.0, help="Stop after this many seconds (0: until Ctrl-C)."
@@ -120,16 +167,21 @@ def register(app: typer.Typer) -> None:
 
         if sys.stdin is not None and not sys.stdin.closed:
             threading.Thread(target=read_commands, name="sim-console", daemon=True).start()
+        plc = None
+        if part_every > 0:
+            plc = _start_plc(fake, recipe, part_input, part_every, part_hold, plc_log)
         t0 = time.monotonic()
         try:
             while duration <= 0 or time.monotonic() - t0 < duration:
-                if part_every > 0:
-                    phase = (time.monotonic() - t0) % part_every
-                    fake.set_digital_input(part_input, phase < min(part_hold, part_every / 2))
                 time.sleep(0.02)
         except KeyboardInterrupt:
             pass
         finally:
+            if plc is not None:
+                plc.stop()
+                n = len(plc.dispositions)
+                passed = sum(d.route == "passed" for d in plc.dispositions)
+                console.print(f"PLC: {n} sheet(s) routed, {passed} passed, {n - passed} rejected")
             fake.stop()
             console.print("fake UR controller stopped")
 

@@ -82,3 +82,19 @@ class LineIO(Protocol):
     def release_part(self) -> None:
         """Tell the line the sheet may move on (after the verdict and reject output are set)."""
         ...
+
+    # -- the line contract (README "Line contract") ----------------------------------------
+    def publish_result(self, reject: bool) -> None:
+        """Set the reject output and read it back, write the sheet's number, then raise
+        RESULT_VALID and read it back. `wait_for_part` lowers RESULT_VALID again when the sheet
+        leaves or the next one arrives. LineIOError if any step does not hold."""
+        ...
+
+    def start_heartbeat(self) -> None:
+        """Toggle the heartbeat output from now on (the station inspects)."""
+        ...
+
+    def fail_safe(self) -> None:
+        """Stop the heartbeat, raise the reject output and lower RESULT_VALID, each read back:
+        the line rejects whatever arrives. LineIOError if an output does not hold."""
+        ...

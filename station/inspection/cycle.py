@@ -19,8 +19,9 @@ so the activities then add up to more than the cycle.
 
 Faults (see station.inspection.faults) end the part as `fault`, raise the reject output and
 then continue, wait for the operator, or stop. Stopping (Ctrl-C, `count` reached, operator)
-always finishes the part in progress, then leaves the cell safe: robot home, reject output
-raised so that sheets arriving while nobody inspects are diverted.
+always finishes the part in progress, then leaves the cell safe: robot home, heartbeat still,
+reject output raised and RESULT_VALID low, so that sheets arriving while nobody inspects are
+diverted.
 
 Offline mode (`run_offline`) takes stored images through the same path, without robot, camera
 or line.
@@ -42,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from station.errors import StationError, StorageError
+from station.errors import NowhereToStore, StationError, StorageError
 from station.inspection.decision import Decision, decide
 from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify
 from station.inspection.models import DetectorSet
@@ -174,18 +175,21 @@ class OfflinePart:
     shots: list[tuple[str, Path]]
     ground_truth: str | None = None
     missing: list[str] = field(default_factory=list)  # recipe poses without an image
+    problem: str | None = None  # why these files are no part: inspected as a fault, unread
 
 
 _PART_STEM = re.compile(r"^(p\d+)_(.+)$")
 
 
 def group_offline(paths: Sequence[Path], recipe: Recipe) -> list[OfflinePart]:
-    """Group image files into parts: stems `p<sequence>_<pose>` (the capture layout) of one folder
-    form a part, in the recipe's pose order; any other file is a part of its own.
-
-    In the capture layout a sheet's shots are filed by label (`test/good`, `test/defect`), so
-    those two folders count as one: the sheet is one part, defective if any shot is. A part
-    that lacks one of the recipe's poses records which (it is inspected as a fault)."""
+    """Group image files into parts. The rule: a part is one image of each recipe pose, named
+    `p<sequence>_<pose>` (the capture layout), in one folder; in the capture layout a sheet's
+    shots are filed by label (`test/good`, `test/defect`), so those two folders count as one
+    (the sheet is defective if any shot is). On a one-pose recipe, an image of any other name is
+    a part of its own, at that pose. Anything else becomes a part that is inspected as a fault:
+    a part lacking a pose (`missing`; the poses it has are still scored and stored), and
+    (`problem`, nothing read) an image of another name on a multi-pose recipe, a pose the
+    recipe does not have, or two images of one pose."""
     from station.imaging import IMAGE_SUFFIXES
 
     files: list[Path] = []
@@ -200,14 +204,23 @@ def group_offline(paths: Sequence[Path], recipe: Recipe) -> list[OfflinePart]:
     files = [f for f in files if not f.stem.endswith("_mask")]
     if not files:
         raise StationError("no image files given", hint="pass image files or folders of them")
-    order = {pose.name: i for i, pose in enumerate(recipe.robot.poses)}
+    poses = [pose.name for pose in recipe.robot.poses]
+    order = {name: i for i, name in enumerate(poses)}
+    rule = f"name a part's images p<sequence>_<pose>.png, one per pose: {', '.join(poses)}"
     groups: dict[tuple[Path, str], OfflinePart] = {}
     out: list[OfflinePart] = []
     for f in files:
         gt = f.parent.name if f.parent.name in ("good", "defect") else None
         m = _PART_STEM.match(f.stem)
         if m is None:
-            out.append(OfflinePart(key=str(f), shots=[(f.stem, f)], ground_truth=gt))
+            part = OfflinePart(key=str(f), shots=[(poses[0], f)], ground_truth=gt)
+            if len(poses) > 1:  # which pose is it? never guess, never pass a sheet seen in part
+                part.shots, part.missing = [], poses
+                part.problem = (
+                    f"image {f.name} is not named for a pose, and recipe {recipe.name} shoots "
+                    f"{len(poses)}: missing {', '.join(poses)} ({rule})"
+                )
+            out.append(part)
             continue
         folder = f.parent.parent if gt else f.parent
         gkey = (folder, m.group(1))
@@ -219,8 +232,17 @@ def group_offline(paths: Sequence[Path], recipe: Recipe) -> list[OfflinePart]:
             part.ground_truth = "defect"
         part.shots.append((m.group(2), f))
     for part in groups.values():
-        present = {pose for pose, _ in part.shots}
-        part.missing = [pose for pose in order if pose not in present]
+        names = [pose for pose, _ in part.shots]
+        part.missing = [pose for pose in poses if pose not in names]
+        unknown = sorted({n for n in names if n not in order})
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if unknown:
+            part.problem = (
+                f"part {part.key} has images of pose(s) {', '.join(unknown)} that recipe "
+                f"{recipe.name} does not have ({rule})"
+            )
+        elif twice:
+            part.problem = f"part {part.key} has more than one image of pose(s) {', '.join(twice)}"
     for part in out:
         part.shots.sort(key=lambda s: (order.get(s[0], len(order)), s[0]))
     return out
@@ -385,20 +407,26 @@ class Inspector:
                 try:
                     self.recorder.finish_part(part)
                 except StorageError as exc:
-                    fault = fault or classify(exc)
-                    self._refused(part, exc)
+                    fault = self._refused(part, exc) or fault or classify(exc)
         else:
-            self._refused(part, None)
+            fault = self._refused(part, fault.message.removeprefix("storage: ")) or fault
         return part, timings, fault, t_start
 
-    def _refused(self, part: PartRecord, exc: StationError | None) -> None:
-        """The database did not take the part: fault it and hold it in the journal."""
+    def _refused(self, part: PartRecord, exc: StationError | str | None) -> Fault | None:
+        """The database did not take the part: fault it and hold it in the journal.
+
+        Returns the operator fault when the journal could not take it either."""
         if part.verdict is not Verdict.FAULT:
             part.reason = f"record refused by the database ({exc}); detectors said: " + (
                 f"{part.verdict.value}, {part.reason}"
             )
             part.verdict = Verdict.FAULT
-        self.recorder.keep(part, part.reason or "")
+        why = exc.message if isinstance(exc, StationError) else (exc or "")
+        try:
+            self.recorder.keep(part, why)
+        except NowhereToStore as lost:
+            return classify(lost)
+        return None
 
     def _result(self, part: PartRecord, timings: Timings, fault: Fault | None) -> PartResult:
         per: dict[str, list[float]] = defaultdict(list)
@@ -481,14 +509,16 @@ class Inspector:
                     # the verdict row is committed already; only the timings are late
                     self._emit("message", f"cycle timings not stored: {exc}", level="warning")
                 else:
-                    self._refused(part, exc)
+                    fault = self._refused(part, exc) or fault
         else:
-            self.recorder.keep(part, part.reason or "")  # refresh the journal copy
+            # refresh the journal copy (a failure with no copy on disk stops the line)
+            fault = self._refused(part, part.reason) or fault
         return self._result(part, timings, fault)
 
     def _output(self, reject: bool) -> None:
-        """Set the reject output (confirmed by the driver's read-back), then release."""
-        self.devices.line.set_reject(reject)
+        """Publish the result (reject output read back, part id, RESULT_VALID read back; see
+        LineIO.publish_result), then release."""
+        self.devices.line.publish_result(reject)
         self.devices.line.release_part()
 
     def _wait_for_part(self, stop: threading.Event) -> str | None:
@@ -529,6 +559,7 @@ class Inspector:
                     with contextlib.suppress(StationError):
                         line.close()
                     line.open()
+                    line.start_heartbeat()
                 if fault.kind == "camera":
                     with contextlib.suppress(StationError):
                         self.devices.camera.close()
@@ -551,8 +582,8 @@ class Inspector:
             self.devices.robot.move_to(self.recipe.robot.home)
         except Exception as exc:  # noqa: BLE001
             self._emit("message", f"robot not sent home: {exc}", level="warning")
-        try:
-            self.devices.line.set_reject(True)
+        try:  # heartbeat still, reject output up, RESULT_VALID low: the line rejects all
+            self.devices.line.fail_safe()
         except Exception as exc:  # noqa: BLE001
             self._emit("message", f"could not raise the reject output: {exc}", level="error")
         if self.held is not None:
@@ -569,13 +600,24 @@ class Inspector:
             try:
                 self.recorder.flush_backlog()
             except StorageError as exc:
-                n = len(self.recorder.backlog)
+                rec = self.recorder
+                rec.rejournal()  # the disk may take them now
+                lost = sorted(p.label for k, p in rec.backlog.items() if k not in rec.journaled)
+                held = len(rec.backlog) - len(lost)
                 self._emit(
                     "message",
-                    f"{n} part record(s) still held in {self.recorder.journal_dir} ({exc}); "
+                    f"{held} part record(s) held in {rec.journal_dir} ({exc}); "
                     "they are written at the next start",
                     level="warning",
                 )
+                if lost:
+                    self._emit(
+                        "message",
+                        f"{len(lost)} part record(s) are in no journal and no database "
+                        f"(parts {', '.join(lost)}): free space on {rec.journal_dir}'s disk "
+                        "while the station runs, or they are lost when it stops",
+                        level="error",
+                    )
             else:
                 if len(self.recorder.set_aside) == before:
                     self._emit("message", "held part records written to the database")
@@ -599,6 +641,8 @@ class Inspector:
         return False
 
     def _report_recovery(self, rec: RecoveryReport) -> None:
+        for line in rec.refused:
+            self._emit("message", line, level="error")
         if not (rec.journal_replayed or rec.interrupted or rec.set_aside):
             return
         refused = (
@@ -623,11 +667,13 @@ class Inspector:
         summary = RunSummary()
         t_run = time.perf_counter()
         consecutive = 0
+        self.recorder.hold_lock()  # before touching the cell: another run may be driving it
         try:  # from here on, however the run ends, the cell is left safe (reject output up)
             summary.recovery = self.recorder.recover()
             self._report_recovery(summary.recovery)
             self._announce()
             self.devices.robot.move_to(self.recipe.robot.home)
+            self.devices.line.start_heartbeat()
             t_run = time.perf_counter()
             while not stop.is_set() and (count is None or summary.parts < count):
                 self._emit("waiting", "waiting for a sheet")
@@ -664,7 +710,10 @@ class Inspector:
                 self._flush_backlog()
         finally:
             summary.elapsed_s = time.perf_counter() - t_run
-            self._safe_state()
+            try:
+                self._safe_state()
+            finally:
+                self.recorder.release_lock()
         if not summary.stopped_reason:
             summary.stopped_reason = "stopped" if stop.is_set() else "done"
         return summary
@@ -676,9 +725,11 @@ class Inspector:
         cam = self.recipe.camera
 
         def shots(timings: Timings) -> Iterator[Acquired]:
+            if group.problem:
+                raise StationError(group.problem)
             for k, (pose, path) in enumerate(group.shots):
                 with timings.measure("exposure"):
-                    image = read_image(path)
+                    image = read_image(path, cam.pixel_format)  # the recipe's format only
                 if image.shape[:2] != (cam.height, cam.width):  # thresholds hold for this camera
                     raise StationError(
                         f"image {path} is {image.shape[1]} x {image.shape[0]} px; recipe "
@@ -687,7 +738,8 @@ class Inspector:
                 yield Acquired(k, pose, image, {"source": str(path)})
             if group.missing:  # never pass a sheet that was not seen whole
                 raise StationError(
-                    f"part {group.key} has no image of pose(s) {', '.join(group.missing)}"
+                    f"part {group.key} has no image of pose(s) {', '.join(group.missing)} "
+                    "(a part is one p<sequence>_<pose>.png per recipe pose)"
                 )
 
         t_start = time.perf_counter()

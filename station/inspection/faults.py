@@ -10,6 +10,7 @@ raised and the sheet released to the reject path). What happens next depends on 
 | camera timeout, failed buffers         | camera           | next part                      |
 | detector error (incl. bad preprocess)  | detector         | next part                      |
 | disk full, database locked or gone     | storage          | next part (record held, retried)|
+| ... and the journal cannot take it     | storage          | wait for the operator          |
 | reject output not confirmed, line I/O  | line_io          | hold the sheet, wait for the   |
 |                                        |                  | operator, then reject it       |
 | unreadable stored image (offline)      | input            | next part                      |
@@ -28,6 +29,7 @@ from station.errors import (
     CameraError,
     DetectorError,
     LineIOError,
+    NowhereToStore,
     ProtectiveStop,
     RobotError,
     StationError,
@@ -84,6 +86,14 @@ def classify(exc: BaseException) -> Fault:
             f"detector: {text}",
             "part rejected; check the model files and the GPU if this repeats",
             Policy.CONTINUE,
+        )
+    if isinstance(exc, NowhereToStore):
+        return Fault(
+            "storage",
+            f"storage: {text}",
+            "sheet rejected; free disk space (or give storage.journal_dir on another disk), "
+            "then resume",
+            Policy.OPERATOR,
         )
     if isinstance(exc, StorageError):
         return Fault(

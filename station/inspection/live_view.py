@@ -31,6 +31,14 @@ def verdict_text(verdict: str) -> Text:
     return Text(verdict.upper(), style=VERDICT_STYLE.get(verdict, ""))
 
 
+def result_detail(r: PartResult) -> str:
+    """A part's one-line detail: a fault's reason (its scores decide nothing), else each
+    detector's score as a multiple of its threshold."""
+    if r.verdict.value == "fault" or not r.normalized:
+        return r.reason
+    return ", ".join(f"{n} {fmt_ratio(v)}x" for n, v in r.normalized.items())
+
+
 def score_bar(ratio: float, width: int = 20) -> Text:
     """A bar with the threshold (1.0) at its middle mark; twice the threshold fills it."""
     if ratio != ratio:  # NaN

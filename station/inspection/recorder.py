@@ -9,10 +9,16 @@ Order of writes for one part (so nothing captured or decided is ever lost):
 4. `finish_part`: Detection rows and the verdict are committed in one transaction.
 
 When the database refuses a write (locked, server gone, disk full), the part's full record is
-kept in memory and in a journal file (`<data>/<recipe>/journal/<key>.json`) and written to the
-database as soon as it answers again (before the next part, at shutdown, or at the next start).
-`recover()` at start-up replays the journal, then marks parts still `pending` as `interrupted`
-and adds Shot rows for shot files that reached the disk but not the database.
+kept in memory and in a fsynced journal file (`<data>/<recipe>/journal/<key>.json`, or
+`storage.journal_dir`), whose disk space is reserved ahead (station.storage.journal), and
+written to the database as soon as it answers again (before the next part, at shutdown, or at
+the next start). A record neither can take raises NowhereToStore (the line stops for the
+operator). Lock waits on the database are bounded per part by `line_io.part_timeout_s`.
+
+`recover()` at start-up takes the run lock (one live run per recipe and cell), replays the
+journal into the rows the records were made for (run id, record key, sequence and recipe
+digest must match; anything else goes to `journal/refused/`), then marks parts still `pending`
+as `interrupted` and adds Shot rows for shot files that reached the disk but not the database.
 
 Paths in the database are POSIX paths relative to the data root, e.g.
 `glassfiber/images/000123/centre.png`; a part's files share the folder of its sequence number:
@@ -27,6 +33,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +45,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from station.errors import StorageError
+from station.errors import NowhereToStore, StorageError
 from station.paths import resolve
 from station.recipe import Recipe
 from station.storage.db import Database
@@ -48,6 +55,8 @@ from station.storage.heatmaps import (
     encode_raw_map,
     write_atomic,
 )
+from station.storage.journal import Journal
+from station.storage.lock import RunLock
 from station.storage.models import Detection, Part, Shot, Verdict
 
 log = logging.getLogger(__name__)
@@ -121,6 +130,12 @@ class PartRecord:
     shots: list[ShotRecord] = field(default_factory=list)
     sequence: int | None = None
     db_id: int | None = None
+    run_id: str = ""  # the Recorder (run) that made the record; also on its Part row
+
+    @property
+    def label(self) -> str:
+        """How messages name the part: its sequence, else the line's id, else its key."""
+        return str(self.sequence or self.line_part_id or self.key)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -151,6 +166,7 @@ class RecoveryReport:
     interrupted: list[int] = field(default_factory=list)  # sequences marked interrupted
     shots_added: int = 0
     set_aside: int = 0  # held records the database refuses for good, moved to journal/refused
+    refused: list[str] = field(default_factory=list)  # one line per journal file moved aside
 
 
 class RecordRefused(StorageError):
@@ -164,9 +180,34 @@ class Recorder:
         self.db = db
         self.recipe = recipe
         self.data_root = resolve(recipe.storage.data_dir)
-        self.journal_dir = recipe.data_dir / "journal"
+        jdir = recipe.storage.journal_dir
+        self.journal_dir = resolve(jdir) / recipe.name if jdir else recipe.data_dir / "journal"
+        self.journal = Journal(self.journal_dir, int(recipe.storage.journal_reserve_mb * 2**20))
+        self.run_id = uuid.uuid4().hex  # kept in every record and Part row of this run
         self.backlog: dict[str, PartRecord] = {}  # key -> parts the database has not taken yet
+        self.journaled: set[str] = set()  # keys of backlog parts with a durable journal copy
         self.set_aside: list[str] = []  # keys of records moved to journal/refused (see flush)
+        # total lock wait on the database per part (reset when a part opens)
+        self.db_budget_s = recipe.line_io.part_timeout_s
+        self._db_left = self.db_budget_s
+        self.locks = [RunLock(recipe.data_dir / "live.lock", f"recipe {recipe.name}")]
+        if recipe.robot_driver != "sim":  # a twin is per process; a real cell is shared
+            host = recipe.robot.host
+            self.locks.append(RunLock(self.data_root / f"cell-{host}.lock", f"cell {host}"))
+
+    def hold_lock(self) -> None:
+        """Take this recipe's (and real cell's) run lock; InUse if another run holds it."""
+        for i, lock in enumerate(self.locks):
+            try:
+                lock.acquire()
+            except BaseException:
+                for taken in self.locks[:i]:
+                    taken.release()
+                raise
+
+    def release_lock(self) -> None:
+        for lock in self.locks:
+            lock.release()
 
     # -- paths ---------------------------------------------------------------------------
     def rel(self, path: Path) -> str:
@@ -187,10 +228,12 @@ class Recorder:
             recipe_sha256=self.recipe.sha256,
             mode=mode,
             line_part_id=line_part_id,
+            run_id=self.run_id,
         )
 
     def open_part(self, part: PartRecord) -> None:
         """Commit the pending Part row (and its sequence number). StorageError if refused."""
+        self._db_left = self.db_budget_s
         self.flush_backlog()
         self._sync(part)
 
@@ -278,12 +321,30 @@ class Recorder:
         self.backlog.pop(part.key, None)
 
     def keep(self, part: PartRecord, why: str) -> None:
-        """Hold a part the database refused: in memory and in the journal folder."""
+        """Hold a part the database refused: in memory and in the journal (fsynced).
+
+        NowhereToStore when no journal copy of it could be written: its decision is then only
+        in this process (and written if the database or the journal takes it later).
+        """
         self.backlog[part.key] = part
         try:
-            write_atomic(self.journal_dir / f"{part.key}.json", part.to_json().encode())
+            self.journal.write(part.key, part.to_json().encode())
         except StorageError as exc:
-            log.error("part %s kept in memory only (%s; journal: %s)", part.key, why, exc)
+            if part.key in self.journaled:  # an older copy (same verdict) is on disk
+                log.error("part %s: journal copy not refreshed (%s)", part.key, exc.message)
+                return
+            raise NowhereToStore(
+                f"part {part.label} ({part.verdict.value}) is stored nowhere: "
+                f"{why or 'the database refused it'}; and {exc.message}"
+            ) from None
+        self.journaled.add(part.key)
+
+    def rejournal(self) -> None:
+        """Try again to write journal copies of held parts that have none."""
+        for key, part in list(self.backlog.items()):
+            if key not in self.journaled:
+                with contextlib.suppress(StorageError):
+                    self.keep(part, "")
 
     def flush_backlog(self) -> int:
         """Write held parts to the database; returns how many are left.
@@ -291,49 +352,76 @@ class Recorder:
         Raises StorageError while the database is unavailable. A record it refuses for good
         is set aside (journal/refused/) so that one bad record never blocks the next parts.
         """
+        had = bool(self.backlog)
         for key, part in list(self.backlog.items()):
             try:
                 self._sync(part)
             except RecordRefused as exc:
-                self._set_aside(part.key, part.to_json(), exc)
+                self._set_aside(part, exc)
             else:
                 self._drop_journal(part)
             del self.backlog[key]
+            self.journaled.discard(key)
+        if had and not self.backlog:
+            self.journal.top_up()  # the reserve was maybe given to the journal
         return len(self.backlog)
 
-    def _set_aside(self, key: str, text: str, exc: StorageError) -> None:
-        folder = self.journal_dir / "refused"
+    def _set_aside(self, part: PartRecord, exc: StorageError) -> None:
         try:
-            write_atomic(folder / f"{key}.json", text.encode())
-            (self.journal_dir / f"{key}.json").unlink(missing_ok=True)
+            dest = self.journal.refuse(self.journal.path(part.key), part.to_json().encode())
         except (OSError, StorageError) as err:
-            log.error("part %s: could not set its record aside (%s)", key, err)
+            log.error("part %s: could not set its record aside (%s)", part.key, err)
             return
-        self.set_aside.append(key)
-        log.error("part %s: %s; its record is kept in %s", key, exc.message, folder)
+        self.set_aside.append(part.key)
+        log.error("part %s: %s; its record is kept in %s", part.key, exc.message, dest)
 
     # -- start-up recovery ---------------------------------------------------------------
     def recover(self) -> RecoveryReport:
-        """Replay the journal, then mark this recipe's undecided inspections `interrupted`.
+        """Take the run lock, replay the journal, then mark this recipe's undecided
+        inspections `interrupted`.
 
+        A journal record is written only to the row it was made for (same run id, record
+        key, sequence and recipe digest); any other file, or one that does not parse, is
+        moved to journal/refused/ with a line in the report, and the start goes on.
         Captured parts (mode "capture") are never decided, so they stay as they are.
+        InUse if another run holds the lock; StorageError if the database fails. A lock
+        taken here (not held before) is released on return.
         """
+        held = all(lock.held for lock in self.locks)
+        self.hold_lock()  # never mark another live run's parts interrupted
+        try:
+            return self._recover()
+        finally:
+            if not held:
+                self.release_lock()
+
+    def _recover(self) -> RecoveryReport:
         report = RecoveryReport()
-        if self.journal_dir.is_dir():
-            for path in sorted(self.journal_dir.glob("*.json")):
-                try:
-                    part = PartRecord.from_json(path.read_text(encoding="utf-8"))
-                except (OSError, ValueError, TypeError, KeyError) as exc:
-                    log.error("unreadable journal file %s: %s", path, exc)
-                    continue
-                try:
-                    self._sync(part)
-                except RecordRefused as exc:
-                    self._set_aside(part.key, part.to_json(), exc)
-                    report.set_aside += 1
-                    continue
-                path.unlink(missing_ok=True)
-                report.journal_replayed += 1
+        self.journal.top_up()
+        self._db_left = self.db_budget_s
+        for path in self.journal.files():
+            try:
+                part = PartRecord.from_json(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+                self._refuse_file(path, f"not a part record ({type(exc).__name__}: {exc})", report)
+                continue
+            if part.recipe != self.recipe.name:
+                self._refuse_file(path, f"a record of recipe {part.recipe!r}", report)
+                continue
+            try:
+                self._sync(part)
+            except RecordRefused as exc:
+                self._refuse_file(path, exc.message, report)
+                report.set_aside += 1
+                continue
+            except StorageError as exc:
+                raise StorageError(
+                    f"held record {path} not written: {exc.message}",
+                    hint="free disk space / release the database lock, then start again "
+                    "(the record stays in the journal)",
+                ) from None
+            path.unlink(missing_ok=True)
+            report.journal_replayed += 1
         pose_index = {p.name: i for i, p in enumerate(self.recipe.robot.poses)}
         with self.db.session() as s:
             stale = s.scalars(
@@ -350,6 +438,15 @@ class Recorder:
                 report.interrupted.append(row.sequence)
                 report.shots_added += self._adopt_shot_files(s, row, pose_index)
         return report
+
+    def _refuse_file(self, path: Path, why: str, report: RecoveryReport) -> None:
+        try:
+            dest = self.journal.refuse(path)
+            line = f"journal file {path.name} refused: {why}; moved to {dest.parent}"
+        except StorageError as exc:
+            line = f"journal file {path} refused: {why}; not moved ({exc.message})"
+        log.error(line)
+        report.refused.append(line)
 
     def _adopt_shot_files(self, s: Any, row: Part, pose_index: dict[str, int]) -> int:
         """Shot rows for shot files of an interrupted part that never reached the database."""
@@ -385,14 +482,20 @@ class Recorder:
 
     # -- database ------------------------------------------------------------------------
     def _drop_journal(self, part: PartRecord) -> None:
-        with contextlib.suppress(OSError):
-            (self.journal_dir / f"{part.key}.json").unlink(missing_ok=True)
+        self.journal.drop(part.key)
+        self.journaled.discard(part.key)
 
     def _sync(self, part: PartRecord, with_detections: bool = True) -> None:
-        """Bring the database up to `part` (idempotent: only missing rows are inserted)."""
+        """Bring the database up to `part` (idempotent: only missing rows are inserted).
+
+        Lock waits count against the part's budget (`db_budget_s`): once it is spent, a
+        locked database fails at once.
+        """
         for _attempt in range(10):
+            t0 = time.monotonic()
             try:
-                self._sync_once(part, with_detections)
+                with self.db.deadline(t0 + max(self._db_left, 0.0)):
+                    self._sync_once(part, with_detections)
                 return
             except IntegrityError as exc:
                 if part.db_id is not None:
@@ -400,19 +503,58 @@ class Recorder:
                 part.sequence = None  # another writer took the number: take the next one
             except SQLAlchemyError as exc:
                 raise StorageError(f"database {self.db.safe_url} failed: {exc}") from None
+            finally:
+                self._db_left -= time.monotonic() - t0
         raise StorageError(f"could not allocate a part number for recipe {part.recipe!r}")
+
+    @staticmethod
+    def _check_row(part: PartRecord, row: Part | None) -> None:
+        """RecordRefused unless `row` is the row this record was made for."""
+        if row is None:
+            raise RecordRefused(f"record {part.key} names part id {part.db_id}, which is missing")
+        differs = [
+            name
+            for name, mine, theirs in (
+                ("record key", part.key, row.part_key),
+                ("run id", part.run_id, row.run_id),
+                ("recipe", part.recipe, row.recipe),
+                ("recipe digest", part.recipe_sha256, row.recipe_sha256),
+                ("sequence", part.sequence or row.sequence, row.sequence),
+                ("part id", part.db_id or row.id, row.id),
+            )
+            if mine != theirs
+        ]
+        known = {sh.id for sh in row.shots}
+        if any(sh.db_id is not None and sh.db_id not in known for sh in part.shots):
+            differs.append("shot ids")
+        if differs:
+            raise RecordRefused(
+                f"record {part.key} does not match part id {row.id} "
+                f"(sequence {row.sequence}): {', '.join(differs)} differ"
+            )
 
     def _sync_once(self, part: PartRecord, with_detections: bool) -> None:
         new_ids: list[tuple[Any, Any]] = []  # (record, row): ids applied only after commit
         with self.db.session() as s:
-            if part.db_id is None:
-                sequence = part.sequence or self.db.next_sequence(s, part.recipe)
-                row = Part(recipe=part.recipe, sequence=sequence, started_at=part.started_at)
-                s.add(row)
+            # without an id its row may exist all the same (a crash after the commit)
+            found = (
+                s.scalar(select(Part).where(Part.part_key == part.key))
+                if part.db_id is None
+                else s.get(Part, part.db_id)
+            )
+            if found is not None or part.db_id is not None:
+                self._check_row(part, found)
+                row = found
             else:
-                row = s.get(Part, part.db_id)
-                if row is None:
-                    raise StorageError(f"part id {part.db_id} vanished from the database")
+                sequence = part.sequence or self.db.next_sequence(s, part.recipe)
+                row = Part(
+                    recipe=part.recipe,
+                    sequence=sequence,
+                    started_at=part.started_at,
+                    run_id=part.run_id,
+                    part_key=part.key,
+                )
+                s.add(row)
             row.recipe_sha256 = part.recipe_sha256
             row.mode = part.mode
             row.line_part_id = part.line_part_id

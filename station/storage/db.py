@@ -8,6 +8,8 @@ processes logging parts to one file wait for each other instead of failing.
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from station.errors import StorageError
 from station.storage.models import Part
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+_wait = threading.local()  # .deadline: time.monotonic() by which a lock wait must end
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API objects)
@@ -29,11 +32,21 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API object
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    cur.execute(f"PRAGMA busy_timeout={_wait_ms()}")
     cur.close()
 
 
+def _wait_ms() -> int:
+    """How long a lock wait may take now: the busy timeout, cut at the thread's deadline."""
+    deadline = getattr(_wait, "deadline", None)
+    wait_s = SQLITE_BUSY_TIMEOUT_S
+    if deadline is not None:
+        wait_s = min(wait_s, deadline - time.monotonic())
+    return max(int(wait_s * 1000), 0)
+
+
 def _sqlite_begin(conn) -> None:  # noqa: ANN001
+    conn.exec_driver_sql(f"PRAGMA busy_timeout={_wait_ms()}")
     # Take the write lock up front: two processes reading then writing in WAL mode would
     # otherwise fail with "database is locked" instead of waiting for each other.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -100,6 +113,17 @@ class Database:
             raise
         finally:
             session.close()
+
+    @contextlib.contextmanager
+    def deadline(self, at: float | None) -> Iterator[None]:
+        """Lock waits of SQLite transactions in this thread end by `at` (time.monotonic());
+        past it, a locked database fails at once. None: the default busy timeout."""
+        before = getattr(_wait, "deadline", None)
+        _wait.deadline = at
+        try:
+            yield
+        finally:
+            _wait.deadline = before
 
     @property
     def safe_url(self) -> str:

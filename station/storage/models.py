@@ -54,6 +54,7 @@ class Part(Base):
     __tablename__ = "parts"
     __table_args__ = (
         UniqueConstraint("recipe", "sequence", name="uq_parts_recipe_sequence"),
+        Index("ix_parts_part_key", "part_key", unique=True),
         Index("ix_parts_recipe_verdict_started", "recipe", "verdict", "started_at"),
     )
 
@@ -75,6 +76,10 @@ class Part(Base):
     model_versions: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timings_ms: Mapped[dict[str, Any]] = mapped_column(default=dict)  # cycle breakdown
     ground_truth: Mapped[str | None] = mapped_column(String(16))  # good | defect (twin only)
+    # who wrote the row: the inspection run (one per Recorder) and the part's record key, so a
+    # journal record replayed later is checked against the row it claims (0003)
+    run_id: Mapped[str | None] = mapped_column(String(32))
+    part_key: Mapped[str | None] = mapped_column(String(32))
 
     shots: Mapped[list[Shot]] = relationship(
         back_populates="part", cascade="all, delete-orphan", order_by="Shot.pose_index"

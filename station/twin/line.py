@@ -1,7 +1,9 @@
 """Simulated line: brings sheets (good or defective at the twin's rate) and takes the reject bit.
 
 The reject output and the part-present input live on the robot controller, as on the real cell,
-so a lost robot link fails line I/O too.
+so a lost robot link fails line I/O too. The line contract's signals (heartbeat, RESULT_VALID,
+part-id echo) are kept on the world, each change logged in `world.line_log` in order; the
+twin's heartbeat is a flag, not a timer (twin time does not run by itself).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class SimLine:
         self.limit = int(limit) if limit is not None else None
         self.is_open = False
         self.rejects = 0
+        self.count = 0  # sheets since the heartbeat started: the part-id echo
 
     def _link(self, what: str) -> None:
         if self.world.trip("link_lost"):
@@ -45,11 +48,18 @@ class SimLine:
             return None
         self.world.wait(self.transfer_s)
         _, part_id = self.world.next_sheet()
+        self._signal("result_valid", False)  # a new sheet: no result yet
+        self.count += 1
         return part_id
+
+    def _signal(self, name: str, value: object) -> None:
+        if getattr(self.world, name) != value or name == "reject_output":
+            setattr(self.world, name, value)
+            self.world.line_log.append((name, value))
 
     def set_reject(self, reject: bool) -> None:
         self._link("setting the reject output")
-        self.world.reject_output = bool(reject)
+        self._signal("reject_output", bool(reject))
         if self.world.reject_output != bool(reject):  # read-back, as on the real cell
             raise LineIOError("reject output did not hold")
         if reject:
@@ -59,3 +69,22 @@ class SimLine:
         self._link("releasing the sheet")
         self.world.wait(self.transfer_s / 2)
         self.world.present(None)
+        self._signal("result_valid", False)  # the sheet has left
+
+    def publish_result(self, reject: bool) -> None:
+        self.set_reject(reject)
+        self._link("writing the part id")
+        self._signal("part_id_echo", self.count)
+        self._link("raising the result-valid output")
+        self._signal("result_valid", True)
+
+    def start_heartbeat(self) -> None:
+        self._link("starting the heartbeat")
+        self.count = 0
+        self._signal("part_id_echo", 0)
+        self._signal("heartbeat", True)
+
+    def fail_safe(self) -> None:
+        self._signal("heartbeat", False)
+        self.set_reject(True)
+        self._signal("result_valid", False)

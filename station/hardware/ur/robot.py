@@ -33,7 +33,9 @@ from station.recipe import Pose, RobotConfig
 log = logging.getLogger("station.hardware.ur")
 
 STATE_CALL_TIMEOUT_S = 2.0
-MOVE_STOP_MARGIN_S = 3.0  # the child's own move deadline (and its stopL) comes first
+MOVE_CALL_TIMEOUT_S = 1.0  # each call while moving: the link's supervision during moves
+MOVE_START_WAIT_S = 0.5
+MOVE_POLL_S = 0.004
 DASHBOARD_PORT = 29999
 
 
@@ -193,16 +195,7 @@ class URRobot:
                 "check remote control mode and the controller log, then reconnect",
             )
         try:
-            # The child stops the arm at move_timeout_s itself; this deadline is the last resort.
-            outcome = self._link.call(
-                "movel",
-                cfg.move_timeout_s + MOVE_STOP_MARGIN_S,
-                pose=pose.as_ur(),
-                speed=cfg.speed_mm_s / 1000.0,
-                acceleration=cfg.acceleration_mm_s2 / 1000.0,
-                stale_after_s=self.stale_after_s,
-                deadline_s=cfg.move_timeout_s,
-            )
+            outcome = self._move(pose)
         except RobotError:
             dashboard_stop(cfg.host)  # the link is gone: the arm may still be moving
             raise
@@ -235,6 +228,38 @@ class URRobot:
             st = self._state()
             check_safety(st, cfg.host)
         return self._to_robot_state(st)
+
+    def _move(self, pose: Pose) -> str:
+        """Start the move and watch it from here: "done", "refused", "stopped" (safety stop or
+        script ended), "stale" (the controller's timestamp stopped advancing) or "timeout" (the
+        arm is stopped first). Every call to the link child has MOVE_CALL_TIMEOUT_S: a child
+        stuck inside ur_rtde fails the move with a RobotError that soon, not at the timeout."""
+        cfg = self.cfg
+        acc = cfg.acceleration_mm_s2 / 1000.0
+        t0 = time.monotonic()
+        args = {"pose": pose.as_ur(), "speed": cfg.speed_mm_s / 1000.0, "acceleration": acc}
+        if not self._link.call("movel_start", MOVE_CALL_TIMEOUT_S, **args):
+            return "refused"
+        last_ts, last_change, running = -1.0, t0, False
+        while True:
+            st = self._link.call("move_status", MOVE_CALL_TIMEOUT_S)
+            now = time.monotonic()
+            if st["stopped"] or not st["program_running"]:
+                return "stopped"
+            if st["timestamp"] != last_ts:
+                last_ts, last_change = st["timestamp"], now
+            elif now - last_change > self.stale_after_s or not st["connected"]:
+                return "stale"
+            # The script reports "running" a cycle or more after moveL returns; a move too
+            # short to be seen running has ended (the caller checks the pose reached).
+            if st["progress"] >= 0:
+                running = True
+            elif running or now - t0 > MOVE_START_WAIT_S:
+                return "done"
+            if now - t0 > cfg.move_timeout_s:
+                self._link.call("stopl", MOVE_CALL_TIMEOUT_S, acceleration=max(acc, 0.5))
+                return "timeout"
+            time.sleep(MOVE_POLL_S)
 
     def _check_reached(self, pose: Pose, tcp: list[float]) -> None:
         err_mm = math.dist([v * 1000.0 for v in tcp[:3]], pose.position_mm)

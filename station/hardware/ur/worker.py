@@ -83,45 +83,30 @@ class Worker:
     def op_set_tcp(self, offset: list[float]) -> bool:
         return bool(self.control.setTcp(offset))
 
-    def op_movel(
-        self,
-        pose: list[float],
-        speed: float,
-        acceleration: float,
-        stale_after_s: float,
-        deadline_s: float,
-        start_wait_s: float = 0.5,
-    ) -> str:
-        """Move and watch: "done", "refused", "stopped" (safety stop or script ended), "stale"
-        (the controller stopped streaming) or "timeout" (not there within `deadline_s`: the
-        arm is stopped with stopL first). Async moveL keeps this loop in charge."""
+    def op_movel_start(self, pose: list[float], speed: float, acceleration: float) -> bool:
+        """Start an async moveL; the parent polls `move_status` with short timeouts, so a call
+        that blocks inside ur_rtde (a controller lost mid-command) is a dead link within them."""
+        return bool(self.control.moveL(pose, speed, acceleration, True))
+
+    def op_move_status(self) -> dict[str, Any]:
         c, r = self.control, self.receive
-        t0 = time.monotonic()
-        if not c.moveL(pose, speed, acceleration, True):
-            return "refused"
-        # The script's move thread reports "running" a cycle or more after moveL returns;
-        # until then the progress still reads idle. A move too short to be seen running has
-        # ended: the caller checks that the arm reached the pose.
-        while c.getAsyncOperationProgress() < 0 and time.monotonic() - t0 < start_wait_s:
-            time.sleep(0.002)
-        last_ts, last_change = r.getTimestamp(), time.monotonic()
-        while c.getAsyncOperationProgress() >= 0:
-            stopped = r.isProtectiveStopped() or r.isEmergencyStopped()
-            if stopped or r.getSafetyMode() not in SAFE_MODES or not c.isProgramRunning():
-                return "stopped"
-            ts, now = r.getTimestamp(), time.monotonic()
-            if ts != last_ts:
-                last_ts, last_change = ts, now
-            elif now - last_change > stale_after_s or not r.isConnected():
-                return "stale"
-            if now - t0 > deadline_s:
-                c.stopL(max(acceleration, 0.5))  # never leave the arm moving on its own
-                return "timeout"
-            time.sleep(0.004)
-        return "done"
+        stopped = r.isProtectiveStopped() or r.isEmergencyStopped()
+        return {
+            "progress": int(c.getAsyncOperationProgress()),  # < 0: no move running
+            "stopped": bool(stopped or r.getSafetyMode() not in SAFE_MODES),
+            "program_running": bool(c.isProgramRunning()),
+            "connected": bool(r.isConnected()),
+            "timestamp": float(r.getTimestamp()),
+        }
+
+    def op_stopl(self, acceleration: float) -> None:
+        self.control.stopL(acceleration)
 
     def op_set_do(self, index: int, value: bool) -> bool:
         return bool(self.io.setStandardDigitalOut(index, value))
+
+    def op_set_int_register(self, index: int, value: int) -> bool:
+        return bool(self.io.setInputIntRegister(index, value))
 
     def op_close(self) -> None:
         # Stop the control script politely; the sockets close when this process exits.

@@ -559,6 +559,12 @@ class FakeURController:
     def release_emergency_stop(self) -> None:
         self.model.release_emergency_stop()
 
+    def arm_link_loss(self, kind: str = "silent") -> None:
+        """The next linear move starts, then the link dies before ur_rtde sees the command
+        acknowledged: "silent" (a hung controller) or "cut" (the cable pulled)."""
+        faults = {"silent": self.go_silent, "cut": self.disconnect_network}
+        self.model.on_next_move = faults[kind]
+
     def freeze_outputs(self, frozen: bool = True) -> None:
         """Ignore digital output writes (an output held by a program or a failed I/O board)."""
         self.model.outputs_frozen = frozen

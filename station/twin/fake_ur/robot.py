@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from station.hardware.ur.modes import (
@@ -82,6 +83,7 @@ class RobotModel:
         self.program_name = "<unnamed>"
         self.received_scripts: list[str] = []
         self._armed_stop: float | None = None
+        self.on_next_move: Callable[[], None] | None = None  # fault hook, fired once
         self._running = threading.Event()
         self._loop: threading.Thread | None = None
 
@@ -194,7 +196,10 @@ class RobotModel:
             mv = LinearMove(start, list(target), v, a, now, time_scale=scale)
             self.move = mv
             log.debug("movel %s -> %s in %.3f s", start, target, mv.duration)
-            return mv
+            hook, self.on_next_move = self.on_next_move, None
+        if hook is not None:
+            hook()  # before the script acknowledges the command
+        return mv
 
     def halt(self) -> None:
         """Stop where the robot is now (stopl/stopj, protective stop)."""

@@ -1,0 +1,37 @@
+"""The line contract end to end: `station inspect --live` as a real subprocess on the emulated
+cell (fake UR controller with its simulated PLC, pylon camera emulator), killed with SIGKILL
+mid-part by tools/drill_kill.py. The PLC must reject the killed sheet as a dead station's, and
+route every sheet the station decided by its verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(600)
+def test_a_station_killed_mid_part_gets_its_sheet_rejected(tmp_path: Path) -> None:
+    home, report = tmp_path / "home", tmp_path / "report.json"
+    host = f"127.{40 + os.getpid() % 200}.78.2"
+    cmd = [sys.executable, str(REPO / "tools" / "drill_kill.py"), "--kills", "1"]
+    cmd += ["--final-count", "2", "--home", str(home), "--host", host, "--json", str(report)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    r = json.loads(report.read_text())
+    assert r["problems"] == [] and r["station_exit_codes"][0] == -9
+    disp = [json.loads(line) for line in (home / "plc.jsonl").read_text().splitlines()]
+    killed = next(d for d in disp if d["sheet"] == r["killed_sheets"][0])
+    assert killed["route"] == "rejected"
+    assert killed["reason"] in ("heartbeat lost", "no valid result in time")
+    assert r["part_rows"].get("interrupted") == 1  # the killed part, marked at the restart
+    assert r["sheets_with_valid_result"] >= 4  # two before the kill, two in the last run
+    assert r["shot_rows"] == r["shot_files_on_disk"]
+    # no sheet passed that the station did not decide as a pass
+    assert r["routes"].get("passed", 0) <= r["part_rows"].get("pass", 0)
