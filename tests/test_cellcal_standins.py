@@ -15,25 +15,18 @@ import yaml
 
 from station.cellcal import geometry as geo
 from station.cellcal.store import camera_model
-from station.cli.app import main
 from station.recipe import load_recipe
 from station.twin.truth import perturbed_truth
 
 pytest.importorskip("pypylon")
 pytest.importorskip("rtde_control")
 
+from test_cellcal import run  # noqa: E402
+
 from station.twin.fake_ur import FakeURController  # noqa: E402
 
 # pylon times its waits with SIGALRM timers: a signal-based test timeout breaks them.
 pytestmark = pytest.mark.timeout(240, method="thread")
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as ex:
-        main([*args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(ex.value.code or 0), out.out, out.err
 
 
 def test_calibration_through_fake_ur_and_pylon_emulator(

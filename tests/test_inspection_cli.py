@@ -3,13 +3,16 @@ offline and live runs on the twin, Ctrl-C, and the clear errors."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -160,19 +163,26 @@ def test_clear_errors(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "station train" in out and "Traceback" not in out
 
 
+@contextlib.contextmanager
+def _twin_faults(home: Path, faults: dict[str, Any]) -> Iterator[None]:
+    """The `small` recipe with these twin faults while the block runs."""
+    path = home / "recipes" / "small.yaml"
+    original = path.read_text()
+    faulted = yaml.safe_load(original)
+    faulted["twin"]["params"] = {"faults": faults}
+    path.write_text(yaml.safe_dump(faulted))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
 def test_exit_codes_say_when_the_run_did_not_end_well(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A protective stop with no operator at a terminal: the run stops and exits 3.
-    path = home / "recipes" / "small.yaml"
-    original = path.read_text()
-    faulted = yaml.safe_load(original)
-    faulted["twin"]["params"] = {"faults": {"protective_stop": {"after": 4}}}
-    path.write_text(yaml.safe_dump(faulted))
-    try:
+    with _twin_faults(home, {"protective_stop": {"after": 4}}):
         code, out = _run(["inspect", "--live", "--recipe", "small", "-n", "3", "--no-view"], capsys)
-    finally:
-        path.write_text(original)
     assert code == 3, out
     assert "stopped:" in out and "Traceback" not in out
     # Offline, one unreadable image among good ones: every part is decided, the exit code is 2.
@@ -194,15 +204,8 @@ def test_a_fault_line_shows_the_reason_not_the_scores(
 ) -> None:
     # The second shot of the first sheet times out (three tries): the first shot was scored,
     # but the line must say why the sheet is a fault, not show a score below threshold.
-    path = home / "recipes" / "small.yaml"
-    original = path.read_text()
-    faulted = yaml.safe_load(original)
-    faulted["twin"]["params"] = {"faults": {"camera_timeout": {"after": 1, "count": 3}}}
-    path.write_text(yaml.safe_dump(faulted))
-    try:
+    with _twin_faults(home, {"camera_timeout": {"after": 1, "count": 3}}):
         code, out = _run(["inspect", "--live", "--recipe", "small", "-n", "2", "--no-view"], capsys)
-    finally:
-        path.write_text(original)
     assert code == 2 and "Traceback" not in out, out
     (line,) = [x for x in out.splitlines() if re.match(r"part \d+: fault", x)]
     assert re.match(r"part \d+: fault \(camera: .*no frame within .*\) cycle \d+ ms$", line), line

@@ -204,6 +204,26 @@ def test_inference_overlaps_motion_only_when_pipelined(cell: Cell, pipelined: bo
     assert (overlaps > 0) is pipelined
 
 
+def _lock_database_during_part(cell: Cell, sequence: int) -> None:
+    """Another client holds the SQLite database exclusively while part `sequence` runs."""
+    import sqlite3
+
+    path = cell.db.url.removeprefix("sqlite:///")
+    lock: list[sqlite3.Connection] = []
+
+    def grab_lock() -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=0.1)
+        conn.execute("BEGIN EXCLUSIVE")
+        lock.append(conn)
+
+    def release_lock() -> None:
+        lock[0].rollback()
+        lock[0].close()
+
+    cell.hooks[("part_started", sequence)] = grab_lock
+    cell.hooks[("part_finished", sequence)] = release_lock
+
+
 def _one_fault(cell: Cell, n_parts: int = 3, **run: Any) -> tuple[RunSummary, list[Part]]:
     summary = cell.run(n_parts, **run)
     rows = _check_complete(cell, n_parts)
@@ -329,24 +349,9 @@ def test_lost_link_holds_sheet_until_operator(cell: Cell) -> None:
 def test_locked_database_faults_part_and_keeps_everything(
     cell: Cell, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sqlite3
-
     monkeypatch.setattr(dbmod, "SQLITE_BUSY_TIMEOUT_S", 0.2)
     cell.db = database(cell.recipe)
-    path = cell.db.url.removeprefix("sqlite:///")
-    lock: list[sqlite3.Connection] = []
-
-    def grab_lock() -> None:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=0.1)
-        conn.execute("BEGIN EXCLUSIVE")
-        lock.append(conn)
-
-    def release_lock() -> None:
-        lock[0].rollback()
-        lock[0].close()
-
-    cell.hooks[("part_started", 2)] = grab_lock
-    cell.hooks[("part_finished", 2)] = release_lock
+    _lock_database_during_part(cell, 2)
     summary, rows = _one_fault(cell)
     assert summary.results[1].fault.kind == "storage" and not summary.results[1].stored
     assert "locked" in rows[1].reason
@@ -556,24 +561,9 @@ def test_locked_database_wait_is_bounded_by_the_part_timeout(
 ) -> None:
     """Issue 23: a locked database stalled a sheet for two busy timeouts (61 s). The total
     lock wait of one part is bounded by line_io.part_timeout_s."""
-    import sqlite3
-
     monkeypatch.setattr(dbmod, "SQLITE_BUSY_TIMEOUT_S", 4.0)
     cell = _cell(station_home, line_io__part_timeout_s=0.5)
-    path = cell.db.url.removeprefix("sqlite:///")
-    lock: list[sqlite3.Connection] = []
-
-    def grab_lock() -> None:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=0.1)
-        conn.execute("BEGIN EXCLUSIVE")
-        lock.append(conn)
-
-    def release_lock() -> None:
-        lock[0].rollback()
-        lock[0].close()
-
-    cell.hooks[("part_started", 2)] = grab_lock
-    cell.hooks[("part_finished", 2)] = release_lock
+    _lock_database_during_part(cell, 2)
     summary, rows = _one_fault(cell)
     assert "locked" in rows[1].reason and not summary.results[1].stored
     assert summary.results[1].timings_ms["logging"] < 2000  # 0.5 s of waits, not 2 x 4 s
