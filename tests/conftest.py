@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,11 +54,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """URL of a throwaway PostgreSQL server on loopback, started for this test session.
 
     Skips when no server binary is installed (CI installs one); `.ci/run` sets
-    STATION_REQUIRE_POSTGRES=1 so a broken install fails instead of skipping.
+    STATION_REQUIRE_POSTGRES=1 so a broken install fails instead of skipping. Its data folder
+    is a private temporary folder, not pytest's: another pytest session started meanwhile
+    prunes older pytest folders, and would delete the running server's files.
     """
     bindir = _pg_bin()
     if bindir is None:
@@ -65,7 +68,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail("STATION_REQUIRE_POSTGRES is set but no PostgreSQL server is installed")
         pytest.skip("no PostgreSQL server binary installed (apt-get install postgresql)")
     pytest.importorskip("psycopg")
-    root = tmp_path_factory.mktemp("pg")
+    root = Path(tempfile.mkdtemp(prefix="station-pg-"))
     datadir, sockdir = root / "data", root / "sock"
     sockdir.mkdir()
     run_as: list[str] = []
@@ -121,6 +124,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             capture_output=True,
             timeout=60,
         )
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
