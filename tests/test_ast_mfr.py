@@ -11,18 +11,10 @@ import textures
 import torch
 
 from station.detectors.artifact import load_artifact, save_artifact
-from station.detectors.ast_mfr import (
-    ASTMFR,
-    MFRBlock,
-    Projection,
-    distance_map,
-    pick_student,
-    random_mask,
-    stage_layers,
-)
-from station.detectors.registry import available_detectors, create_detector
+from station.detectors.ast_mfr import ASTMFR, pick_student, stage_layers
+from station.detectors.ast_mfr_model import MFRBlock, Projection, distance_map, random_mask
+from station.detectors.registry import KNOWN_DETECTORS, available_detectors, create_detector
 from station.errors import DetectorError
-from station.recipe import KNOWN_DETECTORS
 
 SIZE = 64
 SMALL: dict[str, Any] = {
@@ -115,6 +107,7 @@ def test_distance_map_values() -> None:
     assert torch.allclose(distance_map(a, -a, 0.0), torch.full((2, 3, 3), 2.0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pair_is_asymmetric_and_recorded(trained: tuple[ASTMFR, Any]) -> None:
     det, report = trained
     cfg = det.config()
@@ -191,6 +184,7 @@ def test_artifact_roundtrip(trained: tuple[ASTMFR, Any], tmp_path: Path) -> None
     assert state["student_identity"]["weights_sha256"] == det.student.identity["weights_sha256"]
 
 
+@pytest.mark.slow
 def test_ablation_variants_build_and_frozen_student_trains(train_images: np.ndarray) -> None:
     sym = create_detector(
         "ast_mfr", **{**SMALL, "student": "efficientnet_lite0", "epochs": 1, "val_fraction": 0}

@@ -101,6 +101,7 @@ def test_local_file_wins_and_is_identified(isolated_caches: Path) -> None:
     assert b.identity["weights_sha256"] == bb.file_sha256(pkg)
 
 
+@pytest.mark.slow
 def test_resnet_from_a_torchvision_style_file(isolated_caches: Path, tmp_path: Path) -> None:
     # A user-supplied state dict with torchvision key names loads by name.
     import torchvision
@@ -124,6 +125,7 @@ def test_torch_hub_cache_is_used(isolated_caches: Path, tmp_path: Path) -> None:
     assert bb.find_weights("resnet18", "auto") == ("cache", ckpt)
 
 
+@pytest.mark.slow
 def test_bad_names_are_clear_errors() -> None:
     with pytest.raises(DetectorError, match="unknown backbone"):
         bb.create_backbone("vgg99")

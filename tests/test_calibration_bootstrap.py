@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from station.calibration.bootstrap import (
@@ -43,6 +44,7 @@ def test_fixed_seed_is_reproducible() -> None:
     assert a == b
 
 
+@pytest.mark.slow
 def test_rate_interval_coverage_on_simulated_scores() -> None:
     """good ~ N(0, 1), defect ~ N(2, 1), threshold 1: true rates 1 - Phi(1) and Phi(-1)."""
     rng = np.random.default_rng(12345)
@@ -62,6 +64,7 @@ def test_rate_interval_coverage_on_simulated_scores() -> None:
     assert covered_exact / reps >= 0.93  # Clopper-Pearson is conservative
 
 
+@pytest.mark.slow
 def test_auroc_interval_coverage_on_simulated_scores() -> None:
     rng = np.random.default_rng(777)
     true_auc = stats.norm.cdf(1.5 / math.sqrt(2))  # N(0,1) vs N(1.5,1)

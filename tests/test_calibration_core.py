@@ -8,10 +8,9 @@ import pytest
 from station.calibration.core import PartScores, calibrate
 from station.calibration.policies import Policy
 from station.calibration.scores import group_parts, part_key
+from station.decision import Verdict, decide
 from station.errors import CalibrationError
-from station.inspection.decision import decide
 from station.recipe import DecisionConfig
-from station.storage.models import Verdict
 
 POLICIES = [
     Policy("zero_miss"),
@@ -125,6 +124,7 @@ def test_a_part_whose_mean_score_is_the_threshold_is_rejected() -> None:
     assert decide({"a": weakest}, {"a": t}, cfg, ["l", "c", "r"]).verdict is Verdict.FAIL
 
 
+@pytest.mark.slow
 def test_policies_that_allow_no_false_reject_find_a_threshold() -> None:
     """good_quantile 0.99 on 30 good parts, or a zero false-reject budget: the threshold lies
     above every good part, for one detector and for two, with the max or mean of poses."""
@@ -275,7 +275,7 @@ def test_other_policies_are_compared_not_applied() -> None:
 @pytest.mark.parametrize("combine", ["any", "all", "mean"])
 def test_inspection_decision_reproduces_the_stated_counts(poses: str, combine: str) -> None:
     """The contract with station inspect: its own decide() gives the calibrated counts."""
-    decision = pytest.importorskip("station.inspection.decision")
+    decision = pytest.importorskip("station.decision")
     from station.recipe import DecisionConfig
 
     cfg = DecisionConfig(combine_poses=poses, combine_detectors=combine)

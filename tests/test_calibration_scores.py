@@ -14,8 +14,9 @@ import yaml
 
 from station.calibration.core import calibrate
 from station.calibration.policies import Policy
-from station.calibration.scores import dataset_hash, load_detectors, score_folder
+from station.calibration.scores import dataset_hash, score_folder
 from station.calibration.store import load_active_calibration
+from station.detectors.engine import load_models
 from station.recipe import load_recipe
 
 SIZE = 64
@@ -43,12 +44,14 @@ def _folder(root: Path, rng: np.random.Generator) -> None:
             write_png(root / sub / f"p{seq:06d}_{pose}.png", img)
 
 
+@pytest.mark.slow
 def test_folder_scored_by_trained_artifact_then_cli(
     station_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from station.cli.app import main
     from station.datasets import MVTecFolder
-    from station.detectors.training import load_images, train_and_save
+    from station.detectors.engine import load_images
+    from station.detectors.training import train_and_save
 
     root = station_home / "ds"
     _folder(root, np.random.default_rng(0))
@@ -62,7 +65,7 @@ def test_folder_scored_by_trained_artifact_then_cli(
     )
 
     # library: the newest artifact scores the folder; shots group into parts by p<seq>_
-    data = score_folder(recipe, root, "dataset", models=load_detectors(recipe), batch_size=4)
+    data = score_folder(recipe, root, "dataset", models=load_models(recipe), batch_size=4)
     assert data.part_ids == [f"p{s:06d}" for s in range(1, 8)]
     assert data.labels.tolist() == [0, 0, 0, 0, 1, 1, 1] and data.n_shots == 14
     assert data.model_versions == {"patchcore": trained.version}
@@ -95,7 +98,7 @@ def test_folder_scored_by_trained_artifact_then_cli(
     for sub in ("test/good", "test/hole"):
         for i in range(2):
             write_png(mv / sub / f"{i:03d}.png", _weave(rng))
-    data = score_folder(recipe, mv, "dataset", models=load_detectors(recipe), batch_size=4)
+    data = score_folder(recipe, mv, "dataset", models=load_models(recipe), batch_size=4)
     assert sorted(zip(data.part_ids, data.labels.tolist(), strict=True)) == [
         ("test/good/000", 0), ("test/good/001", 0), ("test/hole/000", 1), ("test/hole/001", 1)
     ]

@@ -41,6 +41,7 @@ def _save(home: Path, version: str = "pc-1", when: datetime | None = None, **kw)
     return recipe, res, save_calibration(res, recipe, dataset="test", **kw)
 
 
+@pytest.mark.slow
 def test_files_record_and_exact_rates(station_home: Path) -> None:
     recipe, res, saved = _save(station_home)
     assert saved.path == station_home / "calibration" / "glassfiber.yaml"
@@ -74,6 +75,7 @@ def test_files_record_and_exact_rates(station_home: Path) -> None:
     db.dispose()
 
 
+@pytest.mark.slow
 def test_active_calibration_and_stale_refusal(station_home: Path) -> None:
     recipe = load_recipe("glassfiber")
     with pytest.raises(CalibrationError) as info:
@@ -96,6 +98,7 @@ def test_active_calibration_and_stale_refusal(station_home: Path) -> None:
         load_active_calibration(recipe, {"patchcore": "pc-1", "simplenet": "sn-1"})
 
 
+@pytest.mark.slow
 def test_newest_matching_calibration_wins(station_home: Path) -> None:
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     _save(station_home, "pc-1", t0)
@@ -108,6 +111,7 @@ def test_newest_matching_calibration_wins(station_home: Path) -> None:
     assert "newer one" in older.note
 
 
+@pytest.mark.slow
 def test_decision_rule_change_makes_it_stale(station_home: Path) -> None:
     _save(station_home)
     path = station_home / "recipes" / "glassfiber.yaml"
@@ -116,6 +120,7 @@ def test_decision_rule_change_makes_it_stale(station_home: Path) -> None:
         load_active_calibration("glassfiber", {"patchcore": "pc-1"})
 
 
+@pytest.mark.slow
 def test_damaged_file_is_refused(station_home: Path) -> None:
     _, _, saved = _save(station_home)
     saved.path.write_text("thresholds: {patchcore: -1}\nmodel_versions: {}\ncreated_at: x\n")
@@ -155,6 +160,7 @@ def _review_db(url: str, n_good: int, n_defect: int, passed_audit: int = 0) -> N
     db.dispose()
 
 
+@pytest.mark.slow
 def test_cli_from_reviews(station_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from station.cli.app import main
 
@@ -215,6 +221,7 @@ def test_reviews_with_audits_and_other_model_versions(station_home: Path) -> Non
     assert any("2 reviewed parts left out" in n for n in data.notes)
 
 
+@pytest.mark.slow
 def test_reviewed_parts_missing_poses_are_left_out(station_home: Path) -> None:
     """An interrupted sheet reviewed as defective has scores from only some poses: its combined
     score is not comparable with whole sheets, so calibration leaves it out and says so."""

@@ -12,8 +12,8 @@ import yaml
 from sqlalchemy import select
 
 from station.cli.app import main
-from station.cli.capture import run_capture
 from station.errors import StationError
+from station.inspection.capture import run_capture
 from station.recipe import load_recipe
 from station.storage.db import open_database
 from station.storage.models import Part, Shot
@@ -41,6 +41,7 @@ def pngs(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.png") if ".staging" not in p.parts)
 
 
+@pytest.mark.slow
 def test_capture_five_good_parts(station_home: Path) -> None:
     set_twin(station_home)
     main(["capture", "--recipe", "glassfiber", "--count", "5"])
@@ -68,6 +69,7 @@ def test_capture_five_good_parts(station_home: Path) -> None:
     assert meta["simulated_cycle_s"] > 1.0  # robot and line timing ran (without waiting)
 
 
+@pytest.mark.slow
 def test_capture_labelled_sorts_shots_by_ground_truth(station_home: Path) -> None:
     set_twin(station_home, defect_rate=0.6)
     main(["capture", "--recipe", "glassfiber", "--count", "6", "--label", "labelled",
@@ -97,6 +99,7 @@ def test_capture_labelled_sorts_shots_by_ground_truth(station_home: Path) -> Non
     assert "defects" in meta["twin"]
 
 
+@pytest.mark.slow
 def test_rerun_continues_numbering_without_overwriting(station_home: Path) -> None:
     set_twin(station_home)
     main(["capture", "--recipe", "glassfiber", "--count", "2"])
@@ -114,6 +117,7 @@ def test_rerun_continues_numbering_without_overwriting(station_home: Path) -> No
     assert parts[-1].sequence == 10
 
 
+@pytest.mark.slow
 def test_fault_mid_capture_keeps_earlier_parts(station_home: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     # each part: home, 3 poses, home = 5 moves; the 11th move (part 3) stops the robot
@@ -133,6 +137,7 @@ def test_fault_mid_capture_keeps_earlier_parts(station_home: Path,
     assert [p.sequence for p in parts] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_camera_failure_is_one_clear_error(station_home: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     set_twin(station_home, params={"faults": {"camera_timeout": {"after": 4}}})
@@ -145,6 +150,7 @@ def test_camera_failure_is_one_clear_error(station_home: Path,
     assert len(parts) == 1
 
 
+@pytest.mark.slow
 def test_interrupt_mid_part_leaves_no_partial_part(station_home: Path) -> None:
     set_twin(station_home)
     recipe = load_recipe("glassfiber")

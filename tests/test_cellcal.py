@@ -52,6 +52,7 @@ def test_default_twin_camera_is_the_nominal_pinhole() -> None:
     assert TwinWorld(recipe).board is None
 
 
+@pytest.mark.slow
 def test_recovers_the_true_camera_within_the_acceptance(station_home: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     base = load_recipe("glassfiber")
@@ -90,6 +91,7 @@ def test_recovers_the_true_camera_within_the_acceptance(station_home: Path,
     assert "hand-eye" in run(capsys, "recipe", "check", name)[1]
 
 
+@pytest.mark.slow
 def test_the_file_refuses_hand_edits(station_home: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     name = write_recipe(station_home, "edited", {})
@@ -120,6 +122,7 @@ def test_nominal_model_without_a_calibration(station_home: Path) -> None:
     (["--dictionary", "DICT_5X5_100"], {}, "show DICT_4X4_"),
     (["--marker-mm", "2.5"], {}, "off the layout"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_writes_nothing(
         station_home: Path, capsys: pytest.CaptureFixture[str], args: list[str], params: dict,
         message: str) -> None:
@@ -183,6 +186,7 @@ def test_board_printout_is_true_scale(tmp_path: Path, capsys: pytest.CaptureFixt
     assert board.image(120).shape == (7 * 120, 10 * 120)
 
 
+@pytest.mark.slow
 def test_distorted_board_render_puts_corners_where_the_true_model_projects_them() -> None:
     import cv2
 
@@ -260,6 +264,7 @@ def test_bad_twin_truth_is_a_recipe_problem() -> None:
             TwinWorld(recipe)
 
 
+@pytest.mark.slow
 def test_a_wrong_square_size_is_warned_about(station_home: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     name = write_recipe(station_home, "ruler", {})

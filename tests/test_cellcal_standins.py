@@ -29,6 +29,7 @@ from station.twin.fake_ur import FakeURController  # noqa: E402
 pytestmark = pytest.mark.timeout(240, method="thread")
 
 
+@pytest.mark.slow
 def test_calibration_through_fake_ur_and_pylon_emulator(
         station_home: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

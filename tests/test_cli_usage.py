@@ -20,6 +20,7 @@ STATION = Path(sys.executable).with_name("station")
         (["evaluate"], "Missing option '--dataset'"),
     ],
 )
+@pytest.mark.slow
 def test_usage_errors_are_short(argv: list[str], says: str) -> None:
     exe = str(STATION) if STATION.exists() else shutil.which("station")
     assert exe, "the station entry point is not installed"
@@ -29,6 +30,7 @@ def test_usage_errors_are_short(argv: list[str], says: str) -> None:
     assert "Traceback" not in run.stderr + run.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_command_cleanly() -> None:
     """systemd stops the station with SIGTERM: `finally` blocks run, exit 143, no traceback."""
     import os

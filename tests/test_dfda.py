@@ -12,19 +12,16 @@ import pytest
 import textures
 import torch
 
-from station.detectors.dfda import (
-    DFDA,
+from station.detectors.dfda import DFDA
+from station.detectors.dfda_faults import (
     SYNTHETIC_KINDS,
-    ChannelSpatialAttention,
-    QueryKeyAttention,
-    _Branches,
-    choose_k,
-    elbow_k,
-    kmeans,
     patch_labels,
     separation_loss,
     synthetic_defect,
 )
+from station.detectors.dfda_fit import _Branches
+from station.detectors.dfda_net import ChannelSpatialAttention, QueryKeyAttention
+from station.detectors.kmeans import choose_k, elbow_k, kmeans
 from station.detectors.registry import available_detectors, create_detector
 from station.errors import DetectorError
 
@@ -163,6 +160,7 @@ def test_grid_is_28_at_224_and_features_concatenate_both_branches() -> None:
     assert set(ident["branches"]) == {"cbam", "query_key"}
 
 
+@pytest.mark.slow
 def test_fit_report_and_prediction_shapes(trained: tuple[DFDA, Any]) -> None:
     det, rep = trained
     assert rep.n_images == 12 and rep.extra["n_val"] >= 1
@@ -197,6 +195,7 @@ def test_injected_defects_score_higher_than_training_images(
         assert pred.maps[i][inside].mean() > 1.2 * pred.maps[i][~inside].mean()
 
 
+@pytest.mark.slow
 def test_same_seed_same_model(train_images: np.ndarray, trained: tuple[DFDA, Any]) -> None:
     det, _ = trained
     other = create_detector("dfda", **SMALL)
@@ -234,6 +233,7 @@ def test_unfitted_and_wrong_size(trained: tuple[DFDA, Any]) -> None:
         det.predict(weave(np.random.default_rng(1), 1, size=64))
 
 
+@pytest.mark.slow
 def test_ablation_switches_change_the_features(train_images: np.ndarray) -> None:
     x = torch.from_numpy(np.repeat(train_images[:2, None], 3, 1)).float() / 255
     rand = create_detector("dfda", device="cpu")  # random initialisation by default
@@ -306,6 +306,7 @@ def test_separation_loss_is_scale_free_and_ranks() -> None:
     assert d.grad is not None and bool((d.grad < 0).all())
 
 
+@pytest.mark.slow
 def test_attention_steps_lower_the_objective_and_widen_the_margin(
     train_images: np.ndarray,
 ) -> None:
@@ -330,6 +331,7 @@ def test_attention_steps_lower_the_objective_and_widen_the_margin(
     assert float(det.qk.key.weight.detach().abs().sum()) > 0  # left the neutral start
 
 
+@pytest.mark.slow
 def test_untrained_attention_reports_no_training(train_images: np.ndarray) -> None:
     det = create_detector("dfda", **{**SMALL, "k": 4, "attention_epochs": 0})
     rep = det.fit(train_images)
@@ -340,6 +342,7 @@ def test_untrained_attention_reports_no_training(train_images: np.ndarray) -> No
     assert rep.extra["k_from"] == "elbow" and str(rep.extra["k"]) in rep.extra["k_inertias"]
 
 
+@pytest.mark.slow
 def test_k_falls_back_to_the_elbow_when_no_candidate_can_be_judged(
     train_images: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,9 +12,9 @@ import textures
 import torch
 
 from station.detectors.artifact import load_artifact, save_artifact
-from station.detectors.efficientad import (
+from station.detectors.efficientad import EfficientAD
+from station.detectors.efficientad_net import (
     AutoEncoder,
-    EfficientAD,
     hard_mse,
     lr_schedule,
     pdn,
@@ -70,6 +70,7 @@ def test_registered() -> None:
     assert "efficientad" in available_detectors()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["small", "medium"])
 def test_pdn_grid_and_receptive_field(size: str) -> None:
     net = pdn(size, 384)
@@ -121,6 +122,7 @@ def test_lr_schedules(kind: str) -> None:
         assert 0.01 <= lrs[99] < 0.02
 
 
+@pytest.mark.slow
 def test_fit_report_and_distillation(trained: tuple[EfficientAD, Any]) -> None:
     det, report = trained
     assert report.n_images == 8 and report.extra["n_validation"] == 2
@@ -151,6 +153,7 @@ def test_maps_scores_and_defects(trained: tuple[EfficientAD, Any]) -> None:
         assert 12 <= y <= 52 and 4 <= x <= 56
 
 
+@pytest.mark.slow
 def test_teacher_cache_is_reused(
     home: Path, trained: tuple[EfficientAD, Any], train_images: np.ndarray
 ) -> None:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from station.hardware.ur.poses import pose_inv, pose_trans, rotation_distance
 from station.twin.fake_ur import FakeURController
 from station.twin.fake_ur.motion import LinearMove
+from station.ur_poses import pose_inv, pose_trans, rotation_distance
 
 pytestmark = pytest.mark.timeout(60)  # nothing here may hang the suite
 _hosts = itertools.count(2)
@@ -148,6 +148,7 @@ def _rtde_until(conn: socket.socket, kind: str) -> tuple[str, bytes]:
             return got
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_silent_peer_and_dropped_connections(fake: FakeURController) -> None:
     fake.go_silent()
@@ -170,6 +171,7 @@ def test_silent_peer_and_dropped_connections(fake: FakeURController) -> None:
 
 
 # -- the real ur_rtde clients ------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_receive_and_io_interfaces(fake: FakeURController) -> None:
     fake.set_digital_input(3, True)
@@ -200,6 +202,7 @@ def test_receive_and_io_interfaces(fake: FakeURController) -> None:
     assert out["do5_off"] is False and not fake.digital_output(5)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_control_interface_movel_set_tcp_and_timing(fake: FakeURController) -> None:
     out = _client(
@@ -247,6 +250,7 @@ def test_control_interface_movel_set_tcp_and_timing(fake: FakeURController) -> N
     assert any("rtde_cmd()" in s for s in fake.model.received_scripts)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_protective_stop_mid_move_and_dashboard(fake: FakeURController) -> None:
     fake.arm_protective_stop(at_fraction=0.5)
@@ -283,6 +287,7 @@ def test_protective_stop_mid_move_and_dashboard(fake: FakeURController) -> None:
     assert out["move2"] is True and out["pose2"][1] == pytest.approx(0.1, abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_emergency_stop_and_recovery_through_dashboard(fake: FakeURController) -> None:
     fake.emergency_stop()
@@ -347,6 +352,7 @@ def test_eseries_controller_checks_remote_control() -> None:
 
 
 # -- `station sim robot-server` --------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_robot_server_cli_console_and_bind_error() -> None:
     host = _next_host()
@@ -369,6 +375,7 @@ def test_robot_server_cli_console_and_bind_error() -> None:
     assert "cannot listen on" in busy.stderr and "Traceback" not in busy.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_robot_server_runs_the_plc(tmp_path: Path) -> None:
     # No station runs: every sheet is rejected at once, and said so.

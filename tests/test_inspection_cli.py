@@ -95,6 +95,7 @@ def _parts(home: Path) -> list[Part]:
     return list(rows)
 
 
+@pytest.mark.slow
 def test_offline_on_stored_images(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = len(_parts(home))
     code, out = _run(["inspect", "--recipe", "small", str(home / "labelled" / "test")], capsys)
@@ -111,6 +112,7 @@ def test_offline_on_stored_images(home: Path, capsys: pytest.CaptureFixture[str]
     assert all(r.verdict is Verdict.FAIL for r in rows if r.ground_truth == "defect")
 
 
+@pytest.mark.slow
 def test_live_count(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = len(_parts(home))
     code, out = _run(["inspect", "--live", "--recipe", "small", "-n", "2", "--no-view"], capsys)
@@ -122,6 +124,7 @@ def test_live_count(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert all(r.timings_ms["cycle"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_ctrl_c_finishes_part_and_exits_cleanly(home: Path) -> None:
     env = {**os.environ, "STATION_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "station", "inspect", "--live", "-r", "small", "--no-view"]
@@ -177,6 +180,7 @@ def _twin_faults(home: Path, faults: dict[str, Any]) -> Iterator[None]:
         path.write_text(original)
 
 
+@pytest.mark.slow
 def test_exit_codes_say_when_the_run_did_not_end_well(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -213,6 +217,7 @@ def test_a_fault_line_shows_the_reason_not_the_scores(
     assert re.search(r"^part \d+: (pass|fail) \(patchcore \d+\.\d+x\) cycle", out, re.M)
 
 
+@pytest.mark.slow
 def test_offline_parts_follow_the_capture_layout(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -235,6 +240,7 @@ def test_offline_parts_follow_the_capture_layout(
     assert len(partial.shots) == 2  # what was there is stored
 
 
+@pytest.mark.slow
 def test_second_live_run_on_a_recipe_exits_2_naming_the_lock(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

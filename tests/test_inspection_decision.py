@@ -8,10 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from station.inspection.decision import Decision, decide
+from station.decision import Decision, Verdict, decide
 from station.recipe import DecisionConfig
 from station.storage.heatmaps import COLORMAP, encode_heatmap, heat_levels
-from station.storage.models import Verdict
 
 POSES = ["left", "centre", "right"]
 
@@ -124,7 +123,7 @@ def test_heatmap_into_crop_region() -> None:
 
 
 def test_ratio_display_never_contradicts_the_verdict() -> None:
-    from station.inspection.decision import fmt_ratio
+    from station.decision import fmt_ratio
 
     assert fmt_ratio(0.99999) == "0.999" and fmt_ratio(1.0) == "1.000"
     assert fmt_ratio(1.23456) == "1.234" and fmt_ratio(0.0) == "0.000"

@@ -22,10 +22,11 @@ import pytest
 from sqlalchemy import select
 from test_inspection_support import bright_set, database, small_recipe
 
-from station.hardware.factory import open_devices
-from station.inspection.cycle import Event, Inspector
+from station.devices.factory import open_devices
+from station.inspection.cycle import Inspector
 from station.inspection.faults import Fault
 from station.inspection.recorder import Recorder
+from station.inspection.results import Event
 from station.storage.models import Part, Verdict
 from station.twin.fake_ur import FakeURController
 
@@ -79,10 +80,11 @@ class Conveyor(threading.Thread):
             time.sleep(0.002)
 
 
+@pytest.mark.slow
 def test_faults_through_real_drivers(
     station_home: Path, fake: FakeURController, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from station.hardware.pylon.emulator import prepare_twin_images
+    from station.devices.pylon_emulator import prepare_twin_images
 
     monkeypatch.setenv("PYLON_CAMEMU", "1")
     recipe = small_recipe(

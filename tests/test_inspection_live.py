@@ -25,11 +25,12 @@ from test_inspection_support import BrightSpot, bright_set, database, sheet, sma
 
 import station.storage.db as dbmod
 import station.storage.heatmaps as heatmaps
+from station.devices.factory import open_devices
 from station.errors import ProtectiveStop
-from station.hardware.factory import open_devices
-from station.inspection.cycle import Event, Inspector, RunSummary
+from station.inspection.cycle import Inspector
 from station.inspection.faults import Fault
 from station.inspection.recorder import Recorder
+from station.inspection.results import Event, RunSummary
 from station.recipe import Recipe
 from station.storage.models import Part, Verdict
 from station.twin import render_part_shots
@@ -135,6 +136,7 @@ def _check_complete(cell: Cell, n_parts: int) -> list[Part]:
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipelined", [True, False])
 def test_parts_records_and_reject_output(cell: Cell, pipelined: bool) -> None:
     # a threshold between the parts' scores, so that both verdicts occur
@@ -171,6 +173,7 @@ def test_parts_records_and_reject_output(cell: Cell, pipelined: bool) -> None:
     assert cell.detector.threads == {"inference_0"}  # both modes: same thread, overlap differs
 
 
+@pytest.mark.slow
 def test_pipelining_does_not_change_verdicts(cell: Cell) -> None:
     on = cell.run(3, pipelined=True, seed=5)
     off = cell.run(3, pipelined=False, seed=5)
@@ -178,6 +181,7 @@ def test_pipelining_does_not_change_verdicts(cell: Cell) -> None:
     assert [r.scores for r in on.results] == [r.scores for r in off.results]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipelined", [True, False])
 def test_inference_overlaps_motion_only_when_pipelined(cell: Cell, pipelined: bool) -> None:
     """Order of events, not speed: does scoring shot k run during the move to pose k+1?"""
@@ -346,6 +350,7 @@ def test_lost_link_holds_sheet_until_operator(cell: Cell) -> None:
     assert any("held part 2 rejected and released" in e.text for e in cell.events)
 
 
+@pytest.mark.slow
 def test_locked_database_faults_part_and_keeps_everything(
     cell: Cell, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -440,7 +445,7 @@ CRASH_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from pathlib import Path
     from test_inspection_support import bright_set, database, small_recipe
-    from station.hardware.factory import open_devices
+    from station.devices.factory import open_devices
     from station.inspection.cycle import Inspector
     from station.inspection.recorder import Recorder
 
@@ -463,6 +468,7 @@ CRASH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_crash_mid_part_leaves_it_interrupted(cell: Cell) -> None:
     script = CRASH_SCRIPT.format(tests=str(REPO / "tests"), home=str(cell.home))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
@@ -556,6 +562,7 @@ def test_database_and_data_on_one_full_disk_lose_no_decision(
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.slow
 def test_locked_database_wait_is_bounded_by_the_part_timeout(
     station_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -569,6 +576,7 @@ def test_locked_database_wait_is_bounded_by_the_part_timeout(
     assert summary.results[1].timings_ms["logging"] < 2000  # 0.5 s of waits, not 2 x 4 s
 
 
+@pytest.mark.slow
 def test_second_live_run_on_a_recipe_is_refused(cell: Cell) -> None:
     """Issue 23: a second live run marked the first run's parts interrupted mid-part."""
     import os

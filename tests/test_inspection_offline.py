@@ -12,8 +12,10 @@ from sqlalchemy import select
 from test_inspection_support import bright_set, database, sheet, small_recipe
 
 from station.imaging import write_png
-from station.inspection.cycle import Event, Inspector, group_offline
+from station.inspection.cycle import Inspector
+from station.inspection.offline import group_offline
 from station.inspection.recorder import Recorder
+from station.inspection.results import Event
 from station.storage.models import Part, Verdict
 
 
@@ -82,6 +84,7 @@ def test_offline_verdicts_and_records(station_home: Path, tmp_path: Path, pipeli
         assert rows[3].shots == [] and rows[2].shots == []  # neither file became a shot
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_offline_on_postgres(station_home: Path, tmp_path: Path, fresh_postgres_url: str) -> None:
     recipe = small_recipe(

@@ -108,6 +108,7 @@ def _lock(path: str) -> sqlite3.Connection:
     return conn
 
 
+@pytest.mark.slow
 def test_locked_database_is_journaled_then_written(
     rec: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

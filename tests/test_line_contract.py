@@ -16,6 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_station_killed_mid_part_gets_its_sheet_rejected(tmp_path: Path) -> None:
     home, report = tmp_path / "home", tmp_path / "report.json"

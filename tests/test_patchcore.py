@@ -222,6 +222,7 @@ def coarser(img: np.ndarray, factor: float = 1.2) -> np.ndarray:
     return big[: img.shape[0], : img.shape[1]]
 
 
+@pytest.mark.slow
 def test_centred_features_ignore_a_sheet_wide_change_but_not_a_fault() -> None:
     train = [weave(s) for s in range(8)]
     sheet_wide = np.stack([coarser(weave(s)) for s in range(700, 704)])

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from station.errors import CameraError, StationError
-from station.hardware.interfaces import Camera
-from station.recipe import CameraConfig
+from station.interfaces import Camera
+from station.recipe import PylonCameraConfig
 
 pytest.importorskip("pypylon")
 
@@ -31,9 +31,9 @@ def two_emulated_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYLON_CAMEMU", "2")
 
 
-def cfg(**overrides: object) -> CameraConfig:
+def cfg(**overrides: object) -> PylonCameraConfig:
     base: dict[str, object] = {"driver": "pylon", "width": W, "height": H, "timeout_ms": 1000}
-    return CameraConfig(**(base | overrides))
+    return PylonCameraConfig(**(base | overrides))
 
 
 def write_images(folder: Path, n: int, rgb: bool = False) -> list[np.ndarray]:
@@ -49,6 +49,7 @@ def write_images(folder: Path, n: int, rgb: bool = False) -> list[np.ndarray]:
     return images
 
 
+@pytest.mark.slow
 def test_enumerate_and_open_by_serial() -> None:
     serials = [c["serial"] for c in list_cameras()]
     assert "0815-0000" in serials and "0815-0001" in serials
@@ -79,6 +80,7 @@ def test_unknown_serial_names_it_and_lists_the_cameras() -> None:
     assert "0815-0000" in err.value.message and "0815-0001" in err.value.message
 
 
+@pytest.mark.slow
 def test_no_camera_hints_at_the_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYLON_CAMEMU", "0")
     if list_cameras():
@@ -147,6 +149,7 @@ def test_emulator_single_file(tmp_path: Path) -> None:
         assert np.array_equal(cam.grab().image, images[0])
 
 
+@pytest.mark.slow
 def test_emulator_folder_problems_are_clear(tmp_path: Path) -> None:
     with pytest.raises(CameraError, match="not found"):
         PylonCamera(cfg(emulator_images=str(tmp_path / "missing"))).open()
@@ -198,6 +201,7 @@ def _fail_first_read(cam: PylonCamera, monkeypatch: pytest.MonkeyPatch) -> list[
     return calls
 
 
+@pytest.mark.slow
 def test_genicam_error_reading_a_frame_is_a_retried_camera_fault(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -213,6 +217,7 @@ def test_genicam_error_reading_a_frame_is_a_retried_camera_fault(
             cam.grab()
 
 
+@pytest.mark.slow
 def test_hardware_trigger_timeout_raises_after_retries() -> None:
     with PylonCamera(cfg(trigger="hardware", timeout_ms=100, retries=2)) as cam:
         assert cam.settings()["trigger_source"] == "Line1"
@@ -223,6 +228,7 @@ def test_hardware_trigger_timeout_raises_after_retries() -> None:
     assert "Line1" in (err.value.hint or "")
 
 
+@pytest.mark.slow
 def test_feature_file_roundtrip(tmp_path: Path) -> None:
     pfs = tmp_path / "cam" / "features.pfs"
     with PylonCamera(cfg(exposure_us=2222.0)) as cam:
@@ -237,6 +243,7 @@ def test_feature_file_roundtrip(tmp_path: Path) -> None:
         assert cam.device.BlackLevel.Value == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_bad_feature_files_are_clear(tmp_path: Path) -> None:
     with pytest.raises(CameraError, match="feature file .* not found"):
         PylonCamera(cfg(feature_file=str(tmp_path / "none.pfs"))).open()
@@ -247,6 +254,7 @@ def test_bad_feature_files_are_clear(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_prepare_twin_images_feeds_the_emulator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,7 +262,7 @@ def test_prepare_twin_images_feeds_the_emulator(
 
     if not hasattr(station.twin, "render_part_shots"):
         pytest.skip("station.twin.render_part_shots is not built yet")
-    from station.hardware.pylon.emulator import prepare_twin_images, read_manifest
+    from station.devices.pylon_emulator import prepare_twin_images, read_manifest
     from station.recipe import load_recipe
 
     monkeypatch.setenv("STATION_HOME", str(Path(__file__).resolve().parents[1]))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from station.detectors.registry import load_recipe, parse_recipe
 from station.errors import RecipeError
-from station.recipe import load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = (REPO / "recipes" / "glassfiber.yaml").read_text()
@@ -137,6 +137,7 @@ def test_yaml_syntax_error_names_line() -> None:
         parse_recipe("name: x\n  bad: [\n", "broken.yaml")
 
 
+@pytest.mark.slow
 def test_cli_check_prints_summary(station_home: Path) -> None:
     out = _station("recipe", "check", "glassfiber", home=station_home)
     assert out.returncode == 0, out.stderr
@@ -163,6 +164,7 @@ def test_cli_check_bad_recipe_one_line_per_problem(station_home: Path) -> None:
     assert any("robot.poses: required field is missing" in p for p in problems)
 
 
+@pytest.mark.slow
 def test_cli_check_sees_what_the_schema_cannot(station_home: Path) -> None:
     """Detector params, backbone, weights on this machine, the twin's settings."""
 
@@ -200,6 +202,7 @@ def test_cli_missing_recipe(station_home: Path) -> None:
     assert "file not found" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_version_and_db_upgrade(station_home: Path) -> None:
     out = _station("--version", home=station_home)
     assert out.returncode == 0 and out.stdout.startswith("station ")
@@ -382,6 +385,7 @@ def test_alias_bombs_and_deep_nesting_are_refused_fast() -> None:
     assert time.perf_counter() - start < 5
 
 
+@pytest.mark.slow
 def test_cli_refuses_non_finite_and_huge_values(station_home: Path) -> None:
     text = SHIPPED.replace("name: glassfiber", "name: bad").replace(
         "exposure_us: 8000", "exposure_us: .inf"

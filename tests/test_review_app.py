@@ -225,6 +225,7 @@ def test_bad_filter_values_are_reported(seeded) -> None:
     assert "verdict &#39;won&#39; is not one of fail, fault, interrupted, pending, pass" in r.text
 
 
+@pytest.mark.slow
 def test_date_range_and_recipe_filters(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/station.db"
     data = tmp_path / "data"
@@ -305,6 +306,7 @@ def test_reviewed_parts_for_calibration(seeded) -> None:
         assert store.reviewed_parts(s, "no-such-recipe") == []
 
 
+@pytest.mark.slow
 def test_queue_on_postgresql(tmp_path: Path, fresh_postgres_url: str) -> None:
     db, sample, client = _setup(tmp_path, url=fresh_postgres_url, n=20)
     html = client.get("/").text

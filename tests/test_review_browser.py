@@ -28,6 +28,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.slow
 def test_operator_reviews_a_part_in_the_browser(tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     url = f"sqlite:///{tmp_path}/station.db"
@@ -143,6 +144,7 @@ def test_operator_reviews_a_part_in_the_browser(tmp_path: Path) -> None:
     assert seen and all(u.startswith(base) for u in seen), "a page asked for an outside resource"
 
 
+@pytest.mark.slow
 def test_interrupted_parts_in_the_browser(tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     url = f"sqlite:///{tmp_path}/station.db"

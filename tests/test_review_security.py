@@ -332,6 +332,7 @@ def test_html_in_comments_names_and_reasons_is_escaped(site) -> None:
     client.close()
 
 
+@pytest.mark.slow
 def test_security_headers_and_host_check(site) -> None:
     db, sample, url, data = site
     client = TestClient(create_app(url, data), base_url=BASE)
@@ -381,6 +382,7 @@ def test_csv_cells_neutralise_formulas_but_keep_numbers() -> None:
 # -- guessing, weak tokens, large bodies --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bearer_guesses_are_throttled_per_address(site) -> None:
     db, sample, url, data = site
     far = "http://10.0.0.5:8080"
@@ -411,6 +413,7 @@ def test_bearer_guesses_are_throttled_per_address(site) -> None:
     client.close()
 
 
+@pytest.mark.slow
 def test_parallel_login_guesses_are_throttled(site) -> None:
     db, sample, url, data = site
     app = create_app(url, data, token=TOKEN)  # default: 10 failures, then one every 6 s

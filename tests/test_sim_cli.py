@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import cv2
+import pytest
 
 
+@pytest.mark.slow
 def test_camera_images_fill_the_emulator_folder(station_home: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "station", "sim", "camera-images", "-r", "glassfiber-emulated",

@@ -65,6 +65,7 @@ def test_truncated_l1() -> None:
     assert float(truncated_l1(t, f, 0.5)) == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_shapes_and_report(trained: tuple[SimpleNet, Any]) -> None:
     det, report = trained
     rng = np.random.default_rng(1)
@@ -101,6 +102,7 @@ def test_defect_scores_higher(trained: tuple[SimpleNet, Any]) -> None:
     assert inside > outside
 
 
+@pytest.mark.slow
 def test_seed_determinism() -> None:
     rng = np.random.default_rng(3)
     train, test = weave(rng, 6), weave(rng, 2)

@@ -192,6 +192,7 @@ def _writer(url: str, recipe: str, n: int) -> None:
     db.dispose()
 
 
+@pytest.mark.slow
 def test_two_processes_logging_to_one_sqlite_file_lose_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     upgrade(url)

@@ -214,7 +214,7 @@ def test_clear_errors(station_home: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_aitex_clean_goods_include_two_digit_defect_free_codes() -> None:
     import numpy as np
 
-    from station.cli.evaluate import clean_good_mask
+    from station.calibration.evaluation import clean_good_mask
 
     stems = ["0018_00_01_t00", "0004_002_01_t01", "0001_000_00_t03", "0004_002_01_t05"]
     mask = clean_good_mask(stems, np.array([0, 0, 0, 1]))

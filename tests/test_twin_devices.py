@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
+from station.devices.factory import open_devices
 from station.errors import CameraError, LineIOError, ProtectiveStop, RecipeError, RobotError
-from station.hardware.factory import open_devices
-from station.hardware.interfaces import Camera, LineIO, Robot
+from station.interfaces import Camera, LineIO, Robot
 from station.recipe import Pose, Recipe, parse_recipe
 from station.twin import SimCamera, SimLine, SimRobot, TwinWorld
 from station.twin import world as world_mod

@@ -27,6 +27,7 @@ def recipe(camera: dict | None = None, **twin: object) -> Recipe:
     return parse_recipe(yaml.safe_dump(data))
 
 
+@pytest.mark.slow
 def test_seed_reproduces_part_and_differs_between_seeds() -> None:
     r = recipe()
     a = render_part_shots(r, 42, defective=True)

@@ -17,11 +17,10 @@ from collections.abc import Iterator
 import pytest
 
 from station.errors import LineIOError, ProtectiveStop, RobotError
-from station.hardware.interfaces import LineIO, Robot
 from station.hardware.ur.line_io import URLineIO
-from station.hardware.ur.poses import rotation_distance
 from station.hardware.ur.robot import URRobot
-from station.recipe import LineIOConfig, Pose, RobotConfig
+from station.interfaces import LineIO, Robot
+from station.recipe import LineIOConfig, Pose, URRobotConfig
 from station.twin.fake_ur import FakeURController
 from station.twin.fake_ur.motion import LinearMove
 from station.twin.fake_ur.plc import (
@@ -33,6 +32,7 @@ from station.twin.fake_ur.plc import (
     PlcConfig,
     SimPLC,
 )
+from station.ur_poses import rotation_distance
 
 pytestmark = pytest.mark.timeout(60)  # nothing here may hang the suite
 _hosts = itertools.count(2)
@@ -44,7 +44,7 @@ def _next_host() -> str:
     return f"127.{40 + os.getpid() % 200}.23.{next(_hosts)}"
 
 
-def _cfg(host: str, **over: object) -> RobotConfig:
+def _cfg(host: str, **over: object) -> URRobotConfig:
     base: dict[str, object] = {
         "host": host,
         "tcp_offset_mm": (0.0, 0.0, 95.0),
@@ -60,7 +60,7 @@ def _cfg(host: str, **over: object) -> RobotConfig:
         ],
     }
     base.update(over)
-    return RobotConfig.model_validate(base)
+    return URRobotConfig.model_validate(base)
 
 
 @pytest.fixture
@@ -81,6 +81,7 @@ def robot(fake: FakeURController) -> Iterator[URRobot]:
     rob.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_connect_moves_and_reads_back_in_mm(fake: FakeURController, robot: URRobot) -> None:
     assert isinstance(robot, Robot)
@@ -98,6 +99,7 @@ def test_connect_moves_and_reads_back_in_mm(fake: FakeURController, robot: URRob
     assert robot.state().timestamp_s > t0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_move_takes_at_least_the_profile_time(fake: FakeURController) -> None:
     cfg = _cfg(fake.host, speed_mm_s=200.0, acceleration_mm_s2=1000.0, settle_s=0.1)
@@ -116,6 +118,7 @@ def test_move_takes_at_least_the_profile_time(fake: FakeURController) -> None:
         rob.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_protective_stop_mid_move_then_recovery(fake: FakeURController, robot: URRobot) -> None:
     robot.connect()
@@ -149,6 +152,7 @@ def test_emergency_stop_and_power_off_refuse_connect(fake: FakeURController) -> 
     rob.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_connection_loss_mid_move_raises_within_timeout(fake: FakeURController) -> None:
     cfg = _cfg(fake.host, speed_mm_s=50.0, move_timeout_s=6.0)
@@ -168,6 +172,7 @@ def test_connection_loss_mid_move_raises_within_timeout(fake: FakeURController) 
     rob.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_dropped_connections_mid_move_raise(fake: FakeURController) -> None:
     cfg = _cfg(fake.host, speed_mm_s=50.0, move_timeout_s=6.0)
@@ -181,6 +186,7 @@ def test_dropped_connections_mid_move_raise(fake: FakeURController) -> None:
     rob.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_silent_peer_times_out_on_connect(fake: FakeURController) -> None:
     fake.go_silent()
@@ -191,6 +197,7 @@ def test_silent_peer_times_out_on_connect(fake: FakeURController) -> None:
     assert time.monotonic() - t < 8.0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_stale_data_detected(fake: FakeURController, robot: URRobot) -> None:
     robot.connect()
@@ -219,6 +226,7 @@ def line(fake: FakeURController) -> Iterator[URLineIO]:
     io.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_part_present_input(fake: FakeURController, line: URLineIO) -> None:
     assert isinstance(line, LineIO)
@@ -234,6 +242,7 @@ def test_part_present_input(fake: FakeURController, line: URLineIO) -> None:
     assert second is not None and second != part
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_reject_output_confirmed_and_release_pulse(fake: FakeURController, line: URLineIO) -> None:
     line.set_reject(True)
@@ -256,6 +265,7 @@ def test_reject_output_confirmed_and_release_pulse(fake: FakeURController, line:
     assert True in seen and not fake.digital_output(6)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_reject_that_does_not_read_back_raises(fake: FakeURController, line: URLineIO) -> None:
     fake.freeze_outputs()
@@ -271,9 +281,10 @@ def test_line_link_loss_raises_line_error(fake: FakeURController, line: URLineIO
         line.set_reject(False)  # the first write after a loss may still "succeed"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_factory_builds_ur_drivers_from_the_recipe(fake: FakeURController) -> None:
-    from station.hardware.factory import open_devices
+    from station.devices.factory import open_devices
     from station.recipe import load_recipe
 
     recipe = load_recipe("glassfiber")
@@ -295,6 +306,7 @@ def test_factory_builds_ur_drivers_from_the_recipe(fake: FakeURController) -> No
     assert fake.wait_until(lambda: not fake.program_running, 5.0)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_move_that_overruns_its_timeout_is_stopped(fake: FakeURController) -> None:
     cfg = _cfg(fake.host, speed_mm_s=20.0, move_timeout_s=1.0)  # 50 mm take 2.5 s
@@ -313,6 +325,7 @@ def test_move_that_overruns_its_timeout_is_stopped(fake: FakeURController) -> No
         rob.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_dashboard_stop_ends_the_program(fake: FakeURController, robot: URRobot) -> None:
     from station.hardware.ur.robot import dashboard_stop
@@ -324,6 +337,7 @@ def test_dashboard_stop_ends_the_program(fake: FakeURController, robot: URRobot)
     assert dashboard_stop(_next_host(), timeout_s=0.2) is False  # nothing there: said, not raised
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_safeguard_stop_is_named(fake: FakeURController) -> None:
     cfg = _cfg(fake.host, speed_mm_s=50.0)
@@ -352,6 +366,7 @@ def test_a_link_process_that_died_is_said_so(fake: FakeURController, robot: URRo
         robot.state()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_link_process_dies_with_the_station(fake: FakeURController) -> None:
     import signal
@@ -394,6 +409,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["silent", "cut"])
 def test_link_lost_as_a_move_starts_fails_within_seconds(
@@ -432,6 +448,7 @@ def _routed(plc: SimPLC, n: int, timeout_s: float = 5.0) -> Disposition:
     return plc.dispositions[n - 1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_plc_passes_only_a_valid_result_for_its_sheet(fake: FakeURController) -> None:
     cfg = LineIOConfig(part_present_input=2, reject_output=4, result_timeout_s=1.0)
@@ -478,6 +495,7 @@ def test_plc_passes_only_a_valid_result_for_its_sheet(fake: FakeURController) ->
         line.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_heartbeat_toggles_from_this_process_and_fail_safe(fake: FakeURController) -> None:
     cfg = LineIOConfig(part_present_input=2, reject_output=4, heartbeat_period_s=0.1,

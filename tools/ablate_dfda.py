@@ -85,8 +85,8 @@ def main() -> None:
     import torch
 
     from station.datasets import MVTecFolder, category_dirs
+    from station.detectors.engine import load_images, load_masks
     from station.detectors.registry import create_detector
-    from station.detectors.training import load_images, load_masks
     from station.metrics import evaluate_all
     from station.recipe import PreprocessConfig
 
@@ -226,7 +226,7 @@ def _recluster(
     import torch
 
     from station.detectors.common import split_validation, to_batch
-    from station.detectors.dfda import kmeans
+    from station.detectors.kmeans import kmeans
     from station.metrics import evaluate_all
 
     cfg = det.config()

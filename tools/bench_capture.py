@@ -31,7 +31,7 @@ def main() -> None:
         data["twin"]["time_scale"] = 0
         path.write_text(yaml.safe_dump(data))
         os.environ["STATION_HOME"] = str(home)
-        from station.cli.capture import run_capture
+        from station.inspection.capture import run_capture
         from station.recipe import load_recipe
 
         recipe = load_recipe("glassfiber")

@@ -82,7 +82,7 @@ def _bench_detectors(recipe: Any, args: argparse.Namespace) -> Any:
 
 
 def _run(recipe: Any, detectors: Any, db: Any, pipelined: bool, args: argparse.Namespace) -> Any:
-    from station.hardware.factory import open_devices
+    from station.devices.factory import open_devices
     from station.inspection.cycle import Inspector
     from station.inspection.recorder import Recorder
     from station.twin.world import TwinWorld

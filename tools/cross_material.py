@@ -20,8 +20,8 @@ import torch
 from bench_detectors import parse_params
 
 from station.datasets import MVTecFolder, category_dirs
+from station.detectors.engine import load_images
 from station.detectors.registry import create_detector
-from station.detectors.training import load_images
 from station.metrics import image_auroc
 from station.recipe import PreprocessConfig
 

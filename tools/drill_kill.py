@@ -65,7 +65,7 @@ def prepare(home: Path, host: str, result_timeout_s: float) -> Any:
 
     from station.cli.app import main
     from station.detectors.training import train_and_save
-    from station.hardware.pylon.emulator import prepare_twin_images
+    from station.devices.pylon_emulator import prepare_twin_images
     from station.imaging import preprocess, write_png
     from station.recipe import load_recipe
     from station.twin import render_part_shots

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from station.datasets import MVTecFolder, category_dirs
 from station.detectors.artifact import load_artifact
 from station.detectors.common import to_batch
-from station.detectors.efficientad import MAP_PAD, EfficientAD
-from station.detectors.training import load_images, load_masks
+from station.detectors.efficientad import EfficientAD
+from station.detectors.efficientad_net import MAP_PAD
+from station.detectors.engine import load_images, load_masks
 from station.metrics import aupro, image_auroc, pixel_auroc
 from station.recipe import PreprocessConfig
 

@@ -1,10 +1,13 @@
 """Threshold calibration: ROC policies, confidence intervals, calibration files.
 
 - roc.py: exact counts at every candidate threshold (defective when score >= threshold).
-- policies.py: zero_miss, false_reject_budget, miss_budget, youden, f1, good_quantile.
+- policies.py: one `PolicyRule` class per threshold policy in the `RULES` registry (zero_miss,
+  false_reject_budget, miss_budget, youden, f1, good_quantile); `resolve_policy`.
 - bootstrap.py: stratified percentile bootstrap and Clopper-Pearson bounds.
 - core.py: per-detector and combined thresholds for labelled part scores (`calibrate`).
 - scores.py: labelled part scores from image folders or operator reviews.
+- evaluation.py: detector metrics on labelled MVTec-layout data (`station evaluate`).
+- run.py: a recipe's calibration end to end (label source, policy, comparison).
 - store.py: calibration/<recipe>.yaml, history, database record, `load_active_calibration`.
 - roc_plot.py: the ROC figure with the operating point.
 

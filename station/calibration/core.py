@@ -22,13 +22,12 @@ from station.calibration.bootstrap import (
     RateEstimate,
     bootstrap_auroc,
     bootstrap_rate,
-    parts_needed,
 )
 from station.calibration.policies import Choice, Policy, check_data, choose_threshold, select
 from station.calibration.roc import RocCurve, roc_curve
+from station.decision import COMBINE_DETECTORS, COMBINE_POSES, combine, decision_values
 from station.errors import CalibrationError
 
-COMBINE_DETECTORS = {"any": "max", "all": "min", "mean": "mean"}
 _ROUGH_DEFECTS = 10  # below this many defective parts, rates and AUROC are rough
 
 
@@ -94,51 +93,11 @@ class PartScores:
         return out
 
 
-def combine_last(values: np.ndarray, how: str) -> np.ndarray:
-    """Combine the last axis as the inspection does, ignoring NaN (absent shots).
-
-    max / min, or mean = the values summed left to right, divided by their count (the same
-    float operations as Python's `sum(values) / len(values)`, so results agree bit for bit).
-    """
-    if how == "max":
-        return np.fmax.reduce(values, axis=-1)
-    if how == "min":
-        return np.fmin.reduce(values, axis=-1)
-    total = np.zeros(values.shape[:-1])
-    count = np.zeros(values.shape[:-1])
-    for k in range(values.shape[-1]):
-        x = values[..., k]
-        present = ~np.isnan(x)
-        total = np.where(present, total + np.where(present, x, 0.0), total)
-        count += present
-    return total / count
-
-
-def decision_values(
-    shots: np.ndarray, thresholds: np.ndarray, combine_poses: str, combine_detectors: str
-) -> np.ndarray:
-    """Combined normalised part scores (C x N) for C threshold vectors (C x D).
-
-    The inspection's rule: each detector's shot scores combined over poses (`combine_poses`),
-    divided by its threshold, then combined over detectors (any -> max, all -> min, mean);
-    reject at >= 1.0.
-    """
-    t = np.atleast_2d(np.asarray(thresholds, np.float64))
-    n, _, d = shots.shape
-    per_detector = combine_last(np.swapaxes(shots, 1, 2), combine_poses)  # N x D
-    out = np.empty((len(t), n))
-    step = max(1, 4_000_000 // max(1, n * d))
-    for i in range(0, len(t), step):
-        norm = per_detector[None, :, :] / t[i : i + step, None, :]  # C x N x D
-        out[i : i + step] = combine_last(norm, COMBINE_DETECTORS[combine_detectors])
-    return out
-
-
 def combine_normalized(
     scores: np.ndarray, thresholds: np.ndarray, combine_detectors: str
 ) -> np.ndarray:
     """Combined part score from part scores (N x D): combine over detectors of score / t."""
-    return combine_last(scores / thresholds, COMBINE_DETECTORS[combine_detectors])
+    return combine(scores / thresholds, COMBINE_DETECTORS[combine_detectors])
 
 
 @dataclass
@@ -253,14 +212,7 @@ def _pick(
     """Index of the candidate the policy picks, from exact counts of the decision rule."""
     fr, miss = _counts(values, labels)
     n_good, n_defect = int((labels == 0).sum()), int((labels == 1).sum())
-    if policy.name == "good_quantile":
-        allowed = np.floor((1.0 - float(policy.quantile)) * n_good + 1e-9)
-        ok = np.flatnonzero(fr <= allowed)
-        if len(ok) == 0:  # the last candidate rejects nothing, so only if scores are broken
-            raise CalibrationError(f"no threshold of {what} meets policy {policy.name}")
-        return int(ok[0])
-    check_data(policy, n_good, n_defect, what)
-    return select(policy, cand, fr, miss, n_good, n_defect)
+    return select(policy, cand, fr, miss, n_good, n_defect, what)
 
 
 def fit_thresholds(
@@ -276,9 +228,9 @@ def fit_thresholds(
     t0 = np.empty(len(names))
     for j, name in enumerate(names):
         sj = shots[:, :, j : j + 1]
-        raw = combine_last(sj[:, :, 0], combine_poses)
+        raw = combine(sj[:, :, 0], combine_poses)
         check_data(policy, int(good.sum()), int((~good).sum()), name)
-        cand = _candidates(raw[good] if policy.name == "good_quantile" else raw)
+        cand = _candidates(raw[good] if policy.rule.good_scores_only else raw)
         plain = choose_threshold(raw[good], raw[~good], policy, what=name).threshold
         if plain <= 0 or len(cand) == 0:
             raise CalibrationError(
@@ -292,7 +244,7 @@ def fit_thresholds(
         return t0, 1.0, t0.copy()
     # the policy once more, on the combined score: one scale factor for all thresholds
     v0 = decision_values(shots, t0[None, :], combine_poses, combine_detectors)[0]
-    cand = _candidates(v0[good] if policy.name == "good_quantile" else v0)
+    cand = _candidates(v0[good] if policy.rule.good_scores_only else v0)
     if len(cand) == 0:
         raise CalibrationError("no part has a positive combined score; scores must be positive")
     values = decision_values(shots, cand[:, None] * t0[None, :], combine_poses, combine_detectors)
@@ -452,42 +404,69 @@ def compare_policies(
     return out
 
 
-def _guarantee_warnings(policy: Policy, point: OperatingPoint, level: float) -> list[str]:
-    out: list[str] = []
-    pct = f"{level:.0%}"
-    miss, fr = point.miss, point.false_reject
-    if policy.name == "zero_miss" and miss.n and miss.upper is not None and miss.upper > 0.01:
-        out.append(
-            f"{miss.count} misses in {miss.n} defective parts only shows a miss rate <= "
-            f"{miss.upper:.1%} ({pct} one-sided exact bound); showing <= 1 % needs at least "
-            f"{parts_needed(0.01, level)} defective parts without a miss"
+def _detector_points(
+    data: PartScores,
+    s: np.ndarray,
+    thresholds: np.ndarray,
+    t0: np.ndarray,
+    combine_poses: str,
+    bootstrap: tuple[int, float, int],
+    warnings: list[str],
+) -> tuple[dict[str, OperatingPoint], dict[str, np.ndarray]]:
+    """Each detector's operating point alone, and its pose-combined part scores."""
+    resamples, level, seed = bootstrap
+    labels = data.labels
+    points: dict[str, OperatingPoint] = {}
+    part_values: dict[str, np.ndarray] = {}
+    for j, name in enumerate(data.detectors):
+        sj = s[:, :, j : j + 1]
+        own = decision_values(sj, thresholds[None, j : j + 1], combine_poses, "any")[0]
+        raw = combine(sj[:, :, 0], combine_poses)
+        part_values[name] = raw
+        points[name] = _point(
+            name, float(thresholds[j]), own >= 1.0, raw, labels, resamples, level, seed,
+            model_version=data.model_versions.get(name, ""), policy_threshold=float(t0[j]),
+        )  # fmt: skip
+        if points[name].auroc is not None and points[name].auroc < 0.5:
+            warnings.append(
+                f"{name} scores defective parts lower than good ones "
+                f"(AUROC {points[name].auroc:.3f}): check the labels and the model"
+            )
+    return points, part_values
+
+
+def _judge_set(
+    data: PartScores,
+    policy: Policy,
+    combined: OperatingPoint,
+    level: float,
+    warnings: list[str],
+    notes: list[str],
+) -> None:
+    """Add what the set can and cannot show about the chosen operating point."""
+    choice = combined.choice
+    warnings += policy.rule.warnings(policy.value, combined.false_reject, combined.miss, level)
+    if data.n_defect == 0:
+        warnings.append(
+            f"no defective parts: the threshold comes from {data.n_good} good parts only "
+            f"({policy.describe()}); the miss rate is unknown"
         )
-    if policy.name == "miss_budget" and miss.n and miss.upper is not None:
-        budget = float(policy.miss_budget)
-        if miss.upper > budget:
-            need = parts_needed(budget, level)
-            extra = (
-                f"at least {need} defective parts without a miss are needed to show it"
-                if need
-                else "no finite sample shows a zero miss rate"
-            )
-            out.append(
-                f"too few defective parts for the miss budget {budget:.1%}: observed "
-                f"{miss.count}/{miss.n}, {pct} upper bound {miss.upper:.1%}; {extra}"
-            )
-    if policy.name in ("false_reject_budget", "good_quantile") and fr.n and fr.upper is not None:
-        budget = (
-            float(policy.false_reject_budget)
-            if policy.name == "false_reject_budget"
-            else 1.0 - float(policy.quantile)
+    elif 0 < data.n_defect < _ROUGH_DEFECTS:
+        warnings.append(
+            f"only {data.n_defect} defective parts: AUROC and miss rate are rough "
+            "(see the intervals)"
         )
-        if fr.upper > budget:
-            out.append(
-                f"false-reject rate {fr.count}/{fr.n} = {fr.rate:.1%} on this set, but its "
-                f"{pct} upper bound is {fr.upper:.1%}, above the {budget:.1%} target; more good "
-                "parts narrow it"
-            )
-    return out
+    if data.n_good == 0:
+        warnings.append("no good parts: the false-reject rate is unknown")
+    if policy.rule.good_scores_only and data.n_defect:
+        notes.append(
+            f"threshold from good scores only; the {data.n_defect} defective parts were used "
+            "to measure the miss rate, not to choose the threshold"
+        )
+    if choice.false_rejects == 0 and choice.misses == choice.n_defect and choice.n_defect:
+        warnings.append("the threshold is above every defective part: nothing would be caught")
+    if combined.auroc == 1.0:
+        notes.append("good and defective parts are perfectly separated on this set")
 
 
 def calibrate(
@@ -506,7 +485,7 @@ def calibrate(
     """Thresholds for every detector and the combined decision, with rates and intervals."""
     if combine_detectors not in COMBINE_DETECTORS:
         raise CalibrationError(f"unknown combine_detectors {combine_detectors!r}")
-    if combine_poses not in ("max", "mean"):
+    if combine_poses not in COMBINE_POSES:
         raise CalibrationError(f"unknown combine_poses {combine_poses!r}")
     labels = data.labels
     check_data(policy, data.n_good, data.n_defect)
@@ -520,49 +499,15 @@ def calibrate(
     )
     final = {n: float(t) for n, t in zip(names, thresholds, strict=True)}
 
-    points: dict[str, OperatingPoint] = {}
-    part_values: dict[str, np.ndarray] = {}
-    for j, name in enumerate(names):
-        sj = s[:, :, j : j + 1]
-        own = decision_values(sj, thresholds[None, j : j + 1], combine_poses, "any")[0]
-        raw = combine_last(sj[:, :, 0], combine_poses)
-        part_values[name] = raw
-        points[name] = _point(
-            name, final[name], own >= 1.0, raw, labels, resamples, level, seed,
-            model_version=data.model_versions.get(name, ""), policy_threshold=float(t0[j]),
-        )  # fmt: skip
-        if points[name].auroc is not None and points[name].auroc < 0.5:
-            warnings.append(
-                f"{name} scores defective parts lower than good ones "
-                f"(AUROC {points[name].auroc:.3f}): check the labels and the model"
-            )
+    points, part_values = _detector_points(
+        data, s, thresholds, t0, combine_poses, (resamples, level, seed), warnings
+    )
     values = decision_values(s, thresholds[None, :], combine_poses, combine_detectors)[0]
     combined = _point("combined", 1.0, values >= 1.0, values, labels, resamples, level, seed)
     part_values["combined"] = values
     choice = combined.choice
 
-    warnings += _guarantee_warnings(policy, combined, level)
-    if data.n_defect == 0:
-        warnings.append(
-            f"no defective parts: the threshold comes from {data.n_good} good parts only "
-            f"({policy.describe()}); the miss rate is unknown"
-        )
-    elif 0 < data.n_defect < _ROUGH_DEFECTS:
-        warnings.append(
-            f"only {data.n_defect} defective parts: AUROC and miss rate are rough "
-            "(see the intervals)"
-        )
-    if data.n_good == 0:
-        warnings.append("no good parts: the false-reject rate is unknown")
-    if policy.name == "good_quantile" and data.n_defect:
-        notes.append(
-            f"threshold from good scores only; the {data.n_defect} defective parts were used "
-            "to measure the miss rate, not to choose the threshold"
-        )
-    if choice.false_rejects == 0 and choice.misses == choice.n_defect and choice.n_defect:
-        warnings.append("the threshold is above every defective part: nothing would be caught")
-    if combined.auroc == 1.0:
-        notes.append("good and defective parts are perfectly separated on this set")
+    _judge_set(data, policy, combined, level, warnings, notes)
 
     oob = (
         out_of_sample(

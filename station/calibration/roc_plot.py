@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +86,21 @@ def plot_calibration(result: CalibrationResult, path: Path) -> Path:
             transform=ax.transAxes,
         )
 
+    _histogram(hx, result)
+    fig.tight_layout()
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+def _scores(point: OperatingPoint, label: int) -> np.ndarray:
+    return point.scores_good if label == 0 else point.scores_defect
+
+
+def _histogram(hx: Any, result: CalibrationResult) -> None:
+    """Combined part scores of good and defective parts, with the threshold at 1.0."""
     combined = result.combined
     good = _scores(combined, 0)
     defect = _scores(combined, 1)
@@ -102,13 +118,3 @@ def plot_calibration(result: CalibrationResult, path: Path) -> Path:
         f"{result.n_good} good, {result.n_defect} defective parts ({result.source})", fontsize=10
     )
     hx.legend(fontsize=8)
-    fig.tight_layout()
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write(path, buf.getvalue())
-    return path
-
-
-def _scores(point: OperatingPoint, label: int) -> np.ndarray:
-    return point.scores_good if label == 0 else point.scores_defect

@@ -25,9 +25,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from station.calibration.core import PartScores
+from station.datasets import MVTecFolder
+from station.decision import COMBINE_POSES, combine_scores
+from station.detectors.engine import ScoringEngine, load_models
 from station.errors import CalibrationError
 
 if TYPE_CHECKING:
+    from station.detectors.artifact import LoadedModel
     from station.recipe import Recipe
 
 CAPTURE_STEM = re.compile(r"^p(\d{6,})_(.+)$")
@@ -48,12 +52,10 @@ def part_key(stem: str, group: bool) -> str:
 
 
 def combine_shots(values: Sequence[float], how: str) -> float:
-    """A part's score from its shots in pose order (mean: left-to-right sum / count)."""
-    if how == "max":
-        return float(max(values))
-    if how == "mean":
-        return float(sum(values) / len(values))
-    raise CalibrationError(f"unknown combine_poses {how!r}", hint="use max or mean")
+    """A part's score from its shots in pose order, by the decision rule's `combine_poses`."""
+    if how not in COMBINE_POSES:
+        raise CalibrationError(f"unknown combine_poses {how!r}", hint="use max or mean")
+    return combine_scores(values, how)
 
 
 def group_parts(
@@ -98,29 +100,16 @@ def dataset_hash(entries: Iterable[tuple[str, int, str]]) -> str:
     return h.hexdigest()
 
 
-def load_detectors(recipe: Recipe) -> dict[str, object]:
-    """The recipe's newest trained detectors (LoadedModel per name); clear error if untrained."""
-    from station.detectors.artifact import latest_artifact, load_artifact
-
-    loaded = {}
-    for cfg in recipe.detectors:
-        path = latest_artifact(recipe, cfg.name)
-        loaded[cfg.name] = load_artifact(path, recipe=recipe)
-    return loaded
-
-
 def score_folder(
     recipe: Recipe,
     root: Path,
     source: str,
-    models: dict[str, object] | None = None,
+    models: dict[str, LoadedModel] | None = None,
     batch_size: int = 16,
     progress: ProgressFn | None = None,
 ) -> PartScores:
-    """Score the labelled test images of an MVTec-layout folder with the recipe's detectors."""
-    from station.datasets import MVTecFolder
-    from station.imaging import check_like, preprocess, read_image
-
+    """Score the labelled test images of an MVTec-layout folder with the recipe's detectors
+    (`models`, default their newest trained versions)."""
     root = Path(root)
     items = MVTecFolder(root).test_items()
     if not items:
@@ -130,23 +119,13 @@ def score_folder(
             "with test/good and test/<defect> images",
         )
     group = all(CAPTURE_STEM.match(it.stem) for it in items)
-    models = models if models is not None else load_detectors(recipe)
-    shot_scores: dict[str, list[float]] = {name: [] for name in models}
-    total = len(items)
-    first: np.ndarray | None = None
-    for start in range(0, total, batch_size):
-        chunk = items[start : start + batch_size]
-        images = [preprocess(read_image(it.path), recipe.preprocess) for it in chunk]
-        if first is None:
-            first = images[0]
-        for it, img in zip(chunk, images, strict=True):
-            check_like(img, it.path, first, items[0].path)
-        batch = np.stack(images)
-        for name, model in models.items():
-            pred = model.detector.predict(batch)  # type: ignore[attr-defined]
-            shot_scores[name].extend(float(s) for s in np.asarray(pred.scores).reshape(-1))
-        if progress:
-            progress("scoring", min(start + batch_size, total), total)
+    models = models if models is not None else load_models(recipe)
+    engine = ScoringEngine.from_models(models, recipe.preprocess, batch_size)
+    results = engine.score_files(
+        [it.path for it in items],
+        progress=(lambda done, total: progress("scoring", done, total)) if progress else None,
+    )
+    shot_scores = {name: [float(s) for s in r.scores] for name, r in results.items()}
     # one image, one part: keyed by its path, as MVTec AD reuses 000.png in every folder
     keys = [
         part_key(it.stem, group) if group else it.path.relative_to(root).with_suffix("").as_posix()
@@ -179,7 +158,7 @@ def score_folder(
         labels=labels,
         scores=scores,
         source=source,
-        model_versions={n: str(m.version) for n, m in models.items()},  # type: ignore[attr-defined]
+        model_versions={n: str(m.version) for n, m in models.items()},
         data_sha256=digest,
         n_shots=len(items),
         notes=notes,
@@ -199,13 +178,62 @@ class _Reviewed:
 
 def scores_from_reviews(recipe: Recipe, database_url: str | None = None) -> PartScores:
     """Labels from the newest operator review of each part, scores from stored detections."""
+    names = [d.name for d in recipe.detectors]
+    rows, newest_models, unscored, partial = _read_reviews(recipe, names, database_url)
+    if not rows:
+        raise CalibrationError(
+            f"no reviewed parts of recipe {recipe.name} in the database",
+            hint="review rejected parts in station review first, or calibrate on labelled "
+            "captures (station calibrate-threshold without --from-reviews)",
+        )
+
+    versions, kept = _one_model_version(rows, names)
+    how = recipe.decision.combine_poses
+    scores = {
+        n: np.array([combine_shots([s for s, _ in r.scores[n]], how) for r in kept]) for n in names
+    }
+    width = max((len(r.scores[n]) for r in kept for n in names), default=1)
+    shots = {n: np.full((len(kept), width), np.nan) for n in names}
+    for i, r in enumerate(kept):
+        for n in names:
+            shots[n][i, : len(r.scores[n])] = [s for s, _ in r.scores[n]]
+    labels = np.array([r.label for r in kept], np.int64)
+    notes, warnings = _review_notes(
+        recipe, rows, kept, labels, versions, newest_models, (unscored, partial)
+    )
+    digest = dataset_hash(
+        (
+            f"p{r.sequence:06d}",
+            r.label,
+            f"review {r.review_id}: " + " ".join(repr(s) for n in names for s, _ in r.scores[n]),
+        )
+        for r in kept
+    )
+    return PartScores(
+        part_ids=[f"p{r.sequence:06d}" for r in kept],
+        labels=labels,
+        scores=scores,
+        source="reviews",
+        model_versions=versions,
+        data_sha256=digest,
+        n_shots=sum(len(r.scores[names[0]]) for r in kept),
+        notes=notes,
+        warnings=warnings,
+        shots=shots,
+    )
+
+
+def _read_reviews(
+    recipe: Recipe, names: list[str], database_url: str | None
+) -> tuple[list[_Reviewed], dict[str, str], int, int]:
+    """(reviewed parts scored on every pose, newest trained model per detector, parts left
+    out for a missing score, parts left out for missing poses)."""
     from sqlalchemy import select
     from sqlalchemy.orm import selectinload
 
     from station.storage.db import open_database
     from station.storage.models import ModelVersion, Part, ReviewLabel, Shot, Verdict
 
-    names = [d.name for d in recipe.detectors]
     db = open_database(database_url or recipe.storage.resolved_database_url())
     try:
         with db.session() as session:
@@ -261,14 +289,13 @@ def scores_from_reviews(recipe: Recipe, database_url: str | None = None) -> Part
                 )
     finally:
         db.dispose()
-    if not rows:
-        raise CalibrationError(
-            f"no reviewed parts of recipe {recipe.name} in the database",
-            hint="review rejected parts in station review first, or calibrate on labelled "
-            "captures (station calibrate-threshold without --from-reviews)",
-        )
+    return rows, newest_models, unscored, partial
 
-    # the model versions of the newest reviewed part that has scores from every detector
+
+def _one_model_version(
+    rows: list[_Reviewed], names: list[str]
+) -> tuple[dict[str, str], list[_Reviewed]]:
+    """The model versions of the newest fully scored part, and the parts scored by them."""
     versions: dict[str, str] = {}
     for row in sorted(rows, key=lambda r: r.when, reverse=True):
         if all(row.scores[n] for n in names):
@@ -285,16 +312,21 @@ def scores_from_reviews(recipe: Recipe, database_url: str | None = None) -> Part
         for r in rows
         if all(r.scores[n] and all(v == versions[n] for _, v in r.scores[n]) for n in names)
     ]
-    how = recipe.decision.combine_poses
-    scores = {
-        n: np.array([combine_shots([s for s, _ in r.scores[n]], how) for r in kept]) for n in names
-    }
-    width = max((len(r.scores[n]) for r in kept for n in names), default=1)
-    shots = {n: np.full((len(kept), width), np.nan) for n in names}
-    for i, r in enumerate(kept):
-        for n in names:
-            shots[n][i, : len(r.scores[n])] = [s for s, _ in r.scores[n]]
-    labels = np.array([r.label for r in kept], np.int64)
+    return versions, kept
+
+
+def _review_notes(
+    recipe: Recipe,
+    rows: list[_Reviewed],
+    kept: list[_Reviewed],
+    labels: np.ndarray,
+    versions: dict[str, str],
+    newest_models: dict[str, str],
+    left_out: tuple[int, int],
+) -> tuple[list[str], list[str]]:
+    """(notes, warnings) on a set labelled by reviews: what it is, and how it is biased."""
+    unscored, partial = left_out
+    n_poses = len(recipe.robot.poses)
     n_def = int(labels.sum())
     n_passed = sum(1 for r in kept if r.passed)
     notes = [
@@ -329,23 +361,4 @@ def scores_from_reviews(recipe: Recipe, database_url: str | None = None) -> Part
                 f"{newest_models[n]}: station inspect with that model will refuse this "
                 "calibration as stale"
             )
-    digest = dataset_hash(
-        (
-            f"p{r.sequence:06d}",
-            r.label,
-            f"review {r.review_id}: " + " ".join(repr(s) for n in names for s, _ in r.scores[n]),
-        )
-        for r in kept
-    )
-    return PartScores(
-        part_ids=[f"p{r.sequence:06d}" for r in kept],
-        labels=labels,
-        scores=scores,
-        source="reviews",
-        model_versions=versions,
-        data_sha256=digest,
-        n_shots=sum(len(r.scores[names[0]]) for r in kept),
-        notes=notes,
-        warnings=warnings,
-        shots=shots,
-    )
+    return notes, warnings

@@ -41,7 +41,7 @@ class Capture:
 
 def capture(recipe: Recipe, poses: list[Pose], on_view: Any = None) -> Capture:
     """Move to each pose, grab, and go home. The twin camera shows its calibration board."""
-    from station.hardware.factory import open_devices
+    from station.devices.factory import open_devices
 
     tcps: dict[str, list[float]] = {}
     images: dict[str, np.ndarray] = {}

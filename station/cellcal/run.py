@@ -216,7 +216,7 @@ def prepare_emulator(recipe: Recipe, poses: list[Pose], folder: str | Path | Non
     emulator plays, in view order; earlier twin shots there are removed first."""
     from station.twin.world import TwinWorld, pose_tcp
 
-    target = folder if folder is not None else recipe.camera.emulator_images
+    target = folder if folder is not None else getattr(recipe.camera, "emulator_images", None)
     if target is None:
         raise StationError(f"recipe {recipe.name} sets no camera.emulator_images",
                            hint="set it to the folder the pylon emulator plays")

@@ -151,7 +151,7 @@ def camera_model(recipe: Recipe) -> CameraModel:
             f"{display(path)} was made for {c['image_size'][0]} x {c['image_size'][1]} px, the "
             f"recipe's camera takes {recipe.camera.width} x {recipe.camera.height}",
             hint="run station calibrate-camera again")
-    serial = recipe.camera.serial
+    serial = getattr(recipe.camera, "serial", None)  # a pylon setting; None on the twin
     if serial and serial != data.get("camera_serial"):
         raise CellCalibrationError(
             f"{display(path)} was made with camera {data.get('camera_serial')}, the recipe uses "

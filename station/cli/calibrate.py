@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from station.recipe import load_recipe
+from station.detectors.registry import load_recipe
+
+if TYPE_CHECKING:
+    from station.calibration.core import CalibrationResult, PartScores
+    from station.calibration.store import SavedCalibration
+    from station.recipe import Recipe
 
 
 def _pct(value: float | None) -> str:
@@ -24,204 +30,164 @@ def _rate_cell(est) -> str:  # noqa: ANN001 (RateEstimate)
     return text.replace("[", "\\[")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("calibrate-threshold")
-    def calibrate_threshold(
-        recipe: str = typer.Option("glassfiber", "--recipe", "-r", help="Recipe name or path."),
-        dataset: Path | None = typer.Option(
-            None,
-            "--dataset",
-            help="MVTec-layout folder with test/good and test/<defect> images "
-            "(default: the recipe's captured dataset).",
-        ),
-        from_reviews: bool = typer.Option(
-            False, "--from-reviews", help="Labels from operator reviews in the database."
-        ),
-        policy: str | None = typer.Option(
-            None,
-            "--policy",
-            "-p",
-            help="zero_miss | false_reject_budget | miss_budget | youden | f1 | good_quantile "
-            "(default: the recipe's decision.policy).",
-        ),
-        false_reject_budget: float | None = typer.Option(
-            None, "--false-reject-budget", help="Largest share of good parts rejected, e.g. 0.05."
-        ),
-        miss_budget: float | None = typer.Option(
-            None, "--miss-budget", help="Largest share of defects missed, e.g. 0.01."
-        ),
-        quantile: float | None = typer.Option(
-            None, "--quantile", help="good_quantile policy: quantile of good scores, e.g. 0.99."
-        ),
-        resamples: int = typer.Option(2000, "--resamples", min=100, help="Bootstrap resamples."),
-        oob_resamples: int = typer.Option(
-            200,
-            "--oob-resamples",
-            min=0,
-            help="Resamples for the out-of-sample estimate (policy re-run; 0 = skip).",
-        ),
-        level: float = typer.Option(0.95, "--level", min=0.5, max=0.999, help="Confidence level."),
-        seed: int = typer.Option(20261124, "--seed", help="Bootstrap seed (fixed: reproducible)."),
-        batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per detector call."),
-        database: str | None = typer.Option(
-            None, "--database", help="Database URL (default: the recipe's)."
-        ),
-    ) -> None:
-        """Choose thresholds from ROC curves on labelled parts, with expected rates and intervals.
+def calibrate_threshold(
+    recipe: str = typer.Option("glassfiber", "--recipe", "-r", help="Recipe name or path."),
+    dataset: Path | None = typer.Option(
+        None,
+        "--dataset",
+        help="MVTec-layout folder with test/good and test/<defect> images "
+        "(default: the recipe's captured dataset).",
+    ),
+    from_reviews: bool = typer.Option(
+        False, "--from-reviews", help="Labels from operator reviews in the database."
+    ),
+    policy: str | None = typer.Option(
+        None,
+        "--policy",
+        "-p",
+        help="zero_miss | false_reject_budget | miss_budget | youden | f1 | good_quantile "
+        "(default: the recipe's decision.policy).",
+    ),
+    false_reject_budget: float | None = typer.Option(
+        None, "--false-reject-budget", help="Largest share of good parts rejected, e.g. 0.05."
+    ),
+    miss_budget: float | None = typer.Option(
+        None, "--miss-budget", help="Largest share of defects missed, e.g. 0.01."
+    ),
+    quantile: float | None = typer.Option(
+        None, "--quantile", help="good_quantile policy: quantile of good scores, e.g. 0.99."
+    ),
+    resamples: int = typer.Option(2000, "--resamples", min=100, help="Bootstrap resamples."),
+    oob_resamples: int = typer.Option(
+        200,
+        "--oob-resamples",
+        min=0,
+        help="Resamples for the out-of-sample estimate (policy re-run; 0 = skip).",
+    ),
+    level: float = typer.Option(0.95, "--level", min=0.5, max=0.999, help="Confidence level."),
+    seed: int = typer.Option(20261124, "--seed", help="Bootstrap seed (fixed: reproducible)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per detector call."),
+    database: str | None = typer.Option(
+        None, "--database", help="Database URL (default: the recipe's)."
+    ),
+) -> None:
+    """Choose thresholds from ROC curves on labelled parts, with expected rates and intervals.
 
-        Writes calibration/<recipe>.yaml, its ROC plot and a history copy, and records the
-        calibration in the database. `station inspect` uses it while the models are unchanged.
-        """
-        from rich.markup import escape
-        from rich.table import Table
+    Writes calibration/<recipe>.yaml, its ROC plot and a history copy, and records the
+    calibration in the database. `station inspect` uses it while the models are unchanged.
+    """
+    from station.calibration.policies import resolve_policy
+    from station.calibration.run import calibrate_recipe, check_label_source
+    from station.calibration.store import save_calibration
 
-        from station.calibration.core import calibrate
-        from station.calibration.policies import Policy
-        from station.calibration.scores import score_folder, scores_from_reviews
-        from station.calibration.store import save_calibration
-        from station.cli.app import console, err_console
-        from station.errors import CalibrationError
+    cfg = load_recipe(recipe)
+    check_label_source(dataset, from_reviews)
+    given = {"false_reject_budget": false_reject_budget, "miss_budget": miss_budget}
+    pol = resolve_policy(cfg.decision, policy, {**given, "quantile": quantile})
+    db_url = database or cfg.storage.resolved_database_url()
+    data, where = _load_scores(cfg, dataset, from_reviews, db_url, batch_size)
+    result = calibrate_recipe(
+        cfg, data, pol, resamples=resamples, level=level, seed=seed, oob_resamples=oob_resamples
+    )
+    saved = save_calibration(result, cfg, dataset=where, database_url=db_url)
+    _print_result(result, where, saved)
 
-        cfg = load_recipe(recipe)
-        if dataset is not None and from_reviews:
-            raise CalibrationError(
-                "--dataset and --from-reviews are two different label sources",
-                hint="give one of them (neither: the recipe's captured dataset)",
-            )
-        given = {
-            "false_reject_budget": false_reject_budget,
-            "miss_budget": miss_budget,
-            "good_quantile": quantile,
-        }
-        given = {k: v for k, v in given.items() if v is not None}
-        if policy is None and len(given) == 1:
-            name = next(iter(given))  # e.g. --false-reject-budget 0.05 alone picks that policy
-        else:
-            name = policy or cfg.decision.policy
-        stray = sorted(set(given) - {name})
-        if stray:
-            flag = {"good_quantile": "--quantile"}.get(stray[0], "--" + stray[0].replace("_", "-"))
-            raise CalibrationError(
-                f"{flag} does not apply to policy {name}",
-                hint=f"use --policy {stray[0]} with {flag}, or leave {flag} out",
-            )
-        pol = Policy(
-            name,
-            false_reject_budget=false_reject_budget
-            if false_reject_budget is not None
-            else (cfg.decision.false_reject_budget if name == "false_reject_budget" else None),
-            miss_budget=miss_budget
-            if miss_budget is not None
-            else (cfg.decision.miss_budget if name == "miss_budget" else None),
-            quantile=quantile
-            if quantile is not None
-            else (cfg.decision.good_quantile if name == "good_quantile" else None),
+
+def _load_scores(
+    cfg: Recipe, dataset: Path | None, from_reviews: bool, db_url: str, batch_size: int
+) -> tuple[PartScores, str]:
+    """Labelled part scores; a spinner while the detectors score a folder."""
+    from station.calibration.run import labelled_folder, labelled_scores
+    from station.cli.app import console
+
+    if from_reviews:
+        return labelled_scores(cfg, from_reviews=True, database_url=db_url)
+    labelled_folder(cfg, dataset)  # refused before the spinner starts
+    with console.status("scoring labelled images with the trained detectors") as status:
+
+        def progress(stage: str, done: int, total: int) -> None:
+            status.update(f"{stage}: {done}/{total} images")
+
+        return labelled_scores(
+            cfg, dataset=dataset, database_url=db_url, batch_size=batch_size, progress=progress
         )
-        db_url = database or cfg.storage.resolved_database_url()
 
-        if from_reviews:
-            data = scores_from_reviews(cfg, db_url)
-            where = f"reviews in {db_url.split('@')[-1]}"
-        else:
-            root = dataset if dataset is not None else cfg.dataset_dir
-            if not (root / "test").is_dir():
-                raise CalibrationError(
-                    f"no labelled parts in {root} (no test/ folder)",
-                    hint=f"capture labelled parts with station capture --recipe {cfg.name}, "
-                    "or give --dataset an MVTec-layout folder",
-                )
-            source = "dataset" if dataset is not None else "capture"
-            with console.status("scoring labelled images with the trained detectors") as status:
 
-                def progress(stage: str, done: int, total: int) -> None:
-                    status.update(f"{stage}: {done}/{total} images")
+def _print_result(result: CalibrationResult, where: str, saved: SavedCalibration) -> None:
+    """The calibration in words and tables: thresholds, rates, other policies, warnings."""
+    from rich.markup import escape
+    from rich.table import Table
 
-                data = score_folder(cfg, root, source, batch_size=batch_size, progress=progress)
-            where = str(root)
+    from station.cli.app import console, err_console
 
-        result = calibrate(
-            data,
-            pol,
-            recipe=cfg.name,
-            combine_poses=cfg.decision.combine_poses,
-            combine_detectors=cfg.decision.combine_detectors,
-            resamples=resamples,
-            level=level,
-            seed=seed,
-            oob_resamples=oob_resamples,
-            compare=[
-                Policy("zero_miss"),
-                Policy("false_reject_budget", false_reject_budget=cfg.decision.false_reject_budget),
-                Policy("miss_budget", miss_budget=cfg.decision.miss_budget or 0.05),
-                Policy("youden"),
-                Policy("f1"),
-            ],
+    pol, level = result.policy, result.level
+    console.print(
+        f"policy [bold]{pol.name}[/]: {pol.describe()}; {result.n_good} good and "
+        f"{result.n_defect} defective parts ({result.n_shots} shots) from {where}",
+        highlight=False,
+    )
+    table = Table(
+        title=escape(
+            f"thresholds (defective when score >= threshold; {level:.0%} intervals: "
+            "bootstrap [low, high], exact upper bound <=)"
+        ),
+        title_justify="left",
+    )
+    for col in ("", "threshold", "model", "AUROC", "false rejects", "misses"):
+        table.add_column(col)
+    for p in [*result.detectors.values(), result.combined]:
+        auc = "n/a" if p.auroc is None else f"{p.auroc:.3f}"
+        if p.auroc_ci is not None:
+            auc += f"\n\\[{p.auroc_ci[0]:.3f}, {p.auroc_ci[1]:.3f}]"
+        table.add_row(
+            p.name if p.name != "combined" else f"combined\n({result.combine_detectors})",
+            f"{p.threshold:.6g}",
+            p.model_version or "-",
+            auc,
+            _rate_cell(p.false_reject),
+            _rate_cell(p.miss),
         )
-        saved = save_calibration(result, cfg, dataset=where, database_url=db_url)
+    console.print(table)
+    oob = result.out_of_sample
+    if oob is not None:
+
+        def span(ci: tuple[float, float] | None) -> str:
+            return "" if ci is None else escape(f" [{_pct(ci[0])}, {_pct(ci[1])}]")
 
         console.print(
-            f"policy [bold]{pol.name}[/]: {pol.describe()}; {result.n_good} good and "
-            f"{result.n_defect} defective parts ({result.n_shots} shots) from {where}",
-            highlight=False,
-        )
-        table = Table(
-            title=escape(
-                f"thresholds (defective when score >= threshold; {level:.0%} intervals: "
-                "bootstrap [low, high], exact upper bound <=)"
-            ),
-            title_justify="left",
-        )
-        for col in ("", "threshold", "model", "AUROC", "false rejects", "misses"):
-            table.add_column(col)
-        for p in [*result.detectors.values(), result.combined]:
-            auc = "n/a" if p.auroc is None else f"{p.auroc:.3f}"
-            if p.auroc_ci is not None:
-                auc += f"\n\\[{p.auroc_ci[0]:.3f}, {p.auroc_ci[1]:.3f}]"
-            table.add_row(
-                p.name if p.name != "combined" else f"combined\n({result.combine_detectors})",
-                f"{p.threshold:.6g}",
-                p.model_version or "-",
-                auc,
-                _rate_cell(p.false_reject),
-                _rate_cell(p.miss),
-            )
-        console.print(table)
-        oob = result.out_of_sample
-        if oob is not None:
-
-            def span(ci: tuple[float, float] | None) -> str:
-                return "" if ci is None else escape(f" [{_pct(ci[0])}, {_pct(ci[1])}]")
-
-            console.print(
-                f"expected on new parts (policy re-run on {oob.resamples} bootstrap resamples, "
-                f"judged on the parts each left out): false rejects "
-                f"{_pct(oob.false_reject_rate)}{span(oob.false_reject_ci)}, misses "
-                f"{_pct(oob.miss_rate)}{span(oob.miss_ci)}",
-                highlight=False,
-                soft_wrap=True,
-            )
-        if result.alternatives:
-            alt = Table(title="other policies on this set (not applied)", title_justify="left")
-            for col in ("policy", "thresholds", "false rejects", "misses"):
-                alt.add_column(col)
-            for a in result.alternatives:
-                if a.thresholds is None:
-                    alt.add_row(a.policy.describe(), "-", a.refused, "")
-                    continue
-                alt.add_row(
-                    a.policy.describe(),
-                    ", ".join(f"{k} {v:.6g}" for k, v in a.thresholds.items()),
-                    f"{a.false_rejects}/{result.n_good}",
-                    f"{a.misses}/{result.n_defect}",
-                )
-            console.print(alt)
-        for note in result.notes:
-            console.print(f"note: {note}", highlight=False, soft_wrap=True)
-        for warning in result.warnings:
-            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-        id_text = f" (calibration #{saved.id})" if saved.id is not None else ""
-        console.print(
-            f"[green]wrote[/] {saved.path}, {saved.plot_path} and {saved.history_path}{id_text}",
+            f"expected on new parts (policy re-run on {oob.resamples} bootstrap resamples, "
+            f"judged on the parts each left out): false rejects "
+            f"{_pct(oob.false_reject_rate)}{span(oob.false_reject_ci)}, misses "
+            f"{_pct(oob.miss_rate)}{span(oob.miss_ci)}",
             highlight=False,
             soft_wrap=True,
         )
+    if result.alternatives:
+        alt = Table(title="other policies on this set (not applied)", title_justify="left")
+        for col in ("policy", "thresholds", "false rejects", "misses"):
+            alt.add_column(col)
+        for a in result.alternatives:
+            if a.thresholds is None:
+                alt.add_row(a.policy.describe(), "-", a.refused, "")
+                continue
+            alt.add_row(
+                a.policy.describe(),
+                ", ".join(f"{k} {v:.6g}" for k, v in a.thresholds.items()),
+                f"{a.false_rejects}/{result.n_good}",
+                f"{a.misses}/{result.n_defect}",
+            )
+        console.print(alt)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    id_text = f" (calibration #{saved.id})" if saved.id is not None else ""
+    console.print(
+        f"[green]wrote[/] {saved.path}, {saved.plot_path} and {saved.history_path}{id_text}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate-threshold")(calibrate_threshold)

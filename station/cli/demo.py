@@ -21,7 +21,7 @@ from station.errors import StationError
 
 def _demo_recipe(source: str, time_scale: float) -> tuple[Any, Path]:
     """Write `<data>/<name>-demo/recipe.yaml` from a sim recipe; return (recipe, path)."""
-    from station.recipe import load_recipe, parse_recipe
+    from station.detectors.registry import load_recipe, parse_recipe
 
     base = load_recipe(source)
     if {base.robot_driver, base.camera_driver, base.line_driver} != {"sim"}:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,11 @@ def register(app: typer.Typer) -> None:
         A second Ctrl-C aborts at once; that part is marked interrupted at the next start.
         """
         from station.cli.app import console
-        from station.inspection.cycle import Inspector, group_offline
+        from station.detectors.registry import load_recipe
+        from station.inspection.cycle import Inspector
         from station.inspection.models import load_detector_set
+        from station.inspection.offline import group_offline
         from station.inspection.recorder import Recorder
-        from station.recipe import load_recipe
         from station.storage.db import open_database
 
         if live and paths:
@@ -118,46 +120,17 @@ def run_live_with_view(
     from rich.live import Live
 
     from station.cli.app import console
-    from station.hardware.factory import open_devices
+    from station.devices.factory import open_devices
     from station.inspection.cycle import Inspector
-    from station.inspection.live_view import LiveView, result_detail
+    from station.inspection.live_view import LiveView
 
     stop = threading.Event()
     view = LiveView(
         f"station inspect: {rcp.name}",
         f"{'pipelined' if pipelined else 'sequential'} | thresholds {detectors.calibration_label}",
     )
-    live: Live | None = None
-
-    def on_event(event: Any) -> None:
-        view.handle(event)
-        if not show and event.kind in ("part_finished", "message", "operator"):
-            if event.result is not None:
-                r = event.result
-                console.print(
-                    f"part {r.sequence}: {r.verdict.value} ({escape(result_detail(r))}) "
-                    f"cycle {r.timings_ms.get('cycle', 0):.0f} ms",
-                    highlight=False,
-                    soft_wrap=True,  # one line per part, however long the reason
-                )
-            elif event.text:
-                console.print(f"{event.level}: {escape(event.text)}", highlight=False)
-
-    def operator(fault: Any) -> bool:
-        """Ask the operator at the terminal; without one, stop with instructions."""
-        if not sys.stdin.isatty():
-            return False
-        if live is not None:
-            live.stop()
-        console.print(f"[bold red]{escape(fault.message)}[/]", highlight=False)
-        console.print(f"  {escape(fault.action)}", highlight=False)
-        try:
-            answer = console.input("  press Enter to resume, or q then Enter to stop: ")
-        except (EOFError, KeyboardInterrupt):
-            answer = "q"
-        if live is not None:
-            live.start()
-        return answer.strip().lower() not in ("q", "quit", "stop")
+    on_event = _live_printer(view, show)
+    operator = _TerminalOperator()
 
     def on_sigint(_sig: int, _frame: Any) -> None:
         if stop.is_set():
@@ -186,10 +159,10 @@ def run_live_with_view(
             if show:
                 with Live(
                     get_renderable=view.render, console=console, refresh_per_second=4
-                ) as live_:
-                    live = live_
+                ) as live:
+                    operator.live = live
                     summary = insp.run_live(count=count, stop=stop)
-                live = None
+                operator.live = None
             else:
                 summary = insp.run_live(count=count, stop=stop)
     finally:
@@ -198,9 +171,56 @@ def run_live_with_view(
     return summary
 
 
+def _live_printer(view: Any, show: bool) -> Callable[[Any], None]:
+    """Feed the live view; without the screen, print one line per part and each message."""
+    from station.cli.app import console
+    from station.inspection.live_view import result_detail
+
+    def on_event(event: Any) -> None:
+        view.handle(event)
+        if not show and event.kind in ("part_finished", "message", "operator"):
+            if event.result is not None:
+                r = event.result
+                console.print(
+                    f"part {r.sequence}: {r.verdict.value} ({escape(result_detail(r))}) "
+                    f"cycle {r.timings_ms.get('cycle', 0):.0f} ms",
+                    highlight=False,
+                    soft_wrap=True,  # one line per part, however long the reason
+                )
+            elif event.text:
+                console.print(f"{event.level}: {escape(event.text)}", highlight=False)
+
+    return on_event
+
+
+class _TerminalOperator:
+    """Asks the operator at the terminal to fix a fault (the live screen paused meanwhile);
+    without a terminal, the answer is stop (the summary then says what to do)."""
+
+    def __init__(self) -> None:
+        self.live: Any = None  # the rich Live screen while it runs
+
+    def __call__(self, fault: Any) -> bool:
+        from station.cli.app import console
+
+        if not sys.stdin.isatty():
+            return False
+        if self.live is not None:
+            self.live.stop()
+        console.print(f"[bold red]{escape(fault.message)}[/]", highlight=False)
+        console.print(f"  {escape(fault.action)}", highlight=False)
+        try:
+            answer = console.input("  press Enter to resume, or q then Enter to stop: ")
+        except (EOFError, KeyboardInterrupt):
+            answer = "q"
+        if self.live is not None:
+            self.live.start()
+        return answer.strip().lower() not in ("q", "quit", "stop")
+
+
 def _print_summary(summary: Any) -> None:
     from station.cli.app import console
-    from station.inspection.cycle import TIMING_KEYS
+    from station.inspection.results import TIMING_KEYS
 
     c = summary.counts
     console.print(

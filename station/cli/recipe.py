@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from station.detectors.registry import load_recipe
 from station.errors import RecipeError
-from station.recipe import Recipe, load_recipe
+from station.recipe import Recipe
 
 
 def summary_table(recipe: Recipe) -> Table:
@@ -34,7 +35,8 @@ def summary_table(recipe: Recipe) -> Table:
     t.add_row(
         "camera",
         f"{cam.width}x{cam.height} {cam.pixel_format}, exposure {cam.exposure_us:g} µs, "
-        f"gain {cam.gain_db:g} dB, {cam.trigger} trigger, serial {cam.serial or 'first found'}",
+        f"gain {cam.gain_db:g} dB, {cam.trigger} trigger, "
+        f"serial {getattr(cam, 'serial', None) or 'first found'}",  # serial: pylon only
     )
     pre = recipe.preprocess
     t.add_row(
@@ -90,10 +92,9 @@ def deep_problems(recipe: Recipe) -> list[str]:
     """What the schema alone cannot see: detector params against each detector's parameters,
     the backbone and its weights on this machine, and the twin's settings (sim recipes)."""
     from station.detectors.backbones import BACKBONES, find_weights
-    from station.detectors.registry import config_problems
-    from station.detectors.training import detector_kwargs
+    from station.detectors.registry import config_problems, detector_kwargs
+    from station.devices.factory import uses_twin
     from station.errors import StationError
-    from station.hardware.factory import uses_twin
 
     problems = []
     for i, det in enumerate(recipe.detectors):

@@ -67,7 +67,8 @@ def _start_plc(
 ) -> SimPLC:
     """The simulated PLC on the fake controller's I/O (README "Line contract")."""
     from station.cli.app import console
-    from station.recipe import LineIOConfig, load_recipe
+    from station.detectors.registry import load_recipe
+    from station.recipe import LineIOConfig
     from station.twin.fake_ur.plc import Disposition, PlcConfig, SimPLC
 
     line = load_recipe(recipe).line_io if recipe else LineIOConfig(part_present_input=part_input)
@@ -92,6 +93,61 @@ def _start_plc(
         highlight=False,
     )
     return plc
+
+
+def _start_fake(host: str, speed_scale: float, verbose: bool) -> FakeURController:
+    """Start the fake controller on `host` (logging its protocol traffic when `verbose`); a
+    port in use or a foreign address is one line."""
+    import logging
+
+    from station.twin.fake_ur import FakeURController
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+    )
+    fake = FakeURController(host, speed_scale=speed_scale)
+    try:
+        fake.start()
+    except OSError as exc:
+        cause = exc.__cause__ or exc
+        in_use = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
+        raise StationError(
+            f"fake UR controller cannot listen on {host}: {cause}",
+            "stop the other server on these ports or use another address, e.g. 127.0.0.2"
+            if in_use
+            else "give --host an address of this machine, e.g. 127.0.0.1",
+        ) from None
+    return fake
+
+
+def _read_console(fake: FakeURController, part_input: int) -> None:
+    """Answer the operator's commands typed on stdin (runs in a daemon thread)."""
+    from station.cli.app import console
+
+    for line in sys.stdin:
+        if line.strip():
+            console.print(_console_command(fake, line, part_input), highlight=False)
+
+
+def _serve(fake: FakeURController, plc: SimPLC | None, duration: float) -> None:
+    """Run until `duration` seconds have passed (0: until Ctrl-C), then stop PLC and server."""
+    from station.cli.app import console
+
+    t0 = time.monotonic()
+    try:
+        while duration <= 0 or time.monotonic() - t0 < duration:
+            time.sleep(0.02)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if plc is not None:
+            plc.stop()
+            n = len(plc.dispositions)
+            passed = sum(d.route == "passed" for d in plc.dispositions)
+            console.print(f"PLC: {n} sheet(s) routed, {passed} passed, {n - passed} rejected")
+        fake.stop()
+        console.print("fake UR controller stopped")
 
 
 def register(app: typer.Typer) -> None:
@@ -134,56 +190,21 @@ def register(app: typer.Typer) -> None:
         Any 127.0.0.x address is local on Linux, so several servers can run at once. Type
         commands on stdin to inject faults (`help` lists them).
         """
-        import logging
-
         from station.cli.app import console
-        from station.twin.fake_ur import FakeURController
 
-        logging.basicConfig(
-            level=logging.DEBUG if verbose else logging.INFO,
-            format="%(asctime)s %(name)s: %(message)s",
-        )
-        fake = FakeURController(host, speed_scale=speed_scale)
-        try:
-            fake.start()
-        except OSError as exc:
-            cause = exc.__cause__ or exc
-            in_use = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
-            raise StationError(
-                f"fake UR controller cannot listen on {host}: {cause}",
-                "stop the other server on these ports or use another address, e.g. 127.0.0.2"
-                if in_use
-                else "give --host an address of this machine, e.g. 127.0.0.1",
-            ) from None
+        fake = _start_fake(host, speed_scale, verbose)
         console.print(
             f"[green]fake UR5 controller[/] on {host} (RTDE 30004, dashboard 29999, "
             f"script 30001-30003); Ctrl-C stops it"
         )
-
-        def read_commands() -> None:
-            for line in sys.stdin:
-                if line.strip():
-                    console.print(_console_command(fake, line, part_input), highlight=False)
-
         if sys.stdin is not None and not sys.stdin.closed:
-            threading.Thread(target=read_commands, name="sim-console", daemon=True).start()
+            threading.Thread(
+                target=_read_console, args=(fake, part_input), name="sim-console", daemon=True
+            ).start()
         plc = None
         if part_every > 0:
             plc = _start_plc(fake, recipe, part_input, part_every, part_hold, plc_log)
-        t0 = time.monotonic()
-        try:
-            while duration <= 0 or time.monotonic() - t0 < duration:
-                time.sleep(0.02)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            if plc is not None:
-                plc.stop()
-                n = len(plc.dispositions)
-                passed = sum(d.route == "passed" for d in plc.dispositions)
-                console.print(f"PLC: {n} sheet(s) routed, {passed} passed, {n - passed} rejected")
-            fake.stop()
-            console.print("fake UR controller stopped")
+        _serve(fake, plc, duration)
 
     @group.command("camera-images")
     def camera_images(
@@ -198,8 +219,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Render twin shots into the folder the pylon camera emulator plays."""
         from station.cli.app import console
-        from station.hardware.pylon.emulator import prepare_twin_images
-        from station.recipe import load_recipe
+        from station.detectors.registry import load_recipe
+        from station.devices.pylon_emulator import prepare_twin_images
 
         rcp = load_recipe(recipe)
         shots = prepare_twin_images(rcp, count, first_seed=seed, defective=defective)

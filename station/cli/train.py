@@ -53,12 +53,14 @@ def selected_detectors(recipe: Any, detector: str | None) -> list[Any]:
 
 
 def stage_callback(progress: Any, prefix: str) -> Any:
-    """A detector ProgressFn that shows one rich task per stage."""
+    """A ProgressFn (stage, done, total) that shows one rich task per stage, named
+    `prefix stage` (just the stage when `prefix` is empty)."""
     tasks: dict[str, Any] = {}
 
     def cb(stage: str, done: int, total: int) -> None:
         if stage not in tasks:
-            tasks[stage] = progress.add_task(f"{prefix} {stage}", total=total)
+            label = f"{prefix} {stage}" if prefix else stage
+            tasks[stage] = progress.add_task(label, total=total)
         progress.update(tasks[stage], completed=done, total=total)
 
     return cb
@@ -86,13 +88,12 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train the recipe's detectors on good images and save versioned model files."""
-        from rich.table import Table
-
         from station.cli.app import console
         from station.datasets import training_images
-        from station.detectors.training import data_sha256, load_images, train_and_save
+        from station.detectors.engine import load_images
+        from station.detectors.registry import load_recipe
+        from station.detectors.training import data_sha256, train_and_save
         from station.paths import resolve
-        from station.recipe import load_recipe
 
         rcp = load_recipe(recipe)
         targets = selected_detectors(rcp, detector)
@@ -133,27 +134,36 @@ def register(app: typer.Typer) -> None:
         if register_db:
             _record_versions(rcp, trained, data_root)
 
-        table = Table(title=f"trained models for recipe {rcp.name}")
-        for col in ("detector", "version", "images", "good score mean ± std", "q95", "seconds"):
-            table.add_column(col)
-        for t in trained:
-            gs = t.meta["good_scores"]
-            stats = f"{gs['mean']:.4g} ± {gs['std']:.3g}" if gs.get("n") else "(no held-out)"
-            table.add_row(
-                t.meta["detector"],
-                t.version,
-                str(t.meta["n_train_images"]),
-                stats,
-                f"{gs['q95']:.4g}" if gs.get("n") else "-",
-                f"{t.report.seconds:.1f}",
-            )
-        console.print(table)
+        _print_trained(rcp.name, trained)
         for t in trained:
             console.print(f"saved {t.path}")
         console.print(
             "next: calibrate thresholds on labelled parts: "
             f"station calibrate-threshold --recipe {recipe}"
         )
+
+
+def _print_trained(recipe_name: str, trained: list[Any]) -> None:
+    """One table row per trained model: version, images, held-out good scores, time."""
+    from rich.table import Table
+
+    from station.cli.app import console
+
+    table = Table(title=f"trained models for recipe {recipe_name}")
+    for col in ("detector", "version", "images", "good score mean ± std", "q95", "seconds"):
+        table.add_column(col)
+    for t in trained:
+        gs = t.meta["good_scores"]
+        stats = f"{gs['mean']:.4g} ± {gs['std']:.3g}" if gs.get("n") else "(no held-out)"
+        table.add_row(
+            t.meta["detector"],
+            t.version,
+            str(t.meta["n_train_images"]),
+            stats,
+            f"{gs['q95']:.4g}" if gs.get("n") else "-",
+            f"{t.report.seconds:.1f}",
+        )
+    console.print(table)
 
 
 def _record_versions(rcp: Any, trained: list[Any], data_root: Path) -> None:

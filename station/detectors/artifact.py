@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from station.detectors.registry import create_detector, detector_class, detector_kwargs, settings
 from station.errors import DetectorError, StationError
 from station.files import atomic_write, writing
 
@@ -121,8 +122,6 @@ def load_artifact(
     With `recipe`: the model must come from that recipe and match its image size; the
     detector runs on the recipe's device for it unless `device` is given.
     """
-    from station.detectors.registry import detector_class
-
     path = Path(path)
     payload = read_artifact(path)
     name = payload["detector"]
@@ -164,8 +163,6 @@ def load_artifact(
             config["device"] = det_cfg.device
     if device is not None:
         config["device"] = device
-    from station.detectors.registry import create_detector
-
     detector = create_detector(name, **config)
     try:
         detector.load_state_dict(payload["state_dict"])
@@ -190,10 +187,6 @@ def _plain(value: Any) -> Any:
 
 def _check_settings(path: Path, config: dict[str, Any], det_cfg: Any, recipe_name: str) -> None:
     """The recipe's detector settings (its values, else the defaults) must be the model's."""
-
-    from station.detectors.registry import settings
-    from station.detectors.training import detector_kwargs
-
     want = {k: p.default for k, p in settings(det_cfg.name).items() if p.default is not p.empty}
     want.update(detector_kwargs(det_cfg))
     changed = [

@@ -45,13 +45,18 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from station.detectors.ast_mfr_model import (
+    ASTMFRModel,
+    MFRBlock,
+    Projection,
+)
 from station.detectors.backbones import (
     BACKBONES,
     Backbone,
@@ -61,7 +66,7 @@ from station.detectors.backbones import (
     resolve_device,
 )
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
-from station.detectors.common import gaussian_blur, split_validation, to_batch
+from station.detectors.common import autocast_for, split_validation, to_batch
 from station.detectors.registry import register
 from station.errors import DetectorError, StationError
 
@@ -104,134 +109,96 @@ def pick_student(teacher: str, weights: str = "auto") -> str:
     )
 
 
-def random_mask(
-    n: int, h: int, w: int, rate: float, device: torch.device, generator: torch.Generator | None
-) -> torch.Tensor:
-    """N x 1 x h x w float mask: 0 at each position with probability `rate`, else 1."""
-    u = torch.rand((n, 1, h, w), generator=generator, device=device)
-    return (u >= rate).float()
+@dataclass
+class ASTMFRConfig:
+    """AST-MFR's settings: a recipe entry's backbone, weights, device and params."""
 
-
-def distance_map(student: torch.Tensor, teacher: torch.Tensor, alpha: float) -> torch.Tensor:
-    """N x h x w: cosine distance + alpha * 0.5 * |s/|s| - t/|t||^2 per position."""
-    s = F.normalize(student.float(), dim=1, eps=1e-6)
-    t = F.normalize(teacher.float(), dim=1, eps=1e-6)
-    cos = 1.0 - (s * t).sum(1)
-    l2 = 0.5 * (s - t).pow(2).sum(1)
-    return cos + alpha * l2
-
-
-class MFRBlock(nn.Module):
-    """Random pixel mask (training only) + two-conv feature generation, c_in -> c_out."""
-
-    def __init__(self, c_in: int, c_out: int, mask_rate: float) -> None:
-        super().__init__()
-        self.mask_rate = float(mask_rate)
-        self.generate = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, padding=1),
-        )
-        self.generator: torch.Generator | None = None  # seeded by the detector for training
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.mask_rate > 0:
-            n, _, h, w = x.shape
-            x = x * random_mask(n, h, w, self.mask_rate, x.device, self.generator).to(x.dtype)
-        return self.generate(x)
-
-
-class Projection(nn.Module):
-    """The "without MFR" ablation: 1x1 conv to the teacher's channels (identity when equal)."""
-
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__()
-        self.proj: nn.Module = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+    backbone: str = "efficientnet_lite1"
+    weights: str = "auto"
+    device: str = "auto"
+    student: str = "auto"
+    student_weights: str = "auto"
+    teacher_layers: Sequence[str] | None = None
+    student_layers: Sequence[str] | None = None
+    mfr: bool = True
+    mask_rate: float = 0.4
+    alpha: float = 1.0
+    train_student: bool = True
+    lr: float = 1e-3
+    student_lr: float | None = None
+    epochs: int = 20
+    batch_size: int = 8
+    min_steps_per_epoch: int = 1
+    val_fraction: float = 0.1
+    smoothing_sigma: float = 4.0
+    pool_size: int = 5
+    seed: int = 0
+    amp: bool = True
 
 
 @register
 class ASTMFR(Detector):
     name = "ast_mfr"
     version = 1
+    Config = ASTMFRConfig
 
-    def __init__(
-        self,
-        backbone: str = "efficientnet_lite1",
-        weights: str = "auto",
-        device: str = "auto",
-        student: str = "auto",
-        student_weights: str = "auto",
-        teacher_layers: Sequence[str] | None = None,
-        student_layers: Sequence[str] | None = None,
-        mfr: bool = True,
-        mask_rate: float = 0.4,
-        alpha: float = 1.0,
-        train_student: bool = True,
-        lr: float = 1e-3,
-        student_lr: float | None = None,
-        epochs: int = 20,
-        batch_size: int = 8,
-        min_steps_per_epoch: int = 1,
-        val_fraction: float = 0.1,
-        smoothing_sigma: float = 4.0,
-        pool_size: int = 5,
-        seed: int = 0,
-        amp: bool = True,
-        **unknown: Any,
-    ) -> None:
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - {f.name for f in fields(ASTMFRConfig)}
         if unknown:
             raise DetectorError(f"ast_mfr: unknown parameter(s) {sorted(unknown)}")
-        if not 0.0 <= mask_rate < 1.0:
-            raise DetectorError(f"ast_mfr: mask_rate must be in [0, 1), not {mask_rate}")
-        if epochs < 1 or batch_size < 1 or min_steps_per_epoch < 1:
+        c = ASTMFRConfig(**params)
+        if not 0.0 <= c.mask_rate < 1.0:
+            raise DetectorError(f"ast_mfr: mask_rate must be in [0, 1), not {c.mask_rate}")
+        if c.epochs < 1 or c.batch_size < 1 or c.min_steps_per_epoch < 1:
             raise DetectorError("ast_mfr: epochs, batch_size, min_steps_per_epoch must be >= 1")
-        if not 0.0 <= val_fraction < 1.0:
-            raise DetectorError(f"ast_mfr: val_fraction must be in [0, 1), not {val_fraction}")
-        if alpha < 0 or lr <= 0 or pool_size < 1 or pool_size % 2 == 0:
+        if not 0.0 <= c.val_fraction < 1.0:
+            raise DetectorError(f"ast_mfr: val_fraction must be in [0, 1), not {c.val_fraction}")
+        if c.alpha < 0 or c.lr <= 0 or c.pool_size < 1 or c.pool_size % 2 == 0:
             raise DetectorError("ast_mfr: need alpha >= 0, lr > 0 and an odd pool_size >= 1")
-        self.device = resolve_device(device)
-        if student == "auto":
-            student = pick_student(backbone, student_weights)
-        t_layers = list(teacher_layers or stage_layers(backbone))
-        s_layers = list(student_layers or stage_layers(student))
+        self.device = resolve_device(c.device)
+        if c.student == "auto":
+            c.student = pick_student(c.backbone, c.student_weights)
+        t_layers = list(c.teacher_layers or stage_layers(c.backbone))
+        s_layers = list(c.student_layers or stage_layers(c.student))
         if len(t_layers) != 3 or len(s_layers) != 3:
             raise DetectorError("ast_mfr: teacher and student need exactly three stages each")
-        self.teacher = create_backbone(backbone, weights, t_layers).to(self.device)
-        self.student = create_backbone(student, student_weights, s_layers).to(self.device)
+        self.teacher = create_backbone(c.backbone, c.weights, t_layers).to(self.device)
+        self.student = create_backbone(c.student, c.student_weights, s_layers).to(self.device)
         if self.teacher.strides != self.student.strides:
             raise DetectorError(
-                f"ast_mfr: teacher {backbone} strides {self.teacher.strides} differ from student "
-                f"{student} strides {self.student.strides}",
+                f"ast_mfr: teacher {c.backbone} strides {self.teacher.strides} differ from student "
+                f"{c.student} strides {self.student.strides}",
                 hint="choose teacher_layers / student_layers with matching strides",
             )
         self._cfg: dict[str, Any] = {
-            "backbone": backbone,
-            "weights": weights,
-            "device": device,
-            "student": student,
-            "student_weights": student_weights,
+            "backbone": c.backbone,
+            "weights": c.weights,
+            "device": c.device,
+            "student": c.student,
+            "student_weights": c.student_weights,
             "teacher_layers": list(self.teacher.layers),
             "student_layers": list(self.student.layers),
-            "mfr": bool(mfr),
-            "mask_rate": float(mask_rate),
-            "alpha": float(alpha),
-            "train_student": bool(train_student),
-            "lr": float(lr),
-            "student_lr": None if student_lr is None else float(student_lr),
-            "epochs": int(epochs),
-            "batch_size": int(batch_size),
-            "min_steps_per_epoch": int(min_steps_per_epoch),
-            "val_fraction": float(val_fraction),
-            "smoothing_sigma": float(smoothing_sigma),
-            "pool_size": int(pool_size),
-            "seed": int(seed),
-            "amp": bool(amp),
+            "mfr": bool(c.mfr),
+            "mask_rate": float(c.mask_rate),
+            "alpha": float(c.alpha),
+            "train_student": bool(c.train_student),
+            "lr": float(c.lr),
+            "student_lr": None if c.student_lr is None else float(c.student_lr),
+            "epochs": int(c.epochs),
+            "batch_size": int(c.batch_size),
+            "min_steps_per_epoch": int(c.min_steps_per_epoch),
+            "val_fraction": float(c.val_fraction),
+            "smoothing_sigma": float(c.smoothing_sigma),
+            "pool_size": int(c.pool_size),
+            "seed": int(c.seed),
+            "amp": bool(c.amp),
         }
         self.backbone = self.teacher  # what training.py records as the backbone identity
+        cfg = self._cfg
+        self.model = ASTMFRModel(
+            self.teacher, self.student, nn.ModuleList(), cfg["alpha"], cfg["smoothing_sigma"],
+            cfg["pool_size"],
+        )
         self.image_hw: tuple[int, int] | None = None
         self._student_init = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
         self._build_heads()
@@ -260,25 +227,27 @@ class ASTMFR(Detector):
             p.requires_grad_(train)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type == "cuda" and self._cfg["amp"]:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast_for(self.device, bool(self._cfg["amp"]), torch.bfloat16)
+
+    @property
+    def heads(self) -> nn.ModuleList:
+        """The regeneration (or projection) blocks, one per stage."""
+        return self.model.heads
+
+    @heads.setter
+    def heads(self, heads: nn.ModuleList) -> None:
+        self.model.heads = heads
 
     # -- features and maps ----------------------------------------------------------------
 
     def regenerate(self, student_feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The heads applied to the student's three stage maps (masking only in train mode)."""
-        return [head(f.float()) for head, f in zip(self.heads, student_feats, strict=True)]
+        return self.model.regenerate(student_feats)
 
     def stage_distances(
         self, regen: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
     ) -> list[torch.Tensor]:
-        out = []
-        for s, t in zip(regen, teacher, strict=True):
-            if s.shape[-2:] != t.shape[-2:]:
-                s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
-            out.append(distance_map(s, t, self._cfg["alpha"]))
-        return out
+        return self.model.stage_distances(regen, teacher)
 
     def loss(self, regen: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
         """Sum over stages of the mean per-position distance (mean over the batch)."""
@@ -286,27 +255,13 @@ class ASTMFR(Detector):
 
     def _maps(self, regen: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
         assert self.image_hw is not None
-        total = None
-        for d in self.stage_distances(regen, teacher):
-            up = F.interpolate(d[:, None], size=self.image_hw, mode="bilinear", align_corners=False)
-            total = up if total is None else total + up
-        assert total is not None
-        maps = gaussian_blur(total[:, 0], self._cfg["smoothing_sigma"])
-        k = self._cfg["pool_size"]
-        if k > 1:
-            maps = F.avg_pool2d(
-                maps[:, None], k, stride=1, padding=k // 2, count_include_pad=False
-            )[:, 0]
-        return maps
+        return self.model.maps(regen, teacher, self.image_hw)
 
     @torch.no_grad()
     def _predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device)
         self.heads.eval()
-        with self._autocast():
-            t = self.teacher(x)
-            s = self.student(x)
-        return self._maps(self.regenerate(s), [f.float() for f in t])
+        return self.model(x, bool(self._cfg["amp"]))[0]
 
     def _extract(
         self, net: Backbone, images: Sequence[np.ndarray], progress: ProgressFn | None, what: str
@@ -391,21 +346,7 @@ class ASTMFR(Detector):
                 head.generator = None
         del teacher_cache, student_cache
         self.heads.eval()
-        good_scores: list[float] = []
-        val_loss = None
-        if val_imgs:
-            losses = []
-            for start in range(0, len(val_imgs), bs):
-                x = to_batch(val_imgs[start : start + bs], self.image_hw, "ast_mfr")
-                with torch.no_grad(), self._autocast():
-                    t = self.teacher(x.to(self.device))
-                    s = self.student(x.to(self.device))
-                    regen = self.regenerate(s)
-                losses.append(float(self.loss(regen, [f.float() for f in t])) * x.shape[0])
-                good_scores += self._maps(regen, [f.float() for f in t]).flatten(1).amax(1).tolist()
-                if progress:
-                    progress("validate", min(start + bs, len(val_imgs)), len(val_imgs))
-            val_loss = sum(losses) / len(val_imgs)
+        good_scores, val_loss = self._validate(val_imgs, bs, progress)
         return FitReport(
             n_images=len(images),
             seconds=time.perf_counter() - t0,
@@ -420,6 +361,26 @@ class ASTMFR(Detector):
                 "val_loss": val_loss,
             },
         )
+
+    def _validate(
+        self, val_imgs: Sequence[np.ndarray], bs: int, progress: ProgressFn | None
+    ) -> tuple[list[float], float | None]:
+        """Scores of the held-out good images and their mean loss (None without any)."""
+        good_scores: list[float] = []
+        if not val_imgs:
+            return good_scores, None
+        losses = []
+        for start in range(0, len(val_imgs), bs):
+            x = to_batch(val_imgs[start : start + bs], self.image_hw, "ast_mfr")
+            with torch.no_grad(), self._autocast():
+                t = self.teacher(x.to(self.device))
+                s = self.student(x.to(self.device))
+                regen = self.regenerate(s)
+            losses.append(float(self.loss(regen, [f.float() for f in t])) * x.shape[0])
+            good_scores += self._maps(regen, [f.float() for f in t]).flatten(1).amax(1).tolist()
+            if progress:
+                progress("validate", min(start + bs, len(val_imgs)), len(val_imgs))
+        return good_scores, sum(losses) / len(val_imgs)
 
     # -- inference ------------------------------------------------------------------------
 

@@ -3,21 +3,31 @@ context, smoothing, validation splits and chunked nearest-neighbour search (CPU 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from station.detectors.base import Prediction
+from station.detectors.types import Prediction
 from station.errors import DetectorError
 from station.imaging import to_uint8
 
 if TYPE_CHECKING:
     from station.detectors.backbones import Backbone
+
+
+def autocast_for(
+    device: torch.device, amp: bool, dtype: torch.dtype = torch.float16
+) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to `dtype` on CUDA when `amp` is set; nothing otherwise (the CPU runs fp32)."""
+    if device.type == "cuda" and amp:
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
 
 
 def image_size_of(image: np.ndarray) -> tuple[int, int]:

@@ -35,25 +35,10 @@ reused by later fits; it is stored in the artifact too, so inference needs no ba
 
 Not done: the paper's ImageNet penalty on the student (no ImageNet images here).
 
-Step counts. The paper trains 70 000 steps (lr 1e-4) and distils 60 000 x 16 (lr 1e-4). On one
-CPU thread here a training step costs ~3.4 s at 256 px (small PDN; ~0.7 s at 128 px), a
-distillation step (batch 4, backbone included) ~4.5 s at 256 px (~0.8 s at 128 px), and predict
-~1 s per 256 px image, so the defaults are a short CPU schedule: distillation 250 x 4 at lr
-5e-4, 450 training steps at lr 5e-4, both cosine. Distillation at lr 1e-3 or more is unstable
-for the un-normalised PDN (loss spikes, near-constant teacher outputs, a flat student-teacher
-map): that, with 50 distillation and 120 training steps, is why an earlier short run on AITEX
-scored at chance (its fabric04 teacher was dead: every output channel constant). On a GPU set
-steps / distill_steps far higher (paper-like schedules).
-
-Measured on AITEX with these defaults at 128 px (`station evaluate --train`, one thread on a
-shared 2-core CPU, 10-17 min per fabric): mean I-AUROC 0.60, P-AUROC 0.62, AUPRO 0.19
-(fabric01 0.79 / 0.91 / 0.56, the other three near chance), well below PatchCore and SimpleNet.
-Main cause, found with tools/efficientad_maps.py: a quarter of AITEX tiles are pure white
-background; the short-trained student outputs ~0 there, so its student-teacher error on them
-(~2.4 on fabric00) dwarfs that on fabric (~0.2; defects ~1.0) and, being one repeated value,
-can fill the top of the validation quantiles (q_a == q_b). Throughput at 256 px, CPU, 1 thread:
-1.4 images/s, about 0.2 x SimpleNet (tools/bench_detectors.py); the speed is a GPU property.
-GPU inference: channels-last modules and inputs, bf16 autocast (amp); CPU runs fp32.
+Defaults are a short CPU schedule (distillation 250 x 4 and 450 training steps, lr 5e-4,
+cosine); on a GPU set `steps` / `distill_steps` far higher. Step costs, why the schedule is
+what it is, and the AITEX measurements: docs/efficientad.md. GPU inference: channels-last
+modules and inputs, bf16 autocast (amp); CPU runs fp32.
 """
 
 from __future__ import annotations
@@ -62,9 +47,9 @@ import contextlib
 import hashlib
 import io
 import json
-import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,167 +59,61 @@ import torch.nn.functional as F
 from torch import nn
 
 from station.detectors.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     create_backbone,
     resolve_device,
     weights_dir,
 )
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import local_aggregate, split_validation, to_batch
+from station.detectors.efficientad_net import (
+    PDN_OFFSET,
+    TEACHER_CHANNELS,
+    AutoEncoder,
+    EfficientADModel,
+    distill_augment,
+    hard_mse,
+    imagenet_normalise,
+    jitter,
+    lr_schedule,
+    pdn,
+    pdn_out_size,
+)
 from station.detectors.registry import register
 from station.errors import DetectorError
 from station.files import atomic_write
 
-TEACHER_CHANNELS = 384
-PDN_OFFSET = 16  # px from a cell's patch corner to its centre (33 px patch, stride 4)
-MAP_PAD = 4  # cells: PDN_OFFSET / stride, so the padded map lines up with the image
 MIN_SIZE = 64
-
-
-def pdn(size: str, out_channels: int) -> nn.Sequential:
-    """Patch description network (no padding): 33 x 33 px receptive field, stride 4."""
-    if size == "small":
-        return nn.Sequential(
-            nn.Conv2d(3, 128, 4),
-            nn.ReLU(inplace=True),
-            nn.AvgPool2d(2, 2),
-            nn.Conv2d(128, 256, 4),
-            nn.ReLU(inplace=True),
-            nn.AvgPool2d(2, 2),
-            nn.Conv2d(256, 256, 3),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(256, out_channels, 4),
-        )
-    if size == "medium":
-        return nn.Sequential(
-            nn.Conv2d(3, 256, 4),
-            nn.ReLU(inplace=True),
-            nn.AvgPool2d(2, 2),
-            nn.Conv2d(256, 512, 4),
-            nn.ReLU(inplace=True),
-            nn.AvgPool2d(2, 2),
-            nn.Conv2d(512, 512, 1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(512, 512, 3),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(512, out_channels, 4),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 1),
-        )
-    raise DetectorError(f"efficientad: model_size must be small or medium, not {size!r}")
-
-
-def pdn_out_size(n: int) -> int:
-    """PDN output side for an input side n (both sizes: convs 4, pool, 4, pool, 3, 4)."""
-    return (((n - 3) // 2) - 3) // 2 - 5
-
-
-class AutoEncoder(nn.Module):
-    """Encoder to a 1 x 1 x 64 code, decoder back to the PDN grid (out_hw) with 384 channels."""
-
-    BASE = (3, 8, 15, 32, 63, 127)  # the paper's upsampling sizes for a 56-cell output
-
-    def __init__(self, image_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
-        super().__init__()
-        k = (max(1, image_hw[0] // 32), max(1, image_hw[1] // 32))
-        chans = [3, 32, 32, 64, 64, 64]
-        enc: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
-            enc += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
-        enc.append(nn.Conv2d(64, 64, k))
-        self.encoder = nn.Sequential(*enc)
-        self.sizes = [
-            (max(1, round(b * out_hw[0] / 56)), max(1, round(b * out_hw[1] / 56)))
-            for b in self.BASE
-        ]
-        self.out_hw = out_hw
-        self.up = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(64, 64, 4, padding=2), nn.ReLU(inplace=True), nn.Dropout(0.2))
-            for _ in self.sizes
-        )
-        self.head = nn.Sequential(
-            nn.Conv2d(64, 64, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(64, TEACHER_CHANNELS, 3, padding=1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(x)
-        for size, block in zip(self.sizes, self.up, strict=True):
-            z = block(F.interpolate(z, size=size, mode="bilinear", align_corners=False))
-        z = F.interpolate(z, size=self.out_hw, mode="bilinear", align_corners=False)
-        return self.head(z)
-
-
-def hard_mse(diff_sq: torch.Tensor, q: float) -> torch.Tensor:
-    """Mean of the squared differences at or above their q-quantile (hard-feature loss)."""
-    flat = diff_sq.flatten()
-    # Same threshold as linear-interpolation torch.quantile, without its 16M-element limit.
-    k = min(flat.numel(), int(math.ceil(q * (flat.numel() - 1))) + 1)
-    thr = torch.kthvalue(flat.detach().float(), k).values
-    return flat[flat >= thr].mean()
-
-
-def jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast or saturation (one, at random) by a factor in [0.8, 1.2]."""
-    kind = int(torch.randint(3, (1,), generator=gen))
-    f = float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
-    if kind == 0:
-        return (x * f).clamp(0, 1)
-    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
-    if kind == 1:
-        mean = grey.mean(dim=(1, 2, 3), keepdim=True)
-        return (mean + f * (x - mean)).clamp(0, 1)
-    return (grey + f * (x - grey)).clamp(0, 1)
-
-
-def distill_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random resized crop (0.6..1 of the side), flips, 90-degree turn, brightness/contrast."""
-    n, _, h, w = x.shape
-    out = []
-    for i in range(n):
-        img = x[i : i + 1]
-        s = float(torch.empty(1).uniform_(0.6, 1.0, generator=gen))
-        ch, cw = max(8, int(h * s)), max(8, int(w * s))
-        y0 = int(torch.randint(h - ch + 1, (1,), generator=gen))
-        x0 = int(torch.randint(w - cw + 1, (1,), generator=gen))
-        img = img[:, :, y0 : y0 + ch, x0 : x0 + cw]
-        if (ch, cw) != (h, w):
-            img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)
-        if bool(torch.randint(2, (1,), generator=gen)):
-            img = img.flip(3)
-        if bool(torch.randint(2, (1,), generator=gen)):
-            img = img.flip(2)
-        if h == w:
-            img = torch.rot90(img, int(torch.randint(4, (1,), generator=gen)), dims=(2, 3))
-        b = float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
-        c = float(torch.empty(1).uniform_(0.8, 1.2, generator=gen))
-        mean = img.mean()
-        out.append(((img - mean) * c + mean * b).clamp(0, 1))
-    return torch.cat(out)
-
-
-def lr_schedule(
-    opt: torch.optim.Optimizer, steps: int, kind: str
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """"paper": constant, x0.1 at 95 % of the steps; "cosine": linear warm-up over the first
-    5 % of the steps, then cosine decay to 1 % of the lr (learns more in a short run)."""
-    if kind == "paper":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(0.95 * steps)), gamma=0.1)
-    warm = max(1, int(0.05 * steps))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = min(1.0, (step - warm) / max(1, steps - warm))
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _sd(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+@dataclass
+class EfficientADConfig:
+    """EfficientAD's settings: a recipe entry's backbone, weights, device and params."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "auto"
+    device: str = "auto"
+    layers: Sequence[str] | None = None
+    model_size: str = "small"
+    steps: int = 450
+    lr: float = 5e-4
+    weight_decay: float = 1e-5
+    hard_quantile: float = 0.999
+    distill_steps: int = 250
+    distill_batch: int = 4
+    distill_lr: float = 5e-4
+    schedule: str = "cosine"
+    teacher_cache: bool = True
+    val_fraction: float = 0.1
+    min_split_images: int = 5
+    q_low: float = 0.9
+    q_high: float = 0.995
+    batch_size: int = 8
+    amp: bool = True
+    seed: int = 0
 
 
 @register
@@ -249,71 +128,52 @@ class EfficientAD(Detector):
 
     name = "efficientad"
     version = 1
+    Config = EfficientADConfig
 
-    def __init__(
-        self,
-        backbone: str = "efficientnet_lite0",
-        weights: str = "auto",
-        device: str = "auto",
-        layers: Sequence[str] | None = None,
-        model_size: str = "small",
-        steps: int = 450,
-        lr: float = 5e-4,
-        weight_decay: float = 1e-5,
-        hard_quantile: float = 0.999,
-        distill_steps: int = 250,
-        distill_batch: int = 4,
-        distill_lr: float = 5e-4,
-        schedule: str = "cosine",
-        teacher_cache: bool = True,
-        val_fraction: float = 0.1,
-        min_split_images: int = 5,
-        q_low: float = 0.9,
-        q_high: float = 0.995,
-        batch_size: int = 8,
-        amp: bool = True,
-        seed: int = 0,
-    ) -> None:
-        if model_size not in ("small", "medium"):
+    def __init__(self, **params: Any) -> None:
+        c = EfficientADConfig(**params)
+        if c.model_size not in ("small", "medium"):
             raise DetectorError(
-                f"efficientad: model_size must be small or medium, not {model_size!r}"
+                f"efficientad: model_size must be small or medium, not {c.model_size!r}"
             )
-        if schedule not in ("cosine", "paper"):
+        if c.schedule not in ("cosine", "paper"):
             raise DetectorError(
-                f"efficientad: schedule must be cosine or paper, not {schedule!r}"
+                f"efficientad: schedule must be cosine or paper, not {c.schedule!r}"
             )
-        if steps < 1 or distill_steps < 1 or distill_batch < 1 or batch_size < 1:
+        if c.steps < 1 or c.distill_steps < 1 or c.distill_batch < 1 or c.batch_size < 1:
             raise DetectorError("efficientad: steps, distill_steps, batch sizes must be >= 1")
-        if not 0.0 <= val_fraction < 1.0:
-            raise DetectorError(f"efficientad: val_fraction must be in [0, 1), not {val_fraction}")
-        if not 0.0 < q_low < q_high < 1.0 or not 0.0 < hard_quantile < 1.0:
+        if not 0.0 <= c.val_fraction < 1.0:
+            raise DetectorError(
+                f"efficientad: val_fraction must be in [0, 1), not {c.val_fraction}"
+            )
+        if not 0.0 < c.q_low < c.q_high < 1.0 or not 0.0 < c.hard_quantile < 1.0:
             raise DetectorError(
                 "efficientad: need 0 < q_low < q_high < 1 and 0 < hard_quantile < 1"
             )
-        self.device_spec = device
-        self.device = resolve_device(device)
+        self.device_spec = c.device
+        self.device = resolve_device(c.device)
         self._cfg: dict[str, Any] = {
-            "backbone": backbone,
-            "weights": weights,
-            "device": device,
-            "layers": list(layers) if layers else None,
-            "model_size": model_size,
-            "steps": int(steps),
-            "lr": float(lr),
-            "weight_decay": float(weight_decay),
-            "hard_quantile": float(hard_quantile),
-            "distill_steps": int(distill_steps),
-            "distill_batch": int(distill_batch),
-            "distill_lr": float(distill_lr),
-            "schedule": schedule,
-            "teacher_cache": bool(teacher_cache),
-            "val_fraction": float(val_fraction),
-            "min_split_images": int(min_split_images),
-            "q_low": float(q_low),
-            "q_high": float(q_high),
-            "batch_size": int(batch_size),
-            "amp": bool(amp),
-            "seed": int(seed),
+            "backbone": c.backbone,
+            "weights": c.weights,
+            "device": c.device,
+            "layers": list(c.layers) if c.layers else None,
+            "model_size": c.model_size,
+            "steps": int(c.steps),
+            "lr": float(c.lr),
+            "weight_decay": float(c.weight_decay),
+            "hard_quantile": float(c.hard_quantile),
+            "distill_steps": int(c.distill_steps),
+            "distill_batch": int(c.distill_batch),
+            "distill_lr": float(c.distill_lr),
+            "schedule": c.schedule,
+            "teacher_cache": bool(c.teacher_cache),
+            "val_fraction": float(c.val_fraction),
+            "min_split_images": int(c.min_split_images),
+            "q_low": float(c.q_low),
+            "q_high": float(c.q_high),
+            "batch_size": int(c.batch_size),
+            "amp": bool(c.amp),
+            "seed": int(c.seed),
         }
         self.backbone: Any = None  # created by fit() only when a teacher must be distilled
         self.backbone_identity: dict[str, Any] = {}
@@ -399,13 +259,7 @@ class EfficientAD(Detector):
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         """[0,1] images -> ImageNet-normalised input on the device (channels-last on CUDA)."""
-        x = x.to(self.device, non_blocking=True)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return imagenet_normalise(x.to(self.device, non_blocking=True))
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.device.type == "cuda" and self._cfg["amp"]:
@@ -618,22 +472,25 @@ class EfficientAD(Detector):
 
     # -- inference --------------------------------------------------------------------------
 
+    @property
+    def model(self) -> EfficientADModel:
+        """The scoring network assembled from the fitted parts (shared, not copied)."""
+        assert self.teacher is not None and self.student is not None
+        assert self.autoencoder is not None
+        return EfficientADModel(
+            self.teacher, self.student, self.autoencoder, self.t_mean, self.t_std, self.quantiles
+        )
+
     @torch.no_grad()
     def raw_maps(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised student-teacher and autoencoder maps on the PDN grid (N x oh x ow)."""
-        assert self.student is not None and self.autoencoder is not None
-        c = TEACHER_CHANNELS
+        model, amp = self.model, bool(self._cfg["amp"])
         sts, aes = [], []
         bs = self._cfg["batch_size"]
         for start in range(0, x01.shape[0], bs):
-            x = self._norm(x01[start : start + bs])
-            with self._autocast():
-                t = self._teacher_out(x)
-                s = self.student(x)
-                a = self.autoencoder(x)
-            t, s, a = t.float(), s.float(), a.float()
-            sts.append(((t - s[:, :c]) ** 2).mean(1))
-            aes.append(((a - s[:, c:]) ** 2).mean(1))
+            st, ae = model.raw_maps(self._norm(x01[start : start + bs]), amp)
+            sts.append(st)
+            aes.append(ae)
         return torch.cat(sts), torch.cat(aes)
 
     def predict(self, images: np.ndarray) -> Prediction:
@@ -642,22 +499,10 @@ class EfficientAD(Detector):
         t0 = time.perf_counter()
         x = to_batch(images, self.image_size, "efficientad")
         st, ae = self.raw_maps(x)
-        q = self.quantiles
-        st = 0.1 * (st - q["st_a"]) / _spread(q["st_a"], q["st_b"])
-        ae = 0.1 * (ae - q["ae_a"]) / _spread(q["ae_a"], q["ae_b"])
-        # The paper pads with zeros; after normalisation most cells are negative, so zeros
-        # would often be an image's maximum. Replicating the edge cells keeps max meaningful.
-        comb = F.pad((0.5 * st + 0.5 * ae)[:, None], (MAP_PAD,) * 4, mode="replicate")
-        maps = F.interpolate(comb, size=self.image_size, mode="bilinear", align_corners=False)
-        out = maps[:, 0].cpu().numpy().astype(np.float32)
+        maps = self.model.combine(st, ae, self.image_size)
+        out = maps.cpu().numpy().astype(np.float32)
         scores = out.reshape(out.shape[0], -1).max(axis=1)
         return Prediction(maps=out, scores=scores, latency_ms=(time.perf_counter() - t0) * 1e3)
-
-
-def _spread(qa: float, qb: float) -> float:
-    """q_b - q_a, but at least 1 % of q_b: validation maps that are nearly constant (e.g. many
-    identical blank tiles) would otherwise make the normalisation explode."""
-    return max(qb - qa, 0.01 * abs(qb), 1e-8)
 
 
 def _quantiles(maps: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:

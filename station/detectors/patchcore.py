@@ -29,31 +29,26 @@ tolerance test (tests/test_patchcore.py, GPU only) has passed on the target GPU.
 
 Validation: `fit` holds out `val_fraction` of the good images (seeded) and reports their scores
 as FitReport.good_scores; the bank is built from the rest.
+
+The scoring network (backbone, memory bank as a buffer, forward to map and score) is the plain
+torch module `PatchCoreModel` (station.detectors.patchcore_model), held as `detector.model`;
+this module is the fitting code around it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from station.detectors.backbones import check_identity, create_backbone, resolve_device
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
-from station.detectors.common import (
-    center_per_image,
-    mirrored_stage_maps,
-    nearest_neighbours,
-    predict_in_batches,
-    sample_per_image,
-    split_validation,
-    to_batch,
-    upsample_smooth,
-)
+from station.detectors.common import sample_per_image, split_validation, to_batch
+from station.detectors.patchcore_model import PatchCoreModel
 from station.detectors.registry import register
 from station.errors import DetectorError
 
@@ -102,99 +97,103 @@ def greedy_coreset(
     return selected
 
 
+@dataclass(frozen=True)
+class PatchCoreConfig:
+    """PatchCore's settings: a recipe entry's backbone, weights, device and params."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "auto"
+    device: str = "auto"
+    layers: Sequence[str] | None = None  # None: the backbone's default stages
+    patch_size: int = 3
+    mirror_pad: int = 32
+    center_features: bool = True
+    layer_dim: int | None = None  # None: the widest stage's channels, at most 512
+    coreset_ratio: float = 0.1
+    max_bank: int = 10_000
+    max_train_patches: int = 40_000
+    proj_dim: int = 128
+    num_neighbors: int = 9
+    sigma: float = 4.0
+    batch_size: int = 8
+    val_fraction: float = 0.1
+    seed: int = 0
+    amp: bool = False  # fp16 backbone on CUDA; see tests (GPU only) for its tolerance
+
+    def check(self) -> None:
+        """DetectorError for a value out of range (the strides are checked with the backbone)."""
+        if not 0 < self.coreset_ratio <= 1:
+            raise DetectorError(
+                f"patchcore: coreset_ratio must be in (0, 1], not {self.coreset_ratio}"
+            )
+        if min(self.max_bank, self.max_train_patches, self.batch_size, self.num_neighbors) < 1:
+            raise DetectorError(
+                "patchcore: max_bank, max_train_patches, batch_size, num_neighbors must be >= 1"
+            )
+        if not 0 <= self.val_fraction < 1:
+            raise DetectorError(
+                f"patchcore: val_fraction must be in [0, 1), not {self.val_fraction}"
+            )
+
+
 @register
 class PatchCore(Detector):
     name = "patchcore"
     version = 3  # 2: mirror_pad and center_features; 3: image score = weighted max patch score
+    Config = PatchCoreConfig
 
-    def __init__(
-        self,
-        backbone: str = "efficientnet_lite0",
-        weights: str = "auto",
-        device: str = "auto",
-        layers: Sequence[str] | None = None,
-        patch_size: int = 3,
-        mirror_pad: int = 32,
-        center_features: bool = True,
-        layer_dim: int | None = None,
-        coreset_ratio: float = 0.1,
-        max_bank: int = 10_000,
-        max_train_patches: int = 40_000,
-        proj_dim: int = 128,
-        num_neighbors: int = 9,
-        sigma: float = 4.0,
-        batch_size: int = 8,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        amp: bool = False,  # fp16 backbone on CUDA; see tests (GPU only) for its tolerance
-    ) -> None:
-        if not 0 < coreset_ratio <= 1:
-            raise DetectorError(f"patchcore: coreset_ratio must be in (0, 1], not {coreset_ratio}")
-        if max_bank < 1 or max_train_patches < 1 or batch_size < 1 or num_neighbors < 1:
-            raise DetectorError(
-                "patchcore: max_bank, max_train_patches, batch_size, num_neighbors must be >= 1"
-            )
-        if not 0 <= val_fraction < 1:
-            raise DetectorError(f"patchcore: val_fraction must be in [0, 1), not {val_fraction}")
-        self.device = resolve_device(device)
-        self.backbone = create_backbone(backbone, weights, layers).to(self.device)
-        if mirror_pad < 0 or any(mirror_pad % s for s in self.backbone.strides):
+    def __init__(self, **params: Any) -> None:
+        c = PatchCoreConfig(**params)
+        c.check()
+        self.device = resolve_device(c.device)
+        net = create_backbone(c.backbone, c.weights, c.layers).to(self.device)
+        if c.mirror_pad < 0 or any(c.mirror_pad % s for s in net.strides):
             raise DetectorError(
                 f"patchcore: mirror_pad must be >= 0 and a multiple of the layers' strides "
-                f"{self.backbone.strides}, not {mirror_pad}"
+                f"{net.strides}, not {c.mirror_pad}"
             )
-        self._cfg: dict[str, Any] = {
-            "backbone": backbone,
-            "weights": weights,
-            "device": device,
-            "layers": list(self.backbone.layers),
-            "patch_size": int(patch_size),
-            "mirror_pad": int(mirror_pad),
-            "center_features": bool(center_features),
-            "layer_dim": layer_dim,
-            "coreset_ratio": float(coreset_ratio),
-            "max_bank": int(max_bank),
-            "max_train_patches": int(max_train_patches),
-            "proj_dim": int(proj_dim),
-            "num_neighbors": int(num_neighbors),
-            "sigma": float(sigma),
-            "batch_size": int(batch_size),
-            "val_fraction": float(val_fraction),
-            "seed": int(seed),
-            "amp": bool(amp),
-        }
-        channels = self.backbone.channels
-        self.layer_dim = int(layer_dim) if layer_dim else min(max(channels), 512)
-        self.bank: torch.Tensor | None = None
+        # What config() returns and the artifact stores: plain values, the layers resolved.
+        self._cfg: dict[str, Any] = {**asdict(c), "layers": list(net.layers)}
+        for key, kind in (("patch_size", int), ("mirror_pad", int), ("center_features", bool),
+                          ("coreset_ratio", float), ("max_bank", int),
+                          ("max_train_patches", int), ("proj_dim", int), ("num_neighbors", int),
+                          ("sigma", float), ("batch_size", int), ("val_fraction", float),
+                          ("seed", int), ("amp", bool)):
+            self._cfg[key] = kind(self._cfg[key])
+        self.model = PatchCoreModel(
+            net,
+            int(c.layer_dim) if c.layer_dim else min(max(net.channels), 512),
+            patch_size=c.patch_size,
+            mirror_pad=c.mirror_pad,
+            center_features=c.center_features,
+            num_neighbors=c.num_neighbors,
+            sigma=c.sigma,
+        ).to(self.device)
         self.image_hw: tuple[int, int] | None = None
 
-    # -- features --------------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type == "cuda" and self._cfg["amp"]:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+    @property
+    def backbone(self) -> Any:  # the frozen feature extractor (a Backbone)
+        return self.model.backbone
 
+    @property
+    def layer_dim(self) -> int:
+        return self.model.layer_dim
+
+    @property
+    def bank(self) -> torch.Tensor | None:
+        """The fitted memory bank (rows: patch features), or None before fit."""
+        return self.model.memory_bank if self.model.fitted else None
+
+    @property
+    def fitted(self) -> bool:
+        return self.model.fitted and self.image_hw is not None
+
+    # -- features --------------------------------------------------------------------------
     @torch.no_grad()
     def patch_features(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(N*h*w, D) float32 patch features of a batch in [0, 1], and the grid (h, w)."""
         x = x.to(self.device, non_blocking=True)
-        with self._autocast():
-            feats = mirrored_stage_maps(
-                self.backbone, x, self._cfg["mirror_pad"], self._cfg["patch_size"]
-            )
-        grid = feats[0].shape[-2:]
-        parts = []
-        for f in feats:
-            if self._cfg["center_features"]:
-                f = center_per_image(f)
-            if f.shape[-2:] != grid:
-                f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
-            n, c, h, w = f.shape
-            f = f.permute(0, 2, 3, 1).reshape(-1, c)
-            if c != self.layer_dim:  # equal share of dimensions per stage
-                f = F.adaptive_avg_pool1d(f[:, None], self.layer_dim)[:, 0]
-            parts.append(f)
-        return torch.cat(parts, dim=1), (int(grid[0]), int(grid[1]))
+        return self.model.patch_features(x, bool(self._cfg["amp"]))
 
     def _batches(
         self, images: Sequence[np.ndarray], idx: Sequence[int]
@@ -247,7 +246,7 @@ class PatchCore(Detector):
         )
         t1 = time.perf_counter()
         sel = greedy_coreset(pool, n_select, self._cfg["proj_dim"], self._cfg["seed"], progress)
-        self.bank = pool[sel].contiguous()
+        self.model.memory_bank = pool[sel].contiguous()
         del pool
         t2 = time.perf_counter()
         good_scores: list[float] = []
@@ -268,8 +267,8 @@ class PatchCore(Detector):
                 "good_scores_from": "validation split" if val_idx else "none (one image)",
                 "patches_seen": total_patches,
                 "patches_pooled": pooled,
-                "bank_size": int(self.bank.shape[0]),
-                "feature_dim": int(self.bank.shape[1]),
+                "bank_size": int(self.model.memory_bank.shape[0]),
+                "feature_dim": int(self.model.memory_bank.shape[1]),
                 "coreset_seconds": round(t2 - t1, 3),
             },
         )
@@ -277,50 +276,23 @@ class PatchCore(Detector):
     # -- predict ---------------------------------------------------------------------------
     @torch.no_grad()
     def _predict_tensor(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        if self.bank is None or self.image_hw is None:
-            raise DetectorError("patchcore: not fitted", hint="run station train first")
-        n = batch.shape[0]
-        feats, (h, w) = self.patch_features(batch)
-        bank = self.bank
-        dist, idx = nearest_neighbours(feats, bank, k=1)
-        dist, idx = dist[:, 0].view(n, h * w), idx[:, 0].view(n, h * w)
-        # Re-weighting (paper, eq. 7) from the most anomalous patch of each image.
-        top = torch.argmax(dist, dim=1)
-        ar = torch.arange(n, device=dist.device)
-        m_test = feats.view(n, h * w, -1)[ar, top]
-        m_star = bank[idx[ar, top]]
-        k = min(self._cfg["num_neighbors"], bank.shape[0])
-        if k > 1:
-            _, support = nearest_neighbours(m_star, bank, k=k)  # includes m_star itself
-            d_support = torch.cdist(m_test[:, None], bank[support])[:, 0]  # n x k
-            weight = 1.0 - torch.softmax(d_support, dim=1)[:, 0]
-        else:
-            weight = torch.ones(n, device=dist.device)
-        # Image score (paper, eq. 6-7): the weighted distance of the most anomalous patch. The
-        # smoothed map is scaled so its peak is that score: a one-patch fault keeps its height,
-        # and the heatmap's peak reads on the same scale as the image score and its threshold.
-        scores = dist[ar, top] * weight
-        maps = upsample_smooth(dist.view(n, 1, h, w), self.image_hw, self._cfg["sigma"])
-        peak = maps.flatten(1).amax(1).clamp_min(torch.finfo(maps.dtype).tiny)
-        maps = maps * (scores / peak)[:, None, None]
+        self.require_fitted()
+        x = batch.to(self.device, non_blocking=True)
+        maps, scores = self.model(x, bool(self._cfg["amp"]))
         return maps.float().cpu().numpy(), scores.float().cpu().numpy()
 
     def predict(self, images: np.ndarray) -> Prediction:
-        if self.bank is None or self.image_hw is None:
-            raise DetectorError("patchcore: not fitted", hint="run station train first")
-        return predict_in_batches(
-            images, self.image_hw, "patchcore", self._cfg["batch_size"], self._predict_tensor
-        )
+        return self.predict_batched(images)
 
     # -- persistence -----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         return dict(self._cfg)
 
     def state_dict(self) -> dict[str, Any]:
-        if self.bank is None or self.image_hw is None:
-            raise DetectorError("patchcore: nothing to save, the detector is not fitted")
+        self.require_fitted("save")
+        assert self.image_hw is not None
         return {
-            "memory_bank": self.bank.detach().cpu(),
+            "memory_bank": self.model.memory_bank.detach().cpu(),
             "image_hw": list(self.image_hw),
             "layer_dim": self.layer_dim,
             "backbone_identity": dict(self.backbone.identity),
@@ -335,12 +307,12 @@ class PatchCore(Detector):
         except KeyError as exc:
             raise DetectorError(f"patchcore: saved state lacks {exc.args[0]!r}") from None
         check_identity(identity, self.backbone.identity)
-        if layer_dim != self.layer_dim or bank.shape[1] != layer_dim * len(self.backbone.layers):
+        if layer_dim != self.layer_dim or bank.shape[1] != self.model.feature_dim:
             raise DetectorError(
                 f"patchcore: saved memory bank has {bank.shape[1]} dims, the configured "
-                f"features have {self.layer_dim * len(self.backbone.layers)}"
+                f"features have {self.model.feature_dim}"
             )
-        self.bank = bank.to(self.device, torch.float32).contiguous()
+        self.model.memory_bank = bank.to(self.device, torch.float32).contiguous()
         self.image_hw = (int(hw[0]), int(hw[1]))
 
     @property

@@ -1,30 +1,39 @@
-"""Detector registry: detector classes register by name; `create_detector` builds one.
+"""Detector registry: the one list of detector names; `create_detector` builds one.
 
-Detector modules are listed in `DETECTOR_MODULES` and imported on first use, so importing this
-module stays cheap (no torch). A listed module whose file exists but fails to import is a bug
-and the ImportError propagates; a listed module that is not in the package yet is skipped.
+`DETECTOR_MODULES` maps each name to the module under station.detectors that defines it; the
+module is imported on first use of that name, so importing this module stays cheap (no torch).
+A detector class registers itself with `@register` (its `name` must be listed here). Recipes
+are checked against these names by `load_recipe` / `parse_recipe` below (the recipe layer does
+not import detectors).
 """
 
 from __future__ import annotations
 
 import collections.abc
 import importlib
-import importlib.util
 import inspect
 import types
 import typing
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from station import recipe as recipes
 from station.errors import DetectorError
 
 if TYPE_CHECKING:
     from station.detectors.base import Detector
+    from station.recipe import DetectorConfig, Recipe
 
-# Modules under station.detectors that hold registered detectors.
-DETECTOR_MODULES = ("patchcore", "simplenet", "ast_mfr", "dfda", "efficientad")
+# Detector name -> module under station.detectors that defines it: the list of detectors.
+DETECTOR_MODULES: dict[str, str] = {
+    "patchcore": "patchcore",
+    "simplenet": "simplenet",
+    "efficientad": "efficientad",
+    "ast_mfr": "ast_mfr",
+    "dfda": "dfda",
+}
+KNOWN_DETECTORS = tuple(DETECTOR_MODULES)
 
 _REGISTRY: dict[str, type[Detector]] = {}
-_loaded = False
 
 D = TypeVar("D", bound="type[Detector]")
 
@@ -34,6 +43,8 @@ def register(cls: D) -> D:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise TypeError(f"{cls.__qualname__} needs a class attribute `name` to register")
+    if name not in DETECTOR_MODULES:
+        raise TypeError(f"detector name {name!r} is not listed in registry.DETECTOR_MODULES")
     other = _REGISTRY.get(name)
     if other is not None and other.__qualname__ != cls.__qualname__:
         raise TypeError(f"detector name {name!r} already registered by {other.__qualname__}")
@@ -41,34 +52,41 @@ def register(cls: D) -> D:
     return cls
 
 
-def _load_modules() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for mod in DETECTOR_MODULES:
-        full = f"station.detectors.{mod}"
-        if importlib.util.find_spec(full) is None:
-            continue  # not written yet; everything that exists must import cleanly
-        importlib.import_module(full)
-    _loaded = True
-
-
 def available_detectors() -> list[str]:
-    """Names of the registered detectors, sorted."""
-    _load_modules()
-    return sorted(_REGISTRY)
+    """Names of the detectors, sorted."""
+    return sorted(DETECTOR_MODULES)
 
 
 def detector_class(name: str) -> type[Detector]:
-    _load_modules()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY)) or "(none)"
+    if name not in DETECTOR_MODULES:
+        known = ", ".join(sorted(DETECTOR_MODULES))
         raise DetectorError(
             f"unknown detector {name!r}; known detectors: {known}",
             hint="fix the detector name in the recipe or on the command line",
-        ) from None
+        )
+    if name not in _REGISTRY:  # a listed module that fails to import is a bug: it propagates
+        importlib.import_module(f"station.detectors.{DETECTOR_MODULES[name]}")
+    return _REGISTRY[name]
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """`station.recipe.load_recipe` with the detector names checked against this registry."""
+    return recipes.load_recipe(name_or_path, KNOWN_DETECTORS)
+
+
+def parse_recipe(text: str, source: str = "<string>") -> Recipe:
+    """`station.recipe.parse_recipe` with the detector names checked against this registry."""
+    return recipes.parse_recipe(text, source, KNOWN_DETECTORS)
+
+
+def detector_kwargs(cfg: DetectorConfig, device: str | None = None) -> dict[str, Any]:
+    """Constructor arguments of a recipe's detector entry."""
+    return {
+        "backbone": cfg.backbone,
+        "weights": cfg.weights,
+        "device": device or cfg.device,
+        **cfg.params,
+    }
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -114,17 +132,23 @@ def _describe(hint: Any) -> str:
     return "a list" if origin in (list, tuple, collections.abc.Sequence) else str(hint)
 
 
+def _settings_type(name: str) -> Any:
+    """What declares a detector's settings: its `Config` dataclass, else its constructor."""
+    cls = detector_class(name)
+    return cls.Config if cls.Config is not None else cls.__init__
+
+
 def settings(name: str) -> dict[str, inspect.Parameter]:
-    """A detector's settings: its constructor's named parameters (defaults and annotations)."""
-    params = inspect.signature(detector_class(name).__init__).parameters
+    """A detector's settings: its config's named fields (defaults and annotations)."""
+    params = inspect.signature(_settings_type(name)).parameters
     return {k: p for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
 
 
 def config_problems(name: str, cfg: dict[str, Any]) -> list[str]:
-    """What is wrong with `cfg` for detector `name`, judged from its constructor's annotated
-    parameters (unknown names, a text where a number belongs, ...): one line each."""
+    """What is wrong with `cfg` for detector `name`, judged from its config's annotated fields
+    (unknown names, a text where a number belongs, ...): one line each."""
     known = settings(name)
-    hints = typing.get_type_hints(detector_class(name).__init__)
+    hints = typing.get_type_hints(_settings_type(name))
     problems = []
     for key, value in cfg.items():
         if key not in known:
@@ -137,7 +161,8 @@ def config_problems(name: str, cfg: dict[str, Any]) -> list[str]:
 
 
 def create_detector(name: str, **cfg: Any) -> Detector:
-    """A new, untrained detector `name` built from its config (see `Detector.config()`)."""
+    """A new, untrained detector `name` built from its config (see `Detector.config()`); the
+    params are checked against its `Config` (names, types) first."""
     cls = detector_class(name)
     problems = config_problems(name, cfg)
     if problems:

@@ -33,6 +33,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -89,12 +90,78 @@ def truncated_l1(
     )
 
 
+class SimpleNetModel(nn.Module):
+    """SimpleNet's exportable forward: an N x 3 x H x W batch (RGB in [0, 1]) -> backbone
+    features -> adaptor -> discriminator -> anomaly maps (N x H x W) and image scores (max).
+    `feature_scale` is the fitted feature scaling (a constant of the forward)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        adaptor: nn.Linear,
+        discriminator: Discriminator,
+        embed_dim: int,
+        sigma: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.adaptor = adaptor
+        self.discriminator = discriminator
+        self.embed_dim = int(embed_dim)
+        self.sigma = float(sigma)
+        self.feature_scale = 1.0
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """N x h x w x embed_dim aggregated, scaled backbone features."""
+        return aggregate_features(self.backbone(x), self.embed_dim) * self.feature_scale
+
+    def maps_from_features(
+        self, feats: torch.Tensor, image_hw: tuple[int, int]
+    ) -> torch.Tensor:
+        """Anomaly maps N x H x W (`image_hw`) from N x h x w x d features."""
+        n, h, w, d = feats.shape
+        flat = feats.reshape(-1, d).float()
+        patch = -self.discriminator(self.adaptor(flat)).view(n, 1, h, w)
+        # -D can be negative; softplus keeps the order of every pixel and image score (so
+        # all metrics are unchanged) and makes scores positive, as thresholds need.
+        return F.softplus(upsample_smooth(patch, image_hw, self.sigma))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly maps, image scores) of a fitted model in eval mode."""
+        maps = self.maps_from_features(self.features(x), (int(x.shape[-2]), int(x.shape[-1])))
+        return maps, maps.flatten(1).amax(1)
+
+
 def _xavier(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_normal_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+@dataclass
+class SimpleNetConfig:
+    """SimpleNet's settings: a recipe entry's backbone, weights, device and params."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "auto"
+    device: str = "auto"
+    layers: Sequence[str] | None = None
+    embed_dim: int = 1536
+    hidden_dim: int = 1024
+    noise_std: float = 0.015
+    margin: float = 0.5
+    adaptor_lr: float = 1e-4
+    discriminator_lr: float = 2e-4
+    epochs: int = 16
+    batch_size: int = 8
+    min_steps_per_epoch: int = 8
+    val_fraction: float = 0.1
+    min_split_images: int = 5
+    smoothing_sigma: float = 4.0
+    feature_std: float | None = 0.02
+    seed: int = 0
 
 
 @register
@@ -109,77 +176,93 @@ class SimpleNet(Detector):
 
     name = "simplenet"
     version = 1
+    Config = SimpleNetConfig
 
-    def __init__(
-        self,
-        backbone: str = "efficientnet_lite0",
-        weights: str = "auto",
-        device: str = "auto",
-        layers: Sequence[str] | None = None,
-        embed_dim: int = 1536,
-        hidden_dim: int = 1024,
-        noise_std: float = 0.015,
-        margin: float = 0.5,
-        adaptor_lr: float = 1e-4,
-        discriminator_lr: float = 2e-4,
-        epochs: int = 16,
-        batch_size: int = 8,
-        min_steps_per_epoch: int = 8,
-        val_fraction: float = 0.1,
-        min_split_images: int = 5,
-        smoothing_sigma: float = 4.0,
-        feature_std: float | None = 0.02,
-        seed: int = 0,
-    ) -> None:
-        if embed_dim < 1 or hidden_dim < 1:
+    def __init__(self, **params: Any) -> None:
+        c = SimpleNetConfig(**params)
+        if c.embed_dim < 1 or c.hidden_dim < 1:
             raise DetectorError("simplenet: embed_dim and hidden_dim must be positive")
-        if epochs < 1 or batch_size < 1 or min_steps_per_epoch < 1:
+        if c.epochs < 1 or c.batch_size < 1 or c.min_steps_per_epoch < 1:
             raise DetectorError("simplenet: epochs, batch_size, min_steps_per_epoch must be >= 1")
-        if noise_std <= 0 or margin <= 0:
+        if c.noise_std <= 0 or c.margin <= 0:
             raise DetectorError("simplenet: noise_std and margin must be positive")
-        if not 0.0 <= val_fraction < 1.0:
-            raise DetectorError(f"simplenet: val_fraction must be in [0, 1), not {val_fraction}")
-        self.backbone_name = backbone
-        self.weights = weights
-        self.device_spec = device
-        self.device = resolve_device(device)
-        self.backbone = create_backbone(backbone, weights, layers).to(self.device)
-        if len(self.backbone.layers) != 2:
+        if not 0.0 <= c.val_fraction < 1.0:
+            raise DetectorError(f"simplenet: val_fraction must be in [0, 1), not {c.val_fraction}")
+        self.backbone_name = c.backbone
+        self.weights = c.weights
+        self.device_spec = c.device
+        self.device = resolve_device(c.device)
+        backbone = create_backbone(c.backbone, c.weights, c.layers).to(self.device)
+        if len(backbone.layers) != 2:
             raise DetectorError(
-                f"simplenet uses two backbone stages, got {self.backbone.layers}",
+                f"simplenet uses two backbone stages, got {backbone.layers}",
                 hint="give two layers (a stride-8 and a stride-16 stage) or leave layers unset",
             )
-        self.layers = list(self.backbone.layers)
-        self.embed_dim = int(embed_dim)
-        self.hidden_dim = int(hidden_dim)
-        self.noise_std = float(noise_std)
-        self.margin = float(margin)
-        self.adaptor_lr = float(adaptor_lr)
-        self.discriminator_lr = float(discriminator_lr)
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.min_steps_per_epoch = int(min_steps_per_epoch)
-        self.val_fraction = float(val_fraction)
-        self.min_split_images = int(min_split_images)
-        self.smoothing_sigma = float(smoothing_sigma)
-        self.feature_std = None if feature_std is None else float(feature_std)
-        self.feature_scale = 1.0
-        self.seed = int(seed)
+        self.layers = list(backbone.layers)
+        self.embed_dim = int(c.embed_dim)
+        self.hidden_dim = int(c.hidden_dim)
+        self.noise_std = float(c.noise_std)
+        self.margin = float(c.margin)
+        self.adaptor_lr = float(c.adaptor_lr)
+        self.discriminator_lr = float(c.discriminator_lr)
+        self.epochs = int(c.epochs)
+        self.batch_size = int(c.batch_size)
+        self.min_steps_per_epoch = int(c.min_steps_per_epoch)
+        self.val_fraction = float(c.val_fraction)
+        self.min_split_images = int(c.min_split_images)
+        self.smoothing_sigma = float(c.smoothing_sigma)
+        self.feature_std = None if c.feature_std is None else float(c.feature_std)
+        self.seed = int(c.seed)
+        adaptor, discriminator = self._new_heads()
+        self.model = SimpleNetModel(
+            backbone, adaptor, discriminator, self.embed_dim, self.smoothing_sigma
+        )
         self.image_size: tuple[int, int] | None = None
-        self._build_heads()
+
+    # -- the network (SimpleNetModel) -------------------------------------------------------
+
+    @property
+    def backbone(self) -> Any:  # the frozen feature extractor (a Backbone)
+        return self.model.backbone
+
+    @property
+    def adaptor(self) -> nn.Linear:
+        return self.model.adaptor
+
+    @adaptor.setter
+    def adaptor(self, module: nn.Linear) -> None:
+        self.model.adaptor = module
+
+    @property
+    def discriminator(self) -> Discriminator:
+        return self.model.discriminator
+
+    @discriminator.setter
+    def discriminator(self, module: Discriminator) -> None:
+        self.model.discriminator = module
+
+    @property
+    def feature_scale(self) -> float:
+        return self.model.feature_scale
+
+    @feature_scale.setter
+    def feature_scale(self, value: float) -> None:
+        self.model.feature_scale = value
 
     # -- construction and state -----------------------------------------------------------
 
-    def _build_heads(self) -> None:
-        """Fresh adaptor and discriminator, initialised from the seed alone."""
+    def _new_heads(self) -> tuple[nn.Linear, Discriminator]:
+        """A fresh adaptor and discriminator on the device, initialised from the seed alone."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.adaptor = nn.Linear(self.embed_dim, self.embed_dim)
-            self.discriminator = Discriminator(self.embed_dim, self.hidden_dim)
-            _xavier(self.adaptor)
-            _xavier(self.discriminator)
-        self.adaptor.to(self.device)
-        self.discriminator.to(self.device)
+            adaptor = nn.Linear(self.embed_dim, self.embed_dim)
+            discriminator = Discriminator(self.embed_dim, self.hidden_dim)
+            _xavier(adaptor)
+            _xavier(discriminator)
+        return adaptor.to(self.device), discriminator.to(self.device)
+
+    def _build_heads(self) -> None:
+        self.adaptor, self.discriminator = self._new_heads()
 
     def config(self) -> dict[str, Any]:
         return {
@@ -235,8 +318,7 @@ class SimpleNet(Detector):
     @torch.no_grad()
     def _features(self, batch: torch.Tensor) -> torch.Tensor:
         """N x h x w x embed_dim aggregated backbone features of a [0,1] image batch."""
-        stages = self.backbone(batch.to(self.device))
-        return aggregate_features(stages, self.embed_dim) * self.feature_scale
+        return self.model.features(batch.to(self.device))
 
     def _cache(
         self,
@@ -257,16 +339,11 @@ class SimpleNet(Detector):
 
     def _scores_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         """Anomaly maps N x H x W (input size) from N x h x w x d features (eval mode)."""
-        n, h, w, d = feats.shape
         assert self.image_size is not None
         self.adaptor.eval()
         self.discriminator.eval()
         with torch.no_grad():
-            flat = feats.reshape(-1, d).float()
-            patch = -self.discriminator(self.adaptor(flat)).view(n, 1, h, w)
-            # -D can be negative; softplus keeps the order of every pixel and image score (so
-            # all metrics are unchanged) and makes scores positive, as thresholds need.
-            return F.softplus(upsample_smooth(patch, self.image_size, self.smoothing_sigma))
+            return self.model.maps_from_features(feats, self.image_size)
 
     # -- training ---------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Train a detector on a folder of good images and save it as an artifact (used by
 `station train` and `station evaluate --train`).
 
-The detector receives all good images; it holds out its own validation split (seeded) and
+Images are read and preprocessed by the scoring engine (`engine.load_images`). The detector
+receives all good images; it holds out its own validation split (seeded) and
 reports those images' scores, summarised here as good-score statistics in the artifact meta.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,11 +21,10 @@ import numpy as np
 from station.detectors.artifact import new_version, preprocess_meta, save_artifact
 from station.detectors.backbones import file_sha256
 from station.detectors.base import Detector, FitReport, ProgressFn
-from station.imaging import check_like, preprocess, preprocess_mask, read_image
+from station.detectors.registry import create_detector, detector_kwargs
 
 if TYPE_CHECKING:
-    from station.datasets import DatasetItem
-    from station.recipe import DetectorConfig, PreprocessConfig, Recipe
+    from station.recipe import DetectorConfig, Recipe
 
 
 @dataclass
@@ -41,32 +41,6 @@ def data_sha256(files: Sequence[Path]) -> str:
     """sha256 over the sorted sha256s of the training files (order- and name-independent)."""
     digests = sorted(file_sha256(Path(f)) for f in files)
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
-
-
-def load_images(
-    files: Sequence[Path],
-    cfg: PreprocessConfig,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[np.ndarray]:
-    out: list[np.ndarray] = []
-    for i, f in enumerate(files):
-        out.append(preprocess(read_image(f), cfg))
-        check_like(out[-1], f, out[0], files[0])
-        if progress:
-            progress(i + 1, len(files))
-    return out
-
-
-def load_masks(
-    items: Sequence[DatasetItem], cfg: PreprocessConfig, hw: tuple[int, int]
-) -> np.ndarray:
-    """N x H x W uint8 ground-truth masks of test items, preprocessed like their images;
-    all zero for an item without a mask (a good image)."""
-    masks = np.zeros((len(items), *hw), np.uint8)
-    for i, it in enumerate(items):
-        if it.mask_path is not None:
-            masks[i] = preprocess_mask(read_image(it.mask_path), cfg)
-    return masks
 
 
 def score_stats(scores: Sequence[float]) -> dict[str, Any]:
@@ -88,16 +62,6 @@ def score_stats(scores: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def detector_kwargs(cfg: DetectorConfig, device: str | None = None) -> dict[str, Any]:
-    """Constructor arguments of a recipe's detector entry."""
-    return {
-        "backbone": cfg.backbone,
-        "weights": cfg.weights,
-        "device": device or cfg.device,
-        **cfg.params,
-    }
-
-
 def train_and_save(
     recipe: Recipe,
     det_cfg: DetectorConfig,
@@ -109,8 +73,6 @@ def train_and_save(
     train_hash: str | None = None,
 ) -> TrainedModel:
     """Fit `det_cfg`'s detector on `images` and save it (default: the recipe's models dir)."""
-    from station.detectors.registry import create_detector
-
     detector = create_detector(det_cfg.name, **detector_kwargs(det_cfg, device))
     report = detector.fit(images, progress=progress)
     version = new_version(det_cfg.name)

@@ -24,228 +24,41 @@ reject output raised and RESULT_VALID low, so that sheets arriving while nobody 
 diverted.
 
 Offline mode (`run_offline`) takes stored images through the same path, without robot, camera
-or line.
+or line (station.inspection.offline groups the files into parts and reads them). What the cycle
+reports (timings, part results, events, the run summary) is in station.inspection.results.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from station.decision import Decision, decide
 from station.errors import NowhereToStore, StationError, StorageError
-from station.inspection.decision import Decision, decide
 from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify
 from station.inspection.models import DetectorSet
-from station.inspection.recorder import (
-    DetectionRecord,
-    PartRecord,
-    Recorder,
-    RecoveryReport,
-    ShotRecord,
+from station.inspection.offline import OfflinePart, offline_shots
+from station.inspection.recorder import PartRecord, Recorder, RecoveryReport, ShotRecord
+from station.inspection.results import (
+    Acquired,
+    Event,
+    EventFn,
+    OperatorFn,
+    PartResult,
+    RunSummary,
+    ShotScores,
+    Timings,
 )
 from station.recipe import Recipe
 from station.storage.models import Verdict
-
-TIMING_KEYS = ("motion", "exposure", "inference", "logging", "line", "wait", "cycle")
-
-
-class Timings:
-    """Summed milliseconds per activity; safe to add to from the inference thread."""
-
-    def __init__(self) -> None:
-        self.ms: dict[str, float] = dict.fromkeys(TIMING_KEYS, 0.0)
-        self._lock = threading.Lock()
-
-    def add(self, key: str, ms: float) -> None:
-        with self._lock:
-            self.ms[key] = self.ms.get(key, 0.0) + ms
-
-    @contextlib.contextmanager
-    def measure(self, key: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(key, (time.perf_counter() - t0) * 1000.0)
-
-    def rounded(self) -> dict[str, float]:
-        with self._lock:
-            return {k: round(v, 2) for k, v in self.ms.items()}
-
-
-@dataclass
-class Acquired:
-    """One shot as it leaves the camera (or the disk, offline)."""
-
-    pose_index: int
-    pose_name: str
-    image: np.ndarray
-    camera_settings: dict[str, Any] = field(default_factory=dict)
-    robot_pose: list[float] = field(default_factory=list)
-    mask: np.ndarray | None = None
-    defects: list[dict[str, Any]] | None = None  # None: no ground truth
-
-
-@dataclass
-class ShotScores:
-    shot: ShotRecord
-    scores: dict[str, float]
-    detections: list[DetectionRecord]
-
-
-@dataclass
-class PartResult:
-    sequence: int | None
-    part_id: int | None
-    mode: str
-    verdict: Verdict
-    reason: str
-    part_score: float | None
-    # per detector: its raw score combined over poses, its threshold, and the ratio
-    scores: dict[str, float]
-    thresholds: dict[str, float]
-    normalized: dict[str, float]
-    timings_ms: dict[str, float]
-    ground_truth: str | None
-    fault: Fault | None = None
-    stored: bool = True  # False: held in the journal until the database answers
-    line_part_id: str | None = None
-
-
-@dataclass
-class Event:
-    kind: str  # "waiting" | "part_started" | "part_finished" | "message" | "operator"
-    text: str = ""
-    result: PartResult | None = None
-    level: str = "info"  # info | warning | error
-
-
-@dataclass
-class RunSummary:
-    counts: Counter[str] = field(default_factory=Counter)
-    parts: int = 0
-    elapsed_s: float = 0.0
-    timing_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    last: PartResult | None = None
-    results: list[PartResult] = field(default_factory=list)  # the most recent KEEP_RESULTS
-    stopped_reason: str = ""
-    operator_fault: Fault | None = None  # set when stopped waiting for an operator
-    recovery: RecoveryReport | None = None
-
-    KEEP_RESULTS = 1000
-
-    def add(self, result: PartResult) -> None:
-        self.parts += 1
-        self.counts[result.verdict.value] += 1
-        for k, v in result.timings_ms.items():
-            self.timing_sums[k] += v
-        self.last = result
-        self.results.append(result)
-        del self.results[: -self.KEEP_RESULTS]
-
-    def mean_timings(self) -> dict[str, float]:
-        n = max(self.parts, 1)
-        return {k: v / n for k, v in self.timing_sums.items()}
-
-    @property
-    def throughput_per_hour(self) -> float:
-        return 3600.0 * self.parts / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-
-OperatorFn = Callable[[Fault], bool]  # True: the operator fixed it, resume; False: stop
-EventFn = Callable[[Event], None]
-
-
-@dataclass
-class OfflinePart:
-    """Stored images of one part: (pose name, path) in pose order."""
-
-    key: str
-    shots: list[tuple[str, Path]]
-    ground_truth: str | None = None
-    missing: list[str] = field(default_factory=list)  # recipe poses without an image
-    problem: str | None = None  # why these files are no part: inspected as a fault, unread
-
-
-_PART_STEM = re.compile(r"^(p\d+)_(.+)$")
-
-
-def group_offline(paths: Sequence[Path], recipe: Recipe) -> list[OfflinePart]:
-    """Group image files into parts. The rule: a part is one image of each recipe pose, named
-    `p<sequence>_<pose>` (the capture layout), in one folder; in the capture layout a sheet's
-    shots are filed by label (`test/good`, `test/defect`), so those two folders count as one
-    (the sheet is defective if any shot is). On a one-pose recipe, an image of any other name is
-    a part of its own, at that pose. Anything else becomes a part that is inspected as a fault:
-    a part lacking a pose (`missing`; the poses it has are still scored and stored), and
-    (`problem`, nothing read) an image of another name on a multi-pose recipe, a pose the
-    recipe does not have, or two images of one pose."""
-    from station.imaging import IMAGE_SUFFIXES
-
-    files: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
-            files.append(p)
-        else:
-            raise StationError(f"image {p} does not exist", hint="check the path")
-    files = [f for f in files if not f.stem.endswith("_mask")]
-    if not files:
-        raise StationError("no image files given", hint="pass image files or folders of them")
-    poses = [pose.name for pose in recipe.robot.poses]
-    order = {name: i for i, name in enumerate(poses)}
-    rule = f"name a part's images p<sequence>_<pose>.png, one per pose: {', '.join(poses)}"
-    groups: dict[tuple[Path, str], OfflinePart] = {}
-    out: list[OfflinePart] = []
-    for f in files:
-        gt = f.parent.name if f.parent.name in ("good", "defect") else None
-        m = _PART_STEM.match(f.stem)
-        if m is None:
-            part = OfflinePart(key=str(f), shots=[(poses[0], f)], ground_truth=gt)
-            if len(poses) > 1:  # which pose is it? never guess, never pass a sheet seen in part
-                part.shots, part.missing = [], poses
-                part.problem = (
-                    f"image {f.name} is not named for a pose, and recipe {recipe.name} shoots "
-                    f"{len(poses)}: missing {', '.join(poses)} ({rule})"
-                )
-            out.append(part)
-            continue
-        folder = f.parent.parent if gt else f.parent
-        gkey = (folder, m.group(1))
-        if gkey not in groups:
-            groups[gkey] = OfflinePart(key=f"{folder}/{m.group(1)}", shots=[], ground_truth=gt)
-            out.append(groups[gkey])
-        part = groups[gkey]
-        if gt == "defect":
-            part.ground_truth = "defect"
-        part.shots.append((m.group(2), f))
-    for part in groups.values():
-        names = [pose for pose, _ in part.shots]
-        part.missing = [pose for pose in poses if pose not in names]
-        unknown = sorted({n for n in names if n not in order})
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if unknown:
-            part.problem = (
-                f"part {part.key} has images of pose(s) {', '.join(unknown)} that recipe "
-                f"{recipe.name} does not have ({rule})"
-            )
-        elif twice:
-            part.problem = f"part {part.key} has more than one image of pose(s) {', '.join(twice)}"
-    for part in out:
-        part.shots.sort(key=lambda s: (order.get(s[0], len(order)), s[0]))
-    return out
 
 
 class Inspector:
@@ -256,7 +69,7 @@ class Inspector:
         recipe: Recipe,
         detectors: DetectorSet,
         recorder: Recorder,
-        devices: Any = None,  # station.hardware.factory.Devices; None offline
+        devices: Any = None,  # station.devices.factory.Devices; None offline
         *,
         pipelined: bool = True,
         operator: OperatorFn | None = None,
@@ -348,9 +161,42 @@ class Inspector:
         part.model_versions = self.detectors.model_versions
         part.calibration_id = self.detectors.calibration_id
         part.ground_truth = ground_truth
-        fault: Fault | None = None
+        futures, pose_names, fault = self._acquire(part, shots, timings)
+        scores, late = self._collect(futures, timings)
+        fault = fault or late
+
+        if fault is None and part.db_id is not None:
+            decision = decide(scores, self.detectors.thresholds, self.recipe.decision, pose_names)
+        elif fault is None:
+            decision = Decision.fault("the part was not recorded")
+        else:
+            decision = Decision.fault(fault.message)
+        part.verdict = decision.verdict
+        part.reason = decision.reason
+        part.part_score = decision.part_score
+        part.timings_ms = timings.rounded()
+
+        if part.db_id is not None or fault is None or fault.kind != "storage":
+            with timings.measure("logging"):
+                try:
+                    self.recorder.finish_part(part)
+                except StorageError as exc:
+                    fault = self._refused(part, exc) or fault or classify(exc)
+        else:
+            fault = self._refused(part, fault.message.removeprefix("storage: ")) or fault
+        return part, timings, fault, t_start
+
+    def _acquire(
+        self, part: PartRecord, shots: Callable[[Timings], Iterator[Acquired]], timings: Timings
+    ) -> tuple[list[Future[ShotScores]], list[str], Fault | None]:
+        """Open the part's record, then store each shot and queue it for scoring.
+
+        Returns the queued shots, their pose names and the fault that ended the acquisition
+        early (None: all shots taken). Shots with ground truth (the twin's) set the part's.
+        """
         futures: list[Future[ShotScores]] = []
         pose_names: list[str] = []
+        fault: Fault | None = None
         seen_truth = False
         any_defect = False
         try:
@@ -377,9 +223,15 @@ class Inspector:
             fault = classify(exc)
         if seen_truth:
             part.ground_truth = "defect" if any_defect else "good"
+        return futures, pose_names, fault
 
-        # Collect the scores; the worker may still be on the last shot.
+    def _collect(
+        self, futures: list[Future[ShotScores]], timings: Timings
+    ) -> tuple[dict[str, list[float]], Fault | None]:
+        """Each detector's scores over the shots, and the first scoring fault; the worker may
+        still be on the last shot (that wait is timed)."""
         scores: dict[str, list[float]] = defaultdict(list)
+        fault: Fault | None = None
         with timings.measure("wait"):
             for fut in futures:
                 try:
@@ -390,27 +242,7 @@ class Inspector:
                 res.shot.detections.extend(res.detections)
                 for name, s in res.scores.items():
                     scores[name].append(s)
-
-        if fault is None and part.db_id is not None:
-            decision = decide(scores, self.detectors.thresholds, self.recipe.decision, pose_names)
-        elif fault is None:
-            decision = Decision.fault("the part was not recorded")
-        else:
-            decision = Decision.fault(fault.message)
-        part.verdict = decision.verdict
-        part.reason = decision.reason
-        part.part_score = decision.part_score
-        part.timings_ms = timings.rounded()
-
-        if part.db_id is not None or fault is None or fault.kind != "storage":
-            with timings.measure("logging"):
-                try:
-                    self.recorder.finish_part(part)
-                except StorageError as exc:
-                    fault = self._refused(part, exc) or fault or classify(exc)
-        else:
-            fault = self._refused(part, fault.message.removeprefix("storage: ")) or fault
-        return part, timings, fault, t_start
+        return scores, fault
 
     def _refused(self, part: PartRecord, exc: StationError | str | None) -> Fault | None:
         """The database did not take the part: fault it and hold it in the journal.
@@ -720,29 +552,9 @@ class Inspector:
 
     # -- offline --------------------------------------------------------------------------
     def offline_part(self, group: OfflinePart) -> PartResult:
-        from station.imaging import read_image
-
-        cam = self.recipe.camera
-
-        def shots(timings: Timings) -> Iterator[Acquired]:
-            if group.problem:
-                raise StationError(group.problem)
-            for k, (pose, path) in enumerate(group.shots):
-                with timings.measure("exposure"):
-                    image = read_image(path, cam.pixel_format)  # the recipe's format only
-                if image.shape[:2] != (cam.height, cam.width):  # thresholds hold for this camera
-                    raise StationError(
-                        f"image {path} is {image.shape[1]} x {image.shape[0]} px; recipe "
-                        f"{self.recipe.name}'s camera takes {cam.width} x {cam.height}"
-                    )
-                yield Acquired(k, pose, image, {"source": str(path)})
-            if group.missing:  # never pass a sheet that was not seen whole
-                raise StationError(
-                    f"part {group.key} has no image of pose(s) {', '.join(group.missing)} "
-                    "(a part is one p<sequence>_<pose>.png per recipe pose)"
-                )
-
+        """One part of stored images (see station.inspection.offline), without line output."""
         t_start = time.perf_counter()
+        shots = offline_shots(group, self.recipe)
         part, timings, fault, _ = self._run_part("offline", group.key, shots, group.ground_truth)
         timings.add("cycle", (time.perf_counter() - t_start) * 1000.0)
         part.timings_ms = timings.rounded()

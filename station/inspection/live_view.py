@@ -15,8 +15,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from station.inspection.cycle import TIMING_KEYS, Event, PartResult
-from station.inspection.decision import fmt_ratio
+from station.decision import fmt_ratio
+from station.inspection.results import TIMING_KEYS, Event, PartResult
 
 VERDICT_STYLE = {
     "pass": "bold green",

@@ -3,23 +3,27 @@
 `load_detector_set(recipe)` loads the latest artifact of every detector the recipe lists and
 the active threshold calibration that matches those exact model versions (a stale or missing
 calibration is a CalibrationError: inspection never runs without real thresholds).
-`DetectorSet.score(image)` preprocesses one shot as in training and runs every detector on it.
+`DetectorSet.score(image)` preprocesses one shot as in training and runs every detector on it
+(through the scoring engine, `station.detectors.engine`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from station.errors import DetectorError, StationError
+from station.detectors.engine import ScoringEngine, load_models
+from station.errors import CalibrationError, DetectorError, StationError
 
 if TYPE_CHECKING:
     from station.detectors.base import Detector
     from station.recipe import PreprocessConfig, Recipe
     from station.storage.db import Database
+
+# what a detector failure means for the part (the hint of its DetectorError)
+FAULT_HINT = "the part is treated as a reject; check the model and the device"
 
 
 @dataclass
@@ -64,30 +68,24 @@ class DetectorSet:
 
     def score(self, image: np.ndarray) -> list[DetectorOutput]:
         """Run every detector on one shot. Any failure is a DetectorError naming the detector."""
-        from station.imaging import preprocess
-
+        engine = ScoringEngine(
+            {d.name: d.detector for d in self.detectors},
+            self.preprocess_cfg,
+            fault_hint=FAULT_HINT,
+        )
         try:
-            x = preprocess(image, self.preprocess_cfg)[None]
+            x = engine.prepare(image)[None]
         except StationError as exc:
             raise DetectorError(f"preprocessing the shot failed: {exc.message}", exc.hint) from None
+        results = engine.score(x)
         out = []
         for d in self.detectors:
-            t0 = time.perf_counter()
-            try:
-                pred = d.detector.predict(x)
-                amap = np.asarray(pred.maps[0], dtype=np.float32)
-                score = float(np.asarray(pred.scores)[0])
-            except StationError as exc:
-                raise DetectorError(f"detector {d.name} failed: {exc.message}", exc.hint) from None
-            except Exception as exc:  # noqa: BLE001 (a detector bug must fault the part, not crash)
-                raise DetectorError(
-                    f"detector {d.name} failed: {type(exc).__name__}: {exc}",
-                    hint="the part is treated as a reject; check the model and the device",
-                ) from None
-            if amap.ndim != 2:
-                raise DetectorError(f"detector {d.name} returned a map of shape {amap.shape}")
-            latency = (time.perf_counter() - t0) * 1000.0
-            out.append(DetectorOutput(d.name, d.version, score, d.threshold, amap, latency))
+            r = results[d.name]
+            out.append(
+                DetectorOutput(
+                    d.name, d.version, float(r.scores[0]), d.threshold, r.map(0), r.latency_ms
+                )
+            )
         return out
 
 
@@ -97,20 +95,14 @@ def load_detector_set(recipe: Recipe, db: Database | None = None) -> DetectorSet
     With `db`, parts link to the calibration's database record when that database has it.
     """
     from station.calibration import load_active_calibration
-    from station.detectors.artifact import latest_artifact, load_artifact
 
-    loaded = []
-    for cfg in recipe.detectors:
-        model = load_artifact(latest_artifact(recipe, cfg.name), recipe=recipe)
-        loaded.append((cfg.name, model.detector, str(model.version)))
+    loaded = [(n, m.detector, str(m.version)) for n, m in load_models(recipe).items()]
     versions = {name: version for name, _, version in loaded}
     active = load_active_calibration(recipe, versions)
     detectors = []
     for name, detector, version in loaded:
         threshold = active.thresholds.get(name)
         if threshold is None:
-            from station.errors import CalibrationError
-
             raise CalibrationError(
                 f"calibration {active.path} has no threshold for detector {name}",
                 hint=f"run station calibrate-threshold --recipe {recipe.name}",

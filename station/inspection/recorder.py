@@ -8,6 +8,10 @@ Order of writes for one part (so nothing captured or decided is ever lost):
 3. `add_detections`: heatmap PNGs (and raw maps when the recipe asks) are written to disk.
 4. `finish_part`: Detection rows and the verdict are committed in one transaction.
 
+The records (`PartRecord`, `ShotRecord`, `DetectionRecord`) and the row writes live in
+`station.storage.parts`; this module decides when to write, where files go, and what to do
+when the database refuses.
+
 When the database refuses a write (locked, server gone, disk full), the part's full record is
 kept in memory and in a fsynced journal file (`<data>/<recipe>/journal/<key>.json`, or
 `storage.journal_dir`), whose disk space is reserved ahead (station.storage.journal), and
@@ -30,13 +34,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,107 +59,18 @@ from station.storage.heatmaps import (
 )
 from station.storage.journal import Journal
 from station.storage.lock import RunLock
-from station.storage.models import Detection, Part, Shot, Verdict
+from station.storage.models import Part, Shot, Verdict
+from station.storage.parts import (
+    DetectionRecord,
+    PartRecord,
+    RecordRefused,
+    ShotRecord,
+    now,
+    shot_columns,
+    write_part,
+)
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t else None
-
-
-def _from_iso(s: str | None) -> datetime | None:
-    return datetime.fromisoformat(s) if s else None
-
-
-def _finite(x: float | None) -> float | None:
-    """NaN and inf are stored as NULL: SQLite cannot keep NaN (PostgreSQL can), and a detector
-    that gave no finite score has faulted its part anyway (the reason says so)."""
-    return x if x is not None and math.isfinite(x) else None
-
-
-@dataclass
-class DetectionRecord:
-    detector: str
-    model_version: str
-    score: float
-    threshold: float | None
-    normalized_score: float | None
-    heatmap_path: str | None
-    raw_map_path: str | None
-    latency_ms: float
-    db_id: int | None = None
-
-
-@dataclass
-class ShotRecord:
-    pose_index: int
-    pose_name: str
-    image_path: str
-    image_sha256: str
-    width: int
-    height: int
-    camera_settings: dict[str, Any] = field(default_factory=dict)
-    robot_pose: list[float] = field(default_factory=list)
-    captured_at: datetime = field(default_factory=_now)
-    mask_path: str | None = None
-    detections: list[DetectionRecord] = field(default_factory=list)
-    db_id: int | None = None
-
-
-@dataclass
-class PartRecord:
-    """One part as the station knows it, whether or not the database has it yet."""
-
-    recipe: str
-    recipe_sha256: str
-    mode: str
-    line_part_id: str | None = None
-    key: str = field(default_factory=lambda: uuid.uuid4().hex)
-    started_at: datetime = field(default_factory=_now)
-    finished_at: datetime | None = None
-    verdict: Verdict = Verdict.PENDING
-    reason: str | None = None
-    part_score: float | None = None
-    calibration_id: int | None = None
-    model_versions: dict[str, str] = field(default_factory=dict)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    ground_truth: str | None = None
-    shots: list[ShotRecord] = field(default_factory=list)
-    sequence: int | None = None
-    db_id: int | None = None
-    run_id: str = ""  # the Recorder (run) that made the record; also on its Part row
-
-    @property
-    def label(self) -> str:
-        """How messages name the part: its sequence, else the line's id, else its key."""
-        return str(self.sequence or self.line_part_id or self.key)
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["verdict"] = self.verdict.value
-        data["started_at"] = _iso(self.started_at)
-        data["finished_at"] = _iso(self.finished_at)
-        for shot, raw in zip(self.shots, data["shots"], strict=True):
-            raw["captured_at"] = _iso(shot.captured_at)
-        return json.dumps(data, indent=1)
-
-    @staticmethod
-    def from_json(text: str) -> PartRecord:
-        data = json.loads(text)
-        shots = []
-        for raw in data.pop("shots"):
-            dets = [DetectionRecord(**d) for d in raw.pop("detections")]
-            raw["captured_at"] = _from_iso(raw["captured_at"])
-            shots.append(ShotRecord(**raw, detections=dets))
-        data["verdict"] = Verdict(data["verdict"])
-        data["started_at"] = _from_iso(data["started_at"])
-        data["finished_at"] = _from_iso(data["finished_at"])
-        return PartRecord(**data, shots=shots)
 
 
 @dataclass
@@ -167,10 +80,6 @@ class RecoveryReport:
     shots_added: int = 0
     set_aside: int = 0  # held records the database refuses for good, moved to journal/refused
     refused: list[str] = field(default_factory=list)  # one line per journal file moved aside
-
-
-class RecordRefused(StorageError):
-    """The database refuses a record for good (a constraint), not for a while."""
 
 
 class Recorder:
@@ -267,7 +176,7 @@ class Recorder:
             height=int(image.shape[0]),
             camera_settings=dict(camera_settings or {}),
             robot_pose=[float(v) for v in (robot_pose or [])],
-            captured_at=captured_at or _now(),
+            captured_at=captured_at or now(),
             mask_path=mask_rel,
         )
         part.shots.append(shot)
@@ -315,7 +224,7 @@ class Recorder:
         the part to `keep`, which holds it until the database takes it.
         """
         if part.finished_at is None:
-            part.finished_at = _now()
+            part.finished_at = now()
         self._sync(part)
         self._drop_journal(part)
         self.backlog.pop(part.key, None)
@@ -434,7 +343,7 @@ class Recorder:
             for row in stale:
                 row.verdict = Verdict.INTERRUPTED
                 row.reason = "the station stopped mid-part (crash or power loss); shots kept"
-                row.finished_at = row.finished_at or _now()
+                row.finished_at = row.finished_at or now()
                 report.interrupted.append(row.sequence)
                 report.shots_added += self._adopt_shot_files(s, row, pose_index)
         return report
@@ -465,18 +374,16 @@ class Recorder:
             if img is None:
                 continue  # a torn write cannot happen (atomic rename), but never trust a file
             mask = folder / f"{pose}.mask.png"
-            s.add(
-                Shot(
-                    part_id=row.id,
-                    pose_index=index,
-                    pose_name=pose,
-                    image_path=self.rel(path),
-                    image_sha256=hashlib.sha256(data).hexdigest(),
-                    width=int(img.shape[1]),
-                    height=int(img.shape[0]),
-                    mask_path=self.rel(mask) if mask.is_file() else None,
-                )
+            shot = ShotRecord(
+                pose_index=index,
+                pose_name=pose,
+                image_path=self.rel(path),
+                image_sha256=hashlib.sha256(data).hexdigest(),
+                width=int(img.shape[1]),
+                height=int(img.shape[0]),
+                mask_path=self.rel(mask) if mask.is_file() else None,
             )
+            s.add(Shot(part_id=row.id, **shot_columns(shot)))
             added += 1
         return added
 
@@ -495,7 +402,7 @@ class Recorder:
             t0 = time.monotonic()
             try:
                 with self.db.deadline(t0 + max(self._db_left, 0.0)):
-                    self._sync_once(part, with_detections)
+                    write_part(self.db, part, with_detections)
                 return
             except IntegrityError as exc:
                 if part.db_id is not None:
@@ -507,107 +414,3 @@ class Recorder:
                 self._db_left -= time.monotonic() - t0
         raise StorageError(f"could not allocate a part number for recipe {part.recipe!r}")
 
-    @staticmethod
-    def _check_row(part: PartRecord, row: Part | None) -> None:
-        """RecordRefused unless `row` is the row this record was made for."""
-        if row is None:
-            raise RecordRefused(f"record {part.key} names part id {part.db_id}, which is missing")
-        differs = [
-            name
-            for name, mine, theirs in (
-                ("record key", part.key, row.part_key),
-                ("run id", part.run_id, row.run_id),
-                ("recipe", part.recipe, row.recipe),
-                ("recipe digest", part.recipe_sha256, row.recipe_sha256),
-                ("sequence", part.sequence or row.sequence, row.sequence),
-                ("part id", part.db_id or row.id, row.id),
-            )
-            if mine != theirs
-        ]
-        known = {sh.id for sh in row.shots}
-        if any(sh.db_id is not None and sh.db_id not in known for sh in part.shots):
-            differs.append("shot ids")
-        if differs:
-            raise RecordRefused(
-                f"record {part.key} does not match part id {row.id} "
-                f"(sequence {row.sequence}): {', '.join(differs)} differ"
-            )
-
-    def _sync_once(self, part: PartRecord, with_detections: bool) -> None:
-        new_ids: list[tuple[Any, Any]] = []  # (record, row): ids applied only after commit
-        with self.db.session() as s:
-            # without an id its row may exist all the same (a crash after the commit)
-            found = (
-                s.scalar(select(Part).where(Part.part_key == part.key))
-                if part.db_id is None
-                else s.get(Part, part.db_id)
-            )
-            if found is not None or part.db_id is not None:
-                self._check_row(part, found)
-                row = found
-            else:
-                sequence = part.sequence or self.db.next_sequence(s, part.recipe)
-                row = Part(
-                    recipe=part.recipe,
-                    sequence=sequence,
-                    started_at=part.started_at,
-                    run_id=part.run_id,
-                    part_key=part.key,
-                )
-                s.add(row)
-            row.recipe_sha256 = part.recipe_sha256
-            row.mode = part.mode
-            row.line_part_id = part.line_part_id
-            row.verdict = part.verdict
-            row.reason = part.reason
-            row.part_score = part.part_score
-            row.finished_at = part.finished_at
-            row.calibration_id = part.calibration_id
-            row.model_versions = dict(part.model_versions)
-            row.timings_ms = dict(part.timings_ms)
-            row.ground_truth = part.ground_truth
-            s.flush()
-            new_ids.append((part, row))
-            for shot in part.shots:
-                if shot.db_id is None:
-                    srow = Shot(
-                        part_id=row.id,
-                        pose_index=shot.pose_index,
-                        pose_name=shot.pose_name,
-                        image_path=shot.image_path,
-                        image_sha256=shot.image_sha256,
-                        width=shot.width,
-                        height=shot.height,
-                        camera_settings=shot.camera_settings,
-                        robot_pose=shot.robot_pose,
-                        captured_at=shot.captured_at,
-                        mask_path=shot.mask_path,
-                    )
-                    s.add(srow)
-                    s.flush()
-                    new_ids.append((shot, srow))
-                    shot_id = srow.id
-                else:
-                    shot_id = shot.db_id
-                if not with_detections:
-                    continue
-                for det in shot.detections:
-                    if det.db_id is not None:
-                        continue
-                    drow = Detection(
-                        shot_id=shot_id,
-                        detector=det.detector,
-                        model_version=det.model_version,
-                        score=_finite(det.score),
-                        threshold=det.threshold,
-                        normalized_score=_finite(det.normalized_score),
-                        heatmap_path=det.heatmap_path,
-                        raw_map_path=det.raw_map_path,
-                        latency_ms=det.latency_ms,
-                    )
-                    s.add(drow)
-                    s.flush()
-                    new_ids.append((det, drow))
-        for record, dbrow in new_ids:
-            record.db_id = dbrow.id
-        part.sequence = row.sequence

@@ -9,7 +9,8 @@ take seconds. Nothing here is used on the line.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from sqlalchemy import func, insert, select
 
 from station.storage.db import Database
 from station.storage.models import Detection, Part, Review, ReviewLabel, Shot, Verdict
+from station.storage.parts import (
+    DetectionRecord,
+    PartRecord,
+    ShotRecord,
+    detection_columns,
+    part_columns,
+    shot_columns,
+)
 
 POSES = ("left", "centre", "right")
 
@@ -80,6 +89,42 @@ class SampleSet:
     rejected_ids: list[int]  # fail or fault, newest last
 
 
+@dataclass
+class _ImageFiles:
+    """Writes a shot PNG and one heatmap PNG per detector, once per key; returns their paths."""
+
+    data_root: Path
+    recipe: str
+    detectors: tuple[str, ...]
+    size: tuple[int, int]
+    rng: random.Random
+    made: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, key: str, bad: bool, pose: int, file_seed: int) -> tuple[str, list[str]]:
+        made, rng, detectors = self.made, self.rng, self.detectors
+        width, height = self.size
+        if key in made:
+            return made[key], [f"{made[key][:-4]}_{d}.png" for d in detectors]
+        blob = (
+            (
+                rng.randint(width // 5, 4 * width // 5),
+                rng.randint(height // 5, 4 * height // 5),
+                rng.randint(8, 20),
+            )
+            if bad
+            else None
+        )
+        rel = f"{self.recipe}/images/{key}.png"
+        _write(self.data_root / rel, woven_image(width, height, file_seed, blob))
+        heat_rels = []
+        for i, d in enumerate(detectors):
+            hrel = f"{rel[:-4]}_{d}.png"
+            _write(self.data_root / hrel, heatmap_png(width, height, file_seed + i, blob))
+            heat_rels.append(hrel)
+        made[key] = rel
+        return rel, heat_rels
+
+
 def seed_parts(
     db: Database,
     data_root: Path,
@@ -102,7 +147,6 @@ def seed_parts(
     benchmarks); otherwise every shot of a rejected part gets its own PNG files.
     """
     rng = random.Random(seed)
-    width, height = size
     end = end or datetime.now(UTC) - timedelta(minutes=10)
     thresholds = {d: 1.0 + 0.5 * i for i, d in enumerate(detectors)}
     with db.session() as s:
@@ -113,108 +157,26 @@ def seed_parts(
     shots: list[dict] = []
     dets: list[dict] = []
     reviews: list[dict] = []
-    made: dict[str, str] = {}
-
-    def image_files(key: str, bad: bool, pose: int, file_seed: int) -> tuple[str, list[str]]:
-        if key in made:
-            return made[key], [f"{made[key][:-4]}_{d}.png" for d in detectors]
-        blob = (
-            (
-                rng.randint(width // 5, 4 * width // 5),
-                rng.randint(height // 5, 4 * height // 5),
-                rng.randint(8, 20),
-            )
-            if bad
-            else None
-        )
-        rel = f"{recipe}/images/{key}.png"
-        _write(data_root / rel, woven_image(width, height, file_seed, blob))
-        heat_rels = []
-        for i, d in enumerate(detectors):
-            hrel = f"{rel[:-4]}_{d}.png"
-            _write(data_root / hrel, heatmap_png(width, height, file_seed + i, blob))
-            heat_rels.append(hrel)
-        made[key] = rel
-        return rel, heat_rels
+    image_files = _ImageFiles(data_root, recipe, detectors, size, rng)
 
     rejected: list[int] = []
     for n in range(n_parts):
-        roll = rng.random()
-        verdict = (
-            Verdict.FAULT
-            if roll < fault_rate
-            else Verdict.FAIL
-            if roll < fault_rate + reject_rate
-            else Verdict.PASS
-        )
         started = end - timedelta(seconds=interval_s * (n_parts - 1 - n))
-        bad_pose = rng.randrange(len(POSES))
-        part_scores: list[float] = []
-        for pose_index, pose in enumerate(POSES):
-            bad = verdict == Verdict.FAIL and pose_index == bad_pose
-            if shared_images:
-                key = f"shared/{'bad' if bad else 'good'}_{pose}"
-            else:
-                key = f"{seq + n:06d}/{pose}"
-            rel, heat_rels = image_files(key, bad, pose_index, seed * 100_003 + n * 7 + pose_index)
-            shots.append(
-                dict(
-                    id=shot_id,
-                    part_id=part_id,
-                    pose_index=pose_index,
-                    pose_name=pose,
-                    image_path=rel,
-                    image_sha256="0" * 64,
-                    width=width,
-                    height=height,
-                    camera_settings={"exposure_us": 8000},
-                    robot_pose=[],
-                    captured_at=started,
-                )
-            )
-            if verdict != Verdict.FAULT or pose_index == 0:
-                for d, hrel in zip(detectors, heat_rels, strict=True):
-                    thr = thresholds[d]
-                    norm = rng.uniform(1.05, 2.2) if bad else rng.uniform(0.3, 0.95)
-                    part_scores.append(norm)
-                    dets.append(
-                        dict(
-                            shot_id=shot_id,
-                            detector=d,
-                            model_version=f"{d}-sample-1",
-                            score=norm * thr,
-                            threshold=thr,
-                            normalized_score=norm,
-                            heatmap_path=hrel,
-                            latency_ms=rng.uniform(8, 30),
-                            created_at=started,
-                        )
-                    )
+        part = _sample_part(
+            rng, image_files, PartRecord(recipe=recipe, recipe_sha256="", mode="live", key="",
+            sequence=seq + n, started_at=started, line_part_id=f"L{seq + n:07d}"),
+            thresholds, (fault_rate, reject_rate), size,
+            "shared" if shared_images else None, seed * 100_003 + n * 7,
+        )  # fmt: skip
+        parts.append(dict(id=part_id, **part_columns(part)))
+        for shot in part.shots:
+            shots.append(dict(id=shot_id, part_id=part_id, **shot_columns(shot)))
+            dets += [
+                dict(shot_id=shot_id, created_at=started, **detection_columns(d))
+                for d in shot.detections
+            ]
             shot_id += 1
-        worst = max(part_scores) if part_scores else None
-        if verdict == Verdict.FAIL:
-            reason = f"{detectors[0]} {worst:.2f}x threshold on pose {POSES[bad_pose]}"
-        elif verdict == Verdict.FAULT:
-            reason = "camera timeout on pose centre after 2 retries"
-        else:
-            reason = None
-        parts.append(
-            dict(
-                id=part_id,
-                recipe=recipe,
-                sequence=seq + n,
-                mode="live",
-                started_at=started,
-                finished_at=started + timedelta(seconds=4),
-                verdict=verdict,
-                reason=reason,
-                part_score=worst,
-                model_versions={d: f"{d}-sample-1" for d in detectors},
-                timings_ms={"cycle": 4000},
-                line_part_id=f"L{seq + n:07d}",
-            )
-        )
-        if verdict in (Verdict.FAIL, Verdict.FAULT):
+        if part.verdict in (Verdict.FAIL, Verdict.FAULT):
             rejected.append(part_id)
             if rng.random() < review_rate:
                 label = (
@@ -236,3 +198,69 @@ def seed_parts(
                 s.execute(insert(model), rows[i : i + 5000])
     first = parts[0]["id"] if parts else part_id
     return SampleSet(part_ids=list(range(first, part_id)), rejected_ids=rejected)
+
+
+def _sample_part(
+    rng: random.Random,
+    image_files: Callable[[str, bool, int, int], tuple[str, list[str]]],
+    part: PartRecord,
+    thresholds: dict[str, float],
+    rates: tuple[float, float],
+    size: tuple[int, int],
+    shared: str | None,
+    file_seed: int,
+) -> PartRecord:
+    """Fill one sample part: verdict drawn at `rates` (fault, reject), 3 shots, detections.
+
+    `shared`: the folder of the image set all parts share (None: files of its own).
+    """
+    fault_rate, reject_rate = rates
+    detectors = tuple(thresholds)
+    roll = rng.random()
+    verdict = (
+        Verdict.FAULT
+        if roll < fault_rate
+        else Verdict.FAIL
+        if roll < fault_rate + reject_rate
+        else Verdict.PASS
+    )
+    started = part.started_at
+    bad_pose = rng.randrange(len(POSES))
+    part_scores: list[float] = []
+    for pose_index, pose in enumerate(POSES):
+        bad = verdict == Verdict.FAIL and pose_index == bad_pose
+        if shared is not None:
+            key = f"{shared}/{'bad' if bad else 'good'}_{pose}"
+        else:
+            key = f"{part.sequence:06d}/{pose}"
+        rel, heat_rels = image_files(key, bad, pose_index, file_seed + pose_index)
+        shot = ShotRecord(
+            pose_index=pose_index, pose_name=pose, image_path=rel, image_sha256="0" * 64,
+            width=size[0], height=size[1], camera_settings={"exposure_us": 8000},
+            captured_at=started,
+        )  # fmt: skip
+        part.shots.append(shot)
+        if verdict == Verdict.FAULT and pose_index != 0:
+            continue
+        for d, hrel in zip(detectors, heat_rels, strict=True):
+            thr = thresholds[d]
+            norm = rng.uniform(1.05, 2.2) if bad else rng.uniform(0.3, 0.95)
+            part_scores.append(norm)
+            shot.detections.append(
+                DetectionRecord(
+                    detector=d, model_version=f"{d}-sample-1", score=norm * thr, threshold=thr,
+                    normalized_score=norm, heatmap_path=hrel, raw_map_path=None,
+                    latency_ms=rng.uniform(8, 30),
+                )
+            )  # fmt: skip
+    worst = max(part_scores) if part_scores else None
+    if verdict == Verdict.FAIL:
+        part.reason = f"{detectors[0]} {worst:.2f}x threshold on pose {POSES[bad_pose]}"
+    elif verdict == Verdict.FAULT:
+        part.reason = "camera timeout on pose centre after 2 retries"
+    part.verdict = verdict
+    part.part_score = worst
+    part.finished_at = started + timedelta(seconds=4)
+    part.model_versions = {d: f"{d}-sample-1" for d in detectors}
+    part.timings_ms = {"cycle": 4000}
+    return part

@@ -1,5 +1,8 @@
 """SQLAlchemy 2 models: every part, shot, detection, review, calibration and model version.
 
+The verdict and review-label columns store the values of `station.decision.Verdict` and
+`ReviewLabel` (re-exported here).
+
 Schema changes go through an Alembic migration in `station/storage/migrations/versions/`.
 Images and heatmaps live on disk (paths relative to the recipe's data directory, with sha256);
 the database holds what was decided and where to find it.
@@ -7,7 +10,6 @@ the database holds what was decided and where to find it.
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from station.decision import ReviewLabel, Verdict  # the column types, re-exported
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -32,19 +36,6 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-class Verdict(enum.StrEnum):
-    PENDING = "pending"  # part row written, decision not yet made
-    PASS = "pass"
-    FAIL = "fail"
-    FAULT = "fault"  # hardware/detector/storage fault: treated as reject
-    INTERRUPTED = "interrupted"  # the station stopped mid-part (crash, power loss)
-
-
-class ReviewLabel(enum.StrEnum):
-    DEFECT_CONFIRMED = "defect_confirmed"
-    FALSE_REJECT = "false_reject"
 
 
 _TS = DateTime(timezone=True)

@@ -1,7 +1,7 @@
 """The digital twin: a simulated cell that renders woven glass-fibre sheets as the camera sees them.
 
 `TwinWorld` holds the sheet, the TCP and the faults; `SimRobot`, `SimCamera` and `SimLine` speak
-the `station.hardware.interfaces` protocols on top of it. `render_part_shots` renders one part's
+the `station.interfaces` protocols on top of it. `render_part_shots` renders one part's
 shots straight from a seed, without robot timing (e.g. to feed the pylon camera emulator).
 """
 

@@ -10,12 +10,12 @@ import time
 from typing import Any
 
 from station.errors import CameraError
-from station.hardware.interfaces import Frame
+from station.interfaces import Frame
 from station.twin.world import TwinWorld
 
 
 class SimCamera:
-    """The twin's camera; implements `station.hardware.interfaces.Camera`."""
+    """The twin's camera; implements `station.interfaces.Camera`."""
 
     serial = "TWIN-0001"
     model = "twin (simulated acA1300)"

@@ -13,7 +13,7 @@ from station.twin.world import TwinWorld
 
 
 class SimLine:
-    """The twin's conveyor; implements `station.hardware.interfaces.LineIO`."""
+    """The twin's conveyor; implements `station.interfaces.LineIO`."""
 
     def __init__(self, world: TwinWorld) -> None:
         self.world = world

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,9 +20,7 @@ import numpy as np
 from station.recipe import CameraConfig
 from station.twin import optics
 from station.twin.sheet import Layers, SheetSpec
-
-if TYPE_CHECKING:
-    from station.twin.truth import TrueCamera
+from station.twin.truth import TrueCamera
 
 FULL_WELL_E = 10500.0  # electrons at 255 DN with 0 dB gain
 READ_NOISE_E = 7.0
@@ -77,6 +75,28 @@ def shade(spec: SheetSpec | None, layers: Layers, cam: CameraConfig, tcp: np.nda
     recipe's nominal pinhole at the TCP."""
     k = truth.intrinsics if truth is not None else optics.Intrinsics.from_camera(cam)
     pose = truth.pose(tcp) if truth is not None else optics.CameraPose.from_tcp(tcp)
+    st, ids = _warp_layers(spec, layers, k, pose, truth)
+    rad = _radiance(spec, st, k, pose, light)
+
+    # vignetting: natural cos^4 plus a lens term
+    uu = np.arange(k.width, dtype=np.float32)[None, :]
+    vv = np.arange(k.height, dtype=np.float32)[:, None]
+    r2 = ((uu - k.cx) ** 2 + (vv - k.cy) ** 2) / np.float32(k.fx * k.fx)
+    rc2 = ((k.cx**2 + k.cy**2) / (k.fx * k.fx)) or 1.0
+    vig = (1.0 / (1.0 + r2) ** 2) * (1.0 - light.vignetting * r2 / rc2)
+    rad = rad * vig.astype(np.float32)
+
+    sigma = blur_sigma_px(cam, pose, light.base_blur_px)
+    rad = cv2.GaussianBlur(rad.astype(np.float32), (0, 0), sigma)
+    image = _expose(rad, cam, light, noise_seed, exposure_us, gain_db)
+    mask, defects = _ground_truth(spec, ids)
+    return Shot(image, mask, defects, sigma)
+
+
+def _warp_layers(spec: SheetSpec | None, layers: Layers, k: optics.Intrinsics,
+                 pose: optics.CameraPose, truth: TrueCamera | None,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The layer stack and the defect ids as the camera sees them (through its distortion)."""
     H = sheet_homography(spec, layers, k, pose)
     size = (k.width, k.height)
     if truth is not None and truth.distorted:
@@ -96,10 +116,12 @@ def shade(spec: SheetSpec | None, layers: Layers, cam: CameraConfig, tcp: np.nda
                                  borderMode=cv2.BORDER_REPLICATE)
         ids = cv2.warpPerspective(layers.ids, H, size, flags=cv2.INTER_NEAREST,
                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    alb, hx, hy, dirn, metal, lit = (st[..., i] for i in range(6))
+    return st, ids
 
-    # view, light and half-vector directions vary slowly over the image: exact on a coarse
-    # grid (every 8th pixel), interpolated in between
+
+def _directions(k: optics.Intrinsics, pose: optics.CameraPose, light: Lighting) -> np.ndarray:
+    """Per pixel: unit view, light and half vectors (9 channels). They vary slowly over the
+    image: exact on a coarse grid (every 8th pixel), interpolated in between."""
     step = 8
     gu = np.arange(0, k.width + step, step, dtype=np.float32)[None, :]
     gv = np.arange(0, k.height + step, step, dtype=np.float32)[:, None]
@@ -118,7 +140,14 @@ def shade(spec: SheetSpec | None, layers: Layers, cam: CameraConfig, tcp: np.nda
     coarse = np.dstack([view, lvec, half]).astype(np.float32)
     mx = np.arange(k.width, dtype=np.float32)[None, :].repeat(k.height, 0) / step
     my = np.arange(k.height, dtype=np.float32)[:, None].repeat(k.width, 1) / step
-    dirs = cv2.remap(coarse, mx, my, cv2.INTER_LINEAR)
+    return cv2.remap(coarse, mx, my, cv2.INTER_LINEAR)
+
+
+def _radiance(spec: SheetSpec | None, st: np.ndarray, k: optics.Intrinsics,
+              pose: optics.CameraPose, light: Lighting) -> np.ndarray:
+    """Radiance per pixel from the warped layers: diffuse, fibre sheen and metal."""
+    alb, hx, hy, dirn, metal, lit = (st[..., i] for i in range(6))
+    dirs = _directions(k, pose, light)
     vx, vy, vz, lx, ly, lz, hxv, hyv, hzv = (dirs[..., i] for i in range(9))
 
     # slopes and fibre directions from sheet-local into the base frame
@@ -152,18 +181,12 @@ def shade(spec: SheetSpec | None, layers: Layers, cam: CameraConfig, tcp: np.nda
         env = 0.25 + 0.45 * nz_ * nz_ + 0.3 * np.power(nl_, 4.0) * lt_
         metal_rad = a_ * (0.5 * env + 0.25 * nv_) + a_ * 1.2 * spec_m
         rad[is_metal] = rad[is_metal] * (1 - m_) + metal_rad * m_
+    return rad
 
-    # vignetting: natural cos^4 plus a lens term
-    uu = np.arange(k.width, dtype=np.float32)[None, :]
-    vv = np.arange(k.height, dtype=np.float32)[:, None]
-    r2 = ((uu - k.cx) ** 2 + (vv - k.cy) ** 2) / np.float32(k.fx * k.fx)
-    rc2 = ((k.cx**2 + k.cy**2) / (k.fx * k.fx)) or 1.0
-    vig = (1.0 / (1.0 + r2) ** 2) * (1.0 - light.vignetting * r2 / rc2)
-    rad = rad * vig.astype(np.float32)
 
-    sigma = blur_sigma_px(cam, pose, light.base_blur_px)
-    rad = cv2.GaussianBlur(rad.astype(np.float32), (0, 0), sigma)
-
+def _expose(rad: np.ndarray, cam: CameraConfig, light: Lighting, noise_seed: Any,
+            exposure_us: float | None, gain_db: float | None) -> np.ndarray:
+    """The sensor: exposure, shot and read noise, saturation, gain, 8-bit pixels."""
     exposure_us = cam.exposure_us if exposure_us is None else exposure_us
     gain_db = cam.gain_db if gain_db is None else gain_db
     gain = 10 ** (gain_db / 20.0)
@@ -179,7 +202,12 @@ def shade(spec: SheetSpec | None, layers: Layers, cam: CameraConfig, tcp: np.nda
     if cam.pixel_format == "RGB8":
         tint = np.array([1.0, 1.0, 0.97], np.float32)
         image = np.clip(image[..., None] * tint, 0, 255).astype(np.uint8)
+    return image
 
+
+def _ground_truth(spec: SheetSpec | None, ids: np.ndarray,
+                  ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The defect mask (255 = defect) and each visible defect's labels."""
     mask = np.where(ids > 0, 255, 0).astype(np.uint8)
     defects = []
     if spec is not None and mask.any():
@@ -192,4 +220,4 @@ def shade(spec: SheetSpec | None, layers: Layers, cam: CameraConfig, tcp: np.nda
                  "centre_table_mm": [round(float(at[0]), 3), round(float(at[1]), 3)],
                  "bbox_px": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]}
             )
-    return Shot(image, mask, defects, sigma)
+    return mask, defects

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from station.errors import ProtectiveStop, RobotError
-from station.hardware.interfaces import RobotState
+from station.interfaces import RobotState
 from station.recipe import Pose
 from station.twin.optics import rotation_matrix
 from station.twin.world import TwinWorld, pose_tcp
@@ -55,7 +55,7 @@ class MoveTiming:
 
 
 class SimRobot:
-    """The twin's robot; implements `station.hardware.interfaces.Robot`."""
+    """The twin's robot; implements `station.interfaces.Robot`."""
 
     name = "sim-ur5"
 

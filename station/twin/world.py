@@ -14,14 +14,16 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from station.errors import RecipeError
 from station.recipe import Pose, Recipe
 from station.twin import optics
+from station.twin.board_scene import BoardScene
 from station.twin.defects import KINDS
+from station.twin.layers import render_layers
 from station.twin.render import Lighting, Shot, shade
 from station.twin.sheet import (
     DefectSpec,
@@ -29,12 +31,8 @@ from station.twin.sheet import (
     Region,
     SheetSpec,
     SheetTexture,
-    render_layers,
 )
 from station.twin.truth import BoardOnTable, TrueCamera
-
-if TYPE_CHECKING:
-    from station.twin.board_scene import BoardScene
 
 FAULT_KINDS = ("protective_stop", "link_lost", "camera_timeout", "failed_buffer")
 MAX_TEXELS = 4_000_000  # largest layer raster rendered at once
@@ -318,8 +316,6 @@ class TwinWorld:
     def show_board(self, on: bool = True) -> None:
         """Put the calibration board (twin.params.calibration_board) on the table instead of
         a sheet, or take it away."""
-        from station.twin.board_scene import BoardScene
-
         self.board = BoardScene(self.board_placed) if on else None
 
     def describe(self) -> dict[str, Any]:

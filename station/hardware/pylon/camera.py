@@ -1,4 +1,4 @@
-"""Basler camera driver on pypylon, implementing `station.hardware.interfaces.Camera`.
+"""Basler camera driver on pypylon, implementing `station.interfaces.Camera`.
 
 `PylonCamera(camera_cfg)` opens a camera by serial number (or the first one found), loads the
 recipe's pylon feature file (.pfs), then applies the recipe settings (pixel format, size,
@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from station.errors import CameraError
-from station.hardware.interfaces import Frame
+from station.interfaces import Frame
 from station.paths import resolve
-from station.recipe import CameraConfig
+from station.recipe_devices import PylonCameraConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def list_cameras() -> list[dict[str, str]]:
 class PylonCamera:
     """One Basler camera (or pylon emulated camera) configured from a recipe's `camera` block."""
 
-    def __init__(self, camera_cfg: CameraConfig) -> None:
+    def __init__(self, camera_cfg: PylonCameraConfig) -> None:
         self.cfg = camera_cfg
         self._cam: Any = None
         self._info: dict[str, str] = {}
@@ -312,7 +312,7 @@ class PylonCamera:
                 raise CameraError(
                     f"emulator image folder {source} has no images",
                     hint="fill it first, e.g. with "
-                    "station.hardware.pylon.emulator.prepare_twin_images",
+                    "station.devices.pylon_emulator.prepare_twin_images",
                 )
         elif not source.is_file():
             raise CameraError(

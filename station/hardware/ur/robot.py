@@ -14,9 +14,11 @@ import time
 from typing import Any
 
 from station.errors import HardwareError, ProtectiveStop, RobotError
-from station.hardware.interfaces import RobotState
 from station.hardware.ur.link import URLink
-from station.hardware.ur.modes import (
+from station.interfaces import RobotState
+from station.recipe import Pose
+from station.recipe_devices import URRobotConfig
+from station.ur_modes import (
     FAULT,
     NORMAL,
     RECOVERY,
@@ -27,8 +29,7 @@ from station.hardware.ur.modes import (
     SAFETY_MODES,
     VIOLATION,
 )
-from station.hardware.ur.poses import rotation_distance
-from station.recipe import Pose, RobotConfig
+from station.ur_poses import rotation_distance
 
 log = logging.getLogger("station.hardware.ur")
 
@@ -120,7 +121,7 @@ class URRobot:
 
     def __init__(
         self,
-        robot_cfg: RobotConfig,
+        robot_cfg: URRobotConfig,
         *,
         stale_after_s: float = 1.0,
         position_tolerance_mm: float = 1.0,

@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from station.hardware.ur.modes import ROBOT_MODES, SAFETY_MODES
 from station.twin.fake_ur import rtde_protocol as rp
+from station.twin.fake_ur.listener import Listener, recv_exact
 from station.twin.fake_ur.robot import RobotModel
+from station.ur_modes import ROBOT_MODES, SAFETY_MODES
 
 log = logging.getLogger("station.fake_ur")
 
@@ -30,62 +31,6 @@ RTDE_PORT = 30004
 DASHBOARD_PORT = 29999
 SCRIPT_PORTS = (30001, 30002, 30003)
 ACTUAL_Q = [0.0, -1.571, 1.571, -1.571, -1.571, 0.0]  # joint space is not simulated
-
-
-class _Listener(threading.Thread):
-    def __init__(
-        self, owner: FakeURController, port: int, handler: Callable[[socket.socket], None]
-    ) -> None:
-        super().__init__(name=f"fake-ur-listen-{port}", daemon=True)
-        self.owner, self.port, self.handler = owner, port, handler
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((owner.host, port))
-        self.sock.listen(8)
-        self.sock.settimeout(0.1)
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            conn.settimeout(None)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.owner._track(conn)
-            threading.Thread(
-                target=self._serve, args=(conn,), name=f"fake-ur-conn-{self.port}", daemon=True
-            ).start()
-        self.sock.close()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            self.handler(conn)
-        except OSError:
-            pass
-        except Exception:
-            log.exception("fake UR: handler on port %d failed", self.port)
-        finally:
-            self.owner._untrack(conn)
-            with contextlib.suppress(OSError):
-                conn.close()
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.join(timeout=2)
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("peer closed")
-        buf += chunk
-    return buf
 
 
 class _RtdeSession:
@@ -112,8 +57,8 @@ class _RtdeSession:
         streamer.start()
         try:
             while True:
-                size, kind = rp.HEADER.unpack(_recv_exact(self.conn, rp.HEADER.size))
-                payload = _recv_exact(self.conn, size - rp.HEADER.size)
+                size, kind = rp.HEADER.unpack(recv_exact(self.conn, rp.HEADER.size))
+                payload = recv_exact(self.conn, size - rp.HEADER.size)
                 if self.owner.silent:
                     continue
                 self._handle(kind, payload)
@@ -254,7 +199,7 @@ class FakeURController:
         self.silent = False
         self.stopping = threading.Event()
         self.dashboard_log: list[str] = []
-        self._listeners: list[_Listener] = []
+        self._listeners: list[Listener] = []
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._input_owners: dict[str, _RtdeSession] = {}
@@ -293,7 +238,7 @@ class FakeURController:
         ] + [(p, self._serve_script) for p in SCRIPT_PORTS]
         try:
             for port, handler in handlers:
-                lst = _Listener(self, port, handler)
+                lst = Listener(self.host, port, handler, self._track, self._untrack)
                 self._listeners.append(lst)
                 lst.start()
         except OSError as exc:

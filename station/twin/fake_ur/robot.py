@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from station.hardware.ur.modes import (
+from station.twin.fake_ur.motion import LinearMove
+from station.ur_modes import (
     IDLE,
     NORMAL,
     POWER_OFF,
@@ -33,8 +34,7 @@ from station.hardware.ur.modes import (
     SAFEGUARD_STOP,
     SAFETY_MODES,
 )
-from station.hardware.ur.poses import pose_inv, pose_trans
-from station.twin.fake_ur.motion import LinearMove
+from station.ur_poses import pose_inv, pose_trans
 
 log = logging.getLogger("station.fake_ur")
 

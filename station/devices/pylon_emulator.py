@@ -26,6 +26,7 @@ from station.errors import StationError
 from station.files import atomic_write, writing
 from station.paths import resolve
 from station.recipe import Recipe
+from station.twin import render_part_shots
 
 _OURS = re.compile(r"^p\d{6}_\d{2}_.+\.png(\.tmp)?$")
 
@@ -81,19 +82,12 @@ def prepare_twin_images(
     """
     if count < 1:
         raise StationError(f"count must be at least 1, not {count}")
-    target = folder if folder is not None else recipe.camera.emulator_images
+    target = folder if folder is not None else getattr(recipe.camera, "emulator_images", None)
     if target is None:
         raise StationError(
             f"recipe {recipe.name} sets no camera.emulator_images",
             hint="set it to the folder the pylon emulator should play",
         )
-    try:
-        from station.twin import render_part_shots
-    except ImportError:
-        raise StationError(
-            "the digital twin renderer (station.twin.render_part_shots) is not available"
-        ) from None
-
     out = resolve(target)
     masks = out.with_name(out.name + "-masks")
     with writing(f"emulator image folder {out}"):

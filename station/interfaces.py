@@ -1,7 +1,7 @@
 """The narrow interfaces between the inspection cycle and the cell's devices.
 
 Real drivers (UR5 via ur_rtde, Basler via pypylon) and the digital twin implement the same
-protocols; `station.hardware.factory` builds them from a recipe. Every method either does what
+protocols; `station.devices.factory` builds them from a recipe. Every method either does what
 it says or raises a `station.errors.HardwareError` subclass with a one-line message.
 """
 

@@ -1,0 +1,341 @@
+"""Detector metrics on labelled MVTec-layout data: the harness behind `station evaluate`.
+
+Each category's test images run through the recipe's preprocessing and detectors (the scoring
+engine): the recipe's trained models, or with `train` a model fitted on that category's
+train/good first (saved under the output folder, not in the recipe's models). Writes
+`results.json` (rewritten after every category, so a partial run leaves results), each
+image's score (`<category>/<detector>/scores.csv`: image, label, score; for failure analysis
+and threshold studies) and a few heatmap overlays.
+
+AITEX tiles (stems `NNNN_DDD_FF_tKK`, DDD = defect code): image AUROC is also reported
+against the good tiles of defect-free strips only (DDD == 000), see the dataset README.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import torch
+
+from station.datasets import MVTecFolder
+from station.detectors.engine import ScoringEngine, load_images, load_masks, load_models
+from station.detectors.training import train_and_save
+from station.errors import StationError
+from station.files import atomic_write, writing
+from station.imaging import write_png
+from station.metrics import evaluate_all, image_auroc
+
+if TYPE_CHECKING:
+    from station.detectors.base import Detector
+    from station.recipe import DetectorConfig, PreprocessConfig, Recipe
+
+ProgressFn = Callable[[str, int, int], None]  # (task, done, total); one task per name
+
+# Some defect-free AITEX strips carry a two-digit code ("0018_00_01"): any all-zero code counts.
+AITEX_STEM = re.compile(r"^\d{4}_(\d{2,3})_\d{2}_t\d{2}$")
+COLUMNS = [
+    ("image_auroc", "I-AUROC"),
+    ("image_auroc_clean", "I-AUROC*"),
+    ("pixel_auroc", "P-AUROC"),
+    ("aupro", "AUPRO"),
+    ("pixel_ap", "P-AP"),
+    ("pixel_f1_max", "P-F1"),
+]  # results.json also holds image AP, image F1-max and its threshold
+
+
+@dataclass
+class LabelledSet:
+    """One category's test images, preprocessed, with labels and ground-truth masks."""
+
+    stems: list[str]
+    images: list[np.ndarray]
+    labels: np.ndarray  # N, 1 = defect
+    masks: np.ndarray  # N x H x W uint8; all zero without mask files
+    has_masks: bool  # every defect has a mask file: pixel metrics are computed
+    clean: np.ndarray | None  # AITEX: defects plus good tiles of defect-free strips
+
+
+@dataclass
+class Evaluation:
+    """What a run measured: metrics per category and detector, and their means."""
+
+    recipe: Recipe
+    targets: list[DetectorConfig]
+    dataset: Path
+    train: bool
+    out_dir: Path
+    stamp: str
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    means: dict[str, dict[str, float]] = field(default_factory=dict)
+    path: Path | None = None  # results.json once written
+
+    def columns(self) -> list[tuple[str, str]]:
+        """The COLUMNS some result has (I-AUROC* only on AITEX, pixel metrics with masks)."""
+        return [
+            (k, label)
+            for k, label in COLUMNS
+            if any(k in per[d.name] for per in self.results.values() for d in self.targets)
+        ]
+
+    def write_report(self, complete: bool) -> Path:
+        """results.json, rewritten after every category so partial runs leave results."""
+        report = {
+            "dataset": str(self.dataset.resolve()),
+            "recipe": self.recipe.name,
+            "mode": "train-per-category" if self.train else "recipe-models",
+            "complete": complete,
+            "detectors": {d.name: d.model_dump() for d in self.targets},
+            "preprocess": self.recipe.preprocess.model_dump(),
+            "categories": self.results,
+            "mean": self.means,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "created": self.stamp,
+        }
+        path = self.out_dir / "results.json"
+        text = json.dumps(_no_nan(report), indent=2, default=_json_default, allow_nan=False)
+        with writing(path):
+            atomic_write(path, text.encode("utf-8"))
+        self.path = path
+        return path
+
+
+def evaluate(
+    recipe: Recipe,
+    targets: Sequence[DetectorConfig],
+    dataset: Path,
+    categories: Sequence[Path],
+    out: Path | None = None,
+    train: bool = False,
+    device: str | None = None,
+    heatmaps: int = 4,
+    batch: int = 16,
+    progress: ProgressFn | None = None,
+) -> Evaluation:
+    """Measure `targets` on each category folder; writes everything under the output folder
+    (default `<data>/<recipe>/eval/<dataset>-<time>`)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    out_dir = out or recipe.data_dir / "eval" / f"{dataset.resolve().name}-{stamp}"
+    with writing(f"results folder {out_dir}"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = {} if train else load_models(recipe, [d.name for d in targets], device)
+    run = Evaluation(recipe, list(targets), dataset, train, out_dir, stamp)
+    report = progress or _no_progress
+    for cat in categories:
+        test = read_test_set(cat, recipe.preprocess, report)
+        run.results[cat.name] = {}
+        for d in targets:
+            if train:
+                det, model_info = fit_on_category(recipe, d, cat, out_dir, device, report)
+            else:
+                lm = loaded[d.name]
+                det, model_info = lm.detector, {"version": lm.version, "artifact": str(lm.path)}
+            engine = ScoringEngine({d.name: det}, recipe.preprocess, batch)
+            metrics = score_test_set(engine, test, out_dir / cat.name, heatmaps, report)
+            run.results[cat.name][d.name] = {**metrics, "model": model_info}
+        run.write_report(complete=False)
+    run.means = mean_metrics(run.results, [d.name for d in targets])
+    run.write_report(complete=True)
+    return run
+
+
+def read_test_set(cat: Path, cfg: PreprocessConfig, progress: ProgressFn) -> LabelledSet:
+    """The category's test images and masks, preprocessed; StationError when there are none."""
+    items = MVTecFolder(cat).test_items()
+    if not items:
+        raise StationError(f"no test images in {cat / 'test'}")
+    task = f"{cat.name} reading test"
+    images = load_images([it.path for it in items], cfg, lambda d, n: progress(task, d, n))
+    labels = np.array([it.label for it in items], dtype=np.int64)
+    has_masks = all(it.mask_path is not None for it in items if it.label == 1)
+    h, w = images[0].shape[:2]
+    masks = load_masks(items, cfg, (h, w)) if has_masks else np.zeros((len(items), h, w), np.uint8)
+    stems = [it.stem for it in items]
+    return LabelledSet(stems, images, labels, masks, has_masks, clean_good_mask(stems, labels))
+
+
+def fit_on_category(
+    recipe: Recipe,
+    det_cfg: DetectorConfig,
+    cat: Path,
+    out_dir: Path,
+    device: str | None,
+    progress: ProgressFn,
+) -> tuple[Detector, dict[str, Any]]:
+    """Train `det_cfg` on the category's train/good; the model is saved under `out_dir`."""
+    files = MVTecFolder(cat).train_good()
+    if not files:
+        raise StationError(f"no training images in {cat / 'train' / 'good'}")
+    task = f"{cat.name} reading train"
+    images = load_images(files, recipe.preprocess, lambda d, n: progress(task, d, n))
+    prefix = f"{cat.name} {det_cfg.name}"
+    tm = train_and_save(
+        recipe,
+        det_cfg,
+        files,
+        images,
+        out_path=out_dir / cat.name / f"{det_cfg.name}.pt",
+        device=device,
+        progress=lambda stage, d, n: progress(f"{prefix} {stage}", d, n),
+    )
+    info = {
+        "version": tm.version,
+        "artifact": str(tm.path),
+        "fit_seconds": round(tm.report.seconds, 2),
+        "n_train": len(files),
+        "good_scores": tm.meta["good_scores"],
+    }
+    return tm.detector, info
+
+
+def score_test_set(
+    engine: ScoringEngine, test: LabelledSet, cat_dir: Path, heatmaps: int, progress: ProgressFn
+) -> dict[str, Any]:
+    """Metrics of the engine's one detector on `test`; writes scores.csv and overlays."""
+    (name,) = engine.detectors
+    task = f"{cat_dir.name} {name} predict"
+    result = engine.score(test.images, progress=lambda d, n: progress(task, d, n))[name]
+    maps, scores, labels = result.maps, result.scores, test.labels
+    metrics = evaluate_all(
+        scores,
+        labels,
+        maps if test.has_masks else None,
+        test.masks if test.has_masks else None,
+    )
+    if test.clean is not None:
+        metrics["image_auroc_clean"] = image_auroc(scores[test.clean], labels[test.clean])
+    seconds = result.latency_ms / 1000.0
+    metrics.update(
+        n_test=len(test.stems),
+        n_defect=int(labels.sum()),
+        predict_seconds=round(seconds, 2),
+        images_per_s=round(len(test.stems) / seconds, 2),
+    )
+    write_scores_csv(cat_dir / name / "scores.csv", test.stems, labels, scores)
+    write_overlays(cat_dir / name, test, result.map, scores, heatmaps)
+    return metrics
+
+
+def write_overlays(
+    folder: Path,
+    test: LabelledSet,
+    amap: Callable[[int], np.ndarray],
+    scores: np.ndarray,
+    n: int,
+) -> None:
+    """About `n` overlay PNGs of telling examples, all on one colour scale."""
+    labels = test.labels
+    vmax = (
+        float(np.quantile(scores[labels == 0], 0.99))
+        if (labels == 0).any()
+        else float(scores.max())
+    )
+    vmax = max(vmax, float(scores.max()) * 0.5, 1e-9)
+    for i, kind in pick_examples(scores, labels, n):
+        title = f"{test.stems[i]} {kind} score {scores[i]:.3g}"
+        panel = overlay_panel(test.images[i], amap(i), vmax, test.masks[i], title)
+        write_png(folder / f"{kind}_{test.stems[i]}.png", panel)
+
+
+def mean_metrics(
+    results: dict[str, dict[str, Any]], names: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Each detector's mean of every COLUMNS metric over the categories (NaN left out)."""
+    return {
+        name: {
+            key: _mean([results[c][name].get(key, math.nan) for c in results]) for key, _ in COLUMNS
+        }
+        for name in names
+    }
+
+
+def clean_good_mask(stems: list[str], labels: np.ndarray) -> np.ndarray | None:
+    """AITEX only: defects plus good tiles of defect-free strips; None for other datasets."""
+    codes = [AITEX_STEM.match(s) for s in stems]
+    if not stems or not all(codes):
+        return None
+    return np.array(
+        [lab == 1 or int(m.group(1)) == 0 for m, lab in zip(codes, labels, strict=True)]  # type: ignore[union-attr]
+    )
+
+
+def overlay_panel(
+    image: np.ndarray, amap: np.ndarray, vmax: float, mask: np.ndarray | None, title: str
+) -> np.ndarray:
+    """Image | heatmap overlay (jet, 0..vmax) with the ground-truth outline in green."""
+    rgb = image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
+    scaled = np.clip(amap / max(vmax, 1e-12), 0, 1)
+    heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+    over = (0.55 * rgb + 0.45 * heat).astype(np.uint8)
+    if mask is not None and mask.any():
+        contours, _ = cv2.findContours(
+            mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        over = np.ascontiguousarray(over)
+        cv2.drawContours(over, contours, -1, (0, 255, 0), 1)
+    panel = np.concatenate([rgb, np.full((rgb.shape[0], 4, 3), 255, np.uint8), over], axis=1)
+    bar = np.zeros((18, panel.shape[1], 3), np.uint8)
+    cv2.putText(bar, title, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+    return np.concatenate([bar, panel], axis=0)
+
+
+def pick_examples(scores: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[int, str]]:
+    """A few telling examples: top-scored defects, top-scored goods, the weakest defect."""
+    order = np.argsort(-scores)
+    defects = [int(i) for i in order if labels[i] == 1]
+    goods = [int(i) for i in order if labels[i] == 0]
+    picks: list[tuple[int, str]] = []
+    picks += [(i, "defect") for i in defects[: max(1, n // 2)]]
+    picks += [(i, "good-highest") for i in goods[: max(1, n // 4)]]
+    if defects and defects[-1] not in [p[0] for p in picks]:
+        picks.append((defects[-1], "defect-lowest"))
+    return picks[: max(n, 0)]
+
+
+def write_scores_csv(path: Path, stems: list[str], labels: np.ndarray, scores: np.ndarray) -> None:
+    lines = ["image,label,score"]
+    lines += [
+        f"{stem},{'defect' if lab else 'good'},{float(sc):.6g}"
+        for stem, lab, sc in zip(stems, labels, scores, strict=True)
+    ]
+    with writing(path):
+        atomic_write(path, ("\n".join(lines) + "\n").encode())
+
+
+def _no_progress(task: str, done: int, total: int) -> None:
+    return None
+
+
+def _mean(values: list[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def _no_nan(v: Any) -> Any:
+    """NaN (undefined metric) becomes null so results.json is strict JSON."""
+    if isinstance(v, dict):
+        return {k: _no_nan(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_no_nan(x) for x in v]
+    if isinstance(v, float | np.floating) and math.isnan(v):
+        return None
+    return v
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return str(v)

@@ -1,0 +1,113 @@
+"""PatchCore's network: the plain torch module that scores images (what an export takes).
+
+`PatchCoreModel(x)` maps an N x 3 x H x W batch (RGB in [0, 1], on the module's device) to
+anomaly maps (N x H x W) and image scores (N). The frozen backbone is a submodule and the fitted
+memory bank a buffer, so `state_dict()` holds everything a forward needs. Fitting (the coreset)
+lives in station.detectors.patchcore.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from station.detectors.backbones import Backbone
+from station.detectors.common import (
+    autocast_for,
+    center_per_image,
+    mirrored_stage_maps,
+    nearest_neighbours,
+    upsample_smooth,
+)
+
+
+class PatchCoreModel(nn.Module):
+    """Backbone features -> nearest memory-bank distances -> map and re-weighted image score."""
+
+    memory_bank: torch.Tensor
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        layer_dim: int,
+        patch_size: int = 3,
+        mirror_pad: int = 32,
+        center_features: bool = True,
+        num_neighbors: int = 9,
+        sigma: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.layer_dim = int(layer_dim)
+        self.patch_size = int(patch_size)
+        self.mirror_pad = int(mirror_pad)
+        self.center_features = bool(center_features)
+        self.num_neighbors = int(num_neighbors)
+        self.sigma = float(sigma)
+        # Empty until fitted or loaded: one row per kept patch feature.
+        self.register_buffer("memory_bank", torch.zeros(0, self.feature_dim))
+
+    @property
+    def feature_dim(self) -> int:
+        return self.layer_dim * len(self.backbone.layers)
+
+    @property
+    def fitted(self) -> bool:
+        return self.memory_bank.shape[0] > 0
+
+    def patch_features(
+        self, x: torch.Tensor, amp: bool = False
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(N*h*w, D) float32 patch features of a batch, and the grid (h, w). `amp`: the
+        backbone in fp16 on CUDA (features stay fp32)."""
+        with autocast_for(x.device, amp):
+            feats = mirrored_stage_maps(self.backbone, x, self.mirror_pad, self.patch_size)
+        grid = feats[0].shape[-2:]
+        parts = []
+        for f in feats:
+            if self.center_features:
+                f = center_per_image(f)
+            if f.shape[-2:] != grid:
+                f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
+            n, c, h, w = f.shape
+            f = f.permute(0, 2, 3, 1).reshape(-1, c)
+            if c != self.layer_dim:  # equal share of dimensions per stage
+                f = F.adaptive_avg_pool1d(f[:, None], self.layer_dim)[:, 0]
+            parts.append(f)
+        return torch.cat(parts, dim=1), (int(grid[0]), int(grid[1]))
+
+    def score(
+        self, feats: torch.Tensor, n: int, grid: tuple[int, int], image_hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maps N x H x W, scores N) from the patch features of n images on grid (h, w)."""
+        h, w = grid
+        bank = self.memory_bank
+        dist, idx = nearest_neighbours(feats, bank, k=1)
+        dist, idx = dist[:, 0].view(n, h * w), idx[:, 0].view(n, h * w)
+        # Re-weighting (paper, eq. 7) from the most anomalous patch of each image.
+        top = torch.argmax(dist, dim=1)
+        ar = torch.arange(n, device=dist.device)
+        m_test = feats.view(n, h * w, -1)[ar, top]
+        m_star = bank[idx[ar, top]]
+        k = min(self.num_neighbors, bank.shape[0])
+        if k > 1:
+            _, support = nearest_neighbours(m_star, bank, k=k)  # includes m_star itself
+            d_support = torch.cdist(m_test[:, None], bank[support])[:, 0]  # n x k
+            weight = 1.0 - torch.softmax(d_support, dim=1)[:, 0]
+        else:
+            weight = torch.ones(n, device=dist.device)
+        # Image score (paper, eq. 6-7): the weighted distance of the most anomalous patch. The
+        # smoothed map is scaled so its peak is that score: a one-patch fault keeps its height,
+        # and the heatmap's peak reads on the same scale as the image score and its threshold.
+        scores = dist[ar, top] * weight
+        maps = upsample_smooth(dist.view(n, 1, h, w), image_hw, self.sigma)
+        peak = maps.flatten(1).amax(1).clamp_min(torch.finfo(maps.dtype).tiny)
+        maps = maps * (scores / peak)[:, None, None]
+        return maps, scores
+
+    def forward(self, x: torch.Tensor, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly maps N x H x W, image scores N) of a fitted model."""
+        feats, grid = self.patch_features(x, amp)
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        return self.score(feats, int(x.shape[0]), grid, hw)

@@ -1,0 +1,289 @@
+"""Capture: drive robot and camera through the recipe's poses and store the shots.
+
+Shots go to the recipe's dataset folder in MVTec-AD layout (`train/good/`, `test/good/`,
+`test/defect/`, `ground_truth/defect/<stem>_mask.png`; `unlabelled/` for unlabelled captures),
+one file per shot named `p{sequence:06d}_{pose}.png`, plus `meta/p{sequence:06d}.json` with the
+poses, camera settings, timestamps, hashes and (simulated) ground truth. Every part is also a
+`Part(mode="capture")` row with its `Shot` rows (written by `station.storage.parts`). A part is
+written completely (files, then the database row) before the next starts, so an interrupted or
+failed run keeps what it captured and a re-run continues the numbering.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from station.devices.factory import open_devices, uses_twin
+from station.errors import LineIOError, StationError
+from station.files import writing
+from station.imaging import write_png
+from station.paths import resolve
+from station.recipe import Recipe
+from station.storage.db import Database, open_database
+from station.storage.parts import PartRecord, ShotRecord, write_part
+from station.twin.world import TwinWorld, derive_seed
+
+LABELS = ("good", "labelled", "unlabelled")
+STEM_RE = re.compile(r"^p(\d{6,})_")
+SCAN_DIRS = ("train/good", "test/good", "test/defect", "unlabelled")
+
+
+@dataclass
+class CaptureResult:
+    root: Path
+    sequences: list[int] = field(default_factory=list)
+    shots: int = 0
+    defect_shots: int = 0
+    defect_parts: int = 0
+    seconds: float = 0.0
+
+
+def existing_next_sequence(root: Path) -> int:
+    """1 + the highest part number among the shot files already under `root`."""
+    best = 0
+    for sub in SCAN_DIRS:
+        folder = root / sub
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            m = STEM_RE.match(p.name)
+            if m:
+                best = max(best, int(m.group(1)))
+    return best + 1
+
+
+def _rel(path: Path, data_root: Path) -> str:
+    """POSIX path relative to the data root (absolute when the file lies outside it)."""
+    try:
+        return path.resolve().relative_to(data_root.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def check_arguments(recipe: Recipe, count: int, label: str) -> None:
+    if label not in LABELS:
+        raise StationError(f"--label {label!r} is not known",
+                           hint=f"use one of {', '.join(LABELS)}")
+    if count < 1:
+        raise StationError(f"--count {count} must be at least 1")
+    if label == "labelled" and recipe.camera_driver != "sim":
+        raise StationError(
+            "--label labelled needs ground truth, which only the simulated camera gives",
+            hint="capture --label unlabelled and label the parts in review, or use backend sim",
+        )
+
+
+def run_capture(
+    recipe: Recipe,
+    count: int,
+    label: str = "good",
+    out: str | Path | None = None,
+    seed: int | None = None,
+    world: Any = None,
+    on_shot: Callable[[int, str], None] | None = None,
+    on_part: Callable[[int], None] | None = None,
+) -> CaptureResult:
+    """Capture `count` parts; returns what was written. Raises StationError on device faults.
+
+    `world`: a TwinWorld to use (tests inject faults through it); made from the recipe when a
+    device is simulated and none is given. `on_shot(sequence, pose_name)` after every shot,
+    `on_part(sequence)` after every stored part.
+    """
+    check_arguments(recipe, count, label)
+    root = resolve(out) if out is not None else recipe.dataset_dir
+    data_root = resolve(recipe.storage.data_dir)
+    seed = recipe.twin.seed if seed is None else int(seed)
+    if world is None and uses_twin(recipe):
+        world = TwinWorld(recipe, seed=seed, defect_rate=0.0 if label == "good" else None)
+    staging = root / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run: incomplete part
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StationError(f"cannot create capture folder {root}: {exc}") from None
+    db = open_database(recipe.storage.resolved_database_url())
+    result = CaptureResult(root)
+    store = _PartStore(recipe, db, root, data_root, staging, label)
+    t_start = time.perf_counter()
+    robot_cfg = recipe.robot
+    try:
+        with open_devices(recipe, world) as dev:
+            for _ in range(count):
+                with db.session() as s:
+                    seq = max(db.next_sequence(s, recipe.name), existing_next_sequence(root))
+                if dev.world is not None:
+                    dev.world.queue_sheet(derive_seed(seed, seq),
+                                          defective=False if label == "good" else None)
+                started = datetime.now(UTC)
+                t0 = time.perf_counter()
+                clock0 = dev.world.clock_s if dev.world is not None else None
+                line_id = dev.line.wait_for_part(recipe.line_io.part_timeout_s)
+                if line_id is None:
+                    raise LineIOError(
+                        f"no sheet arrived within {recipe.line_io.part_timeout_s:g} s",
+                        hint="check the conveyor and the part-present input",
+                    )
+                dev.robot.move_to(robot_cfg.home)
+                frames = []
+                for idx, pose in enumerate(robot_cfg.poses):
+                    state = dev.robot.move_to(pose)
+                    frame = dev.camera.grab()
+                    frames.append((idx, pose, state, frame))
+                    if on_shot:
+                        on_shot(seq, pose.name)
+                twin_info = dev.world.describe() if dev.world is not None else None
+                dev.robot.move_to(robot_cfg.home)
+                dev.line.release_part()
+                sim_s = (dev.world.clock_s - clock0) if dev.world is not None else None
+                with writing(f"part {seq} under {root}"):
+                    store.store(
+                        _Captured(seq, line_id, started, frames,
+                                  (time.perf_counter() - t0) * 1000, sim_s, twin_info),
+                        result,
+                    )
+                if on_part:
+                    on_part(seq)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        db.dispose()
+        result.seconds = time.perf_counter() - t_start
+    return result
+
+
+@dataclass
+class _Captured:
+    """One part as the cell gave it: (pose index, pose, robot state, frame) per shot."""
+
+    seq: int
+    line_id: str | None
+    started: datetime
+    frames: list[tuple[int, Any, Any, Any]]
+    cycle_ms: float
+    sim_s: float | None
+    twin_info: dict[str, Any] | None
+
+
+@dataclass
+class _PartStore:
+    """Writes captured parts: files staged then moved into place, then the database rows."""
+
+    recipe: Recipe
+    db: Database
+    root: Path
+    data_root: Path
+    staging: Path
+    label: str
+
+    def store(self, part: _Captured, result: CaptureResult) -> None:
+        stage = self.staging / f"p{part.seq:06d}"
+        stage.mkdir(parents=True, exist_ok=True)
+        moves: list[tuple[Path, Path]] = []
+        shots_meta = [self._shot(part.seq, stage, moves, *f) for f in part.frames]
+        any_defect = any(m["label"] == "defect" for m in shots_meta)
+        ground_truth = {"good": "good", "unlabelled": None}.get(
+            self.label, "defect" if any_defect else "good"
+        )
+        finished = datetime.now(UTC)
+        meta = self._meta(part, ground_truth, finished, shots_meta)
+        meta_stage = stage / f"p{part.seq:06d}.json"
+        meta_stage.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        moves.append((meta_stage, self.root / "meta" / f"p{part.seq:06d}.json"))
+        for src, dst in moves:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+        timings: dict[str, Any] = {"cycle": round(part.cycle_ms, 1)}
+        if part.sim_s is not None:
+            timings["simulated_cycle"] = round(part.sim_s * 1000, 1)
+        record = PartRecord(
+            recipe=self.recipe.name, recipe_sha256=self.recipe.sha256, mode="capture",
+            line_part_id=part.line_id, key="", started_at=part.started, finished_at=finished,
+            ground_truth=ground_truth, timings_ms=timings, sequence=part.seq,
+            shots=[_shot_record(m) for m in shots_meta],
+        )  # fmt: skip
+        write_part(self.db, record)
+        result.sequences.append(part.seq)
+        result.shots += len(shots_meta)
+        result.defect_shots += sum(1 for m in shots_meta if m["label"] == "defect")
+        result.defect_parts += int(ground_truth == "defect")
+        shutil.rmtree(stage, ignore_errors=True)
+
+    def _shot(
+        self, seq: int, stage: Path, moves: list[tuple[Path, Path]],
+        idx: int, pose: Any, state: Any, frame: Any,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Stage one shot's files (image, mask); its entry in the part's meta file."""
+        stem = f"p{seq:06d}_{pose.name}"
+        label = self.label
+        has_mask = frame.mask is not None and label == "labelled"
+        is_defect = bool(has_mask and frame.mask.any())
+        sub = {"good": "train/good", "unlabelled": "unlabelled"}.get(
+            label, "test/defect" if is_defect else "test/good"
+        )
+        img_final = self.root / sub / f"{stem}.png"
+        img_stage = stage / f"{stem}.png"
+        sha = write_png(img_stage, frame.image)
+        moves.append((img_stage, img_final))
+        mask_final = None
+        mask_sha = None
+        if is_defect:
+            mask_final = self.root / "ground_truth/defect" / f"{stem}_mask.png"
+            mask_stage = stage / f"{stem}_mask.png"
+            mask_sha = write_png(mask_stage, frame.mask)
+            moves.append((mask_stage, mask_final))
+        h, w = frame.image.shape[:2]
+        return {
+            "pose_index": idx,
+            "pose_name": pose.name,
+            "pose_commanded": [*pose.position_mm, *pose.rotvec_rad],
+            "robot_pose": [round(v, 4) for v in state.tcp_mm_rotvec],
+            "image_path": _rel(img_final, self.data_root),
+            "image_sha256": sha,
+            "mask_path": _rel(mask_final, self.data_root) if mask_final else None,
+            "mask_sha256": mask_sha,
+            "width": w,
+            "height": h,
+            "camera_settings": frame.camera_settings,
+            "captured_at": datetime.fromtimestamp(frame.timestamp_s, UTC).isoformat(),
+            "label": "defect" if is_defect else ("good" if label != "unlabelled" else None),
+            "defects": frame.defects if label == "labelled" else [],
+        }
+
+    def _meta(
+        self, part: _Captured, ground_truth: str | None, finished: datetime,
+        shots_meta: list[dict[str, Any]],
+    ) -> dict[str, Any]:  # fmt: skip
+        twin_info = part.twin_info
+        return {
+            "recipe": self.recipe.name,
+            "recipe_sha256": self.recipe.sha256,
+            "sequence": part.seq,
+            "line_part_id": part.line_id,
+            "label": self.label,
+            "ground_truth": ground_truth,
+            "started_at": part.started.isoformat(),
+            "finished_at": finished.isoformat(),
+            "cycle_ms": round(part.cycle_ms, 1),
+            "simulated_cycle_s": round(part.sim_s, 3) if part.sim_s is not None else None,
+            "twin": twin_info if self.label == "labelled" else (
+                {k: v for k, v in (twin_info or {}).items() if k != "defects"} or None),
+            "shots": shots_meta,
+        }  # fmt: skip
+
+
+def _shot_record(m: dict[str, Any]) -> ShotRecord:
+    """The Shot row of one shot's meta entry."""
+    return ShotRecord(
+        pose_index=m["pose_index"], pose_name=m["pose_name"], image_path=m["image_path"],
+        image_sha256=m["image_sha256"], width=m["width"], height=m["height"],
+        camera_settings=m["camera_settings"], robot_pose=m["robot_pose"],
+        captured_at=datetime.fromisoformat(m["captured_at"]), mask_path=m["mask_path"],
+    )  # fmt: skip
