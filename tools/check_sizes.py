@@ -1,8 +1,7 @@
 """List station/ files over 600 lines and functions over 80 lines; exit 1 when any exist.
 
 A function's size is its def's lines, decorators and docstring included (nested defs count
-inside their parent too). Alembic migrations are listed but do not fail the check: a migration
-records a schema that shipped and is not edited afterwards.
+inside their parent too).
 Usage: python tools/check_sizes.py [ROOT] [--max-file N] [--max-func N]  (CI: .ci/run)
 """
 
@@ -15,7 +14,6 @@ from pathlib import Path
 
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 80
-EXEMPT = ("storage/migrations/versions/",)  # listed as exempt, never failing
 
 
 def function_sizes(source: str, filename: str) -> list[tuple[str, int, int]]:
@@ -39,20 +37,16 @@ def function_sizes(source: str, filename: str) -> list[tuple[str, int, int]]:
     return found
 
 
-def offenders(
-    root: Path, max_file: int, max_func: int
-) -> tuple[list[str], list[tuple[int, str]], list[str]]:
-    """Over-long files, (size, line) for over-long functions largest first, and the
-    exempt ones (same format), as lines to print."""
+def offenders(root: Path, max_file: int, max_func: int) -> tuple[list[str], list[tuple[int, str]]]:
+    """Over-long files, and (size, line) for over-long functions largest first, as lines to
+    print."""
     files: list[str] = []
     functions: list[tuple[int, str]] = []
-    exempt: list[str] = []
     for path in sorted(root.rglob("*.py")):
         source = path.read_text(encoding="utf-8")
-        skip = any(part in path.as_posix() for part in EXEMPT)
         lines = len(source.splitlines())
         if lines > max_file:
-            (exempt if skip else files).append(f"{path}: {lines} lines (max {max_file})")
+            files.append(f"{path}: {lines} lines (max {max_file})")
         try:
             sizes = function_sizes(source, str(path))
         except SyntaxError as exc:
@@ -60,13 +54,9 @@ def offenders(
             continue
         for name, start, size in sizes:
             if size > max_func:
-                line = f"{path}:{start}: {name} is {size} lines (max {max_func})"
-                if skip:
-                    exempt.append(line)
-                else:
-                    functions.append((size, line))
+                functions.append((size, f"{path}:{start}: {name} is {size} lines (max {max_func})"))
     functions.sort(key=lambda item: -item[0])
-    return files, functions, exempt
+    return files, functions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-file", type=int, default=MAX_FILE_LINES)
     parser.add_argument("--max-func", type=int, default=MAX_FUNCTION_LINES)
     args = parser.parse_args(argv)
-    files, functions, exempt = offenders(args.root, args.max_file, args.max_func)
-    for line in exempt:
-        print(f"exempt: {line}")
+    files, functions = offenders(args.root, args.max_file, args.max_func)
     for line in files:
         print(line)
     for _, line in functions:
