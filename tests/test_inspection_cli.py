@@ -189,6 +189,10 @@ def test_exit_codes_say_when_the_run_did_not_end_well(
         code, out = _run(["inspect", "--live", "--recipe", "small", "-n", "3", "--no-view"], capsys)
     assert code == 3, out
     assert "stopped:" in out and "Traceback" not in out
+    # the run has ended: the last line says to start it again, not to resume
+    flat = " ".join(out.split())  # the console wraps long lines
+    assert "to do: clear the stop on the teach pendant and check the cell; then run the command " \
+        "again" in flat and "then resume; then run" not in flat, out
     # Offline, one unreadable image among good ones: every part is decided, the exit code is 2.
     folder = home / "corrupt"
     folder.mkdir()

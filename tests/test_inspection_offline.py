@@ -199,3 +199,18 @@ def test_only_the_recipe_pixel_format_is_accepted(
     assert "p000001_left.png is 8-bit grey; the recipe's camera (RGB8) takes 8-bit colour" in (
         r.reason
     )
+
+
+def test_a_part_without_a_row_is_named_by_its_line_id() -> None:
+    """A part decided while the database could not take its row has no sequence number: the
+    operator's line names the sheet the line gave it, never "part None"."""
+    from station.inspection.live_view import part_label
+    from station.inspection.results import PartResult
+
+    def result(sequence: int | None, line_id: str | None) -> PartResult:
+        return PartResult(sequence, None, "live", Verdict.FAULT, "disk full", None, {}, {}, {},
+                          {}, None, line_part_id=line_id)
+
+    assert part_label(result(12, "ur-1")) == "12"
+    assert part_label(result(None, "ur-20261203T150543729-0003")) == "ur-20261203T150543729-0003"
+    assert part_label(result(None, None)) == "?"

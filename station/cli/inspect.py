@@ -174,7 +174,7 @@ def run_live_with_view(
 def _live_printer(view: Any, show: bool) -> Callable[[Any], None]:
     """Feed the live view; without the screen, print one line per part and each message."""
     from station.cli.app import console
-    from station.inspection.live_view import result_detail
+    from station.inspection.live_view import part_label, result_detail
 
     def on_event(event: Any) -> None:
         view.handle(event)
@@ -182,7 +182,7 @@ def _live_printer(view: Any, show: bool) -> Callable[[Any], None]:
             if event.result is not None:
                 r = event.result
                 console.print(
-                    f"part {r.sequence}: {r.verdict.value} ({escape(result_detail(r))}) "
+                    f"part {part_label(r)}: {r.verdict.value} ({escape(result_detail(r))}) "
                     f"cycle {r.timings_ms.get('cycle', 0):.0f} ms",
                     highlight=False,
                     soft_wrap=True,  # one line per part, however long the reason
@@ -238,4 +238,6 @@ def _print_summary(summary: Any) -> None:
     if summary.operator_fault is not None:
         f = summary.operator_fault
         console.print(f"[bold red]stopped:[/] {escape(f.message)}", highlight=False, soft_wrap=True)
-        console.print(f"  to do: {f.action}; then run the command again", highlight=False)
+        # the run has ended: there is nothing to resume, only the command to start again
+        todo = f.action.removesuffix(", then resume").removesuffix(" then resume")
+        console.print(f"  to do: {todo}; then run the command again", highlight=False)

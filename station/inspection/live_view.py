@@ -31,6 +31,12 @@ def verdict_text(verdict: str) -> Text:
     return Text(verdict.upper(), style=VERDICT_STYLE.get(verdict, ""))
 
 
+def part_label(r: PartResult) -> str:
+    """The part's sequence number; the line's id when the database gave it none (a part
+    decided while the database could not take its row)."""
+    return str(r.sequence) if r.sequence is not None else (r.line_part_id or "?")
+
+
 def result_detail(r: PartResult) -> str:
     """A part's one-line detail: a fault's reason (its scores decide nothing), else each
     detector's score as a multiple of its threshold."""
@@ -76,7 +82,7 @@ class LiveView:
             self.last = r
             for k in TIMING_KEYS:
                 self.sums[k] += r.timings_ms.get(k, 0.0)
-            self.status = f"part {r.sequence}: {r.verdict.value}"
+            self.status = f"part {part_label(r)}: {r.verdict.value}"
         elif event.kind == "part_started":
             self.status = f"inspecting {event.text}"
         elif event.kind == "waiting":
@@ -116,7 +122,7 @@ class LiveView:
         if r is None:
             return Text("no part yet", style="dim")
         head = Text.assemble(
-            f"last: part {r.sequence}  ", verdict_text(r.verdict.value), f"  {r.reason}"
+            f"last: part {part_label(r)}  ", verdict_text(r.verdict.value), f"  {r.reason}"
         )
         if r.ground_truth:
             head.append(f"  (twin truth: {r.ground_truth})", style="dim")
