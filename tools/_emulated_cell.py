@@ -71,14 +71,15 @@ def prepare(
         contextlib.redirect_stdout(log),
         contextlib.redirect_stderr(log),
     ):
-        _train_and_calibrate(recipe, home / "labelled")
+        train_and_calibrate(recipe, home / "labelled")
     from station.devices.pylon_emulator import prepare_twin_images
 
     prepare_twin_images(recipe, 6)
     return recipe
 
 
-def _train_and_calibrate(recipe: Any, ds: Path) -> None:
+def train_and_calibrate(recipe: Any, ds: Path) -> None:
+    """PatchCore trained on three good twin sheets, calibrated on six labelled ones in `ds`."""
     from station.cli.app import main
     from station.detectors.training import train_and_save
     from station.imaging import preprocess, write_png

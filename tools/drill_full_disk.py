@@ -67,57 +67,11 @@ def _storage(disk: Path, args: argparse.Namespace) -> dict[str, object]:
 
 def _prepare(home: Path) -> None:
     """Train PatchCore on twin sheets and calibrate it on a labelled twin set (off the disk)."""
-    from station.detectors.training import train_and_save
-    from station.imaging import preprocess, write_png
+    from _emulated_cell import train_and_calibrate
+
     from station.recipe import load_recipe
-    from station.twin import render_part_shots
 
-    recipe = load_recipe("drill")
-    train = [img for s in range(3) for _, img, _ in render_part_shots(recipe, 100 + s, False)]
-    train_and_save(
-        recipe,
-        recipe.detectors[0],
-        [],
-        [preprocess(i, recipe.preprocess) for i in train],
-        train_hash="twin-seeds-100-102",
-    )
-    ds = home / "labelled"
-    for seq, defective in enumerate([False] * 3 + [True] * 3, start=1):
-        for pose, img, _ in render_part_shots(recipe, 200 + seq, defective):
-            write_png(
-                ds / "test" / ("defect" if defective else "good") / f"p{seq:06d}_{pose}.png", img
-            )
-    _station(
-        home,
-        "calibrate-threshold",
-        "-r",
-        "drill",
-        "--dataset",
-        str(ds),
-        "--resamples",
-        "100",
-        "--oob-resamples",
-        "0",
-        check=True,
-    )
-
-
-def _station(home: Path, *argv: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "STATION_HOME": str(home), "PYTHONUNBUFFERED": "1", "COLUMNS": "250"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "station", *argv],
-        env=env,
-        text=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        sys.exit(
-            f"error: station {' '.join(argv)} exited {proc.returncode}: {proc.stdout[-800:]}"
-            f"{proc.stderr[-800:]}"
-        )
-    return proc
+    train_and_calibrate(load_recipe("drill"), home / "labelled")
 
 
 def _live(home: Path, disk: Path, count: int, fill_after: int | None) -> tuple[int, str]:

@@ -93,13 +93,6 @@ class PartScores:
         return out
 
 
-def combine_normalized(
-    scores: np.ndarray, thresholds: np.ndarray, combine_detectors: str
-) -> np.ndarray:
-    """Combined part score from part scores (N x D): combine over detectors of score / t."""
-    return combine(scores / thresholds, COMBINE_DETECTORS[combine_detectors])
-
-
 @dataclass
 class OperatingPoint:
     """One threshold on one score (a detector's, or the combined one) and its rates."""
