@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from station.decision import Decision, decide
+from station.decision import Decision, Verdict, decide
 from station.errors import NowhereToStore, StationError, StorageError
 from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify
 from station.inspection.models import DetectorSet
@@ -58,7 +58,6 @@ from station.inspection.results import (
     Timings,
 )
 from station.recipe import Recipe
-from station.storage.models import Verdict
 
 
 class Inspector:

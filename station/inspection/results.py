@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from station.decision import Verdict
 from station.inspection.faults import Fault
 from station.inspection.recorder import DetectionRecord, RecoveryReport, ShotRecord
-from station.storage.models import Verdict
 
 TIMING_KEYS = ("motion", "exposure", "inference", "logging", "line", "wait", "cycle")
 
