@@ -78,12 +78,46 @@ DetectorSide = Annotated[int, Field(ge=1, le=MAX_DETECTOR_SIDE)]
 DefectSize = Annotated[float, Field(gt=0, le=200)]
 
 
+class TilingConfig(_Strict):
+    """Native-resolution tiles: the (cropped) shot is cut into `preprocess.size` tiles, not
+    resized; the tiles' maps are stitched back into one full-resolution shot map."""
+
+    enabled: bool = False
+    overlap_px: NonNegativeInt = 32  # least overlap between neighbouring tiles
+    # training: at most this many tiles per training image, drawn at random (None: all)
+    train_tiles_per_image: PositiveInt | None = None
+
+
 class PreprocessConfig(_Strict):
     # x, y, width, height in camera pixels
     # (the recipe checks that the crop lies within camera.width x camera.height)
     crop: tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt] | None = None
-    size: tuple[DetectorSide, DetectorSide] = (256, 256)  # width, height fed to the detectors
+    # width, height fed to the detectors: the whole shot resized to it, or the tile size
+    size: tuple[DetectorSide, DetectorSide] = (256, 256)
     grey_to_rgb: bool = True
+    tiling: TilingConfig = TilingConfig()
+
+
+class SheetConfig(_Strict):
+    """The product on the table, square to the robot's base axes."""
+
+    width_mm: float = Field(300.0, ge=1, le=5000)  # along base x
+    height_mm: float = Field(300.0, ge=1, le=5000)  # along base y
+    center_mm: tuple[float, float] = (400.0, 0.0)  # in the robot base frame, on the table z = 0
+
+
+class CoverageConfig(_Strict):
+    """What the station must see: the region, and the smallest defect it must resolve."""
+
+    # [x0, y0, x1, y1] in mm from the sheet centre (base axes); None: the whole sheet grown
+    # by edge_margin_mm on every side
+    region_mm: tuple[float, float, float, float] | None = None
+    edge_margin_mm: float = Field(3.0, ge=0, le=500)  # the sheet's placement tolerance
+    partial: bool = False  # true: a region that leaves part of the sheet unseen is intended
+    smallest_defect_mm: float = Field(2.0, gt=0, le=200)
+    defect_px: float = Field(8.0, ge=1, le=1024)  # px across it at the detector input
+    overlap: float = Field(0.15, ge=0, lt=1)  # share of a footprint seen by its neighbour
+    camera_height_mm: float | None = Field(None, gt=0, le=5000)  # None: from the resolution
 
 
 class DetectorConfig(_Strict):
@@ -133,6 +167,9 @@ class DecisionConfig(_Strict):
     # good_quantile only: threshold at this quantile of GOOD scores (no defect data behind it)
     good_quantile: float = Field(0.99, gt=0, lt=1)
     store_raw_maps: bool = False
+    # the sheet map: shot maps projected onto the sheet (mm) and fused where views overlap
+    sheet_fusion: Literal["max", "mean", "min"] = "max"
+    sheet_map_mm_per_px: float = Field(0.5, gt=0, le=10)
 
 
 class StorageConfig(_Strict):
@@ -158,9 +195,6 @@ class TwinConfig(_Strict):
     """Digital twin settings, used when a driver is `sim`."""
 
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    sheet_width_mm: float = Field(300.0, ge=1, le=5000)
-    sheet_height_mm: float = Field(300.0, ge=1, le=5000)
-    sheet_center_mm: tuple[float, float] = (400.0, 0.0)  # in the robot base frame, on z = 0
     weave: Literal["plain", "twill", "mixed"] = "plain"
     # the texture holds a table per roving: a finer pitch means more rovings
     roving_pitch_mm: float = Field(2.5, ge=0.3, le=50)
@@ -202,6 +236,8 @@ class Recipe(_Strict):
     robot: RobotSettings
     camera: CameraSettings  # default: the backend's camera with default settings
     preprocess: PreprocessConfig = PreprocessConfig()
+    sheet: SheetConfig = SheetConfig()
+    coverage: CoverageConfig = CoverageConfig()
     detectors: list[DetectorConfig] = Field(min_length=1)
     decision: DecisionConfig = DecisionConfig()
     line_io: LineIOSettings  # default: the backend's line I/O with default settings
@@ -367,6 +403,40 @@ def _resolve_extends(
     return _overlay(base, data), [*texts, base_text]
 
 
+def poses_path(poses_file: str, source: str) -> Path:
+    """Where `robot.poses_file` points: relative to the recipe's folder (or the station home
+    when the recipe was not read from a file)."""
+    p = Path(poses_file).expanduser()
+    if p.is_absolute():
+        return p
+    src = Path(source)
+    return (src.parent / p) if src.is_file() else resolve(p)
+
+
+def _read_poses_file(data: dict[str, Any], source: str) -> str | None:
+    """Fill `robot.poses` from `robot.poses_file`; the file's text (for the digest) or None."""
+    robot = data.get("robot")
+    if not isinstance(robot, dict) or robot.get("poses_file") is None:
+        return None
+    name = robot["poses_file"]
+    if not isinstance(name, str) or not name:
+        raise RecipeError(source, ["robot.poses_file: expected a file name, e.g. poses.yaml"])
+    if "poses" in robot:
+        raise RecipeError(source, [
+            "robot.poses: give the poses inline or in robot.poses_file, not both"])
+    path = poses_path(name, source)
+    if not path.is_file():
+        raise RecipeError(source, [
+            f"robot.poses_file: {path} not found; write it with station plan-poses"])
+    text = read_text(path)
+    loaded = read_mapping(text, str(path))
+    poses = loaded.get("poses")
+    if not isinstance(poses, list):
+        raise RecipeError(str(path), ["poses: expected a list of poses (station plan-poses)"])
+    robot["poses"] = poses
+    return text
+
+
 def parse_recipe(
     text: str, source: str = "<string>", detector_names: Collection[str] | None = None
 ) -> Recipe:
@@ -375,6 +445,9 @@ def parse_recipe(
     Detector names are checked against `detector_names` when given."""
     seen = (str(Path(source).resolve()),) if Path(source).is_file() else ()
     data, base_texts = _resolve_extends(read_mapping(text, source), source, seen)
+    poses_text = _read_poses_file(data, source)
+    if poses_text is not None:
+        base_texts.append(poses_text)
     try:
         context = None if detector_names is None else {"detector_names": tuple(detector_names)}
         recipe = Recipe.model_validate(data, context=context)

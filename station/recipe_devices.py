@@ -136,8 +136,15 @@ class RobotConfig(_Strict):
     acceleration_mm_s2: float = Field(1200.0, gt=0, le=150_000)
     settle_s: float = Field(0.15, ge=0, le=60)
     move_timeout_s: TimeoutS = 20.0
+    # the arm's reach: the flange must stay within reach_mm of the shoulder axis, which sits
+    # shoulder_height_mm above the base (UR5: 850 mm, 89.2 mm); checked for every planned pose
+    reach_mm: float = Field(850.0, gt=0, le=5000)
+    shoulder_height_mm: float = Field(89.2, ge=0, le=2000)
     home: Pose
-    poses: list[Pose] = Field(min_length=1, max_length=100)
+    # the shot poses, inline or (poses_file, written by `station plan-poses`) from a YAML file
+    # beside the recipe; the loader reads the file into `poses`
+    poses: list[Pose] = Field(min_length=1, max_length=400)
+    poses_file: str | None = None
 
     @field_validator("poses")
     @classmethod
@@ -172,6 +179,7 @@ class LensConfig(_Strict):
     pixel_size_um: float = Field(3.45, gt=0, le=100)
     focus_distance_mm: float = Field(350.0, gt=0, le=100_000)
     f_number: float = Field(4.0, gt=0, le=64)
+    min_focus_distance_mm: float = Field(100.0, gt=0, le=100_000)  # the lens's closest focus
 
 
 class CameraConfig(_Strict):

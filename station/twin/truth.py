@@ -139,7 +139,7 @@ class BoardOnTable:
                              float(given.pop("square_mm", d.square_mm)),
                              float(given.pop("marker_mm", d.marker_mm)),
                              str(given.pop("dictionary", d.dictionary)))
-            centre = tuple(float(v) for v in given.pop("centre_mm", recipe.twin.sheet_center_mm))
+            centre = tuple(float(v) for v in given.pop("centre_mm", recipe.sheet.center_mm))
             yaw = float(given.pop("yaw_deg", 0.0))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"calibration_board: {exc}") from None
@@ -186,7 +186,7 @@ def perturbed_truth(recipe: Recipe, seed: int, offset_mm: float = 3.0, offset_de
     true = nominal @ turn
     truth["mount_offset_mm"] = [float(v) for v in true[:3, 3]]
     truth["mount_rotvec_rad"] = [float(v) for v in cv2.Rodrigues(true[:3, :3])[0].ravel()]
-    cx, cy = recipe.twin.sheet_center_mm
+    cx, cy = recipe.sheet.center_mm
     board = {"centre_mm": [cx + rng.uniform(-5, 5), cy + rng.uniform(-5, 5)],
              "yaw_deg": rng.uniform(-10, 10)}
     return {"camera_truth": truth, "calibration_board": board}

@@ -66,7 +66,7 @@ class TwinWorld:
         self.time_scale = float(self.twin.time_scale)
         self.kinds, self.kind_weights = self._kinds()
         params = self.twin.params
-        cx, cy = self.twin.sheet_center_mm
+        cx, cy = recipe.sheet.center_mm
         self.lighting = Lighting(
             side_light_mm=tuple(params.get("side_light_mm", (cx - 300.0, cy + 150.0, 650.0))),
             reference_exposure_us=float(params.get("reference_exposure_us", 8000.0)),
@@ -182,14 +182,14 @@ class TwinWorld:
         rng = np.random.default_rng([int(seed), 0])
         weave = tw.weave if tw.weave != "mixed" else str(rng.choice(["plain", "twill"]))
         pitch = tw.roving_pitch_mm
-        centre = np.array(tw.sheet_center_mm) + rng.normal(0, 1.0, 2)
+        centre = np.array(self.recipe.sheet.center_mm) + rng.normal(0, 1.0, 2)
         draw_defective = rng.uniform() < self.defect_rate
         is_defective = draw_defective if defective is None else bool(defective)
         base = SheetSpec(
             seed=int(seed),
             weave=weave,
             pitch_mm=(pitch * (1 + rng.normal(0, 0.012)), pitch * (1 + rng.normal(0, 0.012))),
-            size_mm=(tw.sheet_width_mm, tw.sheet_height_mm),
+            size_mm=(self.recipe.sheet.width_mm, self.recipe.sheet.height_mm),
             centre_mm=(float(centre[0]), float(centre[1])),
             angle_rad=float(rng.normal(0, 0.005)),
             brightness=float(np.clip(rng.normal(1.0, 0.035), 0.9, 1.1)),
@@ -212,7 +212,7 @@ class TwinWorld:
                 bottom = q[3] + (q[2] - q[3]) * a
                 at = top + (bottom - top) * b
             else:
-                at = np.array(tw.sheet_center_mm) + rng.normal(0, 10, 2)
+                at = np.array(self.recipe.sheet.center_mm) + rng.normal(0, 10, 2)
             local = base.table_to_local(np.array([at]))[0]
             defects.append(DefectSpec(kind, (float(local[0]), float(local[1])), size,
                                       float(rng.uniform(0, 2 * math.pi)),
