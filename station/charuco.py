@@ -9,10 +9,15 @@ row, y along the rows, z into the board. Chessboard corner k of an (nx, ny) boar
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from station.recipe import Recipe
+
+BOARD_FILL = 0.9  # a recipe's default board spans about this share of the view
 
 DICTIONARIES = {
     name: getattr(cv2.aruco, name)
@@ -75,3 +80,16 @@ class BoardDef:
     def from_dict(cls, d: dict[str, Any]) -> BoardDef:
         return cls(int(d["squares_x"]), int(d["squares_y"]), float(d["square_mm"]),
                    float(d["marker_mm"]), str(d["dictionary"]))
+
+
+def recipe_board(recipe: Recipe) -> BoardDef:
+    """The board a recipe's camera calibrates with unless told otherwise: 12 x 9 squares
+    spanning about BOARD_FILL of the view at the lens's focus distance (where calibration
+    shoots it), the square side rounded to 0.5 mm, markers 0.75 of it. A 12 mm lens at 350 mm
+    gets 5 mm squares; an 8 mm lens at 579 mm, 12 mm squares (about 48 px each)."""
+    cam, lens = recipe.camera, recipe.camera.lens
+    mm_per_px = lens.focus_distance_mm * lens.pixel_size_um / 1000.0 / lens.focal_length_mm
+    d = BoardDef()
+    side = BOARD_FILL * mm_per_px * min(cam.width / d.squares_x, cam.height / d.squares_y)
+    side = max(1.0, round(2 * side) / 2)
+    return BoardDef(d.squares_x, d.squares_y, side, 0.75 * side, d.dictionary)

@@ -4,7 +4,10 @@ The one decision rule, used by the inspection (one part), calibration (many part
 thresholds) and calibration scores:
 
 1. per detector, the raw scores of the part's poses are combined by `decision.combine_poses`
-   (max, or mean = left-to-right sum / count);
+   (max, or mean = left-to-right sum / count); with `sheet_map`, the part's one raw score per
+   detector is the peak of its fused sheet map (station.sheet_map: the shots' raw maps
+   projected onto the sheet and fused across views by `decision.sheet_fusion`), a single value
+   that step 1 passes through (its max);
 2. that value is divided by the detector's calibrated threshold (1.0 = at threshold; the part
    is defective for it exactly when its combined score >= threshold);
 3. the detectors' values are combined by `decision.combine_detectors`:
@@ -47,18 +50,19 @@ class ReviewLabel(enum.StrEnum):
     FALSE_REJECT = "false_reject"
 
 
-COMBINE_POSES = ("max", "mean")
+COMBINE_POSES = ("max", "mean", "sheet_map")
 # combine_detectors -> how `combine` combines the normalised detector values
 COMBINE_DETECTORS = {"any": "max", "all": "min", "mean": "mean"}
 
 
 def combine(values: np.ndarray, how: str) -> np.ndarray:
-    """Combine the last axis (max, min or mean), ignoring NaN (absent shots).
+    """Combine the last axis (max, min or mean), ignoring NaN (absent shots). `sheet_map`
+    combines as max: its values are the sheet maps' peaks, one per part (and detector).
 
     mean = the values summed left to right, divided by their count (the same float operations
     as Python's `sum(values) / len(values)`, so results agree bit for bit).
     """
-    if how == "max":
+    if how in ("max", "sheet_map"):
         return np.fmax.reduce(values, axis=-1)
     if how == "min":
         return np.fmin.reduce(values, axis=-1)
@@ -73,7 +77,8 @@ def combine(values: np.ndarray, how: str) -> np.ndarray:
 
 
 def combine_scores(values: Sequence[float], how: str) -> float:
-    """One part's score from its shot scores in pose order (`how`: max or mean)."""
+    """One part's score from its shot scores in pose order (`how`: max, mean or sheet_map,
+    which then gets the sheet map's peak)."""
     return float(combine(np.asarray(values, np.float64), how))
 
 
@@ -130,10 +135,15 @@ def decide(
     thresholds: Mapping[str, float],
     cfg: DecisionConfig,
     pose_names: Sequence[str],
+    sheet_peaks: Mapping[str, float] | None = None,
 ) -> Decision:
-    """Verdict of a part: `scores[detector][k]` is the raw image score of pose `pose_names[k]`."""
+    """Verdict of a part: `scores[detector][k]` is the raw image score of pose `pose_names[k]`;
+    `sheet_peaks[detector]` the raw peak of its fused sheet map (used when combine_poses is
+    sheet_map, required then)."""
     if not scores:
         return Decision.fault("no detector produced a score")
+    if cfg.combine_poses == "sheet_map" and sheet_peaks is None:
+        return Decision.fault("combine_poses is sheet_map but no sheet map was built")
     per_detector: dict[str, float] = {}
     worst_pose: dict[str, str] = {}
     for name, raw in scores.items():
@@ -148,21 +158,29 @@ def decide(
             if not math.isfinite(s):
                 return Decision.fault(f"detector {name} returned a non-finite score on pose {pose}")
         # combine the raw scores, then divide: `score >= threshold` is then exactly a reject
-        per_detector[name] = normalise(combine_scores(raw, cfg.combine_poses), threshold)
+        if cfg.combine_poses == "sheet_map":
+            peak = float(sheet_peaks.get(name, math.nan)) if sheet_peaks is not None else math.nan
+            if not math.isfinite(peak):
+                return Decision.fault(f"detector {name} has no finite sheet map peak ({peak!r})")
+            raw_part = combine_scores([peak], "sheet_map")
+        else:
+            raw_part = combine_scores(raw, cfg.combine_poses)
+        per_detector[name] = normalise(raw_part, threshold)
         worst_pose[name] = pose_names[max(range(len(raw)), key=raw.__getitem__)]
 
     how = cfg.combine_detectors
     part_score = combine_scores(list(per_detector.values()), COMBINE_DETECTORS[how])
     reject = part_score >= 1.0
     over = sorted((n for n, v in per_detector.items() if v >= 1.0), key=lambda n: -per_detector[n])
-    pose_word = "max" if cfg.combine_poses == "max" else "mean"
+    pose_word = {"max": "max over poses", "mean": "mean over poses"}.get(
+        cfg.combine_poses, f"{cfg.sheet_fusion}-fused sheet map peak")
     if reject:
         if how == "mean":
             reason = f"mean of detectors {fmt_ratio(part_score)}x threshold"
         else:
             reason = ", ".join(
                 f"{n} {fmt_ratio(per_detector[n])}x threshold "
-                f"({pose_word} over poses, worst {worst_pose[n]})"
+                f"({pose_word}, worst {worst_pose[n]})"
                 for n in over
             )
         return Decision(Verdict.FAIL, reason, part_score, per_detector)

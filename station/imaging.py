@@ -4,7 +4,8 @@ Images in memory are uint8 numpy arrays: H x W (grey) or H x W x 3 (RGB). `read_
 `write_png` report missing, corrupt or unwritable files as StationError naming the file;
 `write_png` writes atomically (temporary file + rename) and returns the PNG's sha256.
 `preprocess` applies a recipe's PreprocessConfig: crop, resize to `size` (width, height),
-grey to three channels when asked.
+grey to three channels when asked. With `preprocess.tiling` enabled the shot keeps its native
+size (crop and grey to RGB only): `size` is then the tile the scoring engine cuts it into.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
 
 
 def preprocess(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Crop, resize to cfg.size (width, height) and, when cfg.grey_to_rgb, make it 3-channel."""
+    """Crop, resize to cfg.size (width, height) and, when cfg.grey_to_rgb, make it 3-channel.
+    With cfg.tiling enabled there is no resize: the shot stays at its native size."""
     image = check_image(image)
     if cfg.crop is not None:
         x, y, w, h = cfg.crop
@@ -130,7 +132,7 @@ def preprocess(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
             )
         image = image[y : y + h, x : x + w]
     width, height = cfg.size
-    if (image.shape[1], image.shape[0]) != (width, height):
+    if not cfg.tiling.enabled and (image.shape[1], image.shape[0]) != (width, height):
         shrink = width < image.shape[1] and height < image.shape[0]
         interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
         image = cv2.resize(image, (width, height), interpolation=interp)
@@ -166,11 +168,14 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def preprocess_mask(mask: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """A ground-truth mask put through the same crop and resize as its image: 0/1 uint8."""
+    """A ground-truth mask put through the same crop and resize as its image: 0/1 uint8
+    (at native size, crop only, when cfg.tiling is enabled)."""
     mask = check_image(mask, "mask")
     if mask.ndim == 3:
         mask = mask.max(axis=2)
     if cfg.crop is not None:
         x, y, w, h = cfg.crop
         mask = mask[y : y + h, x : x + w]
+    if cfg.tiling.enabled:
+        return (mask > 0).astype(np.uint8)
     return resize_mask(mask, cfg.size)

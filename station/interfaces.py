@@ -35,6 +35,8 @@ class Frame:
     # Ground truth, only from the digital twin: HxW uint8 mask (255 = defect) and labels.
     mask: np.ndarray | None = None
     defects: list[dict[str, Any]] = field(default_factory=list)
+    # the whole sheet's defects (twin only), seen or not: what a verdict must be judged against
+    sheet_defects: list[dict[str, Any]] | None = None
 
 
 @runtime_checkable

@@ -156,12 +156,13 @@ class DetectorConfig(_Strict):
 class DecisionConfig(_Strict):
     """How scores become a part verdict. Each detector score is divided by its threshold."""
 
-    combine_poses: Literal["max", "mean"] = "max"
+    # max / mean over the poses' image scores, or sheet_map: the peak of the part's fused
+    # sheet map (the shots' maps projected onto the sheet, see sheet_fusion below)
+    combine_poses: Literal["max", "mean", "sheet_map"] = "max"
     combine_detectors: Literal["any", "all", "mean"] = "any"
     calibration_file: str | None = None  # default: calibration/<recipe>.yaml
-    policy: Literal[
-        "zero_miss", "false_reject_budget", "miss_budget", "youden", "f1", "good_quantile"
-    ] = "zero_miss"
+    # a threshold policy of station.calibration.policies.RULES (checked by its loader)
+    policy: str = "zero_miss"
     false_reject_budget: float = Field(0.05, ge=0, le=1)
     miss_budget: float = Field(0.0, ge=0, le=1)
     # good_quantile only: threshold at this quantile of GOOD scores (no defect data behind it)
@@ -170,6 +171,16 @@ class DecisionConfig(_Strict):
     # the sheet map: shot maps projected onto the sheet (mm) and fused where views overlap
     sheet_fusion: Literal["max", "mean", "min"] = "max"
     sheet_map_mm_per_px: float = Field(0.5, gt=0, le=10)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, name: str, info: ValidationInfo) -> str:
+        # The calibration policies' names, when the loader was given them (this layer does
+        # not import calibration): station.calibration.recipes.load_recipe / parse_recipe.
+        known = (info.context or {}).get("policy_names")
+        if known is not None and name not in known:
+            raise ValueError(f"unknown calibration policy {name!r}; known: {', '.join(known)}")
+        return name
 
 
 class StorageConfig(_Strict):
@@ -275,6 +286,27 @@ class Recipe(_Strict):
                 f"camera.{side}: the twin camera (driver sim) renders at most {MAX_TWIN_SIDE} x "
                 f"{MAX_TWIN_SIDE} px (about 0.2 kB of memory per pixel), not "
                 f"{cam.width} x {cam.height}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tiles_fit(self) -> Recipe:
+        """With tiling, the tile (preprocess.size) must fit the shot and exceed the overlap."""
+        pre = self.preprocess
+        if not pre.tiling.enabled:
+            return self
+        (tw, th), crop = pre.size, pre.crop
+        sw, sh = (crop[2], crop[3]) if crop else (self.camera.width, self.camera.height)
+        if tw > sw or th > sh:
+            raise ValueError(
+                f"preprocess.size: the {tw} x {th} tile is larger than the {sw} x {sh} shot "
+                f"({'preprocess.crop' if crop else 'camera width x height'}); use a tile within "
+                "the shot, or switch preprocess.tiling off"
+            )
+        if pre.tiling.overlap_px >= min(tw, th):
+            raise ValueError(
+                f"preprocess.tiling.overlap_px: {pre.tiling.overlap_px} must be smaller than the "
+                f"tile's smaller side ({min(tw, th)} px, preprocess.size)"
             )
         return self
 
@@ -404,17 +436,22 @@ def _resolve_extends(
 
 
 def poses_path(poses_file: str, source: str) -> Path:
-    """Where `robot.poses_file` points: relative to the recipe's folder (or the station home
-    when the recipe was not read from a file)."""
+    """Where `robot.poses_file` points: relative to the recipe's folder (or, when the recipe
+    was not read from a file, the station home, else its `recipes/` folder where it is)."""
     p = Path(poses_file).expanduser()
     if p.is_absolute():
         return p
     src = Path(source)
-    return (src.parent / p) if src.is_file() else resolve(p)
+    if src.is_file():
+        return src.parent / p
+    in_recipes = resolve(Path("recipes") / p)
+    return in_recipes if not resolve(p).is_file() and in_recipes.is_file() else resolve(p)
 
 
-def _read_poses_file(data: dict[str, Any], source: str) -> str | None:
-    """Fill `robot.poses` from `robot.poses_file`; the file's text (for the digest) or None."""
+def _read_poses_file(data: dict[str, Any], source: str, planning: bool = False) -> str | None:
+    """Fill `robot.poses` from `robot.poses_file`; the file's text (for the digest) or None.
+    `planning` (station plan-poses, which writes the file): a missing file leaves the home
+    pose as the only pose."""
     robot = data.get("robot")
     if not isinstance(robot, dict) or robot.get("poses_file") is None:
         return None
@@ -425,6 +462,9 @@ def _read_poses_file(data: dict[str, Any], source: str) -> str | None:
         raise RecipeError(source, [
             "robot.poses: give the poses inline or in robot.poses_file, not both"])
     path = poses_path(name, source)
+    if planning and not path.is_file():
+        robot["poses"] = [robot.get("home")]
+        return None
     if not path.is_file():
         raise RecipeError(source, [
             f"robot.poses_file: {path} not found; write it with station plan-poses"])
@@ -438,18 +478,25 @@ def _read_poses_file(data: dict[str, Any], source: str) -> str | None:
 
 
 def parse_recipe(
-    text: str, source: str = "<string>", detector_names: Collection[str] | None = None
+    text: str,
+    source: str = "<string>",
+    detector_names: Collection[str] | None = None,
+    planning: bool = False,
+    *,
+    policy_names: Collection[str] | None = None,
 ) -> Recipe:
     """A validated recipe from YAML text. `extends: <recipe>` starts from another recipe's
     fields: nested sections merge key by key, lists (poses, detectors) are replaced whole.
-    Detector names are checked against `detector_names` when given."""
+    Detector names are checked against `detector_names`, decision.policy against
+    `policy_names`, each when given."""
     seen = (str(Path(source).resolve()),) if Path(source).is_file() else ()
     data, base_texts = _resolve_extends(read_mapping(text, source), source, seen)
-    poses_text = _read_poses_file(data, source)
+    poses_text = _read_poses_file(data, source, planning)
     if poses_text is not None:
         base_texts.append(poses_text)
     try:
-        context = None if detector_names is None else {"detector_names": tuple(detector_names)}
+        names = {"detector_names": detector_names, "policy_names": policy_names}
+        context = {k: tuple(v) for k, v in names.items() if v is not None} or None
         recipe = Recipe.model_validate(data, context=context)
     except ValidationError as exc:
         raise RecipeError(source, [_format_error(e) for e in exc.errors()]) from None
@@ -458,6 +505,14 @@ def parse_recipe(
     return recipe.model_copy(update={"source": source, "sha256": digest})
 
 
-def load_recipe(name_or_path: str, detector_names: Collection[str] | None = None) -> Recipe:
+def load_recipe(
+    name_or_path: str,
+    detector_names: Collection[str] | None = None,
+    planning: bool = False,
+    *,
+    policy_names: Collection[str] | None = None,
+) -> Recipe:
+    """`planning`: a missing robot.poses_file is no error (see `_read_poses_file`)."""
     path = find_recipe(name_or_path)
-    return parse_recipe(read_text(path), str(path), detector_names)
+    text = read_text(path)
+    return parse_recipe(text, str(path), detector_names, planning, policy_names=policy_names)

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from station.calibration.policies import Policy, choose_threshold
+from station import recipe as recipes
+from station.calibration.policies import (
+    RULES,
+    Counts,
+    Policy,
+    PolicyRule,
+    choose_threshold,
+    register,
+)
+from station.calibration.recipes import parse_recipe
 from station.calibration.roc import auroc, roc_curve
-from station.errors import CalibrationError
+from station.cli.app import main
+from station.errors import CalibrationError, RecipeError
 
 ALL = [
     Policy("zero_miss"),
@@ -193,3 +205,62 @@ def test_roc_counts_are_monotone() -> None:
     assert roc.false_rejects[0] == 40 and roc.misses[-1] == 15
     for a, b in itertools.pairwise(roc.thresholds):
         assert a < b
+
+
+# -- the policies registry is the one list of policy names --------------------------------
+
+
+SHIPPED = Path(__file__).parents[1] / "recipes" / "glassfiber.yaml"
+
+
+def _with_policy(name: str) -> str:
+    """The shipped recipe's text with decision.policy set to `name`."""
+    text = SHIPPED.read_text()
+    assert "policy: zero_miss" in text
+    return text.replace("policy: zero_miss", f"policy: {name}", 1)
+
+
+def test_recipes_take_exactly_the_registered_policies() -> None:
+
+    for name in RULES:
+        assert parse_recipe(_with_policy(name), str(SHIPPED)).decision.policy == name
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(_with_policy("zero_mis"), str(SHIPPED))
+    line = str(err.value.problems[0])
+    assert line.startswith("decision.policy: unknown calibration policy 'zero_mis'; known: ")
+    assert all(name in line for name in RULES) and "\n" not in line
+    # the recipe layer alone knows no policy names: it checks them only when given
+    assert (
+        recipes.parse_recipe(_with_policy("zero_mis"), str(SHIPPED)).decision.policy == "zero_mis"
+    )
+
+
+def test_a_registered_policy_needs_no_other_list() -> None:
+
+    class Widest(PolicyRule):
+        name = "widest_margin_test"
+
+        def objective(self, c: Counts, value: float | None) -> tuple[np.ndarray, np.ndarray]:
+            return np.ones_like(c.fr, dtype=bool), -c.fr.astype(np.float64)
+
+    register(Widest)
+    try:
+        assert (
+            parse_recipe(_with_policy("widest_margin_test"), str(SHIPPED)).decision.policy
+            == Widest.name
+        )
+    finally:
+        del RULES[Widest.name]
+
+
+def test_recipe_check_refuses_an_unknown_policy(
+    station_home: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+
+    path = station_home / "recipes" / "glassfiber.yaml"
+    path.write_text(path.read_text().replace("policy: zero_miss", "policy: youdn", 1))
+    with pytest.raises(SystemExit) as ex:
+        main(["recipe", "check", "glassfiber"])
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and "Traceback" not in err
+    assert "decision.policy: unknown calibration policy 'youdn'; known: zero_miss" in err

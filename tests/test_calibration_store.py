@@ -14,7 +14,7 @@ from station.calibration.core import PartScores, calibrate
 from station.calibration.policies import Policy
 from station.calibration.store import load_active_calibration, save_calibration
 from station.errors import CalibrationError
-from station.recipe import load_recipe
+from station.recipe import Recipe, load_recipe
 from station.storage.db import open_database
 from station.storage.models import Calibration, Detection, Part, Review, ReviewLabel, Shot, Verdict
 
@@ -128,7 +128,9 @@ def test_damaged_file_is_refused(station_home: Path) -> None:
         load_active_calibration("glassfiber", {"patchcore": "pc-1"})
 
 
-def _review_db(url: str, n_good: int, n_defect: int, passed_audit: int = 0) -> None:
+def _review_db(recipe: Recipe, n_good: int, n_defect: int, passed_audit: int = 0) -> None:
+    """Reviewed parts in the recipe's database, one scored shot per recipe pose."""
+    url = recipe.storage.resolved_database_url()
     rng = np.random.default_rng(1)
     db = open_database(url)
     with db.session() as s:
@@ -137,7 +139,7 @@ def _review_db(url: str, n_good: int, n_defect: int, passed_audit: int = 0) -> N
             audit = i < passed_audit
             part = Part(recipe="glassfiber", sequence=i + 1, mode="live")
             part.verdict = Verdict.PASS if audit else Verdict.FAIL
-            for k, pose in enumerate(("left", "centre", "right")):
+            for k, pose in enumerate(p.name for p in recipe.robot.poses):
                 shot = Shot(
                     pose_index=k,
                     pose_name=pose,
@@ -165,14 +167,14 @@ def test_cli_from_reviews(station_home: Path, capsys: pytest.CaptureFixture[str]
     from station.cli.app import main
 
     recipe = load_recipe("glassfiber")
-    _review_db(recipe.storage.resolved_database_url(), n_good=30, n_defect=12)
+    _review_db(recipe, n_good=30, n_defect=12)
     main(["calibrate-threshold", "--recipe", "glassfiber", "--from-reviews", "--resamples", "200"])
     out = capsys.readouterr()
     assert "reviews cover only rejected parts" in out.err  # the bias is stated
     doc = yaml.safe_load((station_home / "calibration" / "glassfiber.yaml").read_text())
     assert doc["source"] == "reviews" and doc["model_versions"] == {"patchcore": "pc-7"}
     # the newest review per part wins: 30 good, 12 defective
-    assert doc["counts"] == {"good": 30, "defect": 12, "shots": 126}
+    assert doc["counts"] == {"good": 30, "defect": 12, "shots": 42 * len(recipe.robot.poses)}
     assert doc["combined"]["miss_rate"]["count"] == 0  # zero_miss, the recipe's policy
     assert (station_home / "calibration" / "glassfiber_roc.png").is_file()
     active = load_active_calibration("glassfiber", {"patchcore": "pc-7"})
@@ -208,7 +210,7 @@ def test_reviews_with_audits_and_other_model_versions(station_home: Path) -> Non
 
     recipe = load_recipe("glassfiber")
     url = recipe.storage.resolved_database_url()
-    _review_db(url, n_good=20, n_defect=6, passed_audit=5)
+    _review_db(recipe, n_good=20, n_defect=6, passed_audit=5)
     db = open_database(url)
     with db.session() as s:  # two parts scored by an older model: left out, and said so
         for det in s.scalars(select(Detection).join(Shot).join(Part).where(Part.sequence <= 2)):
@@ -229,7 +231,7 @@ def test_reviewed_parts_missing_poses_are_left_out(station_home: Path) -> None:
 
     recipe = load_recipe("glassfiber")
     url = recipe.storage.resolved_database_url()
-    _review_db(url, n_good=10, n_defect=4)
+    _review_db(recipe, n_good=10, n_defect=4)
     db = open_database(url)
     with db.session() as s:
         part = s.scalars(select(Part).where(Part.sequence == 12)).one()  # a defective one

@@ -10,6 +10,7 @@ import cv2
 import pytest
 import yaml
 from sqlalchemy import select
+from test_twin_render import classic
 
 from station.cli.app import main
 from station.errors import StationError
@@ -20,8 +21,11 @@ from station.storage.models import Part, Shot
 
 
 def set_twin(home: Path, **twin: object) -> None:
+    """The home's glassfiber recipe with these twin settings and no waiting, on the three poses
+    and 12 mm lens these tests count shots for (`classic`; tests/test_shipped_recipe.py
+    captures through the shipped raster)."""
     path = home / "recipes/glassfiber.yaml"
-    data = yaml.safe_load(path.read_text())
+    data = classic(yaml.safe_load(path.read_text()))
     data["twin"].update({"time_scale": 0, **twin})
     path.write_text(yaml.safe_dump(data))
 

@@ -14,10 +14,10 @@ import yaml
 from station.cellcal import geometry as geo
 from station.cellcal import solve
 from station.cellcal.store import camera_model, cell_path, nominal_model
-from station.charuco import BoardDef
+from station.charuco import BoardDef, recipe_board
 from station.cli.app import main
 from station.errors import CellCalibrationError
-from station.recipe import load_recipe
+from station.recipe import Recipe, load_recipe, parse_recipe
 from station.twin.truth import TrueCamera, perturbed_truth
 from station.twin.world import TwinWorld
 
@@ -112,7 +112,40 @@ def test_nominal_model_without_a_calibration(station_home: Path) -> None:
     # straight down from 350 mm: the image centre is right under the TCP
     xyz = model.pixels_to_table([400.0, 0.0, 350.0, np.pi, 0, 0], np.array([[319.5, 255.5]]))
     assert xyz[0] == pytest.approx([400.0, 0.0, 0.0], abs=1e-6)
-    assert nominal_model(recipe).matrix[0, 0] == pytest.approx(12000 / 3.45)
+    lens = recipe.camera.lens  # the shipped lens, whatever it is: f in pixels
+    f_px = lens.focal_length_mm * 1000 / lens.pixel_size_um
+    assert nominal_model(recipe).matrix[0, 0] == pytest.approx(f_px)
+
+
+def test_the_default_board_and_views_follow_the_recipes_optics() -> None:
+    from test_twin_render import classic
+
+    from station.cellcal.views import MAX_BLUR_PX, blur_px, board_centre_guess, plan_views
+
+    shipped = load_recipe("glassfiber")
+    text = (Path(__file__).resolve().parents[1] / "recipes/glassfiber.yaml").read_text()
+    old = parse_recipe(yaml.safe_dump(classic(yaml.safe_load(text))))
+    assert recipe_board(old).square_mm == 5.0  # 12 mm lens at 350 mm: the board it always had
+
+    def distances(recipe: Recipe, board: BoardDef) -> list[float]:
+        centre = [*board_centre_guess(recipe), 0.0]
+        return [float(np.linalg.norm(np.subtract(p.position_mm, centre)))
+                for p in plan_views(recipe, board, 8)]
+
+    for recipe in (old, shipped):
+        board = recipe_board(recipe)
+        lens = recipe.camera.lens
+        f_px = lens.focal_length_mm * 1000 / lens.pixel_size_um
+        # from the focus distance, straight down, it spans 80-95 % of the image width
+        span = board.size_mm[0] * f_px / lens.focus_distance_mm / recipe.camera.width
+        assert 0.8 < span < 0.95
+        assert 40 < board.square_mm * f_px / lens.focus_distance_mm < 60  # px per square
+        assert np.mean(distances(recipe, board)) == pytest.approx(lens.focus_distance_mm,
+                                                                  rel=0.1)
+    # a smaller board than the view wants: the views come closer, as far as the focus allows
+    near = distances(shipped, BoardDef())
+    assert max(near) < 0.85 * shipped.camera.lens.focus_distance_mm
+    assert all(blur_px(shipped, d) < MAX_BLUR_PX for d in near)
 
 
 @pytest.mark.parametrize(("args", "params", "message"), [
@@ -184,6 +217,17 @@ def test_board_printout_is_true_scale(tmp_path: Path, capsys: pytest.CaptureFixt
     assert b"DICT_4X4_100" in data and b"square 20 mm" in data
     board = BoardDef(10, 7, 20.0, 15.0)
     assert board.image(120).shape == (7 * 120, 10 * 120)
+
+
+def test_printout_defaults_to_the_recipes_board(station_home: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    pdf = tmp_path / "board.pdf"
+    code, out, _ = run(capsys, "calibrate-camera", "--print-board", str(pdf), "-r", "glassfiber")
+    w, h = recipe_board(load_recipe("glassfiber")).size_mm
+    assert code == 0 and f"{w:g} x {h:g} mm" in out and pdf.is_file()
+    code, _, err = run(capsys, "calibrate-camera", "--print-board", str(tmp_path / "b2.pdf"))
+    assert code == 2 and "--square-mm" in err and "Traceback" not in err
+    assert not (tmp_path / "b2.pdf").exists()
 
 
 @pytest.mark.slow
@@ -268,7 +312,8 @@ def test_bad_twin_truth_is_a_recipe_problem() -> None:
 def test_a_wrong_square_size_is_warned_about(station_home: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     name = write_recipe(station_home, "ruler", {})
-    assert run(capsys, "calibrate-camera", "-r", name, "--square-mm", "5.25")[0] == 0
+    wrong = 1.05 * recipe_board(load_recipe(name)).square_mm  # the ruler read 5 % long
+    assert run(capsys, "calibrate-camera", "-r", name, "--square-mm", f"{wrong:g}")[0] == 0
     code, out, _ = run(capsys, "calibrate-hand-eye", "-r", name)
     assert code == 0 and "warning: the board poses disagree" in " ".join(out.split())
     data = yaml.safe_load(cell_path(load_recipe(name)).read_text())

@@ -151,7 +151,7 @@ def test_a_loose_image_is_a_part_only_on_a_one_pose_recipe(
     (r,) = _inspect(three, [tmp_path / "named"])
     assert r.verdict is Verdict.FAULT and "no image of pose(s) centre, right" in r.reason
 
-    robot = yaml.safe_load((station_home / "recipes" / "glassfiber.yaml").read_text())["robot"]
+    robot = yaml.safe_load((station_home / "recipes" / "small.yaml").read_text())["robot"]
     robot["poses"] = robot["poses"][1:2]
     one = small_recipe(station_home, robot=robot)
     (g,) = group_offline([loose], one)
@@ -214,3 +214,35 @@ def test_a_part_without_a_row_is_named_by_its_line_id() -> None:
     assert part_label(result(12, "ur-1")) == "12"
     assert part_label(result(None, "ur-20261203T150543729-0003")) == "ur-20261203T150543729-0003"
     assert part_label(result(None, None)) == "?"
+
+
+def test_sheet_map_decides_and_is_recorded(station_home: Path, tmp_path: Path) -> None:
+    """combine_poses sheet_map: the part's score is its fused sheet map's peak; the map, the
+    footprints and the defect region (where the white square lies on the table) are stored."""
+    recipe = small_recipe(
+        station_home, decision={"combine_poses": "sheet_map", "sheet_map_mm_per_px": 0.1}
+    )
+    db = database(recipe)
+    groups = group_offline([_layout(tmp_path / "ds")[0]], recipe)
+    with Inspector(recipe, bright_set(recipe), Recorder(db, recipe)) as insp:
+        assert insp.camera.source.startswith("exact")  # the twin's camera: the nominal one
+        fail, good = insp.run_offline(groups).results
+    assert (fail.verdict, good.verdict) == (Verdict.FAIL, Verdict.PASS)
+    assert "sheet map peak" in fail.reason
+    assert fail.scores["brightspot"] == pytest.approx(fail.sheet.peaks["brightspot"])
+    (defect,) = fail.sheet.defects
+    # the square's centre pixel (26.5, 15.5) of the centre shot, 0.1006 mm/px from 350 mm
+    k = 350.0 / (12000 / 3.45)
+    at = (400.0 + (26.5 - 31.5) * k, -(15.5 - 23.5) * k)
+    assert np.hypot(defect.centre_mm[0] - at[0], defect.centre_mm[1] - at[1]) < 0.2
+    assert defect.shots == ("centre",) and defect.peak > 1.0
+    assert 0.5 < defect.area_mm2 < 4.0  # 1.4 x 1.2 mm, grown by the max over a cell
+    assert good.sheet.defects == [] and good.sheet.unseen_mm2 > 0  # three small views
+    with db.session() as s:
+        rows = s.scalars(select(Part).order_by(Part.sequence)).all()
+        row = rows[0]
+        assert row.sheet_map_fusion == "max" and row.sheet_map_camera.startswith("exact")
+        assert (recipe.data_dir.parent / row.sheet_map_path).is_file()
+        assert [(d.detector, d.shots) for d in row.sheet_defects] == [("brightspot", ["centre"])]
+        assert all(len(sh.footprint_mm) == 4 for sh in row.shots)
+        assert rows[1].sheet_defects == [] and rows[1].sheet_map_path is not None

@@ -7,6 +7,7 @@ bright squares, so its verdicts are known in advance without a trained network.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -75,8 +76,16 @@ def small_recipe(home: Path, **overrides: Any) -> Recipe:
     """The shipped recipe, made small and fast: 64x48 camera, 32x32 detector input, no waits."""
     data = yaml.safe_load((home / "recipes" / "glassfiber.yaml").read_text())
     data["camera"].update(width=64, height=48)
-    data["preprocess"].update(size=[32, 32])
+    data["preprocess"].update(size=[32, 32], tiling={"enabled": False})  # resized, not tiled
     data["twin"].update(time_scale=0.0)
+    # the three poses and the lens these tests were written for, whatever the shipped plan
+    data["robot"].pop("poses_file", None)
+    data["robot"]["poses"] = [
+        {"name": n, "position_mm": [400.0 + d, 1.0 * d / 2, 350.0], "rotvec_rad": [math.pi, 0, 0]}
+        for n, d in (("left", -12.0), ("centre", 0.0), ("right", 12.0))
+    ]
+    data["camera"]["lens"].update(focal_length_mm=12.0, focus_distance_mm=350.0)
+    data["coverage"] = {"region_mm": [-20.0, -15.0, 20.0, 15.0], "partial": True}
     data["storage"] = {"database_url": f"sqlite:///{home}/data/station.db", "data_dir": "data"}
     for key, value in overrides.items():
         section, _, field = key.partition("__")

@@ -14,6 +14,8 @@ from station.errors import RecipeError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = (REPO / "recipes" / "glassfiber.yaml").read_text()
+# the shipped recipe's poses, written by station plan-poses into robot.poses_file
+POSES = yaml.safe_load((REPO / "recipes" / "glassfiber.poses.yaml").read_text())["poses"]
 
 
 def _station(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -27,17 +29,23 @@ def _station(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _mutated(edit) -> str:  # noqa: ANN001
+    """The shipped recipe edited, its poses inline (so that an edit may touch robot.poses)."""
     data = yaml.safe_load(SHIPPED)
+    data["robot"].pop("poses_file")
+    data["robot"]["poses"] = [dict(p) for p in POSES]
     edit(data)
     return yaml.safe_dump(data)
 
 
 def test_shipped_recipes_are_valid(station_home: Path) -> None:
     for path in sorted((REPO / "recipes").glob("*.yaml")):
-        recipe = load_recipe(str(path))
-        assert recipe.name
+        if not path.name.endswith(".poses.yaml"):  # poses files are read by their recipe
+            recipe = load_recipe(str(path))
+            assert recipe.name
     r = load_recipe("glassfiber")
-    assert [p.name for p in r.robot.poses] == ["left", "centre", "right"]
+    assert r.robot.poses_file == "glassfiber.poses.yaml"
+    assert [p.name for p in r.robot.poses] == [p["name"] for p in POSES]
+    assert len(POSES) > 3  # a raster over the whole sheet, not the old three poses
     assert r.robot_driver == "sim" and r.camera_driver == "sim" and r.line_driver == "sim"
     assert r.detectors[0].name == "patchcore"
     assert r.storage.resolved_database_url() == f"sqlite:///{station_home}/data/station.db"
@@ -51,8 +59,9 @@ def test_real_backend_picks_real_drivers() -> None:
 
 
 def test_pose_as_ur_is_metres() -> None:
-    r = parse_recipe(SHIPPED)
-    assert r.robot.poses[1].as_ur()[:3] == pytest.approx([0.4, 0.0, 0.35])
+    r = parse_recipe(SHIPPED)  # not from a file: the poses file is found under recipes/
+    x, y, z = POSES[1]["position_mm"]
+    assert r.robot.poses[1].as_ur()[:3] == pytest.approx([x / 1000, y / 1000, z / 1000])
 
 
 @pytest.mark.parametrize(
@@ -86,7 +95,7 @@ def test_several_problems_are_all_reported() -> None:
 
 def test_duplicate_pose_names_rejected() -> None:
     def edit(d: dict) -> None:
-        d["robot"]["poses"][1]["name"] = "left"
+        d["robot"]["poses"][1]["name"] = d["robot"]["poses"][0]["name"]
 
     with pytest.raises(RecipeError, match="unique"):
         parse_recipe(_mutated(edit))
@@ -142,7 +151,8 @@ def test_cli_check_prints_summary(station_home: Path) -> None:
     out = _station("recipe", "check", "glassfiber", home=station_home)
     assert out.returncode == 0, out.stderr
     assert "recipe glassfiber" in out.stdout
-    assert "left" in out.stdout and "patchcore" in out.stdout
+    assert POSES[0]["name"] in out.stdout and "patchcore" in out.stdout
+    assert "coverage 100.0 %" in out.stdout
     assert "is valid" in out.stdout
 
 
@@ -209,7 +219,9 @@ def test_cli_version_and_db_upgrade(station_home: Path) -> None:
     out = _station("db", "upgrade", home=station_home)
     assert out.returncode == 0, out.stderr
     assert (station_home / "data" / "station.db").is_file()
-    assert "revision 0003" in out.stdout
+    versions = REPO / "station/storage/migrations/versions"
+    head = max(p.name[:4] for p in versions.glob("[0-9][0-9][0-9][0-9]_*.py"))
+    assert f"revision {head}" in out.stdout  # the newest migration
 
 
 def test_relative_recipe_path_is_taken_from_the_current_folder(
@@ -220,6 +232,8 @@ def test_relative_recipe_path_is_taken_from_the_current_folder(
     here = tmp_path / "work"
     here.mkdir()
     (here / "mine.yaml").write_text(SHIPPED.replace("name: glassfiber", "name: mine"))
+    poses = "glassfiber.poses.yaml"  # robot.poses_file: beside the recipe
+    (here / poses).write_text((REPO / "recipes" / poses).read_text())
     monkeypatch.chdir(here)
     assert find_recipe("mine.yaml") == here / "mine.yaml"
     assert load_recipe("mine.yaml").name == "mine"
@@ -250,7 +264,7 @@ def _cli_problems(station_home: Path, text: str | None = None) -> list[str]:
     [
         ("exposure_us: 8000", "exposure_us: .inf", "camera.exposure_us: Input should be a finite"),
         ("exposure_us: 8000", "exposure_us: 'nan'", "camera.exposure_us: Input should be a finite"),
-        ("[388.0, -6.0, 350.0]", "[388.0, .nan, 350.0]", "robot.poses.0.position_mm.1: Input"),
+        ("[400.0, 0.0, 500.0]", "[400.0, .nan, 500.0]", "robot.home.position_mm.1: Input"),
         ("defect_kinds: {}", "defect_kinds: {hole: .inf}", "twin.defect_kinds.hole: Input"),
         ("num_neighbors: 9", "num_neighbors: -.inf", "detectors.0.params: num_neighbors = -inf"),
         (

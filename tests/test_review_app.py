@@ -567,3 +567,143 @@ def test_csv_export_is_safe_for_semicolon_comma_and_tab_readers(seeded) -> None:
     line = next(ln for ln in text.splitlines() if ln.startswith(scored["review_id"] + ","))
     assert f",{scored['part_score']}," in line and float(scored["part_score"]) > 0
     assert int(scored["part_id"]) > 0 and int(scored["sequence"]) > 0
+
+
+def _sheet_part(db, sample) -> Part:  # noqa: ANN001
+    """A rejected sample part that has a sheet map with at least one defect."""
+    with db.session() as s:
+        for pid in sample.rejected_ids:
+            part = store.load_part(s, pid)
+            if part.sheet_map_path and part.sheet_defects:
+                return part
+    raise AssertionError("the sample has no rejected part with a sheet map")
+
+
+def test_part_page_shows_the_sheet_map_with_footprints_and_defects(seeded) -> None:
+    db, sample, client = seeded
+    part = _sheet_part(db, sample)
+    html = client.get(f"/parts/{part.id}").text
+    assert f'src="/files/{part.sheet_map_path}"' in html
+    assert client.get(f"/files/{part.sheet_map_path}").content[:4] == b"\x89PNG"
+    x0, y0, x1, y1 = part.sheet_map_extent_mm
+    assert f'viewBox="{x0:g} {y0:g} {x1 - x0:g} {y1 - y0:g}"' in html
+    rx0, ry0, rx1, ry1 = part.sheet_region_mm
+    assert f'class="region" x="{rx0}" y="{ry0}" width="{rx1 - rx0}"' in html
+    for shot in part.shots:
+        points = " ".join(f"{x:g},{y:g}" for x, y in shot.footprint_mm)
+        assert f'data-pose="{shot.pose_name}" points="{points}"' in html
+    assert "sample data: axis-aligned footprints, no camera model" in html
+    rows = re.findall(r'<tr id="defect-(\d+)"[^>]*>(.*?)</tr>', html, re.S)
+    assert [int(i) for i, _ in rows] == [d.index for d in part.sheet_defects]
+    for d, (_, cells) in zip(part.sheet_defects, rows, strict=True):
+        text = re.sub(r"<[^>]+>", " ", cells)
+        assert f"{d.x_mm:.1f}, {d.y_mm:.1f}" in text
+        assert f"{d.area_mm2:.2f}" in text and f"{d.peak:.2f}×" in text
+        assert d.detector in text and ", ".join(d.shots) in text
+    assert 'id="defect-shots"' not in html  # nothing selected yet
+
+
+def test_selecting_a_defect_shows_the_shots_that_see_it(seeded) -> None:
+    from station.sheet_map import SheetDefect
+    from station.storage.parts import record_sheet_map
+
+    db, sample, client = seeded
+    part = _sheet_part(db, sample)
+    with db.session() as s:  # two defects: one seen by two shots, one by the third
+        row = s.get(Part, part.id)
+        record_sheet_map(
+            s, row, png_path=row.sheet_map_path, extent_mm=row.sheet_map_extent_mm,
+            mm_per_px=row.sheet_map_mm_per_px, fusion="max", camera_source="exact twin",
+            region_mm=row.sheet_region_mm,
+            footprints={sh.pose_name: sh.footprint_mm for sh in row.shots},
+            defects=[
+                SheetDefect((320.0, -30.0), 4.0, 1.7, "patchcore", ("left", "centre")),
+                SheetDefect((350.0, -30.0), 2.0, 1.2, "patchcore", ("right",)),
+            ],
+        )  # fmt: skip
+    page = client.get(f"/parts/{part.id}?verdict=fail").text
+    link = re.search(r'<a href="([^"]+)" class="defect-link"', page)
+    assert link, "no defect link"
+    href = link.group(1).replace("&amp;", "&")
+    assert "verdict=fail" in href and "defect=0" in href  # keeps the queue's filter
+    html = client.get(href).text
+    chosen = html[html.index('id="defect-shots"') :]
+    chosen = chosen[: chosen.index("</section>")]
+    assert re.findall(r'<figure class="shot card" data-shot="\d+" data-pose="(\w+)"', chosen) == [
+        "left",
+        "centre",
+    ]
+    with db.session() as s:
+        shots = {sh.pose_name: sh for sh in store.load_part(s, part.id).shots}
+    for pose in ("left", "centre"):
+        assert f'src="/files/{shots[pose].image_path}"' in chosen
+        for det in shots[pose].detections:
+            assert f'src="/files/{det.heatmap_path}"' in chosen
+    assert shots["right"].image_path not in chosen
+    assert '<tr id="defect-0" class="selected">' in html
+    assert 'class="defect-mark selected" id="defect-mark-0"' in html
+    assert re.findall(r'class="footprint sees" data-pose="(\w+)"', html) == ["left", "centre"]
+    # the other one, and values that select nothing
+    html = client.get(f"/parts/{part.id}?defect=1").text
+    assert "seen by 1 shot " in html and '<tr id="defect-1" class="selected">' in html
+    for bad in ("7", "abc", "-1", "1" * 40):
+        r = client.get(f"/parts/{part.id}?defect={bad}")
+        assert r.status_code == 200 and 'id="defect-shots"' not in r.text
+
+
+def test_part_without_a_sheet_map_shows_as_before(seeded) -> None:
+    db, sample, client = seeded
+    with db.session() as s:
+        old = s.scalars(select(Part).where(Part.sheet_map_path.is_(None))).first()
+        assert old is not None  # the sample's faulted parts have none
+        old = store.load_part(s, old.id)
+    html = client.get(f"/parts/{old.id}?defect=0").text
+    assert 'id="sheet-map"' not in html and "<svg" not in html
+    for shot in old.shots:
+        assert f'src="/files/{shot.image_path}"' in html
+
+
+def test_missing_sheet_map_file_is_reported_not_linked(seeded) -> None:
+    db, sample, client = seeded
+    part = _sheet_part(db, sample)
+    (Path(client.app.state.data_root) / part.sheet_map_path).unlink()
+    html = client.get(f"/parts/{part.id}").text
+    assert f"sheet map file missing: {part.sheet_map_path}" in html
+    assert 'id="sheet-map-image"' not in html and 'id="sheet-defects"' in html
+
+
+def test_sample_sheet_maps_are_fused_from_the_shot_maps(seeded) -> None:
+    """Passed parts: no region reaches the threshold. Rejected ones: the shot over threshold
+    sees a defect, whose peak is that shot's ratio (fusion by max keeps a view's peak)."""
+    db, sample, client = seeded
+    with db.session() as s:
+        parts = [store.load_part(s, pid) for pid in sample.part_ids]
+    mapped = [p for p in parts if p.sheet_map_path]
+    assert {p.verdict for p in mapped} == {Verdict.PASS, Verdict.FAIL}
+    for part in mapped:
+        over = {
+            (sh.pose_name, d.detector): d.normalized_score
+            for sh in part.shots
+            for d in sh.detections
+            if d.normalized_score >= 1.0
+        }
+        if part.verdict is Verdict.PASS:
+            assert part.sheet_defects == [] and over == {}
+            continue
+        (pose, detector), ratio = max(over.items(), key=lambda kv: kv[1])
+        best = max(part.sheet_defects, key=lambda d: d.peak)
+        assert pose in best.shots and best.detector == detector
+        assert best.peak == pytest.approx(ratio, rel=1e-3)
+        shot = next(sh for sh in part.shots if sh.pose_name == pose)
+        (fx0, fy0), (fx1, fy1) = shot.footprint_mm[0], shot.footprint_mm[2]
+        assert fx0 <= best.x_mm <= fx1 and fy0 <= best.y_mm <= fy1
+
+
+def test_sheet_map_page_on_postgresql(tmp_path: Path, fresh_postgres_url: str) -> None:
+    db, sample, client = _setup(tmp_path, url=fresh_postgres_url, n=12)
+    part = _sheet_part(db, sample)
+    html = client.get(f"/parts/{part.id}?defect=0").text
+    assert f'src="/files/{part.sheet_map_path}"' in html and 'id="defect-shots"' in html
+    assert html.count('class="footprint') == 3
+    client.close()
+    db.dispose()

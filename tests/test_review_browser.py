@@ -201,3 +201,71 @@ def test_interrupted_parts_in_the_browser(tmp_path: Path) -> None:
         browser.close()
     db.dispose()
     assert not errors, errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("javascript", [True, False], ids=["js", "no-js"])
+def test_sheet_map_and_a_defect_link_in_the_browser(tmp_path: Path, javascript: bool) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url = f"sqlite:///{tmp_path}/station.db"
+    data = tmp_path / "data"
+    db = open_database(url)
+    sample = seed_parts(db, data, 8, size=(160, 128), seed=3, reject_rate=0.7, review_rate=0)
+    with db.session() as s:
+        part = next(
+            p
+            for p in (s.get(Part, pid) for pid in sample.rejected_ids)
+            if p.sheet_map_path and p.sheet_defects
+        )
+        part_id, n_defects = part.id, len(part.sheet_defects)
+        seeing = list(part.sheet_defects[0].shots)
+    with background_server(create_app(url, data)) as base, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+        page = browser.new_context(
+            viewport={"width": 1280, "height": 900}, java_script_enabled=javascript
+        ).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{base}/parts/{part_id}")
+
+        # The map image is loaded and shown, the SVG lies exactly over it, footprints drawn.
+        image = page.locator("#sheet-map-image")
+        assert image.is_visible()
+        assert image.evaluate("img => img.complete && img.naturalWidth") > 0
+        box, over = image.bounding_box(), page.locator("#sheet-overlay").bounding_box()
+        assert box["width"] > 300
+        for k in ("x", "y", "width", "height"):
+            assert over[k] == pytest.approx(box[k], abs=1.0)
+        assert page.locator("#sheet-overlay polygon.footprint").count() == 3
+        assert page.locator("#sheet-defects tbody tr").count() == n_defects
+        assert page.locator("#defect-shots").count() == 0
+        # The defect's marker lies on the map image.
+        mark = page.locator("#defect-mark-0 circle").bounding_box()
+        cx, cy = mark["x"] + mark["width"] / 2, mark["y"] + mark["height"] / 2
+        assert box["x"] <= cx <= box["x"] + box["width"]
+        assert box["y"] <= cy <= box["y"] + box["height"]
+
+        # Selecting the defect in the list: it is highlighted and its shots are shown.
+        with page.expect_navigation():
+            page.click("#defect-0 a.defect-link")
+        assert "defect=0" in page.url
+        assert page.locator("#defect-shots").is_visible()
+        assert "selected" in (page.locator("#defect-0").get_attribute("class") or "")
+        shown = page.locator("#defect-shots figure.shot")
+        assert [shown.nth(i).get_attribute("data-pose") for i in range(shown.count())] == seeing
+        for i in range(shown.count()):
+            img = shown.nth(i).locator("img.base")
+            assert img.is_visible() and img.evaluate("i => i.naturalWidth") == 160
+        sees = page.locator("#sheet-overlay polygon.footprint.sees")
+        assert [sees.nth(i).get_attribute("data-pose") for i in range(sees.count())] == seeing
+
+        # The marker on the map is a link too; "clear" drops the selection.
+        with page.expect_navigation():
+            page.click("#clear-defect")
+        assert page.locator("#defect-shots").count() == 0
+        with page.expect_navigation():
+            page.locator("#defect-mark-0 circle").click()
+        assert "defect=0" in page.url and page.locator("#defect-shots").is_visible()
+        browser.close()
+    db.dispose()
+    assert not errors, errors

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy import select
 
 from station.errors import StorageError
+from station.sheet_map import SheetDefect
 from station.storage.db import open_database, upgrade
 from station.storage.models import (
     Base,
@@ -19,8 +22,17 @@ from station.storage.models import (
     Part,
     Review,
     ReviewLabel,
+    SheetDefectRow,
     Shot,
     Verdict,
+)
+from station.storage.parts import (
+    PartRecord,
+    RecordRefused,
+    SheetMapRecord,
+    ShotRecord,
+    record_sheet_map,
+    write_part,
 )
 
 
@@ -63,13 +75,33 @@ def _roundtrip(url: str) -> None:
     try:
         part_id = _log_part(db, "glassfiber")
         with db.session() as s:
-            s.add(Review(part_id=part_id, operator="ana", label=ReviewLabel.FALSE_REJECT,
-                         comment="<b>fold</b> from handling"))
-            s.add(Calibration(recipe="glassfiber", policy="zero_miss", source="dataset",
-                              thresholds={"patchcore": 1.23}, model_versions={"patchcore": "v1"}))
-            s.add(ModelVersion(recipe="glassfiber", detector="patchcore", version="v1",
-                               artifact_path="glassfiber/models/patchcore/v1.pt",
-                               artifact_sha256="cd" * 32, config={"coreset_ratio": 0.1}))
+            s.add(
+                Review(
+                    part_id=part_id,
+                    operator="ana",
+                    label=ReviewLabel.FALSE_REJECT,
+                    comment="<b>fold</b> from handling",
+                )
+            )
+            s.add(
+                Calibration(
+                    recipe="glassfiber",
+                    policy="zero_miss",
+                    source="dataset",
+                    thresholds={"patchcore": 1.23},
+                    model_versions={"patchcore": "v1"},
+                )
+            )
+            s.add(
+                ModelVersion(
+                    recipe="glassfiber",
+                    detector="patchcore",
+                    version="v1",
+                    artifact_path="glassfiber/models/patchcore/v1.pt",
+                    artifact_sha256="cd" * 32,
+                    config={"coreset_ratio": 0.1},
+                )
+            )
         with db.session() as s:
             part = s.get(Part, part_id)
             assert part is not None
@@ -108,10 +140,10 @@ def _tables(url: str) -> set[str]:
 
 def test_migration_from_empty_to_head_matches_models(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    assert upgrade(url) == "0003"
+    assert upgrade(url) == "0004"
     assert _tables(url) >= set(Base.metadata.tables)
     # Upgrading again is a no-op, and the schema has no drift against the models.
-    assert upgrade(url) == "0003"
+    assert upgrade(url) == "0004"
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -154,7 +186,7 @@ def test_upgrade_keeps_rows_and_then_takes_a_missing_score(tmp_path: Path) -> No
     db = open_database(url, migrate=False)
     _log_old_part(db)
     db.dispose()
-    assert upgrade(url) == "0003"
+    assert upgrade(url) == "0004"
     db = open_database(url, migrate=False)
     with db.session() as s:
         scores = sorted(s.scalars(select(Detection.score)).all())
@@ -169,8 +201,191 @@ def test_upgrade_keeps_rows_and_then_takes_a_missing_score(tmp_path: Path) -> No
 
 @pytest.mark.postgres
 def test_postgres_migration_from_empty(fresh_postgres_url: str) -> None:
-    assert upgrade(fresh_postgres_url) == "0003"
+    assert upgrade(fresh_postgres_url) == "0004"
     assert _tables(fresh_postgres_url) >= set(Base.metadata.tables)
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_keeps_old_rows_and_downgrades(fresh_postgres_url: str) -> None:
+    _upgrade_old_rows_then_add_a_sheet_map(fresh_postgres_url)
+
+
+def test_sqlite_upgrade_keeps_old_rows_and_downgrades(tmp_path: Path) -> None:
+    _upgrade_old_rows_then_add_a_sheet_map(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+def _upgrade_old_rows_then_add_a_sheet_map(url: str) -> None:
+    """0003 rows stay valid at 0004 (no sheet map); 0004 and back to 0003 keeps them too."""
+    assert upgrade(url, "0003") == "0003"
+    db = open_database(url, migrate=False)
+    _log_old_part(db)
+    db.dispose()
+    assert upgrade(url) == "0004"
+    db = open_database(url, migrate=False)
+    with db.session() as s:
+        part = s.scalars(select(Part)).one()
+        assert part.sheet_map_path is None and part.sheet_defects == []
+        assert [sh.footprint_mm for sh in part.shots] == [None, None, None]
+        record_sheet_map(s, part, **_sheet_args())
+    with db.session() as s:
+        assert s.scalar(select(sa.func.count()).select_from(SheetDefectRow)) == 2
+    db.dispose()
+    from alembic import command
+
+    from station.storage.db import alembic_config, make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        cfg = alembic_config(url)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    engine.dispose()
+    assert "sheet_defects" not in _tables(url)
+    assert upgrade(url) == "0004"  # and up again, the old part still there
+    db = open_database(url, migrate=False)
+    with db.session() as s:
+        assert s.scalars(select(Part.sheet_map_path)).all() == [None]
+        assert s.scalar(select(sa.func.count()).select_from(Shot)) == 3
+    db.dispose()
+
+
+_FOOTPRINT = [[400.0, -30.0], [464.0, -30.0], [464.0, 21.0], [400.0, 21.0]]
+
+
+def _sheet_args(**over: object) -> dict:
+    args = dict(
+        png_path="glassfiber/images/000001/sheet_map.png",
+        extent_mm=[250.0, -150.0, 550.0, 150.0],
+        mm_per_px=0.5,
+        fusion="mean",
+        camera_source="exact twin",
+        region_mm=[255.0, -145.0, 545.0, 145.0],
+        footprints={
+            "pose0": _FOOTPRINT,
+            "pose1": [[x + 50.0, y] for x, y in _FOOTPRINT],
+        },
+        defects=[
+            SheetDefect((430.5, -2.25), 3.5, 2.4, "patchcore", ("pose0", "pose1")),
+            SheetDefect((260.0, 140.0), 0.75, float("nan"), "patchcore", ("pose2",)),
+        ],
+    )
+    args.update(over)
+    return args
+
+
+def _sheet_map_roundtrip(url: str) -> None:
+    db = open_database(url)
+    try:
+        part_id = _log_part(db, "glassfiber")
+        with db.session() as s:
+            record_sheet_map(s, s.get(Part, part_id), **_sheet_args())
+        with db.session() as s:
+            part = s.get(Part, part_id)
+            assert part.sheet_map_path == "glassfiber/images/000001/sheet_map.png"
+            assert part.sheet_map_extent_mm == [250.0, -150.0, 550.0, 150.0]
+            assert part.sheet_map_mm_per_px == 0.5
+            assert (part.sheet_map_fusion, part.sheet_map_camera) == ("mean", "exact twin")
+            assert part.sheet_region_mm == [255.0, -145.0, 545.0, 145.0]
+            assert part.shots[0].footprint_mm == _FOOTPRINT
+            assert part.shots[1].footprint_mm[0] == [450.0, -30.0]
+            assert part.shots[2].footprint_mm is None  # no footprint given for pose2
+            first, second = part.sheet_defects
+            assert (first.index, first.x_mm, first.y_mm) == (0, 430.5, -2.25)
+            assert (first.area_mm2, first.peak, first.detector) == (3.5, 2.4, "patchcore")
+            assert first.shots == ["pose0", "pose1"]
+            assert second.index == 1 and second.peak is None  # NaN stored as NULL
+            # again: the map is replaced, not added to
+            one = [SheetDefect((300.0, 0.0), 1.0, 1.5, "simplenet", ("pose1",))]
+            record_sheet_map(s, part, **_sheet_args(defects=one, fusion="max"))
+        with db.session() as s:
+            part = s.get(Part, part_id)
+            assert part.sheet_map_fusion == "max"
+            assert [(d.index, d.detector) for d in part.sheet_defects] == [(0, "simplenet")]
+            s.delete(part)  # the defects go with their part
+        with db.session() as s:
+            assert s.scalar(select(sa.func.count()).select_from(SheetDefectRow)) == 0
+    finally:
+        db.dispose()
+
+
+def test_sheet_map_roundtrip_sqlite(tmp_path: Path) -> None:
+    _sheet_map_roundtrip(f"sqlite:///{tmp_path / 'station.db'}")
+
+
+@pytest.mark.postgres
+def test_sheet_map_roundtrip_postgres(fresh_postgres_url: str) -> None:
+    _sheet_map_roundtrip(fresh_postgres_url)
+
+
+def test_sheet_defects_go_with_their_part_in_sql(tmp_path: Path) -> None:
+    """ON DELETE CASCADE in the schema itself, not only in the ORM."""
+    db = open_database(f"sqlite:///{tmp_path / 'station.db'}")
+    part_id = _log_part(db, "glassfiber")
+    with db.session() as s:
+        record_sheet_map(s, s.get(Part, part_id), **_sheet_args())
+    with db.engine.begin() as conn:
+        conn.execute(sa.delete(Part.__table__).where(Part.__table__.c.id == part_id))
+        assert conn.scalar(select(sa.func.count()).select_from(SheetDefectRow)) == 0
+    db.dispose()
+
+
+@pytest.mark.parametrize(
+    ("over", "words"),
+    [
+        ({"extent_mm": [10.0, 0.0, 5.0, 1.0]}, "extent_mm must be [x0, y0, x1, y1]"),
+        ({"region_mm": [0.0, 0.0, 1.0]}, "region_mm must be"),
+        ({"mm_per_px": 0.0}, "mm_per_px must be a positive number"),
+        ({"fusion": "median"}, "fusion must be one of"),
+        ({"footprints": {"pose9": _FOOTPRINT}}, "names poses without a shot: pose9"),
+        ({"footprints": {"pose0": _FOOTPRINT[:3]}}, "footprint of pose 'pose0' must be 4"),
+        (
+            {"defects": [SheetDefect((0.0, 0.0), 1.0, 1.0, "patchcore", ("nope",))]},
+            "without a shot: nope",
+        ),
+        (
+            {"defects": [SheetDefect((float("inf"), 0.0), 1.0, 1.0, "patchcore", ())]},
+            "sheet defect 0 needs a finite centre",
+        ),
+    ],
+)
+def test_sheet_map_refuses_bad_values_and_writes_nothing(
+    tmp_path: Path, over: dict, words: str
+) -> None:
+    db = open_database(f"sqlite:///{tmp_path / 'station.db'}")
+    part_id = _log_part(db, "glassfiber")
+    with pytest.raises(RecordRefused, match=re.escape(words)), db.session() as s:
+        record_sheet_map(s, s.get(Part, part_id), **_sheet_args(**over))
+    with db.session() as s:
+        assert s.get(Part, part_id).sheet_map_path is None
+    db.dispose()
+
+
+def test_part_record_carries_its_sheet_map_through_the_journal(tmp_path: Path) -> None:
+    db = open_database(f"sqlite:///{tmp_path / 'station.db'}")
+    part = PartRecord(recipe="glassfiber", recipe_sha256="", mode="offline", run_id="run1")
+    for i in range(3):
+        part.shots.append(ShotRecord(i, f"pose{i}", f"glassfiber/p{i}.png", "ab" * 32, 640, 512))
+    write_part(db, part)  # shots first, as the cycle does; the map comes at the end
+    defects = [
+        SheetDefect((430.5, -2.25), 3.5, 2.4, "patchcore", ("pose0", "pose1")),
+        SheetDefect((260.0, 140.0), 0.75, 1.25, "patchcore", ("pose2",)),
+    ]
+    part.sheet_map = SheetMapRecord(**_sheet_args(defects=defects))
+    again = PartRecord.from_json(part.to_json())  # what a journal replay sees
+    assert again.sheet_map == part.sheet_map
+    write_part(db, again)
+    assert again.sheet_map.written
+    write_part(db, again)  # idempotent
+    with db.session() as s:
+        row = s.get(Part, again.db_id)
+        assert row.sheet_map_camera == "exact twin"
+        assert [d.shots for d in row.sheet_defects] == [["pose0", "pose1"], ["pose2"]]
+        assert row.shots[1].footprint_mm[1] == [514.0, -30.0]
+    # a journal written before the sheet map existed still reads
+    raw = json.loads(PartRecord(recipe="r", recipe_sha256="", mode="live").to_json())
+    del raw["sheet_map"]
+    assert PartRecord.from_json(json.dumps(raw)).sheet_map is None
+    db.dispose()
 
 
 def test_sqlite_uses_wal(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The emulated cell the drills share: fake UR controller with its simulated PLC, the pylon
-emulator playing twin shots, and a small `drill` recipe (64x48 camera, PatchCore at 64 px trained
-here on twin sheets) that extends glassfiber-emulated. Used by drill_kill.py and
+emulator playing twin shots, and a small `drill` recipe (64x48 camera on three poses, PatchCore
+at 64 px trained here on twin sheets) that extends glassfiber-emulated. Used by drill_kill.py and
 drill_full_disk.py --emulated; not a tool on its own.
 """
 
@@ -23,27 +23,57 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-RECIPE = """\
-extends: glassfiber-emulated
-name: drill
-robot:
-  host: {host}
-  connect_timeout_s: 10
-camera:
-  width: 64
-  height: 48
-  emulator_images: data/drill/emulator
-preprocess:
-  size: [64, 64]
-detectors:
-  - name: patchcore
-    device: cpu
-    params: {{coreset_ratio: 0.5}}
-line_io:
-  result_timeout_s: {result_timeout}
-twin:
-  defect_rate: 0.5
-"""
+# The drills' small cell, over whichever recipe they extend: a 64x48 camera on three close
+# shots resized whole, PatchCore at 64 px on the CPU. Not the shipped raster: kills and full
+# disks are the subject, not coverage.
+SMALL_CELL: dict[str, Any] = {
+    "robot": {
+        "poses_file": None,
+        "poses": [
+            {"name": n, "position_mm": [400.0 + d, d / 2, 350.0], "rotvec_rad": [3.14159, 0, 0]}
+            for n, d in (("left", -12.0), ("centre", 0.0), ("right", 12.0))
+        ],
+    },
+    "camera": {
+        "width": 64,
+        "height": 48,
+        "lens": {"focal_length_mm": 12.0, "focus_distance_mm": 350.0},
+    },
+    "preprocess": {"size": [64, 64], "tiling": {"enabled": False}},
+    "coverage": {"region_mm": [-20.0, -15.0, 20.0, 15.0], "partial": True},
+    "detectors": [{"name": "patchcore", "device": "cpu", "params": {"coreset_ratio": 0.5}}],
+}
+
+
+def small_cell(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a recipe, or an `extends` override of one) with SMALL_CELL merged in, section
+    by section (a list replaces a list)."""
+
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in over.items():
+            both = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = merge(out[key], value) if both else value
+        return out
+
+    return merge(data, SMALL_CELL)
+
+
+def drill_recipe(host: str, result_timeout_s: float, storage: dict[str, Any]) -> dict[str, Any]:
+    """The `drill` recipe on the emulated cell: glassfiber-emulated made small."""
+    return small_cell(
+        {
+            "extends": "glassfiber-emulated",
+            "name": "drill",
+            "robot": {"host": host, "connect_timeout_s": 10},
+            "camera": {"emulator_images": "data/drill/emulator"},
+            "line_io": {"result_timeout_s": result_timeout_s},
+            "twin": {"defect_rate": 0.5},
+            "storage": storage,
+        }
+    )
+
+
 DEFAULT_STORAGE = {"database_url": "sqlite:///data/station.db", "data_dir": "data"}
 DECIDED = ("pass", "fail", "fault")
 
@@ -62,8 +92,7 @@ def prepare(
     from station.recipe import load_recipe
 
     shutil.copytree(REPO / "recipes", home / "recipes", dirs_exist_ok=True)
-    text = RECIPE.format(host=host, result_timeout=result_timeout_s)
-    text += yaml.safe_dump({"storage": storage or DEFAULT_STORAGE})
+    text = yaml.safe_dump(drill_recipe(host, result_timeout_s, storage or DEFAULT_STORAGE))
     (home / "recipes" / "drill.yaml").write_text(text)
     recipe = load_recipe("drill")
     with (

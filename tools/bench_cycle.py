@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS = ("motion", "exposure", "inference", "logging", "line", "wait", "cycle")
+KEYS = ("motion", "exposure", "inference", "starved", "logging", "line", "wait", "cycle")
 
 
 def _recipe(home: Path, args: argparse.Namespace) -> Any:
@@ -44,6 +44,9 @@ def _recipe(home: Path, args: argparse.Namespace) -> Any:
         det["device"] = args.device
     text = yaml.safe_dump(data)
     (home / "recipes").mkdir(parents=True, exist_ok=True)
+    poses = data["robot"].get("poses_file")
+    if poses:  # the planned poses travel with the recipe
+        shutil.copy(REPO / "recipes" / poses, home / "recipes" / poses)
     path = home / "recipes" / "glassfiber.yaml"
     path.write_text(text)
     return parse_recipe(text, str(path))
@@ -51,6 +54,7 @@ def _recipe(home: Path, args: argparse.Namespace) -> Any:
 
 def _bench_detectors(recipe: Any, args: argparse.Namespace) -> Any:
     """A PatchCore trained on good twin sheets, threshold = max training score (see above)."""
+    from station.detectors.engine import training_tiles
     from station.detectors.registry import create_detector
     from station.imaging import preprocess
     from station.inspection.models import DetectorSet, LoadedDetector
@@ -62,16 +66,20 @@ def _bench_detectors(recipe: Any, args: argparse.Namespace) -> Any:
         for seed in range(1000, 1000 + args.train_parts)
         for _, img, _ in render_part_shots(recipe, seed, defective=False)
     ]
+    if recipe.preprocess.tiling.enabled:  # cut as `station train` does
+        images = list(training_tiles(images, recipe.preprocess, seed=0))
     t0 = time.perf_counter()
     det = create_detector(
         cfg.name, backbone=cfg.backbone, weights=cfg.weights, device=cfg.device, **cfg.params
     )
     det.fit(images)
     fit_s = time.perf_counter() - t0
-    scores = det.predict(np.stack(images)).scores
+    scores = np.concatenate(
+        [det.predict(np.stack(images[s : s + 16])).scores for s in range(0, len(images), 16)]
+    )
     threshold = float(np.max(scores))
     print(
-        f"trained {cfg.name} on {len(images)} good twin shots in {fit_s:.1f} s; "
+        f"trained {cfg.name} on {len(images)} good twin inputs in {fit_s:.1f} s; "
         f"bench threshold {threshold:.4g} (max training score, not a calibration)"
     )
     return DetectorSet(
@@ -93,6 +101,23 @@ def _run(recipe: Any, detectors: Any, db: Any, pipelined: bool, args: argparse.N
         Inspector(recipe, detectors, Recorder(db, recipe), dev, pipelined=pipelined) as insp,
     ):
         return insp.run_live(count=args.parts)
+
+
+def _tiled(recipe: Any) -> bool:
+    return bool(recipe.preprocess.tiling.enabled)
+
+
+def _inputs_per_part(recipe: Any) -> int:
+    """Detector inputs per part: tiles per shot (or 1) times shots."""
+    if not _tiled(recipe):
+        return len(recipe.robot.poses)
+    from station.tiling import tile_origins
+
+    pre = recipe.preprocess
+    w, h = (pre.crop[2], pre.crop[3]) if pre.crop else (recipe.camera.width, recipe.camera.height)
+    ov = pre.tiling.overlap_px
+    per_shot = len(tile_origins(w, pre.size[0], ov)) * len(tile_origins(h, pre.size[1], ov))
+    return per_shot * len(recipe.robot.poses)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     ratio = results["sequential"]["cycle"] / results["pipelined"]["cycle"]
     print(f"cycle time ratio sequential / pipelined: {ratio:.2f}")
+    inputs = _inputs_per_part(recipe)
+    for name, row in results.items():
+        rate = inputs / (row["inference"] / 1000.0) if row["inference"] else float("nan")
+        row["detector_inputs_per_part"] = inputs
+        row["inputs_per_s"] = round(rate, 2)
+        print(
+            f"{name}: {inputs} detector inputs per part ({'tiles' if _tiled(recipe) else 'shots'}"
+            f"), {rate:.1f} per second of inference; inference starved (waiting for motion "
+            f"and exposure) {row['starved'] / 1000:.2f} s per part"
+        )
     same = verdicts["sequential"] == verdicts["pipelined"]
     print(f"same verdicts on the same parts: {'yes' if same else 'NO'}")
     if args.json:

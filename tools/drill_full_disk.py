@@ -42,12 +42,11 @@ PART_LINE = re.compile(r"^part (\S+): (pass|fail|fault|interrupted)\b")
 
 
 def _recipe(home: Path, disk: Path, args: argparse.Namespace) -> None:
-    data = yaml.safe_load((REPO / "recipes" / "glassfiber.yaml").read_text())
+    from _emulated_cell import small_cell
+
+    data = small_cell(yaml.safe_load((REPO / "recipes" / "glassfiber.yaml").read_text()))
     data["name"] = "drill"
-    data["camera"].update(width=64, height=48)
-    data["preprocess"].update(size=[64, 64])
     data["twin"].update(time_scale=0.0)
-    data["detectors"] = [{"name": "patchcore", "device": "cpu", "params": {"coreset_ratio": 0.5}}]
     data["storage"] = _storage(disk, args)
     (home / "recipes" / "drill.yaml").write_text(yaml.safe_dump(data))
 

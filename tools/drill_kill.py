@@ -2,13 +2,13 @@
 
 The fake UR controller runs in this process with its simulated PLC (station.twin.fake_ur.plc),
 the pylon camera emulator plays twin shots, and `station inspect --live` runs as a real
-subprocess on a small recipe that extends glassfiber-emulated (64x48 camera, PatchCore at
-64 px trained here on twin sheets). The station is killed with SIGKILL mid-part (robot moving,
-sheet waiting for its result) `--kills` times and restarted each time; a last run inspects
-`--final-count` sheets and exits. Then it counts: sheets presented and their dispositions, the
-database rows by verdict (killed parts come back `interrupted`), shot files on disk, and checks
-that every sheet without a valid result was rejected and every decided sheet was routed by its
-verdict.
+subprocess on a small recipe that extends glassfiber-emulated (64x48 camera on three poses,
+PatchCore at 64 px trained here on twin sheets). The station is killed with SIGKILL mid-part
+(robot moving, sheet waiting for its result) `--kills` times and restarted each time; a last
+run inspects `--final-count` sheets and exits. Then it counts: sheets presented and their
+dispositions, the database rows by verdict (killed parts come back `interrupted`), shot files
+on disk, and checks that every sheet without a valid result was rejected and every decided
+sheet was routed by its verdict.
 
     .venv/bin/python tools/drill_kill.py --kills 3 [--home DIR] [--json OUT]
 """

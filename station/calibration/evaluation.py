@@ -155,6 +155,13 @@ def read_test_set(cat: Path, cfg: PreprocessConfig, progress: ProgressFn) -> Lab
         raise StationError(f"no test images in {cat / 'test'}")
     task = f"{cat.name} reading test"
     images = load_images([it.path for it in items], cfg, lambda d, n: progress(task, d, n))
+    sizes = {img.shape[:2] for img in images}  # tiled shots keep their own size
+    if len(sizes) > 1:
+        raise StationError(
+            f"the test images of {cat} differ in size after preprocessing ({len(sizes)} sizes); "
+            "the metrics compare maps pixel by pixel",
+            hint="evaluate one image size per category, or switch preprocess.tiling off",
+        )
     labels = np.array([it.label for it in items], dtype=np.int64)
     has_masks = all(it.mask_path is not None for it in items if it.label == 1)
     h, w = images[0].shape[:2]

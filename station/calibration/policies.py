@@ -27,18 +27,25 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from station.calibration.bootstrap import RateEstimate, parts_needed
 from station.calibration.roc import as_scores, candidate_thresholds, count_at
 from station.errors import CalibrationError
 
 if TYPE_CHECKING:
+    from station.calibration.bootstrap import RateEstimate
     from station.recipe import DecisionConfig
 
 _EPS = 1e-9  # budgets are fractions; counts compare against budget * n with this slack
 
 
 Value = float | None  # a policy's parameter (None: it has none)
-Rate = RateEstimate
+
+
+def parts_needed(rate: float, level: float) -> int | None:  # bootstrap imports scipy
+    """`bootstrap.parts_needed`, imported on use: loading a recipe needs this module's names
+    (`RULES`), and scipy behind bootstrap would add seconds to every command's start."""
+    from station.calibration.bootstrap import parts_needed as needed
+
+    return needed(rate, level)
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,9 @@ class PolicyRule:
         order = np.lexsort((-t[idx], c.fr[idx], c.miss[idx], np.round(objective[idx], 12)))
         return int(idx[order[0]])
 
-    def warnings(self, value: Value, fr: Rate, miss: Rate, level: float) -> list[str]:
+    def warnings(
+        self, value: Value, fr: RateEstimate, miss: RateEstimate, level: float
+    ) -> list[str]:
         """What the calibration set cannot show about this policy's promise."""
         return []
 
@@ -122,7 +131,9 @@ class ZeroMiss(PolicyRule):
     def objective(self, c: Counts, value: Value) -> tuple[np.ndarray, np.ndarray]:
         return c.miss == 0, c.fr.astype(np.float64)
 
-    def warnings(self, value: Value, fr: Rate, miss: Rate, level: float) -> list[str]:
+    def warnings(
+        self, value: Value, fr: RateEstimate, miss: RateEstimate, level: float
+    ) -> list[str]:
         if miss.n and miss.upper is not None and miss.upper > 0.01:
             return [
                 f"{miss.count} misses in {miss.n} defective parts only shows a miss rate <= "
@@ -143,7 +154,9 @@ class FalseRejectBudget(PolicyRule):
     def objective(self, c: Counts, value: Value) -> tuple[np.ndarray, np.ndarray]:
         return c.fr <= value * c.n_good + _EPS, c.miss.astype(np.float64)
 
-    def warnings(self, value: Value, fr: Rate, miss: Rate, level: float) -> list[str]:
+    def warnings(
+        self, value: Value, fr: RateEstimate, miss: RateEstimate, level: float
+    ) -> list[str]:
         return _fr_bound_warning(fr, float(value), level)
 
 
@@ -159,7 +172,9 @@ class MissBudget(PolicyRule):
     def objective(self, c: Counts, value: Value) -> tuple[np.ndarray, np.ndarray]:
         return c.miss <= value * c.n_defect + _EPS, c.fr.astype(np.float64)
 
-    def warnings(self, value: Value, fr: Rate, miss: Rate, level: float) -> list[str]:
+    def warnings(
+        self, value: Value, fr: RateEstimate, miss: RateEstimate, level: float
+    ) -> list[str]:
         budget = float(value)
         if not miss.n or miss.upper is None or miss.upper <= budget:
             return []
@@ -227,7 +242,9 @@ class GoodQuantile(PolicyRule):
             raise CalibrationError(f"no threshold of {what} meets policy {self.name}")
         return int(ok[0])
 
-    def warnings(self, value: Value, fr: Rate, miss: Rate, level: float) -> list[str]:
+    def warnings(
+        self, value: Value, fr: RateEstimate, miss: RateEstimate, level: float
+    ) -> list[str]:
         return _fr_bound_warning(fr, 1.0 - float(value), level)
 
 

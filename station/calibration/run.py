@@ -1,7 +1,9 @@
 """A recipe's threshold calibration end to end, as `station calibrate-threshold` runs it.
 
 `labelled_scores` gets the labelled part scores (operator reviews in the database, or an
-MVTec-layout folder scored by the trained detectors); `calibrate_recipe` applies the policy
+MVTec-layout folder scored by the trained detectors; with `combine_poses: sheet_map` the caller
+gives the sheet map's camera model, which this layer cannot load: station.cellcal is a sibling
+layer, the CLI passes `inspection_camera(recipe)`); `calibrate_recipe` applies the policy
 (`policies.resolve_policy`) with the recipe's decision rule and compares the other policies.
 """
 
@@ -18,6 +20,7 @@ from station.errors import CalibrationError
 
 if TYPE_CHECKING:
     from station.recipe import Recipe
+    from station.sheet_map import CameraLike
 
 
 def check_label_source(dataset: Path | None, from_reviews: bool) -> None:
@@ -48,15 +51,19 @@ def labelled_scores(
     database_url: str | None = None,
     batch_size: int = 16,
     progress: ProgressFn | None = None,
+    camera: CameraLike | None = None,
 ) -> tuple[PartScores, str]:
-    """(labelled part scores, where they come from in words) for a calibration."""
+    """(labelled part scores, where they come from in words) for a calibration; `camera`: the
+    sheet map's camera model (needed with combine_poses sheet_map)."""
     check_label_source(dataset, from_reviews)
     db_url = database_url or recipe.storage.resolved_database_url()
     if from_reviews:
         return scores_from_reviews(recipe, db_url), f"reviews in {db_url.split('@')[-1]}"
     root = labelled_folder(recipe, dataset)
     source = "dataset" if dataset is not None else "capture"
-    data = score_folder(recipe, root, source, batch_size=batch_size, progress=progress)
+    data = score_folder(
+        recipe, root, source, batch_size=batch_size, progress=progress, camera=camera
+    )
     return data, str(root)
 
 

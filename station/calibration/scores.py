@@ -8,7 +8,12 @@
   (defect_confirmed = defective, false_reject = good); the scores are the stored Detection
   scores of its shots. Reviews mostly cover rejected parts, and the result says so.
 
-A part's score for one detector is `combine_poses` (max or mean) over its shots.
+A part's score for one detector is `combine_poses` (max or mean) over its shots. With
+`combine_poses: sheet_map` it is the raw peak of the part's sheet map, built as inspection
+builds it (`sheet_map_peaks`): each shot's detector maps projected through the given camera
+model from the recipe pose of its name, fused by `decision.sheet_fusion`; parts are scored one
+at a time (one part's maps in memory). Reviews cannot give it (the database keeps shot scores,
+not the map peaks), so that source is refused.
 """
 
 from __future__ import annotations
@@ -25,14 +30,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from station.calibration.core import PartScores
+from station.coverage import region_rect
 from station.datasets import MVTecFolder
 from station.decision import COMBINE_POSES, combine_scores
 from station.detectors.engine import ScoringEngine, load_models
 from station.errors import CalibrationError
+from station.sheet_map import Grid, SheetMapper, shot_view
 
 if TYPE_CHECKING:
+    from station.datasets import DatasetItem
     from station.detectors.artifact import LoadedModel
     from station.recipe import Recipe
+    from station.sheet_map import CameraLike
 
 CAPTURE_STEM = re.compile(r"^p(\d{6,})_(.+)$")
 ProgressFn = Callable[[str, int, int], None]
@@ -107,9 +116,11 @@ def score_folder(
     models: dict[str, LoadedModel] | None = None,
     batch_size: int = 16,
     progress: ProgressFn | None = None,
+    camera: CameraLike | None = None,
 ) -> PartScores:
     """Score the labelled test images of an MVTec-layout folder with the recipe's detectors
-    (`models`, default their newest trained versions)."""
+    (`models`, default their newest trained versions). `camera`: the sheet map's camera model
+    (`station.cellcal.store.inspection_camera`), needed with `combine_poses: sheet_map`."""
     root = Path(root)
     items = MVTecFolder(root).test_items()
     if not items:
@@ -119,31 +130,30 @@ def score_folder(
             "with test/good and test/<defect> images",
         )
     group = all(CAPTURE_STEM.match(it.stem) for it in items)
+    dec = recipe.decision
+    if dec.combine_poses == "sheet_map" and camera is None:
+        raise CalibrationError(
+            "combine_poses sheet_map scores a part on its sheet map, and no camera model was given",
+            hint="calibrate with station calibrate-threshold (it uses the station's)",
+        )
     models = models if models is not None else load_models(recipe)
     engine = ScoringEngine.from_models(models, recipe.preprocess, batch_size)
-    results = engine.score_files(
-        [it.path for it in items],
-        progress=(lambda done, total: progress("scoring", done, total)) if progress else None,
-    )
-    shot_scores = {name: [float(s) for s in r.scores] for name, r in results.items()}
     # one image, one part: keyed by its path, as MVTec AD reuses 000.png in every folder
     keys = [
         part_key(it.stem, group) if group else it.path.relative_to(root).with_suffix("").as_posix()
         for it in items
     ]
-    pose_index = {p.name: k for k, p in enumerate(recipe.robot.poses)}
-
-    def pose_of(stem: str) -> int:
-        m = CAPTURE_STEM.match(stem) if group else None
-        return pose_index.get(m.group(2), len(pose_index)) if m else 0
-
-    parts, labels, scores, shots = group_parts(
-        keys,
-        [it.label for it in items],
-        shot_scores,
-        recipe.decision.combine_poses,
-        [pose_of(it.stem) for it in items],
-    )
+    how = f"{dec.combine_poses} over each part's shots"
+    if dec.combine_poses == "sheet_map" and camera is not None:
+        parts, labels, scores, shots = sheet_map_peaks(
+            recipe, engine, items, keys, camera, progress
+        )
+        how = (
+            f"each detector's raw peak on the part's sheet map ({dec.sheet_fusion} over views, "
+            f"{dec.sheet_map_mm_per_px:g} mm/px; camera model: {camera.source})"
+        )
+    else:
+        parts, labels, scores, shots = _shot_parts(recipe, engine, items, keys, group, progress)
     digest = dataset_hash(
         (it.path.relative_to(root).as_posix(), it.label, file_sha256(it.path)) for it in items
     )
@@ -151,7 +161,8 @@ def score_folder(
     what = "parts (shots grouped by p<sequence>_ prefix)" if group else "images (one part each)"
     notes = [
         f"labels from folder {root}: {len(parts) - n_def} good and {n_def} defective {what}, "
-        f"{len(items)} shots"
+        f"{len(items)} shots",
+        f"part scores: {how}",
     ]
     return PartScores(
         part_ids=parts,
@@ -166,6 +177,125 @@ def score_folder(
     )
 
 
+def _shot_parts(
+    recipe: Recipe,
+    engine: ScoringEngine,
+    items: Sequence[DatasetItem],
+    keys: Sequence[str],
+    group: bool,
+    progress: ProgressFn | None,
+) -> tuple[list[str], np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every image scored (in batches), then folded into parts by `combine_poses` (max, mean)."""
+    results = engine.score_files(
+        [it.path for it in items],
+        progress=(lambda done, total: progress("scoring", done, total)) if progress else None,
+    )
+    shot_scores = {name: [float(s) for s in r.scores] for name, r in results.items()}
+    pose_index = {p.name: k for k, p in enumerate(recipe.robot.poses)}
+
+    def pose_of(stem: str) -> int:
+        m = CAPTURE_STEM.match(stem) if group else None
+        return pose_index.get(m.group(2), len(pose_index)) if m else 0
+
+    return group_parts(
+        keys,
+        [it.label for it in items],
+        shot_scores,
+        recipe.decision.combine_poses,
+        [pose_of(it.stem) for it in items],
+    )
+
+
+def _part_shots(
+    recipe: Recipe, key: str, items: Sequence[DatasetItem]
+) -> list[tuple[str, DatasetItem]]:
+    """A part's (pose name, image) in recipe pose order: one image of every recipe pose (the
+    capture layout), or on a one-pose recipe one image of any name."""
+    poses = [p.name for p in recipe.robot.poses]
+    named: dict[str, DatasetItem] = {}
+    for it in items:
+        m = CAPTURE_STEM.match(it.stem)
+        pose = m.group(2) if m else (poses[0] if len(poses) == 1 else None)
+        if pose is None or pose not in poses:
+            what = "is not named p<sequence>_<pose>" if pose is None else f"has pose {pose!r}"
+            raise CalibrationError(
+                f"{it.path.name} {what}, not one of recipe {recipe.name}'s poses "
+                f"({', '.join(poses)}): combine_poses sheet_map places each shot by its pose",
+                hint="calibrate on parts captured with this recipe (station capture), or set "
+                "decision.combine_poses to max",
+            )
+        if pose in named:
+            raise CalibrationError(
+                f"part {key} has two images of pose {pose}: {named[pose].path.name} and "
+                f"{it.path.name}",
+                hint="keep one image per pose and part",
+            )
+        named[pose] = it
+    missing = [p for p in poses if p not in named]
+    if missing:
+        raise CalibrationError(
+            f"part {key} has no image of pose {', '.join(missing)}: its sheet map would miss "
+            "what those shots see",
+            hint="capture the part again, or remove its images",
+        )
+    return [(p, named[p]) for p in poses]
+
+
+def sheet_map_peaks(
+    recipe: Recipe,
+    engine: ScoringEngine,
+    items: Sequence[DatasetItem],
+    keys: Sequence[str],
+    camera: CameraLike,
+    progress: ProgressFn | None = None,
+) -> tuple[list[str], np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(part ids, labels, raw sheet-map peak per detector and part, the same as N x 1 "shots")
+    for images grouped into parts by `keys`: part by part, its shots scored with their maps,
+    projected from the recipe pose of their name and fused over the inspected region, as
+    inspection does (station.inspection.sheet)."""
+    index: dict[str, list[DatasetItem]] = defaultdict(list)
+    for it, key in zip(items, keys, strict=True):
+        index[key].append(it)
+    parts = sorted(index)
+    tcp = {p.name: [*p.position_mm, *p.rotvec_rad] for p in recipe.robot.poses}
+    dec, region = recipe.decision, region_rect(recipe)
+    peaks = {n: np.full(len(parts), np.nan) for n in engine.detectors}
+    labels = np.zeros(len(parts), np.int64)
+    done = 0
+    for r, key in enumerate(parts):
+        shots = _part_shots(recipe, key, index[key])
+        results = engine.score_files([it.path for _, it in shots], keep_maps=True)
+        mapper = SheetMapper(
+            Grid.over(region, dec.sheet_map_mm_per_px),
+            dec.sheet_fusion,
+            camera.table_to_base,
+            region,
+        )
+        try:
+            for i, (pose, _) in enumerate(shots):
+                view = shot_view(camera, pose, tcp[pose], recipe.preprocess.crop)
+                mapper.add(view, {n: res.map(i) for n, res in results.items()})
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            raise CalibrationError(
+                f"sheet map of part {key} not built: {exc}",
+                hint="check the poses and the camera model",
+            ) from None
+        found = mapper.result().peaks()
+        for n in engine.detectors:
+            if not np.isfinite(found.get(n, np.nan)):
+                raise CalibrationError(
+                    f"the sheet map of part {key} sees no cell of the region "
+                    f"{[round(v, 1) for v in region]} mm",
+                    hint="check the poses and the camera model",
+                )
+            peaks[n][r] = found[n]
+        labels[r] = max(it.label for _, it in shots)
+        done += len(shots)
+        if progress:
+            progress("scoring", done, len(items))
+    return parts, labels, peaks, {n: v[:, None] for n, v in peaks.items()}
+
+
 @dataclass
 class _Reviewed:
     sequence: int
@@ -178,6 +308,13 @@ class _Reviewed:
 
 def scores_from_reviews(recipe: Recipe, database_url: str | None = None) -> PartScores:
     """Labels from the newest operator review of each part, scores from stored detections."""
+    if recipe.decision.combine_poses == "sheet_map":
+        raise CalibrationError(
+            "combine_poses sheet_map scores a part on its sheet map's peak, which the database "
+            "does not keep (it keeps shot scores)",
+            hint="calibrate on labelled captures (station calibrate-threshold without "
+            "--from-reviews)",
+        )
     names = [d.name for d in recipe.detectors]
     rows, newest_models, unscored, partial = _read_reviews(recipe, names, database_url)
     if not rows:
@@ -267,8 +404,12 @@ def _read_reviews(
             for part in parts:
                 review = max(part.reviews, key=lambda r: (r.created_at, r.id))
                 per_det: dict[str, list[tuple[float, str]]] = {n: [] for n in names}
-                dets = [d for sh in sorted(part.shots, key=lambda sh: sh.pose_index)
-                        for d in sh.detections if d.detector in per_det]
+                dets = [
+                    d
+                    for sh in sorted(part.shots, key=lambda sh: sh.pose_index)
+                    for d in sh.detections
+                    if d.detector in per_det
+                ]
                 if any(d.score is None for d in dets):
                     unscored += 1
                     continue

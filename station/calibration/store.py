@@ -160,6 +160,9 @@ def save_calibration(
     png = plot_path(path)
     cal_id: int | None = None
     doc = result_document(result, None, dataset, _display(png), _display(scores_path(hist)))
+    if result.combine_poses == "sheet_map":  # the map's fusion and grid set the scores' scale
+        doc["decision"]["sheet_fusion"] = recipe.decision.sheet_fusion
+        doc["decision"]["sheet_map_mm_per_px"] = recipe.decision.sheet_map_mm_per_px
     if record:
         cal_id = _record(result, doc, _display(hist), database_url or _db_url(recipe))
         doc["id"] = cal_id
@@ -298,7 +301,10 @@ def _mismatch(doc: dict[str, Any], recipe: Recipe, versions: dict[str, str]) -> 
     if extra:
         why.append(f"it also covers detector(s) {', '.join(extra)} that are not running")
     decision = doc.get("decision") or {}
-    for key in ("combine_poses", "combine_detectors"):
+    keys = ["combine_poses", "combine_detectors"]
+    if recipe.decision.combine_poses == "sheet_map":
+        keys += ["sheet_fusion", "sheet_map_mm_per_px"]
+    for key in keys:
         want = getattr(recipe.decision, key)
         if decision.get(key, want) != want:
             why.append(f"it was made for {key}={decision.get(key)}, the recipe says {want}")

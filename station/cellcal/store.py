@@ -24,6 +24,7 @@ import yaml
 
 from station.cellcal import geometry as geo
 from station.cellcal.views import nominal_mount
+from station.devices.camera_truth import twin_camera
 from station.errors import CellCalibrationError
 from station.files import atomic_write, writing
 from station.paths import resolve, station_home
@@ -131,8 +132,8 @@ def nominal_model(recipe: Recipe) -> CameraModel:
     cam = recipe.camera
     f = cam.lens.focal_length_mm * 1000.0 / cam.lens.pixel_size_um
     k = np.array([[f, 0, (cam.width - 1) / 2], [0, f, (cam.height - 1) / 2], [0, 0, 1.0]])
-    return CameraModel(k, np.zeros(5), np.eye(4), geo.inv(nominal_mount(recipe)), np.eye(4),
-                       cam.width, cam.height,
+    mount = nominal_mount(recipe)  # the camera is where tcp_offset_mm says: at the TCP
+    return CameraModel(k, np.zeros(5), mount, geo.inv(mount), np.eye(4), cam.width, cam.height,
                        "nominal (recipe lens, no distortion, tcp_offset_mm, table at z = 0)",
                        False)
 
@@ -172,6 +173,18 @@ def camera_model(recipe: Recipe) -> CameraModel:
                        geo.from_dict(he["board_to_base"]), nominal.width, nominal.height,
                        f"calibrated ({display(path)}: camera {c['date']}, hand-eye "
                        f"{he['date']})", True)
+
+
+def inspection_camera(recipe: Recipe) -> CameraModel:
+    """The camera model the sheet map uses: exact on the twin (its true camera), else
+    `camera_model(recipe)` (calibrated when the cell calibration exists, else nominal)."""
+    exact = twin_camera(recipe)
+    if exact is None:
+        return camera_model(recipe)
+    return CameraModel(exact.matrix, exact.dist, exact.tcp_to_camera, np.eye(4), np.eye(4),
+                       exact.width, exact.height,
+                       "exact (the twin's true camera: twin.params.camera_truth, else nominal)",
+                       False)
 
 
 def summary(recipe: Recipe) -> str:

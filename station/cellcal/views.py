@@ -24,6 +24,8 @@ REACH_MM = 850.0  # UR5, base axis to flange
 MIN_HEIGHT_MM = 60.0  # camera above the table
 MIN_VIEWS = 8
 MAX_BLUR_PX = 1.6  # focus blur (Gaussian sigma) allowed at the board centre
+BOARD_FILL = 0.9  # the board should span this share of the image (width or height) ...
+VIEW_BLUR_PX = 1.0  # ... but the views come no closer than this focus blur allows
 
 
 def nominal_mount(recipe: Recipe) -> np.ndarray:
@@ -62,6 +64,23 @@ def blur_px(recipe: Recipe, distance_mm: float) -> float:
     return coc_mm * 1000.0 / lens.pixel_size_um / 2.4
 
 
+def view_distance(recipe: Recipe, board: BoardDef) -> float:
+    """The views' mean distance to the board, in mm: the lens's focus distance (calibrate as
+    the camera works: the focus stays), or closer where the board would fill less than
+    BOARD_FILL of the image there, but never closer than where its focus blur reaches
+    VIEW_BLUR_PX (the views spread +-7 % around it; `problem` still checks each one)."""
+    lens, cam = recipe.camera.lens, recipe.camera
+    f, n, s = lens.focal_length_mm, lens.f_number, lens.focus_distance_mm
+    f_px = f * 1000.0 / lens.pixel_size_um
+    w, h = board.size_mm
+    fill = f_px * max(w / (BOARD_FILL * cam.width), h / (BOARD_FILL * cam.height))
+    # blur_px(d) = VIEW_BLUR_PX for d < s: coc(d) = a * (s - d) / d
+    a = f * f / (n * (s - f))
+    coc = VIEW_BLUR_PX * 2.4 * lens.pixel_size_um / 1000.0
+    sharp = s / (1.0 + coc / a)
+    return float(min(s, max(fill, sharp)))
+
+
 def problem(recipe: Recipe, cam: np.ndarray, board_centre: np.ndarray) -> str | None:
     """Why a camera pose (nominal model) cannot be used, or None."""
     flange = cam @ geo.inv(nominal_mount(recipe))
@@ -93,7 +112,7 @@ def plan_views(recipe: Recipe, board: BoardDef, count: int = 20,
             hint=f"give --count {MIN_VIEWS} or more (20 is a good number)")
     bc = np.array([*(centre or board_centre_guess(recipe)), 0.0])
     w, h = board.size_mm
-    s = recipe.camera.lens.focus_distance_mm
+    s = view_distance(recipe, board)
     out: list[Pose] = []
     tilts = (0.0, 20.0, 30.0, 40.0)
     for i in range(count * 6):

@@ -31,6 +31,7 @@ app = typer.Typer(
 # Modules under station.cli that each define `register(app)`. Order is the order in --help.
 COMMAND_MODULES = [
     "recipe",
+    "plan",
     "db",
     "capture",
     "train",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from station.detectors.registry import load_recipe
+from station.calibration.recipes import load_recipe
 
 if TYPE_CHECKING:
     from station.calibration.core import CalibrationResult, PartScores
@@ -103,13 +103,23 @@ def _load_scores(
     if from_reviews:
         return labelled_scores(cfg, from_reviews=True, database_url=db_url)
     labelled_folder(cfg, dataset)  # refused before the spinner starts
+    camera = None
+    if cfg.decision.combine_poses == "sheet_map":  # parts scored on their sheet maps
+        from station.cellcal.store import inspection_camera
+
+        camera = inspection_camera(cfg)  # as inspection: exact twin, calibrated, or nominal
     with console.status("scoring labelled images with the trained detectors") as status:
 
         def progress(stage: str, done: int, total: int) -> None:
             status.update(f"{stage}: {done}/{total} images")
 
         return labelled_scores(
-            cfg, dataset=dataset, database_url=db_url, batch_size=batch_size, progress=progress
+            cfg,
+            dataset=dataset,
+            database_url=db_url,
+            batch_size=batch_size,
+            progress=progress,
+            camera=camera,
         )
 
 

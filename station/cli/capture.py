@@ -27,9 +27,9 @@ def register(app: typer.Typer) -> None:
         seed: int | None = typer.Option(None, "--seed", help="Twin seed (default: twin.seed)."),
     ) -> None:
         """Move through the recipe's poses for each part and store one shot per pose."""
+        from station.calibration.recipes import load_recipe
         from station.cli.app import console, err_console
         from station.cli.progress import make_progress
-        from station.detectors.registry import load_recipe
         from station.inspection.capture import check_arguments, run_capture
 
         rec = load_recipe(recipe)

@@ -36,7 +36,9 @@ def calibrate_camera(
     print_board: Path | None = typer.Option(
         None, "--print-board", help="Write the board as a true-scale PDF and stop."),
     squares: str = typer.Option("12x9", "--squares", help="Board squares, X x Y."),
-    square_mm: float = typer.Option(5.0, "--square-mm", help="Square side as measured."),
+    square_mm: float | None = typer.Option(
+        None, "--square-mm",
+        help="Square side as measured (default: the recipe's board, sized to its view)."),
     marker_mm: float | None = typer.Option(
         None, "--marker-mm", help="Marker side (default 0.75 x square)."),
     dictionary: str = typer.Option("DICT_4X4_100", "--dictionary", help="ArUco dictionary."),
@@ -55,11 +57,19 @@ def calibrate_camera(
     distances spread), detects the board, solves, drops outlier views and writes
     calibration/cell-<recipe>.yaml (a history copy under calibration/history/).
     """
+    from station.calibration.recipes import load_recipe
     from station.cellcal import run, views
     from station.cellcal.printout import write_board_pdf
+    from station.charuco import recipe_board
     from station.cli.app import console
-    from station.detectors.registry import load_recipe
 
+    rcp = load_recipe(recipe) if recipe else None
+    if square_mm is None:  # the board the recipe's camera sees best at its focus distance
+        if rcp is None:
+            raise CellCalibrationError(
+                "give --recipe (the board is sized to its camera's view) or --square-mm",
+                hint="e.g. station calibrate-camera --print-board board.pdf --recipe glassfiber")
+        square_mm = recipe_board(rcp).square_mm
     board = _board(squares, square_mm, marker_mm, dictionary)
     if print_board is not None:
         write_board_pdf(board, print_board)
@@ -67,10 +77,9 @@ def calibrate_camera(
         console.print(f"[green]wrote[/] {print_board}: {board.describe()}, {w:g} x {h:g} mm "
                       "at true scale (print at 100 %)", highlight=False)
         return
-    if not recipe:
+    if rcp is None:
         raise CellCalibrationError("give --recipe (or --print-board FILE)",
                                    hint="e.g. station calibrate-camera --recipe glassfiber")
-    rcp = load_recipe(recipe)
     poses = (views.read_views(views_file, rcp) if views_file else
              views.plan_views(rcp, board, count, run.default_centre(rcp, board_at)))
     if prepare_emulator:
@@ -94,9 +103,9 @@ def calibrate_hand_eye(
     with the solved intrinsics); Tsai, Park and Daniilidis are compared and the one whose
     board poses agree best is kept.
     """
+    from station.calibration.recipes import load_recipe
     from station.cellcal import run
     from station.cli.app import console
-    from station.detectors.registry import load_recipe
 
     rcp = load_recipe(recipe)
     done = run.calibrate_hand_eye(rcp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from station.detectors.registry import load_recipe
+from station.calibration.recipes import load_recipe
 
 
 def register(app: typer.Typer) -> None:

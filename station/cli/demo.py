@@ -19,9 +19,13 @@ import yaml
 from station.errors import StationError
 
 
-def _demo_recipe(source: str, time_scale: float) -> tuple[Any, Path]:
-    """Write `<data>/<name>-demo/recipe.yaml` from a sim recipe; return (recipe, path)."""
-    from station.detectors.registry import load_recipe, parse_recipe
+def _demo_recipe(
+    source: str, time_scale: float, sheet_mm: tuple[float, float] | None
+) -> tuple[Any, Path]:
+    """Write `<data>/<name>-demo/recipe.yaml` from a sim recipe, its sheet `sheet_mm` (None:
+    the recipe's) and its poses planned by `station plan-poses` into `poses.yaml` beside it;
+    return (recipe, path)."""
+    from station.calibration.recipes import load_recipe
 
     base = load_recipe(source)
     if {base.robot_driver, base.camera_driver, base.line_driver} != {"sim"}:
@@ -35,11 +39,19 @@ def _demo_recipe(source: str, time_scale: float) -> tuple[Any, Path]:
     data["description"] = f"station demo copy of {base.name}"
     data.setdefault("twin", {})["time_scale"] = time_scale
     data.setdefault("decision", {})["calibration_file"] = f"calibration/{name}.yaml"
-    demo = parse_recipe(yaml.safe_dump(data, sort_keys=False), f"{name} (demo)")
-    demo.data_dir.mkdir(parents=True, exist_ok=True)
-    path = demo.data_dir / "recipe.yaml"
+    if sheet_mm is not None:
+        data.setdefault("sheet", {}).update(width_mm=sheet_mm[0], height_mm=sheet_mm[1])
+    robot = data.setdefault("robot", {})
+    robot.pop("poses", None)
+    robot["poses_file"] = "poses.yaml"  # planned below, beside the demo's recipe
+    folder = base.data_dir.parent / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return parse_recipe(path.read_text(encoding="utf-8"), str(path)), path
+    (folder / "poses.yaml").unlink(missing_ok=True)
+    from station.recipe import parse_recipe as parse_unplanned  # poses.yaml is not there yet
+
+    return parse_unplanned(path.read_text(encoding="utf-8"), str(path), planning=True), path
 
 
 def _clear_previous(recipe: Any) -> int:
@@ -108,6 +120,12 @@ def register(app: typer.Typer) -> None:
         time_scale: float = typer.Option(
             0.25, min=0.0, help="Robot timing of the twin: 1 = real time, 0 = no waiting."
         ),
+        sheet_mm: tuple[float, float] = typer.Option(
+            (280.0, 220.0),
+            "--sheet-mm",
+            help="Width and height of the demo's sheets (mm); the poses are planned to cover "
+            "them. 280 x 220 takes 2 x 2 shots, the recipe's 300 x 300 sheet 3 x 3.",
+        ),
     ) -> None:
         """Run the whole loop on the simulated station: capture, train, calibrate, inspect."""
         from station.cli.app import app as root
@@ -115,7 +133,7 @@ def register(app: typer.Typer) -> None:
         from station.storage.db import open_database
 
         t0 = time.monotonic()
-        demo_recipe, path = _demo_recipe(recipe, time_scale)
+        demo_recipe, path = _demo_recipe(recipe, time_scale, sheet_mm)
         removed = _clear_previous(demo_recipe)
         rp = str(path)
         console.rule(f"[bold]station demo[/] on the simulated station: recipe {demo_recipe.name}")
@@ -127,6 +145,8 @@ def register(app: typer.Typer) -> None:
             code = root(args=list(args), standalone_mode=False)  # a typer.Exit comes back
             return code if isinstance(code, int) else 0
 
+        step("0/5 plan the poses over the whole sheet", "plan-poses", "--recipe", rp, "--out",
+             str(path.parent / "plan-poses.png"))
         step("1/5 capture good sheets", "capture", "--recipe", rp, "--count", str(good),
              "--label", "good")
         step("2/5 train the detectors", "train", "--recipe", rp)

@@ -75,11 +75,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Measure detectors on labelled data: image/pixel AUROC, AUPRO, AP, F1-max."""
         from station.calibration.evaluation import evaluate
+        from station.calibration.recipes import load_recipe
         from station.cli.app import console
         from station.cli.progress import make_progress
         from station.cli.train import check_device, selected_detectors, set_threads, stage_callback
         from station.datasets import category_dirs
-        from station.detectors.registry import load_recipe
 
         rcp = load_recipe(recipe)
         targets = selected_detectors(rcp, detector)

@@ -40,8 +40,8 @@ def register(app: typer.Typer) -> None:
         Live: Ctrl-C finishes the part in progress, leaves the cell safe and exits.
         A second Ctrl-C aborts at once; that part is marked interrupted at the next start.
         """
+        from station.calibration.recipes import load_recipe
         from station.cli.app import console
-        from station.detectors.registry import load_recipe
         from station.inspection.cycle import Inspector
         from station.inspection.models import load_detector_set
         from station.inspection.offline import group_offline
@@ -55,6 +55,8 @@ def register(app: typer.Typer) -> None:
                 "nothing to inspect", hint="add --live to run the cell, or give stored image paths"
             )
         rcp = load_recipe(recipe)
+        if live:
+            _warn_coverage(rcp)
         groups = None if live else group_offline(paths, rcp)
         db = open_database(rcp.storage.resolved_database_url())
         recorder = Recorder(db, rcp)
@@ -88,6 +90,23 @@ def register(app: typer.Typer) -> None:
                 "(each listed above with its reason, and stored as a reject)",
                 hint="fix the cause, then inspect those parts again",
             )
+
+
+def _warn_coverage(rcp: Any) -> None:
+    """Say loudly when the recipe leaves part of its region unseen or too coarse: verdicts then
+    speak for what the shots see only (station recipe check refuses such a recipe)."""
+    from station.cli.app import console
+    from station.cli.plan import coverage_camera
+    from station.coverage import check
+
+    model, _ = coverage_camera(rcp, strict=False)
+    for problem in check(rcp, model).problems:
+        console.print(
+            f"[bold yellow]warning:[/] {escape(problem)} (verdicts cover only what the shots "
+            "see; station recipe check)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _offline_printer() -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from station.detectors.registry import load_recipe
+from station.calibration.recipes import load_recipe
 from station.errors import RecipeError
 from station.recipe import Recipe
 
@@ -21,15 +21,23 @@ def summary_table(recipe: Recipe) -> Table:
         f"{recipe.backend} (robot: {recipe.robot_driver}, camera: {recipe.camera_driver}, "
         f"line I/O: {recipe.line_driver})",
     )
+    from station.pose_plan import motion
+
+    shown = recipe.robot.poses[:6]  # a planned raster has up to 400
     poses = ", ".join(
         f"{p.name} ({p.position_mm[0]:.0f}, {p.position_mm[1]:.0f}, {p.position_mm[2]:.0f}) mm"
-        for p in recipe.robot.poses
+        for p in shown
     )
-    t.add_row("poses", f"{len(recipe.robot.poses)}: {poses}")
+    more = len(recipe.robot.poses) - len(shown)
+    poses += f", ... ({more} more)" if more else ""
+    source = f" from {recipe.robot.poses_file}" if recipe.robot.poses_file else ""
+    per_sheet = motion(recipe.robot, recipe.robot.poses).total_s
+    t.add_row("poses", f"{len(recipe.robot.poses)}{source}: {poses}")
     t.add_row(
         "motion",
         f"{recipe.robot.speed_mm_s:g} mm/s, {recipe.robot.acceleration_mm_s2:g} mm/s², "
-        f"settle {recipe.robot.settle_s:g} s",
+        f"settle {recipe.robot.settle_s:g} s; ~{per_sheet:.1f} s per sheet (home, every pose, "
+        "home)",
     )
     cam = recipe.camera
     t.add_row(
@@ -39,10 +47,14 @@ def summary_table(recipe: Recipe) -> Table:
         f"serial {getattr(cam, 'serial', None) or 'first found'}",  # serial: pylon only
     )
     pre = recipe.preprocess
+    size = (
+        f"tiles of {pre.size[0]}x{pre.size[1]} (overlap {pre.tiling.overlap_px} px)"
+        if pre.tiling.enabled
+        else f"resize to {pre.size[0]}x{pre.size[1]}"
+    )
     t.add_row(
         "preprocess",
-        f"crop {pre.crop or 'none'}, resize to {pre.size[0]}x{pre.size[1]}"
-        + (", grey to RGB" if pre.grey_to_rgb else ""),
+        f"crop {pre.crop or 'none'}, {size}" + (", grey to RGB" if pre.grey_to_rgb else ""),
     )
     for d in recipe.detectors:
         params = ", ".join(f"{k}={v}" for k, v in d.params.items()) or "defaults"
@@ -77,11 +89,19 @@ def register(app: typer.Typer) -> None:
     def check(
         recipe: str = typer.Argument(..., help="Recipe name (recipes/<name>.yaml) or path."),
     ) -> None:
-        """Validate a recipe and print its summary. Exit code 2 with one line per problem."""
+        """Validate a recipe, print its coverage and summary. Exit code 2 with one line per
+        problem: schema, detectors, twin, and what the poses leave unseen or too coarse."""
         from station.cli.app import console
+        from station.cli.plan import coverage_camera
+        from station.coverage import check as coverage_check
 
         loaded = load_recipe(recipe)
-        problems = deep_problems(loaded)
+        model, described = coverage_camera(loaded, strict=False)  # the summary says why
+        cover = coverage_check(loaded, model)
+        problems = deep_problems(loaded) + cover.problems
+        for line in cover.lines():  # printed even when refused: the numbers behind a refusal
+            console.print(line, highlight=False, soft_wrap=True)
+        console.print(f"camera model: {described}", highlight=False, soft_wrap=True, markup=False)
         if problems:
             raise RecipeError(str(loaded.source or loaded.name), problems)
         console.print(summary_table(loaded))

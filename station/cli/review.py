@@ -42,8 +42,8 @@ def review_cmd(
     ssl_keyfile: Path | None = typer.Option(None, help="TLS private key (PEM) for HTTPS."),
 ) -> None:
     """Serve the review pages: operators confirm or overrule rejected parts."""
+    from station.calibration.recipes import load_recipe
     from station.cli.app import console
-    from station.detectors.registry import load_recipe
     from station.errors import StationError
     from station.paths import resolve
     from station.review.app import create_app

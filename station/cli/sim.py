@@ -66,8 +66,8 @@ def _start_plc(
     log: Path | None,
 ) -> SimPLC:
     """The simulated PLC on the fake controller's I/O (README "Line contract")."""
+    from station.calibration.recipes import load_recipe
     from station.cli.app import console
-    from station.detectors.registry import load_recipe
     from station.recipe import LineIOConfig
     from station.twin.fake_ur.plc import Disposition, PlcConfig, SimPLC
 
@@ -218,8 +218,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Render twin shots into the folder the pylon camera emulator plays."""
+        from station.calibration.recipes import load_recipe
         from station.cli.app import console
-        from station.detectors.registry import load_recipe
         from station.devices.pylon_emulator import prepare_twin_images
 
         rcp = load_recipe(recipe)

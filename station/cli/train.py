@@ -88,10 +88,10 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train the recipe's detectors on good images and save versioned model files."""
+        from station.calibration.recipes import load_recipe
         from station.cli.app import console
         from station.datasets import training_images
         from station.detectors.engine import load_images
-        from station.detectors.registry import load_recipe
         from station.detectors.training import data_sha256, train_and_save
         from station.paths import resolve
 

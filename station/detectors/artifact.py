@@ -5,9 +5,11 @@ An artifact is one `torch.save` file holding a dict
 written atomically to `<recipe.models_dir>/<detector>/<version>.pt`, where the version string
 is `<detector>-<UTC yyyymmddThhmmssmmm>-<8 hex>` (sorts by time). `meta` records the recipe,
 backbone and weights identity, training-data hash, image size, good-score statistics, etc.
-Loading refuses a file of another format, another detector version, another recipe, another
-image size or preprocessing, or detector settings the recipe no longer has (backbone, weights,
-params; not the device), with a one-line DetectorError naming both sides.
+The payload's layout and its checks (format, detector version, settings) belong to
+`Detector.state()` / `Detector.load_state()` (station.detectors.base); this module adds the file,
+the meta and the recipe. Loading refuses a file of another format, another detector version,
+another recipe, another image size or preprocessing, or detector settings the recipe no longer
+has (backbone, weights, params; not the device), with a one-line DetectorError naming both sides.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from station.detectors.registry import create_detector, detector_class, detector_kwargs, settings
+from station.detectors.types import FORMAT_VERSION as FORMAT_VERSION
+from station.detectors.types import check_payload, plain
 from station.errors import DetectorError, StationError
 from station.files import atomic_write, writing
 
@@ -29,7 +33,6 @@ if TYPE_CHECKING:
     from station.detectors.base import Detector
     from station.recipe import Recipe
 
-FORMAT_VERSION = 1
 SUFFIX = ".pt"
 
 
@@ -66,14 +69,7 @@ def save_artifact(detector: Detector, path: str | Path, meta: dict[str, Any]) ->
     import torch
 
     path = Path(path)
-    payload = {
-        "format_version": FORMAT_VERSION,
-        "detector": detector.name,
-        "detector_version": int(detector.version),
-        "config": detector.config(),
-        "state_dict": detector.state_dict(),
-        "meta": dict(meta),
-    }
+    payload = {**detector.state(), "meta": dict(meta)}
     buf = io.BytesIO()
     torch.save(payload, buf)
     with writing(f"model file {path}"):
@@ -96,21 +92,7 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
             f"model file {path} cannot be read ({first[:200]})",
             hint="retrain with station train",
         ) from None
-    if not isinstance(payload, dict) or "format_version" not in payload:
-        raise DetectorError(f"model file {path} is not a station model artifact")
-    if payload["format_version"] != FORMAT_VERSION:
-        raise DetectorError(
-            f"model file {path} has format {payload['format_version']}, this station reads "
-            f"format {FORMAT_VERSION}",
-            hint="retrain with station train",
-        )
-    required = ("detector", "detector_version", "config", "state_dict")
-    missing = [k for k in required if k not in payload]
-    if missing:
-        raise DetectorError(
-            f"model file {path} is not a complete station model artifact (no {', '.join(missing)})",
-            hint="retrain with station train",
-        )
+    check_payload(payload, what=f"model file {path}")
     return payload
 
 
@@ -133,12 +115,7 @@ def load_artifact(
             f"model file {path} holds detector {name!r}, which this station does not have",
             hint="retrain with station train, or use the station version that wrote it",
         ) from None
-    if int(payload["detector_version"]) != int(cls.version):
-        raise DetectorError(
-            f"model file {path} holds {name} version {payload['detector_version']}, "
-            f"this station runs {name} version {cls.version}",
-            hint="retrain with station train",
-        )
+    check_payload(payload, name, cls.version, what=f"model file {path}")
     config = dict(payload["config"])
     if recipe is not None:
         trained_for = meta.get("recipe")
@@ -165,24 +142,13 @@ def load_artifact(
         config["device"] = device
     detector = create_detector(name, **config)
     try:
-        detector.load_state_dict(payload["state_dict"])
+        detector.load_state(payload)
     except DetectorError as exc:  # name the file: the state belongs to it
         raise DetectorError(
             f"model file {path}: {exc.message}", hint=exc.hint or "retrain with station train"
         ) from None
     version = str(meta.get("version") or path.stem)
     return LoadedModel(detector, meta, version, path, _sha256(path))
-
-
-def _plain(value: Any) -> Any:
-    """Settings in comparable form: tuples as lists, numbers as floats."""
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return value
 
 
 def _check_settings(path: Path, config: dict[str, Any], det_cfg: Any, recipe_name: str) -> None:
@@ -193,8 +159,11 @@ def _check_settings(path: Path, config: dict[str, Any], det_cfg: Any, recipe_nam
         f"{k} {config[k]!r} -> {v!r}"
         for k, v in want.items()
         # None / "auto" are resolved when the model is built; the device may differ
-        if k != "device" and k in config and v is not None and v != "auto"
-        and _plain(v) != _plain(config[k])
+        if k != "device"
+        and k in config
+        and v is not None
+        and v != "auto"
+        and plain(v) != plain(config[k])
     ]
     if changed:
         raise DetectorError(
@@ -221,7 +190,13 @@ def _check_preprocess(path: Path, meta: dict[str, Any], recipe: Recipe) -> None:
 def preprocess_meta(recipe: Recipe) -> dict[str, Any]:
     """The preprocessing a model is trained on, as stored in its meta (size is kept apart)."""
     pre = recipe.preprocess
-    return {"crop": None if pre.crop is None else list(pre.crop), "grey_to_rgb": pre.grey_to_rgb}
+    meta: dict[str, Any] = {
+        "crop": None if pre.crop is None else list(pre.crop),
+        "grey_to_rgb": pre.grey_to_rgb,
+    }
+    if pre.tiling.enabled:  # only then: models trained before tiling existed stay loadable
+        meta["tiling"] = True
+    return meta
 
 
 def latest_artifact(recipe: Recipe, detector_name: str) -> Path:

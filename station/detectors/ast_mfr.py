@@ -196,7 +196,11 @@ class ASTMFR(Detector):
         self.backbone = self.teacher  # what training.py records as the backbone identity
         cfg = self._cfg
         self.model = ASTMFRModel(
-            self.teacher, self.student, nn.ModuleList(), cfg["alpha"], cfg["smoothing_sigma"],
+            self.teacher,
+            self.student,
+            nn.ModuleList(),
+            cfg["alpha"],
+            cfg["smoothing_sigma"],
             cfg["pool_size"],
         )
         self.image_hw: tuple[int, int] | None = None
@@ -402,39 +406,26 @@ class ASTMFR(Detector):
     def config(self) -> dict[str, Any]:
         return dict(self._cfg)
 
-    def state_dict(self) -> dict[str, Any]:
-        if self.image_hw is None:
-            raise DetectorError("ast_mfr: nothing to save, the detector is not trained")
+    def _fitted_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "heads": {k: v.detach().cpu() for k, v in self.heads.state_dict().items()},
-            "image_hw": list(self.image_hw),
+            "heads": self.heads.state_dict(),
             "pair": self.pair,
             "teacher_identity": dict(self.teacher.identity),
             "student_identity": dict(self.student.identity),
         }
         if self._cfg["train_student"]:
-            state["student"] = {k: v.detach().cpu() for k, v in self.student.state_dict().items()}
+            state["student"] = self.student.state_dict()
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            heads = state["heads"]
-            hw = state["image_hw"]
-            check_identity(state["teacher_identity"], self.teacher.identity)
-            check_identity(state["student_identity"], self.student.identity)
-        except KeyError as exc:
-            raise DetectorError(f"ast_mfr: saved state lacks {exc.args[0]!r}") from None
-        try:
-            self.heads.load_state_dict(heads)
-            if self._cfg["train_student"]:
-                self.student.load_state_dict(state["student"])
-        except (KeyError, RuntimeError) as exc:
-            raise DetectorError(
-                f"ast_mfr: saved state does not fit this configuration: {exc}".splitlines()[0],
-                hint="load it with the config it was saved with (station evaluate / inspect do)",
-            ) from None
+    def _load_fitted_state(self, state: dict[str, Any], image_hw: tuple[int, int]) -> None:
+        heads = state["heads"]
+        check_identity(state["teacher_identity"], self.teacher.identity)
+        check_identity(state["student_identity"], self.student.identity)
+        student = state["student"] if self._cfg["train_student"] else None
+        self.load_module(self.heads, heads)
+        if student is not None:
+            self.load_module(self.student, student)
         self.heads.eval()
-        self.image_hw = (int(hw[0]), int(hw[1]))
 
     @property
     def image_size(self) -> tuple[int, int] | None:

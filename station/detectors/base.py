@@ -6,26 +6,60 @@ size it was fitted on. Output: a per-pixel anomaly map at input resolution and a
 Detectors know nothing about hardware, recipes' files or the database.
 
 A detector keeps its settings in `self._cfg` (what `config()` returns), its torch device in
-`self.device` and the fitted image size in `self.image_hw`. The base class then gives it the
-"not fitted" guard, batched prediction through `_predict_tensor` and AMP (fp16 autocast on
-CUDA when `amp` is set).
+`self.device` and the fitted image size (height, width) in `self.image_hw`. The base class then
+gives it the "not fitted" guard, batched prediction through `_predict_tensor`, AMP (fp16
+autocast on CUDA when `amp` is set) and saving:
+- `state_dict()` / `load_state_dict()`: the learned state. The base class guards against
+  saving an unfitted detector, adds the image size (under `size_key`), moves tensors to the
+  CPU and turns missing keys or modules that do not fit into one-line DetectorErrors; the
+  detector only writes and reads its own fitted parts (`_fitted_state`, `_load_fitted_state`).
+- `state()` / `load_state()`: the whole saved payload (format version, detector name and
+  version, config, state dict) that an artifact file holds, and its checks.
 """
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from station.detectors.common import autocast_for, predict_in_batches
-from station.detectors.types import FitReport, Prediction, ProgressFn
+from station.detectors.types import (
+    FORMAT_VERSION,
+    FitReport,
+    Prediction,
+    ProgressFn,
+    check_payload,
+    plain,
+)
 from station.errors import DetectorError
 
-__all__ = ["Detector", "FitReport", "Prediction", "ProgressFn", "autocast_for"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Detector",
+    "FitReport",
+    "Prediction",
+    "ProgressFn",
+    "autocast_for",
+    "check_payload",
+    "plain",
+]
+
+
+def to_cpu(value: Any) -> Any:
+    """`value` with every tensor detached and on the CPU (dicts, lists and tuples walked)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_cpu(v) for v in value)
+    return value
 
 
 class Detector(ABC):
@@ -36,6 +70,8 @@ class Detector(ABC):
     # The settings dataclass (`create_detector` checks params against it); None: the
     # constructor's annotated parameters are the settings.
     Config: ClassVar[type | None] = None
+    # The key `state_dict()` stores the fitted (height, width) under.
+    size_key: ClassVar[str] = "image_hw"
     _cfg: dict[str, Any]
     device: torch.device
     image_hw: tuple[int, int] | None = None
@@ -52,12 +88,76 @@ class Detector(ABC):
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild the untrained detector: `create_detector(name, **cfg)`."""
 
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]:
-        """Learned state (tensors and plain values) for the artifact."""
+    # -- saving: per-detector hooks --------------------------------------------------------
+    def _fitted_state(self) -> dict[str, Any]:
+        """The detector's own fitted parts (tensors, module state dicts, plain values); the
+        image size is added by `state_dict`. Called only when fitted."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _fitted_state")
 
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def _load_fitted_state(self, state: dict[str, Any], image_hw: tuple[int, int]) -> None:
+        """Restore the fitted parts from `state` (a KeyError names a missing entry);
+        `image_hw` is the saved image size, set on the detector after this returns."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _load_fitted_state")
+
+    # -- saving: the template ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Learned state for the artifact: the fitted parts and the image size, on the CPU."""
+        self.require_fitted("save")
+        assert self.image_hw is not None
+        state = {**self._fitted_state(), self.size_key: list(self.image_hw)}
+        return to_cpu(state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved into this detector (built with the same config)."""
+        if not isinstance(state, Mapping):
+            raise DetectorError(f"{self.name}: saved state is not a dict")
+        try:
+            h, w = state[self.size_key]
+            hw = (int(h), int(w))
+            self._load_fitted_state(dict(state), hw)
+        except KeyError as exc:
+            raise DetectorError(f"{self.name}: saved state lacks {exc.args[0]!r}") from None
+        self.image_hw = hw
+
+    def load_module(self, module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+        """`module.load_state_dict(state)`, a mismatch as a one-line DetectorError."""
+        try:
+            module.load_state_dict(state)
+        except (KeyError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise DetectorError(
+                f"{self.name}: saved state does not fit this configuration: {first}",
+                hint="load it with the config it was saved with",
+            ) from None
+
+    def state(self) -> dict[str, Any]:
+        """What an artifact file holds besides its meta: format version, detector name and
+        version, config and state dict."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "detector": self.name,
+            "detector_version": int(self.version),
+            "config": self.config(),
+            "state_dict": self.state_dict(),
+        }
+
+    def load_state(self, payload: dict[str, Any]) -> None:
+        """Load a `state()` payload into this detector, built from the payload's config (the
+        device may differ): the format, name, version and settings are checked first."""
+        check_payload(payload, self.name, self.version)
+        mine = self.config()
+        changed = [
+            f"{k} {v!r} -> {mine[k]!r}"
+            for k, v in payload["config"].items()
+            if k != "device" and k in mine and plain(v) != plain(mine[k])
+        ]
+        if changed:
+            raise DetectorError(
+                f"{self.name}: saved with other settings than this detector has: "
+                f"{', '.join(changed)}",
+                hint="build the detector from the saved config",
+            )
+        self.load_state_dict(payload["state_dict"])
 
     # -- shared by the torch detectors --------------------------------------------------------
     @property
@@ -68,7 +168,10 @@ class Detector(ABC):
         """DetectorError unless fitted (or loaded); `doing` names what was attempted."""
         if not self.fitted:
             if doing:
-                raise DetectorError(f"{self.name}: nothing to {doing}, the detector is not fitted")
+                raise DetectorError(
+                    f"{self.name}: nothing to {doing}, the detector is not trained yet",
+                    hint="run station train first",
+                )
             raise DetectorError(f"{self.name}: not fitted", hint="run station train first")
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:

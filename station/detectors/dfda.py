@@ -88,9 +88,7 @@ class DFDAConfig:
         if self.attention_epochs < 0 or self.attention_lr <= 0:
             raise DetectorError("dfda: attention_epochs must be >= 0 and attention_lr > 0")
         if not 0 <= self.val_fraction < 1:
-            raise DetectorError(
-                f"dfda: val_fraction must be in [0, 1), not {self.val_fraction}"
-            )
+            raise DetectorError(f"dfda: val_fraction must be in [0, 1), not {self.val_fraction}")
         if self.attention_init not in ("neutral", "random"):
             raise DetectorError(
                 f"dfda: attention_init must be 'neutral' or 'random', not {self.attention_init!r}"
@@ -313,30 +311,23 @@ class DFDA(DFDAFitting, Detector):
     def config(self) -> dict[str, Any]:
         return dict(self._cfg)
 
-    def state_dict(self) -> dict[str, Any]:
-        self.require_fitted("save")
-        assert self.centres is not None and self.image_hw is not None
+    def _fitted_state(self) -> dict[str, Any]:
+        assert self.centres is not None
         return {
-            "centres": self.centres.detach().cpu(),
-            "scales": self.scales.detach().cpu(),
-            "cbam": {k: v.detach().cpu() for k, v in self.cbam.state_dict().items()},
-            "query_key": {k: v.detach().cpu() for k, v in self.qk.state_dict().items()},
-            "image_hw": list(self.image_hw),
+            "centres": self.centres,
+            "scales": self.scales,
+            "cbam": self.cbam.state_dict(),
+            "query_key": self.qk.state_dict(),
             "backbone_identity": {
                 "a": dict(self.backbone.a.identity),
                 "b": dict(self.backbone.b.identity),
             },
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            centres = state["centres"]
-            scales = state["scales"]
-            cbam, qk = state["cbam"], state["query_key"]
-            hw = state["image_hw"]
-            identity = state["backbone_identity"]
-        except KeyError as exc:
-            raise DetectorError(f"dfda: saved state lacks {exc.args[0]!r}") from None
+    def _load_fitted_state(self, state: dict[str, Any], image_hw: tuple[int, int]) -> None:
+        centres, scales = state["centres"], state["scales"]
+        cbam, qk = state["cbam"], state["query_key"]
+        identity = state["backbone_identity"]
         check_identity(identity["a"], self.backbone.a.identity)
         check_identity(identity["b"], self.backbone.b.identity)
         dim = sum(self.backbone.a.channels) + sum(self.backbone.b.channels)
@@ -345,14 +336,10 @@ class DFDA(DFDAFitting, Detector):
                 f"dfda: saved centres have shape {tuple(centres.shape)}, the configured "
                 f"features have {dim} dims"
             )
-        try:
-            self.cbam.load_state_dict(cbam)
-            self.qk.load_state_dict(qk)
-        except RuntimeError as exc:
-            raise DetectorError(f"dfda: saved attention does not fit: {exc}") from None
+        self.load_module(self.cbam, cbam)
+        self.load_module(self.qk, qk)
         self.model.centres = centres.to(self.device, torch.float32).contiguous()
         self.scales = scales.float().to(self.device)
-        self.image_hw = (int(hw[0]), int(hw[1]))
 
     @property
     def image_size(self) -> tuple[int, int] | None:

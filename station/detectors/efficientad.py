@@ -75,7 +75,6 @@ from station.detectors.efficientad_net import (
     imagenet_normalise,
     jitter,
     lr_schedule,
-    pdn,
     pdn_out_size,
 )
 from station.detectors.registry import register
@@ -128,6 +127,7 @@ class EfficientAD(Detector):
 
     name = "efficientad"
     version = 1
+    size_key = "image_size"  # the saved state's name for image_hw
     Config = EfficientADConfig
 
     def __init__(self, **params: Any) -> None:
@@ -178,80 +178,115 @@ class EfficientAD(Detector):
         self.backbone: Any = None  # created by fit() only when a teacher must be distilled
         self.backbone_identity: dict[str, Any] = {}
         self.teacher_key = ""
-        self.image_size: tuple[int, int] | None = None
-        self.register_defaults()
+        self.image_hw: tuple[int, int] | None = None
+        # The scoring network: built by fit (for the images' size) or by loading a state.
+        self.model: EfficientADModel | None = None
 
-    def register_defaults(self) -> None:
-        self.teacher: nn.Module | None = None
-        self.student: nn.Module | None = None
-        self.autoencoder: AutoEncoder | None = None
-        self.t_mean = torch.zeros(1, TEACHER_CHANNELS, 1, 1)
-        self.t_std = torch.ones(1, TEACHER_CHANNELS, 1, 1)
-        self.quantiles: dict[str, float] = {}
+    # -- the network (EfficientADModel) ------------------------------------------------------
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return None if self.model is None else self.model.teacher
+
+    @property
+    def student(self) -> nn.Module | None:
+        return None if self.model is None else self.model.student
+
+    @property
+    def autoencoder(self) -> AutoEncoder | None:
+        return None if self.model is None else self.model.autoencoder
+
+    @property
+    def t_mean(self) -> torch.Tensor:
+        assert self.model is not None
+        return self.model.t_mean
+
+    @t_mean.setter
+    def t_mean(self, value: torch.Tensor) -> None:
+        assert self.model is not None
+        self.model.t_mean = value
+
+    @property
+    def t_std(self) -> torch.Tensor:
+        assert self.model is not None
+        return self.model.t_std
+
+    @t_std.setter
+    def t_std(self, value: torch.Tensor) -> None:
+        assert self.model is not None
+        self.model.t_std = value
+
+    @property
+    def quantiles(self) -> dict[str, float]:
+        """The map quantiles (st_a, st_b, ae_a, ae_b); empty before fit."""
+        return {} if self.model is None else self.model.quantiles
+
+    @property
+    def fitted(self) -> bool:
+        return self.image_hw is not None and self.model is not None and self.model.fitted
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(height, width) the model was fitted on (`image_hw`), or None before fit."""
+        return self.image_hw
 
     # -- construction and state -----------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
         return dict(self._cfg)
 
-    def _build(self, image_hw: tuple[int, int]) -> None:
+    def _build(self, image_hw: tuple[int, int]) -> EfficientADModel:
+        """A fresh, seeded scoring network for `image_hw` images, held as `self.model`."""
         h, w = image_hw
         if min(h, w) < MIN_SIZE:
             raise DetectorError(
                 f"efficientad: images of {w} x {h} px are too small (at least {MIN_SIZE} px)",
                 hint="set preprocess.size to 64 px or more",
             )
-        self.image_size = (int(h), int(w))
-        size = self._cfg["model_size"]
+        self.image_hw = (int(h), int(w))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._cfg["seed"])
-            self.teacher = pdn(size, TEACHER_CHANNELS)
-            self.student = pdn(size, 2 * TEACHER_CHANNELS)
-            self.autoencoder = AutoEncoder(self.image_size, self.out_hw)
-        for m in (self.teacher, self.student, self.autoencoder):
-            m.eval()  # training switches modes itself; inference never uses dropout
-            m.to(self.device)
-            if self.device.type == "cuda":
+            model = EfficientADModel(self._cfg["model_size"], self.image_hw)
+        model.eval()  # training switches modes itself; inference never uses dropout
+        model.to(self.device)
+        if self.device.type == "cuda":
+            for m in (model.teacher, model.student, model.autoencoder):
                 m.to(memory_format=torch.channels_last)
+        self.model = model
+        return model
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        assert self.image_size is not None
-        return pdn_out_size(self.image_size[0]), pdn_out_size(self.image_size[1])
+        assert self.image_hw is not None
+        return pdn_out_size(self.image_hw[0]), pdn_out_size(self.image_hw[1])
 
-    def state_dict(self) -> dict[str, Any]:
-        if self.image_size is None or self.teacher is None or not self.quantiles:
-            raise DetectorError("efficientad: not trained yet", hint="run station train first")
-        assert self.student is not None and self.autoencoder is not None
+    def _fitted_state(self) -> dict[str, Any]:
+        assert self.model is not None
+        m = self.model
         return {
-            "teacher": _sd(self.teacher),
-            "student": _sd(self.student),
-            "autoencoder": _sd(self.autoencoder),
-            "teacher_mean": self.t_mean.detach().cpu(),
-            "teacher_std": self.t_std.detach().cpu(),
-            "quantiles": dict(self.quantiles),
-            "image_size": list(self.image_size),
+            "teacher": m.teacher.state_dict(),
+            "student": m.student.state_dict(),
+            "autoencoder": m.autoencoder.state_dict(),
+            "teacher_mean": m.t_mean,
+            "teacher_std": m.t_std,
+            "quantiles": m.quantiles,
             "teacher_key": self.teacher_key,
             "backbone_identity": dict(self.backbone_identity),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def _load_fitted_state(self, state: dict[str, Any], image_hw: tuple[int, int]) -> None:
+        parts = {k: state[k] for k in ("teacher", "student", "autoencoder")}
+        t_mean, t_std = state["teacher_mean"], state["teacher_std"]
+        quantiles = {k: float(v) for k, v in state["quantiles"].items()}
+        model = self._build(image_hw)
+        for key, part in parts.items():
+            self.load_module(getattr(model, key), part)
+        model.t_mean = t_mean.to(self.device)
+        model.t_std = t_std.to(self.device)
         try:
-            h, w = state["image_size"]
-            self._build((int(h), int(w)))
-            assert self.teacher is not None and self.student is not None
-            assert self.autoencoder is not None
-            self.teacher.load_state_dict(state["teacher"])
-            self.student.load_state_dict(state["student"])
-            self.autoencoder.load_state_dict(state["autoencoder"])
-            self.t_mean = state["teacher_mean"].to(self.device)
-            self.t_std = state["teacher_std"].to(self.device)
-            self.quantiles = {k: float(v) for k, v in state["quantiles"].items()}
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise DetectorError(
-                f"efficientad model state does not fit this configuration: {exc}".splitlines()[0],
-                hint="load it with the config it was saved with",
-            ) from None
+            model.quantiles = quantiles
+        except KeyError as exc:
+            raise DetectorError(f"efficientad: saved quantiles lack {exc.args[0]!r}") from None
         self.teacher_key = str(state.get("teacher_key", ""))
         self.backbone_identity = dict(state.get("backbone_identity", {}))
 
@@ -375,37 +410,35 @@ class EfficientAD(Detector):
         if not images:
             raise DetectorError("efficientad: no training images", hint="capture good parts first")
         first = np.asarray(images[0])
-        self._build((int(first.shape[0]), int(first.shape[1])))
+        model = self._build((int(first.shape[0]), int(first.shape[1])))
         cfg = self._cfg
         n = len(images)
         if n >= cfg["min_split_images"] and cfg["val_fraction"] > 0:
             train_idx, val_idx = split_validation(n, cfg["val_fraction"], cfg["seed"])
         else:
             train_idx, val_idx = list(range(n)), []
-        train = to_batch([images[i] for i in train_idx], self.image_size, "efficientad")
+        train = to_batch([images[i] for i in train_idx], self.image_hw, "efficientad")
         val = (
-            to_batch([images[i] for i in val_idx], self.image_size, "efficientad")
+            to_batch([images[i] for i in val_idx], self.image_hw, "efficientad")
             if val_idx
             else None
         )
         d_hist, cached, d_sec = self._distill(train, progress)
-        assert self.teacher is not None and self.student is not None
-        assert self.autoencoder is not None
-        for p in self.teacher.parameters():
+        for p in model.teacher.parameters():
             p.requires_grad_(False)
-        self.teacher.eval()
+        model.teacher.eval()
         with torch.no_grad():  # teacher channel statistics over the training images
-            outs = [self.teacher(self._norm(train[i : i + 4])) for i in range(0, len(train), 4)]
+            outs = [model.teacher(self._norm(train[i : i + 4])) for i in range(0, len(train), 4)]
             allo = torch.cat(outs)
-            self.t_mean = allo.mean(dim=(0, 2, 3), keepdim=True)
-            self.t_std = allo.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+            model.t_mean = allo.mean(dim=(0, 2, 3), keepdim=True)
+            model.t_std = allo.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
             del outs, allo
         history = self._train(train, progress)
         good = val if val is not None else train
         st, ae = self.raw_maps(good)
         qa_st, qb_st = _quantiles(st, cfg["q_low"], cfg["q_high"])
         qa_ae, qb_ae = _quantiles(ae, cfg["q_low"], cfg["q_high"])
-        self.quantiles = {"st_a": qa_st, "st_b": qb_st, "ae_a": qa_ae, "ae_b": qb_ae}
+        model.quantiles = {"st_a": qa_st, "st_b": qb_st, "ae_a": qa_ae, "ae_b": qb_ae}
         good_scores = self.predict(
             (good.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
         ).scores.tolist()
@@ -472,18 +505,10 @@ class EfficientAD(Detector):
 
     # -- inference --------------------------------------------------------------------------
 
-    @property
-    def model(self) -> EfficientADModel:
-        """The scoring network assembled from the fitted parts (shared, not copied)."""
-        assert self.teacher is not None and self.student is not None
-        assert self.autoencoder is not None
-        return EfficientADModel(
-            self.teacher, self.student, self.autoencoder, self.t_mean, self.t_std, self.quantiles
-        )
-
     @torch.no_grad()
     def raw_maps(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised student-teacher and autoencoder maps on the PDN grid (N x oh x ow)."""
+        assert self.model is not None
         model, amp = self.model, bool(self._cfg["amp"])
         sts, aes = [], []
         bs = self._cfg["batch_size"]
@@ -494,12 +519,13 @@ class EfficientAD(Detector):
         return torch.cat(sts), torch.cat(aes)
 
     def predict(self, images: np.ndarray) -> Prediction:
-        if self.image_size is None or not self.quantiles:
+        if not self.fitted:
             raise DetectorError("efficientad: predict before fit", hint="train or load a model")
+        assert self.model is not None and self.image_hw is not None
         t0 = time.perf_counter()
-        x = to_batch(images, self.image_size, "efficientad")
+        x = to_batch(images, self.image_hw, "efficientad")
         st, ae = self.raw_maps(x)
-        maps = self.model.combine(st, ae, self.image_size)
+        maps = self.model.combine(st, ae, self.image_hw)
         out = maps.cpu().numpy().astype(np.float32)
         scores = out.reshape(out.shape[0], -1).max(axis=1)
         return Prediction(maps=out, scores=scores, latency_ms=(time.perf_counter() - t0) * 1e3)

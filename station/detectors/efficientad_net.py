@@ -145,7 +145,7 @@ def distill_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def lr_schedule(
     opt: torch.optim.Optimizer, steps: int, kind: str
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """"paper": constant, x0.1 at 95 % of the steps; "cosine": linear warm-up over the first
+    """ "paper": constant, x0.1 at 95 % of the steps; "cosine": linear warm-up over the first
     5 % of the steps, then cosine decay to 1 % of the lr (learns more in a short run)."""
     if kind == "paper":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(0.95 * steps)), gamma=0.1)
@@ -176,32 +176,50 @@ def spread(qa: float, qb: float) -> float:
     return max(qb - qa, 0.01 * abs(qb), 1e-8)
 
 
+QUANTILE_KEYS = ("st_a", "st_b", "ae_a", "ae_b")
+
+
 class EfficientADModel(nn.Module):
     """EfficientAD's exportable forward: an N x 3 x H x W batch (RGB in [0, 1]) -> ImageNet
     normalisation -> teacher, student and autoencoder -> student-teacher and autoencoder maps,
     each normalised by its validation quantiles -> their mean, edge-padded and upsampled ->
-    anomaly maps (N x H x W) and image scores (max). The teacher's channel statistics are
-    buffers; the quantiles are constants of the forward."""
+    anomaly maps (N x H x W) and image scores (max).
+
+    The networks are submodules; the teacher's channel statistics (`t_mean`, `t_std`) and the
+    map quantiles (`q`: st_a, st_b, ae_a, ae_b, float64 as measured) are buffers, so the
+    module's own `state_dict` is the whole fitted scorer and `torch.jit.trace` exports it.
+    Built for one image size (`image_hw`: the autoencoder's decoder depends on it)."""
 
     t_mean: torch.Tensor
     t_std: torch.Tensor
+    q: torch.Tensor
 
-    def __init__(
-        self,
-        teacher: nn.Module,
-        student: nn.Module,
-        autoencoder: AutoEncoder,
-        t_mean: torch.Tensor,
-        t_std: torch.Tensor,
-        quantiles: dict[str, float],
-    ) -> None:
+    def __init__(self, model_size: str, image_hw: tuple[int, int]) -> None:
         super().__init__()
-        self.teacher = teacher
-        self.student = student
-        self.autoencoder = autoencoder
-        self.register_buffer("t_mean", t_mean)
-        self.register_buffer("t_std", t_std)
-        self.quantiles = dict(quantiles)
+        h, w = image_hw
+        self.image_hw = (int(h), int(w))
+        self.teacher = pdn(model_size, TEACHER_CHANNELS)
+        self.student = pdn(model_size, 2 * TEACHER_CHANNELS)
+        self.autoencoder = AutoEncoder(self.image_hw, (pdn_out_size(h), pdn_out_size(w)))
+        self.register_buffer("t_mean", torch.zeros(1, TEACHER_CHANNELS, 1, 1))
+        self.register_buffer("t_std", torch.ones(1, TEACHER_CHANNELS, 1, 1))
+        self.register_buffer("q", torch.full((4,), math.nan, dtype=torch.float64))
+
+    @property
+    def quantiles(self) -> dict[str, float]:
+        """The map quantiles by name; empty before they are measured."""
+        if bool(torch.isnan(self.q).any()):
+            return {}
+        return dict(zip(QUANTILE_KEYS, self.q.tolist(), strict=True))
+
+    @quantiles.setter
+    def quantiles(self, values: dict[str, float]) -> None:
+        q = [float(values[k]) for k in QUANTILE_KEYS]
+        self.q = torch.tensor(q, dtype=torch.float64, device=self.q.device)
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.quantiles)
 
     def raw_maps(self, x: torch.Tensor, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised student-teacher and autoencoder maps (N x oh x ow) of a normalised
@@ -214,13 +232,18 @@ class EfficientADModel(nn.Module):
         t, s, a = t.float(), s.float(), a.float()
         return ((t - s[:, :c]) ** 2).mean(1), ((a - s[:, c:]) ** 2).mean(1)
 
+    def _normalised(self, m: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
+        """0.1 * (m - q_a) / spread(q_a, q_b), the quantiles (float64) taken to m's dtype as
+        Python numbers would be: the same float32 arithmetic as with plain floats."""
+        sp = torch.maximum(torch.maximum(qb - qa, 0.01 * qb.abs()), torch.full_like(qb, 1e-8))
+        return 0.1 * (m - qa.to(m.dtype)) / sp.to(m.dtype)
+
     def combine(
         self, st: torch.Tensor, ae: torch.Tensor, image_hw: tuple[int, int]
     ) -> torch.Tensor:
         """Anomaly maps N x H x W from raw maps: quantile-normalised, averaged, upsampled."""
-        q = self.quantiles
-        st = 0.1 * (st - q["st_a"]) / spread(q["st_a"], q["st_b"])
-        ae = 0.1 * (ae - q["ae_a"]) / spread(q["ae_a"], q["ae_b"])
+        st = self._normalised(st, self.q[0], self.q[1])
+        ae = self._normalised(ae, self.q[2], self.q[3])
         # The paper pads with zeros; after normalisation most cells are negative, so zeros
         # would often be an image's maximum. Replicating the edge cells keeps max meaningful.
         comb = F.pad((0.5 * st + 0.5 * ae)[:, None], (MAP_PAD,) * 4, mode="replicate")

@@ -14,10 +14,19 @@ preprocessed and batched the same way wherever it is scored.
 
 With `fault_hint` (inspection), any failure of a detector becomes one DetectorError naming it,
 and a map that is not N x H x W is refused; without it errors pass through unchanged.
+
+Tiles (`preprocess.tiling.enabled`): prepared images keep their native size; each is cut into
+overlapping `preprocess.size` tiles (`station.tiling`), tiles of several images share a batch
+(`batch_size` counts tiles), each detector's tile maps are stitched per image into one
+full-resolution map (blended across the overlaps), and an image's score is the MAX of its
+tiles' scores. Results keep the shape contract: N scores and N x H x W maps at native size
+(a list of H_i x W_i maps when the images differ in size; each must hold one tile).
+`training_tiles` cuts training images the same way.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +38,7 @@ import numpy as np
 from station.detectors.artifact import LoadedModel, latest_artifact, load_artifact
 from station.errors import DetectorError, StationError
 from station.imaging import check_like, preprocess, preprocess_mask, read_image
+from station.tiling import TileGrid, pick_tiles, stitch, tile_grid
 
 if TYPE_CHECKING:
     from station.datasets import DatasetItem
@@ -42,8 +52,9 @@ CountFn = Callable[[int, int], None]  # (done, total)
 class DetectorScores:
     """One detector's results for a set of images, in input order."""
 
-    scores: np.ndarray  # N image scores, as the detector returned them
-    maps: np.ndarray | None  # N x H x W anomaly maps; None when not kept
+    scores: np.ndarray  # N image scores, as the detector returned them (tiles: their max)
+    # N x H x W anomaly maps (a list when tiled images differ in size); None when not kept
+    maps: np.ndarray | list[np.ndarray] | None
     latency_ms: float  # wall time of this detector's predict calls, all batches together
 
     def map(self, i: int) -> np.ndarray:
@@ -56,11 +67,12 @@ class DetectorScores:
 def load_images(
     files: Sequence[Path], cfg: PreprocessConfig, progress: CountFn | None = None
 ) -> list[np.ndarray]:
-    """Read and preprocess `files`; they must all come out one size and kind."""
+    """Read and preprocess `files`; they must all come out one size and kind (with tiling:
+    one kind, and each large enough for a tile)."""
     out: list[np.ndarray] = []
     for i, f in enumerate(files):
         out.append(preprocess(read_image(f), cfg))
-        check_like(out[-1], f, out[0], files[0])
+        _check_set(out[-1], f, out[0], files[0], cfg)
         if progress:
             progress(i + 1, len(files))
     return out
@@ -106,6 +118,7 @@ class ScoringEngine:
         self.preprocess_cfg = preprocess_cfg
         self.batch_size = batch_size
         self.fault_hint = fault_hint
+        self.tiled = preprocess_cfg.tiling.enabled
 
     @classmethod
     def from_models(
@@ -129,8 +142,11 @@ class ScoringEngine:
         keep_maps: bool = True,
         progress: CountFn | None = None,
     ) -> dict[str, DetectorScores]:
-        """Score preprocessed images (all one size) in batches of `batch_size`."""
+        """Score preprocessed images (all one size; tiled: each at least a tile) in batches
+        of `batch_size` images (tiled: tiles)."""
         total = len(images)
+        if self.tiled:
+            return self._run_tiled(iter(images), total, keep_maps, progress)
         stack = np.asarray if isinstance(images, np.ndarray) else np.stack  # an array: no copy
         batches = (stack(images[s : s + self.batch_size]) for s in range(0, total, self.batch_size))
         return self._run(batches, total, keep_maps, progress)
@@ -138,8 +154,20 @@ class ScoringEngine:
     def score_files(
         self, files: Sequence[Path], keep_maps: bool = False, progress: CountFn | None = None
     ) -> dict[str, DetectorScores]:
-        """Read, preprocess and score image files a batch at a time (all must match the first)."""
+        """Read, preprocess and score image files a batch at a time (all must match the first;
+        tiled: one kind, any size that holds a tile, read one image at a time)."""
         total = len(files)
+        if self.tiled:
+
+            def prepared() -> Iterator[np.ndarray]:
+                first: np.ndarray | None = None
+                for f in files:
+                    image = self.prepare(read_image(f))
+                    first = image if first is None else first
+                    _check_set(image, f, first, files[0], self.preprocess_cfg)
+                    yield image
+
+            return self._run_tiled(prepared(), total, keep_maps, progress)
 
         def batches() -> Iterator[np.ndarray]:
             first: np.ndarray | None = None
@@ -210,6 +238,144 @@ class ScoringEngine:
                 hint=self.fault_hint,
             )
         return maps, scores
+
+    def _run_tiled(
+        self,
+        images: Iterator[np.ndarray],
+        total: int,
+        keep_maps: bool,
+        progress: CountFn | None,
+    ) -> dict[str, DetectorScores]:
+        """Tiles of all images through each detector, `batch_size` tiles a batch; per image the
+        max tile score and (kept) the stitched map. Images finish in input order."""
+        runs = {n: _TiledRun(keep_maps) for n in self.detectors}
+        grids: list[TileGrid] = []  # one per image started, in order
+        ends: list[int] = []  # cumulative tile count at the end of each image
+        queue: list[np.ndarray] = []  # tiles waiting for a batch (views into their images)
+        seen = done = 0
+
+        def flush() -> None:
+            nonlocal seen, done
+            batch = np.stack(queue)
+            queue.clear()
+            for name, det in self.detectors.items():
+                t0 = time.perf_counter()
+                tile_maps, tile_scores = self._predict(name, det, batch)
+                if tile_maps.shape[1:] != batch.shape[1:3]:
+                    raise DetectorError(
+                        f"detector {name} returned {tile_maps.shape[1:]} maps for "
+                        f"{batch.shape[1:3]} tiles",
+                        hint=self.fault_hint,
+                    )
+                runs[name].add(tile_maps, tile_scores, grids)
+                runs[name].seconds += time.perf_counter() - t0
+            seen += len(batch)
+            finished = bisect.bisect_right(ends, seen)
+            if progress and finished > done:
+                progress(finished, total)
+            done = finished
+
+        for image in images:
+            grid = self.grid(image)
+            grids.append(grid)
+            ends.append((ends[-1] if ends else 0) + len(grid))
+            for y, x in grid.origins:
+                queue.append(image[y : y + grid.tile_h, x : x + grid.tile_w])
+                if len(queue) == self.batch_size:
+                    flush()
+        if queue:
+            flush()
+        return {n: r.result() for n, r in runs.items()}
+
+    def grid(self, image: np.ndarray, what: str | Path = "a prepared image") -> TileGrid:
+        """The tile grid of one prepared image; StationError when a tile does not fit."""
+        return tiles_of(image.shape[:2], self.preprocess_cfg, what)
+
+
+class _TiledRun:
+    """One detector's tile results gathered into per-image scores and stitched maps."""
+
+    def __init__(self, keep_maps: bool) -> None:
+        self.keep_maps = keep_maps
+        self.scores: list[float] = []
+        self.maps: list[np.ndarray] = []
+        self.seconds = 0.0
+        self._maps: list[np.ndarray] = []  # tiles of the image being gathered
+        self._scores: list[np.ndarray] = []
+        self._have = 0
+
+    def add(self, maps: np.ndarray, scores: np.ndarray, grids: Sequence[TileGrid]) -> None:
+        """Tile results of one batch, in order; finishes every image whose tiles are all in."""
+        start = 0
+        while start < len(scores):
+            grid = grids[len(self.scores)]
+            take = min(len(grid) - self._have, len(scores) - start)
+            self._scores.append(scores[start : start + take])
+            if self.keep_maps:
+                self._maps.append(maps[start : start + take])
+            self._have += take
+            start += take
+            if self._have == len(grid):
+                self.scores.append(float(np.concatenate(self._scores).max()))
+                if self.keep_maps:
+                    self.maps.append(stitch(np.concatenate(self._maps), grid))
+                self._maps, self._scores, self._have = [], [], 0
+
+    def result(self) -> DetectorScores:
+        maps: np.ndarray | list[np.ndarray] | None = None
+        if self.keep_maps:
+            same = len({m.shape for m in self.maps}) <= 1
+            maps = _joined([m[None] for m in self.maps]) if same else self.maps
+        return DetectorScores(
+            scores=np.asarray(self.scores, np.float64),
+            maps=maps,
+            latency_ms=self.seconds * 1000.0,
+        )
+
+
+def tiles_of(hw: tuple[int, ...], cfg: PreprocessConfig, what: str | Path) -> TileGrid:
+    """The grid of `cfg.size` tiles over an H x W prepared image, `cfg.tiling.overlap_px`
+    apart at least; a one-line StationError when the image is smaller than a tile."""
+    (h, w), (tw, th) = hw[:2], cfg.size
+    if h < th or w < tw:
+        raise StationError(
+            f"{what} is {w} x {h} px after preprocessing, smaller than the {tw} x {th} tile",
+            hint="lower preprocess.size, or switch preprocess.tiling off to resize whole shots",
+        )
+    try:
+        return tile_grid(h, w, (th, tw), cfg.tiling.overlap_px)
+    except ValueError as exc:
+        raise StationError(f"preprocess.tiling: {exc}", hint="lower overlap_px") from None
+
+
+def training_tiles(images: Sequence[np.ndarray], cfg: PreprocessConfig, seed: int) -> np.ndarray:
+    """Training images cut as the engine cuts shots: every tile, or `train_tiles_per_image`
+    drawn at random per image (seeded, reproducible); N x th x tw (x C), in image order."""
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    for i, image in enumerate(images):
+        grid = tiles_of(image.shape, cfg, f"training image {i}")
+        origins = grid.origins
+        for k in pick_tiles(len(grid), cfg.tiling.train_tiles_per_image, rng):
+            y, x = origins[k]
+            out.append(image[y : y + grid.tile_h, x : x + grid.tile_w])
+    return np.stack(out)
+
+
+def _check_set(
+    image: np.ndarray,
+    path: str | Path,
+    first: np.ndarray,
+    first_path: str | Path,
+    cfg: PreprocessConfig,
+) -> None:
+    """One set, one model input: all one size and kind; tiled, one kind and each >= a tile."""
+    if not cfg.tiling.enabled:
+        check_like(image, path, first, first_path)
+        return
+    if image.ndim != first.ndim:
+        check_like(image, path, first, first_path)  # names both files and their kinds
+    tiles_of(image.shape, cfg, f"image {path}")
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:

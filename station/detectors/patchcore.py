@@ -154,11 +154,21 @@ class PatchCore(Detector):
             )
         # What config() returns and the artifact stores: plain values, the layers resolved.
         self._cfg: dict[str, Any] = {**asdict(c), "layers": list(net.layers)}
-        for key, kind in (("patch_size", int), ("mirror_pad", int), ("center_features", bool),
-                          ("coreset_ratio", float), ("max_bank", int),
-                          ("max_train_patches", int), ("proj_dim", int), ("num_neighbors", int),
-                          ("sigma", float), ("batch_size", int), ("val_fraction", float),
-                          ("seed", int), ("amp", bool)):
+        for key, kind in (
+            ("patch_size", int),
+            ("mirror_pad", int),
+            ("center_features", bool),
+            ("coreset_ratio", float),
+            ("max_bank", int),
+            ("max_train_patches", int),
+            ("proj_dim", int),
+            ("num_neighbors", int),
+            ("sigma", float),
+            ("batch_size", int),
+            ("val_fraction", float),
+            ("seed", int),
+            ("amp", bool),
+        ):
             self._cfg[key] = kind(self._cfg[key])
         self.model = PatchCoreModel(
             net,
@@ -288,24 +298,16 @@ class PatchCore(Detector):
     def config(self) -> dict[str, Any]:
         return dict(self._cfg)
 
-    def state_dict(self) -> dict[str, Any]:
-        self.require_fitted("save")
-        assert self.image_hw is not None
+    def _fitted_state(self) -> dict[str, Any]:
         return {
-            "memory_bank": self.model.memory_bank.detach().cpu(),
-            "image_hw": list(self.image_hw),
+            "memory_bank": self.model.memory_bank,
             "layer_dim": self.layer_dim,
             "backbone_identity": dict(self.backbone.identity),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            bank = state["memory_bank"]
-            hw = state["image_hw"]
-            identity = state["backbone_identity"]
-            layer_dim = int(state["layer_dim"])
-        except KeyError as exc:
-            raise DetectorError(f"patchcore: saved state lacks {exc.args[0]!r}") from None
+    def _load_fitted_state(self, state: dict[str, Any], image_hw: tuple[int, int]) -> None:
+        bank, identity = state["memory_bank"], state["backbone_identity"]
+        layer_dim = int(state["layer_dim"])
         check_identity(identity, self.backbone.identity)
         if layer_dim != self.layer_dim or bank.shape[1] != self.model.feature_dim:
             raise DetectorError(
@@ -313,7 +315,6 @@ class PatchCore(Detector):
                 f"features have {self.model.feature_dim}"
             )
         self.model.memory_bank = bank.to(self.device, torch.float32).contiguous()
-        self.image_hw = (int(hw[0]), int(hw[1]))
 
     @property
     def image_size(self) -> tuple[int, int] | None:

@@ -4,7 +4,8 @@
 module is imported on first use of that name, so importing this module stays cheap (no torch).
 A detector class registers itself with `@register` (its `name` must be listed here). Recipes
 are checked against these names by `load_recipe` / `parse_recipe` below (the recipe layer does
-not import detectors).
+not import detectors); commands load recipes through station.calibration.recipes, which adds
+the calibration policies' names.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib
 import inspect
 import types
 import typing
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from station import recipe as recipes
@@ -69,14 +71,18 @@ def detector_class(name: str) -> type[Detector]:
     return _REGISTRY[name]
 
 
-def load_recipe(name_or_path: str) -> Recipe:
-    """`station.recipe.load_recipe` with the detector names checked against this registry."""
-    return recipes.load_recipe(name_or_path, KNOWN_DETECTORS)
+def load_recipe(name_or_path: str, policy_names: Collection[str] | None = None) -> Recipe:
+    """`station.recipe.load_recipe` with the detector names checked against this registry
+    (and decision.policy against `policy_names`, when given)."""
+    return recipes.load_recipe(name_or_path, KNOWN_DETECTORS, policy_names=policy_names)
 
 
-def parse_recipe(text: str, source: str = "<string>") -> Recipe:
-    """`station.recipe.parse_recipe` with the detector names checked against this registry."""
-    return recipes.parse_recipe(text, source, KNOWN_DETECTORS)
+def parse_recipe(
+    text: str, source: str = "<string>", policy_names: Collection[str] | None = None
+) -> Recipe:
+    """`station.recipe.parse_recipe` with the detector names checked against this registry
+    (and decision.policy against `policy_names`, when given)."""
+    return recipes.parse_recipe(text, source, KNOWN_DETECTORS, policy_names=policy_names)
 
 
 def detector_kwargs(cfg: DetectorConfig, device: str | None = None) -> dict[str, Any]:
@@ -117,8 +123,13 @@ def _fits(value: Any, hint: Any) -> bool:
     return True
 
 
-_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
-          type(None): "null"}
+_WORDS = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "text",
+    type(None): "null",
+}
 
 
 def _describe(hint: Any) -> str:
@@ -166,9 +177,7 @@ def create_detector(name: str, **cfg: Any) -> Detector:
     cls = detector_class(name)
     problems = config_problems(name, cfg)
     if problems:
-        raise DetectorError(
-            "; ".join(problems), hint="fix the detector's params in the recipe"
-        )
+        raise DetectorError("; ".join(problems), hint="fix the detector's params in the recipe")
     try:
         return cls(**cfg)
     except TypeError as exc:

@@ -115,9 +115,7 @@ class SimpleNetModel(nn.Module):
         """N x h x w x embed_dim aggregated, scaled backbone features."""
         return aggregate_features(self.backbone(x), self.embed_dim) * self.feature_scale
 
-    def maps_from_features(
-        self, feats: torch.Tensor, image_hw: tuple[int, int]
-    ) -> torch.Tensor:
+    def maps_from_features(self, feats: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
         """Anomaly maps N x H x W (`image_hw`) from N x h x w x d features."""
         n, h, w, d = feats.shape
         flat = feats.reshape(-1, d).float()
@@ -176,6 +174,7 @@ class SimpleNet(Detector):
 
     name = "simplenet"
     version = 1
+    size_key = "image_size"  # the saved state's name for image_hw
     Config = SimpleNetConfig
 
     def __init__(self, **params: Any) -> None:
@@ -217,7 +216,7 @@ class SimpleNet(Detector):
         self.model = SimpleNetModel(
             backbone, adaptor, discriminator, self.embed_dim, self.smoothing_sigma
         )
-        self.image_size: tuple[int, int] | None = None
+        self.image_hw: tuple[int, int] | None = None
 
     # -- the network (SimpleNetModel) -------------------------------------------------------
 
@@ -286,31 +285,18 @@ class SimpleNet(Detector):
             "seed": self.seed,
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        if self.image_size is None:
-            raise DetectorError("simplenet: not trained yet", hint="run station train first")
+    def _fitted_state(self) -> dict[str, Any]:
         return {
-            "adaptor": {k: v.detach().cpu() for k, v in self.adaptor.state_dict().items()},
-            "discriminator": {
-                k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()
-            },
-            "image_size": list(self.image_size),
+            "adaptor": self.adaptor.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
             "feature_scale": self.feature_scale,
             "backbone_identity": dict(self.backbone.identity),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def _load_fitted_state(self, state: dict[str, Any], image_hw: tuple[int, int]) -> None:
         check_identity(state.get("backbone_identity", {}), self.backbone.identity)
-        try:
-            self.adaptor.load_state_dict(state["adaptor"])
-            self.discriminator.load_state_dict(state["discriminator"])
-        except (KeyError, RuntimeError) as exc:
-            raise DetectorError(
-                f"simplenet model state does not fit this configuration: {exc}".splitlines()[0],
-                hint="load it with the config it was saved with",
-            ) from None
-        h, w = state["image_size"]
-        self.image_size = (int(h), int(w))
+        self.load_module(self.adaptor, state["adaptor"])
+        self.load_module(self.discriminator, state["discriminator"])
         self.feature_scale = float(state.get("feature_scale", 1.0))
 
     # -- features -------------------------------------------------------------------------
@@ -331,7 +317,7 @@ class SimpleNet(Detector):
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            batch = to_batch(chunk, self.image_size, "simplenet")
+            batch = to_batch(chunk, self.image_hw, "simplenet")
             out.append(self._features(batch).to(torch.float16))
             if progress:
                 progress("features", done + start + len(chunk), total)
@@ -339,11 +325,11 @@ class SimpleNet(Detector):
 
     def _scores_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         """Anomaly maps N x H x W (input size) from N x h x w x d features (eval mode)."""
-        assert self.image_size is not None
+        assert self.image_hw is not None
         self.adaptor.eval()
         self.discriminator.eval()
         with torch.no_grad():
-            return self.model.maps_from_features(feats, self.image_size)
+            return self.model.maps_from_features(feats, self.image_hw)
 
     # -- training ---------------------------------------------------------------------------
 
@@ -353,7 +339,7 @@ class SimpleNet(Detector):
         if not images:
             raise DetectorError("simplenet: no training images", hint="capture good parts first")
         first = np.asarray(images[0])
-        self.image_size = (int(first.shape[0]), int(first.shape[1]))
+        self.image_hw = (int(first.shape[0]), int(first.shape[1]))
         self.feature_scale = 1.0
         n = len(images)
         if n >= self.min_split_images and self.val_fraction > 0:
@@ -496,12 +482,12 @@ class SimpleNet(Detector):
     # -- inference --------------------------------------------------------------------------
 
     def predict(self, images: np.ndarray) -> Prediction:
-        if self.image_size is None:
+        if self.image_hw is None:
             raise DetectorError("simplenet: predict before fit", hint="train or load a model")
         t0 = time.perf_counter()
         maps = []
         for start in range(0, len(images), self.batch_size):
-            batch = to_batch(images[start : start + self.batch_size], self.image_size, "simplenet")
+            batch = to_batch(images[start : start + self.batch_size], self.image_hw, "simplenet")
             maps.append(self._scores_from_features(self._features(batch)).cpu())
         out = torch.cat(maps).numpy().astype(np.float32)
         scores = out.reshape(out.shape[0], -1).max(axis=1)

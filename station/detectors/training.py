@@ -4,6 +4,11 @@
 Images are read and preprocessed by the scoring engine (`engine.load_images`). The detector
 receives all good images; it holds out its own validation split (seeded) and
 reports those images' scores, summarised here as good-score statistics in the artifact meta.
+
+With `preprocess.tiling` the detector is fitted on tiles cut as the engine cuts shots
+(`engine.training_tiles`: all, or `train_tiles_per_image` drawn per shot with the detector's
+seed); its validation split and good-score statistics are then per tile (meta
+`good_scores_per: tile`), while an inspected shot scores the max over its tiles.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 from station.detectors.artifact import new_version, preprocess_meta, save_artifact
 from station.detectors.backbones import file_sha256
 from station.detectors.base import Detector, FitReport, ProgressFn
+from station.detectors.engine import training_tiles
 from station.detectors.registry import create_detector, detector_kwargs
 
 if TYPE_CHECKING:
@@ -72,12 +78,18 @@ def train_and_save(
     progress: ProgressFn | None = None,
     train_hash: str | None = None,
 ) -> TrainedModel:
-    """Fit `det_cfg`'s detector on `images` and save it (default: the recipe's models dir)."""
+    """Fit `det_cfg`'s detector on `images` (preprocessed shots; cut into tiles when the recipe
+    tiles) and save it (default: the recipe's models dir)."""
     detector = create_detector(det_cfg.name, **detector_kwargs(det_cfg, device))
-    report = detector.fit(images, progress=progress)
+    tiling = recipe.preprocess.tiling
+    fit_on: Sequence[np.ndarray] = images
+    if tiling.enabled:
+        seed = int(detector.config().get("seed", 0) or 0)
+        fit_on = training_tiles(images, recipe.preprocess, seed)
+    report = detector.fit(fit_on, progress=progress)
     version = new_version(det_cfg.name)
     path = out_path or recipe.models_dir / det_cfg.name / f"{version}.pt"
-    first = images[0]
+    first = fit_on[0]
     backbone = getattr(detector, "backbone", None)
     meta: dict[str, Any] = {
         "version": version,
@@ -89,6 +101,10 @@ def train_and_save(
         "backbone": dict(getattr(backbone, "identity", {}) or {}),
         "train_data_sha256": train_hash or data_sha256(files),
         "n_train_images": len(images),
+        "tiling": (
+            {**tiling.model_dump(), "n_train_tiles": len(fit_on)} if tiling.enabled else None
+        ),
+        "good_scores_per": "tile" if tiling.enabled else "image",
         "train_folder": str(Path(files[0]).parent) if files else "",
         "image_size": [int(first.shape[1]), int(first.shape[0])],
         "preprocess": preprocess_meta(recipe),

@@ -274,7 +274,8 @@ class _PartStore:
             "cycle_ms": round(part.cycle_ms, 1),
             "simulated_cycle_s": round(part.sim_s, 3) if part.sim_s is not None else None,
             "twin": twin_info if self.label == "labelled" else (
-                {k: v for k, v in (twin_info or {}).items() if k != "defects"} or None),
+                {k: v for k, v in (twin_info or {}).items()
+                 if k not in ("defects", "truth")} or None),
             "shots": shots_meta,
         }  # fmt: skip
 

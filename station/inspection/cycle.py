@@ -6,16 +6,14 @@ One part, live:
     shot for inference -> move home -> collect scores -> verdict -> commit record -> set the
     reject output (confirmed by read-back) -> release the sheet
 
-With `pipelined=True` a single worker thread scores shot k (and writes its heatmaps) while the
-robot moves to pose k+1, and scores the last shot while the robot moves home, clear of the next
-sheet's approach. With `pipelined=False` every step waits for the previous one (the baseline
-for tools/bench_cycle.py; detectors still run on the same worker thread, so the two modes
-differ only by the overlap). The per-part breakdown (`timings_ms` on the Part row) is the summed
-time of each activity: motion, exposure (the grab; offline: reading the file), inference
-(preprocessing + detectors), logging (files and database), line (reject output and
-release), wait (the cycle blocked on inference), and cycle (wall time from the sheet's
-arrival to its release). Inference and heatmap logging overlap the motion when pipelined,
-so the activities then add up to more than the cycle.
+With `pipelined=True` one worker thread scores shot k (and writes its heatmaps) while the robot
+moves to pose k+1, and the last shot while it moves home. With `pipelined=False` every step
+waits for the previous one (the baseline of tools/bench_cycle.py; same worker thread, so the
+modes differ only by the overlap). `timings_ms` on the Part row sums each activity: motion,
+exposure (offline: reading the file), inference (preprocessing, detectors, sheet map),
+starved (inference idle between shots, waiting for motion), logging (files and database), line
+(reject output and release), wait (the cycle blocked on inference) and cycle (the sheet's
+arrival to its release). Pipelined, the activities add up to more than the cycle.
 
 Faults (see station.inspection.faults) end the part as `fault`, raise the reject output and
 then continue, wait for the operator, or stop. Stopping (Ctrl-C, `count` reached, operator)
@@ -41,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from station.cellcal.store import CameraModel, inspection_camera
 from station.decision import Decision, Verdict, decide
 from station.errors import NowhereToStore, StationError, StorageError
 from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify
@@ -54,9 +53,12 @@ from station.inspection.results import (
     OperatorFn,
     PartResult,
     RunSummary,
+    SheetOutcome,
     ShotScores,
     Timings,
+    recovery_messages,
 )
+from station.inspection.sheet import PartSheet, finish_sheet
 from station.recipe import Recipe
 
 
@@ -74,8 +76,13 @@ class Inspector:
         operator: OperatorFn | None = None,
         on_event: EventFn | None = None,
         max_consecutive_faults: int = MAX_CONSECUTIVE_FAULTS,
+        camera: CameraModel | None = None,
     ) -> None:
         self.recipe = recipe
+        # the sheet map's camera model: exact on the twin, else calibrated, else nominal
+        self.camera = camera if camera is not None else inspection_camera(recipe)
+        self.sheet: SheetOutcome | None = None  # the last part's sheet map, for its result
+        self._part_sheet = PartSheet(recipe, self.camera)  # the part in progress
         self.detectors = detectors
         self.recorder = recorder
         self.devices = devices
@@ -108,10 +115,14 @@ class Inspector:
 
     # -- one shot through the detectors (on the worker thread when pipelined) -----------
     def _score_shot(
-        self, part: PartRecord, shot: ShotRecord, image: np.ndarray, timings: Timings
+        self, part: PartRecord, shot: ShotRecord, image: np.ndarray, t: Timings, sheet: PartSheet
     ) -> ShotScores:
-        with timings.measure("inference"):
+        t.shot_started()
+        with t.measure("inference"):
             outputs = self.detectors.score(image)
+            # onto the part's sheet map (a failure is kept there and faults the part)
+            sheet.add(shot.pose_name, shot.robot_pose, {o.detector: o.amap for o in outputs})
+        t.shot_done()
         t0 = time.perf_counter()
         dets = [
             self.recorder.write_detection(
@@ -128,7 +139,7 @@ class Inspector:
             )
             for o in outputs
         ]
-        timings.add("logging", (time.perf_counter() - t0) * 1000.0)
+        t.add("logging", (time.perf_counter() - t0) * 1000.0)
         return ShotScores(shot, {o.detector: o.score for o in outputs}, dets)
 
     def _submit(
@@ -140,7 +151,8 @@ class Inspector:
         """
         if self._pool is None:
             raise StationError("the inspector is closed")
-        fut = self._pool.submit(self._score_shot, part, shot, image, timings)
+        sheet = self._part_sheet  # the part's, fixed when the shot is queued
+        fut = self._pool.submit(self._score_shot, part, shot, image, timings, sheet)
         if not self.pipelined:
             futures_wait([fut])
         return fut
@@ -160,12 +172,19 @@ class Inspector:
         part.model_versions = self.detectors.model_versions
         part.calibration_id = self.detectors.calibration_id
         part.ground_truth = ground_truth
+        self._part_sheet = PartSheet(self.recipe, self.camera)
         futures, pose_names, fault = self._acquire(part, shots, timings)
         scores, late = self._collect(futures, timings)
         fault = fault or late
-
+        self.sheet = None
         if fault is None and part.db_id is not None:
-            decision = decide(scores, self.detectors.thresholds, self.recipe.decision, pose_names)
+            self.sheet, fault = finish_sheet(
+                self._part_sheet, part, self.recorder, self.detectors.thresholds, timings
+            )
+        if fault is None and part.db_id is not None:
+            peaks = self.sheet.peaks if self.sheet is not None else None
+            th, cfg = self.detectors.thresholds, self.recipe.decision
+            decision = decide(scores, th, cfg, pose_names, peaks)
         elif fault is None:
             decision = Decision.fault("the part was not recorded")
         else:
@@ -174,7 +193,6 @@ class Inspector:
         part.reason = decision.reason
         part.part_score = decision.part_score
         part.timings_ms = timings.rounded()
-
         if part.db_id is not None or fault is None or fault.kind != "storage":
             with timings.measure("logging"):
                 try:
@@ -217,6 +235,9 @@ class Inspector:
                 if acq.defects is not None:
                     seen_truth = True
                     any_defect = any_defect or bool(acq.defects)
+                if acq.sheet_defects is not None:  # a defect no shot sees is still a defect
+                    seen_truth = True
+                    any_defect = any_defect or bool(acq.sheet_defects)
                 futures.append(self._submit(part, shot, acq.image, timings))
         except Exception as exc:  # noqa: BLE001 (every failure ends the part as a fault)
             fault = classify(exc)
@@ -266,6 +287,8 @@ class Inspector:
                 per[d.detector].append(d.score)
         how = self.recipe.decision.combine_poses
         combined = {n: (max(v) if how == "max" else sum(v) / len(v)) for n, v in per.items() if v}
+        if how == "sheet_map":  # the part's score is its sheet map's peak (None: no map)
+            combined = dict(self.sheet.peaks) if self.sheet is not None else {}
         th = self.detectors.thresholds
         return PartResult(
             sequence=part.sequence,
@@ -282,6 +305,7 @@ class Inspector:
             fault=fault,
             stored=part.key not in self.recorder.backlog,
             line_part_id=part.line_part_id,
+            sheet=self.sheet,
         )
 
     # -- live -----------------------------------------------------------------------------
@@ -300,6 +324,7 @@ class Inspector:
                 robot_pose=[float(v) for v in state.tcp_mm_rotvec],
                 mask=frame.mask,
                 defects=list(frame.defects) if frame.mask is not None else None,
+                sheet_defects=frame.sheet_defects,
             )
         # Clear of the sheet; when pipelined, this overlaps scoring the last shot.
         with timings.measure("motion"):
@@ -472,23 +497,8 @@ class Inspector:
         return False
 
     def _report_recovery(self, rec: RecoveryReport) -> None:
-        for line in rec.refused:
-            self._emit("message", line, level="error")
-        if not (rec.journal_replayed or rec.interrupted or rec.set_aside):
-            return
-        refused = (
-            f", {rec.set_aside} refused by the database and kept in "
-            f"{self.recorder.journal_dir / 'refused'}"
-            if rec.set_aside
-            else ""
-        )
-        self._emit(
-            "message",
-            f"recovered: {rec.journal_replayed} held record(s) written{refused}, "
-            f"{len(rec.interrupted)} part(s) marked interrupted "
-            f"({', '.join(map(str, rec.interrupted)) or '-'})",
-            level="warning",
-        )
+        for text, level in recovery_messages(rec, self.recorder.journal_dir / "refused"):
+            self._emit("message", text, level=level)
 
     def run_live(self, count: int | None = None, stop: threading.Event | None = None) -> RunSummary:
         """Inspect parts until `stop` is set, `count` parts are done, or a fault stops it."""
@@ -563,6 +573,7 @@ class Inspector:
         return self._result(part, timings, fault)
 
     def _announce(self) -> None:
+        self._emit("message", f"sheet map camera model: {self.camera.source}")
         if self.detectors.calibration_note:
             self._emit("message", self.detectors.calibration_note, level="warning")
 

@@ -6,7 +6,9 @@ Order of writes for one part (so nothing captured or decided is ever lost):
 2. `add_shot`: the shot PNG is written atomically (temporary file, fsync, rename) and its Shot
    row committed, before the shot goes to the detectors.
 3. `add_detections`: heatmap PNGs (and raw maps when the recipe asks) are written to disk.
-4. `finish_part`: Detection rows and the verdict are committed in one transaction.
+4. `write_sheet_map`: the part's sheet map picture (`sheet_map.png` in the part's folder).
+5. `finish_part`: Detection rows, the sheet map (its columns, the shots' footprints, the
+   defect regions) and the verdict are committed in one transaction.
 
 The records (`PartRecord`, `ShotRecord`, `DetectionRecord`) and the row writes live in
 `station.storage.parts`; this module decides when to write, where files go, and what to do
@@ -37,6 +39,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +53,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from station.errors import NowhereToStore, StorageError
 from station.paths import resolve
 from station.recipe import Recipe
+from station.sheet_map import SheetMap
+from station.sheet_map import render as render_sheet
 from station.storage.db import Database
 from station.storage.heatmaps import (
     encode_heatmap,
@@ -64,6 +69,7 @@ from station.storage.parts import (
     DetectionRecord,
     PartRecord,
     RecordRefused,
+    SheetMapRecord,
     ShotRecord,
     now,
     shot_columns,
@@ -216,6 +222,34 @@ class Recorder:
             raw_map_path=raw_rel,
             latency_ms=float(latency_ms),
         )
+
+    def write_sheet_map(
+        self,
+        part: PartRecord,
+        sheet: SheetMap,
+        thresholds: Mapping[str, float],
+        camera_source: str,
+    ) -> SheetMapRecord:
+        """Write the part's sheet map picture (fused maps / thresholds, max over detectors;
+        unseen cells black) and set `part.sheet_map`, which `finish_part` commits with the
+        verdict (and the journal keeps with the part). No database here."""
+        path = self.part_folder(part) / "sheet_map.png"
+        write_atomic(path, encode_png(render_sheet(sheet.combined(thresholds))[..., ::-1]))
+        part.sheet_map = SheetMapRecord(
+            png_path=self.rel(path),
+            extent_mm=[float(v) for v in sheet.grid.extent_mm],
+            mm_per_px=float(sheet.grid.mm_per_px),
+            fusion=sheet.fusion,
+            camera_source=camera_source,
+            region_mm=[float(v) for v in sheet.region_mm],
+            footprints={
+                name: [[float(x), float(y)] for x, y in corners]
+                for name, corners in sheet.footprints.items()
+                if np.isfinite(corners).all()
+            },
+            defects=sheet.defects(thresholds),
+        )
+        return part.sheet_map
 
     def finish_part(self, part: PartRecord) -> None:
         """Commit detections and verdict in one transaction; StorageError if refused.

@@ -9,6 +9,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,10 @@ import numpy as np
 from station.decision import Verdict
 from station.inspection.faults import Fault
 from station.inspection.recorder import DetectionRecord, RecoveryReport, ShotRecord
+from station.sheet_map import SheetDefect
 
-TIMING_KEYS = ("motion", "exposure", "inference", "logging", "line", "wait", "cycle")
+# starved: the inference thread idle between a part's shots, waiting for motion and exposure
+TIMING_KEYS = ("motion", "exposure", "inference", "starved", "logging", "line", "wait", "cycle")
 
 
 class Timings:
@@ -26,6 +29,16 @@ class Timings:
     def __init__(self) -> None:
         self.ms: dict[str, float] = dict.fromkeys(TIMING_KEYS, 0.0)
         self._lock = threading.Lock()
+        self._shot_done: float | None = None  # when inference last finished a shot
+
+    def shot_started(self) -> None:
+        """Inference starts a shot: the time since the last one ended counts as starved."""
+        now = time.perf_counter()
+        if self._shot_done is not None:
+            self.add("starved", (now - self._shot_done) * 1000.0)
+
+    def shot_done(self) -> None:
+        self._shot_done = time.perf_counter()
 
     def add(self, key: str, ms: float) -> None:
         with self._lock:
@@ -55,6 +68,7 @@ class Acquired:
     robot_pose: list[float] = field(default_factory=list)
     mask: np.ndarray | None = None
     defects: list[dict[str, Any]] | None = None  # None: no ground truth
+    sheet_defects: list[dict[str, Any]] | None = None  # the whole sheet's (twin), seen or not
 
 
 @dataclass
@@ -62,6 +76,16 @@ class ShotScores:
     shot: ShotRecord
     scores: dict[str, float]
     detections: list[DetectionRecord]
+
+
+@dataclass(frozen=True)
+class SheetOutcome:
+    """A part's sheet map in short: what the decision used and what it found."""
+
+    peaks: dict[str, float]  # detector -> raw peak of its fused map
+    defects: list[SheetDefect]  # regions at or over threshold, largest peak first
+    unseen_mm2: float  # area of the region no shot saw (a coverage gap)
+    camera_source: str  # the camera model used: exact (twin), calibrated or nominal
 
 
 @dataclass
@@ -81,6 +105,7 @@ class PartResult:
     fault: Fault | None = None
     stored: bool = True  # False: held in the journal until the database answers
     line_part_id: str | None = None
+    sheet: SheetOutcome | None = None  # None: no sheet map (the part faulted before it)
 
 
 @dataclass
@@ -121,6 +146,25 @@ class RunSummary:
     @property
     def throughput_per_hour(self) -> float:
         return 3600.0 * self.parts / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def recovery_messages(rec: RecoveryReport, refused_dir: Path) -> list[tuple[str, str]]:
+    """(text, level) lines telling the operator what start-up recovery did."""
+    out = [(line, "error") for line in rec.refused]
+    if not (rec.journal_replayed or rec.interrupted or rec.set_aside):
+        return out
+    refused = (
+        f", {rec.set_aside} refused by the database and kept in {refused_dir}"
+        if rec.set_aside
+        else ""
+    )
+    out.append((
+        f"recovered: {rec.journal_replayed} held record(s) written{refused}, "
+        f"{len(rec.interrupted)} part(s) marked interrupted "
+        f"({', '.join(map(str, rec.interrupted)) or '-'})",
+        "warning",
+    ))
+    return out
 
 
 OperatorFn = Callable[[Fault], bool]  # True: the operator fixed it, resume; False: stop

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from station.review import store
 from station.review.filters import filter_query, parse_filter
 from station.review.security import IMAGE_TYPES, safe_data_path
+from station.review.sheet import parse_defect, sheet_view
 from station.review.web import Refused, check_id, render, settings
 from station.storage.models import ReviewLabel
 
@@ -88,6 +89,8 @@ def part_page(request: Request, part_id: int) -> Response:
         prev_id, next_id = store.neighbours(s, part, flt)
         calibration = store.load_calibration(s, part.calibration_id)
     shots, detectors = _shots_view(cfg.root, part)
+    sheet = sheet_view(cfg.root, part, parse_defect(request.query_params.get("defect")))
+    seeing = sheet.selected["shots"] if sheet and sheet.selected else []
     reviews = sorted(part.reviews, key=lambda r: (store.as_utc(r.created_at), r.id))
     q = filter_query(flt)
     return render(
@@ -96,6 +99,8 @@ def part_page(request: Request, part_id: int) -> Response:
         part=part,
         shots=shots,
         detectors=detectors,
+        sheet=sheet,
+        defect_shots=[item for item in shots if item["shot"].pose_name in seeing],
         reviews=list(reversed(reviews)),
         latest=reviews[-1] if reviews else None,
         calibration=calibration,

@@ -2,8 +2,10 @@
 
 For tests, the review benchmark (`tools/bench_review.py`) and the screenshot tool. The images
 are a procedurally woven texture with a dark blob on defective parts; heatmaps are colour PNGs
-of the same pixel size, hot where the blob is. Rows go in with bulk inserts so 10 000 parts
-take seconds. Nothing here is used on the line.
+of the same pixel size, hot where the blob is. Parts with their own image files (not
+`shared_images`) that passed or failed also get a sample sheet map fused from their shot maps
+(station.review.sample_sheet). Rows go in with bulk inserts so 10 000 parts take seconds.
+Nothing here is used on the line.
 """
 
 from __future__ import annotations
@@ -13,19 +15,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from sqlalchemy import func, insert, select
 
+from station.review.sample_sheet import build_sheet_map
 from station.storage.db import Database
-from station.storage.models import Detection, Part, Review, ReviewLabel, Shot, Verdict
+from station.storage.models import (
+    Detection,
+    Part,
+    Review,
+    ReviewLabel,
+    SheetDefectRow,
+    Shot,
+    Verdict,
+)
 from station.storage.parts import (
     DetectionRecord,
     PartRecord,
+    SheetMapRecord,
     ShotRecord,
     detection_columns,
     part_columns,
+    sheet_map_columns,
     shot_columns,
 )
 
@@ -62,10 +76,10 @@ def woven_image(
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def heatmap_png(
+def anomaly_map(
     width: int, height: int, seed: int, blob: tuple[int, int, int] | None
 ) -> np.ndarray:
-    """A BGR colour heatmap (JET) of the same size: low noise, hot around `blob`."""
+    """A float32 HxW anomaly map: low noise (up to 0.25), about 1 more around `blob`."""
     rng = np.random.default_rng(seed + 7)
     low = cv2.resize(rng.random((max(2, height // 32), max(2, width // 32))), (width, height))
     amap = 0.25 * low.astype(np.float32)
@@ -73,7 +87,14 @@ def heatmap_png(
         bx, by, r = blob
         y, x = np.mgrid[0:height, 0:width].astype(np.float32)
         amap += np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * (r * 1.2) ** 2))
-    u8 = np.clip(amap * 255, 0, 255).astype(np.uint8)
+    return amap
+
+
+def heatmap_png(
+    width: int, height: int, seed: int, blob: tuple[int, int, int] | None
+) -> np.ndarray:
+    """A BGR colour heatmap (JET) of the same size: low noise, hot around `blob`."""
+    u8 = np.clip(anomaly_map(width, height, seed, blob) * 255, 0, 255).astype(np.uint8)
     return cv2.applyColorMap(u8, cv2.COLORMAP_JET)
 
 
@@ -99,6 +120,7 @@ class _ImageFiles:
     size: tuple[int, int]
     rng: random.Random
     made: dict[str, str] = field(default_factory=dict)
+    drawn: dict[str, tuple[int, tuple[int, int, int] | None]] = field(default_factory=dict)
 
     def __call__(self, key: str, bad: bool, pose: int, file_seed: int) -> tuple[str, list[str]]:
         made, rng, detectors = self.made, self.rng, self.detectors
@@ -122,7 +144,15 @@ class _ImageFiles:
             _write(self.data_root / hrel, heatmap_png(width, height, file_seed + i, blob))
             heat_rels.append(hrel)
         made[key] = rel
+        self.drawn[key] = (file_seed, blob)  # what the shot's maps were drawn from
         return rel, heat_rels
+
+    def shot_map(self, key: str, detector_index: int, ratio: float | None) -> np.ndarray:
+        """The anomaly map behind a heatmap written for `key`, scaled so its peak is `ratio`
+        (the detection's score / threshold): the shot map in units of the threshold."""
+        file_seed, blob = self.drawn[key]
+        amap = anomaly_map(*self.size, file_seed + detector_index, blob)
+        return amap * np.float32((ratio or 0.0) / max(float(amap.max()), 1e-6))
 
 
 def seed_parts(
@@ -157,6 +187,7 @@ def seed_parts(
     shots: list[dict] = []
     dets: list[dict] = []
     reviews: list[dict] = []
+    sheet_defects: list[dict] = []
     image_files = _ImageFiles(data_root, recipe, detectors, size, rng)
 
     rejected: list[int] = []
@@ -168,9 +199,14 @@ def seed_parts(
             thresholds, (fault_rate, reject_rate), size,
             "shared" if shared_images else None, seed * 100_003 + n * 7,
         )  # fmt: skip
-        parts.append(dict(id=part_id, **part_columns(part)))
+        row = dict(id=part_id, **part_columns(part))
+        footprints = {}
+        if not shared_images and part.verdict in (Verdict.PASS, Verdict.FAIL):
+            footprints = _add_sheet_map(part, row, sheet_defects, image_files, data_root)
+        parts.append(row)
         for shot in part.shots:
-            shots.append(dict(id=shot_id, part_id=part_id, **shot_columns(shot)))
+            shots.append(dict(id=shot_id, part_id=part_id, **shot_columns(shot),
+                              footprint_mm=footprints.get(shot.pose_name)))  # fmt: skip
             dets += [
                 dict(shot_id=shot_id, created_at=started, **detection_columns(d))
                 for d in shot.detections
@@ -192,12 +228,45 @@ def seed_parts(
                     )
                 )
         part_id += 1
+    tables = (Part, parts), (Shot, shots), (Detection, dets), (Review, reviews)
     with db.session() as s:
-        for model, rows in ((Part, parts), (Shot, shots), (Detection, dets), (Review, reviews)):
+        for model, rows in (*tables, (SheetDefectRow, sheet_defects)):
             for i in range(0, len(rows), 5000):
                 s.execute(insert(model), rows[i : i + 5000])
     first = parts[0]["id"] if parts else part_id
     return SampleSet(part_ids=list(range(first, part_id)), rejected_ids=rejected)
+
+
+def _add_sheet_map(
+    part: PartRecord,
+    row: dict[str, Any],
+    sheet_defects: list[dict[str, Any]],
+    image_files: _ImageFiles,
+    data_root: Path,
+) -> dict[str, list[list[float]]]:
+    """Make the part's sample sheet map: its columns go into `row`, its defect rows onto
+    `sheet_defects`; returns each pose's footprint for the shot rows."""
+    sheet = _sample_sheet_map(part, image_files, image_files.detectors, data_root)
+    columns, footprints, defect_rows = sheet_map_columns(sheet, POSES)
+    row.update(columns)
+    sheet_defects += [dict(part_id=row["id"], **cols) for cols in defect_rows]
+    return footprints
+
+
+def _sample_sheet_map(
+    part: PartRecord, image_files: _ImageFiles, detectors: tuple[str, ...], data_root: Path
+) -> SheetMapRecord:
+    """The part's sample sheet map, fused from the maps behind its shots' heatmaps."""
+    ratios = [{d.detector: d.normalized_score for d in shot.detections} for shot in part.shots]
+
+    def shot_map(pose_index: int, detector_index: int) -> np.ndarray:
+        key = f"{part.sequence:06d}/{part.shots[pose_index].pose_name}"
+        ratio = ratios[pose_index].get(detectors[detector_index])
+        return image_files.shot_map(key, detector_index, ratio)
+
+    rel = f"{image_files.recipe}/images/{part.sequence:06d}/sheet_map.png"
+    (data_root / rel).parent.mkdir(parents=True, exist_ok=True)
+    return build_sheet_map(part, detectors, shot_map, str(data_root / rel), rel)
 
 
 def _sample_part(

@@ -239,7 +239,11 @@ def load_part(session: Session, part_id: int) -> Part | None:
     stmt = (
         select(Part)
         .where(Part.id == part_id)
-        .options(selectinload(Part.shots).selectinload(Shot.detections), selectinload(Part.reviews))
+        .options(
+            selectinload(Part.shots).selectinload(Shot.detections),
+            selectinload(Part.reviews),
+            selectinload(Part.sheet_defects),
+        )
     )
     return session.scalars(stmt).first()
 

@@ -71,9 +71,22 @@ class Part(Base):
     # journal record replayed later is checked against the row it claims (0003)
     run_id: Mapped[str | None] = mapped_column(String(32))
     part_key: Mapped[str | None] = mapped_column(String(32))
+    # the sheet map (0004; NULL on parts inspected without one): the fused map image, the
+    # table rectangle it covers [x0, y0, x1, y1] in base-frame mm (x0, y0 at the image's
+    # top-left pixel corner), its scale, the fusion rule across views, the camera model used
+    # ("exact twin" / "calibrated ..." / "nominal ..."), the inspected region [x0, y0, x1, y1]
+    sheet_map_path: Mapped[str | None] = mapped_column(Text)
+    sheet_map_extent_mm: Mapped[list[Any] | None] = mapped_column()
+    sheet_map_mm_per_px: Mapped[float | None] = mapped_column(Float)
+    sheet_map_fusion: Mapped[str | None] = mapped_column(String(16))  # max | mean | min
+    sheet_map_camera: Mapped[str | None] = mapped_column(Text)
+    sheet_region_mm: Mapped[list[Any] | None] = mapped_column()
 
     shots: Mapped[list[Shot]] = relationship(
         back_populates="part", cascade="all, delete-orphan", order_by="Shot.pose_index"
+    )
+    sheet_defects: Mapped[list[SheetDefectRow]] = relationship(
+        back_populates="part", cascade="all, delete-orphan", order_by="SheetDefectRow.index"
     )
     reviews: Mapped[list[Review]] = relationship(
         back_populates="part", cascade="all, delete-orphan", order_by="Review.created_at"
@@ -96,6 +109,8 @@ class Shot(Base):
     robot_pose: Mapped[list[Any]] = mapped_column(default=list)  # read back: mm + rotvec rad
     captured_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
     mask_path: Mapped[str | None] = mapped_column(Text)  # ground truth (twin only)
+    # where the shot lies on the table: 4 corners [[x, y], ...] in base-frame mm (0004)
+    footprint_mm: Mapped[list[Any] | None] = mapped_column()
 
     part: Mapped[Part] = relationship(back_populates="shots")
     detections: Mapped[list[Detection]] = relationship(
@@ -120,6 +135,27 @@ class Detection(Base):
     created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
 
     shot: Mapped[Shot] = relationship(back_populates="detections")
+
+
+class SheetDefectRow(Base):
+    """One defect region on a part's sheet map (`station.sheet_map.SheetDefect`)."""
+
+    __tablename__ = "sheet_defects"
+    __table_args__ = (
+        UniqueConstraint("part_id", "defect_index", name="uq_sheet_defects_part_index"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    part_id: Mapped[int] = mapped_column(ForeignKey("parts.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column("defect_index", Integer)  # 0, 1, ... within the part
+    detector: Mapped[str] = mapped_column(String(64))
+    x_mm: Mapped[float] = mapped_column(Float)  # centre, base frame, on the table plane
+    y_mm: Mapped[float] = mapped_column(Float)
+    area_mm2: Mapped[float] = mapped_column(Float)
+    peak: Mapped[float | None] = mapped_column(Float)  # fused score / threshold; NULL: not finite
+    shots: Mapped[list[Any]] = mapped_column(default=list)  # pose names of the shots that see it
+
+    part: Mapped[Part] = relationship(back_populates="sheet_defects")
 
 
 class Review(Base):

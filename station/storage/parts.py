@@ -6,6 +6,10 @@ knows of it, whether or not the database has it yet; it serialises to JSON for t
 and a record is written only to the row it was made for). `part_columns`, `shot_columns` and
 `detection_columns` give the column values of one row, for writers that insert in bulk.
 
+`record_sheet_map` writes a part's sheet map (the fused map, shot footprints and defect
+regions) into the session that holds the part's row; a `PartRecord` may carry the same as a
+`SheetMapRecord`, which `write_part` writes through it (journalled like the rest).
+
 Used by the inspection recorder, `station capture` and the review sample data.
 """
 
@@ -14,16 +18,19 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from station.decision import Verdict
 from station.errors import StorageError
+from station.sheet_map import SheetDefect
 from station.storage.db import Database
-from station.storage.models import Detection, Part, Shot
+from station.storage.models import Detection, Part, SheetDefectRow, Shot
 
 
 def now() -> datetime:
@@ -73,6 +80,38 @@ class ShotRecord:
     db_id: int | None = None
 
 
+FUSION_RULES = ("max", "mean", "min")
+
+
+@dataclass
+class SheetMapRecord:
+    """A part's sheet map as `record_sheet_map` takes it, for a `PartRecord` (see there)."""
+
+    png_path: str  # relative to the data directory, like shot images
+    extent_mm: list[float]  # [x0, y0, x1, y1] base-frame mm covered by the image
+    mm_per_px: float
+    fusion: str  # max | mean | min
+    camera_source: str  # "exact twin" / "calibrated ..." / "nominal ..."
+    region_mm: list[float]  # [x0, y0, x1, y1]
+    footprints: dict[str, list[list[float]]] = field(default_factory=dict)  # pose -> 4 corners
+    defects: list[SheetDefect] = field(default_factory=list)
+    written: bool = False  # set once a commit holds it
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> SheetMapRecord:
+        defects = [
+            SheetDefect(
+                centre_mm=(float(d["centre_mm"][0]), float(d["centre_mm"][1])),
+                area_mm2=d["area_mm2"],
+                peak=d["peak"],
+                detector=d["detector"],
+                shots=tuple(d["shots"]),
+            )
+            for d in data.pop("defects", [])
+        ]
+        return SheetMapRecord(**data, defects=defects)
+
+
 @dataclass
 class PartRecord:
     """One part as the station knows it, whether or not the database has it yet."""
@@ -95,6 +134,7 @@ class PartRecord:
     sequence: int | None = None
     db_id: int | None = None
     run_id: str = ""  # the Recorder (run) that made the record; also on its Part row
+    sheet_map: SheetMapRecord | None = None  # written by write_part through record_sheet_map
 
     @property
     def label(self) -> str:
@@ -113,6 +153,9 @@ class PartRecord:
     @staticmethod
     def from_json(text: str) -> PartRecord:
         data = json.loads(text)
+        sheet_map = data.pop("sheet_map", None)  # journals from before the sheet map lack it
+        if sheet_map is not None:
+            data["sheet_map"] = SheetMapRecord.from_dict(sheet_map)
         shots = []
         for raw in data.pop("shots"):
             dets = [DetectionRecord(**d) for d in raw.pop("detections")]
@@ -247,6 +290,141 @@ def write_part(db: Database, part: PartRecord, with_detections: bool = True) -> 
                 s.add(drow)
                 s.flush()
                 new_ids.append((det, drow))
+        sheet = part.sheet_map
+        if sheet is not None and (not sheet.written or row.sheet_map_path != sheet.png_path):
+            s.expire(row, ["shots"])  # reload with the shots just added, for the footprints
+            record_sheet_map(s, row, **_sheet_args(sheet))
     for record, dbrow in new_ids:
         record.db_id = dbrow.id
+    if part.sheet_map is not None:
+        part.sheet_map.written = True
     part.sequence = row.sequence
+
+
+def _sheet_args(sheet: SheetMapRecord) -> dict[str, Any]:
+    return {
+        name: getattr(sheet, name)
+        for name in (
+            "png_path", "extent_mm", "mm_per_px", "fusion", "camera_source", "region_mm",
+            "footprints", "defects",
+        )
+    }  # fmt: skip
+
+
+def _rect(field_name: str, value: Sequence[float]) -> list[float]:
+    """[x0, y0, x1, y1] with x0 < x1 and y0 < y1, all finite; RecordRefused otherwise."""
+    vals = [float(v) for v in value]
+    if (
+        len(vals) != 4
+        or not all(map(math.isfinite, vals))
+        or not (vals[0] < vals[2] and vals[1] < vals[3])
+    ):
+        raise RecordRefused(
+            f"sheet map {field_name} must be [x0, y0, x1, y1] in mm with x0 < x1 and y0 < y1, "
+            f"got {list(value)}"
+        )
+    return vals
+
+
+def _corners(pose: str, value: Sequence[Sequence[float]]) -> list[list[float]]:
+    out = [[float(c) for c in corner] for corner in value]
+    if len(out) != 4 or any(len(c) != 2 or not all(map(math.isfinite, c)) for c in out):
+        raise RecordRefused(
+            f"sheet map footprint of pose {pose!r} must be 4 corners [x, y] in mm, got {value}"
+        )
+    return out
+
+
+def record_sheet_map(
+    session: Session,
+    part: Part,
+    *,
+    png_path: str,
+    extent_mm: Sequence[float],
+    mm_per_px: float,
+    fusion: str,
+    camera_source: str,
+    region_mm: Sequence[float],
+    footprints: Mapping[str, Sequence[Sequence[float]]],
+    defects: Sequence[SheetDefect],
+) -> list[SheetDefectRow]:
+    """Write `part`'s sheet map into `session` (the one holding the part's row and its shots).
+
+    Sets the part's sheet-map columns, each named shot's footprint (pose name -> 4 corners in
+    base-frame mm) and replaces the part's sheet defects (numbered 0, 1, ... in the given
+    order). The image's pixel (col, row) covers x0 + col * mm_per_px, y0 + row * mm_per_px
+    onward, for `extent_mm` = [x0, y0, x1, y1]: rows run along +y. Calling it again replaces
+    the map. RecordRefused (nothing written) on a value that cannot be stored: a bad rectangle
+    or scale, an unknown fusion rule, or a pose name the part has no shot for. The caller's
+    session commits.
+    """
+    sheet = SheetMapRecord(
+        png_path, list(extent_mm), mm_per_px, fusion, camera_source, list(region_mm),
+        {pose: [list(c) for c in corners] for pose, corners in footprints.items()},
+        list(defects),
+    )  # fmt: skip
+    columns, corners, defect_rows = sheet_map_columns(
+        sheet, [shot.pose_name for shot in part.shots], f"part {part.sequence}"
+    )
+    for name, value in columns.items():
+        setattr(part, name, value)
+    shots = {shot.pose_name: shot for shot in part.shots}
+    for pose, value in corners.items():
+        shots[pose].footprint_mm = value
+    if part.sheet_defects:
+        part.sheet_defects.clear()
+        session.flush()  # the old rows go before new ones take their numbers
+    rows = [SheetDefectRow(**cols) for cols in defect_rows]
+    part.sheet_defects.extend(rows)
+    session.flush()
+    return rows
+
+
+def sheet_map_columns(
+    sheet: SheetMapRecord, pose_names: Sequence[str], whose: str = "the part"
+) -> tuple[dict[str, Any], dict[str, list[list[float]]], list[dict[str, Any]]]:
+    """A sheet map's row values, checked: the part's columns, each pose's footprint and the
+    columns of each SheetDefectRow (but part id). For `record_sheet_map` and bulk writers;
+    RecordRefused as there. `pose_names`: the part's shots."""
+    extent = _rect("extent_mm", sheet.extent_mm)
+    region = _rect("region_mm", sheet.region_mm)
+    if not (math.isfinite(sheet.mm_per_px) and sheet.mm_per_px > 0):
+        raise RecordRefused(f"sheet map mm_per_px must be a positive number, got {sheet.mm_per_px}")
+    if sheet.fusion not in FUSION_RULES:
+        raise RecordRefused(f"sheet map fusion must be one of {FUSION_RULES}, got {sheet.fusion!r}")
+    if not sheet.png_path or not sheet.camera_source:
+        raise RecordRefused("sheet map needs its png_path and camera_source")
+    named = set(sheet.footprints) | {name for d in sheet.defects for name in d.shots}
+    if unknown := sorted(named - set(pose_names)):
+        raise RecordRefused(
+            f"sheet map of {whose} names poses without a shot: {', '.join(unknown)}"
+        )
+    columns = {
+        "sheet_map_path": sheet.png_path,
+        "sheet_map_extent_mm": extent,
+        "sheet_map_mm_per_px": float(sheet.mm_per_px),
+        "sheet_map_fusion": sheet.fusion,
+        "sheet_map_camera": sheet.camera_source,
+        "sheet_region_mm": region,
+    }
+    corners = {pose: _corners(pose, value) for pose, value in sheet.footprints.items()}
+    return columns, corners, [_defect_row(i, d) for i, d in enumerate(sheet.defects)]
+
+
+def _defect_row(index: int, defect: SheetDefect) -> dict[str, Any]:
+    x, y = (float(v) for v in defect.centre_mm)
+    area = float(defect.area_mm2)
+    if not all(map(math.isfinite, (x, y, area))) or area < 0:
+        raise RecordRefused(
+            f"sheet defect {index} needs a finite centre and area >= 0, "
+            f"got centre {defect.centre_mm}, area {defect.area_mm2}"
+        )
+    return {
+        "index": index,
+        "detector": defect.detector,
+        "x_mm": x,
+        "y_mm": y,
+        "area_mm2": area,
+        "peak": _finite(float(defect.peak)),
+        "shots": list(defect.shots),
+    }

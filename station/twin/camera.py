@@ -73,6 +73,7 @@ class SimCamera:
                 camera_settings={**self.settings(), "blur_sigma_px": round(shot.blur_sigma_px, 3)},
                 mask=shot.mask,
                 defects=shot.defects,
+                sheet_defects=self.world.sheet_truth() if self.world.sheet else None,
             )
         raise CameraError(
             f"camera {self.serial} (simulated): {last}, {tries} tries",

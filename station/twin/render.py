@@ -3,8 +3,10 @@
 Per shot: the sheet's layers are warped into the image with the homography of the current TCP
 pose (`optics`), then shaded: a ring light around the lens (diffuse, and mirror-like on metal),
 a side light fixed in the cell (diffuse, anisotropic sheen along the glass fibres, shadows), a
-little ambient. Then vignetting, focus blur growing with the distance from the focal plane,
-exposure and gain (signal in electrons, shot and read noise, 8-bit quantisation and clipping).
+little ambient, and the ring light's glare where the sheet's bow turns its surface normal back
+at the camera (`station.twin.glare`: it lies where it is real for this view only). Then
+vignetting, focus blur growing with the distance from the focal plane, exposure and gain
+(signal in electrons, shot and read noise, 8-bit quantisation and clipping).
 The id layer is warped with nearest-neighbour sampling into the ground-truth mask.
 """
 
@@ -18,7 +20,7 @@ import cv2
 import numpy as np
 
 from station.recipe import CameraConfig
-from station.twin import optics
+from station.twin import glare, optics
 from station.twin.sheet import Layers, SheetSpec
 from station.twin.truth import TrueCamera
 
@@ -39,6 +41,9 @@ class Lighting:
     metal_shininess: float = 60.0
     vignetting: float = 0.12  # extra fall-off at the image corner (mechanical, lens)
     base_blur_px: float = 0.45  # lens blur in focus
+    glare: float = 1.0  # scale of each sheet's glossiness (0: no glare)
+    glare_lobe_deg: float = 3.0  # half width of the highlight lobe
+    sheet_bow_mrad: float = 3.0  # typical slope of a sheet's bow and tilt
 
 
 @dataclass
@@ -119,9 +124,11 @@ def _warp_layers(spec: SheetSpec | None, layers: Layers, k: optics.Intrinsics,
     return st, ids
 
 
-def _directions(k: optics.Intrinsics, pose: optics.CameraPose, light: Lighting) -> np.ndarray:
-    """Per pixel: unit view, light and half vectors (9 channels). They vary slowly over the
-    image: exact on a coarse grid (every 8th pixel), interpolated in between."""
+def _directions(k: optics.Intrinsics, pose: optics.CameraPose, light: Lighting,
+                spec: SheetSpec | None = None) -> np.ndarray:
+    """Per pixel: unit view, light and half vectors (9 channels), then the ring light's glare
+    on the sheet's bow (1 channel; 0 without a sheet or with glare off). They vary slowly over
+    the image: exact on a coarse grid (every 8th pixel), interpolated in between."""
     step = 8
     gu = np.arange(0, k.width + step, step, dtype=np.float32)[None, :]
     gv = np.arange(0, k.height + step, step, dtype=np.float32)[:, None]
@@ -137,7 +144,13 @@ def _directions(k: optics.Intrinsics, pose: optics.CameraPose, light: Lighting) 
     lvec /= np.linalg.norm(lvec, axis=2, keepdims=True)
     half = view + lvec
     half /= np.linalg.norm(half, axis=2, keepdims=True)
-    coarse = np.dstack([view, lvec, half]).astype(np.float32)
+    if spec is not None and light.glare > 0:
+        gloss = glare.SheetGloss.from_spec(spec, light.sheet_bow_mrad)
+        shine = light.glare * glare.highlight(spec, gloss, px_, py_, pose.centre,
+                                              light.glare_lobe_deg)
+    else:
+        shine = np.zeros_like(px_)
+    coarse = np.dstack([view, lvec, half, shine]).astype(np.float32)
     mx = np.arange(k.width, dtype=np.float32)[None, :].repeat(k.height, 0) / step
     my = np.arange(k.height, dtype=np.float32)[:, None].repeat(k.width, 1) / step
     return cv2.remap(coarse, mx, my, cv2.INTER_LINEAR)
@@ -145,10 +158,10 @@ def _directions(k: optics.Intrinsics, pose: optics.CameraPose, light: Lighting) 
 
 def _radiance(spec: SheetSpec | None, st: np.ndarray, k: optics.Intrinsics,
               pose: optics.CameraPose, light: Lighting) -> np.ndarray:
-    """Radiance per pixel from the warped layers: diffuse, fibre sheen and metal."""
+    """Radiance per pixel from the warped layers: diffuse, fibre sheen, glare and metal."""
     alb, hx, hy, dirn, metal, lit = (st[..., i] for i in range(6))
-    dirs = _directions(k, pose, light)
-    vx, vy, vz, lx, ly, lz, hxv, hyv, hzv = (dirs[..., i] for i in range(9))
+    dirs = _directions(k, pose, light, spec)
+    vx, vy, vz, lx, ly, lz, hxv, hyv, hzv, shine = (dirs[..., i] for i in range(10))
 
     # slopes and fibre directions from sheet-local into the base frame
     ang = spec.angle_rad if spec is not None else 0.0
@@ -170,6 +183,11 @@ def _radiance(spec: SheetSpec | None, st: np.ndarray, k: optics.Intrinsics,
     fib *= np.clip(2 * np.abs(dirn - 0.5), 0, 1)  # no sheen in the gaps
     rad = alb * (light.ambient + light.ring * n_v + light.side * lit * n_l
                  + light.fibre_sheen * lit * fib)
+    if light.glare > 0:
+        # the glare lies on the resin-coated rovings: none in the gaps, on the belt (direction
+        # 0.5 there) or on metal (which mirrors the ring light itself, below)
+        cover = np.clip(2 * np.abs(dirn - 0.5), 0, 1) * np.clip(1 - metal, 0, 1)
+        rad = rad + shine * cover
     is_metal = metal > 1e-3
     if is_metal.any():
         # metal mirrors its surroundings: the bright fabric and dome (broad), the ring light

@@ -11,6 +11,8 @@ an ideal pinhole at the TCP, and renders exactly as before):
     calibration_board:                  # the ChArUco board lying on the table
       {squares_x: 12, squares_y: 9, square_mm: 5.0, marker_mm: 3.75,
        dictionary: DICT_4X4_100, centre_mm: [400.0, 0.0], yaw_deg: 0.0}
+      # unset fields: the recipe's default board (station.charuco.recipe_board); markers
+      # 0.75 of the squares
 
 The robot reports the TCP the recipe's nominal `tcp_offset_mm` defines; the true camera is at
 flange * true mount, i.e. TCP * inverse(nominal mount) * true mount.
@@ -26,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from station.charuco import BoardDef
+from station.charuco import BoardDef, recipe_board
 from station.recipe import Recipe
 from station.twin import optics
 
@@ -132,12 +134,12 @@ class BoardOnTable:
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> BoardOnTable:
         given = dict(recipe.twin.params.get("calibration_board") or {})
-        d = BoardDef()
+        d = recipe_board(recipe)
         try:
+            square = float(given.pop("square_mm", d.square_mm))
             board = BoardDef(int(given.pop("squares_x", d.squares_x)),
-                             int(given.pop("squares_y", d.squares_y)),
-                             float(given.pop("square_mm", d.square_mm)),
-                             float(given.pop("marker_mm", d.marker_mm)),
+                             int(given.pop("squares_y", d.squares_y)), square,
+                             float(given.pop("marker_mm", 0.75 * square)),
                              str(given.pop("dictionary", d.dictionary)))
             centre = tuple(float(v) for v in given.pop("centre_mm", recipe.sheet.center_mm))
             yaw = float(given.pop("yaw_deg", 0.0))

@@ -1,10 +1,12 @@
 """The simulated cell: the sheet on the table, the robot's TCP, a clock, and injectable faults.
 
 `TwinWorld(recipe, seed)` is shared by the simulated robot, camera and line. It makes sheets
-from seeds (`make_sheet`: weave variation, defects at the configured rate, placed where the
-recipe's poses look), renders what the camera sees from the current TCP (`render`), keeps the
+from seeds (`make_sheet`: weave variation, defects at the configured rate, centred anywhere on
+the sheet, edges included, whatever the recipe's poses see), renders what the camera sees from
+the current TCP (`render`, with the ring light's glare: `station.twin.glare`), keeps the
 simulated time (`wait`, scaled by `twin.time_scale`: 0 never sleeps) and holds the faults the
-devices raise (`inject_fault`).
+devices raise (`inject_fault`). `sheet_truth` lists the current sheet's defects in the robot
+base frame (mm on the table), to count what a recipe misses.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import numpy as np
 
 from station.errors import RecipeError
 from station.recipe import Pose, Recipe
-from station.twin import optics
+from station.twin import glare, optics
 from station.twin.board_scene import BoardScene
 from station.twin.defects import KINDS
-from station.twin.layers import render_layers
+from station.twin.layers import defect_bounds, render_layers
 from station.twin.render import Lighting, Shot, shade
 from station.twin.sheet import (
     DefectSpec,
@@ -37,6 +39,7 @@ from station.twin.truth import BoardOnTable, TrueCamera
 FAULT_KINDS = ("protective_stop", "link_lost", "camera_timeout", "failed_buffer")
 MAX_TEXELS = 4_000_000  # largest layer raster rendered at once
 CACHE_SIZE = 3
+PPM_STEPS = 16  # layer rasters use px/mm from the ladder 2^(k/16)
 
 
 @dataclass
@@ -48,6 +51,14 @@ class Fault:
 
 def pose_tcp(pose: Pose) -> np.ndarray:
     return np.array([*pose.position_mm, *pose.rotvec_rad], np.float64)
+
+
+def snap_ppm(ppm: float, cap: float) -> float:
+    """`ppm` rounded up to the ladder 2^(k/16) (at most `cap`, then rounded down)."""
+    up = 2.0 ** (math.ceil(PPM_STEPS * math.log2(ppm)) / PPM_STEPS)
+    if up <= cap:
+        return up
+    return 2.0 ** (math.floor(PPM_STEPS * math.log2(cap)) / PPM_STEPS)
 
 
 def derive_seed(*parts: int) -> int:
@@ -67,11 +78,12 @@ class TwinWorld:
         self.kinds, self.kind_weights = self._kinds()
         params = self.twin.params
         cx, cy = recipe.sheet.center_mm
-        self.lighting = Lighting(
-            side_light_mm=tuple(params.get("side_light_mm", (cx - 300.0, cy + 150.0, 650.0))),
-            reference_exposure_us=float(params.get("reference_exposure_us", 8000.0)),
-        )
-        try:  # the true camera and board (twin.params); nominal camera when not set
+        try:  # the glare, the true camera and board (twin.params); nominal camera when not set
+            self.lighting = Lighting(
+                side_light_mm=tuple(params.get("side_light_mm", (cx - 300.0, cy + 150.0, 650.0))),
+                reference_exposure_us=float(params.get("reference_exposure_us", 8000.0)),
+                **glare.params_from(params),
+            )
             self.truth = TrueCamera.from_recipe(recipe)
             self.board_placed = BoardOnTable.from_recipe(recipe)
         except ValueError as exc:
@@ -97,6 +109,7 @@ class TwinWorld:
         self._queue: collections.deque[tuple[int, bool | None, str | None]] = collections.deque()
         self._tex: SheetTexture | None = None
         self._cache: list[Layers] = []
+        self._truth: tuple[SheetSpec, list[dict[str, Any]]] | None = None
         # faults injected from the recipe, e.g. twin.params.faults: {protective_stop: {after: 7}}
         for kind, opts in dict(params.get("faults") or {}).items():
             try:
@@ -165,17 +178,6 @@ class TwinWorld:
     def part_seed(self, index: int) -> int:
         return derive_seed(self.seed, index)
 
-    def inspected_footprints(self) -> list[np.ndarray]:
-        """Table quadrilaterals (4x2 mm) seen from the recipe's shot poses."""
-        out = []
-        for p in self.recipe.robot.poses:
-            try:
-                out.append(optics.footprint(self.intrinsics, self.truth.pose(pose_tcp(p)),
-                                            margin_px=self.truth.margin_px(0.0)))
-            except ValueError:
-                continue
-        return out
-
     def make_sheet(self, seed: int, defective: bool | None = None) -> SheetSpec:
         """The sheet for `seed`; `defective` None draws it at the configured defect rate."""
         tw = self.twin
@@ -198,22 +200,16 @@ class TwinWorld:
         if not is_defective:
             return base
         n = 1 + int(rng.uniform() < 0.3)
-        feet = self.inspected_footprints()
         lo, hi = tw.defect_size_mm
         lo, hi = min(lo, hi), max(lo, hi)
+        half = np.array(base.size_mm) / 2
         defects = []
         for _ in range(n):
             kind = str(rng.choice(self.kinds, p=self.kind_weights))
             size = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-            if feet:
-                q = feet[int(rng.integers(len(feet)))]
-                a, b = rng.uniform(0.12, 0.88, 2)
-                top = q[0] + (q[1] - q[0]) * a
-                bottom = q[3] + (q[2] - q[3]) * a
-                at = top + (bottom - top) * b
-            else:
-                at = np.array(self.recipe.sheet.center_mm) + rng.normal(0, 10, 2)
-            local = base.table_to_local(np.array([at]))[0]
+            # centre uniform over the whole sheet, whatever the poses see; a defect reaching
+            # past the edge is cut there (fabric faults) or hangs over it (objects)
+            local = rng.uniform(-half, half)
             defects.append(DefectSpec(kind, (float(local[0]), float(local[1])), size,
                                       float(rng.uniform(0, 2 * math.pi)),
                                       int(rng.integers(0, 2**31 - 1))))
@@ -261,35 +257,47 @@ class TwinWorld:
                 self._cache.remove(lay)
                 self._cache.insert(0, lay)
                 return lay
-        # first render of this sheet: cover every recipe pose at once, so all shots share it
-        bx0, by0, bx1, by1 = x0, y0, x1, y1
-        ppm = need_ppm * 1.05
-        if not self._cache:
-            for p in self.recipe.robot.poses:
-                ptcp = pose_tcp(p)
-                try:
-                    f = spec.table_to_local(optics.footprint(
-                        self.intrinsics, self.truth.pose(ptcp),
-                        margin_px=self.truth.margin_px(12.0)))
-                except ValueError:
-                    continue
-                fx0, fy0 = f.min(axis=0)
-                fx1, fy1 = f.max(axis=0)
-                if max(fx1 - fx0, fy1 - fy0) > 4 * max(x1 - x0, y1 - y0):
-                    continue  # far from this view: not worth rendering together
-                bx0, by0 = min(bx0, fx0), min(by0, fy0)
-                bx1, by1 = max(bx1, fx1), max(by1, fy1)
-                ppm = max(ppm, optics.ground_px_per_mm(
-                    self.intrinsics, self.truth.pose(ptcp)) * 1.15)
+        box, ppm = (x0, y0, x1, y1), need_ppm * 1.05
+        if not self._cache:  # first render of this sheet: all poses at once, if that fits
+            box, ppm = self._union(spec, box, ppm)
+        bx0, by0, bx1, by1 = box
         area = (bx1 - bx0 + 2) * (by1 - by0 + 2)
-        ppm = float(min(ppm, 24.0, math.sqrt(MAX_TEXELS / max(area, 1e-6))))
-        region = Region.covering(bx0 - 1, by0 - 1, bx1 + 1, by1 + 1, ppm)
+        ppm = snap_ppm(ppm, min(24.0, math.sqrt(MAX_TEXELS / max(area, 1e-6))))
+        # texels on the sheet's lattice for this resolution: any raster of the sheet at this
+        # ppm holds the same texels, so a shot does not depend on which raster served it
+        region = Region.covering(math.floor((bx0 - 1) * ppm) / ppm,
+                                 math.floor((by0 - 1) * ppm) / ppm, bx1 + 1, by1 + 1, ppm)
         if self._tex is None or self._tex.spec is not spec:
             self._tex = SheetTexture(spec)
         lay = render_layers(spec, region, self._tex, self._light_xy_per_z(spec))
         self._cache.insert(0, lay)
         del self._cache[CACHE_SIZE:]
         return lay
+
+    def _union(self, spec: SheetSpec, box: tuple[float, float, float, float], ppm: float,
+               ) -> tuple[tuple[float, float, float, float], float]:
+        """The raster (sheet-local box, px/mm) covering this view and every recipe pose seen
+        at a similar resolution, so that all shots of a sheet share one render. Just this
+        view when the union would not fit MAX_TEXELS at the resolution the poses need."""
+        bx0, by0, bx1, by1 = box
+        own = ppm
+        for p in self.recipe.robot.poses:
+            pose = self.truth.pose(pose_tcp(p))
+            try:
+                f = spec.table_to_local(optics.footprint(
+                    self.intrinsics, pose, margin_px=self.truth.margin_px(12.0)))
+            except ValueError:
+                continue
+            p_ppm = optics.ground_px_per_mm(self.intrinsics, pose) * 1.15
+            if not 0.5 * own <= p_ppm <= 2 * own:
+                continue  # a much closer or farther view: rendered on its own
+            (fx0, fy0), (fx1, fy1) = f.min(axis=0), f.max(axis=0)
+            bx0, by0, bx1, by1 = min(bx0, fx0), min(by0, fy0), max(bx1, fx1), max(by1, fy1)
+            ppm = max(ppm, p_ppm)
+        area = (bx1 - bx0 + 2) * (by1 - by0 + 2)
+        if area * (0.75 * ppm * 1.1 / 1.15) ** 2 > MAX_TEXELS:  # shots would not reuse it
+            return box, own
+        return (bx0, by0, bx1, by1), ppm
 
     def _light_xy_per_z(self, spec: SheetSpec) -> tuple[float, float]:
         """Horizontal shadow offset per mm of height, in sheet-local axes (at the centre)."""
@@ -318,11 +326,69 @@ class TwinWorld:
         a sheet, or take it away."""
         self.board = BoardScene(self.board_placed) if on else None
 
+    def sheet_truth(self) -> list[dict[str, Any]]:
+        """The current sheet's defects on the table, in the robot base frame (mm): kind,
+        centre_mm [x, y], size_mm and bbox_mm [x0, y0, x1, y1] around the defect's drawn
+        footprint (clipped by the sheet as rendered; a circle of size_mm if nothing shows).
+        centroid_mm [x, y]: the centroid (mean texel position) of that drawn footprint, where a
+        map of the defect centres it; centre_mm is where it was placed (its spec), which for an
+        asymmetric drawing (a scratch, a screw, a roving) lies up to ~1.5 mm away; centre_mm
+        when nothing shows."""
+        s = self.sheet
+        if s is None or not s.defects:
+            return []
+        if self._truth is None or self._truth[0] is not s:
+            if self._tex is None or self._tex.spec is not s:
+                self._tex = SheetTexture(s)
+            to_table = s.local_to_table()
+            out = []
+            for d, box in zip(s.defects, defect_bounds(s, self._tex), strict=True):
+                c = to_table @ [d.centre_mm[0], d.centre_mm[1], 1.0]
+                if box is None:
+                    r = d.size_mm / 2
+                    box = (d.centre_mm[0] - r, d.centre_mm[1] - r,
+                           d.centre_mm[0] + r, d.centre_mm[1] + r)
+                x0, y0, x1, y1 = box
+                corners = to_table @ np.array([[x0, x1, x1, x0], [y0, y0, y1, y1], [1, 1, 1, 1]])
+                drawn = drawn_centroid(s, d, box, self._tex)
+                mid = c if drawn is None else to_table @ [drawn[0], drawn[1], 1.0]
+                out.append({
+                    "kind": d.kind,
+                    "centre_mm": [round(float(c[0]), 3), round(float(c[1]), 3)],
+                    "size_mm": round(d.size_mm, 3),
+                    "bbox_mm": [round(float(v), 3) for v in (*corners[:2].min(axis=1),
+                                                             *corners[:2].max(axis=1))],
+                    "centroid_mm": [round(float(mid[0]), 3), round(float(mid[1]), 3)],
+                })
+            self._truth = (s, out)
+        return [dict(t) for t in self._truth[1]]
+
     def describe(self) -> dict[str, Any]:
+        """The sheet on the table; `truth` is `sheet_truth()` (defects in base-frame mm)."""
         s = self.sheet
         return {
             "seed": self.seed,
             "sheet_seed": s.seed if s else None,
             "weave": s.weave if s else None,
             "defects": [d.as_dict() for d in s.defects] if s else [],
+            "truth": self.sheet_truth(),
         }
+
+
+CENTROID_PPM = 8.0  # texels per mm of the raster a defect's drawn centroid is measured on
+CENTROID_TEXELS = 1_000_000  # ... fewer for a large defect
+
+
+def drawn_centroid(spec: SheetSpec, defect: DefectSpec, box: tuple[float, float, float, float],
+                   tex: SheetTexture) -> tuple[float, float] | None:
+    """The centroid (sheet-local mm) of `defect`'s drawn footprint: the id layer of the defect
+    drawn alone over its footprint's box (`defect_bounds`), clipped by the sheet as rendered;
+    None if nothing of it shows."""
+    x0, y0, x1, y1 = box
+    ppm = min(CENTROID_PPM, math.sqrt(CENTROID_TEXELS / max((x1 - x0 + 2) * (y1 - y0 + 2), 1e-6)))
+    region = Region.covering(x0 - 1.0, y0 - 1.0, x1 + 1.0, y1 + 1.0, ppm)
+    ids = render_layers(dataclasses.replace(spec, defects=(defect,)), region, tex).ids == 1
+    if not ids.any():
+        return None
+    rows, cols = np.nonzero(ids)
+    return region.x0 + float(cols.mean()) / ppm, region.y0 + float(rows.mean()) / ppm

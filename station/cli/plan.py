@@ -1,0 +1,82 @@
+"""`station plan-poses`: write the shot poses that cover a recipe's region (station.pose_plan)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from station.coverage import TableCamera
+    from station.recipe import Recipe
+
+
+def coverage_camera(recipe: Recipe, strict: bool = True) -> tuple[TableCamera | None, str]:
+    """The camera model coverage and planning use: the cell calibration's when
+    calibration/cell-<recipe>.yaml exists (None and the nominal pinhole otherwise), and its
+    description. A refused calibration file raises when `strict`, else falls back to nominal."""
+    from station.cellcal.store import camera_model
+    from station.coverage import NOMINAL
+    from station.errors import CellCalibrationError
+
+    try:
+        model = camera_model(recipe)
+    except CellCalibrationError as exc:
+        if strict:
+            raise
+        return None, f"{NOMINAL}; the cell calibration is refused: {exc.message}"
+    return (model, model.source) if model.calibrated else (None, NOMINAL)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("plan-poses")
+    def plan_poses(
+        recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or path."),
+        overlap: float | None = typer.Option(
+            None,
+            "--overlap",
+            help="Least share of a footprint its neighbour also sees, 0 to below 1 "
+            "(default: coverage.overlap).",
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", help="Coverage picture, PNG (default: data/<recipe>/plan-poses.png)."
+        ),
+    ) -> None:
+        """Plan a serpentine raster of poses over the recipe's region at the resolution it
+        needs, write it to robot.poses_file and draw the coverage picture."""
+        from station.cli.app import console
+        from station.paths import resolve
+        from station.pose_plan import draw, plan, poses_file, write_poses
+        from station.recipe import load_recipe
+
+        def say(text: str) -> None:
+            console.print(text, highlight=False, soft_wrap=True)
+
+        rec = load_recipe(recipe, planning=True)  # the poses file may not exist yet
+        target = poses_file(rec)  # refuses inline poses before any work
+        chosen = rec.coverage.overlap if overlap is None else overlap
+        model, described = coverage_camera(rec)
+        p = plan(rec, chosen, model)
+        write_poses(rec, p, chosen)
+        picture = draw(rec, p, resolve(out) if out else rec.data_dir / "plan-poses.png")
+        rep = p.report
+        say(f"wrote {len(p.poses)} poses to {target}")
+        say(f"picture {picture}")
+        say(f"camera model: {described}")
+        say(f"height {p.height_mm:g} mm ({p.height_from})")
+        say(
+            f"shots per sheet {len(p.poses)} ({p.grid[0]} x {p.grid[1]}), each "
+            f"{p.footprint_mm[0]:.1f} x {p.footprint_mm[1]:.1f} mm, overlap "
+            f"{p.overlap[0]:.2f} along x, {p.overlap[1]:.2f} along y"
+        )
+        for line in rep.lines():
+            say(line)
+        m = p.motion
+        say(
+            f"motion per sheet ~{m.total_s:.1f} s ({m.moves_s:.1f} s moving {m.path_mm:.0f} mm "
+            f"at {rec.robot.speed_mm_s:g} mm/s, {rec.robot.acceleration_mm_s2:g} mm/s², "
+            f"+ {m.settle_s:.1f} s settling)"
+        )
+        for problem in rep.problems:  # the plan itself should leave none
+            console.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)

@@ -1,0 +1,125 @@
+"""A part's sheet map during inspection and calibration: shot maps onto the sheet, fused.
+
+`PartSheet(recipe, camera)` holds one part's `SheetMapper` (station.sheet_map) over the
+recipe's inspected region (station.coverage.region_rect) at `decision.sheet_map_mm_per_px`,
+fused by `decision.sheet_fusion`. Each scored shot is added with the robot's reported TCP
+(live) or the recipe pose of its name (offline, calibration) and its raw detector maps; the
+maps cover the shot's `preprocess.crop` window. The camera model is `inspection_camera`:
+exact on the twin, else the cell calibration or the nominal `tcp_offset_mm` (its `source`
+says which). Raw scores go in; thresholds are applied after (the decision rule divides).
+Threshold calibration builds the same map for captured parts (station.calibration.scores
+`sheet_map_peaks`: same grid, fusion, views from `station.sheet_map.shot_view`, recipe poses).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from station.cellcal.store import CameraModel
+from station.coverage import region_rect
+from station.errors import StationError
+from station.inspection.faults import Fault, classify
+from station.inspection.recorder import Recorder
+from station.inspection.results import SheetOutcome, Timings
+from station.recipe import Recipe
+from station.sheet_map import Grid, SheetMap, SheetMapper, shot_view
+from station.storage.parts import PartRecord
+
+
+class SheetMapError(StationError):
+    """The part's sheet map could not be built (the part is faulted, never passed)."""
+
+
+def pose_tcp(recipe: Recipe, name: str, robot_pose: Sequence[float] | None = None) -> list[float]:
+    """The TCP of a shot: the robot's read-back pose when it has one, else the recipe's pose
+    of that name."""
+    if robot_pose is not None and len(robot_pose) == 6:
+        return [float(v) for v in robot_pose]
+    for p in recipe.robot.poses:
+        if p.name == name:
+            return [*p.position_mm, *p.rotvec_rad]
+    raise SheetMapError(f"shot {name!r} is no pose of recipe {recipe.name} and has no robot pose")
+
+
+class PartSheet:
+    """One part's sheet map, built shot by shot (on the inference thread) and read once."""
+
+    def __init__(self, recipe: Recipe, camera: CameraModel) -> None:
+        self.recipe = recipe
+        self.camera = camera
+        dec = recipe.decision
+        region = region_rect(recipe)
+        self.mapper = SheetMapper(
+            Grid.over(region, dec.sheet_map_mm_per_px),
+            dec.sheet_fusion,
+            camera.table_to_base,
+            region,
+        )
+        self.error: str | None = None
+        self._lock = threading.Lock()
+
+    def add(
+        self, name: str, robot_pose: Sequence[float] | None, maps: Mapping[str, np.ndarray]
+    ) -> None:
+        """Fuse one shot's raw maps; a failure is kept (and raised by `result`)."""
+        with self._lock:
+            if self.error is not None:
+                return
+            try:
+                view = shot_view(
+                    self.camera,
+                    name,
+                    pose_tcp(self.recipe, name, robot_pose),
+                    self.recipe.preprocess.crop,
+                )
+                self.mapper.add(view, maps)
+            except (StationError, ValueError, np.linalg.LinAlgError) as exc:
+                msg = exc.message if isinstance(exc, StationError) else str(exc)
+                self.error = f"shot {name}: {msg}"
+
+    def result(self) -> SheetMap:
+        with self._lock:
+            if self.error is not None:
+                raise SheetMapError(f"sheet map not built: {self.error}")
+            return self.mapper.result()
+
+
+def part_peaks(sheet: SheetMap, detectors: Sequence[str]) -> dict[str, float]:
+    """Each detector's raw peak on the fused map; SheetMapError when one has no map or no
+    cell seen (a sheet map that saw nothing never passes a part)."""
+    peaks = sheet.peaks()
+    missing = [n for n in detectors if not np.isfinite(peaks.get(n, np.nan))]
+    if missing:
+        raise SheetMapError(
+            f"the sheet map of {', '.join(missing)} sees no cell of the region "
+            f"{[round(v, 1) for v in sheet.region_mm]} mm: check the poses and the camera model"
+        )
+    return {n: peaks[n] for n in detectors}
+
+
+def finish_sheet(
+    sheet: PartSheet,
+    part: PartRecord,
+    recorder: Recorder,
+    thresholds: Mapping[str, float],
+    timings: Timings,
+) -> tuple[SheetOutcome | None, Fault | None]:
+    """The part's fused sheet map: its peaks (for the decision), picture and defect list (set
+    on the part record, committed with its verdict). A failure is the part's fault (never a
+    pass, never a crash)."""
+    try:
+        with timings.measure("inference"):
+            result = sheet.result()
+            peaks = part_peaks(result, list(thresholds))
+        with timings.measure("logging"):
+            record = recorder.write_sheet_map(part, result, thresholds, sheet.camera.source)
+    except StationError as exc:
+        return None, classify(exc)
+    except (ValueError, OSError, np.linalg.LinAlgError) as exc:
+        return None, classify(SheetMapError(f"sheet map not built: {exc}"))
+    cell = result.grid.mm_per_px**2
+    unseen = result.unseen_cells() * cell
+    return SheetOutcome(peaks, record.defects, unseen, sheet.camera.source), None

@@ -1,0 +1,94 @@
+"""The part page's sheet map: the stored map image, with the inspected region, each shot's
+footprint and the defect regions drawn over it as SVG in table millimetres.
+
+The SVG's viewBox is the map's extent [x0, y0, x1, y1] in base-frame mm (image rows run along
++y), so every shape is drawn at its stored coordinates and scales with the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from station.review.security import safe_data_path
+from station.storage.models import Part
+
+
+@dataclass
+class SheetView:
+    """What the template draws; None for a part without a sheet map (older parts)."""
+
+    path: str  # the map image, relative to the data root
+    image_ok: bool  # whether /files can serve it
+    view_box: str  # "x0 y0 width height" in mm
+    width_px: int
+    height_px: int
+    fusion: str
+    camera: str
+    mm_per_px: float
+    region: tuple[float, float, float, float] | None  # x, y, width, height in mm
+    footprints: list[dict[str, Any]] = field(default_factory=list)
+    defects: list[dict[str, Any]] = field(default_factory=list)
+    selected: dict[str, Any] | None = None
+    label_mm: float = 1.0  # text size, in mm, for pose names on the map
+
+
+def parse_defect(raw: str | None) -> int | None:
+    """The `defect` query value: a defect's index within its part, or None."""
+    if raw is None or not raw.strip().isdigit() or len(raw.strip()) > 6:
+        return None
+    return int(raw.strip())
+
+
+def sheet_view(root: Path, part: Part, selected: int | None) -> SheetView | None:
+    extent = part.sheet_map_extent_mm
+    step = part.sheet_map_mm_per_px
+    if not part.sheet_map_path or not extent or len(extent) != 4 or not step:
+        return None
+    x0, y0, x1, y1 = (float(v) for v in extent)
+    w, h = x1 - x0, y1 - y0
+    region = part.sheet_region_mm
+    view = SheetView(
+        path=part.sheet_map_path,
+        image_ok=safe_data_path(root, part.sheet_map_path) is not None,
+        view_box=f"{x0:g} {y0:g} {w:g} {h:g}",
+        width_px=max(1, round(w / step)),
+        height_px=max(1, round(h / step)),
+        fusion=part.sheet_map_fusion or "",
+        camera=part.sheet_map_camera or "",
+        mm_per_px=step,
+        region=(
+            (region[0], region[1], region[2] - region[0], region[3] - region[1])
+            if region and len(region) == 4
+            else None
+        ),
+        label_mm=max(min(w, h) / 14, step),
+    )
+    for d in part.sheet_defects:
+        view.defects.append(
+            {
+                "row": d,
+                "r": max(math.sqrt(max(d.area_mm2, 0.0) / math.pi), min(w, h) / 60),
+                "selected": d.index == selected,
+            }
+        )
+        if d.index == selected:
+            view.selected = {"row": d, "shots": list(d.shots or [])}
+    seeing = set(view.selected["shots"]) if view.selected else set()
+    for shot in part.shots:
+        corners = shot.footprint_mm
+        if not corners:
+            continue
+        cx = sum(c[0] for c in corners) / len(corners)
+        cy = sum(c[1] for c in corners) / len(corners)
+        view.footprints.append(
+            {
+                "pose": shot.pose_name,
+                "points": " ".join(f"{c[0]:g},{c[1]:g}" for c in corners),
+                "centre": (cx, cy),
+                "sees": shot.pose_name in seeing,
+            }
+        )
+    return view

@@ -1,0 +1,236 @@
+"""Pose planning (station.pose_plan) and `station plan-poses`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from station import coverage as cov
+from station import pose_plan as pp
+from station.cli.app import main
+from station.errors import RecipeError
+from station.recipe import Recipe, load_recipe, parse_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = (REPO / "recipes" / "glassfiber.yaml").read_text()
+
+
+def _recipe(edit=None) -> Recipe:  # noqa: ANN001
+    """The shipped recipe, edited, read for planning (its poses file is not needed)."""
+    data = yaml.safe_load(SHIPPED)
+    data["robot"]["poses_file"] = "nosuch.poses.yaml"
+    if edit is not None:
+        edit(data)
+    return parse_recipe(yaml.safe_dump(data), "test.yaml", planning=True)
+
+
+def test_move_time_is_trapezoidal_or_triangular() -> None:
+    # 250 mm/s, 1200 mm/s²: full speed after 52 mm of ramps
+    assert pp.move_s(500, 250, 1200) == pytest.approx(500 / 250 + 250 / 1200)
+    assert pp.move_s(20, 250, 1200) == pytest.approx(2 * math.sqrt(20 / 1200))
+    assert pp.move_s(0, 250, 1200) == 0.0
+    knee = 250**2 / 1200  # both formulas meet there
+    assert pp.move_s(knee, 250, 1200) == pytest.approx(2 * math.sqrt(knee / 1200))
+
+
+def test_shipped_plan_covers_the_sheet_at_the_resolution() -> None:
+    r = _recipe()
+    p = pp.plan(r)
+    assert p.height_mm == 579  # floor(0.25 mm/px * 8 mm / 3.45 um)
+    assert p.grid == (3, 3) and len(p.poses) == 9
+    assert p.report.problems == [] and p.report.raster.percent == 100.0
+    assert min(p.overlap) >= r.coverage.overlap
+    assert p.report.detector_mm_px <= 0.25
+    # serpentine: rows along x, every other row reversed, rows in y order
+    xs = [q.position_mm[0] for q in p.poses]
+    ys = [q.position_mm[1] for q in p.poses]
+    assert xs[:3] == sorted(xs[:3]) and xs[3:6] == sorted(xs[3:6], reverse=True)
+    assert ys[0] == ys[2] < ys[3] == ys[5] < ys[6] == ys[8]
+    assert all(q.rotvec_rad == r.robot.home.rotvec_rad for q in p.poses)
+    # the raster spans the region exactly: the outer footprints are flush with its edges
+    prints = np.array([f for f in p.report.footprints if f is not None])
+    x0, y0, x1, y1 = p.report.region
+    assert prints[:, :, 0].min() == pytest.approx(x0, abs=0.02)
+    assert prints[:, :, 0].max() == pytest.approx(x1, abs=0.02)
+    assert prints[:, :, 1].min() == pytest.approx(y0, abs=0.02)
+    assert prints[:, :, 1].max() == pytest.approx(y1, abs=0.02)
+    # motion: home -> 9 poses -> home, each move by the trapezoid, settle per shot
+    stops = [r.robot.home.position_mm, *(q.position_mm for q in p.poses), r.robot.home.position_mm]
+    moves = sum(
+        pp.move_s(math.dist(a, b), 250, 1200) for a, b in zip(stops, stops[1:], strict=False)
+    )
+    assert p.motion.total_s == pytest.approx(moves + 9 * 0.15)
+
+
+def test_overlap_and_camera_height_are_honoured() -> None:
+    p = pp.plan(_recipe(), overlap=0.6)
+    assert min(p.overlap) >= 0.6 and len(p.poses) > 9
+    low = pp.plan(
+        _recipe(
+            lambda d: (
+                d["coverage"].update(camera_height_mm=450)
+                or d["camera"]["lens"].update(focus_distance_mm=450)
+            )
+        )
+    )
+    assert low.height_mm == 450 and "camera_height_mm" in low.height_from
+    assert low.report.raster.percent == 100.0 and low.report.problems == []
+    whole = pp.plan(
+        _recipe(
+            lambda d: (
+                d["preprocess"]["tiling"].update(enabled=False)
+                or d["camera"]["lens"].update(focus_distance_mm=231)
+            )
+        )
+    )
+    assert whole.height_mm == 231  # the 2.5x resize asks for a camera 2.5x closer
+    assert whole.report.problems == [] and whole.report.raster.percent == 100.0
+
+
+def test_height_is_lowered_until_every_pose_is_reachable() -> None:
+    r = _recipe(
+        lambda d: (
+            d["robot"].update(reach_mm=720) or d["camera"]["lens"].update(focus_distance_mm=540)
+        )
+    )
+    p = pp.plan(r)
+    assert p.height_mm < 579 and p.height_mm % pp.HEIGHT_STEP_MM == 0
+    assert "lowered from 579 mm" in p.height_from
+    assert max(cov.reach_distance(q, r.robot) for q in p.poses) <= 720
+    assert p.report.problems == [] and p.report.raster.percent == 100.0
+
+
+def _refusal(recipe_edit=None, overlap: float | None = None) -> str:  # noqa: ANN001
+    with pytest.raises(RecipeError) as info:
+        pp.plan(_recipe(recipe_edit), overlap)
+    (problem,) = info.value.problems
+    return problem
+
+
+def test_bad_input_gets_one_line_naming_field_and_fix() -> None:
+    far = _refusal(lambda d: d["sheet"].update(center_mm=[700.0, 0.0]))
+    assert far.startswith("robot.reach_mm: the region x 547..853, y -153..153 mm puts the flange")
+    assert "move sheet.center_mm (700, 0) closer to the robot, shrink coverage.region_mm" in far
+    assert _refusal(overlap=1.0).startswith(
+        "coverage.overlap (--overlap): 1 must be at least 0 and below 1"
+    )
+    focus = _refusal(lambda d: d["camera"]["lens"].update(min_focus_distance_mm=600.0))
+    assert focus.startswith(
+        "coverage.smallest_defect_mm: 2 mm at 8 px needs the camera within "
+        "579 mm of the sheet, closer than the lens focuses "
+        "(camera.lens.min_focus_distance_mm 600)"
+    )
+    blurred = _refusal(lambda d: d["camera"]["lens"].update(focus_distance_mm=350.0))
+    assert blurred.startswith("camera.lens.focus_distance_mm: 350 mm keeps ")
+    assert "set focus_distance_mm: 579" in blurred
+    closer = _refusal(lambda d: d["coverage"].update(camera_height_mm=90))
+    assert closer.startswith(
+        "camera.lens.min_focus_distance_mm: the lens focuses no closer than "
+        "100 mm, not at coverage.camera_height_mm 90"
+    )
+    tiny = _refusal(lambda d: d["coverage"].update(smallest_defect_mm=0.1))
+    assert tiny.startswith(
+        "coverage.smallest_defect_mm: 0.1 mm at 8 px needs the camera within 28 mm"
+    )
+    assert "camera.lens.focal_length_mm" in tiny
+    high = _refusal(lambda d: d["coverage"].update(camera_height_mm=700))
+    assert high.startswith("coverage.camera_height_mm: 700 mm is too high to resolve 2 mm")
+    tilted = _refusal(lambda d: d["robot"]["home"].update(rotvec_rad=[0.0, 0.0, 0.0]))
+    assert tilted.startswith("robot.home.rotvec_rad: the planned shots take the home pose's")
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as ex:
+        main([*args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(ex.value.code or 0), out.out, out.err
+
+
+def test_plan_poses_writes_the_file_the_recipe_reads(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    poses = station_home / "recipes" / "glassfiber.poses.yaml"
+    shipped = poses.read_text()
+    poses.unlink()  # plan-poses writes it from nothing
+    code, out, err = run(capsys, "plan-poses", "--recipe", "glassfiber", "--out", "plan.png")
+    assert code == 0, err
+    assert f"wrote 9 poses to {poses}" in out
+    assert "height 579 mm (from the resolution, 0.250 mm/px)" in out
+    assert "coverage 100.0 % of the region" in out and "motion per sheet ~" in out
+    assert poses.read_text() == shipped  # the shipped file is this command's output
+    assert poses.read_text().startswith("# Generated by `station plan-poses --recipe glassfiber`")
+    png = (station_home / "plan.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert [p.name for p in load_recipe("glassfiber").robot.poses][:3] == ["r1c1", "r1c2", "r1c3"]
+    code, out, err = run(capsys, "recipe", "check", "glassfiber")
+    assert code == 0 and "coverage 100.0 %" in out, err
+
+
+def test_plan_poses_refuses_inline_poses_and_bad_overlap(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = yaml.safe_load(SHIPPED)
+    data["robot"].pop("poses_file")
+    data["robot"]["poses"] = [data["robot"]["home"]]
+    (station_home / "recipes" / "inline.yaml").write_text(yaml.safe_dump(data))
+    code, _, err = run(capsys, "plan-poses", "--recipe", "inline")
+    assert code == 2 and "Traceback" not in err
+    (line,) = [x.strip() for x in err.splitlines() if "yaml: " in x]
+    assert line.endswith(
+        "robot.poses_file: the poses are inline; add `robot.poses_file: "
+        "glassfiber.poses.yaml` and remove robot.poses, then run station "
+        "plan-poses again"
+    )
+    before = (station_home / "recipes" / "glassfiber.poses.yaml").read_text()
+    code, _, err = run(capsys, "plan-poses", "--recipe", "glassfiber", "--overlap", "1.0")
+    assert code == 2 and "coverage.overlap (--overlap): 1 must be at least 0 and below 1" in err
+    assert (station_home / "recipes" / "glassfiber.poses.yaml").read_text() == before
+
+
+def test_plan_poses_through_the_cell_calibration(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the camera mounted 2 mm / -3 mm (camera x / y) off tcp_offset_mm and barrel
+    distortion, the planned raster moves by the mounting's offset so that the region is
+    covered again, the file and the output name the calibrated model, and the check agrees."""
+    from test_coverage import write_cell
+
+    poses = station_home / "recipes" / "glassfiber.poses.yaml"
+    nominal = load_recipe("glassfiber").robot.poses
+    code, out, err = run(capsys, "plan-poses", "--recipe", "glassfiber", "--out", "plan.png")
+    assert code == 0 and "camera model: nominal (recipe lens" in out, err
+    write_cell(load_recipe("glassfiber"), (2.0, -3.0, 0.0))
+    code, out, err = run(capsys, "plan-poses", "--recipe", "glassfiber", "--out", "plan.png")
+    assert code == 0, err
+    assert "camera model: calibrated (calibration/cell-glassfiber.yaml" in out
+    assert "height 579 mm (from the resolution, 0.250 mm/px through the calibrated camera)" in out
+    assert "# Camera model: calibrated (calibration/cell-glassfiber.yaml" in poses.read_text()
+    planned = load_recipe("glassfiber").robot.poses
+    assert [p.name for p in planned] == [p.name for p in nominal]
+    for a, b in zip(nominal, planned, strict=True):  # the camera sees (+2, +3) mm off the TCP
+        assert np.subtract(b.position_mm, a.position_mm) == pytest.approx([-2, -3, 0], abs=0.02)
+    code, out, err = run(capsys, "recipe", "check", "glassfiber")
+    assert code == 0 and "coverage 100.0 % of the region" in out, err
+    # barrel distortion bows the footprint's edges inwards: the shots' rectangle lies within
+    # the edges' middles, not the corners' box, and still covers the region
+    write_cell(load_recipe("glassfiber"), (0.0, 0.0, 0.0), dist=(-0.25, 0.0, 0.0, 0.0, 0.0))
+    from station.cellcal.store import camera_model
+
+    rec = _recipe()
+    model = camera_model(rec)
+    bent = pp.plan(rec, model=model)
+    outline = cov.footprint_of(cov.Camera.from_recipe(rec), bent.poses[0], model)
+    n = cov.BORDER_POINTS
+    box_w, box_h = np.ptp(outline, axis=0)
+    mid_w = outline[n + n // 2, 0] - outline[3 * n + n // 2, 0]  # right edge's middle - left's
+    mid_h = outline[n // 2, 1] - outline[2 * n + n // 2, 1]  # top edge's middle (+y) - bottom's
+    assert mid_w < box_w - 0.3 and mid_h < box_h - 0.3
+    fw, fh = bent.footprint_mm  # the box's proportions, as large as the middles allow
+    assert fw <= mid_w + 1e-6 and fh <= mid_h + 1e-6
+    assert min(mid_w - fw, mid_h - fh) < 0.05
+    assert bent.report.problems == [] and bent.report.raster.percent == 100.0
