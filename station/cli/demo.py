@@ -114,9 +114,9 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         recipe: str = typer.Option("glassfiber", "--recipe", "-r", help="A sim recipe to copy."),
-        good: int = typer.Option(20, min=2, help="Good sheets captured for training."),
-        labelled: int = typer.Option(40, min=4, help="Labelled sheets for the calibration."),
-        parts: int = typer.Option(20, min=1, help="Sheets inspected live."),
+        good: int = typer.Option(16, min=2, help="Good sheets captured for training."),
+        labelled: int = typer.Option(36, min=4, help="Labelled sheets for the calibration."),
+        parts: int = typer.Option(16, min=1, help="Sheets inspected live."),
         time_scale: float = typer.Option(
             0.25, min=0.0, help="Robot timing of the twin: 1 = real time, 0 = no waiting."
         ),
