@@ -352,6 +352,16 @@ class SheetMap:
     footprints: dict[str, np.ndarray]  # pose name -> 4 x 2 table corners (base mm)
     region_mm: tuple[float, float, float, float]
 
+    def sees_whole(self, box_mm: Sequence[float]) -> bool:
+        """Whether some view sees every cell of the box [x0, y0, x1, y1] (base mm)."""
+        x0, y0, x1, y1 = box_mm
+        gx0, gy0, gx1, gy1 = self.grid.extent_mm
+        if x0 < gx0 or y0 < gy0 or x1 > gx1 or y1 > gy1:
+            return False
+        c = self.grid.centres()
+        inside = (c[..., 0] >= x0) & (c[..., 0] <= x1) & (c[..., 1] >= y0) & (c[..., 1] <= y1)
+        return bool(np.isfinite(next(iter(self.fused.values()))[inside]).all())
+
     def peaks(self) -> dict[str, float]:
         """Each detector's highest fused value (NaN when no cell is seen)."""
         out = {}

@@ -11,7 +11,6 @@ import pytest
 
 from station.sheet_map import (
     Grid,
-    SheetMap,
     SheetMapper,
     ShotView,
     back_project,
@@ -188,28 +187,12 @@ def test_bad_input_is_refused() -> None:
         mapper.add(view, {"d": np.zeros((H, W), np.float32)})
 
 
-def _seen_whole(sheet: SheetMap, bbox_mm: list[float]) -> bool:
-    """Whether the map (built with the exact camera) sees every cell of the box."""
-    x0, y0, x1, y1 = bbox_mm
-    gx0, gy0, gx1, gy1 = sheet.grid.extent_mm
-    if x0 < gx0 or y0 < gy0 or x1 > gx1 or y1 > gy1:
-        return False
-    c = sheet.grid.centres()
-    inside = (c[..., 0] >= x0) & (c[..., 0] <= x1) & (c[..., 1] >= y0) & (c[..., 1] <= y1)
-    return bool(np.isfinite(next(iter(sheet.fused.values()))[inside]).all())
-
-
 def _twin_errors(params: dict, sheets: int = 3) -> tuple[dict[str, list[float]], int]:
-    """Per camera model ("exact": the twin's true camera, "nominal": the recipe's lens and
-    tcp_offset_mm), the distance (mm) from each twin defect's truth (the centroid of its drawn
-    footprint, `TwinWorld.sheet_truth`) to the nearest defect region of a sheet map built
-    from the twin's ground-truth masks (as maps: 2 x threshold inside); and how many defects
-    were left out because the shots see only part of them (a camera mounted off the plan
-    leaves gaps at the sheet's edge: the centroid of what is seen is not the truth's)."""
+    """Defect-centre errors (mm) of the exact and nominal camera models on twin sheets with
+    camera truth `params`, at 0.25 mm cells (`defect_centre_errors`)."""
     from station.cellcal.store import inspection_camera, nominal_model
-    from station.inspection.sheet import PartSheet
+    from station.inspection.sheet_accuracy import defect_centre_errors
     from station.recipe import load_recipe
-    from station.twin.world import TwinWorld, pose_tcp
 
     base = load_recipe("glassfiber")
     recipe = base.model_copy(
@@ -219,32 +202,7 @@ def _twin_errors(params: dict, sheets: int = 3) -> tuple[dict[str, list[float]],
         }
     )
     cameras = {"exact": inspection_camera(recipe), "nominal": nominal_model(recipe)}
-    world = TwinWorld(recipe, seed=5)
-    errors: dict[str, list[float]] = {name: [] for name in cameras}
-    partial = 0
-    for k in range(sheets):
-        world.present(world.make_sheet(1000 + k, defective=True))
-        masks = []
-        for i, pose in enumerate(recipe.robot.poses):
-            tcp = pose_tcp(pose)
-            masks.append((pose.name, list(tcp), world.render(tcp, noise_seed=[k, i]).mask))
-        maps = {}
-        for name, camera in cameras.items():
-            part = PartSheet(recipe, camera)
-            for pose_name, tcp, mask in masks:
-                part.add(pose_name, tcp, {"truth": (mask > 0).astype(np.float32) * 2.0})
-            maps[name] = part.result()
-        truth = world.sheet_truth()
-        whole = [
-            np.array(t["centroid_mm"]) for t in truth if _seen_whole(maps["exact"], t["bbox_mm"])
-        ]
-        partial += len(truth) - len(whole)
-        for name, sheet in maps.items():
-            found = [np.array(f.centre_mm) for f in sheet.defects()]
-            errors[name] += [
-                min((float(np.hypot(*(f - t))) for f in found), default=math.inf) for t in whole
-            ]
-    return errors, partial
+    return defect_centre_errors(recipe, cameras, world_seed=5, sheets=sheets)
 
 
 @pytest.mark.slow

@@ -20,7 +20,6 @@ the shots see only in part (gaps at the sheet's edge, judged on the exact map) a
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import tempfile
 import time
@@ -33,24 +32,12 @@ def focal_err(k: np.ndarray, truth: dict) -> float:
     return max(abs(k[0][0] / truth["fx"] - 1), abs(k[1][1] / truth["fy"] - 1)) * 100
 
 
-def seen_whole(sheet, bbox_mm: list[float]) -> bool:  # noqa: ANN001
-    """Whether the map (built with the exact camera) sees every cell of the box."""
-    x0, y0, x1, y1 = bbox_mm
-    gx0, gy0, gx1, gy1 = sheet.grid.extent_mm
-    if x0 < gx0 or y0 < gy0 or x1 > gx1 or y1 > gy1:
-        return False
-    c = sheet.grid.centres()
-    inside = (c[..., 0] >= x0) & (c[..., 0] <= x1) & (c[..., 1] >= y0) & (c[..., 1] <= y1)
-    return bool(np.isfinite(next(iter(sheet.fused.values()))[inside]).all())
-
-
 def sheet_map_errors(recipe, seed: int, sheets: int) -> tuple[dict[str, list[float]], int]:  # noqa: ANN001
     """Per camera model (exact, calibrated, nominal), each wholly seen defect's distance (mm)
     from its truth centroid to the nearest defect region of the sheet map built from the
     shots' ground-truth masks; and how many defects were left out as partly seen."""
     from station.cellcal import store
-    from station.inspection.sheet import PartSheet
-    from station.twin.world import TwinWorld, pose_tcp
+    from station.inspection.sheet_accuracy import defect_centre_errors
 
     cameras = {
         "exact": store.inspection_camera(recipe),
@@ -58,32 +45,8 @@ def sheet_map_errors(recipe, seed: int, sheets: int) -> tuple[dict[str, list[flo
         "nominal": store.nominal_model(recipe),
     }
     assert cameras["calibrated"].calibrated and not cameras["nominal"].calibrated
-    world = TwinWorld(recipe, seed=seed)
-    errors: dict[str, list[float]] = {name: [] for name in cameras}
-    partial = 0
-    for k in range(sheets):
-        world.present(world.make_sheet(1000 + k, defective=True))
-        shots = []
-        for i, pose in enumerate(recipe.robot.poses):
-            tcp = pose_tcp(pose)
-            shots.append((pose.name, list(tcp), world.render(tcp, noise_seed=[seed, k, i]).mask))
-        maps = {}
-        for name, camera in cameras.items():
-            part = PartSheet(recipe, camera)
-            for pose_name, tcp, mask in shots:
-                part.add(pose_name, tcp, {"truth": (mask > 0).astype(np.float32) * 2.0})
-            maps[name] = part.result()
-        truth = world.sheet_truth()
-        whole = [
-            np.array(t["centroid_mm"]) for t in truth if seen_whole(maps["exact"], t["bbox_mm"])
-        ]
-        partial += len(truth) - len(whole)
-        for name, sheet in maps.items():
-            found = [np.array(f.centre_mm) for f in sheet.defects()]
-            errors[name] += [
-                min((float(np.hypot(*(f - t))) for f in found), default=math.inf) for t in whole
-            ]
-    return errors, partial
+    return defect_centre_errors(recipe, cameras, world_seed=seed, sheets=sheets,
+                                noise_prefix=(seed,))
 
 
 def calibrate(base, seed: int, n_views: int) -> tuple:  # noqa: ANN001
