@@ -17,10 +17,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
+
+from station.coverage import region_rect
+
+if TYPE_CHECKING:
+    from station.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -339,6 +344,17 @@ class SheetMapper:
         return SheetMap(
             self.grid, self.fusion, fused, dict(self.seen), dict(self.footprints), self.region_mm
         )
+
+
+def recipe_mapper(
+    recipe: Recipe, table_to_base: np.ndarray | None, fusion: str | None = None
+) -> SheetMapper:
+    """A mapper over the recipe's inspected region on its `decision.sheet_map_mm_per_px` grid,
+    fused by `decision.sheet_fusion` (or `fusion`): what inspection and calibration build."""
+    region = region_rect(recipe)
+    dec = recipe.decision
+    grid = Grid.over(region, dec.sheet_map_mm_per_px)
+    return SheetMapper(grid, fusion or dec.sheet_fusion, table_to_base, region)
 
 
 @dataclass

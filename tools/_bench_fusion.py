@@ -167,7 +167,6 @@ class PassScorer:
 
     def __init__(self, recipe: Any, batch_size: int = 16) -> None:
         from station.cellcal.store import inspection_camera
-        from station.coverage import region_rect
         from station.detectors.engine import ScoringEngine, load_models
 
         models = load_models(recipe)
@@ -177,7 +176,6 @@ class PassScorer:
         self.engine = ScoringEngine.from_models(models, recipe.preprocess, batch_size)
         self.recipe = recipe
         self.camera = inspection_camera(recipe)
-        self.region = region_rect(recipe)
         self.tcp = {p.name: [*p.position_mm, *p.rotvec_rad] for p in recipe.robot.poses}
 
     def score(self, part: PartFiles, thresholds: dict[str, float] | None = None) -> ScoredPart:
@@ -185,19 +183,17 @@ class PassScorer:
         sheet-map rule's regions) from the same maps."""
         from bench_recall_by_size import truth_defect
 
-        from station.sheet_map import Grid, SheetMapper, shot_view
+        from station.sheet_map import recipe_mapper, shot_view
 
         res = self.engine.score_files([p for _, p in part.shots], keep_maps=True)[self.detector]
         scores = {BASE_RULE: float(np.max(np.asarray(res.scores, np.float64)))}
         regions: dict[str, list[tuple[float, float]]] = {}
-        dec = self.recipe.decision
         views = [shot_view(self.camera, pose, self.tcp[pose], self.recipe.preprocess.crop)
                  for pose, _ in part.shots]  # fmt: skip
         for rule, fusion in RULES.items():
             if fusion is None:
                 continue
-            grid = Grid.over(self.region, dec.sheet_map_mm_per_px)
-            mapper = SheetMapper(grid, fusion, self.camera.table_to_base, self.region)
+            mapper = recipe_mapper(self.recipe, self.camera.table_to_base, fusion)
             for i, view in enumerate(views):
                 mapper.add(view, {self.detector: res.map(i)})
             sheet = mapper.result()

@@ -35,7 +35,7 @@ from station.datasets import MVTecFolder
 from station.decision import COMBINE_POSES, combine_scores
 from station.detectors.engine import ScoringEngine, load_models
 from station.errors import CalibrationError
-from station.sheet_map import Grid, SheetMapper, shot_view
+from station.sheet_map import recipe_mapper, shot_view
 
 if TYPE_CHECKING:
     from station.datasets import DatasetItem
@@ -258,19 +258,14 @@ def sheet_map_peaks(
         index[key].append(it)
     parts = sorted(index)
     tcp = {p.name: [*p.position_mm, *p.rotvec_rad] for p in recipe.robot.poses}
-    dec, region = recipe.decision, region_rect(recipe)
+    region = region_rect(recipe)  # for the message below
     peaks = {n: np.full(len(parts), np.nan) for n in engine.detectors}
     labels = np.zeros(len(parts), np.int64)
     done = 0
     for r, key in enumerate(parts):
         shots = _part_shots(recipe, key, index[key])
         results = engine.score_files([it.path for _, it in shots], keep_maps=True)
-        mapper = SheetMapper(
-            Grid.over(region, dec.sheet_map_mm_per_px),
-            dec.sheet_fusion,
-            camera.table_to_base,
-            region,
-        )
+        mapper = recipe_mapper(recipe, camera.table_to_base)
         try:
             for i, (pose, _) in enumerate(shots):
                 view = shot_view(camera, pose, tcp[pose], recipe.preprocess.crop)

@@ -19,13 +19,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from station.cellcal.store import CameraModel
-from station.coverage import region_rect
 from station.errors import StationError
 from station.inspection.faults import Fault, classify
 from station.inspection.recorder import Recorder
 from station.inspection.results import SheetOutcome, Timings
 from station.recipe import Recipe
-from station.sheet_map import Grid, SheetMap, SheetMapper, shot_view
+from station.sheet_map import SheetMap, recipe_mapper, shot_view
 from station.storage.parts import PartRecord
 
 
@@ -50,14 +49,7 @@ class PartSheet:
     def __init__(self, recipe: Recipe, camera: CameraModel) -> None:
         self.recipe = recipe
         self.camera = camera
-        dec = recipe.decision
-        region = region_rect(recipe)
-        self.mapper = SheetMapper(
-            Grid.over(region, dec.sheet_map_mm_per_px),
-            dec.sheet_fusion,
-            camera.table_to_base,
-            region,
-        )
+        self.mapper = recipe_mapper(recipe, camera.table_to_base)
         self.error: str | None = None
         self._lock = threading.Lock()
 
