@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_cellcal import run  # the CLI in-process: (exit code, stdout, stderr)
 
 from station import coverage as cov
-from station.cli.app import main
 from station.recipe import Pose, Recipe, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,14 +240,6 @@ def test_an_explicit_partial_region_must_still_be_covered() -> None:
     (problem,) = cov.check(left).problems
     assert problem.startswith("coverage.region_mm: the poses see ")
     assert "set coverage.partial" not in problem  # it is set already
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as ex:
-        main([*args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(ex.value.code or 0), out.out, out.err
 
 
 def test_recipe_check_prints_coverage_and_refuses_a_gap(

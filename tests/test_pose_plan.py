@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_cellcal import run  # the CLI in-process: (exit code, stdout, stderr)
 
 from station import coverage as cov
 from station import pose_plan as pp
-from station.cli.app import main
 from station.errors import RecipeError
 from station.recipe import Recipe, load_recipe, parse_recipe
 
@@ -141,14 +141,6 @@ def test_bad_input_gets_one_line_naming_field_and_fix() -> None:
     assert high.startswith("coverage.camera_height_mm: 700 mm is too high to resolve 2 mm")
     tilted = _refusal(lambda d: d["robot"]["home"].update(rotvec_rad=[0.0, 0.0, 0.0]))
     assert tilted.startswith("robot.home.rotvec_rad: the planned shots take the home pose's")
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as ex:
-        main([*args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(ex.value.code or 0), out.out, out.err
 
 
 def test_plan_poses_writes_the_file_the_recipe_reads(
