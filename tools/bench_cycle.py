@@ -111,13 +111,11 @@ def _inputs_per_part(recipe: Any) -> int:
     """Detector inputs per part: tiles per shot (or 1) times shots."""
     if not _tiled(recipe):
         return len(recipe.robot.poses)
-    from station.tiling import tile_origins
+    from station.detectors.engine import tiles_of
 
     pre = recipe.preprocess
     w, h = (pre.crop[2], pre.crop[3]) if pre.crop else (recipe.camera.width, recipe.camera.height)
-    ov = pre.tiling.overlap_px
-    per_shot = len(tile_origins(w, pre.size[0], ov)) * len(tile_origins(h, pre.size[1], ov))
-    return per_shot * len(recipe.robot.poses)
+    return len(tiles_of((h, w), pre, "the shot")) * len(recipe.robot.poses)
 
 
 def main(argv: list[str] | None = None) -> int:
