@@ -66,6 +66,10 @@ class NowhereToStore(StorageError):
     """A decided part could be written neither to the database nor to the journal."""
 
 
+class MaterialError(StationError):
+    """A shot does not look like the material the models were trained on."""
+
+
 class InUse(StationError):
     """Another process holds the lock this run needs (e.g. a live run on the same recipe)."""
 

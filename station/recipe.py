@@ -60,6 +60,12 @@ from station.recipe_devices import (  # noqa: F401 (re-exported)
     pick_drivers,
     plain_loc,
 )
+from station.recipe_quality import (  # noqa: F401 (re-exported)
+    DriftConfig,
+    MaterialCheckConfig,
+    MonitoringConfig,
+    RetrainConfig,
+)
 from station.recipe_yaml import (  # noqa: F401 (re-exported)
     MAX_RECIPE_BYTES,
     MAX_YAML_DEPTH,
@@ -125,6 +131,9 @@ class DetectorConfig(_Strict):
     backbone: str = "efficientnet_lite0"
     weights: str = "auto"  # auto | package | cache | file:<path>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # what runs the network: eager PyTorch, or an export (station export) on ONNX Runtime or
+    # OpenVINO; `device` maps to the runtime's providers
+    runtime: Literal["torch", "onnxruntime", "openvino"] = "torch"
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("params")
@@ -254,6 +263,8 @@ class Recipe(_Strict):
     line_io: LineIOSettings  # default: the backend's line I/O with default settings
     storage: StorageConfig = StorageConfig()
     twin: TwinConfig = TwinConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     # Where the recipe was read from and its content hash (not part of the YAML).
     source: str = Field("", exclude=True)

@@ -43,6 +43,7 @@ from station.cellcal.store import CameraModel, inspection_camera
 from station.decision import Decision, Verdict, decide
 from station.errors import NowhereToStore, StationError, StorageError
 from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify
+from station.inspection.hooks import CycleHook
 from station.inspection.models import DetectorSet
 from station.inspection.offline import OfflinePart, offline_shots
 from station.inspection.recorder import PartRecord, Recorder, RecoveryReport, ShotRecord
@@ -77,8 +78,10 @@ class Inspector:
         on_event: EventFn | None = None,
         max_consecutive_faults: int = MAX_CONSECUTIVE_FAULTS,
         camera: CameraModel | None = None,
+        hooks: Sequence[CycleHook] = (),
     ) -> None:
         self.recipe = recipe
+        self.hooks = list(hooks)  # see station.inspection.hooks
         # the sheet map's camera model: exact on the twin, else calibrated, else nominal
         self.camera = camera if camera is not None else inspection_camera(recipe)
         self.sheet: SheetOutcome | None = None  # the last part's sheet map, for its result
@@ -100,6 +103,8 @@ class Inspector:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        for hook in self.hooks:
+            hook.close()
 
     def __enter__(self) -> Inspector:
         return self
@@ -119,6 +124,10 @@ class Inspector:
     ) -> ShotScores:
         t.shot_started()
         with t.measure("inference"):
+            for hook in self.hooks:  # before the detectors; a StationError faults the part
+                stats = hook.shot(part, shot.pose_name, image)
+                if stats:
+                    shot.stats[hook.name] = stats
             outputs = self.detectors.score(image)
             # onto the part's sheet map (a failure is kept there and faults the part)
             sheet.add(shot.pose_name, shot.robot_pose, {o.detector: o.amap for o in outputs})
@@ -369,7 +378,7 @@ class Inspector:
         else:
             # refresh the journal copy (a failure with no copy on disk stops the line)
             fault = self._refused(part, part.reason) or fault
-        return self._result(part, timings, fault)
+        return self._after_hooks(self._result(part, timings, fault))
 
     def _output(self, reject: bool) -> None:
         """Publish the result (reject output read back, part id, RESULT_VALID read back; see
@@ -570,7 +579,21 @@ class Inspector:
         if part.key not in self.recorder.backlog:
             with contextlib.suppress(StorageError):
                 self.recorder.finish_part(part)
-        return self._result(part, timings, fault)
+        return self._after_hooks(self._result(part, timings, fault))
+
+    def _after_hooks(self, result: PartResult) -> PartResult:
+        """Show the finished part to the hooks; their events go out before the part's own.
+        A failing hook is reported, never allowed to change the part or stop the line."""
+        for hook in self.hooks:
+            try:
+                events = hook.part(result)
+            except Exception as exc:  # noqa: BLE001
+                self._emit("message", f"{hook.name}: {exc}", level="warning")
+                continue
+            for event in events:
+                if self.on_event is not None:
+                    self.on_event(event)
+        return result
 
     def _announce(self) -> None:
         self._emit("message", f"sheet map camera model: {self.camera.source}")

@@ -13,6 +13,7 @@ raised and the sheet released to the reject path). What happens next depends on 
 | ... and the journal cannot take it     | storage          | wait for the operator          |
 | reject output not confirmed, line I/O  | line_io          | hold the sheet, wait for the   |
 |                                        |                  | operator, then reject it       |
+| shot unlike the training material      | material         | next part                      |
 | unreadable stored image (offline)      | input            | next part                      |
 | anything unexpected (a bug)            | internal         | stop                           |
 
@@ -29,6 +30,7 @@ from station.errors import (
     CameraError,
     DetectorError,
     LineIOError,
+    MaterialError,
     NowhereToStore,
     ProtectiveStop,
     RobotError,
@@ -85,6 +87,13 @@ def classify(exc: BaseException) -> Fault:
             "detector",
             f"detector: {text}",
             "part rejected; check the model files and the GPU if this repeats",
+            Policy.CONTINUE,
+        )
+    if isinstance(exc, MaterialError):
+        return Fault(
+            "material",
+            text,
+            "part rejected; check that the sheet is the recipe's product and lot, else retrain",
             Policy.CONTINUE,
         )
     if isinstance(exc, NowhereToStore):

@@ -111,6 +111,9 @@ class Shot(Base):
     mask_path: Mapped[str | None] = mapped_column(Text)  # ground truth (twin only)
     # where the shot lies on the table: 4 corners [[x, y], ...] in base-frame mm (0004)
     footprint_mm: Mapped[list[Any] | None] = mapped_column()
+    # what the cycle hooks measured on the shot, by hook name (0005): image statistics,
+    # material distance, ...
+    stats: Mapped[dict[str, Any] | None] = mapped_column()
 
     part: Mapped[Part] = relationship(back_populates="shots")
     detections: Mapped[list[Detection]] = relationship(
@@ -208,3 +211,65 @@ class ModelVersion(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     trained_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+
+
+class Alarm(Base):
+    """A monitored signal that left its control limits (0005): what moved, since when, how much."""
+
+    __tablename__ = "alarms"
+    __table_args__ = (Index("ix_alarms_recipe_raised", "recipe", "raised_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recipe: Mapped[str] = mapped_column(String(128))
+    signal: Mapped[str] = mapped_column(String(128))  # e.g. "score patchcore", "mean r0c1"
+    chart: Mapped[str] = mapped_column(String(16))  # ewma | cusum | material | ...
+    # the first part of the run of points that led to the alarm, and the part that raised it
+    since_part_id: Mapped[int | None] = mapped_column(ForeignKey("parts.id", ondelete="SET NULL"))
+    since_at: Mapped[datetime | None] = mapped_column(_TS)
+    part_id: Mapped[int | None] = mapped_column(ForeignKey("parts.id", ondelete="SET NULL"))
+    raised_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    value: Mapped[float | None] = mapped_column(Float)  # the chart statistic when raised
+    baseline: Mapped[float | None] = mapped_column(Float)  # the calibration's centre line
+    limit: Mapped[float | None] = mapped_column(Float)  # the control limit it crossed
+    shift: Mapped[float | None] = mapped_column(Float)  # estimated change of the signal
+    message: Mapped[str] = mapped_column(Text, default="")  # one line for the operator
+    cleared_at: Mapped[datetime | None] = mapped_column(_TS)
+    cleared_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class ShadowVerdict(Base):
+    """What a candidate model decided on a part beside the live one; never drives the line."""
+
+    __tablename__ = "shadow_verdicts"
+    __table_args__ = (
+        UniqueConstraint("part_id", "candidate", name="uq_shadow_verdicts_part_candidate"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    part_id: Mapped[int] = mapped_column(ForeignKey("parts.id", ondelete="CASCADE"), index=True)
+    candidate: Mapped[str] = mapped_column(String(128))  # e.g. the candidate's version string
+    model_versions: Mapped[dict[str, Any]] = mapped_column(default=dict)  # detector -> version
+    verdict: Mapped[Verdict] = mapped_column(
+        Enum(Verdict, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+    )
+    reason: Mapped[str | None] = mapped_column(Text)
+    part_score: Mapped[float | None] = mapped_column(Float)
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)  # detector -> part score
+    thresholds: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+
+
+class ModelPromotion(Base):
+    """Who made which model live, when, and on which evidence (0005)."""
+
+    __tablename__ = "model_promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recipe: Mapped[str] = mapped_column(String(128), index=True)
+    detector: Mapped[str] = mapped_column(String(64))
+    from_version: Mapped[str | None] = mapped_column(String(128))
+    to_version: Mapped[str] = mapped_column(String(128))
+    promoted_by: Mapped[str] = mapped_column(String(128))
+    promoted_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)  # shadow evaluation, counts
+    note: Mapped[str] = mapped_column(Text, default="")

@@ -76,6 +76,8 @@ class ShotRecord:
     robot_pose: list[float] = field(default_factory=list)
     captured_at: datetime = field(default_factory=now)
     mask_path: str | None = None
+    # what the cycle hooks measured on the shot, by hook name (0005), e.g. image statistics
+    stats: dict[str, Any] = field(default_factory=dict)
     detections: list[DetectionRecord] = field(default_factory=list)
     db_id: int | None = None
 
@@ -190,7 +192,7 @@ _PART_STATE = (
 )  # fmt: skip
 _SHOT = (
     "pose_index", "pose_name", "image_path", "image_sha256", "width", "height",
-    "camera_settings", "robot_pose", "captured_at", "mask_path",
+    "camera_settings", "robot_pose", "captured_at", "mask_path", "stats",
 )  # fmt: skip
 _DETECTION = (
     "detector", "model_version", "threshold", "heatmap_path", "raw_map_path", "latency_ms",
@@ -283,6 +285,10 @@ def write_part(db: Database, part: PartRecord, with_detections: bool = True) -> 
                 shot_id = shot.db_id
             if not with_detections:
                 continue
+            if shot.stats:  # measured on the inference thread, after the row was added
+                srow = s.get(Shot, shot_id)
+                if srow is not None and srow.stats != shot.stats:
+                    srow.stats = dict(shot.stats)
             for det in shot.detections:
                 if det.db_id is not None:
                     continue

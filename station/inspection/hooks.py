@@ -1,0 +1,38 @@
+"""Cycle hooks: what watches the inspection beside the detectors (monitoring, shadow models).
+
+A hook sees every shot on the inference thread, before the detectors, and every finished part
+on the cycle's thread, after its record and line output. Hooks never change a verdict, with one
+exception: a `StationError` raised from `shot` faults the part (the reject output is raised),
+e.g. a `MaterialError` when the shot is not the trained material.
+
+- `shot(part, pose_name, image)`: the raw shot (as grabbed). What it returns is stored with the
+  shot (`Shot.stats[hook.name]`, plain JSON values).
+- `part(result)`: the part's result (verdict, scores, the stored part id); the events it returns
+  go to the live view like the cycle's own (alarms, shadow disagreements, ...).
+- `close()`: the run is over.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from station.inspection.recorder import PartRecord
+    from station.inspection.results import Event, PartResult
+
+
+class CycleHook:
+    """Base hook: does nothing. Subclasses override what they need."""
+
+    name: ClassVar[str] = "hook"
+
+    def shot(self, part: PartRecord, pose_name: str, image: np.ndarray) -> dict[str, Any]:
+        return {}
+
+    def part(self, result: PartResult) -> list[Event]:
+        return []
+
+    def close(self) -> None:
+        return None
