@@ -1,0 +1,1 @@
+"""Quality over time: drift charts, image statistics and the material check."""

@@ -1,0 +1,1 @@
+"""Retraining from operator reviews: candidate models, shadow evaluation and promotion."""
