@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         from station.inspection.cycle import Inspector
         from station.inspection.models import load_detector_set
         from station.inspection.offline import group_offline
+        from station.inspection.recipe_hooks import recipe_hooks
         from station.inspection.recorder import Recorder
         from station.storage.db import open_database
 
@@ -65,11 +66,19 @@ def register(app: typer.Typer) -> None:
             if live:  # one live run per recipe and cell: refused before the models load
                 recorder.hold_lock()
             detectors = load_detector_set(rcp, db)
+            hooks = recipe_hooks(rcp, db, detectors)
             if live:
-                summary = run_live_with_view(rcp, detectors, recorder, count, pipelined, show)
+                summary = run_live_with_view(
+                    rcp, detectors, recorder, count, pipelined, show, hooks=hooks
+                )
             else:
                 with Inspector(
-                    rcp, detectors, recorder, pipelined=pipelined, on_event=_offline_printer()
+                    rcp,
+                    detectors,
+                    recorder,
+                    pipelined=pipelined,
+                    on_event=_offline_printer(),
+                    hooks=hooks,
                 ) as insp:
                     summary = insp.run_offline(groups)
         finally:
@@ -133,6 +142,7 @@ def run_live_with_view(
     pipelined: bool = True,
     show: bool = True,
     world: Any = None,
+    hooks: Any = (),
 ) -> Any:
     """Run the cell with the live view (or one line per part), Ctrl-C handling and the
     terminal operator prompt; returns the RunSummary. `world`: a TwinWorld to use (demo)."""
@@ -173,6 +183,7 @@ def run_live_with_view(
                 pipelined=pipelined,
                 operator=operator,
                 on_event=on_event,
+                hooks=hooks,
             ) as insp,
         ):
             if show:
