@@ -373,7 +373,16 @@ def poses_file(recipe: Recipe) -> Path:
                 ".poses.yaml` and remove robot.poses, then run station plan-poses again"
             ],
         )
-    return poses_path(name, recipe.source)
+    if recipe.poses_source and recipe.poses_source != recipe.source:
+        raise _refuse(
+            recipe,
+            [
+                f"robot.poses_file: {name} belongs to the base recipe {recipe.poses_source}; "
+                f"planning here would overwrite its poses. Add `robot: {{poses_file: "
+                f"{recipe.name}.poses.yaml}}` to this recipe to plan its own"
+            ],
+        )
+    return poses_path(name, recipe.poses_source or recipe.source)
 
 
 def poses_yaml(recipe: Recipe, p: Plan, overlap: float) -> str:

@@ -269,6 +269,9 @@ class Recipe(_Strict):
     # Where the recipe was read from and its content hash (not part of the YAML).
     source: str = Field("", exclude=True)
     sha256: str = Field("", exclude=True)
+    # The recipe that declares robot.poses_file (a base when inherited through `extends:`):
+    # the file is read relative to it.
+    poses_source: str = Field("", exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -422,13 +425,19 @@ def _overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _declares_poses_file(data: dict[str, Any]) -> bool:
+    robot = data.get("robot")
+    return isinstance(robot, dict) and "poses_file" in robot
+
+
 def _resolve_extends(
     data: dict[str, Any], source: str, seen: tuple[str, ...]
-) -> tuple[dict[str, Any], list[str]]:
-    """The recipe's fields with its `extends:` chain applied, and the texts of the bases."""
+) -> tuple[dict[str, Any], list[str], str]:
+    """The recipe's fields with its `extends:` chain applied, the texts of the bases, and the
+    recipe of the chain that declares robot.poses_file (this one when none does)."""
     base_name = data.pop("extends", None)
     if base_name is None:
-        return data, []
+        return data, [], source
     if not isinstance(base_name, str) or not base_name:
         raise RecipeError(source, ["extends: expected the name or path of another recipe"])
     if "name" not in data:
@@ -440,10 +449,12 @@ def _resolve_extends(
     if key in seen:
         raise RecipeError(source, [f"extends: {base_name!r} extends this recipe again (a loop)"])
     base_text = read_text(base_path)
-    base, texts = _resolve_extends(
+    base, texts, poses_source = _resolve_extends(
         read_mapping(base_text, str(base_path)), str(base_path), (*seen, key)
     )
-    return _overlay(base, data), [*texts, base_text]
+    if _declares_poses_file(data):
+        poses_source = source
+    return _overlay(base, data), [*texts, base_text], poses_source
 
 
 def poses_path(poses_file: str, source: str) -> Path:
@@ -501,8 +512,8 @@ def parse_recipe(
     Detector names are checked against `detector_names`, decision.policy against
     `policy_names`, each when given."""
     seen = (str(Path(source).resolve()),) if Path(source).is_file() else ()
-    data, base_texts = _resolve_extends(read_mapping(text, source), source, seen)
-    poses_text = _read_poses_file(data, source, planning)
+    data, base_texts, poses_source = _resolve_extends(read_mapping(text, source), source, seen)
+    poses_text = _read_poses_file(data, poses_source, planning)
     if poses_text is not None:
         base_texts.append(poses_text)
     try:
@@ -513,7 +524,9 @@ def parse_recipe(
         raise RecipeError(source, [_format_error(e) for e in exc.errors()]) from None
     # The effective recipe changes when a base does: the digest covers the whole chain.
     digest = hashlib.sha256("\0".join([*base_texts, text]).encode()).hexdigest()
-    return recipe.model_copy(update={"source": source, "sha256": digest})
+    return recipe.model_copy(
+        update={"source": source, "sha256": digest, "poses_source": poses_source}
+    )
 
 
 def load_recipe(

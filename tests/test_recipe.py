@@ -432,3 +432,24 @@ def test_cli_refuses_a_huge_file_before_reading_it(station_home: Path) -> None:
     path.write_text(SHIPPED)
     with pytest.raises(RecipeError, match="file is 1,048,577 bytes"):  # text given directly
         parse_recipe(SHIPPED + "#" * ((1 << 20) + 1 - len(SHIPPED)), "big.yaml")
+
+
+def test_an_inherited_poses_file_is_read_beside_its_base(
+    station_home: Path, tmp_path: Path
+) -> None:
+    from station.pose_plan import poses_file
+    from station.recipe import load_recipe as load_for_planning
+
+    base = load_recipe("glassfiber")
+    other = tmp_path / "elsewhere" / "variant.yaml"
+    other.parent.mkdir()
+    other.write_text("extends: glassfiber\nname: variant\n")
+    variant = load_recipe(str(other))
+    assert variant.robot.poses == base.robot.poses and len(base.robot.poses) > 1
+    assert variant.poses_source == base.source
+    with pytest.raises(RecipeError, match="belongs to the base recipe"):
+        poses_file(variant)  # plan-poses would overwrite the base's plan
+    own = tmp_path / "elsewhere" / "own.yaml"
+    own.write_text("extends: glassfiber\nname: own\nrobot: {poses_file: own.poses.yaml}\n")
+    planning = load_for_planning(str(own), planning=True)
+    assert poses_file(planning) == own.parent / "own.poses.yaml"
