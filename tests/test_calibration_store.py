@@ -256,3 +256,20 @@ def test_unwritable_folder_leaves_no_row(station_home: Path) -> None:
     with db.session() as session:
         assert session.scalars(select(Calibration)).all() == []
     db.dispose()
+
+
+def test_sheet_map_thresholds_go_stale_with_the_camera_model(station_home: Path) -> None:
+    base = load_recipe("glassfiber")
+    recipe = base.model_copy(
+        update={"decision": base.decision.model_copy(update={"combine_poses": "sheet_map"})}
+    )
+    res = calibrate(
+        _data(), Policy("zero_miss"), recipe="glassfiber", resamples=200,
+        combine_poses="sheet_map",
+    )  # fmt: skip
+    save_calibration(res, recipe, dataset="test", record=False, camera_source="calibrated (A)")
+    versions = {"patchcore": "pc-1"}
+    assert load_active_calibration(recipe, versions, "calibrated (A)").thresholds
+    with pytest.raises(CalibrationError, match="cell calibration changed") as err:
+        load_active_calibration(recipe, versions, "calibrated (B)")
+    assert "calibrated (A)" in err.value.message

@@ -150,8 +150,10 @@ def save_calibration(
     dataset: str = "",
     database_url: str | None = None,
     record: bool = True,
+    camera_source: str | None = None,
 ) -> SavedCalibration:
-    """Write the YAML (current + history) and the ROC plot; record a Calibration row."""
+    """Write the YAML (current + history) and the ROC plot; record a Calibration row.
+    `camera_source`: the sheet map's camera model, with combine_poses sheet_map."""
     from station.calibration.roc_plot import plot_calibration
 
     path = recipe.calibration_path
@@ -163,6 +165,8 @@ def save_calibration(
     if result.combine_poses == "sheet_map":  # the map's fusion and grid set the scores' scale
         doc["decision"]["sheet_fusion"] = recipe.decision.sheet_fusion
         doc["decision"]["sheet_map_mm_per_px"] = recipe.decision.sheet_map_mm_per_px
+        if camera_source is not None:  # the map's geometry: a new cell calibration moves it
+            doc["decision"]["sheet_map_camera"] = camera_source
     if record:
         cal_id = _record(result, doc, _display(hist), database_url or _db_url(recipe))
         doc["id"] = cal_id
@@ -285,8 +289,11 @@ def _created(doc: dict[str, Any]) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _mismatch(doc: dict[str, Any], recipe: Recipe, versions: dict[str, str]) -> list[str]:
-    """Why `doc` does not fit the loaded models and the recipe's decision rule ([] = fits)."""
+def _mismatch(
+    doc: dict[str, Any], recipe: Recipe, versions: dict[str, str], camera_source: str | None
+) -> list[str]:
+    """Why `doc` does not fit the loaded models, the recipe's decision rule and (sheet map)
+    the camera model ([] = fits)."""
     why: list[str] = []
     cal_versions = {str(k): str(v) for k, v in doc["model_versions"].items()}
     for name, version in versions.items():
@@ -308,13 +315,21 @@ def _mismatch(doc: dict[str, Any], recipe: Recipe, versions: dict[str, str]) -> 
         want = getattr(recipe.decision, key)
         if decision.get(key, want) != want:
             why.append(f"it was made for {key}={decision.get(key)}, the recipe says {want}")
+    made_with = decision.get("sheet_map_camera")
+    sheet = recipe.decision.combine_poses == "sheet_map"
+    if sheet and camera_source and made_with and made_with != camera_source:
+        why.append(
+            f"its sheet maps were made with camera model {made_with!r}, the station now "
+            f"uses {camera_source!r} (the cell calibration changed)"
+        )
     return why
 
 
 def load_active_calibration(
-    recipe: Recipe | str, model_versions: dict[str, str]
+    recipe: Recipe | str, model_versions: dict[str, str], camera_source: str | None = None
 ) -> ActiveCalibration:
-    """The newest calibration made for these model versions; CalibrationError otherwise."""
+    """The newest calibration made for these model versions (and, with combine_poses
+    sheet_map, this sheet-map camera model); CalibrationError otherwise."""
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
     fix = f"run station calibrate-threshold --recipe {recipe.name}"
@@ -344,13 +359,14 @@ def load_active_calibration(
     docs.sort(key=lambda d: (d[0], d[1] == current), reverse=True)
     newest_when, newest_path, newest_doc = docs[0]
     for when, path, doc in docs:
-        if _mismatch(doc, recipe, model_versions):
+        if _mismatch(doc, recipe, model_versions, camera_source):
             continue
         note = ""
         if when < newest_when:
             note = (
                 f"using the calibration of {when:%Y-%m-%d %H:%M} UTC ({_display(path)}): the "
-                f"newer one of {newest_when:%Y-%m-%d %H:%M} was made for other models"
+                f"newer one of {newest_when:%Y-%m-%d %H:%M} was made for other models or "
+                "settings"
             )
         decision = doc.get("decision") or {}
         return ActiveCalibration(
@@ -367,9 +383,10 @@ def load_active_calibration(
             combined=dict(doc.get("combined") or {}),
             note=note,
         )
-    reasons = "; ".join(_mismatch(newest_doc, recipe, model_versions))
+    reasons = "; ".join(_mismatch(newest_doc, recipe, model_versions, camera_source))
     raise CalibrationError(
         f"calibration {_display(newest_path)} of {newest_when:%Y-%m-%d %H:%M} UTC is stale: "
         f"{reasons}",
-        hint=f"{fix}; thresholds must be recalibrated after retraining",
+        hint=f"{fix}; thresholds must be recalibrated after retraining (and, for sheet-map "
+        "scores, after a new cell calibration)",
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -85,16 +85,32 @@ def calibrate_threshold(
     given = {"false_reject_budget": false_reject_budget, "miss_budget": miss_budget}
     pol = resolve_policy(cfg.decision, policy, {**given, "quantile": quantile})
     db_url = database or cfg.storage.resolved_database_url()
-    data, where = _load_scores(cfg, dataset, from_reviews, db_url, batch_size)
+    camera = None
+    if cfg.decision.combine_poses == "sheet_map":  # parts scored on their sheet maps
+        from station.cellcal.store import inspection_camera
+
+        camera = inspection_camera(cfg)  # as inspection: exact twin, calibrated, or nominal
+    data, where = _load_scores(cfg, dataset, from_reviews, db_url, batch_size, camera)
     result = calibrate_recipe(
         cfg, data, pol, resamples=resamples, level=level, seed=seed, oob_resamples=oob_resamples
     )
-    saved = save_calibration(result, cfg, dataset=where, database_url=db_url)
+    saved = save_calibration(
+        result,
+        cfg,
+        dataset=where,
+        database_url=db_url,
+        camera_source=camera.source if camera is not None else None,
+    )
     _print_result(result, where, saved)
 
 
 def _load_scores(
-    cfg: Recipe, dataset: Path | None, from_reviews: bool, db_url: str, batch_size: int
+    cfg: Recipe,
+    dataset: Path | None,
+    from_reviews: bool,
+    db_url: str,
+    batch_size: int,
+    camera: Any,
 ) -> tuple[PartScores, str]:
     """Labelled part scores; a spinner while the detectors score a folder."""
     from station.calibration.run import labelled_folder, labelled_scores
@@ -103,11 +119,6 @@ def _load_scores(
     if from_reviews:
         return labelled_scores(cfg, from_reviews=True, database_url=db_url)
     labelled_folder(cfg, dataset)  # refused before the spinner starts
-    camera = None
-    if cfg.decision.combine_poses == "sheet_map":  # parts scored on their sheet maps
-        from station.cellcal.store import inspection_camera
-
-        camera = inspection_camera(cfg)  # as inspection: exact twin, calibrated, or nominal
     with console.status("scoring labelled images with the trained detectors") as status:
 
         def progress(stage: str, done: int, total: int) -> None:

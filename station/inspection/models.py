@@ -98,7 +98,12 @@ def load_detector_set(recipe: Recipe, db: Database | None = None) -> DetectorSet
 
     loaded = [(n, m.detector, str(m.version)) for n, m in load_models(recipe).items()]
     versions = {name: version for name, _, version in loaded}
-    active = load_active_calibration(recipe, versions)
+    camera = None
+    if recipe.decision.combine_poses == "sheet_map":  # its thresholds hold for one camera model
+        from station.cellcal.store import inspection_camera
+
+        camera = inspection_camera(recipe).source
+    active = load_active_calibration(recipe, versions, camera)
     detectors = []
     for name, detector, version in loaded:
         threshold = active.thresholds.get(name)
