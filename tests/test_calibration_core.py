@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from station.calibration.core import PartScores, calibrate
+from station.calibration.core import GUARD, PartScores, calibrate
 from station.calibration.policies import Policy
 from station.calibration.scores import group_parts, part_key
 from station.decision import Verdict, decide
@@ -117,7 +117,8 @@ def test_a_part_whose_mean_score_is_the_threshold_is_rejected() -> None:
     )
     res = calibrate(data, Policy("zero_miss"), recipe="t", combine_poses="mean", resamples=100)
     t = res.thresholds["a"]
-    assert t == m  # the weakest defect's own mean score
+    # the weakest defect's own mean score, lowered by the guard (no part lies in between)
+    assert t == pytest.approx(m * (1 - GUARD), rel=1e-12) and t < m
     assert _inspect_rule(data, res.thresholds, "mean", "any") == (0, 0)
     assert res.combined.choice.misses == 0
     cfg = DecisionConfig(combine_poses="mean")
@@ -172,7 +173,8 @@ def test_single_detector_combined_equals_detector() -> None:
     data = _data(5, dets=1)
     res = calibrate(data, Policy("youden"), recipe="t", resamples=300, oob_resamples=20)
     det = res.detectors["det0"]
-    assert res.scale == 1.0 and det.threshold == det.policy_threshold
+    assert res.scale == 1.0  # the threshold sits just below the policy's observed score
+    assert det.threshold == pytest.approx(det.policy_threshold * (1 - GUARD), rel=1e-12)
     assert det.choice.false_rejects == res.combined.choice.false_rejects
     assert det.choice.misses == res.combined.choice.misses
     assert det.false_reject == res.combined.false_reject  # same flags, same seed, same interval
@@ -208,7 +210,8 @@ def test_good_only_set_states_it() -> None:
 def test_all_defect_set_states_unknown_false_rejects() -> None:
     data = PartScores(["a", "b", "c"], np.ones(3), {"a": np.array([0.3, 0.5, 0.9])})
     res = calibrate(data, Policy("zero_miss"), recipe="t", resamples=200, oob_resamples=20)
-    assert res.thresholds == {"a": 0.3} and res.combined.false_reject.rate is None
+    assert res.thresholds == {"a": pytest.approx(0.3 * (1 - GUARD), rel=1e-12)}
+    assert res.combined.false_reject.rate is None
     assert any("false-reject rate is unknown" in w for w in res.warnings)
 
 
@@ -250,7 +253,8 @@ def test_out_of_sample_is_honest_about_zero_miss() -> None:
     )
     oob = calibrate(sep, Policy("youden"), recipe="t", resamples=200).out_of_sample
     assert oob is not None and oob.false_reject_rate == 0.0
-    assert oob.threshold_ci["a"][0] == 2.0 and 0.0 < oob.miss_rate < 0.2
+    assert oob.threshold_ci["a"][0] == pytest.approx(2.0 * (1 - GUARD), rel=1e-12)
+    assert 0.0 < oob.miss_rate < 0.2
 
 
 def test_other_policies_are_compared_not_applied() -> None:

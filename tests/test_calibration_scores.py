@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from station.calibration.core import calibrate
+from station.calibration.core import GUARD, calibrate
 from station.calibration.policies import Policy
 from station.calibration.scores import dataset_hash, score_folder
 from station.calibration.store import load_active_calibration
@@ -72,7 +72,8 @@ def test_folder_scored_by_trained_artifact_then_cli(
     scores = data.scores["patchcore"]
     assert scores[4:].min() > scores[:4].max()  # part score = max over shots: the defect shows
     res = calibrate(data, Policy("zero_miss"), recipe="glassfiber", resamples=200, oob_resamples=0)
-    assert res.thresholds["patchcore"] == scores[4:].min()
+    # the weakest defect's score, lowered by the guard against batch rounding
+    assert res.thresholds["patchcore"] == pytest.approx(scores[4:].min() * (1 - GUARD), rel=1e-9)
 
     # CLI: writes YAML + PNG + history, recorded, usable by inspect for this model version
     main(

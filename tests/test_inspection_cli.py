@@ -55,6 +55,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
             home,
             preprocess__size=[64, 64],
             detectors=[{"name": "patchcore", "device": "cpu", "params": {"coreset_ratio": 0.5}}],
+            # trained without `station train`: no material model (tests/test_material_check.py)
+            monitoring={"material_check": {"enabled": False}},
         )
         train = [img for s in range(3) for _, img, _ in render_part_shots(recipe, 100 + s, False)]
         from station.imaging import preprocess

@@ -42,6 +42,8 @@ SMALL_CELL: dict[str, Any] = {
     "preprocess": {"size": [64, 64], "tiling": {"enabled": False}},
     "coverage": {"region_mm": [-20.0, -15.0, 20.0, 15.0], "partial": True},
     "detectors": [{"name": "patchcore", "device": "cpu", "params": {"coreset_ratio": 0.5}}],
+    # the drills train PatchCore without `station train`, so no material model: check off
+    "monitoring": {"material_check": {"enabled": False}},
 }
 
 

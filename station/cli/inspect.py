@@ -17,6 +17,19 @@ from station.errors import StationError
 EXIT_OPERATOR = 3  # stopped on a fault that needs a person (message printed)
 
 
+SHADOW_HELP = (
+    "Candidate model version to run beside the live models (stored, never drives the line; "
+    "doubles inference). Default: the recipe's retrain.shadow."
+)
+
+
+def with_shadow(rcp: Any, shadow: list[str] | None) -> Any:
+    """The recipe with `--shadow` versions as its retrain.shadow (unchanged without)."""
+    if not shadow:
+        return rcp
+    return rcp.model_copy(update={"retrain": rcp.retrain.model_copy(update={"shadow": shadow})})
+
+
 def register(app: typer.Typer) -> None:
     @app.command("inspect")
     def inspect_cmd(
@@ -34,6 +47,7 @@ def register(app: typer.Typer) -> None:
         view: bool | None = typer.Option(
             None, "--view/--no-view", help="Live screen (default: when the output is a terminal)."
         ),
+        shadow: list[str] | None = typer.Option(None, "--shadow", help=SHADOW_HELP),
     ) -> None:
         """Inspect parts: verdicts against calibrated thresholds, reject output, database.
 
@@ -56,6 +70,7 @@ def register(app: typer.Typer) -> None:
                 "nothing to inspect", hint="add --live to run the cell, or give stored image paths"
             )
         rcp = load_recipe(recipe)
+        rcp = with_shadow(rcp, shadow)  # --shadow overrides the recipe's retrain.shadow
         if live:
             _warn_coverage(rcp)
         groups = None if live else group_offline(paths, rcp)
@@ -85,20 +100,25 @@ def register(app: typer.Typer) -> None:
             recorder.release_lock()
             db.dispose()
         _print_summary(summary)
-        if summary.operator_fault is not None:
-            raise typer.Exit(EXIT_OPERATOR)
-        if summary.stopped_reason not in ("done", "stopped"):
-            left = len(groups) - summary.parts if groups is not None else 0
-            raise StationError(
-                f"inspection stopped after {summary.parts} part(s), {left} not inspected: "
-                f"{summary.stopped_reason}"
-            )
-        if summary.counts["fault"]:
-            raise StationError(
-                f"{summary.counts['fault']} of {summary.parts} part(s) ended in a fault "
-                "(each listed above with its reason, and stored as a reject)",
-                hint="fix the cause, then inspect those parts again",
-            )
+        _exit_for(summary, len(groups) if groups is not None else None)
+
+
+def _exit_for(summary: Any, offline_parts: int | None) -> None:
+    """The run's exit: an operator fault, an early stop or faulted parts are not a success."""
+    if summary.operator_fault is not None:
+        raise typer.Exit(EXIT_OPERATOR)
+    if summary.stopped_reason not in ("done", "stopped"):
+        left = offline_parts - summary.parts if offline_parts is not None else 0
+        raise StationError(
+            f"inspection stopped after {summary.parts} part(s), {left} not inspected: "
+            f"{summary.stopped_reason}"
+        )
+    if summary.counts["fault"]:
+        raise StationError(
+            f"{summary.counts['fault']} of {summary.parts} part(s) ended in a fault "
+            "(each listed above with its reason, and stored as a reject)",
+            hint="fix the cause, then inspect those parts again",
+        )
 
 
 def _warn_coverage(rcp: Any) -> None:
@@ -124,6 +144,9 @@ def _offline_printer() -> Any:
 
     def on_event(event: Any) -> None:
         r = event.result
+        if event.kind == "message" and event.level != "info" and event.text:  # e.g. alarms
+            console.print(f"{event.level}: {escape(event.text)}", highlight=False, soft_wrap=True)
+            return
         if event.kind != "part_finished" or r is None:
             return
         line = verdict_text(r.verdict.value)

@@ -4,6 +4,8 @@ Training data: `--data DIR` (an MVTec-layout folder, using train/good, or a plai
 images), else the recipe's captured dataset (`<data>/<recipe>/dataset/train/good`). Images go
 through the recipe's preprocessing. Each detector holds out its own validation split of good
 images; their score statistics are stored in the artifact and in the ModelVersion row.
+With `monitoring.material_check` on (the default), the material check's model is fitted on the
+same images and saved beside the models (station.monitoring.material).
 """
 
 from __future__ import annotations
@@ -137,9 +139,38 @@ def register(app: typer.Typer) -> None:
         _print_trained(rcp.name, trained)
         for t in trained:
             console.print(f"saved {t.path}")
+        if rcp.monitoring.material_check.enabled:  # the material check's model, same images
+            _fit_material(rcp, images, train_hash, device, files)
         console.print(
             "next: calibrate thresholds on labelled parts: "
             f"station calibrate-threshold --recipe {recipe}"
+        )
+
+
+def _fit_material(
+    rcp: Any, images: list[Any], train_hash: str, device: str | None, files: list[Path]
+) -> None:
+    """Fit and save the material check's model (station.monitoring.material)."""
+    from station.cli.app import console
+    from station.errors import StationError
+    from station.monitoring.material import FOLDS, fit_material, part_of
+
+    try:
+        fitted = fit_material(rcp, images, train_hash, device, [part_of(f) for f in files])
+    except StationError as exc:  # the detectors are saved; inspection will name the fix
+        console.print(f"[yellow]warning:[/] material check not fitted: {exc}")
+        return
+    meta = fitted.model.meta
+    held = meta["held_out"]
+    console.print(
+        f"material check: threshold {fitted.model.threshold:.3g} (held-out good shots of "
+        f"other parts: median {held['median']:.3g}, max {held['max']:.3g}); saved {fitted.path}"
+    )
+    if meta["folds_by"] != "part":
+        console.print(
+            f"[yellow]warning:[/] the material check saw {meta['n_parts']} good part(s); with "
+            f"fewer than {FOLDS} its threshold ignores part-to-part variation and good parts "
+            "will fault as another material: capture more good parts and retrain"
         )
 
 

@@ -136,8 +136,9 @@ def load_artifact(
         _check_preprocess(path, meta, recipe)
         with contextlib.suppress(KeyError):
             det_cfg = recipe.detector(name)
-            _check_settings(path, config, det_cfg, recipe.name)
-            config["device"] = det_cfg.device
+            want = _check_settings(path, config, det_cfg, recipe.name, cls.runtime_settings)
+            # the recipe says where and how it runs: device, PatchCore's knn search
+            config.update({k: want[k] for k in cls.runtime_settings if k in want})
     if device is not None:
         config["device"] = device
     detector = create_detector(name, **config)
@@ -151,15 +152,22 @@ def load_artifact(
     return LoadedModel(detector, meta, version, path, _sha256(path))
 
 
-def _check_settings(path: Path, config: dict[str, Any], det_cfg: Any, recipe_name: str) -> None:
-    """The recipe's detector settings (its values, else the defaults) must be the model's."""
+def _check_settings(
+    path: Path,
+    config: dict[str, Any],
+    det_cfg: Any,
+    recipe_name: str,
+    runtime: frozenset[str] = frozenset({"device"}),
+) -> dict[str, Any]:
+    """The recipe's detector settings (its values, else the defaults), which must be the
+    model's except the `runtime` ones (Detector.runtime_settings); returned."""
     want = {k: p.default for k, p in settings(det_cfg.name).items() if p.default is not p.empty}
     want.update(detector_kwargs(det_cfg))
     changed = [
         f"{k} {config[k]!r} -> {v!r}"
         for k, v in want.items()
-        # None / "auto" are resolved when the model is built; the device may differ
-        if k != "device"
+        # None / "auto" are resolved when the model is built; runtime settings may differ
+        if k not in runtime
         and k in config
         and v is not None
         and v != "auto"
@@ -171,6 +179,7 @@ def _check_settings(path: Path, config: dict[str, Any], det_cfg: Any, recipe_nam
             f"{recipe_name} has now: {', '.join(changed)}",
             hint=f"retrain: station train --recipe {recipe_name}",
         )
+    return want
 
 
 def _check_preprocess(path: Path, meta: dict[str, Any], recipe: Recipe) -> None:
@@ -199,8 +208,76 @@ def preprocess_meta(recipe: Recipe) -> dict[str, Any]:
     return meta
 
 
+LIVE_FILE = "LIVE"  # <models_dir>/<detector>/LIVE: "<version>\n<UTC stamp of the promotion>"
+CANDIDATES = "candidates"  # <models_dir>/<detector>/candidates/: trained, not live
+
+
+def _stamp(version: str) -> str:
+    """The UTC time part of a version string ('' when it has none)."""
+    parts = version.rsplit("-", 2)
+    return parts[1] if len(parts) == 3 else ""
+
+
+def candidate_path(recipe: Recipe, detector_name: str, version: str) -> Path:
+    """Where a candidate model (station retrain) lives: beside, not among, the live ones."""
+    return recipe.models_dir / detector_name / CANDIDATES / f"{version}{SUFFIX}"
+
+
+def find_artifact(recipe: Recipe, detector_name: str, version: str) -> Path:
+    """The file of one model version, live folder or candidates; StationError when absent."""
+    for path in (
+        artifact_path(recipe, detector_name, version),
+        candidate_path(recipe, detector_name, version),
+    ):
+        if path.is_file():
+            return path
+    raise StationError(
+        f"no {detector_name} model {version} for recipe {recipe.name} in "
+        f"{recipe.models_dir / detector_name}",
+        hint="station models list shows the versions there",
+    )
+
+
+def read_live(recipe: Recipe, detector_name: str) -> tuple[str, str] | None:
+    """(version, promotion stamp) from the LIVE pointer; None when there is none."""
+    path = recipe.models_dir / detector_name / LIVE_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").split()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StationError(f"cannot read {path}: {exc}", hint="check the file") from None
+    if len(lines) != 2:
+        raise StationError(
+            f"{path} is damaged (want a version and a time)",
+            hint=f"promote a model again: station models promote --recipe {recipe.name}",
+        )
+    return lines[0], lines[1]
+
+
+def write_live(
+    recipe: Recipe, detector_name: str, version: str, now: datetime | None = None
+) -> Path:
+    """Point LIVE at `version` (its file must be in the live folder), atomically."""
+    if not artifact_path(recipe, detector_name, version).is_file():
+        raise StationError(
+            f"no {detector_name} model {version} in {recipe.models_dir / detector_name}",
+            hint="promote a candidate with station models promote",
+        )
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%f")[:-3]
+    path = recipe.models_dir / detector_name / LIVE_FILE
+    with writing(f"live pointer {path}"):
+        atomic_write(path, f"{version}\n{stamp}\n".encode())
+    return path
+
+
 def latest_artifact(recipe: Recipe, detector_name: str) -> Path:
-    """The newest model file of `detector_name` for `recipe`; StationError when none."""
+    """The live model file of `detector_name` for `recipe`; StationError when none.
+
+    Live: the version the LIVE pointer names (a promotion), unless `station train` wrote a
+    model after that promotion: the newest model file then, as without a pointer. Candidates
+    (the candidates/ folder) are never picked.
+    """
     folder = recipe.models_dir / detector_name
     files = sorted(folder.glob(f"{detector_name}-*{SUFFIX}")) if folder.is_dir() else []
     if not files:
@@ -208,4 +285,13 @@ def latest_artifact(recipe: Recipe, detector_name: str) -> Path:
             f"no trained {detector_name} model for recipe {recipe.name} in {folder}",
             hint=f"run station train --recipe {recipe.name}",
         )
-    return files[-1]
+    live = read_live(recipe, detector_name)
+    if live is None or _stamp(files[-1].stem) > live[1]:
+        return files[-1]
+    path = artifact_path(recipe, detector_name, live[0])
+    if not path.is_file():
+        raise StationError(
+            f"the live {detector_name} model {live[0]} of recipe {recipe.name} is missing ({path})",
+            hint="promote another version: station models promote",
+        )
+    return path

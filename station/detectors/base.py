@@ -72,6 +72,10 @@ class Detector(ABC):
     Config: ClassVar[type | None] = None
     # The key `state_dict()` stores the fitted (height, width) under.
     size_key: ClassVar[str] = "image_hw"
+    # Settings that choose where and how the model runs, not what it learned (the device;
+    # PatchCore's exact-or-approximate search): a saved model loads with other values for
+    # them, and a recipe's values replace the saved ones (artifact.load_model).
+    runtime_settings: ClassVar[frozenset[str]] = frozenset({"device"})
     _cfg: dict[str, Any]
     device: torch.device
     image_hw: tuple[int, int] | None = None
@@ -149,7 +153,7 @@ class Detector(ABC):
         changed = [
             f"{k} {v!r} -> {mine[k]!r}"
             for k, v in payload["config"].items()
-            if k != "device" and k in mine and plain(v) != plain(mine[k])
+            if k not in self.runtime_settings and k in mine and plain(v) != plain(mine[k])
         ]
         if changed:
             raise DetectorError(

@@ -94,12 +94,20 @@ def load_models(
     recipe: Recipe, names: Sequence[str] | None = None, device: str | None = None
 ) -> dict[str, LoadedModel]:
     """The newest trained model of each recipe detector (or of `names`), checked against the
-    recipe; a clear error when one is untrained or stale."""
+    recipe; a clear error when one is untrained or stale. A detector whose recipe entry says
+    `runtime: onnxruntime | openvino` is served from its export (station.detectors.runtimes)."""
     wanted = list(names) if names is not None else [d.name for d in recipe.detectors]
-    return {
-        name: load_artifact(latest_artifact(recipe, name), recipe=recipe, device=device)
-        for name in wanted
-    }
+    return {name: _load_model(recipe, name, device) for name in wanted}
+
+
+def _load_model(recipe: Recipe, name: str, device: str | None) -> LoadedModel:
+    path = latest_artifact(recipe, name)
+    runtime = next((d.runtime for d in recipe.detectors if d.name == name), "torch")
+    if runtime == "torch":
+        return load_artifact(path, recipe=recipe, device=device)
+    from station.detectors.runtimes.detector import load_runtime_model
+
+    return load_runtime_model(recipe, name, path, runtime, device)
 
 
 class ScoringEngine:

@@ -23,7 +23,9 @@ The map is the patch scores upsampled to the input size, Gaussian-smoothed (sigm
 so that its peak equals the image score: smoothing alone would lower a one-patch fault's peak
 far more than a broad one's (version 2 scored images by the smoothed peak; AITEX, README).
 
-Devices: CPU or CUDA (nearest-neighbour search in chunks on either). `amp=True` runs the
+Devices: CPU or CUDA. The nearest-neighbour search is the `knn` param (station.detectors.knn:
+exact torch search on either device, faiss on the CPU; `auto` takes faiss's exact index on the
+CPU when it is installed, docs/knn.md). `amp=True` runs the
 backbone in fp16 on CUDA (features and distances stay fp32); it is off by default until its
 tolerance test (tests/test_patchcore.py, GPU only) has passed on the target GPU.
 
@@ -48,6 +50,7 @@ import torch
 from station.detectors.backbones import check_identity, create_backbone, resolve_device
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import sample_per_image, split_validation, to_batch
+from station.detectors.knn import KNN_METHODS, KnnMethod, resolve_knn
 from station.detectors.patchcore_model import PatchCoreModel
 from station.detectors.registry import register
 from station.errors import DetectorError
@@ -119,6 +122,9 @@ class PatchCoreConfig:
     val_fraction: float = 0.1
     seed: int = 0
     amp: bool = False  # fp16 backbone on CUDA; see tests (GPU only) for its tolerance
+    # Nearest-neighbour search (station.detectors.knn): auto | torch | faiss | faiss_ivf. A
+    # runtime setting like the device: changing it needs no retraining (docs/knn.md).
+    knn: KnnMethod = "auto"
 
     def check(self) -> None:
         """DetectorError for a value out of range (the strides are checked with the backbone)."""
@@ -129,6 +135,10 @@ class PatchCoreConfig:
         if min(self.max_bank, self.max_train_patches, self.batch_size, self.num_neighbors) < 1:
             raise DetectorError(
                 "patchcore: max_bank, max_train_patches, batch_size, num_neighbors must be >= 1"
+            )
+        if self.knn not in KNN_METHODS:
+            raise DetectorError(
+                f"patchcore: knn must be one of {', '.join(KNN_METHODS)}, not {self.knn!r}"
             )
         if not 0 <= self.val_fraction < 1:
             raise DetectorError(
@@ -141,6 +151,7 @@ class PatchCore(Detector):
     name = "patchcore"
     version = 3  # 2: mirror_pad and center_features; 3: image score = weighted max patch score
     Config = PatchCoreConfig
+    runtime_settings = frozenset({"device", "knn"})
 
     def __init__(self, **params: Any) -> None:
         c = PatchCoreConfig(**params)
@@ -178,6 +189,7 @@ class PatchCore(Detector):
             center_features=c.center_features,
             num_neighbors=c.num_neighbors,
             sigma=c.sigma,
+            knn=resolve_knn(c.knn, self.device),
         ).to(self.device)
         self.image_hw: tuple[int, int] | None = None
 
@@ -259,6 +271,7 @@ class PatchCore(Detector):
         self.model.memory_bank = pool[sel].contiguous()
         del pool
         t2 = time.perf_counter()
+        self.model.knn_index()  # the search index is built once per bank
         good_scores: list[float] = []
         if val_idx:
             done = 0
@@ -315,6 +328,7 @@ class PatchCore(Detector):
                 f"features have {self.model.feature_dim}"
             )
         self.model.memory_bank = bank.to(self.device, torch.float32).contiguous()
+        self.model.knn_index()
 
     @property
     def image_size(self) -> tuple[int, int] | None:

@@ -4,6 +4,10 @@
 anomaly maps (N x H x W) and image scores (N). The frozen backbone is a submodule and the fitted
 memory bank a buffer, so `state_dict()` holds everything a forward needs. Fitting (the coreset)
 lives in station.detectors.patchcore.
+
+The nearest-neighbour search over the bank goes through a `knn` index (station.detectors.knn,
+method `knn`: torch, faiss or faiss_ivf), built once per bank: on first use after the bank is
+set, replaced, changed in place or moved to another device.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from station.detectors.common import (
     autocast_for,
     center_per_image,
     mirrored_stage_maps,
-    nearest_neighbours,
     upsample_smooth,
 )
+from station.detectors.knn import KnnIndex, build_index
 
 
 class PatchCoreModel(nn.Module):
@@ -36,6 +40,7 @@ class PatchCoreModel(nn.Module):
         center_features: bool = True,
         num_neighbors: int = 9,
         sigma: float = 4.0,
+        knn: str = "torch",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -45,8 +50,11 @@ class PatchCoreModel(nn.Module):
         self.center_features = bool(center_features)
         self.num_neighbors = int(num_neighbors)
         self.sigma = float(sigma)
+        self.knn = str(knn)  # a concrete method: knn.resolve_knn turns "auto" into one
         # Empty until fitted or loaded: one row per kept patch feature.
         self.register_buffer("memory_bank", torch.zeros(0, self.feature_dim))
+        self._index: KnnIndex | None = None
+        self._index_of: tuple[torch.Tensor, int, str] | None = None  # bank, version, method
 
     @property
     def feature_dim(self) -> int:
@@ -55,6 +63,22 @@ class PatchCoreModel(nn.Module):
     @property
     def fitted(self) -> bool:
         return self.memory_bank.shape[0] > 0
+
+    def knn_index(self) -> KnnIndex:
+        """The search index over the current memory bank, built when the bank (the tensor,
+        its in-place version or its device) or the method changed since the last build."""
+        bank = self.memory_bank
+        key = self._index_of
+        if (
+            self._index is None
+            or key is None
+            or key[0] is not bank
+            or key[1] != bank._version
+            or key[2] != self.knn
+        ):
+            self._index = build_index(bank, self.knn)
+            self._index_of = (bank, bank._version, self.knn)
+        return self._index
 
     def patch_features(
         self, x: torch.Tensor, amp: bool = False
@@ -83,7 +107,8 @@ class PatchCoreModel(nn.Module):
         """(maps N x H x W, scores N) from the patch features of n images on grid (h, w)."""
         h, w = grid
         bank = self.memory_bank
-        dist, idx = nearest_neighbours(feats, bank, k=1)
+        index = self.knn_index()
+        dist, idx = index.search(feats, 1)
         dist, idx = dist[:, 0].view(n, h * w), idx[:, 0].view(n, h * w)
         # Re-weighting (paper, eq. 7) from the most anomalous patch of each image.
         top = torch.argmax(dist, dim=1)
@@ -92,7 +117,7 @@ class PatchCoreModel(nn.Module):
         m_star = bank[idx[ar, top]]
         k = min(self.num_neighbors, bank.shape[0])
         if k > 1:
-            _, support = nearest_neighbours(m_star, bank, k=k)  # includes m_star itself
+            _, support = index.search(m_star, k)  # includes m_star itself
             d_support = torch.cdist(m_test[:, None], bank[support])[:, 0]  # n x k
             weight = 1.0 - torch.softmax(d_support, dim=1)[:, 0]
         else:

@@ -460,42 +460,9 @@ class Inspector:
         self._flush_backlog()
 
     def _flush_backlog(self) -> None:
-        if self.recorder.backlog:
-            before = len(self.recorder.set_aside)
-            try:
-                self.recorder.flush_backlog()
-            except StorageError as exc:
-                rec = self.recorder
-                rec.rejournal()  # the disk may take them now
-                lost = sorted(p.label for k, p in rec.backlog.items() if k not in rec.journaled)
-                held = len(rec.backlog) - len(lost)
-                self._emit(
-                    "message",
-                    f"{held} part record(s) held in {rec.journal_dir} ({exc}); "
-                    "they are written at the next start",
-                    level="warning",
-                )
-                if lost:
-                    self._emit(
-                        "message",
-                        f"{len(lost)} part record(s) are in no journal and no database "
-                        f"(parts {', '.join(lost)}): free space on {rec.journal_dir}'s disk "
-                        "while the station runs, or they are lost when it stops",
-                        level="error",
-                    )
-            else:
-                if len(self.recorder.set_aside) == before:
-                    self._emit("message", "held part records written to the database")
-        # Records set aside here or when a part was opened (the recorder flushes then too).
-        refused = self.recorder.set_aside[self._refused_told :]
-        if refused:
-            self._refused_told = len(self.recorder.set_aside)
-            self._emit(
-                "message",
-                f"the database refused {len(refused)} held part record(s) for good "
-                f"({', '.join(refused)}); kept in {self.recorder.journal_dir / 'refused'}",
-                level="error",
-            )
+        messages, self._refused_told = self.recorder.flush_and_report(self._refused_told)
+        for text, level in messages:
+            self._emit("message", text, level=level)
 
     def _stop_or_resume(self, fault: Fault, summary: RunSummary) -> bool:
         """Apply a fault's policy after its part; False: the run ends."""

@@ -14,4 +14,19 @@ if TYPE_CHECKING:
 def recipe_hooks(recipe: Recipe, db: Database, detectors: DetectorSet) -> list[CycleHook]:
     """Every hook of the recipe, in the order they see a shot."""
     hooks: list[CycleHook] = []
+    from station.inspection.shadow import shadow_hook
+
+    shadow = shadow_hook(recipe, db)  # a candidate beside the live models (retrain.shadow)
+    if shadow is not None:
+        hooks.append(shadow)
+    from station.inspection.drift_hook import active_calibration_doc, drift_hook
+
+    drift = drift_hook(recipe, db, active_calibration_doc(recipe, detectors))
+    if drift is not None:  # image statistics and drift charts (monitoring.drift)
+        hooks.append(drift)
+    from station.inspection.material_hook import material_hook
+
+    material = material_hook(recipe)  # last: the hooks above still see a wrong-material shot
+    if material is not None:  # monitoring.material_check: a shot unlike training faults the part
+        hooks.append(material)
     return hooks

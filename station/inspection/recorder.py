@@ -309,6 +309,41 @@ class Recorder:
             self.journal.top_up()  # the reserve was maybe given to the journal
         return len(self.backlog)
 
+    def flush_and_report(self, told: int) -> tuple[list[tuple[str, str]], int]:
+        """`flush_backlog`, in words for the operator: (text, level) messages, and how many
+        set-aside records are now reported (`told`: how many were before)."""
+        out: list[tuple[str, str]] = []
+        if self.backlog:
+            before = len(self.set_aside)
+            try:
+                self.flush_backlog()
+            except StorageError as exc:
+                self.rejournal()  # the disk may take them now
+                lost = sorted(p.label for k, p in self.backlog.items() if k not in self.journaled)
+                held = len(self.backlog) - len(lost)
+                where = self.journal_dir
+                text = f"{held} part record(s) held in {where} ({exc}); "
+                out.append((text + "they are written at the next start", "warning"))
+                if lost:
+                    text = (
+                        f"{len(lost)} part record(s) are in no journal and no database "
+                        f"(parts {', '.join(lost)}): free space on {where}'s disk while the "
+                        "station runs, or they are lost when it stops"
+                    )
+                    out.append((text, "error"))
+            else:
+                if len(self.set_aside) == before:
+                    out.append(("held part records written to the database", "info"))
+        # Records set aside here or when a part was opened (the recorder flushes then too).
+        refused = self.set_aside[told:]
+        if refused:
+            text = (
+                f"the database refused {len(refused)} held part record(s) for good "
+                f"({', '.join(refused)}); kept in {self.journal_dir / 'refused'}"
+            )
+            out.append((text, "error"))
+        return out, len(self.set_aside)
+
     def _set_aside(self, part: PartRecord, exc: StorageError) -> None:
         try:
             dest = self.journal.refuse(self.journal.path(part.key), part.to_json().encode())

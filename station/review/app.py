@@ -25,7 +25,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from station.review import guard, login, pages, reviews, store
+from station.review import alarms, guard, login, pages, reviews, shadow, store
 from station.review.guard import COOKIE
 from station.review.security import LOCAL_HOST_NAMES, AuthThrottle, SessionSigner, check_token
 from station.review.web import HERE, ReviewSettings, templates_for
@@ -89,7 +89,7 @@ def create_app(
     app.state.db = db
     app.state.data_root = cfg.root
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    for routes in (pages.router, reviews.router, login.router):
+    for routes in (pages.router, reviews.router, login.router, shadow.router, alarms.router):
         app.include_router(routes)
     guard.install(app)
     return app

@@ -81,6 +81,8 @@ class Part(Base):
     sheet_map_fusion: Mapped[str | None] = mapped_column(String(16))  # max | mean | min
     sheet_map_camera: Mapped[str | None] = mapped_column(Text)
     sheet_region_mm: Mapped[list[Any] | None] = mapped_column()
+    # what the monitoring measured on the part as a whole, by key (0005), e.g. drift signals
+    stats: Mapped[dict[str, Any] | None] = mapped_column()
 
     shots: Mapped[list[Shot]] = relationship(
         back_populates="part", cascade="all, delete-orphan", order_by="Shot.pose_index"

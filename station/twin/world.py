@@ -23,9 +23,11 @@ import numpy as np
 from station.errors import RecipeError
 from station.recipe import Pose, Recipe
 from station.twin import glare, optics
+from station.twin.ageing import Ageing
 from station.twin.board_scene import BoardScene
 from station.twin.defects import KINDS
 from station.twin.layers import defect_bounds, render_layers
+from station.twin.material_switch import MaterialSwitch
 from station.twin.render import Lighting, Shot, shade
 from station.twin.sheet import (
     DefectSpec,
@@ -35,6 +37,7 @@ from station.twin.sheet import (
     SheetTexture,
 )
 from station.twin.truth import BoardOnTable, TrueCamera
+from station.twin.variant import Variant
 
 FAULT_KINDS = ("protective_stop", "link_lost", "camera_timeout", "failed_buffer")
 MAX_TEXELS = 4_000_000  # largest layer raster rendered at once
@@ -86,6 +89,9 @@ class TwinWorld:
             )
             self.truth = TrueCamera.from_recipe(recipe)
             self.board_placed = BoardOnTable.from_recipe(recipe)
+            self.variant = Variant.from_params(params)
+            self.ageing = Ageing.from_params(params)  # lamp_dim, defocus over the parts
+            self.material_switch = MaterialSwitch.from_params(params)  # another cloth from part N
         except ValueError as exc:
             raise RecipeError(recipe.source or recipe.name, [f"twin.params.{exc}"]) from None
         self.intrinsics = self.truth.intrinsics
@@ -197,6 +203,7 @@ class TwinWorld:
             brightness=float(np.clip(rng.normal(1.0, 0.035), 0.9, 1.1)),
             waviness_mm=float(abs(rng.normal(0.12, 0.04))) * pitch / 2.5,
         )
+        base = self.variant.apply(base)  # a "new but good" texture (twin.params.variant)
         if not is_defective:
             return base
         n = 1 + int(rng.uniform() < 0.3)
@@ -237,6 +244,7 @@ class TwinWorld:
             seed, defective, part_id = self.part_seed(self.sheets_presented), None, None
         part_id = part_id or f"TWIN-{self.seed}-{self.sheets_presented:06d}"
         spec = self.make_sheet(seed, defective)
+        spec = self.material_switch.apply(spec, self.sheets_presented, self.twin.roving_pitch_mm)
         self.present(spec, part_id)
         return spec, part_id
 
@@ -318,7 +326,15 @@ class TwinWorld:
         layers = self._layers(tcp)
         if noise_seed is None:
             noise_seed = [self.sheet.seed if self.sheet else self.seed, 7, self.grabs_on_sheet]
-        return shade(self.sheet, layers, self.recipe.camera, tcp, self.lighting, noise_seed,
+        # an ageing lamp scales the light reaching the sensor, like a shorter exposure
+        light, blur = self.ageing.light(self.sheets_presented), self.ageing.extra_blur_px(
+            self.sheets_presented)
+        if light != 1.0:
+            exposure_us = (self.recipe.camera.exposure_us if exposure_us is None
+                           else exposure_us) * light
+        lighting = self.lighting if blur <= 0 else dataclasses.replace(
+            self.lighting, base_blur_px=math.hypot(self.lighting.base_blur_px, blur))
+        return shade(self.sheet, layers, self.recipe.camera, tcp, lighting, noise_seed,
                      exposure_us=exposure_us, gain_db=gain_db, truth=self.truth)
 
     def show_board(self, on: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""Quality over time: shot statistics from the cycle hooks (shots.stats), drift and material
+"""Quality over time: shot and part statistics (shots.stats, parts.stats), drift and material
 alarms, shadow verdicts of candidate models, and model promotions
 
 Revision ID: 0005
@@ -24,6 +24,7 @@ _VERDICT = sa.Enum(
 # Plain ADD COLUMN and CREATE TABLE (no table copy: see 0004).
 def upgrade() -> None:
     op.add_column("shots", sa.Column("stats", sa.JSON(), nullable=True))
+    op.add_column("parts", sa.Column("stats", sa.JSON(), nullable=True))
     op.create_table(
         "alarms",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -86,4 +87,5 @@ def downgrade() -> None:
     op.drop_table("shadow_verdicts")
     op.drop_index("ix_alarms_recipe_raised", table_name="alarms")
     op.drop_table("alarms")
+    op.drop_column("parts", "stats")
     op.drop_column("shots", "stats")

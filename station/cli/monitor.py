@@ -1,0 +1,119 @@
+"""`station monitor`: the drift charts of a recipe in the terminal, and its alarms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from station.calibration.recipes import load_recipe
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from station.monitoring.drift import DriftMonitor
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("monitor")
+    def monitor_cmd(
+        recipe: str = typer.Option("glassfiber", "--recipe", "-r", help="Recipe name or path."),
+        last: int = typer.Option(8, "--last", "-n", min=1, max=200, help="Points to show."),
+        signal: str | None = typer.Option(
+            None, "--signal", "-s", help="Show one signal's last points in full, e.g. 'mean r1c1'."
+        ),
+        clear: int | None = typer.Option(None, "--clear", help="Clear this alarm (by id)."),
+        by: str | None = typer.Option(None, "--by", help="Who clears it (with --clear)."),
+    ) -> None:
+        """Drift charts (EWMA, CUSUM) per signal: state, open alarms and the last points.
+
+        Rebuilt from the database: the baselines of the calibration the newest part was
+        inspected with, and every part inspected with it. Reads only (but --clear).
+        """
+        from station.cli.app import console
+        from station.errors import StationError
+        from station.inspection.drift_hook import build_monitor, read_calibration
+        from station.paths import station_home
+        from station.storage.alarms import clear_alarm, latest_calibration, list_alarms
+        from station.storage.db import open_database
+
+        rcp = load_recipe(recipe)
+        db = open_database(rcp.storage.resolved_database_url())
+        try:
+            if clear is not None:
+                if not by:
+                    raise StationError("--clear needs --by NAME", hint="say who clears it")
+                row = clear_alarm(db, clear, by)
+                console.print(f"alarm {row.id} ({escape(row.signal)}, {row.chart}) cleared "
+                              f"by {escape(by)}", highlight=False)
+                return
+            cal_id, cal_file = latest_calibration(db, rcp.name)
+            path = Path(cal_file) if cal_file else rcp.calibration_path
+            if not path.is_absolute():
+                path = station_home() / path
+            doc = read_calibration(path) if path.is_file() else {}
+            if cal_id is not None:
+                doc = {**doc, "id": cal_id}
+            monitor, notes = build_monitor(rcp, db, doc, store=False)
+            alarms = list_alarms(db, rcp.name, open_only=True)
+        finally:
+            db.dispose()
+        cfg = rcp.monitoring.drift
+        console.print(
+            f"drift monitor of {escape(rcp.name)}: {monitor.parts_seen} part(s) charted; "
+            f"EWMA lambda {cfg.ewma_lambda:g}, L {cfg.ewma_l:g}; CUSUM k {cfg.cusum_k:g}, "
+            f"h {cfg.cusum_h:g} (sigma units); points clipped at {cfg.clip:g} sigma"
+            + ("" if cfg.enabled else "; monitoring.drift is OFF in the recipe"),
+            highlight=False,
+        )
+        for n in notes:
+            console.print(f"  {escape(n)}", highlight=False, soft_wrap=True)
+        _state_table(console, monitor, last)
+        if alarms:
+            console.print(f"[bold yellow]{len(alarms)} open alarm(s):[/]")
+            for a in alarms:
+                console.print(
+                    f"  {a.id}  {a.raised_at:%Y-%m-%d %H:%M:%S}  {escape(a.message)}",
+                    highlight=False, soft_wrap=True,
+                )
+        else:
+            console.print("no open alarm")
+        if signal is not None:
+            _signal_points(console, monitor, signal, last)
+
+
+def _state_table(console: Console, monitor: DriftMonitor, last: int) -> None:
+    t = Table(title="signals", title_justify="left")
+    for col in ("signal", "baseline", "n", "last", "EWMA (sigma)", "CUSUM +/-", "state",
+                f"last {last}"):
+        t.add_column(col)
+    for name in sorted(monitor.signals):
+        st = monitor.signals[name]
+        b = st.baseline
+        base = f"{b.centre:.4g} +- {b.sigma:.3g}" if b else f"warm-up {len(st.warmup)}"
+        pts = list(st.last)[-last:]
+        ew = f"{st.ewma.value:+.2f} / {st.ewma.limit:.2f}" if st.ewma else "-"
+        cu = (f"{st.pair.cusum.hi:.2f} / {st.pair.cusum.lo:.2f}" if st.pair and st.cusum
+              else "-")
+        state = ", ".join(sorted(st.alarmed)) + " ALARM" if st.alarmed else "ok"
+        t.add_row(name, base, str(b.n if b else ""), f"{pts[-1][1]:.4g}" if pts else "-", ew,
+                  cu, state, " ".join(f"{p[1]:.4g}" for p in pts))
+    console.print(t)
+
+
+def _signal_points(console: Console, monitor: DriftMonitor, signal: str, last: int) -> None:
+    from station.errors import StationError
+
+    st = monitor.signals.get(signal)
+    if st is None:
+        known = ", ".join(sorted(monitor.signals)) or "none yet"
+        raise StationError(f"no signal {signal!r}", hint=f"known: {known}")
+    t = Table(title=f"last points of {signal}", title_justify="left")
+    for col in ("part", "value", "u (sigma)", "EWMA", "CUSUM"):
+        t.add_column(col, justify="right")
+    for seq, x, u, z, c in list(st.last)[-last:]:
+        t.add_row(str(seq), f"{x:.5g}", f"{u:+.2f}", f"{z:+.3f}", f"{c:.2f}")
+    console.print(t)

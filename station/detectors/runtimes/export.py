@@ -1,0 +1,184 @@
+"""`station export`: a recipe detector's newest model as an ONNX or OpenVINO graph + sidecar.
+
+`export_model(recipe, name, fmt)` loads the newest artifact with every recipe check, traces
+its exportable network (`graphs.export_net`), writes the graph beside the artifact (OpenVINO:
+converted from the ONNX graph, weights kept fp32), runs the written graph once on the runtime
+against eager torch (a seeded probe batch) and refuses the export when they disagree by more
+than `MAX_REL_DIFF` of the eager output's magnitude. The sidecar (`sidecar.py`) records the
+identity and the measured difference.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from station.detectors.artifact import latest_artifact, load_artifact
+from station.detectors.runtimes import graphs, sidecar
+from station.detectors.runtimes.detector import open_session
+from station.errors import DetectorError
+
+if TYPE_CHECKING:
+    from station.detectors.base import Detector
+    from station.recipe import Recipe
+
+# An export whose output differs from eager torch by more than this share of the eager
+# output's largest magnitude (on the probe batch) is refused.
+MAX_REL_DIFF = 1e-3
+PROBE_BATCH = 2
+
+
+@dataclass
+class ExportResult:
+    detector: str
+    version: str
+    files: list[Path]
+    rel_diff: float  # max |runtime - torch| / max |torch| on the probe batch
+
+
+def _probe(hw: tuple[int, int]) -> torch.Tensor:
+    """A seeded, image-like probe batch: smooth noise in [0, 1]."""
+    g = torch.Generator().manual_seed(1234)
+    coarse = torch.rand(PROBE_BATCH, 3, max(1, hw[0] // 8), max(1, hw[1] // 8), generator=g)
+    fine = torch.nn.functional.interpolate(coarse, size=hw, mode="bilinear", align_corners=False)
+    return (0.8 * fine + 0.2 * torch.rand(PROBE_BATCH, 3, *hw, generator=g)).clamp(0, 1)
+
+
+def _check(net: graphs.ExportNet, fmt: str, graph: Path) -> tuple[float, list[int] | None]:
+    """(relative difference of the written graph vs eager torch, PatchCore's grid)."""
+    x = _probe(net.image_hw)
+    net.module.eval()
+    with torch.no_grad():
+        eager = net.module(x)
+    eager_outs = [eager] if isinstance(eager, torch.Tensor) else list(eager)
+    got = open_session(fmt, graph, "cpu").run(x.numpy())
+    rel = 0.0
+    for want, have in zip(eager_outs, got, strict=True):
+        w = want.float().numpy()
+        if w.shape != have.shape:
+            raise graphs.ExportError(f"exported graph gives shape {have.shape}, torch {w.shape}")
+        rel = max(rel, float(np.abs(have - w).max() / max(float(np.abs(w).max()), 1e-12)))
+    grid = None
+    if net.kind == "features":
+        grid = list(net.module.model.patch_features(x)[1])  # type: ignore[union-attr,operator]
+    return rel, grid
+
+
+def _write_graph(net: graphs.ExportNet, fmt: str, graph: Path, opset: int) -> None:
+    """The ONNX graph at `graph`, or (openvino) the IR converted from it: .xml + .bin."""
+    if fmt == "onnx":
+        tmp = graph.with_name(graph.name + ".tmp")
+        graphs.export_onnx(net, tmp, opset)
+        tmp.replace(graph)
+        return
+    from station.detectors.runtimes.ov_runtime import openvino
+
+    ov = openvino()
+    with tempfile.TemporaryDirectory(dir=graph.parent) as tmpdir:
+        onnx_file = Path(tmpdir) / "graph.onnx"
+        graphs.export_onnx(net, onnx_file, opset)
+        try:
+            model = ov.convert_model(str(onnx_file))
+            ov.save_model(model, str(Path(tmpdir) / "graph.xml"), compress_to_fp16=False)
+        except Exception as exc:  # noqa: BLE001 (a converter failure: not exportable)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise graphs.ExportError(f"OpenVINO conversion failed: {first[:300]}") from None
+        shutil.move(str(Path(tmpdir) / "graph.bin"), graph.with_suffix(".bin"))
+        shutil.move(str(Path(tmpdir) / "graph.xml"), graph)
+
+
+def _beside_graph(detector: Detector, kind: str, artifact: Path) -> dict[str, Any]:
+    """What the runtime needs outside the graph (PatchCore's k-NN state)."""
+    if kind != "features":
+        return {}
+    model: Any = getattr(detector, "model")  # noqa: B009
+    bank = model.memory_bank
+    return {
+        "score_step": "PatchCoreModel.score: k-NN, re-weighting, smoothing (torch)",
+        "memory_bank": {
+            "from": artifact.name,
+            "rows": int(bank.shape[0]),
+            "dims": int(bank.shape[1]),
+        },
+        "num_neighbors": model.num_neighbors,
+        "sigma": model.sigma,
+    }
+
+
+def export_model(
+    recipe: Recipe, name: str, fmt: str, opset: int = graphs.DEFAULT_OPSET
+) -> ExportResult:
+    """Export detector `name`'s newest model of `recipe` to `fmt` (see the module doc)."""
+    if fmt not in sidecar.FORMATS:
+        raise DetectorError(f"format must be one of {', '.join(sidecar.FORMATS)}, not {fmt!r}")
+    path = latest_artifact(recipe, name)
+    loaded = load_artifact(path, recipe=recipe, device="cpu")
+    net = graphs.export_net(loaded.detector)
+    graph = sidecar.graph_path(path, fmt)
+    side = sidecar.sidecar_path(path, fmt)
+    side.unlink(missing_ok=True)  # no sidecar until the new graph is written and checked
+    _write_graph(net, fmt, graph, opset)
+    rel, grid = _check(net, fmt, graph)
+    if rel > MAX_REL_DIFF:
+        for f in sidecar.export_files(path, fmt):
+            f.unlink(missing_ok=True)
+        raise graphs.ExportError(
+            f"the {fmt} graph differs from torch by {rel:.2g} of the output's magnitude "
+            f"(more than {MAX_REL_DIFF:g})"
+        )
+    h, w = net.image_hw
+    doc = {
+        "sidecar_version": sidecar.SIDECAR_VERSION,
+        "format": fmt,
+        "opset": opset,
+        "detector": name,
+        "detector_version": int(loaded.detector.version),
+        "artifact": {"file": path.name, "version": loaded.version, "sha256": loaded.sha256},
+        "recipe": {
+            "name": recipe.name,
+            "sha256": recipe.sha256,
+            "model_sha256": sidecar.model_digest(recipe, name),
+        },
+        "graph": {
+            "file": graph.name,
+            "sha256": sidecar.file_sha256(graph),
+            "kind": net.kind,
+            "input": {
+                "name": graphs.INPUT,
+                "shape": ["batch", 3, h, w],
+                "dtype": "float32",
+                "range": "RGB in [0, 1]; the backbone's normalisation is in the graph",
+            },
+            "outputs": list(net.outputs),
+            "grid": grid,
+        },
+        "beside_graph": _beside_graph(loaded.detector, net.kind, path),
+        "check": {"probe_batch": PROBE_BATCH, "max_rel_diff": rel, "limit": MAX_REL_DIFF},
+        "exported_with": {"torch": torch.__version__},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    sidecar.write_sidecar(side, doc)
+    return ExportResult(name, loaded.version, sidecar.export_files(path, fmt), rel)
+
+
+def serve_detector(detector: Detector, fmt: str, folder: Path, device: str = "cpu") -> Any:
+    """A fitted torch detector exported to `fmt` in `folder` (checked as `station export`
+    checks) and served by its runtime: a RuntimeDetector, for benchmarks and tests."""
+    from station.detectors.runtimes.detector import RuntimeDetector
+
+    net = graphs.export_net(detector)
+    graph = folder / f"{detector.name}{'.onnx' if fmt == 'onnx' else '.xml'}"
+    _write_graph(net, fmt, graph, graphs.DEFAULT_OPSET)
+    rel, grid = _check(net, fmt, graph)
+    if rel > MAX_REL_DIFF:
+        raise graphs.ExportError(f"the {fmt} graph differs from torch by {rel:.2g}")
+    runtime = next(r for r, f in sidecar.RUNTIME_FORMAT.items() if f == fmt)
+    doc = {"graph": {"kind": net.kind, "grid": grid}}
+    return RuntimeDetector(detector, open_session(fmt, graph, device), doc, runtime)

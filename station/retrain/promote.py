@@ -1,0 +1,203 @@
+"""`station models promote`: make a candidate model live, on evidence, and say so in the database.
+
+The candidate must not be worse on confirmed defects: on the reviewed parts its retrain judged
+(and on the parts it saw in shadow mode, when reviewed), it may miss no more defects that an
+operator confirmed than the live model did. The promotion is recorded (who, when, from which
+version, the evidence) before the LIVE pointer moves; the pointer is pinned to the old version
+first, so a failure half way leaves the old model live. A promoted model needs thresholds made
+for it: the candidate's own calibration becomes the live one when it was made for exactly the
+models now live; otherwise `station calibrate-threshold` must run before `station inspect`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from station.detectors.artifact import (
+    artifact_path,
+    candidate_path,
+    find_artifact,
+    latest_artifact,
+    write_live,
+)
+from station.errors import StationError
+from station.files import atomic_write
+from station.paths import resolve
+from station.retrain.candidates import candidate_id, candidates_dir, live_versions
+from station.retrain.evaluate import not_worse_on_defects
+from station.storage.models import ReviewLabel, Verdict
+from station.storage.promotions import model_version, record_promotion, update_model_version
+from station.storage.shadow import REJECTING, shadow_rows
+
+if TYPE_CHECKING:
+    from station.recipe import Recipe
+    from station.storage.db import Database
+
+
+@dataclass
+class Promoted:
+    promotion_id: int
+    detector: str
+    from_version: str
+    to_version: str
+    reason: str
+    calibration: Path | None  # the calibration installed as live, None: calibrate again
+    added_shots: int  # reviewed shots copied into the good training data
+
+
+def shadow_evidence(db: Database, recipe: str, candidate: str) -> dict[str, Any]:
+    """Reviewed parts the candidate judged in shadow mode: confirmed defects it passed while
+    the live model rejected them, and the reverse."""
+    with db.session() as s:
+        rows = shadow_rows(s, recipe, candidate, limit=100_000)
+    bad = [r for r in rows if r.label == ReviewLabel.DEFECT_CONFIRMED]
+    good = [r for r in rows if r.label == ReviewLabel.FALSE_REJECT]
+    return {
+        "parts": len(rows),
+        "disagreements": sum(r.disagree for r in rows),
+        "confirmed_defects": len(bad),
+        "missed_by_candidate_only": sorted(
+            r.sequence for r in bad if r.shadow == Verdict.PASS and r.live in REJECTING
+        ),
+        "false_rejects_reviewed": len(good),
+        "false_rejects_kept_by_candidate": sum(r.shadow in REJECTING for r in good),
+    }
+
+
+def _evidence(
+    recipe: Recipe, db: Database, detector: str, version: str, current: str
+) -> tuple[dict[str, Any], str, str]:
+    """(evidence, candidate id, why it is enough); StationError when it is not."""
+    row = model_version(db, recipe.name, detector, version)
+    info = (row.metrics or {}).get("retrain") if row is not None else None
+    ev = (info or {}).get("shadow_evaluation")
+    fix = f"run station retrain --recipe {recipe.name}"
+    if not ev:
+        raise StationError(
+            f"{detector} model {version} has no shadow evaluation in the database (only "
+            "candidates of station retrain have one)",
+            hint=f"{fix}, then promote its candidate",
+        )
+    judged_against = ev.get("live", {}).get(detector)
+    if judged_against != current:
+        raise StationError(
+            f"{version} was judged against {detector} {judged_against}, but {current} is live now",
+            hint=f"{fix} to judge a candidate against the live model",
+        )
+    ok, why = not_worse_on_defects(ev)
+    cand = str(info.get("candidate") or candidate_id(ev.get("candidate", {})))
+    shadow = shadow_evidence(db, recipe.name, cand)
+    if ok and shadow["missed_by_candidate_only"]:
+        ok = False
+        missed = ", ".join(f"p{s}" for s in shadow["missed_by_candidate_only"])
+        why = f"in shadow mode it passed confirmed defects the live model rejected ({missed})"
+    if not ok:
+        raise StationError(
+            f"not promoting {version}: it is worse on confirmed defects: {why}",
+            hint="keep the live model; review more parts or retrain",
+        )
+    compact = {k: v for k, v in ev.items() if k != "per_part"}
+    return {"shadow_evaluation": compact, "shadow_mode": shadow, "rule": why}, cand, why
+
+
+def _install_calibration(recipe: Recipe, db: Database, by: str) -> Path | None:
+    """The candidate calibration made for exactly the live models, as the live calibration."""
+    from station.storage.models import Calibration
+
+    versions = live_versions(recipe)
+    folder = candidates_dir(recipe)
+    docs = []
+    for path in sorted(folder.glob(f"{recipe.name}-*.yaml")) if folder.is_dir() else []:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        got = {str(k): str(v) for k, v in (doc.get("model_versions") or {}).items()}
+        if got == versions:
+            docs.append((str(doc.get("created_at")), path, doc))
+    if not docs:
+        return None
+    _, src, doc = max(docs)
+    with db.session() as s:
+        row = Calibration(
+            recipe=recipe.name,
+            created_at=datetime.fromisoformat(str(doc["created_at"])),
+            policy=str((doc.get("policy") or {}).get("name", "")),
+            source=str(doc.get("source", "capture")),
+            thresholds=dict(doc["thresholds"]),
+            rates={"counts": doc.get("counts"), "combined": doc.get("combined")},
+            model_versions=dict(doc["model_versions"]),
+            data_sha256=str(doc.get("data_sha256", "")),
+            file_path=str(src),
+        )
+        s.add(row)
+        s.flush()
+        doc["id"] = int(row.id)
+    doc["promoted"] = {"by": by, "at": datetime.now(UTC).isoformat(), "from": str(src)}
+    text = "# Promoted candidate calibration (station models promote); do not edit by hand.\n"
+    text += yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    atomic_write(recipe.calibration_path.parent / "history" / f"{recipe.name}-{stamp}.yaml",
+                 text.encode())  # fmt: skip
+    atomic_write(recipe.calibration_path, text.encode())
+    return recipe.calibration_path
+
+
+def _add_training_shots(recipe: Recipe, db: Database, detector: str, version: str) -> int:
+    """Copy the reviewed shots the candidate learnt from into the recipe's good training
+    data, so that a later `station train` keeps them."""
+    from station.retrain.reviews import reviewed_parts
+
+    row = model_version(db, recipe.name, detector, version)
+    seqs = set(((row.metrics or {}).get("retrain") or {}).get("parts", [])) if row else set()
+    dest = recipe.dataset_dir / "train" / "good"
+    n = 0
+    for part in reviewed_parts(recipe, db):
+        if part.sequence not in seqs:
+            continue
+        for pose, src in part.shots:
+            target = dest / f"review-p{part.sequence:06d}_{pose}{src.suffix}"
+            if src.is_file() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, target)
+                n += 1
+    return n
+
+
+def promote(
+    recipe: Recipe, db: Database, detector: str, version: str, by: str, note: str = ""
+) -> Promoted:
+    if not by.strip():
+        raise StationError("--by must name who promotes", hint="e.g. --by 'A. Supervisor'")
+    if detector not in [d.name for d in recipe.detectors]:
+        raise StationError(
+            f"recipe {recipe.name} has no detector {detector!r}",
+            hint="pick one of: " + ", ".join(d.name for d in recipe.detectors),
+        )
+    if not version.startswith(f"{detector}-"):
+        raise StationError(f"{version} is not a {detector} model version")
+    src = find_artifact(recipe, detector, version)
+    current = latest_artifact(recipe, detector).stem  # named after its version
+    if current == version:
+        raise StationError(f"{detector} {version} is already live")
+    evidence, _, why = _evidence(recipe, db, detector, version, current)
+    write_live(recipe, detector, current)  # pin the old model while the file moves
+    dest = artifact_path(recipe, detector, version)
+    if src == candidate_path(recipe, detector, version):
+        os.replace(src, dest)
+        rel = os.path.relpath(dest, resolve(recipe.storage.data_dir))
+        update_model_version(db, recipe.name, detector, version, artifact_path=Path(rel).as_posix())
+    pid = record_promotion(db, recipe.name, detector, current, version, by.strip(), evidence, note)
+    write_live(recipe, detector, version)
+    row = model_version(db, recipe.name, detector, version)
+    if row is not None:
+        metrics = dict(row.metrics or {})
+        metrics["role"] = "live"
+        update_model_version(db, recipe.name, detector, version, metrics=metrics)
+    cal = _install_calibration(recipe, db, by.strip())
+    added = _add_training_shots(recipe, db, detector, version)
+    return Promoted(pid, detector, current, version, why, cal, added)

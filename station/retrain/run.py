@@ -1,0 +1,277 @@
+"""`station retrain` end to end: select reviewed false rejects, train a candidate per detector
+on the good data plus their shots, calibrate it on the live calibration's policy, and judge it
+against the live models on the reviewed history.
+
+The candidate's files go to `<models_dir>/<detector>/candidates/` (never picked as live), its
+calibration to `calibration/candidates/`, its ModelVersion rows are marked `role: candidate`
+with the evaluation, and a Markdown report goes to `<data>/<recipe>/retrain/`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from station.detectors.artifact import candidate_path
+from station.errors import StationError
+from station.paths import resolve
+from station.retrain.candidates import (
+    candidate_id,
+    live_versions,
+    save_candidate_calibration,
+)
+from station.retrain.evaluate import evidence, judge, not_worse_on_defects
+from station.retrain.reviews import complete, reviewed_parts, select_false_rejects
+
+if TYPE_CHECKING:
+    from station.detectors.training import TrainedModel
+    from station.recipe import Recipe
+    from station.retrain.reviews import Selection
+    from station.storage.db import Database
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class RetrainResult:
+    selection: Selection
+    trained: list[TrainedModel]
+    versions: dict[str, str]  # the candidate set (detector -> version)
+    live: dict[str, str]
+    calibration_path: Path
+    thresholds: dict[str, float]
+    calibration_rates: dict[str, Any]  # the candidate calibration's combined rates
+    evidence: dict[str, Any]
+    verdict: tuple[bool, str]  # not worse on confirmed defects, and why
+    report_path: Path
+    n_base_images: int
+    extra_files: list[Path] = field(default_factory=list)
+
+    @property
+    def candidate(self) -> str:
+        return candidate_id(self.versions)
+
+
+def live_policy(recipe: Recipe) -> Any:
+    """The policy of the live calibration (what the candidate is calibrated on), else the
+    recipe's."""
+    from station.calibration.policies import Policy, resolve_policy
+    from station.calibration.store import load_active_calibration
+
+    active = load_active_calibration(recipe, live_versions(recipe))
+    doc = yaml.safe_load(active.path.read_text(encoding="utf-8"))
+    pol = (doc or {}).get("policy")
+    if isinstance(pol, dict) and pol.get("name"):
+        return Policy(**pol), active
+    return resolve_policy(recipe.decision, None, {}), active
+
+
+def _train(
+    recipe: Recipe,
+    files: list[Path],
+    device: str | None,
+    progress: ProgressFn | None,
+) -> list[TrainedModel]:
+    """One candidate per recipe detector, on `files`, saved under candidates/."""
+    from station.detectors.engine import load_images
+    from station.detectors.training import data_sha256, train_and_save
+
+    images = load_images(files, recipe.preprocess)
+    train_hash = data_sha256(files)
+    out = []
+    for det in recipe.detectors:
+        tmp = candidate_path(recipe, det.name, f"training-{secrets.token_hex(6)}")
+        cb = (lambda s, d, n, _p=det.name: progress(f"{_p} {s}", d, n)) if progress else None
+        t = train_and_save(recipe, det, files, images, tmp, device, cb, train_hash)
+        final = candidate_path(recipe, det.name, t.version)
+        os.replace(tmp, final)  # the version is known once trained
+        t.path = final
+        out.append(t)
+    return out
+
+
+def _record(
+    recipe: Recipe, db: Database, trained: list[TrainedModel], info: dict[str, Any]
+) -> None:
+    from station.storage.models import ModelVersion
+
+    root = resolve(recipe.storage.data_dir).resolve()
+    with db.session() as s:
+        for t in trained:
+            try:
+                rel = t.path.resolve().relative_to(root).as_posix()
+            except ValueError:
+                rel = t.path.resolve().as_posix()
+            s.add(
+                ModelVersion(
+                    recipe=recipe.name,
+                    detector=t.meta["detector"],
+                    version=t.version,
+                    artifact_path=rel,
+                    artifact_sha256=t.sha256,
+                    train_data_sha256=t.meta["train_data_sha256"],
+                    n_train_images=t.meta["n_train_images"],
+                    config=t.meta["config"],
+                    metrics={
+                        "good_scores": t.meta["good_scores"],
+                        "fit": t.meta["fit"],
+                        "role": "candidate",
+                        "retrain": info,
+                    },
+                )
+            )
+
+
+def _check_rule(recipe: Recipe) -> None:
+    if recipe.decision.combine_poses == "sheet_map":
+        raise StationError(
+            "station retrain judges parts on their shot scores; combine_poses sheet_map "
+            "decides on the sheet map, which it does not rebuild",
+            hint="retrain with decision.combine_poses max or mean",
+        )
+
+
+def _check_selection(recipe: Recipe, sel: Selection) -> None:
+    if sel.parts:
+        return
+    why = "; ".join(f"{n} part(s): {r}" for r, n in sel.skipped.items()) or "no reviews"
+    rule = recipe.retrain
+    raise StationError(
+        f"no reviewed part of recipe {recipe.name} qualifies for retraining ({why})",
+        hint=f"a rejected part needs {rule.agreeing_reviews} agreeing 'false reject' reviews"
+        + (f" or one by {', '.join(rule.supervisors)}" if rule.supervisors else "")
+        + " (recipe retrain:)",
+    )
+
+
+def run_retrain(
+    recipe: Recipe,
+    db: Database,
+    *,
+    dataset: Path | None = None,
+    device: str | None = None,
+    resamples: int = 2000,
+    progress: ProgressFn | None = None,
+) -> RetrainResult:
+    """Train, calibrate and judge a candidate model set from the recipe's reviews."""
+    from station.calibration.run import calibrate_recipe, labelled_folder
+    from station.calibration.scores import score_folder
+    from station.datasets import training_images
+    from station.detectors.engine import load_models
+    from station.retrain.candidates import load_versions
+
+    _check_rule(recipe)
+    policy, active = live_policy(recipe)  # refused now when the live models lack thresholds
+    labelled = labelled_folder(recipe, dataset)
+    history = reviewed_parts(recipe, db)
+    sel = select_false_rejects(recipe, history)
+    _check_selection(recipe, sel)
+    base = training_images(recipe.dataset_dir)
+    extra = [f for p in sel.parts for _, f in p.shots]
+    trained = _train(recipe, [*base, *extra], device, progress)
+    versions = {t.meta["detector"]: t.version for t in trained}
+    models = load_versions(recipe, versions)  # as inspection loads them (checks included)
+
+    if progress:
+        progress("calibrating", 0, 1)
+    data = score_folder(recipe, labelled, "capture", models=models)
+    result = calibrate_recipe(recipe, data, policy, resamples=resamples, oob_resamples=0)
+    cal_path, cal_doc = save_candidate_calibration(recipe, result, str(labelled))
+
+    if progress:
+        progress("shadow evaluation", 0, 1)
+    judged_parts = [p for p in history if complete(recipe, p)]
+    live_models = load_models(recipe)
+    live = {n: str(m.version) for n, m in live_models.items()}
+    judged = judge(
+        recipe,
+        judged_parts,
+        (live_models, active.thresholds),
+        (models, dict(result.thresholds)),
+        {p.part_id for p in sel.parts},
+    )
+    ev = evidence(judged, live, versions)
+    ev["calibration"] = {"path": str(cal_path), "combined": cal_doc["combined"]}
+    ev["live_thresholds"] = dict(active.thresholds)
+    ev["candidate_thresholds"] = dict(result.thresholds)
+    verdict = not_worse_on_defects(ev)
+    info = {
+        "candidate": candidate_id(versions),
+        "parts": [p.sequence for p in sel.parts],
+        "extra_shots": len(extra),
+        "base_images": len(base),
+        "rule": recipe.retrain.model_dump(),
+        "shadow_evaluation": ev,
+    }
+    _record(recipe, db, trained, info)
+    res = RetrainResult(
+        selection=sel,
+        trained=trained,
+        versions=versions,
+        live=live,
+        calibration_path=cal_path,
+        thresholds=dict(result.thresholds),
+        calibration_rates=dict(cal_doc["combined"]),
+        evidence=ev,
+        verdict=verdict,
+        report_path=Path(),
+        n_base_images=len(base),
+        extra_files=extra,
+    )
+    res.report_path = write_report(recipe, res)
+    return res
+
+
+def _pct(r: dict[str, Any]) -> str:
+    if not r["n"]:
+        return "n/a (no parts)"
+    lo, hi = r["ci"]
+    return f"{r['count']}/{r['n']} = {r['rate']:.1%} [{lo:.1%}, {hi:.1%}]"
+
+
+def report_rows(ev: dict[str, Any]) -> list[list[str]]:
+    """(split, model, false rejects, misses) rows of the shadow evaluation."""
+    names = {"all": "all reviewed", "held_out": "not trained on", "trained_on": "trained on"}
+    rows = []
+    for split, label in names.items():
+        for which in ("live", "candidate"):
+            r = ev["splits"][split][which]
+            rows.append([label, which, _pct(r["false_rejects"]), _pct(r["misses"])])
+    return rows
+
+
+def write_report(recipe: Recipe, res: RetrainResult) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = recipe.data_dir / "retrain" / f"{stamp}.md"
+    level = res.evidence["level"]
+    lines = [
+        f"# retrain of recipe {recipe.name}, {stamp}",
+        "",
+        f"- candidate: {res.candidate}",
+        f"- live: {candidate_id(res.live)}",
+        f"- trained on {res.n_base_images} good images + {len(res.extra_files)} shots of "
+        f"{len(res.selection.parts)} reviewed false rejects (parts "
+        + ", ".join(f"p{p.sequence}" for p in res.selection.parts)
+        + ")",
+        f"- candidate calibration: {res.calibration_path} (thresholds {res.thresholds})",
+        f"- promotion rule (not worse on confirmed defects): "
+        f"{'met' if res.verdict[0] else 'NOT met'}: {res.verdict[1]}",
+        "",
+        f"| parts | model | false rejects ({level:.0%} CI) | misses ({level:.0%} CI) |",
+        "|---|---|---|---|",
+        *("| " + " | ".join(r) + " |" for r in report_rows(res.evidence)),
+        "",
+    ]
+    if res.selection.skipped:
+        lines.append("Parts with false-reject reviews left out:")
+        lines += [f"- {n}: {why}" for why, n in res.selection.skipped.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,202 @@
+"""Drift charts: EWMA and CUSUM against hand-computed values, the monitor's alarms (since when,
+how much, never twice, re-armed by a clear, resumed after a restart), image statistics, the
+twin's lamp ageing, alarms stored and listed (review page with its chart, `station monitor`),
+and a short live twin run where the lamp dims and an alarm is raised."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from test_cellcal import run as run_cli
+from test_inspection_support import bright_set, database, small_recipe
+
+from station.devices.factory import open_devices
+from station.inspection.cycle import Inspector
+from station.inspection.drift_hook import DriftHook, build_monitor
+from station.inspection.recorder import Recorder
+from station.inspection.results import Event
+from station.monitoring.charts import Cusum, Ewma, ewma_sigma_factor, standardise
+from station.monitoring.drift import Baseline, DriftMonitor
+from station.monitoring.imagestats import image_stats
+from station.recipe_quality import DriftConfig
+from station.review.app import create_app
+from station.storage.alarms import PartPoint, add_alarm, list_alarms, signal_history
+from station.twin.ageing import Ageing
+from station.twin.world import TwinWorld, pose_tcp
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_ewma_matches_hand_computed_values() -> None:
+    ew = Ewma(0.2, 3.0)
+    # z1 = 0.2; z2 = 0.4 + 0.8 * 0.2 = 0.56; z3 = -0.2 + 0.8 * 0.56 = 0.248
+    got = [ew.update(u, i) for i, u in enumerate([1.0, 2.0, -1.0])]
+    assert [round(s.value, 9) for s in got] == [0.2, 0.56, 0.248]
+    # exact limits: 3 * sqrt(0.2 / 1.8 * (1 - 0.8^(2i))): i=1 -> 3 * 0.2, i=2 -> 3 * 0.256125
+    assert got[0].limit == pytest.approx(0.6)
+    assert got[1].limit == pytest.approx(3 * math.sqrt(0.2 / 1.8 * (1 - 0.8**4)))
+    assert ewma_sigma_factor(0.2, 10_000) == pytest.approx(1 / 3)  # asymptote sqrt(0.2/1.8)
+    assert not any(s.out for s in got)
+    ew.reset()
+    s = ew.update(4.0, 7)  # z = 0.8 > 0.6
+    assert s.out and s.side == 1 and s.since == 7 and s.shift_sigma == 4.0
+
+
+def test_cusum_matches_hand_computed_values() -> None:
+    cu = Cusum(k=0.5, h=2.0)
+    us = [1.0, 1.5, 0.0, -2.0, 2.0, 2.0]
+    got = [cu.update(u, i) for i, u in enumerate(us)]
+    # C+: 0.5, 1.5, 1.0, 0, 1.5, 3.0; C-: 0, 0, 0, 1.5, 0, 0
+    assert [round(s.value, 9) for s in got] == [0.5, 1.5, 1.0, 1.5, 1.5, 3.0]
+    assert [s.out for s in got] == [False] * 5 + [True]
+    last = got[-1]
+    assert last.side == 1 and last.since == 4  # the run started after C+ was 0 at index 3
+    assert last.shift_sigma == pytest.approx(0.5 + 3.0 / 2)  # k + C / N
+    assert got[3].since == 3 and got[3].shift_sigma == pytest.approx(-(0.5 + 1.5 / 1))
+    assert standardise(100.0, 10.0, 2.0, 4.0) == 4.0  # clipped
+
+
+def _monitor() -> DriftMonitor:  # the textbook settings, for a short hand-made series
+    cfg = DriftConfig(ewma_lambda=0.2, ewma_l=3.0, cusum_k=0.5, cusum_h=5.0)
+    return DriftMonitor("r", cfg, {"mean a": Baseline(100.0, 2.0, 30, "test")})
+
+
+def _points(values: list[float], start: int = 1) -> list[PartPoint]:
+    return [PartPoint(i, i, T0 + timedelta(minutes=i), "pass", {"mean a": v})
+            for i, v in enumerate(values, start=start)]
+
+
+def test_a_step_raises_one_alarm_per_chart_naming_signal_since_and_shift() -> None:
+    mon = _monitor()
+    rng = np.random.default_rng(0)
+    vals = list(100 + 2 * rng.standard_normal(20)) + list(94 + 2 * rng.standard_normal(30))
+    raised = [a for p in _points(vals) for a in mon.add(p)]
+    assert sorted(a.chart for a in raised) == ["cusum", "ewma"]  # once each, not per point
+    for a in raised:  # the shift starts at part 21 and is -6 (-3 sigma)
+        assert a.signal == "mean a" and 21 <= a.part_id <= 26
+        assert 1 <= a.since_part_id <= a.part_id
+        assert -9.0 < a.shift < -1.0 and a.baseline == 100.0
+        assert "mean a" in a.message and "below" in a.message and "% of its baseline" in a.message
+    mon.clear("mean a", "cusum")  # the operator dealt with it: the CUSUM starts again
+    again = [a for p in _points([94.0] * 10, start=51) for a in mon.add(p)]
+    assert [a.chart for a in again] == ["cusum"]
+
+
+def test_warm_up_sets_the_limits_from_the_first_points() -> None:
+    mon = DriftMonitor("r", DriftConfig(warmup_parts=20), {})
+    vals = list(50 + np.random.default_rng(1).standard_normal(30))
+    for p in _points(vals):
+        mon.add(p)
+    st = mon.signals["mean a"]
+    assert st.baseline is not None and st.baseline.source == "warm-up: parts 1-20"
+    assert st.baseline.centre == pytest.approx(np.mean(vals[:20]))
+    assert st.baseline.sigma == pytest.approx(np.std(vals[:20], ddof=1))
+    assert [p[0] for p in st.last] == list(range(21, 31))  # charted after the warm-up
+
+
+def test_image_stats_follow_light_and_focus() -> None:
+    rng = np.random.default_rng(2)
+    img = np.clip(rng.normal(120, 30, (96, 128)), 0, 255)
+    dim = image_stats(img * 0.8)
+    base = image_stats(img)
+    assert dim["mean"] == pytest.approx(0.8 * base["mean"], rel=1e-6)
+    assert dim["contrast"] == pytest.approx(0.8 * base["contrast"], rel=1e-6)
+    assert dim["sharpness"] == pytest.approx(base["sharpness"], rel=1e-6)  # light-independent
+    blurred = (img[:-1, :-1] + img[1:, :-1] + img[:-1, 1:] + img[1:, 1:]) / 4
+    assert image_stats(blurred)["sharpness"] < 0.5 * base["sharpness"]
+
+
+def test_twin_lamp_ageing_ramps_and_is_checked(station_home: Path) -> None:
+    a = Ageing.from_params({"lamp_dim": {"start_part": 10, "parts": 200, "to": 0.85}})
+    assert [a.light(p) for p in (5, 10, 110, 210, 500)] == pytest.approx(
+        [1.0, 1.0, 0.925, 0.85, 0.85])
+    with pytest.raises(ValueError, match="lamp_dim"):
+        Ageing.from_params({"lamp_dim": {"start_part": 1, "parts": 0, "to": 0.8}})
+    recipe = small_recipe(station_home, twin__params={"lamp_dim": {"start_part": 0, "parts": 1,
+                                                                   "to": 0.5}})
+    world = TwinWorld(recipe, seed=1)
+    world.queue_sheet(5, False)
+    world.next_sheet()  # part 1: the lamp is at half
+    tcp = pose_tcp(recipe.robot.poses[1])
+    dim = world.render(tcp, noise_seed=1).image.mean()
+    world.sheets_presented = 0  # as new
+    assert dim < 0.8 * world.render(tcp, noise_seed=1).image.mean()  # (the full one clips)
+
+
+def _lamp_run(home: Path, parts: int) -> tuple[Any, Any, list[Event], DriftHook]:
+    recipe = small_recipe(
+        home,
+        twin__params={"lamp_dim": {"start_part": 12, "parts": 4, "to": 0.7}},
+        twin__defect_rate=0.0,
+        monitoring={"drift": {"warmup_parts": 10}},
+    )
+    db = database(recipe)
+    monitor, notes = build_monitor(recipe, db, {})
+    assert "warm-up" in notes[0]
+    hook = DriftHook(recipe, db, monitor)
+    events: list[Event] = []
+    with (
+        open_devices(recipe, world=TwinWorld(recipe, seed=4)) as dev,
+        Inspector(recipe, bright_set(recipe, threshold=50.0), Recorder(db, recipe), dev,
+                  on_event=events.append, hooks=[hook]) as insp,
+    ):
+        insp.run_live(count=parts)
+    return recipe, db, events, hook
+
+
+def test_lamp_dimming_on_the_twin_raises_a_stored_alarm_that_survives_a_restart(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe, db, events, hook = _lamp_run(station_home, 20)
+    alarms = list_alarms(db, recipe.name)
+    assert alarms, "the dimming lamp raised no alarm"
+    light = [a for a in alarms if a.signal.split()[0] in ("mean", "contrast")]
+    assert light and all(a.shift < 0 for a in light)  # the lamp dims from part 13 on
+    assert all(13 <= (a.part_sequence or 0) <= 20 for a in alarms)
+    first = min(light, key=lambda a: a.id)
+    shown = [e for e in events if e.level == "warning" and "drift alarm" in e.text]
+    assert len(shown) == len(alarms)
+    history = signal_history(db, recipe.name)
+    assert len(history) == 20 and "mean centre" in history[0].values
+
+    # a restart resumes the charts from the stored history and stores nothing twice
+    again, notes = build_monitor(recipe, db, {})
+    assert "20 stored part(s)" in notes[-1]
+    for name, st in hook.monitor.signals.items():
+        assert again.signals[name].last == st.last
+        assert again.signals[name].alarmed == st.alarmed
+    assert len(list_alarms(db, recipe.name)) == len(alarms)
+    assert add_alarm(db, _as_new(first)) is None
+
+    code, out, _ = run_cli(capsys, "monitor", "--recipe", str(recipe.source), "--signal",
+                           first.signal)
+    assert code == 0, out
+    assert f"{len(alarms)} open alarm(s)" in out and first.message[:30] in out
+    assert "ALARM" in out
+    assert f"last points of {first.signal}" in out
+
+    client = TestClient(create_app(recipe.storage.resolved_database_url(),
+                                   station_home / "data"), base_url="http://127.0.0.1:8080")
+    html = client.get("/alarms").text
+    assert f'id="alarm-{first.id}"' in html and "<svg" in html and "<polyline" in html
+    csrf = html.split('name="csrf" value="')[1].split('"')[0]
+    r = client.post(f"/alarms/{first.id}/clear", data={"csrf": csrf, "operator": "ana"},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    cleared = [a for a in list_alarms(db, recipe.name) if a.id == first.id][0]
+    assert cleared.cleared_by == "ana" and not cleared.open
+    client.close()
+    db.dispose()
+
+
+def _as_new(a: Any) -> Any:
+    from station.storage.alarms import NewAlarm
+
+    return NewAlarm(a.recipe, a.signal, a.chart, a.since_part_id, a.since_at, a.part_id,
+                    a.value or 0.0, a.baseline or 0.0, a.limit or 0.0, a.shift or 0.0, a.message)

@@ -1,0 +1,327 @@
+"""`station export` and the ONNX Runtime / OpenVINO runtimes: same answers as eager torch.
+
+Tiny models of all five detectors are trained (`station train`) on digital-twin shots of good
+sheets at 64 x 64 px, exported, and served through `load_models` with `runtime:` set in the
+recipe. Tolerance (also docs/runtimes.md): every map value and score within
+TOL = 1e-3 x the largest |map value| of eager torch on the same shots; shot and part verdicts
+(score > threshold) identical. A stale or missing export, a missing runtime package and an
+unavailable device are refused with one line naming the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from station.cli.app import main
+from station.errors import DetectorError
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+REPO = Path(__file__).resolve().parents[1]
+TOL = 1e-3  # of the largest |map value| of eager torch
+DETECTORS: dict[str, dict[str, Any]] = {
+    "patchcore": {"max_bank": 300, "batch_size": 4},
+    "simplenet": {"embed_dim": 96, "hidden_dim": 96, "epochs": 2, "min_steps_per_epoch": 5},
+    "efficientad": {"distill_steps": 8, "distill_batch": 2, "steps": 8, "teacher_cache": False},
+    "dfda": {"k_candidates": [2, 4, 8], "attention_epochs": 1, "attention_batch": 4},
+    "ast_mfr": {"epochs": 2, "batch_size": 4, "min_steps_per_epoch": 2},
+}
+GOOD_PARTS, TEST_PARTS = (1, 2), {3: False, 4: True, 5: True}
+AITEX = Path("/work/shared/datasets/aitex/fabric00")
+
+
+def run(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def write_recipe(home: Path, runtime: str = "torch", device: str = "cpu") -> Path:
+    """Recipe `exp`: the shipped one at 64 x 64 px, untiled, five tiny detectors."""
+    data = yaml.safe_load((REPO / "recipes/glassfiber.yaml").read_text())
+    data["name"] = "exp"
+    data["preprocess"] = {"crop": None, "size": [64, 64], "grey_to_rgb": True}
+    data["detectors"] = [
+        {"name": n, "weights": "package", "device": device, "runtime": runtime, "params": p}
+        for n, p in DETECTORS.items()
+    ]
+    path = home / "recipes" / "exp.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def load(home: Path, runtime: str = "torch", device: str = "cpu") -> Any:
+    from station.calibration.recipes import load_recipe
+
+    return load_recipe(str(write_recipe(home, runtime, device)))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A station home with recipe `exp` trained on twin shots of good sheets, exported to
+    both formats; test shots of one good and two defective sheets in home/test."""
+    import shutil
+
+    import torch
+
+    from station.imaging import write_png
+    from station.twin import render_part_shots
+
+    mp = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("export_home")
+    shutil.copytree(REPO / "recipes", home / "recipes")
+    mp.setenv("STATION_HOME", str(home))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    recipe = load(home)
+    for seed in GOOD_PARTS:
+        for pose, image, _ in render_part_shots(recipe, seed, defective=False):
+            write_png(home / "train" / f"p{seed}_{pose}.png", image)
+    for seed, defective in TEST_PARTS.items():
+        for pose, image, _ in render_part_shots(recipe, seed, defective=defective)[:4]:
+            write_png(home / "test" / f"p{seed}_{pose}.png", image)
+    assert run(["train", "-r", "exp", "--data", str(home / "train"), "--no-db"]) == 0
+    for fmt in ("onnx", "openvino"):
+        assert run(["export", "-r", "exp", "--format", fmt]) == 0
+    yield home
+    torch.set_num_threads(threads)
+    mp.undo()
+
+
+def shots(home: Path, recipe: Any) -> tuple[list[str], np.ndarray]:
+    from station.detectors.engine import load_images
+
+    files = sorted((home / "test").glob("*.png"))
+    return [f.stem for f in files], np.stack(load_images(files, recipe.preprocess))
+
+
+def scored(recipe: Any, images: np.ndarray) -> dict[str, Any]:
+    from station.detectors.engine import ScoringEngine, load_models
+
+    models = load_models(recipe)
+    return ScoringEngine.from_models(models, recipe.preprocess, batch_size=8).score(images)
+
+
+@pytest.mark.slow
+def test_sidecar_records_identity(home: Path) -> None:
+    from station.detectors.artifact import latest_artifact
+    from station.detectors.runtimes.sidecar import file_sha256, model_digest
+
+    recipe = load(home)
+    artifact = latest_artifact(recipe, "patchcore")
+    doc = json.loads(artifact.with_suffix(".onnx.json").read_text())
+    assert doc["artifact"] == {
+        "file": artifact.name,
+        "version": artifact.stem,
+        "sha256": file_sha256(artifact),
+    }
+    assert doc["recipe"]["name"] == "exp" and doc["recipe"]["sha256"] == recipe.sha256
+    assert doc["recipe"]["model_sha256"] == model_digest(recipe, "patchcore")
+    assert doc["format"] == "onnx" and doc["opset"] == 17
+    assert doc["graph"]["input"]["shape"] == ["batch", 3, 64, 64]
+    assert doc["graph"]["kind"] == "features" and doc["graph"]["grid"] == [8, 8]
+    assert doc["beside_graph"]["memory_bank"]["rows"] <= 300
+    assert doc["check"]["max_rel_diff"] <= TOL
+    assert artifact.with_suffix(".xml").is_file() and artifact.with_suffix(".bin").is_file()
+    other = json.loads(
+        latest_artifact(recipe, "efficientad").with_suffix(".openvino.json").read_text()
+    )
+    assert other["graph"]["kind"] == "maps_scores" and other["graph"]["outputs"] == [
+        "maps",
+        "scores",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_same_maps_scores_and_verdicts_as_torch(home: Path, runtime: str) -> None:
+    recipe = load(home)
+    names, images = shots(home, recipe)
+    want = scored(recipe, images)
+    rt_recipe = load(home, runtime)
+    from station.detectors.engine import load_models
+
+    models = load_models(rt_recipe)
+    for m in models.values():
+        assert m.detector.runtime == runtime and m.version == m.path.stem  # type: ignore[attr-defined]
+        assert m.meta["runtime"] == runtime and "CPU" in m.meta["runtime_description"]
+    got = scored(rt_recipe, images)
+    parts = sorted({n.split("_")[0] for n in names})
+    for name in DETECTORS:
+        w, g = want[name], got[name]
+        assert w.maps is not None and g.maps is not None
+        tol = TOL * float(np.abs(w.maps).max())
+        np.testing.assert_allclose(g.maps, w.maps, rtol=0, atol=tol, err_msg=name)
+        np.testing.assert_allclose(g.scores, w.scores, rtol=0, atol=tol, err_msg=name)
+        # a threshold between two middle scores: about half the shots pass, half fail
+        s = np.sort(w.scores)
+        thr = 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
+        assert list(g.scores > thr) == list(w.scores > thr), name
+        for p in parts:
+            idx = [i for i, n in enumerate(names) if n.startswith(p + "_")]
+            assert (g.scores[idx] > thr).any() == (w.scores[idx] > thr).any(), (name, p)
+
+
+@pytest.mark.slow
+def test_runtime_or_device_change_keeps_export_valid(home: Path) -> None:
+    from station.detectors.engine import load_models
+
+    models = load_models(load(home, "onnxruntime", device="auto"), ["patchcore"])
+    assert "device auto" in models["patchcore"].meta["runtime_description"]
+
+
+@pytest.mark.slow
+def test_missing_and_stale_exports_are_refused(home: Path) -> None:
+    from station.detectors.artifact import latest_artifact
+    from station.detectors.engine import load_models
+
+    recipe = load(home, "onnxruntime")
+    side = latest_artifact(recipe, "dfda").with_suffix(".onnx.json")
+    kept = side.read_text()
+    try:
+        doc = json.loads(kept)
+        doc["artifact"]["sha256"] = "0" * 64
+        side.write_text(json.dumps(doc))
+        with pytest.raises(DetectorError, match="stale: it was made from another model") as e:
+            load_models(recipe, ["dfda"])
+        assert e.value.hint == "station export --recipe exp --format onnx"
+        side.unlink()
+        with pytest.raises(DetectorError, match="has no onnx export") as e:
+            load_models(recipe, ["dfda"])
+        assert e.value.hint == "station export --recipe exp --format onnx"
+    finally:
+        side.write_text(kept)
+    graph = side.with_name(side.name.replace(".onnx.json", ".onnx"))
+    graph_bytes = graph.read_bytes()
+    try:
+        graph.write_bytes(graph_bytes + b"\0")
+        with pytest.raises(DetectorError, match="is stale: its graph"):
+            load_models(recipe, ["dfda"])
+    finally:
+        graph.write_bytes(graph_bytes)
+    data = yaml.safe_load((home / "recipes" / "exp.yaml").read_text())
+    data["preprocess"]["crop"] = [0, 0, 600, 500]  # another input: the model itself is stale
+    (home / "recipes" / "exp.yaml").write_text(yaml.safe_dump(data))
+    from station.calibration.recipes import load_recipe
+
+    with pytest.raises(DetectorError, match="other preprocessing"):
+        load_models(load_recipe(str(home / "recipes" / "exp.yaml")), ["dfda"])
+
+
+@pytest.mark.slow
+def test_missing_runtime_package_names_the_extra(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from station.detectors.engine import load_models
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    for runtime, extra in (("onnxruntime", "station[onnx]"), ("openvino", "station[openvino]")):
+        with pytest.raises(DetectorError, match=f"runtime {runtime} is not installed") as e:
+            load_models(load(home, runtime), ["patchcore"])
+        assert extra in str(e.value.hint)
+
+
+def test_devices_map_to_providers_and_never_fall_back() -> None:
+    from station.detectors.runtimes.ort_runtime import providers_for
+    from station.detectors.runtimes.ov_runtime import device_for
+
+    cpu_only = ["CPUExecutionProvider"]
+    assert providers_for("cpu", cpu_only) == ["CPUExecutionProvider"]
+    assert providers_for("auto", cpu_only) == ["CPUExecutionProvider"]
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("cuda:1", gpu) == [("CUDAExecutionProvider", {"device_id": 1})]
+    assert providers_for("auto", gpu, tensorrt=True)[0] == (
+        "TensorrtExecutionProvider",
+        {"device_id": 0},
+    )
+    with pytest.raises(DetectorError, match="needs CUDAExecutionProvider"):
+        providers_for("cuda", cpu_only)
+    with pytest.raises(DetectorError, match="needs TensorrtExecutionProvider"):
+        providers_for("cuda", ["CUDAExecutionProvider"], tensorrt=True)
+    assert device_for("cpu", ["CPU"]) == "CPU" and device_for("auto", ["CPU"]) == "CPU"
+    assert device_for("auto", ["CPU", "GPU"]) == "GPU"
+    assert device_for("cuda:1", ["CPU", "GPU.1"]) == "GPU.1"
+    with pytest.raises(DetectorError, match="needs an OpenVINO GPU"):
+        device_for("cuda", ["CPU"])
+
+
+@pytest.mark.slow
+def test_cli_names_a_detector_it_cannot_export(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from station.detectors.runtimes import graphs
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise graphs.ExportError("ONNX export failed: RuntimeError: unsupported operator")
+
+    load(home)
+    monkeypatch.setattr(graphs, "export_onnx", refuse)
+    capsys.readouterr()
+    assert run(["export", "-r", "exp", "--format", "onnx", "--detector", "ast_mfr"]) == 1
+    err = capsys.readouterr().err
+    assert "detector ast_mfr cannot be exported to onnx: ONNX export failed" in err
+    assert run(["export", "-r", "exp", "--format", "tflite"]) != 0
+    assert "--format must be one of onnx, openvino" in capsys.readouterr().err
+
+
+def served(detector: Any, fmt: str, folder: Path) -> Any:
+    from station.detectors.runtimes.export import serve_detector
+
+    return serve_detector(detector, fmt, folder)
+
+
+def agree(torch_det: Any, runtime_det: Any, images: np.ndarray) -> None:
+    want, got = torch_det.predict(images), runtime_det.predict(images)
+    tol = TOL * float(np.abs(want.maps).max())
+    np.testing.assert_allclose(got.maps, want.maps, rtol=0, atol=tol)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=tol)
+
+
+@pytest.mark.slow
+def test_patchcore_features_graph_matches_torch(tmp_path: Path, one_thread: None) -> None:
+    """Fast check: a tiny PatchCore on textures, both runtimes, maps and scores."""
+    import textures
+
+    from station.detectors.registry import create_detector
+
+    rng = np.random.default_rng(0)
+    det = create_detector("patchcore", device="cpu", weights="package", max_bank=200)
+    det.fit(list(textures.weave(rng, 6, 64)))
+    test = textures.weave(rng, 3, 64)
+    test[0, 20:28, 16:40] = 20  # a dark strip
+    for fmt in ("onnx", "openvino"):
+        rt = served(det, fmt, tmp_path)
+        agree(det, rt, test)
+        assert rt.predict(test[:1]).maps.shape == (1, 64, 64)  # any batch size
+    with pytest.raises(DetectorError, match="export and cannot be trained"):
+        rt.fit(list(test))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not AITEX.is_dir(), reason="AITEX dataset not present")
+def test_aitex_tiles_match_torch(tmp_path: Path, one_thread: None) -> None:
+    """PatchCore as shipped (Lite0, 256 px, mirrored context) on real AITEX tiles."""
+    from station.detectors.registry import create_detector
+    from station.imaging import read_image
+
+    def tiles(folder: Path, n: int) -> np.ndarray:
+        return np.stack([read_image(f) for f in sorted(folder.glob("*.png"))[:n]])
+
+    det = create_detector("patchcore", device="cpu", weights="package", max_bank=1000)
+    det.fit(list(tiles(AITEX / "train/good", 8)))
+    test = np.concatenate([tiles(AITEX / "test/defect", 3), tiles(AITEX / "test/good", 2)])
+    assert test.shape[1:3] == (256, 256)
+    for fmt in ("onnx", "openvino"):
+        agree(det, served(det, fmt, tmp_path), test)

@@ -1,0 +1,371 @@
+"""Retraining from reviews: the review rule, live and candidate model files, the promotion
+gate and its record, shadow mode beside the live models, and a restart keeping all of it."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import select
+from test_inspection_offline import _layout
+from test_inspection_support import bright_set, database, small_recipe
+
+from station.decision import Decision, Verdict
+from station.detectors.artifact import (
+    artifact_path,
+    candidate_path,
+    latest_artifact,
+    new_version,
+    write_live,
+)
+from station.errors import StationError
+from station.imaging import write_png
+from station.inspection.cycle import Inspector
+from station.inspection.offline import group_offline
+from station.inspection.recorder import Recorder
+from station.inspection.shadow import ShadowHook
+from station.retrain.evaluate import Judged, evidence, not_worse_on_defects
+from station.retrain.promote import promote
+from station.retrain.reviews import qualifies, reviewed_parts, select_false_rejects
+from station.review.store import add_review
+from station.storage.models import ModelPromotion, ModelVersion, Part, ReviewLabel, Shot
+from station.storage.promotions import promotions
+from station.storage.shadow import shadow_rows
+
+FR, DC = ReviewLabel.FALSE_REJECT, ReviewLabel.DEFECT_CONFIRMED
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_review_rule_agreeing_operators_and_supervisors() -> None:
+    sup = ["Sam Super"]
+    assert qualifies([("ann", FR), ("bob", FR)], 2, sup)[0]
+    assert not qualifies([("ann", FR), ("Ann ", FR)], 2, sup)[0]  # one operator, twice
+    assert not qualifies([("ann", FR), ("bob", FR), ("cy", DC)], 2, sup)[0]  # contradicted
+    assert not qualifies([("ann", FR)], 2, sup)[0]
+    assert qualifies([("ann", FR)], 1, [])[0]
+    ok, why = qualifies([("sam super", FR)], 2, sup)
+    assert ok and "supervisor" in why
+    # the supervisor's newest word decides, either way
+    assert qualifies([("ann", DC), ("Sam Super", FR)], 2, sup)[0]
+    assert not qualifies([("ann", FR), ("bob", FR), ("Sam Super", DC)], 2, sup)[0]
+    assert not qualifies([("Sam Super", FR), ("Sam Super", DC)], 2, sup)[0]
+
+
+def _part(db, recipe, root: Path, verdict: Verdict, seq_shots: bool = True) -> int:  # noqa: ANN001
+    """A part row with a shot file per recipe pose."""
+    part = db.create_part(recipe.name, mode="live", verdict=verdict, ground_truth="good")
+    with db.session() as s:
+        for k, pose in enumerate(recipe.robot.poses):
+            rel = f"{recipe.name}/images/{part.sequence:06d}/{pose.name}.png"
+            if seq_shots:
+                write_png(root / rel, np.full((48, 64), 100, np.uint8))
+            s.add(
+                Shot(part_id=part.id, pose_index=k, pose_name=pose.name, image_path=rel,
+                     image_sha256="0" * 64, width=64, height=48)
+            )  # fmt: skip
+    return part.id
+
+
+def test_selection_follows_the_recipe_rule(station_home: Path) -> None:
+    recipe = small_recipe(station_home, retrain={"agreeing_reviews": 2, "supervisors": ["chief"]})
+    db = database(recipe)
+    root = recipe.data_dir.parent
+    two = _part(db, recipe, root, Verdict.FAIL)
+    one = _part(db, recipe, root, Verdict.FAIL)
+    chief = _part(db, recipe, root, Verdict.FAIL)
+    contradicted = _part(db, recipe, root, Verdict.FAIL)
+    passed = _part(db, recipe, root, Verdict.PASS)
+    no_files = _part(db, recipe, root, Verdict.FAIL, seq_shots=False)
+    with db.session() as s:  # through the review app's own storage function
+        for pid, reviews in {
+            two: [("ann", FR), ("bob", FR)],
+            one: [("ann", FR)],
+            chief: [("chief", FR)],
+            contradicted: [("ann", FR), ("bob", FR), ("cy", DC)],
+            passed: [("ann", FR), ("bob", FR)],
+            no_files: [("ann", FR), ("bob", FR)],
+        }.items():
+            for who, label in reviews:
+                add_review(s, pid, label, who)
+    sel = select_false_rejects(recipe, reviewed_parts(recipe, db))
+    assert sorted(p.part_id for p in sel.parts) == sorted([two, chief])
+    assert sel.skipped == {
+        "false reject by 1 of the 2 operators needed": 1,
+        "a review confirmed a defect": 1,
+        "not rejected by the station (pass)": 1,
+        "shots missing on disk or not every pose": 1,
+    }
+    db.dispose()
+
+
+def _fake_model(recipe, name: str, version: str, path: Path) -> Path:  # noqa: ANN001
+    """A model file with a station artifact's layout (enough for the pointer and promotion)."""
+    payload = {
+        "format_version": 1, "detector": name, "detector_version": 1, "config": {},
+        "state_dict": {}, "meta": {"version": version, "recipe": recipe.name},
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, str(path))
+    return path
+
+
+def _version(minutes: int) -> str:
+    return new_version("patchcore", datetime(2026, 12, 1, tzinfo=UTC) + timedelta(minutes=minutes))
+
+
+def test_candidates_are_never_live_and_the_pointer_decides(station_home: Path) -> None:
+    recipe = small_recipe(station_home)
+    old, live, cand = _version(0), _version(10), _version(20)
+    _fake_model(recipe, "patchcore", old, artifact_path(recipe, "patchcore", old))
+    _fake_model(recipe, "patchcore", live, artifact_path(recipe, "patchcore", live))
+    _fake_model(recipe, "patchcore", cand, candidate_path(recipe, "patchcore", cand))
+    assert latest_artifact(recipe, "patchcore").stem == live  # no pointer: the newest file
+    write_live(recipe, "patchcore", old)  # a rollback
+    assert latest_artifact(recipe, "patchcore").stem == old
+    with pytest.raises(StationError, match="no patchcore model"):
+        write_live(recipe, "patchcore", cand)  # a candidate is promoted, not pointed at
+    # `station train` after the promotion: its model is live, as without a pointer
+    newer = new_version("patchcore", datetime.now(UTC) + timedelta(seconds=5))
+    _fake_model(recipe, "patchcore", newer, artifact_path(recipe, "patchcore", newer))
+    assert latest_artifact(recipe, "patchcore").stem == newer
+
+
+def _judged(seq: int, defective: bool, live: Verdict, cand: Verdict) -> Judged:
+    return Judged(seq, seq, defective, False, Decision(live, "l"), Decision(cand, "c"))
+
+
+def _candidate_row(db, recipe, version: str, live: str, judged: list[Judged]) -> None:  # noqa: ANN001
+    ev = evidence(judged, {"patchcore": live}, {"patchcore": version})
+    with db.session() as s:
+        s.add(
+            ModelVersion(
+                recipe=recipe.name, detector="patchcore", version=version,
+                artifact_path="x", artifact_sha256="0" * 64,
+                metrics={"role": "candidate", "retrain": {"candidate": version, "parts": [],
+                                                          "shadow_evaluation": ev}},
+            )
+        )  # fmt: skip
+
+
+def test_promotion_refused_when_worse_on_confirmed_defects_then_recorded(
+    station_home: Path,
+) -> None:
+    recipe = small_recipe(station_home)
+    db = database(recipe)
+    live, worse, better = _version(0), _version(10), _version(20)
+    _fake_model(recipe, "patchcore", live, artifact_path(recipe, "patchcore", live))
+    for v in (worse, better):
+        _fake_model(recipe, "patchcore", v, candidate_path(recipe, "patchcore", v))
+    P, F = Verdict.PASS, Verdict.FAIL
+    # `worse` passes confirmed defect 2, which the live model rejected
+    _candidate_row(db, recipe, worse, live, [_judged(1, False, F, P), _judged(2, True, F, P)])
+    _candidate_row(db, recipe, better, live, [_judged(1, False, F, P), _judged(2, True, F, F)])
+    with pytest.raises(StationError, match=r"worse on confirmed defects.*p2"):
+        promote(recipe, db, "patchcore", worse, "sam")
+    assert promotions(db, recipe.name) == []
+    assert latest_artifact(recipe, "patchcore").stem == live
+    with pytest.raises(StationError, match="--by"):
+        promote(recipe, db, "patchcore", better, " ")
+
+    done = promote(recipe, db, "patchcore", better, "Sam Super", note="new cloth lot")
+    assert (done.from_version, done.to_version) == (live, better)
+    assert latest_artifact(recipe, "patchcore") == artifact_path(recipe, "patchcore", better)
+    assert not candidate_path(recipe, "patchcore", better).exists()
+    assert done.calibration is None  # no calibration made for it: calibrate-threshold
+    db.dispose()
+
+    db = database(recipe)  # a restart: the promotion and its evidence are in the database
+    (p,) = promotions(db, recipe.name)
+    assert (p.promoted_by, p.from_version, p.to_version, p.note) == (
+        "Sam Super",
+        live,
+        better,
+        "new cloth lot",
+    )
+    ev = p.evidence["shadow_evaluation"]["splits"]["all"]
+    assert ev["candidate"]["misses"]["count"] == 0 and ev["candidate"]["misses"]["n"] == 1
+    assert ev["candidate"]["false_rejects"]["ci"][1] == pytest.approx(0.975)  # 0/1, exact
+    with db.session() as s:
+        assert s.scalar(select(ModelPromotion.detector)) == "patchcore"
+    with pytest.raises(StationError, match="already live"):
+        promote(recipe, db, "patchcore", better, "sam")
+    db.dispose()
+
+
+def test_the_promotion_gate() -> None:
+    P, F = Verdict.PASS, Verdict.FAIL
+    no_defects = evidence([_judged(1, False, F, P)], {}, {})
+    assert not not_worse_on_defects(no_defects)[0]
+    same = evidence([_judged(1, True, P, P), _judged(2, True, F, F)], {}, {})
+    assert not_worse_on_defects(same)[0]  # both miss defect 1: not worse
+
+
+def _shadow_run(recipe, tmp_path: Path, candidate_fails: bool = False):  # noqa: ANN001, ANN202
+    db = database(recipe)
+    cand = bright_set(recipe, threshold=10.0)  # a candidate that passes everything
+    cand.detectors[0].version = "brightspot-cand-2"
+    if candidate_fails:
+        cand.detectors[0].detector.fail_with = RuntimeError("candidate broke")
+    hook = ShadowHook(recipe, db, cand, "brightspot-cand-2")
+    events = []
+    groups = group_offline(_layout(tmp_path / "ds"), recipe)
+    with Inspector(
+        recipe, bright_set(recipe), Recorder(db, recipe), on_event=events.append, hooks=[hook]
+    ) as insp:
+        summary = insp.run_offline(groups)
+    return db, summary, events
+
+
+@pytest.mark.parametrize("candidate_fails", [False, True])
+def test_shadow_verdicts_are_stored_and_never_drive_the_line(
+    station_home: Path, tmp_path: Path, candidate_fails: bool
+) -> None:
+    recipe = small_recipe(station_home)
+    db, summary, events = _shadow_run(recipe, tmp_path, candidate_fails)
+    # the live verdicts are those of a run without a shadow (test_inspection_offline)
+    assert [r.verdict for r in summary.results] == [Verdict.FAIL, Verdict.PASS, Verdict.FAULT]
+    with db.session() as s:
+        rows = {r.sequence: r for r in shadow_rows(s, recipe.name)}
+        parts = {p.sequence: p for p in s.scalars(select(Part))}
+    assert parts[1].verdict == Verdict.FAIL and parts[2].verdict == Verdict.PASS
+    assert set(rows) == {1, 2}  # the loose image never reached the detectors
+    if candidate_fails:
+        assert rows[1].shadow == Verdict.FAULT and "candidate broke" in rows[1].shadow_reason
+        assert not any(e.level == "error" for e in events)
+    else:
+        assert rows[1].shadow == Verdict.PASS and rows[1].disagree  # live rejected it
+        assert rows[2].shadow == Verdict.PASS and not rows[2].disagree
+        assert any("disagrees on part 1" in e.text for e in events)
+        with db.session() as s:
+            shot = s.scalars(select(Shot).where(Shot.part_id == rows[1].part_id)).first()
+            assert shot.stats["shadow"]["candidate"] == "brightspot-cand-2"
+    db.dispose()
+    db = database(recipe)  # a restart keeps them
+    with db.session() as s:
+        assert len(shadow_rows(s, recipe.name)) == 2
+        assert len(shadow_rows(s, recipe.name, disagree_only=True)) == 1
+    db.dispose()
+
+
+def test_review_page_lists_where_live_and_shadow_disagree(
+    station_home: Path, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from station.review.app import create_app
+
+    recipe = small_recipe(station_home)
+    db, _, _ = _shadow_run(recipe, tmp_path)
+    db.dispose()
+    url = recipe.storage.resolved_database_url()
+    with TestClient(create_app(url, recipe.data_dir.parent), base_url="http://127.0.0.1:8080") as c:
+        html = c.get("/shadow").text
+        assert 'id="count-disagree">1<' in html and 'id="count-shadow">2<' in html
+        rows = re.findall(r'<tr data-part-id="(\d+)" class="(\w+)"', html)
+        assert [cls for _, cls in rows] == ["disagree"]
+        assert "brightspot-cand-2" in html and "under threshold" in html
+        every = c.get("/shadow?all=1").text
+        assert len(re.findall(r'<tr data-part-id="\d+"', every)) == 2
+        assert 'id="shadow-link"' in c.get("/").text
+
+
+def _bench():  # noqa: ANN202 (tools/bench_retrain.py, loaded as a module)
+    spec = importlib.util.spec_from_file_location("bench_retrain", REPO / "tools/bench_retrain.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_retrain_shadow_and_promote_end_to_end(station_home: Path, one_thread: None) -> None:
+    """Real models on the twin: capture, train, calibrate, a variant lot, reviews, retrain
+    (candidate beside the live model), shadow mode from the recipe, promotion."""
+    import yaml
+
+    from station.recipe import load_recipe
+    from station.retrain.candidates import find_calibration, live_versions
+    from station.retrain.run import run_retrain
+
+    b = _bench()
+    path = station_home / "recipes" / f"{b.NAME}.yaml"
+
+    def write(seed: int, share: float, shadow: list[str] | None = None) -> None:
+        data = yaml.safe_load(b.recipe_text(seed, share, {"pitch_scale": 1.5}, 0.5))
+        data["preprocess"]["size"] = [64, 64]  # small and fast
+        data["decision"]["policy"] = "zero_miss"  # a low threshold: the variant is rejected
+        data["retrain"] = {"agreeing_reviews": 2, "supervisors": ["chief"], "shadow": shadow or []}
+        path.write_text(yaml.safe_dump(data))
+
+    write(7, 0.0)
+    b.station("capture", "--recipe", b.NAME, "--count", "8", "--label", "good")
+    b.station("train", "--recipe", b.NAME)
+    b.station("capture", "--recipe", b.NAME, "--count", "12", "--label", "labelled", "--seed", "9")
+    b.station(
+        "calibrate-threshold", "--recipe", b.NAME, "--resamples", "100", "--oob-resamples", "0"
+    )
+    write(11, 1.0)  # every sheet of the new lot is the variant
+    b.station("inspect", "--live", "--recipe", b.NAME, "--count", "6", "--no-view")
+    recipe = load_recipe(str(path))
+    db = database(recipe)
+    with db.session() as s:
+        parts = s.scalars(select(Part).where(Part.mode == "live")).all()
+        for p in parts:  # a supervisor's word on every part, as the review app stores it
+            add_review(s, p.id, FR if p.ground_truth == "good" else DC, "chief")
+    live_before = live_versions(recipe)
+    # the premise: the first model rejects good sheets of the variant
+    assert any(p.verdict == Verdict.FAIL and p.ground_truth == "good" for p in parts)
+    res = run_retrain(recipe, db, resamples=100)
+    (version,) = res.versions.values()
+    assert res.trained[0].path == candidate_path(recipe, "patchcore", version)
+    assert live_versions(recipe) == live_before  # the candidate is not live
+    assert find_calibration(recipe, res.versions).path == res.calibration_path
+    with db.session() as s:
+        row = s.scalars(select(ModelVersion).where(ModelVersion.version == version)).one()
+        assert row.metrics["role"] == "candidate"
+        assert row.metrics["retrain"]["shadow_evaluation"]["parts"] == len(parts)
+    assert "| all reviewed | candidate |" in res.report_path.read_text()
+
+    write(13, 1.0, shadow=[version])  # shadow mode from the recipe
+    b.station("inspect", "--live", "--recipe", b.NAME, "--count", "3", "--no-view")
+    with db.session() as s:
+        assert len(shadow_rows(s, b.NAME)) == 3
+    if res.verdict[0]:
+        b.station("models", "promote", "--recipe", b.NAME, "--detector", "patchcore",
+                  "--version", version, "--by", "chief")  # fmt: skip
+        assert live_versions(load_recipe(str(path))) == {"patchcore": version}
+        assert len(promotions(db, b.NAME)) == 1
+    else:
+        with pytest.raises(StationError, match="worse on confirmed defects"):
+            promote(recipe, db, "patchcore", version, "chief")
+        assert promotions(db, b.NAME) == []
+    db.dispose()
+
+
+def test_twin_variant_is_a_good_sheet_of_another_texture(station_home: Path) -> None:
+    from station.errors import RecipeError
+    from station.twin.world import TwinWorld
+
+    plain = TwinWorld(small_recipe(station_home))
+    world = TwinWorld(
+        small_recipe(station_home, twin__params={"variant": {"share": 0.5, "pitch_scale": 1.4,
+                                                             "weave": "twill"}})
+    )  # fmt: skip
+    seeds = range(40)
+    flags = [world.variant.applies(s) for s in seeds]
+    assert 5 < sum(flags) < 35  # about half
+    for s, f in zip(seeds, flags, strict=True):
+        a, b = plain.make_sheet(s, defective=False), world.make_sheet(s, defective=False)
+        assert not b.defective
+        if f:
+            assert b.weave == "twill" and b.pitch_mm[0] == pytest.approx(a.pitch_mm[0] * 1.4)
+        else:
+            assert b == a  # the other sheets are drawn exactly as without a variant
+    for bad in ({"share": 2}, {"pitch_scale": 9}, {"weave": "satin"}, {"colour": 1}):
+        with pytest.raises(RecipeError, match="variant"):
+            TwinWorld(small_recipe(station_home, twin__params={"variant": bad}))

@@ -1,0 +1,93 @@
+"""Peak resident memory of `station inspect --live` per runtime (torch, onnxruntime, openvino).
+
+    .venv/bin/python tools/bench_runtime_memory.py [--parts 4] [--threads 2]
+
+In a scratch station home, `station demo` (small: 2 good, 4 labelled sheets, 1 part) trains
+and calibrates the twin recipe's demo copy; its models are exported to ONNX and OpenVINO;
+then `station inspect --live` runs `--parts` sheets once per runtime, each in its own
+process with the recipe's detectors set to that runtime, and the process's peak resident set
+size (ru_maxrss from wait4) is reported. Verdict counts are printed beside, to see that the
+runtimes agreed on the same sheets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STATION = [sys.executable, "-m", "station"]
+
+
+def _run(argv: list[str], env: dict[str, str]) -> tuple[int, float, str]:
+    """(exit code, peak RSS MiB, stdout tail) of one station command in its own process."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([*STATION, *argv], env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    return proc.returncode, usage.ru_maxrss / 1024.0, text[-1500:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--parts", type=int, default=4)
+    ap.add_argument("--runtimes", default="torch,onnxruntime,openvino")
+    ap.add_argument("--home", type=Path, default=None, help="reuse this scratch home")
+    args = ap.parse_args(argv)
+    home = args.home or Path(tempfile.mkdtemp(prefix="station-rss-"))
+    env = {**os.environ, "STATION_HOME": str(home)}
+    recipe_file = home / "data" / "glassfiber-demo" / "recipe.yaml"
+    if not recipe_file.is_file():
+        import shutil
+
+        shutil.copytree(REPO / "recipes", home / "recipes", dirs_exist_ok=True)
+        demo = ["demo", "--good", "2", "--labelled", "4", "--parts", "1", "--time-scale", "0"]
+        code, _, text = _run(demo, env)
+        if code:
+            print(text)
+            return code
+    for fmt in ("onnx", "openvino"):
+        code, _, text = _run(["export", "-r", str(recipe_file), "--format", fmt], env)
+        if code:
+            print(text)
+            return code
+    original = recipe_file.read_text()
+    rows = []
+    try:
+        for runtime in args.runtimes.split(","):
+            data = yaml.safe_load(original)
+            for d in data["detectors"]:
+                d["runtime"] = runtime
+            # the demo trains no material model: inspect without that check (all runtimes)
+            data.setdefault("monitoring", {}).setdefault("material_check", {})["enabled"] = False
+            recipe_file.write_text(yaml.safe_dump(data, sort_keys=False))
+            cmd = [
+                "inspect",
+                "--live",
+                "-r",
+                str(recipe_file),
+                "--count",
+                str(args.parts),
+                "--no-view",
+            ]
+            code, rss, text = _run(cmd, env)
+            verdicts = [ln.strip() for ln in text.splitlines() if "pass" in ln.lower()][-1:]
+            rows.append((runtime, code, rss, verdicts[0] if verdicts else text[-300:]))
+    finally:
+        recipe_file.write_text(original)
+    print(f"peak RSS of station inspect --live, {args.parts} parts (home {home})")
+    for runtime, code, rss, verdicts in rows:
+        print(f"  {runtime:12s} exit {code}  peak RSS {rss:7.0f} MiB  {verdicts}")
+    return 1 if any(code for _, code, _, _ in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
