@@ -64,3 +64,12 @@ def atomic_write(path: str | Path, data: bytes, *, durable: bool = False) -> str
     if durable:
         _fsync_dir(path.parent)
     return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

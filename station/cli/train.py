@@ -199,28 +199,10 @@ def _print_trained(recipe_name: str, trained: list[Any]) -> None:
 
 def _record_versions(rcp: Any, trained: list[Any], data_root: Path) -> None:
     from station.storage.db import open_database
-    from station.storage.models import ModelVersion
+    from station.storage.promotions import record_trained_models
 
     db = open_database(rcp.storage.resolved_database_url())
     try:
-        with db.session() as s:
-            for t in trained:
-                try:
-                    rel = t.path.resolve().relative_to(data_root.resolve()).as_posix()
-                except ValueError:
-                    rel = t.path.resolve().as_posix()  # outside the data root: keep absolute
-                s.add(
-                    ModelVersion(
-                        recipe=rcp.name,
-                        detector=t.meta["detector"],
-                        version=t.version,
-                        artifact_path=rel,
-                        artifact_sha256=t.sha256,
-                        train_data_sha256=t.meta["train_data_sha256"],
-                        n_train_images=t.meta["n_train_images"],
-                        config=t.meta["config"],
-                        metrics={"good_scores": t.meta["good_scores"], "fit": t.meta["fit"]},
-                    )
-                )
+        record_trained_models(db, rcp.name, data_root, trained)
     finally:
         db.dispose()

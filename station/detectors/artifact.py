@@ -15,7 +15,6 @@ has (backbone, weights, params; not the device), with a one-line DetectorError n
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import secrets
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from station.detectors.registry import create_detector, detector_class, detector
 from station.detectors.types import FORMAT_VERSION as FORMAT_VERSION
 from station.detectors.types import check_payload, plain
 from station.errors import DetectorError, StationError
-from station.files import atomic_write, writing
+from station.files import atomic_write, file_sha256, writing
 
 if TYPE_CHECKING:
     from station.detectors.base import Detector
@@ -54,14 +53,6 @@ def new_version(detector_name: str, now: datetime | None = None) -> str:
 
 def artifact_path(recipe: Recipe, detector_name: str, version: str) -> Path:
     return recipe.models_dir / detector_name / f"{version}{SUFFIX}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_artifact(detector: Detector, path: str | Path, meta: dict[str, Any]) -> str:
@@ -149,7 +140,7 @@ def load_artifact(
             f"model file {path}: {exc.message}", hint=exc.hint or "retrain with station train"
         ) from None
     version = str(meta.get("version") or path.stem)
-    return LoadedModel(detector, meta, version, path, _sha256(path))
+    return LoadedModel(detector, meta, version, path, file_sha256(path))
 
 
 def _check_settings(

@@ -29,6 +29,7 @@ from station.retrain.candidates import (
 )
 from station.retrain.evaluate import evidence, judge, not_worse_on_defects
 from station.retrain.reviews import complete, reviewed_parts, select_false_rejects
+from station.storage.promotions import record_trained_models
 
 if TYPE_CHECKING:
     from station.detectors.training import TrainedModel
@@ -100,33 +101,8 @@ def _train(
 def _record(
     recipe: Recipe, db: Database, trained: list[TrainedModel], info: dict[str, Any]
 ) -> None:
-    from station.storage.models import ModelVersion
-
-    root = resolve(recipe.storage.data_dir).resolve()
-    with db.session() as s:
-        for t in trained:
-            try:
-                rel = t.path.resolve().relative_to(root).as_posix()
-            except ValueError:
-                rel = t.path.resolve().as_posix()
-            s.add(
-                ModelVersion(
-                    recipe=recipe.name,
-                    detector=t.meta["detector"],
-                    version=t.version,
-                    artifact_path=rel,
-                    artifact_sha256=t.sha256,
-                    train_data_sha256=t.meta["train_data_sha256"],
-                    n_train_images=t.meta["n_train_images"],
-                    config=t.meta["config"],
-                    metrics={
-                        "good_scores": t.meta["good_scores"],
-                        "fit": t.meta["fit"],
-                        "role": "candidate",
-                        "retrain": info,
-                    },
-                )
-            )
+    root = resolve(recipe.storage.data_dir)
+    record_trained_models(db, recipe.name, root, trained, {"role": "candidate", "retrain": info})
 
 
 def _check_rule(recipe: Recipe) -> None:

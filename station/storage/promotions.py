@@ -1,16 +1,52 @@
-"""Model promotions (who made which model live, when, on which evidence) and the model
-versions a retrain recorded."""
+"""Model versions as trained (station train, station retrain) and model promotions (who made
+which model live, when, on which evidence)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from station.storage.db import Database
 from station.storage.models import ModelPromotion, ModelVersion
+
+
+def record_trained_models(
+    db: Database,
+    recipe: str,
+    data_root: Path,
+    trained: Sequence[Any],
+    extra_metrics: dict[str, Any] | None = None,
+) -> None:
+    """One ModelVersion row per trained model (`station.detectors.training.TrainedModel`:
+    path, version, sha256, meta), its file named relative to the data root when inside it."""
+    with db.session() as s:
+        for t in trained:
+            try:
+                rel = t.path.resolve().relative_to(data_root.resolve()).as_posix()
+            except ValueError:
+                rel = t.path.resolve().as_posix()  # outside the data root: keep absolute
+            s.add(
+                ModelVersion(
+                    recipe=recipe,
+                    detector=t.meta["detector"],
+                    version=t.version,
+                    artifact_path=rel,
+                    artifact_sha256=t.sha256,
+                    train_data_sha256=t.meta["train_data_sha256"],
+                    n_train_images=t.meta["n_train_images"],
+                    config=t.meta["config"],
+                    metrics={
+                        "good_scores": t.meta["good_scores"],
+                        "fit": t.meta["fit"],
+                        **(extra_metrics or {}),
+                    },
+                )
+            )
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from station.errors import DetectorError
-from station.files import atomic_write, writing
+from station.files import atomic_write, file_sha256, writing
 
 if TYPE_CHECKING:
     from station.recipe import Recipe
@@ -47,14 +47,6 @@ def export_files(artifact: Path, fmt: str) -> list[Path]:
     graph = graph_path(artifact, fmt)
     weights = [graph.with_suffix(".bin")] if fmt == "openvino" else []
     return [graph, *weights, sidecar_path(artifact, fmt)]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_digest(recipe: Recipe, detector: str) -> str:
