@@ -115,6 +115,23 @@ def test_train_then_evaluate(station_home: Path, capsys: pytest.CaptureFixture[s
     assert len(by_label["defect"]) == m["n_defect"]
     assert min(by_label["defect"]) > max(by_label["good"])  # image AUROC 1.0, as reported
 
+    # operating points: every good test image below the lowest defect, so 0 of 2 rejected
+    assert "FR@R100" in printed and "FR@zero_miss" in printed and "(0/2)" in printed
+    points = m["operating_points"]
+    assert set(points) == {"recall_100", "recall_95", "policy"}
+    r100 = points["recall_100"]
+    assert r100["threshold"] == pytest.approx(min(by_label["defect"]), rel=1e-5)
+    assert (r100["false_rejects"], r100["n_good"], r100["caught"]) == (0, 2, 2)
+    assert r100["false_reject_rate"] == 0.0 == m["fr_recall_100"]
+    assert r100["ci_low"] == 0.0 and r100["ci_high"] == pytest.approx(1 - 0.025**0.5)
+    assert points["policy"]["label"].startswith("policy zero_miss on the test set (optimistic")
+    assert points["policy"]["threshold"] == r100["threshold"]
+    assert res["mean"]["patchcore"]["fr_recall_95"] == 0.0
+    assert res["operating_points"]["policy"] == {"name": "zero_miss"}
+    md = (out / "results.md").read_text()
+    assert "| cat_a | patchcore |" in md and "0.000 (0/2) [0.000, 0.842]" in md
+    assert "FR@zero_miss†: policy zero_miss on the test set (optimistic" in md
+
 
 def test_evaluate_with_training_per_category(station_home: Path) -> None:
     recipe = make_recipe(station_home, "tiny")

@@ -7,6 +7,7 @@
 - core.py: per-detector and combined thresholds for labelled part scores (`calibrate`).
 - scores.py: labelled part scores from image folders or operator reviews.
 - evaluation.py: detector metrics on labelled MVTec-layout data (`station evaluate`).
+- operating_point.py: false-reject rates at 100 % / 95 % recall and at the recipe's policy.
 - run.py: a recipe's calibration end to end (label source, policy, comparison).
 - store.py: calibration/<recipe>.yaml, history, database record, `load_active_calibration`.
 - roc_plot.py: the ROC figure with the operating point.

@@ -7,6 +7,10 @@ train/good first (saved under the output folder, not in the recipe's models). Wr
 image's score (`<category>/<detector>/scores.csv`: image, label, score; for failure analysis
 and threshold studies) and a few heatmap overlays.
 
+Per category and detector it also reports false-reject rates at fixed operating points (100 %
+and 95 % recall, and the recipe's calibration policy applied to the test set itself), with
+Clopper-Pearson intervals: `operating_point.py`. `results.md` holds the same table in markdown.
+
 AITEX tiles (stems `NNNN_DDD_FF_tKK`, DDD = defect code): image AUROC is also reported
 against the good tiles of defect-free strips only (DDD == 000), see the dataset README.
 """
@@ -26,6 +30,14 @@ import cv2
 import numpy as np
 import torch
 
+from station.calibration.operating_point import (
+    POINTS,
+    cell,
+    operating_points,
+    point_notes,
+    policy_label,
+)
+from station.calibration.policies import Policy, resolve_policy
 from station.datasets import MVTecFolder
 from station.detectors.engine import ScoringEngine, load_images, load_masks, load_models
 from station.detectors.training import train_and_save
@@ -50,6 +62,8 @@ COLUMNS = [
     ("pixel_ap", "P-AP"),
     ("pixel_f1_max", "P-F1"),
 ]  # results.json also holds image AP, image F1-max and its threshold
+# false-reject rate at each operating point (results.json: `fr_<point>` and `operating_points`)
+POINT_LABELS = {"recall_100": "FR@R100", "recall_95": "FR@R95", "policy": "FR@{policy}†"}
 
 
 @dataclass
@@ -77,6 +91,11 @@ class Evaluation:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     means: dict[str, dict[str, float]] = field(default_factory=dict)
     path: Path | None = None  # results.json once written
+    policy: Policy | None = None  # the operating point `policy` (default: the recipe's)
+
+    def __post_init__(self) -> None:
+        if self.policy is None:
+            self.policy = resolve_policy(self.recipe.decision, None, {})
 
     def columns(self) -> list[tuple[str, str]]:
         """The COLUMNS some result has (I-AUROC* only on AITEX, pixel metrics with masks)."""
@@ -86,8 +105,53 @@ class Evaluation:
             if any(k in per[d.name] for per in self.results.values() for d in self.targets)
         ]
 
+    def point_columns(self) -> list[tuple[str, str]]:
+        """(operating point, column label), in table order."""
+        name = self.policy.name if self.policy else "policy"
+        return [(k, POINT_LABELS[k].format(policy=name)) for k in POINTS]
+
+    def legend(self) -> list[str]:
+        """What the table's abbreviated columns mean."""
+        policy = self.policy or Policy("zero_miss")
+        lines = [
+            "FR@R100 / FR@R95: false-reject rate (good test images with score >= threshold) at "
+            "the highest threshold that keeps all / at least 95 % of defective test images at "
+            "or above it: rate (rejected/good) [95 % Clopper-Pearson interval]; n/a: no "
+            "defective or no good test images; mean rows: mean rate",
+            f"FR@{policy.name}†: {policy_label(policy)}",
+        ]
+        if any(k == "image_auroc_clean" for k, _ in self.columns()):
+            lines.append("I-AUROC*: good tiles of defect-free strips only (AITEX)")
+        return lines
+
+    def markdown(self) -> str:
+        """The results table in markdown (`results.md`), legend below."""
+        cols, points = self.columns(), self.point_columns()
+        head = ["category", "detector", *[lab for _, lab in cols + points], "n"]
+        lines = [
+            f"# {self.dataset.name}: {'trained per category' if self.train else 'recipe models'}",
+            "",
+            f"recipe `{self.recipe.name}`, detectors "
+            f"{', '.join(d.name for d in self.targets)}, created {self.stamp}",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * 2 + "---:|" * (len(head) - 2),
+        ]
+        for c, per in self.results.items():
+            for name, m in per.items():
+                cells = [fmt_metric(m.get(k)) for k, _ in cols]
+                cells += [cell(m.get("operating_points", {}).get(k)) for k, _ in points]
+                lines.append("| " + " | ".join([c, name, *cells, str(m["n_test"])]) + " |")
+        for name, m in self.means.items():
+            cells = [fmt_metric(m.get(k)) for k, _ in cols]
+            cells += [fmt_metric(m.get(f"fr_{k}")) for k, _ in points]
+            lines.append("| " + " | ".join(["**mean**", name, *cells, ""]) + " |")
+        lines += ["", *[f"- {line}" for line in self.legend()]]
+        return "\n".join(lines) + "\n"
+
     def write_report(self, complete: bool) -> Path:
-        """results.json, rewritten after every category so partial runs leave results."""
+        """results.json and results.md, rewritten after every category so partial runs leave
+        results."""
         report = {
             "dataset": str(self.dataset.resolve()),
             "recipe": self.recipe.name,
@@ -97,6 +161,12 @@ class Evaluation:
             "preprocess": self.recipe.preprocess.model_dump(),
             "categories": self.results,
             "mean": self.means,
+            "operating_points": {
+                "rule": "defective when score >= threshold",
+                "interval": "Clopper-Pearson, exact, two-sided",
+                "points": point_notes(self.policy or Policy("zero_miss")),
+                "policy": self.policy.as_dict() if self.policy else None,
+            },
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "created": self.stamp,
@@ -105,6 +175,9 @@ class Evaluation:
         text = json.dumps(_no_nan(report), indent=2, default=_json_default, allow_nan=False)
         with writing(path):
             atomic_write(path, text.encode("utf-8"))
+        md = self.out_dir / "results.md"
+        with writing(md):
+            atomic_write(md, self.markdown().encode("utf-8"))
         self.path = path
         return path
 
@@ -140,7 +213,7 @@ def evaluate(
                 lm = loaded[d.name]
                 det, model_info = lm.detector, {"version": lm.version, "artifact": str(lm.path)}
             engine = ScoringEngine({d.name: det}, recipe.preprocess, batch)
-            metrics = score_test_set(engine, test, out_dir / cat.name, heatmaps, report)
+            metrics = score_test_set(engine, test, out_dir / cat.name, heatmaps, report, run.policy)
             run.results[cat.name][d.name] = {**metrics, "model": model_info}
         run.write_report(complete=False)
     run.means = mean_metrics(run.results, [d.name for d in targets])
@@ -205,9 +278,15 @@ def fit_on_category(
 
 
 def score_test_set(
-    engine: ScoringEngine, test: LabelledSet, cat_dir: Path, heatmaps: int, progress: ProgressFn
+    engine: ScoringEngine,
+    test: LabelledSet,
+    cat_dir: Path,
+    heatmaps: int,
+    progress: ProgressFn,
+    policy: Policy | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the engine's one detector on `test`; writes scores.csv and overlays."""
+    """Metrics of the engine's one detector on `test`, with its operating points (`policy`:
+    default zero_miss); writes scores.csv and overlays."""
     (name,) = engine.detectors
     task = f"{cat_dir.name} {name} predict"
     result = engine.score(test.images, progress=lambda d, n: progress(task, d, n))[name]
@@ -220,6 +299,9 @@ def score_test_set(
     )
     if test.clean is not None:
         metrics["image_auroc_clean"] = image_auroc(scores[test.clean], labels[test.clean])
+    points = operating_points(scores, labels, policy or Policy("zero_miss"))
+    metrics["operating_points"] = {k: p.as_dict() for k, p in points.items()}
+    metrics.update({f"fr_{k}": p.false_reject_rate for k, p in points.items()})
     seconds = result.latency_ms / 1000.0
     metrics.update(
         n_test=len(test.stems),
@@ -256,13 +338,18 @@ def write_overlays(
 def mean_metrics(
     results: dict[str, dict[str, Any]], names: Sequence[str]
 ) -> dict[str, dict[str, float]]:
-    """Each detector's mean of every COLUMNS metric over the categories (NaN left out)."""
+    """Each detector's mean of every COLUMNS metric and `fr_<point>` rate over the categories
+    (NaN and None left out)."""
+    keys = [k for k, _ in COLUMNS] + [f"fr_{k}" for k in POINTS]
     return {
-        name: {
-            key: _mean([results[c][name].get(key, math.nan) for c in results]) for key, _ in COLUMNS
-        }
+        name: {key: _mean([results[c][name].get(key, math.nan) for c in results]) for key in keys}
         for name in names
     }
+
+
+def fmt_metric(v: Any) -> str:
+    """A metric for a table: 3 decimals, "-" when undefined."""
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
 def clean_good_mask(stems: list[str], labels: np.ndarray) -> np.ndarray | None:

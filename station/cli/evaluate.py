@@ -2,12 +2,13 @@
 
 `--dataset` is one category (train/, test/, ground_truth/) or a folder of categories. The
 harness is `station.calibration.evaluation` (what is scored, what is written); this command
-parses the options, shows progress and prints a table per category and detector plus the mean.
+parses the options, shows progress and prints a table per category and detector plus the mean,
+then the false-reject rates at the operating points (100 % and 95 % recall, the recipe's policy
+on the test set).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,15 +18,13 @@ if TYPE_CHECKING:
     from station.calibration.evaluation import Evaluation
 
 
-def _fmt(v: Any) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
 def print_table(run: Evaluation) -> None:
-    """One row per category and detector, then each detector's mean."""
+    """One row per category and detector, then each detector's mean; then the operating
+    points."""
     from rich import box
     from rich.table import Table
 
+    from station.calibration.evaluation import fmt_metric as _fmt
     from station.cli.app import console
 
     cols = run.columns()
@@ -47,6 +46,39 @@ def print_table(run: Evaluation) -> None:
             table.add_row(c, name, *[_fmt(m.get(k)) for k, _ in cols], str(m["n_test"]))
     for name, m in run.means.items():
         table.add_row("[bold]mean[/]", name, *[_fmt(m.get(k)) for k, _ in cols], "")
+    console.print(table)
+    print_points(run)
+
+
+def print_points(run: Evaluation) -> None:
+    """False-reject rate at each operating point, per category and detector, then the means."""
+    from rich import box
+    from rich.table import Table
+
+    from station.calibration.evaluation import fmt_metric
+    from station.calibration.operating_point import cell
+    from station.cli.app import console
+
+    cols = run.point_columns()
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        title="false rejects at the operating points",
+        caption="\n".join(run.legend()[:2]),
+    )
+    table.add_column("category", no_wrap=True)
+    table.add_column("detector", no_wrap=True)
+    for _, label in cols:
+        table.add_column(label, justify="right", no_wrap=True)
+    table.add_column("defects", justify="right", no_wrap=True)
+    for c, per in run.results.items():
+        for name, m in per.items():
+            points: dict[str, Any] = m.get("operating_points", {})
+            cells = [cell(points.get(k), compact=True) for k, _ in cols]
+            table.add_row(c, name, *cells, str(m.get("n_defect", "")))
+    for name, m in run.means.items():
+        means = [fmt_metric(m.get(f"fr_{k}")) for k, _ in cols]
+        table.add_row("[bold]mean[/]", name, *means, "")
     console.print(table)
 
 
@@ -100,4 +132,4 @@ def register(app: typer.Typer) -> None:
                 progress=stage_callback(progress, ""),
             )
         print_table(run)
-        console.print(f"results: {run.path}")
+        console.print(f"results: {run.path} (markdown table: results.md)")
