@@ -29,6 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_knn import interleaved  # noqa: E402 (tools/ is on the path of a script run)
+
 SETS = {
     "fabric00": "aitex/fabric00",
     "fabric01": "aitex/fabric01",
@@ -73,18 +75,6 @@ def test_split(root: Path, limit: int) -> tuple[list[Path], np.ndarray]:
 def ov_features(compiled: Any, batch: np.ndarray, chunk: int = 8) -> np.ndarray:
     outs = [compiled(batch[s : s + chunk])[0] for s in range(0, len(batch), chunk)]
     return np.concatenate(outs)
-
-
-def best_of(fns: dict[str, Any], reps: int) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: min(v) for k, v in times.items()}
 
 
 def run_set(name: str, root: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -148,7 +138,7 @@ def run_set(name: str, root: Path, args: argparse.Namespace, work: Path) -> dict
     )
     for b in (1, 8):
         xb = x[:b]
-        t = best_of({k: (lambda n=n, xb=xb: n(xb)) for k, n in nets.items()}, args.reps)
+        t = interleaved({k: (lambda n=n, xb=xb: n(xb)) for k, n in nets.items()}, args.reps)
         res[f"images_per_s_b{b}"] = {k: b / v for k, v in t.items()}
         res[f"int8_speedup_b{b}"] = t["f32"] / t["int8"]
     return res

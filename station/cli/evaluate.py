@@ -18,29 +18,34 @@ if TYPE_CHECKING:
     from station.calibration.evaluation import Evaluation
 
 
-def print_table(run: Evaluation) -> None:
-    """One row per category and detector, then each detector's mean; then the operating
-    points."""
+def _table(title: str, caption: str | None, labels: list[str], last: str) -> Any:
+    """A results table: category, detector, one right-aligned column per label, then `last`."""
     from rich import box
     from rich.table import Table
 
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, title=title, caption=caption)
+    table.add_column("category", no_wrap=True)
+    table.add_column("detector", no_wrap=True)
+    for label in [*labels, last]:
+        table.add_column(label, justify="right", no_wrap=True)
+    return table
+
+
+def print_table(run: Evaluation) -> None:
+    """One row per category and detector, then each detector's mean; then the operating
+    points."""
     from station.calibration.evaluation import fmt_metric as _fmt
     from station.cli.app import console
 
     cols = run.columns()
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        collapse_padding=True,
-        title=f"{run.dataset.name}: {'trained per category' if run.train else 'recipe models'}",
-        caption="I-AUROC*: good tiles of defect-free strips only (AITEX)"
+    table = _table(
+        f"{run.dataset.name}: {'trained per category' if run.train else 'recipe models'}",
+        "I-AUROC*: good tiles of defect-free strips only (AITEX)"
         if any(k == "image_auroc_clean" for k, _ in cols)
         else None,
+        [label for _, label in cols],
+        "n",
     )
-    table.add_column("category", no_wrap=True)
-    table.add_column("detector", no_wrap=True)
-    for _, label in cols:
-        table.add_column(label, justify="right", no_wrap=True)
-    table.add_column("n", justify="right", no_wrap=True)
     for c, per in run.results.items():
         for name, m in per.items():
             table.add_row(c, name, *[_fmt(m.get(k)) for k, _ in cols], str(m["n_test"]))
@@ -52,25 +57,17 @@ def print_table(run: Evaluation) -> None:
 
 def print_points(run: Evaluation) -> None:
     """False-reject rate at each operating point, per category and detector, then the means."""
-    from rich import box
-    from rich.table import Table
-
     from station.calibration.evaluation import fmt_metric
     from station.calibration.operating_point import cell
     from station.cli.app import console
 
     cols = run.point_columns()
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        collapse_padding=True,
-        title="false rejects at the operating points",
-        caption="\n".join(run.legend()[:2]),
+    table = _table(
+        "false rejects at the operating points",
+        "\n".join(run.legend()[:2]),
+        [label for _, label in cols],
+        "defects",
     )
-    table.add_column("category", no_wrap=True)
-    table.add_column("detector", no_wrap=True)
-    for _, label in cols:
-        table.add_column(label, justify="right", no_wrap=True)
-    table.add_column("defects", justify="right", no_wrap=True)
     for c, per in run.results.items():
         for name, m in per.items():
             points: dict[str, Any] = m.get("operating_points", {})

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from station.storage.db import Database
 from station.storage.models import ModelPromotion, ModelVersion
@@ -111,16 +111,18 @@ def promotions(db: Database, recipe: str, detector: str | None = None) -> list[P
         ]
 
 
+def _one_version(recipe: str, detector: str, version: str) -> Select[tuple[ModelVersion]]:
+    return select(ModelVersion).where(
+        ModelVersion.recipe == recipe,
+        ModelVersion.detector == detector,
+        ModelVersion.version == version,
+    )
+
+
 def model_version(db: Database, recipe: str, detector: str, version: str) -> ModelVersion | None:
     """The ModelVersion row of one model (detached), or None."""
     with db.session() as s:
-        row = s.scalars(
-            select(ModelVersion).where(
-                ModelVersion.recipe == recipe,
-                ModelVersion.detector == detector,
-                ModelVersion.version == version,
-            )
-        ).first()
+        row = s.scalars(_one_version(recipe, detector, version)).first()
         if row is not None:
             s.expunge(row)
         return row
@@ -146,13 +148,7 @@ def update_model_version(
 ) -> None:
     """Set columns of one ModelVersion row (e.g. its artifact path after a promotion)."""
     with db.session() as s:
-        row = s.scalars(
-            select(ModelVersion).where(
-                ModelVersion.recipe == recipe,
-                ModelVersion.detector == detector,
-                ModelVersion.version == version,
-            )
-        ).first()
+        row = s.scalars(_one_version(recipe, detector, version)).first()
         if row is None:
             return
         for key, value in values.items():
