@@ -115,17 +115,11 @@ class DriftHook(CycleHook):
         return events
 
 
-def active_calibration_doc(recipe: Recipe, detectors: DetectorSet) -> dict[str, Any]:
+def active_calibration_doc(detectors: DetectorSet) -> dict[str, Any]:
     """The calibration document the detectors' thresholds come from ({} when there is none:
     every chart then takes its limits from a warm-up)."""
-    from station.calibration import load_active_calibration
-    from station.errors import CalibrationError
-
-    try:
-        active = load_active_calibration(recipe, detectors.model_versions)
-    except CalibrationError:
-        return {}
-    return read_calibration(active.path)
+    path = detectors.calibration_path
+    return read_calibration(path) if path is not None else {}
 
 
 def drift_hook(recipe: Recipe, db: Database, calibration: dict[str, Any]) -> DriftHook | None:

@@ -21,7 +21,7 @@ def recipe_hooks(recipe: Recipe, db: Database, detectors: DetectorSet) -> list[C
         hooks.append(shadow)
     from station.inspection.drift_hook import active_calibration_doc, drift_hook
 
-    drift = drift_hook(recipe, db, active_calibration_doc(recipe, detectors))
+    drift = drift_hook(recipe, db, active_calibration_doc(detectors))
     if drift is not None:  # image statistics and drift charts (monitoring.drift)
         hooks.append(drift)
     from station.inspection.material_hook import material_hook
