@@ -22,6 +22,20 @@ from station.files import atomic_write, writing
 if TYPE_CHECKING:
     from station.recipe import PreprocessConfig
 
+# OpenCV functions the station needs that OpenCV 5 dropped (seen on a machine with 5.0.0).
+OPENCV_NEEDS = ("undistortPointsIter", "calibrateHandEye")
+
+
+def check_opencv() -> None:
+    """Refuse an OpenCV without the functions the sheet map, twin and cell calibration call."""
+    missing = [name for name in OPENCV_NEEDS if not hasattr(cv2, name)]
+    if missing:
+        raise StationError(
+            f"OpenCV {cv2.__version__} lacks {', '.join(missing)}",
+            hint="pip install 'opencv-python-headless>=4.10,<5' (pyproject's range)",
+        )
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 

@@ -56,3 +56,20 @@ def test_sigterm_ends_a_command_cleanly() -> None:
             proc.kill()
     assert proc.returncode == 143, err
     assert "Traceback" not in out + err
+
+
+def test_an_opencv_without_needed_functions_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OpenCV 5.0 lacks undistortPointsIter: every command refuses at start, naming the fix."""
+    import cv2
+
+    from station.cli.app import main
+
+    monkeypatch.delattr(cv2, "undistortPointsIter")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recipe", "check", "glassfiber"])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "lacks undistortPointsIter" in err and "opencv-python-headless>=4.10,<5" in err
+    assert "Traceback" not in err

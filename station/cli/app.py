@@ -61,6 +61,9 @@ def _root(
     ),
 ) -> None:
     """Inline inspection cell for woven glass-fibre sheets."""
+    from station.imaging import check_opencv
+
+    check_opencv()
 
 
 for _name in COMMAND_MODULES:
