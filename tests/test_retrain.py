@@ -20,6 +20,7 @@ from station.detectors.artifact import (
     artifact_path,
     candidate_path,
     latest_artifact,
+    load_artifact,
     new_version,
     write_live,
 )
@@ -330,6 +331,16 @@ def test_retrain_shadow_and_promote_end_to_end(station_home: Path, one_thread: N
         assert row.metrics["role"] == "candidate"
         assert row.metrics["retrain"]["shadow_evaluation"]["parts"] == len(parts)
     assert "| all reviewed | candidate |" in res.report_path.read_text()
+    # the live bank, untouched, then the reviewed shots' patches
+    assert res.method == "extended live bank"
+    live_bank = load_artifact(latest_artifact(recipe, "patchcore")).detector.model.memory_bank
+    cand_bank = res.trained[0].detector.model.memory_bank
+    assert torch.equal(cand_bank[: len(live_bank)], live_bank) and len(cand_bank) > len(live_bank)
+    # no confirmed defect the live model rejected is passed by the candidate
+    per_part = res.evidence["per_part"]  # [sequence, defective, trained_on, live, candidate]
+    assert any(d for _, d, _, _, _ in per_part)
+    assert not [s for s, d, _, lv, cv in per_part if d and lv == "fail" and cv == "pass"]
+    assert res.evidence["confirmed_defects_constraint"]["scale"] <= 1.0
 
     write(13, 1.0, shadow=[version])  # shadow mode from the recipe
     b.station("inspect", "--live", "--recipe", b.NAME, "--count", "3", "--no-view")

@@ -4,7 +4,8 @@ Story: a cell trained and calibrated on one cloth; a new lot arrives with anothe
 (twin.params.variant: a "new but good" texture, good in the ground truth) and the live model
 rejects it. Operators review: two agreeing "false reject" reviews on 20 variant parts, "defect
 confirmed" on the defects it caught (through station.review.store.add_review, as the web app
-stores them). `station retrain` trains and calibrates a candidate; `station inspect --shadow`
+stores them). `station retrain` builds (the live bank extended; `--full`: from scratch) and
+calibrates a candidate (kept rejecting the confirmed defects); `station inspect --shadow`
 runs it beside the live model on new, held-out parts (half of them the variant); the bench
 counts false rejects and misses of both on the same parts against the twin's ground truth,
 with exact (Clopper-Pearson) 95 % intervals; `station models promote` makes it live; the
@@ -13,7 +14,10 @@ database is then reopened to check that every part, shadow verdict and promotion
 The material check (monitoring.material_check) and the drift charts are disabled in the bench
 recipe: the variant is another material for the material check, which would fault its parts.
 
-    .venv/bin/python tools/bench_retrain.py [--home DIR] [--threads 2]
+The held-out table also shows the candidate at its policy threshold (before the confirmed-
+defect constraint) and a paired exact sign test on the parts where live and candidate differ.
+
+    .venv/bin/python tools/bench_retrain.py [--home DIR] [--threads 2] [--full]
 """
 
 from __future__ import annotations
@@ -109,6 +113,14 @@ def cp(k: int, n: int) -> str:
     return f"{k}/{n} = {k / n:.1%} [{lo:.1%}, {hi:.1%}]"
 
 
+def sign_test(a: int, b: int) -> float:
+    """Exact two-sided p of a and b discordant pairs under 'either is equally likely'
+    (McNemar's exact test)."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(a, a + b, 0.5).pvalue) if a + b else 1.0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--home", type=Path, default=None, help="scratch station home (kept)")
@@ -123,6 +135,7 @@ def main() -> int:
     ap.add_argument("--defect-rate", type=float, default=0.5, help="labelled captures")
     ap.add_argument("--line-defect-rate", type=float, default=0.25, help="live parts")
     ap.add_argument("--share", type=float, default=0.5, help="variant share of the new lot")
+    ap.add_argument("--full", action="store_true", help="station retrain --full (from scratch)")
     a = ap.parse_args()
 
     import torch
@@ -187,7 +200,7 @@ def main() -> int:
     lap("reviews")
 
     # 3. retrain: a candidate, its calibration, its shadow evaluation on the reviewed parts
-    station("retrain", "--recipe", NAME, "--resamples", "200")
+    station("retrain", "--recipe", NAME, "--resamples", "200", *(["--full"] if a.full else []))
     lap("retrain")
     from station.recipe import load_recipe
     from station.storage.promotions import model_versions
@@ -195,6 +208,8 @@ def main() -> int:
     rcp = load_recipe(str(path))
     cand = [m for m in model_versions(db, NAME) if (m.metrics or {}).get("role") == "candidate"]
     version = cand[-1].version
+    ev = cand[-1].metrics["retrain"]["shadow_evaluation"]
+    print(f"candidate: {ev.get('method')}, bank {cand[-1].metrics['fit'].get('bank_size')} rows")
 
     # 4. held-out parts (new seed), live and candidate on the same parts (shadow mode)
     held_seed = 30007
@@ -209,12 +224,19 @@ def main() -> int:
     hflags = variant_flags(held_seed, len(held), rcp_params)
     with db.session() as s:
         sv = {r.part_id: r for r in shadow_rows(s, NAME, limit=100_000)}
-    rows: dict[str, list[tuple[bool, bool]]] = {"variant good": [], "old good": [], "defect": []}
+    # (live, candidate, candidate at its policy thresholds) reject, per held-out part; the
+    # policy-only verdict is the stored shadow part score times the constraint's scale
+    scale = ev["confirmed_defects_constraint"]["scale"]
+    rows: dict[str, list[tuple[bool, bool, bool]]] = {
+        "variant good": [], "old good": [], "defect": []
+    }  # fmt: skip
     for p, f in zip(held, hflags, strict=True):
         if p.id not in sv:
             continue
         key = "defect" if p.ground_truth == "defect" else ("variant good" if f else "old good")
-        rows[key].append((p.verdict in REJECTING, sv[p.id].shadow in REJECTING))
+        r = sv[p.id]
+        policy_only = r.shadow_score is not None and r.shadow_score * scale >= 1.0
+        rows[key].append((p.verdict in REJECTING, r.shadow in REJECTING, policy_only))
 
     # 5. promote, then "restart": reopen the database and count what it holds
     from station.errors import StationError
@@ -243,16 +265,35 @@ def main() -> int:
     lap("promote, restart")
 
     print(f"\nheld-out parts ({len(held)}), the same parts judged by both (95 % Clopper-Pearson):")
-    print("| parts | n | live model (before) | candidate (after) |")
-    print("|---|---|---|---|")
+    print(
+        "| parts | n | live model (before) | candidate (after) | candidate at the policy "
+        "threshold (not promotable) | paired: live only / candidate only, sign test |"
+    )
+    print("|---|---|---|---|---|---|")
     for key, what in (("variant good", "FR"), ("old good", "FR"), ("defect", "miss")):
         r = rows[key]
-        if what == "FR":
-            k_live, k_cand = sum(x for x, _ in r), sum(y for _, y in r)
-        else:
-            k_live, k_cand = sum(not x for x, _ in r), sum(not y for _, y in r)
+        k = [sum((x if what == "FR" else not x) for x in col) for col in zip(*r, strict=True)]
+        k = k or [0, 0, 0]
+        # the same parts judged by both: parts only the live / only the candidate counts
+        lo = sum(1 for x, y, _ in r if (x and not y) == (what == "FR") and x != y)
+        co = sum(1 for x, y, _ in r if x != y) - lo
         print(f"| {key} ({'false rejects' if what == 'FR' else 'misses'}) | {len(r)} | "
-              f"{cp(k_live, len(r))} | {cp(k_cand, len(r))} |")  # fmt: skip
+              f"{cp(k[0], len(r))} | {cp(k[1], len(r))} | {cp(k[2], len(r))} | "
+              f"{lo} / {co}, p = {sign_test(lo, co):.3g} |")  # fmt: skip
+    rc = ev["confirmed_defects_constraint"]
+    n_c = len(rc["confirmed_defects"])
+    allm = ev["splits"]["all"]
+    print(f"\nreviewed history ({ev['parts']} parts; the candidate trained on the false rejects):")
+    for which in ("live", "candidate"):
+        m, f = allm[which]["misses"], allm[which]["false_rejects"]
+        print(f"  {which}: confirmed defects missed {cp(m['count'], m['n'])}, reviewed false "
+              f"rejects rejected {cp(f['count'], f['n'])}")  # fmt: skip
+    fr0, fr1, n_good = rc["labelled_false_rejects"]
+    print(f"  candidate thresholds x{rc['scale']:.4f} of the policy's to keep the {n_c} confirmed "
+          f"defects the live model rejects rejected (in-sample); labelled old-cloth false "
+          f"rejects {cp(fr0, n_good)} -> {cp(fr1, n_good)}")  # fmt: skip
+    loo = rc["leave_one_out_missed"]
+    print(f"  leave one out (out of sample): {cp(len(loo), n_c)} confirmed defects missed {loo}")
     print(
         f"\nafter a restart the database holds {n_parts} live parts, {n_reviews} reviews, "
         f"{n_shadow} shadow verdicts, {n_prom} promotion(s); live model now {live_now} "

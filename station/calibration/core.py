@@ -446,6 +446,27 @@ def _detector_points(
     return points, part_values
 
 
+def rates_at(
+    data: PartScores,
+    thresholds: np.ndarray,
+    t0: np.ndarray,
+    combine_poses: str,
+    combine_detectors: str,
+    bootstrap: tuple[int, float, int],
+    warnings: list[str],
+) -> tuple[dict[str, OperatingPoint], dict[str, np.ndarray], OperatingPoint]:
+    """Operating points of each detector and of the combined decision at `thresholds` (one per
+    detector, `t0` the policy's own), and the part values (raw per detector, "combined")."""
+    s = data.shot_tensor()
+    points, part_values = _detector_points(
+        data, s, thresholds, t0, combine_poses, bootstrap, warnings
+    )
+    values = decision_values(s, thresholds[None, :], combine_poses, combine_detectors)[0]
+    combined = _point("combined", 1.0, values >= 1.0, values, data.labels, *bootstrap)
+    part_values["combined"] = values
+    return points, part_values, combined
+
+
 def _judge_set(
     data: PartScores,
     policy: Policy,
@@ -510,12 +531,9 @@ def calibrate(
     )
     final = {n: float(t) for n, t in zip(names, thresholds, strict=True)}
 
-    points, part_values = _detector_points(
-        data, s, thresholds, t0, combine_poses, (resamples, level, seed), warnings
+    points, part_values, combined = rates_at(
+        data, thresholds, t0, combine_poses, combine_detectors, (resamples, level, seed), warnings
     )
-    values = decision_values(s, thresholds[None, :], combine_poses, combine_detectors)[0]
-    combined = _point("combined", 1.0, values >= 1.0, values, labels, resamples, level, seed)
-    part_values["combined"] = values
     choice = combined.choice
 
     _judge_set(data, policy, combined, level, warnings, notes)

@@ -29,16 +29,25 @@ def retrain_cmd(
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
     resamples: int = typer.Option(2000, "--resamples", min=100, help="Bootstrap resamples."),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="Train PatchCore from scratch on the good data plus the reviewed shots, instead "
+        "of extending the live model's memory bank with them.",
+    ),
 ) -> None:
-    """Train a candidate model on the good data plus the shots of reviewed false rejects
-    (the recipe's retrain: rule), calibrate it, and judge it against the live model on
-    the reviewed parts. The live model stays live: see station models promote."""
+    """Build a candidate model from the good data plus the shots of reviewed false rejects
+    (the recipe's retrain: rule; PatchCore: the live bank extended by their patches),
+    calibrate it so that confirmed defects the live model rejects stay rejected, and judge
+    it against the live model on the reviewed parts. The live model stays live: see
+    station models promote."""
+    from rich.markup import escape
     from rich.table import Table
 
     from station.cli.app import console
     from station.cli.progress import make_progress
     from station.cli.train import check_device, set_threads
-    from station.retrain.run import report_rows, run_retrain
+    from station.retrain.run import constraint_line, report_rows, run_retrain
 
     rcp = load_recipe(recipe)
     check_device(device)
@@ -54,8 +63,9 @@ def retrain_cmd(
                 progress.update(tasks[stage], completed=done, total=total)
 
             res = run_retrain(
-                rcp, db, dataset=dataset, device=device, resamples=resamples, progress=cb
-            )
+                rcp, db, dataset=dataset, device=device, resamples=resamples, full=full,
+                progress=cb,
+            )  # fmt: skip
     finally:
         db.dispose()
     sel = res.selection
@@ -79,7 +89,9 @@ def retrain_cmd(
     console.print(table)
     for name, v in res.versions.items():
         console.print(f"candidate {name}: {v} (live: {res.live.get(name)})", highlight=False)
+    console.print(f"candidate: {res.method}", highlight=False)
     console.print(f"candidate thresholds: {res.thresholds}  ({res.calibration_path})")
+    console.print(escape(constraint_line(res.evidence)), highlight=False)
     ok, why = res.verdict
     console.print(
         f"{'[green]promotable[/]' if ok else '[red]not promotable[/]'}: {why}", highlight=False

@@ -80,13 +80,16 @@ def candidates_dir(recipe: Recipe) -> Path:
 
 
 def save_candidate_calibration(
-    recipe: Recipe, result: CalibrationResult, dataset: str
+    recipe: Recipe, result: CalibrationResult, dataset: str, retrain: dict[str, Any] | None = None
 ) -> tuple[Path, dict[str, Any]]:
-    """Write a candidate's calibration (YAML, same layout as a live one) beside the live ones."""
+    """Write a candidate's calibration (YAML, same layout as a live one) beside the live ones;
+    `retrain`: what station retrain adds (the confirmed-defect constraint)."""
     from station.calibration.store import result_document
 
     doc = result_document(result, None, dataset, "")
     doc["candidate"] = candidate_id(dict(result.model_versions))
+    if retrain:
+        doc["retrain"] = retrain
     stamp = result.created_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = candidates_dir(recipe) / f"{recipe.name}-{stamp}.yaml"
     text = HEADER + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)

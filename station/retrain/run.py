@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from station.calibration.bootstrap import clopper_pearson
 from station.detectors.artifact import candidate_path
 from station.errors import StationError
 from station.paths import resolve
@@ -27,8 +28,9 @@ from station.retrain.candidates import (
     live_versions,
     save_candidate_calibration,
 )
-from station.retrain.evaluate import evidence, judge, not_worse_on_defects
+from station.retrain.evaluate import evidence, not_worse_on_defects
 from station.retrain.reviews import complete, reviewed_parts, select_false_rejects
+from station.storage.models import ReviewLabel, Verdict
 from station.storage.promotions import record_trained_models
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ class RetrainResult:
     report_path: Path
     n_base_images: int
     extra_files: list[Path] = field(default_factory=list)
+    method: str = ""  # "extended live bank" or "trained from scratch"
 
     @property
     def candidate(self) -> str:
@@ -80,7 +83,7 @@ def _train(
     device: str | None,
     progress: ProgressFn | None,
 ) -> list[TrainedModel]:
-    """One candidate per recipe detector, on `files`, saved under candidates/."""
+    """One candidate per recipe detector, trained afresh on `files`, saved under candidates/."""
     from station.detectors.engine import load_images
     from station.detectors.training import data_sha256, train_and_save
 
@@ -95,6 +98,76 @@ def _train(
         os.replace(tmp, final)  # the version is known once trained
         t.path = final
         out.append(t)
+    return out
+
+
+def _extend(
+    recipe: Recipe,
+    base: list[Path],
+    extra: list[Path],
+    device: str | None,
+    progress: ProgressFn | None,
+) -> list[TrainedModel] | None:
+    """One candidate per detector: the live PatchCore model with its bank extended by the
+    reviewed shots (station.retrain.bank). None when a live model is not PatchCore run by
+    torch (then `_train` retrains from scratch)."""
+    import numpy as np
+
+    from station.detectors.artifact import (
+        latest_artifact,
+        load_artifact,
+        new_version,
+        save_artifact,
+    )
+    from station.detectors.common import split_validation
+    from station.detectors.engine import load_images, training_tiles
+    from station.detectors.patchcore import PatchCore
+    from station.detectors.training import TrainedModel, data_sha256, score_stats
+    from station.detectors.types import FitReport
+    from station.retrain.bank import extend_bank
+
+    if any(d.runtime != "torch" for d in recipe.detectors):
+        return None
+    loaded = {
+        d.name: load_artifact(latest_artifact(recipe, d.name), recipe=recipe, device=device)
+        for d in recipe.detectors
+    }
+    if not all(isinstance(m.detector, PatchCore) for m in loaded.values()):
+        return None
+    base_images = load_images(base, recipe.preprocess)
+    extra_images = load_images(extra, recipe.preprocess)
+    tiling = recipe.preprocess.tiling
+    train_hash = data_sha256([*base, *extra])
+    out = []
+    for name, live in loaded.items():
+        det = live.detector
+        assert isinstance(det, PatchCore)
+        seed = int(det.config().get("seed", 0) or 0)
+        fit_base, fit_extra = base_images, extra_images
+        if tiling.enabled:
+            fit_base = list(training_tiles(base_images, recipe.preprocess, seed))
+            fit_extra = list(training_tiles(extra_images, recipe.preprocess, seed))
+        cb = (lambda s, d, n, _p=name: progress(f"{_p} {s}", d, n)) if progress else None
+        info = extend_bank(det, fit_base, fit_extra, cb)
+        _, val = split_validation(len(fit_base), det.config()["val_fraction"], seed)
+        good = det.predict(np.stack([fit_base[i] for i in val])).scores if val else []
+        version = new_version(name)
+        meta = dict(live.meta)
+        meta.update(
+            version=version,
+            recipe_sha256=recipe.sha256,
+            config=det.config(),
+            train_data_sha256=train_hash,
+            n_train_images=len(base) + len(extra),
+            good_scores=score_stats([float(s) for s in good]),
+            fit={**dict(meta.get("fit") or {}), **info, "extended_from": live.version},
+            fit_seconds=info["extend_seconds"],
+            trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        path = candidate_path(recipe, name, version)
+        sha = save_artifact(det, path, meta)
+        report = FitReport(len(base) + len(extra), info["extend_seconds"], list(good), info)
+        out.append(TrainedModel(det, report, version, path, sha, meta))
     return out
 
 
@@ -134,14 +207,24 @@ def run_retrain(
     dataset: Path | None = None,
     device: str | None = None,
     resamples: int = 2000,
+    full: bool = False,
     progress: ProgressFn | None = None,
 ) -> RetrainResult:
-    """Train, calibrate and judge a candidate model set from the recipe's reviews."""
+    """Build, calibrate and judge a candidate model set from the recipe's reviews.
+
+    PatchCore candidates keep the live bank and add the reviewed shots' patches (`_extend`);
+    `full` (or another detector) trains from scratch on the good data plus the shots. The
+    candidate's thresholds follow the live calibration's policy on the labelled captures,
+    lowered when needed so that every confirmed defect the live model rejects stays rejected
+    (station.retrain.calibrate)."""
     from station.calibration.run import calibrate_recipe, labelled_folder
     from station.calibration.scores import score_folder
     from station.datasets import training_images
+    from station.decision import decide
     from station.detectors.engine import load_models
+    from station.retrain.calibrate import constraint_record, needed_scale, rescaled
     from station.retrain.candidates import load_versions
+    from station.retrain.evaluate import judge_scores, score_parts
 
     _check_rule(recipe)
     policy, active = live_policy(recipe)  # refused now when the live models lack thresholds
@@ -151,7 +234,10 @@ def run_retrain(
     _check_selection(recipe, sel)
     base = training_images(recipe.dataset_dir)
     extra = [f for p in sel.parts for _, f in p.shots]
-    trained = _train(recipe, [*base, *extra], device, progress)
+    trained = None if full else _extend(recipe, base, extra, device, progress)
+    method = "extended live bank" if trained is not None else "trained from scratch"
+    if trained is None:
+        trained = _train(recipe, [*base, *extra], device, progress)
     versions = {t.meta["detector"]: t.version for t in trained}
     models = load_versions(recipe, versions)  # as inspection loads them (checks included)
 
@@ -159,27 +245,51 @@ def run_retrain(
         progress("calibrating", 0, 1)
     data = score_folder(recipe, labelled, "capture", models=models)
     result = calibrate_recipe(recipe, data, policy, resamples=resamples, oob_resamples=0)
-    cal_path, cal_doc = save_candidate_calibration(recipe, result, str(labelled))
 
     if progress:
         progress("shadow evaluation", 0, 1)
     judged_parts = [p for p in history if complete(recipe, p)]
     live_models = load_models(recipe)
     live = {n: str(m.version) for n, m in live_models.items()}
-    judged = judge(
+    live_scores = score_parts(recipe, judged_parts, live_models)
+    cand_scores = score_parts(recipe, judged_parts, models)
+    # confirmed defects the live model rejects: the candidate's thresholds must reject them too
+    keep: list[tuple[int, float]] = []
+    for p, ls, cs in zip(judged_parts, live_scores, cand_scores, strict=True):
+        poses = [n for n, _ in p.shots]
+        if p.label != ReviewLabel.DEFECT_CONFIRMED:
+            continue
+        live_says = decide(ls, active.thresholds, recipe.decision, poses)
+        ps = decide(cs, result.thresholds, recipe.decision, poses).part_score
+        if live_says.verdict == Verdict.FAIL and ps is not None:  # a fault has no score
+            keep.append((p.sequence, float(ps)))
+    scale = needed_scale([ps for _, ps in keep])
+    before = result.combined.choice
+    if scale < 1.0:
+        result = rescaled(result, data, scale)
+    constraint = constraint_record(
+        [s for s, _ in keep], [ps for _, ps in keep], scale, before, result.combined.choice
+    )
+    cal_path, cal_doc = save_candidate_calibration(
+        recipe, result, str(labelled), {"confirmed_defects": constraint}
+    )
+    judged = judge_scores(
         recipe,
         judged_parts,
-        (live_models, active.thresholds),
-        (models, dict(result.thresholds)),
+        (live_scores, dict(active.thresholds)),
+        (cand_scores, dict(result.thresholds)),
         {p.part_id for p in sel.parts},
     )
     ev = evidence(judged, live, versions)
     ev["calibration"] = {"path": str(cal_path), "combined": cal_doc["combined"]}
     ev["live_thresholds"] = dict(active.thresholds)
     ev["candidate_thresholds"] = dict(result.thresholds)
+    ev["confirmed_defects_constraint"] = constraint
+    ev["method"] = method
     verdict = not_worse_on_defects(ev)
     info = {
         "candidate": candidate_id(versions),
+        "method": method,
         "parts": [p.sequence for p in sel.parts],
         "extra_shots": len(extra),
         "base_images": len(base),
@@ -200,6 +310,7 @@ def run_retrain(
         report_path=Path(),
         n_base_images=len(base),
         extra_files=extra,
+        method=method,
     )
     res.report_path = write_report(recipe, res)
     return res
@@ -223,6 +334,32 @@ def report_rows(ev: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def constraint_line(ev: dict[str, Any]) -> str:
+    """The confirmed-defect constraint of the candidate's thresholds, in words."""
+    c = ev.get("confirmed_defects_constraint")
+    if not c:
+        return "no confirmed-defect constraint recorded"
+    n = len(c["confirmed_defects"])
+    fr0, fr1, n_good = c["labelled_false_rejects"]
+    loo = c["leave_one_out_missed"]
+    lo, hi = clopper_pearson(len(loo), n) if n else (0.0, 0.0)
+    return (
+        f"confirmed defects the live model rejects: {n}; the candidate's thresholds "
+        + (
+            f"were lowered to {c['scale']:.4f} x the policy's to reject them all "
+            f"(in-sample: they chose it; labelled false rejects {fr0} -> {fr1} of {n_good})"
+            if c["scale"] < 1.0
+            else "reject them all at the policy's thresholds"
+        )
+        + (
+            f"; out of sample (leave one out): {len(loo)}/{n} missed [{lo:.1%}, {hi:.1%}]"
+            + (f" ({', '.join(f'p{s}' for s in loo)})" if loo else "")
+            if n
+            else ""
+        )
+    )
+
+
 def write_report(recipe: Recipe, res: RetrainResult) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = recipe.data_dir / "retrain" / f"{stamp}.md"
@@ -236,7 +373,9 @@ def write_report(recipe: Recipe, res: RetrainResult) -> Path:
         f"{len(res.selection.parts)} reviewed false rejects (parts "
         + ", ".join(f"p{p.sequence}" for p in res.selection.parts)
         + ")",
+        f"- candidate: {res.method}",
         f"- candidate calibration: {res.calibration_path} (thresholds {res.thresholds})",
+        f"- {constraint_line(res.evidence)}",
         f"- promotion rule (not worse on confirmed defects): "
         f"{'met' if res.verdict[0] else 'NOT met'}: {res.verdict[1]}",
         "",
