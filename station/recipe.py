@@ -61,10 +61,14 @@ from station.recipe_devices import (  # noqa: F401 (re-exported)
     plain_loc,
 )
 from station.recipe_quality import (  # noqa: F401 (re-exported)
+    CARD,
     DriftConfig,
     MaterialCheckConfig,
     MonitoringConfig,
+    ReferenceCardConfig,
     RetrainConfig,
+    card_pose,
+    card_problem,
 )
 from station.recipe_yaml import (  # noqa: F401 (re-exported)
     MAX_RECIPE_BYTES,
@@ -322,6 +326,15 @@ class Recipe(_Strict):
                 f"preprocess.tiling.overlap_px: {pre.tiling.overlap_px} must be smaller than the "
                 f"tile's smaller side ({min(tw, th)} px, preprocess.size)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _reference_card(self) -> Recipe:
+        """The drift reference card must lie outside the inspected region (and its pose name
+        is its own)."""
+        bad = card_problem(self)
+        if bad:
+            raise ValueError(bad)
         return self
 
     # -- drivers: `auto` was resolved against the backend when the recipe was read ---------

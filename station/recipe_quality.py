@@ -3,28 +3,102 @@ reviews and shadow models (`monitoring:`, `retrain:`). Re-exported by station.re
 
 from __future__ import annotations
 
-from pydantic import Field
+import math
+from typing import Any
 
-from station.recipe_base import _Strict
+from pydantic import Field, field_validator
+
+from station.recipe_base import Pose, _Strict
+
+CARD = "card"  # the reference card's pose name and signal suffix (`mean card`, ...)
+
+
+class ReferenceCardConfig(_Strict):
+    """A fixed grey reference card on the table beside the sheet, outside the inspected region,
+    shot from its own pose (`card`: straight above its centre) after the part's shots. The card
+    is `size_mm` (x, y) around `centre_mm`: its half at lower x is a flat matte grey patch, the
+    other half a printed checker with edges slanted 5 degrees. Its charts (`mean card`: the
+    patch; `contrast card`, `sharpness card`: the print) follow the lamp and the focus whatever
+    sheet is on the table. The shot never joins the part (no shot row, no detector, no
+    coverage); a failed grab is a warning in the live view. Limits: docs/monitoring.md."""
+
+    enabled: bool = False
+    centre_mm: tuple[float, float] = (473.1, 230.0)  # robot base frame, on the table (z = 0)
+    size_mm: tuple[float, float] = Field((80.0, 40.0))  # x, y
+    # camera height above the card; None: the first shot pose's height (the focus distance
+    # the lens is set for, so the print's sharpness watches the inspection's focus)
+    height_mm: float | None = Field(None, gt=50, le=1500)
+    every_parts: int = Field(1, ge=1, le=1000)  # shoot the card once every this many parts
+    inset_mm: float = Field(4.0, ge=0, le=50)  # measured area: each half shrunk by this
+    # the card's charts: tighter than the sheet charts, since the card does not vary from
+    # part to part (designed with tools/design_drift_limits.py, docs/monitoring.md)
+    ewma_lambda: float = Field(0.2, gt=0, le=1)
+    ewma_l: float = Field(6.0, gt=0, le=10)
+    cusum_k: float = Field(1.0, ge=0, le=5)
+    cusum_h: float = Field(12.0, gt=0, le=50)
+
+    @field_validator("size_mm")
+    @classmethod
+    def _positive(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if min(v) < 10 or max(v) > 400:
+            raise ValueError(f"each side must be 10..400 mm, not {list(v)}")
+        return v
+
+
+def card_pose(recipe: Any) -> Pose:
+    """The pose the card is shot from: straight above its centre, at `height_mm` (default: the
+    first shot pose's height), looking as the first shot pose does."""
+    ref = recipe.monitoring.drift.reference
+    poses = recipe.robot.poses
+    first = poses[0] if poses else None
+    z = ref.height_mm if ref.height_mm is not None else (
+        first.position_mm[2] if first is not None else 579.0)
+    rot = first.rotvec_rad if first is not None else (math.pi, 0.0, 0.0)
+    return Pose(name=CARD, position_mm=(ref.centre_mm[0], ref.centre_mm[1], z), rotvec_rad=rot)
+
+
+def card_problem(recipe: Any) -> str | None:
+    """Why the recipe's reference card cannot be used (None: it can, or it is off): it must lie
+    wholly outside the sheet grown by the coverage's edge margin and a further 5 mm, so that no
+    part of it is ever inspected and no sheet ever covers it."""
+    ref = recipe.monitoring.drift.reference
+    if not ref.enabled:
+        return None
+    if any(p.name == CARD for p in recipe.robot.poses):
+        return (f"robot.poses: a shot pose is named {CARD!r}, the reference card's pose name; "
+                "rename it (monitoring.drift.reference)")
+    sh, grow = recipe.sheet, recipe.coverage.edge_margin_mm + 5.0
+    (cx, cy), (w, h) = ref.centre_mm, ref.size_mm
+    apart_x = abs(cx - sh.center_mm[0]) >= (sh.width_mm + w) / 2 + grow
+    apart_y = abs(cy - sh.center_mm[1]) >= (sh.height_mm + h) / 2 + grow
+    if not (apart_x or apart_y):
+        return (f"monitoring.drift.reference.centre_mm: the {w:g} x {h:g} mm card at "
+                f"{[cx, cy]} overlaps the sheet ({sh.width_mm:g} x {sh.height_mm:g} mm at "
+                f"{list(sh.center_mm)}, grown by edge_margin_mm + 5 mm); mount it beside the "
+                "sheet")
+    return None
 
 
 class DriftConfig(_Strict):
     """EWMA and CUSUM charts on passed parts' scores and on per-pose image statistics, with
-    limits from the calibration's good parts."""
+    limits from the calibration's good parts; and on the reference card (`reference`)."""
 
-    # Wide limits: a recipe charts ~3 statistics x poses + detectors (58 charts with 9 poses);
-    # these keep each chart's false-alarm chance in 1000 stable parts near 0.2 % (Gaussian
-    # points, known baseline; docs/monitoring.md). L 3 / h 5 would alarm on nearly every run.
+    # Limits by design (docs/monitoring.md, tools/design_drift_limits.py): a recipe charts
+    # ~3 statistics x poses + detectors + 3 card signals (31 with 9 poses); the family-wise
+    # target is a 5 % chance of any false alarm in 1000 stable parts, with centres and sigmas
+    # estimated from 30 parts. These sheet-image and score charts are wide: the card carries
+    # the lamp and the focus.
     enabled: bool = True
-    ewma_lambda: float = Field(0.1, gt=0, le=1)  # weight of the newest point
-    ewma_l: float = Field(4.5, gt=0, le=10)  # limit in standard deviations of the EWMA
-    cusum_k: float = Field(0.5, ge=0, le=5)  # allowance, in standard deviations
-    cusum_h: float = Field(12.0, gt=0, le=50)  # decision interval, in standard deviations
+    ewma_lambda: float = Field(0.3, gt=0, le=1)  # weight of the newest point
+    ewma_l: float = Field(7.0, gt=0, le=10)  # limit in standard deviations of the EWMA
+    cusum_k: float = Field(1.0, ge=0, le=5)  # allowance, in standard deviations
+    cusum_h: float = Field(14.0, gt=0, le=50)  # decision interval, in standard deviations
     clip: float = Field(4.0, gt=0, le=50)  # each point clipped to +-clip sigma (robust charts)
     # a signal needs this many of the calibration's passed good parts for its limits ...
-    min_baseline_parts: int = Field(10, ge=2, le=10000)
-    # ... else its first this many inspected parts set them (a warm-up)
+    min_baseline_parts: int = Field(30, ge=2, le=10000)
+    # ... else its first this many inspected parts set them (a warm-up; the card's always)
     warmup_parts: int = Field(30, ge=2, le=10000)
+    reference: ReferenceCardConfig = ReferenceCardConfig()
 
 
 class MaterialCheckConfig(_Strict):

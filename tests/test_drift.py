@@ -134,7 +134,10 @@ def _lamp_run(home: Path, parts: int) -> tuple[Any, Any, list[Event], DriftHook]
         home,
         twin__params={"lamp_dim": {"start_part": 12, "parts": 4, "to": 0.7}},
         twin__defect_rate=0.0,
-        monitoring={"drift": {"warmup_parts": 10}},
+        # textbook limits: this test is about storing, replaying and showing alarms (the
+        # shipped, wide limits are exercised on the reference card below)
+        monitoring={"drift": {"warmup_parts": 10, "ewma_lambda": 0.2, "ewma_l": 3.0,
+                              "cusum_k": 0.5, "cusum_h": 5.0}},
     )
     db = database(recipe)
     monitor, notes = build_monitor(recipe, db, {})
@@ -200,3 +203,127 @@ def _as_new(a: Any) -> Any:
 
     return NewAlarm(a.recipe, a.signal, a.chart, a.since_part_id, a.since_at, a.part_id,
                     a.value or 0.0, a.baseline or 0.0, a.limit or 0.0, a.shift or 0.0, a.message)
+
+
+# -- the reference card (monitoring.drift.reference) -------------------------------------------
+def _card_recipe(home: Path, **overrides: Any) -> Any:
+    """A small recipe (160 x 128 camera: 16 x 13 mm seen from 350 mm) with a 12 x 10 mm card
+    beside the sheet, inside its pose's view."""
+    drift = {"reference": {"enabled": True, "centre_mm": [400.0, -170.0], "size_mm": [12.0, 10.0],
+                           "inset_mm": 1.0}, **overrides.pop("drift", {})}
+    return small_recipe(home, camera__width=160, camera__height=128,
+                        monitoring={"drift": drift}, **overrides)
+
+
+def test_reference_card_section_is_validated_naming_the_field(station_home: Path) -> None:
+    from station.errors import RecipeError
+
+    ok = _card_recipe(station_home)
+    assert ok.monitoring.drift.reference.enabled
+    with pytest.raises(RecipeError, match=r"monitoring\.drift\.reference\.centre_mm.*overlaps"):
+        _card_recipe(station_home, drift={"reference": {"enabled": True,
+                                                        "centre_mm": [400.0, -152.0]}})
+    with pytest.raises(RecipeError, match="every_parts"):
+        _card_recipe(station_home, drift={"reference": {"enabled": True, "every_parts": 0,
+                                                        "centre_mm": [400.0, -170.0]}})
+    with pytest.raises(RecipeError, match="size_mm"):
+        _card_recipe(station_home, drift={"reference": {"enabled": True, "size_mm": [5, 40]}})
+    with pytest.raises(RecipeError, match="lamp_jitter"):
+        TwinWorld(small_recipe(station_home, twin__params={"lamp_jitter": -0.1}))
+
+
+def test_the_twin_renders_the_card_the_lamp_dims_it_and_defocus_blurs_its_print(
+    station_home: Path,
+) -> None:
+    from station.inspection.drift_hook import reference_boxes
+    from station.monitoring.reference import card_stats
+    from station.recipe import card_pose
+
+    def stats(**params: Any) -> dict[str, float]:
+        recipe = _card_recipe(station_home, twin__params=params)
+        world = TwinWorld(recipe, seed=3)
+        world.next_sheet()
+        shot = world.render(pose_tcp(card_pose(recipe)))
+        return card_stats(shot.image, *reference_boxes(recipe))
+
+    new = stats(lamp_jitter=0.0)
+    assert 80 < new["mean"] < 140 and new["contrast"] > 30  # grey patch, black/white print
+    dim = stats(lamp_jitter=0.0, lamp_dim={"start_part": 0, "parts": 1, "to": 0.85})
+    assert dim["mean"] == pytest.approx(0.85 * new["mean"], rel=0.02)
+    assert dim["contrast"] == pytest.approx(0.85 * new["contrast"], rel=0.03)
+    assert dim["sharpness"] == pytest.approx(new["sharpness"], rel=0.05)  # not the lamp
+    blur = stats(lamp_jitter=0.0, defocus={"start_part": 0, "parts": 1, "to_px": 1.5})
+    assert blur["sharpness"] < 0.5 * new["sharpness"]
+    assert blur["mean"] == pytest.approx(new["mean"], rel=0.01)  # a flat patch keeps its mean
+    # the lamp's shot-to-shot jitter moves the card's mean (the sensor noise alone barely does)
+    assert abs(stats(lamp_jitter=0.05)["mean"] - new["mean"]) > 0.001 * new["mean"]
+
+
+def test_card_signals_use_the_cards_own_chart_settings() -> None:
+    cfg = DriftConfig(reference={"ewma_l": 5.5, "cusum_h": 9.0})
+    mon = DriftMonitor("r", cfg, {})
+    assert mon.settings("mean card") == (cfg.reference.ewma_lambda, 5.5, cfg.reference.cusum_k,
+                                         9.0)
+    assert mon.settings("mean r1c1") == (cfg.ewma_lambda, cfg.ewma_l, cfg.cusum_k, cfg.cusum_h)
+
+
+def test_a_dimming_lamp_raises_a_stored_card_alarm_and_the_card_never_joins_the_part(
+    station_home: Path,
+) -> None:
+    recipe = _card_recipe(
+        station_home,
+        twin__params={"lamp_dim": {"start_part": 12, "parts": 4, "to": 0.8},
+                      # the first part's card grab times out (3 tries): a warning, not a fault
+                      "faults": {"camera_timeout": {"after": 3, "count": 3}}},
+        twin__defect_rate=0.0,
+        drift={"warmup_parts": 6},
+    )
+    db = database(recipe)
+    monitor, _ = build_monitor(recipe, db, {})
+    hook = DriftHook(recipe, db, monitor)
+    events: list[Event] = []
+    with (
+        open_devices(recipe, world=TwinWorld(recipe, seed=4)) as dev,
+        Inspector(recipe, bright_set(recipe, threshold=50.0), Recorder(db, recipe), dev,
+                  on_event=events.append, hooks=[hook]) as insp,
+    ):
+        summary = insp.run_live(count=20)
+    assert summary.parts == 20
+    missed = [e for e in events if "reference card not shot for part 1" in e.text]
+    assert len(missed) == 1 and missed[0].level == "warning"
+    results = [e.result for e in events if e.kind == "part_finished" and e.result is not None]
+    assert results[0].verdict.value == "pass"  # the failed card shot left the part alone
+    assert all(r.timings_ms.get("reference", 0) > 0 for r in results)
+    history = signal_history(db, recipe.name)
+    assert "mean card" not in history[0].values and "mean card" in history[1].values
+    from station.storage.models import Shot
+
+    with db.session() as s:  # the card is never a shot of the part
+        assert {sh.pose_name for sh in s.query(Shot)} == {"left", "centre", "right"}
+    card = [a for a in list_alarms(db, recipe.name) if a.signal.endswith(" card")]
+    assert card, "the dimming lamp raised no card alarm"
+    light = [a for a in card if a.signal in ("mean card", "contrast card")]
+    assert light and all(a.shift < 0 for a in light)
+    assert all(13 <= (a.part_sequence or 0) <= 20 for a in card)
+    # a restart resumes the card's charts from the stored parts
+    again, _ = build_monitor(recipe, db, {})
+    assert again.signals["mean card"].last == hook.monitor.signals["mean card"].last
+    db.dispose()
+
+
+def test_the_card_is_shot_every_n_parts(station_home: Path) -> None:
+    recipe = _card_recipe(station_home, twin__defect_rate=0.0,
+                          drift={"reference": {"enabled": True, "centre_mm": [400.0, -170.0],
+                                               "size_mm": [12.0, 10.0], "inset_mm": 1.0,
+                                               "every_parts": 2}})
+    db = database(recipe)
+    monitor, _ = build_monitor(recipe, db, {})
+    with (
+        open_devices(recipe, world=TwinWorld(recipe, seed=2)) as dev,
+        Inspector(recipe, bright_set(recipe, threshold=50.0), Recorder(db, recipe), dev,
+                  hooks=[DriftHook(recipe, db, monitor)]) as insp,
+    ):
+        insp.run_live(count=5)
+    shot = ["mean card" in p.values for p in signal_history(db, recipe.name)]
+    assert shot == [True, False, True, False, True]
+    db.dispose()

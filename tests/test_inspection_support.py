@@ -86,6 +86,8 @@ def small_recipe(home: Path, **overrides: Any) -> Recipe:
     ]
     data["camera"]["lens"].update(focal_length_mm=12.0, focus_distance_mm=350.0)
     data["coverage"] = {"region_mm": [-20.0, -15.0, 20.0, 15.0], "partial": True}
+    # no drift reference card: these small views could not see it (test_drift switches it on)
+    data.setdefault("monitoring", {}).setdefault("drift", {})["reference"] = {"enabled": False}
     data["storage"] = {"database_url": f"sqlite:///{home}/data/station.db", "data_dir": "data"}
     for key, value in overrides.items():
         section, _, field = key.partition("__")

@@ -62,11 +62,19 @@ def register(app: typer.Typer) -> None:
         finally:
             db.dispose()
         cfg = rcp.monitoring.drift
+        ref = cfg.reference
         console.print(
             f"drift monitor of {escape(rcp.name)}: {monitor.parts_seen} part(s) charted; "
             f"EWMA lambda {cfg.ewma_lambda:g}, L {cfg.ewma_l:g}; CUSUM k {cfg.cusum_k:g}, "
             f"h {cfg.cusum_h:g} (sigma units); points clipped at {cfg.clip:g} sigma"
             + ("" if cfg.enabled else "; monitoring.drift is OFF in the recipe"),
+            highlight=False,
+        )
+        console.print(
+            (f"reference card at {list(ref.centre_mm)} mm, shot every {ref.every_parts} "
+             f"part(s); its charts: EWMA lambda {ref.ewma_lambda:g}, L {ref.ewma_l:g}; CUSUM k "
+             f"{ref.cusum_k:g}, h {ref.cusum_h:g}; limits from its first {cfg.warmup_parts} "
+             "shots") if ref.enabled else "no reference card (monitoring.drift.reference off)",
             highlight=False,
         )
         for n in notes:

@@ -1,7 +1,9 @@
 """The drift hook: image statistics of every shot, drift charts after every part, alarms.
 
 `shot` measures mean, contrast and sharpness (stored with the shot as `stats["drift"]`);
-`part` adds a passed part's detector scores (score / threshold), feeds the recipe's
+`reference` measures the reference card's shot (monitoring.drift.reference; kept with the
+part, `Part.stats["drift_part"]`, as `mean card`, ...); `part` adds a passed part's detector
+scores (score / threshold), feeds the recipe's
 `DriftMonitor`, stores the alarms it raises and returns them as warnings for the live view.
 `build_monitor` makes the monitor of a recipe: baselines from its calibration's good parts,
 then the charts replayed over the parts already inspected with that calibration, so that a
@@ -17,12 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from station.cellcal.store import inspection_camera
+from station.errors import RecipeError
 from station.inspection.hooks import CycleHook
 from station.inspection.results import Event
 from station.monitoring.baseline import calibration_baselines
 from station.monitoring.drift import SCORE_PREFIX, DriftMonitor
 from station.monitoring.imagestats import image_stats
+from station.monitoring.reference import Box, CardNotInView, card_boxes, card_stats
 from station.paths import station_home
+from station.recipe import CARD, card_pose
 from station.storage.alarms import (
     NewAlarm,
     PartPoint,
@@ -83,6 +89,22 @@ class DriftHook(CycleHook):
         self.monitor = monitor
         self._lock = threading.Lock()
         self._pending: dict[int, dict[str, float]] = {}  # part sequence -> its shots' values
+        self._card: dict[int, dict[str, float]] = {}  # part sequence -> its card values
+        self._boxes: tuple[Box, Box] | RecipeError | None = None  # found at the first card
+
+    def reference(self, part: PartRecord, image: np.ndarray) -> None:
+        """The reference card's statistics, kept with the part (`Part.stats`), not a shot. A
+        card its pose does not see whole raises a RecipeError (a warning for each part)."""
+        if self._boxes is None:
+            try:
+                self._boxes = reference_boxes(self.recipe)
+            except RecipeError as exc:
+                self._boxes = exc
+        if isinstance(self._boxes, RecipeError):
+            raise self._boxes
+        stats = card_stats(image, *self._boxes)
+        with self._lock:
+            self._card[part.sequence] = {f"{k} {CARD}": v for k, v in stats.items()}
 
     def shot(self, part: PartRecord, pose_name: str, image: np.ndarray) -> dict[str, Any]:
         stats = image_stats(image)
@@ -92,14 +114,17 @@ class DriftHook(CycleHook):
         return stats
 
     def part(self, result: PartResult) -> list[Event]:
+        seq = result.sequence
         with self._lock:
-            values = self._pending.pop(result.sequence, {}) if result.sequence is not None else {}
-        if result.part_id is None or result.sequence is None:  # held in the journal: not charted
+            values = self._pending.pop(seq, {}) if seq is not None else {}
+            own = self._card.pop(seq, {}) if seq is not None else {}  # the part's own signals
+        if result.part_id is None or seq is None:  # held in the journal: not charted
             return []
         if result.verdict.value == "pass":
-            scores = {SCORE_PREFIX + d: float(v) for d, v in result.normalized.items()}
-            record_part_signals(self.db, result.part_id, scores)
-            values.update(scores)
+            own.update({SCORE_PREFIX + d: float(v) for d, v in result.normalized.items()})
+        if own:
+            record_part_signals(self.db, result.part_id, own)
+            values.update(own)
         self.monitor.sync(list_alarms(self.db, self.recipe.name, open_only=True))
         point = PartPoint(result.part_id, result.sequence, datetime.now(UTC),
                           result.verdict.value, values)
@@ -113,6 +138,23 @@ class DriftHook(CycleHook):
                 events.append(Event("message", f"drift alarm {row.id}: {row.message}",
                                     None, "warning"))
         return events
+
+
+def reference_boxes(recipe: Recipe) -> tuple[Box, Box]:
+    """The reference card's grey patch and print in its shot (pixel boxes), from the station's
+    camera model (the twin's exact one, else the cell calibration, else nominal); a RecipeError
+    when the card's pose does not see the card whole."""
+    cam = inspection_camera(recipe)
+    ref = recipe.monitoring.drift.reference
+    pose = card_pose(recipe)
+    tcp = [*pose.position_mm, *pose.rotvec_rad]
+    try:
+        return card_boxes(ref.centre_mm, ref.size_mm, ref.inset_mm, recipe.camera.width,
+                          recipe.camera.height, lambda uv: cam.pixels_to_table(tcp, uv))
+    except CardNotInView as exc:
+        raise RecipeError(recipe.source or recipe.name, [
+            f"monitoring.drift.reference: {exc} from its pose {list(pose.position_mm)}; move "
+            "the card or set height_mm so that the camera sees it whole"]) from None
 
 
 def active_calibration_doc(detectors: DetectorSet) -> dict[str, Any]:

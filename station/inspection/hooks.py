@@ -7,6 +7,9 @@ e.g. a `MaterialError` when the shot is not the trained material.
 
 - `shot(part, pose_name, image)`: the raw shot (as grabbed). What it returns is stored with the
   shot (`Shot.stats[hook.name]`, plain JSON values).
+- `reference(part, image)`: the drift reference card's shot, taken after the part's shots
+  (monitoring.drift.reference), on the cycle's thread. It is never a shot of the part: no
+  detector, no shot row, no coverage; an exception is a warning.
 - `part(result)`: the part's result (verdict, scores, the stored part id); the events it returns
   go to the live view like the cycle's own (alarms, shadow disagreements, ...).
 - `close()`: the run is over.
@@ -30,6 +33,9 @@ class CycleHook:
 
     def shot(self, part: PartRecord, pose_name: str, image: np.ndarray) -> dict[str, Any]:
         return {}
+
+    def reference(self, part: PartRecord, image: np.ndarray) -> None:
+        return None
 
     def part(self, result: PartResult) -> list[Event]:
         return []

@@ -69,6 +69,10 @@ class Acquired:
     mask: np.ndarray | None = None
     defects: list[dict[str, Any]] | None = None  # None: no ground truth
     sheet_defects: list[dict[str, Any]] | None = None  # the whole sheet's (twin), seen or not
+    # the drift reference card (monitoring.drift.reference): handed to the hooks only, never a
+    # shot of the part; `error` says why it was not taken (image then empty)
+    reference: bool = False
+    error: str | None = None
 
 
 @dataclass

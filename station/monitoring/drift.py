@@ -1,10 +1,11 @@
 """The drift monitor of one recipe: an EWMA and a CUSUM chart per signal, and its alarms.
 
-Signals: `score <detector>` (a passed part's score over its threshold; passed parts only) and
-`<stat> <pose>` (image statistics of each pose, station.monitoring.imagestats; passed and
-failed parts, not faulted ones). A signal's centre and sigma come from the calibration's good
-parts (station.monitoring.baseline); a signal without one takes them from its first
-`warmup_parts` points (a warm-up, said in its `source`).
+Signals: `score <detector>` (a passed part's score over its threshold; passed parts only),
+`<stat> <pose>` (image statistics of each pose, station.monitoring.imagestats) and `<stat>
+card` (the reference card, station.monitoring.reference; its own chart settings); the last two
+from passed and failed parts, not faulted ones. A signal's centre and sigma come from the
+calibration's good parts (station.monitoring.baseline); a signal without one (the card's
+always) takes them from its first `warmup_parts` points (a warm-up, said in its `source`).
 
 An alarm is raised when a chart leaves its limits and no alarm of that signal and chart is
 open; it stays open (no new alarm from that chart) until an operator clears it, which resets
@@ -18,15 +19,22 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from station.monitoring.charts import ChartPair, Cusum, Ewma, Signal
+from station.recipe import CARD
 from station.storage.alarms import AlarmRow, NewAlarm, PartPoint
 
 if TYPE_CHECKING:
     from station.recipe_quality import DriftConfig
 
 SCORE_PREFIX = "score "
+CARD_SUFFIX = f" {CARD}"  # the reference card's signals: `mean card`, `contrast card`, ...
+
+
+def is_card(name: str) -> bool:
+    return name.endswith(CARD_SUFFIX)
+
 KEEP_POINTS = 200  # per signal, for `station monitor`
 
 
@@ -74,10 +82,16 @@ class DriftMonitor:
             st = self.signals[name] = SignalState(name)
         return st
 
-    def _pair(self, b: Baseline) -> ChartPair:
-        c = self.cfg
-        return ChartPair(b.centre, _sigma_floor(b.centre, b.sigma), Ewma(c.ewma_lambda, c.ewma_l),
-                         Cusum(c.cusum_k, c.cusum_h), c.clip)
+    def settings(self, name: str) -> tuple[float, float, float, float]:
+        """(EWMA lambda, L, CUSUM k, h) of a signal: the reference card's own for its signals,
+        else the recipe's (scores and sheet images)."""
+        c: Any = self.cfg.reference if is_card(name) else self.cfg
+        return c.ewma_lambda, c.ewma_l, c.cusum_k, c.cusum_h
+
+    def _pair(self, name: str, b: Baseline) -> ChartPair:
+        lam, big_l, k, h = self.settings(name)
+        return ChartPair(b.centre, _sigma_floor(b.centre, b.sigma), Ewma(lam, big_l),
+                         Cusum(k, h), self.cfg.clip)
 
     # -- points ------------------------------------------------------------------------
     def add(self, point: PartPoint) -> list[NewAlarm]:
@@ -110,9 +124,9 @@ class DriftMonitor:
                 st.baseline = Baseline(mean, sd, len(vals), f"warm-up: parts "
                                        f"{st.warmup[0][0]}-{st.warmup[-1][0]}")
                 st.warmup.clear()
-                st.pair = self._pair(st.baseline)
+                st.pair = self._pair(st.name, st.baseline)
                 return []  # the warm-up points set the limits; charting starts after them
-            st.pair = self._pair(st.baseline)
+            st.pair = self._pair(st.name, st.baseline)
         u, ew, cu = st.pair.update(x, point.part_id)
         st.ewma, st.cusum = ew, cu
         st.last.append((point.sequence, x, u, ew.value, cu.value))

@@ -28,6 +28,7 @@ from station.twin.board_scene import BoardScene
 from station.twin.defects import KINDS
 from station.twin.layers import defect_bounds, render_layers
 from station.twin.material_switch import MaterialSwitch
+from station.twin.reference_card import ReferenceCard, lamp_jitter
 from station.twin.render import Lighting, Shot, shade
 from station.twin.sheet import (
     DefectSpec,
@@ -92,6 +93,7 @@ class TwinWorld:
             self.variant = Variant.from_params(params)
             self.ageing = Ageing.from_params(params)  # lamp_dim, defocus over the parts
             self.material_switch = MaterialSwitch.from_params(params)  # another cloth from part N
+            self.lamp_jitter = lamp_jitter(params)  # the lamp's shot-to-shot output (the card's)
         except ValueError as exc:
             raise RecipeError(recipe.source or recipe.name, [f"twin.params.{exc}"]) from None
         self.intrinsics = self.truth.intrinsics
@@ -123,6 +125,7 @@ class TwinWorld:
             except (TypeError, ValueError) as exc:
                 raise RecipeError(self.recipe.source or self.recipe.name,
                                   [f"twin.params.faults.{kind}: {exc}"]) from None
+        self.card = ReferenceCard.from_recipe(recipe)  # monitoring.drift.reference, if mounted
         self._empty = SheetSpec(self.seed, "plain", (2.5, 2.5), (0.0, 0.0), (cx, cy), 0.0,
                                 1.0, 0.0)
 
@@ -323,19 +326,40 @@ class TwinWorld:
                                      noise_seed if noise_seed is not None
                                      else [self.seed, 11, self.grabs_on_sheet],
                                      exposure_us=exposure_us, gain_db=gain_db)
+        if self.card is not None and self.card.in_view(self.truth, tcp):
+            return self._render_card(tcp, noise_seed, exposure_us, gain_db)
         layers = self._layers(tcp)
         if noise_seed is None:
             noise_seed = [self.sheet.seed if self.sheet else self.seed, 7, self.grabs_on_sheet]
+        lighting, exposure_us = self._aged(exposure_us)
+        return shade(self.sheet, layers, self.recipe.camera, tcp, lighting, noise_seed,
+                     exposure_us=exposure_us, gain_db=gain_db, truth=self.truth)
+
+    def _aged(self, exposure_us: float | None,
+              jitter: float = 0.0) -> tuple[Lighting, float | None]:
+        """The lighting and exposure after the lamp's ageing (and `jitter`, a relative change
+        of its output) and the lens's defocus at the current part."""
         # an ageing lamp scales the light reaching the sensor, like a shorter exposure
-        light, blur = self.ageing.light(self.sheets_presented), self.ageing.extra_blur_px(
-            self.sheets_presented)
+        light = self.ageing.light(self.sheets_presented) * (1.0 + jitter)
+        blur = self.ageing.extra_blur_px(self.sheets_presented)
         if light != 1.0:
             exposure_us = (self.recipe.camera.exposure_us if exposure_us is None
                            else exposure_us) * light
         lighting = self.lighting if blur <= 0 else dataclasses.replace(
             self.lighting, base_blur_px=math.hypot(self.lighting.base_blur_px, blur))
-        return shade(self.sheet, layers, self.recipe.camera, tcp, lighting, noise_seed,
-                     exposure_us=exposure_us, gain_db=gain_db, truth=self.truth)
+        return lighting, exposure_us
+
+    def _render_card(self, tcp: np.ndarray, noise_seed: Any, exposure_us: float | None,
+                     gain_db: float | None) -> Shot:
+        """The reference card (station.twin.reference_card): same lamp, lens and sensor as a
+        sheet's shot, and the lamp's shot-to-shot jitter."""
+        assert self.card is not None
+        key = [self.seed, 13, self.sheets_presented, self.grabs_on_sheet]
+        jitter = self.lamp_jitter * float(np.random.default_rng(key).standard_normal())
+        lighting, exposure_us = self._aged(exposure_us, jitter)
+        return self.card.render(self.truth, self.recipe.camera, tcp, lighting,
+                                noise_seed if noise_seed is not None else [*key, 1],
+                                exposure_us=exposure_us, gain_db=gain_db)
 
     def show_board(self, on: bool = True) -> None:
         """Put the calibration board (twin.params.calibration_board) on the table instead of
