@@ -130,7 +130,8 @@ def test_sidecar_records_identity(home: Path) -> None:
     assert doc["recipe"]["model_sha256"] == model_digest(recipe, "patchcore")
     assert doc["format"] == "onnx" and doc["opset"] == 17
     assert doc["graph"]["input"]["shape"] == ["batch", 3, 64, 64]
-    assert doc["graph"]["kind"] == "features" and doc["graph"]["grid"] == [8, 8]
+    assert doc["graph"]["kind"] == "patch_scores" and doc["graph"]["grid"] == [8, 8]
+    assert doc["graph"]["outputs"] == ["features", "distances", "smoothed"]
     assert doc["beside_graph"]["memory_bank"]["rows"] <= 300
     assert doc["check"]["max_rel_diff"] <= TOL
     assert artifact.with_suffix(".xml").is_file() and artifact.with_suffix(".bin").is_file()
@@ -200,6 +201,14 @@ def test_missing_and_stale_exports_are_refused(home: Path) -> None:
         with pytest.raises(DetectorError, match="has no onnx export") as e:
             load_models(recipe, ["dfda"])
         assert e.value.hint == "station export --recipe exp --format onnx"
+    finally:
+        side.write_text(kept)
+    try:  # an export made before PatchCore's k-NN moved into the graph (sidecar version 1)
+        doc = json.loads(kept)
+        doc["sidecar_version"] = 1
+        side.write_text(json.dumps(doc))
+        with pytest.raises(DetectorError, match="is stale: it holds format 'onnx', version 1"):
+            load_models(recipe, ["dfda"])
     finally:
         side.write_text(kept)
     graph = side.with_name(side.name.replace(".onnx.json", ".onnx"))
@@ -325,3 +334,70 @@ def test_aitex_tiles_match_torch(tmp_path: Path, one_thread: None) -> None:
     assert test.shape[1:3] == (256, 256)
     for fmt in ("onnx", "openvino"):
         agree(det, served(det, fmt, tmp_path), test)
+
+
+def test_smoothing_matrices_equal_upsample_smooth() -> None:
+    """PatchCore's graph upsamples and smooths the distance grid as R @ d @ C.T."""
+    import torch
+
+    from station.detectors.common import upsample_smooth
+    from station.detectors.runtimes.graphs import smoothing_matrices
+
+    d = torch.rand(3, 1, 8, 6, generator=torch.Generator().manual_seed(0)) * 5
+    for sigma in (4.0, 1.5, 0.0):
+        rows, cols = smoothing_matrices((8, 6), (64, 48), sigma)
+        assert rows.shape == (64, 8) and cols.shape == (48, 6)
+        want = upsample_smooth(d, (64, 48), sigma)
+        got = rows @ d[:, 0] @ cols.T
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_patch_scores_module_gives_eager_maps_and_scores(one_thread: None) -> None:
+    """PatchCore's exported module (distances and smoothing as matmuls) followed by
+    `score_from_distances` gives eager PatchCore's maps and scores, in torch: the graph's
+    maths, apart from the runtimes."""
+    import textures
+    import torch
+
+    from station.detectors.common import to_batch
+    from station.detectors.registry import create_detector
+    from station.detectors.runtimes.graphs import export_net
+
+    rng = np.random.default_rng(2)
+    det = create_detector("patchcore", device="cpu", weights="package", max_bank=120)
+    det.fit(list(textures.weave(rng, 4, 64)))
+    test = textures.weave(rng, 3, 64)
+    test[1, 30:36, 10:50] = 15  # a dark strip: one image with a clear top patch
+    net = export_net(det)
+    assert net.kind == "patch_scores" and net.outputs == ("features", "distances", "smoothed")
+    want = det.predict(test)
+    with torch.no_grad():
+        feats, dist, smoothed = net.module(to_batch(test, (64, 64)))
+        maps, scores = det.model.score_from_distances(feats, dist, smoothed)
+    assert dist.shape == (3, 64) and smoothed.shape == (3, 64, 64)
+    tol = 1e-5 * float(np.abs(want.maps).max())
+    np.testing.assert_allclose(scores.numpy(), want.scores, rtol=0, atol=tol)
+    np.testing.assert_allclose(maps.numpy(), want.maps, rtol=0, atol=tol)
+    assert int(np.argmax(want.scores)) == 1
+
+
+def test_distance_basis_keeps_distances_in_fewer_dims() -> None:
+    """A stage widened by the channel pooling (40 -> 112) is searched in its 40 dims, a stage
+    pooled down (600 -> 112) or kept (112) in all: distances unchanged."""
+    import torch
+    import torch.nn.functional as F
+
+    from station.detectors.runtimes.graphs import distance_basis
+
+    g = torch.Generator().manual_seed(0)
+
+    def features(n: int) -> torch.Tensor:
+        parts = [torch.randn(n, c, generator=g) for c in (40, 112, 600)]
+        return torch.cat([F.adaptive_avg_pool1d(p[:, None], 112)[:, 0] for p in parts], 1)
+
+    basis = distance_basis([40, 112, 600], 112)
+    assert basis.shape == (336, 40 + 112 + 112)
+    q, b = features(20), features(30)
+    want = torch.cdist(q.double(), b.double())
+    got = torch.cdist((q @ basis).double(), (b @ basis).double())
+    assert float((got - want).abs().max() / want.max()) < 1e-6

@@ -14,12 +14,26 @@ same detector on eager torch in this run, and "verdicts" whether score > thresho
 with torch on every test image (threshold: between the two middle torch scores; |d score|
 the largest score difference as a share of the largest torch score). docs/runtimes.md has
 the figures.
+
+PatchCore's memory bank: 8 training images give ~700 rows; the shipped recipe's ~4 500.
+`--patchcore-bank 4500` trains PatchCore on enough images (and a pool cap) for about that
+many rows. `--rounds R` repeats the timings R times, runtimes interleaved, and reports each
+one's median (the machine's load average is printed before and after: compare runs only when
+it is low, other processes slow eager torch more than the runtimes).
+
+    .venv/bin/python tools/bench_detectors.py --devices cpu --detectors patchcore \
+        --runtimes torch,onnxruntime,openvino --patchcore-bank 4500 --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import math
+import os
+import shutil
+import statistics
 import sys
 import time
 from functools import partial
@@ -64,14 +78,17 @@ def parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of this process)
+
+
 def _time(fn: Any, iters: int, sync: Any) -> float:
     fn()  # warm-up (allocations, cudnn autotuning)
     sync()
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for _ in range(iters):
         fn()
     sync()
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 def runtime_of(det: Any, runtime: str, device: str) -> Any:
@@ -88,6 +105,7 @@ def runtime_of(det: Any, runtime: str, device: str) -> Any:
     if runtime not in RUNTIME_FORMAT:
         raise SystemExit(f"--runtimes: unknown runtime {runtime!r}")
     folder = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # exports are scratch
     try:
         return serve_detector(det, RUNTIME_FORMAT[runtime], folder, device)
     except DetectorError as exc:
@@ -117,7 +135,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--param", action="append", default=[], help="detector.key=value")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--runtimes", default="torch", help="torch,onnxruntime,openvino")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved repeats (median)")
+    ap.add_argument(
+        "--patchcore-bank",
+        type=int,
+        default=0,
+        help="about this many PatchCore bank rows (more training images; 0: --train-images)",
+    )
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (with --threads 1, a loaded "
+        "machine slows it little; with more threads spinning counts as work)",
+    )
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
     import torch
     from rich.console import Console
@@ -128,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from station.errors import StationError
 
     torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=160)  # the whole table, also when piped to a file
     if args.devices == "auto":
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     else:
@@ -140,8 +174,16 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]unknown detector(s) {unknown}; known: {available_detectors()}")
         return 2
     params = FAST_PARAMS | parse_params(args.param)
+    n_train = {name: args.train_images for name in names}
+    if args.patchcore_bank > 0:  # coreset 0.1 of a pool capped at 10x the rows wanted
+        per_image = (args.size // 8) ** 2  # patches per image on the stride-8 grid
+        pool = 10 * args.patchcore_bank
+        # + the validation image(s) fit holds out (val_fraction 0.1)
+        n_train["patchcore"] = max(args.train_images, math.ceil(pool / per_image / 0.9) + 1)
+        params["patchcore"] = {"max_train_patches": pool, **params.get("patchcore", {})}
     runtimes = ["torch"] + [r.strip() for r in args.runtimes.split(",") if r.strip() != "torch"]
-    train = [weave(i, args.size) for i in range(args.train_images)]
+    load_before = os.getloadavg()
+    train_all = [weave(i, args.size) for i in range(max(n_train.values(), default=0))]
     test = np.stack([weave(1000 + i, args.size) for i in range(max(batches))])
     rows: list[dict[str, Any]] = []
     try:
@@ -176,21 +218,38 @@ def main(argv: list[str] | None = None) -> int:
                     name, backbone=args.backbone, device=device, **params.get(name, {})
                 )
                 t0 = time.perf_counter()
-                det.fit(train)
+                det.fit(train_all[: n_train[name]])
                 fit_s = time.perf_counter() - t0
-                eager: dict[int, float] = {}
+                served_by: dict[str, Any] = {}
                 for runtime in runtimes:
                     served = runtime_of(det, runtime, device)
                     if isinstance(served, str):  # not exportable: say so
-                        rows.append({"device": device, "model": name, "runtime": runtime,
-                                     "batch": 0, "images_per_s": 0.0, "ratio": 0.0,
-                                     "error": served})
+                        rows.append(
+                            {
+                                "device": device,
+                                "model": name,
+                                "runtime": runtime,
+                                "batch": 0,
+                                "images_per_s": 0.0,
+                                "ratio": 0.0,
+                                "error": served,
+                            }
+                        )
                         continue
-                    same, dscore = agreement(det, served, test)
+                    served_by[runtime] = (served, *agreement(det, served, test))
+                # rounds x runtimes x batches, interleaved: slow spells hit all runtimes
+                times: dict[tuple[str, int], list[float]] = {}
+                for _ in range(max(1, args.rounds)):
+                    for runtime, (served, _same, _d) in served_by.items():
+                        for b in batches:
+                            fn = partial(served.predict, test[:b])
+                            secs = _time(fn, args.iters, sync)
+                            times.setdefault((runtime, b), []).append(b * args.iters / secs)
+                bank = getattr(getattr(det, "bank", None), "shape", [None])[0]
+                for runtime, (_served, same, dscore) in served_by.items():
                     for b in batches:
-                        fn = partial(served.predict, test[:b])
-                        ips = b * args.iters / _time(fn, args.iters, sync)
-                        eager.setdefault(b, ips)
+                        ips = statistics.median(times[(runtime, b)])
+                        eager = statistics.median(times[("torch", b)])
                         rows.append(
                             {
                                 "device": device,
@@ -198,35 +257,61 @@ def main(argv: list[str] | None = None) -> int:
                                 "runtime": runtime,
                                 "batch": b,
                                 "images_per_s": ips,
+                                "all_images_per_s": times[(runtime, b)],
                                 "ratio": ips / base[b],
-                                "x_torch": ips / eager[b],
+                                "x_torch": ips / eager,
                                 "same_verdicts": same,
                                 "score_diff": dscore,
                                 "fit_s": fit_s,
-                                "bank": getattr(getattr(det, "bank", None), "shape", [None])[0],
+                                "bank": bank,
                             }
                         )
-                del det
+                del det, served_by
     except StationError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
 
+    load_after = os.getloadavg()
     table = Table(
         title=f"predict throughput, {args.size} x {args.size} px, torch threads {args.threads}"
+        f", median of {max(1, args.rounds)} round(s), {args.clock} clock"
     )
-    cols = ("device", "model", "runtime", "batch", "images/s", "ms/image", "x backbone",
-            "x torch", "verdicts", "|d score|")
+    cols = (
+        "device",
+        "model",
+        "runtime",
+        "bank",
+        "batch",
+        "images/s",
+        "ms/image",
+        "x backbone",
+        "x torch",
+        "verdicts",
+        "|d score|",
+    )
     for col in cols:
         table.add_column(col, justify="left" if col in ("device", "model", "runtime") else "right")
     for r in rows:
         if r.get("error"):
-            table.add_row(r["device"], r["model"], r["runtime"], "-", "not exportable:",
-                          r["error"][:60], "", "", "", "")
+            table.add_row(
+                r["device"],
+                r["model"],
+                r["runtime"],
+                "",
+                "-",
+                "not exportable:",
+                r["error"][:60],
+                "",
+                "",
+                "",
+                "",
+            )
             continue
         table.add_row(
             r["device"],
             r["model"],
             r.get("runtime", "torch"),
+            str(r.get("bank") or ""),
             str(r["batch"]),
             f"{r['images_per_s']:.2f}",
             f"{1000 / r['images_per_s']:.1f}",
@@ -238,10 +323,21 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     console.print(f"torch {torch.__version__}, GPU: {gpu}")
+    console.print(
+        "load average (1, 5, 15 min): before "
+        + ", ".join(f"{v:.2f}" for v in load_before)
+        + "; after "
+        + ", ".join(f"{v:.2f}" for v in load_after)
+    )
     if args.json:
-        args.json.write_text(
-            json.dumps({"rows": rows, "gpu": gpu, "args": vars(args)}, indent=2, default=str)
-        )
+        doc = {
+            "rows": rows,
+            "gpu": gpu,
+            "args": vars(args),
+            "load_before": load_before,
+            "load_after": load_after,
+        }
+        args.json.write_text(json.dumps(doc, indent=2, default=str))
     return 0
 
 

@@ -115,21 +115,43 @@ class PatchCoreModel(nn.Module):
         ar = torch.arange(n, device=dist.device)
         m_test = feats.view(n, h * w, -1)[ar, top]
         m_star = bank[idx[ar, top]]
-        k = min(self.num_neighbors, bank.shape[0])
-        if k > 1:
-            _, support = index.search(m_star, k)  # includes m_star itself
-            d_support = torch.cdist(m_test[:, None], bank[support])[:, 0]  # n x k
-            weight = 1.0 - torch.softmax(d_support, dim=1)[:, 0]
-        else:
-            weight = torch.ones(n, device=dist.device)
-        # Image score (paper, eq. 6-7): the weighted distance of the most anomalous patch. The
-        # smoothed map is scaled so its peak is that score: a one-patch fault keeps its height,
-        # and the heatmap's peak reads on the same scale as the image score and its threshold.
-        scores = dist[ar, top] * weight
+        # Image score (paper, eq. 6-7): the weighted distance of the most anomalous patch.
+        scores = dist[ar, top] * self._weight(index, m_test, m_star)
         maps = upsample_smooth(dist.view(n, 1, h, w), image_hw, self.sigma)
+        return self._scaled(maps, scores), scores
+
+    def _weight(self, index: KnnIndex, m_test: torch.Tensor, m_star: torch.Tensor) -> torch.Tensor:
+        """Re-weighting factor (paper, eq. 7) of each image's top patch `m_test`, whose nearest
+        bank feature is `m_star`: how isolated m_star is among its bank neighbours."""
+        bank = self.memory_bank
+        k = min(self.num_neighbors, bank.shape[0])
+        if k <= 1:
+            return torch.ones(m_test.shape[0], device=m_test.device)
+        _, support = index.search(m_star, k)  # includes m_star itself
+        d_support = torch.cdist(m_test[:, None], bank[support])[:, 0]  # n x k
+        return 1.0 - torch.softmax(d_support, dim=1)[:, 0]
+
+    @staticmethod
+    def _scaled(maps: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The smoothed maps scaled so each peak is its image score: a one-patch fault keeps
+        its height, and the heatmap's peak reads on the image score's (threshold's) scale."""
         peak = maps.flatten(1).amax(1).clamp_min(torch.finfo(maps.dtype).tiny)
-        maps = maps * (scores / peak)[:, None, None]
-        return maps, scores
+        return maps * (scores / peak)[:, None, None]
+
+    def score_from_distances(
+        self, feats: torch.Tensor, dist: torch.Tensor, smoothed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`score` for an exported graph that already gives each patch's distance to its
+        nearest bank row (`dist`, N x h*w) and the upsampled, smoothed map of those distances
+        (`smoothed`, N x H x W), beside the patch features (N*h*w x D). Only each image's top
+        patch is searched here (the `knn` index: exact distance, nearest row, re-weighting)."""
+        n = int(dist.shape[0])
+        top = torch.argmax(dist, dim=1)
+        m_test = feats.view(n, dist.shape[1], -1)[torch.arange(n), top]
+        index = self.knn_index()
+        d_top, i_top = index.search(m_test, 1)
+        scores = d_top[:, 0] * self._weight(index, m_test, self.memory_bank[i_top[:, 0]])
+        return self._scaled(smoothed, scores), scores
 
     def forward(self, x: torch.Tensor, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly maps N x H x W, image scores N) of a fitted model."""

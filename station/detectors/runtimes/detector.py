@@ -7,9 +7,10 @@ LoadedModel whose detector is a `RuntimeDetector` with the artifact's version, m
 calibrations and thresholds keyed by model version still match.
 
 `RuntimeDetector.predict`: images -> the same [0, 1] RGB batch as torch (`to_batch`) -> the
-runtime in `batch_size` chunks -> maps and scores. PatchCore's graph gives patch features; its
-k-NN, re-weighting and smoothing run through `PatchCoreModel.score` on the CPU (its `knn`
-search, station.detectors.knn), whatever device the graph runs on.
+runtime in `batch_size` chunks -> maps and scores. PatchCore's graph gives patch features, each
+patch's nearest-bank distance and the smoothed map; the top patch's search and re-weighting run
+through `PatchCoreModel.score_from_distances` on the CPU (its `knn` index,
+station.detectors.knn), whatever device the graph runs on.
 The torch model is kept for that step only (PatchCore) and otherwise dropped.
 """
 
@@ -64,11 +65,11 @@ class RuntimeDetector(Detector):
         self.grid = tuple(int(v) for v in doc["graph"].get("grid") or (0, 0))
         self.scorer: Any = None
         self.device = torch.device("cpu")
-        if self.kind == "features":  # PatchCore: k-NN and smoothing outside the graph
+        if self.kind == "patch_scores":  # PatchCore: the top patch's re-weighting outside
             self.scorer = getattr(torch_detector, "model")  # noqa: B009
         self.description = f"{session.description}, {self.kind} graph"
         if self.scorer is not None:
-            self.description += f", k-NN on torch {self.device.type}"
+            self.description += f", top-patch k-NN on torch {self.device.type}"
 
     def fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None = None) -> FitReport:
         raise DetectorError(
@@ -84,20 +85,15 @@ class RuntimeDetector(Detector):
         outs = self.session.run(x)
         if self.scorer is None:
             return outs[0].astype(np.float32), outs[1].reshape(-1).astype(np.float32)
-        assert self.image_hw is not None
-        n = int(x.shape[0])
-        feats = torch.from_numpy(outs[0]).to(self.device)
-        grid = self._grid(feats.shape[0] // n)
-        with torch.no_grad():
-            maps, scores = self.scorer.score(feats, n, grid, self.image_hw)
-        return maps.float().cpu().numpy(), scores.float().cpu().numpy()
-
-    def _grid(self, cells: int) -> tuple[int, int]:
-        """PatchCore's feature grid (h, w), as recorded at export."""
+        feats, dist, smoothed = (torch.from_numpy(o) for o in outs)
         h, w = self.grid
-        if h * w != cells:
-            raise DetectorError(f"{self.name}: export gave {cells} patches, expected {h} x {w}")
-        return h, w
+        if dist.shape[1] != h * w:
+            raise DetectorError(
+                f"{self.name}: export gave {dist.shape[1]} patches, expected {h} x {w}"
+            )
+        with torch.no_grad():
+            maps, scores = self.scorer.score_from_distances(feats, dist, smoothed)
+        return maps.numpy(), scores.numpy()
 
     def predict(self, images: np.ndarray) -> Prediction:
         self.require_fitted()

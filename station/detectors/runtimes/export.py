@@ -65,9 +65,7 @@ def _check(net: graphs.ExportNet, fmt: str, graph: Path) -> tuple[float, list[in
         if w.shape != have.shape:
             raise graphs.ExportError(f"exported graph gives shape {have.shape}, torch {w.shape}")
         rel = max(rel, float(np.abs(have - w).max() / max(float(np.abs(w).max()), 1e-12)))
-    grid = None
-    if net.kind == "features":
-        grid = list(net.module.model.patch_features(x)[1])  # type: ignore[union-attr,operator]
+    grid = list(getattr(net.module, "grid")) if net.kind == "patch_scores" else None  # noqa: B009
     return rel, grid
 
 
@@ -95,14 +93,15 @@ def _write_graph(net: graphs.ExportNet, fmt: str, graph: Path, opset: int) -> No
 
 
 def _beside_graph(detector: Detector, kind: str, artifact: Path) -> dict[str, Any]:
-    """What the runtime needs outside the graph (PatchCore's k-NN state)."""
-    if kind != "features":
+    """What the runtime needs outside the graph (PatchCore's top-patch search)."""
+    if kind != "patch_scores":
         return {}
     model: Any = getattr(detector, "model")  # noqa: B009
     bank = model.memory_bank
     return {
-        "score_step": "PatchCoreModel.score: k-NN, re-weighting, smoothing (torch)",
+        "score_step": "PatchCoreModel.score_from_distances: top patch k-NN, re-weighting (torch)",
         "memory_bank": {
+            "in_graph": "constant of the distance matmul; also read from the artifact",
             "from": artifact.name,
             "rows": int(bank.shape[0]),
             "dims": int(bank.shape[1]),

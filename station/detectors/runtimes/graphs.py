@@ -1,11 +1,13 @@
 """What each detector exports, and the ONNX export itself.
 
 `export_net(detector)` gives the torch module to export and what its outputs are:
-- PatchCore: the feature extraction only (mirrored context, backbone, stage pooling,
-  centering, channel pooling) -> patch features (N*h*w x D). The nearest-neighbour search,
-  re-weighting and map smoothing stay outside the graph and run through the model's own
-  `score` step (`PatchCoreModel.score`, k-NN in `station.detectors.common`), so every runtime
-  shares one k-NN implementation.
+- PatchCore: the feature extraction (mirrored context, backbone, stage pooling, centering,
+  channel pooling) and the exact nearest-neighbour distance of every patch to the memory bank
+  (one matmul against the bank, a graph constant, and a min), upsampled and smoothed by two
+  constant matmuls -> patch features (N*h*w x D), distances (N x h*w), smoothed map
+  (N x H x W). What is left runs per image on its top patch only, through
+  `PatchCoreModel.score_from_distances` (the `knn` index: exact distance, re-weighting, the
+  map scaled to the score).
 - SimpleNet, EfficientAD, DFDA, AST-MFR: the whole scoring forward -> maps (N x H x W) and
   scores (N).
 
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from station.detectors.common import upsample_smooth
 from station.errors import DetectorError
 
 if TYPE_CHECKING:
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 
 DEFAULT_OPSET = 17
 INPUT = "images"
+PATCH_OUTPUTS = ("features", "distances", "smoothed")  # PatchCore's graph (kind patch_scores)
 
 
 class ExportError(DetectorError):
@@ -48,20 +52,75 @@ class ExportError(DetectorError):
 @dataclass
 class ExportNet:
     module: nn.Module
-    kind: str  # "features" (PatchCore: k-NN outside the graph) or "maps_scores"
+    kind: str  # "patch_scores" (PatchCore: top-patch re-weighting outside) or "maps_scores"
     outputs: tuple[str, ...]
     image_hw: tuple[int, int]
 
 
-class _PatchFeatures(nn.Module):
-    """PatchCore's feature extraction: images -> (N*h*w, D) patch features."""
+def smoothing_matrices(
+    grid: tuple[int, int], image_hw: tuple[int, int], sigma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H x h, W x w) matrices R, C with R @ d @ C.T == upsample_smooth(d) for an h x w map d.
 
-    def __init__(self, model: nn.Module) -> None:
+    Bilinear upsampling and the Gaussian blur (reflect padding) each act on one axis at a
+    time, and both keep a map that is constant along an axis constant: so an impulse in
+    row i, constant along the width, comes out as column i of R in every output column."""
+    h, w = grid
+    rows_in = torch.eye(h)[:, None, :, None].expand(h, 1, h, w).contiguous()
+    cols_in = torch.eye(w)[:, None, None, :].expand(w, 1, h, w).contiguous()
+    rows = upsample_smooth(rows_in, image_hw, sigma)[:, :, 0].t().contiguous()
+    cols = upsample_smooth(cols_in, image_hw, sigma)[:, 0, :].t().contiguous()
+    return rows, cols
+
+
+def distance_basis(channels: list[int], layer_dim: int) -> torch.Tensor:
+    """D x D' matrix B (D' <= D) with |(q - b) @ B| == |q - b| for any two PatchCore features.
+
+    A stage with c < layer_dim channels is widened to layer_dim by the channel pooling
+    (g @ P, P: c x layer_dim): its layer_dim dims hold only c degrees of freedom. With
+    P P.T = L L.T (Cholesky), (g @ P) @ P.T @ inv(L.T) = g @ L, and |g @ L|^2 = g P P.T g.T
+    = |g @ P|^2: that stage's block of B maps its layer_dim dims to c with the same
+    Euclidean distances. Other stages keep their dims (an identity block). The bank search
+    then costs sum(min(c, layer_dim)) instead of D multiply-adds per bank row."""
+    blocks = []
+    for c in channels:
+        if c < layer_dim:
+            p = _pool_matrix(c, layer_dim).double()
+            chol = torch.linalg.cholesky(p @ p.T)
+            blocks.append(torch.linalg.solve_triangular(chol, p, upper=False).T)  # P.T inv(L.T)
+        else:
+            blocks.append(torch.eye(layer_dim, dtype=torch.float64))
+    return torch.block_diag(*blocks).float()
+
+
+class _PatchScores(nn.Module):
+    """PatchCore up to the patch distances: images -> (patch features N*h*w x D, distance of
+    each patch to its nearest bank row N x h*w, their upsampled smoothed map N x H x W)."""
+
+    def __init__(self, model: nn.Module, image_hw: tuple[int, int]) -> None:
         super().__init__()
         self.model = model
+        basis = distance_basis(list(model.backbone.channels), int(model.layer_dim))
+        bank = model.memory_bank.detach().float() @ basis
+        self.register_buffer("basis", basis)
+        # |q - b|^2 = |q|^2 + (|b|^2 - 2 q.b): the bank term is one matmul with a constant.
+        self.register_buffer("neg2_bank_t", (-2.0 * bank).t().contiguous())
+        self.register_buffer("bank_sq", (bank * bank).sum(1))
+        with torch.no_grad():
+            _, grid = model.patch_features(torch.zeros(1, 3, *image_hw))  # type: ignore[operator]
+        self.grid: tuple[int, int] = (int(grid[0]), int(grid[1]))
+        rows, cols = smoothing_matrices(self.grid, image_hw, float(model.sigma))
+        self.register_buffer("rows", rows)
+        self.register_buffer("cols_t", cols.t().contiguous())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.patch_features(x)[0]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats, _ = self.model.patch_features(x)  # type: ignore[operator]
+        h, w = self.grid
+        z = feats @ self.basis  # the same distances in fewer dims (`distance_basis`)
+        d2 = (z @ self.neg2_bank_t + self.bank_sq).amin(dim=1) + (z * z).sum(1)
+        dist = d2.clamp_min(0.0).sqrt().reshape(-1, h * w)
+        smoothed = self.rows @ dist.reshape(-1, h, w) @ self.cols_t
+        return feats, dist, smoothed
 
 
 class _MapsScores(nn.Module):
@@ -86,7 +145,8 @@ def export_net(detector: Detector) -> ExportNet:
     # recursively, which would leave dropout and batch norm in training mode.
     model = model.cpu().eval()
     if detector.name == "patchcore":
-        return ExportNet(_PatchFeatures(model).eval(), "features", ("features",), detector.image_hw)
+        net = _PatchScores(model, detector.image_hw).eval()
+        return ExportNet(net, "patch_scores", PATCH_OUTPUTS, detector.image_hw)
     wrapped = _MapsScores(model).eval()
     return ExportNet(wrapped, "maps_scores", ("maps", "scores"), detector.image_hw)
 

@@ -61,6 +61,10 @@ class OrtSession:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
+        # No busy-waiting between calls: spinning intra-op threads took the CPU from the
+        # torch steps after the graph (PatchCore's re-weighting) and from other processes
+        # (docs/runtimes.md). Graph optimisation stays at ONNX Runtime's default, all levels.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(graph), opts, providers=providers)

@@ -5,6 +5,10 @@ Intel GPUs); auto -> GPU when OpenVINO sees one, else CPU (and says so). A devic
 does not have is an error, never a silent fall-back. Inference precision is fixed at f32 (the
 CPU plugin would otherwise pick bf16 on CPUs that have it); INT8 is a separate, measured
 option.
+
+The graph's batch axis stays dynamic: compiling a static shape per batch size was measured
+(PatchCore, 4 500-row bank, 1 and 2 threads, batch 1 and 8) and gave no difference beyond the
+noise (docs/runtimes.md), so one compilation serves every batch size.
 """
 
 from __future__ import annotations
@@ -57,14 +61,14 @@ class OvSession:
         ov = openvino()
         core = ov.Core()
         target = device_for(device, list(core.available_devices))
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+        # LATENCY: one inference stream using every thread given (as torch's --threads).
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if target == "CPU":
             config["INFERENCE_NUM_THREADS"] = max(1, threads)
         try:
             self.compiled = core.compile_model(core.read_model(str(graph)), target, config)
         except Exception as exc:  # noqa: BLE001 (a graph the runtime refuses: one line)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DetectorError(f"openvino cannot load {graph}: {first[:300]}") from None
+            raise DetectorError(f"openvino cannot load {graph}: {_first(exc)}") from None
         self.request = self.compiled.create_infer_request()
         self.on_gpu = target != "CPU"
         self.description = f"openvino {ov.__version__} {target}"
@@ -79,4 +83,10 @@ class OvSession:
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         result = self.request.infer({0: x})
+        # copies: the request's output buffers are reused by its next call
         return [np.array(result[o]) for o in self.compiled.outputs]
+
+
+def _first(exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first[:300]

@@ -27,7 +27,7 @@ from station.files import atomic_write, file_sha256, writing
 if TYPE_CHECKING:
     from station.recipe import Recipe
 
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: PatchCore graph kind patch_scores (k-NN distances in the graph)
 FORMATS = ("onnx", "openvino")
 # recipe runtime -> the export format it runs
 RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
