@@ -41,13 +41,9 @@ def retrain_cmd(
     calibrate it so that confirmed defects the live model rejects stay rejected, and judge
     it against the live model on the reviewed parts. The live model stays live: see
     station models promote."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from station.cli.app import console
     from station.cli.progress import make_progress
     from station.cli.train import check_device, set_threads
-    from station.retrain.run import constraint_line, report_rows, run_retrain
+    from station.retrain.run import run_retrain
 
     rcp = load_recipe(recipe)
     check_device(device)
@@ -68,6 +64,17 @@ def retrain_cmd(
             )  # fmt: skip
     finally:
         db.dispose()
+    _print_result(res, recipe)
+
+
+def _print_result(res: Any, recipe: str) -> None:
+    """What `station retrain` made, its shadow evaluation and what to do next."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from station.cli.app import console
+    from station.retrain.run import constraint_line, report_rows
+
     sel = res.selection
     console.print(
         f"trained on {res.n_base_images} good images + {len(res.extra_files)} shots of "

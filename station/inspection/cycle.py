@@ -35,18 +35,20 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from station.cellcal.store import CameraModel, inspection_camera
 from station.decision import Decision, Verdict, decide
-from station.errors import CameraError, NowhereToStore, StationError, StorageError
+from station.errors import NowhereToStore, StationError, StorageError
 from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify
 from station.inspection.hooks import CycleHook
 from station.inspection.models import DetectorSet
 from station.inspection.offline import OfflinePart, offline_shots
 from station.inspection.recorder import PartRecord, Recorder, RecoveryReport, ShotRecord
+from station.inspection.reference_shot import ReferenceCard, hand_over
 from station.inspection.results import (
     Acquired,
     Event,
@@ -60,7 +62,7 @@ from station.inspection.results import (
     recovery_messages,
 )
 from station.inspection.sheet import PartSheet, finish_sheet
-from station.recipe import Recipe, card_pose
+from station.recipe import Recipe
 
 
 class Inspector:
@@ -98,7 +100,7 @@ class Inspector:
             1, thread_name_prefix="inference"
         )
         self.held: PartRecord | None = None  # a faulted sheet not released (line I/O failed)
-        self._parts_to_reference = 1  # parts until the next reference card shot (live)
+        self.card = ReferenceCard(recipe, devices)  # the drift reference card (live)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -232,7 +234,8 @@ class Inspector:
             self._emit("part_started", f"part {part.sequence}")
             for acq in shots(timings):
                 if acq.reference:
-                    self._reference(part, acq)
+                    warn = partial(self._emit, "message", level="warning")
+                    hand_over(part, acq, self.hooks, warn)
                     continue
                 with timings.measure("logging"):
                     shot = self.recorder.add_shot(
@@ -339,52 +342,11 @@ class Inspector:
                 defects=list(frame.defects) if frame.mask is not None else None,
                 sheet_defects=frame.sheet_defects,
             )
-        if self._reference_due():
-            yield self._reference_shot(timings)
+        if self.card.due():
+            yield self.card.shoot(timings)
         # Clear of the sheet; when pipelined, this overlaps scoring the last shot.
         with timings.measure("motion"):
             robot.move_to(self.recipe.robot.home)
-
-    def _reference_due(self) -> bool:
-        """Whether this part shoots the reference card (the first part of a run, then every
-        `every_parts`)."""
-        ref = self.recipe.monitoring.drift.reference
-        if not (ref.enabled and self.recipe.monitoring.drift.enabled):
-            return False
-        self._parts_to_reference -= 1
-        if self._parts_to_reference > 0:
-            return False
-        self._parts_to_reference = ref.every_parts
-        return True
-
-    def _reference_shot(self, timings: Timings) -> Acquired:
-        """Move to the card's pose and grab it (timed as `reference`). A camera failure is
-        returned as the shot's `error` (a warning: the part goes on); a robot failure is the
-        cell's and raised, as for any move."""
-        pose = card_pose(self.recipe)
-        with timings.measure("reference"):
-            state = self.devices.robot.move_to(pose)
-            try:
-                frame = self.devices.camera.grab()
-            except CameraError as exc:
-                return Acquired(-1, pose.name, np.zeros((0, 0), np.uint8), reference=True,
-                                error=str(exc))
-        return Acquired(-1, pose.name, frame.image, dict(frame.camera_settings),
-                        [float(v) for v in state.tcp_mm_rotvec], reference=True)
-
-    def _reference(self, part: PartRecord, acq: Acquired) -> None:
-        """The card shot to the hooks (never the part's: no shot row, no detector). Failures
-        are warnings."""
-        if acq.error is not None:
-            self._emit("message", f"reference card not shot for part {part.sequence} "
-                       f"({acq.error}): lamp and focus are not charted for it; the part's "
-                       "verdict is not affected", level="warning")
-            return
-        for hook in self.hooks:
-            try:
-                hook.reference(part, acq.image)
-            except Exception as exc:  # noqa: BLE001
-                self._emit("message", f"{hook.name}: reference card: {exc}", level="warning")
 
     def live_part(self, line_part_id: str | None) -> PartResult:
         """One part on the cell, from its arrival to its release (or hold, see below).

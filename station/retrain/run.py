@@ -200,6 +200,68 @@ def _check_selection(recipe: Recipe, sel: Selection) -> None:
     )
 
 
+def _rescore(
+    recipe: Recipe, parts: list[Any], candidate: dict[str, Any]
+) -> tuple[dict[str, str], list[Any], list[Any]]:
+    """(live model versions, live scores, candidate scores) of the reviewed `parts`."""
+    from station.detectors.engine import load_models
+    from station.retrain.evaluate import score_parts
+
+    live_models = load_models(recipe)
+    live = {n: str(m.version) for n, m in live_models.items()}
+    return live, score_parts(recipe, parts, live_models), score_parts(recipe, parts, candidate)
+
+
+def _keep_confirmed_rejected(
+    recipe: Recipe,
+    parts: list[Any],
+    live: tuple[list[Any], Any],
+    cand_scores: list[Any],
+    result: Any,
+    data: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """The candidate calibration `result`, lowered when needed so that every confirmed defect
+    the live model (scores, thresholds) rejects is rejected too; and the record of it."""
+    from station.decision import decide
+    from station.retrain.calibrate import constraint_record, needed_scale, rescaled
+
+    live_scores, live_thresholds = live
+    keep: list[tuple[int, float]] = []
+    for p, ls, cs in zip(parts, live_scores, cand_scores, strict=True):
+        if p.label != ReviewLabel.DEFECT_CONFIRMED:
+            continue
+        poses = [n for n, _ in p.shots]
+        live_says = decide(ls, live_thresholds, recipe.decision, poses)
+        ps = decide(cs, result.thresholds, recipe.decision, poses).part_score
+        if live_says.verdict == Verdict.FAIL and ps is not None:  # a fault has no score
+            keep.append((p.sequence, float(ps)))
+    scale = needed_scale([ps for _, ps in keep])
+    before = result.combined.choice
+    if scale < 1.0:
+        result = rescaled(result, data, scale)
+    record = constraint_record(
+        [s for s, _ in keep], [ps for _, ps in keep], scale, before, result.combined.choice
+    )
+    return result, record
+
+
+def _candidate(
+    recipe: Recipe,
+    base: list[Path],
+    extra: list[Path],
+    device: str | None,
+    full: bool,
+    progress: ProgressFn | None,
+) -> tuple[list[Any], str]:
+    """The candidate's trained models and how they were made: PatchCore's live bank extended
+    by the reviewed shots (`_extend`), or, with `full` or another detector, trained from
+    scratch on the good data plus the shots."""
+    trained = None if full else _extend(recipe, base, extra, device, progress)
+    if trained is not None:
+        return trained, "extended live bank"
+    return _train(recipe, [*base, *extra], device, progress), "trained from scratch"
+
+
 def run_retrain(
     recipe: Recipe,
     db: Database,
@@ -210,21 +272,13 @@ def run_retrain(
     full: bool = False,
     progress: ProgressFn | None = None,
 ) -> RetrainResult:
-    """Build, calibrate and judge a candidate model set from the recipe's reviews.
-
-    PatchCore candidates keep the live bank and add the reviewed shots' patches (`_extend`);
-    `full` (or another detector) trains from scratch on the good data plus the shots. The
-    candidate's thresholds follow the live calibration's policy on the labelled captures,
-    lowered when needed so that every confirmed defect the live model rejects stays rejected
-    (station.retrain.calibrate)."""
+    """Build (`_candidate`), calibrate (the live policy on the labelled captures, then
+    `_keep_confirmed_rejected`) and judge a candidate model set from the recipe's reviews."""
     from station.calibration.run import calibrate_recipe, labelled_folder
     from station.calibration.scores import score_folder
     from station.datasets import training_images
-    from station.decision import decide
-    from station.detectors.engine import load_models
-    from station.retrain.calibrate import constraint_record, needed_scale, rescaled
     from station.retrain.candidates import load_versions
-    from station.retrain.evaluate import judge_scores, score_parts
+    from station.retrain.evaluate import judge_scores
 
     _check_rule(recipe)
     policy, active = live_policy(recipe)  # refused now when the live models lack thresholds
@@ -234,10 +288,7 @@ def run_retrain(
     _check_selection(recipe, sel)
     base = training_images(recipe.dataset_dir)
     extra = [f for p in sel.parts for _, f in p.shots]
-    trained = None if full else _extend(recipe, base, extra, device, progress)
-    method = "extended live bank" if trained is not None else "trained from scratch"
-    if trained is None:
-        trained = _train(recipe, [*base, *extra], device, progress)
+    trained, method = _candidate(recipe, base, extra, device, full, progress)
     versions = {t.meta["detector"]: t.version for t in trained}
     models = load_versions(recipe, versions)  # as inspection loads them (checks included)
 
@@ -249,26 +300,9 @@ def run_retrain(
     if progress:
         progress("shadow evaluation", 0, 1)
     judged_parts = [p for p in history if complete(recipe, p)]
-    live_models = load_models(recipe)
-    live = {n: str(m.version) for n, m in live_models.items()}
-    live_scores = score_parts(recipe, judged_parts, live_models)
-    cand_scores = score_parts(recipe, judged_parts, models)
-    # confirmed defects the live model rejects: the candidate's thresholds must reject them too
-    keep: list[tuple[int, float]] = []
-    for p, ls, cs in zip(judged_parts, live_scores, cand_scores, strict=True):
-        poses = [n for n, _ in p.shots]
-        if p.label != ReviewLabel.DEFECT_CONFIRMED:
-            continue
-        live_says = decide(ls, active.thresholds, recipe.decision, poses)
-        ps = decide(cs, result.thresholds, recipe.decision, poses).part_score
-        if live_says.verdict == Verdict.FAIL and ps is not None:  # a fault has no score
-            keep.append((p.sequence, float(ps)))
-    scale = needed_scale([ps for _, ps in keep])
-    before = result.combined.choice
-    if scale < 1.0:
-        result = rescaled(result, data, scale)
-    constraint = constraint_record(
-        [s for s, _ in keep], [ps for _, ps in keep], scale, before, result.combined.choice
+    live, live_scores, cand_scores = _rescore(recipe, judged_parts, models)
+    result, constraint = _keep_confirmed_rejected(
+        recipe, judged_parts, (live_scores, active.thresholds), cand_scores, result, data
     )
     cal_path, cal_doc = save_candidate_calibration(
         recipe, result, str(labelled), {"confirmed_defects": constraint}
@@ -281,11 +315,13 @@ def run_retrain(
         {p.part_id for p in sel.parts},
     )
     ev = evidence(judged, live, versions)
-    ev["calibration"] = {"path": str(cal_path), "combined": cal_doc["combined"]}
-    ev["live_thresholds"] = dict(active.thresholds)
-    ev["candidate_thresholds"] = dict(result.thresholds)
-    ev["confirmed_defects_constraint"] = constraint
-    ev["method"] = method
+    ev.update(
+        calibration={"path": str(cal_path), "combined": cal_doc["combined"]},
+        live_thresholds=dict(active.thresholds),
+        candidate_thresholds=dict(result.thresholds),
+        confirmed_defects_constraint=constraint,
+        method=method,
+    )
     verdict = not_worse_on_defects(ev)
     info = {
         "candidate": candidate_id(versions),
@@ -295,23 +331,14 @@ def run_retrain(
         "base_images": len(base),
         "rule": recipe.retrain.model_dump(),
         "shadow_evaluation": ev,
-    }
+    }  # fmt: skip
     _record(recipe, db, trained, info)
     res = RetrainResult(
-        selection=sel,
-        trained=trained,
-        versions=versions,
-        live=live,
-        calibration_path=cal_path,
-        thresholds=dict(result.thresholds),
-        calibration_rates=dict(cal_doc["combined"]),
-        evidence=ev,
-        verdict=verdict,
-        report_path=Path(),
-        n_base_images=len(base),
-        extra_files=extra,
-        method=method,
-    )
+        selection=sel, trained=trained, versions=versions, live=live, calibration_path=cal_path,
+        thresholds=dict(result.thresholds), calibration_rates=dict(cal_doc["combined"]),
+        evidence=ev, verdict=verdict, report_path=Path(), n_base_images=len(base),
+        extra_files=extra, method=method,
+    )  # fmt: skip
     res.report_path = write_report(recipe, res)
     return res
 
