@@ -143,14 +143,20 @@ def _lamp_run(home: Path, parts: int) -> tuple[Any, Any, list[Event], DriftHook]
     monitor, notes = build_monitor(recipe, db, {})
     assert "warm-up" in notes[0]
     hook = DriftHook(recipe, db, monitor)
+    events, _ = _live(recipe, db, hook, parts)
+    return recipe, db, events, hook
+
+
+def _live(recipe: Any, db: Any, hook: DriftHook, parts: int) -> tuple[list[Event], Any]:
+    """`parts` live twin parts with the drift hook: (events, run summary)."""
     events: list[Event] = []
     with (
         open_devices(recipe, world=TwinWorld(recipe, seed=4)) as dev,
         Inspector(recipe, bright_set(recipe, threshold=50.0), Recorder(db, recipe), dev,
                   on_event=events.append, hooks=[hook]) as insp,
     ):
-        insp.run_live(count=parts)
-    return recipe, db, events, hook
+        summary = insp.run_live(count=parts)
+    return events, summary
 
 
 def test_lamp_dimming_on_the_twin_raises_a_stored_alarm_that_survives_a_restart(
@@ -281,13 +287,7 @@ def test_a_dimming_lamp_raises_a_stored_card_alarm_and_the_card_never_joins_the_
     db = database(recipe)
     monitor, _ = build_monitor(recipe, db, {})
     hook = DriftHook(recipe, db, monitor)
-    events: list[Event] = []
-    with (
-        open_devices(recipe, world=TwinWorld(recipe, seed=4)) as dev,
-        Inspector(recipe, bright_set(recipe, threshold=50.0), Recorder(db, recipe), dev,
-                  on_event=events.append, hooks=[hook]) as insp,
-    ):
-        summary = insp.run_live(count=20)
+    events, summary = _live(recipe, db, hook, 20)
     assert summary.parts == 20
     missed = [e for e in events if "reference card not shot for part 1" in e.text]
     assert len(missed) == 1 and missed[0].level == "warning"
