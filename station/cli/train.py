@@ -174,6 +174,11 @@ def _fit_material(
         )
 
 
+# Fewer training images than this: train says so (docs/few_shot.md: I-AUROC falls 0.04-0.18
+# from all images to 2 on the development materials, and varies with the draw).
+FEW_IMAGES = 10
+
+
 def _print_trained(recipe_name: str, trained: list[Any]) -> None:
     """One table row per trained model: version, images, held-out good scores, time."""
     from rich.table import Table
@@ -195,6 +200,16 @@ def _print_trained(recipe_name: str, trained: list[Any]) -> None:
             f"{t.report.seconds:.1f}",
         )
     console.print(table)
+    for t in trained:
+        n, held = int(t.meta["n_train_images"]), int(t.meta["good_scores"].get("n") or 0)
+        if n - held < FEW_IMAGES:
+            console.print(
+                f"[yellow]warning:[/] {t.meta['detector']} learnt from {n - held} image(s) "
+                f"({held} of {n} held out for its good-score statistics): with fewer than "
+                f"{FEW_IMAGES} the model is weak and varies with the draw (docs/few_shot.md); "
+                "capture more good sheets",
+                highlight=False,
+            )
 
 
 def _record_versions(rcp: Any, trained: list[Any], data_root: Path) -> None:
