@@ -40,7 +40,7 @@ from station.coverage import (
 )
 from station.errors import RecipeError
 from station.files import atomic_write
-from station.recipe import Pose, Recipe, RobotConfig, poses_path
+from station.recipe import Pose, Recipe, RobotConfig, card_pose, poses_path
 
 HEIGHT_STEP_MM = 5.0  # how far the camera is lowered per try when a pose is out of reach
 MAX_POSES = 400  # robot.poses' limit
@@ -70,6 +70,7 @@ class Plan:
     overlap: tuple[float, float]  # share of a footprint seen by the next shot along x, y
     motion: Motion
     report: CoverageReport  # the planned poses checked as `station recipe check` does
+    card_s: float = 0.0  # robot time the drift reference card adds per part (averaged)
 
 
 def move_s(distance_mm: float, speed: float, accel: float) -> float:
@@ -90,6 +91,17 @@ def motion(robot: RobotConfig, poses: list[Pose]) -> Motion:
     ]
     moves = sum(move_s(d, robot.speed_mm_s, robot.acceleration_mm_s2) for d in lengths)
     return Motion(moves_s=moves, settle_s=robot.settle_s * len(poses), path_mm=sum(lengths))
+
+
+def card_extra_s(recipe: Recipe) -> float:
+    """Robot time per part that the drift reference card adds (the detour from the last pose,
+    its settling), averaged over `every_parts`; 0 when it is off."""
+    drift = recipe.monitoring.drift
+    poses = recipe.robot.poses
+    if not (drift.enabled and drift.reference.enabled and poses):
+        return 0.0
+    with_card = motion(recipe.robot, [*poses, card_pose(recipe)]).total_s
+    return (with_card - motion(recipe.robot, poses).total_s) / drift.reference.every_parts
 
 
 def _probe(recipe: Recipe, height: float, xy: tuple[float, float] = (0.0, 0.0)) -> Pose:
@@ -358,6 +370,7 @@ def plan(recipe: Recipe, overlap: float | None = None, model: TableCamera | None
         overlap=info["overlap"],
         motion=motion(recipe.robot, poses),
         report=check(planned, model),
+        card_s=card_extra_s(planned),
     )
 
 

@@ -13,7 +13,7 @@ from test_cellcal import run  # the CLI in-process: (exit code, stdout, stderr)
 from station import coverage as cov
 from station import pose_plan as pp
 from station.errors import RecipeError
-from station.recipe import Recipe, load_recipe, parse_recipe
+from station.recipe import Pose, Recipe, card_pose, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = (REPO / "recipes" / "glassfiber.yaml").read_text()
@@ -35,6 +35,30 @@ def test_move_time_is_trapezoidal_or_triangular() -> None:
     assert pp.move_s(0, 250, 1200) == 0.0
     knee = 250**2 / 1200  # both formulas meet there
     assert pp.move_s(knee, 250, 1200) == pytest.approx(2 * math.sqrt(knee / 1200))
+
+
+def test_the_reference_card_detour_is_counted_per_part() -> None:
+    """The card's detour: last pose -> card -> home instead of last pose -> home, plus its
+    settle, averaged over every_parts; nothing when the card is off."""
+    rec = load_recipe("glassfiber")
+    r = rec.robot
+    card = card_pose(rec)
+
+    def move(a: Pose, b: Pose) -> float:
+        d = float(np.linalg.norm(np.subtract(b.position_mm, a.position_mm)))
+        return pp.move_s(d, r.speed_mm_s, r.acceleration_mm_s2)
+
+    want = move(r.poses[-1], card) + move(card, r.home) - move(r.poses[-1], r.home) + r.settle_s
+    assert pp.card_extra_s(rec) == pytest.approx(want) and want > 0.5
+
+    def with_reference(**ref: object) -> Recipe:
+        data = yaml.safe_load(SHIPPED)
+        data["monitoring"]["drift"]["reference"].update(ref)
+        edited = parse_recipe(yaml.safe_dump(data), "test.yaml", planning=True)
+        return edited.model_copy(update={"robot": r})  # the shipped poses
+
+    assert pp.card_extra_s(with_reference(every_parts=4)) == pytest.approx(want / 4)
+    assert pp.card_extra_s(with_reference(enabled=False)) == 0.0
 
 
 def test_shipped_plan_covers_the_sheet_at_the_resolution() -> None:

@@ -78,5 +78,7 @@ def register(app: typer.Typer) -> None:
             f"at {rec.robot.speed_mm_s:g} mm/s, {rec.robot.acceleration_mm_s2:g} mm/s², "
             f"+ {m.settle_s:.1f} s settling)"
         )
+        if p.card_s:
+            say(f"reference card (monitoring.drift.reference): +{p.card_s:.1f} s per part")
         for problem in rep.problems:  # the plan itself should leave none
             console.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)

@@ -21,7 +21,7 @@ def summary_table(recipe: Recipe) -> Table:
         f"{recipe.backend} (robot: {recipe.robot_driver}, camera: {recipe.camera_driver}, "
         f"line I/O: {recipe.line_driver})",
     )
-    from station.pose_plan import motion
+    from station.pose_plan import card_extra_s, motion
 
     shown = recipe.robot.poses[:6]  # a planned raster has up to 400
     poses = ", ".join(
@@ -32,12 +32,13 @@ def summary_table(recipe: Recipe) -> Table:
     poses += f", ... ({more} more)" if more else ""
     source = f" from {recipe.robot.poses_file}" if recipe.robot.poses_file else ""
     per_sheet = motion(recipe.robot, recipe.robot.poses).total_s
+    card = card_extra_s(recipe)
     t.add_row("poses", f"{len(recipe.robot.poses)}{source}: {poses}")
     t.add_row(
         "motion",
         f"{recipe.robot.speed_mm_s:g} mm/s, {recipe.robot.acceleration_mm_s2:g} mm/s², "
         f"settle {recipe.robot.settle_s:g} s; ~{per_sheet:.1f} s per sheet (home, every pose, "
-        "home)",
+        "home)" + (f", + {card:.1f} s for the reference card" if card else ""),
     )
     cam = recipe.camera
     t.add_row(
