@@ -17,6 +17,7 @@ The torch model is kept for that step only (PatchCore) and otherwise dropped.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,14 +39,22 @@ if TYPE_CHECKING:
 def open_session(fmt: str, graph: Path, device: str) -> Any:
     """An OrtSession / OvSession for `graph`, threads as torch has them (`--threads`)."""
     threads = torch.get_num_threads()
+    session: Any
     if fmt == "onnx":
         from station.detectors.runtimes.ort_runtime import OrtSession
 
         tensorrt = os.environ.get("STATION_ORT_TENSORRT", "") == "1"
-        return OrtSession(graph, device, threads, tensorrt=tensorrt)
-    from station.detectors.runtimes.ov_runtime import OvSession
+        session = OrtSession(graph, device, threads, tensorrt=tensorrt)
+    else:
+        from station.detectors.runtimes.ov_runtime import OvSession
 
-    return OvSession(graph, device, threads)
+        session = OvSession(graph, device, threads)
+    if device.strip().lower() == "auto":  # said, never silent: auto may land on the CPU
+        session.description += " (device auto)"
+        if not session.on_gpu:
+            print(f"NOTE: {session.description}: {session.cpu_note}, running on the CPU",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return session
 
 
 class RuntimeDetector(Detector):

@@ -8,7 +8,6 @@ is not available is an error: never a silent fall-back to the CPU.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +80,7 @@ class OrtSession:
         self.input = self.session.get_inputs()[0].name
         self.on_gpu = names[0] != "CPUExecutionProvider"
         self.description = f"onnxruntime {ort.__version__} {names[0]}"
-        if device.strip().lower() == "auto":
-            self.description += " (device auto)"
-            if not self.on_gpu:
-                print(
-                    f"NOTE: {self.description}: no CUDA provider, running on the CPU",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        self.cpu_note = "no CUDA provider"  # said by open_session when `device: auto` ran here
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return [np.asarray(o) for o in self.session.run(None, {self.input: x})]

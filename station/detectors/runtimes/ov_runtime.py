@@ -13,7 +13,6 @@ noise (docs/runtimes.md), so one compilation serves every batch size.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +71,7 @@ class OvSession:
         self.request = self.compiled.create_infer_request()
         self.on_gpu = target != "CPU"
         self.description = f"openvino {ov.__version__} {target}"
-        if device.strip().lower() == "auto":
-            self.description += " (device auto)"
-            if not self.on_gpu:
-                print(
-                    f"NOTE: {self.description}: no GPU device, running on the CPU",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        self.cpu_note = "no GPU device"  # said by open_session when `device: auto` ran here
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         result = self.request.infer({0: x})
