@@ -12,9 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from station.twin.sheet import SheetSpec
+from station.twin.sheet import WEAVES, SheetSpec, param_mapping
 
-WEAVES = ("plain", "twill")
 KEYS = ("at_part", "weave", "roving_pitch_mm")
 
 
@@ -27,14 +26,9 @@ class MaterialSwitch:
     @staticmethod
     def from_params(params: dict[str, Any]) -> MaterialSwitch:
         """From twin.params.material_switch; ValueError naming the field when it is wrong."""
-        raw = params.get("material_switch")
+        raw = param_mapping(params, "material_switch", KEYS)
         if raw is None:
             return MaterialSwitch()
-        if not isinstance(raw, dict):
-            raise ValueError(f"material_switch must be a mapping ({', '.join(KEYS)}), not {raw!r}")
-        unknown = sorted(set(raw) - set(KEYS))
-        if unknown:
-            raise ValueError(f"material_switch: unknown key {', '.join(unknown)}")
         at = raw.get("at_part")
         if not isinstance(at, int) or isinstance(at, bool) or at < 1:
             raise ValueError(f"material_switch.at_part must be a part number >= 1, not {at!r}")

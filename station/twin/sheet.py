@@ -27,6 +27,22 @@ GAP_ALBEDO = 0.16  # looking through the gaps between rovings: dark belt below
 BELT_ALBEDO = 0.09
 
 
+def param_mapping(
+    params: dict[str, Any], name: str, keys: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """`twin.params[name]` as a mapping of known `keys` (None when absent); a ValueError names
+    the setting when it is not a mapping or has another key."""
+    raw = params.get(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{name} must be a mapping ({', '.join(keys)}), not {raw!r}")
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        raise ValueError(f"{name}: unknown key {', '.join(unknown)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class DefectSpec:
     kind: str

@@ -15,9 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from station.twin.sheet import SheetSpec
-
-WEAVES = ("plain", "twill")
+from station.twin.sheet import WEAVES, SheetSpec, param_mapping
 
 
 @dataclass(frozen=True)
@@ -29,14 +27,9 @@ class Variant:
     @staticmethod
     def from_params(params: dict[str, Any]) -> Variant:
         """From twin.params.variant; ValueError naming the field when it is wrong."""
-        raw = params.get("variant")
+        raw = param_mapping(params, "variant", ("share", "pitch_scale", "weave"))
         if raw is None:
             return Variant()
-        if not isinstance(raw, dict):
-            raise ValueError(f"variant must be a mapping (share, pitch_scale, weave), not {raw!r}")
-        unknown = sorted(set(raw) - {"share", "pitch_scale", "weave"})
-        if unknown:
-            raise ValueError(f"variant: unknown key {', '.join(unknown)}")
         share = float(raw.get("share", 0.0))
         scale = float(raw.get("pitch_scale", 1.0))
         weave = raw.get("weave")
