@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from test_train_evaluate_cli import run  # the CLI in-process: exit code
 
-from station.cli.app import main
 from station.errors import DetectorError
 
 pytest.importorskip("onnxruntime")
@@ -37,14 +37,6 @@ DETECTORS: dict[str, dict[str, Any]] = {
 }
 GOOD_PARTS, TEST_PARTS = (1, 2), {3: False, 4: True, 5: True}
 AITEX = Path("/work/shared/datasets/aitex/fabric00")
-
-
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def write_recipe(home: Path, runtime: str = "torch", device: str = "cpu") -> Path:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from textures import plain_weave
 
 from station.detectors import knn
 from station.detectors.artifact import _check_settings, load_artifact, read_artifact, save_artifact
@@ -30,11 +31,7 @@ def clustered(n: int, dim: int, seed: int, centres: int = 40) -> torch.Tensor:
 
 
 def weave(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    px, py = rng.uniform(0, 2 * np.pi, 2)
-    img = 128 + 40 * np.sin(2 * np.pi * x / 8 + px) * np.sin(2 * np.pi * y / 8 + py)
-    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+    return plain_weave(seed, SIZE)
 
 
 def defect(img: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sqlalchemy import select
+from textures import plain_weave
 
 from station.cli.app import main
 from station.imaging import write_png
@@ -34,11 +35,7 @@ detectors:
 
 
 def weave(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    px, py = rng.uniform(0, 2 * np.pi, 2)
-    img = 128 + 40 * np.sin(2 * np.pi * x / 8 + px) * np.sin(2 * np.pi * y / 8 + py)
-    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+    return plain_weave(seed, SIZE)
 
 
 def make_category(root: Path, n_train: int, seed: int = 0) -> Path:
