@@ -448,6 +448,7 @@ def _detector_points(
 
 def rates_at(
     data: PartScores,
+    s: np.ndarray,
     thresholds: np.ndarray,
     t0: np.ndarray,
     combine_poses: str,
@@ -456,8 +457,8 @@ def rates_at(
     warnings: list[str],
 ) -> tuple[dict[str, OperatingPoint], dict[str, np.ndarray], OperatingPoint]:
     """Operating points of each detector and of the combined decision at `thresholds` (one per
-    detector, `t0` the policy's own), and the part values (raw per detector, "combined")."""
-    s = data.shot_tensor()
+    detector, `t0` the policy's own), and the part values (raw per detector, "combined");
+    `s` is `data.shot_tensor()`."""
     points, part_values = _detector_points(
         data, s, thresholds, t0, combine_poses, bootstrap, warnings
     )
@@ -531,8 +532,9 @@ def calibrate(
     )
     final = {n: float(t) for n, t in zip(names, thresholds, strict=True)}
 
+    boot = (resamples, level, seed)
     points, part_values, combined = rates_at(
-        data, thresholds, t0, combine_poses, combine_detectors, (resamples, level, seed), warnings
+        data, s, thresholds, t0, combine_poses, combine_detectors, boot, warnings
     )
     choice = combined.choice
 

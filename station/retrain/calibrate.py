@@ -52,7 +52,14 @@ def rescaled(result: CalibrationResult, data: PartScores, scale: float) -> Calib
     boot = (result.resamples, result.level, result.seed)
     warnings = list(result.warnings)
     points, part_values, combined = rates_at(
-        data, thresholds, t0, result.combine_poses, result.combine_detectors, boot, warnings
+        data,
+        data.shot_tensor(),
+        thresholds,
+        t0,
+        result.combine_poses,
+        result.combine_detectors,
+        boot,
+        warnings,
     )
     before, after = result.combined.choice, combined.choice
     notes = [
