@@ -120,6 +120,24 @@ def test_move_takes_at_least_the_profile_time(fake: FakeURController) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
+def test_move_reported_late_is_still_waited_for(fake: FakeURController) -> None:
+    # The script reports the async move "running" after the driver's start wait (a loaded
+    # host): the arm is moving, so the move is not over.
+    cfg = _cfg(fake.host, speed_mm_s=200.0, acceleration_mm_s2=1000.0)
+    rob = URRobot(cfg)
+    try:
+        rob.connect()
+        rob.move_to(cfg.home)
+        fake.delay_async_report(1.0)
+        target = Pose(name="far", position_mm=(400.0, 100.0, 450.0), rotvec_rad=DOWN)
+        st = rob.move_to(target)
+        assert st.tcp_mm_rotvec[:3] == pytest.approx(target.position_mm, abs=1e-3)
+    finally:
+        rob.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
 def test_protective_stop_mid_move_then_recovery(fake: FakeURController, robot: URRobot) -> None:
     robot.connect()
     robot.move_to(robot.cfg.home)

@@ -37,6 +37,7 @@ STATE_CALL_TIMEOUT_S = 2.0
 MOVE_CALL_TIMEOUT_S = 1.0  # each call while moving: the link's supervision during moves
 MOVE_START_WAIT_S = 0.5
 MOVE_POLL_S = 0.004
+STILL_SPEED_M_S = 1e-3  # TCP slower than 1 mm/s: the arm stands still
 DASHBOARD_PORT = 29999
 
 
@@ -241,7 +242,8 @@ class URRobot:
         args = {"pose": pose.as_ur(), "speed": cfg.speed_mm_s / 1000.0, "acceleration": acc}
         if not self._link.call("movel_start", MOVE_CALL_TIMEOUT_S, **args):
             return "refused"
-        last_ts, last_change, running = -1.0, t0, False
+        started = time.monotonic()  # movel_start can block for a while on a loaded host
+        last_ts, last_change, running = -1.0, started, False
         while True:
             st = self._link.call("move_status", MOVE_CALL_TIMEOUT_S)
             now = time.monotonic()
@@ -252,10 +254,13 @@ class URRobot:
             elif now - last_change > self.stale_after_s or not st["connected"]:
                 return "stale"
             # The script reports "running" a cycle or more after moveL returns; a move too
-            # short to be seen running has ended (the caller checks the pose reached).
+            # short to be seen running has ended once the arm stands still (the caller checks
+            # the pose reached). An arm still moving is never "done".
             if st["progress"] >= 0:
                 running = True
-            elif running or now - t0 > MOVE_START_WAIT_S:
+            elif running or (
+                now - started > MOVE_START_WAIT_S and st["tcp_speed"] < STILL_SPEED_M_S
+            ):
                 return "done"
             if now - t0 > cfg.move_timeout_s:
                 self._link.call("stopl", MOVE_CALL_TIMEOUT_S, acceleration=max(acc, 0.5))

@@ -10,6 +10,7 @@ timeout and kills this process when it stops answering.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ SAFE_MODES = (1, 2)  # NORMAL, REDUCED: any other safety mode has stopped the ar
 RECEIVE_VARIABLES = [
     "timestamp",
     "actual_TCP_pose",
+    "actual_TCP_speed",
     "robot_mode",
     "safety_mode",
     "safety_status_bits",
@@ -93,6 +95,7 @@ class Worker:
         stopped = r.isProtectiveStopped() or r.isEmergencyStopped()
         return {
             "progress": int(c.getAsyncOperationProgress()),  # < 0: no move running
+            "tcp_speed": math.hypot(*r.getActualTCPSpeed()[:3]),  # m/s
             "stopped": bool(stopped or r.getSafetyMode() not in SAFE_MODES),
             "program_running": bool(c.isProgramRunning()),
             "connected": bool(r.isConnected()),

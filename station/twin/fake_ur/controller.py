@@ -22,7 +22,7 @@ from typing import Any
 
 from station.twin.fake_ur import rtde_protocol as rp
 from station.twin.fake_ur.listener import Listener, recv_exact
-from station.twin.fake_ur.robot import RobotModel
+from station.twin.fake_ur.robot import CYCLE_S, RobotModel
 from station.ur_modes import ROBOT_MODES, SAFETY_MODES
 
 log = logging.getLogger("station.fake_ur")
@@ -488,6 +488,10 @@ class FakeURController:
     def arm_protective_stop(self, at_fraction: float = 0.5) -> None:
         """The next linear move triggers a protective stop when it is this far along."""
         self.model.arm_protective_stop(at_fraction)
+
+    def delay_async_report(self, seconds: float) -> None:
+        """Fault: an async move reports "running" this late (a loaded controller or host)."""
+        self.model.async_report_cycles = max(2, round(seconds / CYCLE_S))
 
     def unlock_protective_stop(self) -> str:
         return self.model.unlock_protective_stop()

@@ -72,6 +72,7 @@ class RobotModel:
         self.digital_in = 0  # bits 0-7 standard, 8-15 configurable, 16-17 tool
         self.digital_out = 0
         self.outputs_frozen = False  # fault: digital output writes are ignored
+        self.async_report_cycles = 2  # cycles before an async move reports "running"
         self.speed_slider = 1.0
         self.payload = 0.0
         self.payload_cog = [0.0, 0.0, 0.0]
@@ -470,7 +471,7 @@ class ControlScript(threading.Thread):
             mv = self.m.start_linear_move(pose, v, a)
             if is_async:
                 self._async_move = mv
-                self._starting, self._start_delay = mv, 2
+                self._starting, self._start_delay = mv, self.m.async_report_cycles
             else:
                 self._wait_move(mv)
         elif cmd == 17:  # set_payload
