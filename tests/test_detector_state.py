@@ -53,6 +53,18 @@ TINY: dict[str, tuple[dict[str, Any], int]] = {
         },
         64,
     ),
+    "ensemble": (
+        {
+            "device": "cpu",
+            "val_fraction": 0.34,  # 2 of 6 images held out: a standard deviation per member
+            "members": [
+                {"name": "patchcore", "params": {"max_bank": 200, "batch_size": 4}},
+                {"name": "simplenet", "params": {"embed_dim": 32, "hidden_dim": 32, "epochs": 1,
+                                                 "min_steps_per_epoch": 2}},
+            ],
+        },
+        64,
+    ),
 }
 
 # The state dict's keys per detector: the layout of files already written. A change here
@@ -73,6 +85,7 @@ LAYOUT: dict[str, set[str]] = {
     },
     "dfda": {"centres", "scales", "cbam", "query_key", "image_hw", "backbone_identity"},
     "ast_mfr": {"heads", "image_hw", "pair", "teacher_identity", "student_identity", "student"},
+    "ensemble": {"members", "stats", "image_hw"},
 }
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -136,6 +149,8 @@ def test_state_is_on_the_cpu_and_loads_by_hand(fitted: dict[str, Detector], name
             return [v]
         if isinstance(v, dict):
             return [t for x in v.values() for t in tensors(x)]
+        if isinstance(v, list):  # the ensemble's members
+            return [t for x in v for t in tensors(x)]
         return []
 
     assert all(t.device.type == "cpu" and not t.requires_grad for t in tensors(state))

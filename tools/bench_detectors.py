@@ -91,6 +91,35 @@ def _time(fn: Any, iters: int, sync: Any) -> float:
     return CLOCK() - t0
 
 
+def shot_tiles(recipe_name: str) -> int:
+    """Inputs one shot of `recipe_name` gives its detectors (tiles, or 1 resized shot): the
+    live cycle scores a shot's tiles in one predict call, so that batch is the shot latency."""
+    from station.detectors.engine import tiles_of
+    from station.detectors.registry import load_recipe
+
+    r = load_recipe(recipe_name)
+    if not r.preprocess.tiling.enabled:
+        return 1
+    crop = r.preprocess.crop
+    hw = (crop[3], crop[2]) if crop else (r.camera.height, r.camera.width)
+    return len(tiles_of(hw, r.preprocess, f"a shot of recipe {r.name}"))
+
+
+def print_shot_latency(console: Any, rows: list[dict[str, Any]], shot: int, recipe: str) -> None:
+    """ms per shot (one predict call on a shot's `shot` inputs) per detector and runtime."""
+    from rich.table import Table
+
+    title = f"per-shot latency: one predict call on {shot} input(s), a shot of {recipe}"
+    table = Table(title=title)
+    for col in ("device", "model", "runtime", "ms/shot", "x torch"):
+        table.add_column(col, justify="left" if col in ("device", "model", "runtime") else "right")
+    for r in rows:
+        if r.get("batch") == shot and "x_torch" in r:
+            ms = f"{shot * 1000 / r['images_per_s']:.1f}"
+            table.add_row(r["device"], r["model"], r["runtime"], ms, f"{r['x_torch']:.2f}")
+    console.print(table)
+
+
 def runtime_of(det: Any, runtime: str, device: str) -> Any:
     """`det` itself (torch), or served by `runtime` from an export in a scratch folder; the
     reason as text when it cannot be exported."""
@@ -143,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         help="about this many PatchCore bank rows (more training images; 0: --train-images)",
     )
     ap.add_argument(
+        "--shot-recipe",
+        default="glassfiber",
+        help="recipe whose shot is timed as one predict call (its tiles per shot; 1 when it "
+        "resizes whole shots); '' to skip the per-shot row",
+    )
+    ap.add_argument(
         "--clock",
         choices=("wall", "cpu"),
         default="wall",
@@ -168,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         devices = [d.strip() for d in args.devices.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
+    shot = shot_tiles(args.shot_recipe) if args.shot_recipe else 0
+    if shot:
+        batches = sorted({*batches, shot})
     names = [d.strip() for d in args.detectors.split(",") if d.strip()]
     unknown = [n for n in names if n not in available_detectors()]
     if unknown:
@@ -321,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['score_diff']:.1e}" if "score_diff" in r else "",
         )
     console.print(table)
+    if shot:
+        print_shot_latency(console, rows, shot, args.shot_recipe)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     console.print(f"torch {torch.__version__}, GPU: {gpu}")
     console.print(

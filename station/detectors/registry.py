@@ -32,6 +32,7 @@ DETECTOR_MODULES: dict[str, str] = {
     "efficientad": "efficientad",
     "ast_mfr": "ast_mfr",
     "dfda": "dfda",
+    "ensemble": "ensemble",
 }
 KNOWN_DETECTORS = tuple(DETECTOR_MODULES)
 

@@ -1,0 +1,219 @@
+"""Ensemble: several detectors combined by standardised scores.
+
+Each member is a registered detector trained on the same good images. Its scores are put on a
+common scale from its own held-out good images: z = (score - mean) / std of the validation
+split's scores (every member holds out the same images: the ensemble passes its `val_fraction`
+and `seed` to all of them). The ensemble's image score is the mean of the members' z-scores;
+its map is the mean of the members' z-maps (each map standardised with its member's score
+statistics), shifted so that its peak equals the image score, so a heatmap reads on the
+threshold's scale as every detector's does.
+
+A recipe entry:
+
+    - name: ensemble
+      backbone: efficientnet_lite0      # the members' default backbone and weights
+      device: auto                      # every member runs here
+      params:
+        members:
+          - {name: patchcore, params: {coreset_ratio: 0.03, mirror_pad: 32}}
+          - {name: dfda}
+        val_fraction: 0.1               # shared by all members (not set per member)
+
+Members are torch detectors; an ensemble cannot be exported to ONNX Runtime or OpenVINO.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
+from station.detectors.registry import create_detector, register
+from station.errors import DetectorError
+
+MEMBER_KEYS = {"name", "backbone", "weights", "params"}
+SHARED_PARAMS = ("val_fraction", "seed")  # set on the ensemble so all members hold out alike
+MIN_HELD_OUT = 2  # good images a member must hold out to give a standard deviation
+
+
+@dataclass
+class EnsembleConfig:
+    """The ensemble's settings: a recipe entry's backbone, weights, device and params."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "auto"
+    device: str = "auto"
+    members: Sequence[dict[str, Any]] = field(default_factory=list)
+    val_fraction: float = 0.1
+    seed: int = 0
+    min_std: float = 1e-6  # floor on a member's good-score std (as a share of |mean| + 1)
+
+
+def _member_specs(c: EnsembleConfig) -> list[dict[str, Any]]:
+    """The members as {name, backbone, weights, params}, checked; DetectorError names the
+    member and the fix."""
+    if len(c.members) < 2:
+        raise DetectorError(
+            f"ensemble: needs at least two members, not {len(c.members)}",
+            hint="list two or more detectors under the ensemble's params.members",
+        )
+    if not 0 < c.val_fraction < 1:
+        raise DetectorError(
+            f"ensemble: val_fraction must be in (0, 1), not {c.val_fraction}: the members'"
+            " scores are standardised on held-out good images",
+            hint="set the ensemble's val_fraction to e.g. 0.1",
+        )
+    specs = []
+    for i, m in enumerate(c.members):
+        if not isinstance(m, Mapping) or "name" not in m:
+            raise DetectorError(
+                f"ensemble: member {i + 1} must be a mapping with a detector name, not {m!r}",
+                hint="write each member as {name: patchcore, params: {...}}",
+            )
+        unknown = sorted(set(m) - MEMBER_KEYS)
+        name = str(m["name"])
+        if unknown:
+            raise DetectorError(
+                f"ensemble: member {i + 1} ({name}) has unknown keys {unknown}",
+                hint=f"a member takes {sorted(MEMBER_KEYS)}",
+            )
+        if name == "ensemble":
+            raise DetectorError("ensemble: a member cannot be an ensemble itself")
+        params = dict(m.get("params") or {})
+        shared = [k for k in SHARED_PARAMS if k in params]
+        if shared:
+            raise DetectorError(
+                f"ensemble: member {name} sets {shared}; all members must hold out the same "
+                "good images",
+                hint="set val_fraction and seed on the ensemble's params, not on a member",
+            )
+        specs.append(
+            {
+                "name": name,
+                "backbone": str(m.get("backbone") or c.backbone),
+                "weights": str(m.get("weights") or c.weights),
+                "params": params,
+            }
+        )
+    return specs
+
+
+@register
+class Ensemble(Detector):
+    name = "ensemble"
+    version = 1
+    Config = EnsembleConfig
+    size_key = "image_hw"
+
+    def __init__(self, **params: Any) -> None:
+        c = EnsembleConfig(**params)
+        self.specs = _member_specs(c)
+        shared = {"val_fraction": float(c.val_fraction), "seed": int(c.seed)}
+        self.members: list[Detector] = [
+            create_detector(
+                s["name"], backbone=s["backbone"], weights=s["weights"], device=c.device,
+                **s["params"], **shared,
+            )  # fmt: skip
+            for s in self.specs
+        ]
+        self.device = self.members[0].device
+        self._cfg: dict[str, Any] = {**asdict(c), "members": self.specs, **shared}
+        self._cfg["min_std"] = float(c.min_std)
+        self.stats: list[tuple[float, float]] = []  # (mean, std) of each member's good scores
+        self.image_hw: tuple[int, int] | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.image_hw is not None and len(self.stats) == len(self.members)
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._cfg)
+
+    def _label(self, i: int) -> str:
+        return f"{self.specs[i]['name']} ({i + 1}/{len(self.members)})"
+
+    def _standardiser(self, i: int, good: Sequence[float]) -> tuple[float, float]:
+        g = np.asarray(good, dtype=np.float64)
+        if g.size < MIN_HELD_OUT or not np.all(np.isfinite(g)):
+            raise DetectorError(
+                f"ensemble: member {self._label(i)} scored {g.size} held-out good images "
+                f"(finite: {bool(np.all(np.isfinite(g)))}); standardising needs at least "
+                f"{MIN_HELD_OUT}",
+                hint="train on more good images or raise the ensemble's val_fraction",
+            )
+        mean, std = float(g.mean()), float(g.std(ddof=1))
+        return mean, max(std, self._cfg["min_std"] * (abs(mean) + 1.0))
+
+    def fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None = None) -> FitReport:
+        t0 = time.perf_counter()
+        stats, reports = [], []
+        for i, det in enumerate(self.members):
+            label = self._label(i)
+
+            def member_progress(stage: str, done: int, total: int, label: str = label) -> None:
+                if progress:
+                    progress(f"{label} {stage}", done, total)
+
+            rep = det.fit(images, member_progress)
+            stats.append(self._standardiser(i, rep.good_scores))
+            reports.append(rep)
+        counts = {len(r.good_scores) for r in reports}
+        if len(counts) != 1:  # same split by construction: a member that differs is a bug
+            raise DetectorError(f"ensemble: members scored different held-out sets {counts}")
+        self.stats = stats
+        self.image_hw = self.members[0].image_hw
+        z = np.mean([self._z(i, np.asarray(r.good_scores)) for i, r in enumerate(reports)], 0)
+        return FitReport(
+            n_images=len(images),
+            seconds=time.perf_counter() - t0,
+            good_scores=[float(v) for v in z],
+            extra={
+                "members": [
+                    {"name": s["name"], "good_mean": m, "good_std": sd, "fit_s": r.seconds}
+                    for s, (m, sd), r in zip(self.specs, stats, reports, strict=True)
+                ],
+                "good_scores_from": "validation split, standardised in-sample",
+            },
+        )
+
+    def _z(self, i: int, values: np.ndarray) -> np.ndarray:
+        mean, std = self.stats[i]
+        return ((values.astype(np.float64) - mean) / std).astype(np.float32)
+
+    def predict(self, images: np.ndarray) -> Prediction:
+        self.require_fitted()
+        t0 = time.perf_counter()
+        maps: np.ndarray | None = None
+        scores: np.ndarray | None = None
+        for i, det in enumerate(self.members):
+            p = det.predict(images)
+            zm, zs = self._z(i, np.asarray(p.maps)), self._z(i, np.asarray(p.scores))
+            maps = zm if maps is None else maps + zm
+            scores = zs if scores is None else scores + zs
+        assert maps is not None and scores is not None
+        maps /= len(self.members)
+        scores /= len(self.members)
+        peak = maps.reshape(len(maps), -1).max(1)
+        maps += (scores - peak)[:, None, None]  # the map's peak is the image score
+        return Prediction(maps, scores, latency_ms=(time.perf_counter() - t0) * 1000.0)
+
+    def _fitted_state(self) -> dict[str, Any]:
+        return {
+            "members": [det.state() for det in self.members],
+            "stats": [list(s) for s in self.stats],
+        }
+
+    def _load_fitted_state(self, state: dict[str, Any], image_hw: tuple[int, int]) -> None:
+        payloads, stats = state["members"], state["stats"]
+        if len(payloads) != len(self.members) or len(stats) != len(self.members):
+            raise DetectorError(
+                f"ensemble: saved state holds {len(payloads)} members, this ensemble has "
+                f"{len(self.members)}"
+            )
+        for det, payload in zip(self.members, payloads, strict=True):
+            det.load_state(payload)
+        self.stats = [(float(m), float(s)) for m, s in stats]

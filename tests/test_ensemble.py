@@ -1,0 +1,135 @@
+"""The ensemble detector: members standardised on their held-out good scores, averaged; its
+checks; and a recipe with an ensemble trained and evaluated through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import textures
+from test_train_evaluate_cli import make_category, run
+
+from station.detectors.registry import create_detector
+from station.detectors.runtimes.graphs import ExportError, export_net
+from station.errors import DetectorError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PATCHCORE = {"name": "patchcore", "params": {"max_bank": 200, "batch_size": 4}}
+SIMPLENET = {
+    "name": "simplenet",
+    "params": {"embed_dim": 32, "hidden_dim": 32, "epochs": 1, "min_steps_per_epoch": 2},
+}
+
+
+def _ensemble(**over: Any) -> Any:
+    cfg: dict[str, Any] = {"device": "cpu", "val_fraction": 0.34, "members": [PATCHCORE, SIMPLENET]}
+    return create_detector("ensemble", **{**cfg, **over})
+
+
+@pytest.fixture(scope="module")
+def fitted() -> Any:
+    det = _ensemble()
+    report = det.fit(textures.weave(np.random.default_rng(0), 6, 64))
+    return det, report
+
+
+def test_score_is_the_mean_of_standardised_member_scores(fitted: Any) -> None:
+    det, report = fitted
+    imgs = textures.weave(np.random.default_rng(1), 3, 64)
+    imgs[0, 20:30, 20:30] = 255  # one image with a bright fault
+    pred = det.predict(imgs)
+    z = []
+    for member, (mean, std) in zip(det.members, det.stats, strict=True):
+        z.append((member.predict(imgs).scores.astype(np.float64) - mean) / std)
+    np.testing.assert_allclose(pred.scores, np.mean(z, axis=0), rtol=1e-5, atol=1e-5)
+    # the map's peak is the image score; the map keeps the image size
+    assert pred.maps.shape == (3, 64, 64)
+    np.testing.assert_allclose(pred.maps.reshape(3, -1).max(1), pred.scores, atol=1e-4)
+    assert pred.scores[0] > pred.scores[1:].max()
+    # each member's held-out scores standardise to mean 0, std 1: their average has mean 0
+    assert len(report.good_scores) == 2 and abs(float(np.mean(report.good_scores))) < 1e-5
+    assert [m["name"] for m in report.extra["members"]] == ["patchcore", "simplenet"]
+
+
+def test_members_share_the_held_out_split(fitted: Any) -> None:
+    det, _ = fitted
+    for member in det.members:
+        assert member.config()["val_fraction"] == 0.34 and member.config()["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"members": [PATCHCORE]}, "at least two members"),
+        ({"members": [PATCHCORE, {"name": "ensemble"}]}, "cannot be an ensemble"),
+        ({"members": [PATCHCORE, "simplenet"]}, "member 2 must be a mapping"),
+        ({"members": [PATCHCORE, {"name": "dfda", "layers": 3}]}, r"unknown keys \['layers'\]"),
+        (
+            {"members": [PATCHCORE, {"name": "simplenet", "params": {"val_fraction": 0.2}}]},
+            "simplenet sets .*val_fraction.* same good images",
+        ),
+        ({"val_fraction": 0.0}, "val_fraction must be in"),
+        ({"members": [PATCHCORE, {"name": "nosuch"}]}, "unknown detector 'nosuch'"),
+        ({"members": [{"name": "patchcore", "params": {"num_neighbors": "x"}}, SIMPLENET]},
+         "num_neighbors"),
+    ],
+)
+def test_bad_ensembles_are_refused(over: dict[str, Any], match: str) -> None:
+    with pytest.raises(DetectorError, match=match) as err:
+        _ensemble(**over)
+    assert "\n" not in err.value.message
+
+
+def test_too_few_held_out_images_name_the_member() -> None:
+    det = _ensemble(val_fraction=0.1)  # 1 of 6 images held out: no standard deviation
+    with pytest.raises(DetectorError, match=r"member patchcore \(1/2\) scored 1 held-out") as err:
+        det.fit(textures.weave(np.random.default_rng(0), 6, 64))
+    assert "val_fraction" in (err.value.hint or "")
+
+
+def test_an_ensemble_is_not_exported(fitted: Any) -> None:
+    det, _ = fitted
+    with pytest.raises(ExportError, match="ensemble: has no plain torch scoring module"):
+        export_net(det)
+
+
+RECIPE_ENSEMBLE = """
+preprocess:
+  crop: null
+  size: [64, 64]
+  grey_to_rgb: true
+
+detectors:
+  - name: ensemble
+    backbone: efficientnet_lite0
+    weights: package
+    device: cpu
+    params:
+      val_fraction: 0.34
+      members:
+        - {name: patchcore, params: {max_bank: 200, batch_size: 4}}
+        - {name: simplenet, params: {embed_dim: 32, hidden_dim: 32, epochs: 1,
+                                     min_steps_per_epoch: 2}}
+"""
+
+
+def test_train_and_evaluate_an_ensemble_recipe(station_home: Path) -> None:
+    text = (station_home / "recipes" / "glassfiber.yaml").read_text()
+    head, _, tail = text.partition("preprocess:")
+    tail = tail[tail.index("decision:") :]
+    body = head.replace("name: glassfiber", "name: ens") + RECIPE_ENSEMBLE.lstrip()
+    (station_home / "recipes" / "ens.yaml").write_text(body + "\n" + tail)
+    cat = make_category(station_home / "ds" / "cat", n_train=6)
+    out = station_home / "eval"
+    code = run(["evaluate", "-r", "ens", "--dataset", str(cat), "--train", "--out", str(out),
+                "--heatmaps", "0"])  # fmt: skip
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    m = res["categories"]["cat"]["ensemble"]
+    assert m["image_auroc"] == 1.0  # the generated faults are plain
+    assert m["model"]["good_scores"]["n"] == 2
+    assert (out / "cat" / "ensemble" / "scores.csv").is_file()

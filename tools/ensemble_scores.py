@@ -1,0 +1,118 @@
+"""Image-level figures of detector ensembles from finished `station evaluate --train` runs.
+
+    .venv/bin/python tools/ensemble_scores.py \
+        --runs patchcore=/tmp/ev/pc-aitex,/tmp/ev/pc-mt --runs dfda=/tmp/ev/dfda-aitex,/tmp/ev/dfda-mt
+
+Each `--runs DET=DIR[,DIR...]` names evaluate output folders holding DET (results.json, and
+<category>/<DET>/scores.csv). For every category all runs share, and every combination of two
+or more detectors, the ensemble's image score is computed exactly as the `ensemble` detector
+computes it (station/detectors/ensemble.py): the mean over members of (score - mean) / std,
+with each member's mean and std from its own held-out good images (results.json ->
+model.good_scores, the validation split of `station train`). This equals the ensemble
+detector's image score when the members were trained with the same val_fraction and seed (the
+defaults: 0.1 and 0): the ensemble passes those to its members. Pixel metrics need the maps:
+evaluate the ensemble recipe itself for those.
+
+Prints, per detector and ensemble, each category's image AUROC and false-reject rate at 100 %
+recall (Clopper-Pearson 95 %), then the mean and the worst category; `--out F.md` also writes
+the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from station.calibration.operating_point import operating_points  # noqa: E402
+from station.calibration.policies import Policy  # noqa: E402
+from station.metrics import image_auroc  # noqa: E402
+
+
+def read_runs(spec: list[str]) -> dict[str, dict[str, tuple[dict[str, float], dict[str, tuple]]]]:
+    """det -> category -> ((mean, std of held-out good scores), {stem: (label, score)})."""
+    out: dict[str, dict[str, tuple[dict[str, float], dict[str, tuple]]]] = {}
+    for item in spec:
+        det, _, dirs = item.partition("=")
+        if not dirs:
+            raise SystemExit(f"--runs must look like DET=DIR[,DIR...], not {item!r}")
+        for d in dirs.split(","):
+            doc = json.loads((Path(d) / "results.json").read_text())
+            for cat, per_det in doc["categories"].items():
+                if det not in per_det:
+                    continue
+                good = per_det[det]["model"]["good_scores"]
+                rows: dict[str, tuple] = {}
+                with (Path(d) / cat / det / "scores.csv").open() as f:
+                    for r in csv.DictReader(f):
+                        rows[r["image"]] = (int(r["label"] != "good"), float(r["score"]))
+                out.setdefault(det, {})[cat] = ({"mean": good["mean"], "std": good["std"]}, rows)
+    return out
+
+
+def figures(scores: np.ndarray, labels: np.ndarray) -> dict[str, object]:
+    pts = operating_points(scores, labels, Policy("zero_miss"))
+    p = pts["recall_100"]
+    return {
+        "auroc": image_auroc(scores, labels),
+        "fr100": p.false_reject_rate,
+        "fr100_text": f"{p.false_reject_rate:.3f} [{p.ci_low:.3f}, {p.ci_high:.3f}]",
+    }
+
+
+def table(runs: dict, combos: list[tuple[str, ...]], cats: list[str]) -> list[str]:
+    lines = [
+        "| detectors | " + " | ".join(cats) + " | mean I-AUROC | worst | mean FR@R100 |",
+        "|---" * (len(cats) + 4) + "|",
+    ]
+    for combo in combos:
+        cells, aucs, frs = [], [], []
+        for cat in cats:
+            stems = sorted(set.intersection(*(set(runs[d][cat][1]) for d in combo)))
+            labels = np.array([runs[combo[0]][cat][1][s][0] for s in stems])
+            z = np.zeros(len(stems))
+            for d in combo:
+                stats, rows = runs[d][cat]
+                z += (np.array([rows[s][1] for s in stems]) - stats["mean"]) / stats["std"]
+            f = figures(z / len(combo), labels)
+            aucs.append(float(f["auroc"]))
+            frs.append(float(f["fr100"]))
+            cells.append(f"{f['auroc']:.3f} / {f['fr100']:.2f}")
+        name = " + ".join(combo)
+        lines.append(
+            f"| {name} | " + " | ".join(cells)
+            + f" | {np.mean(aucs):.3f} | {min(aucs):.3f} | {np.mean(frs):.3f} |"
+        )  # fmt: skip
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--runs", action="append", required=True, help="DET=DIR[,DIR...]")
+    ap.add_argument("--out", type=Path, default=None, help="also write the table here (.md)")
+    args = ap.parse_args(argv)
+    runs = read_runs(args.runs)
+    dets = sorted(runs)
+    cats = sorted(set.intersection(*(set(runs[d]) for d in dets)))
+    if not cats:
+        raise SystemExit("no category is in every detector's runs")
+    combos = [(d,) for d in dets] + [
+        c for k in range(2, len(dets) + 1) for c in itertools.combinations(dets, k)
+    ]
+    lines = [f"cells: image AUROC / false-reject rate at 100 % recall; categories {cats}", ""]
+    lines += table(runs, combos, cats)
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
