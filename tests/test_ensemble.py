@@ -12,6 +12,7 @@ import pytest
 import textures
 from test_train_evaluate_cli import make_category, run
 
+from station.detectors.artifact import read_artifact
 from station.detectors.registry import create_detector
 from station.detectors.runtimes.graphs import ExportError, export_net
 from station.errors import DetectorError
@@ -124,12 +125,14 @@ def test_train_and_evaluate_an_ensemble_recipe(station_home: Path) -> None:
     body = head.replace("name: glassfiber", "name: ens") + RECIPE_ENSEMBLE.lstrip()
     (station_home / "recipes" / "ens.yaml").write_text(body + "\n" + tail)
     cat = make_category(station_home / "ds" / "cat", n_train=6)
+    assert run(["train", "-r", "ens", "--data", str(cat), "--no-db"]) == 0
+    # the saved model loads through the recipe (its settings match the recipe's entry)
     out = station_home / "eval"
-    code = run(["evaluate", "-r", "ens", "--dataset", str(cat), "--train", "--out", str(out),
-                "--heatmaps", "0"])  # fmt: skip
-    assert code == 0
+    assert run(["evaluate", "-r", "ens", "--dataset", str(cat), "--out", str(out),
+                "--heatmaps", "0"]) == 0  # fmt: skip
     res = json.loads((out / "results.json").read_text())
     m = res["categories"]["cat"]["ensemble"]
     assert m["image_auroc"] == 1.0  # the generated faults are plain
-    assert m["model"]["good_scores"]["n"] == 2
     assert (out / "cat" / "ensemble" / "scores.csv").is_file()
+    (model,) = (station_home / "data" / "ens" / "models" / "ensemble").glob("*.pt")
+    assert read_artifact(model)["meta"]["good_scores"]["n"] == 2

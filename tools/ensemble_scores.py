@@ -1,7 +1,7 @@
 """Image-level figures of detector ensembles from finished `station evaluate --train` runs.
 
-    .venv/bin/python tools/ensemble_scores.py \
-        --runs patchcore=/tmp/ev/pc-aitex,/tmp/ev/pc-mt --runs dfda=/tmp/ev/dfda-aitex,/tmp/ev/dfda-mt
+    .venv/bin/python tools/ensemble_scores.py --runs patchcore=/tmp/ev/pc-aitex,/tmp/ev/pc-mt \
+        --runs dfda=/tmp/ev/dfda-aitex,/tmp/ev/dfda-mt
 
 Each `--runs DET=DIR[,DIR...]` names evaluate output folders holding DET (results.json, and
 <category>/<DET>/scores.csv). For every category all runs share, and every combination of two

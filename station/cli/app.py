@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "capture",
     "train",
     "evaluate",
+    "tune",
     "export",
     "review",
     "calibrate",

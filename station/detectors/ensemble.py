@@ -121,7 +121,9 @@ class Ensemble(Detector):
             for s in self.specs
         ]
         self.device = self.members[0].device
-        self._cfg: dict[str, Any] = {**asdict(c), "members": self.specs, **shared}
+        # members as the recipe gives them: a saved model is compared with the recipe's entry
+        members = [dict(m) for m in c.members]
+        self._cfg: dict[str, Any] = {**asdict(c), "members": members, **shared}
         self._cfg["min_std"] = float(c.min_std)
         self.stats: list[tuple[float, float]] = []  # (mean, std) of each member's good scores
         self.image_hw: tuple[int, int] | None = None

@@ -1,0 +1,78 @@
+"""`<out>/tune.jsonl`: one header line, then one line per finished candidate.
+
+The header holds the run digest (recipe, good images, real defects, seed, split and synthetic
+rules: `data.run_digest`). A rerun with the same `--out` and the same digest skips the
+candidates already in the file; a different digest starts the file over, and the caller says
+so. Each line is written and flushed as its candidate finishes, so an interrupted run loses at
+most the candidate it was on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+FILE = "tune.jsonl"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class Journal:
+    """The candidates finished for one digest, appended to as new ones finish."""
+
+    def __init__(self, out: Path, header: dict[str, Any]) -> None:
+        self.path = out / FILE
+        self.header = header
+        self.records: dict[str, dict[str, Any]] = {}
+        self.restarted_from: str | None = None  # the old digest when the file was started over
+
+    def open(self) -> Journal:
+        """Read what an earlier run with this digest finished; start over on another digest
+        (or on a file that is not a tune journal)."""
+        old = self._read()
+        if old is not None and old[0].get("digest") == self.header["digest"]:
+            self.records = {r["id"]: r for r in old[1]}
+            return self
+        if old is not None or self.path.exists():
+            self.restarted_from = str((old[0] if old else {}).get("digest") or "unreadable")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(_plain({"type": "run", **self.header})) + "\n")
+        self.records = {}
+        return self
+
+    def _read(self) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        if not self.path.is_file():
+            return None
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by an interrupted run
+                continue
+        rows = [r for r in rows if isinstance(r, dict)]
+        if not rows or rows[0].get("type") != "run":
+            return None
+        return rows[0], [r for r in rows[1:] if r.get("type") == "candidate" and "id" in r]
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Append one finished candidate (and keep it in `records`)."""
+        row = _plain({"type": "candidate", **record})
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+        self.records[record["id"]] = row
+
+    @property
+    def resumed(self) -> int:
+        return len(self.records)

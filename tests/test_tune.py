@@ -1,0 +1,201 @@
+"""`station tune`: synthetic defects, and a tiny run end to end on generated 64 px weaves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from textures import plain_weave
+
+from station.cli.app import main
+from station.imaging import write_png
+from station.tuning.faults import KINDS, make_defect, synthetic_set, visible
+
+SIZE = 64
+TINY = """
+preprocess:
+  crop: null
+  size: [64, 64]
+  grey_to_rgb: true
+
+detectors:
+  - name: patchcore
+    backbone: efficientnet_lite0
+    weights: package
+    device: cpu
+    params:
+      max_bank: 200
+      max_train_patches: 2000
+      batch_size: 4
+"""
+CHEAP = "patchcore-lite0-pad0,patchcore-lite0-pad0-nocenter,ensemble"
+
+
+def run(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def make_recipe(home: Path, name: str = "tiny") -> str:
+    text = (home / "recipes" / "glassfiber.yaml").read_text()
+    head, _, tail = text.partition("preprocess:")
+    tail = tail[tail.index("decision:") :]
+    text = head.replace("name: glassfiber", f"name: {name}") + TINY.lstrip() + "\n" + tail
+    (home / "recipes" / f"{name}.yaml").write_text(text)
+    return name
+
+
+def make_data(root: Path, n_good: int) -> Path:
+    """An MVTec-layout folder whose test split holds only files that cannot be read."""
+    for i in range(n_good):
+        write_png(root / "train" / "good" / f"g{i:02d}.png", plain_weave(i, SIZE))
+    for sub in ("test/good", "test/defect", "ground_truth/defect"):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fault_changes_only_its_mask_and_repeats_by_seed(kind: str, channels: int) -> None:
+    grey = plain_weave(3, 96)
+    img = grey if channels == 1 else np.repeat(grey[:, :, None], 3, 2)
+    changed_share = []
+    for seed in range(5):
+        out, mask = make_defect(img, kind, np.random.default_rng(seed), 96)
+        assert out.shape == img.shape and out.dtype == np.uint8 and mask.shape == (96, 96)
+        diff = out != img if channels == 1 else (out != img).any(axis=2)
+        assert mask.any() and not diff[~mask].any()  # nothing outside the mask changed
+        assert 0 < mask.mean() < 0.5  # a few px up to a part of the image, never all of it
+        changed_share.append(diff[mask].mean())
+        again, mask2 = make_defect(img, kind, np.random.default_rng(seed), 96)
+        assert np.array_equal(again, out) and np.array_equal(mask2, mask)
+    other, _ = make_defect(img, kind, np.random.default_rng(99), 96)
+    assert not np.array_equal(other, out)  # another seed, another fault
+    assert np.mean(changed_share) > 0.5  # the mask is the fault, not a loose frame round it
+
+
+def test_synthetic_set_cycles_kinds() -> None:
+    good = [plain_weave(i, SIZE) for i in range(4)]
+    images, kinds, masks = synthetic_set(good, 12, SIZE, seed=1)
+    assert kinds == list(KINDS) * 2 and len(images) == len(masks) == 12
+    again, _, _ = synthetic_set(good, 12, SIZE, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(images, again, strict=True))
+
+
+def test_tune_end_to_end_and_resume(
+    station_home: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    recipe = make_recipe(station_home)
+    data = make_data(station_home / "ds" / "weave", n_good=26)
+    out = station_home / "tune"
+    argv = ["tune", "--recipe", recipe, "--data", str(data), "--out", str(out)]
+    assert run([*argv, "--only", CHEAP, "--budget-min", "5", "--threads", "1"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "too few images to choose" not in said and "chosen:" in said
+
+    rows = [json.loads(x) for x in (out / "tune.jsonl").read_text().splitlines()]
+    head, cands = rows[0], rows[1:]
+    assert head["type"] == "run" and head["n_fit"] == 16 and head["n_held_out"] == 10
+    assert head["n_synthetic"] == 20 and set(head["synthetic_per_kind"]) == set(KINDS)
+    ids = [c["id"] for c in cands]
+    assert ids[:2] == ["patchcore-lite0-pad0", "patchcore-lite0-pad0-nocenter"]
+    assert ids[2].startswith("ensemble(") and len(ids) == 3
+    for c in cands:
+        assert c["status"] == "done" and 0.0 <= c["auroc"] <= 1.0 and c["throughput"] > 0
+        assert len(c["scores"]["good"]) == 10 and len(c["scores"]["synthetic"]) == 20
+        assert set(c["per_kind"]) == set(KINDS) and c["real_auroc"] is None
+        fr = c["fr100"]
+        assert fr["n_good"] == 10 and fr["caught"] == 20  # 100 % recall on the synthetic set
+    assert cands[2]["fit"]["members_reused"] is True
+    assert cands[2]["entry"]["params"]["members"][0]["name"] == "patchcore"
+
+    md = (out / "tune.md").read_text()
+    assert "| rank | candidate | synthetic AUROC" in md and md.count("| `") == 3
+    assert (out / "chosen_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = max(cands, key=lambda c: (c["auroc"], -c["fr100"]["false_reject_rate"]))
+    assert f"**Chosen: `{best['id']}`**" in md
+
+    from station.detectors.registry import load_recipe
+
+    variant = out / f"{recipe}-tuned.yaml"
+    assert "extends: tiny" in variant.read_text()
+    tuned = load_recipe(str(variant))
+    assert tuned.name == "tiny-tuned" and tuned.preprocess.size == (64, 64)
+    assert [d.name for d in tuned.detectors] == [best["entry"]["name"]]
+    assert tuned.detectors[0].params == best["entry"]["params"]
+
+    # a rerun with the same --out skips what is done; a new candidate runs
+    more = "patchcore-lite0-pad0,patchcore-lite0-pad0-nocenter,patchcore-lite0-k3"
+    assert run([*argv, "--only", more, "--budget-min", "5"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "resuming" in said and "3 candidate(s) done" in said
+    rows = [json.loads(x) for x in (out / "tune.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows[1:]] == [*ids, "patchcore-lite0-k3"]
+
+    # other data: the journal starts over, and says so
+    write_png(data / "train" / "good" / "g99.png", plain_weave(99, SIZE))
+    assert run([*argv, "--only", "patchcore-lite0-pad0", "--budget-min", "5"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "starting over" in said
+    rows = [json.loads(x) for x in (out / "tune.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows[1:]] == ["patchcore-lite0-pad0"]
+
+
+def test_few_images_is_a_guess_and_too_few_refused(
+    station_home: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    recipe = make_recipe(station_home)
+    out = station_home / "t"
+    few = make_data(station_home / "few", n_good=6)
+    argv = ["tune", "--recipe", recipe, "--out", str(out), "--budget-min", "5"]
+    only = "patchcore-lite0-pad0,patchcore-lite0-pad0-nocenter,ensemble"
+    assert run([*argv, "--data", str(few), "--only", only]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "too few images to choose: 6 good images (3 to fit, 3 held out)" in said
+    md = (out / "tune.md").read_text()
+    assert "too few images to choose" in md and "(a guess)" in md
+    assert "- `ensemble`: 3 fit images: too few to standardise members" in md
+
+    three = make_data(station_home / "three", n_good=3)
+    assert run([*argv, "--data", str(three)]) == 2
+    err = capsys.readouterr().err
+    assert "too few good images to tune: 3 in" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 2  # the error line and its hint
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--budget-min", "0"], "--budget-min must be more than 0"),
+        (["--data", "{home}/nowhere"], "training folder {home}/nowhere does not exist"),
+        (["--data", "{home}/empty"], "no training images in {home}/empty"),
+        (["--recipe", "nosuch"], "nosuch.yaml"),
+        (["--only", "nothing"], "--only 'nothing' keeps no candidate"),
+        (["--choose-on", "real"], "--choose-on real needs labelled real defects"),
+    ],
+)
+def test_expected_failures_are_one_line(
+    station_home: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    recipe = make_recipe(station_home)
+    (station_home / "empty").mkdir()
+    args = [a.format(home=station_home) for a in extra]
+    argv = ["tune", "--recipe", recipe, "--data", str(station_home / "empty"), *args]
+    assert run(argv) != 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert message.format(home=station_home) in err and "Traceback" not in err
+
+
+def test_faults_are_redrawn_until_visible() -> None:
+    img = np.full((96, 96), 255, np.uint8)  # saturated, flat: most of the image shows nothing
+    img[:, 72:] = plain_weave(5, 96)[:, 72:]
+    for kind in KINDS:
+        for seed in range(4):
+            out, mask = make_defect(img, kind, np.random.default_rng(seed), 96)
+            assert visible(img, out) and not (out != img)[~mask].any()
