@@ -138,13 +138,20 @@ def test_tune_end_to_end_and_resume(
     rows = [json.loads(x) for x in (out / "tune.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows[1:]] == [*ids, "patchcore-lite0-k3"]
 
-    # other data: the journal starts over, and says so
-    write_png(data / "train" / "good" / "g99.png", plain_weave(99, SIZE))
-    assert run([*argv, "--only", "patchcore-lite0-pad0", "--budget-min", "5"]) == 0
+    # real defects given: the journal starts over (and says so); they fill their own column
+    real = station_home / "real"
+    for i in range(3):
+        img = plain_weave(300 + i, SIZE)
+        img[20:30, 16:44] = 15
+        write_png(real / f"d{i}.png", img)
+    extra = ["--defects", str(real), "--choose-on", "real", "--budget-min", "5"]
+    assert run([*argv, "--only", "patchcore-lite0-pad0", *extra]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "starting over" in said
     rows = [json.loads(x) for x in (out / "tune.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rows[1:]] == ["patchcore-lite0-pad0"]
+    assert rows[0]["n_real"] == 3 and [r["id"] for r in rows[1:]] == ["patchcore-lite0-pad0"]
+    assert len(rows[1]["scores"]["real"]) == 3 and rows[1]["real_auroc"] == 1.0
+    assert "chosen on: real defects" in (out / "tune.md").read_text()
 
 
 def test_few_images_is_a_guess_and_too_few_refused(
@@ -199,3 +206,20 @@ def test_faults_are_redrawn_until_visible() -> None:
         for seed in range(4):
             out, mask = make_defect(img, kind, np.random.default_rng(seed), 96)
             assert visible(img, out) and not (out != img)[~mask].any()
+
+
+def test_the_choice_is_the_fastest_within_the_margin() -> None:
+    from station.tuning.report import rank
+
+    def rec(cid: str, auroc: float, speed: float) -> dict[str, object]:
+        return {"id": cid, "status": "done", "auroc": auroc, "throughput": speed}
+
+    slow, fast = rec("ensemble", 0.923, 5.6), rec("lite2", 0.920, 11.4)
+    assert [r["id"] for r in rank([slow, fast, rec("lite0", 0.90, 20.0)], "synthetic")] == [
+        "lite2",
+        "ensemble",
+        "lite0",
+    ]
+    clear = rec("ensemble", 0.930, 5.6)  # more than the margin better: worth its cost
+    assert rank([clear, fast], "synthetic")[0]["id"] == "ensemble"
+    assert rank([{**fast, "status": "failed"}, clear], "synthetic") == [clear]

@@ -182,6 +182,16 @@ class Ensemble(Detector):
             },
         )
 
+    def assemble(self, members: Sequence[Detector], good_scores: Sequence[Sequence[float]]) -> None:
+        """This ensemble from members fitted elsewhere (with the settings it builds: checked)
+        and their held-out good scores, as `fit` would leave it, without training again."""
+        state = {
+            "members": [d.state() for d in members],
+            "stats": [list(self._standardiser(i, g)) for i, g in enumerate(good_scores)],
+            self.size_key: list(members[0].image_hw or ()),
+        }
+        self.load_state_dict(state)
+
     def _z(self, i: int, values: np.ndarray) -> np.ndarray:
         mean, std = self.stats[i]
         return ((values.astype(np.float64) - mean) / std).astype(np.float32)

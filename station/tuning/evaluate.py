@@ -22,6 +22,7 @@ from station.calibration.policies import Policy
 from station.detectors.artifact import load_artifact
 from station.detectors.base import Detector, ProgressFn
 from station.detectors.engine import CountFn, ScoringEngine
+from station.detectors.ensemble import Ensemble
 from station.detectors.registry import create_detector, detector_kwargs
 from station.detectors.training import train_and_save
 from station.errors import DetectorError
@@ -112,17 +113,11 @@ def fit_ensemble(
     their own held-out good scores, as `Ensemble.fit` would; refitted when a member's
     settings differ from what the ensemble builds."""
     ens = create_detector(c.detector, **detector_kwargs(c.config(), device))
+    assert isinstance(ens, Ensemble)
     try:
         fitted = [_member(done, m, device) for m in members]
-        state = {
-            "members": [d.state() for d in fitted],
-            "stats": [
-                list(ens._standardiser(i, m["fit"]["val_good_scores"]))  # noqa: SLF001
-                for i, m in enumerate(members)
-            ],
-            "image_hw": list(fitted[0].image_hw or ()),
-        }
-        ens.load_state_dict(state)  # checks every member's settings against the ensemble's
+        # checks every member's settings against the ensemble's
+        ens.assemble(fitted, [m["fit"]["val_good_scores"] for m in members])
     except (DetectorError, OSError) as exc:
         ens, fit = fit_single(recipe, c, data, model_path, progress, device)
         return ens, {**fit, "members_reused": False, "note": f"members refitted: {exc}"}
