@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import textures
-from test_train_evaluate_cli import make_category, run
+from test_train_evaluate_cli import make_category, make_recipe, run
 
 from station.detectors.artifact import read_artifact
 from station.detectors.registry import create_detector
@@ -75,8 +75,10 @@ def test_members_share_the_held_out_split(fitted: Any) -> None:
         ),
         ({"val_fraction": 0.0}, "val_fraction must be in"),
         ({"members": [PATCHCORE, {"name": "nosuch"}]}, "unknown detector 'nosuch'"),
-        ({"members": [{"name": "patchcore", "params": {"num_neighbors": "x"}}, SIMPLENET]},
-         "num_neighbors"),
+        (
+            {"members": [{"name": "patchcore", "params": {"num_neighbors": "x"}}, SIMPLENET]},
+            "num_neighbors",
+        ),
     ],
 )
 def test_bad_ensembles_are_refused(over: dict[str, Any], match: str) -> None:
@@ -119,11 +121,7 @@ detectors:
 
 
 def test_train_and_evaluate_an_ensemble_recipe(station_home: Path) -> None:
-    text = (station_home / "recipes" / "glassfiber.yaml").read_text()
-    head, _, tail = text.partition("preprocess:")
-    tail = tail[tail.index("decision:") :]
-    body = head.replace("name: glassfiber", "name: ens") + RECIPE_ENSEMBLE.lstrip()
-    (station_home / "recipes" / "ens.yaml").write_text(body + "\n" + tail)
+    make_recipe(station_home, "ens", RECIPE_ENSEMBLE)
     cat = make_category(station_home / "ds" / "cat", n_train=6)
     assert run(["train", "-r", "ens", "--data", str(cat), "--no-db"]) == 0
     # the saved model loads through the recipe (its settings match the recipe's entry)

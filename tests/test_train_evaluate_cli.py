@@ -51,11 +51,12 @@ def make_category(root: Path, n_train: int, seed: int = 0) -> Path:
     return root
 
 
-def make_recipe(home: Path, name: str) -> str:
+def make_recipe(home: Path, name: str, body: str = RECIPE_PATCH) -> str:
+    """The shipped recipe renamed `name`, its preprocess and detectors replaced by `body`."""
     text = (home / "recipes" / "glassfiber.yaml").read_text()
     head, _, tail = text.partition("preprocess:")
     tail = tail[tail.index("decision:") :]
-    text = head.replace("name: glassfiber", f"name: {name}") + RECIPE_PATCH.lstrip() + "\n" + tail
+    text = head.replace("name: glassfiber", f"name: {name}") + body.lstrip() + "\n" + tail
     (home / "recipes" / f"{name}.yaml").write_text(text)
     return name
 

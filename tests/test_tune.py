@@ -7,47 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_train_evaluate_cli import RECIPE_PATCH, run
+from test_train_evaluate_cli import make_recipe as make_cli_recipe
 from textures import plain_weave
 
-from station.cli.app import main
 from station.imaging import write_png
 from station.tuning.faults import KINDS, make_defect, synthetic_set, visible
 
 SIZE = 64
-TINY = """
-preprocess:
-  crop: null
-  size: [64, 64]
-  grey_to_rgb: true
-
-detectors:
-  - name: patchcore
-    backbone: efficientnet_lite0
-    weights: package
-    device: cpu
-    params:
-      max_bank: 200
-      max_train_patches: 2000
-      batch_size: 4
-"""
+# the CLI tests' tiny recipe with a small patch pool
+TINY = RECIPE_PATCH.replace("max_bank: 200", "max_bank: 200\n      max_train_patches: 2000")
+assert TINY != RECIPE_PATCH
 CHEAP = "patchcore-lite0-pad0,patchcore-lite0-pad0-nocenter,ensemble"
 
 
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def make_recipe(home: Path, name: str = "tiny") -> str:
-    text = (home / "recipes" / "glassfiber.yaml").read_text()
-    head, _, tail = text.partition("preprocess:")
-    tail = tail[tail.index("decision:") :]
-    text = head.replace("name: glassfiber", f"name: {name}") + TINY.lstrip() + "\n" + tail
-    (home / "recipes" / f"{name}.yaml").write_text(text)
-    return name
+    return make_cli_recipe(home, name, TINY)
 
 
 def make_data(root: Path, n_good: int) -> Path:

@@ -3,8 +3,9 @@
     .venv/bin/python tools/ensemble_scores.py --runs patchcore=/tmp/ev/pc-aitex,/tmp/ev/pc-mt \
         --runs dfda=/tmp/ev/dfda-aitex,/tmp/ev/dfda-mt
 
-Each `--runs DET=DIR[,DIR...]` names evaluate output folders holding DET (results.json, and
-<category>/<DET>/scores.csv). For every category all runs share, and every combination of two
+Each `--runs [LABEL@]DET=DIR[,DIR...]` names evaluate output folders holding detector DET
+(results.json, and <category>/<DET>/scores.csv); LABEL (default DET) tells two runs of one
+detector with other settings apart. For every category all runs share, and every combination of two
 or more detectors, the ensemble's image score is computed exactly as the `ensemble` detector
 computes it (station/detectors/ensemble.py): the mean over members of (score - mean) / std,
 with each member's mean and std from its own held-out good images (results.json ->
@@ -40,9 +41,11 @@ def read_runs(spec: list[str]) -> dict[str, dict[str, tuple[dict[str, float], di
     """det -> category -> ((mean, std of held-out good scores), {stem: (label, score)})."""
     out: dict[str, dict[str, tuple[dict[str, float], dict[str, tuple]]]] = {}
     for item in spec:
-        det, _, dirs = item.partition("=")
+        label, _, dirs = item.partition("=")
         if not dirs:
-            raise SystemExit(f"--runs must look like DET=DIR[,DIR...], not {item!r}")
+            raise SystemExit(f"--runs must look like [LABEL@]DET=DIR[,DIR...], not {item!r}")
+        label, _, det = label.rpartition("@")
+        label = label or det
         for d in dirs.split(","):
             doc = json.loads((Path(d) / "results.json").read_text())
             for cat, per_det in doc["categories"].items():
@@ -53,7 +56,7 @@ def read_runs(spec: list[str]) -> dict[str, dict[str, tuple[dict[str, float], di
                 with (Path(d) / cat / det / "scores.csv").open() as f:
                     for r in csv.DictReader(f):
                         rows[r["image"]] = (int(r["label"] != "good"), float(r["score"]))
-                out.setdefault(det, {})[cat] = ({"mean": good["mean"], "std": good["std"]}, rows)
+                out.setdefault(label, {})[cat] = ({"mean": good["mean"], "std": good["std"]}, rows)
     return out
 
 
@@ -95,7 +98,7 @@ def table(runs: dict, combos: list[tuple[str, ...]], cats: list[str]) -> list[st
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--runs", action="append", required=True, help="DET=DIR[,DIR...]")
+    ap.add_argument("--runs", action="append", required=True, help="[LABEL@]DET=DIR[,DIR...]")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (.md)")
     args = ap.parse_args(argv)
     runs = read_runs(args.runs)
