@@ -123,6 +123,10 @@ def test_knn_is_a_runtime_setting(fitted: PatchCore, tmp_path: Path) -> None:
     )
     want = _check_settings(path, payload["config"], det_cfg, "r", PatchCore.runtime_settings)
     assert want["knn"] == "faiss_ivf"
+    det_cfg.params["batch_size"] = 1  # nor is the batch size (per-image features)
+    assert _check_settings(path, payload["config"], det_cfg, "r", PatchCore.runtime_settings)[
+        "batch_size"
+    ] == 1
     det_cfg.params["num_neighbors"] = 3  # ... while a model setting still is one
     with pytest.raises(DetectorError, match="num_neighbors"):
         _check_settings(path, payload["config"], det_cfg, "r", PatchCore.runtime_settings)

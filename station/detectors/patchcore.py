@@ -151,7 +151,9 @@ class PatchCore(Detector):
     name = "patchcore"
     version = 3  # 2: mirror_pad and center_features; 3: image score = weighted max patch score
     Config = PatchCoreConfig
-    runtime_settings = frozenset({"device", "knn"})
+    # batch_size: how many images one forward takes; features are per image (eval mode,
+    # per-image centring), so the bank and scores do not depend on it
+    runtime_settings = frozenset({"device", "knn", "batch_size"})
 
     def __init__(self, **params: Any) -> None:
         c = PatchCoreConfig(**params)

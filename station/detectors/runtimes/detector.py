@@ -7,7 +7,7 @@ LoadedModel whose detector is a `RuntimeDetector` with the artifact's version, m
 calibrations and thresholds keyed by model version still match.
 
 `RuntimeDetector.predict`: images -> the same [0, 1] RGB batch as torch (`to_batch`) -> the
-runtime in `batch_size` chunks -> maps and scores. PatchCore's graph gives patch features, each
+runtime in chunks of RUNTIME_BATCH -> maps and scores. PatchCore's graph gives patch features, each
 patch's nearest-bank distance and the smoothed map; the top patch's search and re-weighting run
 through `PatchCoreModel.score_from_distances` on the CPU (its `knn` index,
 station.detectors.knn), whatever device the graph runs on.
@@ -34,6 +34,9 @@ from station.errors import DetectorError
 
 if TYPE_CHECKING:
     from station.recipe import Recipe
+
+
+RUNTIME_BATCH = 8  # images per graph call
 
 
 def open_session(fmt: str, graph: Path, device: str) -> Any:
@@ -70,7 +73,9 @@ class RuntimeDetector(Detector):
         self.kind = str(doc["graph"]["kind"])
         self.image_hw = torch_detector.image_hw
         self._cfg = {**torch_detector.config(), "runtime": runtime}
-        self.batch_size = int(self._cfg.get("batch_size", 8))
+        # the graph's own batch, not the torch detector's (tuned for eager torch): 8 was
+        # its fastest on the CPU (docs/runtimes.md, per-shot latency)
+        self.batch_size = RUNTIME_BATCH
         self.grid = tuple(int(v) for v in doc["graph"].get("grid") or (0, 0))
         self.scorer: Any = None
         self.device = torch.device("cpu")
