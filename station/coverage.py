@@ -192,8 +192,7 @@ def detector_factor(recipe: Recipe) -> float:
     pre = recipe.preprocess
     if pre.tiling.enabled:
         return 1.0
-    cam = recipe.camera
-    w, h = (pre.crop[2], pre.crop[3]) if pre.crop is not None else (cam.width, cam.height)
+    w, h = recipe.shot_wh
     return max(1.0, w / pre.size[0], h / pre.size[1])
 
 

@@ -314,7 +314,7 @@ class Recipe(_Strict):
         if not pre.tiling.enabled:
             return self
         (tw, th), crop = pre.size, pre.crop
-        sw, sh = (crop[2], crop[3]) if crop else (self.camera.width, self.camera.height)
+        sw, sh = self.shot_wh
         if tw > sw or th > sh:
             raise ValueError(
                 f"preprocess.size: the {tw} x {th} tile is larger than the {sw} x {sh} shot "
@@ -336,6 +336,12 @@ class Recipe(_Strict):
         if bad:
             raise ValueError(bad)
         return self
+
+    @property
+    def shot_wh(self) -> tuple[int, int]:
+        """(width, height) of a shot as the detectors get it: preprocess.crop, else the camera's."""
+        crop = self.preprocess.crop
+        return (crop[2], crop[3]) if crop else (self.camera.width, self.camera.height)
 
     # -- drivers: `auto` was resolved against the backend when the recipe was read ---------
     @property

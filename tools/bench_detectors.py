@@ -100,9 +100,8 @@ def shot_tiles(recipe_name: str) -> int:
     r = load_recipe(recipe_name)
     if not r.preprocess.tiling.enabled:
         return 1
-    crop = r.preprocess.crop
-    hw = (crop[3], crop[2]) if crop else (r.camera.height, r.camera.width)
-    return len(tiles_of(hw, r.preprocess, f"a shot of recipe {r.name}"))
+    w, h = r.shot_wh
+    return len(tiles_of((h, w), r.preprocess, f"a shot of recipe {r.name}"))
 
 
 def print_shot_latency(console: Any, rows: list[dict[str, Any]], shot: int, recipe: str) -> None:

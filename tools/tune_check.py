@@ -30,26 +30,21 @@ from station.calibration.evaluation import read_test_set  # noqa: E402
 from station.detectors.artifact import load_artifact  # noqa: E402
 from station.detectors.base import Detector  # noqa: E402
 from station.detectors.engine import ScoringEngine  # noqa: E402
-from station.detectors.ensemble import Ensemble  # noqa: E402
-from station.detectors.registry import create_detector, detector_kwargs, load_recipe  # noqa: E402
+from station.detectors.registry import load_recipe  # noqa: E402
 from station.metrics import image_auroc  # noqa: E402
 from station.recipe import DetectorConfig  # noqa: E402
+from station.tuning.evaluate import assemble_ensemble  # noqa: E402
+from station.tuning.journal import read_journal  # noqa: E402
 from station.tuning.report import rank  # noqa: E402
 
 
-def read_journal(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(the run record, finished candidates by id) of a tune folder's tune.jsonl."""
-    run: dict[str, Any] = {}
-    done: dict[str, dict[str, Any]] = {}
-    for line in (folder / "tune.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("type") == "run":
-            run, done = rec, {}  # a later run record starts over
-        elif rec.get("type") == "candidate" and rec.get("status") == "done":
-            done[rec["id"]] = rec
-    if not run:
-        raise SystemExit(f"{folder / 'tune.jsonl'} holds no tune run")
-    return run, done
+def finished(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(the run header, finished candidates by id) of a tune folder's journal."""
+    journal = read_journal(folder)
+    if journal is None:
+        raise SystemExit(f"{folder} holds no tune journal (tune.jsonl)")
+    header, records = journal
+    return header, {r["id"]: r for r in records if r.get("status") == "done"}
 
 
 def model_of(rec: dict[str, Any], done: dict[str, dict[str, Any]]) -> Detector:
@@ -57,11 +52,7 @@ def model_of(rec: dict[str, Any], done: dict[str, dict[str, Any]]) -> Detector:
     if rec["fit"].get("model"):
         return load_artifact(rec["fit"]["model"], device="cpu").detector
     members = [done[m] for m in rec["members"]]
-    ens = create_detector("ensemble", **detector_kwargs(DetectorConfig(**rec["entry"]), "cpu"))
-    assert isinstance(ens, Ensemble)
-    fitted = [load_artifact(m["fit"]["model"], device="cpu").detector for m in members]
-    ens.assemble(fitted, [m["fit"]["val_good_scores"] for m in members])
-    return ens
+    return assemble_ensemble(DetectorConfig(**rec["entry"]), members, {}, "cpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    run, done = read_journal(args.tune)
+    run, done = finished(args.tune)
     recipe = load_recipe(run["recipe_source"])
     test = read_test_set(args.category, recipe.preprocess, lambda *_: None)
     rows = []

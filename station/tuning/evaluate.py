@@ -27,7 +27,7 @@ from station.detectors.registry import create_detector, detector_kwargs
 from station.detectors.training import train_and_save
 from station.errors import DetectorError
 from station.metrics import image_auroc
-from station.recipe import Recipe
+from station.recipe import DetectorConfig, Recipe
 from station.tuning.candidates import Candidate
 from station.tuning.data import TuneData
 
@@ -99,6 +99,22 @@ def _member(done: dict[str, Detector], record: dict[str, Any], device: str | Non
     return load_artifact(record["fit"]["model"], device=device).detector
 
 
+def assemble_ensemble(
+    entry: DetectorConfig,
+    members: Sequence[dict[str, Any]],
+    done: dict[str, Detector],
+    device: str | None = None,
+) -> Ensemble:
+    """The ensemble `entry` from its members' journal records: their fitted models (kept in
+    `done`, else loaded) standardised by their held-out good scores, as `Ensemble.fit` would
+    leave it. DetectorError when a member's settings differ from what the ensemble builds."""
+    ens = create_detector(entry.name, **detector_kwargs(entry, device))
+    assert isinstance(ens, Ensemble)
+    fitted = [_member(done, m, device) for m in members]
+    ens.assemble(fitted, [m["fit"]["val_good_scores"] for m in members])
+    return ens
+
+
 def fit_ensemble(
     c: Candidate,
     members: Sequence[dict[str, Any]],
@@ -112,12 +128,8 @@ def fit_ensemble(
     """The ensemble of `members` (their journal records): their fitted models standardised by
     their own held-out good scores, as `Ensemble.fit` would; refitted when a member's
     settings differ from what the ensemble builds."""
-    ens = create_detector(c.detector, **detector_kwargs(c.config(), device))
-    assert isinstance(ens, Ensemble)
     try:
-        fitted = [_member(done, m, device) for m in members]
-        # checks every member's settings against the ensemble's
-        ens.assemble(fitted, [m["fit"]["val_good_scores"] for m in members])
+        ens: Detector = assemble_ensemble(c.config(), members, done, device)
     except (DetectorError, OSError) as exc:
         ens, fit = fit_single(recipe, c, data, model_path, progress, device)
         return ens, {**fit, "members_reused": False, "note": f"members refitted: {exc}"}

@@ -28,6 +28,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def read_journal(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """(header, candidate records) of `<out>/tune.jsonl`; None when there is no tune journal."""
+    path = out / FILE
+    if not path.is_file():
+        return None
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by an interrupted run
+            continue
+    rows = [r for r in rows if isinstance(r, dict)]
+    if not rows or rows[0].get("type") != "run":
+        return None
+    return rows[0], [r for r in rows[1:] if r.get("type") == "candidate" and "id" in r]
+
+
 class Journal:
     """The candidates finished for one digest, appended to as new ones finish."""
 
@@ -40,7 +57,7 @@ class Journal:
     def open(self) -> Journal:
         """Read what an earlier run with this digest finished; start over on another digest
         (or on a file that is not a tune journal)."""
-        old = self._read()
+        old = read_journal(self.path.parent)
         if old is not None and old[0].get("digest") == self.header["digest"]:
             self.records = {r["id"]: r for r in old[1]}
             return self
@@ -50,20 +67,6 @@ class Journal:
         self.path.write_text(json.dumps(_plain({"type": "run", **self.header})) + "\n")
         self.records = {}
         return self
-
-    def _read(self) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-        if not self.path.is_file():
-            return None
-        rows = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by an interrupted run
-                continue
-        rows = [r for r in rows if isinstance(r, dict)]
-        if not rows or rows[0].get("type") != "run":
-            return None
-        return rows[0], [r for r in rows[1:] if r.get("type") == "candidate" and "id" in r]
 
     def add(self, record: dict[str, Any]) -> None:
         """Append one finished candidate (and keep it in `records`)."""
