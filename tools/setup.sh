@@ -20,6 +20,20 @@ if [ "$dev" = 1 ]; then
     fi
 fi
 
+# A first install unpacks about 7 GB (torch's CUDA build is most of it): say so before pip
+# fails half-way with "No space left on device".
+if ! { [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch' 2>/dev/null; }; then
+    need_gb=9
+    for d in . "${TMPDIR:-/tmp}"; do
+        free_gb=$(df -Pk "$d" | awk 'NR==2 {print int($4 / 1048576)}')
+        if [ "$free_gb" -lt "$need_gb" ]; then
+            echo "setup: only ${free_gb} GB free on $(df -P "$d" | awk 'NR==2 {print $6}') ($d);" \
+                "the first install needs about ${need_gb} GB: free some space and run it again" >&2
+            exit 1
+        fi
+    done
+fi
+export PIP_NO_CACHE_DIR=1
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if [ "$dev" = 1 ]; then
     # onnx, openvino: the deployment runtimes, tested by tests/test_export.py (docs/runtimes.md)
