@@ -127,6 +127,9 @@ class CoverageConfig(_Strict):
     smallest_defect_mm: float = Field(2.0, gt=0, le=200)
     defect_px: float = Field(8.0, ge=1, le=1024)  # px across it at the detector input
     overlap: float = Field(0.15, ge=0, lt=1)  # share of a footprint seen by its neighbour
+    # the raster reaches this far past the region on every side, so the sheet's edge never
+    # lies at a shot's border, where the detectors would see it without context
+    view_margin_mm: float = Field(0.0, ge=0, le=200)
     camera_height_mm: float | None = Field(None, gt=0, le=5000)  # None: from the resolution
 
 

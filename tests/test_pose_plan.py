@@ -75,13 +75,16 @@ def test_shipped_plan_covers_the_sheet_at_the_resolution() -> None:
     assert xs[:3] == sorted(xs[:3]) and xs[3:6] == sorted(xs[3:6], reverse=True)
     assert ys[0] == ys[2] < ys[3] == ys[5] < ys[6] == ys[8]
     assert all(q.rotvec_rad == r.robot.home.rotvec_rad for q in p.poses)
-    # the raster spans the region exactly: the outer footprints are flush with its edges
+    # the raster spans the region grown by the view margin exactly: the outer footprints
+    # reach that far past the region's edges
+    m = r.coverage.view_margin_mm
+    assert m == 8.0
     prints = np.array([f for f in p.report.footprints if f is not None])
     x0, y0, x1, y1 = p.report.region
-    assert prints[:, :, 0].min() == pytest.approx(x0, abs=0.02)
-    assert prints[:, :, 0].max() == pytest.approx(x1, abs=0.02)
-    assert prints[:, :, 1].min() == pytest.approx(y0, abs=0.02)
-    assert prints[:, :, 1].max() == pytest.approx(y1, abs=0.02)
+    assert prints[:, :, 0].min() == pytest.approx(x0 - m, abs=0.02)
+    assert prints[:, :, 0].max() == pytest.approx(x1 + m, abs=0.02)
+    assert prints[:, :, 1].min() == pytest.approx(y0 - m, abs=0.02)
+    assert prints[:, :, 1].max() == pytest.approx(y1 + m, abs=0.02)
     # motion: home -> 9 poses -> home, each move by the trapezoid, settle per shot
     stops = [r.robot.home.position_mm, *(q.position_mm for q in p.poses), r.robot.home.position_mm]
     moves = sum(
@@ -113,6 +116,29 @@ def test_overlap_and_camera_height_are_honoured() -> None:
     )
     assert whole.height_mm == 231  # the 2.5x resize asks for a camera 2.5x closer
     assert whole.report.problems == [] and whole.report.raster.percent == 100.0
+
+
+def test_view_margin_moves_the_sheet_edge_off_the_shot_border() -> None:
+    """With no margin the outer footprints end on the region's edge (the sheet's edge then
+    lies at the shot's border); a margin pushes them out by that much, more shots where the
+    overlap would otherwise fall below coverage.overlap, and still covers the region."""
+
+    def margin(mm: float, sheet: tuple[float, float]):  # noqa: ANN202
+        return _recipe(lambda d: d["coverage"].update(view_margin_mm=mm)
+                       or d["sheet"].update(width_mm=sheet[0], height_mm=sheet[1]))  # fmt: skip
+
+    for sheet, grids in (((264, 204), [(2, 2), (2, 2)]), ((280, 220), [(2, 2), (3, 3)])):
+        for mm, grid in zip((0.0, 8.0), grids, strict=True):
+            p = pp.plan(margin(mm, sheet))
+            prints = np.array([f for f in p.report.footprints if f is not None])
+            x0, y0, x1, y1 = p.report.region
+            assert p.grid == grid
+            assert prints[:, :, 0].min() == pytest.approx(x0 - mm, abs=0.02)
+            assert prints[:, :, 1].max() == pytest.approx(y1 + mm, abs=0.02)
+            assert p.report.raster.percent == 100.0 and p.report.problems == []
+            assert min(p.overlap) >= 0.15
+    with pytest.raises(RecipeError, match="view_margin_mm"):
+        margin(-1.0, (300, 300))
 
 
 def test_height_is_lowered_until_every_pose_is_reachable() -> None:

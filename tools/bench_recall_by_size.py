@@ -318,13 +318,16 @@ class Sets:
 
 def common_fields(args: argparse.Namespace) -> dict[str, Any]:
     """What every bench recipe changes in the shipped one: no twin waiting, and with --sheet
-    the sheet size and its own planned poses, with --glare the twin's glare scale."""
+    the sheet size and its own planned poses, with --glare the twin's glare scale, with
+    --view-margin the planner's view margin."""
     out: dict[str, Any] = {"extends": BASE_RECIPE, "twin": {"time_scale": 0.0}}
     if args.sheet:
         out["sheet"] = {"width_mm": args.sheet[0], "height_mm": args.sheet[1]}
         out["robot"] = {"poses_file": "bench.poses.yaml"}
     if args.glare is not None:
         out["twin"]["params"] = {"glare": args.glare}
+    if args.view_margin is not None:
+        out["coverage"] = {"view_margin_mm": args.view_margin}
     return out
 
 
@@ -507,6 +510,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     "are planned for it (station plan-poses)")  # fmt: skip
     ap.add_argument("--glare", type=float, default=None,
                     help="twin.params.glare (0: off; default: the twin's, 1)")  # fmt: skip
+    ap.add_argument("--view-margin", type=float, default=None, metavar="MM",
+                    help="coverage.view_margin_mm for the planned poses (default: the "
+                    "recipe's); with --sheet only")  # fmt: skip
     ap.add_argument("--test-rate", type=float, default=0.7, help="twin defect rate (test)")
     ap.add_argument("--test-sizes", type=float, nargs=2, default=(0.7, 25.0),
                     metavar=("LO", "HI"), help="twin defect sizes in mm (test)")  # fmt: skip
@@ -532,6 +538,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             ap.error(f"--{name} must be at least 1")
     if args.sheet and min(args.sheet) <= 0:
         ap.error("--sheet: give a width and height in mm above 0, e.g. --sheet 280 220")
+    if args.view_margin is not None and (args.view_margin < 0 or not args.sheet):
+        ap.error("--view-margin: give 0 or more mm, with --sheet (the poses are planned then)")
     if args.glare is not None and args.glare < 0:
         ap.error("--glare must be 0 (off) or positive")
     try:

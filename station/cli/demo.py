@@ -121,10 +121,10 @@ def register(app: typer.Typer) -> None:
             0.25, min=0.0, help="Robot timing of the twin: 1 = real time, 0 = no waiting."
         ),
         sheet_mm: tuple[float, float] = typer.Option(
-            (280.0, 220.0),
+            (264.0, 204.0),
             "--sheet-mm",
             help="Width and height of the demo's sheets (mm); the poses are planned to cover "
-            "them. 280 x 220 takes 2 x 2 shots, the recipe's 300 x 300 sheet 3 x 3.",
+            "them. 264 x 204 takes 2 x 2 shots, the recipe's 300 x 300 sheet 3 x 3.",
         ),
     ) -> None:
         """Run the whole loop on the simulated station: capture, train, calibrate, inspect."""

@@ -69,6 +69,8 @@ def register(app: typer.Typer) -> None:
             f"shots per sheet {len(p.poses)} ({p.grid[0]} x {p.grid[1]}), each "
             f"{p.footprint_mm[0]:.1f} x {p.footprint_mm[1]:.1f} mm, overlap "
             f"{p.overlap[0]:.2f} along x, {p.overlap[1]:.2f} along y"
+            + (f", reaching {rec.coverage.view_margin_mm:g} mm past the region (view margin)"
+               if rec.coverage.view_margin_mm else "")
         )
         for line in rep.lines():
             say(line)
