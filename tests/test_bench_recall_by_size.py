@@ -5,24 +5,17 @@ The benchmark itself runs the station end to end (minutes); these check what it 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+from tool_module import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _tool():  # noqa: ANN202 (a module loaded from tools/)
-    spec = importlib.util.spec_from_file_location(
-        "bench_recall_by_size", REPO / "tools" / "bench_recall_by_size.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_recall_by_size"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_recall_by_size")
 
 
 T = _tool()

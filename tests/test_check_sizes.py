@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from tool_module import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _tool():  # noqa: ANN202 (a module loaded from tools/)
-    spec = importlib.util.spec_from_file_location("check_sizes", REPO / "tools" / "check_sizes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["check_sizes"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("check_sizes")
 
 
 def test_counts_each_def_with_its_decorators_and_nested_defs() -> None:

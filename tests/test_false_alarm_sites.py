@@ -3,23 +3,17 @@ levels, the report). The tool itself scores a bench home end to end (minutes).""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tool_module import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _tool():  # noqa: ANN202 (a module loaded from tools/)
-    spec = importlib.util.spec_from_file_location(
-        "false_alarm_sites", REPO / "tools" / "false_alarm_sites.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("false_alarm_sites")
 
 
 T = _tool()

@@ -3,7 +3,6 @@ gate and its record, shadow mode beside the live models, and a restart keeping a
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from sqlalchemy import select
 from test_inspection_offline import _layout
 from test_inspection_support import bright_set, database, small_recipe
+from tool_module import load_tool
 
 from station.decision import Decision, Verdict
 from station.detectors.artifact import (
@@ -276,11 +276,7 @@ def test_review_page_lists_where_live_and_shadow_disagree(
 
 
 def _bench():  # noqa: ANN202 (tools/bench_retrain.py, loaded as a module)
-    spec = importlib.util.spec_from_file_location("bench_retrain", REPO / "tools/bench_retrain.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_retrain")
 
 
 @pytest.mark.slow
