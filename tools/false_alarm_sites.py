@@ -99,11 +99,13 @@ def peak_site(part: dict[str, Any], inside: dict[str, np.ndarray]) -> dict[str, 
 def judge(scores: list[float], parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Zero-miss threshold on the calibration parts, then false rejects, misses and AUROC on
     the test parts."""
-    from station.tuning.evaluate import auroc
+    from _bench_fusion import zero_miss_threshold
+
+    from station.calibration.roc import auroc
 
     cal = [(s, p) for s, p in zip(scores, parts, strict=True) if p["set"] == "labelled"]
     test = [(s, p) for s, p in zip(scores, parts, strict=True) if p["set"] != "labelled"]
-    th = min(s for s, p in cal if p["label"] == 1)
+    th = zero_miss_threshold([s for s, _ in cal], [p["label"] for _, p in cal], "calibration")
     good = [s for s, p in test if p["label"] == 0]
     bad = [s for s, p in test if p["label"] == 1]
     missed = [p for s, p in test if p["label"] == 1 and s < th]
