@@ -78,10 +78,10 @@ def score_parts(home: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]
                         [xy[..., 0] - x0, x1 - xy[..., 0], xy[..., 1] - y0, y1 - xy[..., 1]]
                     )
             parts.append({"set": set_name, "key": pf.key, "label": pf.label,
-                          "truth": pf.truth, "maps": maps,
+                          "truth": pf.truth, "maps": maps, "poses": poses,
                           "shot_scores": [float(s) for s in res.scores]})  # fmt: skip
             print(f"  {set_name}/{pf.key} scored", flush=True)
-    return [dict(p, poses=poses) for p in parts], inside
+    return parts, inside
 
 
 def peak_site(part: dict[str, Any], inside: dict[str, np.ndarray]) -> dict[str, Any]:
