@@ -152,6 +152,12 @@ class URRobot:
                 )
             # Uploads ur_rtde's control script; needs remote control on e-Series robots.
             self._link.call("open_control", t, host=cfg.host)
+            # after a dropped link the new script may not run yet: commands would be refused
+            if not self._link.call("ensure_script", t, wait_s=2.0):
+                raise RobotError(
+                    f"robot at {cfg.host} does not run the ur_rtde control script",
+                    "check remote control mode and the controller log, then reconnect",
+                )
             offset = [v / 1000.0 for v in cfg.tcp_offset_mm] + list(cfg.tcp_offset_rotvec_rad)
             if not self._link.call("set_tcp", t, offset=offset):
                 raise RobotError(f"robot at {cfg.host} refused the TCP offset {offset}")
