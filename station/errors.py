@@ -70,6 +70,10 @@ class MaterialError(StationError):
     """A shot does not look like the material the models were trained on."""
 
 
+class NotInspected(StationError):
+    """Part of the sheet's region was seen only on saturated pixels (glare): no verdict."""
+
+
 class InUse(StationError):
     """Another process holds the lock this run needs (e.g. a live run on the same recipe)."""
 

@@ -3,6 +3,7 @@
 Images in memory are uint8 numpy arrays: H x W (grey) or H x W x 3 (RGB). `read_image` and
 `write_png` report missing, corrupt or unwritable files as StationError naming the file;
 `write_png` writes atomically (temporary file + rename) and returns the PNG's sha256.
+`saturated_mask` marks a shot's clipped pixels (the sheet map does not inspect through them).
 `preprocess` applies a recipe's PreprocessConfig: crop, resize to `size` (width, height),
 grey to three channels when asked. With `preprocess.tiling` enabled the shot keeps its native
 size (crop and grey to RGB only): `size` is then the tile the scoring engine cuts it into.
@@ -93,6 +94,24 @@ def read_image(path: str | Path, pixel_format: str | None = None) -> np.ndarray:
         else:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(img)
+
+
+SATURATION_GROW_PX = 2  # a clipped blob's rim is clipped in part too
+
+
+def saturated_mask(image: np.ndarray, grow_px: int = SATURATION_GROW_PX) -> np.ndarray | None:
+    """H x W bool: the 8-bit shot's pixels at full scale (255) in any channel, grown by
+    `grow_px`; None when none is. What lies there is not inspected: the sensor clipped it."""
+    img = to_uint8(np.asarray(image))
+    full = img >= 255
+    if full.ndim == 3:
+        full = full.any(axis=2)
+    if not full.any():
+        return None
+    if grow_px > 0:
+        k = np.ones((2 * grow_px + 1, 2 * grow_px + 1), np.uint8)
+        full = cv2.dilate(full.astype(np.uint8), k) > 0
+    return full
 
 
 def encode_png(image: np.ndarray) -> bytes:

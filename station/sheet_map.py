@@ -5,11 +5,14 @@ region; for each shot (`ShotView`: 3x3 intrinsics, distortion, camera -> base po
 its map covers) every cell centre on the table plane is projected into the image (distortion
 included) and the map sampled bilinearly where it lies inside; `SheetMapper` fuses the views
 that see a cell by max, mean or min (`decision.sheet_fusion`), one map per detector. A cell no
-view sees is NaN (`SheetMap.unseen_cells`: a coverage gap). `SheetMap.defects` lists the
-8-connected regions of the combined map (max over detectors of fused / threshold) at or over
-1.0. `SheetDefect` is shared with storage (which records it) and review. `shot_view` makes a
-shot's `ShotView` from a camera model (`CameraLike`: the cell's `CameraModel`) and the TCP:
-inspection and threshold calibration both build their views with it.
+view sees is NaN (`SheetMap.unseen_cells`: a coverage gap). A view may come with the shot's
+saturated pixels: where a cell lies on them it is fused from the views that see it unsaturated,
+and a cell every view sees saturated is blind (`SheetMap.blind_regions`: glare, not inspected).
+`SheetMap.defects` lists the 8-connected regions of the combined map (max over detectors of
+fused / threshold) at or over 1.0. `SheetDefect` is shared with storage (which records it)
+and review. `shot_view` makes a shot's `ShotView` from a camera model (`CameraLike`: the
+cell's `CameraModel`) and the TCP: inspection and threshold calibration both build their views
+with it.
 """
 
 from __future__ import annotations
@@ -244,6 +247,7 @@ class _Seen:
     rows: slice
     cols: slice
     mask: np.ndarray  # bool, the box's shape
+    clear: np.ndarray  # bool, the box's shape: seen on unsaturated pixels
 
 
 class SheetMapper:
@@ -265,8 +269,9 @@ class SheetMapper:
         self.region_mm = tuple(region_mm) if region_mm is not None else grid.extent_mm
         self.seen: dict[str, _Seen] = {}
         self.footprints: dict[str, np.ndarray] = {}
-        self._acc: dict[str, np.ndarray] = {}  # max/min: the fused value; mean: the sum
-        self._count: dict[str, np.ndarray] = {}  # mean only
+        # per (detector, "clear" | "all"): the views' samples on unsaturated pixels, and all
+        self._acc: dict[tuple[str, str], np.ndarray] = {}  # max/min: fused value; mean: sum
+        self._count: dict[tuple[str, str], np.ndarray] = {}  # mean only
 
     def _box(self, view: ShotView) -> tuple[slice, slice] | None:
         """The grid cells around the view's footprint (None: it misses the grid)."""
@@ -282,14 +287,26 @@ class SheetMapper:
             return None
         return slice(r0, r1), slice(c0, c1)
 
-    def add(self, view: ShotView, maps: Mapping[str, np.ndarray]) -> None:
-        """Project the grid into `view` and fuse each detector's map of that shot."""
+    def add(
+        self,
+        view: ShotView,
+        maps: Mapping[str, np.ndarray],
+        saturated: np.ndarray | None = None,
+    ) -> None:
+        """Project the grid into `view` and fuse each detector's map of that shot.
+        `saturated`: the shot's H x W bool mask of saturated pixels (None: none)."""
         if view.name in self.seen:
             raise ValueError(f"shot {view.name} was added twice")
+        if saturated is not None and saturated.shape != (view.size[1], view.size[0]):
+            raise ValueError(
+                f"saturation mask of shot {view.name} is {saturated.shape[::-1]} px, "
+                f"the shot {view.size}"
+            )
         self.footprints[view.name] = footprint(view, self.table_to_base)
         box = self._box(view)
         if box is None:
-            self.seen[view.name] = _Seen(slice(0, 0), slice(0, 0), np.zeros((0, 0), bool))
+            empty = np.zeros((0, 0), bool)
+            self.seen[view.name] = _Seen(slice(0, 0), slice(0, 0), empty, empty)
             return
         rs, cs = box
         pts = on_table(self.grid.centres(rs, cs), self.table_to_base)
@@ -302,7 +319,13 @@ class SheetMapper:
                 & (uv[..., 1] >= y - 0.5)
                 & (uv[..., 1] <= y + h - 0.5)
             )
-        self.seen[view.name] = _Seen(rs, cs, inside)
+        clear = inside
+        if saturated is not None and saturated.any():
+            w_img, h_img = view.size
+            ui = np.clip(np.rint(np.where(inside, uv[..., 0], 0)), 0, w_img - 1).astype(int)
+            vi = np.clip(np.rint(np.where(inside, uv[..., 1], 0)), 0, h_img - 1).astype(int)
+            clear = inside & ~saturated[vi, ui]
+        self.seen[view.name] = _Seen(rs, cs, inside, clear)
         for name, amap in maps.items():
             m = np.asarray(amap, np.float32)
             if m.ndim != 2 or m.size == 0:
@@ -314,15 +337,17 @@ class SheetMapper:
             mx = np.where(inside, mx, 0).astype(np.float32)
             my = np.where(inside, my, 0).astype(np.float32)
             vals = cv2.remap(m, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            self._fuse(name, rs, cs, np.where(inside, vals.astype(np.float64), np.nan))
+            vals = vals.astype(np.float64)
+            self._fuse((name, "all"), rs, cs, np.where(inside, vals, np.nan))
+            self._fuse((name, "clear"), rs, cs, np.where(clear, vals, np.nan))
 
-    def _fuse(self, name: str, rs: slice, cs: slice, vals: np.ndarray) -> None:
-        if name not in self._acc:
+    def _fuse(self, key: tuple[str, str], rs: slice, cs: slice, vals: np.ndarray) -> None:
+        if key not in self._acc:
             fill = 0.0 if self.fusion == "mean" else np.nan
-            self._acc[name] = np.full(self.grid.shape, fill)
+            self._acc[key] = np.full(self.grid.shape, fill)
             if self.fusion == "mean":
-                self._count[name] = np.zeros(self.grid.shape, np.int32)
-        acc = self._acc[name]
+                self._count[key] = np.zeros(self.grid.shape, np.int32)
+        acc = self._acc[key]
         if self.fusion == "max":
             acc[rs, cs] = np.fmax(acc[rs, cs], vals)
         elif self.fusion == "min":
@@ -330,17 +355,25 @@ class SheetMapper:
         else:
             present = ~np.isnan(vals)
             acc[rs, cs] += np.where(present, vals, 0.0)
-            self._count[name][rs, cs] += present
+            self._count[key][rs, cs] += present
+
+    def _fused(self, key: tuple[str, str]) -> np.ndarray:
+        acc = self._acc[key]
+        if self.fusion != "mean":
+            return acc.copy()
+        count = self._count[key]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, acc / np.maximum(count, 1), np.nan)
 
     def result(self) -> SheetMap:
+        """Per detector: the fusion of the unsaturated views where a cell has one, else of
+        every view that sees it (a blind cell keeps its saturated values: a bright foreign
+        object must not vanish from the map)."""
         fused = {}
-        for name, acc in self._acc.items():
-            if self.fusion == "mean":
-                count = self._count[name]
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    fused[name] = np.where(count > 0, acc / np.maximum(count, 1), np.nan)
-            else:
-                fused[name] = acc.copy()
+        for name, kind in self._acc:
+            if kind == "all":
+                clear, every = self._fused((name, "clear")), self._fused((name, "all"))
+                fused[name] = np.where(np.isnan(clear), every, clear)
         return SheetMap(
             self.grid, self.fusion, fused, dict(self.seen), dict(self.footprints), self.region_mm
         )
@@ -392,15 +425,38 @@ class SheetMap:
         th = thresholds or {}
         return np.fmax.reduce([m / float(th.get(n, 1.0)) for n, m in self.fused.items()])
 
-    def unseen_cells(self) -> int:
-        """Cells whose centre lies in the region and that no shot sees (a coverage gap)."""
-        seen = np.zeros(self.grid.shape, bool)
-        for s in self.seen.values():
-            seen[s.rows, s.cols] |= s.mask
+    def _within(self) -> np.ndarray:
+        """Cells whose centre lies in the region."""
         c = self.grid.centres()
         x0, y0, x1, y1 = self.region_mm
-        within = (c[..., 0] >= x0) & (c[..., 0] <= x1) & (c[..., 1] >= y0) & (c[..., 1] <= y1)
-        return int((within & ~seen).sum())
+        return (c[..., 0] >= x0) & (c[..., 0] <= x1) & (c[..., 1] >= y0) & (c[..., 1] <= y1)
+
+    def _coverage(self, field: str) -> np.ndarray:
+        out = np.zeros(self.grid.shape, bool)
+        for s in self.seen.values():
+            out[s.rows, s.cols] |= getattr(s, field)
+        return out
+
+    def unseen_cells(self) -> int:
+        """Cells whose centre lies in the region and that no shot sees (a coverage gap)."""
+        return int((self._within() & ~self._coverage("mask")).sum())
+
+    def blind_regions(self) -> list[tuple[float, tuple[float, float]]]:
+        """(area mm², centre in base mm) of each 8-connected region of cells in the region
+        that some shot sees but every such shot sees saturated (not inspected), largest
+        first."""
+        blind = self._within() & self._coverage("mask") & ~self._coverage("clear")
+        if not blind.any():
+            return []
+        count, labels = cv2.connectedComponents(blind.astype(np.uint8), connectivity=8)
+        s = self.grid.mm_per_px
+        centres = self.grid.centres()
+        out = []
+        for k in range(1, count):
+            rr, cc = np.nonzero(labels == k)
+            xy = centres[rr, cc].mean(axis=0)
+            out.append((float(len(rr) * s * s), (float(xy[0]), float(xy[1]))))
+        return sorted(out, key=lambda r: -r[0])
 
     def defects(self, thresholds: Mapping[str, float] | None = None) -> list[SheetDefect]:
         """Regions of the combined map at or over 1.0 (8-connected), largest peak first.

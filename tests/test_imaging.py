@@ -11,7 +11,7 @@ import pytest
 
 from station.datasets import MVTecFolder, category_dirs, image_files, training_images
 from station.errors import StationError
-from station.imaging import preprocess, preprocess_mask, read_image, write_png
+from station.imaging import preprocess, preprocess_mask, read_image, saturated_mask, write_png
 from station.recipe import PreprocessConfig
 
 
@@ -135,3 +135,16 @@ def test_detector_batches_convert_each_image_as_files_are_read() -> None:
     assert batch == [255.0, 200.0, float(to_uint8(deep)[0, 0])] == [255.0, 200.0, 156.0]
     alone = (to_batch([unit])[:, 0, 0, 0] * 255).round().tolist()
     assert alone == [255.0]  # the same with or without the rest of the batch
+
+
+def test_saturated_mask_marks_clipped_pixels_grown_by_two() -> None:
+    grey = np.full((20, 30), 254, np.uint8)
+    assert saturated_mask(grey) is None  # bright is not clipped
+    grey[10, 15] = 255
+    mask = saturated_mask(grey)
+    assert mask is not None and mask.shape == (20, 30)
+    assert mask.sum() == 25 and mask[8:13, 13:18].all()  # 5 x 5: grown by 2 px
+    assert saturated_mask(grey, grow_px=0).sum() == 1
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[3, 4, 2] = 255  # one channel clipped is clipped
+    assert saturated_mask(rgb, grow_px=0)[3, 4]

@@ -265,6 +265,20 @@ def test_camera_fault_rejects_and_continues(cell: Cell, kind: str) -> None:
     assert cell.devices.line.rejects >= 2
 
 
+def test_a_sheet_seen_only_saturated_is_not_inspected(station_home: Path) -> None:
+    """Over-exposed: the region is clipped in every view, so no verdict: each part is a
+    not_inspected fault (rejected, sheet map kept), and the third in a row calls the operator."""
+    cell = _cell(station_home, camera__exposure_us=200_000)
+    summary = cell.run(3)
+    rows = _check_complete(cell, 3)
+    assert [r.verdict for r in rows] == [Verdict.FAULT] * 3
+    assert all(r.fault.kind == "not_inspected" for r in summary.results)
+    assert rows[0].reason.startswith("not inspected: ") and "seen only saturated" in rows[0].reason
+    assert all((cell.recipe.data_dir.parent / r.sheet_map_path).is_file() for r in rows)
+    assert [f.kind for f in cell.faults_seen] == ["not_inspected"]
+    assert cell.devices.line.rejects >= 3
+
+
 def test_detector_error_rejects_and_continues(cell: Cell) -> None:
     def fail() -> None:
         cell.detector.fail_with = RuntimeError("CUDA error: an illegal memory access")

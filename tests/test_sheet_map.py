@@ -269,3 +269,48 @@ def test_twin_truth_centroid_is_where_the_drawn_defect_lies(station_home) -> Non
         assert np.hypot(*(drawn - truth["centroid_mm"])) < 0.2, (defect.kind, drawn, truth)
         apart.append(float(np.hypot(*np.subtract(truth["centre_mm"], truth["centroid_mm"]))))
     assert max(apart) > 0.3, apart  # why the truth is the centroid, not the placement
+
+
+def saturated_disc(view: ShotView, at_mm: tuple[float, float], radius_px: float) -> np.ndarray:
+    """The view's H x W mask of clipped pixels: a disc where the table point `at_mm` appears."""
+    uv, _ = cv2.projectPoints(np.array([[*at_mm, 0.0]]), *_rt(view), view.matrix, view.dist)
+    u, v = uv.ravel()
+    xx, yy = np.meshgrid(np.arange(W), np.arange(H))
+    return (xx - u) ** 2 + (yy - v) ** 2 <= radius_px**2
+
+
+def test_a_saturated_spot_is_fused_from_the_view_that_sees_it_clear() -> None:
+    """Glare clipped in view a, clear in view b: every fusion takes b's value there, and
+    nothing is blind."""
+    a, b = down_view("a", 390.0, 0.0), down_view("b", 410.0, 0.0)
+    at = (402.0, 5.0)
+    glare = blob_map(a, at, 3.0, base=0.2, sigma_px=20.0)  # what the detector made of it
+    for fusion in ("max", "mean", "min"):
+        mapper = SheetMapper(Grid.over((380.0, -20.0, 420.0, 20.0), 0.5), fusion)
+        mapper.add(a, {"d": glare}, saturated_disc(a, at, 50.0))
+        mapper.add(b, {"d": np.full((H, W), 0.2, np.float32)}, None)
+        sheet = mapper.result()
+        assert sheet.peaks()["d"] < 0.6, fusion  # the clipped spot's peak is gone
+        assert sheet.blind_regions() == [] and sheet.unseen_cells() == 0
+
+
+def test_a_spot_saturated_in_every_view_is_blind_and_keeps_its_value() -> None:
+    a, b = down_view("a", 390.0, 0.0), down_view("b", 410.0, 0.0)
+    at = (400.0, 0.0)
+    maps = {"a": blob_map(a, at, 3.0, base=0.2), "b": blob_map(b, at, 2.5, base=0.2)}
+    mapper = SheetMapper(Grid.over((380.0, -20.0, 420.0, 20.0), 0.5), "max")
+    for view in (a, b):
+        mapper.add(view, {"d": maps[view.name]}, saturated_disc(view, at, 30.0))
+    sheet = mapper.result()
+    (blind,) = sheet.blind_regions()
+    area, centre = blind
+    # 30 px at ~0.1 mm/px: a disc of ~3 mm radius on the table, on 0.5 mm cells
+    assert 22.0 <= area <= 34.0 and np.linalg.norm(np.array(centre) - at) < 0.5
+    assert sheet.peaks()["d"] == pytest.approx(3.0, rel=0.05)  # a bright object is not hidden
+    assert sheet.unseen_cells() == 0
+
+
+def test_a_saturation_mask_of_the_wrong_size_is_refused() -> None:
+    mapper = SheetMapper(Grid.over((380.0, -20.0, 420.0, 20.0), 0.5))
+    with pytest.raises(ValueError, match="saturation mask of shot a"):
+        mapper.add(down_view("a", 400.0, 0.0), {"d": np.zeros((H, W))}, np.zeros((H, W - 1), bool))

@@ -49,6 +49,7 @@ class ScoredPart:
     scores: dict[str, float]  # rule -> part score (raw detector units)
     # sheet-map rule -> centres (mm) of the map's regions at the rule's threshold (test parts)
     regions: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    blind_mm2: float = 0.0  # the sheet map's largest region seen only saturated
 
 
 @dataclass(frozen=True)
@@ -183,9 +184,12 @@ class PassScorer:
         sheet-map rule's regions) from the same maps."""
         from bench_recall_by_size import truth_defect
 
+        from station.imaging import read_image, saturated_mask
         from station.sheet_map import recipe_mapper, shot_view
 
         res = self.engine.score_files([p for _, p in part.shots], keep_maps=True)[self.detector]
+        saturated = [saturated_mask(read_image(p)) for _, p in part.shots]
+        blind = 0.0
         scores = {BASE_RULE: float(np.max(np.asarray(res.scores, np.float64)))}
         regions: dict[str, list[tuple[float, float]]] = {}
         views = [shot_view(self.camera, pose, self.tcp[pose], self.recipe.preprocess.crop)
@@ -195,14 +199,15 @@ class PassScorer:
                 continue
             mapper = recipe_mapper(self.recipe, self.camera.table_to_base, fusion)
             for i, view in enumerate(views):
-                mapper.add(view, {self.detector: res.map(i)})
+                mapper.add(view, {self.detector: res.map(i)}, saturated[i])
             sheet = mapper.result()
             scores[rule] = sheet.peaks()[self.detector]
+            blind = max([blind] + [a for a, _ in sheet.blind_regions()])
             if thresholds is not None:
                 found = sheet.defects({self.detector: thresholds[rule]})
                 regions[rule] = [d.centre_mm for d in found]
         return ScoredPart(part.key, part.label, [truth_defect(d) for d in part.truth],
-                          scores, regions)  # fmt: skip
+                          scores, regions, blind)  # fmt: skip
 
 
 def run_pass(
@@ -215,6 +220,8 @@ def run_pass(
 ) -> dict[str, Any]:
     """Calibration parts scored, thresholds per rule, then test parts scored (with their
     regions at those thresholds) and every rule evaluated."""
+    from station.inspection.sheet import blind_limit_mm2
+
     poses = [p.name for p in recipe.robot.poses]
     t0 = time.perf_counter()
     scorer = PassScorer(recipe)
@@ -235,6 +242,7 @@ def run_pass(
         say(f"  test part {i + 1}/{len(test_files)} scored")
     t_all = time.perf_counter() - t0
     n_shots = len(poses) * (len(cal) + len(test))
+    limit = blind_limit_mm2(recipe)
     return {
         "recipe": recipe.name,
         "detector": scorer.detector,
@@ -244,8 +252,13 @@ def run_pass(
         "test": {"good": sum(p.label == 0 for p in test), "defect": sum(p.label for p in test),
                  "defects": sum(len(p.truth) for p in test)},  # fmt: skip
         "rules": evaluate(cal, test, thresholds, edges, tol_mm, recipe.coverage.smallest_defect_mm),
+        # parts inspection would fault as not inspected (a blind region at the limit or over)
+        "not_inspected": {"limit_mm2": round(limit, 2), **{
+            f"{name}_{kind}": sum(p.blind_mm2 >= limit for p in parts if p.label == lab)
+            for name, parts in (("calibration", cal), ("test", test))
+            for kind, lab in (("good", 0), ("defect", 1))}},  # fmt: skip
         "seconds": {"score_calibration": round(t_cal, 1), "score_all": round(t_all, 1),
                     "shots": n_shots, "s_per_shot": round(t_all / max(n_shots, 1), 3)},
-        "scores": {"calibration": [(p.key, p.label, p.scores) for p in cal],
-                   "test": [(p.key, p.label, p.scores) for p in test]},
+        "scores": {"calibration": [(p.key, p.label, p.scores, p.blind_mm2) for p in cal],
+                   "test": [(p.key, p.label, p.scores, p.blind_mm2) for p in test]},
     }  # fmt: skip

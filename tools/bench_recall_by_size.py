@@ -12,7 +12,7 @@ It runs in a fresh station home (a temp folder, or `--home`):
    `--test-good` good sheets for the false-reject counts. Each set has its own seed; every
    variant sees the SAME shots. `--sheet W H` changes the sheet size (the poses are planned for
    it by `station plan-poses` into `recipes/bench.poses.yaml`); `--glare G` sets
-   `twin.params.glare` (0: off).
+   `twin.params.glare` (0: off); `--exposure-us E` sets `camera.exposure_us`.
 2. Per variant (`recipes/bench-<variant>.yaml`): `tiles` (native tiles) or `resize` (the whole
    shot resized to 256 x 256), trained once (`station train`). Then ONE scoring pass
    (tools/_bench_fusion.py): every shot of every part scored once by the station's scoring
@@ -319,7 +319,7 @@ class Sets:
 def common_fields(args: argparse.Namespace) -> dict[str, Any]:
     """What every bench recipe changes in the shipped one: no twin waiting, and with --sheet
     the sheet size and its own planned poses, with --glare the twin's glare scale, with
-    --view-margin the planner's view margin."""
+    --view-margin the planner's view margin, with --exposure-us the camera's exposure."""
     out: dict[str, Any] = {"extends": BASE_RECIPE, "twin": {"time_scale": 0.0}}
     if args.sheet:
         out["sheet"] = {"width_mm": args.sheet[0], "height_mm": args.sheet[1]}
@@ -328,6 +328,8 @@ def common_fields(args: argparse.Namespace) -> dict[str, Any]:
         out["twin"]["params"] = {"glare": args.glare}
     if args.view_margin is not None:
         out["coverage"] = {"view_margin_mm": args.view_margin}
+    if args.exposure_us is not None:
+        out["camera"] = {"exposure_us": args.exposure_us}
     return out
 
 
@@ -362,6 +364,7 @@ def capture_sets(home: Path, args: argparse.Namespace) -> Sets:
         "poses": len(base.robot.poses),
         "sheet_mm": [base.sheet.width_mm, base.sheet.height_mm],
         "glare": (base.twin.params or {}).get("glare", 1.0),
+        "exposure_us": base.camera.exposure_us,
         "calibration_twin": {"defect_rate": base.twin.defect_rate,
                              "defect_size_mm": list(base.twin.defect_size_mm)},
         "test_twin": {"defect_rate": args.test_rate, "defect_size_mm": [lo, hi]},
@@ -454,7 +457,8 @@ def markdown(result: dict[str, Any]) -> str:
     s = result["setup"]
     lines = [f"Command: `{result['command']}`", "",
              f"Sheets {s['sheet_mm'][0]:g} x {s['sheet_mm'][1]:g} mm, {s['poses']} shots each, "
-             f"twin glare {s['glare']:g}: {s['good']} good (training), {s['labelled']} labelled "
+             f"twin glare {s['glare']:g}, exposure {s.get('exposure_us', 0):g} us: "
+             f"{s['good']} good (training), {s['labelled']} labelled "
              f"(calibration, twin defect rate {s['calibration_twin']['defect_rate']:g}, sizes "
              f"{s['calibration_twin']['defect_size_mm']} mm), {s['test']} test (defect rate "
              f"{s['test_twin']['defect_rate']:g}, sizes {s['test_twin']['defect_size_mm']} mm) "
@@ -467,6 +471,13 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{v['test']['defect']} defective ({v['test']['defects']} defects). Counts with "
                   "Clopper-Pearson 95 % intervals; p: exact McNemar test on the good test parts.",
                   ""]  # fmt: skip
+        ni = v.get("not_inspected")
+        if ni:
+            lines += [f"Parts a live run would fault as not inspected (a region seen only "
+                      f"saturated of {ni['limit_mm2']:g} mm² or more; scored here all the "
+                      f"same): calibration {ni['calibration_good']} good, "
+                      f"{ni['calibration_defect']} defective; test {ni['test_good']} good, "
+                      f"{ni['test_defect']} defective.", ""]  # fmt: skip
         lines += _table(*rule_rows(v))
         lines += ["", f"Recall by defect size (found: part rejected and a sheet-map region "
                       f"centre within the defect's box + {s['tolerance_mm']:g} mm; * = at or "
@@ -510,6 +521,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     "are planned for it (station plan-poses)")  # fmt: skip
     ap.add_argument("--glare", type=float, default=None,
                     help="twin.params.glare (0: off; default: the twin's, 1)")  # fmt: skip
+    ap.add_argument("--exposure-us", type=float, default=None,
+                    help="camera.exposure_us (default: the shipped recipe's)")  # fmt: skip
     ap.add_argument("--view-margin", type=float, default=None, metavar="MM",
                     help="coverage.view_margin_mm for the planned poses (default: the "
                     "recipe's); with --sheet only")  # fmt: skip
@@ -542,6 +555,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ap.error("--view-margin: give 0 or more mm, with --sheet (the poses are planned then)")
     if args.glare is not None and args.glare < 0:
         ap.error("--glare must be 0 (off) or positive")
+    if args.exposure_us is not None and args.exposure_us <= 0:
+        ap.error("--exposure-us must be above 0")
     try:
         args.edges = parse_bins(args.bins)
     except ValueError as exc:

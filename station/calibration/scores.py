@@ -35,6 +35,7 @@ from station.datasets import MVTecFolder
 from station.decision import COMBINE_POSES, combine_scores
 from station.detectors.engine import ScoringEngine, load_models
 from station.errors import CalibrationError
+from station.imaging import read_image, saturated_mask
 from station.sheet_map import recipe_mapper, shot_view
 
 if TYPE_CHECKING:
@@ -267,9 +268,10 @@ def sheet_map_peaks(
         results = engine.score_files([it.path for _, it in shots], keep_maps=True)
         mapper = recipe_mapper(recipe, camera.table_to_base)
         try:
-            for i, (pose, _) in enumerate(shots):
+            for i, (pose, it) in enumerate(shots):
                 view = shot_view(camera, pose, tcp[pose], recipe.preprocess.crop)
-                mapper.add(view, {n: res.map(i) for n, res in results.items()})
+                saturated = saturated_mask(read_image(it.path))
+                mapper.add(view, {n: res.map(i) for n, res in results.items()}, saturated)
         except (ValueError, np.linalg.LinAlgError) as exc:
             raise CalibrationError(
                 f"sheet map of part {key} not built: {exc}",

@@ -43,6 +43,7 @@ import numpy as np
 from station.cellcal.store import CameraModel, inspection_camera
 from station.decision import Decision, Verdict, decide
 from station.errors import NowhereToStore, StationError, StorageError
+from station.imaging import saturated_mask
 from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify
 from station.inspection.hooks import CycleHook
 from station.inspection.models import DetectorSet
@@ -133,7 +134,8 @@ class Inspector:
                     shot.stats[hook.name] = stats
             outputs = self.detectors.score(image)
             # onto the part's sheet map (a failure is kept there and faults the part)
-            sheet.add(shot.pose_name, shot.robot_pose, {o.detector: o.amap for o in outputs})
+            maps = {o.detector: o.amap for o in outputs}
+            sheet.add(shot.pose_name, shot.robot_pose, maps, saturated_mask(image))
         t.shot_done()
         t0 = time.perf_counter()
         dets = [

@@ -14,6 +14,7 @@ raised and the sheet released to the reject path). What happens next depends on 
 | reject output not confirmed, line I/O  | line_io          | hold the sheet, wait for the   |
 |                                        |                  | operator, then reject it       |
 | shot unlike the training material      | material         | next part                      |
+| region seen only saturated (glare)     | not_inspected    | next part                      |
 | unreadable stored image (offline)      | input            | next part                      |
 | anything unexpected (a bug)            | internal         | stop                           |
 
@@ -31,6 +32,7 @@ from station.errors import (
     DetectorError,
     LineIOError,
     MaterialError,
+    NotInspected,
     NowhereToStore,
     ProtectiveStop,
     RobotError,
@@ -94,6 +96,13 @@ def classify(exc: BaseException) -> Fault:
             "material",
             text,
             "part rejected; check that the sheet is the recipe's product and lot, else retrain",
+            Policy.CONTINUE,
+        )
+    if isinstance(exc, NotInspected):
+        return Fault(
+            "not_inspected",
+            text,
+            "part rejected; if this repeats, lower camera.exposure_us or diffuse the light",
             Policy.CONTINUE,
         )
     if isinstance(exc, NowhereToStore):

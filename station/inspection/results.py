@@ -89,6 +89,7 @@ class SheetOutcome:
     peaks: dict[str, float]  # detector -> raw peak of its fused map
     defects: list[SheetDefect]  # regions at or over threshold, largest peak first
     unseen_mm2: float  # area of the region no shot saw (a coverage gap)
+    blind_mm2: float  # area of the region seen only on saturated pixels (under the limit)
     camera_source: str  # the camera model used: exact (twin), calibrated or nominal
 
 

@@ -13,13 +13,14 @@ Threshold calibration builds the same map for captured parts (station.calibratio
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from station.cellcal.store import CameraModel
-from station.errors import StationError
+from station.errors import NotInspected, StationError
 from station.inspection.faults import Fault, classify
 from station.inspection.recorder import Recorder
 from station.inspection.results import SheetOutcome, Timings
@@ -54,9 +55,14 @@ class PartSheet:
         self._lock = threading.Lock()
 
     def add(
-        self, name: str, robot_pose: Sequence[float] | None, maps: Mapping[str, np.ndarray]
+        self,
+        name: str,
+        robot_pose: Sequence[float] | None,
+        maps: Mapping[str, np.ndarray],
+        saturated: np.ndarray | None = None,
     ) -> None:
-        """Fuse one shot's raw maps; a failure is kept (and raised by `result`)."""
+        """Fuse one shot's raw maps (`saturated`: its clipped pixels, station.imaging
+        `saturated_mask`); a failure is kept (and raised by `result`)."""
         with self._lock:
             if self.error is not None:
                 return
@@ -67,7 +73,7 @@ class PartSheet:
                     pose_tcp(self.recipe, name, robot_pose),
                     self.recipe.preprocess.crop,
                 )
-                self.mapper.add(view, maps)
+                self.mapper.add(view, maps, saturated)
             except (StationError, ValueError, np.linalg.LinAlgError) as exc:
                 msg = exc.message if isinstance(exc, StationError) else str(exc)
                 self.error = f"shot {name}: {msg}"
@@ -92,6 +98,26 @@ def part_peaks(sheet: SheetMap, detectors: Sequence[str]) -> dict[str, float]:
     return {n: peaks[n] for n in detectors}
 
 
+def blind_limit_mm2(recipe: Recipe) -> float:
+    """The largest blind region (seen only saturated) a verdict tolerates: the area of the
+    smallest defect (a disc of `coverage.smallest_defect_mm`); a smaller one cannot hide it."""
+    d = recipe.coverage.smallest_defect_mm
+    return math.pi / 4.0 * d * d
+
+
+def check_blind(sheet: SheetMap, recipe: Recipe) -> None:
+    """NotInspected when a blind region of the sheet map reaches `blind_limit_mm2`."""
+    regions = sheet.blind_regions()
+    limit = blind_limit_mm2(recipe)
+    if regions and regions[0][0] >= limit:
+        area, (x, y) = regions[0]
+        total = sum(a for a, _ in regions)
+        raise NotInspected(
+            f"not inspected: {area:.1f} mm² at ({x:.0f}, {y:.0f}) mm seen only saturated "
+            f"(glare; {total:.1f} mm² in all, limit {limit:.1f} mm²)"
+        )
+
+
 def finish_sheet(
     sheet: PartSheet,
     part: PartRecord,
@@ -108,10 +134,12 @@ def finish_sheet(
             peaks = part_peaks(result, list(thresholds))
         with timings.measure("logging"):
             record = recorder.write_sheet_map(part, result, thresholds, sheet.camera.source)
+        check_blind(result, sheet.recipe)
     except StationError as exc:
         return None, classify(exc)
     except (ValueError, OSError, np.linalg.LinAlgError) as exc:
         return None, classify(SheetMapError(f"sheet map not built: {exc}"))
     cell = result.grid.mm_per_px**2
     unseen = result.unseen_cells() * cell
-    return SheetOutcome(peaks, record.defects, unseen, sheet.camera.source), None
+    blind = sum(a for a, _ in result.blind_regions())
+    return SheetOutcome(peaks, record.defects, unseen, blind, sheet.camera.source), None
