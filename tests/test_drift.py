@@ -253,7 +253,8 @@ def test_the_twin_renders_the_card_the_lamp_dims_it_and_defocus_blurs_its_print(
         return card_stats(shot.image, *reference_boxes(recipe))
 
     new = stats(lamp_jitter=0.0)
-    assert 80 < new["mean"] < 140 and new["contrast"] > 30  # grey patch, black/white print
+    # grey patch (albedo 0.45: ~53 of 255 at the shipped 4000 us), black/white print
+    assert 40 < new["mean"] < 140 and new["contrast"] > 15
     dim = stats(lamp_jitter=0.0, lamp_dim={"start_part": 0, "parts": 1, "to": 0.85})
     assert dim["mean"] == pytest.approx(0.85 * new["mean"], rel=0.02)
     assert dim["contrast"] == pytest.approx(0.85 * new["contrast"], rel=0.03)

@@ -262,8 +262,8 @@ def _cli_problems(station_home: Path, text: str | None = None) -> list[str]:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("exposure_us: 8000", "exposure_us: .inf", "camera.exposure_us: Input should be a finite"),
-        ("exposure_us: 8000", "exposure_us: 'nan'", "camera.exposure_us: Input should be a finite"),
+        ("exposure_us: 4000", "exposure_us: .inf", "camera.exposure_us: Input should be a finite"),
+        ("exposure_us: 4000", "exposure_us: 'nan'", "camera.exposure_us: Input should be a finite"),
         ("[400.0, 0.0, 500.0]", "[400.0, .nan, 500.0]", "robot.home.position_mm.1: Input"),
         ("defect_kinds: {}", "defect_kinds: {hole: .inf}", "twin.defect_kinds.hole: Input"),
         ("num_neighbors: 9", "num_neighbors: -.inf", "detectors.0.params: num_neighbors = -inf"),
@@ -402,7 +402,7 @@ def test_alias_bombs_and_deep_nesting_are_refused_fast() -> None:
 @pytest.mark.slow
 def test_cli_refuses_non_finite_and_huge_values(station_home: Path) -> None:
     text = SHIPPED.replace("name: glassfiber", "name: bad").replace(
-        "exposure_us: 8000", "exposure_us: .inf"
+        "exposure_us: 4000", "exposure_us: .inf"
     )
     assert _cli_problems(station_home, text) == [
         f"{station_home}/recipes/bad.yaml: camera.exposure_us: Input should be a finite number "

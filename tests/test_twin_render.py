@@ -29,7 +29,9 @@ THREE_POSES = [
 
 
 def classic(data: dict) -> dict:
-    """`data` (a recipe) with the 12 mm lens focused at 350 mm, three poses, no tiling."""
+    """`data` (a recipe) with the 12 mm lens focused at 350 mm, three poses, no tiling, and the
+    8000 us exposure these brightness figures were written for."""
+    data["camera"]["exposure_us"] = 8000
     data["robot"].pop("poses_file", None)
     data["robot"]["poses"] = THREE_POSES
     data["camera"]["lens"].update(focal_length_mm=12.0, focus_distance_mm=350.0)
