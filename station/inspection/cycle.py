@@ -43,7 +43,6 @@ import numpy as np
 from station.cellcal.store import CameraModel, inspection_camera
 from station.decision import Decision, Verdict, decide
 from station.errors import NowhereToStore, StationError, StorageError
-from station.imaging import saturated_mask
 from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify
 from station.inspection.hooks import CycleHook
 from station.inspection.models import DetectorSet
@@ -134,8 +133,7 @@ class Inspector:
                     shot.stats[hook.name] = stats
             outputs = self.detectors.score(image)
             # onto the part's sheet map (a failure is kept there and faults the part)
-            maps = {o.detector: o.amap for o in outputs}
-            sheet.add(shot.pose_name, shot.robot_pose, maps, saturated_mask(image))
+            sheet.add(shot.pose_name, shot.robot_pose, {o.detector: o.amap for o in outputs}, image)
         t.shot_done()
         t0 = time.perf_counter()
         dets = [

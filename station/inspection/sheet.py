@@ -21,6 +21,7 @@ import numpy as np
 
 from station.cellcal.store import CameraModel
 from station.errors import NotInspected, StationError
+from station.imaging import saturated_mask
 from station.inspection.faults import Fault, classify
 from station.inspection.recorder import Recorder
 from station.inspection.results import SheetOutcome, Timings
@@ -59,10 +60,11 @@ class PartSheet:
         name: str,
         robot_pose: Sequence[float] | None,
         maps: Mapping[str, np.ndarray],
-        saturated: np.ndarray | None = None,
+        image: np.ndarray | None = None,
     ) -> None:
-        """Fuse one shot's raw maps (`saturated`: its clipped pixels, station.imaging
-        `saturated_mask`); a failure is kept (and raised by `result`)."""
+        """Fuse one shot's raw maps; where the shot `image` is clipped (station.imaging
+        `saturated_mask`) they give way to the other views'. A failure is kept (and raised by
+        `result`)."""
         with self._lock:
             if self.error is not None:
                 return
@@ -73,6 +75,7 @@ class PartSheet:
                     pose_tcp(self.recipe, name, robot_pose),
                     self.recipe.preprocess.crop,
                 )
+                saturated = None if image is None else saturated_mask(image)
                 self.mapper.add(view, maps, saturated)
             except (StationError, ValueError, np.linalg.LinAlgError) as exc:
                 msg = exc.message if isinstance(exc, StationError) else str(exc)
