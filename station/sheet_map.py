@@ -441,11 +441,15 @@ class SheetMap:
         """Cells whose centre lies in the region and that no shot sees (a coverage gap)."""
         return int((self._within() & ~self._coverage("mask")).sum())
 
+    def blind_cells(self) -> np.ndarray:
+        """Bool grid: cells in the region that some shot sees, every one of them clipped."""
+        return self._within() & self._coverage("mask") & ~self._coverage("clear")
+
     def blind_regions(self) -> list[tuple[float, tuple[float, float]]]:
         """(area mm², centre in base mm) of each 8-connected region of cells in the region
         that some shot sees but every such shot sees saturated (not inspected), largest
         first."""
-        blind = self._within() & self._coverage("mask") & ~self._coverage("clear")
+        blind = self.blind_cells()
         if not blind.any():
             return []
         count, labels = cv2.connectedComponents(blind.astype(np.uint8), connectivity=8)
@@ -526,9 +530,14 @@ def colour_levels(values: np.ndarray) -> np.ndarray:
     return np.floor(np.clip(m / 2.0, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def render(values: np.ndarray) -> np.ndarray:
+BLIND_BGR = (160, 160, 160)  # cells seen only clipped (not inspected), in the sheet map PNG
+
+
+def render(values: np.ndarray, blind: np.ndarray | None = None) -> np.ndarray:
     """BGR picture of a normalised sheet map (TURBO, as the shot heatmaps); unseen cells
-    black. Row 0 is the lowest y, as in the map."""
+    black, `blind` cells (seen only clipped) grey. Row 0 is the lowest y, as in the map."""
     colour = cv2.applyColorMap(colour_levels(values), cv2.COLORMAP_TURBO)
     colour[np.isnan(values)] = 0
+    if blind is not None:
+        colour[blind] = BLIND_BGR
     return colour

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from sqlalchemy import select
@@ -32,6 +33,7 @@ from station.inspection.faults import Fault
 from station.inspection.recorder import Recorder
 from station.inspection.results import Event, RunSummary
 from station.recipe import Recipe
+from station.sheet_map import BLIND_BGR
 from station.storage.models import Part, Verdict
 from station.twin import render_part_shots
 from station.twin.world import TwinWorld, pose_tcp
@@ -274,6 +276,8 @@ def test_a_sheet_seen_only_saturated_is_not_inspected(station_home: Path) -> Non
     assert [r.verdict for r in rows] == [Verdict.FAULT] * 3
     assert all(r.fault.kind == "not_inspected" for r in summary.results)
     assert rows[0].reason.startswith("not inspected: ") and "seen only saturated" in rows[0].reason
+    picture = cv2.imread(str(cell.recipe.data_dir.parent / rows[0].sheet_map_path))
+    assert (picture == np.array(BLIND_BGR, np.uint8)).all(axis=2).any()  # blind cells grey
     assert all((cell.recipe.data_dir.parent / r.sheet_map_path).is_file() for r in rows)
     assert [f.kind for f in cell.faults_seen] == ["not_inspected"]
     assert cell.devices.line.rejects >= 3

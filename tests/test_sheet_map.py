@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from station.sheet_map import (
+    BLIND_BGR,
     Grid,
     SheetMapper,
     ShotView,
     back_project,
     footprint,
     project,
+    render,
 )
 
 W, H = 640, 512
@@ -308,6 +310,9 @@ def test_a_spot_saturated_in_every_view_is_blind_and_keeps_its_value() -> None:
     assert 22.0 <= area <= 34.0 and np.linalg.norm(np.array(centre) - at) < 0.5
     assert sheet.peaks()["d"] == pytest.approx(3.0, rel=0.05)  # a bright object is not hidden
     assert sheet.unseen_cells() == 0
+    picture = render(sheet.combined(), sheet.blind_cells())  # blind cells grey in the PNG
+    grey = (picture == np.array(BLIND_BGR, np.uint8)).all(axis=2)
+    assert grey.sum() == sheet.blind_cells().sum() == round(area / 0.25)
 
 
 def test_a_saturation_mask_of_the_wrong_size_is_refused() -> None:

@@ -231,10 +231,12 @@ class Recorder:
         camera_source: str,
     ) -> SheetMapRecord:
         """Write the part's sheet map picture (fused maps / thresholds, max over detectors;
-        unseen cells black) and set `part.sheet_map`, which `finish_part` commits with the
-        verdict (and the journal keeps with the part). No database here."""
+        unseen cells black, cells seen only clipped grey) and set `part.sheet_map`, which
+        `finish_part` commits with the verdict (and the journal keeps with the part). No
+        database here."""
         path = self.part_folder(part) / "sheet_map.png"
-        write_atomic(path, encode_png(render_sheet(sheet.combined(thresholds))[..., ::-1]))
+        picture = render_sheet(sheet.combined(thresholds), sheet.blind_cells())
+        write_atomic(path, encode_png(picture[..., ::-1]))
         part.sheet_map = SheetMapRecord(
             png_path=self.rel(path),
             extent_mm=[float(v) for v in sheet.grid.extent_mm],
