@@ -117,7 +117,7 @@ def check_blind(sheet: SheetMap, recipe: Recipe) -> None:
         total = sum(a for a, _ in regions)
         raise NotInspected(
             f"not inspected: {area:.1f} mm² at ({x:.0f}, {y:.0f}) mm seen only saturated "
-            f"(glare; {total:.1f} mm² in all, limit {limit:.1f} mm²)"
+            f"(glare or a bright object; {total:.1f} mm² in all, limit {limit:.1f} mm²)"
         )
 
 
