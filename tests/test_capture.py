@@ -195,3 +195,19 @@ def test_out_folder_and_unlabelled(station_home: Path, tmp_path: Path) -> None:
     parts, shots = parts_and_shots(station_home)
     assert parts[0].ground_truth is None
     assert all(Path(s.image_path).is_absolute() and Path(s.image_path).is_file() for s in shots)
+
+
+@pytest.mark.slow
+def test_capture_counts_clipped_shots_and_warns(station_home: Path, capsys) -> None:  # noqa: ANN001
+    """Over-exposed shots are counted and the command says to lower the exposure; a dim
+    exposure clips nothing and says nothing."""
+    set_twin(station_home)
+    path = station_home / "recipes/glassfiber.yaml"
+    for exposure, clipped in ((60000, True), (2000, False)):
+        data = yaml.safe_load(path.read_text())
+        data["camera"]["exposure_us"] = exposure
+        path.write_text(yaml.safe_dump(data))
+        main(["capture", "--recipe", "glassfiber", "--count", "1"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert ("3 of 3 shots have clipped pixels" in out) is clipped, out
+        assert ("lower camera.exposure_us" in out) is clipped

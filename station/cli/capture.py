@@ -55,3 +55,12 @@ def register(app: typer.Typer) -> None:
             f"({res.defect_shots} defect shots, {res.defect_parts} defect parts) in "
             f"{res.seconds:.1f} s -> {res.root}"
         )
+        if res.clipped_shots:
+            console.print(
+                f"[bold yellow]warning:[/] {res.clipped_shots} of {res.shots} shots have clipped "
+                f"pixels (at full scale; up to {100 * res.clipped_max:.1f} % of a shot): nothing "
+                "is inspected there, and a live part seen only clipped somewhere is faulted; "
+                "lower camera.exposure_us or diffuse the light",
+                highlight=False,
+                soft_wrap=True,
+            )

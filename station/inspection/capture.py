@@ -25,7 +25,7 @@ from typing import Any
 from station.devices.factory import open_devices, uses_twin
 from station.errors import LineIOError, StationError
 from station.files import writing
-from station.imaging import write_png
+from station.imaging import saturated_mask, write_png
 from station.paths import resolve
 from station.recipe import Recipe
 from station.storage.db import Database, open_database
@@ -45,6 +45,8 @@ class CaptureResult:
     defect_shots: int = 0
     defect_parts: int = 0
     seconds: float = 0.0
+    clipped_shots: int = 0  # shots with pixels at full scale (not inspected there)
+    clipped_max: float = 0.0  # the largest share of a shot's pixels at full scale
 
 
 def existing_next_sequence(root: Path) -> int:
@@ -214,6 +216,11 @@ class _PartStore:
         result.shots += len(shots_meta)
         result.defect_shots += sum(1 for m in shots_meta if m["label"] == "defect")
         result.defect_parts += int(ground_truth == "defect")
+        for *_, frame in part.frames:
+            clipped = saturated_mask(frame.image, grow_px=0)
+            if clipped is not None:
+                result.clipped_shots += 1
+                result.clipped_max = max(result.clipped_max, float(clipped.mean()))
         shutil.rmtree(stage, ignore_errors=True)
 
     def _shot(
