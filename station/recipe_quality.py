@@ -36,6 +36,9 @@ class ReferenceCardConfig(_Strict):
     ewma_l: float = Field(6.0, gt=0, le=10)
     cusum_k: float = Field(1.0, ge=0, le=5)
     cusum_h: float = Field(12.0, gt=0, le=50)
+    # its first this many charted shots after a calibration set its limits (its values are
+    # steady and near-normal: a short warm-up suffices)
+    warmup_parts: int = Field(30, ge=2, le=10000)
 
     @field_validator("size_mm")
     @classmethod
@@ -86,8 +89,9 @@ class DriftConfig(_Strict):
     # Limits by design (docs/monitoring.md, tools/design_drift_limits.py): a recipe charts
     # ~3 statistics x poses + detectors + 3 card signals (31 with 9 poses); the family-wise
     # target is a 5 % chance of any false alarm in 1000 stable parts, with centres and sigmas
-    # estimated from 30 parts. These sheet-image and score charts are wide: the card carries
-    # the lamp and the focus.
+    # estimated from 60 parts (the sheet statistics are skewed: 30 was too few) and the
+    # card's from 30. These sheet-image and score charts are wide: the card carries the lamp
+    # and the focus.
     enabled: bool = True
     ewma_lambda: float = Field(0.3, gt=0, le=1)  # weight of the newest point
     ewma_l: float = Field(7.0, gt=0, le=10)  # limit in standard deviations of the EWMA
@@ -95,9 +99,10 @@ class DriftConfig(_Strict):
     cusum_h: float = Field(14.0, gt=0, le=50)  # decision interval, in standard deviations
     clip: float = Field(4.0, gt=0, le=50)  # each point clipped to +-clip sigma (robust charts)
     # a signal needs this many of the calibration's passed good parts for its limits ...
-    min_baseline_parts: int = Field(30, ge=2, le=10000)
-    # ... else its first this many inspected parts set them (a warm-up; the card's always)
-    warmup_parts: int = Field(30, ge=2, le=10000)
+    min_baseline_parts: int = Field(60, ge=2, le=10000)
+    # ... else its first this many inspected parts set them (a warm-up; the card has its own,
+    # reference.warmup_parts)
+    warmup_parts: int = Field(60, ge=2, le=10000)
     reference: ReferenceCardConfig = ReferenceCardConfig()
 
 

@@ -24,7 +24,7 @@ from station.inspection.results import Event
 from station.monitoring.charts import Cusum, Ewma, ewma_sigma_factor, standardise
 from station.monitoring.drift import Baseline, DriftMonitor
 from station.monitoring.imagestats import image_stats
-from station.recipe_quality import DriftConfig
+from station.recipe_quality import DriftConfig, ReferenceCardConfig
 from station.review.app import create_app
 from station.storage.alarms import PartPoint, add_alarm, list_alarms, signal_history
 from station.twin.ageing import Ageing
@@ -98,6 +98,20 @@ def test_warm_up_sets_the_limits_from_the_first_points() -> None:
     assert st.baseline.centre == pytest.approx(np.mean(vals[:20]))
     assert st.baseline.sigma == pytest.approx(np.std(vals[:20], ddof=1))
     assert [p[0] for p in st.last] == list(range(21, 31))  # charted after the warm-up
+
+
+def test_the_card_warms_up_on_its_own_count() -> None:
+    cfg = DriftConfig(warmup_parts=20, reference=ReferenceCardConfig(warmup_parts=5))
+    mon = DriftMonitor("r", cfg, {})
+    rng = np.random.default_rng(2)
+    for i in range(1, 31):
+        mon.add(PartPoint(i, i, T0, "pass", {"mean a": 50 + rng.standard_normal(),
+                                             "mean card": 80 + rng.standard_normal()}))
+    assert mon.signals["mean card"].baseline.source == "warm-up: parts 1-5"
+    assert mon.signals["mean a"].baseline.source == "warm-up: parts 1-20"
+    # the defaults: sheet images and scores need twice the card's parts (docs/monitoring.md)
+    assert DriftConfig().warmup_parts == DriftConfig().min_baseline_parts == 60
+    assert DriftConfig().reference.warmup_parts == 30
 
 
 def test_image_stats_follow_light_and_focus() -> None:
@@ -215,8 +229,9 @@ def _as_new(a: Any) -> Any:
 def _card_recipe(home: Path, **overrides: Any) -> Any:
     """A small recipe (160 x 128 camera: 16 x 13 mm seen from 350 mm) with a 12 x 10 mm card
     beside the sheet, inside its pose's view."""
-    drift = {"reference": {"enabled": True, "centre_mm": [400.0, -170.0], "size_mm": [12.0, 10.0],
-                           "inset_mm": 1.0}, **overrides.pop("drift", {})}
+    drift = dict(overrides.pop("drift", {}))
+    drift["reference"] = {"enabled": True, "centre_mm": [400.0, -170.0], "size_mm": [12.0, 10.0],
+                          "inset_mm": 1.0, **drift.get("reference", {})}
     return small_recipe(home, camera__width=160, camera__height=128,
                         monitoring={"drift": drift}, **overrides)
 
@@ -283,7 +298,7 @@ def test_a_dimming_lamp_raises_a_stored_card_alarm_and_the_card_never_joins_the_
                       # the first part's card grab times out (3 tries): a warning, not a fault
                       "faults": {"camera_timeout": {"after": 3, "count": 3}}},
         twin__defect_rate=0.0,
-        drift={"warmup_parts": 6},
+        drift={"reference": {"warmup_parts": 6}},
     )
     db = database(recipe)
     monitor, _ = build_monitor(recipe, db, {})

@@ -8,10 +8,11 @@ What is real and what is not:
 - The reference card (monitoring.drift.reference, switched on here at the shipped recipe's
   position) is rendered by the twin from its own pose for every part, with the lamp's
   shot-to-shot jitter (`--jitter`, twin.params.lamp_jitter). Its limits come from a warm-up,
-  as live: its first `warmup_parts` card shots (card only: the sheet charts start after
-  them), then the run.
-- The sheet signals' baseline is the image statistics of `--baseline` good sheets (as a
-  calibration's passed good parts give it), rendered apart from the runs.
+  as live: its first `reference.warmup_parts` card shots (card only: the sheet charts start
+  after them), then the run.
+- The sheet signals' baseline is the image statistics of `--baseline` good sheets (default:
+  the recipe's `min_baseline_parts`, as a calibration's passed good parts give it), rendered
+  apart from the runs.
 - Scenarios: `stable` (`--stable` parts, nothing changes), `lamp` (twin.params.lamp_dim: 15 %
   dimmer over 200 parts, from part `--start` after the warm-up), `defocus` (twin.params.defocus:
   blur sigma growing to `--defocus-px` over 200 parts). Each changing scenario is run on
@@ -135,7 +136,7 @@ def run_charts(recipe: Any, baseline: dict[str, Any], run: dict[str, Any] | None
     cfg = recipe.monitoring.drift
     mon = DriftMonitor(recipe.name, cfg, base)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    warm = cfg.warmup_parts
+    warm = cfg.reference.warmup_parts
     alarms = []
     for i, crow in enumerate(card["rows"], start=1):
         n = i - warm  # the run's part number
@@ -157,7 +158,8 @@ def _first(alarms: list[Any], after: int) -> tuple[int, Any] | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stable", type=int, default=1000)
-    ap.add_argument("--baseline", type=int, default=30)
+    ap.add_argument("--baseline", type=int, default=None,
+                    help="good sheets of the sheet baseline (default: min_baseline_parts)")
     ap.add_argument("--stable-baselines", type=int, default=1,
                     help="evaluate the stable run with this many baselines and card seeds")
     ap.add_argument("--reps", type=int, default=4)
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     plain = _recipe(jit, args.poses)
     cfg = plain.monitoring.drift
     ref = cfg.reference
-    warm = cfg.warmup_parts
+    warm = ref.warmup_parts
+    args.baseline = args.baseline or cfg.min_baseline_parts
     print(f"sheet and score charts: EWMA lambda {cfg.ewma_lambda}, L {cfg.ewma_l}; CUSUM k "
           f"{cfg.cusum_k}, h {cfg.cusum_h}; card charts: EWMA {ref.ewma_lambda}, "
           f"L {ref.ewma_l}; CUSUM k {ref.cusum_k}, h {ref.cusum_h}; clip {cfg.clip}")
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         run = _cached(args.cache, f"stable-{tag}-{args.stable}",
                       lambda: render_stats(plain, 2001, args.stable, None))
         for b in range(args.stable_baselines):
-            # another calibration (30 other good sheets) and another card warm-up and run
+            # another calibration (other good sheets) and another card warm-up and run
             base_b = base if b == 0 else _cached(
                 args.cache, f"baseline-{tag}-{args.baseline}-s{1001 + b}",
                 lambda b=b: render_stats(plain, 1001 + b, args.baseline, False))

@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         console.print(
             (f"reference card at {list(ref.centre_mm)} mm, shot every {ref.every_parts} "
              f"part(s); its charts: EWMA lambda {ref.ewma_lambda:g}, L {ref.ewma_l:g}; CUSUM k "
-             f"{ref.cusum_k:g}, h {ref.cusum_h:g}; limits from its first {cfg.warmup_parts} "
+             f"{ref.cusum_k:g}, h {ref.cusum_h:g}; limits from its first {ref.warmup_parts} "
              "shots") if ref.enabled else "no reference card (monitoring.drift.reference off)",
             highlight=False,
         )

@@ -5,7 +5,8 @@ Signals: `score <detector>` (a passed part's score over its threshold; passed pa
 card` (the reference card, station.monitoring.reference; its own chart settings); the last two
 from passed and failed parts, not faulted ones. A signal's centre and sigma come from the
 calibration's good parts (station.monitoring.baseline); a signal without one (the card's
-always) takes them from its first `warmup_parts` points (a warm-up, said in its `source`).
+always) takes them from its first `warmup_parts` points (the card: `reference.warmup_parts`;
+a warm-up, said in its `source`).
 
 An alarm is raised when a chart leaves its limits and no alarm of that signal and chart is
 open; it stays open (no new alarm from that chart) until an operator clears it, which resets
@@ -88,6 +89,10 @@ class DriftMonitor:
         c: Any = self.cfg.reference if is_card(name) else self.cfg
         return c.ewma_lambda, c.ewma_l, c.cusum_k, c.cusum_h
 
+    def _warmup(self, name: str) -> int:
+        """Points that set a signal's limits when it has no baseline: the card's own count."""
+        return self.cfg.reference.warmup_parts if is_card(name) else self.cfg.warmup_parts
+
     def _pair(self, name: str, b: Baseline) -> ChartPair:
         lam, big_l, k, h = self.settings(name)
         return ChartPair(b.centre, _sigma_floor(b.centre, b.sigma), Ewma(lam, big_l),
@@ -116,7 +121,7 @@ class DriftMonitor:
         if st.pair is None:
             if st.baseline is None:
                 st.warmup.append((point.sequence, x))
-                if len(st.warmup) < self.cfg.warmup_parts:
+                if len(st.warmup) < self._warmup(st.name):
                     return []
                 vals = [v for _, v in st.warmup]
                 mean = sum(vals) / len(vals)
