@@ -453,3 +453,44 @@ def test_an_inherited_poses_file_is_read_beside_its_base(
     own.write_text("extends: glassfiber\nname: own\nrobot: {poses_file: own.poses.yaml}\n")
     planning = load_for_planning(str(own), planning=True)
     assert poses_file(planning) == own.parent / "own.poses.yaml"
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "expected"),
+    [
+        ("patchcore", {"coreset_ratio": 5.0}, "patchcore: coreset_ratio must be in (0, 1]"),
+        ("patchcore", {"num_neighbors": 0}, "patchcore: max_bank, max_train_patches, batch_size"),
+        ("patchcore", {"sigma": -1.0}, "patchcore: patch_size must be >= 1, sigma and proj_dim"),
+        ("simplenet", {"noise_std": 0.0}, "simplenet: noise_std and margin must be positive"),
+        ("efficientad", {"q_low": 0.999}, "efficientad: need 0 < q_low < q_high < 1"),
+        ("efficientad", {"model_size": "huge"}, "efficientad: model_size must be small or medium"),
+        ("ast_mfr", {"pool_size": 4}, "ast_mfr: need alpha >= 0, lr > 0 and an odd pool_size"),
+        ("dfda", {"val_fraction": 1.5}, "dfda: val_fraction must be in [0, 1), not 1.5"),
+        (
+            "ensemble",
+            {"members": [{"name": "patchcore"}, {"name": "dfda", "params": {"k": 0}}]},
+            "ensemble: member 2 (dfda): dfda: k must be",
+        ),
+        ("ensemble", {"members": [{"name": "patchcore"}]}, "ensemble: needs at least two members"),
+    ],
+)
+def test_detector_params_out_of_range_are_refused_before_any_model_is_built(
+    name: str, params: dict[str, object], expected: str
+) -> None:
+    from station.detectors.registry import config_problems
+
+    problems = config_problems(name, params)
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+    if name != "ensemble":  # an ensemble has no default members
+        assert config_problems(name, {}) == []  # the defaults are in range
+
+
+@pytest.mark.slow
+def test_recipe_check_names_a_detector_param_out_of_range(station_home: Path) -> None:
+    text = SHIPPED.replace("name: glassfiber", "name: bad").replace(
+        "coreset_ratio: 0.03", "coreset_ratio: 0"
+    )
+    assert _cli_problems(station_home, text) == [
+        f"{station_home}/recipes/bad.yaml: detectors[0].params: patchcore: coreset_ratio must "
+        "be in (0, 1], not 0"
+    ]

@@ -135,6 +135,19 @@ class ASTMFRConfig:
     seed: int = 0
     amp: bool = True
 
+    def check(self) -> None:
+        """DetectorError for a value out of range."""
+        if not 0.0 <= self.mask_rate < 1.0:
+            raise DetectorError(f"ast_mfr: mask_rate must be in [0, 1), not {self.mask_rate}")
+        if self.epochs < 1 or self.batch_size < 1 or self.min_steps_per_epoch < 1:
+            raise DetectorError("ast_mfr: epochs, batch_size, min_steps_per_epoch must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DetectorError(f"ast_mfr: val_fraction must be in [0, 1), not {self.val_fraction}")
+        if self.alpha < 0 or self.lr <= 0 or self.pool_size < 1 or self.pool_size % 2 == 0:
+            raise DetectorError("ast_mfr: need alpha >= 0, lr > 0 and an odd pool_size >= 1")
+        if (self.student_lr is not None and self.student_lr <= 0) or self.smoothing_sigma < 0:
+            raise DetectorError("ast_mfr: student_lr must be positive, smoothing_sigma >= 0")
+
 
 @register
 class ASTMFR(Detector):
@@ -147,14 +160,7 @@ class ASTMFR(Detector):
         if unknown:
             raise DetectorError(f"ast_mfr: unknown parameter(s) {sorted(unknown)}")
         c = ASTMFRConfig(**params)
-        if not 0.0 <= c.mask_rate < 1.0:
-            raise DetectorError(f"ast_mfr: mask_rate must be in [0, 1), not {c.mask_rate}")
-        if c.epochs < 1 or c.batch_size < 1 or c.min_steps_per_epoch < 1:
-            raise DetectorError("ast_mfr: epochs, batch_size, min_steps_per_epoch must be >= 1")
-        if not 0.0 <= c.val_fraction < 1.0:
-            raise DetectorError(f"ast_mfr: val_fraction must be in [0, 1), not {c.val_fraction}")
-        if c.alpha < 0 or c.lr <= 0 or c.pool_size < 1 or c.pool_size % 2 == 0:
-            raise DetectorError("ast_mfr: need alpha >= 0, lr > 0 and an odd pool_size >= 1")
+        c.check()
         self.device = resolve_device(c.device)
         if c.student == "auto":
             c.student = pick_student(c.backbone, c.student_weights)

@@ -114,6 +114,31 @@ class EfficientADConfig:
     amp: bool = True
     seed: int = 0
 
+    def check(self) -> None:
+        """DetectorError for a value out of range or a choice not offered."""
+        if self.model_size not in ("small", "medium"):
+            raise DetectorError(
+                f"efficientad: model_size must be small or medium, not {self.model_size!r}"
+            )
+        if self.schedule not in ("cosine", "paper"):
+            raise DetectorError(
+                f"efficientad: schedule must be cosine or paper, not {self.schedule!r}"
+            )
+        if min(self.steps, self.distill_steps, self.distill_batch, self.batch_size) < 1:
+            raise DetectorError("efficientad: steps, distill_steps, batch sizes must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DetectorError(
+                f"efficientad: val_fraction must be in [0, 1), not {self.val_fraction}"
+            )
+        if not 0.0 < self.q_low < self.q_high < 1.0 or not 0.0 < self.hard_quantile < 1.0:
+            raise DetectorError(
+                "efficientad: need 0 < q_low < q_high < 1 and 0 < hard_quantile < 1"
+            )
+        if self.lr <= 0 or self.distill_lr <= 0 or self.weight_decay < 0:
+            raise DetectorError(
+                "efficientad: lr and distill_lr must be positive, weight_decay >= 0"
+            )
+
 
 @register
 class EfficientAD(Detector):
@@ -132,24 +157,7 @@ class EfficientAD(Detector):
 
     def __init__(self, **params: Any) -> None:
         c = EfficientADConfig(**params)
-        if c.model_size not in ("small", "medium"):
-            raise DetectorError(
-                f"efficientad: model_size must be small or medium, not {c.model_size!r}"
-            )
-        if c.schedule not in ("cosine", "paper"):
-            raise DetectorError(
-                f"efficientad: schedule must be cosine or paper, not {c.schedule!r}"
-            )
-        if c.steps < 1 or c.distill_steps < 1 or c.distill_batch < 1 or c.batch_size < 1:
-            raise DetectorError("efficientad: steps, distill_steps, batch sizes must be >= 1")
-        if not 0.0 <= c.val_fraction < 1.0:
-            raise DetectorError(
-                f"efficientad: val_fraction must be in [0, 1), not {c.val_fraction}"
-            )
-        if not 0.0 < c.q_low < c.q_high < 1.0 or not 0.0 < c.hard_quantile < 1.0:
-            raise DetectorError(
-                "efficientad: need 0 < q_low < q_high < 1 and 0 < hard_quantile < 1"
-            )
+        c.check()
         self.device_spec = c.device
         self.device = resolve_device(c.device)
         self._cfg: dict[str, Any] = {

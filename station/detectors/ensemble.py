@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
-from station.detectors.registry import create_detector, register
+from station.detectors.registry import config_problems, create_detector, register
 from station.errors import DetectorError
 
 MEMBER_KEYS = {"name", "backbone", "weights", "params"}
@@ -51,6 +51,18 @@ class EnsembleConfig:
     val_fraction: float = 0.1
     seed: int = 0
     min_std: float = 1e-6  # floor on a member's good-score std (as a share of |mean| + 1)
+
+    def check(self) -> None:
+        """DetectorError for a malformed member list or a member's bad params."""
+        shared = {"val_fraction": self.val_fraction, "seed": self.seed}
+        for i, s in enumerate(_member_specs(self)):
+            cfg = {"backbone": s["backbone"], "weights": s["weights"], **s["params"], **shared}
+            problems = config_problems(s["name"], cfg)
+            if problems:
+                raise DetectorError(
+                    f"ensemble: member {i + 1} ({s['name']}): {problems[0]}",
+                    hint="fix that member's params under the ensemble's params.members",
+                )
 
 
 def _member_specs(c: EnsembleConfig) -> list[dict[str, Any]]:
@@ -111,6 +123,7 @@ class Ensemble(Detector):
 
     def __init__(self, **params: Any) -> None:
         c = EnsembleConfig(**params)
+        c.check()
         self.specs = _member_specs(c)
         shared = {"val_fraction": float(c.val_fraction), "seed": int(c.seed)}
         self.members: list[Detector] = [

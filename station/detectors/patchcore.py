@@ -144,6 +144,10 @@ class PatchCoreConfig:
             raise DetectorError(
                 f"patchcore: val_fraction must be in [0, 1), not {self.val_fraction}"
             )
+        if self.patch_size < 1 or self.sigma < 0 or self.proj_dim < 0:
+            raise DetectorError("patchcore: patch_size must be >= 1, sigma and proj_dim >= 0")
+        if self.layer_dim is not None and self.layer_dim < 1:
+            raise DetectorError(f"patchcore: layer_dim must be >= 1, not {self.layer_dim}")
 
 
 @register

@@ -158,7 +158,8 @@ def settings(name: str) -> dict[str, inspect.Parameter]:
 
 def config_problems(name: str, cfg: dict[str, Any]) -> list[str]:
     """What is wrong with `cfg` for detector `name`, judged from its config's annotated fields
-    (unknown names, a text where a number belongs, ...): one line each."""
+    (unknown names, a text where a number belongs, ...) and, when those are right, its
+    `Config.check()` (a value out of range): one line each."""
     known = settings(name)
     hints = typing.get_type_hints(_settings_type(name))
     problems = []
@@ -169,6 +170,12 @@ def config_problems(name: str, cfg: dict[str, Any]) -> list[str]:
         elif key in hints and not _fits(value, hints[key]):
             want = _describe(hints[key])
             problems.append(f"{name}: parameter {key!r} must be {want}, not {value!r}")
+    config = detector_class(name).Config
+    if not problems and config is not None and hasattr(config, "check"):
+        try:
+            config(**cfg).check()
+        except DetectorError as exc:
+            problems.append(exc.message)
     return problems
 
 

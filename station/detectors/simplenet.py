@@ -161,6 +161,23 @@ class SimpleNetConfig:
     feature_std: float | None = 0.02
     seed: int = 0
 
+    def check(self) -> None:
+        """DetectorError for a value out of range."""
+        if self.embed_dim < 1 or self.hidden_dim < 1:
+            raise DetectorError("simplenet: embed_dim and hidden_dim must be positive")
+        if self.epochs < 1 or self.batch_size < 1 or self.min_steps_per_epoch < 1:
+            raise DetectorError("simplenet: epochs, batch_size, min_steps_per_epoch must be >= 1")
+        if self.noise_std <= 0 or self.margin <= 0:
+            raise DetectorError("simplenet: noise_std and margin must be positive")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DetectorError(
+                f"simplenet: val_fraction must be in [0, 1), not {self.val_fraction}"
+            )
+        if self.adaptor_lr <= 0 or self.discriminator_lr <= 0 or self.smoothing_sigma < 0:
+            raise DetectorError(
+                "simplenet: adaptor_lr and discriminator_lr must be positive, smoothing_sigma >= 0"
+            )
+
 
 @register
 class SimpleNet(Detector):
@@ -179,14 +196,7 @@ class SimpleNet(Detector):
 
     def __init__(self, **params: Any) -> None:
         c = SimpleNetConfig(**params)
-        if c.embed_dim < 1 or c.hidden_dim < 1:
-            raise DetectorError("simplenet: embed_dim and hidden_dim must be positive")
-        if c.epochs < 1 or c.batch_size < 1 or c.min_steps_per_epoch < 1:
-            raise DetectorError("simplenet: epochs, batch_size, min_steps_per_epoch must be >= 1")
-        if c.noise_std <= 0 or c.margin <= 0:
-            raise DetectorError("simplenet: noise_std and margin must be positive")
-        if not 0.0 <= c.val_fraction < 1.0:
-            raise DetectorError(f"simplenet: val_fraction must be in [0, 1), not {c.val_fraction}")
+        c.check()
         self.backbone_name = c.backbone
         self.weights = c.weights
         self.device_spec = c.device
