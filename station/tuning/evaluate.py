@@ -19,6 +19,7 @@ import numpy as np
 
 from station.calibration.operating_point import operating_points
 from station.calibration.policies import Policy
+from station.calibration.roc import auroc
 from station.detectors.artifact import load_artifact
 from station.detectors.base import Detector, ProgressFn
 from station.detectors.engine import CountFn, ScoringEngine
@@ -26,20 +27,11 @@ from station.detectors.ensemble import Ensemble
 from station.detectors.registry import create_detector, detector_kwargs
 from station.detectors.training import train_and_save
 from station.errors import DetectorError
-from station.metrics import image_auroc
 from station.recipe import DetectorConfig, Recipe
 from station.tuning.candidates import Candidate
 from station.tuning.data import TuneData
 
 SCORE_BATCH = 8  # images (tiled: tiles) per scoring batch
-
-
-def auroc(good: Sequence[float], defect: Sequence[float]) -> float | None:
-    """Image AUROC of defect against good scores (None when either side is empty)."""
-    if not len(good) or not len(defect):
-        return None
-    labels = np.r_[np.zeros(len(good)), np.ones(len(defect))]
-    return float(image_auroc(np.r_[np.asarray(good), np.asarray(defect)], labels))
 
 
 def metrics(scores: dict[str, list[float]], kinds: Sequence[str]) -> dict[str, Any]:
