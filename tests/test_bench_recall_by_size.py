@@ -71,6 +71,23 @@ def test_truth_entries_read_the_base_frame_box_or_a_square_of_the_size() -> None
         T.truth_defect({"kind": "cut", "size_mm": 3.0})
 
 
+def test_a_defect_is_binned_by_its_drawn_extent_or_its_nominal_size() -> None:
+    # a broken roving of nominal size 11 mm that the twin drew 3.8 mm long and 0.9 mm wide
+    t = T.truth_defect({"centre_mm": [0, 0], "size_mm": 11.0, "bbox_mm": [-1.9, -0.4, 1.9, 0.5]})
+    assert t.size("drawn") == pytest.approx(3.8) and t.size("nominal") == 11.0
+    parts = [_part("pass", "defect", [], [])]
+    parts[0].truth.append(t)
+    drawn = T.recall_by_bin(parts, (0, 2, 5, 25), tol_mm=2.0, smallest_mm=2.0)
+    nominal = T.recall_by_bin(parts, (0, 2, 5, 25), 2.0, 2.0, size_by="nominal")
+    assert [b["found"]["n"] for b in drawn["bins"]] == [0, 1, 0]
+    assert [b["found"]["n"] for b in nominal["bins"]] == [0, 0, 1]
+    small = T.truth_defect({"centre_mm": [0, 0], "size_mm": 2.5, "bbox_mm": [0, 0, 1.5, 0.5]})
+    parts[0].truth[:] = [small]  # nominally 2.5 mm, drawn 1.5 mm: under the smallest size
+    assert T.recall_by_bin(parts, (0, 2, 25), 2.0, 2.0)["at_or_above_smallest"]["found"]["n"] == 0
+    assert T.recall_by_bin(parts, (0, 2, 25), 2.0, 2.0, "nominal")["at_or_above_smallest"][
+        "found"]["n"] == 1
+
+
 def test_a_region_centre_locates_a_defect_within_its_box_plus_tolerance() -> None:
     t = T.truth_defect({"centre_mm": [0, 0], "size_mm": 2, "bbox_mm": [-1, -1, 1, 1]})
     assert T.located(t, [(0.5, 0.5)], 0.0)
@@ -81,7 +98,8 @@ def test_a_region_centre_locates_a_defect_within_its_box_plus_tolerance() -> Non
 
 def _part(verdict: str, gt: str, truths: list[tuple[float, float]], regions: list) -> object:
     truth = [
-        T.truth_defect({"centre_mm": [x, 0], "size_mm": size, "bbox_mm": [x - 1, -1, x + 1, 1]})
+        T.truth_defect({"centre_mm": [x, 0], "size_mm": size,
+                        "bbox_mm": [x - size / 2, -0.2, x + size / 2, 0.2]})  # drawn as nominal
         for size, x in truths
     ]
     return T.PartOutcome(f"p{len(truths)}", verdict, gt, None, regions, truth)

@@ -115,6 +115,7 @@ def evaluate(
     edges: Sequence[float],
     tol_mm: float,
     smallest_mm: float,
+    size_by: str = "drawn",
 ) -> dict[str, Any]:
     """Per rule: calibration counts, test false rejects / misses / recall by size / AUROC, and
     the paired comparison of its false rejects with the per-shot max's (McNemar)."""
@@ -139,7 +140,7 @@ def evaluate(
             "regions": rates["regions"],
             "regions_on_no_defect": rates["regions_on_no_defect"],
             "located": RULES[rule] is not None,
-            "recall": recall_by_bin(parts, edges, tol_mm, smallest_mm),
+            "recall": recall_by_bin(parts, edges, tol_mm, smallest_mm, size_by),
             "auroc_test": auroc(np.asarray(sc_good), np.asarray(sc_bad)),
             "vs_per_shot_max": mcnemar_exact([p.scores[rule] >= th for p in good], base),
         }
@@ -216,6 +217,7 @@ def run_pass(
     test_roots: Sequence[Path],
     edges: Sequence[float],
     tol_mm: float,
+    size_by: str = "drawn",
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Calibration parts scored, thresholds per rule, then test parts scored (with their
@@ -251,7 +253,8 @@ def run_pass(
         "calibration": {"good": labels.count(0), "defect": labels.count(1)},
         "test": {"good": sum(p.label == 0 for p in test), "defect": sum(p.label for p in test),
                  "defects": sum(len(p.truth) for p in test)},  # fmt: skip
-        "rules": evaluate(cal, test, thresholds, edges, tol_mm, recipe.coverage.smallest_defect_mm),
+        "rules": evaluate(cal, test, thresholds, edges, tol_mm,
+                          recipe.coverage.smallest_defect_mm, size_by),
         # parts inspection would fault as not inspected (a blind region at the limit or over)
         "not_inspected": {"limit_mm2": round(limit, 2), **{
             f"{name}_{kind}": sum(p.blind_mm2 >= limit for p in parts if p.label == lab)

@@ -23,7 +23,8 @@ It runs in a fresh station home (a temp folder, or `--home`):
 3. Per rule: the zero_miss threshold on the labelled sheets, then on the test sheets the false
    rejects (good) and misses (defective) with Clopper-Pearson 95 % intervals, the AUROC, an
    exact McNemar test of its false rejects against the per-shot max's on the same good parts,
-   and recall per defect-size bin (the twin's `size_mm`): a defect is FOUND when its part is
+   and recall per defect-size bin (`--size-by`: the drawn extent, the longest side of the box
+   around what the twin drew; or the twin's nominal `size_mm`): a defect is FOUND when its part is
    rejected AND one of the rule's sheet-map regions at the threshold has its centre within the
    defect's ground-truth box grown by `--tolerance-mm`; the per-shot max rule has no map and is
    counted per part only ("part rejected").
@@ -144,14 +145,26 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
+SIZES = ("drawn", "nominal")  # what a defect's size is: see TruthDefect.size
+
+
 @dataclass(frozen=True)
 class TruthDefect:
-    """One twin defect: its size (twin `size_mm`), centre and extent in base-frame mm."""
+    """One twin defect: its nominal size (twin `size_mm`), centre and extent in base-frame mm."""
 
     kind: str
     size_mm: float
     centre_mm: tuple[float, float]
     extent_mm: tuple[float, float, float, float]  # x0, y0, x1, y1
+
+    def size(self, by: str = "drawn") -> float:
+        """`drawn`: the longest side of the box around what the twin drew (a broken roving of
+        nominal size 11 mm is drawn 3.8 mm long, a fold of 2 mm about 5 mm); `nominal`: the
+        twin's `size_mm`, the parameter its drawing grows with."""
+        if by == "nominal":
+            return self.size_mm
+        x0, y0, x1, y1 = self.extent_mm
+        return max(x1 - x0, y1 - y0)
 
 
 def truth_defect(d: dict[str, Any]) -> TruthDefect:
@@ -202,9 +215,14 @@ def rate(k: int, n: int, level: float = 0.95) -> dict[str, Any]:
 
 
 def recall_by_bin(
-    parts: Sequence[PartOutcome], edges: Sequence[float], tol_mm: float, smallest_mm: float
+    parts: Sequence[PartOutcome],
+    edges: Sequence[float],
+    tol_mm: float,
+    smallest_mm: float,
+    size_by: str = "drawn",
 ) -> dict[str, Any]:
-    """Per size bin: defects, found (rejected and located), part rejected; with intervals."""
+    """Per size bin (of `TruthDefect.size(size_by)`): defects, found (rejected and located),
+    part rejected; with intervals."""
     labels = bin_labels(edges)
     n = [0] * len(labels)
     found = [0] * len(labels)
@@ -213,9 +231,10 @@ def recall_by_bin(
     outside = 0
     for p in parts:
         for t in p.truth:
-            i = bin_index(t.size_mm, edges)
+            size = t.size(size_by)
+            i = bin_index(size, edges)
             hit = p.rejected and located(t, p.regions, tol_mm)
-            if t.size_mm >= smallest_mm:
+            if size >= smallest_mm:
                 big["n"] += 1
                 big["found"] += hit
                 big["rejected"] += p.rejected
@@ -396,7 +415,8 @@ def run_variant(home: Path, variant: str, sets: Sets, args: argparse.Namespace) 
     train_s = time.perf_counter() - t0
     print(f"\nscoring every part once ({variant})", flush=True)
     tests = [sets.test] + ([sets.test_good] if sets.test_good else [])
-    out = run_pass(rcp, [sets.labelled], tests, args.edges, args.tolerance_mm)
+    out = run_pass(rcp, [sets.labelled], tests, args.edges, args.tolerance_mm,
+                   size_by=args.size_by)
     out["variant"] = variant
     out["preprocess"] = rcp.preprocess.model_dump(mode="json")
     out["seconds"]["train"] = round(train_s, 1)
@@ -479,9 +499,12 @@ def markdown(result: dict[str, Any]) -> str:
                       f"{ni['calibration_defect']} defective; test {ni['test_good']} good, "
                       f"{ni['test_defect']} defective.", ""]  # fmt: skip
         lines += _table(*rule_rows(v))
-        lines += ["", f"Recall by defect size (found: part rejected and a sheet-map region "
-                      f"centre within the defect's box + {s['tolerance_mm']:g} mm; * = at or "
-                      "above coverage.smallest_defect_mm):", ""]  # fmt: skip
+        size_by = s.get("size_by", "nominal")  # results written before --size-by: nominal
+        what = ("the longest side of its drawn footprint's box" if size_by == "drawn"
+                else "the twin's nominal size_mm")  # fmt: skip
+        lines += ["", f"Recall by defect size ({what}; found: part rejected and a sheet-map "
+                      f"region centre within the defect's box + {s['tolerance_mm']:g} mm; * = "
+                      "at or above coverage.smallest_defect_mm):", ""]  # fmt: skip
         lines += _table(*recall_rows(v))
         lines += ["", "Seconds: " + json.dumps(v["seconds"]), ""]
     lines += ["Seconds (run): " + json.dumps(result["seconds"])]
@@ -540,6 +563,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--home", default=None, help="station home to use (default: a temp folder)")
+    ap.add_argument("--size-by", choices=SIZES, default="drawn",
+                    help="a defect's size: its drawn extent (default) or the twin's nominal "
+                    "size_mm")
     ap.add_argument("--keep", action="store_true", help="keep the home's data from before")
     ap.add_argument("--out", default="data/recall_by_size", help="writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
@@ -587,7 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                               else argv),
         "setup": {**sets.notes, "good": args.good, "labelled": args.labelled, "test": args.test,
                   "test_good": args.test_good, "tolerance_mm": args.tolerance_mm,
-                  "bins_mm": list(args.edges), "home": str(home), "threads": args.threads},
+                  "bins_mm": list(args.edges), "size_by": args.size_by, "home": str(home),
+                  "threads": args.threads},
         "variants": variants,
         "seconds": seconds,
     }  # fmt: skip
