@@ -77,15 +77,15 @@ def test_a_defect_is_binned_by_its_drawn_extent_or_its_nominal_size() -> None:
     assert t.size("drawn") == pytest.approx(3.8) and t.size("nominal") == 11.0
     parts = [_part("pass", "defect", [], [])]
     parts[0].truth.append(t)
-    drawn = T.recall_by_bin(parts, (0, 2, 5, 25), tol_mm=2.0, smallest_mm=2.0)
-    nominal = T.recall_by_bin(parts, (0, 2, 5, 25), 2.0, 2.0, size_by="nominal")
+    drawn = T.recall_by_bin(parts, (0, 2, 5, 25), tol_mm=2.0, smallest_mm=2.0, size_by="drawn")
+    nominal = T.recall_by_bin(parts, (0, 2, 5, 25), tol_mm=2.0, smallest_mm=2.0)
     assert [b["found"]["n"] for b in drawn["bins"]] == [0, 1, 0]
     assert [b["found"]["n"] for b in nominal["bins"]] == [0, 0, 1]
     small = T.truth_defect({"centre_mm": [0, 0], "size_mm": 2.5, "bbox_mm": [0, 0, 1.5, 0.5]})
     parts[0].truth[:] = [small]  # nominally 2.5 mm, drawn 1.5 mm: under the smallest size
-    assert T.recall_by_bin(parts, (0, 2, 25), 2.0, 2.0)["at_or_above_smallest"]["found"]["n"] == 0
-    assert T.recall_by_bin(parts, (0, 2, 25), 2.0, 2.0, "nominal")["at_or_above_smallest"][
-        "found"]["n"] == 1
+    assert T.recall_by_bin(parts, (0, 2, 25), 2.0, 2.0, "drawn")["at_or_above_smallest"][
+        "found"]["n"] == 0
+    assert T.recall_by_bin(parts, (0, 2, 25), 2.0, 2.0)["at_or_above_smallest"]["found"]["n"] == 1
 
 
 def test_a_region_centre_locates_a_defect_within_its_box_plus_tolerance() -> None:
@@ -98,8 +98,7 @@ def test_a_region_centre_locates_a_defect_within_its_box_plus_tolerance() -> Non
 
 def _part(verdict: str, gt: str, truths: list[tuple[float, float]], regions: list) -> object:
     truth = [
-        T.truth_defect({"centre_mm": [x, 0], "size_mm": size,
-                        "bbox_mm": [x - size / 2, -0.2, x + size / 2, 0.2]})  # drawn as nominal
+        T.truth_defect({"centre_mm": [x, 0], "size_mm": size, "bbox_mm": [x - 1, -1, x + 1, 1]})
         for size, x in truths
     ]
     return T.PartOutcome(f"p{len(truths)}", verdict, gt, None, regions, truth)

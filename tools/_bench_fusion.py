@@ -115,7 +115,7 @@ def evaluate(
     edges: Sequence[float],
     tol_mm: float,
     smallest_mm: float,
-    size_by: str = "drawn",
+    size_by: str = "nominal",
 ) -> dict[str, Any]:
     """Per rule: calibration counts, test false rejects / misses / recall by size / AUROC, and
     the paired comparison of its false rejects with the per-shot max's (McNemar)."""
@@ -217,7 +217,7 @@ def run_pass(
     test_roots: Sequence[Path],
     edges: Sequence[float],
     tol_mm: float,
-    size_by: str = "drawn",
+    size_by: str = "nominal",
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Calibration parts scored, thresholds per rule, then test parts scored (with their

@@ -23,11 +23,11 @@ It runs in a fresh station home (a temp folder, or `--home`):
 3. Per rule: the zero_miss threshold on the labelled sheets, then on the test sheets the false
    rejects (good) and misses (defective) with Clopper-Pearson 95 % intervals, the AUROC, an
    exact McNemar test of its false rejects against the per-shot max's on the same good parts,
-   and recall per defect-size bin (`--size-by`: the drawn extent, the longest side of the box
-   around what the twin drew; or the twin's nominal `size_mm`): a defect is FOUND when its part is
-   rejected AND one of the rule's sheet-map regions at the threshold has its centre within the
-   defect's ground-truth box grown by `--tolerance-mm`; the per-shot max rule has no map and is
-   counted per part only ("part rejected").
+   and recall per defect-size bin (`--size-by`: the twin's nominal `size_mm`, or the drawn
+   extent, the longest side of the box around what the twin drew): a defect is FOUND when its
+   part is rejected AND one of the rule's sheet-map regions at the threshold has its centre
+   within the defect's ground-truth box grown by `--tolerance-mm`; the per-shot max rule has no
+   map and is counted per part only ("part rejected").
 
     .venv/bin/python tools/bench_recall_by_size.py --good 12 --labelled 40 --test 40 \
         --test-good 30 --sheet 280 220 --out data/recall_by_size
@@ -145,7 +145,7 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
-SIZES = ("drawn", "nominal")  # what a defect's size is: see TruthDefect.size
+SIZES = ("nominal", "drawn")  # what a defect's size is: see TruthDefect.size
 
 
 @dataclass(frozen=True)
@@ -157,10 +157,12 @@ class TruthDefect:
     centre_mm: tuple[float, float]
     extent_mm: tuple[float, float, float, float]  # x0, y0, x1, y1
 
-    def size(self, by: str = "drawn") -> float:
-        """`drawn`: the longest side of the box around what the twin drew (a broken roving of
-        nominal size 11 mm is drawn 3.8 mm long, a fold of 2 mm about 5 mm); `nominal`: the
-        twin's `size_mm`, the parameter its drawing grows with."""
+    def size(self, by: str = "nominal") -> float:
+        """`nominal`: the twin's `size_mm`, the parameter its drawing grows with; `drawn`: the
+        longest side of the box around the twin's id layer for it, shading and shadow included
+        (a broken roving of nominal size 11 mm is drawn 3.8 mm long, a 2 mm fold about 5 mm,
+        and no defect under 2 mm). Neither is what an inspector would measure; the bench
+        reports by either."""
         if by == "nominal":
             return self.size_mm
         x0, y0, x1, y1 = self.extent_mm
@@ -219,7 +221,7 @@ def recall_by_bin(
     edges: Sequence[float],
     tol_mm: float,
     smallest_mm: float,
-    size_by: str = "drawn",
+    size_by: str = "nominal",
 ) -> dict[str, Any]:
     """Per size bin (of `TruthDefect.size(size_by)`): defects, found (rejected and located),
     part rejected; with intervals."""
@@ -500,8 +502,8 @@ def markdown(result: dict[str, Any]) -> str:
                       f"{ni['test_defect']} defective.", ""]  # fmt: skip
         lines += _table(*rule_rows(v))
         size_by = s.get("size_by", "nominal")  # results written before --size-by: nominal
-        what = ("the longest side of its drawn footprint's box" if size_by == "drawn"
-                else "the twin's nominal size_mm")  # fmt: skip
+        what = ("the longest side of the box around its drawing, shading included"
+                if size_by == "drawn" else "the twin's nominal size_mm")  # fmt: skip
         lines += ["", f"Recall by defect size ({what}; found: part rejected and a sheet-map "
                       f"region centre within the defect's box + {s['tolerance_mm']:g} mm; * = "
                       "at or above coverage.smallest_defect_mm):", ""]  # fmt: skip
@@ -563,9 +565,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--home", default=None, help="station home to use (default: a temp folder)")
-    ap.add_argument("--size-by", choices=SIZES, default="drawn",
-                    help="a defect's size: its drawn extent (default) or the twin's nominal "
-                    "size_mm")
+    ap.add_argument("--size-by", choices=SIZES, default="nominal",
+                    help="a defect's size: the twin's nominal size_mm (default) or its drawn "
+                    "extent")
     ap.add_argument("--keep", action="store_true", help="keep the home's data from before")
     ap.add_argument("--out", default="data/recall_by_size", help="writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
