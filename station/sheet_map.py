@@ -449,10 +449,17 @@ class SheetMap:
         """(area mm², centre in base mm) of each 8-connected region of cells in the region
         that some shot sees but every such shot sees saturated (not inspected), largest
         first."""
-        blind = self.blind_cells()
-        if not blind.any():
+        return self._regions(self.blind_cells())
+
+    def unseen_regions(self) -> list[tuple[float, tuple[float, float]]]:
+        """(area mm², centre in base mm) of each 8-connected region of cells in the region
+        that no shot sees (a coverage gap), largest first."""
+        return self._regions(self._within() & ~self._coverage("mask"))
+
+    def _regions(self, cells: np.ndarray) -> list[tuple[float, tuple[float, float]]]:
+        if not cells.any():
             return []
-        count, labels = cv2.connectedComponents(blind.astype(np.uint8), connectivity=8)
+        count, labels = cv2.connectedComponents(cells.astype(np.uint8), connectivity=8)
         s = self.grid.mm_per_px
         centres = self.grid.centres()
         out = []

@@ -216,6 +216,23 @@ def test_a_part_without_a_row_is_named_by_its_line_id() -> None:
     assert part_label(result(None, None)) == "?"
 
 
+def test_a_part_with_an_unseen_region_is_not_inspected(station_home: Path, tmp_path: Path) -> None:
+    """A region the shots leave a gap in (here 40 x 30 mm seen by three 6 x 5 mm views): each
+    part is faulted as not inspected, naming the gap and the fix, and stored as a reject;
+    never passed on what the shots happened to see."""
+    recipe = small_recipe(station_home, coverage={"region_mm": [-20, -15, 20, 15], "partial": True})
+    db = database(recipe)
+    groups = group_offline([_layout(tmp_path / "ds")[0]], recipe)
+    with Inspector(recipe, bright_set(recipe), Recorder(db, recipe)) as insp:
+        results = insp.run_offline(groups).results
+    assert [r.verdict for r in results] == [Verdict.FAULT, Verdict.FAULT]
+    for r in results:
+        assert "not inspected:" in r.reason and "seen by no shot" in r.reason, r.reason
+        assert f"station plan-poses --recipe {recipe.name}" in r.reason
+    with db.session() as s:
+        assert [p.verdict for p in s.scalars(select(Part))] == [Verdict.FAULT, Verdict.FAULT]
+
+
 def test_sheet_map_decides_and_is_recorded(station_home: Path, tmp_path: Path) -> None:
     """combine_poses sheet_map: the part's score is its fused sheet map's peak; the map, the
     footprints and the defect region (where the white square lies on the table) are stored."""
@@ -237,7 +254,7 @@ def test_sheet_map_decides_and_is_recorded(station_home: Path, tmp_path: Path) -
     assert np.hypot(defect.centre_mm[0] - at[0], defect.centre_mm[1] - at[1]) < 0.2
     assert defect.shots == ("centre",) and defect.peak > 1.0
     assert 0.5 < defect.area_mm2 < 4.0  # 1.4 x 1.2 mm, grown by the max over a cell
-    assert good.sheet.defects == [] and good.sheet.unseen_mm2 > 0  # three small views
+    assert good.sheet.defects == [] and good.sheet.unseen_mm2 == 0  # the centre view's region
     with db.session() as s:
         rows = s.scalars(select(Part).order_by(Part.sequence)).all()
         row = rows[0]

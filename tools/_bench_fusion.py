@@ -222,7 +222,7 @@ def run_pass(
 ) -> dict[str, Any]:
     """Calibration parts scored, thresholds per rule, then test parts scored (with their
     regions at those thresholds) and every rule evaluated."""
-    from station.inspection.sheet import blind_limit_mm2
+    from station.inspection.sheet import not_inspected_limit_mm2
 
     poses = [p.name for p in recipe.robot.poses]
     t0 = time.perf_counter()
@@ -244,7 +244,7 @@ def run_pass(
         say(f"  test part {i + 1}/{len(test_files)} scored")
     t_all = time.perf_counter() - t0
     n_shots = len(poses) * (len(cal) + len(test))
-    limit = blind_limit_mm2(recipe)
+    limit = not_inspected_limit_mm2(recipe)
     return {
         "recipe": recipe.name,
         "detector": scorer.detector,

@@ -6,8 +6,13 @@ In a scratch station home, `station demo` (small: 2 good, 4 labelled sheets, 1 p
 and calibrates the twin recipe's demo copy; its models are exported to ONNX and OpenVINO;
 then `station inspect --live` runs `--parts` sheets once per runtime, each in its own
 process with the recipe's detectors set to that runtime, and the process's peak resident set
-size (ru_maxrss from wait4) is reported. Verdict counts are printed beside, to see that the
-runtimes agreed on the same sheets.
+size (ru_maxrss from wait4) is reported. Each process inspects the same sheets (a fresh
+twin world starts at its first sheet), so every part's verdict and score is read back from the
+database and compared with eager torch's, part by part.
+
+    # the full demo's models and its 16 live sheets:
+    STATION_HOME=/tmp/demo-home station demo
+    .venv/bin/python tools/bench_runtime_memory.py --home /tmp/demo-home --parts 16
 """
 
 from __future__ import annotations
@@ -36,6 +41,45 @@ def _run(argv: list[str], env: dict[str, str]) -> tuple[int, float, str]:
     return proc.returncode, usage.ru_maxrss / 1024.0, text[-1500:]
 
 
+Rows = dict[str, tuple[str, float | None]]
+
+
+def _live_parts(recipe_file: Path, after_id: int) -> tuple[int, Rows]:
+    """(largest part id in the database, {line part id: (verdict, part score)} of the live
+    parts with an id > after_id)."""
+    from sqlalchemy import func, select
+
+    from station.detectors.registry import load_recipe
+    from station.storage.db import open_database
+    from station.storage.models import Part
+
+    db = open_database(load_recipe(str(recipe_file)).storage.resolved_database_url(), migrate=False)
+    try:
+        with db.session() as s:
+            last = int(s.execute(select(func.max(Part.id))).scalar() or 0)
+            rows = s.execute(
+                select(Part.line_part_id, Part.verdict, Part.part_score)
+                .where(Part.id > after_id, Part.mode == "live")
+                .order_by(Part.id)
+            ).all()
+    finally:
+        db.dispose()
+    return last, {str(pid): (str(getattr(v, "value", v)), score) for pid, v, score in rows}
+
+
+def _agreement(want: Rows, got: Rows) -> str:
+    """'verdicts same on N/N parts, |d score| <= x' against the torch run's parts."""
+    common = [k for k in want if k in got]
+    same = sum(want[k][0] == got[k][0] for k in common)
+    diffs = [
+        abs(got[k][1] - want[k][1]) / max(abs(want[k][1]), 1e-12)  # type: ignore[operator]
+        for k in common
+        if want[k][1] is not None and got[k][1] is not None
+    ]
+    worst = f"{max(diffs):.1e}" if diffs else "n/a"
+    return f"verdicts same as torch on {same}/{len(common)} parts, max rel |d score| {worst}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--parts", type=int, default=4)
@@ -59,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             print(text)
             return code
+    os.environ["STATION_HOME"] = str(home)  # the database URL resolves under the home
     original = recipe_file.read_text()
     rows = []
+    parts: dict[str, Rows] = {}
     try:
         for runtime in args.runtimes.split(","):
             data = yaml.safe_load(original)
@@ -78,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.parts),
                 "--no-view",
             ]
+            before, _ = _live_parts(recipe_file, 1 << 62)
             code, rss, text = _run(cmd, env)
+            parts[runtime] = _live_parts(recipe_file, before)[1]
             verdicts = [ln.strip() for ln in text.splitlines() if "pass" in ln.lower()][-1:]
             rows.append((runtime, code, rss, verdicts[0] if verdicts else text[-300:]))
     finally:
@@ -86,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak RSS of station inspect --live, {args.parts} parts (home {home})")
     for runtime, code, rss, verdicts in rows:
         print(f"  {runtime:12s} exit {code}  peak RSS {rss:7.0f} MiB  {verdicts}")
+    base = parts.get("torch")
+    for runtime, got in parts.items():
+        if base is not None and runtime != "torch":
+            print(f"  {runtime:12s} {_agreement(base, got)}")
     return 1 if any(code for _, code, _, _ in rows) else 0
 
 

@@ -122,8 +122,9 @@ def _exit_for(summary: Any, offline_parts: int | None) -> None:
 
 
 def _warn_coverage(rcp: Any) -> None:
-    """Say loudly when the recipe leaves part of its region unseen or too coarse: verdicts then
-    speak for what the shots see only (station recipe check refuses such a recipe)."""
+    """Say loudly when the recipe leaves part of its region unseen or too coarse (station recipe
+    check refuses such a recipe): a part with an unseen region is faulted as not inspected, a
+    coarse view is inspected at the resolution it has."""
     from station.cli.app import console
     from station.cli.plan import coverage_camera
     from station.coverage import check
@@ -131,8 +132,8 @@ def _warn_coverage(rcp: Any) -> None:
     model, _ = coverage_camera(rcp, strict=False)
     for problem in check(rcp, model).problems:
         console.print(
-            f"[bold yellow]warning:[/] {escape(problem)} (verdicts cover only what the shots "
-            "see; station recipe check)",
+            f"[bold yellow]warning:[/] {escape(problem)} (station recipe check refuses this "
+            "recipe; a part with an unseen region is faulted as not inspected)",
             highlight=False,
             soft_wrap=True,
         )

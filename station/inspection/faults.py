@@ -14,7 +14,7 @@ raised and the sheet released to the reject path). What happens next depends on 
 | reject output not confirmed, line I/O  | line_io          | hold the sheet, wait for the   |
 |                                        |                  | operator, then reject it       |
 | shot unlike the training material      | material         | next part                      |
-| region seen only saturated (glare)     | not_inspected    | next part                      |
+| region unseen (gap) or only saturated  | not_inspected    | next part                      |
 | unreadable stored image (offline)      | input            | next part                      |
 | anything unexpected (a bug)            | internal         | stop                           |
 

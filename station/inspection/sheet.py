@@ -101,24 +101,30 @@ def part_peaks(sheet: SheetMap, detectors: Sequence[str]) -> dict[str, float]:
     return {n: peaks[n] for n in detectors}
 
 
-def blind_limit_mm2(recipe: Recipe) -> float:
-    """The largest blind region (seen only saturated) a verdict tolerates: the area of the
-    smallest defect (a disc of `coverage.smallest_defect_mm`); a smaller one cannot hide it."""
+def not_inspected_limit_mm2(recipe: Recipe) -> float:
+    """The largest region of the sheet a verdict tolerates not inspecting (seen by no shot, or
+    only saturated): the area of the smallest defect (a disc of `coverage.smallest_defect_mm`);
+    a smaller one cannot hide it."""
     d = recipe.coverage.smallest_defect_mm
     return math.pi / 4.0 * d * d
 
 
-def check_blind(sheet: SheetMap, recipe: Recipe) -> None:
-    """NotInspected when a blind region of the sheet map reaches `blind_limit_mm2`."""
-    regions = sheet.blind_regions()
-    limit = blind_limit_mm2(recipe)
-    if regions and regions[0][0] >= limit:
-        area, (x, y) = regions[0]
-        total = sum(a for a, _ in regions)
-        raise NotInspected(
-            f"not inspected: {area:.1f} mm² at ({x:.0f}, {y:.0f}) mm seen only saturated "
-            f"(glare or a bright object; {total:.1f} mm² in all, limit {limit:.1f} mm²)"
-        )
+def check_seen(sheet: SheetMap, recipe: Recipe) -> None:
+    """NotInspected when a region of the sheet map that no shot sees (a coverage gap), or that
+    every shot sees saturated, reaches `not_inspected_limit_mm2`."""
+    limit = not_inspected_limit_mm2(recipe)
+    gap = f"a coverage gap: station plan-poses --recipe {recipe.name}"
+    for regions, what, why in (
+        (sheet.unseen_regions(), "seen by no shot", gap),
+        (sheet.blind_regions(), "seen only saturated", "glare or a bright object"),
+    ):
+        if regions and regions[0][0] >= limit:
+            area, (x, y) = regions[0]
+            total = sum(a for a, _ in regions)
+            raise NotInspected(
+                f"not inspected: {area:.1f} mm² at ({x:.0f}, {y:.0f}) mm {what} "
+                f"({why}; {total:.1f} mm² in all, limit {limit:.1f} mm²)"
+            )
 
 
 def finish_sheet(
@@ -137,7 +143,7 @@ def finish_sheet(
             peaks = part_peaks(result, list(thresholds))
         with timings.measure("logging"):
             record = recorder.write_sheet_map(part, result, thresholds, sheet.camera.source)
-        check_blind(result, sheet.recipe)
+        check_seen(result, sheet.recipe)
     except StationError as exc:
         return None, classify(exc)
     except (ValueError, OSError, np.linalg.LinAlgError) as exc:
