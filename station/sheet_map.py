@@ -439,7 +439,7 @@ class SheetMap:
 
     def unseen_cells(self) -> int:
         """Cells whose centre lies in the region and that no shot sees (a coverage gap)."""
-        return int((self._within() & ~self._coverage("mask")).sum())
+        return int(self._unseen().sum())
 
     def blind_cells(self) -> np.ndarray:
         """Bool grid: cells in the region that some shot sees, every one of them clipped."""
@@ -454,7 +454,10 @@ class SheetMap:
     def unseen_regions(self) -> list[tuple[float, tuple[float, float]]]:
         """(area mm², centre in base mm) of each 8-connected region of cells in the region
         that no shot sees (a coverage gap), largest first."""
-        return self._regions(self._within() & ~self._coverage("mask"))
+        return self._regions(self._unseen())
+
+    def _unseen(self) -> np.ndarray:
+        return self._within() & ~self._coverage("mask")
 
     def _regions(self, cells: np.ndarray) -> list[tuple[float, tuple[float, float]]]:
         if not cells.any():
