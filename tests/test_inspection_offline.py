@@ -233,6 +233,30 @@ def test_a_part_with_an_unseen_region_is_not_inspected(station_home: Path, tmp_p
         assert [p.verdict for p in s.scalars(select(Part))] == [Verdict.FAULT, Verdict.FAULT]
 
 
+def test_a_bug_in_the_sheet_map_faults_the_part_and_stops(
+    station_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error while the sheet map is checked is an internal fault: the part is
+    recorded as a reject and the run stops, rather than the error escaping mid-part."""
+    from station.sheet_map import SheetMap
+
+    def boom(self: SheetMap) -> list:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(SheetMap, "unseen_regions", boom)
+    recipe = small_recipe(station_home)
+    db = database(recipe)
+    groups = group_offline([_layout(tmp_path / "ds")[0]], recipe)
+    with Inspector(recipe, bright_set(recipe), Recorder(db, recipe)) as insp:
+        summary = insp.run_offline(groups)
+    (result,) = summary.results  # the second part is not started
+    assert result.verdict is Verdict.FAULT
+    assert result.reason == "internal error: RuntimeError: boom"
+    assert "internal error: RuntimeError: boom" in summary.stopped_reason
+    with db.session() as s:
+        assert [p.verdict for p in s.scalars(select(Part))] == [Verdict.FAULT]
+
+
 def test_sheet_map_decides_and_is_recorded(station_home: Path, tmp_path: Path) -> None:
     """combine_poses sheet_map: the part's score is its fused sheet map's peak; the map, the
     footprints and the defect region (where the white square lies on the table) are stored."""

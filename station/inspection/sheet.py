@@ -148,6 +148,8 @@ def finish_sheet(
         return None, classify(exc)
     except (ValueError, OSError, np.linalg.LinAlgError) as exc:
         return None, classify(SheetMapError(f"sheet map not built: {exc}"))
+    except Exception as exc:  # noqa: BLE001 (a bug: an internal fault, the part rejected, run stops)
+        return None, classify(exc)
     cell = result.grid.mm_per_px**2
     unseen = result.unseen_cells() * cell
     blind = sum(a for a, _ in result.blind_regions())
