@@ -67,8 +67,9 @@ def _live_parts(recipe_file: Path, after_id: int) -> tuple[int, Rows]:
     return last, {str(pid): (str(getattr(v, "value", v)), score) for pid, v, score in rows}
 
 
-def _agreement(want: Rows, got: Rows) -> str:
-    """'verdicts same on N/N parts, |d score| <= x' against the torch run's parts."""
+def _agreement(want: Rows, got: Rows) -> tuple[bool, str]:
+    """(every torch part found with the same verdict, 'verdicts same on N/N parts, |d score|
+    <= x') against the torch run's parts."""
     common = [k for k in want if k in got]
     same = sum(want[k][0] == got[k][0] for k in common)
     diffs = [
@@ -77,7 +78,8 @@ def _agreement(want: Rows, got: Rows) -> str:
         if want[k][1] is not None and got[k][1] is not None
     ]
     worst = f"{max(diffs):.1e}" if diffs else "n/a"
-    return f"verdicts same as torch on {same}/{len(common)} parts, max rel |d score| {worst}"
+    ok = bool(want) and same == len(common) == len(want)
+    return ok, f"verdicts same as torch on {same}/{len(common)} parts, max rel |d score| {worst}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,11 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak RSS of station inspect --live, {args.parts} parts (home {home})")
     for runtime, code, rss, verdicts in rows:
         print(f"  {runtime:12s} exit {code}  peak RSS {rss:7.0f} MiB  {verdicts}")
-    base = parts.get("torch")
+    base, agree = parts.get("torch"), True
     for runtime, got in parts.items():
         if base is not None and runtime != "torch":
-            print(f"  {runtime:12s} {_agreement(base, got)}")
-    return 1 if any(code for _, code, _, _ in rows) else 0
+            ok, text = _agreement(base, got)
+            agree = agree and ok
+            print(f"  {runtime:12s} {text}")
+    return 1 if any(code for _, code, _, _ in rows) or not agree else 0
 
 
 if __name__ == "__main__":
