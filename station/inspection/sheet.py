@@ -109,22 +109,25 @@ def not_inspected_limit_mm2(recipe: Recipe) -> float:
     return math.pi / 4.0 * d * d
 
 
-def check_seen(sheet: SheetMap, recipe: Recipe) -> None:
-    """NotInspected when a region of the sheet map that no shot sees (a coverage gap), or that
-    every shot sees saturated, reaches `not_inspected_limit_mm2`."""
+def check_seen(sheet: SheetMap, recipe: Recipe) -> tuple[float, float]:
+    """(mm² of the region no shot sees, mm² seen only saturated); NotInspected when one region
+    of either (a coverage gap; glare) reaches `not_inspected_limit_mm2`."""
     limit = not_inspected_limit_mm2(recipe)
     gap = f"a coverage gap: station plan-poses --recipe {recipe.name}"
+    totals = []
     for regions, what, why in (
         (sheet.unseen_regions(), "seen by no shot", gap),
         (sheet.blind_regions(), "seen only saturated", "glare or a bright object"),
     ):
+        total = sum(a for a, _ in regions)
         if regions and regions[0][0] >= limit:
             area, (x, y) = regions[0]
-            total = sum(a for a, _ in regions)
             raise NotInspected(
                 f"not inspected: {area:.1f} mm² at ({x:.0f}, {y:.0f}) mm {what} "
                 f"({why}; {total:.1f} mm² in all, limit {limit:.1f} mm²)"
             )
+        totals.append(total)
+    return totals[0], totals[1]
 
 
 def finish_sheet(
@@ -143,14 +146,11 @@ def finish_sheet(
             peaks = part_peaks(result, list(thresholds))
         with timings.measure("logging"):
             record = recorder.write_sheet_map(part, result, thresholds, sheet.camera.source)
-        check_seen(result, sheet.recipe)
+        unseen, blind = check_seen(result, sheet.recipe)
     except StationError as exc:
         return None, classify(exc)
     except (ValueError, OSError, np.linalg.LinAlgError) as exc:
         return None, classify(SheetMapError(f"sheet map not built: {exc}"))
     except Exception as exc:  # noqa: BLE001 (a bug: an internal fault, the part rejected, run stops)
         return None, classify(exc)
-    cell = result.grid.mm_per_px**2
-    unseen = result.unseen_cells() * cell
-    blind = sum(a for a, _ in result.blind_regions())
     return SheetOutcome(peaks, record.defects, unseen, blind, sheet.camera.source), None
