@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     original = recipe_file.read_text()
     rows = []
     parts: dict[str, Rows] = {}
+    last, _ = _live_parts(recipe_file, 1 << 62)  # only the largest id so far
     try:
         for runtime in args.runtimes.split(","):
             data = yaml.safe_load(original)
@@ -126,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.parts),
                 "--no-view",
             ]
-            before, _ = _live_parts(recipe_file, 1 << 62)
             code, rss, text = _run(cmd, env)
-            parts[runtime] = _live_parts(recipe_file, before)[1]
+            last, parts[runtime] = _live_parts(recipe_file, last)
             verdicts = [ln.strip() for ln in text.splitlines() if "pass" in ln.lower()][-1:]
             rows.append((runtime, code, rss, verdicts[0] if verdicts else text[-300:]))
     finally:
