@@ -150,6 +150,17 @@ def check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
     return to_uint8(image)
 
 
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` resized to `size` (width, height): area averaging to shrink, else bilinear; the
+    image itself when it already has that size."""
+    width, height = size
+    if (image.shape[1], image.shape[0]) == (width, height):
+        return image
+    shrink = width < image.shape[1] and height < image.shape[0]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)
+
+
 def preprocess(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Crop, resize to cfg.size (width, height) and, when cfg.grey_to_rgb, make it 3-channel.
     With cfg.tiling enabled there is no resize: the shot stays at its native size."""
@@ -164,11 +175,8 @@ def preprocess(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
                 hint="fix preprocess.crop in the recipe",
             )
         image = image[y : y + h, x : x + w]
-    width, height = cfg.size
-    if not cfg.tiling.enabled and (image.shape[1], image.shape[0]) != (width, height):
-        shrink = width < image.shape[1] and height < image.shape[0]
-        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        image = cv2.resize(image, (width, height), interpolation=interp)
+    if not cfg.tiling.enabled:
+        image = resize(image, cfg.size)
     if cfg.grey_to_rgb and image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return np.ascontiguousarray(image)

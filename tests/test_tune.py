@@ -198,3 +198,73 @@ def test_the_choice_is_the_fastest_within_the_margin() -> None:
     clear = rec("ensemble", 0.930, 5.6)  # more than the margin better: worth its cost
     assert rank([clear, fast], "synthetic")[0]["id"] == "ensemble"
     assert rank([{**fast, "status": "failed"}, clear], "synthetic") == [clear]
+
+
+def test_candidates_try_layers_everywhere_and_input_sizes_only_without_tiles(
+    station_home: Path,
+) -> None:
+    from station.detectors.registry import load_recipe
+    from station.tuning.candidates import (
+        COARSE_LAYERS,
+        FINE_LAYERS,
+        resolution_problem,
+        single_candidates,
+        with_size,
+    )
+
+    tiled = single_candidates(load_recipe("glassfiber"), "cpu")
+    ids = [c.id for c in tiled]
+    assert len(ids) == len(set(ids)) and all(c.size is None for c in tiled)
+    layers = {c.id: c.entry["params"].get("layers") for c in tiled}
+    assert layers["patchcore-lite0-fine"] == list(FINE_LAYERS)
+    assert layers["patchcore-lite0-coarse"] == list(COARSE_LAYERS)
+    assert layers["patchcore-lite0"] is None  # the backbone's default pair
+
+    lab = station_home / "recipes" / "lab.yaml"
+    lab.write_text(
+        "extends: glassfiber\nname: lab\npreprocess: {tiling: {enabled: false}}\n"
+        "coverage: {smallest_defect_mm: 5}\n"
+    )
+    recipe = load_recipe(str(lab))
+    sized = {c.id: c for c in single_candidates(recipe, "cpu") if c.size}
+    assert sorted(sized) == ["patchcore-lite0-192x192", "patchcore-lite0-320x320"]
+    assert sized["patchcore-lite0-320x320"].entry == tiled[0].entry  # the shipped setting
+    # 256 px resolves 5 mm at 8 px (0.624 mm/px); 192 px would not, and says how far off
+    assert resolution_problem(recipe, sized["patchcore-lite0-320x320"]) is None
+    why = resolution_problem(recipe, sized["patchcore-lite0-192x192"])
+    assert why is not None and "0.832 mm/px" in why and "smallest_defect_mm" in why
+    assert with_size(recipe, (320, 320)).preprocess.size == (320, 320)
+    assert recipe.preprocess.size == (256, 256)  # the recipe itself is left alone
+
+
+def test_tune_an_input_size_candidate_writes_its_size_into_the_variant(
+    station_home: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    # the tiny recipe with a smallest defect its 64 px shots resolve at 48 and 80 px alike
+    recipe = make_recipe(station_home, "tinysize")
+    path = station_home / "recipes" / "tinysize.yaml"
+    text = path.read_text().replace("smallest_defect_mm: 2.0", "smallest_defect_mm: 100")
+    path.write_text(text.replace("defect_px: 8 ", "defect_px: 1 "))
+    data = make_data(station_home / "ds" / "weave", n_good=12)
+    out = station_home / "tune"
+    argv = ["tune", "--recipe", recipe, "--data", str(data), "--out", str(out), "--threads", "1"]
+    assert run([*argv, "--only", "patchcore-lite0-80x80,patchcore-lite0-pad0,ensemble"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "needs two finished single candidates of one input size" in (out / "tune.md").read_text()
+    rows = [json.loads(x) for x in (out / "tune.jsonl").read_text().splitlines()][1:]
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["patchcore-lite0-80x80"]["size"] == [80, 80]
+    assert by_id["patchcore-lite0-pad0"]["size"] is None
+    assert all(r["status"] == "done" for r in rows), said
+
+    from station.detectors.registry import load_recipe
+    from station.tuning.report import variant_text
+
+    # whichever is chosen, a variant keeps its candidate's input size
+    for cid, size in (("patchcore-lite0-80x80", (80, 80)), ("patchcore-lite0-pad0", (64, 64))):
+        variant = out / f"{cid}.yaml"
+        variant.write_text(variant_text(load_recipe(recipe), by_id[cid], "test"))
+        tuned = load_recipe(str(variant))
+        assert tuned.preprocess.size == size
+        assert tuned.detectors[0].params == by_id[cid]["entry"]["params"]
+    assert load_recipe(str(out / f"{recipe}-tuned.yaml")).name == "tinysize-tuned"

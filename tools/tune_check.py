@@ -33,9 +33,11 @@ from station.detectors.engine import ScoringEngine  # noqa: E402
 from station.detectors.registry import load_recipe  # noqa: E402
 from station.metrics import image_auroc  # noqa: E402
 from station.recipe import DetectorConfig  # noqa: E402
+from station.tuning.candidates import with_size  # noqa: E402
 from station.tuning.evaluate import assemble_ensemble  # noqa: E402
 from station.tuning.journal import read_journal  # noqa: E402
 from station.tuning.report import rank  # noqa: E402
+from station.tuning.run import candidate_of  # noqa: E402
 
 
 def finished(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -67,11 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     run, done = finished(args.tune)
     recipe = load_recipe(run["recipe_source"])
-    test = read_test_set(args.category, recipe.preprocess, lambda *_: None)
+    tests: dict[Any, Any] = {}  # the test split read once per input size
     rows = []
     for cid, rec in done.items():
         det = model_of(rec, done)
-        engine = ScoringEngine({cid: det}, recipe.preprocess, batch_size=8)
+        pre = with_size(recipe, candidate_of(rec).size).preprocess
+        if pre.size not in tests:
+            tests[pre.size] = read_test_set(args.category, pre, lambda *_: None)
+        test = tests[pre.size]
+        engine = ScoringEngine({cid: det}, pre, batch_size=8)
         scores = engine.score(test.images, keep_maps=False)[cid].scores
         real = float(image_auroc(scores, test.labels))
         rows.append({"id": cid, "synthetic": rec["auroc"], "real": real})

@@ -87,6 +87,7 @@ def _candidates(rcp: Any, only: str | None, say: Any) -> tuple[list[Any], bool, 
         backbones_of,
         known_ids,
         missing_weights,
+        resolution_problem,
         select,
         single_candidates,
     )
@@ -107,8 +108,12 @@ def _candidates(rcp: Any, only: str | None, say: Any) -> tuple[list[Any], bool, 
     keep = []
     for c in chosen:
         lacking = [b for b in backbones_of(c) if b in missing]
+        coarse = resolution_problem(rcp, c)
         if lacking:
             skipped.append((c.id, f"no weights for backbone {lacking[0]}"))
+        elif coarse:
+            say(f"[yellow]skipping[/] {c.id}: {coarse}")
+            skipped.append((c.id, coarse))
         else:
             keep.append(c)
     return keep, ensemble, skipped

@@ -1,10 +1,14 @@
 """The detector configurations `station tune` tries: one list, cheapest first.
 
-A candidate is a recipe detector entry (name, backbone, weights, device, params). PatchCore
-candidates start from the recipe's own patchcore params when it has a patchcore entry (memory
-bounds, coreset ratio) and change backbone, mirrored context, centring and neighbours; SimpleNet
-and DFDA run at their defaults. The last candidate is an ensemble of the two best single
-candidates finished so far (`ensemble_candidate`), built when its turn comes.
+A candidate is a recipe detector entry (name, backbone, weights, device, params) and, for an
+input-size candidate, the `preprocess.size` it runs at. PatchCore candidates start from the
+recipe's own patchcore params when it has a patchcore entry (memory bounds, coreset ratio) and
+change backbone, feature layers, mirrored context, centring and neighbours; SimpleNet and DFDA
+run at their defaults. A recipe that resizes whole shots also gets PatchCore at 0.75x and 1.25x
+its input size (`size_candidates`); with tiles the input keeps the camera's pixels, the scale
+the recipe's coverage was planned for, so there is no size to try. The last candidate is an
+ensemble of the two best single candidates finished so far (`ensemble_candidate`), built when
+its turn comes.
 
 A candidate whose backbone weights are not installed is skipped, and said so: the station
 never downloads weights nor falls back to random ones.
@@ -17,25 +21,38 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from station.coverage import check as coverage_check
 from station.detectors.backbones import find_weights
 from station.detectors.ensemble import MIN_HELD_OUT
 from station.errors import StationError
 from station.recipe import DetectorConfig, Recipe
 
 ENSEMBLE = "ensemble"
-# (id, backbone, mirror_pad, center_features, num_neighbors), cheapest backbone first; the
-# first is the shipped recipe's setting.
-PATCHCORE_GRID: tuple[tuple[str, str, int, bool, int], ...] = (
-    ("patchcore-lite0", "efficientnet_lite0", 32, True, 9),
-    ("patchcore-lite0-pad0", "efficientnet_lite0", 0, True, 9),
-    ("patchcore-lite0-nocenter", "efficientnet_lite0", 32, False, 9),
-    ("patchcore-lite0-pad0-nocenter", "efficientnet_lite0", 0, False, 9),
-    ("patchcore-lite0-k3", "efficientnet_lite0", 32, True, 3),
-    ("patchcore-lite1", "efficientnet_lite1", 32, True, 9),
-    ("patchcore-lite1-pad0-nocenter", "efficientnet_lite1", 0, False, 9),
-    ("patchcore-lite2", "efficientnet_lite2", 32, True, 9),
-    ("patchcore-lite2-pad0-nocenter", "efficientnet_lite2", 0, False, 9),
+LITE0 = "efficientnet_lite0"
+# Feature layers of the EfficientNet-Lite backbones besides the default pair (blocks.2 and
+# blocks.4: strides 8 and 16), as in the PatchCore paper's layer ablation: one pair a stage
+# finer (strides 4 and 8: small faults, 4x the patches) and one coarser (16 and 32: context).
+FINE_LAYERS = ("blocks.1", "blocks.2")
+COARSE_LAYERS = ("blocks.4", "blocks.5")
+# (id, backbone, mirror_pad, center_features, num_neighbors, layers or None for the
+# backbone's default), cheapest backbone first; the first is the shipped recipe's setting.
+PATCHCORE_GRID: tuple[tuple[str, str, int, bool, int, tuple[str, ...] | None], ...] = (
+    ("patchcore-lite0", LITE0, 32, True, 9, None),
+    ("patchcore-lite0-pad0", LITE0, 0, True, 9, None),
+    ("patchcore-lite0-nocenter", LITE0, 32, False, 9, None),
+    ("patchcore-lite0-pad0-nocenter", LITE0, 0, False, 9, None),
+    ("patchcore-lite0-k3", LITE0, 32, True, 3, None),
+    ("patchcore-lite0-coarse", LITE0, 32, True, 9, COARSE_LAYERS),
+    ("patchcore-lite0-fine", LITE0, 32, True, 9, FINE_LAYERS),
+    ("patchcore-lite1", "efficientnet_lite1", 32, True, 9, None),
+    ("patchcore-lite1-pad0-nocenter", "efficientnet_lite1", 0, False, 9, None),
+    ("patchcore-lite2", "efficientnet_lite2", 32, True, 9, None),
+    ("patchcore-lite2-pad0-nocenter", "efficientnet_lite2", 0, False, 9, None),
 )
+# Input sizes tried for a recipe that resizes whole shots, as factors of its preprocess.size;
+# sides are rounded to SIZE_STEP px (the coarsest feature stride of the default layers).
+SIZE_FACTORS = (0.75, 1.25)
+SIZE_STEP = 16
 # Set on the ensemble, not on its members: single candidates must leave them at the
 # detectors' defaults so the ensemble can reuse their fitted models.
 SHARED = ("val_fraction", "seed")
@@ -48,6 +65,7 @@ class Candidate:
     id: str
     entry: dict[str, Any]  # a recipe `detectors:` entry
     members: list[str] = field(default_factory=list)  # ensemble: the member candidates' ids
+    size: tuple[int, int] | None = None  # preprocess.size (width, height); None: the recipe's
 
     @property
     def detector(self) -> str:
@@ -77,24 +95,63 @@ def _recipe_params(recipe: Recipe, name: str) -> dict[str, Any]:
     return {}
 
 
+def _patchcore(
+    base: dict[str, Any], device: str, grid_row: tuple[Any, ...], size: tuple[int, int] | None
+) -> Candidate:
+    cid, backbone, pad, centre, k, layers = grid_row
+    params = {**base, "mirror_pad": pad, "center_features": centre, "num_neighbors": k}
+    if layers is not None:
+        params["layers"] = list(layers)
+    if size is not None:
+        cid = f"{cid}-{size[0]}x{size[1]}"
+    return Candidate(cid, _entry("patchcore", backbone, device, params), size=size)
+
+
 def single_candidates(recipe: Recipe, device: str) -> list[Candidate]:
-    """The single-detector candidates, cheapest first."""
+    """The single-detector candidates, cheapest first: the PatchCore grid, the shipped
+    PatchCore setting at other input sizes (whole-shot recipes only), SimpleNet, DFDA."""
     base = _recipe_params(recipe, "patchcore")
-    out = [
-        Candidate(
-            cid,
-            _entry(
-                "patchcore",
-                backbone,
-                device,
-                {**base, "mirror_pad": pad, "center_features": centre, "num_neighbors": k},
-            ),
-        )
-        for cid, backbone, pad, centre, k in PATCHCORE_GRID
-    ]
-    out.append(Candidate("simplenet", _entry("simplenet", "efficientnet_lite0", device, {})))
-    out.append(Candidate("dfda", _entry("dfda", "efficientnet_lite0", device, {})))
+    out = [_patchcore(base, device, row, None) for row in PATCHCORE_GRID]
+    out += [_patchcore(base, device, PATCHCORE_GRID[0], s) for s in input_sizes(recipe)]
+    out.append(Candidate("simplenet", _entry("simplenet", LITE0, device, {})))
+    out.append(Candidate("dfda", _entry("dfda", LITE0, device, {})))
     return out
+
+
+def input_sizes(recipe: Recipe) -> list[tuple[int, int]]:
+    """The other input sizes to try: none with tiles (the camera's own pixels), else
+    SIZE_FACTORS x preprocess.size, rounded to SIZE_STEP px (at least one step)."""
+    if recipe.preprocess.tiling.enabled:
+        return []
+    w, h = recipe.preprocess.size
+    out: list[tuple[int, int]] = []
+    for f in SIZE_FACTORS:
+        size = tuple(max(SIZE_STEP, round(v * f / SIZE_STEP) * SIZE_STEP) for v in (w, h))
+        if size != (w, h) and size not in out:
+            out.append((size[0], size[1]))
+    return out
+
+
+def with_size(recipe: Recipe, size: tuple[int, int] | None) -> Recipe:
+    """`recipe` with preprocess.size set to `size` (the recipe itself for None)."""
+    if size is None or tuple(size) == tuple(recipe.preprocess.size):
+        return recipe
+    pre = recipe.preprocess.model_copy(update={"size": (int(size[0]), int(size[1]))})
+    return recipe.model_copy(update={"preprocess": pre})
+
+
+def resolution_problem(recipe: Recipe, c: Candidate) -> str | None:
+    """Why the candidate's input size would not resolve the recipe's smallest defect (the
+    check `station recipe check` makes), or None."""
+    if c.size is None:
+        return None
+    report = coverage_check(with_size(recipe, c.size))
+    if report.detector_mm_px <= report.needed_mm_px * (1 + 1e-9):
+        return None
+    return (
+        f"{c.size[0]} x {c.size[1]} px gives {report.detector_mm_px:.3f} mm/px, coarser than "
+        f"the {report.needed_mm_px:.3f} mm/px coverage.smallest_defect_mm needs"
+    )
 
 
 def backbones_of(c: Candidate) -> list[str]:
@@ -145,7 +202,8 @@ def ensemble_candidate(
     if val_fraction is not None:  # too few fit images for the default: members refitted
         params["val_fraction"] = val_fraction
     entry = _entry(ENSEMBLE, str(members[0].entry["backbone"]), device, params)
-    return Candidate(f"ensemble({'+'.join(m.id for m in members)})", entry, [m.id for m in members])
+    cid = f"ensemble({'+'.join(m.id for m in members)})"
+    return Candidate(cid, entry, [m.id for m in members], size=members[0].size)
 
 
 def known_ids(candidates: Sequence[Candidate]) -> str:

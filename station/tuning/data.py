@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from station.errors import StationError
+from station.imaging import resize
 from station.tuning.faults import KINDS, synthetic_set
 
 MIN_IMAGES = 4  # 2 to fit (one of them the detector's own validation image), 2 held out
@@ -97,6 +98,23 @@ class TuneData:
     def scoring_set(self) -> list[np.ndarray]:
         """Held-out good, then synthetic, then real defects: the order of every score list."""
         return [*self.good, *self.synthetic, *self.real]
+
+    def resized(self, size: tuple[int, int] | None) -> TuneData:
+        """The same images at another input size (width, height); self for None. The
+        synthetic defects are the ones drawn at the recipe's size, resized with their image."""
+        if size is None:
+            return self
+
+        def each(images: list[np.ndarray]) -> list[np.ndarray]:
+            return [resize(img, size) for img in images]
+
+        return replace(
+            self,
+            fit_images=each(self.fit_images),
+            good=each(self.good),
+            synthetic=each(self.synthetic),
+            real=each(self.real),
+        )
 
 
 def build_data(

@@ -192,6 +192,8 @@ def variant_text(recipe: Recipe, record: dict[str, Any], note: str) -> str:
         "description": f"{recipe.name} with the detector chosen by station tune ({record['id']})",
         "detectors": [entry],
     }
+    if record.get("size"):
+        body["preprocess"] = {"size": [int(v) for v in record["size"]]}
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     head = f"# Written by station tune on {stamp}: {note}\n"
     return head + yaml.safe_dump(body, sort_keys=False, default_flow_style=False)

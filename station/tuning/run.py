@@ -24,7 +24,13 @@ from station.detectors.ensemble import MIN_HELD_OUT
 from station.errors import StationError
 from station.files import atomic_write
 from station.recipe import Recipe
-from station.tuning.candidates import ENSEMBLE, Candidate, ensemble_candidate, ensemble_val_fraction
+from station.tuning.candidates import (
+    ENSEMBLE,
+    Candidate,
+    ensemble_candidate,
+    ensemble_val_fraction,
+    with_size,
+)
 from station.tuning.data import TuneData
 from station.tuning.evaluate import fit_ensemble, fit_single, metrics, score
 from station.tuning.journal import Journal
@@ -63,7 +69,20 @@ def model_path(out: Path, cid: str) -> Path:
 
 
 def _failed(c: Candidate, why: str) -> dict[str, Any]:
-    return {"id": c.id, "entry": c.entry, "members": c.members, "status": "failed", "error": why}
+    return {
+        "id": c.id,
+        "entry": c.entry,
+        "members": c.members,
+        "size": list(c.size) if c.size else None,
+        "status": "failed",
+        "error": why,
+    }
+
+
+def candidate_of(record: dict[str, Any]) -> Candidate:
+    """A finished candidate's journal record as a Candidate (its entry and input size)."""
+    size = record.get("size")
+    return Candidate(record["id"], record["entry"], size=(size[0], size[1]) if size else None)
 
 
 def run_one(
@@ -75,17 +94,16 @@ def run_one(
 ) -> dict[str, Any]:
     """Fit and score one candidate; its journal record (status done or failed)."""
     path = model_path(plan.out, c.id)
+    rcp, data = with_size(plan.recipe, c.size), plan.data.resized(c.size)
     try:
         if c.members:
             members = [journal.records[m] for m in c.members]
             det, fit = fit_ensemble(
-                c, members, kept, plan.recipe, plan.data, path, hooks.fit_progress(c), plan.device
+                c, members, kept, rcp, data, path, hooks.fit_progress(c), plan.device
             )
         else:
-            det, fit = fit_single(
-                plan.recipe, c, plan.data, path, hooks.fit_progress(c), plan.device
-            )
-        scores, speed = score(plan.recipe, c.id, det, plan.data, hooks.score_progress(c))
+            det, fit = fit_single(rcp, c, data, path, hooks.fit_progress(c), plan.device)
+        scores, speed = score(rcp, c.id, det, data, hooks.score_progress(c))
     except StationError as exc:
         return _failed(c, exc.message)
     every = np.asarray([v for part in scores.values() for v in part], np.float64)
@@ -96,6 +114,7 @@ def run_one(
         "id": c.id,
         "entry": c.entry,
         "members": c.members,
+        "size": list(c.size) if c.size else None,
         "status": "done",
         **metrics(scores, plan.data.synthetic_kinds),
         "throughput": speed,
@@ -122,17 +141,18 @@ def _run(
 def _run_ensemble(
     plan: Plan, journal: Journal, kept: dict[str, Detector], hooks: Hooks, t0: float
 ) -> None:
-    """The ensemble of the two best single candidates finished (this run or before)."""
-    singles = [r for r in journal.records.values() if not r.get("members")]
-    best = rank(singles, plan.choose_on)[:2]
+    """The ensemble of the two best single candidates finished (this run or before) that run
+    at one input size: the best, and the best of those at its size."""
+    singles = rank([r for r in journal.records.values() if not r.get("members")], plan.choose_on)
+    best = [r for r in singles if r.get("size") == singles[0].get("size")][:2] if singles else []
     if len(best) < 2:
-        plan.skipped.append((ENSEMBLE, "needs two finished single candidates"))
+        plan.skipped.append((ENSEMBLE, "needs two finished single candidates of one input size"))
         return
     n_fit = int(best[0]["fit"].get("n_fit_units") or 0)
     if n_fit < 2 * MIN_HELD_OUT:
         plan.skipped.append((ENSEMBLE, f"{n_fit} fit images: too few to standardise members"))
         return
-    members = [Candidate(r["id"], r["entry"]) for r in best]
+    members = [candidate_of(r) for r in best]
     device = str(members[0].entry.get("device", "auto"))
     c = ensemble_candidate(members, device, ensemble_val_fraction(n_fit))
     _run(plan, c, journal, kept, hooks, t0)
