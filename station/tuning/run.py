@@ -68,15 +68,14 @@ def model_path(out: Path, cid: str) -> Path:
     return out / "models" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", cid).strip("_") + ".pt")
 
 
+def _identity(c: Candidate) -> dict[str, Any]:
+    """What every journal record says of its candidate."""
+    size = list(c.size) if c.size else None
+    return {"id": c.id, "entry": c.entry, "members": c.members, "size": size}
+
+
 def _failed(c: Candidate, why: str) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "entry": c.entry,
-        "members": c.members,
-        "size": list(c.size) if c.size else None,
-        "status": "failed",
-        "error": why,
-    }
+    return {**_identity(c), "status": "failed", "error": why}
 
 
 def candidate_of(record: dict[str, Any]) -> Candidate:
@@ -111,10 +110,7 @@ def run_one(
         return _failed(c, "non-finite image scores")
     kept[c.id] = det
     return {
-        "id": c.id,
-        "entry": c.entry,
-        "members": c.members,
-        "size": list(c.size) if c.size else None,
+        **_identity(c),
         "status": "done",
         **metrics(scores, plan.data.synthetic_kinds),
         "throughput": speed,
