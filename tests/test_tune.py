@@ -227,11 +227,13 @@ def test_candidates_try_layers_everywhere_and_input_sizes_only_without_tiles(
     )
     recipe = load_recipe(str(lab))
     sized = {c.id: c for c in single_candidates(recipe, "cpu") if c.size}
-    assert sorted(sized) == ["patchcore-lite0-192x192", "patchcore-lite0-320x320"]
-    assert sized["patchcore-lite0-320x320"].entry == tiled[0].entry  # the shipped setting
+    # the recipe's own PatchCore backbone (the shipped Lite1) at the other sizes
+    assert sorted(sized) == ["patchcore-lite1-192x192", "patchcore-lite1-320x320"]
+    shipped = next(c for c in tiled if c.id == "patchcore-lite1")
+    assert sized["patchcore-lite1-320x320"].entry == shipped.entry
     # 256 px resolves 5 mm at 8 px (0.624 mm/px); 192 px would not, and says how far off
-    assert resolution_problem(recipe, sized["patchcore-lite0-320x320"]) is None
-    why = resolution_problem(recipe, sized["patchcore-lite0-192x192"])
+    assert resolution_problem(recipe, sized["patchcore-lite1-320x320"]) is None
+    why = resolution_problem(recipe, sized["patchcore-lite1-192x192"])
     assert why is not None and "0.832 mm/px" in why and "smallest_defect_mm" in why
     assert with_size(recipe, (320, 320)).preprocess.size == (320, 320)
     assert recipe.preprocess.size == (256, 256)  # the recipe itself is left alone

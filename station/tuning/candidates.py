@@ -35,7 +35,7 @@ LITE0 = "efficientnet_lite0"
 FINE_LAYERS = ("blocks.1", "blocks.2")
 COARSE_LAYERS = ("blocks.4", "blocks.5")
 # (id, backbone, mirror_pad, center_features, num_neighbors, layers or None for the
-# backbone's default), cheapest backbone first; the first is the shipped recipe's setting.
+# backbone's default), cheapest backbone first; `patchcore-lite1` is the shipped recipe's.
 PATCHCORE_GRID: tuple[tuple[str, str, int, bool, int, tuple[str, ...] | None], ...] = (
     ("patchcore-lite0", LITE0, 32, True, 9, None),
     ("patchcore-lite0-pad0", LITE0, 0, True, 9, None),
@@ -108,11 +108,14 @@ def _patchcore(
 
 
 def single_candidates(recipe: Recipe, device: str) -> list[Candidate]:
-    """The single-detector candidates, cheapest first: the PatchCore grid, the shipped
-    PatchCore setting at other input sizes (whole-shot recipes only), SimpleNet, DFDA."""
+    """The single-detector candidates, cheapest first: the PatchCore grid, the recipe's
+    PatchCore backbone (else Lite0) with the grid's first settings at other input sizes
+    (whole-shot recipes only), SimpleNet, DFDA."""
     base = _recipe_params(recipe, "patchcore")
     out = [_patchcore(base, device, row, None) for row in PATCHCORE_GRID]
-    out += [_patchcore(base, device, PATCHCORE_GRID[0], s) for s in input_sizes(recipe)]
+    own = next((d.backbone for d in recipe.detectors if d.name == "patchcore"), LITE0)
+    sized = next((r for r in PATCHCORE_GRID if r[1] == own), PATCHCORE_GRID[0])
+    out += [_patchcore(base, device, sized, s) for s in input_sizes(recipe)]
     out.append(Candidate("simplenet", _entry("simplenet", LITE0, device, {})))
     out.append(Candidate("dfda", _entry("dfda", LITE0, device, {})))
     return out
