@@ -6,8 +6,7 @@ in turn (`pipelined=False`), then with inference overlapping the robot's moves
 (`pipelined=True`). Prints the mean per-part breakdown (motion, exposure, inference, logging,
 line, wait, cycle), throughput, and the ratio of the mean cycle times.
 
-Detector: by default a PatchCore (EfficientNet-Lite0 backbone, the shipped recipe's settings)
-trained here on a few good twin sheets. Its threshold is the highest score of those training
+Detector: by default the shipped recipe's PatchCore (its backbone and settings) trained here on a few good twin sheets. Its threshold is the highest score of those training
 images: a stand-in so that the decision path runs, NOT a calibration, and verdicts are not
 what this benchmark measures. `--home DIR` instead uses the trained artifacts and calibration
 of an existing station home.
