@@ -6,9 +6,10 @@ in turn (`pipelined=False`), then with inference overlapping the robot's moves
 (`pipelined=True`). Prints the mean per-part breakdown (motion, exposure, inference, logging,
 line, wait, cycle), throughput, and the ratio of the mean cycle times.
 
-Detector: by default the shipped recipe's PatchCore (its backbone and settings) trained here on a few good twin sheets. Its threshold is the highest score of those training
-images: a stand-in so that the decision path runs, NOT a calibration, and verdicts are not
-what this benchmark measures. `--home DIR` instead uses the trained artifacts and calibration
+Detector: by default the shipped recipe's PatchCore (its backbone and settings) trained here
+on a few good twin sheets. Its threshold is the highest score of those training images: a
+stand-in so that the decision path runs, NOT a calibration, and verdicts are not what this
+benchmark measures. `--home DIR` instead uses the trained artifacts and calibration
 of an existing station home.
 
     .venv/bin/python tools/bench_cycle.py --parts 8 --time-scale 1.0 [--device cuda]
