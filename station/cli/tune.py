@@ -108,10 +108,9 @@ def _candidates(rcp: Any, only: str | None, say: Any) -> tuple[list[Any], bool, 
     keep = []
     for c in chosen:
         lacking = [b for b in backbones_of(c) if b in missing]
-        coarse = resolution_problem(rcp, c)
         if lacking:
             skipped.append((c.id, f"no weights for backbone {lacking[0]}"))
-        elif coarse:
+        elif coarse := resolution_problem(rcp, c):
             say(f"[yellow]skipping[/] {c.id}: {coarse}")
             skipped.append((c.id, coarse))
         else:

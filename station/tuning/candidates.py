@@ -5,7 +5,7 @@ input-size candidate, the `preprocess.size` it runs at. PatchCore candidates sta
 recipe's own patchcore params when it has a patchcore entry (memory bounds, coreset ratio) and
 change backbone, feature layers, mirrored context, centring and neighbours; SimpleNet and DFDA
 run at their defaults. A recipe that resizes whole shots also gets PatchCore at 0.75x and 1.25x
-its input size (`size_candidates`); with tiles the input keeps the camera's pixels, the scale
+its input size (`input_sizes`); with tiles the input keeps the camera's pixels, the scale
 the recipe's coverage was planned for, so there is no size to try. The last candidate is an
 ensemble of the two best single candidates finished so far (`ensemble_candidate`), built when
 its turn comes.
