@@ -95,6 +95,8 @@ def test_tune_end_to_end_and_resume(
     assert (out / "chosen_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = max(cands, key=lambda c: (c["auroc"], -c["fr100"]["false_reject_rate"]))
     assert f"**Chosen: `{best['id']}`**" in md
+    # the tiny recipe's own PatchCore (Lite0, defaults) was not in --only
+    assert "own detector, `patchcore-lite0`, was not scored: left out by --only" in md
 
     from station.detectors.registry import load_recipe
 
@@ -199,6 +201,18 @@ def test_the_choice_is_the_fastest_within_the_margin() -> None:
     assert rank([clear, fast], "synthetic")[0]["id"] == "ensemble"
     assert rank([{**fast, "status": "failed"}, clear], "synthetic") == [clear]
 
+    from station.tuning.report import own_line
+
+    ranked = rank([slow, fast, rec("lite0", 0.90, 20.0)], "synthetic")
+    assert own_line({"own": "lite2"}, ranked).endswith("`lite2`, is the choice.")
+    assert "`lite0`: rank 3 of 3, synthetic AUROC 0.900 (the choice: 0.920)" in own_line(
+        {"own": "lite0"}, ranked
+    )
+    skipped = {"own": "lite1", "skipped": [("lite1", "no weights for backbone x")]}
+    assert own_line(skipped, ranked).endswith("was not scored: no weights for backbone x.")
+    assert "left out by --only" in own_line({"own": "lite1"}, ranked)
+    assert own_line({"own": None}, ranked).endswith("is not one of the candidates.")
+
 
 def test_candidates_try_layers_everywhere_and_input_sizes_only_without_tiles(
     station_home: Path,
@@ -215,6 +229,8 @@ def test_candidates_try_layers_everywhere_and_input_sizes_only_without_tiles(
     tiled = single_candidates(load_recipe("glassfiber"), "cpu")
     ids = [c.id for c in tiled]
     assert len(ids) == len(set(ids)) and all(c.size is None for c in tiled)
+    # the recipe's own configuration first (a small budget still scores it), then the grid
+    assert ids[:3] == ["patchcore-lite1", "patchcore-lite0", "patchcore-lite0-pad0"]
     layers = {c.id: c.entry["params"].get("layers") for c in tiled}
     assert layers["patchcore-lite0-fine"] == list(FINE_LAYERS)
     assert layers["patchcore-lite0-coarse"] == list(COARSE_LAYERS)
@@ -237,6 +253,34 @@ def test_candidates_try_layers_everywhere_and_input_sizes_only_without_tiles(
     assert why is not None and "0.832 mm/px" in why and "smallest_defect_mm" in why
     assert with_size(recipe, (320, 320)).preprocess.size == (320, 320)
     assert recipe.preprocess.size == (256, 256)  # the recipe itself is left alone
+
+
+@pytest.mark.parametrize(
+    ("params", "own"),
+    [
+        ("{}", "patchcore-lite0"),  # the detector's defaults are the grid's first row
+        ("{mirror_pad: 0, center_features: false}", "patchcore-lite0-pad0-nocenter"),
+        ("{layers: [blocks.2, blocks.4]}", "patchcore-lite0"),  # the default pair, written out
+        ("{layers: [blocks.4, blocks.5]}", "patchcore-lite0-coarse"),
+        ("{num_neighbors: 5}", None),  # no grid row: nothing is moved
+    ],
+)
+def test_the_recipes_own_patchcore_is_found_among_the_candidates(
+    station_home: Path, params: str, own: str | None
+) -> None:
+    from station.detectors.registry import load_recipe
+    from station.tuning.candidates import PATCHCORE_GRID, recipe_own, single_candidates
+
+    path = station_home / "recipes" / "own.yaml"
+    path.write_text(
+        "extends: glassfiber\nname: own\ndetectors:\n  - name: patchcore\n"
+        f"    backbone: efficientnet_lite0\n    params: {params}\n"
+    )
+    recipe = load_recipe(str(path))
+    assert recipe_own(recipe) == own
+    ids = [c.id for c in single_candidates(recipe, "cpu")]
+    grid = [row[0] for row in PATCHCORE_GRID]
+    assert ids[: len(grid)] == ([own] if own else []) + [g for g in grid if g != own]
 
 
 def test_tune_an_input_size_candidate_writes_its_size_into_the_variant(

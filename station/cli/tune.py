@@ -201,8 +201,10 @@ def _tune(opts: dict[str, Any]) -> None:
     from station.cli.progress import make_progress
     from station.cli.train import check_device, set_threads
     from station.paths import resolve
+    from station.tuning.candidates import recipe_own
     from station.tuning.data import too_few_line
     from station.tuning.journal import Journal
+    from station.tuning.report import own_line
     from station.tuning.run import Plan, run_all, write_outputs
 
     _check_options(opts["budget_min"], opts["choose_on"], opts["defects"])
@@ -231,9 +233,11 @@ def _tune(opts: dict[str, Any]) -> None:
         done = sum(1 for c in singles if journal.records.get(c.id, {}).get("status") == "done")
         ranked = run_all(plan, journal, _hooks(progress, total, done))
     _print_ranking(ranked, opts["choose_on"])
-    written = write_outputs(plan, ranked, {"header": header, "guess": guess}, opts["write_recipe"])
+    facts = {"header": header, "guess": guess, "own": recipe_own(rcp)}
+    written = write_outputs(plan, ranked, facts, opts["write_recipe"])
     if ranked:
         console.print(f"chosen: [bold]{ranked[0]['id']}[/]" + (" (a guess)" if guess else ""))
+        console.print(own_line({**facts, "skipped": plan.skipped, "failed": plan.failed}, ranked))
     for what, path in written.items():
         console.print(f"{what}: {path}", highlight=False)
 

@@ -300,6 +300,11 @@ def map_state_dict(
     return out
 
 
+def default_layers(name: str) -> tuple[str, ...]:
+    """The feature layers backbone `name` gives a detector that names none."""
+    return _spec(name).default_layers
+
+
 def _spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from station.coverage import check as coverage_check
-from station.detectors.backbones import find_weights
+from station.detectors.backbones import default_layers, find_weights
 from station.detectors.ensemble import MIN_HELD_OUT
+from station.detectors.patchcore import PatchCoreConfig
 from station.errors import StationError
 from station.recipe import DetectorConfig, Recipe
 
@@ -95,24 +96,61 @@ def _recipe_params(recipe: Recipe, name: str) -> dict[str, Any]:
     return {}
 
 
+def _grid_params(row: tuple[Any, ...]) -> dict[str, Any]:
+    """The PatchCore params a grid row sets (no `layers`: the backbone's default pair)."""
+    _, _, pad, centre, k, layers = row
+    params = {"mirror_pad": pad, "center_features": centre, "num_neighbors": k}
+    if layers is not None:
+        params["layers"] = list(layers)
+    return params
+
+
 def _patchcore(
     base: dict[str, Any], device: str, grid_row: tuple[Any, ...], size: tuple[int, int] | None
 ) -> Candidate:
-    cid, backbone, pad, centre, k, layers = grid_row
-    params = {**base, "mirror_pad": pad, "center_features": centre, "num_neighbors": k}
-    if layers is not None:
-        params["layers"] = list(layers)
+    cid, backbone = grid_row[:2]
+    params = {**base, **_grid_params(grid_row)}
     if size is not None:
         cid = f"{cid}-{size[0]}x{size[1]}"
     return Candidate(cid, _entry("patchcore", backbone, device, params), size=size)
 
 
+def _setting(backbone: str, params: dict[str, Any]) -> tuple[Any, ...]:
+    """What a PatchCore grid row varies, with the detector's defaults filled in."""
+    d = PatchCoreConfig()
+    layers = params.get("layers") or default_layers(backbone)
+    return (
+        backbone,
+        int(params.get("mirror_pad", d.mirror_pad)),
+        bool(params.get("center_features", d.center_features)),
+        int(params.get("num_neighbors", d.num_neighbors)),
+        tuple(layers),
+    )
+
+
+def recipe_own(recipe: Recipe) -> str | None:
+    """The id of the grid candidate that is the recipe's own PatchCore entry as it stands
+    (backbone, mirrored context, centring, neighbours, layers), or None when no row is."""
+    entry = next((d for d in recipe.detectors if d.name == "patchcore"), None)
+    if entry is None:
+        return None
+    try:
+        want = _setting(entry.backbone, entry.params)
+        rows = [(r[0], _setting(r[1], _grid_params(r))) for r in PATCHCORE_GRID]
+    except StationError:  # a backbone this station does not know
+        return None
+    return next((cid for cid, got in rows if got == want), None)
+
+
 def single_candidates(recipe: Recipe, device: str) -> list[Candidate]:
-    """The single-detector candidates, cheapest first: the PatchCore grid, the recipe's
-    PatchCore backbone (else Lite0) with the grid's first settings at other input sizes
-    (whole-shot recipes only), SimpleNet, DFDA."""
+    """The single-detector candidates: the recipe's own PatchCore configuration first (when a
+    grid row is it), then cheapest first: the PatchCore grid, the recipe's PatchCore backbone
+    (else Lite0) with the grid's first settings at other input sizes (whole-shot recipes
+    only), SimpleNet, DFDA."""
     base = _recipe_params(recipe, "patchcore")
-    out = [_patchcore(base, device, row, None) for row in PATCHCORE_GRID]
+    own_id = recipe_own(recipe)
+    grid = sorted(PATCHCORE_GRID, key=lambda row: row[0] != own_id)  # stable: the rest in order
+    out = [_patchcore(base, device, row, None) for row in grid]
     own = next((d.backbone for d in recipe.detectors if d.name == "patchcore"), LITE0)
     sized = next((r for r in PATCHCORE_GRID if r[1] == own), PATCHCORE_GRID[0])
     out += [_patchcore(base, device, sized, s) for s in input_sizes(recipe)]

@@ -117,6 +117,7 @@ def write_report(out: Path, facts: dict[str, Any], ranked: Sequence[dict[str, An
         lines += [f"**{facts['guess']}**", ""]
     if chosen:
         lines += [f"**Chosen: `{chosen}`**" + (" (a guess)" if facts.get("guess") else ""), ""]
+        lines += [own_line(facts, ranked), ""]
         lines += ["Recipe variant: `" + str(facts.get("variant", "")) + "`", ""]
     else:
         lines += ["**No candidate finished: nothing chosen.**", ""]
@@ -134,6 +135,24 @@ def write_report(out: Path, facts: dict[str, Any], ranked: Sequence[dict[str, An
     path = out / "tune.md"
     atomic_write(path, "\n".join(lines).encode())
     return path
+
+
+def own_line(facts: dict[str, Any], ranked: Sequence[dict[str, Any]]) -> str:
+    """Where the recipe's own detector configuration (facts["own"]) stands against the choice."""
+    own = facts.get("own")
+    if not own:
+        return "The recipe's own detector is not one of the candidates."
+    for i, r in enumerate(ranked, 1):
+        if r["id"] == own:
+            if i == 1:
+                return f"The recipe's own detector, `{own}`, is the choice."
+            return (
+                f"The recipe's own detector, `{own}`: rank {i} of {len(ranked)}, synthetic "
+                f"AUROC {_f(r.get('auroc'))} (the choice: {_f(ranked[0].get('auroc'))})."
+            )
+    why = dict([*(facts.get("skipped") or []), *(facts.get("failed") or [])]).get(own)
+    why = why or "left out by --only, or the budget ran out before it"
+    return f"The recipe's own detector, `{own}`, was not scored: {why}."
 
 
 RULES = {
