@@ -263,6 +263,7 @@ def test_candidates_try_layers_everywhere_and_input_sizes_only_without_tiles(
         ("{layers: [blocks.2, blocks.4]}", "patchcore-lite0"),  # the default pair, written out
         ("{layers: [blocks.4, blocks.5]}", "patchcore-lite0-coarse"),
         ("{num_neighbors: 5}", None),  # no grid row: nothing is moved
+        ("{num_neighbors: many}", None),  # malformed: left for the detector to refuse
     ],
 )
 def test_the_recipes_own_patchcore_is_found_among_the_candidates(

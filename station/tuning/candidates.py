@@ -137,7 +137,7 @@ def recipe_own(recipe: Recipe) -> str | None:
     try:
         want = _setting(entry.backbone, entry.params)
         rows = [(r[0], _setting(r[1], _grid_params(r))) for r in PATCHCORE_GRID]
-    except StationError:  # a backbone this station does not know
+    except (StationError, TypeError, ValueError):  # an unknown backbone, a malformed param
         return None
     return next((cid for cid, got in rows if got == want), None)
 
