@@ -1,4 +1,5 @@
-"""The detector configurations `station tune` tries: one list, cheapest first.
+"""The detector configurations `station tune` tries: one list, cheapest first, except that the
+candidate which is the recipe's own PatchCore configuration (`recipe_own`) runs first.
 
 A candidate is a recipe detector entry (name, backbone, weights, device, params) and, for an
 input-size candidate, the `preprocess.size` it runs at. PatchCore candidates start from the
