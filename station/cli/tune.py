@@ -233,11 +233,12 @@ def _tune(opts: dict[str, Any]) -> None:
         done = sum(1 for c in singles if journal.records.get(c.id, {}).get("status") == "done")
         ranked = run_all(plan, journal, _hooks(progress, total, done))
     _print_ranking(ranked, opts["choose_on"])
-    facts = {"header": header, "guess": guess, "own": recipe_own(rcp)}
+    facts = {"header": header, "guess": guess, "own": recipe_own(rcp),
+             "skipped": plan.skipped, "failed": plan.failed}  # fmt: skip
     written = write_outputs(plan, ranked, facts, opts["write_recipe"])
     if ranked:
         console.print(f"chosen: [bold]{ranked[0]['id']}[/]" + (" (a guess)" if guess else ""))
-        console.print(own_line({**facts, "skipped": plan.skipped, "failed": plan.failed}, ranked))
+        console.print(own_line(facts, ranked))
     for what, path in written.items():
         console.print(f"{what}: {path}", highlight=False)
 

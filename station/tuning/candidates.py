@@ -152,8 +152,8 @@ def single_candidates(recipe: Recipe, device: str) -> list[Candidate]:
     own_id = recipe_own(recipe)
     grid = sorted(PATCHCORE_GRID, key=lambda row: row[0] != own_id)  # stable: the rest in order
     out = [_patchcore(base, device, row, None) for row in grid]
-    own = next((d.backbone for d in recipe.detectors if d.name == "patchcore"), LITE0)
-    sized = next((r for r in PATCHCORE_GRID if r[1] == own), PATCHCORE_GRID[0])
+    own_backbone = next((d.backbone for d in recipe.detectors if d.name == "patchcore"), LITE0)
+    sized = next((r for r in PATCHCORE_GRID if r[1] == own_backbone), PATCHCORE_GRID[0])
     out += [_patchcore(base, device, sized, s) for s in input_sizes(recipe)]
     out.append(Candidate("simplenet", _entry("simplenet", LITE0, device, {})))
     out.append(Candidate("dfda", _entry("dfda", LITE0, device, {})))

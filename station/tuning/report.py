@@ -150,8 +150,9 @@ def own_line(facts: dict[str, Any], ranked: Sequence[dict[str, Any]]) -> str:
                 f"The recipe's own detector, `{own}`: rank {i} of {len(ranked)}, synthetic "
                 f"AUROC {_f(r.get('auroc'))} (the choice: {_f(ranked[0].get('auroc'))})."
             )
+    # a candidate the budget never reached is in "skipped"; one missing from both was not run
     why = dict([*(facts.get("skipped") or []), *(facts.get("failed") or [])]).get(own)
-    why = why or "left out by --only, or the budget ran out before it"
+    why = why or "left out by --only"
     return f"The recipe's own detector, `{own}`, was not scored: {why}."
 
 
