@@ -3,15 +3,21 @@
     .venv/bin/python tools/bench_material.py            # writes docs/material_check.md
 
 For each material A (AITEX fabric00, 01, 04, 06 and the magnetic tiles): the material model is
-fitted on A's train/good exactly as `station train` fits it (station.monitoring.material:
-shots resized to 256 x 256, EfficientNet-Lite0 blocks.2 averaged per channel, nearest training
-shot in standardised features, threshold at the 99 % quantile of 5-fold held-out distances,
-folds by AITEX strip: a strip's 16 tiles are held out together, as a new sheet would be).
-Then, at that threshold:
+fitted on A's train/good exactly as `station train` fits it for `--recipe` (station.monitoring.
+material: shots resized to 256 x 256, the recipe's first backbone up to its first default stage
+averaged per channel, nearest training shot in standardised features, threshold at the 99 %
+quantile of 5-fold held-out distances, folds by AITEX strip: a strip's 16 tiles are held out
+together, as a new sheet would be). Then, at that threshold:
 - the false-alarm rate on A's own test/good images (AITEX: the defect-free strips, code 000;
   and all test/good tiles, which include defect-strip tiles and whole-strip shifts);
 - the detection rate of every other material B's test/good images (AITEX: defect-free strips,
-  all their tiles; and only the fabric tiles t05-t15, without the selvedge/background ones).
+  all their tiles; and only the fabric tiles t05-t15, without the selvedge/background ones);
+- the share of A's defective test images, per defect kind, that the check itself faults (the
+  station rejects those whatever the detectors say).
+
+`--scores A=DIR/A/<detector>/scores.csv` (from `station evaluate`) adds the station's verdict
+on A's test split, check and detector together: a shot the check faults is rejected, the others
+by the detector's threshold; the false-reject rate at 100 % recall with and without the check.
 
 `--compare` adds the alternatives the check was chosen against (same folds and threshold
 rule): Mahalanobis with Ledoit-Wolf shrinkage, deeper stages, mean+std pooling.
@@ -20,6 +26,7 @@ rule): Mahalanobis with Ledoit-Wolf shrinkage, deeper stages, mean+std pooling.
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from station.calibration.bootstrap import clopper_pearson
 from station.datasets import MVTecFolder
 from station.detectors.backbones import create_backbone
 from station.detectors.common import to_batch
 from station.imaging import preprocess, read_image
-from station.monitoring.material import FOLDS, MaterialFeatures, MaterialModel
-from station.recipe import PreprocessConfig
+from station.monitoring.material import FOLDS, MaterialFeatures, MaterialModel, recipe_backbone
+from station.recipe import PreprocessConfig, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 FABRICS = ("fabric00", "fabric01", "fabric04", "fabric06")
@@ -46,7 +54,10 @@ class Material:
         folder = MVTecFolder(root)
         self.name = name
         self.train = folder.train_good()
-        self.test = [it.path for it in folder.test_items() if it.label == 0]
+        items = folder.test_items()
+        self.test = [it.path for it in items if it.label == 0]
+        self.defects = [it.path for it in items if it.label == 1]
+        self.kinds = [it.defect_type for it in items if it.label == 1]
         # the "part" of a training tile: its AITEX strip (held-out folds keep a strip together)
         fab = name.startswith("fabric")
         self.groups = [p.stem.rsplit("_t", 1)[0] if fab else p.stem for p in self.train]
@@ -166,8 +177,8 @@ def stage_pool(backbone: torch.nn.Module) -> Callable[[list[np.ndarray]], np.nda
     return fn
 
 
-def compare(mats: list[Material], cfg: PreprocessConfig) -> list[str]:
-    backbone = create_backbone("efficientnet_lite0", "auto", list(STAGES))
+def compare(mats: list[Material], cfg: PreprocessConfig, recipe: str) -> list[str]:
+    backbone = create_backbone(load_recipe(recipe).detectors[0].backbone, "auto", list(STAGES))
     chans = backbone.channels
     raw = {
         m.name: (
@@ -206,25 +217,37 @@ def compare(mats: list[Material], cfg: PreprocessConfig) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="glassfiber", help="whose backbone the check uses")
     ap.add_argument("--aitex", type=Path, default=REPO.parent / "shared/datasets/aitex")
     ap.add_argument(
         "--magnetic-tile", type=Path, default=REPO.parent / "shared/datasets/magnetic_tile"
     )
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "material_check.md")
     ap.add_argument("--compare", action="store_true", help="also measure the alternatives")
+    ap.add_argument(
+        "--scores", action="append", default=[], metavar="MATERIAL=CSV",
+        help="a station evaluate scores.csv of that material: adds the station's verdict",
+    )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = PreprocessConfig(size=(256, 256))
     mats = load(args)
-    backbone = create_backbone("efficientnet_lite0", "auto", ["blocks.2"])
+    backbone, _ = recipe_backbone(load_recipe(args.recipe), "cpu")
     pooled = MaterialFeatures(backbone, cfg, torch.device("cpu"))
     t0 = time.perf_counter()
-    feats = {m.name: (features(pooled, m.train, cfg), features(pooled, m.test, cfg)) for m in mats}
+    feats = {
+        m.name: tuple(features(pooled, files, cfg) for files in (m.train, m.test, m.defects))
+        for m in mats
+    }
     seconds = time.perf_counter() - t0
-    n_images = sum(len(m.train) + len(m.test) for m in mats)
+    n_images = sum(len(m.train) + len(m.test) + len(m.defects) for m in mats)
+    models = {m.name: MaterialModel.fit(feats[m.name][0], FALSE_ALARM, m.groups) for m in mats}
     res = pairwise(mats, feats, lambda f, g: MaterialModel.fit(f, FALSE_ALARM, g))
     lines = [
+        f"Backbone `{backbone.identity.get('backbone')}`, stage `{backbone.layers[0]}` "
+        f"(the first detector of recipe `{args.recipe}`).",
+        "",
         "### Detection rate of B's good test images (AITEX: defect-free strips, all tiles)",
         "",
         *matrix(mats, res, "clean"),
@@ -243,20 +266,89 @@ def main() -> None:
             for m in mats
         ],
         "",
+        "### A's defective test images that A's check faults, per defect kind",
+        "",
+        *defect_table(mats, feats, models),
+        "",
         f"Features of {n_images} images (read, resized, backbone, pooled) took {seconds:.0f} s "
         f"on {args.threads} CPU thread(s): {1000 * seconds / n_images:.0f} ms an image.",
     ]
+    if args.scores:
+        csvs = dict(a.split("=", 1) for a in args.scores)
+        lines += ["", *verdict_table(mats, feats, models, csvs)]
     if args.compare:
         lines += [
             "",
             "### Alternatives (worst pair: lowest detection rate over ordered pairs, "
             "fabric tiles; false alarms: defect-free strips)",
             "",
-            *compare(mats, cfg),
+            *compare(mats, cfg, args.recipe),
         ]
     text = "\n".join(lines) + "\n"
     print(text)
     write_doc(args.out, text)
+
+
+def defect_table(mats: list[Material], feats: dict, models: dict) -> list[str]:
+    kinds = sorted({k for m in mats for k in m.kinds})
+    lines = ["| material | " + " | ".join([*kinds, "all"]) + " |", "|---" * (len(kinds) + 2) + "|"]
+    for m in mats:
+        model = models[m.name]
+        over = model.distance(feats[m.name][2]) > model.threshold
+        kind = np.array(m.kinds)
+        cells = [fmt(int(over[kind == k].sum()), int((kind == k).sum())) for k in kinds]
+        cells.append(fmt(int(over.sum()), len(over)))
+        lines.append(f"| {m.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def fr_at_full_recall(
+    scores: np.ndarray, labels: np.ndarray, faulted: np.ndarray
+) -> tuple[int, int]:
+    """False rejects when the threshold passes no defect the check left to the detector."""
+    missed = (labels == 1) & ~faulted
+    t = scores[missed].min() if missed.any() else np.inf
+    rejected = faulted | (scores >= t)
+    return int(rejected[labels == 0].sum()), int((labels == 0).sum())
+
+
+def verdict_table(mats: list[Material], feats: dict, models: dict, csvs: dict) -> list[str]:
+    lines = [
+        "### The station's verdict: check and detector together",
+        "",
+        "Each test image a shot; a shot the check faults is rejected, the others by the "
+        "detector's score at the threshold that passes no defect (100 % recall). "
+        "False-reject rate with 95 % Clopper-Pearson interval.",
+        "",
+        "| material | detector | defects the check faults | FR@R100 detector alone | "
+        "FR@R100 with the check |",
+        "|---|---|---|---|---|",
+    ]
+    for m in mats:
+        if m.name not in csvs:
+            continue
+        model = models[m.name]
+        paths = [*m.test, *m.defects]
+        dist = model.distance(np.concatenate([feats[m.name][1], feats[m.name][2]]))
+        faulted_by = {p.stem: d > model.threshold for p, d in zip(paths, dist, strict=True)}
+        with open(csvs[m.name], newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        labels = np.array([r["label"] != "good" for r in rows], int)
+        scores = np.array([float(r["score"]) for r in rows])
+        faulted = np.array([faulted_by[r["image"]] for r in rows])
+        alone = fr_at_full_recall(scores, labels, np.zeros_like(faulted))
+        both = fr_at_full_recall(scores, labels, faulted)
+        caught = fmt(int(faulted[labels == 1].sum()), int(labels.sum()))
+        lines.append(
+            f"| {m.name} | {Path(csvs[m.name]).parent.name} | {caught} | {fr_cell(*alone)} | "
+            f"{fr_cell(*both)} |"
+        )
+    return lines
+
+
+def fr_cell(k: int, n: int) -> str:
+    lo, hi = clopper_pearson(k, n)
+    return f"{k / n:.3f} ({k}/{n}) [{lo:.3f}, {hi:.3f}]"
 
 
 def write_doc(path: Path, tables: str) -> None:
