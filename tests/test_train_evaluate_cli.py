@@ -148,6 +148,50 @@ def test_evaluate_with_training_per_category(station_home: Path) -> None:
     assert not (station_home / "data" / "tiny" / "models").exists()  # recipe models untouched
 
 
+def test_evaluate_with_seeds_reports_the_spread(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = make_recipe(station_home, "tiny")
+    root = station_home / "bench"
+    make_category(root / "c1", n_train=4, seed=10)
+    make_category(root / "c2", n_train=4, seed=20)
+    out = station_home / "eval"
+    argv = ["evaluate", "-r", recipe, "--dataset", str(root), "--out", str(out), "--train"]
+    assert run([*argv, "--seeds", "0,3"]) == 0
+    printed = capsys.readouterr().out
+    assert "trained with seeds 0, 3" in printed and "seeds.md" in printed
+    runs = {n: json.loads((out / f"seed-{n}" / "results.json").read_text()) for n in (0, 3)}
+    for n, res in runs.items():
+        assert res["complete"] and res["detectors"]["patchcore"]["params"]["seed"] == n
+    # the seed reached training: each holds out another one of the four good images
+    good = [res["categories"]["c1"]["patchcore"]["model"]["good_scores"] for res in runs.values()]
+    assert good[0] != good[1]
+    spread = json.loads((out / "seeds.json").read_text())
+    assert spread["seeds"] == spread["requested"] == [0, 3] and spread["complete"] is True
+    for cat in ("c1", "c2"):
+        cell = spread["spread"]["categories"][cat]["patchcore"]["image_auroc"]
+        per_seed = [res["categories"][cat]["patchcore"]["image_auroc"] for res in runs.values()]
+        assert cell["values"] == per_seed
+        assert cell["mean"] == pytest.approx(sum(per_seed) / 2)
+        assert cell["sd"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2**0.5)
+    means = spread["spread"]["mean"]["patchcore"]["fr_recall_100"]["values"]
+    assert means == [res["mean"]["patchcore"]["fr_recall_100"] for res in runs.values()]
+    worst = spread["spread"]["worst"]["patchcore"]["image_auroc"]["values"]
+    assert worst == [
+        min(per["patchcore"]["image_auroc"] for per in res["categories"].values())
+        for res in runs.values()
+    ]
+    md = (out / "seeds.md").read_text()
+    assert "| **mean** | patchcore |" in md and "+-" in md
+    # refused before any work: seeds without training, and a malformed list
+    assert run(["evaluate", "-r", recipe, "--dataset", str(root), "--seeds", "0,1"]) == 2
+    assert "add --train" in capsys.readouterr().err
+    for bad in ("1", "0,x", "2,2"):
+        assert run([*argv, "--seeds", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"--seeds '{bad}'" in err and "Traceback" not in err
+
+
 def test_model_from_another_recipe_is_refused(
     station_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -18,15 +18,16 @@ if TYPE_CHECKING:
     from station.calibration.evaluation import Evaluation
 
 
-def _table(title: str, caption: str | None, labels: list[str], last: str) -> Any:
-    """A results table: category, detector, one right-aligned column per label, then `last`."""
+def _table(title: str, caption: str | None, labels: list[str], last: str | None) -> Any:
+    """A results table: category, detector, one right-aligned column per label, then `last`
+    (if any)."""
     from rich import box
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, title=title, caption=caption)
     table.add_column("category", no_wrap=True)
     table.add_column("detector", no_wrap=True)
-    for label in [*labels, last]:
+    for label in [*labels, last] if last else labels:
         table.add_column(label, justify="right", no_wrap=True)
     return table
 
@@ -101,20 +102,37 @@ def register(app: typer.Typer) -> None:
             4, "--heatmaps", min=0, help="Overlay PNGs per category/detector."
         ),
         batch: int = typer.Option(16, "--batch", min=1, help="Images per predict call."),
+        seeds: str | None = typer.Option(
+            None,
+            "--seeds",
+            help="With --train: train once per seed (e.g. 0,1,2) and report each metric's "
+            "spread (seeds.md).",
+        ),
     ) -> None:
         """Measure detectors on labelled data: image/pixel AUROC, AUPRO, AP, F1-max."""
         from station.calibration.evaluation import evaluate
         from station.calibration.recipes import load_recipe
+        from station.calibration.seed_spread import parse_seeds
         from station.cli.app import console
         from station.cli.progress import make_progress
         from station.cli.train import check_device, selected_detectors, set_threads, stage_callback
         from station.datasets import category_dirs
+        from station.errors import StationError
 
+        seed_list = None if seeds is None else parse_seeds(seeds)
+        if seed_list is not None and not train:
+            raise StationError(
+                "--seeds changes training, and without --train the recipe's models are scored",
+                hint="add --train",
+            )
         rcp = load_recipe(recipe)
         targets = selected_detectors(rcp, detector)
         check_device(device)
         cats = category_dirs(dataset)
         set_threads(threads)
+        if seed_list is not None:
+            _evaluate_seeds(rcp, targets, dataset, cats, seed_list, out, device, heatmaps, batch)
+            return
         with make_progress() as progress:
             run = evaluate(
                 rcp,
@@ -130,3 +148,49 @@ def register(app: typer.Typer) -> None:
             )
         print_table(run)
         console.print(f"results: {run.path} (markdown table: results.md)")
+
+
+def _evaluate_seeds(
+    rcp: Any,
+    targets: Any,
+    dataset: Path,
+    cats: list[Path],
+    seeds: list[int],
+    out: Path | None,
+    device: str | None,
+    heatmaps: int,
+    batch: int,
+) -> None:
+    from station.calibration.seed_spread import METRICS, evaluate_seeds
+    from station.cli.app import console
+    from station.cli.progress import make_progress
+    from station.cli.train import stage_callback
+
+    with make_progress() as progress:
+        spread = evaluate_seeds(
+            rcp,
+            targets,
+            dataset,
+            cats,
+            seeds,
+            out=out,
+            progress=stage_callback(progress, ""),
+            device=device,
+            heatmaps=heatmaps,
+            batch=batch,
+        )
+    table = _table(
+        f"{dataset.name}: trained with seeds {', '.join(map(str, seeds))}",
+        "each cell: mean ± sample standard deviation over the seeds; per seed: seeds.md",
+        [label for _, label in METRICS],
+        None,
+    )
+    for label, total, name, metrics in spread.rows():
+        cells = [_mean_sd(metrics.get(k)) for k, _ in METRICS]
+        table.add_row(f"[bold]{label}[/]" if total else label, name, *cells)
+    console.print(table)
+    console.print(f"spread: {spread.path} (markdown: seeds.md; each seed's run: seed-<N>/)")
+
+
+def _mean_sd(m: dict[str, Any] | None) -> str:
+    return "n/a" if not m or m["mean"] is None else f"{m['mean']:.3f}±{m['sd']:.3f}"
