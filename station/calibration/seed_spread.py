@@ -172,9 +172,7 @@ def evaluate_seeds(
     out_dir = out or recipe.data_dir / "eval" / f"{dataset.resolve().name}-seeds-{stamp}"
     result = SeedSpread(list(seeds))
     for seed in seeds:
-        step = None
-        if progress is not None:
-            step = _prefixed(progress, f"seed {seed}")
+        step = None if progress is None else _prefixed(progress, f"seed {seed}")
         run = evaluate(
             recipe,
             with_seed(targets, seed),

@@ -4,7 +4,8 @@
 harness is `station.calibration.evaluation` (what is scored, what is written); this command
 parses the options, shows progress and prints a table per category and detector plus the mean,
 then the false-reject rates at the operating points (100 % and 95 % recall, the recipe's policy
-on the test set).
+on the test set). With `--train --seeds 0,1,2` it trains once per seed and prints each metric's
+mean and standard deviation instead (`station.calibration.seed_spread`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 
 if TYPE_CHECKING:
     from station.calibration.evaluation import Evaluation
+    from station.recipe import DetectorConfig, Recipe
 
 
 def _table(title: str, caption: str | None, labels: list[str], last: str | None) -> Any:
@@ -151,8 +153,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _evaluate_seeds(
-    rcp: Any,
-    targets: Any,
+    rcp: Recipe,
+    targets: list[DetectorConfig],
     dataset: Path,
     cats: list[Path],
     seeds: list[int],
