@@ -87,14 +87,17 @@ def _entry(name: str, backbone: str, device: str, params: dict[str, Any]) -> dic
     }
 
 
+def _recipe_entry(recipe: Recipe, name: str) -> DetectorConfig | None:
+    """The recipe's first entry for detector `name`, or None."""
+    return next((d for d in recipe.detectors if d.name == name), None)
+
+
 def _recipe_params(recipe: Recipe, name: str) -> dict[str, Any]:
     """The recipe's params for detector `name` (none when it has no such entry), without the
     settings the candidates vary or the ensemble shares."""
     varied = {"mirror_pad", "center_features", "num_neighbors", "layers", *SHARED}
-    for d in recipe.detectors:
-        if d.name == name:
-            return {k: v for k, v in d.params.items() if k not in varied}
-    return {}
+    entry = _recipe_entry(recipe, name)
+    return {} if entry is None else {k: v for k, v in entry.params.items() if k not in varied}
 
 
 def _grid_params(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -132,7 +135,7 @@ def _setting(backbone: str, params: dict[str, Any]) -> tuple[Any, ...]:
 def recipe_own(recipe: Recipe) -> str | None:
     """The id of the grid candidate that is the recipe's own PatchCore entry as it stands
     (backbone, mirrored context, centring, neighbours, layers), or None when no row is."""
-    entry = next((d for d in recipe.detectors if d.name == "patchcore"), None)
+    entry = _recipe_entry(recipe, "patchcore")
     if entry is None:
         return None
     try:
@@ -152,7 +155,8 @@ def single_candidates(recipe: Recipe, device: str) -> list[Candidate]:
     own_id = recipe_own(recipe)
     grid = sorted(PATCHCORE_GRID, key=lambda row: row[0] != own_id)  # stable: the rest in order
     out = [_patchcore(base, device, row, None) for row in grid]
-    own_backbone = next((d.backbone for d in recipe.detectors if d.name == "patchcore"), LITE0)
+    own_entry = _recipe_entry(recipe, "patchcore")
+    own_backbone = own_entry.backbone if own_entry is not None else LITE0
     sized = next((r for r in PATCHCORE_GRID if r[1] == own_backbone), PATCHCORE_GRID[0])
     out += [_patchcore(base, device, sized, s) for s in input_sizes(recipe)]
     out.append(Candidate("simplenet", _entry("simplenet", LITE0, device, {})))

@@ -173,7 +173,9 @@ def run_all(plan: Plan, journal: Journal, hooks: Hooks) -> list[dict[str, Any]]:
 def write_outputs(
     plan: Plan, ranked: list[dict[str, Any]], facts: dict[str, Any], write_recipe: bool
 ) -> dict[str, Path]:
-    """tune.md, the histogram PNG and the recipe variant(s); the paths written."""
+    """tune.md, the histogram PNG and the recipe variant(s); the paths written. `facts` holds
+    the header, the guess line, the recipe's own candidate and the plan's skipped and failed
+    candidates (the CLI's console line reads the same dict)."""
     written: dict[str, Path] = {}
     rcp = plan.recipe
     if ranked:
@@ -193,8 +195,6 @@ def write_outputs(
     facts = {
         **facts,
         "variant": written.get("variant", ""),
-        "failed": plan.failed,
-        "skipped": plan.skipped,
         "choose_on": plan.choose_on,
         "budget_min": plan.budget_s / 60,
     }
