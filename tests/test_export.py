@@ -344,10 +344,13 @@ def test_smoothing_matrices_equal_upsample_smooth() -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
-def test_patch_scores_module_gives_eager_maps_and_scores(one_thread: None) -> None:
+@pytest.mark.parametrize("image_score", ["weighted_max", "max", "smoothed_peak"])
+def test_patch_scores_module_gives_eager_maps_and_scores(
+    one_thread: None, image_score: str
+) -> None:
     """PatchCore's exported module (distances and smoothing as matmuls) followed by
     `score_from_distances` gives eager PatchCore's maps and scores, in torch: the graph's
-    maths, apart from the runtimes."""
+    maths, apart from the runtimes; for each image score."""
     import textures
     import torch
 
@@ -356,7 +359,9 @@ def test_patch_scores_module_gives_eager_maps_and_scores(one_thread: None) -> No
     from station.detectors.runtimes.graphs import export_net
 
     rng = np.random.default_rng(2)
-    det = create_detector("patchcore", device="cpu", weights="package", max_bank=120)
+    det = create_detector(
+        "patchcore", device="cpu", weights="package", max_bank=120, image_score=image_score
+    )
     det.fit(list(textures.weave(rng, 4, 64)))
     test = textures.weave(rng, 3, 64)
     test[1, 30:36, 10:50] = 15  # a dark strip: one image with a clear top patch

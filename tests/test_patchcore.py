@@ -138,6 +138,36 @@ def test_greedy_coreset_covers_outliers() -> None:
     assert torch.equal(greedy_coreset(pts, 600), torch.arange(500))
 
 
+def test_image_score_choices_share_the_bank_and_differ_as_defined(tmp_path: Path) -> None:
+    train = [weave(s) for s in range(8)]
+    imgs = np.stack([weave(100), dot(weave(402)), with_defect(weave(403))])
+    out, raw_peaks = {}, None
+    for choice in ("weighted_max", "max", "smoothed_peak"):
+        det = PatchCore(device="cpu", max_bank=300, val_fraction=0.25, seed=1, image_score=choice)
+        det.fit(train)
+        out[choice] = det.predict(imgs)
+        # the raw (unscaled) smoothed map is the same whatever the choice
+        x = torch.from_numpy(imgs).float().div(255)[:, None].expand(-1, 3, -1, -1)
+        det.model.image_score = "smoothed_peak"  # its maps are left unscaled
+        peaks = det.model(x)[0].flatten(1).amax(1).numpy()
+        raw_peaks = peaks if raw_peaks is None else raw_peaks
+        np.testing.assert_allclose(peaks, raw_peaks, rtol=1e-5)
+        if choice == "max":  # persisted: a loaded model scores as it was configured
+            save_artifact(det, tmp_path / "m.pt", {"recipe": "r", "image_size": [SIZE, SIZE]})
+            loaded = load_artifact(tmp_path / "m.pt").detector
+            assert loaded.config()["image_score"] == "max"
+            np.testing.assert_array_equal(loaded.predict(imgs).scores, out["max"].scores)
+    weighted, plain, peak = (out[c].scores for c in ("weighted_max", "max", "smoothed_peak"))
+    assert np.all(weighted < plain)  # the re-weighting factor is below 1
+    assert not np.allclose(weighted / plain, (weighted / plain)[0])  # and differs per image
+    np.testing.assert_allclose(peak, raw_peaks, rtol=1e-5)
+    assert np.all(peak < plain)  # smoothing lowers the peak
+    for pred in out.values():  # every map peaks at its image score
+        np.testing.assert_allclose(pred.maps.reshape(3, -1).max(1), pred.scores, rtol=1e-5)
+    with pytest.raises(DetectorError, match="image_score must be one of"):
+        PatchCore(device="cpu", image_score="mean")
+
+
 def test_save_load_roundtrip_is_identical(fitted: PatchCore, tmp_path: Path) -> None:
     path = tmp_path / "m.pt"
     sha = save_artifact(fitted, path, {"recipe": "r", "image_size": [SIZE, SIZE]})

@@ -17,8 +17,10 @@ batches, at most `max_train_patches` patches are kept (a seeded per-image subsam
 bank never exceeds `max_bank` rows.
 
 Predict: each patch's distance to its nearest bank feature is its anomaly score. The image
-score is the paper's: the highest patch score times the re-weighting factor w in (0, 1] (how
-isolated the nearest bank feature of that patch is among its `num_neighbors` bank neighbours).
+score (`image_score`, default `weighted_max`) is the paper's: the highest patch score times the
+re-weighting factor w in (0, 1] (how isolated the nearest bank feature of that patch is among its
+`num_neighbors` bank neighbours); `max` leaves w out, `smoothed_peak` takes the smoothed map's
+peak (version 2).
 The map is the patch scores upsampled to the input size, Gaussian-smoothed (sigma 4) and scaled
 so that its peak equals the image score: smoothing alone would lower a one-patch fault's peak
 far more than a broad one's (version 2 scored images by the smoothed peak; AITEX, README).
@@ -51,7 +53,7 @@ from station.detectors.backbones import check_identity, create_backbone, resolve
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import sample_per_image, split_validation, to_batch
 from station.detectors.knn import KNN_METHODS, KnnMethod, resolve_knn
-from station.detectors.patchcore_model import PatchCoreModel
+from station.detectors.patchcore_model import IMAGE_SCORES, PatchCoreModel
 from station.detectors.registry import register
 from station.errors import DetectorError
 
@@ -125,6 +127,7 @@ class PatchCoreConfig:
     # Nearest-neighbour search (station.detectors.knn): auto | torch | faiss | faiss_ivf. A
     # runtime setting like the device: changing it needs no retraining (docs/knn.md).
     knn: KnnMethod = "auto"
+    image_score: str = "weighted_max"  # weighted_max (the paper's) | max | smoothed_peak
 
     def check(self) -> None:
         """DetectorError for a value out of range (the strides are checked with the backbone)."""
@@ -139,6 +142,11 @@ class PatchCoreConfig:
         if self.knn not in KNN_METHODS:
             raise DetectorError(
                 f"patchcore: knn must be one of {', '.join(KNN_METHODS)}, not {self.knn!r}"
+            )
+        if self.image_score not in IMAGE_SCORES:
+            raise DetectorError(
+                f"patchcore: image_score must be one of {', '.join(IMAGE_SCORES)}, "
+                f"not {self.image_score!r}"
             )
         if not 0 <= self.val_fraction < 1:
             raise DetectorError(
@@ -196,6 +204,7 @@ class PatchCore(Detector):
             num_neighbors=c.num_neighbors,
             sigma=c.sigma,
             knn=resolve_knn(c.knn, self.device),
+            image_score=c.image_score,
         ).to(self.device)
         self.image_hw: tuple[int, int] | None = None
 

@@ -25,9 +25,13 @@ from station.detectors.common import (
 )
 from station.detectors.knn import KnnIndex, build_index
 
+# How an image's score is read from its patches: the paper's re-weighted distance of the most
+# anomalous patch, that distance alone, or the peak of the smoothed map (PatchCore version 2).
+IMAGE_SCORES = ("weighted_max", "max", "smoothed_peak")
+
 
 class PatchCoreModel(nn.Module):
-    """Backbone features -> nearest memory-bank distances -> map and re-weighted image score."""
+    """Backbone features -> nearest memory-bank distances -> map and image score."""
 
     memory_bank: torch.Tensor
 
@@ -41,6 +45,7 @@ class PatchCoreModel(nn.Module):
         num_neighbors: int = 9,
         sigma: float = 4.0,
         knn: str = "torch",
+        image_score: str = "weighted_max",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -51,6 +56,7 @@ class PatchCoreModel(nn.Module):
         self.num_neighbors = int(num_neighbors)
         self.sigma = float(sigma)
         self.knn = str(knn)  # a concrete method: knn.resolve_knn turns "auto" into one
+        self.image_score = str(image_score)  # one of IMAGE_SCORES
         # Empty until fitted or loaded: one row per kept patch feature.
         self.register_buffer("memory_bank", torch.zeros(0, self.feature_dim))
         self._index: KnnIndex | None = None
@@ -115,10 +121,26 @@ class PatchCoreModel(nn.Module):
         ar = torch.arange(n, device=dist.device)
         m_test = feats.view(n, h * w, -1)[ar, top]
         m_star = bank[idx[ar, top]]
-        # Image score (paper, eq. 6-7): the weighted distance of the most anomalous patch.
-        scores = dist[ar, top] * self._weight(index, m_test, m_star)
         maps = upsample_smooth(dist.view(n, 1, h, w), image_hw, self.sigma)
+        scores = self._image_scores(index, dist[ar, top], m_test, m_star, maps)
         return self._scaled(maps, scores), scores
+
+    def _image_scores(
+        self,
+        index: KnnIndex,
+        d_top: torch.Tensor,
+        m_test: torch.Tensor,
+        m_star: torch.Tensor,
+        smoothed: torch.Tensor,
+    ) -> torch.Tensor:
+        """Image scores by `image_score` from each image's top patch (`m_test`, at distance
+        `d_top` from its nearest bank row `m_star`) and its smoothed map. The default is the
+        paper's (eq. 6-7): the top patch's distance times its re-weighting factor."""
+        if self.image_score == "smoothed_peak":
+            return smoothed.flatten(1).amax(1)
+        if self.image_score == "max":
+            return d_top
+        return d_top * self._weight(index, m_test, m_star)
 
     def _weight(self, index: KnnIndex, m_test: torch.Tensor, m_star: torch.Tensor) -> torch.Tensor:
         """Re-weighting factor (paper, eq. 7) of each image's top patch `m_test`, whose nearest
@@ -150,7 +172,8 @@ class PatchCoreModel(nn.Module):
         m_test = feats.view(n, dist.shape[1], -1)[torch.arange(n), top]
         index = self.knn_index()
         d_top, i_top = index.search(m_test, 1)
-        scores = d_top[:, 0] * self._weight(index, m_test, self.memory_bank[i_top[:, 0]])
+        m_star = self.memory_bank[i_top[:, 0]]
+        scores = self._image_scores(index, d_top[:, 0], m_test, m_star, smoothed)
         return self._scaled(smoothed, scores), scores
 
     def forward(self, x: torch.Tensor, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
