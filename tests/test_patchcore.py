@@ -146,17 +146,17 @@ def test_image_score_choices_share_the_bank_and_differ_as_defined(tmp_path: Path
         det = PatchCore(device="cpu", max_bank=300, val_fraction=0.25, seed=1, image_score=choice)
         det.fit(train)
         out[choice] = det.predict(imgs)
+        if choice == "max":  # persisted: a loaded model scores as it was configured
+            save_artifact(det, tmp_path / "m.pt", {"recipe": "r", "image_size": [SIZE, SIZE]})
+            loaded = load_artifact(tmp_path / "m.pt").detector
+            assert loaded.config()["image_score"] == "max"
+            np.testing.assert_array_equal(loaded.predict(imgs).scores, out["max"].scores)
         # the raw (unscaled) smoothed map is the same whatever the choice
         x = torch.from_numpy(imgs).float().div(255)[:, None].expand(-1, 3, -1, -1)
         det.model.image_score = "smoothed_peak"  # its maps are left unscaled
         peaks = det.model(x)[0].flatten(1).amax(1).numpy()
         raw_peaks = peaks if raw_peaks is None else raw_peaks
         np.testing.assert_allclose(peaks, raw_peaks, rtol=1e-5)
-        if choice == "max":  # persisted: a loaded model scores as it was configured
-            save_artifact(det, tmp_path / "m.pt", {"recipe": "r", "image_size": [SIZE, SIZE]})
-            loaded = load_artifact(tmp_path / "m.pt").detector
-            assert loaded.config()["image_score"] == "max"
-            np.testing.assert_array_equal(loaded.predict(imgs).scores, out["max"].scores)
     weighted, plain, peak = (out[c].scores for c in ("weighted_max", "max", "smoothed_peak"))
     assert np.all(weighted < plain)  # the re-weighting factor is below 1
     assert not np.allclose(weighted / plain, (weighted / plain)[0])  # and differs per image
