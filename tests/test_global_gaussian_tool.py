@@ -1,5 +1,5 @@
 """tools/global_gaussian.py: the global Gaussian baseline on a generated folder, its output
-laid out as an evaluate run that tools/ensemble_scores.py reads."""
+laid out as an evaluate run that tools/ensemble_scores.py reads (with its --spread table)."""
 
 from __future__ import annotations
 
@@ -57,3 +57,8 @@ def test_scores_a_category_and_feeds_the_ensemble_tool(station_home: Path, tmp_p
     stats, scored = runs["gaussian"]["weave"]
     assert stats == {"mean": good["mean"], "std": good["std"]}
     assert len(scored) == 8 and sum(label for label, _ in scored.values()) == 4
+
+    # --spread: the good test images' standardised scores, by hand from scores.csv
+    z = [(float(r["score"]) - good["mean"]) / good["std"] for r in rows if r["label"] == "good"]
+    lines = ensemble_scores.good_spread(runs, ["weave"])
+    assert lines[-1] == f"| gaussian | {np.median(z):.1f} / {np.percentile(z, 95):.1f} |"

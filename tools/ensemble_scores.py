@@ -16,7 +16,9 @@ evaluate the ensemble recipe itself for those.
 
 Prints, per detector and ensemble, each category's image AUROC and false-reject rate at 100 %
 recall (Clopper-Pearson 95 %), then the mean and the worst category; `--out F.md` also writes
-the tables.
+the tables. `--spread` adds each detector's standardised scores on the good test images
+(median / 95th percentile per category): a member whose good images spread far beyond its
+held-out ones outweighs the others in the average.
 """
 
 from __future__ import annotations
@@ -96,10 +98,26 @@ def table(runs: dict, combos: list[tuple[str, ...]], cats: list[str]) -> list[st
     return lines
 
 
+def good_spread(runs: dict, cats: list[str]) -> list[str]:
+    """Per detector and category: median / 95th percentile of (score - mean) / std over the
+    good test images, with each detector's held-out mean and std."""
+    lines = ["| detector | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
+    for det in sorted(runs):
+        cells = []
+        for cat in cats:
+            stats, rows = runs[det][cat]
+            good = np.array([score for label, score in rows.values() if label == 0])
+            z = (good - stats["mean"]) / stats["std"]
+            cells.append(f"{np.median(z):.1f} / {np.percentile(z, 95):.1f}")
+        lines.append(f"| {det} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", action="append", required=True, help="[LABEL@]DET=DIR[,DIR...]")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (.md)")
+    ap.add_argument("--spread", action="store_true", help="also the good images' z-scores")
     args = ap.parse_args(argv)
     runs = read_runs(args.runs)
     dets = sorted(runs)
@@ -111,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lines = [f"cells: image AUROC / false-reject rate at 100 % recall; categories {cats}", ""]
     lines += table(runs, combos, cats)
+    if args.spread:
+        lines += ["", "standardised scores of the good test images: median / 95th percentile", ""]
+        lines += good_spread(runs, cats)
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
