@@ -92,9 +92,16 @@ def pairwise(
     mats: list[Material], feats: dict[str, tuple[np.ndarray, np.ndarray]], fit: Callable
 ) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
     """(A, B) -> {'all', 'clean', 'inner'}: (images over A's threshold, images)."""
+    return rates(mats, feats, {a.name: fit(feats[a.name][0], a.groups) for a in mats})
+
+
+def rates(
+    mats: list[Material], feats: dict[str, tuple[np.ndarray, ...]], models: dict
+) -> dict[tuple[str, str], dict[str, tuple[int, int]]]:
+    """`pairwise` for models already fitted, one per material A."""
     out = {}
     for a in mats:
-        model = fit(feats[a.name][0], a.groups)
+        model = models[a.name]
         for b in mats:
             d = model.distance(feats[b.name][1])
             t = model.threshold
@@ -243,7 +250,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     n_images = sum(len(m.train) + len(m.test) + len(m.defects) for m in mats)
     models = {m.name: MaterialModel.fit(feats[m.name][0], FALSE_ALARM, m.groups) for m in mats}
-    res = pairwise(mats, feats, lambda f, g: MaterialModel.fit(f, FALSE_ALARM, g))
+    res = rates(mats, feats, models)
     lines = [
         f"Backbone `{backbone.identity.get('backbone')}`, stage `{backbone.layers[0]}` "
         f"(the first detector of recipe `{args.recipe}`).",

@@ -20,18 +20,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from station.calibration.evaluation import Evaluation, ProgressFn, evaluate
+from station.calibration.evaluation import COLUMNS, POINT_LABELS, Evaluation, ProgressFn, evaluate
 from station.errors import StationError
 from station.files import atomic_write, writing
 
 if TYPE_CHECKING:
     from station.recipe import DetectorConfig, Recipe
 
-METRICS = [
-    ("image_auroc", "I-AUROC"),
-    ("pixel_auroc", "P-AUROC"),
-    ("aupro", "AUPRO"),
-    ("fr_recall_100", "FR@R100"),
+# The metrics whose spread is reported, labelled as in every evaluation table.
+METRICS = [c for c in COLUMNS if c[0] in ("image_auroc", "pixel_auroc", "aupro")] + [
+    ("fr_recall_100", POINT_LABELS["recall_100"])
 ]
 
 
