@@ -18,7 +18,9 @@ Prints, per detector and ensemble, each category's image AUROC and false-reject 
 recall (Clopper-Pearson 95 %), then the mean and the worst category; `--out F.md` also writes
 the tables. `--spread` adds each detector's standardised scores on the good test images
 (median / 95th percentile per category): a member whose good images spread far beyond its
-held-out ones outweighs the others in the average.
+held-out ones outweighs the others in the average. `--rule max` or `--rule logsumexp`
+combines the members' standardised scores by their maximum or a soft maximum instead of the
+mean, for comparison (the detector itself averages).
 """
 
 from __future__ import annotations
@@ -72,7 +74,25 @@ def figures(scores: np.ndarray, labels: np.ndarray) -> dict[str, object]:
     }
 
 
-def table(runs: dict, combos: list[tuple[str, ...]], cats: list[str]) -> list[str]:
+RULES = ("mean", "max", "logsumexp")
+
+
+def combine(z: np.ndarray, rule: str) -> np.ndarray:
+    """Members' standardised scores (members x images) to one score per image. `mean` is the
+    ensemble detector's rule; `max` and `logsumexp` (a soft max) are for comparison."""
+    if rule == "mean":
+        return z.mean(0)
+    if rule == "max":
+        return z.max(0)
+    if rule == "logsumexp":
+        top = z.max(0)
+        return top + np.log(np.exp(z - top).sum(0))
+    raise SystemExit(f"--rule must be one of {', '.join(RULES)}, not {rule!r}")
+
+
+def table(
+    runs: dict, combos: list[tuple[str, ...]], cats: list[str], rule: str = "mean"
+) -> list[str]:
     lines = [
         "| detectors | " + " | ".join(cats) + " | mean I-AUROC | worst | mean FR@R100 |",
         "|---" * (len(cats) + 4) + "|",
@@ -82,11 +102,13 @@ def table(runs: dict, combos: list[tuple[str, ...]], cats: list[str]) -> list[st
         for cat in cats:
             stems = sorted(set.intersection(*(set(runs[d][cat][1]) for d in combo)))
             labels = np.array([runs[combo[0]][cat][1][s][0] for s in stems])
-            z = np.zeros(len(stems))
-            for d in combo:
-                stats, rows = runs[d][cat]
-                z += (np.array([rows[s][1] for s in stems]) - stats["mean"]) / stats["std"]
-            f = figures(z / len(combo), labels)
+            z = np.array(
+                [
+                    (np.array([rows[s][1] for s in stems]) - stats["mean"]) / stats["std"]
+                    for stats, rows in (runs[d][cat] for d in combo)
+                ]
+            )
+            f = figures(combine(z, rule), labels)
             aucs.append(float(f["auroc"]))
             frs.append(float(f["fr100"]))
             cells.append(f"{f['auroc']:.3f} / {f['fr100']:.2f}")
@@ -118,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", action="append", required=True, help="[LABEL@]DET=DIR[,DIR...]")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (.md)")
     ap.add_argument("--spread", action="store_true", help="also the good images' z-scores")
+    ap.add_argument("--rule", choices=RULES, default="mean", help="how members' z-scores combine")
     args = ap.parse_args(argv)
     runs = read_runs(args.runs)
     dets = sorted(runs)
@@ -127,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     combos = [(d,) for d in dets] + [
         c for k in range(2, len(dets) + 1) for c in itertools.combinations(dets, k)
     ]
-    lines = [f"cells: image AUROC / false-reject rate at 100 % recall; categories {cats}", ""]
-    lines += table(runs, combos, cats)
+    lines = [
+        f"cells: image AUROC / false-reject rate at 100 % recall; categories {cats}; "
+        f"members combined by {args.rule}",
+        "",
+    ]
+    lines += table(runs, combos, cats, args.rule)
     if args.spread:
         lines += ["", "standardised scores of the good test images: median / 95th percentile", ""]
         lines += good_spread(runs, cats)
