@@ -1,0 +1,118 @@
+"""Patch distances restricted to each image's nearest training images (after SPADE, Cohen and
+Hoshen 2020), on the development materials.
+
+    .venv/bin/python tools/nearest_images.py --recipe glassfiber \
+        --dataset ../shared/datasets/aitex --out /tmp/ev/nearest-aitex
+
+Per category, with the recipe's PatchCore (its backbone, layers, mirrored context, patch
+neighbourhood and centring): every patch feature of the training images less a held-out 10 %
+(`split_validation`, seed 0) is kept, with no coreset. Each image is described by the mean of
+its uncentred patch features; a test image's patches are compared only with the patches of its
+`--k` nearest training images by that descriptor, and its score is the largest of its patches'
+nearest-neighbour distances. The held-out images are scored the same way, for the statistics
+`ensemble_scores` standardises by.
+
+The output is laid out like a `station evaluate` run (results.json, <category>/nearest/
+scores.csv), as tools/global_gaussian.py's is. It has no anomaly map and is not a station
+detector: measured in the README ("Detectors", not adopted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from global_gaussian import result_row  # noqa: E402
+
+from station.calibration.recipes import load_recipe  # noqa: E402
+from station.datasets import MVTecFolder, category_dirs  # noqa: E402
+from station.detectors.common import split_validation, to_batch  # noqa: E402
+from station.detectors.engine import load_images  # noqa: E402
+from station.detectors.registry import create_detector, detector_kwargs  # noqa: E402
+from station.recipe import Recipe  # noqa: E402
+
+
+class Features:
+    """Centred patch features (as PatchCore scores them) and one uncentred mean per image."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        entry = next((d for d in recipe.detectors if d.name == "patchcore"), None)
+        if entry is None:
+            raise SystemExit(f"recipe {recipe.name!r}: no patchcore detector to take settings from")
+        kwargs = detector_kwargs(entry, "cpu")
+        self.centred = create_detector("patchcore", **kwargs)
+        self.plain = create_detector("patchcore", **{**kwargs, "center_features": False})
+
+    @torch.no_grad()
+    def __call__(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, patches, D) centred patch features and (N, D) image descriptors."""
+        patches, means = [], []
+        for s in range(0, len(images), 16):
+            x = to_batch(images[s : s + 16], None, "nearest_images")
+            f, (h, w) = self.centred.patch_features(x)
+            patches.append(f.view(len(x), h * w, -1))
+            g, _ = self.plain.patch_features(x)
+            means.append(g.view(len(x), h * w, -1).mean(1))
+        return torch.cat(patches), torch.cat(means)
+
+
+def scores(
+    gallery: tuple[torch.Tensor, torch.Tensor], query: tuple[torch.Tensor, torch.Tensor], k: int
+) -> np.ndarray:
+    """Each query image's largest patch distance to the patches of its k nearest gallery images."""
+    g_patches, g_means = gallery
+    q_patches, q_means = query
+    nearest = torch.cdist(q_means, g_means).topk(min(k, len(g_means)), largest=False).indices
+    out = np.zeros(len(q_patches))
+    for i, idx in enumerate(nearest):
+        pool = g_patches[idx].reshape(-1, g_patches.shape[-1])
+        out[i] = float(torch.cdist(q_patches[i], pool).min(1).values.max())
+    return out
+
+
+def score_category(feats: Features, cat: Path, recipe: Recipe, k: int, out: Path) -> dict:
+    folder = MVTecFolder(cat)
+    train = feats(load_images(folder.train_good(), recipe.preprocess))
+    split = split_validation(len(train[0]), 0.1, 0)
+    fit_idx, val_idx = (torch.as_tensor(np.asarray(i)) for i in split)
+    gallery = (train[0][fit_idx], train[1][fit_idx])
+    held_out = scores(gallery, (train[0][val_idx], train[1][val_idx]), k)
+    items = folder.test_items()
+    labels = np.array([it.label for it in items], dtype=np.int64)
+    test = scores(gallery, feats(load_images([it.path for it in items], recipe.preprocess)), k)
+    return result_row(out / cat.name / "nearest", items, labels, test, held_out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--recipe", default="glassfiber")
+    ap.add_argument("--dataset", type=Path, required=True)
+    ap.add_argument("--k", type=int, default=50, help="nearest training images per test image")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if args.k < 1:
+        raise SystemExit("--k must be at least 1")
+    torch.set_num_threads(args.threads)
+    recipe = load_recipe(args.recipe)
+    feats = Features(recipe)
+    cats = {}
+    for cat in category_dirs(args.dataset):
+        cats[cat.name] = {"nearest": score_category(feats, cat, recipe, args.k, args.out)}
+        r = cats[cat.name]["nearest"]
+        print(f"{cat.name}: image AUROC {r['image_auroc']:.3f}, FR@R100 {r['fr_recall_100']:.3f}")
+    doc = {"recipe": recipe.name, "k": args.k, "categories": cats}
+    (args.out / "results.json").write_text(json.dumps(doc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
