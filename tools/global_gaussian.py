@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -99,14 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(args.recipe)
     det = recipe.detectors[0]
     net = create_backbone(det.backbone, det.weights, STAGES).eval()
-    cats = {}
-    for cat in category_dirs(args.dataset):
-        cats[cat.name] = {"gaussian": score_category(net, cat, recipe, args.pool, args.out)}
-        r = cats[cat.name]["gaussian"]
-        print(f"{cat.name}: image AUROC {r['image_auroc']:.3f}, FR@R100 {r['fr_recall_100']:.3f}")
-    doc = {"backbone": det.backbone, "pool": args.pool, "categories": cats}
-    (args.out / "results.json").write_text(json.dumps(doc, indent=1))
+    header = {"backbone": det.backbone, "pool": args.pool}
+    run_categories(args.dataset, args.out, "gaussian", header,
+                   lambda cat: score_category(net, cat, recipe, args.pool, args.out))  # fmt: skip
     return 0
+
+
+def run_categories(
+    dataset: Path, out: Path, label: str, header: dict, score: Callable[[Path], dict]
+) -> None:
+    """Score every category of the dataset, print its figures and write out/results.json with
+    each category's row under `label`, as `station evaluate` nests a detector's."""
+    cats = {}
+    for cat in category_dirs(dataset):
+        r = cats.setdefault(cat.name, {})[label] = score(cat)
+        print(f"{cat.name}: image AUROC {r['image_auroc']:.3f}, FR@R100 {r['fr_recall_100']:.3f}")
+    (out / "results.json").write_text(json.dumps({**header, "categories": cats}, indent=1))
 
 
 if __name__ == "__main__":

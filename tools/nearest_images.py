@@ -20,7 +20,6 @@ detector: measured in the README ("Detectors", not adopted).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,10 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from global_gaussian import result_row  # noqa: E402
+from global_gaussian import result_row, run_categories  # noqa: E402
 
 from station.calibration.recipes import load_recipe  # noqa: E402
-from station.datasets import MVTecFolder, category_dirs  # noqa: E402
+from station.datasets import MVTecFolder  # noqa: E402
 from station.detectors.common import split_validation, to_batch  # noqa: E402
 from station.detectors.engine import load_images  # noqa: E402
 from station.detectors.registry import create_detector, detector_kwargs  # noqa: E402
@@ -104,13 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
     feats = Features(recipe)
-    cats = {}
-    for cat in category_dirs(args.dataset):
-        cats[cat.name] = {"nearest": score_category(feats, cat, recipe, args.k, args.out)}
-        r = cats[cat.name]["nearest"]
-        print(f"{cat.name}: image AUROC {r['image_auroc']:.3f}, FR@R100 {r['fr_recall_100']:.3f}")
-    doc = {"recipe": recipe.name, "k": args.k, "categories": cats}
-    (args.out / "results.json").write_text(json.dumps(doc, indent=1))
+    run_categories(args.dataset, args.out, "nearest", {"recipe": recipe.name, "k": args.k},
+                   lambda cat: score_category(feats, cat, recipe, args.k, args.out))  # fmt: skip
     return 0
 
 
