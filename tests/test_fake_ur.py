@@ -43,10 +43,24 @@ def fake() -> Iterator[FakeURController]:
         yield ctl
 
 
+# rtde_receive reads its own stream on its own thread: right after a blocking moveL returns, its
+# last sample may be a cycle old (seen on a loaded 2-core machine). Wait for it, up to a second.
+SETTLED_POSE = """
+def settled_pose(r, target, tol=1e-6, wait=1.0):
+    t = time.monotonic()
+    while time.monotonic() - t < wait:
+        pose = r.getActualTCPPose()
+        if max(abs(a - b) for a, b in zip(pose[:3], target[:3])) <= tol:
+            return pose
+        time.sleep(0.002)
+    return r.getActualTCPPose()
+"""
+
+
 def _client(host: str, body: str, timeout: float = 40.0) -> dict:
     """Run ur_rtde code in a subprocess; `body` fills the dict `out`, returned as JSON."""
     code = "import json, sys, time\nimport rtde_control, rtde_receive, rtde_io, dashboard_client\n"
-    code += f"H = {host!r}\nout = {{}}\n" + textwrap.dedent(body)
+    code += f"H = {host!r}\nout = {{}}\n" + SETTLED_POSE + textwrap.dedent(body)
     code += "\nprint('RESULT ' + json.dumps(out), flush=True)\nimport os; os._exit(0)\n"
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
@@ -218,7 +232,7 @@ def test_control_interface_movel_set_tcp_and_timing(fake: FakeURController) -> N
         t = time.monotonic()
         out["move"] = c.moveL(target, 0.25, 1.2)
         out["dt"] = time.monotonic() - t
-        out["p0"], out["p1"], out["target"] = p0, r.getActualTCPPose(), target
+        out["p0"], out["p1"], out["target"] = p0, settled_pose(r, target), target
         # async move: sample the pose on the way
         back = list(p0)
         c.moveL(back, 0.1, 1.2, True)
@@ -276,7 +290,7 @@ def test_protective_stop_mid_move_and_dashboard(fake: FakeURController) -> None:
         while not c.isProgramRunning() and time.monotonic() - t < 5:
             time.sleep(0.01)
         out["move2"] = c.moveL(target, 0.5, 2.0)
-        out["pose2"] = r.getActualTCPPose()
+        out["pose2"] = settled_pose(r, target)
         """,
     )
     assert out["move"] is False
