@@ -1,4 +1,4 @@
-"""Shared by the tests of the baseline tools (tools/global_gaussian.py, tools/nearest_images.py):
+"""Shared by the tests of the baseline tools (global_gaussian, nearest_images, native_tiles):
 a generated category, a small recipe, and the checks every evaluate-like run must pass."""
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ def write_recipe(station_home: Path, name: str) -> Path:
         "  - {name: patchcore, backbone: efficientnet_lite0, weights: package, device: cpu}\n"
     )
     return path
+
+
+def speck(img: np.ndarray) -> np.ndarray:
+    """A dark speck on an otherwise good weave (rows 20-33, columns 24-37)."""
+    out = img.copy()
+    out[20:34, 24:38] = 0
+    return out
 
 
 def make_category(root: Path, kind: str, defect: Callable[[np.ndarray], np.ndarray]) -> Path:

@@ -5,18 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from baseline_runs import checked_run, make_category, write_recipe
+from baseline_runs import checked_run, make_category, speck, write_recipe
 from tool_module import load_tool
-
-
-def speck(img: np.ndarray) -> np.ndarray:
-    """A dark speck on an otherwise good weave."""
-    out = img.copy()
-    out[20:34, 24:38] = 0
-    return out
 
 
 def test_scores_compare_only_with_the_nearest_images() -> None:

@@ -69,23 +69,27 @@ def score_category(net: Backbone, cat: Path, recipe: Recipe, pool: str, out: Pat
         gauss = LedoitWolf().fit(tr[fit_idx])
         val_scores += gauss.mahalanobis(tr[val_idx])
         scores += gauss.mahalanobis(te)
-    return result_row(out / cat.name / "gaussian", items, labels, scores, val_scores)
+    return result_row(out / cat.name / "gaussian", items, labels, scores, held_out(val_scores))
+
+
+def held_out(val_scores: np.ndarray) -> dict:
+    """The held-out good scores' summary that `ensemble_scores` standardises by."""
+    return {"mean": float(val_scores.mean()), "std": float(val_scores.std()), "n": len(val_scores)}
 
 
 def result_row(
-    out: Path, items: list, labels: np.ndarray, scores: np.ndarray, val_scores: np.ndarray
+    out: Path, items: list, labels: np.ndarray, scores: np.ndarray, good: dict
 ) -> dict:
     """Write out/scores.csv and return the category's row as `station evaluate` lays it out
-    (image figures only) with the held-out good scores that `ensemble_scores` standardises by."""
+    (image figures; no pixel figure) with `good`, the held-out good scores' summary."""
     write_scores_csv(out / "scores.csv", [it.stem for it in items], labels, scores)
     point = operating_points(scores, labels, Policy("zero_miss"))["recall_100"]
     return {
         "image_auroc": image_auroc(scores, labels),
         "pixel_auroc": float("nan"),
         "fr_recall_100": point.false_reject_rate,
-        "model": {"good_scores": {"mean": float(val_scores.mean()),
-                                  "std": float(val_scores.std()), "n": len(val_scores)}},
-    }  # fmt: skip
+        "model": {"good_scores": good},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

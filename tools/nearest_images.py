@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from global_gaussian import result_row, run_categories  # noqa: E402
+from global_gaussian import held_out, result_row, run_categories  # noqa: E402
 
 from station.calibration.recipes import load_recipe  # noqa: E402
 from station.datasets import MVTecFolder  # noqa: E402
@@ -83,11 +83,11 @@ def score_category(feats: Features, cat: Path, recipe: Recipe, k: int, out: Path
     split = split_validation(len(train[0]), 0.1, 0)
     fit_idx, val_idx = (torch.as_tensor(np.asarray(i)) for i in split)
     gallery = (train[0][fit_idx], train[1][fit_idx])
-    held_out = scores(gallery, (train[0][val_idx], train[1][val_idx]), k)
+    val_scores = scores(gallery, (train[0][val_idx], train[1][val_idx]), k)
     items = folder.test_items()
     labels = np.array([it.label for it in items], dtype=np.int64)
     test = scores(gallery, feats(load_images([it.path for it in items], recipe.preprocess)), k)
-    return result_row(out / cat.name / "nearest", items, labels, test, held_out)
+    return result_row(out / cat.name / "nearest", items, labels, test, held_out(val_scores))
 
 
 def main(argv: list[str] | None = None) -> int:

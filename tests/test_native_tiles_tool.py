@@ -1,0 +1,65 @@
+"""tools/native_tiles.py: a tiled recipe on images of different sizes, those smaller than a
+tile mirrored up to it, laid out as an evaluate run that tools/ensemble_scores.py reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from baseline_runs import SIZE, checked_run, make_category, speck
+from tool_module import load_tool
+
+from station.imaging import read_image, write_png
+
+
+def test_padding_mirrors_images_zero_fills_masks_and_crops_back() -> None:
+    tool = load_tool("native_tiles")
+    img = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    grown = tool.pad_to(img, (5, 4), mirror=True)
+    assert grown.shape == (5, 4)
+    assert (grown[0] == img[0]).all() and (grown[-1] == img[-1]).all()  # mirrored rows
+    assert (tool.crop_back(grown, (3, 4)) == img).all()
+    mask = tool.pad_to(np.ones((3, 4), np.uint8), (4, 6), mirror=False)
+    assert mask.sum() == 12 and mask.shape == (4, 6)
+    assert tool.pad_to(img, (2, 2), mirror=True).shape == (3, 4)  # never shrinks
+
+
+def test_tool_scores_mixed_sizes_at_their_own_pixels(tmp_path: Path, station_home: Path) -> None:
+    tool = load_tool("native_tiles")
+    cat = make_category(tmp_path / "data" / "weave", "speck", speck)
+    # Half the images narrower than a tile, one test image wider than two.
+    for p in sorted((cat / "train" / "good").glob("*.png"))[::2]:
+        write_png(p, read_image(p)[:, : SIZE - 16])
+    wide = cat / "test" / "good" / "t0.png"
+    write_png(wide, np.concatenate([read_image(wide)] * 3, axis=1))
+    for i in range(4):  # masks for the specks
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        mask[20:34, 24:38] = 255
+        write_png(cat / "ground_truth" / "speck" / f"d{i}_mask.png", mask)
+    recipe = station_home / "recipes" / "native-test.yaml"
+    recipe.write_text(
+        "extends: glassfiber\nname: native-test\n"
+        f"preprocess: {{crop: null, size: [{SIZE}, {SIZE}], tiling: {{enabled: true}}}}\n"
+        "detectors:\n"
+        "  - {name: patchcore, backbone: efficientnet_lite0, weights: package, device: cpu}\n"
+    )
+    out = tmp_path / "out"
+    argv = ["--recipe", str(recipe), "--dataset", str(cat.parent), "--threads", "1"]
+    assert tool.main([*argv, "--out", str(out)]) == 0
+
+    doc, row, _ = checked_run(out, "patchcore")
+    assert doc["tile"] == [SIZE, SIZE]
+    assert row["padded_images"] == 10  # the ten narrowed training images, not the masks
+    assert row["image_auroc"] == 1.0  # every speck above every good weave
+    assert 0.9 < row["pixel_auroc"] <= 1.0
+    assert read_image(out / "padded" / "weave" / "train" / "good" / "g00.png").shape[:2] == (
+        SIZE,
+        SIZE,
+    )
+
+    untiled = station_home / "recipes" / "native-untiled.yaml"
+    untiled.write_text("extends: native-test\nname: native-untiled\n"
+                       "preprocess: {tiling: {enabled: false}}\n")  # fmt: skip
+    with pytest.raises(SystemExit, match="resizes whole shots"):
+        tool.main(["--recipe", str(untiled), "--dataset", str(cat.parent), "--out", str(out)])
