@@ -18,8 +18,9 @@ one run at a time. N up to `--multi-seed-upto` (default 10) is drawn with every 
 whose results.json is complete is not repeated (`--force` repeats it), so the tool resumes.
 
 Recipes: the fabrics use `glassfiber` as shipped (256 px tiles; each AITEX image is one tile).
-The magnetic tiles are smaller than a tile, so they use the README's variant: a recipe that
-`extends:` glassfiber with `preprocess.tiling.enabled: false` (written to the scratch folder).
+Half the magnetic tiles are narrower or lower than a tile, so they use the README's variant: a
+recipe that `extends:` the given one with `preprocess.tiling.enabled: false` (written to the
+scratch folder).
 
 Prints one table per material and writes them to <scratch>/summary.md.
 """
@@ -50,7 +51,7 @@ DEFAULT_MATERIALS = {
 # Materials whose images are smaller than the recipe's 256 px tile: evaluated resized whole.
 UNTILED = {"magnetic_tile"}
 UNTILED_RECIPE = """\
-# glassfiber with whole images resized to 256 px (images smaller than a tile), as in the README
+# the base recipe with whole images resized to its preprocess.size, as in the README
 extends: {base}
 name: few-shot-untiled
 preprocess:

@@ -13,7 +13,8 @@ maps, image score the largest tile's). Each map is cropped back to its image bef
 AUROC, which pools every pixel of every test image at its own size.
 
 The output is laid out like a `station evaluate` run (results.json, <category>/<detector>/
-scores.csv), for tools/ensemble_scores.py. Measured in the README ("input size or tiling").
+scores.csv), for tools/ensemble_scores.py. Measured in the README ("The magnetic tiles' input
+size").
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ def padded_copy(cat: Path, dest: Path, tile_hw: tuple[int, int]) -> int:
     return grown
 
 
+def _quiet(task: str, done: int, total: int) -> None:
+    """No progress display: the tool prints one line per category."""
+
+
 def score_category(recipe: Recipe, cat: Path, out: Path) -> dict:
     w, h = recipe.preprocess.size
     det = recipe.detectors[0]
     padded = out / "padded" / cat.name
     grown = padded_copy(cat, padded, (h, w))
-    report = lambda task, done, total: None  # noqa: E731
-    fitted, info = fit_on_category(recipe, det, padded, out, None, report)
+    fitted, info = fit_on_category(recipe, det, padded, out, None, _quiet)
     items = MVTecFolder(padded).test_items()
     labels = np.array([it.label for it in items], dtype=np.int64)
     engine = ScoringEngine({det.name: fitted}, recipe.preprocess, 16)
