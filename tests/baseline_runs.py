@@ -18,12 +18,14 @@ from station.imaging import write_png
 SIZE = 64
 
 
-def write_recipe(station_home: Path, name: str) -> Path:
-    """A recipe whose PatchCore runs Lite0 on whole 64 px images."""
+def write_recipe(station_home: Path, name: str, tiled: bool = False) -> Path:
+    """A recipe whose PatchCore runs Lite0 on whole 64 px images (`tiled`: on 64 px tiles of
+    images at their own size)."""
     path = station_home / "recipes" / f"{name}.yaml"
     path.write_text(
         f"extends: glassfiber\nname: {name}\n"
-        f"preprocess: {{crop: null, size: [{SIZE}, {SIZE}], tiling: {{enabled: false}}}}\n"
+        f"preprocess: {{crop: null, size: [{SIZE}, {SIZE}], "
+        f"tiling: {{enabled: {str(tiled).lower()}}}}}\n"
         "detectors:\n"
         "  - {name: patchcore, backbone: efficientnet_lite0, weights: package, device: cpu}\n"
     )

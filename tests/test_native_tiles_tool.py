@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from baseline_runs import SIZE, checked_run, make_category, speck
+from baseline_runs import SIZE, checked_run, make_category, speck, write_recipe
 from tool_module import load_tool
 
 from station.imaging import read_image, write_png
@@ -33,17 +33,10 @@ def test_tool_scores_mixed_sizes_at_their_own_pixels(tmp_path: Path, station_hom
         write_png(p, read_image(p)[:, : SIZE - 16])
     wide = cat / "test" / "good" / "t0.png"
     write_png(wide, np.concatenate([read_image(wide)] * 3, axis=1))
-    for i in range(4):  # masks for the specks
-        mask = np.zeros((SIZE, SIZE), np.uint8)
-        mask[20:34, 24:38] = 255
+    mask = np.where(speck(np.full((SIZE, SIZE), 255, np.uint8)) == 0, 255, 0).astype(np.uint8)
+    for i in range(4):  # the specks' masks: where speck() darkens
         write_png(cat / "ground_truth" / "speck" / f"d{i}_mask.png", mask)
-    recipe = station_home / "recipes" / "native-test.yaml"
-    recipe.write_text(
-        "extends: glassfiber\nname: native-test\n"
-        f"preprocess: {{crop: null, size: [{SIZE}, {SIZE}], tiling: {{enabled: true}}}}\n"
-        "detectors:\n"
-        "  - {name: patchcore, backbone: efficientnet_lite0, weights: package, device: cpu}\n"
-    )
+    recipe = write_recipe(station_home, "native-test", tiled=True)
     out = tmp_path / "out"
     argv = ["--recipe", str(recipe), "--dataset", str(cat.parent), "--threads", "1"]
     assert tool.main([*argv, "--out", str(out)]) == 0

@@ -54,18 +54,19 @@ def crop_back(padded: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return padded[y0 : y0 + hw[0], x0 : x0 + hw[1]]
 
 
-def padded_copy(cat: Path, dest: Path, tile_hw: tuple[int, int]) -> int:
+def padded_copy(cat: Path, dest: Path, tile_hw: tuple[int, int]) -> dict[Path, tuple[int, int]]:
     """Every PNG of the category under `dest`, padded to `tile_hw` where smaller (masks under
-    ground_truth/ with zeros); returns how many images (not masks) were padded."""
-    grown = 0
+    ground_truth/ with zeros); returns each image's own (height, width) by its `dest` path (a
+    mask has its image's)."""
+    sizes = {}
     for src in sorted(cat.rglob("*.png")):
         rel = src.relative_to(cat)
         image = read_image(src)
         is_image = rel.parts[0] != "ground_truth"
-        out = pad_to(image, tile_hw, mirror=is_image)
-        grown += is_image and out.shape != image.shape
-        write_png(dest / rel, out)
-    return grown
+        write_png(dest / rel, pad_to(image, tile_hw, mirror=is_image))
+        if is_image:
+            sizes[dest / rel] = (int(image.shape[0]), int(image.shape[1]))
+    return sizes
 
 
 def _quiet(task: str, done: int, total: int) -> None:
@@ -76,7 +77,8 @@ def score_category(recipe: Recipe, cat: Path, out: Path) -> dict:
     w, h = recipe.preprocess.size
     det = recipe.detectors[0]
     padded = out / "padded" / cat.name
-    grown = padded_copy(cat, padded, (h, w))
+    sizes = padded_copy(cat, padded, (h, w))
+    grown = sum(ih < h or iw < w for ih, iw in sizes.values())
     fitted, info = fit_on_category(recipe, det, padded, out, None, _quiet)
     items = MVTecFolder(padded).test_items()
     labels = np.array([it.label for it in items], dtype=np.int64)
@@ -84,11 +86,11 @@ def score_category(recipe: Recipe, cat: Path, out: Path) -> dict:
     result = engine.score(load_images([it.path for it in items], recipe.preprocess))[det.name]
     maps, masks = [], []
     for i, it in enumerate(items):
-        own = read_image(cat / it.path.relative_to(padded)).shape[:2]
+        own = sizes[it.path]
         maps.append(crop_back(result.map(i), own).ravel())
         mask = np.zeros(own, bool)
         if it.mask_path is not None:
-            mask = read_image(cat / it.mask_path.relative_to(padded)) > 0
+            mask = crop_back(read_image(it.mask_path), own) > 0
             mask = mask if mask.ndim == 2 else mask.any(-1)
         masks.append(mask.ravel())
     row = result_row(out / cat.name / det.name, items, labels, result.scores, info["good_scores"])
