@@ -129,6 +129,31 @@ def test_memory_stays_bounded() -> None:
     assert det.state_dict()["memory_bank"].shape[0] == 40
 
 
+def diagonal(seed: int, size: int = 64) -> np.ndarray:
+    """Stripes running one diagonal way only: mirrored, they run the other way."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    img = 128 + 50 * np.sin(2 * np.pi * (x + y) / 12 + rng.uniform(0, 2 * np.pi))
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def test_train_flips_put_the_mirrored_texture_in_the_bank() -> None:
+    train = [diagonal(s) for s in range(3)]
+    good = np.stack([diagonal(s) for s in range(50, 52)])
+    mirrored = good[:, :, ::-1].copy()
+    ratio = {}
+    for flips in (False, True):
+        det = PatchCore(
+            device="cpu", max_bank=2000, coreset_ratio=1.0, val_fraction=0, train_flips=flips
+        )
+        report = det.fit(train)
+        assert report.extra["patches_seen"] == 3 * 8 * 8 * (4 if flips else 1)
+        assert det.config()["train_flips"] is flips
+        ratio[flips] = det.predict(mirrored).scores.min() / det.predict(good).scores.max()
+    assert ratio[False] > 2.0  # the other diagonal is a fault to a bank of one diagonal
+    assert ratio[True] < 1.5  # ...and good texture once the bank has seen it mirrored
+
+
 def test_greedy_coreset_covers_outliers() -> None:
     g = torch.Generator().manual_seed(0)
     pts = torch.randn(500, 16, generator=g)
