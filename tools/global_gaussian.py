@@ -13,7 +13,7 @@ out); the image score is the sum over stages of the Mahalanobis distances.
 The output is laid out like a `station evaluate` run (results.json with the image figures and
 the held-out good scores, <category>/gaussian/scores.csv), so `tools/ensemble_scores.py --runs
 gaussian=DIR,...` combines it with the detectors' runs. It has no anomaly map and is not a
-station detector: measured in the README ("Detectors", not adopted).
+station detector: measured in docs/materials.md (not adopted).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ maps, image score the largest tile's). Each map is cropped back to its image bef
 AUROC, which pools every pixel of every test image at its own size.
 
 The output is laid out like a `station evaluate` run (results.json, <category>/<detector>/
-scores.csv), for tools/ensemble_scores.py. Measured in the README ("The magnetic tiles' input
-size").
+scores.csv), for tools/ensemble_scores.py. Measured in docs/materials.md ("The magnetic tiles'
+input size").
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ nearest-neighbour distances. The held-out images are scored the same way, for th
 
 The output is laid out like a `station evaluate` run (results.json, <category>/nearest/
 scores.csv), as tools/global_gaussian.py's is. It has no anomaly map and is not a station
-detector: measured in the README ("Detectors", not adopted).
+detector: measured in docs/materials.md (not adopted).
 """
 
 from __future__ import annotations
