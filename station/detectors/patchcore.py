@@ -11,7 +11,8 @@ paper, both for woven fabric and both on by default (measured on AITEX, README):
   sheet whose weave is shifted or scaled as a whole is not anomalous everywhere, while a local
   fault still stands out from its own sheet.
 A third, off by default: `train_flips` (the bank also learns each good image mirrored three
-ways, the patch budget shared among the views); it lowered the five-material mean (docs/materials.md).
+ways, the patch budget shared among the views); it lowered the five-material mean
+(docs/materials.md).
 
 Patches of all good images form a memory bank, thinned by a greedy k-center coreset (~10 %)
 chosen in a random low-dimensional projection. Memory stays bounded: features stream in
