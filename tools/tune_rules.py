@@ -43,6 +43,7 @@ def bootstrap_aurocs(
 
 
 def draws(n_good: int, n_bad: int, times: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`times` seeded bootstrap draws of the good and the bad scores, as counts per score."""
     rng = np.random.default_rng(seed)
 
     def counts(n: int) -> np.ndarray:
@@ -55,7 +56,8 @@ def draws(n_good: int, n_bad: int, times: int, seed: int) -> tuple[np.ndarray, n
 def keep_own(
     done: list[dict[str, Any]], own: str | None, times: int = 2000, seed: int = 0
 ) -> tuple[str, list[str]]:
-    """(the pick, the candidates that beat the recipe's own) under the keep-own rule."""
+    """(the pick, the candidates that beat the recipe's own) under the keep-own rule; the
+    tune's rule when the recipe's own candidate did not run."""
     by_id = {r["id"]: r for r in done}
     if own not in by_id:
         return rank(done, "synthetic")[0]["id"], []
