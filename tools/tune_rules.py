@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tune_check import finished  # noqa: E402
 
 from station.recipe import load_recipe  # noqa: E402
 from station.tuning.candidates import recipe_own  # noqa: E402
-from station.tuning.journal import read_journal  # noqa: E402
 from station.tuning.report import rank  # noqa: E402
 
 
@@ -81,11 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", type=Path, required=True, help="tools/tune_check.py --json output")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    journal = read_journal(args.tune)
-    if journal is None:
-        raise SystemExit(f"{args.tune} holds no tune journal (tune.jsonl)")
-    header, records = journal
-    done = [r for r in records if r.get("status") == "done"]
+    header, by_id = finished(args.tune)
+    done = list(by_id.values())
     real = {r["id"]: r["real"] for r in json.loads(args.check.read_text())["rows"]}
     if missing := [r["id"] for r in done if r["id"] not in real]:
         raise SystemExit(f"{args.check} lacks the real AUROC of {', '.join(missing)}")
