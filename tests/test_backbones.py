@@ -68,6 +68,22 @@ def test_create_backbone_is_frozen_and_returns_two_stages() -> None:
     assert not torch.allclose(loaded, rnd.conv_stem.weight)
 
 
+def test_a_tapping_shares_the_stages_and_gives_the_same_maps() -> None:
+    b = bb.create_backbone("efficientnet_lite0", weights="package", layers=["blocks.4", "blocks.5"])
+    t = b.tapping(["blocks.2", "blocks.5", "blocks.4"])
+    assert t.layers == ["blocks.2", "blocks.4", "blocks.5"] and t.strides == [8, 16, 32]
+    assert all(a is c for a, c in zip(t.body, b.body, strict=True))  # no copy of the weights
+    assert t.identity["layers"] == t.layers and b.identity["layers"] == ["blocks.4", "blocks.5"]
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        own, tapped = b(x), t(x)
+        shallow = bb.create_backbone("efficientnet_lite0", weights="package")(x)
+    assert torch.equal(tapped[1], own[0]) and torch.equal(tapped[2], own[1])
+    assert torch.equal(tapped[0], shallow[0])
+    with pytest.raises(DetectorError, match=r"\['blocks.5'\] lie beyond .*\(blocks.4 is its"):
+        bb.create_backbone("efficientnet_lite0", weights="package").tapping(["blocks.5"])
+
+
 def test_state_dict_mismatch_is_refused() -> None:
     target = {"a.weight": torch.zeros(3, 2), "b.bias": torch.zeros(4)}
     ok = bb.map_state_dict(target, {"x": torch.ones(3, 2), "y": torch.ones(4)}, Path("w.pth"))

@@ -56,6 +56,58 @@ def test_score_is_the_mean_of_standardised_member_scores(fitted: Any) -> None:
     assert [m["name"] for m in report.extra["members"]] == ["patchcore", "simplenet"]
 
 
+def test_patchcores_on_one_backbone_share_its_pass() -> None:
+    coarse = {"name": "patchcore", "params": {"max_bank": 200, "layers": ["blocks.4", "blocks.5"]}}
+    other = {"name": "patchcore", "params": {"max_bank": 200, "patch_size": 1}}
+    det = _ensemble(members=[PATCHCORE, coarse, other, SIMPLENET])
+    # the first two agree on weights, context and patch size; patch_size 1 reads its own pass
+    assert [(p.runner, p.members) for p in det.passes] == [(1, (0, 1))]
+    assert det.passes[0].trunk.layers == ["blocks.2", "blocks.4", "blocks.5"]
+    det.fit(textures.weave(np.random.default_rng(0), 6, 64))
+    imgs = textures.weave(np.random.default_rng(1), 5, 64)  # 5 images: batches of 4 and 1
+    imgs[0, 20:30, 20:30] = 255
+    shared = det._shared_outputs(imgs)
+    assert sorted(shared) == [0, 1]
+    for i in (0, 1):  # as each member's own predict, to float rounding (batches differ)
+        own = det.members[i].predict(imgs)
+        np.testing.assert_allclose(shared[i][0], own.maps, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(shared[i][1], own.scores, rtol=1e-5, atol=1e-5)
+    z = [
+        (m.predict(imgs).scores.astype(np.float64) - mean) / std
+        for m, (mean, std) in zip(det.members, det.stats, strict=True)
+    ]
+    np.testing.assert_allclose(det.predict(imgs).scores, np.mean(z, axis=0), atol=1e-5)
+
+
+def test_a_shared_pass_ensemble_exports_as_one_graph() -> None:
+    """The exported module (one backbone pass, each member's distances and smoothed map),
+    each member's top-patch step and `combine` give the ensemble's own maps and scores."""
+    import torch
+
+    from station.detectors.common import to_batch
+
+    coarse = {"name": "patchcore", "params": {"max_bank": 200, "layers": ["blocks.4", "blocks.5"]}}
+    det = _ensemble(members=[PATCHCORE, coarse])
+    det.fit(textures.weave(np.random.default_rng(0), 6, 64))
+    imgs = textures.weave(np.random.default_rng(1), 3, 64)
+    imgs[2, 30:36, 10:50] = 15
+    net = export_net(det)
+    assert net.kind == "ensemble_patch_scores" and net.module.grids == [(8, 8), (4, 4)]
+    assert net.outputs[:4] == ("features_0", "distances_0", "smoothed_0", "features_1")
+    with torch.no_grad():
+        outs = net.module(to_batch(imgs, (64, 64)))
+        per_member = [
+            tuple(t.numpy() for t in m.model.score_from_distances(*outs[3 * i : 3 * i + 3]))
+            for i, m in enumerate(det.members)
+        ]
+    maps, scores = det.combine(per_member)
+    want = det.predict(imgs)
+    tol = 1e-5 * float(np.abs(want.maps).max())
+    np.testing.assert_allclose(scores, want.scores, rtol=0, atol=tol)
+    np.testing.assert_allclose(maps, want.maps, rtol=0, atol=tol)
+    assert int(np.argmax(scores)) == 2
+
+
 def test_members_share_the_held_out_split(fitted: Any) -> None:
     det, _ = fitted
     for member in det.members:
@@ -94,9 +146,9 @@ def test_too_few_held_out_images_name_the_member() -> None:
     assert "val_fraction" in (err.value.hint or "")
 
 
-def test_an_ensemble_is_not_exported(fitted: Any) -> None:
+def test_an_ensemble_with_other_detectors_is_not_exported(fitted: Any) -> None:
     det, _ = fitted
-    with pytest.raises(ExportError, match="ensemble: has no plain torch scoring module"):
+    with pytest.raises(ExportError, match="every member is a PatchCore .* patchcore, simplenet"):
         export_net(det)
 
 

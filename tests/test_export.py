@@ -311,6 +311,31 @@ def test_patchcore_features_graph_matches_torch(tmp_path: Path, one_thread: None
 
 
 @pytest.mark.slow
+def test_two_scale_patchcore_ensemble_graph_matches_torch(tmp_path: Path, one_thread: None) -> None:
+    """PatchCore at two scales (glassfiber-ensemble's members, tiny banks): one graph with
+    one backbone pass, both runtimes, the ensemble's maps and scores."""
+    import textures
+
+    from station.detectors.registry import create_detector
+
+    rng = np.random.default_rng(0)
+    coarse = {"max_bank": 200, "layers": ["blocks.4", "blocks.5"]}
+    det = create_detector(
+        "ensemble", device="cpu", weights="package", val_fraction=0.34,
+        members=[{"name": "patchcore", "params": {"max_bank": 200}},
+                 {"name": "patchcore", "params": coarse}],
+    )  # fmt: skip
+    det.fit(list(textures.weave(rng, 6, 64)))
+    test = textures.weave(rng, 3, 64)
+    test[0, 20:28, 16:40] = 20  # a dark strip
+    for fmt in ("onnx", "openvino"):
+        rt = served(det, fmt, tmp_path)
+        assert rt.kind == "ensemble_patch_scores" and rt.grids == [(8, 8), (4, 4)]
+        agree(det, rt, test)
+    assert int(np.argmax(rt.predict(test).scores)) == 0
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not AITEX.is_dir(), reason="AITEX dataset not present")
 def test_aitex_tiles_match_torch(tmp_path: Path, one_thread: None) -> None:
     """PatchCore as shipped (Lite0, 256 px, mirrored context) on real AITEX tiles."""

@@ -23,6 +23,10 @@ it is low, other processes slow eager torch more than the runtimes).
 
     .venv/bin/python tools/bench_detectors.py --devices cpu --detectors patchcore \
         --runtimes torch,onnxruntime,openvino --patchcore-bank 4500 --rounds 5
+
+`--recipes glassfiber,glassfiber-ensemble` also times each recipe's detector entry as the recipe
+gives it (its backbone and params, FAST_PARAMS not applied), fitted on `--train-images` images:
+an ensemble recipe against a single detector in one run (docs/runtimes.md).
 """
 
 from __future__ import annotations
@@ -119,6 +123,22 @@ def print_shot_latency(console: Any, rows: list[dict[str, Any]], shot: int, reci
     console.print(table)
 
 
+def recipe_detector(entry: Any, device: str) -> Any:
+    """A recipe's detector entry, unfitted, on `device`."""
+    from station.detectors.registry import create_detector, detector_kwargs
+
+    return create_detector(entry.name, **detector_kwargs(entry, device))
+
+
+def bank_rows(det: Any) -> str:
+    """PatchCore's memory-bank rows ('a+b' over an ensemble's members); '' for others."""
+    members = getattr(det, "members", None)
+    if members is not None:
+        return "+".join(filter(None, (bank_rows(m) for m in members)))
+    rows = getattr(getattr(det, "bank", None), "shape", [None])[0]
+    return "" if rows is None else str(rows)
+
+
 def runtime_of(det: Any, runtime: str, device: str) -> Any:
     """`det` itself (torch), or served by `runtime` from an export in a scratch folder; the
     reason as text when it cannot be exported."""
@@ -153,6 +173,9 @@ def agreement(det: Any, served: Any, images: np.ndarray) -> tuple[bool, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--detectors", default="patchcore,simplenet,dfda,ast_mfr,efficientad")
+    ap.add_argument(
+        "--recipes", default="", help="also time these recipes' detector entries (comma list)"
+    )
     ap.add_argument("--devices", default="auto", help="auto (cpu + cuda if present), cpu, cuda")
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--size", type=int, default=256)
@@ -192,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from station.detectors.backbones import create_backbone
-    from station.detectors.registry import available_detectors, create_detector
+    from station.detectors.registry import available_detectors, create_detector, load_recipe
     from station.errors import StationError
 
     torch.set_num_threads(args.threads)
@@ -212,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     params = FAST_PARAMS | parse_params(args.param)
     n_train = {name: args.train_images for name in names}
+    try:
+        recipe_entries = [
+            (f"{r.name} ({r.detectors[0].name})", r.detectors[0])
+            for r in (load_recipe(n.strip()) for n in args.recipes.split(",") if n.strip())
+        ]
+    except StationError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    n_train |= {label: args.train_images for label, _ in recipe_entries}
     if args.patchcore_bank > 0:  # coreset 0.1 of a pool capped at 10x the rows wanted
         per_image = (args.size // 8) ** 2  # patches per image on the stride-8 grid
         pool = 10 * args.patchcore_bank
@@ -250,10 +282,14 @@ def main(argv: list[str] | None = None) -> int:
                         "ratio": 1.0,
                     }
                 )
-            for name in names:
-                det = create_detector(
-                    name, backbone=args.backbone, device=device, **params.get(name, {})
-                )
+            models = [
+                (n, partial(create_detector, n, backbone=args.backbone, **params.get(n, {})))
+                for n in names
+            ] + [
+                (label, partial(recipe_detector, e)) for label, e in recipe_entries
+            ]
+            for name, make in models:
+                det = make(device=device)
                 t0 = time.perf_counter()
                 det.fit(train_all[: n_train[name]])
                 fit_s = time.perf_counter() - t0
@@ -282,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                             fn = partial(served.predict, test[:b])
                             secs = _time(fn, args.iters, sync)
                             times.setdefault((runtime, b), []).append(b * args.iters / secs)
-                bank = getattr(getattr(det, "bank", None), "shape", [None])[0]
+                bank = bank_rows(det)
                 for runtime, (_served, same, dscore) in served_by.items():
                     for b in batches:
                         ips = statistics.median(times[(runtime, b)])
@@ -348,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             r["device"],
             r["model"],
             r.get("runtime", "torch"),
-            str(r.get("bank") or ""),
+            r.get("bank") or "",
             str(r["batch"]),
             f"{r['images_per_s']:.2f}",
             f"{1000 / r['images_per_s']:.1f}",

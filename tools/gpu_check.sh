@@ -2,7 +2,8 @@
 # The station's checks on a lent GPU machine (the device tool), as one script:
 #   wheels the image lacks are carried in .whl/ (see docs/gpu.md), results land in $OUT.
 # 1. CUDA tests (CPU and GPU scores agree), 2. detector throughput on cuda (torch eager),
-# 3. the cycle benchmark on cuda (tiles/s, inference waiting for motion), 4. the demo on cuda.
+# 3. the two-scale ensemble recipe against glassfiber on cuda (ms per shot, shared backbone
+# pass), 4. the cycle benchmark on cuda (tiles/s, inference waiting for motion), 5. the demo.
 set -u
 OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 COLUMNS=200
@@ -16,6 +17,9 @@ export PYTHONPATH=/tmp/site:$PWD
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_patchcore.py tests/test_detector_state.py 2>&1 | tail -5 | tee "$OUT/tests.txt"
 timeout 200 python3 tools/bench_detectors.py --devices cpu,cuda --threads 16 --iters 20 \
     --json "$OUT/detectors.json" 2>&1 | tee "$OUT/detectors.txt" | tail -25
+timeout 150 python3 tools/bench_detectors.py --devices cuda --threads 16 --iters 20 --detectors '' \
+    --recipes glassfiber,glassfiber-ensemble --backbone efficientnet_lite1 --train-images 160 \
+    --batches 1,8 --rounds 3 --json "$OUT/recipes.json" 2>&1 | tee "$OUT/recipes.txt" | tail -12
 timeout 150 python3 tools/bench_cycle.py --device cuda --parts 6 --time-scale 1.0 \
     --json "$OUT/cycle.json" 2>&1 | tee "$OUT/cycle.txt" | tail -12
 timeout 200 python3 -m station demo 2>&1 | tee "$OUT/demo.txt" | tail -30

@@ -327,9 +327,17 @@ def _build_module(spec: BackboneSpec) -> nn.Module:
 
 
 def _child(module: nn.Module, dotted: str) -> nn.Module:
-    for part in dotted.split("."):
-        module = module[int(part)] if part.isdigit() else getattr(module, part)  # type: ignore[index]
-    return module
+    return module.get_submodule(dotted)
+
+
+def _set_child(module: nn.Module, dotted: str, child: nn.Module) -> None:
+    """Place `child` at `dotted` (e.g. blocks.4) under `module`, making the containers."""
+    *path, last = dotted.split(".")
+    for part in path:
+        if not hasattr(module, part):
+            module.add_module(part, nn.ModuleDict())
+        module = getattr(module, part)
+    module.add_module(last, child)
 
 
 # -- the backbone module ----------------------------------------------------------------------
@@ -361,16 +369,35 @@ class Backbone(nn.Module):
         self.layers = order
         self._taps = {spec.stages.index(layer) for layer in order}
         self.name = name
+        self.spec = spec
         self.identity = identity
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()
+        device = next(self.body.parameters()).device  # a tapping's stages may sit on a GPU
+        self.to(device)
         with torch.no_grad():
-            probe = self.forward(torch.zeros(1, 3, 64, 64))
+            probe = self.forward(torch.zeros(1, 3, 64, 64, device=device))
         self.channels = [int(f.shape[1]) for f in probe]
         self.strides = [64 // int(f.shape[-1]) for f in probe]
+
+    def tapping(self, layers: Sequence[str]) -> Backbone:
+        """This backbone tapped at `layers` instead: the same stage modules (no copy of the
+        weights), so one forward can serve detectors that read different layers of it."""
+        deeper = [layer for layer in layers if layer not in self.stage_names]
+        if deeper:
+            raise DetectorError(
+                f"backbone {self.name}: {deeper} lie beyond the stages it runs "
+                f"({self.stage_names[-1]} is its deepest)"
+            )
+        stages = nn.Module()
+        for name, module in zip(self.stage_names, self.body, strict=True):
+            _set_child(stages, name, module)
+        tapped = Backbone(self.name, self.spec, stages, layers, dict(self.identity))
+        tapped.identity["layers"] = list(tapped.layers)
+        return tapped
 
     def train(self, mode: bool = True) -> Backbone:  # noqa: ARG002 - always frozen
         return super().train(False)

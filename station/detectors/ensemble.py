@@ -19,7 +19,11 @@ A recipe entry:
           - {name: dfda}
         val_fraction: 0.1               # shared by all members (not set per member)
 
-Members are torch detectors; an ensemble cannot be exported to ONNX Runtime or OpenVINO.
+PatchCore members on the same backbone weights (and mirrored context, patch size, precision and
+device) share one backbone pass per batch at predict: it runs to the deepest layer any of them
+reads, and each scores from its own layers, as its own `predict` would. An ensemble of such
+PatchCores alone exports to ONNX Runtime and OpenVINO as one graph (runtimes/graphs.py); any
+other ensemble runs on torch only.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
+from station.detectors.common import to_batch
 from station.detectors.registry import config_problems, create_detector, register
 from station.errors import DetectorError
 
@@ -63,6 +69,50 @@ class EnsembleConfig:
                     f"ensemble: member {i + 1} ({s['name']}): {problems[0]}",
                     hint="fix that member's params under the ensemble's params.members",
                 )
+
+
+@runtime_checkable
+class SharesBackbonePass(Protocol):
+    """A member that can score from a backbone pass shared with others (PatchCore)."""
+
+    backbone: Any
+
+    def config(self) -> dict[str, Any]: ...
+
+    def shared_pass_key(self) -> tuple[Any, ...]: ...
+
+    def stage_maps(self, batch: torch.Tensor, trunk: Any) -> dict[str, torch.Tensor]: ...
+
+    def predict_stage_maps(
+        self, maps: dict[str, torch.Tensor], image_hw: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class SharedPass:
+    """One backbone pass serving several members: `trunk` taps every layer they read, on
+    the stages of `runner`'s backbone (the deepest of theirs)."""
+
+    runner: int
+    members: tuple[int, ...]
+    trunk: Any
+
+
+def shared_passes(members: Sequence[Detector]) -> list[SharedPass]:
+    """The passes that serve two or more members with equal `shared_pass_key`s."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, det in enumerate(members):
+        if isinstance(det, SharesBackbonePass):
+            groups.setdefault(det.shared_pass_key(), []).append(i)
+    passes = []
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        nets = {i: members[i].backbone for i in idx}  # type: ignore[attr-defined]
+        runner = max(idx, key=lambda i: len(nets[i].stage_names))
+        layers = sorted({layer for i in idx for layer in nets[i].layers})
+        passes.append(SharedPass(runner, tuple(idx), nets[runner].tapping(layers)))
+    return passes
 
 
 def _member_specs(c: EnsembleConfig) -> list[dict[str, Any]]:
@@ -140,6 +190,7 @@ class Ensemble(Detector):
         self._cfg["min_std"] = float(c.min_std)
         self.stats: list[tuple[float, float]] = []  # (mean, std) of each member's good scores
         self.image_hw: tuple[int, int] | None = None
+        self.passes = shared_passes(self.members)
 
     @property
     def fitted(self) -> bool:
@@ -212,19 +263,48 @@ class Ensemble(Detector):
     def predict(self, images: np.ndarray) -> Prediction:
         self.require_fitted()
         t0 = time.perf_counter()
-        maps: np.ndarray | None = None
-        scores: np.ndarray | None = None
+        shared = self._shared_outputs(images)
+        outputs = []
         for i, det in enumerate(self.members):
-            p = det.predict(images)
-            zm, zs = self._z(i, np.asarray(p.maps)), self._z(i, np.asarray(p.scores))
-            maps = zm if maps is None else maps + zm
-            scores = zs if scores is None else scores + zs
-        assert maps is not None and scores is not None
-        maps /= len(self.members)
-        scores /= len(self.members)
+            if i not in shared:
+                p = det.predict(images)
+                shared[i] = np.asarray(p.maps), np.asarray(p.scores)
+            outputs.append(shared[i])
+        maps, scores = self.combine(outputs)
+        return Prediction(maps, scores, latency_ms=(time.perf_counter() - t0) * 1000.0)
+
+    def combine(
+        self, outputs: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ensemble's (maps, scores) from each member's (maps, scores), in member order:
+        the mean of their standardised values, the map shifted so its peak is the score."""
+        z = [(self._z(i, m), self._z(i, s)) for i, (m, s) in enumerate(outputs)]
+        maps = np.mean([zm for zm, _ in z], axis=0, dtype=np.float32)
+        scores = np.mean([zs for _, zs in z], axis=0, dtype=np.float32)
         peak = maps.reshape(len(maps), -1).max(1)
         maps += (scores - peak)[:, None, None]  # the map's peak is the image score
-        return Prediction(maps, scores, latency_ms=(time.perf_counter() - t0) * 1000.0)
+        return maps, scores
+
+    def _shared_outputs(self, images: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """(maps, scores) of the members served by a shared backbone pass, by member."""
+        if not self.passes:
+            return {}
+        assert self.image_hw is not None
+        batch = to_batch(images, self.image_hw, self.name)
+        out: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        for sp in self.passes:
+            served = [self.members[i] for i in sp.members]
+            runner = self.members[sp.runner]
+            assert isinstance(runner, SharesBackbonePass)
+            size = min(int(det.config()["batch_size"]) for det in served)
+            for start in range(0, batch.shape[0], size):
+                maps = runner.stage_maps(batch[start : start + size], sp.trunk)
+                for i, det in zip(sp.members, served, strict=True):
+                    assert isinstance(det, SharesBackbonePass)
+                    m, s = det.predict_stage_maps(maps, self.image_hw)
+                    out.setdefault(i, ([], []))[0].append(m)
+                    out[i][1].append(s)
+        return {i: (np.concatenate(m), np.concatenate(s)) for i, (m, s) in out.items()}
 
     def _fitted_state(self) -> dict[str, Any]:
         return {

@@ -336,6 +336,35 @@ class PatchCore(Detector):
     def predict(self, images: np.ndarray) -> Prediction:
         return self.predict_batched(images)
 
+    # -- one backbone pass for several PatchCores (the ensemble) ----------------------------
+    def shared_pass_key(self) -> tuple[Any, ...]:
+        """PatchCores with equal keys read one backbone pass the same way (same weights,
+        mirrored context, patch size, precision and device), each from its own layers."""
+        ident = self.backbone.identity
+        c = self._cfg
+        return (ident["backbone"], ident["weights_sha256"], c["mirror_pad"], c["patch_size"],
+                c["amp"], str(self.device))  # fmt: skip
+
+    @torch.no_grad()
+    def stage_maps(self, batch: torch.Tensor, trunk: Any) -> dict[str, torch.Tensor]:
+        """The stage maps of a batch in [0, 1] through `trunk` (this detector's backbone or
+        one tapping more of its layers, `Backbone.tapping`), by layer name."""
+        x = batch.to(self.device, non_blocking=True)
+        maps = self.model.stage_maps(x, trunk, bool(self._cfg["amp"]))
+        return dict(zip(trunk.layers, maps, strict=True))
+
+    @torch.no_grad()
+    def predict_stage_maps(
+        self, maps: dict[str, torch.Tensor], image_hw: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(maps, scores) of a batch from `stage_maps` of a pass shared with others: the
+        same as `predict` on that batch."""
+        self.require_fitted()
+        feats, grid = self.model.features_of([maps[layer] for layer in self.backbone.layers])
+        n = int(next(iter(maps.values())).shape[0])
+        heat, scores = self.model.score(feats, n, grid, image_hw)
+        return heat.float().cpu().numpy(), scores.float().cpu().numpy()
+
     # -- persistence -----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         return dict(self._cfg)

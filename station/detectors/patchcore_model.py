@@ -91,8 +91,19 @@ class PatchCoreModel(nn.Module):
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """(N*h*w, D) float32 patch features of a batch, and the grid (h, w). `amp`: the
         backbone in fp16 on CUDA (features stay fp32)."""
+        return self.features_of(self.stage_maps(x, self.backbone, amp))
+
+    def stage_maps(
+        self, x: torch.Tensor, backbone: Backbone, amp: bool = False
+    ) -> list[torch.Tensor]:
+        """`backbone`'s mirrored, patch-averaged stage maps of a batch (one per backbone
+        layer), as this model reads its own; `backbone` may tap more layers than its own."""
         with autocast_for(x.device, amp):
-            feats = mirrored_stage_maps(self.backbone, x, self.mirror_pad, self.patch_size)
+            return mirrored_stage_maps(backbone, x, self.mirror_pad, self.patch_size)
+
+    def features_of(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(N*h*w, D) patch features and the grid (h, w) from this model's own layers'
+        stage maps (`stage_maps`, in its backbone's layer order)."""
         grid = feats[0].shape[-2:]
         parts = []
         for f in feats:

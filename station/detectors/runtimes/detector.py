@@ -10,8 +10,9 @@ calibrations and thresholds keyed by model version still match.
 runtime in chunks of RUNTIME_BATCH -> maps and scores. PatchCore's graph gives patch features, each
 patch's nearest-bank distance and the smoothed map; the top patch's search and re-weighting run
 through `PatchCoreModel.score_from_distances` on the CPU (its `knn` index,
-station.detectors.knn), whatever device the graph runs on.
-The torch model is kept for that step only (PatchCore) and otherwise dropped.
+station.detectors.knn), whatever device the graph runs on. A PatchCore ensemble's graph gives
+those three per member; each member's top patch runs the same way, then `Ensemble.combine`.
+The torch model is kept for that step only (PatchCore and its ensemble) and otherwise dropped.
 """
 
 from __future__ import annotations
@@ -76,13 +77,20 @@ class RuntimeDetector(Detector):
         # the graph's own batch, not the torch detector's (tuned for eager torch): 8 was
         # its fastest on the CPU (docs/runtimes.md, per-shot latency)
         self.batch_size = RUNTIME_BATCH
-        self.grid = tuple(int(v) for v in doc["graph"].get("grid") or (0, 0))
-        self.scorer: Any = None
+        grid = doc["graph"].get("grid") or (0, 0)
+        grids = grid if self.kind == "ensemble_patch_scores" else [grid]
+        self.grids = [(int(g[0]), int(g[1])) for g in grids]
+        # PatchCore (one) or a PatchCore ensemble (each member): the top patch's step outside
+        self.scorers: list[Any] = []
+        self.ensemble: Any = None
         self.device = torch.device("cpu")
-        if self.kind == "patch_scores":  # PatchCore: the top patch's re-weighting outside
-            self.scorer = getattr(torch_detector, "model")  # noqa: B009
+        if self.kind == "patch_scores":
+            self.scorers = [getattr(torch_detector, "model")]  # noqa: B009
+        elif self.kind == "ensemble_patch_scores":
+            self.ensemble = torch_detector
+            self.scorers = [m.model for m in getattr(torch_detector, "members")]  # noqa: B009
         self.description = f"{session.description}, {self.kind} graph"
-        if self.scorer is not None:
+        if self.scorers:
             self.description += f", top-patch k-NN on torch {self.device.type}"
 
     def fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None = None) -> FitReport:
@@ -97,17 +105,21 @@ class RuntimeDetector(Detector):
     def _predict_tensor(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
         outs = self.session.run(x)
-        if self.scorer is None:
+        if not self.scorers:
             return outs[0].astype(np.float32), outs[1].reshape(-1).astype(np.float32)
-        feats, dist, smoothed = (torch.from_numpy(o) for o in outs)
-        h, w = self.grid
-        if dist.shape[1] != h * w:
-            raise DetectorError(
-                f"{self.name}: export gave {dist.shape[1]} patches, expected {h} x {w}"
-            )
-        with torch.no_grad():
-            maps, scores = self.scorer.score_from_distances(feats, dist, smoothed)
-        return maps.numpy(), scores.numpy()
+        per_member = []
+        for i, (scorer, (h, w)) in enumerate(zip(self.scorers, self.grids, strict=True)):
+            feats, dist, smoothed = (torch.from_numpy(o) for o in outs[3 * i : 3 * i + 3])
+            if dist.shape[1] != h * w:
+                raise DetectorError(
+                    f"{self.name}: export gave {dist.shape[1]} patches, expected {h} x {w}"
+                )
+            with torch.no_grad():
+                maps, scores = scorer.score_from_distances(feats, dist, smoothed)
+            per_member.append((maps.numpy(), scores.numpy()))
+        if self.ensemble is None:
+            return per_member[0]
+        return tuple(self.ensemble.combine(per_member))  # type: ignore[return-value]
 
     def predict(self, images: np.ndarray) -> Prediction:
         self.require_fitted()

@@ -65,8 +65,16 @@ def _check(net: graphs.ExportNet, fmt: str, graph: Path) -> tuple[float, list[in
         if w.shape != have.shape:
             raise graphs.ExportError(f"exported graph gives shape {have.shape}, torch {w.shape}")
         rel = max(rel, float(np.abs(have - w).max() / max(float(np.abs(w).max()), 1e-12)))
-    grid = list(getattr(net.module, "grid")) if net.kind == "patch_scores" else None  # noqa: B009
-    return rel, grid
+    return rel, _grid(net)
+
+
+def _grid(net: graphs.ExportNet) -> list[Any] | None:
+    """PatchCore's patch grid (h, w); an ensemble's, one per member; None otherwise."""
+    if net.kind == "patch_scores":
+        return list(getattr(net.module, "grid"))  # noqa: B009
+    if net.kind == "ensemble_patch_scores":
+        return [list(g) for g in getattr(net.module, "grids")]  # noqa: B009
+    return None
 
 
 def _write_graph(net: graphs.ExportNet, fmt: str, graph: Path, opset: int) -> None:
@@ -93,10 +101,20 @@ def _write_graph(net: graphs.ExportNet, fmt: str, graph: Path, opset: int) -> No
 
 
 def _beside_graph(detector: Detector, kind: str, artifact: Path) -> dict[str, Any]:
-    """What the runtime needs outside the graph (PatchCore's top-patch search)."""
-    if kind != "patch_scores":
-        return {}
-    model: Any = getattr(detector, "model")  # noqa: B009
+    """What the runtime needs outside the graph (PatchCore's top-patch search; an
+    ensemble's, per member, and its standardisation)."""
+    det: Any = detector
+    if kind == "ensemble_patch_scores":
+        return {
+            "members": [_patch_step(m.model, artifact) for m in det.members],
+            "combine": "Ensemble.combine: each member standardised by its held-out good "
+            "scores (mean, std from the artifact), then averaged",
+            "standardisation": [list(s) for s in det.stats],
+        }
+    return _patch_step(det.model, artifact) if kind == "patch_scores" else {}
+
+
+def _patch_step(model: Any, artifact: Path) -> dict[str, Any]:
     bank = model.memory_bank
     return {
         "score_step": "PatchCoreModel.score_from_distances: top patch k-NN, re-weighting (torch)",

@@ -8,6 +8,11 @@
   (N x H x W). What is left runs per image on its top patch only, through
   `PatchCoreModel.score_from_distances` (the `knn` index: exact distance, re-weighting, the
   map scaled to the score).
+- An ensemble whose members are all PatchCores on one shared backbone pass (the two scales of
+  `glassfiber-ensemble`): that pass once, then each member's distances and smoothed map as
+  above -> per member i `features_i`, `distances_i`, `smoothed_i`. Each member's top patch
+  runs outside as for PatchCore; the ensemble's standardisation and average then combine them
+  (`Ensemble.combine`). Other ensembles are not exported.
 - SimpleNet, EfficientAD, DFDA, AST-MFR: the whole scoring forward -> maps (N x H x W) and
   scores (N).
 
@@ -52,7 +57,8 @@ class ExportError(DetectorError):
 @dataclass
 class ExportNet:
     module: nn.Module
-    kind: str  # "patch_scores" (PatchCore: top-patch re-weighting outside) or "maps_scores"
+    kind: str  # "patch_scores" (PatchCore: top-patch re-weighting outside), its ensemble
+    # "ensemble_patch_scores", or "maps_scores"
     outputs: tuple[str, ...]
     image_hw: tuple[int, int]
 
@@ -114,13 +120,61 @@ class _PatchScores(nn.Module):
         self.register_buffer("cols_t", cols.t().contiguous())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats, _ = self.model.patch_features(x)  # type: ignore[operator]
+        net: Any = self.model.backbone
+        maps = self.model.stage_maps(x, net)  # type: ignore[operator]
+        return self.from_stage_maps(dict(zip(net.layers, maps, strict=True)))
+
+    def from_stage_maps(
+        self, maps: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The outputs from stage maps by layer name (this model's own, or a shared pass's
+        that taps more layers)."""
+        layers: Any = self.model.backbone.layers
+        feats, _ = self.model.features_of([maps[layer] for layer in layers])  # type: ignore[operator]
         h, w = self.grid
         z = feats @ self.basis  # the same distances in fewer dims (`distance_basis`)
         d2 = (z @ self.neg2_bank_t + self.bank_sq).amin(dim=1) + (z * z).sum(1)
         dist = d2.clamp_min(0.0).sqrt().reshape(-1, h * w)
         smoothed = self.rows @ dist.reshape(-1, h, w) @ self.cols_t
         return feats, dist, smoothed
+
+
+class _SharedPatchScores(nn.Module):
+    """PatchCore members on one backbone pass: images -> each member's (features,
+    distances, smoothed), member by member. `runner` is the member whose mirrored context
+    and patch size read the pass (equal for all, `PatchCore.shared_pass_key`)."""
+
+    def __init__(self, heads: list[_PatchScores], trunk: nn.Module, runner: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.trunk = trunk
+        self.runner = runner
+        self.grids = [head.grid for head in heads]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        reader: Any = self.heads[self.runner].model
+        trunk: Any = self.trunk
+        maps = dict(zip(trunk.layers, reader.stage_maps(x, trunk), strict=True))
+        return tuple(out for head in self.heads for out in head.from_stage_maps(maps))
+
+
+def _ensemble_net(detector: Any) -> ExportNet:
+    """An ensemble of PatchCores sharing one backbone pass, as one graph."""
+    members = list(detector.members)
+    passes = list(detector.passes)
+    if any(m.name != "patchcore" for m in members) or not (
+        len(passes) == 1 and len(passes[0].members) == len(members)
+    ):
+        raise ExportError(
+            "ensemble: exports only when every member is a PatchCore on one shared backbone "
+            f"pass (same weights, mirror_pad, patch_size); members here: "
+            f"{', '.join(m.name for m in members)}"
+        )
+    hw = detector.image_hw
+    heads = [_PatchScores(m.model.cpu().eval(), hw).eval() for m in members]
+    net = _SharedPatchScores(heads, passes[0].trunk.cpu().eval(), passes[0].runner).eval()
+    outputs = tuple(f"{o}_{i}" for i in range(len(members)) for o in PATCH_OUTPUTS)
+    return ExportNet(net, "ensemble_patch_scores", outputs, hw)
 
 
 class _MapsScores(nn.Module):
@@ -138,6 +192,8 @@ class _MapsScores(nn.Module):
 def export_net(detector: Detector) -> ExportNet:
     """The exportable network of a fitted detector (on the CPU, eval mode)."""
     detector.require_fitted("export")
+    if detector.name == "ensemble":
+        return _ensemble_net(detector)
     model = getattr(detector, "model", None)
     if not isinstance(model, nn.Module) or detector.image_hw is None:
         raise ExportError(f"{detector.name}: has no plain torch scoring module to export")
@@ -188,7 +244,11 @@ def export_onnx(net: ExportNet, path: Path, opset: int = DEFAULT_OPSET) -> None:
     example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     dynamic = {
         INPUT: {0: "batch"},
-        **{o: {0: "batch" if o != "features" else "patches"} for o in net.outputs},
+        # features_i: member i's patches (an ensemble's members have grids of their own)
+        **{
+            o: {0: o.replace("features", "patches") if o.startswith("features") else "batch"}
+            for o in net.outputs
+        },
     }
     buf = io.BytesIO()
     try:
