@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_ensemble import RECIPE_ENSEMBLE
 from test_train_evaluate_cli import RECIPE_PATCH, run
 from test_train_evaluate_cli import make_recipe as make_cli_recipe
 from textures import plain_weave
@@ -129,6 +130,34 @@ def test_tune_end_to_end_and_resume(
     assert rows[0]["n_real"] == 3 and [r["id"] for r in rows[1:]] == ["patchcore-lite0-pad0"]
     assert len(rows[1]["scores"]["real"]) == 3 and rows[1]["real_auroc"] == 1.0
     assert "chosen on: real defects" in (out / "tune.md").read_text()
+
+
+# the ensemble tests' recipe with two PatchCores (the shipped pair and the coarse one)
+ENSEMBLE_BODY = RECIPE_ENSEMBLE.split("      val_fraction")[0] + """      members:
+        - {name: patchcore, params: {max_bank: 200, batch_size: 4, max_train_patches: 2000}}
+        - {name: patchcore, params: {max_bank: 200, batch_size: 4, max_train_patches: 2000,
+                                     layers: [blocks.4, blocks.5]}}
+"""
+
+
+def test_an_ensemble_recipe_is_scored_as_it_stands_and_not_as_a_member(
+    station_home: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    recipe = make_cli_recipe(station_home, "tinyens", ENSEMBLE_BODY)
+    data = make_data(station_home / "ds" / "weave", n_good=26)
+    out = station_home / "tune"
+    argv = ["tune", "--recipe", recipe, "--data", str(data), "--out", str(out), "--threads", "1"]
+    assert run([*argv, "--only", f"recipe-own,{CHEAP}", "--budget-min", "5"]) == 0
+    rows = [json.loads(x) for x in (out / "tune.jsonl").read_text().splitlines()][1:]
+    assert [r["status"] for r in rows] == ["done"] * 4
+    ids = [r["id"] for r in rows]
+    assert ids[:3] == ["recipe-own", "patchcore-lite0-pad0", "patchcore-lite0-pad0-nocenter"]
+    # the best-two ensemble is made of single candidates, never of the recipe's own ensemble
+    assert sorted(rows[3]["members"]) == sorted(ids[1:3])
+    assert rows[0]["entry"]["params"]["members"][1]["params"]["layers"] == ["blocks.4", "blocks.5"]
+    assert rows[1]["entry"]["params"]["max_train_patches"] == 2000  # from the first member
+    said = " ".join(capsys.readouterr().out.split())
+    assert "recipe's own detector, `recipe-own`" in said
 
 
 def test_few_images_is_a_guess_and_too_few_refused(
@@ -262,7 +291,7 @@ def test_candidates_try_layers_everywhere_and_input_sizes_only_without_tiles(
         ("{mirror_pad: 0, center_features: false}", "patchcore-lite0-pad0-nocenter"),
         ("{layers: [blocks.2, blocks.4]}", "patchcore-lite0"),  # the default pair, written out
         ("{layers: [blocks.4, blocks.5]}", "patchcore-lite0-coarse"),
-        ("{num_neighbors: 5}", None),  # no grid row: nothing is moved
+        ("{num_neighbors: 5}", "recipe-own"),  # no grid row: the entry runs as it stands
         ("{num_neighbors: many}", None),  # malformed: left for the detector to refuse
     ],
 )
@@ -279,9 +308,29 @@ def test_the_recipes_own_patchcore_is_found_among_the_candidates(
     )
     recipe = load_recipe(str(path))
     assert recipe_own(recipe) == own
-    ids = [c.id for c in single_candidates(recipe, "cpu")]
+    cands = single_candidates(recipe, "cpu")
+    ids = [c.id for c in cands]
     grid = [row[0] for row in PATCHCORE_GRID]
-    assert ids[: len(grid)] == ([own] if own else []) + [g for g in grid if g != own]
+    want = ([own] if own else []) + [g for g in grid if g != own]
+    assert ids[: len(want)] == want
+    if own == "recipe-own":
+        assert cands[0].entry["params"] == recipe.detectors[0].params
+
+
+def test_an_ensemble_recipe_is_its_own_candidate_and_lends_its_patchcore_params() -> None:
+    from station.detectors.registry import load_recipe
+    from station.tuning.candidates import recipe_own, single_candidates
+
+    recipe = load_recipe("glassfiber-ensemble")
+    cands = single_candidates(recipe, "cpu")
+    assert recipe_own(recipe) == "recipe-own" and cands[0].id == "recipe-own"
+    own = recipe.detectors[0]
+    want = {"name": "ensemble", "backbone": own.backbone, "weights": own.weights}
+    assert cands[0].entry == {**want, "device": "cpu", "params": own.params}
+    # the grid starts from the first PatchCore member's params, as from glassfiber's entry
+    shipped = {c.id: c.entry for c in single_candidates(load_recipe("glassfiber"), "cpu")}
+    for c in cands[1:]:
+        assert c.entry == shipped[c.id], c.id
 
 
 def test_tune_an_input_size_candidate_writes_its_size_into_the_variant(

@@ -1,9 +1,13 @@
 """The detector configurations `station tune` tries: one list, cheapest first, except that the
-candidate which is the recipe's own PatchCore configuration (`recipe_own`) runs first.
+candidate which is the recipe's own detector (`recipe_own`) runs first. That is the grid row
+its PatchCore entry matches, or else its first detector entry as it stands (`recipe-own`: an
+ensemble, or a PatchCore with settings the grid does not vary), so the table always shows
+what the recipe has beside what the tune tries.
 
 A candidate is a recipe detector entry (name, backbone, weights, device, params) and, for an
 input-size candidate, the `preprocess.size` it runs at. PatchCore candidates start from the
-recipe's own patchcore params when it has a patchcore entry (memory bounds, coreset ratio) and
+recipe's own PatchCore params (its patchcore entry, else the first PatchCore member of its
+ensemble: memory bounds, coreset ratio) and
 change backbone, feature layers, mirrored context, centring and neighbours; SimpleNet and DFDA
 run at their defaults. A recipe that resizes whole shots also gets PatchCore at 0.75x and 1.25x
 its input size (`input_sizes`); with tiles the input keeps the camera's pixels, the scale
@@ -26,10 +30,12 @@ from station.coverage import check as coverage_check
 from station.detectors.backbones import default_layers, find_weights
 from station.detectors.ensemble import MIN_HELD_OUT
 from station.detectors.patchcore import PatchCoreConfig
+from station.detectors.registry import config_problems, detector_kwargs
 from station.errors import StationError
 from station.recipe import DetectorConfig, Recipe
 
 ENSEMBLE = "ensemble"
+OWN = "recipe-own"  # the recipe's own detector entry as it stands, when no grid row is it
 LITE0 = "efficientnet_lite0"
 # Feature layers of the EfficientNet-Lite backbones besides the default pair (blocks.2 and
 # blocks.4: strides 8 and 16), as in the PatchCore paper's layer ablation: one pair a stage
@@ -87,16 +93,34 @@ def _entry(name: str, backbone: str, device: str, params: dict[str, Any]) -> dic
     }
 
 
-def _recipe_entry(recipe: Recipe, name: str) -> DetectorConfig | None:
-    """The recipe's first entry for detector `name`, or None."""
-    return next((d for d in recipe.detectors if d.name == name), None)
+def _patchcore_entry(recipe: Recipe) -> DetectorConfig | None:
+    """The recipe's PatchCore: its first patchcore entry, else the first PatchCore member of
+    its first ensemble (with the ensemble's backbone unless the member names one), or None."""
+    entry = next((d for d in recipe.detectors if d.name == "patchcore"), None)
+    ensemble = next((d for d in recipe.detectors if d.name == ENSEMBLE), None)
+    if entry is not None or ensemble is None:
+        return entry
+    members = ensemble.params.get("members") or []
+    m = next((m for m in members if isinstance(m, dict) and m.get("name") == "patchcore"), None)
+    if m is None:
+        return None
+    try:
+        return DetectorConfig(
+            name="patchcore",
+            backbone=m.get("backbone") or ensemble.backbone,
+            weights=m.get("weights") or ensemble.weights,
+            device=ensemble.device,
+            params=dict(m.get("params") or {}),
+        )
+    except ValueError:  # a malformed member: left for the detector to refuse
+        return None
 
 
-def _recipe_params(recipe: Recipe, name: str) -> dict[str, Any]:
-    """The recipe's params for detector `name` (none when it has no such entry), without the
-    settings the candidates vary or the ensemble shares."""
+def _recipe_params(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's PatchCore params (none without a PatchCore), less the settings the
+    candidates vary or the ensemble shares."""
     varied = {"mirror_pad", "center_features", "num_neighbors", "layers", *SHARED}
-    entry = _recipe_entry(recipe, name)
+    entry = _patchcore_entry(recipe)
     return {} if entry is None else {k: v for k, v in entry.params.items() if k not in varied}
 
 
@@ -133,29 +157,42 @@ def _setting(backbone: str, params: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def recipe_own(recipe: Recipe) -> str | None:
-    """The id of the grid candidate that is the recipe's own PatchCore entry as it stands
-    (backbone, mirrored context, centring, neighbours, layers), or None when no row is."""
-    entry = _recipe_entry(recipe, "patchcore")
-    if entry is None:
+    """The id of the candidate that is the recipe's own detector: the grid row its first
+    entry is (a PatchCore's backbone, mirrored context, centring, neighbours, layers), else
+    OWN (that entry as it stands); None without an entry or with malformed params."""
+    if not recipe.detectors:
         return None
+    entry = recipe.detectors[0]
+    if config_problems(entry.name, detector_kwargs(entry)):
+        return None  # left for the detector to refuse
+    if entry.name != "patchcore":
+        return OWN
     try:
         want = _setting(entry.backbone, entry.params)
         rows = [(r[0], _setting(r[1], _grid_params(r))) for r in PATCHCORE_GRID]
-    except (StationError, TypeError, ValueError):  # an unknown backbone, a malformed param
+    except (StationError, TypeError, ValueError):  # an unknown backbone
         return None
-    return next((cid for cid, got in rows if got == want), None)
+    return next((cid for cid, got in rows if got == want), OWN)
+
+
+def own_candidate(recipe: Recipe, device: str) -> Candidate:
+    """The recipe's first detector entry as it stands (on `device`), as candidate OWN."""
+    e = recipe.detectors[0]
+    entry = _entry(e.name, e.backbone, device, dict(e.params))
+    return Candidate(OWN, {**entry, "weights": e.weights})
 
 
 def single_candidates(recipe: Recipe, device: str) -> list[Candidate]:
-    """The single-detector candidates: the recipe's own PatchCore configuration first (when a
-    grid row is it), then cheapest first: the PatchCore grid, the recipe's PatchCore backbone
-    (else Lite0) with the grid's first settings at other input sizes (whole-shot recipes
-    only), SimpleNet, DFDA."""
-    base = _recipe_params(recipe, "patchcore")
+    """The candidates to try before the best-two ensemble: the recipe's own detector first
+    (its grid row, or OWN), then cheapest first: the PatchCore grid, the recipe's PatchCore
+    backbone (else Lite0) with the grid's first settings at other input sizes (whole-shot
+    recipes only), SimpleNet, DFDA."""
+    base = _recipe_params(recipe)
     own_id = recipe_own(recipe)
     grid = sorted(PATCHCORE_GRID, key=lambda row: row[0] != own_id)  # stable: the rest in order
-    out = [_patchcore(base, device, row, None) for row in grid]
-    own_entry = _recipe_entry(recipe, "patchcore")
+    out = [own_candidate(recipe, device)] if own_id == OWN else []
+    out += [_patchcore(base, device, row, None) for row in grid]
+    own_entry = _patchcore_entry(recipe)
     own_backbone = own_entry.backbone if own_entry is not None else LITE0
     sized = next((r for r in PATCHCORE_GRID if r[1] == own_backbone), PATCHCORE_GRID[0])
     out += [_patchcore(base, device, sized, s) for s in input_sizes(recipe)]

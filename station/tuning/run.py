@@ -139,7 +139,8 @@ def _run_ensemble(
 ) -> None:
     """The ensemble of the two best single candidates finished (this run or before) that run
     at one input size: the best, and the best of those at its size."""
-    singles = rank([r for r in journal.records.values() if not r.get("members")], plan.choose_on)
+    done = [r for r in journal.records.values() if r["entry"]["name"] != ENSEMBLE]
+    singles = rank(done, plan.choose_on)  # not an ensemble itself (the recipe's own may be)
     best = [r for r in singles if r.get("size") == singles[0].get("size")][:2] if singles else []
     if len(best) < 2:
         plan.skipped.append((ENSEMBLE, "needs two finished single candidates of one input size"))
