@@ -350,8 +350,7 @@ class PatchCore(Detector):
         """The stage maps of a batch in [0, 1] through `trunk` (this detector's backbone or
         one tapping more of its layers, `Backbone.tapping`), by layer name."""
         x = batch.to(self.device, non_blocking=True)
-        maps = self.model.stage_maps(x, trunk, bool(self._cfg["amp"]))
-        return dict(zip(trunk.layers, maps, strict=True))
+        return self.model.stage_maps(x, trunk, bool(self._cfg["amp"]))
 
     @torch.no_grad()
     def predict_stage_maps(
@@ -360,7 +359,7 @@ class PatchCore(Detector):
         """(maps, scores) of a batch from `stage_maps` of a pass shared with others: the
         same as `predict` on that batch."""
         self.require_fitted()
-        feats, grid = self.model.features_of([maps[layer] for layer in self.backbone.layers])
+        feats, grid = self.model.features_of(maps)
         n = int(next(iter(maps.values())).shape[0])
         heat, scores = self.model.score(feats, n, grid, image_hw)
         return heat.float().cpu().numpy(), scores.float().cpu().numpy()

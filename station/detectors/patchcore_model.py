@@ -95,15 +95,19 @@ class PatchCoreModel(nn.Module):
 
     def stage_maps(
         self, x: torch.Tensor, backbone: Backbone, amp: bool = False
-    ) -> list[torch.Tensor]:
-        """`backbone`'s mirrored, patch-averaged stage maps of a batch (one per backbone
-        layer), as this model reads its own; `backbone` may tap more layers than its own."""
+    ) -> dict[str, torch.Tensor]:
+        """`backbone`'s mirrored, patch-averaged stage maps of a batch by layer name, as this
+        model reads its own; `backbone` may tap more layers than its own."""
         with autocast_for(x.device, amp):
-            return mirrored_stage_maps(backbone, x, self.mirror_pad, self.patch_size)
+            maps = mirrored_stage_maps(backbone, x, self.mirror_pad, self.patch_size)
+        return dict(zip(backbone.layers, maps, strict=True))
 
-    def features_of(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(N*h*w, D) patch features and the grid (h, w) from this model's own layers'
-        stage maps (`stage_maps`, in its backbone's layer order)."""
+    def features_of(
+        self, maps: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(N*h*w, D) patch features and the grid (h, w) from `stage_maps`, read at this
+        model's own layers."""
+        feats = [maps[layer] for layer in self.backbone.layers]
         grid = feats[0].shape[-2:]
         parts = []
         for f in feats:

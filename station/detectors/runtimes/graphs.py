@@ -120,17 +120,14 @@ class _PatchScores(nn.Module):
         self.register_buffer("cols_t", cols.t().contiguous())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        net: Any = self.model.backbone
-        maps = self.model.stage_maps(x, net)  # type: ignore[operator]
-        return self.from_stage_maps(dict(zip(net.layers, maps, strict=True)))
+        return self.from_stage_maps(self.model.stage_maps(x, self.model.backbone))  # type: ignore[operator]
 
     def from_stage_maps(
         self, maps: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The outputs from stage maps by layer name (this model's own, or a shared pass's
         that taps more layers)."""
-        layers: Any = self.model.backbone.layers
-        feats, _ = self.model.features_of([maps[layer] for layer in layers])  # type: ignore[operator]
+        feats, _ = self.model.features_of(maps)  # type: ignore[operator]
         h, w = self.grid
         z = feats @ self.basis  # the same distances in fewer dims (`distance_basis`)
         d2 = (z @ self.neg2_bank_t + self.bank_sq).amin(dim=1) + (z * z).sum(1)
@@ -153,8 +150,7 @@ class _SharedPatchScores(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         reader: Any = self.heads[self.runner].model
-        trunk: Any = self.trunk
-        maps = dict(zip(trunk.layers, reader.stage_maps(x, trunk), strict=True))
+        maps = reader.stage_maps(x, self.trunk)
         return tuple(out for head in self.heads for out in head.from_stage_maps(maps))
 
 
