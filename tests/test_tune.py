@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,10 @@ def test_an_ensemble_recipe_is_scored_as_it_stands_and_not_as_a_member(
     assert rows[1]["entry"]["params"]["max_train_patches"] == 2000  # from the first member
     said = " ".join(capsys.readouterr().out.split())
     assert "recipe's own detector, `recipe-own`" in said
+    # 10 held-out weaves cannot tell the choice from the recipe's own: the report says so
+    gain = r"The choice's gain over it: \+0\.\d{3} synthetic AUROC \[90 % paired bootstrap"
+    assert re.search(gain + r".*, within the noise of these images", said)
+    assert re.search(gain, " ".join((out / "tune.md").read_text().split()))
 
 
 def test_few_images_is_a_guess_and_too_few_refused(
@@ -241,6 +246,47 @@ def test_the_choice_is_the_fastest_within_the_margin() -> None:
     assert own_line(skipped, ranked).endswith("was not scored: no weights for backbone x.")
     assert "left out by --only" in own_line({"own": "lite1"}, ranked)
     assert own_line({"own": None}, ranked).endswith("is not one of the candidates.")
+
+
+def test_a_paired_bootstrap_tells_a_clear_gain_from_noise() -> None:
+    from station.metrics import image_auroc
+    from station.tuning.compare import bootstrap_aurocs, paired_gain
+    from station.tuning.report import own_line, rank
+
+    # one draw of every score once is the plain AUROC; repeated scores count as often as drawn
+    rng = np.random.default_rng(0)
+    good, syn = rng.normal(0, 1, 60), rng.normal(1, 1, 120)
+    once = (np.ones((1, 60)), np.ones((1, 120)))
+    plain = image_auroc(np.r_[good, syn], np.r_[np.zeros(60), np.ones(120)])
+    assert bootstrap_aurocs(good, syn, once)[0] == pytest.approx(plain)
+    drawn = (np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]]), np.ones((3, 1)))
+    assert bootstrap_aurocs(np.array([0.0, 1.0]), np.array([0.5]), drawn).tolist() == [1, 0, 0.5]
+    one = (np.ones((1, 3)), np.ones((1, 2)))
+    ties = bootstrap_aurocs(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0]), one)
+    assert ties[0] == (1.5 + 3) / 6  # the tie at 1 counts half
+
+    def rec(cid: str, g: np.ndarray, s: np.ndarray, speed: float) -> dict[str, object]:
+        auroc = image_auroc(np.r_[g, s], np.r_[np.zeros(len(g)), np.ones(len(s))])
+        scores = {"good": g.tolist(), "synthetic": s.tolist()}
+        return {"id": cid, "status": "done", "auroc": auroc, "throughput": speed, "scores": scores}
+
+    own = rec("own", good, syn, 10.0)
+    clear = paired_gain(rec("x", good, syn + 1.0, 1.0), own)
+    assert clear is not None and clear.clear and 0 < clear.low < clear.diff < clear.high
+    jitter = rec("y", good + rng.normal(0, 0.05, 60), syn + rng.normal(0, 0.05, 120), 20.0)
+    tie = paired_gain(jitter, own)
+    assert tie is not None and not tie.clear and tie.low <= tie.diff <= tie.high
+    assert abs(tie.diff) < 0.02 and tie.high - tie.low < 0.05  # paired: the shared noise cancels
+    assert paired_gain(rec("z", good[:-1], syn, 1.0), own) is None  # other images
+    assert paired_gain({"id": "w"}, own) is None  # no scores stored
+
+    ranked = rank([own, rec("x", good, syn + 1.0, 1.0)], "synthetic")
+    assert "The choice's gain over it: +0." in own_line({"own": "own"}, ranked)
+    assert own_line({"own": "own"}, ranked).endswith("a clear gain.")
+    ranked = rank([own, jitter], "synthetic")  # the faster one, within the margin
+    assert ranked[0]["id"] == "y"
+    assert "keeping the recipe's own is as well supported" in own_line({"own": "own"}, ranked)
+    assert "gain" not in own_line({"own": "own", "choose_on": "real"}, ranked)
 
 
 def test_candidates_try_layers_everywhere_and_input_sizes_only_without_tiles(

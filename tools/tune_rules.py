@@ -22,8 +22,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -31,28 +29,8 @@ from tune_check import finished  # noqa: E402
 
 from station.recipe import load_recipe  # noqa: E402
 from station.tuning.candidates import recipe_own  # noqa: E402
+from station.tuning.compare import paired_gain  # noqa: E402
 from station.tuning.report import rank  # noqa: E402
-
-
-def bootstrap_aurocs(
-    good: np.ndarray, bad: np.ndarray, draws: tuple[np.ndarray, np.ndarray]
-) -> np.ndarray:
-    """The AUROC of `bad` against `good` under each bootstrap draw: `draws` holds how often
-    each good (B x n_good) and each bad score (B x n_bad) is drawn."""
-    wins = (bad[:, None] > good[None, :]) + 0.5 * (bad[:, None] == good[None, :])
-    w_good, w_bad = draws
-    return np.einsum("bj,ji,bi->b", w_bad, wins, w_good) / (len(good) * len(bad))
-
-
-def draws(n_good: int, n_bad: int, times: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`times` seeded bootstrap draws of the good and the bad scores, as counts per score."""
-    rng = np.random.default_rng(seed)
-
-    def counts(n: int) -> np.ndarray:
-        picks = rng.integers(0, n, (times, n))
-        return np.stack([np.bincount(p, minlength=n) for p in picks]).astype(float)
-
-    return counts(n_good), counts(n_bad)
 
 
 def keep_own(
@@ -63,15 +41,11 @@ def keep_own(
     by_id = {r["id"]: r for r in done}
     if own not in by_id:
         return rank(done, "synthetic")[0]["id"], []
-    ref = by_id[own]["scores"]
-    d = draws(len(ref["good"]), len(ref["synthetic"]), times, seed)
-
-    def boot(rec: dict[str, Any]) -> np.ndarray:
-        s = rec["scores"]
-        return bootstrap_aurocs(np.asarray(s["good"]), np.asarray(s["synthetic"]), d)
-
-    base = boot(by_id[own])
-    beat = [r for r in done if r["id"] != own and np.quantile(boot(r) - base, 0.05) > 0]
+    beat = []
+    for r in done:
+        gain = paired_gain(r, by_id[own], times, seed) if r["id"] != own else None
+        if gain is not None and gain.clear:
+            beat.append(r)
     if not beat:
         return own, []
     return rank(beat, "synthetic")[0]["id"], [r["id"] for r in beat]

@@ -234,7 +234,8 @@ def _tune(opts: dict[str, Any]) -> None:
         ranked = run_all(plan, journal, _hooks(progress, total, done))
     _print_ranking(ranked, opts["choose_on"])
     facts = {"header": header, "guess": guess, "own": recipe_own(rcp),
-             "skipped": plan.skipped, "failed": plan.failed}  # fmt: skip
+             "choose_on": opts["choose_on"], "skipped": plan.skipped,
+             "failed": plan.failed}  # fmt: skip
     written = write_outputs(plan, ranked, facts, opts["write_recipe"])
     if ranked:
         console.print(f"chosen: [bold]{ranked[0]['id']}[/]" + (" (a guess)" if guess else ""))

@@ -22,6 +22,7 @@ import yaml
 from station.files import atomic_write
 from station.paths import station_home
 from station.recipe import Recipe
+from station.tuning.compare import paired_gain
 from station.tuning.faults import KINDS
 
 CHOOSE_ON = ("synthetic", "real")
@@ -146,10 +147,12 @@ def own_line(facts: dict[str, Any], ranked: Sequence[dict[str, Any]]) -> str:
         if r["id"] == own:
             if i == 1:
                 return f"The recipe's own detector, `{own}`, is the choice."
-            return (
+            line = (
                 f"The recipe's own detector, `{own}`: rank {i} of {len(ranked)}, synthetic "
                 f"AUROC {_f(r.get('auroc'))} (the choice: {_f(ranked[0].get('auroc'))})."
             )
+            gain = paired_gain(ranked[0], r) if facts.get("choose_on") != "real" else None
+            return line if gain is None else f"{line} The choice's gain over it: {gain.describe()}."
     # a candidate the budget never reached is in "skipped"; one missing from both was not run
     why = dict([*(facts.get("skipped") or []), *(facts.get("failed") or [])]).get(own)
     why = why or "left out by --only"
