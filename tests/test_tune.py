@@ -163,6 +163,9 @@ def test_an_ensemble_recipe_is_scored_as_it_stands_and_not_as_a_member(
     gain = r"The choice's gain over it: \+0\.\d{3} synthetic AUROC \[90 % paired bootstrap"
     assert re.search(gain + r".*, within the noise of these images", said)
     assert re.search(gain, " ".join((out / "tune.md").read_text().split()))
+    head = (out / "tinyens-tuned.yaml").read_text().splitlines()[0]
+    assert head.startswith("# Written by station tune")
+    assert "its gain over the recipe's own recipe-own: +0." in head and "within the noise" in head
 
 
 def test_few_images_is_a_guess_and_too_few_refused(

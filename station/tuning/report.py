@@ -22,7 +22,7 @@ import yaml
 from station.files import atomic_write
 from station.paths import station_home
 from station.recipe import Recipe
-from station.tuning.compare import paired_gain
+from station.tuning.compare import Gain, paired_gain
 from station.tuning.faults import KINDS
 
 CHOOSE_ON = ("synthetic", "real")
@@ -151,12 +151,22 @@ def own_line(facts: dict[str, Any], ranked: Sequence[dict[str, Any]]) -> str:
                 f"The recipe's own detector, `{own}`: rank {i} of {len(ranked)}, synthetic "
                 f"AUROC {_f(r.get('auroc'))} (the choice: {_f(ranked[0].get('auroc'))})."
             )
-            gain = paired_gain(ranked[0], r) if facts.get("choose_on") != "real" else None
+            gain = own_gain(facts, ranked)
             return line if gain is None else f"{line} The choice's gain over it: {gain.describe()}."
     # a candidate the budget never reached is in "skipped"; one missing from both was not run
     why = dict([*(facts.get("skipped") or []), *(facts.get("failed") or [])]).get(own)
     why = why or "left out by --only"
     return f"The recipe's own detector, `{own}`, was not scored: {why}."
+
+
+def own_gain(facts: dict[str, Any], ranked: Sequence[dict[str, Any]]) -> Gain | None:
+    """The choice's synthetic AUROC gain over the recipe's own candidate; None when the own
+    one is the choice or was not scored, or the choice was made on real defects."""
+    own = facts.get("own")
+    mine = next((r for r in ranked[1:] if r["id"] == own), None)
+    if mine is None or facts.get("choose_on") == "real":
+        return None
+    return paired_gain(ranked[0], mine)
 
 
 RULES = {

@@ -34,7 +34,13 @@ from station.tuning.candidates import (
 from station.tuning.data import TuneData
 from station.tuning.evaluate import fit_ensemble, fit_single, metrics, score
 from station.tuning.journal import Journal
-from station.tuning.report import rank, variant_text, write_histogram, write_report
+from station.tuning.report import (
+    own_gain,
+    rank,
+    variant_text,
+    write_histogram,
+    write_report,
+)
 
 
 @dataclass
@@ -184,6 +190,9 @@ def write_outputs(
         note = f"chosen {best['id']} on {plan.choose_on} defects; report {plan.out / 'tune.md'}"
         if facts.get("guess"):
             note += " (a guess: too few images to choose)"
+        gain = own_gain({**facts, "choose_on": plan.choose_on}, ranked)
+        if gain is not None:
+            note += f"; its gain over the recipe's own {facts['own']}: {gain.describe()}"
         text = variant_text(rcp, best, note)
         variant = plan.out / f"{rcp.name}-tuned.yaml"
         atomic_write(variant, text.encode())
