@@ -51,6 +51,7 @@ class Gain:
         return self.low > 0.0
 
     def describe(self) -> str:
+        """One line for the report, worded for B being the recipe's own detector."""
         verdict = (
             "a clear gain"
             if self.clear
