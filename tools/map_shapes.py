@@ -46,10 +46,11 @@ def shapes(det: object, images: list[np.ndarray], hw: tuple[int, int]) -> dict[s
     grids, shipped = [], []
     for start in range(0, len(images), 16):
         batch = to_batch(images[start : start + 16], det.image_hw, "patchcore")  # type: ignore[attr-defined]
+        n = batch.shape[0]
         feats, grid = model.patch_features(batch.to(det.device))  # type: ignore[attr-defined]
         dist, _ = model.knn_index().search(feats, 1)
-        grids.append(dist[:, 0].view(batch.shape[0], 1, *grid).float().cpu())
-        shipped.append(model(batch.to(det.device))[0].float().cpu().numpy())  # type: ignore[attr-defined]
+        grids.append(dist[:, 0].view(n, 1, *grid).float().cpu())
+        shipped.append(model.score(feats, n, grid, hw)[0].float().cpu().numpy())  # one pass
     d = torch.cat(grids)
     out = {"shipped": np.concatenate(shipped)}
     for s in SIGMAS:
