@@ -254,7 +254,10 @@ def test_the_choice_is_the_fastest_within_the_margin() -> None:
 def test_a_paired_bootstrap_tells_a_clear_gain_from_noise() -> None:
     from station.metrics import image_auroc
     from station.tuning.compare import bootstrap_aurocs, paired_gain
-    from station.tuning.report import own_line, rank
+    from station.tuning.report import own_gain, own_line, rank
+
+    def line(facts: dict[str, object], ranked: list[dict[str, object]]) -> str:
+        return own_line({**facts, "gain": own_gain(facts, ranked)}, ranked)  # as the CLI does
 
     # one draw of every score once is the plain AUROC; repeated scores count as often as drawn
     rng = np.random.default_rng(0)
@@ -284,12 +287,12 @@ def test_a_paired_bootstrap_tells_a_clear_gain_from_noise() -> None:
     assert paired_gain({"id": "w"}, own) is None  # no scores stored
 
     ranked = rank([own, rec("x", good, syn + 1.0, 1.0)], "synthetic")
-    assert "The choice's gain over it: +0." in own_line({"own": "own"}, ranked)
-    assert own_line({"own": "own"}, ranked).endswith("a clear gain.")
+    assert "The choice's gain over it: +0." in line({"own": "own"}, ranked)
+    assert line({"own": "own"}, ranked).endswith("a clear gain.")
     ranked = rank([own, jitter], "synthetic")  # the faster one, within the margin
     assert ranked[0]["id"] == "y"
-    assert "keeping the recipe's own is as well supported" in own_line({"own": "own"}, ranked)
-    assert "gain" not in own_line({"own": "own", "choose_on": "real"}, ranked)
+    assert "keeping the recipe's own is as well supported" in line({"own": "own"}, ranked)
+    assert "gain" not in line({"own": "own", "choose_on": "real"}, ranked)
 
 
 def test_candidates_try_layers_everywhere_and_input_sizes_only_without_tiles(

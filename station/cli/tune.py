@@ -204,7 +204,7 @@ def _tune(opts: dict[str, Any]) -> None:
     from station.tuning.candidates import recipe_own
     from station.tuning.data import too_few_line
     from station.tuning.journal import Journal
-    from station.tuning.report import own_line
+    from station.tuning.report import own_gain, own_line
     from station.tuning.run import Plan, run_all, write_outputs
 
     _check_options(opts["budget_min"], opts["choose_on"], opts["defects"])
@@ -236,6 +236,7 @@ def _tune(opts: dict[str, Any]) -> None:
     facts = {"header": header, "guess": guess, "own": recipe_own(rcp),
              "choose_on": opts["choose_on"], "skipped": plan.skipped,
              "failed": plan.failed}  # fmt: skip
+    facts["gain"] = own_gain(facts, ranked)  # for the console, tune.md and the variant
     written = write_outputs(plan, ranked, facts, opts["write_recipe"])
     if ranked:
         console.print(f"chosen: [bold]{ranked[0]['id']}[/]" + (" (a guess)" if guess else ""))

@@ -139,7 +139,8 @@ def write_report(out: Path, facts: dict[str, Any], ranked: Sequence[dict[str, An
 
 
 def own_line(facts: dict[str, Any], ranked: Sequence[dict[str, Any]]) -> str:
-    """Where the recipe's own detector configuration (facts["own"]) stands against the choice."""
+    """Where the recipe's own detector configuration (facts["own"]) stands against the choice,
+    with the choice's gain over it when facts["gain"] (`own_gain`) holds one."""
     own = facts.get("own")
     if not own:
         return "The recipe's own detector is not one of the candidates."
@@ -151,7 +152,7 @@ def own_line(facts: dict[str, Any], ranked: Sequence[dict[str, Any]]) -> str:
                 f"The recipe's own detector, `{own}`: rank {i} of {len(ranked)}, synthetic "
                 f"AUROC {_f(r.get('auroc'))} (the choice: {_f(ranked[0].get('auroc'))})."
             )
-            gain = own_gain(facts, ranked)
+            gain = facts.get("gain")
             return line if gain is None else f"{line} The choice's gain over it: {gain.describe()}."
     # a candidate the budget never reached is in "skipped"; one missing from both was not run
     why = dict([*(facts.get("skipped") or []), *(facts.get("failed") or [])]).get(own)

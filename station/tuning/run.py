@@ -34,13 +34,7 @@ from station.tuning.candidates import (
 from station.tuning.data import TuneData
 from station.tuning.evaluate import fit_ensemble, fit_single, metrics, score
 from station.tuning.journal import Journal
-from station.tuning.report import (
-    own_gain,
-    rank,
-    variant_text,
-    write_histogram,
-    write_report,
-)
+from station.tuning.report import rank, variant_text, write_histogram, write_report
 
 
 @dataclass
@@ -181,8 +175,9 @@ def write_outputs(
     plan: Plan, ranked: list[dict[str, Any]], facts: dict[str, Any], write_recipe: bool
 ) -> dict[str, Path]:
     """tune.md, the histogram PNG and the recipe variant(s); the paths written. `facts` holds
-    the header, the guess line, the recipe's own candidate and the plan's skipped and failed
-    candidates (the CLI's console line reads the same dict)."""
+    the header, the guess line, the recipe's own candidate, the choice's gain over it
+    (`report.own_gain`) and the plan's skipped and failed candidates (the CLI's console line
+    reads the same dict)."""
     written: dict[str, Path] = {}
     rcp = plan.recipe
     if ranked:
@@ -190,7 +185,7 @@ def write_outputs(
         note = f"chosen {best['id']} on {plan.choose_on} defects; report {plan.out / 'tune.md'}"
         if facts.get("guess"):
             note += " (a guess: too few images to choose)"
-        gain = own_gain({**facts, "choose_on": plan.choose_on}, ranked)
+        gain = facts.get("gain")
         if gain is not None:
             note += f"; its gain over the recipe's own {facts['own']}: {gain.describe()}"
         text = variant_text(rcp, best, note)
