@@ -29,7 +29,7 @@ HELD_OUT_FRACTION = 0.25
 SYNTHETIC_PER_HELD_OUT = 2  # synthetic defects per held-out good image ...
 MIN_SYNTHETIC_PER_KIND = 3  # ... but at least this many of each kind
 MAX_SYNTHETIC = 240  # memory and time bound (native-size tiled shots are large)
-FORMAT = 2  # bump when what the digest covers or how the split is drawn changes
+FORMAT = 3  # bump when the digest's contents, the split or how a record is measured change
 
 
 class TuneError(StationError):
