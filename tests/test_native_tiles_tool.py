@@ -23,6 +23,11 @@ def test_padding_mirrors_images_zero_fills_masks_and_crops_back() -> None:
     mask = tool.pad_to(np.ones((3, 4), np.uint8), (4, 6), mirror=False)
     assert mask.sum() == 12 and mask.shape == (4, 6)
     assert tool.pad_to(img, (2, 2), mirror=True).shape == (3, 4)  # never shrinks
+    # --scale: one factor for every image, aspect kept; masks stay 0/255
+    assert tool.scaled(np.zeros((40, 100), np.uint8), 0.5, is_mask=False).shape == (20, 50)
+    blocks = np.kron(np.eye(2, dtype=np.uint8) * 255, np.ones((8, 8), np.uint8))
+    half = tool.scaled(blocks, 0.5, is_mask=True)
+    assert half.shape == (8, 8) and set(np.unique(half)) == {0, 255} and half[:4, :4].all()
 
 
 def test_tool_scores_mixed_sizes_at_their_own_pixels(tmp_path: Path, station_home: Path) -> None:

@@ -2,7 +2,7 @@
 kept at its own pixels and cut into the recipe's tiles, as the cell cuts its shots.
 
     .venv/bin/python tools/native_tiles.py --recipe glassfiber \
-        --dataset ../shared/datasets/magnetic_tile --out /tmp/ev/native-mt
+        --dataset ../shared/datasets/magnetic_tile --out /tmp/ev/native-mt [--scale 0.6]
 
 `station evaluate` needs one image size per category (its pixel figures stack the maps), and a
 tile must fit inside each image. Here, per category: a copy of the dataset under OUT/padded,
@@ -10,7 +10,9 @@ where an image narrower or lower than a tile is mirrored about its edges up to t
 mask padded with zeros); the recipe's first detector trained on that copy's `train/good` through
 the station's training path; the test images scored through the scoring engine (tiles, stitched
 maps, image score the largest tile's). Each map is cropped back to its image before the pixel
-AUROC, which pools every pixel of every test image at its own size.
+AUROC, which pools every pixel of every test image at its own size. `--scale` first resizes
+every image and mask by one factor (aspect kept): one pixel scale for all, unlike resizing each
+image whole to the recipe's size.
 
 The output is laid out like a `station evaluate` run (results.json, <category>/<detector>/
 scores.csv), for tools/ensemble_scores.py. Measured in docs/materials.md ("The magnetic tiles'
@@ -35,7 +37,7 @@ from station.calibration.evaluation import fit_on_category  # noqa: E402
 from station.calibration.recipes import load_recipe  # noqa: E402
 from station.datasets import MVTecFolder  # noqa: E402
 from station.detectors.engine import ScoringEngine, load_images  # noqa: E402
-from station.imaging import read_image, write_png  # noqa: E402
+from station.imaging import read_image, resize, resize_mask, write_png  # noqa: E402
 from station.metrics import pixel_auroc  # noqa: E402
 from station.recipe import Recipe  # noqa: E402
 
@@ -54,15 +56,26 @@ def crop_back(padded: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return padded[y0 : y0 + hw[0], x0 : x0 + hw[1]]
 
 
-def padded_copy(cat: Path, dest: Path, tile_hw: tuple[int, int]) -> dict[Path, tuple[int, int]]:
-    """Every PNG of the category under `dest`, padded to `tile_hw` where smaller (masks under
-    ground_truth/ with zeros); returns each image's own (height, width) by its `dest` path (a
-    mask has its image's)."""
+def scaled(image: np.ndarray, factor: float, is_mask: bool) -> np.ndarray:
+    """`image` resized by `factor` on both axes (masks nearest, so they stay binary)."""
+    if factor == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return resize_mask(image, size) * 255 if is_mask else resize(image, size)
+
+
+def padded_copy(
+    cat: Path, dest: Path, tile_hw: tuple[int, int], scale: float = 1.0
+) -> dict[Path, tuple[int, int]]:
+    """Every PNG of the category under `dest`, resized by `scale`, then padded to `tile_hw`
+    where smaller (masks under ground_truth/ with zeros); returns each image's own (height,
+    width) after scaling by its `dest` path (a mask has its image's)."""
     sizes = {}
     for src in sorted(cat.rglob("*.png")):
         rel = src.relative_to(cat)
-        image = read_image(src)
         is_image = rel.parts[0] != "ground_truth"
+        image = scaled(read_image(src), scale, not is_image)
         write_png(dest / rel, pad_to(image, tile_hw, mirror=is_image))
         if is_image:
             sizes[dest / rel] = (int(image.shape[0]), int(image.shape[1]))
@@ -73,11 +86,11 @@ def _quiet(task: str, done: int, total: int) -> None:
     """No progress display: the tool prints one line per category."""
 
 
-def score_category(recipe: Recipe, cat: Path, out: Path) -> dict:
+def score_category(recipe: Recipe, cat: Path, out: Path, scale: float = 1.0) -> dict:
     w, h = recipe.preprocess.size
     det = recipe.detectors[0]
     padded = out / "padded" / cat.name
-    sizes = padded_copy(cat, padded, (h, w))
+    sizes = padded_copy(cat, padded, (h, w), scale)
     grown = sum(ih < h or iw < w for ih, iw in sizes.values())
     fitted, info = fit_on_category(recipe, det, padded, out, None, _quiet)
     items = MVTecFolder(padded).test_items()
@@ -105,14 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--scale", type=float, default=1.0, help="resize every image by this first")
     args = ap.parse_args(argv)
+    if not 0.05 <= args.scale <= 4.0:
+        raise SystemExit(f"--scale {args.scale}: give a factor between 0.05 and 4")
     torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
     if not recipe.preprocess.tiling.enabled:
         raise SystemExit(f"recipe {recipe.name!r} resizes whole shots: give a tiled recipe")
-    header = {"recipe": recipe.name, "tile": list(recipe.preprocess.size)}
+    header = {"recipe": recipe.name, "tile": list(recipe.preprocess.size), "scale": args.scale}
     run_categories(args.dataset, args.out, recipe.detectors[0].name, header,
-                   lambda cat: score_category(recipe, cat, args.out))  # fmt: skip
+                   lambda cat: score_category(recipe, cat, args.out, args.scale))  # fmt: skip
     return 0
 
 
