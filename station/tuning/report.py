@@ -28,7 +28,8 @@ from station.tuning.faults import KINDS
 
 CHOOSE_ON = ("synthetic", "real")
 # AUROC differences below this are within the noise of ~100 synthetic defects: among the
-# candidates this close to the best, the fastest is chosen (an ensemble costs its members).
+# candidates this close to the best, the fastest is chosen (an ensemble costs about its
+# members' sum, less when they share a backbone pass).
 AUROC_MARGIN = 0.005
 # Throughputs closer than this ratio are within the timing noise of one machine between runs
 # (docs/tune.md): such candidates count as equally fast, and the better ranked one is chosen.
@@ -184,7 +185,7 @@ def own_gain(facts: dict[str, Any], ranked: Sequence[dict[str, Any]]) -> Gain | 
 
 _PICK = (
     f"then, of the candidates within {AUROC_MARGIN} AUROC of it, the fastest is chosen "
-    f"(throughputs within {SPEED_RATIO}x of each other count as equal: the better ranked wins)"
+    f"(throughputs within {SPEED_RATIO}x of the fastest count as equal: the better ranked wins)"
 )
 RULES = {
     "synthetic": "highest synthetic-defect image AUROC (ties: lower false-reject rate at 100 % "
