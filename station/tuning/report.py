@@ -76,8 +76,8 @@ def rank(records: Sequence[dict[str, Any]], choose_on: str) -> list[dict[str, An
     crit = "real_auroc" if choose_on == "real" else "auroc"
     best = _num(done[0].get(crit), -1.0)
     near = [r for r in done if _num(r.get(crit), -1.0) >= best - AUROC_MARGIN]
-    speeds = [_speed(r) for r in near]
-    pick = next(r for r, v in zip(near, speeds, strict=True) if v * SPEED_RATIO >= max(speeds))
+    fastest = max(_speed(r) for r in near)
+    pick = next(r for r in near if _speed(r) * SPEED_RATIO >= fastest)
     return [pick, *(r for r in done if r is not pick)]
 
 
