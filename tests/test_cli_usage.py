@@ -73,3 +73,26 @@ def test_an_opencv_without_needed_functions_is_one_line(
     err = capsys.readouterr().err
     assert "lacks undistortPointsIter" in err and "opencv-python-headless>=4.10,<5" in err
     assert "Traceback" not in err
+
+
+def test_command_help_is_reflowed() -> None:
+    """Each command's help paragraph is one line, so it wraps at the terminal's width; the
+    list of commands shows a one-line summary."""
+    from typer.testing import CliRunner
+
+    from station.cli.app import app
+
+    def commands(group):  # type: ignore[no-untyped-def]
+        yield from group.registered_commands
+        for sub in group.registered_groups:
+            yield from commands(sub.typer_instance)
+
+    infos = list(commands(app))
+    assert len(infos) > 15
+    for info in infos:
+        assert info.help, info.callback
+        for paragraph in info.help.split("\n\n"):
+            assert "\n" not in paragraph and "  " not in paragraph, info.help
+    wide = CliRunner().invoke(app, ["retrain", "--help"], env={"COLUMNS": "200"})
+    assert wide.exit_code == 0
+    assert "false rejects (the recipe's retrain: rule; PatchCore:" in wide.output

@@ -6,6 +6,7 @@ Expected failures (`StationError`) print one red line and exit non-zero; no trac
 from __future__ import annotations
 
 import importlib
+import inspect
 import signal
 import sys
 import threading
@@ -67,8 +68,26 @@ def _root(
     check_opencv()
 
 
+def _reflowed(text: str) -> str:
+    """A docstring's paragraphs, each on one line: Typer's rich help keeps the source's line
+    breaks inside a paragraph, which then wrap unevenly at the terminal's width."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
+def _reflow_help(group: typer.Typer) -> None:
+    """Reflow the help of every command in `group` and its subgroups."""
+    for info in group.registered_commands:
+        text = info.help or inspect.getdoc(info.callback) or ""
+        info.help = _reflowed(text) if text else None
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _reflow_help(sub.typer_instance)
+
+
 for _name in COMMAND_MODULES:
     importlib.import_module(f"station.cli.{_name}").register(app)
+_reflow_help(app)
 
 
 def report_error(exc: StationError) -> None:

@@ -43,8 +43,10 @@ def register(app: typer.Typer) -> None:
             None, "--out", help="Coverage picture, PNG (default: data/<recipe>/plan-poses.png)."
         ),
     ) -> None:
-        """Plan a serpentine raster of poses over the recipe's region at the resolution it
-        needs, write it to robot.poses_file and draw the coverage picture."""
+        """Plan the raster of shot poses that covers the recipe's region.
+
+        A serpentine raster at the resolution the region needs, written to robot.poses_file,
+        with a picture of the coverage."""
         from station.cli.app import console
         from station.paths import resolve
         from station.pose_plan import draw, plan, poses_file, write_poses

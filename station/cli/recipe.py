@@ -90,8 +90,10 @@ def register(app: typer.Typer) -> None:
     def check(
         recipe: str = typer.Argument(..., help="Recipe name (recipes/<name>.yaml) or path."),
     ) -> None:
-        """Validate a recipe, print its coverage and summary. Exit code 2 with one line per
-        problem: schema, detectors, twin, and what the poses leave unseen or too coarse."""
+        """Validate a recipe, print its coverage and summary.
+
+        Exit code 2 with one line per problem: schema, detectors, twin, and what the poses
+        leave unseen or too coarse."""
         from station.cli.app import console
         from station.cli.plan import coverage_camera
         from station.coverage import check as coverage_check

@@ -36,11 +36,12 @@ def retrain_cmd(
         "of extending the live model's memory bank with them.",
     ),
 ) -> None:
-    """Build a candidate model from the good data plus the shots of reviewed false rejects
-    (the recipe's retrain: rule; PatchCore: the live bank extended by their patches),
-    calibrate it so that confirmed defects the live model rejects stay rejected, and judge
-    it against the live model on the reviewed parts. The live model stays live: see
-    station models promote."""
+    """Build a candidate model that learns the reviewed false rejects; the live one stays.
+
+    The candidate is trained on the good data plus the shots of reviewed false rejects (the
+    recipe's retrain: rule; PatchCore: the live bank extended by their patches), calibrated
+    so that confirmed defects the live model rejects stay rejected, and judged against the
+    live model on the reviewed parts. Make it live with station models promote."""
     from station.cli.progress import make_progress
     from station.cli.train import check_device, set_threads
     from station.retrain.run import run_retrain
@@ -178,8 +179,10 @@ def promote_cmd(
     by: str = typer.Option(..., "--by", help="Who promotes (recorded)."),
     note: str = typer.Option("", "--note", help="Why (recorded)."),
 ) -> None:
-    """Make a candidate live when it is not worse on confirmed defects; recorded with its
-    evidence. Its own calibration becomes live when made for exactly the live models."""
+    """Make a candidate live when it is not worse on confirmed defects.
+
+    The promotion is recorded with its evidence. The candidate's own calibration becomes
+    live when it was made for exactly the live models."""
     from station.cli.app import console
     from station.retrain.promote import promote
 
