@@ -11,7 +11,8 @@ good scores as the tune built it) scores the test images through the station's s
 engine with the tune's recipe preprocessing. It prints each candidate's synthetic-defect AUROC
 (the tune's) next to its real-defect image AUROC, the Spearman rank correlation between the
 two over all candidates, and the real AUROC of the tune's pick against the best candidate's
-(the acceptance: within 0.03). `--json F` writes the same.
+(the acceptance: within 0.03). `--json F` writes the same, with every candidate's test-image
+scores and the test labels (`tools/tune_labelled.py` reads them).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         engine = ScoringEngine({cid: det}, pre, batch_size=8)
         scores = engine.score(test.images, keep_maps=False)[cid].scores
         real = float(image_auroc(scores, test.labels))
-        rows.append({"id": cid, "synthetic": rec["auroc"], "real": real})
+        test_scores = [float(v) for v in scores]
+        rows.append({"id": cid, "synthetic": rec["auroc"], "real": real, "scores": test_scores})
         print(f"{cid:45s} synthetic {rec['auroc']:.3f}  real {real:.3f}", flush=True)
     pick = rank(list(done.values()), "synthetic")[0]["id"]
     best = max(rows, key=lambda r: r["real"])
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary, indent=1))
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, **summary}, indent=1))
+        labels = [int(v) for v in next(iter(tests.values())).labels] if tests else []
+        out = {"rows": rows, **summary, "labels": labels}
+        args.json.write_text(json.dumps(out, indent=1))
     return 0
 
 
