@@ -77,8 +77,9 @@ def test_tune_end_to_end_and_resume(
     assert "too few images to choose" not in said and "chosen:" in said
 
     rows = [json.loads(x) for x in (out / "tune.jsonl").read_text().splitlines()]
-    head, cands = rows[0], rows[1:]
+    head, cands = rows[0], [r for r in rows[1:] if r["type"] == "candidate"]
     assert head["type"] == "run" and head["n_fit"] == 16 and head["n_held_out"] == 10
+    check_timed_again(out, rows)
     assert head["n_synthetic"] == 20 and set(head["synthetic_per_kind"]) == set(KINDS)
     ids = [c["id"] for c in cands]
     assert ids[:2] == ["patchcore-lite0-pad0", "patchcore-lite0-pad0-nocenter"]
@@ -115,7 +116,8 @@ def test_tune_end_to_end_and_resume(
     said = " ".join(capsys.readouterr().out.split())
     assert "resuming" in said and "3 candidate(s) done" in said
     rows = [json.loads(x) for x in (out / "tune.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rows[1:]] == [*ids, "patchcore-lite0-k3"]
+    assert [r["id"] for r in rows[1:] if r["type"] == "candidate"] == [*ids, "patchcore-lite0-k3"]
+    check_timed_again(out, rows)
 
     # real defects given: the journal starts over (and says so); they fill their own column
     real = station_home / "real"
@@ -131,6 +133,97 @@ def test_tune_end_to_end_and_resume(
     assert rows[0]["n_real"] == 3 and [r["id"] for r in rows[1:]] == ["patchcore-lite0-pad0"]
     assert len(rows[1]["scores"]["real"]) == 3 and rows[1]["real_auroc"] == 1.0
     assert "chosen on: real defects" in (out / "tune.md").read_text()
+
+
+def check_timed_again(out: Path, rows: list[dict]) -> None:
+    """The journal's timing lines: each candidate within the margin of the best timed twice
+    more (once per run), its throughput the fastest of its passes."""
+    from station.tuning.journal import read_journal
+    from station.tuning.report import near_best
+    from station.tuning.run import RETIME_PASSES
+
+    timed = [r for r in rows[1:] if r["type"] == "timing"]
+    assert len({t["id"] for t in timed}) == len(timed)  # a resumed run does not time again
+    records = {r["id"]: r for r in read_journal(out)[1]}
+    near = {r["id"] for r in near_best(list(records.values()), "synthetic")}
+    if len(near) >= 2:
+        assert near <= {t["id"] for t in timed}
+    for t in timed:
+        assert len(t["passes"]) == RETIME_PASSES and all(v > 0 for v in t["passes"])
+        r = records[t["id"]]
+        assert r["throughput_passes"][1:] == t["passes"]
+        assert r["throughput"] == max(r["throughput_passes"])
+
+
+def test_journal_timing_lines_make_the_fastest_pass_count(tmp_path: Path) -> None:
+    from station.tuning.journal import Journal, read_journal
+
+    journal = Journal(tmp_path, {"digest": "d"}).open()
+    journal.add({"id": "a", "status": "done", "throughput": 10.0})
+    journal.add({"id": "b", "status": "done", "throughput": 12.0})
+    journal.add_passes("a", [14.0, 9.0])
+    journal.add_passes("b", [float("nan"), 11.0])
+    assert journal.records["a"]["throughput"] == 14.0
+    assert journal.records["a"]["throughput_passes"] == [10.0, 14.0, 9.0]
+    _, again = read_journal(tmp_path)
+    assert {r["id"]: r["throughput"] for r in again} == {"a": 14.0, "b": 12.0}
+    assert Journal(tmp_path, {"digest": "d"}).open().records["b"]["throughput_passes"] == [
+        12.0,
+        None,
+        11.0,
+    ]
+
+
+def test_retime_times_the_candidates_near_the_best_again_in_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The orchestration of `run.retime` (the timing itself is `score`'s, run end to end
+    above): who is timed, in which order, what the journal keeps, and a resume."""
+    from station.tuning import run as tune_run
+    from station.tuning.journal import Journal
+    from station.tuning.report import rank
+
+    journal = Journal(tmp_path, {"digest": "d"}).open()
+    for cid, auroc, speed in (("a", 0.900, 10.0), ("b", 0.898, 14.0), ("c", 0.80, 50.0)):
+        journal.add({"id": cid, "status": "done", "auroc": auroc, "throughput": speed,
+                     "entry": {}, "size": None, "fit": {"model": f"{cid}.pt"}})  # fmt: skip
+    timed: list[str] = []
+    speeds = {"a": [16.0, 12.0], "b": [13.0, 15.0]}
+
+    def throughput(rcp: object, cid: str, det: object, data: object, progress: object) -> float:
+        assert det == f"loaded {cid}"
+        timed.append(cid)
+        return speeds[cid][timed.count(cid) - 1]
+
+    class Data:
+        def resized(self, size: object) -> Data:
+            return self
+
+    monkeypatch.setattr(tune_run, "throughput", throughput)
+    monkeypatch.setattr(tune_run, "load_candidate", lambda r, *_: f"loaded {r['id']}")
+    monkeypatch.setattr(tune_run, "with_size", lambda rcp, size: rcp)
+    plan = tune_run.Plan(None, Data(), [], False, 60.0, tmp_path)  # type: ignore[arg-type]
+    said: list[str] = []
+    hooks = tune_run.Hooks(say=said.append)
+    tune_run.retime(plan, journal, {}, hooks)
+    assert timed == ["a", "b", "b", "a"]  # "c" is not near the best
+    assert journal.records["a"]["throughput_passes"] == [10.0, 16.0, 12.0]
+    assert {c: journal.records[c]["throughput"] for c in "abc"} == {"a": 16.0, "b": 15.0, "c": 50.0}
+    assert rank(list(journal.records.values()), "synthetic")[0]["id"] == "a"
+    assert "timing the 2 candidate(s)" in said[0]
+    tune_run.retime(plan, Journal(tmp_path, {"digest": "d"}).open(), {}, hooks)  # resumed
+    assert len(timed) == 4
+    # a candidate whose model cannot be read: nobody is timed again, and the line says so
+    other = Journal(tmp_path / "other", {"digest": "d"}).open()
+    for cid in "ab":
+        other.add({**journal.records[cid], "throughput_passes": None})
+
+    def unreadable(r: dict, *_: object) -> str:
+        raise OSError(f"{r['id']}.pt: no such file")
+
+    monkeypatch.setattr(tune_run, "load_candidate", unreadable)
+    tune_run.retime(plan, other, {}, hooks)
+    assert len(timed) == 4 and "not timed again" in said[-1] and "a.pt" in said[-1]
 
 
 # the ensemble tests' recipe with two PatchCores (the shipped pair and the coarse one)

@@ -28,14 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scipy.stats import spearmanr  # noqa: E402
 
 from station.calibration.evaluation import read_test_set  # noqa: E402
-from station.detectors.artifact import load_artifact  # noqa: E402
-from station.detectors.base import Detector  # noqa: E402
 from station.detectors.engine import ScoringEngine  # noqa: E402
 from station.detectors.registry import load_recipe  # noqa: E402
 from station.metrics import image_auroc  # noqa: E402
-from station.recipe import DetectorConfig  # noqa: E402
 from station.tuning.candidates import with_size  # noqa: E402
-from station.tuning.evaluate import assemble_ensemble  # noqa: E402
+from station.tuning.evaluate import load_candidate  # noqa: E402
 from station.tuning.journal import read_journal  # noqa: E402
 from station.tuning.report import rank  # noqa: E402
 from station.tuning.run import candidate_of  # noqa: E402
@@ -48,14 +45,6 @@ def finished(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         raise SystemExit(f"{folder} holds no tune journal (tune.jsonl)")
     header, records = journal
     return header, {r["id"]: r for r in records if r.get("status") == "done"}
-
-
-def model_of(rec: dict[str, Any], done: dict[str, dict[str, Any]]) -> Detector:
-    """The candidate's fitted detector as the tune scored it."""
-    if rec["fit"].get("model"):
-        return load_artifact(rec["fit"]["model"], device="cpu").detector
-    members = [done[m] for m in rec["members"]]
-    return assemble_ensemble(DetectorConfig(**rec["entry"]), members, {}, "cpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     tests: dict[Any, Any] = {}  # the test split read once per input size
     rows = []
     for cid, rec in done.items():
-        det = model_of(rec, done)
+        det = load_candidate(rec, done, {}, "cpu")
         pre = with_size(recipe, candidate_of(rec).size).preprocess
         if pre.size not in tests:
             tests[pre.size] = read_test_set(args.category, pre, lambda *_: None)

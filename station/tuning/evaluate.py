@@ -129,23 +129,53 @@ def fit_ensemble(
     return ens, {"fit_s": round(fit_s, 3), "members_reused": True, "model": None}
 
 
-def score(
+def _timed_pass(
     recipe: Recipe, name: str, detector: Detector, data: TuneData, progress: CountFn | None
-) -> tuple[dict[str, list[float]], float]:
-    """Scores of held-out good, synthetic and real images through the scoring engine, and the
-    throughput: images per second of the detector's predict time over the whole scoring, after
-    one untimed batch that pays the one-off costs (thread pools, kernels for the shapes)."""
+) -> tuple[list[float], float]:
+    """The scoring set's scores through the scoring engine, and images per second of the
+    detector's predict time over the whole set, after one untimed batch that pays the one-off
+    costs (thread pools, kernels for the shapes)."""
     engine = ScoringEngine({name: detector}, recipe.preprocess, batch_size=SCORE_BATCH)
     images = data.scoring_set()
     engine.score(images[:SCORE_BATCH], keep_maps=False)
     t0 = time.perf_counter()
     result = engine.score(images, keep_maps=False, progress=progress)[name]
     seconds = result.latency_ms / 1000.0 or (time.perf_counter() - t0)
-    s = [float(v) for v in result.scores]
+    speed = len(images) / seconds if seconds > 0 else float("nan")
+    return [float(v) for v in result.scores], speed
+
+
+def score(
+    recipe: Recipe, name: str, detector: Detector, data: TuneData, progress: CountFn | None
+) -> tuple[dict[str, list[float]], float]:
+    """Scores of held-out good, synthetic and real images, and the throughput (`_timed_pass`)."""
+    s, speed = _timed_pass(recipe, name, detector, data, progress)
     n_good, n_syn = len(data.good), len(data.synthetic)
     scores = {
         "good": s[:n_good],
         "synthetic": s[n_good : n_good + n_syn],
         "real": s[n_good + n_syn :],
     }
-    return scores, len(images) / seconds if seconds > 0 else float("nan")
+    return scores, speed
+
+
+def throughput(
+    recipe: Recipe, name: str, detector: Detector, data: TuneData, progress: CountFn | None
+) -> float:
+    """One more timed pass over the scoring set, timed as `score` times it (images per s)."""
+    return _timed_pass(recipe, name, detector, data, progress)[1]
+
+
+def load_candidate(
+    record: dict[str, Any],
+    records: dict[str, dict[str, Any]],
+    done: dict[str, Detector],
+    device: str | None = None,
+) -> Detector:
+    """A finished candidate's fitted detector from its journal record: kept from this run
+    (`done`), else loaded from its saved model; an ensemble that reused its members' models is
+    assembled from theirs (`records`: the journal's records by id)."""
+    if record["id"] in done or record["fit"].get("model"):
+        return _member(done, record, device)
+    members = [records[m] for m in record["members"]]
+    return assemble_ensemble(DetectorConfig(**record["entry"]), members, done, device)

@@ -1,4 +1,6 @@
-"""`<out>/tune.jsonl`: one header line, then one line per finished candidate.
+"""`<out>/tune.jsonl`: one header line, then one line per finished candidate, and one `timing`
+line per candidate timed again at the end (its extra passes; `throughput` becomes the fastest
+pass: run.retime).
 
 The header holds the run digest (recipe, good images, real defects, seed, split and synthetic
 rules: `data.run_digest`). A rerun with the same `--out` and the same digest skips the
@@ -42,7 +44,23 @@ def read_journal(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | Non
     rows = [r for r in rows if isinstance(r, dict)]
     if not rows or rows[0].get("type") != "run":
         return None
-    return rows[0], [r for r in rows[1:] if r.get("type") == "candidate" and "id" in r]
+    records = {r["id"]: r for r in rows[1:] if r.get("type") == "candidate" and "id" in r}
+    for t in rows[1:]:
+        if t.get("type") == "timing" and t.get("id") in records:
+            records[t["id"]] = with_passes(records[t["id"]], t.get("passes") or [])
+    return rows[0], list(records.values())
+
+
+def with_passes(record: dict[str, Any], extra: list[float]) -> dict[str, Any]:
+    """`record` with `extra` timed passes added: `throughput_passes` lists every pass (the first
+    is the candidate's own scoring) and `throughput` is the fastest."""
+    passes = [*(record.get("throughput_passes") or [record.get("throughput")]), *extra]
+    finite = [float(v) for v in passes if v is not None and math.isfinite(float(v))]
+    return {
+        **record,
+        "throughput_passes": passes,
+        "throughput": max(finite) if finite else record.get("throughput"),
+    }
 
 
 class Journal:
@@ -71,10 +89,18 @@ class Journal:
     def add(self, record: dict[str, Any]) -> None:
         """Append one finished candidate (and keep it in `records`)."""
         row = _plain({"type": "candidate", **record})
+        self._append(row)
+        self.records[record["id"]] = row
+
+    def add_passes(self, cid: str, passes: list[float]) -> None:
+        """Append more timed passes of a finished candidate (images per second)."""
+        self._append(_plain({"type": "timing", "id": cid, "passes": passes}))
+        self.records[cid] = with_passes(self.records[cid], passes)
+
+    def _append(self, row: dict[str, Any]) -> None:
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
-        self.records[record["id"]] = row
 
     @property
     def resumed(self) -> int:

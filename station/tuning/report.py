@@ -64,18 +64,29 @@ def sort_key(record: dict[str, Any], choose_on: str) -> tuple[float, ...]:
     return (-syn, fr, -speed)
 
 
-def rank(records: Sequence[dict[str, Any]], choose_on: str) -> list[dict[str, Any]]:
-    """Finished candidates, best first (failed ones are left out); the first is the choice:
-    of those within AUROC_MARGIN of the best AUROC on the choice criterion, the best ranked
-    one whose throughput is within SPEED_RATIO of the fastest of them."""
-    done = sorted(
-        (r for r in records if r.get("status") == "done"), key=lambda r: sort_key(r, choose_on)
-    )
+def _ranked(records: Sequence[dict[str, Any]], choose_on: str) -> list[dict[str, Any]]:
+    done = (r for r in records if r.get("status") == "done")
+    return sorted(done, key=lambda r: sort_key(r, choose_on))
+
+
+def near_best(records: Sequence[dict[str, Any]], choose_on: str) -> list[dict[str, Any]]:
+    """The finished candidates the choice is made among, best ranked first: those within
+    AUROC_MARGIN of the best AUROC on the choice criterion."""
+    done = _ranked(records, choose_on)
     if not done:
         return done
     crit = "real_auroc" if choose_on == "real" else "auroc"
     best = _num(done[0].get(crit), -1.0)
-    near = [r for r in done if _num(r.get(crit), -1.0) >= best - AUROC_MARGIN]
+    return [r for r in done if _num(r.get(crit), -1.0) >= best - AUROC_MARGIN]
+
+
+def rank(records: Sequence[dict[str, Any]], choose_on: str) -> list[dict[str, Any]]:
+    """Finished candidates, best first (failed ones are left out); the first is the choice:
+    of those within AUROC_MARGIN of the best AUROC on the choice criterion, the best ranked
+    one whose throughput is within SPEED_RATIO of the fastest of them."""
+    done, near = _ranked(records, choose_on), near_best(records, choose_on)
+    if not near:
+        return done
     fastest = max(_speed(r) for r in near)
     pick = next(r for r in near if _speed(r) * SPEED_RATIO >= fastest)
     return [pick, *(r for r in done if r is not pick)]
@@ -185,7 +196,8 @@ def own_gain(facts: dict[str, Any], ranked: Sequence[dict[str, Any]]) -> Gain | 
 
 _PICK = (
     f"then, of the candidates within {AUROC_MARGIN} AUROC of it, the fastest is chosen "
-    f"(throughputs within {SPEED_RATIO}x of the fastest count as equal: the better ranked wins)"
+    f"(throughputs within {SPEED_RATIO}x of the fastest count as equal: the better ranked wins; "
+    "each of these candidates is timed twice more, in turns, and its fastest pass counts)"
 )
 RULES = {
     "synthetic": "highest synthetic-defect image AUROC (ties: lower false-reject rate at 100 % "
