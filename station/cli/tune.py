@@ -141,6 +141,8 @@ def _check_options(budget_min: float, choose_on: str, defects: Path | None) -> N
 
 def _hooks(progress: Any, total: int, done: int) -> Any:
     """Progress bars and one console line per finished candidate."""
+    from rich.markup import escape
+
     from station.cli.app import console
     from station.cli.train import stage_callback
     from station.tuning.run import Hooks
@@ -166,7 +168,7 @@ def _hooks(progress: Any, total: int, done: int) -> Any:
         return lambda d, n: progress.update(task, completed=d, total=n)
 
     return Hooks(
-        say=console.print,
+        say=lambda line: console.print(escape(line), highlight=False),
         finished=finished,
         fit_progress=lambda c: stage_callback(progress, c.id),
         score_progress=scoring,

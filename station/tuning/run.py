@@ -61,7 +61,7 @@ RETIME_PASSES = 2
 class Hooks:
     """What the caller shows: a line, a candidate starting and finishing, progress."""
 
-    say: Callable[[str], None] = lambda _line: None
+    say: Callable[[str], None] = lambda _line: None  # plain text, not markup
     started: Callable[[Candidate], None] = lambda _c: None
     finished: Callable[[dict[str, Any]], None] = lambda _r: None
     fit_progress: Callable[[Candidate], ProgressFn | None] = lambda _c: None
@@ -186,7 +186,7 @@ def retime(plan: Plan, journal: Journal, kept: dict[str, Detector], hooks: Hooks
     try:
         dets = {r["id"]: load_candidate(r, journal.records, kept, plan.device) for r in todo}
     except (StationError, OSError) as exc:
-        hooks.say(f"[yellow]not timed again[/] (each candidate keeps its one pass): {exc}")
+        hooks.say(f"not timed again (each candidate keeps its one pass): {exc}")
         return
     hooks.say(
         f"timing the {len(todo)} candidate(s) within {AUROC_MARGIN} of the best again: "
