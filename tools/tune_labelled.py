@@ -65,26 +65,19 @@ def play(
     rng = np.random.default_rng(seed)
     defects, good = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     syn_pick = rank(list(records.values()), "synthetic")[0]["id"]
-    gap_real, gap_syn, better, worse = [], [], 0, 0
+    judged = []  # per draw: the rest's AUROC of the real pick, the synthetic pick, the best
     for _ in range(draws):
         drawn = rng.choice(defects, size=k, replace=False)
         ref = rng.choice(good, size=goods, replace=False)
-
-        def reference(cid: str, r: dict[str, Any], ref: np.ndarray = ref) -> Any:
-            return scores[cid][ref] if goods else r["scores"]["good"]
-
-        played = [
-            {**r, "real_auroc": auroc(reference(cid, r), scores[cid][drawn])}
-            for cid, r in records.items()
-        ]
+        played = []
+        for cid, r in records.items():
+            reference = scores[cid][ref] if goods else r["scores"]["good"]
+            played.append({**r, "real_auroc": auroc(reference, scores[cid][drawn])})
         real_pick = rank(played, "real")[0]["id"]
         rest = rest_aurocs(scores, labels, np.r_[drawn, ref])
-        best = max(rest.values())
-        gap_real.append(best - rest[real_pick])
-        gap_syn.append(best - rest[syn_pick])
-        better += rest[real_pick] > rest[syn_pick] + 1e-12
-        worse += rest[real_pick] < rest[syn_pick] - 1e-12
-    gr, gs = np.asarray(gap_real), np.asarray(gap_syn)
+        judged.append((rest[real_pick], rest[syn_pick], max(rest.values())))
+    real_at, syn_at, best = np.asarray(judged, np.float64).T
+    gr, gs = best - real_at, best - syn_at
     return {
         "k": k,
         "goods": goods,
@@ -92,8 +85,8 @@ def play(
         "gap_synthetic": float(gs.mean()),
         "within_real": float((gr <= WITHIN).mean()),
         "within_synthetic": float((gs <= WITHIN).mean()),
-        "real_better": better / draws,
-        "real_worse": worse / draws,
+        "real_better": float((real_at > syn_at + 1e-12).mean()),
+        "real_worse": float((real_at < syn_at - 1e-12).mean()),
     }
 
 

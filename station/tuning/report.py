@@ -69,10 +69,9 @@ def _ranked(records: Sequence[dict[str, Any]], choose_on: str) -> list[dict[str,
     return sorted(done, key=lambda r: sort_key(r, choose_on))
 
 
-def near_best(records: Sequence[dict[str, Any]], choose_on: str) -> list[dict[str, Any]]:
-    """The finished candidates the choice is made among, best ranked first: those within
-    AUROC_MARGIN of the best AUROC on the choice criterion."""
-    done = _ranked(records, choose_on)
+def _near(done: list[dict[str, Any]], choose_on: str) -> list[dict[str, Any]]:
+    """Of `done` (ranked, best first), those within AUROC_MARGIN of the first's AUROC on the
+    choice criterion."""
     if not done:
         return done
     crit = "real_auroc" if choose_on == "real" else "auroc"
@@ -80,11 +79,18 @@ def near_best(records: Sequence[dict[str, Any]], choose_on: str) -> list[dict[st
     return [r for r in done if _num(r.get(crit), -1.0) >= best - AUROC_MARGIN]
 
 
+def near_best(records: Sequence[dict[str, Any]], choose_on: str) -> list[dict[str, Any]]:
+    """The finished candidates the choice is made among, best ranked first: those within
+    AUROC_MARGIN of the best AUROC on the choice criterion."""
+    return _near(_ranked(records, choose_on), choose_on)
+
+
 def rank(records: Sequence[dict[str, Any]], choose_on: str) -> list[dict[str, Any]]:
     """Finished candidates, best first (failed ones are left out); the first is the choice:
     of those within AUROC_MARGIN of the best AUROC on the choice criterion, the best ranked
     one whose throughput is within SPEED_RATIO of the fastest of them."""
-    done, near = _ranked(records, choose_on), near_best(records, choose_on)
+    done = _ranked(records, choose_on)
+    near = _near(done, choose_on)
     if not near:
         return done
     fastest = max(_speed(r) for r in near)

@@ -180,11 +180,12 @@ def retime(plan: Plan, journal: Journal, kept: dict[str, Detector], hooks: Hooks
     (forward, then backward), and journal the passes: its throughput becomes its fastest pass.
     Candidates timed so before (a resumed run) are not timed again."""
     near = near_best(list(journal.records.values()), plan.choose_on)
-    todo = [r for r in near if len(r.get("throughput_passes") or [None]) <= RETIME_PASSES]
+    todo = [candidate_of(r) for r in near if not r.get("throughput_passes")]
     if len(near) < 2 or not todo:
         return
     try:
-        dets = {r["id"]: load_candidate(r, journal.records, kept, plan.device) for r in todo}
+        dets = {c.id: load_candidate(journal.records[c.id], journal.records, kept, plan.device)
+                for c in todo}  # fmt: skip
     except (StationError, OSError) as exc:
         hooks.say(f"not timed again (each candidate keeps its one pass): {exc}")
         return
@@ -192,13 +193,12 @@ def retime(plan: Plan, journal: Journal, kept: dict[str, Detector], hooks: Hooks
         f"timing the {len(todo)} candidate(s) within {AUROC_MARGIN} of the best again: "
         f"{RETIME_PASSES} passes each, in turns; the fastest pass counts"
     )
-    passes: dict[str, list[float]] = {r["id"]: [] for r in todo}
+    inputs = {c.id: (with_size(plan.recipe, c.size), plan.data.resized(c.size)) for c in todo}
+    passes: dict[str, list[float]] = {c.id: [] for c in todo}
     for k in range(RETIME_PASSES):
-        for r in todo if k % 2 == 0 else todo[::-1]:
-            c = candidate_of(r)
-            rcp, data = with_size(plan.recipe, c.size), plan.data.resized(c.size)
-            speed = throughput(rcp, c.id, dets[c.id], data, hooks.score_progress(c))
-            passes[c.id].append(speed)
+        for c in todo if k % 2 == 0 else todo[::-1]:
+            rcp, data = inputs[c.id]
+            passes[c.id].append(throughput(rcp, c.id, dets[c.id], data, hooks.score_progress(c)))
     for cid, extra in passes.items():
         journal.add_passes(cid, extra)
 
