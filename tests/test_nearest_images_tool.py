@@ -3,12 +3,16 @@ laid out as an evaluate run that tools/ensemble_scores.py reads."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from baseline_runs import checked_run, make_category, speck, write_recipe
+from baseline_runs import SIZE, checked_run, make_category, speck, write_recipe
 from tool_module import load_tool
+
+from station.imaging import write_png
 
 
 def test_scores_compare_only_with_the_nearest_images() -> None:
@@ -18,9 +22,9 @@ def test_scores_compare_only_with_the_nearest_images() -> None:
     means = torch.tensor([[0.0, 0, 0, 0], [10.0, 0, 0, 0], [20.0, 0, 0, 0]])
     # image 0's own patches, described as lying nearest image 1
     query = (patches[:1].clone(), torch.tensor([[9.0, 0, 0, 0]]))
-    only_nearest = tool.scores((patches, means), query, k=1)
-    two_nearest = tool.scores((patches, means), query, k=2)
-    everything = tool.scores((patches, means), query, k=10)  # k beyond the gallery: all of it
+    only_nearest = tool.distances((patches, means), query, k=1).amax(1)
+    two_nearest = tool.distances((patches, means), query, k=2).amax(1)
+    everything = tool.distances((patches, means), query, k=10).amax(1)  # beyond the gallery
     expected = torch.cdist(patches[0], patches[1]).min(1).values.max()
     assert only_nearest[0] == pytest.approx(float(expected), rel=1e-5)
     assert only_nearest[0] > 0.5
@@ -40,5 +44,22 @@ def test_tool_writes_an_evaluate_like_run(tmp_path: Path, station_home: Path) ->
     assert doc["k"] == 5
     assert row["image_auroc"] == 1.0  # every speck above every good weave
 
+    assert math.isnan(row["pixel_auroc"])  # no maps asked for
+
     with pytest.raises(SystemExit, match="--k must be at least 1"):
         tool.main([*argv[:-1], "0", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--maps needs a mask"):
+        tool.main([*argv, "--maps", "--out", str(out)])
+
+
+def test_maps_find_the_speck(tmp_path: Path, station_home: Path) -> None:
+    tool = load_tool("nearest_images")
+    cat = make_category(tmp_path / "data" / "weave", "speck", speck)
+    mask = speck(np.full((SIZE, SIZE), 255, np.uint8)) == 0
+    for i in range(4):
+        write_png(cat / "ground_truth" / "speck" / f"d{i}_mask.png", mask.astype(np.uint8) * 255)
+    recipe = write_recipe(station_home, "nearest-test")
+    argv = ["--recipe", str(recipe), "--dataset", str(cat.parent), "--threads", "1", "--k", "5"]
+    assert tool.main([*argv, "--maps", "--out", str(tmp_path / "out")]) == 0
+    _, row, _ = checked_run(tmp_path / "out", "nearest")
+    assert row["pixel_auroc"] > 0.9  # the speck's pixels above the weave's

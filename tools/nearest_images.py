@@ -13,8 +13,10 @@ nearest-neighbour distances. The held-out images are scored the same way, for th
 `ensemble_scores` standardises by.
 
 The output is laid out like a `station evaluate` run (results.json, <category>/nearest/
-scores.csv), as tools/global_gaussian.py's is. It has no anomaly map and is not a station
-detector: measured in docs/materials.md (not adopted).
+scores.csv), as tools/global_gaussian.py's is. With `--maps`, each test image's patch distances
+are also drawn into a map as PatchCore draws its own (upsampled, smoothed at sigma 4 px) and
+the pixel AUROC is reported. It is not a station detector: measured in docs/materials.md (not
+adopted).
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from global_gaussian import held_out, result_row, run_categories  # noqa: E402
 
+from station.calibration.evaluation import read_test_set  # noqa: E402
 from station.calibration.recipes import load_recipe  # noqa: E402
 from station.datasets import MVTecFolder  # noqa: E402
-from station.detectors.common import split_validation, to_batch  # noqa: E402
+from station.detectors.common import split_validation, to_batch, upsample_smooth  # noqa: E402
 from station.detectors.engine import load_images  # noqa: E402
 from station.detectors.registry import create_detector, detector_kwargs  # noqa: E402
+from station.metrics import pixel_auroc  # noqa: E402
 from station.recipe import Recipe  # noqa: E402
+
+SIGMA = 4.0  # PatchCore's map smoothing
 
 
 class Features:
@@ -49,6 +55,7 @@ class Features:
         kwargs = detector_kwargs(entry, "cpu")
         self.centred = create_detector("patchcore", **kwargs)
         self.plain = create_detector("patchcore", **{**kwargs, "center_features": False})
+        self.grid = (0, 0)
 
     @torch.no_grad()
     def __call__(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,37 +64,55 @@ class Features:
         for s in range(0, len(images), 16):
             x = to_batch(images[s : s + 16], None, "nearest_images")
             f, (h, w) = self.centred.patch_features(x)
+            self.grid = (h, w)
             patches.append(f.view(len(x), h * w, -1))
             g, _ = self.plain.patch_features(x)
             means.append(g.view(len(x), h * w, -1).mean(1))
         return torch.cat(patches), torch.cat(means)
 
 
-def scores(
+def distances(
     gallery: tuple[torch.Tensor, torch.Tensor], query: tuple[torch.Tensor, torch.Tensor], k: int
-) -> np.ndarray:
-    """Each query image's largest patch distance to the patches of its k nearest gallery images."""
+) -> torch.Tensor:
+    """(N, patches): each query patch's distance to the patches of its image's k nearest
+    gallery images."""
     g_patches, g_means = gallery
     q_patches, q_means = query
     nearest = torch.cdist(q_means, g_means).topk(min(k, len(g_means)), largest=False).indices
-    out = np.zeros(len(q_patches))
+    out = torch.zeros(q_patches.shape[:2])
     for i, idx in enumerate(nearest):
         pool = g_patches[idx].reshape(-1, g_patches.shape[-1])
-        out[i] = float(torch.cdist(q_patches[i], pool).min(1).values.max())
+        out[i] = torch.cdist(q_patches[i], pool).min(1).values
     return out
 
 
-def score_category(feats: Features, cat: Path, recipe: Recipe, k: int, out: Path) -> dict:
+def score_category(
+    feats: Features, cat: Path, recipe: Recipe, k: int, out: Path, maps: bool
+) -> dict:
     folder = MVTecFolder(cat)
     train = feats(load_images(folder.train_good(), recipe.preprocess))
     split = split_validation(len(train[0]), 0.1, 0)
     fit_idx, val_idx = (torch.as_tensor(np.asarray(i)) for i in split)
     gallery = (train[0][fit_idx], train[1][fit_idx])
-    val_scores = scores(gallery, (train[0][val_idx], train[1][val_idx]), k)
+    val_scores = distances(gallery, (train[0][val_idx], train[1][val_idx]), k).amax(1).numpy()
     items = folder.test_items()
     labels = np.array([it.label for it in items], dtype=np.int64)
-    test = scores(gallery, feats(load_images([it.path for it in items], recipe.preprocess)), k)
-    return result_row(out / cat.name / "nearest", items, labels, test, held_out(val_scores))
+    if maps:
+        test_set = read_test_set(cat, recipe.preprocess, lambda *_: None)
+        if not test_set.has_masks:
+            raise SystemExit(f"{cat}: --maps needs a mask for every defective test image")
+        images, masks = test_set.images, test_set.masks
+    else:
+        images, masks = load_images([it.path for it in items], recipe.preprocess), None
+    dist = distances(gallery, feats(images), k)
+    row = result_row(
+        out / cat.name / "nearest", items, labels, dist.amax(1).numpy(), held_out(val_scores)
+    )
+    if masks is not None:
+        grids = dist.view(len(dist), 1, *feats.grid)
+        row["pixel_auroc"] = pixel_auroc(upsample_smooth(grids, masks.shape[1:], SIGMA), masks)
+        print(f"{cat.name}: pixel AUROC {row['pixel_auroc']:.3f}", flush=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", default="glassfiber")
     ap.add_argument("--dataset", type=Path, required=True)
     ap.add_argument("--k", type=int, default=50, help="nearest training images per test image")
+    ap.add_argument("--maps", action="store_true", help="also the pixel AUROC of the maps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -103,8 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
     feats = Features(recipe)
-    run_categories(args.dataset, args.out, "nearest", {"recipe": recipe.name, "k": args.k},
-                   lambda cat: score_category(feats, cat, recipe, args.k, args.out))  # fmt: skip
+    header = {"recipe": recipe.name, "k": args.k}
+    run_categories(
+        args.dataset,
+        args.out,
+        "nearest",
+        header,
+        lambda cat: score_category(feats, cat, recipe, args.k, args.out, args.maps),
+    )
     return 0
 
 
