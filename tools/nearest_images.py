@@ -14,9 +14,9 @@ nearest-neighbour distances. The held-out images are scored the same way, for th
 
 The output is laid out like a `station evaluate` run (results.json, <category>/nearest/
 scores.csv), as tools/global_gaussian.py's is. With `--maps`, each test image's patch distances
-are also drawn into a map as PatchCore draws its own (upsampled, smoothed at sigma 4 px) and
-the pixel AUROC is reported. It is not a station detector: measured in docs/materials.md (not
-adopted).
+are also drawn into a map as PatchCore draws its own (upsampled, smoothed at the recipe
+PatchCore's sigma) and the pixel AUROC is reported. It is not a station detector: measured in
+docs/materials.md (not adopted).
 """
 
 from __future__ import annotations
@@ -42,8 +42,6 @@ from station.detectors.registry import create_detector, detector_kwargs  # noqa:
 from station.metrics import pixel_auroc  # noqa: E402
 from station.recipe import Recipe  # noqa: E402
 
-SIGMA = 4.0  # PatchCore's map smoothing
-
 
 class Features:
     """Centred patch features (as PatchCore scores them) and one uncentred mean per image."""
@@ -56,6 +54,7 @@ class Features:
         self.centred = create_detector("patchcore", **kwargs)
         self.plain = create_detector("patchcore", **{**kwargs, "center_features": False})
         self.grid = (0, 0)
+        self.sigma = self.centred.model.sigma  # the map's smoothing, as the detector's
 
     @torch.no_grad()
     def __call__(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +109,8 @@ def score_category(
     )
     if masks is not None:
         grids = dist.view(len(dist), 1, *feats.grid)
-        row["pixel_auroc"] = pixel_auroc(upsample_smooth(grids, masks.shape[1:], SIGMA), masks)
+        drawn = upsample_smooth(grids, masks.shape[1:], feats.sigma)
+        row["pixel_auroc"] = pixel_auroc(drawn, masks)
         print(f"{cat.name}: pixel AUROC {row['pixel_auroc']:.3f}", flush=True)
     return row
 
