@@ -71,7 +71,12 @@ class MaterialError(StationError):
 
 
 class NotInspected(StationError):
-    """Part of the sheet's region was seen only on saturated pixels (glare): no verdict."""
+    """Part of the sheet's region was seen by no shot (`glare` False: a coverage gap) or only on
+    saturated pixels (`glare` True): no verdict."""
+
+    def __init__(self, message: str, *, glare: bool) -> None:
+        super().__init__(message)
+        self.glare = glare
 
 
 class InUse(StationError):

@@ -275,6 +275,7 @@ def test_a_sheet_seen_only_saturated_is_not_inspected(station_home: Path) -> Non
     rows = _check_complete(cell, 3)
     assert [r.verdict for r in rows] == [Verdict.FAULT] * 3
     assert all(r.fault.kind == "not_inspected" for r in summary.results)
+    assert all("camera.exposure_us" in r.fault.action for r in summary.results)
     assert rows[0].reason.startswith("not inspected: ") and "seen only saturated" in rows[0].reason
     picture = cv2.imread(str(cell.recipe.data_dir.parent / rows[0].sheet_map_path))
     assert (picture == np.array(BLIND_BGR, np.uint8)).all(axis=2).any()  # blind cells grey

@@ -229,6 +229,8 @@ def test_a_part_with_an_unseen_region_is_not_inspected(station_home: Path, tmp_p
     for r in results:
         assert "not inspected:" in r.reason and "seen by no shot" in r.reason, r.reason
         assert f"station plan-poses --recipe {recipe.name}" in r.reason
+        assert r.fault is not None and "station recipe check" in r.fault.action
+        assert "exposure" not in r.fault.action  # a gap is not glare
     with db.session() as s:
         assert [p.verdict for p in s.scalars(select(Part))] == [Verdict.FAULT, Verdict.FAULT]
 

@@ -23,27 +23,34 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# The drills' small cell, over whichever recipe they extend: a 64x48 camera on three close
-# shots resized whole, PatchCore at 64 px on the CPU. Not the shipped raster: kills and full
-# disks are the subject, not coverage.
+# The drills' small cell, over whichever recipe they extend: a 30 x 20 mm sheet that three
+# overlapping shots of a 64x48 camera see whole (its 20 um pixels make each footprint about
+# 37 x 28 mm at 350 mm), each shot resized whole for PatchCore at 64 px on the CPU; twin defects
+# sized to that resolution, no reference card. Not the shipped raster: kills and full disks are
+# the subject, not coverage, but every part is really inspected and decided.
 SMALL_CELL: dict[str, Any] = {
     "robot": {
         "poses_file": None,
         "poses": [
-            {"name": n, "position_mm": [400.0 + d, d / 2, 350.0], "rotvec_rad": [3.14159, 0, 0]}
-            for n, d in (("left", -12.0), ("centre", 0.0), ("right", 12.0))
+            {"name": n, "position_mm": [400.0 + d, 0.0, 350.0], "rotvec_rad": [3.14159, 0, 0]}
+            for n, d in (("left", -6.0), ("centre", 0.0), ("right", 6.0))
         ],
     },
     "camera": {
         "width": 64,
         "height": 48,
-        "lens": {"focal_length_mm": 12.0, "focus_distance_mm": 350.0},
+        "lens": {"focal_length_mm": 12.0, "pixel_size_um": 20.0, "focus_distance_mm": 350.0},
     },
+    "sheet": {"width_mm": 30.0, "height_mm": 20.0, "center_mm": [400.0, 0.0]},
     "preprocess": {"size": [64, 64], "tiling": {"enabled": False}},
-    "coverage": {"region_mm": [-20.0, -15.0, 20.0, 15.0], "partial": True},
+    "coverage": {"region_mm": None, "partial": False, "smallest_defect_mm": 5.0},
+    "twin": {"defect_size_mm": [5.0, 12.0]},
     "detectors": [{"name": "patchcore", "device": "cpu", "params": {"coreset_ratio": 0.5}}],
     # the drills train PatchCore without `station train`, so no material model: check off
-    "monitoring": {"material_check": {"enabled": False}},
+    "monitoring": {
+        "material_check": {"enabled": False},
+        "drift": {"reference": {"enabled": False}},
+    },
 }
 
 
@@ -175,11 +182,26 @@ def station(home: Path, log: Path | None, count: int | None = None) -> subproces
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=home)
 
 
-def wait(cond: Any, timeout_s: float, what: str) -> None:
+def wait(
+    cond: Any,
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen[Any] | None = None,
+    log: Path | None = None,
+) -> None:
+    """Until `cond()`; TimeoutError after `timeout_s`, RuntimeError as soon as `proc` (the
+    station) exits. Either names what was awaited and ends with the tail of `log`."""
+
+    def failed(why: str) -> str:
+        tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+        return f"drill: {what} {why}" + (f"; {log} ends:\n{tail}" if tail else "")
+
     deadline = time.monotonic() + timeout_s
     while not cond():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(failed(f"never came: the station exited {proc.returncode}"))
         if time.monotonic() > deadline:
-            raise TimeoutError(f"drill: {what} not within {timeout_s:g} s")
+            raise TimeoutError(failed(f"not within {timeout_s:g} s"))
         time.sleep(0.01)
 
 

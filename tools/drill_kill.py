@@ -49,18 +49,23 @@ def drill(home: Path, kills: int, final_count: int, host: str, seed: int) -> dic
     fake, plc = start_cell(recipe, host, home)
     killed: list[int] = []
     runs: list[int] = []
+
+    def mid_part() -> bool:
+        return plc.current is not None and fake.model.move is not None
+
     try:
         for k in range(kills):
-            proc = station(home, home / f"station-{k}.log")
+            log = home / f"station-{k}.log"
+            proc = station(home, log)
             start = len(plc.snapshot())
 
             def decided(start: int = start) -> bool:
                 return sum(d.echoed_id is not None for d in plc.snapshot()[start:]) >= 2
 
-            wait(decided, 180, "two results from the station")
+            wait(decided, 180, "two results from the station", proc, log)
             # mid-part: a sheet waits for its result and the robot is moving over it
             while True:
-                wait(lambda: plc.current is not None and fake.model.move is not None, 60, "a part")
+                wait(mid_part, 60, "a part with the robot moving", proc, log)
                 sheet = plc.current
                 time.sleep(rng.uniform(0.0, 0.8))
                 if plc.current == sheet:
@@ -88,6 +93,8 @@ def drill(home: Path, kills: int, final_count: int, host: str, seed: int) -> dic
             problems.append(f"killed sheet {s} was not rejected for a dead station: {d}")
     problems += check_routing(disp, rows)
     verdicts = Counter(v for _, _, v in rows)
+    if verdicts["fault"]:  # the cell is healthy: a fault means the drill decided nothing real
+        problems.append(f"{verdicts['fault']} parts faulted on a healthy cell (station-*.log)")
     return {
         "kills": kills,
         "station_exit_codes": runs,

@@ -99,12 +99,14 @@ def classify(exc: BaseException) -> Fault:
             Policy.CONTINUE,
         )
     if isinstance(exc, NotInspected):
-        return Fault(
-            "not_inspected",
-            text,
-            "part rejected; if this repeats, lower camera.exposure_us or diffuse the light",
-            Policy.CONTINUE,
+        fix = (
+            "lower camera.exposure_us or diffuse the light"
+            if exc.glare
+            else "check that the sheet lies where the recipe's sheet section says "
+            "(station recipe check shows what the poses cover)"
         )
+        action = f"part rejected; if this repeats, {fix}"
+        return Fault("not_inspected", text, action, Policy.CONTINUE)
     if isinstance(exc, NowhereToStore):
         return Fault(
             "storage",

@@ -115,16 +115,17 @@ def check_seen(sheet: SheetMap, recipe: Recipe) -> tuple[float, float]:
     limit = not_inspected_limit_mm2(recipe)
     gap = f"a coverage gap: station plan-poses --recipe {recipe.name}"
     totals = []
-    for regions, what, why in (
-        (sheet.unseen_regions(), "seen by no shot", gap),
-        (sheet.blind_regions(), "seen only saturated", "glare or a bright object"),
+    for regions, what, why, glare in (
+        (sheet.unseen_regions(), "seen by no shot", gap, False),
+        (sheet.blind_regions(), "seen only saturated", "glare or a bright object", True),
     ):
         total = sum(a for a, _ in regions)
         if regions and regions[0][0] >= limit:
             area, (x, y) = regions[0]
             raise NotInspected(
                 f"not inspected: {area:.1f} mm² at ({x:.0f}, {y:.0f}) mm {what} "
-                f"({why}; {total:.1f} mm² in all, limit {limit:.1f} mm²)"
+                f"({why}; {total:.1f} mm² in all, limit {limit:.1f} mm²)",
+                glare=glare,
             )
         totals.append(total)
     return totals[0], totals[1]
