@@ -21,10 +21,11 @@ def test_scores_compare_only_with_the_nearest_images() -> None:
     patches = torch.randn(3, 5, 4, generator=g)  # three gallery images of five patches
     means = torch.tensor([[0.0, 0, 0, 0], [10.0, 0, 0, 0], [20.0, 0, 0, 0]])
     # image 0's own patches, described as lying nearest image 1
-    query = (patches[:1].clone(), torch.tensor([[9.0, 0, 0, 0]]))
-    only_nearest = tool.distances((patches, means), query, k=1).amax(1)
-    two_nearest = tool.distances((patches, means), query, k=2).amax(1)
-    everything = tool.distances((patches, means), query, k=10).amax(1)  # beyond the gallery
+    query = tool.Described(patches[:1].clone(), torch.tensor([[9.0, 0, 0, 0]]), (1, 5))
+    gallery = tool.Described(patches, means, (1, 5))
+    only_nearest = tool.distances(gallery, query, k=1).amax(1)
+    two_nearest = tool.distances(gallery, query, k=2).amax(1)
+    everything = tool.distances(gallery, query, k=10).amax(1)  # beyond the gallery
     expected = torch.cdist(patches[0], patches[1]).min(1).values.max()
     assert only_nearest[0] == pytest.approx(float(expected), rel=1e-5)
     assert only_nearest[0] > 0.5

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -43,8 +44,20 @@ from station.metrics import pixel_auroc  # noqa: E402
 from station.recipe import Recipe  # noqa: E402
 
 
+class Described(NamedTuple):
+    """Images as the tool compares them: centred patch features (as PatchCore scores them),
+    one uncentred mean feature per image, and the patch grid's (h, w)."""
+
+    patches: torch.Tensor  # (N, h * w, D)
+    means: torch.Tensor  # (N, D)
+    grid: tuple[int, int]
+
+    def take(self, idx: torch.Tensor) -> Described:
+        return Described(self.patches[idx], self.means[idx], self.grid)
+
+
 class Features:
-    """Centred patch features (as PatchCore scores them) and one uncentred mean per image."""
+    """Describes images with the recipe PatchCore's backbone and settings."""
 
     def __init__(self, recipe: Recipe) -> None:
         entry = next((d for d in recipe.detectors if d.name == "patchcore"), None)
@@ -53,35 +66,29 @@ class Features:
         kwargs = detector_kwargs(entry, "cpu")
         self.centred = create_detector("patchcore", **kwargs)
         self.plain = create_detector("patchcore", **{**kwargs, "center_features": False})
-        self.grid = (0, 0)
         self.sigma = self.centred.model.sigma  # the map's smoothing, as the detector's
 
     @torch.no_grad()
-    def __call__(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, patches, D) centred patch features and (N, D) image descriptors."""
-        patches, means = [], []
+    def __call__(self, images: list[np.ndarray]) -> Described:
+        patches, means, grid = [], [], (0, 0)
         for s in range(0, len(images), 16):
             x = to_batch(images[s : s + 16], None, "nearest_images")
-            f, (h, w) = self.centred.patch_features(x)
-            self.grid = (h, w)
-            patches.append(f.view(len(x), h * w, -1))
+            f, grid = self.centred.patch_features(x)
+            patches.append(f.view(len(x), grid[0] * grid[1], -1))
             g, _ = self.plain.patch_features(x)
-            means.append(g.view(len(x), h * w, -1).mean(1))
-        return torch.cat(patches), torch.cat(means)
+            means.append(g.view(len(x), grid[0] * grid[1], -1).mean(1))
+        return Described(torch.cat(patches), torch.cat(means), grid)
 
 
-def distances(
-    gallery: tuple[torch.Tensor, torch.Tensor], query: tuple[torch.Tensor, torch.Tensor], k: int
-) -> torch.Tensor:
+def distances(gallery: Described, query: Described, k: int) -> torch.Tensor:
     """(N, patches): each query patch's distance to the patches of its image's k nearest
     gallery images."""
-    g_patches, g_means = gallery
-    q_patches, q_means = query
-    nearest = torch.cdist(q_means, g_means).topk(min(k, len(g_means)), largest=False).indices
-    out = torch.zeros(q_patches.shape[:2])
+    nearest = torch.cdist(query.means, gallery.means)
+    nearest = nearest.topk(min(k, len(gallery.means)), largest=False).indices
+    out = torch.zeros(query.patches.shape[:2])
     for i, idx in enumerate(nearest):
-        pool = g_patches[idx].reshape(-1, g_patches.shape[-1])
-        out[i] = torch.cdist(q_patches[i], pool).min(1).values
+        pool = gallery.patches[idx].reshape(-1, gallery.patches.shape[-1])
+        out[i] = torch.cdist(query.patches[i], pool).min(1).values
     return out
 
 
@@ -90,10 +97,10 @@ def score_category(
 ) -> dict:
     folder = MVTecFolder(cat)
     train = feats(load_images(folder.train_good(), recipe.preprocess))
-    split = split_validation(len(train[0]), 0.1, 0)
+    split = split_validation(len(train.means), 0.1, 0)
     fit_idx, val_idx = (torch.as_tensor(np.asarray(i)) for i in split)
-    gallery = (train[0][fit_idx], train[1][fit_idx])
-    val_scores = distances(gallery, (train[0][val_idx], train[1][val_idx]), k).amax(1).numpy()
+    gallery = train.take(fit_idx)
+    val_scores = distances(gallery, train.take(val_idx), k).amax(1).numpy()
     items = folder.test_items()
     labels = np.array([it.label for it in items], dtype=np.int64)
     if maps:
@@ -103,12 +110,13 @@ def score_category(
         images, masks = test_set.images, test_set.masks
     else:
         images, masks = load_images([it.path for it in items], recipe.preprocess), None
-    dist = distances(gallery, feats(images), k)
+    query = feats(images)
+    dist = distances(gallery, query, k)
     row = result_row(
         out / cat.name / "nearest", items, labels, dist.amax(1).numpy(), held_out(val_scores)
     )
     if masks is not None:
-        grids = dist.view(len(dist), 1, *feats.grid)
+        grids = dist.view(len(dist), 1, *query.grid)
         drawn = upsample_smooth(grids, masks.shape[1:], feats.sigma)
         row["pixel_auroc"] = pixel_auroc(drawn, masks)
         print(f"{cat.name}: pixel AUROC {row['pixel_auroc']:.3f}", flush=True)
