@@ -102,8 +102,7 @@ def classify(exc: BaseException) -> Fault:
         fix = (
             "lower camera.exposure_us or diffuse the light"
             if exc.glare
-            else "check that the sheet lies where the recipe's sheet section says "
-            "(station recipe check shows what the poses cover)"
+            else "check the poses against the cell's camera model with station recipe check"
         )
         action = f"part rejected; if this repeats, {fix}"
         return Fault("not_inspected", text, action, Policy.CONTINUE)
