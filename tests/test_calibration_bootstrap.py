@@ -22,6 +22,11 @@ def test_exact_bounds() -> None:
     assert math.isclose(upper_bound(0, 10), 1 - 0.05 ** (1 / 10), rel_tol=1e-9)
     assert abs(upper_bound(0, 300) - 3 / 300) < 0.0005
     assert upper_bound(5, 5) == 1.0 and upper_bound(0, 0) == 1.0
+    # k > 0: the bound p is where seeing k or fewer errors in n becomes a 5 % event
+    for k, n in ((1, 10), (3, 20), (12, 300)):
+        p = upper_bound(k, n)
+        assert stats.binom.cdf(k, n, p) == pytest.approx(0.05, abs=1e-9)
+    assert upper_bound(3, 20) == pytest.approx(0.3437, abs=1e-4)
     lo, hi = clopper_pearson(0, 20)
     assert lo == 0.0 and math.isclose(hi, 1 - 0.025 ** (1 / 20), rel_tol=1e-9)
     lo, hi = clopper_pearson(7, 20)

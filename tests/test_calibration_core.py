@@ -279,9 +279,6 @@ def test_other_policies_are_compared_not_applied() -> None:
 @pytest.mark.parametrize("combine", ["any", "all", "mean"])
 def test_inspection_decision_reproduces_the_stated_counts(poses: str, combine: str) -> None:
     """The contract with station inspect: its own decide() gives the calibrated counts."""
-    decision = pytest.importorskip("station.decision")
-    from station.recipe import DecisionConfig
-
     cfg = DecisionConfig(combine_poses=poses, combine_detectors=combine)
     rng = np.random.default_rng(11)
     labels = np.r_[np.zeros(60, int), np.ones(15, int)]
@@ -303,7 +300,7 @@ def test_inspection_decision_reproduces_the_stated_counts(poses: str, combine: s
         fr = miss = 0
         for i, label in enumerate(labels):
             part = {k: [float(x) for x in v[i]] for k, v in shots.items()}
-            rejected = decision.decide(part, res.thresholds, cfg, ["l", "c", "r"]).rejected
+            rejected = decide(part, res.thresholds, cfg, ["l", "c", "r"]).rejected
             fr += int(label == 0 and rejected)
             miss += int(label == 1 and not rejected)
         assert (fr, miss) == (res.combined.choice.false_rejects, res.combined.choice.misses)

@@ -13,7 +13,13 @@ import yaml
 
 from station.cellcal import geometry as geo
 from station.cellcal import solve
-from station.cellcal.store import camera_model, cell_path, nominal_model
+from station.cellcal.store import (
+    CameraModel,
+    camera_model,
+    cell_path,
+    inspection_camera,
+    nominal_model,
+)
 from station.charuco import BoardDef, recipe_board
 from station.cli.app import main
 from station.errors import CellCalibrationError
@@ -45,11 +51,39 @@ def written(home: Path) -> list[str]:
                                                      *home.glob("data/*/cell-calibration/**/*")])
 
 
+def table_error_mm(recipe: Recipe, model: CameraModel) -> float:
+    """The largest distance (mm) between where `model` puts the table point seen at a pixel and
+    where the twin's true camera (distortion, principal point, mount) sees it, over a 9 x 7 grid
+    of pixels at each of the recipe's poses. Works out the truth with the twin's own optics."""
+    true = TrueCamera.from_recipe(recipe)
+    k = true.intrinsics
+    uu, vv = np.meshgrid(np.linspace(0, k.width - 1, 9), np.linspace(0, k.height - 1, 7))
+    uv = np.column_stack([uu.ravel(), vv.ravel()])
+    rays = np.c_[true.ideal_pixels(uv), np.ones(len(uv))] @ np.linalg.inv(k.matrix).T
+    worst = 0.0
+    for pose in recipe.robot.poses:
+        tcp = np.array([*pose.position_mm, *pose.rotvec_rad])
+        cam = true.pose(tcp)
+        d = rays @ cam.rotation.T
+        truth_xy = cam.centre[:2] + d[:, :2] * (-cam.centre[2] / d[:, 2])[:, None]
+        xyz = model.pixels_to_table(tcp, uv)
+        assert np.allclose(xyz[:, 2], 0.0, atol=1.0)  # the table is z = 0 in the twin
+        worst = max(worst, float(np.linalg.norm(xyz[:, :2] - truth_xy, axis=1).max()))
+    return worst
+
+
 def test_default_twin_camera_is_the_nominal_pinhole() -> None:
     recipe = load_recipe("glassfiber")
     truth = TrueCamera.from_recipe(recipe)
     assert truth.tcp_to_camera is None and not truth.distorted
     assert TwinWorld(recipe).board is None
+    # the sheet map's camera on the twin is the lens data's pinhole, worked out by hand here
+    cam = recipe.camera
+    f = cam.lens.focal_length_mm * 1000.0 / cam.lens.pixel_size_um
+    expected = [[f, 0, (cam.width - 1) / 2], [0, f, (cam.height - 1) / 2], [0, 0, 1]]
+    model = inspection_camera(recipe)
+    np.testing.assert_allclose(model.matrix, expected, rtol=1e-12)
+    assert not np.any(model.dist) and "exact" in model.source
 
 
 @pytest.mark.slow
@@ -89,6 +123,10 @@ def test_recovers_the_true_camera_within_the_acceptance(station_home: Path,
     b = geo.from_dict(data["hand_eye"]["board_to_base"])
     assert np.linalg.norm(b[:3, 3] - board_true[:3, 3]) < 0.5
     assert "hand-eye" in run(capsys, "recipe", "check", name)[1]
+    # what it is for: the stored model puts every pixel where the true camera sees it
+    # (0.008 mm here; the lens-data model is 8.9 mm off, so this test tells the two apart)
+    assert table_error_mm(recipe, model) < 0.05
+    assert table_error_mm(recipe, nominal_model(recipe)) > 1.0
 
 
 @pytest.mark.slow

@@ -14,14 +14,14 @@ import pytest
 import yaml
 
 from station.cellcal import geometry as geo
-from station.cellcal.store import camera_model
+from station.cellcal.store import camera_model, nominal_model
 from station.recipe import load_recipe
 from station.twin.truth import perturbed_truth
 
 pytest.importorskip("pypylon")
 pytest.importorskip("rtde_control")
 
-from test_cellcal import run  # noqa: E402
+from test_cellcal import run, table_error_mm  # noqa: E402
 
 from station.twin.fake_ur import FakeURController  # noqa: E402
 
@@ -61,5 +61,8 @@ def test_calibration_through_fake_ur_and_pylon_emulator(
     model = camera_model(recipe)
     err_t = geo.inv(x_true) @ model.camera_to_flange
     assert np.linalg.norm(err_t[:3, 3]) < 0.5 and geo.angle_deg(err_t) < 0.1
-    assert abs(model.matrix[0, 0] / truth["fx"] - 1) < 0.005
+    # the stored model puts every pixel where the true camera sees it (its focal length alone
+    # says little: this seed's is 0.05 % off the lens data)
+    assert table_error_mm(recipe, model) < 0.05
+    assert table_error_mm(recipe, nominal_model(recipe)) > 1.0
     assert data["hand_eye"]["rms_px"] < 0.3

@@ -16,6 +16,7 @@ import torch
 
 from station.detectors.artifact import load_artifact, read_artifact, save_artifact
 from station.detectors.base import FORMAT_VERSION, Detector
+from station.detectors.common import split_validation
 from station.detectors.efficientad import EfficientAD
 from station.detectors.efficientad_net import EfficientADModel
 from station.detectors.registry import available_detectors, create_detector
@@ -92,19 +93,41 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Detector]:
-    """One tiny fitted detector of each kind (EfficientAD's teacher cache in a scratch home)."""
+def fitted_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Detector, Any]]:
+    """One tiny fitted detector of each kind and its fit report (EfficientAD's teacher cache in
+    a scratch home)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("STATION_HOME", str(tmp_path_factory.mktemp("state_home")))
     out = {}
     try:
         for name, (cfg, size) in TINY.items():
             det = create_detector(name, **cfg)
-            det.fit(textures.weave(np.random.default_rng(0), 6, size))
-            out[name] = det
+            out[name] = (det, det.fit(textures.weave(np.random.default_rng(0), 6, size)))
     finally:
         mp.undo()
     return out
+
+
+@pytest.fixture(scope="module")
+def fitted(fitted_reports: dict[str, tuple[Detector, Any]]) -> dict[str, Detector]:
+    return {name: det for name, (det, _) in fitted_reports.items()}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_held_out_good_scores_are_the_held_out_images_scores(
+    fitted_reports: dict[str, tuple[Detector, Any]], name: str
+) -> None:
+    """The good scores a fit reports (thresholds and ensemble scales start from them) are the
+    fitted detector's scores of exactly the images its seeded split held out."""
+    det, report = fitted_reports[name]
+    cfg = det.config()
+    _, val = split_validation(6, cfg["val_fraction"], cfg["seed"])
+    assert val and len(report.good_scores) == len(val)
+    imgs = textures.weave(np.random.default_rng(0), 6, TINY[name][1])
+    # atol: the ensemble's standardised scores are near +-0.7 and its members run in float32
+    np.testing.assert_allclose(
+        report.good_scores, det.predict(imgs[val]).scores, rtol=1e-4, atol=2e-3
+    )
 
 
 def test_every_detector_is_covered() -> None:

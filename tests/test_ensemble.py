@@ -13,6 +13,7 @@ import textures
 from test_train_evaluate_cli import make_category, make_recipe, run
 
 from station.detectors.artifact import read_artifact
+from station.detectors.common import split_validation
 from station.detectors.registry import create_detector
 from station.detectors.runtimes.graphs import ExportError, export_net
 from station.errors import DetectorError
@@ -51,7 +52,14 @@ def test_score_is_the_mean_of_standardised_member_scores(fitted: Any) -> None:
     assert pred.maps.shape == (3, 64, 64)
     np.testing.assert_allclose(pred.maps.reshape(3, -1).max(1), pred.scores, atol=1e-4)
     assert pred.scores[0] > pred.scores[1:].max()
-    # each member's held-out scores standardise to mean 0, std 1: their average has mean 0
+    # each member's scale is the mean and sample std of its scores on the held-out images,
+    # computed here from those images, not read back from the detector
+    _, val = split_validation(6, 0.34, 0)
+    train = textures.weave(np.random.default_rng(0), 6, 64)
+    for member, (mean, std) in zip(det.members, det.stats, strict=True):
+        held_out = member.predict(train[val]).scores.astype(np.float64)
+        assert mean == pytest.approx(held_out.mean(), rel=1e-3)
+        assert std == pytest.approx(held_out.std(ddof=1), rel=1e-3) and std > 0
     assert len(report.good_scores) == 2 and abs(float(np.mean(report.good_scores))) < 1e-5
     assert [m["name"] for m in report.extra["members"]] == ["patchcore", "simplenet"]
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from station.calibration.evaluation import mean_metrics
 from station.calibration.operating_point import (
     at_threshold,
     cell,
@@ -114,3 +115,18 @@ def test_all_defect_gives_na() -> None:
 def test_at_threshold_without_threshold() -> None:
     pt = at_threshold([0.1], [], None, "x", note="why")
     assert pt.false_reject_rate is None and pt.note == "why" and cell(None) == "n/a"
+
+
+def test_mean_over_categories_by_hand() -> None:
+    """The mean row: each metric averaged over the categories that define it (NaN and None
+    are left out, not counted as 0)."""
+    results = {
+        "a": {"d": {"image_auroc": 0.8, "pixel_auroc": 0.9, "fr_recall_100": 0.25}},
+        "b": {"d": {"image_auroc": 0.6, "pixel_auroc": float("nan"), "fr_recall_100": 0.5}},
+        "c": {"d": {"image_auroc": 0.7, "pixel_auroc": None, "fr_recall_100": 0.0}},
+    }
+    mean = mean_metrics(results, ["d"])["d"]
+    assert mean["image_auroc"] == pytest.approx(0.7)
+    assert mean["pixel_auroc"] == pytest.approx(0.9)
+    assert mean["fr_recall_100"] == pytest.approx(0.25)
+    assert np.isnan(mean["aupro"])  # no category has it

@@ -237,6 +237,13 @@ def _one_fault(cell: Cell, n_parts: int = 3, **run: Any) -> tuple[RunSummary, li
     assert rows[1].verdict is Verdict.FAULT
     assert all(r.verdict is not Verdict.FAULT for r in rows[2:])
     assert summary.counts["fault"] == 1
+    # what the line was told for each sheet: rejected unless the part passed, the fault too
+    published, reject = [], None
+    for signal, value in cell.world.line_log:
+        reject = value if signal == "reject_output" else reject
+        if (signal, value) == ("result_valid", True):
+            published.append(reject)
+    assert published == [r.verdict is not Verdict.PASS for r in rows]
     return summary, rows
 
 

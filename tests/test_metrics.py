@@ -50,6 +50,10 @@ def test_pixel_metrics_match_sklearn() -> None:
     assert out["pixel_auroc"] == pytest.approx(roc_auc_score(flat_g, flat_m))
     assert out["pixel_ap"] == pytest.approx(average_precision_score(flat_g, flat_m))
     assert out["aupro"] == pytest.approx(metrics.aupro(maps, masks))
+    p, r, _ = precision_recall_curve(flat_g, flat_m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    assert out["pixel_f1_max"] == pytest.approx(f1.max())
     assert set(out) >= {"image_auroc", "image_ap", "image_f1_max", "pixel_f1_max", "aupro"}
 
 

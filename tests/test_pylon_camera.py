@@ -258,10 +258,6 @@ def test_bad_feature_files_are_clear(tmp_path: Path) -> None:
 def test_prepare_twin_images_feeds_the_emulator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import station.twin
-
-    if not hasattr(station.twin, "render_part_shots"):
-        pytest.skip("station.twin.render_part_shots is not built yet")
     from station.devices.pylon_emulator import prepare_twin_images, read_manifest
     from station.recipe import load_recipe
 

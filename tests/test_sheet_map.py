@@ -218,6 +218,8 @@ def test_defect_centres_agree_with_the_twin_truth(station_home) -> None:  # noqa
     plain, left_plain = _twin_errors({})
     perturbed, left_perturbed = _twin_errors(perturbed_truth(load_recipe("glassfiber"), seed=0))
     assert len(plain["exact"]) >= 3 and len(perturbed["exact"]) >= 3
+    # the planned raster sees the whole sheet: no defect may drop out as "partly seen"
+    assert left_plain == left_perturbed == 0
     assert max(plain["exact"]) <= 1.0, plain
     assert max(perturbed["exact"]) <= 1.0, perturbed
     # the nominal model is the twin's camera when no camera_truth is set

@@ -353,10 +353,13 @@ def test_sheet_map_refuses_bad_values_and_writes_nothing(
 ) -> None:
     db = open_database(f"sqlite:///{tmp_path / 'station.db'}")
     part_id = _log_part(db, "glassfiber")
-    with pytest.raises(RecordRefused, match=re.escape(words)), db.session() as s:
+    # The session commits on a clean exit: only the refusal itself keeps the part untouched.
+    with db.session() as s, pytest.raises(RecordRefused, match=re.escape(words)):
         record_sheet_map(s, s.get(Part, part_id), **_sheet_args(**over))
     with db.session() as s:
-        assert s.get(Part, part_id).sheet_map_path is None
+        part = s.get(Part, part_id)
+        assert part.sheet_map_path is None and part.sheet_defects == []
+        assert part.shots and all(shot.footprint_mm is None for shot in part.shots)
     db.dispose()
 
 

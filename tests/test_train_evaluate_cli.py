@@ -12,6 +12,8 @@ from sqlalchemy import select
 from textures import plain_weave
 
 from station.cli.app import main
+from station.detectors.artifact import read_artifact
+from station.detectors.training import data_sha256
 from station.imaging import write_png
 
 torch.set_num_threads(2)
@@ -144,6 +146,15 @@ def test_evaluate_with_training_per_category(station_home: Path) -> None:
     res = json.loads((out / "results.json").read_text())
     assert set(res["categories"]) == {"c1", "c2"} and res["complete"] is True
     assert set(res["mean"]["patchcore"]) >= {"image_auroc", "pixel_auroc", "aupro"}
+    for key in ("image_auroc", "pixel_auroc", "aupro", "fr_recall_100"):
+        per_cat = [res["categories"][c]["patchcore"][key] for c in ("c1", "c2")]
+        assert res["mean"]["patchcore"][key] == pytest.approx(sum(per_cat) / 2), key
+    # each model learnt from its category's train/good and nothing else
+    for cat in ("c1", "c2"):
+        assert res["categories"][cat]["patchcore"]["model"]["n_train"] == 3
+        meta = read_artifact(out / cat / "patchcore.pt")["meta"]
+        train = sorted((root / cat / "train" / "good").glob("*.png"))
+        assert meta["train_data_sha256"] == data_sha256(train)
     assert (out / "c1" / "patchcore.pt").is_file()
     assert not (station_home / "data" / "tiny" / "models").exists()  # recipe models untouched
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 from test_ensemble import RECIPE_ENSEMBLE
 from test_train_evaluate_cli import RECIPE_PATCH, run
 from test_train_evaluate_cli import make_recipe as make_cli_recipe
@@ -65,6 +66,11 @@ def test_synthetic_set_cycles_kinds() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(images, again, strict=True))
 
 
+def _auroc(good: list[float], defect: list[float]) -> float:
+    labels = [0] * len(good) + [1] * len(defect)
+    return float(roc_auc_score(labels, good + defect))
+
+
 def test_tune_end_to_end_and_resume(
     station_home: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:
@@ -88,6 +94,11 @@ def test_tune_end_to_end_and_resume(
         assert c["status"] == "done" and 0.0 <= c["auroc"] <= 1.0 and c["throughput"] > 0
         assert len(c["scores"]["good"]) == 10 and len(c["scores"]["synthetic"]) == 20
         assert set(c["per_kind"]) == set(KINDS) and c["real_auroc"] is None
+        # the AUROCs against sklearn, from the journal's scores (the kinds cycle, as made)
+        good, syn = c["scores"]["good"], c["scores"]["synthetic"]
+        assert c["auroc"] == pytest.approx(_auroc(good, syn))
+        for i, kind in enumerate(KINDS):
+            assert c["per_kind"][kind] == pytest.approx(_auroc(good, syn[i :: len(KINDS)]))
         fr = c["fr100"]
         assert fr["n_good"] == 10 and fr["caught"] == 20  # 100 % recall on the synthetic set
     assert cands[2]["fit"]["members_reused"] is True

@@ -169,6 +169,22 @@ def _printed_vs_rows(out1: str, out2: str, rows: dict[int, str]) -> bool:
     return same == len(numbered) and Counter(unnumbered) == late and "interrupted" not in late
 
 
+def _inspected(fill_after: int, restart_count: int, out1: str, code2: int, out2: str) -> dict:
+    """Checks that the drill inspected something: without them every other check holds when
+    each sheet faults or the station never ran."""
+    first, again = _decisions(out1), _decisions(out2)
+    decided = ("pass", "fail")
+    return {
+        f"(5) the {fill_after} sheets before the fill were decided pass or fail": (
+            len(first) >= fill_after and all(v in decided for _, v in first[:fill_after])
+        ),
+        f"(6) the restart on the freed disk decided its {restart_count} sheets pass or fail "
+        "and exited 0": (
+            code2 == 0 and len(again) == restart_count and all(v in decided for _, v in again)
+        ),
+    }
+
+
 def _twin(args: argparse.Namespace, home: Path, disk: Path, journal: Path) -> bool:
     _recipe(home, disk, args)
     _prepare(home)
@@ -186,9 +202,15 @@ def _twin(args: argparse.Namespace, home: Path, disk: Path, journal: Path) -> bo
         f"shot rows {c['shot_rows']}, shot files {c['shot_files']}, journal files "
         f"{c['journal_files']}, refused files {c['refused_files']}"
     )
-    ok = _printed_vs_rows(out1, out2, rows)
-    print("every decided sheet is in the database with its verdict:", "yes" if ok else "NO")
-    return ok
+    checks = {
+        "every decided sheet is in the database with its verdict": _printed_vs_rows(
+            out1, out2, rows
+        ),
+        **_inspected(args.fill_after, args.restart_count or 1, out1, code2, out2),
+    }
+    for name, ok in checks.items():
+        print(f"{name}: {'yes' if ok else 'NO'}")
+    return all(checks.values())
 
 
 def _emulated(args: argparse.Namespace, home: Path, disk: Path, journal: Path) -> bool:
@@ -212,10 +234,13 @@ def _emulated(args: argparse.Namespace, home: Path, disk: Path, journal: Path) -
     _print_run("first run", code1, out1, ("stopped:", "  to do:"))
     print(f"disk filled after {args.fill_after}; journal files after the first run: {held}")
     _print_run("restart", code2, out2)
-    return _emulated_report(recipe, plc, journal, out1, out2)
+    inspected = _inspected(args.fill_after, args.restart_count or 2, out1, code2, out2)
+    return _emulated_report(recipe, plc, journal, out1, out2, inspected)
 
 
-def _emulated_report(recipe: object, plc: object, journal: Path, out1: str, out2: str) -> bool:
+def _emulated_report(
+    recipe: object, plc: object, journal: Path, out1: str, out2: str, inspected: dict
+) -> bool:
     from _emulated_cell import DECIDED, database_counts, routing_findings, routing_summary
 
     disp = plc.snapshot()  # type: ignore[attr-defined]
@@ -256,6 +281,7 @@ def _emulated_report(recipe: object, plc: object, journal: Path, out1: str, out2
         "(4) every decision the station printed has a row of that verdict": _printed_vs_rows(
             out1, out2, {s: v for s, _, v in rows}
         ),
+        **inspected,
     }
     for name, ok in checks.items():
         print(f"{name}: {'yes' if ok else 'NO'}")

@@ -95,6 +95,8 @@ def drill(home: Path, kills: int, final_count: int, host: str, seed: int) -> dic
     verdicts = Counter(v for _, _, v in rows)
     if verdicts["fault"]:  # the cell is healthy: a fault means the drill decided nothing real
         problems.append(f"{verdicts['fault']} parts faulted on a healthy cell (station-*.log)")
+    if not (verdicts["pass"] and verdicts["fail"]):  # routing by verdict needs both verdicts
+        problems.append(f"routing by verdict not exercised: part rows {dict(verdicts)}")
     return {
         "kills": kills,
         "station_exit_codes": runs,
