@@ -60,12 +60,11 @@ def test_create_backbone_is_frozen_and_returns_two_stages() -> None:
     assert not b.training
     feats = b(torch.rand(2, 3, 96, 128))
     assert [tuple(f.shape) for f in feats] == [(2, 40, 12, 16), (2, 112, 6, 8)]
-    # real weights: features differ from those of a randomly initialised copy
-    import timm
-
-    rnd = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    loaded = dict(b.body[0].named_parameters())["weight"]
-    assert not torch.allclose(loaded, rnd.conv_stem.weight)
+    # real weights: the stem holds the installed file's tensor, not an initialisation
+    _, path = bb.find_weights("efficientnet_lite0", "package")
+    stem = dict(b.body[0].named_parameters())["weight"]
+    on_disk = [v for v in bb._read_state(path).values() if v.shape == stem.shape]
+    assert any(torch.equal(v.float(), stem) for v in on_disk)
 
 
 def test_a_tapping_shares_the_stages_and_gives_the_same_maps() -> None:
@@ -126,10 +125,14 @@ def test_resnet_from_a_torchvision_style_file(isolated_caches: Path, tmp_path: P
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     b = bb.create_backbone("resnet18", weights=f"file:{path}")
     assert b.channels == [128, 256] and b.identity["weights_source"] == "file"
-    corrupt = tmp_path / "bad.pth"
+    corrupt, objects, cut = tmp_path / "bad.pth", tmp_path / "objects.pth", tmp_path / "cut.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsNotFound, match="cannot be read"):
-        bb.create_backbone("resnet18", weights=f"file:{corrupt}")
+    torch.save({"conv1.weight": Path("not a tensor")}, objects)  # refused by weights_only
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a truncated download
+    for bad in (corrupt, objects, cut):
+        with pytest.raises(WeightsNotFound, match="cannot be read") as err:
+            bb.create_backbone("resnet18", weights=f"file:{bad}")
+        assert "\n" not in err.value.message and str(bad) in err.value.message
 
 
 def test_torch_hub_cache_is_used(isolated_caches: Path, tmp_path: Path) -> None:
@@ -162,6 +165,32 @@ def test_cuda_requested_without_gpu_is_an_error(capsys: pytest.CaptureFixture[st
     assert bb.resolve_device("cpu").type == "cpu"
     with pytest.raises(DetectorError, match="device must be"):
         bb.resolve_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("name", ["patchcore", "simplenet", "efficientad", "dfda", "ast_mfr"])
+def test_every_detector_refuses_cuda_without_a_gpu(name: str) -> None:
+    """No detector quietly builds itself on the CPU when the recipe asks for the GPU."""
+    from station.detectors.registry import create_detector
+
+    with pytest.raises(DetectorError, match="no CUDA GPU"):
+        create_detector(name, device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_the_gpu_recipe_refuses_to_train_without_a_gpu(
+    station_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from station.cli.app import main
+    from station.imaging import write_png
+
+    for i in range(4):
+        write_png(tmp_path / "good" / f"g{i}.png", torch.randint(0, 255, (320, 320)).byte().numpy())
+    with pytest.raises(SystemExit) as ex:
+        main(["train", "--recipe", "glassfiber-gpu", "--data", str(tmp_path / "good")])
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and "no CUDA GPU" in err and "Traceback" not in err
+    assert not (station_home / "data" / "glassfiber-gpu" / "models").exists()
 
 
 def test_identity_check_refuses_other_weights() -> None:

@@ -258,6 +258,38 @@ def test_devices_map_to_providers_and_never_fall_back() -> None:
         device_for("cuda", ["CPU"])
 
 
+def test_a_session_that_drops_the_gpu_provider_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """ONNX Runtime lists the CUDA provider, then starts on the CPU when the CUDA libraries
+    cannot load (its warning hidden at log level 3): the station refuses that session."""
+    import onnxruntime
+
+    from station.detectors.runtimes import ort_runtime
+
+    class CpuOnlyInside:
+        def __init__(self, *args: object, providers: list, **kwargs: object) -> None:
+            self.asked = providers
+
+        def get_providers(self) -> list[str]:
+            return ["CPUExecutionProvider"]
+
+    class FakeOrt:
+        __version__ = onnxruntime.__version__
+        SessionOptions = onnxruntime.SessionOptions
+        InferenceSession = CpuOnlyInside
+
+        @staticmethod
+        def get_available_providers() -> list[str]:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort_runtime, "_ort", lambda: FakeOrt)
+    with pytest.raises(DetectorError, match="started CPUExecutionProvider instead of CUDA"):
+        ort_runtime.OrtSession(tmp_path / "g.onnx", "cuda", 1)
+    with pytest.raises(DetectorError, match="instead of"):
+        ort_runtime.OrtSession(tmp_path / "g.onnx", "auto", 1)  # auto chose the GPU here
+
+
 @pytest.mark.slow
 def test_cli_names_a_detector_it_cannot_export(
     home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -308,6 +340,33 @@ def test_patchcore_features_graph_matches_torch(tmp_path: Path, one_thread: None
         assert rt.predict(test[:1]).maps.shape == (1, 64, 64)  # any batch size
     with pytest.raises(DetectorError, match="export and cannot be trained"):
         rt.fit(list(test))
+
+
+def test_a_graph_that_differs_from_torch_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    """1 % off torch (ten times the export's limit) is refused, not served."""
+    import textures
+
+    from station.detectors.registry import create_detector
+    from station.detectors.runtimes import export
+    from station.detectors.runtimes.graphs import ExportError
+
+    det = create_detector("patchcore", device="cpu", weights="package", max_bank=200)
+    det.fit(list(textures.weave(np.random.default_rng(0), 6, 64)))
+    real = export.open_session
+
+    class OffByOnePercent:
+        def __init__(self, session: Any) -> None:
+            self.session = session
+
+        def run(self, x: np.ndarray) -> list[np.ndarray]:
+            return [o * 1.01 for o in self.session.run(x)]
+
+    monkeypatch.setattr(export, "open_session", lambda *a: OffByOnePercent(real(*a)))
+    for fmt in ("onnx", "openvino"):
+        with pytest.raises(ExportError, match="differs from torch by 0.01"):
+            export.serve_detector(det, fmt, tmp_path)
 
 
 @pytest.mark.slow

@@ -41,6 +41,10 @@ def test_tool_scores_mixed_sizes_at_their_own_pixels(tmp_path: Path, station_hom
     mask = np.where(speck(np.full((SIZE, SIZE), 255, np.uint8)) == 0, 255, 0).astype(np.uint8)
     for i in range(4):  # the specks' masks: where speck() darkens
         write_png(cat / "ground_truth" / "speck" / f"d{i}_mask.png", mask)
+    # one good and one defective test image (with its mask) narrower than a tile
+    for p in (cat / "test" / "good" / "t1.png", cat / "test" / "speck" / "d1.png",
+              cat / "ground_truth" / "speck" / "d1_mask.png"):
+        write_png(p, read_image(p)[:, : SIZE - 16])
     recipe = write_recipe(station_home, "native-test", tiled=True)
     out = tmp_path / "out"
     argv = ["--recipe", str(recipe), "--dataset", str(cat.parent), "--threads", "1"]
@@ -48,7 +52,11 @@ def test_tool_scores_mixed_sizes_at_their_own_pixels(tmp_path: Path, station_hom
 
     doc, row, _ = checked_run(out, "patchcore")
     assert doc["tile"] == [SIZE, SIZE]
-    assert row["padded_images"] == 10  # the ten narrowed training images, not the masks
+    assert row["padded_images"] == 12  # ten training and two test images, not the mask
+    # each test image's map and mask are cropped back to its own pixels before they count
+    own = sum(read_image(p).shape[0] * read_image(p).shape[1]
+              for p in (cat / "test").rglob("*.png"))
+    assert row["pixels"] == own == SIZE * SIZE * (3 + 2 + 3) + 2 * SIZE * (SIZE - 16)
     assert row["image_auroc"] == 1.0  # every speck above every good weave
     assert 0.9 < row["pixel_auroc"] <= 1.0
     padded = read_image(out / "padded" / "weave" / "train" / "good" / "g00.png")

@@ -83,3 +83,12 @@ def test_good_images_from_the_same_production_as_the_reference(tmp_path: Path) -
         assert row["goods"] == goods
         gaps[goods] = row["gap_real"]
     assert gaps[0] > 0.2 and gaps[30] < 0.05, gaps
+
+
+def test_the_picks_are_judged_without_the_images_their_user_labelled() -> None:
+    tool = load_tool("tune_labelled")
+    labels = np.array([0, 0, 1, 1])
+    scores = {"a": np.array([0.0, 1.0, 5.0, 0.5])}
+    # all four: 3 of 4 (good, defect) pairs in order; without the drawn defect (5.0): 1 of 2
+    assert tool.rest_aurocs(scores, labels, np.array([], int))["a"] == 0.75
+    assert tool.rest_aurocs(scores, labels, np.array([2]))["a"] == 0.5

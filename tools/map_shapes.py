@@ -51,14 +51,22 @@ def shapes(det: object, images: list[np.ndarray], hw: tuple[int, int]) -> dict[s
         dist, _ = model.knn_index().search(feats, 1)
         grids.append(dist[:, 0].view(n, 1, *grid).float().cpu())
         shipped.append(model.score(feats, n, grid, hw)[0].float().cpu().numpy())  # one pass
-    d = torch.cat(grids)
-    out = {"shipped": np.concatenate(shipped)}
-    for s in SIGMAS:
-        out[f"sigma {s:g}"] = upsample_smooth(d, hw, s).numpy()
+    return {"shipped": np.concatenate(shipped), **draw(torch.cat(grids), hw)}
+
+
+def draw(d: torch.Tensor, hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Patch distances (N x 1 x grid) drawn into every shape but the shipped one."""
+    out = {f"sigma {s:g}": upsample_smooth(d, hw, s).numpy() for s in SIGMAS}
     out["sigma 4+16"] = (out["sigma 4"] + out["sigma 16"]) / 2
     level = d.flatten(1).mean(1).numpy()[:, None, None]
     out["image mean"] = np.broadcast_to(level, (len(d), *hw)).copy()
     return out
+
+
+def mean_rows(rows: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each shape's pixel AUROC averaged over the categories."""
+    names = list(next(iter(rows.values())))
+    return {k: float(np.mean([r[k] for r in rows.values()])) for k in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         maps = shapes(det, test.images, (int(hw[0]), int(hw[1])))
         rows[cat.name] = {k: pixel_auroc(m, test.masks) for k, m in maps.items()}
         print(cat.name, "  ".join(f"{k} {v:.3f}" for k, v in rows[cat.name].items()), flush=True)
-    names = list(next(iter(rows.values())))
-    mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in names}
+    mean = mean_rows(rows)
     print("mean", "  ".join(f"{k} {v:.3f}" for k, v in mean.items()))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "mean": mean}, indent=1))

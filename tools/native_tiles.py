@@ -109,6 +109,7 @@ def score_category(recipe: Recipe, cat: Path, out: Path, scale: float = 1.0) -> 
     row = result_row(out / cat.name / det.name, items, labels, result.scores, info["good_scores"])
     row["pixel_auroc"] = pixel_auroc(np.concatenate(maps)[None], np.concatenate(masks)[None])
     row["padded_images"] = grown
+    row["pixels"] = int(sum(m.size for m in masks))  # the test images' own pixels, scored
     return row
 
 
