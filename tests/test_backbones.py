@@ -178,19 +178,23 @@ def test_every_detector_refuses_cuda_without_a_gpu(name: str) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_the_gpu_recipe_refuses_to_train_without_a_gpu(
+def test_the_gpu_recipe_refuses_to_train_or_evaluate_without_a_gpu(
     station_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from station.cli.app import main
     from station.imaging import write_png
 
-    for i in range(4):
-        write_png(tmp_path / "good" / f"g{i}.png", torch.randint(0, 255, (320, 320)).byte().numpy())
+    for i in range(4):  # too small for the recipe's tiles: the device is refused before
+        write_png(tmp_path / "good" / f"g{i}.png", torch.randint(0, 255, (48, 64)).byte().numpy())
     with pytest.raises(SystemExit) as ex:
         main(["train", "--recipe", "glassfiber-gpu", "--data", str(tmp_path / "good")])
     err = capsys.readouterr().err
     assert ex.value.code == 2 and "no CUDA GPU" in err and "Traceback" not in err
     assert not (station_home / "data" / "glassfiber-gpu" / "models").exists()
+    with pytest.raises(SystemExit) as ex:  # evaluate too, before it reads a category
+        main(["evaluate", "--recipe", "glassfiber-gpu", "--dataset", str(tmp_path), "--train"])
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and "no CUDA GPU" in err and "Traceback" not in err
 
 
 def test_identity_check_refuses_other_weights() -> None:

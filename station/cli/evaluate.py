@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
             )
         rcp = load_recipe(recipe)
         targets = selected_detectors(rcp, detector)
-        check_device(device)
+        check_device(device, targets)
         cats = category_dirs(dataset)
         set_threads(threads)
         if seed_list is not None:

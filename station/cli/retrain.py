@@ -47,7 +47,7 @@ def retrain_cmd(
     from station.retrain.run import run_retrain
 
     rcp = load_recipe(recipe)
-    check_device(device)
+    check_device(device, rcp.detectors)
     set_threads(threads)
     db = _db(rcp)
     try:

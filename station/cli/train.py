@@ -10,6 +10,7 @@ same images and saved beside the models (station.monitoring.material).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,15 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def check_device(device: str | None) -> None:
-    """A `--device` that cannot run is an error before any image is read."""
-    if device is not None and device.strip().lower() != "auto":  # auto: decided, and said, later
-        from station.detectors.backbones import resolve_device
+def check_device(device: str | None, detectors: Sequence[Any] = ()) -> None:
+    """A `--device`, or without one a device of `detectors` (recipe entries), that cannot run
+    is an error before any image is read."""
+    from station.detectors.backbones import resolve_device
 
-        resolve_device(device)
+    wanted = {device} if device is not None else {d.device for d in detectors}
+    for spec in sorted(wanted):
+        if spec.strip().lower() != "auto":  # auto: decided, and said, later
+            resolve_device(spec)
 
 
 def selected_detectors(recipe: Any, detector: str | None) -> list[Any]:
@@ -99,7 +103,7 @@ def register(app: typer.Typer) -> None:
 
         rcp = load_recipe(recipe)
         targets = selected_detectors(rcp, detector)
-        check_device(device)
+        check_device(device, targets)
         if register_db:  # a database that cannot take the record fails now, not after training
             from station.storage.db import open_database
 
