@@ -27,7 +27,7 @@ from test_inspection_support import BrightSpot, bright_set, database, sheet, sma
 import station.storage.db as dbmod
 import station.storage.heatmaps as heatmaps
 from station.devices.factory import open_devices
-from station.errors import ProtectiveStop
+from station.errors import LineIOError, ProtectiveStop
 from station.inspection.cycle import Inspector
 from station.inspection.faults import Fault
 from station.inspection.recorder import Recorder
@@ -374,6 +374,66 @@ def test_lost_link_holds_sheet_until_operator(cell: Cell) -> None:
     assert rows[1].shots == []
     assert [f.kind for f in cell.faults_seen] == ["line_io"]
     assert any("held part 2 rejected and released" in e.text for e in cell.events)
+
+
+def test_a_release_failing_after_the_result_went_out_keeps_that_verdict(cell: Cell) -> None:
+    """The line has the verdict once RESULT_VALID is up: a release failing after it is a line
+    I/O fault for the operator, but the record keeps what the line was told, and the resume
+    releases the sheet without publishing a second result."""
+    failed: list[int] = []
+
+    def watch(dev: Any) -> None:
+        original = dev.line.release_part
+
+        def release_part() -> None:
+            w = cell.world
+            if not failed and w.result_valid and not w.reject_output:  # a pass, published
+                failed.append(w.part_id_echo)
+                raise LineIOError("release output did not read back")
+            original()
+
+        dev.line.release_part = release_part
+
+    cell.on_open = watch
+    cell.run(4)
+    assert failed, "no part passed"
+    n = failed[0]
+    rows = _check_complete(cell, 4)
+    assert rows[n - 1].verdict is Verdict.PASS and "published, then" in rows[n - 1].reason
+    assert [f.kind for f in cell.faults_seen] == ["line_io"]
+    assert any(f"held part {n} released (pass, as published)" in e.text for e in cell.events)
+    assert not any("rejected and released" in e.text for e in cell.events)
+    # each sheet's result went out once, and as its row says
+    published, reject = [], None
+    for signal, value in cell.world.line_log:
+        reject = value if signal == "reject_output" else reject
+        if (signal, value) == ("result_valid", True):
+            published.append(reject)
+    assert published == [r.verdict is not Verdict.PASS for r in rows]
+
+
+def test_a_publish_failing_for_a_pass_says_the_line_may_have_taken_it(cell: Cell) -> None:
+    """RESULT_VALID did not read back for a pass: the part is a fault, rejected at the resume,
+    and its reason says the line may have passed the sheet."""
+    def watch(dev: Any) -> None:
+        original = dev.line.publish_result
+
+        def publish_result(reject: bool) -> None:
+            if not reject and not watch.done:
+                watch.done = True
+                raise LineIOError("result-valid output did not read back")
+            original(reject)
+
+        dev.line.publish_result = publish_result
+
+    watch.done = False  # type: ignore[attr-defined]
+    cell.on_open = watch
+    cell.run(4)
+    rows = _check_complete(cell, 4)
+    held = [r for r in rows if r.verdict is Verdict.FAULT]
+    assert len(held) == 1 and "the line may have taken it as a pass" in held[0].reason
+    assert any(f"held part {held[0].sequence} rejected and released" in e.text
+               for e in cell.events)
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ from station.decision import Decision, Verdict, decide
 from station.errors import NowhereToStore, StationError, StorageError
 from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify
 from station.inspection.hooks import CycleHook
+from station.inspection.line_hold import HeldSheet, release_held, send_result, still_held
 from station.inspection.models import DetectorSet
 from station.inspection.offline import OfflinePart, offline_shots
 from station.inspection.recorder import PartRecord, Recorder, RecoveryReport, ShotRecord
@@ -99,7 +100,7 @@ class Inspector:
         self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
             1, thread_name_prefix="inference"
         )
-        self.held: PartRecord | None = None  # a faulted sheet not released (line I/O failed)
+        self.held: HeldSheet | None = None  # a sheet not released (line I/O failed)
         self.card = ReferenceCard(recipe, devices)  # the drift reference card (live)
 
     def close(self) -> None:
@@ -351,8 +352,9 @@ class Inspector:
     def live_part(self, line_part_id: str | None) -> PartResult:
         """One part on the cell, from its arrival to its release (or hold, see below).
 
-        If the reject output cannot be set and confirmed, the sheet is not released: it stays
-        held (`self.held`) until the operator has restored the line I/O and resumed.
+        If the line I/O fails while the result goes out, the sheet is not released: it stays
+        held (`self.held`, see station.inspection.line_hold) until the operator has restored
+        the line I/O and resumed.
         """
         part, timings, fault, t_start = self._run_part("live", line_part_id, self._live_shots)
         if fault is not None and fault.kind not in ("robot", "protective_stop", "line_io"):
@@ -363,15 +365,10 @@ class Inspector:
             except Exception as exc:  # noqa: BLE001
                 fault = classify(exc)
                 part.reason = f"{part.reason}; then {fault.message}"
-        try:
-            with timings.measure("line"):
-                self._output(part.verdict is not Verdict.PASS)
-        except Exception as exc:  # noqa: BLE001
-            line_fault = classify(exc)
-            part.reason = f"{line_fault.message}; before that: {part.verdict.value}, {part.reason}"
-            part.verdict = Verdict.FAULT
-            fault = line_fault
-            self.held = part
+        with timings.measure("line"):
+            failed = send_result(self.devices.line, part)
+        if failed is not None:
+            fault, self.held = failed
         timings.add("cycle", (time.perf_counter() - t_start) * 1000.0)
         part.timings_ms = timings.rounded()
         # the cycle time is known only now: store it with any late change of verdict
@@ -388,12 +385,6 @@ class Inspector:
             # refresh the journal copy (a failure with no copy on disk stops the line)
             fault = self._refused(part, part.reason) or fault
         return self._after_hooks(self._result(part, timings, fault))
-
-    def _output(self, reject: bool) -> None:
-        """Publish the result (reject output read back, part id, RESULT_VALID read back; see
-        LineIO.publish_result), then release."""
-        self.devices.line.publish_result(reject)
-        self.devices.line.release_part()
 
     def _wait_for_part(self, stop: threading.Event) -> str | None:
         line = self.devices.line
@@ -440,8 +431,7 @@ class Inspector:
                     self.devices.camera.open()
                 robot.move_to(self.recipe.robot.home)
                 if self.held is not None:
-                    self._output(True)
-                    self._emit("message", f"held part {self.held.sequence} rejected and released")
+                    self._emit("message", release_held(line, self.held))
                     self.held = None
                 self._emit("message", "resumed")
                 return True
@@ -461,11 +451,7 @@ class Inspector:
         except Exception as exc:  # noqa: BLE001
             self._emit("message", f"could not raise the reject output: {exc}", level="error")
         if self.held is not None:
-            self._emit(
-                "message",
-                f"part {self.held.sequence} is still held on the line (fault): divert it by hand",
-                level="error",
-            )
+            self._emit("message", still_held(self.held), level="error")
         self._flush_backlog()
 
     def _flush_backlog(self) -> None:

@@ -140,7 +140,8 @@ class URLineIO:
     # -- the line contract -------------------------------------------------------------------
     def _set_valid(self, value: bool) -> None:
         out = self.cfg.result_valid_output
-        if out is not None and (value or self._valid):
+        was, self._valid = self._valid, self._valid or value  # a failed raise may be out
+        if out is not None and (value or was):
             self._write_output(out, value, "result-valid output")
         self._valid = value
 
