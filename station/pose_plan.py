@@ -40,7 +40,7 @@ from station.coverage import (
     sheet_rect,
 )
 from station.errors import RecipeError
-from station.files import atomic_write
+from station.files import atomic_write, writing
 from station.recipe import Pose, Recipe, RobotConfig, card_pose, poses_path
 
 HEIGHT_STEP_MM = 5.0  # how far the camera is lowered per try when a pose is out of reach
@@ -513,5 +513,6 @@ def draw(recipe: Recipe, p: Plan, path: Path) -> Path:
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    atomic_write(path, buf.getvalue())
+    with writing(f"picture {path}"):
+        atomic_write(path, buf.getvalue())
     return path

@@ -191,6 +191,8 @@ def test_the_gpu_recipe_refuses_to_train_or_evaluate_without_a_gpu(
     err = capsys.readouterr().err
     assert ex.value.code == 2 and "no CUDA GPU" in err and "Traceback" not in err
     assert not (station_home / "data" / "glassfiber-gpu" / "models").exists()
+    main(["recipe", "check", "glassfiber-gpu"])  # valid (no exit): the check only warns
+    assert "warning: detectors[0].device: cuda, but" in capsys.readouterr().out
     with pytest.raises(SystemExit) as ex:  # evaluate too, before it reads a category
         main(["evaluate", "--recipe", "glassfiber-gpu", "--dataset", str(tmp_path), "--train"])
     err = capsys.readouterr().err

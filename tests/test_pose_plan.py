@@ -232,6 +232,13 @@ def test_plan_poses_refuses_inline_poses_and_bad_overlap(
     code, _, err = run(capsys, "plan-poses", "--recipe", "glassfiber", "--overlap", "1.0")
     assert code == 2 and "coverage.overlap (--overlap): 1 must be at least 0 and below 1" in err
     assert (station_home / "recipes" / "glassfiber.poses.yaml").read_text() == before
+    # a picture path that cannot be written: one line, and the poses file as it was
+    (station_home / "taken").mkdir()
+    for bad in ("taken", "/proc/no-such/plan.png"):
+        code, _, err = run(capsys, "plan-poses", "--recipe", "glassfiber", "--overlap", "0.3",
+                           "--out", bad)
+        assert code == 2 and "cannot write picture" in err and "Traceback" not in err
+        assert (station_home / "recipes" / "glassfiber.poses.yaml").read_text() == before
 
 
 def test_plan_poses_through_the_cell_calibration(

@@ -37,7 +37,8 @@ def labelled_folder(recipe: Recipe, dataset: Path | None) -> Path:
     if not (root / "test").is_dir():
         raise CalibrationError(
             f"no labelled parts in {root} (no test/ folder)",
-            hint=f"capture labelled parts with station capture --recipe {recipe.name}, "
+            hint=f"capture labelled parts with station capture --recipe {recipe.name} "
+            "--label labelled, "
             "or give --dataset an MVTec-layout folder",
         )
     return root

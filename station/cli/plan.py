@@ -60,8 +60,9 @@ def register(app: typer.Typer) -> None:
         chosen = rec.coverage.overlap if overlap is None else overlap
         model, described = coverage_camera(rec)
         p = plan(rec, chosen, model)
-        write_poses(rec, p, chosen)
+        # the picture first: a path it cannot be written to leaves the poses file as it was
         picture = draw(rec, p, resolve(out) if out else rec.data_dir / "plan-poses.png")
+        write_poses(rec, p, chosen)
         rep = p.report
         say(f"wrote {len(p.poses)} poses to {target}")
         say(f"picture {picture}")

@@ -107,8 +107,24 @@ def register(app: typer.Typer) -> None:
         console.print(f"camera model: {described}", highlight=False, soft_wrap=True, markup=False)
         if problems:
             raise RecipeError(str(loaded.source or loaded.name), problems)
+        for line in device_warnings(loaded):
+            console.print(f"[yellow]warning[/]: {line}", highlight=False, soft_wrap=True)
         console.print(summary_table(loaded))
         console.print(f"[green]ok[/]: {loaded.source} is valid")
+
+
+def device_warnings(recipe: Recipe) -> list[str]:
+    """A GPU the recipe asks for and this machine lacks: valid, but nothing runs here."""
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    return [
+        f"detectors[{i}].device: {det.device}, but this machine has no CUDA GPU: train, "
+        "evaluate and inspect refuse here (--device cpu evaluates on the CPU)"
+        for i, det in enumerate(recipe.detectors)
+        if det.device.strip().lower().startswith("cuda")
+    ]
 
 
 def deep_problems(recipe: Recipe) -> list[str]:

@@ -179,7 +179,10 @@ def promote(
             hint="pick one of: " + ", ".join(d.name for d in recipe.detectors),
         )
     if not version.startswith(f"{detector}-"):
-        raise StationError(f"{version} is not a {detector} model version")
+        raise StationError(
+            f"{version} is not a {detector} model version (they start {detector}-)",
+            hint=f"station models list --recipe {recipe.name} lists them",
+        )
     src = find_artifact(recipe, detector, version)
     current = latest_artifact(recipe, detector).stem  # named after its version
     if current == version:
