@@ -256,7 +256,11 @@ def _cli_problems(station_home: Path, text: str | None = None) -> list[str]:
         (station_home / "recipes" / "bad.yaml").write_text(text)
     out = _station("recipe", "check", "bad", home=station_home)
     assert out.returncode == 2 and "Traceback" not in out.stderr + out.stdout, out.stderr
-    return [line.strip() for line in out.stderr.splitlines() if "bad.yaml" in line][1:]
+    lines = [line.strip() for line in out.stderr.splitlines() if "bad.yaml" in line]
+    if lines[0].endswith("is not valid:"):  # several problems: a heading, then one line each
+        return lines[1:]
+    assert len(lines) == 1 and lines[0].startswith("error: ")  # one problem: one line
+    return [lines[0].removeprefix("error: ")]
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,10 @@ def report_error(exc: StationError) -> None:
     # Messages carry paths and values: never read them as rich markup ("[/x]" would crash).
     if isinstance(exc, RecipeError):
         path = escape(str(exc.path))
+        if len(exc.problems) == 1:  # one line, as for every other expected failure
+            err_console.print(f"[bold red]error:[/] {path}: {escape(exc.problems[0])}",
+                              highlight=False, soft_wrap=True)
+            return
         err_console.print(f"[bold red]error:[/] recipe {path} is not valid:", highlight=False)
         for problem in exc.problems:
             err_console.print(f"  {path}: {escape(problem)}", highlight=False, soft_wrap=True)
