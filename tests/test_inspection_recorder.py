@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -92,8 +93,12 @@ def test_recover_marks_pending_interrupted_and_adopts_shot_files(rec: Recorder) 
     # the crash came after the second shot reached the disk, before its row
     write_atomic(rec.part_folder(crashed) / "centre.png", encode_png(sheet(False, seed=1)))
 
+    # while the crashed run's process lives (an offline run beside a start), its parts stay
+    assert Recorder(rec.db, rec.recipe).recover().interrupted == []
+    rec.run_lock.release()  # the crash: the kernel drops the process's locks
     report = Recorder(rec.db, rec.recipe).recover()  # a new process
     assert report.interrupted == [crashed.sequence] and report.shots_added == 1
+    assert list(rec.runs_dir.glob("*.lock")) == []  # the ended run's lock file is gone
     rows = _parts(rec)
     assert [r.verdict for r in rows] == [Verdict.PENDING, Verdict.PASS, Verdict.INTERRUPTED]
     assert rows[0].id == captured.id
@@ -280,6 +285,55 @@ def test_record_replayed_after_its_commit_adds_no_second_row(rec: Recorder) -> N
     report = Recorder(rec.db, rec.recipe).recover()
     assert [(r.line_part_id, r.verdict) for r in _parts(rec)] == [("sheet-1", Verdict.FAULT)]
     assert report.journal_replayed == 1 and report.refused == []
+
+
+def test_a_replayed_record_with_shots_adopts_the_rows_its_commit_wrote(rec: Recorder) -> None:
+    """The same crash for a part with a shot and a detection: the replay finds the rows the
+    commit wrote and adopts them; it is not refused for the rows' unique constraints."""
+    part = rec.new_part("live", "sheet-1")
+    rec.open_part(part)
+    shot = rec.add_shot(part, 0, "left", sheet(True))
+    shot.detections.append(rec.write_detection(
+        part, shot, detector="brightspot", model_version="v1", score=0.6, threshold=0.3,
+        amap=np.zeros((8, 8), np.float32), latency_ms=1.0))
+    part.verdict, part.reason = Verdict.FAULT, "storage: database is locked"
+    rec.keep(part, "locked")
+    path = rec.journal_dir / f"{part.key}.json"
+    text = path.read_text()
+    assert rec.flush_backlog() == 0
+    path.write_text(text)  # the unlink never happened; the copy has no shot or detection ids
+    report = Recorder(rec.db, rec.recipe).recover()
+    assert report.refused == [] and report.set_aside == 0 and report.journal_replayed == 1
+    (row,) = _parts(rec)
+    assert row.verdict is Verdict.FAULT and len(row.shots) == 1
+    assert [d.score for d in row.shots[0].detections] == [pytest.approx(0.6)]
+
+
+@pytest.mark.parametrize(("field", "value"), [("timings_ms", 5), ("part_score", "abc")])
+def test_a_journal_record_with_values_no_column_takes_is_refused_not_blocking(
+    rec: Recorder, field: str, value: object
+) -> None:
+    bad, good = rec.new_part("live", "sheet-1"), rec.new_part("live", "sheet-2")
+    for part in (bad, good):
+        part.verdict, part.reason = Verdict.FAIL, "fail by the detectors"
+        rec.keep(part, "locked")  # held before their rows
+    path = rec.journal_dir / f"{bad.key}.json"
+    raw = json.loads(path.read_text())
+    raw[field] = value
+    path.write_text(json.dumps(raw))
+    report = Recorder(rec.db, rec.recipe).recover()  # the start goes on
+    (line,) = report.refused
+    assert f"{bad.key}.json refused" in line and "\n" not in line
+    assert report.journal_replayed == 1
+    assert [r.line_part_id for r in _parts(rec)] == ["sheet-2"]
+
+
+def test_a_line_part_id_longer_than_its_column_keeps_its_end(rec: Recorder) -> None:
+    path = "/mnt/archive/" + "deep/" * 40 + "p000001_left.png"
+    part = rec.new_part("offline", path)
+    assert len(part.line_part_id) == 128 and part.line_part_id.endswith("p000001_left.png")
+    assert part.line_part_id.startswith("...")
+    assert rec.new_part("live", "sheet-1").line_part_id == "sheet-1"
 
 
 def test_no_journal_copy_is_claimed_unless_it_was_synced(

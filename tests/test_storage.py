@@ -200,6 +200,33 @@ def test_upgrade_keeps_rows_and_then_takes_a_missing_score(tmp_path: Path) -> No
 
 
 @pytest.mark.postgres
+def _refused_for_good(url: str, lengths: bool) -> None:
+    """A value no column takes is RecordRefused (set aside by the recorder, never retried
+    forever); the rows before and after it are stored. `lengths`: the server checks them
+    (PostgreSQL; SQLite does not)."""
+    db = open_database(url)
+    db.create_part("r", verdict=Verdict.PASS)
+    if lengths:
+        with pytest.raises(RecordRefused, match="refused a value"), db.session() as s:
+            s.add(Part(recipe="r", sequence=2, mode="x" * 40))  # 16 characters at most
+            s.flush()
+    with pytest.raises(RecordRefused, match="refused a value"), db.session() as s:
+        s.add(Part(recipe="r", sequence=2, part_score="not a number"))
+        s.flush()
+    db.create_part("r", verdict=Verdict.FAIL)
+    with db.session() as s:
+        assert s.scalars(select(Part.sequence).order_by(Part.sequence)).all() == [1, 2]
+    db.dispose()
+
+
+def test_postgres_refuses_a_value_for_good(fresh_postgres_url: str) -> None:
+    _refused_for_good(fresh_postgres_url, lengths=True)
+
+
+def test_sqlite_refuses_a_value_for_good(tmp_path: Path) -> None:
+    _refused_for_good(f"sqlite:///{tmp_path / 'r.db'}", lengths=False)
+
+
 def test_postgres_migration_from_empty(fresh_postgres_url: str) -> None:
     assert upgrade(fresh_postgres_url) == "0005"
     assert _tables(fresh_postgres_url) >= set(Base.metadata.tables)
@@ -391,10 +418,11 @@ def test_part_record_carries_its_sheet_map_through_the_journal(tmp_path: Path) -
     db.dispose()
 
 
-def test_sqlite_uses_wal(tmp_path: Path) -> None:
+def test_sqlite_uses_wal_and_syncs_every_commit(tmp_path: Path) -> None:
     db = open_database(f"sqlite:///{tmp_path / 'w.db'}")
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL, not NORMAL
     db.dispose()
 
 

@@ -50,7 +50,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from station.errors import NowhereToStore, StorageError
+from station.errors import InUse, NowhereToStore, StorageError
 from station.paths import resolve
 from station.recipe import Recipe
 from station.sheet_map import SheetMap
@@ -63,7 +63,7 @@ from station.storage.heatmaps import (
     write_atomic,
 )
 from station.storage.journal import Journal
-from station.storage.lock import RunLock
+from station.storage.lock import RunLock, held_elsewhere
 from station.storage.models import Part, Shot, Verdict
 from station.storage.parts import (
     DetectionRecord,
@@ -99,6 +99,9 @@ class Recorder:
         self.journal_dir = resolve(jdir) / recipe.name if jdir else recipe.data_dir / "journal"
         self.journal = Journal(self.journal_dir, int(recipe.storage.journal_reserve_mb * 2**20))
         self.run_id = uuid.uuid4().hex  # kept in every record and Part row of this run
+        # held while this run has parts: another run's start leaves them alone (recover)
+        self.runs_dir = recipe.data_dir / "runs"
+        self.run_lock = RunLock(self.runs_dir / f"{self.run_id}.lock", f"run {self.run_id}")
         self.backlog: dict[str, PartRecord] = {}  # key -> parts the database has not taken yet
         self.journaled: set[str] = set()  # keys of backlog parts with a durable journal copy
         self.set_aside: list[str] = []  # keys of records moved to journal/refused (see flush)
@@ -138,6 +141,10 @@ class Recorder:
 
     # -- the part's life -----------------------------------------------------------------
     def new_part(self, mode: str, line_part_id: str | None = None) -> PartRecord:
+        """A new part; an id longer than its column (an offline part's path) keeps its end."""
+        room = Part.__table__.c.line_part_id.type.length
+        if line_part_id is not None and len(line_part_id) > room:
+            line_part_id = "..." + line_part_id[len(line_part_id) - room + 3 :]
         return PartRecord(
             recipe=self.recipe.name,
             recipe_sha256=self.recipe.sha256,
@@ -149,6 +156,8 @@ class Recorder:
     def open_part(self, part: PartRecord) -> None:
         """Commit the pending Part row (and its sequence number). StorageError if refused."""
         self._db_left = self.db_budget_s
+        with contextlib.suppress(InUse):  # best effort: without it, as before
+            self.run_lock.acquire()
         self.flush_backlog()
         self._sync(part)
 
@@ -412,11 +421,16 @@ class Recorder:
                 )
             ).all()
             for row in stale:
+                if row.run_id and held_elsewhere(self.runs_dir / f"{row.run_id}.lock"):
+                    continue  # its run is still going (an offline inspection beside this)
                 row.verdict = Verdict.INTERRUPTED
                 row.reason = "the station stopped mid-part (crash or power loss); shots kept"
                 row.finished_at = row.finished_at or now()
                 report.interrupted.append(row.sequence)
                 report.shots_added += self._adopt_shot_files(s, row, pose_index)
+        for lock in self.runs_dir.glob("*.lock"):  # runs that ended: their files go
+            if lock != self.run_lock.path and not held_elsewhere(lock):
+                lock.unlink(missing_ok=True)
         return report
 
     def _refuse_file(self, path: Path, why: str, report: RecoveryReport) -> None:
@@ -479,6 +493,8 @@ class Recorder:
                 if part.db_id is not None:
                     raise RecordRefused(f"database refused part {part.key}: {exc.orig}") from None
                 part.sequence = None  # another writer took the number: take the next one
+            except (TypeError, ValueError) as exc:  # a record whose values make no row
+                raise RecordRefused(f"part {part.key} cannot be written: {exc}") from None
             except SQLAlchemyError as exc:
                 raise StorageError(f"database {self.db.safe_url} failed: {exc}") from None
             finally:

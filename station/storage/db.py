@@ -16,13 +16,25 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from station.errors import StorageError
 from station.storage.models import Part
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+class RecordRefused(StorageError):
+    """The database refuses a record for good (a constraint, a value no column takes), not
+    for a while."""
 _wait = threading.local()  # .deadline: time.monotonic() by which a lock wait must end
 
 
@@ -30,7 +42,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (DB-API object
     dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (see _sqlite_begin)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    # FULL: a commit is on disk when it returns (NORMAL may roll back at a power loss), so a
+    # verdict is durable before the line hears it and before its journal copy is deleted
+    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute(f"PRAGMA busy_timeout={_wait_ms()}")
     cur.close()
@@ -105,6 +119,14 @@ class Database:
         except IntegrityError:
             session.rollback()
             raise
+        except (DataError, StatementError) as exc:
+            session.rollback()
+            # a DBAPIError but DataError is the database itself: locked, gone, full (a while)
+            if isinstance(exc, DBAPIError) and not isinstance(exc, DataError):
+                raise StorageError(f"database {self.safe_url} failed: {_reason(exc)}") from None
+            # a value no column takes (too long, not a number): never, however often retried
+            why = _reason(exc)
+            raise RecordRefused(f"database {self.safe_url} refused a value: {why}") from None
         except SQLAlchemyError as exc:
             session.rollback()
             raise StorageError(f"database {self.safe_url} failed: {_reason(exc)}") from None

@@ -58,3 +58,21 @@ class RunLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+
+
+def held_elsewhere(path: Path) -> bool:
+    """Whether an open file other than ours holds the lock on `path` (False: no such file).
+    A lock this process took through another RunLock counts as held elsewhere too."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

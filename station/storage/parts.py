@@ -27,9 +27,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from station.decision import Verdict
-from station.errors import StorageError
 from station.sheet_map import SheetDefect
-from station.storage.db import Database
+from station.storage.db import Database, RecordRefused
 from station.storage.models import Detection, Part, SheetDefectRow, Shot
 
 
@@ -169,10 +168,6 @@ class PartRecord:
         return PartRecord(**data, shots=shots)
 
 
-class RecordRefused(StorageError):
-    """The database refuses a record for good (a constraint), not for a while."""
-
-
 def part_columns(part: PartRecord) -> dict[str, Any]:
     """Every column of the part's row but its id (no key or run id: NULL)."""
     return {
@@ -276,9 +271,11 @@ def write_part(db: Database, part: PartRecord, with_detections: bool = True) -> 
         new_ids.append((part, row))
         for shot in part.shots:
             if shot.db_id is None:
-                srow = Shot(part_id=row.id, **shot_columns(shot))
-                s.add(srow)
-                s.flush()
+                srow = _committed_before(s, found, shot)
+                if srow is None:
+                    srow = Shot(part_id=row.id, **shot_columns(shot))
+                    s.add(srow)
+                    s.flush()
                 new_ids.append((shot, srow))
                 shot_id = srow.id
             else:
@@ -292,9 +289,16 @@ def write_part(db: Database, part: PartRecord, with_detections: bool = True) -> 
             for det in shot.detections:
                 if det.db_id is not None:
                     continue
-                drow = Detection(shot_id=shot_id, **detection_columns(det))
-                s.add(drow)
-                s.flush()
+                want = detection_columns(det)
+                drow = s.scalar(select(Detection).where(
+                    Detection.shot_id == shot_id, Detection.detector == det.detector))
+                if drow is None:
+                    drow = Detection(shot_id=shot_id, **want)
+                    s.add(drow)
+                    s.flush()
+                elif (drow.model_version, drow.score) != (want["model_version"], want["score"]):
+                    raise RecordRefused(f"record {part.key}: shot {shot.pose_name} has another "
+                                        f"{det.detector} detection in the database")
                 new_ids.append((det, drow))
         sheet = part.sheet_map
         if sheet is not None and (not sheet.written or row.sheet_map_path != sheet.png_path):
@@ -305,6 +309,21 @@ def write_part(db: Database, part: PartRecord, with_detections: bool = True) -> 
     if part.sheet_map is not None:
         part.sheet_map.written = True
     part.sequence = row.sequence
+
+
+def _committed_before(s: Session, row: Part | None, shot: ShotRecord) -> Shot | None:
+    """The row of `shot` when a crash came after its commit but before the record learnt its
+    id (the record replayed from the journal); RecordRefused if that pose holds another
+    image."""
+    if row is None:
+        return None
+    srow = s.scalar(select(Shot).where(Shot.part_id == row.id,
+                                       Shot.pose_index == shot.pose_index))
+    if srow is not None and (srow.image_sha256, srow.pose_name) != (shot.image_sha256,
+                                                                    shot.pose_name):
+        raise RecordRefused(f"record {row.part_key}: pose {shot.pose_name} holds another image "
+                            "in the database")
+    return srow
 
 
 def _sheet_args(sheet: SheetMapRecord) -> dict[str, Any]:
