@@ -109,6 +109,7 @@ class Inspector:
             self._pool = None
         for hook in self.hooks:
             hook.close()
+        self.recorder.end_run()
 
     def __enter__(self) -> Inspector:
         return self

@@ -57,5 +57,8 @@ def release_held(line: LineIO, held: HeldSheet) -> str:
 
 
 def still_held(held: HeldSheet) -> str:
-    told = f"{held.part.verdict.value}, published" if held.published else "fault"
-    return f"part {held.part.sequence} is still held on the line ({told}): divert it by hand"
+    """For the operator when the station stops with a sheet held."""
+    if held.published:
+        return (f"part {held.part.sequence} is still held on the line; the line was told "
+                f"{held.part.verdict.value}: release it by hand")
+    return f"part {held.part.sequence} is still held on the line (fault): divert it by hand"

@@ -127,6 +127,11 @@ class Recorder:
         for lock in self.locks:
             lock.release()
 
+    def end_run(self) -> None:
+        """This run has no part in progress any more: a start may mark its pending parts."""
+        self.run_lock.release()
+        self.run_lock.path.unlink(missing_ok=True)
+
     # -- paths ---------------------------------------------------------------------------
     def rel(self, path: Path) -> str:
         return path.relative_to(self.data_root).as_posix()

@@ -35,6 +35,8 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 class RecordRefused(StorageError):
     """The database refuses a record for good (a constraint, a value no column takes), not
     for a while."""
+
+
 _wait = threading.local()  # .deadline: time.monotonic() by which a lock wait must end
 
 
@@ -119,14 +121,15 @@ class Database:
         except IntegrityError:
             session.rollback()
             raise
-        except (DataError, StatementError) as exc:
+        except (DBAPIError, StatementError) as exc:
             session.rollback()
-            # a DBAPIError but DataError is the database itself: locked, gone, full (a while)
-            if isinstance(exc, DBAPIError) and not isinstance(exc, DataError):
-                raise StorageError(f"database {self.safe_url} failed: {_reason(exc)}") from None
-            # a value no column takes (too long, not a number): never, however often retried
-            why = _reason(exc)
-            raise RecordRefused(f"database {self.safe_url} refused a value: {why}") from None
+            # a value no column takes (too long) or the driver cannot send (not a number):
+            # refused for good, however often retried
+            if isinstance(exc, DataError) or not isinstance(exc, DBAPIError):
+                why = _reason(exc)
+                raise RecordRefused(f"database {self.safe_url} refused a value: {why}") from None
+            # the database itself: locked, gone, full (for a while)
+            raise StorageError(f"database {self.safe_url} failed: {_reason(exc)}") from None
         except SQLAlchemyError as exc:
             session.rollback()
             raise StorageError(f"database {self.safe_url} failed: {_reason(exc)}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import weakref
 from pathlib import Path
 
 from station.errors import InUse
@@ -20,6 +21,7 @@ class RunLock:
         self.path = path
         self.what = what  # e.g. "recipe glassfiber", for the refusal message
         self._fd: int | None = None
+        self._closer: weakref.finalize | None = None  # closes the file if the lock is dropped
 
     @property
     def held(self) -> bool:
@@ -51,12 +53,14 @@ class RunLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        self._closer = weakref.finalize(self, os.close, fd)  # a lock dropped unreleased
 
     def release(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing drops the flock
+            if self._closer is not None:
+                self._closer()  # closing drops the flock
             self._fd = None
 
 
