@@ -318,6 +318,15 @@ def test_nan_score_is_a_fault_that_is_stored_and_blocks_nothing(cell: Cell) -> N
     assert not list((cell.recipe.data_dir / "journal").glob("refused/*.json"))
 
 
+def test_a_map_with_nan_cells_is_a_fault_though_its_score_is_finite(cell: Cell) -> None:
+    """The sheet map skips NaN cells: with a finite score the part would have passed on a
+    map that never looked there."""
+    cell.hooks[("part_started", 2)] = lambda: setattr(cell.detector, "nan_cells", True)
+    cell.hooks[("part_finished", 2)] = lambda: setattr(cell.detector, "nan_cells", False)
+    summary, rows = _one_fault(cell)
+    assert "brightspot gave a map with 4 non-finite values" in rows[1].reason
+
+
 def test_a_record_refused_while_a_part_opens_is_reported(cell: Cell) -> None:
     import dataclasses
 

@@ -32,6 +32,7 @@ class BrightSpot(Detector):
         self.mean = 0.0
         self.fail_with: Exception | None = None  # raise this from predict (detector fault)
         self.nan = False  # return NaN maps and scores (a numerically broken model)
+        self.nan_cells = False  # NaN in a corner of the map, a finite score all the same
         self.calls = 0
         self.threads: set[str] = set()
         self.delay_s = 0.0  # make predict slow (to see the pipelining overlap)
@@ -59,8 +60,11 @@ class BrightSpot(Detector):
         maps = maps.astype(np.float32)
         if self.nan:
             maps[:] = np.nan
+        scores = maps.reshape(len(maps), -1).max(axis=1)
+        if self.nan_cells:
+            maps[:, :2, :2] = np.nan
         self.intervals.append((t0, time.perf_counter()))
-        return Prediction(maps=maps, scores=maps.reshape(len(maps), -1).max(axis=1))
+        return Prediction(maps=maps, scores=scores)
 
     def config(self) -> dict[str, Any]:
         return {"size": self.size}

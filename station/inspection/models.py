@@ -83,11 +83,14 @@ class DetectorSet:
         out = []
         for d in self.detectors:
             r = results[d.name]
-            out.append(
-                DetectorOutput(
-                    d.name, d.version, float(r.scores[0]), d.threshold, r.map(0), r.latency_ms
+            amap, score = r.map(0), float(r.scores[0])
+            bad = int(amap.size - np.count_nonzero(np.isfinite(amap)))
+            if bad and np.isfinite(score):  # (a non-finite score: decide() faults the part)
+                # the sheet map would skip those cells as if they were seen and clean
+                raise DetectorError(
+                    f"detector {d.name} gave a map with {bad} non-finite values", FAULT_HINT
                 )
-            )
+            out.append(DetectorOutput(d.name, d.version, score, d.threshold, amap, r.latency_ms))
         return out
 
 
