@@ -32,10 +32,11 @@ def weave(rng: np.random.Generator, n: int, size: int = SIZE) -> np.ndarray:
 
 
 def with_defect(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A dark, flat 14 x 14 patch (a foreign body) and its mask."""
+    """A dark, flat 14 x 14 patch (a foreign body) and its mask, in the upper half (so that a
+    map mirrored top to bottom would put it elsewhere)."""
     out = img.copy()
     mask = np.zeros(img.shape, bool)
-    mask[20:34, 24:38] = True
+    mask[10:24, 24:38] = True
     out[mask] = 20
     return out, mask
 
@@ -158,6 +159,7 @@ def test_maps_low_on_training_images_high_on_defects(
         # pixel level: the defect is where the map is high; the training images stay near 0
         assert amap[mask].mean() > 2.0 * amap[~mask].mean()
         assert amap[mask].mean() > 3.0 * good.maps.mean()
+        assert amap[mask].mean() > 2.0 * amap[40:54, 24:38].mean()  # not its mirror image
 
 
 def test_no_masking_at_inference_deterministic(

@@ -73,6 +73,29 @@ def test_capture_five_good_parts(station_home: Path) -> None:
     assert meta["simulated_cycle_s"] > 1.0  # robot and line timing ran (without waiting)
 
 
+def test_a_good_capture_puts_only_good_sheets_on_the_table(
+    station_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Good sheets train the detectors: even where every sheet of the twin is defective, the
+    good capture's sheets carry no defect."""
+    from station.inspection import capture as capture_mod
+    from station.twin.world import TwinWorld
+
+    set_twin(station_home, defect_rate=1.0)
+    worlds: list[TwinWorld] = []
+
+    class Watched(TwinWorld):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            worlds.append(self)
+
+    monkeypatch.setattr(capture_mod, "TwinWorld", Watched)
+    seen: list[list] = []
+    run_capture(load_recipe("glassfiber"), 3, label="good",
+                on_shot=lambda _seq, _pose: seen.append(worlds[0].sheet_truth()))
+    assert len(seen) == 9 and all(truth == [] for truth in seen)
+
+
 @pytest.mark.slow
 def test_capture_labelled_sorts_shots_by_ground_truth(station_home: Path) -> None:
     set_twin(station_home, defect_rate=0.6)

@@ -151,6 +151,12 @@ def test_maps_scores_and_defects(trained: tuple[EfficientAD, Any]) -> None:
     for m in pb.maps:
         y, x = np.unravel_index(np.argmax(m), m.shape)
         assert 12 <= y <= 52 and 4 <= x <= 56
+    # an off-centre spot is high where it is, not where a mirrored map would put it
+    spot = good.copy()
+    spot[:, 14:26, 14:26] = 15
+    for m in det.predict(spot).maps:
+        inside = m[14:26, 14:26].mean()
+        assert inside > m[38:50, 14:26].mean() and inside > m[14:26, 38:50].mean()
 
 
 @pytest.mark.slow

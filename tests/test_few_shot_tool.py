@@ -57,3 +57,15 @@ def test_more_images_than_there_are_is_refused(tmp_path: Path) -> None:
     src = fake_category(tmp_path / "src", n_train=3)
     with pytest.raises(SystemExit, match="only 3 training images"):
         few_shot.build_subset(src, tmp_path / "scratch" / "mat", 4, seed=0)
+
+
+def test_table_rows_by_hand() -> None:
+    def score(i_auroc: float, false_rejects: int) -> few_shot.Score:
+        return few_shot.Score(i_auroc, 0.9, false_rejects, 10, (0.0, 1.0), 10, 1)
+
+    three = [score(0.6, 1), score(0.8, 5), score(0.7, 3)]
+    lines = few_shot.table("m", [("2", three, ""), ("all", [score(0.9, 2)], " *")]).splitlines()
+    assert lines[-2].startswith("| 2 | 9 / 1 | 3 | 0.700 (0.600-0.800) | 0.900 | ")
+    assert "| 0.300 (0.100-0.500) |" in lines[-2]
+    assert "0.100 (1/10)" in lines[-2] and "0.500 (5/10)" in lines[-2]
+    assert lines[-1].startswith("| all * | 9 / 1 | 1 | 0.900 | 0.900 | 0.200 | 0.200 (2/10)")

@@ -28,6 +28,7 @@ from station.monitoring.material import (
     latest_model,
     part_of,
     read_model,
+    save_model,
 )
 from station.recipe import Recipe
 from station.storage.models import Part, Verdict
@@ -126,7 +127,14 @@ def test_too_few_images_is_a_clear_error() -> None:
 # -- files and identity -------------------------------------------------------------------------
 
 
-def test_model_file_round_trip_and_identity(trained: Trained) -> None:
+def test_model_file_round_trip_and_identity(trained: Trained, tmp_path: Path) -> None:
+    # a model as fitted in memory, written and read back: every number the same
+    fitted = MaterialModel.fit(np.random.default_rng(0).normal(0, 1, (40, 6)), 0.05)
+    save_model(fitted, tmp_path / "m.npz")
+    back = read_model(tmp_path / "m.npz")
+    assert back.threshold == fitted.threshold
+    for name in ("bank", "mean", "scale"):
+        assert np.array_equal(getattr(back, name), getattr(fitted, name)), name
     _, recipe, check = trained
     path = latest_model(recipe)
     model = read_model(path)

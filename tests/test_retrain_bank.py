@@ -10,6 +10,7 @@ import torch
 from station.calibration.core import PartScores, calibrate
 from station.calibration.policies import Policy
 from station.decision import decide
+from station.detectors.common import split_validation
 from station.detectors.patchcore import PatchCore
 from station.recipe import DecisionConfig
 from station.retrain.bank import coverage_radius, extend_bank
@@ -53,6 +54,9 @@ def test_extended_bank_keeps_the_live_rows_and_covers_the_new_texture() -> None:
     old_test = [weave(s) for s in range(200, 204)]
     before_old, before_new = _nn(det, old_test), _nn(det, new)
     radius = coverage_radius(det, old)
+    # worked out here: the farthest patch of the images fit() trained on from the bank
+    train_idx, _ = split_validation(len(old), 0.25, 1)
+    assert radius == pytest.approx(float(_nn(det, [old[i] for i in train_idx]).max()), rel=1e-5)
     assert float(before_new.min()) > radius  # the premise: the variant is not covered
 
     info = extend_bank(det, old, new)
