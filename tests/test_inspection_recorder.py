@@ -90,14 +90,18 @@ def test_recover_marks_pending_interrupted_and_adopts_shot_files(rec: Recorder) 
     crashed = rec.new_part("live")
     rec.open_part(crashed)
     rec.add_shot(crashed, 0, "left", sheet(False))
-    # the crash came after the second shot reached the disk, before its row
+    # the crash came after the second shot reached the disk, before its row, and cut off
+    # the third shot's write (the temporary file an atomic write renames when complete)
     write_atomic(rec.part_folder(crashed) / "centre.png", encode_png(sheet(False, seed=1)))
+    torn = rec.part_folder(crashed) / ".right.png.x1y2.tmp"
+    torn.write_bytes(b"\x89PNG half")
 
     # while the crashed run's process lives (an offline run beside a start), its parts stay
     assert Recorder(rec.db, rec.recipe).recover().interrupted == []
     rec.run_lock.release()  # the crash: the kernel drops the process's locks
     report = Recorder(rec.db, rec.recipe).recover()  # a new process
     assert report.interrupted == [crashed.sequence] and report.shots_added == 1
+    assert not torn.exists()  # the torn write is gone, never adopted as a shot
     assert list(rec.runs_dir.glob("*.lock")) == []  # the ended run's lock file is gone
     rows = _parts(rec)
     assert [r.verdict for r in rows] == [Verdict.PENDING, Verdict.PASS, Verdict.INTERRUPTED]

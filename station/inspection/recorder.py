@@ -452,6 +452,8 @@ class Recorder:
         folder = self.recipe.images_dir / f"{row.sequence:06d}"
         if not folder.is_dir():
             return 0
+        for tmp in folder.rglob(".*.tmp"):  # a write the crash cut off: never a shot
+            tmp.unlink(missing_ok=True)
         known = {shot.pose_name for shot in row.shots}
         taken = {shot.pose_index for shot in row.shots}  # the recipe's poses may have changed
         added = 0
