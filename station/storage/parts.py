@@ -269,9 +269,12 @@ def write_part(db: Database, part: PartRecord, with_detections: bool = True) -> 
             setattr(row, name, value)
         s.flush()
         new_ids.append((part, row))
+        # rows a commit wrote before a crash let the record learn their ids (a journal replay)
+        had_shots = {sh.pose_index: sh for sh in found.shots} if found is not None else {}
+        had_dets = _detections_of(s, found) if found is not None and with_detections else {}
         for shot in part.shots:
             if shot.db_id is None:
-                srow = _committed_before(s, found, shot)
+                srow = _committed_before(had_shots, shot, part.key)
                 if srow is None:
                     srow = Shot(part_id=row.id, **shot_columns(shot))
                     s.add(srow)
@@ -290,8 +293,7 @@ def write_part(db: Database, part: PartRecord, with_detections: bool = True) -> 
                 if det.db_id is not None:
                     continue
                 want = detection_columns(det)
-                drow = s.scalar(select(Detection).where(
-                    Detection.shot_id == shot_id, Detection.detector == det.detector))
+                drow = had_dets.get((shot_id, det.detector))
                 if drow is None:
                     drow = Detection(shot_id=shot_id, **want)
                     s.add(drow)
@@ -311,19 +313,23 @@ def write_part(db: Database, part: PartRecord, with_detections: bool = True) -> 
     part.sequence = row.sequence
 
 
-def _committed_before(s: Session, row: Part | None, shot: ShotRecord) -> Shot | None:
-    """The row of `shot` when a crash came after its commit but before the record learnt its
-    id (the record replayed from the journal); RecordRefused if that pose holds another
+def _committed_before(had: dict[int, Shot], shot: ShotRecord, key: str) -> Shot | None:
+    """The row of `shot` among the part's rows (`had`, by pose index) when a crash came after
+    its commit but before the record learnt its id; RecordRefused if that pose holds another
     image."""
-    if row is None:
-        return None
-    srow = s.scalar(select(Shot).where(Shot.part_id == row.id,
-                                       Shot.pose_index == shot.pose_index))
+    srow = had.get(shot.pose_index)
     if srow is not None and (srow.image_sha256, srow.pose_name) != (shot.image_sha256,
                                                                     shot.pose_name):
-        raise RecordRefused(f"record {row.part_key}: pose {shot.pose_name} holds another image "
-                            "in the database")
+        raise RecordRefused(f"record {key}: pose {shot.pose_name} holds another image in the "
+                            "database")
     return srow
+
+
+def _detections_of(s: Session, row: Part) -> dict[tuple[int, str], Detection]:
+    """The part's detection rows by (shot id, detector), in one query."""
+    found = s.scalars(select(Detection).join(Shot, Detection.shot_id == Shot.id)
+                      .where(Shot.part_id == row.id))
+    return {(d.shot_id, d.detector): d for d in found}
 
 
 def _sheet_args(sheet: SheetMapRecord) -> dict[str, Any]:
