@@ -230,6 +230,16 @@ def _lock_database_during_part(cell: Cell, sequence: int) -> None:
     cell.hooks[("part_finished", sequence)] = release_lock
 
 
+def _published(cell: Cell) -> list[bool | None]:
+    """The reject output the line saw each time RESULT_VALID rose: one entry per result."""
+    out, reject = [], None
+    for signal, value in cell.world.line_log:
+        reject = value if signal == "reject_output" else reject
+        if (signal, value) == ("result_valid", True):
+            out.append(reject)
+    return out
+
+
 def _one_fault(cell: Cell, n_parts: int = 3, **run: Any) -> tuple[RunSummary, list[Part]]:
     summary = cell.run(n_parts, **run)
     rows = _check_complete(cell, n_parts)
@@ -238,12 +248,7 @@ def _one_fault(cell: Cell, n_parts: int = 3, **run: Any) -> tuple[RunSummary, li
     assert all(r.verdict is not Verdict.FAULT for r in rows[2:])
     assert summary.counts["fault"] == 1
     # what the line was told for each sheet: rejected unless the part passed, the fault too
-    published, reject = [], None
-    for signal, value in cell.world.line_log:
-        reject = value if signal == "reject_output" else reject
-        if (signal, value) == ("result_valid", True):
-            published.append(reject)
-    assert published == [r.verdict is not Verdict.PASS for r in rows]
+    assert _published(cell) == [r.verdict is not Verdict.PASS for r in rows]
     return summary, rows
 
 
@@ -413,12 +418,7 @@ def test_a_release_failing_after_the_result_went_out_keeps_that_verdict(cell: Ce
     assert any(f"held part {n} released (pass, as published)" in e.text for e in cell.events)
     assert not any("rejected and released" in e.text for e in cell.events)
     # each sheet's result went out once, and as its row says
-    published, reject = [], None
-    for signal, value in cell.world.line_log:
-        reject = value if signal == "reject_output" else reject
-        if (signal, value) == ("result_valid", True):
-            published.append(reject)
-    assert published == [r.verdict is not Verdict.PASS for r in rows]
+    assert _published(cell) == [r.verdict is not Verdict.PASS for r in rows]
 
 
 def test_a_publish_failing_for_a_pass_says_the_line_may_have_taken_it(cell: Cell) -> None:
