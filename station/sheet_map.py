@@ -18,7 +18,7 @@ with it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +40,7 @@ class SheetDefect:
     peak: float  # the region's highest fused score, divided by the detector's threshold
     detector: str
     shots: tuple[str, ...]  # names of the poses whose shots see the region
+    box_mm: tuple[float, float, float, float] | None = None  # its cells' extent: x0, y0, x1, y1
 
 
 # -- building the map -------------------------------------------------------------------------
@@ -52,6 +53,24 @@ class SheetDefect:
 
 FUSIONS = ("max", "mean", "min")
 _ABOVE = 1.0  # a defect region: fused value >= this (maps divided by the threshold)
+
+
+def within_box(
+    box_mm: Sequence[float], centres: Iterable[tuple[float, float]], tol_mm: float
+) -> bool:
+    """Whether a region centre lies in the box [x0, y0, x1, y1] (mm) grown by `tol_mm`: a
+    region found at a known defect (the twin's truth)."""
+    x0, y0, x1, y1 = (float(v) for v in box_mm)
+    return any(x0 - tol_mm <= x <= x1 + tol_mm and y0 - tol_mm <= y <= y1 + tol_mm
+               for x, y in centres)  # fmt: skip
+
+
+def boxes_meet(a_mm: Sequence[float], b_mm: Sequence[float], tol_mm: float) -> bool:
+    """Whether two boxes [x0, y0, x1, y1] (mm) overlap or lie within `tol_mm` of each other."""
+    ax0, ay0, ax1, ay1 = (float(v) for v in a_mm)
+    bx0, by0, bx1, by1 = (float(v) for v in b_mm)
+    return (bx0 <= ax1 + tol_mm and ax0 <= bx1 + tol_mm
+            and by0 <= ay1 + tol_mm and ay0 <= by1 + tol_mm)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -495,6 +514,7 @@ class SheetMap:
             top = int(np.argmax(v))
             xy = self.grid.centres()[rr, cc]
             centre = (v[:, None] * xy).sum(axis=0) / v.sum()
+            lo, hi = xy.min(axis=0) - s / 2, xy.max(axis=0) + s / 2
             det = names[int(np.nanargmax(norm[:, rr[top], cc[top]]))]
             shots = tuple(name for name, sn in self.seen.items() if _covers(sn, rr, cc))
             out.append(
@@ -504,6 +524,7 @@ class SheetMap:
                     float(v[top]),
                     det,
                     shots,
+                    (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])),
                 )
             )
         return sorted(out, key=lambda d: -d.peak)

@@ -55,6 +55,7 @@ class Cell:
     hooks: dict[tuple[str, int], Callable[[], None]] = field(default_factory=dict)
     on_open: Callable[[Any], None] | None = None
     recorder: Recorder | None = None  # default: a fresh one per run
+    truths: dict[int, list[dict]] = field(default_factory=dict)  # the twin's, at each start
 
     def parts(self) -> list[Part]:
         with self.db.session() as s:
@@ -80,6 +81,8 @@ class Cell:
             self.events.append(e)
             if e.kind in ("part_started", "part_finished"):
                 n = int(e.text.split()[-1]) if e.kind == "part_started" else e.result.sequence
+                if e.kind == "part_started":
+                    self.truths[n] = self.world.sheet_truth()
                 hook = self.hooks.get((e.kind, n))
                 if hook is not None:
                     hook()
@@ -161,6 +164,8 @@ def test_parts_records_and_reject_output(cell: Cell, pipelined: bool) -> None:
         assert r.verdict is res.verdict and len(r.shots) == 3
         assert [s.pose_name for s in r.shots] == ["left", "centre", "right"]
         assert r.ground_truth in ("good", "defect") and r.mode == "live"
+        truth = cell.truths[r.sequence]  # the sheet's defects as the twin drew them
+        assert r.twin_defects == truth and (r.ground_truth == "defect") == bool(truth)
         ratio = max(d.normalized_score for s in r.shots for d in s.detections)
         assert (r.verdict is Verdict.FAIL) == (ratio >= 1.0)
         assert r.part_score == pytest.approx(ratio)
@@ -173,6 +178,16 @@ def test_parts_records_and_reject_output(cell: Cell, pipelined: bool) -> None:
     assert cell.world.reject_output is True
     assert np.allclose(cell.world.tcp[:3], pose_tcp(cell.recipe.robot.home)[:3], atol=0.1)
     assert cell.detector.threads == {"inference_0"}  # both modes: same thread, overlap differs
+
+
+def test_a_twin_part_keeps_the_defects_the_twin_drew_on_its_sheet(station_home: Path) -> None:
+    cell = _cell(station_home, twin__defect_rate=1.0)
+    cell.run(2, seed=4)
+    rows = _check_complete(cell, 2)
+    for r in rows:
+        assert r.ground_truth == "defect" and r.twin_defects == cell.truths[r.sequence]
+        assert all(len(t["bbox_mm"]) == 4 and t["size_mm"] > 0 for t in r.twin_defects)
+    assert rows[0].twin_defects != rows[1].twin_defects  # each part its own sheet's
 
 
 @pytest.mark.slow

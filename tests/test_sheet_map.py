@@ -115,6 +115,14 @@ def test_a_hot_spot_lands_at_its_table_point(dist, yaw, size, crop) -> None:
     # the spot is ~1 mm across at 1/3 of its peak: a few cells (one more around, from the
     # max over each cell), not a smear
     assert defect.area_mm2 < 6.0
+    # its box: the hot cells' extent, cell edges included, around the spot
+    hot = np.argwhere(fused >= 1.0)
+    (r0, c0), (r1, c1) = hot.min(axis=0), hot.max(axis=0)
+    s, gx0, gy0 = grid.mm_per_px, grid.x0, grid.y0
+    assert defect.box_mm == pytest.approx((gx0 + c0 * s, gy0 + r0 * s,
+                                           gx0 + (c1 + 1) * s, gy0 + (r1 + 1) * s))
+    x0, y0, x1, y1 = defect.box_mm
+    assert x0 < at[0] < x1 and y0 < at[1] < y1
 
 
 def test_fusion_rules_on_two_overlapping_views() -> None:

@@ -140,10 +140,10 @@ def _tables(url: str) -> set[str]:
 
 def test_migration_from_empty_to_head_matches_models(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    assert upgrade(url) == "0005"
+    assert upgrade(url) == "0006"
     assert _tables(url) >= set(Base.metadata.tables)
     # Upgrading again is a no-op, and the schema has no drift against the models.
-    assert upgrade(url) == "0005"
+    assert upgrade(url) == "0006"
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -186,7 +186,7 @@ def test_upgrade_keeps_rows_and_then_takes_a_missing_score(tmp_path: Path) -> No
     db = open_database(url, migrate=False)
     _log_old_part(db)
     db.dispose()
-    assert upgrade(url) == "0005"
+    assert upgrade(url) == "0006"
     db = open_database(url, migrate=False)
     with db.session() as s:
         scores = sorted(s.scalars(select(Detection.score)).all())
@@ -228,7 +228,7 @@ def test_sqlite_refuses_a_value_for_good(tmp_path: Path) -> None:
 
 
 def test_postgres_migration_from_empty(fresh_postgres_url: str) -> None:
-    assert upgrade(fresh_postgres_url) == "0005"
+    assert upgrade(fresh_postgres_url) == "0006"
     assert _tables(fresh_postgres_url) >= set(Base.metadata.tables)
 
 
@@ -247,7 +247,7 @@ def _upgrade_old_rows_then_add_a_sheet_map(url: str) -> None:
     db = open_database(url, migrate=False)
     _log_old_part(db)
     db.dispose()
-    assert upgrade(url) == "0005"
+    assert upgrade(url) == "0006"
     db = open_database(url, migrate=False)
     with db.session() as s:
         part = s.scalars(select(Part)).one()
@@ -268,7 +268,7 @@ def _upgrade_old_rows_then_add_a_sheet_map(url: str) -> None:
         command.downgrade(cfg, "0003")
     engine.dispose()
     assert "sheet_defects" not in _tables(url)
-    assert upgrade(url) == "0005"  # and up again, the old part still there
+    assert upgrade(url) == "0006"  # and up again, the old part still there
     db = open_database(url, migrate=False)
     with db.session() as s:
         assert s.scalars(select(Part.sheet_map_path)).all() == [None]
@@ -292,7 +292,8 @@ def _sheet_args(**over: object) -> dict:
             "pose1": [[x + 50.0, y] for x, y in _FOOTPRINT],
         },
         defects=[
-            SheetDefect((430.5, -2.25), 3.5, 2.4, "patchcore", ("pose0", "pose1")),
+            SheetDefect((430.5, -2.25), 3.5, 2.4, "patchcore", ("pose0", "pose1"),
+                        (429.0, -3.0, 432.0, -1.5)),
             SheetDefect((260.0, 140.0), 0.75, float("nan"), "patchcore", ("pose2",)),
         ],
     )
@@ -320,7 +321,9 @@ def _sheet_map_roundtrip(url: str) -> None:
             assert (first.index, first.x_mm, first.y_mm) == (0, 430.5, -2.25)
             assert (first.area_mm2, first.peak, first.detector) == (3.5, 2.4, "patchcore")
             assert first.shots == ["pose0", "pose1"]
+            assert first.box_mm == [429.0, -3.0, 432.0, -1.5]
             assert second.index == 1 and second.peak is None  # NaN stored as NULL
+            assert second.box_mm is None  # a region stored without its extent
             # again: the map is replaced, not added to
             one = [SheetDefect((300.0, 0.0), 1.0, 1.5, "simplenet", ("pose1",))]
             record_sheet_map(s, part, **_sheet_args(defects=one, fusion="max"))
@@ -373,6 +376,10 @@ def test_sheet_defects_go_with_their_part_in_sql(tmp_path: Path) -> None:
             {"defects": [SheetDefect((float("inf"), 0.0), 1.0, 1.0, "patchcore", ())]},
             "sheet defect 0 needs a finite centre",
         ),
+        (
+            {"defects": [SheetDefect((1.0, 1.0), 1.0, 1.0, "patchcore", (), (2.0, 0.0, 1.0, 2.0))]},
+            "defect 0 box_mm must be [x0, y0, x1, y1]",
+        ),
     ],
 )
 def test_sheet_map_refuses_bad_values_and_writes_nothing(
@@ -397,12 +404,13 @@ def test_part_record_carries_its_sheet_map_through_the_journal(tmp_path: Path) -
         part.shots.append(ShotRecord(i, f"pose{i}", f"glassfiber/p{i}.png", "ab" * 32, 640, 512))
     write_part(db, part)  # shots first, as the cycle does; the map comes at the end
     defects = [
-        SheetDefect((430.5, -2.25), 3.5, 2.4, "patchcore", ("pose0", "pose1")),
+        SheetDefect((430.5, -2.25), 3.5, 2.4, "patchcore", ("pose0", "pose1"), (429, -3, 432, -1)),
         SheetDefect((260.0, 140.0), 0.75, 1.25, "patchcore", ("pose2",)),
     ]
     part.sheet_map = SheetMapRecord(**_sheet_args(defects=defects))
+    part.twin_defects = [{"kind": "fold", "size_mm": 4.2, "bbox_mm": [429.0, -4.0, 433.0, 0.0]}]
     again = PartRecord.from_json(part.to_json())  # what a journal replay sees
-    assert again.sheet_map == part.sheet_map
+    assert again.sheet_map == part.sheet_map and again.twin_defects == part.twin_defects
     write_part(db, again)
     assert again.sheet_map.written
     write_part(db, again)  # idempotent
@@ -410,6 +418,8 @@ def test_part_record_carries_its_sheet_map_through_the_journal(tmp_path: Path) -
         row = s.get(Part, again.db_id)
         assert row.sheet_map_camera == "exact twin"
         assert [d.shots for d in row.sheet_defects] == [["pose0", "pose1"], ["pose2"]]
+        assert [d.box_mm for d in row.sheet_defects] == [[429.0, -3.0, 432.0, -1.0], None]
+        assert row.twin_defects == part.twin_defects
         assert row.shots[1].footprint_mm[1] == [514.0, -30.0]
     # a journal written before the sheet map existed still reads
     raw = json.loads(PartRecord(recipe="r", recipe_sha256="", mode="live").to_json())

@@ -188,9 +188,9 @@ def truth_defect(d: dict[str, Any]) -> TruthDefect:
 
 def located(truth: TruthDefect, centres: Iterable[tuple[float, float]], tol_mm: float) -> bool:
     """Whether a region centre lies within the defect's extent grown by `tol_mm`."""
-    x0, y0, x1, y1 = truth.extent_mm
-    return any(x0 - tol_mm <= x <= x1 + tol_mm and y0 - tol_mm <= y <= y1 + tol_mm
-               for x, y in centres)  # fmt: skip
+    from station.sheet_map import within_box
+
+    return within_box(truth.extent_mm, centres, tol_mm)
 
 
 @dataclass

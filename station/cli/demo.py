@@ -77,9 +77,25 @@ def _clear_previous(recipe: Any) -> int:
     return n
 
 
+AT_DEFECT_MM = 2.0  # a sheet-map region this close to a twin defect's drawn box is on it
+
+
+def _on(truth_box: list[float], region: Any) -> bool:
+    """Whether a stored sheet-map region (`SheetDefectRow`) reaches a twin defect's box; a
+    region stored without its extent (before 0006) by its centre."""
+    from station.sheet_map import boxes_meet, within_box
+
+    if region.box_mm is not None:
+        return boxes_meet(truth_box, region.box_mm, AT_DEFECT_MM)
+    return within_box(truth_box, [(region.x_mm, region.y_mm)], AT_DEFECT_MM)
+
+
 def _outcome(recipe: Any, since_sequence: int) -> dict[str, Any]:
-    """Confusion counts of the live parts against the twin's ground truth."""
+    """Confusion counts of the live parts against the twin's ground truth, and where the
+    rejected defective sheets were rejected: at a twin defect (a sheet-map region within
+    `AT_DEFECT_MM` of its drawn box) or elsewhere only."""
     from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
 
     from station.storage.db import open_database
     from station.storage.models import Part, Verdict
@@ -88,11 +104,18 @@ def _outcome(recipe: Any, since_sequence: int) -> dict[str, Any]:
     try:
         with db.session() as s:
             parts = s.scalars(
-                select(Part).where(
+                select(Part)
+                .where(
                     Part.recipe == recipe.name, Part.mode == "live", Part.sequence > since_sequence
                 )
+                .options(selectinload(Part.sheet_defects))
             ).all()
             rows = [(p.verdict, p.ground_truth, p.timings_ms or {}) for p in parts]
+            found = [  # per rejected defective sheet: whether each twin defect has a region
+                [any(_on(t["bbox_mm"], r) for r in p.sheet_defects) for t in p.twin_defects or []]
+                for p in parts if p.ground_truth == "defect" and p.verdict == Verdict.FAIL
+            ]  # fmt: skip
+            n_truth = sum(len(p.twin_defects or []) for p in parts if p.ground_truth == "defect")
     finally:
         db.dispose()
     rejected = {Verdict.FAIL, Verdict.FAULT}
@@ -107,6 +130,9 @@ def _outcome(recipe: Any, since_sequence: int) -> dict[str, Any]:
         "false_rejects": sum(v in rejected for v in good),
         "misses": sum(v not in rejected for v in bad),
         "faults": sum(v == Verdict.FAULT for v, _, _ in rows),
+        "at_defect": sum(any(f) for f in found),
+        "defects": n_truth,
+        "defects_found": sum(sum(f) for f in found),
         "mean_cycle_ms": sum(cycle) / len(cycle) if cycle else None,
     }
 
@@ -124,8 +150,13 @@ def _print_summary(console: Any, recipe: Any, out: dict[str, Any], time_scale: f
                   f"{recipe.coverage.smallest_defect_mm:g} mm)"
                   + (f", {out['no_truth']} faulted before any shot" if out["no_truth"] else ""))
     console.print(f"false rejects: {fr}   missed defects: {miss}   faults: {out['faults']}")
-    console.print("[dim]a defective sheet counts as caught when it is rejected, wherever the "
-                  "rejecting spot lies: docs/recall_by_size.md counts where[/]")
+    caught = n_bad - out["misses"]
+    console.print(f"caught at the defect: {out['at_defect']} of {caught} rejected defective "
+                  f"sheets (a sheet-map region at threshold within {AT_DEFECT_MM:g} mm of a "
+                  f"twin defect's drawn box); {caught - out['at_defect']} elsewhere only or by "
+                  "a fault")
+    console.print(f"twin defects with a region on them: {out['defects_found']}/{out['defects']} "
+                  "(every defect of the defective sheets, missed sheets included)")
     if out["mean_cycle_ms"]:
         console.print(f"mean cycle time: {out['mean_cycle_ms'] / 1000:.2f} s per sheet "
                       f"(twin time scale {time_scale:g})")

@@ -256,6 +256,7 @@ class Inspector:
                 if acq.sheet_defects is not None:  # a defect no shot sees is still a defect
                     seen_truth = True
                     any_defect = any_defect or bool(acq.sheet_defects)
+                    part.twin_defects = list(acq.sheet_defects)
                 futures.append(self._submit(part, shot, acq.image, timings))
         except Exception as exc:  # noqa: BLE001 (every failure ends the part as a fault)
             fault = classify(exc)

@@ -83,6 +83,9 @@ class Part(Base):
     sheet_region_mm: Mapped[list[Any] | None] = mapped_column()
     # what the monitoring measured on the part as a whole, by key (0005), e.g. drift signals
     stats: Mapped[dict[str, Any] | None] = mapped_column()
+    # the twin's defects on the sheet (0006; twin only): kind, centre_mm, size_mm, bbox_mm in
+    # base-frame mm, each as `station.twin` drew it, whether or not a shot saw it
+    twin_defects: Mapped[list[Any] | None] = mapped_column()
 
     shots: Mapped[list[Shot]] = relationship(
         back_populates="part", cascade="all, delete-orphan", order_by="Shot.pose_index"
@@ -159,6 +162,7 @@ class SheetDefectRow(Base):
     area_mm2: Mapped[float] = mapped_column(Float)
     peak: Mapped[float | None] = mapped_column(Float)  # fused score / threshold; NULL: not finite
     shots: Mapped[list[Any]] = mapped_column(default=list)  # pose names of the shots that see it
+    box_mm: Mapped[list[Any] | None] = mapped_column()  # its cells' extent [x0, y0, x1, y1] (0006)
 
     part: Mapped[Part] = relationship(back_populates="sheet_defects")
 

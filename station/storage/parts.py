@@ -107,6 +107,7 @@ class SheetMapRecord:
                 peak=d["peak"],
                 detector=d["detector"],
                 shots=tuple(d["shots"]),
+                box_mm=None if d.get("box_mm") is None else tuple(map(float, d["box_mm"])),
             )
             for d in data.pop("defects", [])
         ]
@@ -131,6 +132,7 @@ class PartRecord:
     model_versions: dict[str, str] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     ground_truth: str | None = None
+    twin_defects: list[dict[str, Any]] | None = None  # the twin's, on the whole sheet
     shots: list[ShotRecord] = field(default_factory=list)
     sequence: int | None = None
     db_id: int | None = None
@@ -183,7 +185,7 @@ def part_columns(part: PartRecord) -> dict[str, Any]:
 # columns copied as they are from a record (the others are derived, see below)
 _PART_STATE = (
     "recipe_sha256", "mode", "line_part_id", "verdict", "reason", "part_score", "finished_at",
-    "calibration_id", "ground_truth",
+    "calibration_id", "ground_truth", "twin_defects",
 )  # fmt: skip
 _SHOT = (
     "pose_index", "pose_name", "image_path", "image_sha256", "width", "height",
@@ -450,6 +452,7 @@ def _defect_row(index: int, defect: SheetDefect) -> dict[str, Any]:
             f"sheet defect {index} needs a finite centre and area >= 0, "
             f"got centre {defect.centre_mm}, area {defect.area_mm2}"
         )
+    box = None if defect.box_mm is None else _rect(f"defect {index} box_mm", defect.box_mm)
     return {
         "index": index,
         "detector": defect.detector,
@@ -458,4 +461,5 @@ def _defect_row(index: int, defect: SheetDefect) -> dict[str, Any]:
         "area_mm2": area,
         "peak": _finite(float(defect.peak)),
         "shots": list(defect.shots),
+        "box_mm": box,
     }
