@@ -135,6 +135,23 @@ def test_resnet_from_a_torchvision_style_file(isolated_caches: Path, tmp_path: P
         assert "\n" not in err.value.message and str(bad) in err.value.message
 
 
+def test_a_corrupt_or_empty_weights_file_says_so_without_torchs_unsafe_advice(
+    tmp_path: Path,
+) -> None:
+    """Torch's own refusal text advises weights_only=False (running the file's code): the
+    station says the file is corrupt instead; an empty file names the error, not ''."""
+    garbage, empty = tmp_path / "garbage.pth", tmp_path / "empty.pth"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    empty.write_bytes(b"")
+    for bad, says in ((garbage, "corrupt"), (empty, "EOFError")):
+        with pytest.raises(WeightsNotFound, match="cannot be read") as err:
+            bb._read_state(bad)
+        assert says in err.value.message and "weights_only" not in str(err.value)
+        assert "\n" not in str(err.value)
+    with pytest.raises(WeightsNotFound, match="is a folder, not a file"):
+        bb.find_weights("resnet18", f"file:{tmp_path}")
+
+
 def test_torch_hub_cache_is_used(isolated_caches: Path, tmp_path: Path) -> None:
     import torchvision
 

@@ -128,6 +128,16 @@ def test_damaged_file_is_refused(station_home: Path) -> None:
         load_active_calibration("glassfiber", {"patchcore": "pc-1"})
 
 
+def test_a_bad_created_at_is_damage_not_a_crash(station_home: Path) -> None:
+    """Calibrations are ordered by created_at: one that is no date was a ValueError traceback."""
+    (station_home / "calibration/glassfiber.yaml").write_text(
+        "thresholds: {patchcore: 1.5}\nmodel_versions: {patchcore: pc-1}\ncreated_at: yesterday\n"
+    )
+    with pytest.raises(CalibrationError, match="damaged") as info:
+        load_active_calibration("glassfiber", {"patchcore": "pc-1"})
+    assert "created_at" in info.value.message and "calibrate-threshold" in info.value.hint
+
+
 def _review_db(recipe: Recipe, n_good: int, n_defect: int, passed_audit: int = 0) -> None:
     """Reviewed parts in the recipe's database, one scored shot per recipe pose."""
     url = recipe.storage.resolved_database_url()

@@ -234,3 +234,14 @@ def test_capture_counts_clipped_shots_and_warns(station_home: Path, capsys) -> N
         out = " ".join(capsys.readouterr().out.split())
         assert ("3 of 3 shots have clipped pixels" in out) is clipped, out
         assert ("lower camera.exposure_us" in out) is clipped
+
+
+def test_a_negative_seed_is_one_clear_error(station_home: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """numpy refuses a negative seed deep in the twin: refused up front, before any shot."""
+    with pytest.raises(SystemExit) as ei:
+        main(["capture", "--recipe", "glassfiber", "--seed", "-1"])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seed -1 must be 0 or more" in err and "Traceback" not in err
+    assert not (station_home / "data").exists()

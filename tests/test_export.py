@@ -412,6 +412,25 @@ def test_aitex_tiles_match_torch(tmp_path: Path, one_thread: None) -> None:
         agree(det, served(det, fmt, tmp_path), test)
 
 
+def test_a_failed_export_prints_no_ir_graph(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """torch's exporter printed its whole IR graph (hundreds of lines) to stdout from C++ when
+    an export failed, e.g. at --opset 0; the error is one line and stdout stays empty."""
+    import torch
+
+    from station.detectors.runtimes import graphs
+
+    net = graphs.ExportNet(torch.nn.Conv2d(3, 1, 1), "maps_scores", ("maps",), (8, 8))
+    with pytest.raises(graphs.ExportError, match="opset") as err:
+        graphs.export_onnx(net, tmp_path / "m.onnx", opset=0)
+    assert "\n" not in err.value.message and not (tmp_path / "m.onnx").exists()
+    out, _ = capfd.readouterr()
+    assert "graph" not in out and out == ""
+    print("stdout works again")
+    assert capfd.readouterr().out == "stdout works again\n"
+
+
 def test_smoothing_matrices_equal_upsample_smooth() -> None:
     """PatchCore's graph upsamples and smooths the distance grid as R @ d @ C.T."""
     import torch

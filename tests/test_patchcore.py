@@ -229,6 +229,18 @@ def test_artifact_checks(fitted: PatchCore, tmp_path: Path) -> None:
         load_artifact(tmp_path / "missing.pt")
 
 
+def test_a_corrupt_or_empty_model_file_is_one_line_without_torchs_advice(tmp_path: Path) -> None:
+    """Torch's refusal text advises weights_only=False (running the file's code); an empty file
+    gives an empty message. Both name the file and what is wrong with it instead."""
+    (tmp_path / "c.pt").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "e.pt").write_bytes(b"")
+    for name, says in (("c.pt", "corrupt"), ("e.pt", "EOFError")):
+        with pytest.raises(DetectorError, match="cannot be read") as err:
+            read_artifact(tmp_path / name)
+        assert says in err.value.message and "weights_only" not in err.value.message
+        assert "\n" not in err.value.message and name in err.value.message
+
+
 def test_versions_sort_by_time_within_one_second() -> None:
     from datetime import UTC, datetime
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -337,11 +338,20 @@ def test_cli_refuses_unsafe_binds(
 
     monkeypatch.delenv("STATION_REVIEW_TOKEN", raising=False)
     (station_home / "data").mkdir()
+    junk = station_home / "junk.pem"
+    junk.write_bytes(bytes(range(256)))
     cases = [
         (["review", "--host", "0.0.0.0"], "without an access token"),
         (["review", "--host", "192.168.1.7", "--token", "short"], "too short"),
         (["review", "--data-dir", str(station_home / "nowhere")], "does not exist"),
         (["review", "--ssl-certfile", "c.pem"], "both --ssl-certfile and --ssl-keyfile"),
+        # TLS files are loaded up front: uvicorn fails on them with a traceback
+        (["review", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem"],
+         "cannot use --ssl-certfile c.pem with --ssl-keyfile k.pem: No such file"),
+        (["review", "--ssl-certfile", str(junk), "--ssl-keyfile", str(junk)], "PEM"),
+        # a name that does not resolve is about --host, not a busy port
+        (["review", "--host", "no-such-host.invalid", "--token", secrets.token_urlsafe(24),
+          "--port", "18779"], "give --host an address"),
     ]
     for argv, words in cases:
         with pytest.raises(SystemExit) as exc:

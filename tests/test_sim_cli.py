@@ -29,3 +29,15 @@ def test_camera_images_fill_the_emulator_folder(station_home: Path) -> None:
     assert image.shape == (512, 640)  # the recipe's camera size: the emulator must not crop
     masks = sorted((folder.parent / "emulator-masks").glob("*.png"))
     assert len(masks) == 2 * len(poses) and any(cv2.imread(str(m), 0).max() == 255 for m in masks)
+
+
+def test_a_negative_seed_is_a_usage_error(station_home: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from station.cli.app import main
+
+    with pytest.raises(SystemExit) as ei:
+        main(["sim", "camera-images", "-r", "glassfiber-emulated", "-n", "1", "--seed", "-1"])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and "Traceback" not in err
+    assert not (station_home / "data").exists()

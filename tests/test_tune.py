@@ -166,6 +166,22 @@ def check_timed_again(out: Path, rows: list[dict]) -> None:
         assert r["throughput"] == max(r["throughput_passes"])
 
 
+def test_an_unwritable_out_or_a_garbage_journal_is_no_traceback(tmp_path: Path) -> None:
+    """--out under a file was an OSError traceback; a journal of garbage bytes a
+    UnicodeDecodeError. Now: one line naming the folder; a journal started over."""
+    from station.errors import StationError
+    from station.tuning.journal import FILE, Journal, read_journal
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(StationError, match="cannot write tune folder .*afile.*--out"):
+        Journal(tmp_path / "afile" / "tune", {"digest": "d"}).open()
+    (tmp_path / FILE).write_bytes(bytes(range(128, 256)) * 4)
+    assert read_journal(tmp_path) is None
+    journal = Journal(tmp_path, {"digest": "d"}).open()
+    assert journal.restarted_from == "unreadable" and read_journal(tmp_path) == (
+        {"type": "run", "digest": "d"}, [])
+
+
 def test_journal_timing_lines_make_the_fastest_pass_count(tmp_path: Path) -> None:
     from station.tuning.journal import Journal, read_journal
 

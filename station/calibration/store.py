@@ -273,11 +273,13 @@ def _read(path: Path) -> dict[str, Any]:
     if ok:
         try:
             ok = all(math.isfinite(float(t)) and float(t) > 0 for t in thresholds.values())
+            _created(doc)  # calibrations are ordered by it
         except (TypeError, ValueError):
             ok = False
     if not ok:
         raise CalibrationError(
-            f"calibration file {path} is damaged (missing or invalid thresholds)",
+            f"calibration file {path} is damaged (missing or invalid thresholds, model_versions "
+            "or created_at)",
             hint="re-run station calibrate-threshold",
         )
     return doc

@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         from station.inspection.capture import check_arguments, run_capture
 
         rec = load_recipe(recipe)
-        check_arguments(rec, count, label)
+        check_arguments(rec, count, label, seed)
         total = count * len(rec.robot.poses)
         stored: list[int] = []
         bar = make_progress("[bold]capture[/] {task.description}", "shots", err_console)

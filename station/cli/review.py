@@ -103,3 +103,21 @@ def _check_access(
         raise StationError(
             "HTTPS needs both --ssl-certfile and --ssl-keyfile", hint="give both or neither"
         )
+    if certfile is not None and keyfile is not None:
+        _check_tls_files(certfile, keyfile)
+
+
+def _check_tls_files(certfile: Path, keyfile: Path) -> None:
+    """Load the certificate and key now: uvicorn would fail on them with a traceback."""
+    import ssl
+
+    from station.errors import StationError
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StationError(
+            f"cannot use --ssl-certfile {certfile} with --ssl-keyfile {keyfile}: {why}",
+            hint="give a PEM certificate and its unencrypted PEM private key",
+        ) from None

@@ -212,7 +212,7 @@ def register(app: typer.Typer) -> None:
             ..., "--recipe", "-r", help="Recipe with camera.emulator_images."
         ),
         count: int = typer.Option(5, "--count", "-n", min=1, help="Parts (sheets) to render."),
-        seed: int | None = typer.Option(None, "--seed", help="First twin seed."),
+        seed: int | None = typer.Option(None, "--seed", min=0, help="First twin seed."),
         defective: bool | None = typer.Option(
             None, "--defective/--good", help="Force defective or good sheets (default: the rate)."
         ),

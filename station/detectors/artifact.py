@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from station.detectors.registry import create_detector, detector_class, detector_kwargs, settings
 from station.detectors.types import FORMAT_VERSION as FORMAT_VERSION
-from station.detectors.types import check_payload, plain
+from station.detectors.types import check_payload, load_failure, plain
 from station.errors import DetectorError, StationError
 from station.files import atomic_write, file_sha256, writing
 
@@ -78,9 +78,8 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt, or not a torch file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DetectorError(
-            f"model file {path} cannot be read ({first[:200]})",
+            f"model file {path} cannot be read ({load_failure(exc)})",
             hint="retrain with station train",
         ) from None
     check_payload(payload, what=f"model file {path}")

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from station.detectors.types import load_failure
 from station.errors import DetectorError, WeightsNotFound
 from station.paths import station_home
 
@@ -230,7 +231,8 @@ def find_weights(name: str, weights: str = "auto") -> tuple[str, Path]:
             path = station_home() / path
         if not path.is_file():
             raise WeightsNotFound(
-                f"weights file {path} for backbone {name} does not exist",
+                f"weights file {path} for backbone {name} "
+                + ("is a folder, not a file" if path.is_dir() else "does not exist"),
                 hint=_how_to_provide(name, spec),
             )
         return "file", path
@@ -265,7 +267,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code, wrong format
         raise WeightsNotFound(
-            f"weights file {path} cannot be read as a state dict: {exc}".splitlines()[0]
+            f"weights file {path} cannot be read as a state dict: {load_failure(exc)}",
+            hint="give a state dict of tensors (torch.save or safetensors); the station never "
+            "runs code in a weights file",
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):

@@ -36,6 +36,15 @@ FORMAT_VERSION = 1
 PAYLOAD_KEYS = ("format_version", "detector", "detector_version", "config", "state_dict")
 
 
+def load_failure(exc: Exception) -> str:
+    """Why `torch.load(..., weights_only=True)` failed, in a few words on one line. Torch's own
+    text for a weights-only refusal advises weights_only=False, which would run the file's code."""
+    text = str(exc).strip()
+    if text.startswith("Weights only load failed"):
+        return "corrupt, or a pickle holding more than tensors"
+    return text.splitlines()[0][:200] if text else f"{type(exc).__name__}: empty or cut short?"
+
+
 def plain(value: Any) -> Any:
     """Settings in comparable form: tuples as lists, numbers as floats."""
     if isinstance(value, list | tuple):

@@ -71,12 +71,14 @@ def _rel(path: Path, data_root: Path) -> str:
         return path.resolve().as_posix()
 
 
-def check_arguments(recipe: Recipe, count: int, label: str) -> None:
+def check_arguments(recipe: Recipe, count: int, label: str, seed: int | None = None) -> None:
     if label not in LABELS:
         raise StationError(f"--label {label!r} is not known",
                            hint=f"use one of {', '.join(LABELS)}")
     if count < 1:
         raise StationError(f"--count {count} must be at least 1")
+    if seed is not None and seed < 0:
+        raise StationError(f"--seed {seed} must be 0 or more")
     if label == "labelled" and recipe.camera_driver != "sim":
         raise StationError(
             "--label labelled needs ground truth, which only the simulated camera gives",
@@ -100,7 +102,7 @@ def run_capture(
     device is simulated and none is given. `on_shot(sequence, pose_name)` after every shot,
     `on_part(sequence)` after every stored part.
     """
-    check_arguments(recipe, count, label)
+    check_arguments(recipe, count, label, seed)
     root = resolve(out) if out is not None else recipe.dataset_dir
     data_root = resolve(recipe.storage.data_dir)
     seed = recipe.twin.seed if seed is None else int(seed)

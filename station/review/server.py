@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import threading
 import time
@@ -39,9 +40,11 @@ def serve(app: FastAPI, host: str, port: int, **kw: object) -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host.strip("[]"), port))
     except OSError as exc:
+        busy = exc.errno in (errno.EADDRINUSE, errno.EACCES)
         raise StationError(
             f"cannot listen on {host}:{port}: {exc.strerror}",
-            hint="pick another --port, or stop the program using it",
+            hint="pick another --port, or stop the program using it" if busy
+            else "give --host an address of this machine, e.g. 127.0.0.1 or 0.0.0.0",
         ) from None
     uvicorn.Server(_config(app, host, port, **kw)).run()
 

@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from station.files import writing
+
 FILE = "tune.jsonl"
 
 
@@ -36,7 +38,7 @@ def read_journal(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | Non
     if not path.is_file():
         return None
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # garbage: not a journal
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut short by an interrupted run
@@ -81,8 +83,9 @@ class Journal:
             return self
         if old is not None or self.path.exists():
             self.restarted_from = str((old[0] if old else {}).get("digest") or "unreadable")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(_plain({"type": "run", **self.header})) + "\n")
+        with writing(f"tune folder {self.path.parent} (--out)"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(_plain({"type": "run", **self.header})) + "\n")
         self.records = {}
         return self
 
@@ -98,7 +101,7 @@ class Journal:
         self.records[cid] = with_passes(self.records[cid], passes)
 
     def _append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a") as fh:
+        with writing(self.path), self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
 

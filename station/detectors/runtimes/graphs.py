@@ -233,6 +233,25 @@ def exportable_pooling() -> Iterator[None]:
         F.adaptive_avg_pool1d = original
 
 
+@contextlib.contextmanager
+def exporter_log_silenced() -> Iterator[None]:
+    """Send the process's stdout (file descriptor 1) to /dev/null. torch's TorchScript exporter
+    always turns its C++ log on (setup_onnx_logging tests a function, not its result), so an
+    export that fails prints its whole IR graph there, hundreds of lines, past Python."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_onnx(net: ExportNet, path: Path, opset: int = DEFAULT_OPSET) -> None:
     """Trace `net` on a batch of 2 at its image size and write the ONNX graph to `path`
     (dynamic batch axis). A failure is a one-line DetectorError."""
@@ -248,7 +267,8 @@ def export_onnx(net: ExportNet, path: Path, opset: int = DEFAULT_OPSET) -> None:
     }
     buf = io.BytesIO()
     try:
-        with torch.no_grad(), exportable_pooling(), warnings.catch_warnings():
+        with torch.no_grad(), exportable_pooling(), warnings.catch_warnings(), \
+                exporter_log_silenced():
             warnings.simplefilter("ignore")  # tracer warnings: sizes are fixed per model
             torch.onnx.export(
                 net.module,
