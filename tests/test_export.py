@@ -221,6 +221,33 @@ def test_missing_and_stale_exports_are_refused(home: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("fmt", "runtime"), [("onnx", "onnxruntime"), ("openvino", "openvino")])
+def test_a_failed_export_leaves_the_previous_one_working(
+    home: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, runtime: str
+) -> None:
+    from station.detectors.artifact import latest_artifact
+    from station.detectors.engine import load_models
+    from station.detectors.runtimes import export, sidecar
+    from station.detectors.runtimes.graphs import ExportError
+
+    recipe = load(home)
+    files = sidecar.export_files(latest_artifact(recipe, "patchcore"), fmt)
+    before = {f: f.read_bytes() for f in files}
+    with pytest.raises(ExportError, match="opset"):  # fails while writing the graph
+        export.export_model(recipe, "patchcore", fmt, opset=0)
+    real = export.open_session
+    monkeypatch.setattr(  # fails its check against torch
+        export, "open_session", lambda *a: type("Off", (), {"run": lambda _, x: [
+            o * 1.01 for o in real(*a).run(x)]})())  # fmt: skip
+    with pytest.raises(ExportError, match="differs from torch"):
+        export.export_model(recipe, "patchcore", fmt)
+    monkeypatch.undo()
+    assert {f: f.read_bytes() for f in files} == before
+    assert not list(files[0].parent.glob(".export-*"))  # nothing left aside
+    assert load_models(load(home, runtime), ["patchcore"])["patchcore"].meta["runtime_description"]
+
+
+@pytest.mark.slow
 def test_missing_runtime_package_names_the_extra(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

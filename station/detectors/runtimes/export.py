@@ -80,9 +80,7 @@ def _grid(net: graphs.ExportNet) -> list[Any] | None:
 def _write_graph(net: graphs.ExportNet, fmt: str, graph: Path, opset: int) -> None:
     """The ONNX graph at `graph`, or (openvino) the IR converted from it: .xml + .bin."""
     if fmt == "onnx":
-        tmp = graph.with_name(graph.name + ".tmp")
-        graphs.export_onnx(net, tmp, opset)
-        tmp.replace(graph)
+        graphs.export_onnx(net, graph, opset)
         return
     from station.detectors.runtimes.ov_runtime import openvino
 
@@ -140,16 +138,20 @@ def export_model(
     net = graphs.export_net(loaded.detector)
     graph = sidecar.graph_path(path, fmt)
     side = sidecar.sidecar_path(path, fmt)
-    side.unlink(missing_ok=True)  # no sidecar until the new graph is written and checked
-    _write_graph(net, fmt, graph, opset)
-    rel, grid = _check(net, fmt, graph)
-    if rel > MAX_REL_DIFF:
-        for f in sidecar.export_files(path, fmt):
-            f.unlink(missing_ok=True)
-        raise graphs.ExportError(
-            f"the {fmt} graph differs from torch by {rel:.2g} of the output's magnitude "
-            f"(more than {MAX_REL_DIFF:g})"
-        )
+    # Written and checked aside first: a failed export leaves the previous one as it was.
+    with tempfile.TemporaryDirectory(dir=graph.parent, prefix=".export-") as tmpdir:
+        staged = Path(tmpdir) / graph.name
+        _write_graph(net, fmt, staged, opset)
+        rel, grid = _check(net, fmt, staged)
+        if rel > MAX_REL_DIFF:
+            raise graphs.ExportError(
+                f"the {fmt} graph differs from torch by {rel:.2g} of the output's magnitude "
+                f"(more than {MAX_REL_DIFF:g})"
+            )
+        side.unlink(missing_ok=True)  # no sidecar while the graph files are replaced
+        weights = [staged.with_suffix(".bin")] if fmt == "openvino" else []
+        for f in (*weights, staged):
+            f.replace(graph.with_name(f.name))
     h, w = net.image_hw
     doc = {
         "sidecar_version": sidecar.SIDECAR_VERSION,
