@@ -152,6 +152,31 @@ def test_a_corrupt_or_empty_weights_file_says_so_without_torchs_unsafe_advice(
         bb.find_weights("resnet18", f"file:{tmp_path}")
 
 
+def test_recipe_check_opens_the_weights_as_train_does(
+    station_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A weights file that exists but cannot be read, or does not fit the network, fails the
+    check, not the first `train`."""
+    import yaml
+
+    from station.cli.app import main
+
+    garbage, other = tmp_path / "garbage.pth", tmp_path / "other.pth"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    torch.save(torch.nn.Conv2d(3, 4, 1).state_dict(), other)
+    data = yaml.safe_load((station_home / "recipes/glassfiber.yaml").read_text())
+    for bad, says in ((garbage, "cannot be read as a state dict"),
+                      (other, "does not fit the backbone")):
+        data["name"] = "badweights"
+        data["detectors"][0]["weights"] = f"file:{bad}"
+        (station_home / "recipes/badweights.yaml").write_text(yaml.safe_dump(data))
+        with pytest.raises(SystemExit) as ex:
+            main(["recipe", "check", "badweights"])
+        err = capsys.readouterr().err
+        assert ex.value.code == 2 and "Traceback" not in err
+        assert f"detectors[0].weights: weights file {bad} {says}" in " ".join(err.split())
+
+
 def test_torch_hub_cache_is_used(isolated_caches: Path, tmp_path: Path) -> None:
     import torchvision
 

@@ -109,6 +109,11 @@ def test_newest_matching_calibration_wins(station_home: Path) -> None:
     older = load_active_calibration("glassfiber", {"patchcore": "pc-1"})
     assert older.path.parent.name == "history" and older.id != saved2.id
     assert "newer one" in older.note
+    # the current file deleted: its copy in the history, said
+    (station_home / "calibration/glassfiber.yaml").unlink()
+    copy = load_active_calibration("glassfiber", {"patchcore": "pc-2"})
+    assert copy.id == saved2.id and copy.path == saved2.history_path
+    assert copy.note.startswith("calibration/glassfiber.yaml is missing: using its copy")
 
 
 @pytest.mark.slow

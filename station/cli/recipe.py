@@ -130,12 +130,13 @@ def device_warnings(recipe: Recipe) -> list[str]:
 def deep_problems(recipe: Recipe) -> list[str]:
     """What the schema alone cannot see: detector params against each detector's parameters,
     the backbone and its weights on this machine, and the twin's settings (sim recipes)."""
-    from station.detectors.backbones import BACKBONES, find_weights
+    from station.detectors.backbones import BACKBONES, create_backbone
     from station.detectors.registry import config_problems, detector_kwargs
     from station.devices.factory import uses_twin
     from station.errors import StationError
 
     problems = []
+    opened: dict[tuple[str, str], str | None] = {}  # (backbone, weights) -> the problem
     for i, det in enumerate(recipe.detectors):
         where = f"detectors[{i}]"
         found = config_problems(det.name, detector_kwargs(det))
@@ -146,10 +147,15 @@ def deep_problems(recipe: Recipe) -> list[str]:
                 + ", ".join(sorted(BACKBONES))
             )
             continue
-        try:
-            find_weights(det.backbone, det.weights)
-        except StationError as exc:
-            problems.append(f"{where}.weights: {exc}")
+        key = (det.backbone, det.weights)
+        if key not in opened:  # found, read and fitted to the network, as train does
+            try:
+                create_backbone(*key)
+                opened[key] = None
+            except StationError as exc:
+                opened[key] = str(exc)
+        if opened[key] is not None:
+            problems.append(f"{where}.weights: {opened[key]}")
     if uses_twin(recipe):
         from station.twin.world import TwinWorld
 
