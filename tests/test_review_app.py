@@ -661,6 +661,38 @@ def test_selecting_a_defect_shows_the_shots_that_see_it(seeded) -> None:
         assert r.status_code == 200 and 'id="defect-shots"' not in r.text
 
 
+def test_a_simulated_part_shows_the_twin_defects_beside_the_found_regions(seeded) -> None:
+    from station.sheet_map import SheetDefect
+    from station.storage.parts import record_sheet_map
+
+    db, sample, client = seeded
+    part = _sheet_part(db, sample)
+    html = client.get(f"/parts/{part.id}").text
+    assert 'class="twin-defect"' not in html and "twin-legend" not in html  # a real part
+    with db.session() as s:
+        row = s.get(Part, part.id)
+        record_sheet_map(
+            s, row, png_path=row.sheet_map_path, extent_mm=row.sheet_map_extent_mm,
+            mm_per_px=row.sheet_map_mm_per_px, fusion="max", camera_source="exact twin",
+            region_mm=row.sheet_region_mm,
+            footprints={sh.pose_name: sh.footprint_mm for sh in row.shots},
+            defects=[SheetDefect((320.0, -30.0), 4.0, 1.7, "patchcore", ("left",),
+                                 (318.5, -31.0, 321.5, -28.5))],
+        )  # fmt: skip
+        row.twin_defects = [
+            {"kind": "fold", "size_mm": 4.25, "bbox_mm": [319.0, -32.0, 323.0, -29.0]},
+            {"kind": "stain", "size_mm": 3.0, "bbox_mm": [1.0, 2.0]},  # damaged: not drawn
+        ]
+    html = client.get(f"/parts/{part.id}").text
+    assert re.findall(r'<rect class="defect-box" x="([^"]+)" y="([^"]+)" width="([^"]+)" '
+                      r'height="([^"]+)"', html) == [("318.5", "-31.0", "3.0", "2.5")]
+    twin = re.findall(r'<rect class="twin-defect" x="([^"]+)" y="([^"]+)" width="([^"]+)" '
+                      r'height="([^"]+)".*?<title>([^<]+)</title>', html)
+    assert twin == [("319.0", "-32.0", "4.0", "3.0",
+                     "twin defect: fold 4.25 mm (the simulated station's truth)")]
+    assert "cyan boxes: the defects the twin drew (1), which a real cell does not know" in html
+
+
 def test_part_without_a_sheet_map_shows_as_before(seeded) -> None:
     db, sample, client = seeded
     with db.session() as s:

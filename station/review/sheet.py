@@ -1,5 +1,6 @@
 """The part page's sheet map: the stored map image, with the inspected region, each shot's
-footprint and the defect regions drawn over it as SVG in table millimetres.
+footprint and the defect regions (a circle of the region's area, and the box its cells span)
+drawn over it as SVG in table millimetres; on a simulated part also the twin's own defects.
 
 The SVG's viewBox is the map's extent [x0, y0, x1, y1] in base-frame mm (image rows run along
 +y), so every shape is drawn at its stored coordinates and scales with the image.
@@ -33,6 +34,19 @@ class SheetView:
     defects: list[dict[str, Any]] = field(default_factory=list)
     selected: dict[str, Any] | None = None
     label_mm: float = 1.0  # text size, in mm, for pose names on the map
+    twin: list[dict[str, Any]] = field(default_factory=list)  # the twin's defects: box, label
+
+
+def _box(value: Any) -> tuple[float, float, float, float] | None:
+    """[x0, y0, x1, y1] as the SVG's (x, y, width, height); None unless four finite numbers
+    with x0 <= x1, y0 <= y1."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if not all(map(math.isfinite, (x0, y0, x1, y1))) or x1 < x0 or y1 < y0:
+        return None
+    return (x0, y0, x1 - x0, y1 - y0)
 
 
 def parse_defect(raw: str | None) -> int | None:
@@ -71,11 +85,18 @@ def sheet_view(root: Path, part: Part, selected: int | None) -> SheetView | None
             {
                 "row": d,
                 "r": max(math.sqrt(max(d.area_mm2, 0.0) / math.pi), min(w, h) / 60),
+                "box": _box(d.box_mm) if d.box_mm is not None else None,
                 "selected": d.index == selected,
             }
         )
         if d.index == selected:
             view.selected = {"row": d, "shots": list(d.shots or [])}
+    for t in part.twin_defects or []:  # a simulated part: what the twin drew, for comparison
+        box = _box(t.get("bbox_mm")) if isinstance(t, dict) else None
+        if box is not None:
+            size = t.get("size_mm")
+            sized = f" {size:g} mm" if isinstance(size, int | float) else ""
+            view.twin.append({"box": box, "label": f"{t.get('kind', 'defect')}{sized}"})
     seeing = set(view.selected["shots"]) if view.selected else set()
     for shot in part.shots:
         corners = shot.footprint_mm
