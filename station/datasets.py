@@ -47,8 +47,7 @@ class MVTecFolder:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise StationError(f"dataset folder {self.root} does not exist")
+        _check_dataset_folder(self.root, missing_hint=None)
 
     @property
     def name(self) -> str:
@@ -81,11 +80,20 @@ class MVTecFolder:
         return items
 
 
+def _check_dataset_folder(root: Path, missing_hint: str | None) -> None:
+    if root.exists() and not root.is_dir():
+        raise StationError(
+            f"dataset {root} is a file, not a dataset folder",
+            hint="give the folder of an MVTec-layout category (train/, test/) or of categories",
+        )
+    if not root.is_dir():
+        raise StationError(f"dataset folder {root} does not exist", hint=missing_hint)
+
+
 def category_dirs(root: str | Path) -> list[Path]:
     """`root` itself when it is one MVTec category, else its sub-folders that are."""
     root = Path(root)
-    if not root.is_dir():
-        raise StationError(f"dataset folder {root} does not exist", hint="check --dataset")
+    _check_dataset_folder(root, missing_hint="check --dataset")
     if MVTecFolder.is_mvtec(root):
         return [root]
     cats = sorted(p for p in root.iterdir() if p.is_dir() and MVTecFolder.is_mvtec(p))

@@ -428,6 +428,8 @@ def find_recipe(name_or_path: str) -> Path:
         path = resolve(p)
     else:
         path = station_home() / "recipes" / f"{name_or_path}.yaml"
+    if path.is_dir():
+        raise RecipeError(str(path), ["is a folder, not a recipe file; give a recipe .yaml file"])
     if not path.is_file():
         raise RecipeError(
             str(path),

@@ -236,6 +236,14 @@ def _card_recipe(home: Path, **overrides: Any) -> Any:
                         monitoring={"drift": drift}, **overrides)
 
 
+def test_an_unknown_signal_is_refused_before_anything_is_printed(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "monitor", "--signal", "nosuch")
+    assert code == 2 and out == "", out  # no header, no chart table before the error
+    assert err.splitlines() == ["error: no signal 'nosuch'", "  hint: known: none yet"], err
+
+
 def test_reference_card_section_is_validated_naming_the_field(station_home: Path) -> None:
     from station.errors import RecipeError
 

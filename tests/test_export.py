@@ -329,11 +329,26 @@ def test_cli_names_a_detector_it_cannot_export(
     load(home)
     monkeypatch.setattr(graphs, "export_onnx", refuse)
     capsys.readouterr()
-    assert run(["export", "-r", "exp", "--format", "onnx", "--detector", "ast_mfr"]) == 1
+    assert run(["export", "-r", "exp", "--format", "onnx", "--detector", "ast_mfr"]) == 2
     err = capsys.readouterr().err
     assert "detector ast_mfr cannot be exported to onnx: ONNX export failed" in err
     assert run(["export", "-r", "exp", "--format", "tflite"]) != 0
     assert "--format must be one of onnx, openvino" in capsys.readouterr().err
+
+
+def test_cli_exit_code_of_an_unexportable_detector_is_2(
+    station_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An expected failure, like every other (README: exit code 2)."""
+    from station.detectors.runtimes import export, graphs
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise graphs.ExportError("opset 7 is too old for this network")
+
+    monkeypatch.setattr(export, "export_model", refuse)
+    assert run(["export", "--format", "onnx", "--opset", "7"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "cannot be exported to onnx: opset 7 is too old" in out.err
 
 
 def served(detector: Any, fmt: str, folder: Path) -> Any:

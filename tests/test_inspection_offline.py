@@ -160,6 +160,23 @@ def test_a_loose_image_is_a_part_only_on_a_one_pose_recipe(
     assert r.verdict is Verdict.PASS
 
 
+def test_a_folder_without_images_is_named_with_the_suffixes_looked_for(
+    station_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from station.cli.app import main
+
+    (empty := tmp_path / "empty").mkdir()
+    write_png(empty / "sub" / "p1_left_mask.png", np.zeros((8, 8), np.uint8))  # a mask only
+    with pytest.raises(SystemExit) as exc:
+        main(["inspect", str(empty)])
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[0] == (
+        f"error: folder {empty} holds no images (no .png, .jpg, .jpeg, .bmp, .tif or .tiff "
+        "file there or in sub-folders, *_mask files aside)"
+    ), err
+
+
 def test_unknown_and_repeated_poses_are_faults(station_home: Path, tmp_path: Path) -> None:
     recipe = small_recipe(station_home)
     for name in ("p1_left", "p1_centre", "p1_right", "p1_top", "p2_left", "p2_centre"):

@@ -212,6 +212,23 @@ def test_cli_missing_recipe(station_home: Path) -> None:
     assert "file not found" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_cli_recipe_path_that_is_a_folder(station_home: Path, tmp_path: Path) -> None:
+    out = _station("recipe", "check", str(tmp_path), home=station_home)
+    assert out.returncode == 2 and out.stdout == "", out.stdout
+    assert out.stderr.strip() == f"error: {tmp_path}: is a folder, not a recipe file; give a " \
+        "recipe .yaml file", out.stderr
+
+
+def test_cli_db_upgrade_under_a_file_names_the_file(station_home: Path, tmp_path: Path) -> None:
+    (afile := tmp_path / "afile").write_text("")
+    for db in (afile / "x.db", afile / "sub" / "x.db"):
+        out = _station("db", "upgrade", "--url", f"sqlite:///{db}", home=station_home)
+        assert out.returncode == 2 and out.stdout == "", out.stdout
+        first = out.stderr.splitlines()[0]
+        assert first == f"error: database {db}: {afile} is a file, not a folder", out.stderr
+        assert "File exists" not in out.stderr and "Traceback" not in out.stderr
+
+
 @pytest.mark.slow
 def test_cli_version_and_db_upgrade(station_home: Path) -> None:
     out = _station("--version", home=station_home)
@@ -467,12 +484,12 @@ def test_an_inherited_poses_file_is_read_beside_its_base(
     ("name", "params", "expected"),
     [
         ("patchcore", {"coreset_ratio": 5.0}, "patchcore: coreset_ratio must be in (0, 1]"),
-        ("patchcore", {"num_neighbors": 0}, "patchcore: max_bank, max_train_patches, batch_size"),
-        ("patchcore", {"sigma": -1.0}, "patchcore: patch_size must be >= 1, sigma and proj_dim"),
-        ("simplenet", {"noise_std": 0.0}, "simplenet: noise_std and margin must be positive"),
+        ("patchcore", {"num_neighbors": 0}, "patchcore: num_neighbors must be >= 1, not 0"),
+        ("patchcore", {"sigma": -1.0}, "patchcore: sigma must be >= 0, not -1.0"),
+        ("simplenet", {"noise_std": 0.0}, "simplenet: noise_std must be > 0, not 0.0"),
         ("efficientad", {"q_low": 0.999}, "efficientad: need 0 < q_low < q_high < 1"),
         ("efficientad", {"model_size": "huge"}, "efficientad: model_size must be small or medium"),
-        ("ast_mfr", {"pool_size": 4}, "ast_mfr: need alpha >= 0, lr > 0 and an odd pool_size"),
+        ("ast_mfr", {"pool_size": 4}, "ast_mfr: pool_size must be odd and >= 1, not 4"),
         ("dfda", {"val_fraction": 1.5}, "dfda: val_fraction must be in [0, 1), not 1.5"),
         (
             "ensemble",
@@ -491,3 +508,35 @@ def test_detector_params_out_of_range_are_refused_before_any_model_is_built(
     assert len(problems) == 1 and problems[0].startswith(expected), problems
     if name != "ensemble":  # an ensemble has no default members
         assert config_problems(name, {}) == []  # the defaults are in range
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "expected"),
+    [
+        ("patchcore", {"num_neighbors": -3}, "patchcore: num_neighbors must be >= 1, not -3"),
+        (
+            "patchcore",
+            {"batch_size": 0, "num_neighbors": -3},
+            "patchcore: batch_size must be >= 1, not 0; num_neighbors must be >= 1, not -3",
+        ),
+        ("simplenet", {"margin": -1.0}, "simplenet: margin must be > 0, not -1.0"),
+        ("efficientad", {"distill_batch": 0}, "efficientad: distill_batch must be >= 1, not 0"),
+        ("ast_mfr", {"student_lr": 0.0}, "ast_mfr: student_lr must be > 0, not 0.0"),
+        ("dfda", {"attention_lr": 0.0}, "dfda: attention_lr must be > 0, not 0.0"),
+    ],
+)
+def test_a_range_error_names_only_the_fields_out_of_range(
+    name: str, params: dict[str, object], expected: str
+) -> None:
+    from station.detectors.registry import config_problems
+
+    assert config_problems(name, params) == [expected]
+
+
+def test_a_recipe_range_error_names_only_the_field_out_of_range(station_home: Path) -> None:
+    assert "num_neighbors: 9" in SHIPPED
+    problems = _cli_problems(station_home, SHIPPED.replace("num_neighbors: 9", "num_neighbors: -3"))
+    assert problems == [
+        f"{station_home / 'recipes' / 'bad.yaml'}: detectors[0].params: patchcore: "
+        "num_neighbors must be >= 1, not -3"
+    ], problems

@@ -344,6 +344,7 @@ def test_cli_refuses_unsafe_binds(
         (["review", "--host", "0.0.0.0"], "without an access token"),
         (["review", "--host", "192.168.1.7", "--token", "short"], "too short"),
         (["review", "--data-dir", str(station_home / "nowhere")], "does not exist"),
+        (["review", "--data-dir", str(junk)], f"data directory {junk} is a file, not a folder"),
         (["review", "--ssl-certfile", "c.pem"], "both --ssl-certfile and --ssl-keyfile"),
         # TLS files are loaded up front: uvicorn fails on them with a traceback
         (["review", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem"],
@@ -357,8 +358,37 @@ def test_cli_refuses_unsafe_binds(
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
-        err = capsys.readouterr().err
+        out, err = capsys.readouterr()
         assert words in err and "Traceback" not in err
+        assert "review pages on" not in out  # nothing that looks like it serves
+
+
+def test_review_pages_are_announced_only_once_the_port_is_bound(
+    station_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from station.cli.app import main
+    from station.review import server
+
+    monkeypatch.delenv("STATION_REVIEW_TOKEN", raising=False)
+    (station_home / "data").mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit) as exc:
+            main(["review", "--port", str(port)])
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"cannot listen on 127.0.0.1:{port}" in err, (out, err)
+    # on a free port the line comes once the address is bound, before the server runs
+    calls: list[str] = []
+    monkeypatch.setattr(
+        server.uvicorn.Server, "run", lambda self: calls.append(capsys.readouterr().out)
+    )
+    main(["review", "--port", str(server.free_port())])
+    assert len(calls) == 1 and "review pages on http://127.0.0.1:" in calls[0], calls
 
 
 def test_review_next_opens_the_newest_unreviewed_part(seeded) -> None:

@@ -282,6 +282,27 @@ def test_clear_errors(station_home: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "g0.png" in capsys.readouterr().err
 
 
+def test_a_dataset_that_is_a_file_is_named_as_one(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from station.datasets import MVTecFolder
+    from station.errors import StationError
+
+    recipe = make_recipe(station_home, "tiny")
+    afile = station_home / "afile"
+    afile.write_text("")
+    capsys.readouterr()
+    assert run(["evaluate", "-r", recipe, "--dataset", str(afile)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.splitlines()[0] == (
+        f"error: dataset {afile} is a file, not a dataset folder"
+    ), out.err
+    with pytest.raises(StationError, match="is a file, not a dataset folder"):
+        MVTecFolder(afile)
+    with pytest.raises(StationError, match="does not exist"):
+        MVTecFolder(station_home / "nowhere")
+
+
 def test_aitex_clean_goods_include_two_digit_defect_free_codes() -> None:
     import numpy as np
 

@@ -4,7 +4,8 @@ Each detector's newest model is exported beside its artifact (graph + JSON sidec
 model's identity and the recipe digest; station.detectors.runtimes). A recipe detector with
 `runtime: onnxruntime` (format onnx) or `runtime: openvino` (format openvino) then runs from
 it; a stale or missing export is refused when models are loaded. A detector that cannot be
-exported is named on one line and the command exits 1.
+exported is named on one line, the others are still exported, and the command exits 2 (as
+for every expected failure).
 """
 
 from __future__ import annotations
@@ -62,4 +63,4 @@ def register(app: typer.Typer) -> None:
                     f"  to run it: set runtime: {runtime} for {det_cfg.name} in recipe {rcp.name}"
                 )
         if failed:
-            raise typer.Exit(1)
+            raise typer.Exit(2)

@@ -61,6 +61,8 @@ def register(app: typer.Typer) -> None:
             alarms = list_alarms(db, rcp.name, open_only=True)
         finally:
             db.dispose()
+        if signal is not None:
+            _check_signal(monitor, signal)  # before anything is printed
         cfg = rcp.monitoring.drift
         ref = cfg.reference
         console.print(
@@ -112,13 +114,16 @@ def _state_table(console: Console, monitor: DriftMonitor, last: int) -> None:
     console.print(t)
 
 
-def _signal_points(console: Console, monitor: DriftMonitor, signal: str, last: int) -> None:
+def _check_signal(monitor: DriftMonitor, signal: str) -> None:
     from station.errors import StationError
 
-    st = monitor.signals.get(signal)
-    if st is None:
+    if signal not in monitor.signals:
         known = ", ".join(sorted(monitor.signals)) or "none yet"
         raise StationError(f"no signal {signal!r}", hint=f"known: {known}")
+
+
+def _signal_points(console: Console, monitor: DriftMonitor, signal: str, last: int) -> None:
+    st = monitor.signals[signal]
     t = Table(title=f"last points of {signal}", title_justify="left")
     for col in ("part", "value", "u (sigma)", "EWMA", "CUSUM"):
         t.add_column(col, justify="right")

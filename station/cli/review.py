@@ -56,6 +56,11 @@ def review_cmd(
     cfg = load_recipe(recipe or "glassfiber")
     url = db_url or cfg.storage.resolved_database_url()
     root = resolve(data_dir) if data_dir else resolve(cfg.storage.data_dir)
+    if root.exists() and not root.is_dir():
+        raise StationError(
+            f"data directory {root} is a file, not a folder",
+            hint="pass --data-dir the folder that holds the station's data",
+        )
     if not root.is_dir():
         raise StationError(
             f"data directory {root} does not exist",
@@ -74,14 +79,14 @@ def review_cmd(
     )
     scheme = "https" if tls else "http"
     shown = f"[{host}]" if ":" in host else host
-    console.print(
+    banner = (
         f"review pages on [bold]{scheme}://{shown}:{port}/[/] "
         f"(data {root}, {'login required' if token else 'localhost only, no login'})"
     )
     extra: dict[str, object] = {}
     if tls:
         extra = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)}
-    serve(app, host, port, **extra)
+    serve(app, host, port, on_bound=lambda: console.print(banner), **extra)
 
 
 def _check_access(

@@ -67,7 +67,7 @@ from station.detectors.backbones import (
 )
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import autocast_for, split_validation, to_batch
-from station.detectors.registry import register
+from station.detectors.registry import check_bound, register
 from station.errors import DetectorError, StationError
 
 # First three stages (strides 4, 8, 16) of each backbone family.
@@ -139,14 +139,14 @@ class ASTMFRConfig:
         """DetectorError for a value out of range."""
         if not 0.0 <= self.mask_rate < 1.0:
             raise DetectorError(f"ast_mfr: mask_rate must be in [0, 1), not {self.mask_rate}")
-        if self.epochs < 1 or self.batch_size < 1 or self.min_steps_per_epoch < 1:
-            raise DetectorError("ast_mfr: epochs, batch_size, min_steps_per_epoch must be >= 1")
+        check_bound("ast_mfr", self, ">= 1", "epochs", "batch_size", "min_steps_per_epoch")
         if not 0.0 <= self.val_fraction < 1.0:
             raise DetectorError(f"ast_mfr: val_fraction must be in [0, 1), not {self.val_fraction}")
-        if self.alpha < 0 or self.lr <= 0 or self.pool_size < 1 or self.pool_size % 2 == 0:
-            raise DetectorError("ast_mfr: need alpha >= 0, lr > 0 and an odd pool_size >= 1")
-        if (self.student_lr is not None and self.student_lr <= 0) or self.smoothing_sigma < 0:
-            raise DetectorError("ast_mfr: student_lr must be positive, smoothing_sigma >= 0")
+        check_bound("ast_mfr", self, ">= 0", "alpha", "smoothing_sigma")
+        rates = ("lr",) if self.student_lr is None else ("lr", "student_lr")
+        check_bound("ast_mfr", self, "> 0", *rates)
+        if self.pool_size < 1 or self.pool_size % 2 == 0:
+            raise DetectorError(f"ast_mfr: pool_size must be odd and >= 1, not {self.pool_size}")
 
 
 @register

@@ -34,7 +34,7 @@ from station.detectors.dfda_net import (
     QueryKeyAttention,
 )
 from station.detectors.kmeans import kmeans
-from station.detectors.registry import register
+from station.detectors.registry import check_bound, register
 from station.errors import DetectorError
 
 
@@ -80,13 +80,10 @@ class DFDAConfig:
             raise DetectorError(
                 f"dfda: k must be 'auto', 'elbow' or an integer >= 1, not {self.k!r}"
             )
-        sizes = (self.kmeans_iters, self.max_train_patches, self.batch_size, self.attention_batch)
-        if min(sizes) < 1:
-            raise DetectorError(
-                "dfda: kmeans_iters, max_train_patches, batch_size, attention_batch must be >= 1"
-            )
-        if self.attention_epochs < 0 or self.attention_lr <= 0:
-            raise DetectorError("dfda: attention_epochs must be >= 0 and attention_lr > 0")
+        sizes = ("kmeans_iters", "max_train_patches", "batch_size", "attention_batch")
+        check_bound("dfda", self, ">= 1", *sizes)
+        check_bound("dfda", self, ">= 0", "attention_epochs")
+        check_bound("dfda", self, "> 0", "attention_lr")
         if not 0 <= self.val_fraction < 1:
             raise DetectorError(f"dfda: val_fraction must be in [0, 1), not {self.val_fraction}")
         if self.attention_init not in ("neutral", "random"):

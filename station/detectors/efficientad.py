@@ -77,7 +77,7 @@ from station.detectors.efficientad_net import (
     lr_schedule,
     pdn_out_size,
 )
-from station.detectors.registry import register
+from station.detectors.registry import check_bound, register
 from station.errors import DetectorError
 from station.files import atomic_write
 
@@ -124,8 +124,8 @@ class EfficientADConfig:
             raise DetectorError(
                 f"efficientad: schedule must be cosine or paper, not {self.schedule!r}"
             )
-        if min(self.steps, self.distill_steps, self.distill_batch, self.batch_size) < 1:
-            raise DetectorError("efficientad: steps, distill_steps, batch sizes must be >= 1")
+        sizes = ("steps", "distill_steps", "distill_batch", "batch_size")
+        check_bound("efficientad", self, ">= 1", *sizes)
         if not 0.0 <= self.val_fraction < 1.0:
             raise DetectorError(
                 f"efficientad: val_fraction must be in [0, 1), not {self.val_fraction}"
@@ -134,10 +134,8 @@ class EfficientADConfig:
             raise DetectorError(
                 "efficientad: need 0 < q_low < q_high < 1 and 0 < hard_quantile < 1"
             )
-        if self.lr <= 0 or self.distill_lr <= 0 or self.weight_decay < 0:
-            raise DetectorError(
-                "efficientad: lr and distill_lr must be positive, weight_decay >= 0"
-            )
+        check_bound("efficientad", self, "> 0", "lr", "distill_lr")
+        check_bound("efficientad", self, ">= 0", "weight_decay")
 
 
 @register

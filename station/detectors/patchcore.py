@@ -57,7 +57,7 @@ from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import sample_per_image, split_validation, to_batch
 from station.detectors.knn import KNN_METHODS, KnnMethod, resolve_knn
 from station.detectors.patchcore_model import IMAGE_SCORES, PatchCoreModel
-from station.detectors.registry import register
+from station.detectors.registry import check_bound, register
 from station.errors import DetectorError
 
 
@@ -143,10 +143,8 @@ class PatchCoreConfig:
             raise DetectorError(
                 f"patchcore: coreset_ratio must be in (0, 1], not {self.coreset_ratio}"
             )
-        if min(self.max_bank, self.max_train_patches, self.batch_size, self.num_neighbors) < 1:
-            raise DetectorError(
-                "patchcore: max_bank, max_train_patches, batch_size, num_neighbors must be >= 1"
-            )
+        sizes = ("max_bank", "max_train_patches", "batch_size", "num_neighbors", "patch_size")
+        check_bound("patchcore", self, ">= 1", *sizes)
         if self.knn not in KNN_METHODS:
             raise DetectorError(
                 f"patchcore: knn must be one of {', '.join(KNN_METHODS)}, not {self.knn!r}"
@@ -160,8 +158,7 @@ class PatchCoreConfig:
             raise DetectorError(
                 f"patchcore: val_fraction must be in [0, 1), not {self.val_fraction}"
             )
-        if self.patch_size < 1 or self.sigma < 0 or self.proj_dim < 0:
-            raise DetectorError("patchcore: patch_size must be >= 1, sigma and proj_dim >= 0")
+        check_bound("patchcore", self, ">= 0", "sigma", "proj_dim")
         if self.layer_dim is not None and self.layer_dim < 1:
             raise DetectorError(f"patchcore: layer_dim must be >= 1, not {self.layer_dim}")
 

@@ -15,7 +15,7 @@ import importlib
 import inspect
 import types
 import typing
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from station import recipe as recipes
@@ -154,6 +154,25 @@ def settings(name: str) -> dict[str, inspect.Parameter]:
     """A detector's settings: its config's named fields (defaults and annotations)."""
     params = inspect.signature(_settings_type(name)).parameters
     return {k: p for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+_BOUNDS: dict[str, Callable[[Any], bool]] = {
+    ">= 1": lambda v: v >= 1,
+    ">= 0": lambda v: v >= 0,
+    "> 0": lambda v: v > 0,
+}
+
+
+def check_bound(detector: str, config: object, bound: str, *fields: str) -> None:
+    """DetectorError naming each of `fields` (of `config`) whose value breaks `bound` (">= 1",
+    ">= 0" or "> 0"), with its value; nothing when every one keeps it."""
+    keeps = _BOUNDS[bound]
+    bad = [f for f in fields if not keeps(getattr(config, f))]
+    if bad:
+        raise DetectorError(
+            f"{detector}: "
+            + "; ".join(f"{f} must be {bound}, not {getattr(config, f)!r}" for f in bad)
+        )
 
 
 def config_problems(name: str, cfg: dict[str, Any]) -> list[str]:

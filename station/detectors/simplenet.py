@@ -44,7 +44,7 @@ from torch import nn
 from station.detectors.backbones import check_identity, create_backbone, resolve_device
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import split_validation, to_batch, upsample_smooth
-from station.detectors.registry import register
+from station.detectors.registry import check_bound, register
 from station.errors import DetectorError
 
 
@@ -163,20 +163,15 @@ class SimpleNetConfig:
 
     def check(self) -> None:
         """DetectorError for a value out of range."""
-        if self.embed_dim < 1 or self.hidden_dim < 1:
-            raise DetectorError("simplenet: embed_dim and hidden_dim must be positive")
-        if self.epochs < 1 or self.batch_size < 1 or self.min_steps_per_epoch < 1:
-            raise DetectorError("simplenet: epochs, batch_size, min_steps_per_epoch must be >= 1")
-        if self.noise_std <= 0 or self.margin <= 0:
-            raise DetectorError("simplenet: noise_std and margin must be positive")
+        sizes = ("embed_dim", "hidden_dim", "epochs", "batch_size", "min_steps_per_epoch")
+        check_bound("simplenet", self, ">= 1", *sizes)
+        check_bound("simplenet", self, "> 0", "noise_std", "margin")
         if not 0.0 <= self.val_fraction < 1.0:
             raise DetectorError(
                 f"simplenet: val_fraction must be in [0, 1), not {self.val_fraction}"
             )
-        if self.adaptor_lr <= 0 or self.discriminator_lr <= 0 or self.smoothing_sigma < 0:
-            raise DetectorError(
-                "simplenet: adaptor_lr and discriminator_lr must be positive, smoothing_sigma >= 0"
-            )
+        check_bound("simplenet", self, "> 0", "adaptor_lr", "discriminator_lr")
+        check_bound("simplenet", self, ">= 0", "smoothing_sigma")
 
 
 @register

@@ -41,18 +41,7 @@ def group_offline(paths: Sequence[Path], recipe: Recipe) -> list[OfflinePart]:
     a part lacking a pose (`missing`; the poses it has are still scored and stored), and
     (`problem`, nothing read) an image of another name on a multi-pose recipe, a pose the
     recipe does not have, or two images of one pose."""
-    files: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
-            files.append(p)
-        else:
-            raise StationError(f"image {p} does not exist", hint="check the path")
-    files = [f for f in files if not f.stem.endswith("_mask")]
-    if not files:
-        raise StationError("no image files given", hint="pass image files or folders of them")
+    files = _image_files(paths)
     poses = [pose.name for pose in recipe.robot.poses]
     order = {name: i for i, name in enumerate(poses)}
     rule = f"name a part's images p<sequence>_<pose>.png, one per pose: {', '.join(poses)}"
@@ -95,6 +84,35 @@ def group_offline(paths: Sequence[Path], recipe: Recipe) -> list[OfflinePart]:
     for part in out:
         part.shots.sort(key=lambda s: (order.get(s[0], len(order)), s[0]))
     return out
+
+
+def _image_files(paths: Sequence[Path]) -> list[Path]:
+    """The image files given, those in given folders (and below) found by suffix; masks
+    (`*_mask`) skipped. None at all is a StationError naming the folders searched."""
+    files: list[Path] = []
+    folders: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            folders.append(p)
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise StationError(f"image {p} does not exist", hint="check the path")
+    files = [f for f in files if not f.stem.endswith("_mask")]
+    if not files and folders:
+        where = f"folder {folders[0]} holds" if len(folders) == 1 else (
+            f"folders {', '.join(str(f) for f in folders)} hold"
+        )
+        suffixes = ", ".join(IMAGE_SUFFIXES[:-1]) + f" or {IMAGE_SUFFIXES[-1]}"
+        raise StationError(
+            f"{where} no images (no {suffixes} file there or in sub-folders, *_mask files aside)",
+            hint="pass the folder that holds the part images, or the image files",
+        )
+    if not files:
+        raise StationError("no image files given", hint="pass image files or folders of them")
+    return files
 
 
 def offline_shots(group: OfflinePart, recipe: Recipe) -> Callable[[Timings], Iterator[Acquired]]:

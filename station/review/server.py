@@ -7,7 +7,7 @@ import errno
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -33,8 +33,11 @@ def _config(app: FastAPI, host: str, port: int, **kw: object) -> uvicorn.Config:
     )
 
 
-def serve(app: FastAPI, host: str, port: int, **kw: object) -> None:
-    """Serve until Ctrl-C; a port already in use is a StationError."""
+def serve(
+    app: FastAPI, host: str, port: int, on_bound: Callable[[], None] | None = None, **kw: object
+) -> None:
+    """Serve until Ctrl-C; a port already in use is a StationError. `on_bound` runs once the
+    address is known to bind (e.g. to print where the pages are), before the server starts."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -46,6 +49,8 @@ def serve(app: FastAPI, host: str, port: int, **kw: object) -> None:
             hint="pick another --port, or stop the program using it" if busy
             else "give --host an address of this machine, e.g. 127.0.0.1 or 0.0.0.0",
         ) from None
+    if on_bound is not None:
+        on_bound()
     uvicorn.Server(_config(app, host, port, **kw)).run()
 
 
