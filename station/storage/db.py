@@ -79,6 +79,11 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             folder = Path(parsed.database).parent
+            if blocking := next((p for p in (folder, *folder.parents) if p.is_file()), None):
+                raise StorageError(
+                    f"database {parsed.database}: {blocking} is a file, not a folder",
+                    hint="fix --url or the recipe's storage.database_url",
+                )
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
