@@ -723,6 +723,32 @@ def test_a_simulated_part_shows_the_twin_defects_beside_the_found_regions(seeded
     assert "cyan boxes: the defects the twin drew (1), which a real cell does not know" in html
 
 
+def test_a_fail_without_a_region_on_its_map_says_what_failed_it(seeded) -> None:
+    from station.storage.parts import record_sheet_map
+
+    db, sample, client = seeded
+    part = _sheet_part(db, sample)
+    assert 'id="no-sheet-defects"' not in client.get(f"/parts/{part.id}").text
+    with db.session() as s:
+        row = s.get(Part, part.id)
+        record_sheet_map(
+            s, row, png_path=row.sheet_map_path, extent_mm=row.sheet_map_extent_mm,
+            mm_per_px=row.sheet_map_mm_per_px, fusion="max", camera_source="exact twin",
+            region_mm=row.sheet_region_mm,
+            footprints={sh.pose_name: sh.footprint_mm for sh in row.shots}, defects=[],
+        )  # fmt: skip
+        verdict = row.verdict
+    html = client.get(f"/parts/{part.id}").text
+    said = re.search(r'<p class="muted" id="no-sheet-defects">([^<]+)</p>', html).group(1)
+    assert verdict is Verdict.FAIL
+    assert said.startswith("No defect region on the sheet map: no spot of the map reaches the "
+                           "threshold, so the part failed on a shot's own score")
+    with db.session() as s:
+        s.get(Part, part.id).verdict = Verdict.FAULT  # a fault: nothing to explain there
+    html = client.get(f"/parts/{part.id}").text
+    assert '<p class="muted" id="no-sheet-defects">No defect region on the sheet map.</p>' in html
+
+
 def test_part_without_a_sheet_map_shows_as_before(seeded) -> None:
     db, sample, client = seeded
     with db.session() as s:
