@@ -234,11 +234,31 @@ def test_the_gpu_recipe_refuses_to_train_or_evaluate_without_a_gpu(
     assert ex.value.code == 2 and "no CUDA GPU" in err and "Traceback" not in err
     assert not (station_home / "data" / "glassfiber-gpu" / "models").exists()
     main(["recipe", "check", "glassfiber-gpu"])  # valid (no exit): the check only warns
-    assert "warning: detectors[0].device: cuda, but" in capsys.readouterr().out
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("warning: detectors[0].device: device 'cuda' requested but no CUDA GPU is available "
+            "to torch: train, evaluate and inspect refuse here") in said
     with pytest.raises(SystemExit) as ex:  # evaluate too, before it reads a category
         main(["evaluate", "--recipe", "glassfiber-gpu", "--dataset", str(tmp_path), "--train"])
     err = capsys.readouterr().err
     assert ex.value.code == 2 and "no CUDA GPU" in err and "Traceback" not in err
+
+
+def test_recipe_check_warns_of_a_gpu_this_machine_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda:N past the GPUs present is as unusable here as cuda without a GPU; auto and cpu
+    run anywhere."""
+    from station.cli.recipe import device_warnings
+    from station.recipe import load_recipe
+
+    recipe = load_recipe("glassfiber-gpu")
+    entries = [recipe.detectors[0].model_copy(update={"device": d}) for d in
+               ("cuda:0", "cuda:3", "auto", "cpu")]
+    many = recipe.model_copy(update={"detectors": entries})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    (only,) = device_warnings(many)
+    assert only.startswith("detectors[1].device: device 'cuda:3' requested but only 2 GPU(s)")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert [w[:12] for w in device_warnings(many)] == ["detectors[0]", "detectors[1]"]
 
 
 def test_identity_check_refuses_other_weights() -> None:

@@ -114,17 +114,21 @@ def register(app: typer.Typer) -> None:
 
 
 def device_warnings(recipe: Recipe) -> list[str]:
-    """A GPU the recipe asks for and this machine lacks: valid, but nothing runs here."""
-    import torch
+    """A GPU the recipe asks for and this machine lacks (or lacks that one): valid, but
+    nothing runs here."""
+    from station.detectors.backbones import resolve_device
+    from station.errors import DetectorError
 
-    if torch.cuda.is_available():
-        return []
-    return [
-        f"detectors[{i}].device: {det.device}, but this machine has no CUDA GPU: train, "
-        "evaluate and inspect refuse here (--device cpu evaluates on the CPU)"
-        for i, det in enumerate(recipe.detectors)
-        if det.device.strip().lower().startswith("cuda")
-    ]
+    out = []
+    for i, det in enumerate(recipe.detectors):
+        if not det.device.strip().lower().startswith("cuda"):
+            continue  # auto and cpu run anywhere (auto says so when it takes the CPU)
+        try:
+            resolve_device(det.device)
+        except DetectorError as exc:
+            out.append(f"detectors[{i}].device: {exc.message}: train, evaluate and inspect "
+                       "refuse here (--device cpu evaluates on the CPU)")
+    return out
 
 
 def deep_problems(recipe: Recipe) -> list[str]:
