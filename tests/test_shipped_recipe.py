@@ -63,7 +63,10 @@ def test_capture_train_calibrate_inspect_on_the_shipped_raster(
             (part,) = s.scalars(
                 select(Part).where(Part.mode == "live").options(selectinload(Part.shots))
             ).all()
+            # one training sheet: the verdict itself is not a measure, its consistency is
             assert part.verdict in (Verdict.PASS, Verdict.FAIL)
+            assert (part.verdict is Verdict.FAIL) == (part.part_score >= 1.0)
+            assert (part.ground_truth == "defect") == bool(part.twin_defects)
             shots = sorted(part.shots, key=lambda sh: sh.pose_index)
             assert [sh.pose_name for sh in shots] == poses
             assert part.sheet_map_path and (recipe.data_dir.parent / part.sheet_map_path).is_file()
