@@ -241,3 +241,38 @@ def test_capture_folders_are_read_as_parts_in_the_recipe_pose_order(tmp_path: Pa
         ("b", "test/good/p000001_b.png"), ("a", "test/defect/p000001_a.png")]  # fmt: skip
     with pytest.raises(SystemExit, match="no shot of pose c"):
         F.read_parts(tmp_path, ["a", "b", "c"])
+
+
+def _rule(threshold: float, located: bool, found: tuple[int, int], rejected: tuple[int, int],
+          auroc: float | None, vs: tuple[int, int, float]) -> dict:
+    bins = [{"bin": "1-2", "at_or_above_smallest": False, "found": T.rate(0, 1),
+             "part_rejected": T.rate(1, 1)},
+            {"bin": "2-25", "at_or_above_smallest": True, "found": T.rate(*found),
+             "part_rejected": T.rate(*rejected)}]  # fmt: skip
+    return {
+        "threshold": threshold, "calibration_false_rejects": T.rate(3, 10),
+        "false_rejects": T.rate(4, 20), "misses": T.rate(1, 8), "located": located,
+        "regions": 12 if located else 0, "regions_on_no_defect": 5 if located else 0,
+        "recall": {"bins": bins, "at_or_above_smallest": {
+            "smallest_mm": 2.0, "found": T.rate(*found), "part_rejected": T.rate(*rejected)}},
+        "auroc_test": auroc, "vs_per_shot_max": {"only_a": vs[0], "only_b": vs[1], "p": vs[2]},
+    }  # fmt: skip
+
+
+def test_report_rows_put_each_rule_s_numbers_in_its_own_columns() -> None:
+    v = {"rules": {"per-shot max": _rule(30.1234, False, (0, 7), (7, 7), 0.9151, (0, 0, 1.0)),
+                   "sheet map max": _rule(29.4, True, (5, 7), (6, 7), None, (3, 9, 0.146))}}
+    head, rows = T.rule_rows(v)
+    assert head[0] == "rule" and len(head) == len(rows[0]) == len(rows[1]) == 9
+    assert rows[0] == ["per-shot max", "30.12", "3/10 = 30% [7%, 65%]", "4/20 = 20% [6%, 44%]",
+                       "1/8 = 12% [0%, 53%]", "n/a (part level only)", "-", "0.915", "-"]
+    assert rows[1][0] == "sheet map max" and rows[1][1] == "29.4"
+    assert rows[1][5:] == ["5/7 = 71% [29%, 96%]", "12 (5)", "-", "3 / 9, p 0.15"]
+    head, rows = T.recall_rows(v)
+    assert head == ["defect size (mm)", "per-shot max: rejected", "sheet map max: found",
+                    "sheet map max: rejected"]
+    assert [r[0] for r in rows] == ["1-2", "2-25 *", ">= 2 (smallest)"]
+    assert rows[1][1:] == ["7/7 = 100% [59%, 100%]", "5/7 = 71% [29%, 96%]",
+                           "6/7 = 86% [42%, 100%]"]
+    assert rows[2][1:] == rows[1][1:] and rows[0][1:] == [
+        "1/1 = 100% [2%, 100%]", "0/1 = 0% [0%, 98%]", "1/1 = 100% [2%, 100%]"]

@@ -69,3 +69,41 @@ def test_table_rows_by_hand() -> None:
     assert "| 0.300 (0.100-0.500) |" in lines[-2]
     assert "0.100 (1/10)" in lines[-2] and "0.500 (5/10)" in lines[-2]
     assert lines[-1].startswith("| all * | 9 / 1 | 1 | 0.900 | 0.900 | 0.200 | 0.200 (2/10)")
+
+
+def _results(path: Path, material: str, i_auroc: float, complete: bool = True) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    op = {"false_rejects": 2, "n_good": 10, "ci_low": 0.0, "ci_high": 0.5}
+    det = {"image_auroc": i_auroc, "pixel_auroc": 0.9, "operating_points": {"recall_100": op},
+           "model": {"n_train": 3, "good_scores": {"n": 1}}}
+    path.write_text(json.dumps({"complete": complete,
+                                "categories": {material: {"patchcore": det}}}))
+
+
+def test_runs_are_planned_by_size_and_grouped_by_material_and_size(tmp_path: Path) -> None:
+    reused = tmp_path / "done" / "results.json"
+    plan = few_shot.plan_runs(["a", "b"], [2, 50, None], [0, 1, 2], 10, tmp_path, "",
+                              {"b": reused})
+    assert [(r.material, r.n, r.seed) for r in plan] == [
+        ("a", 2, 0), ("a", 2, 1), ("a", 2, 2), ("b", 2, 0), ("b", 2, 1), ("b", 2, 2),
+        ("a", 50, 0), ("b", 50, 0), ("a", None, None), ("b", None, None)]  # fmt: skip
+    assert plan[1].results == tmp_path / "a" / "n2-s1" / "eval" / "results.json"
+    assert plan[-2].results == tmp_path / "a" / "all" / "eval" / "results.json"
+    assert plan[-1].results == reused
+    tagged = few_shot.plan_runs(["b"], [None], [0], 10, tmp_path, "-val0.2", {"b": reused})
+    assert tagged[0].results == tmp_path / "b" / "all-val0.2" / "eval" / "results.json"
+
+    for run, auroc in zip(plan, (0.6, 0.7, 0.8, 0.5, 0.5, 0.5, 0.9, 0.9, 0.95, 0.97),
+                          strict=True):
+        if run.material == "a" and run.n == 50:
+            _results(run.results, "a", auroc, complete=False)  # unfinished: no row
+        elif not (run.material == "b" and run.n == 2 and run.seed == 2):
+            _results(run.results, run.material, auroc)
+    rows = few_shot.table_rows(plan, "a", [2, 50, None], {"b": reused})
+    assert [(label, [s.i_auroc for s in scores], note) for label, scores, note in rows] == [
+        ("2", [0.6, 0.7, 0.8], ""), ("all", [0.95], "")]
+    rows = few_shot.table_rows(plan, "b", [2, 50, None], {"b": reused})
+    assert [(label, [s.i_auroc for s in scores], note) for label, scores, note in rows] == [
+        ("2", [0.5, 0.5], ""), ("50", [0.9], ""), ("all", [0.97], " (reused)")]

@@ -223,6 +223,41 @@ def parse_pairs(items: list[str], what: str) -> dict[str, Path]:
     return pairs
 
 
+def plan_runs(
+    materials: list[str], sizes: list[int | None], seeds: list[int], multi_seed_upto: int,
+    scratch: Path, tag: str, reuse: dict[str, Path],
+) -> list[Run]:
+    """Every evaluation, the cheap sizes of every material first: N up to `multi_seed_upto`
+    once per seed, larger N with the first seed, all images (None) once (a reused result
+    in place of its own folder, unless `tag` marks a variant)."""
+    plan: list[Run] = []
+    for n in sizes:
+        for name in materials:
+            if n is None:
+                path = scratch / name / f"all{tag}" / "eval" / "results.json"
+                plan.append(Run(name, None, None, reuse.get(name, path) if not tag else path))
+                continue
+            for seed in seeds if n <= multi_seed_upto else seeds[:1]:
+                res = scratch / name / f"n{n}-s{seed}{tag}" / "eval" / "results.json"
+                plan.append(Run(name, n, seed, res))
+    return plan  # fmt: skip
+
+
+def table_rows(
+    plan: list[Run], material: str, sizes: list[int | None], reuse: dict[str, Path]
+) -> list[tuple[str, list[Score], str]]:
+    """One row per N of `material`, in `sizes` order, over its finished runs (a size with none
+    is left out): label, scores, note."""
+    rows = []
+    for n in sizes:
+        runs = [r for r in plan if r.material == material and r.n == n]
+        scores = [read_score(r.results, material) for r in runs if is_complete(r.results)]
+        if scores:
+            note = " (reused)" if n is None and material in reuse else ""
+            rows.append(("all" if n is None else str(n), scores, note))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -284,18 +319,8 @@ def main() -> None:
     untiled_recipe.write_text(UNTILED_RECIPE.format(base=base.resolve()))
 
     sizes: list[int | None] = [None if s == "all" else int(s) for s in args.sizes]
-    plan: list[Run] = []
-    for n in sizes:  # the cheap sizes of every material first
-        for name in materials:
-            if n is None:
-                path = args.scratch / name / f"all{tag}" / "eval" / "results.json"
-                path = reuse.get(name, path) if not tag else path
-                plan.append(Run(name, None, None, path))
-                continue
-            seeds = args.seeds if n <= args.multi_seed_upto else args.seeds[:1]
-            for seed in seeds:
-                res = args.scratch / name / f"n{n}-s{seed}{tag}" / "eval" / "results.json"
-                plan.append(Run(name, n, seed, res))
+    plan = plan_runs(list(materials), sizes, args.seeds, args.multi_seed_upto, args.scratch,
+                     tag, reuse)  # fmt: skip
 
     for run in plan:
         if args.report_only or (is_complete(run.results) and not args.force):
@@ -317,15 +342,7 @@ def main() -> None:
 
     parts = []
     for name in materials:
-        rows: list[tuple[str, list[Score], str]] = []
-        for n in sizes:
-            runs = [r for r in plan if r.material == name and r.n == n]
-            scores = [read_score(r.results, name) for r in runs if is_complete(r.results)]
-            if scores:
-                label = "all" if n is None else str(n)
-                note = " (reused)" if n is None and name in reuse else ""
-                rows.append((label, scores, note))
-        if rows:
+        if rows := table_rows(plan, name, sizes, reuse):
             parts.append(table(name, rows))
     text = "\n\n".join(parts) + "\n"
     (args.scratch / f"summary{tag}.md").write_text(text)
