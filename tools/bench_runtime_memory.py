@@ -1,6 +1,6 @@
 """Peak resident memory of `station inspect --live` per runtime (torch, onnxruntime, openvino).
 
-    .venv/bin/python tools/bench_runtime_memory.py [--parts 4] [--threads 2]
+    .venv/bin/python tools/bench_runtime_memory.py [--parts 4]
 
 In a scratch station home, `station demo` (small: 2 good, 4 labelled sheets, 1 part) trains
 and calibrates the twin recipe's demo copy; its models are exported to ONNX and OpenVINO;

@@ -29,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Modules under station.cli that each define `register(app)`. Order is the order in --help.
+# Modules under station.cli that each define `register(app)`.
 COMMAND_MODULES = [
     "recipe",
     "plan",

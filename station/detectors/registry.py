@@ -200,7 +200,7 @@ def config_problems(name: str, cfg: dict[str, Any]) -> list[str]:
 
 def create_detector(name: str, **cfg: Any) -> Detector:
     """A new, untrained detector `name` built from its config (see `Detector.config()`); the
-    params are checked against its `Config` (names, types) first."""
+    params are checked against its `Config` (names, types, ranges) first."""
     cls = detector_class(name)
     problems = config_problems(name, cfg)
     if problems:
