@@ -619,6 +619,18 @@ def _sheet_part(db, sample) -> Part:  # noqa: ANN001
     raise AssertionError("the sample has no rejected part with a sheet map")
 
 
+def _remap(s, row: Part, defects: list) -> None:  # noqa: ANN001
+    """Record `row`'s sheet map again (max fusion, the exact twin camera) with `defects`."""
+    from station.storage.parts import record_sheet_map
+
+    record_sheet_map(
+        s, row, png_path=row.sheet_map_path, extent_mm=row.sheet_map_extent_mm,
+        mm_per_px=row.sheet_map_mm_per_px, fusion="max", camera_source="exact twin",
+        region_mm=row.sheet_region_mm,
+        footprints={sh.pose_name: sh.footprint_mm for sh in row.shots}, defects=defects,
+    )  # fmt: skip
+
+
 def test_part_page_shows_the_sheet_map_with_footprints_and_defects(seeded) -> None:
     db, sample, client = seeded
     part = _sheet_part(db, sample)
@@ -645,22 +657,15 @@ def test_part_page_shows_the_sheet_map_with_footprints_and_defects(seeded) -> No
 
 def test_selecting_a_defect_shows_the_shots_that_see_it(seeded) -> None:
     from station.sheet_map import SheetDefect
-    from station.storage.parts import record_sheet_map
 
     db, sample, client = seeded
     part = _sheet_part(db, sample)
     with db.session() as s:  # two defects: one seen by two shots, one by the third
         row = s.get(Part, part.id)
-        record_sheet_map(
-            s, row, png_path=row.sheet_map_path, extent_mm=row.sheet_map_extent_mm,
-            mm_per_px=row.sheet_map_mm_per_px, fusion="max", camera_source="exact twin",
-            region_mm=row.sheet_region_mm,
-            footprints={sh.pose_name: sh.footprint_mm for sh in row.shots},
-            defects=[
-                SheetDefect((320.0, -30.0), 4.0, 1.7, "patchcore", ("left", "centre")),
-                SheetDefect((350.0, -30.0), 2.0, 1.2, "patchcore", ("right",)),
-            ],
-        )  # fmt: skip
+        _remap(s, row, [
+            SheetDefect((320.0, -30.0), 4.0, 1.7, "patchcore", ("left", "centre")),
+            SheetDefect((350.0, -30.0), 2.0, 1.2, "patchcore", ("right",)),
+        ])
     page = client.get(f"/parts/{part.id}?verdict=fail").text
     link = re.search(r'<a href="([^"]+)" class="defect-link"', page)
     assert link, "no defect link"
@@ -693,7 +698,6 @@ def test_selecting_a_defect_shows_the_shots_that_see_it(seeded) -> None:
 
 def test_a_simulated_part_shows_the_twin_defects_beside_the_found_regions(seeded) -> None:
     from station.sheet_map import SheetDefect
-    from station.storage.parts import record_sheet_map
 
     db, sample, client = seeded
     part = _sheet_part(db, sample)
@@ -701,14 +705,8 @@ def test_a_simulated_part_shows_the_twin_defects_beside_the_found_regions(seeded
     assert 'class="twin-defect"' not in html and "twin-legend" not in html  # a real part
     with db.session() as s:
         row = s.get(Part, part.id)
-        record_sheet_map(
-            s, row, png_path=row.sheet_map_path, extent_mm=row.sheet_map_extent_mm,
-            mm_per_px=row.sheet_map_mm_per_px, fusion="max", camera_source="exact twin",
-            region_mm=row.sheet_region_mm,
-            footprints={sh.pose_name: sh.footprint_mm for sh in row.shots},
-            defects=[SheetDefect((320.0, -30.0), 4.0, 1.7, "patchcore", ("left",),
-                                 (318.5, -31.0, 321.5, -28.5))],
-        )  # fmt: skip
+        box = (318.5, -31.0, 321.5, -28.5)
+        _remap(s, row, [SheetDefect((320.0, -30.0), 4.0, 1.7, "patchcore", ("left",), box)])
         row.twin_defects = [
             {"kind": "fold", "size_mm": 4.25, "bbox_mm": [319.0, -32.0, 323.0, -29.0]},
             {"kind": "stain", "size_mm": 3.0, "bbox_mm": [1.0, 2.0]},  # damaged: not drawn
@@ -724,19 +722,13 @@ def test_a_simulated_part_shows_the_twin_defects_beside_the_found_regions(seeded
 
 
 def test_a_fail_without_a_region_on_its_map_says_what_failed_it(seeded) -> None:
-    from station.storage.parts import record_sheet_map
 
     db, sample, client = seeded
     part = _sheet_part(db, sample)
     assert 'id="no-sheet-defects"' not in client.get(f"/parts/{part.id}").text
     with db.session() as s:
         row = s.get(Part, part.id)
-        record_sheet_map(
-            s, row, png_path=row.sheet_map_path, extent_mm=row.sheet_map_extent_mm,
-            mm_per_px=row.sheet_map_mm_per_px, fusion="max", camera_source="exact twin",
-            region_mm=row.sheet_region_mm,
-            footprints={sh.pose_name: sh.footprint_mm for sh in row.shots}, defects=[],
-        )  # fmt: skip
+        _remap(s, row, [])
         verdict = row.verdict
     html = client.get(f"/parts/{part.id}").text
     said = re.search(r'<p class="muted" id="no-sheet-defects">([^<]+)</p>', html).group(1)
