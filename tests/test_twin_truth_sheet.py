@@ -129,6 +129,31 @@ def test_fabric_faults_end_at_the_sheet_edge_objects_hang_over() -> None:
             assert t["bbox_mm"][2] <= edge + 0.2 and pts[:, 0].max() <= edge + 0.2, kind
 
 
+@pytest.mark.parametrize("size", [4.0, 19.0])
+def test_a_fold_pulls_in_the_weave_near_it_not_out_to_the_sheet_edge(size: float) -> None:
+    """The cloth a fold takes up comes from within about half its length: the weave farther
+    off, and the sheet's edge, lie where they lay without the fold (the twin once sheared the
+    weave along lines from the fold's ends to the edge, a fold far easier to see than its
+    drawn box)."""
+    from station.twin.layers import render_layers
+    from station.twin.sheet import Region
+
+    plain = SheetSpec(seed=3, weave="plain", pitch_mm=(2.0, 2.0), size_mm=(200.0, 160.0),
+                      centre_mm=(0.0, 0.0), angle_rad=0.0, brightness=1.0, waviness_mm=0.0)
+    folded = dataclasses.replace(plain, defects=(DefectSpec("fold", (0.0, 0.0), size, 0.6, 7),))
+    region = Region.covering(-100, -80, 100, 80, 4.0)
+    a = render_layers(plain, region).stack[..., 0]
+    b = render_layers(folded, region).stack[..., 0]
+    changed = np.abs(b - a) > 0.05 * float(np.percentile(a, 99))
+    ys, xs = np.mgrid[0 : a.shape[0], 0 : a.shape[1]]
+    dist = np.hypot(region.x0 + xs / region.ppm, region.y0 + ys / region.ppm)
+    length = float(np.clip(3 * size, 20, 150))  # Fold.L
+    assert changed[dist < length / 2].mean() > 0.05  # the fold and its pull show
+    # beyond twice its length the weave is as it was, but for a trace (sheared to the edge:
+    # 1.1-2.7 % of it changed)
+    assert changed[dist > 2 * length].mean() < 0.004
+
+
 def mirror_point(spec: SheetSpec, gloss: SheetGloss, camera: np.ndarray) -> np.ndarray:
     """Where the sheet's bow normal points at `camera` (x, y mm): p = c + z * slope(p)."""
     p = camera[:2].copy()

@@ -58,8 +58,11 @@ class Fold(Defect):
         return along, d, g
 
     def warp(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # The cloth taken up by the fold is pulled in from the side it lies on, within about
+        # half the fold's length; beyond that the weave lies where it was.
         _, d, g = self._coords(X, Y)
-        shift = self.F * g * 0.5 * (1 + np.tanh(d / self.w))
+        pulled = np.exp(-np.maximum(d, 0.0) / (0.5 * self.L))
+        shift = self.F * g * 0.5 * (1 + np.tanh(d / self.w)) * pulled
         return X - math.sin(self.a) * shift, Y + math.cos(self.a) * shift
 
     def ridge(self, d: np.ndarray) -> np.ndarray:
