@@ -364,15 +364,15 @@ def load_active_calibration(
         if _mismatch(doc, recipe, model_versions, camera_source):
             continue
         note = ""
-        if not current.is_file():
-            note = (f"{_display(current)} is missing: using its copy in the history, "
-                    f"{_display(path)}")
         if when < newest_when:
             note = (
                 f"using the calibration of {when:%Y-%m-%d %H:%M} UTC ({_display(path)}): the "
                 f"newer one of {newest_when:%Y-%m-%d %H:%M} was made for other models or "
                 "settings"
             )
+        elif not current.is_file():
+            note = (f"{_display(current)} is missing: using its copy in the history, "
+                    f"{_display(path)}")
         decision = doc.get("decision") or {}
         return ActiveCalibration(
             id=doc.get("id"),
