@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from station.errors import StationError
@@ -41,13 +41,8 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | Path, data: bytes, *, durable: bool = False) -> str:
-    """Write `data` to `path` through a temporary file and a rename; return its sha256.
-
-    Readers see the old file or the whole new one. `durable` also syncs the file and its folder
-    to disk before returning (for records that must survive a power cut). Raises OSError.
-    """
-    path = Path(path)
+def _write_aside(path: Path, data: bytes, durable: bool) -> str:
+    """Write `data` to a new temporary file beside `path`; its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -57,6 +52,21 @@ def atomic_write(path: str | Path, data: bytes, *, durable: bool = False) -> str
                 fh.flush()
                 os.fsync(fh.fileno())
         os.chmod(tmp, default_file_mode())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write(path: str | Path, data: bytes, *, durable: bool = False) -> str:
+    """Write `data` to `path` through a temporary file and a rename; return its sha256.
+
+    Readers see the old file or the whole new one. `durable` also syncs the file and its folder
+    to disk before returning (for records that must survive a power cut). Raises OSError.
+    """
+    path = Path(path)
+    tmp = _write_aside(path, data, durable)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,6 +74,24 @@ def atomic_write(path: str | Path, data: bytes, *, durable: bool = False) -> str
     if durable:
         _fsync_dir(path.parent)
     return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write_all(files: Mapping[Path, bytes], *, durable: bool = False) -> None:
+    """Write several files that belong together: every one is written beside its target first
+    and the renames (which need no disk space) come last, in order, so that a failure while
+    writing leaves all of them as they were. Raises OSError."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            staged.append((_write_aside(Path(path), data, durable), Path(path)))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)  # gone once renamed
+    if durable:
+        for folder in {path.parent for _, path in staged}:
+            _fsync_dir(folder)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -288,3 +288,30 @@ def test_sheet_map_thresholds_go_stale_with_the_camera_model(station_home: Path)
     with pytest.raises(CalibrationError, match="cell calibration changed") as err:
         load_active_calibration(recipe, versions, "calibrated (B)")
     assert "calibrated (A)" in err.value.message
+
+
+def test_a_failed_write_leaves_the_previous_calibration_whole(
+    station_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import tempfile
+
+    recipe, _, first = _save(station_home)
+    before = {p: p.read_bytes() for p in (station_home / "calibration").rglob("*") if p.is_file()}
+    mkstemp = tempfile.mkstemp
+
+    def full_at_the_current_yaml(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        if kw.get("prefix") == f".{recipe.calibration_path.name}.":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return mkstemp(*args, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_at_the_current_yaml)
+    with pytest.raises(CalibrationError, match="cannot write calibration files"):
+        _save(station_home, when=datetime.now(UTC) + timedelta(hours=1))
+    after = {p: p.read_bytes() for p in (station_home / "calibration").rglob("*") if p.is_file()}
+    assert after == before  # no new history copy, the plot still that of the current YAML
+    assert load_active_calibration(recipe, {"patchcore": "pc-1"}).path == first.path
+    db = open_database(recipe.storage.resolved_database_url())
+    with db.session() as session:
+        assert [c.id for c in session.scalars(select(Calibration))] == [first.id]
+    db.dispose()

@@ -312,3 +312,30 @@ def test_aitex_clean_goods_include_two_digit_defect_free_codes() -> None:
     mask = clean_good_mask(stems, np.array([0, 0, 0, 1]))
     assert mask is not None and mask.tolist() == [True, False, True, True]
     assert clean_good_mask(["p000001_left"], np.array([0])) is None
+
+
+def test_a_failed_train_adds_no_model_of_any_detector(
+    station_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from types import SimpleNamespace
+
+    from station.detectors import training
+    from station.errors import StationError
+
+    body = RECIPE_PATCH + "  - name: simplenet\n    backbone: efficientnet_lite0\n    device: cpu\n"
+    recipe = make_recipe(station_home, "two", body)
+    cat = make_category(station_home / "ds" / "cat", n_train=2)
+    models = station_home / "data" / "two" / "models"
+
+    def train_and_save(rcp, det_cfg, files, images, out_path=None, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if det_cfg.name == "simplenet":  # the second detector: as save_artifact on a full disk
+            raise StationError("cannot write model file: No space left on device")
+        version = training.new_version(det_cfg.name)
+        path = out_path or rcp.models_dir / det_cfg.name / f"{version}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"a whole model")
+        return SimpleNamespace(version=version, path=path, meta={"detector": det_cfg.name})
+
+    monkeypatch.setattr(training, "train_and_save", train_and_save)
+    assert run(["train", "-r", recipe, "--data", str(cat), "--no-db"]) != 0
+    assert not models.exists() or [p for p in models.rglob("*") if p.is_file()] == []

@@ -8,13 +8,11 @@ Right: combined part scores of good and defective parts, with the threshold at 1
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from station.calibration.core import CalibrationResult, OperatingPoint
-from station.files import atomic_write
 
 
 def _label(p: OperatingPoint) -> str:
@@ -22,8 +20,8 @@ def _label(p: OperatingPoint) -> str:
     return f"{p.name}{auc}"
 
 
-def plot_calibration(result: CalibrationResult, path: Path) -> Path:
-    """Write the figure as PNG at `path` (atomically); returns `path`."""
+def render_calibration(result: CalibrationResult) -> bytes:
+    """The figure as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -91,8 +89,7 @@ def plot_calibration(result: CalibrationResult, path: Path) -> Path:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    atomic_write(path, buf.getvalue())
-    return path
+    return buf.getvalue()
 
 
 def _scores(point: OperatingPoint, label: int) -> np.ndarray:

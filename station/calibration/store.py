@@ -21,7 +21,7 @@ import yaml
 
 from station.calibration.core import CalibrationResult, OperatingPoint
 from station.errors import CalibrationError, StorageError
-from station.files import atomic_write
+from station.files import atomic_write_all
 from station.paths import station_home
 from station.recipe import Recipe, load_recipe
 
@@ -129,10 +129,6 @@ def result_document(
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    atomic_write(path, text.encode("utf-8"))
-
-
 @dataclass
 class SavedCalibration:
     id: int | None
@@ -154,7 +150,7 @@ def save_calibration(
 ) -> SavedCalibration:
     """Write the YAML (current + history) and the ROC plot; record a Calibration row.
     `camera_source`: the sheet map's camera model, with combine_poses sheet_map."""
-    from station.calibration.roc_plot import plot_calibration
+    from station.calibration.roc_plot import render_calibration
 
     path = recipe.calibration_path
     stamp = result.created_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -167,16 +163,19 @@ def save_calibration(
         doc["decision"]["sheet_map_mm_per_px"] = recipe.decision.sheet_map_mm_per_px
         if camera_source is not None:  # the map's geometry: a new cell calibration moves it
             doc["decision"]["sheet_map_camera"] = camera_source
+    figure = render_calibration(result)  # before the record: a failure leaves no row
     if record:
         cal_id = _record(result, doc, _display(hist), database_url or _db_url(recipe))
         doc["id"] = cal_id
-    try:
-        plot_calibration(result, png)
-        plot_calibration(result, plot_path(hist))
-        _write_atomic(scores_path(hist), scores_csv(result))
-        text = HEADER + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
-        _write_atomic(hist, text)
-        _write_atomic(path, text)
+    text = HEADER + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    try:  # all or nothing: a history copy alone would become the active calibration
+        atomic_write_all({
+            plot_path(hist): figure,
+            scores_path(hist): scores_csv(result).encode("utf-8"),
+            hist: text.encode("utf-8"),
+            png: figure,
+            path: text.encode("utf-8"),
+        })  # fmt: skip
     except OSError as exc:
         if cal_id is not None:  # no row for a calibration whose files do not exist
             _forget(cal_id, database_url or _db_url(recipe))

@@ -26,7 +26,7 @@ from station.cellcal import geometry as geo
 from station.cellcal.views import nominal_mount
 from station.devices.camera_truth import twin_camera
 from station.errors import CellCalibrationError
-from station.files import atomic_write, writing
+from station.files import atomic_write_all, writing
 from station.paths import resolve, station_home
 from station.recipe import Recipe
 
@@ -79,9 +79,8 @@ def write(path: Path, data: dict[str, Any]) -> Path:
     text = HEADER + yaml.safe_dump(data, sort_keys=False, width=100)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     history = path.parent / "history" / f"{path.stem}-{stamp}.yaml"
-    with writing(path):
-        atomic_write(history, text.encode("utf-8"), durable=True)
-        atomic_write(path, text.encode("utf-8"), durable=True)
+    with writing(path):  # both or neither
+        atomic_write_all({history: text.encode("utf-8"), path: text.encode("utf-8")}, durable=True)
     return history
 
 

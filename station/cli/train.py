@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
         from station.cli.app import console
         from station.datasets import training_images
         from station.detectors.engine import load_images
-        from station.detectors.training import data_sha256, train_and_save
+        from station.detectors.training import data_sha256
         from station.paths import resolve
 
         rcp = load_recipe(recipe)
@@ -121,20 +121,7 @@ def register(app: typer.Typer) -> None:
                 files, rcp.preprocess, lambda d, n: progress.update(task, completed=d)
             )
             train_hash = data_sha256(files)
-            trained = []
-            for det_cfg in targets:
-                cb = stage_callback(progress, det_cfg.name)
-                trained.append(
-                    train_and_save(
-                        rcp,
-                        det_cfg,
-                        files,
-                        images,
-                        device=device,
-                        progress=cb,
-                        train_hash=train_hash,
-                    )
-                )
+            trained = train_all(rcp, targets, files, images, device, progress, train_hash)
 
         data_root = resolve(rcp.storage.data_dir)
         if register_db:
@@ -149,6 +136,45 @@ def register(app: typer.Typer) -> None:
             "next: calibrate thresholds on labelled parts: "
             f"station calibrate-threshold --recipe {recipe}"
         )
+
+
+def train_all(
+    rcp: Any,
+    targets: list[Any],
+    files: list[Path],
+    images: list[Any],
+    device: str | None,
+    progress: Any,
+    train_hash: str,
+) -> list[Any]:
+    """Train each target detector; the model files go into the models folder together once
+    all are trained, so that a failure leaves the live models as they were."""
+    import os
+    import secrets
+
+    from station.detectors.artifact import artifact_path
+    from station.detectors.training import train_and_save
+
+    staged: list[Path] = []
+    trained = []
+    try:
+        for det_cfg in targets:
+            tmp = rcp.models_dir / det_cfg.name / f".training-{secrets.token_hex(6)}.pt"
+            staged.append(tmp)
+            cb = stage_callback(progress, det_cfg.name)
+            trained.append(
+                train_and_save(
+                    rcp, det_cfg, files, images, tmp, device, progress=cb, train_hash=train_hash
+                )
+            )
+        for t in trained:  # the version is known once trained
+            final = artifact_path(rcp, t.meta["detector"], t.version)
+            os.replace(t.path, final)
+            t.path = final
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)  # gone once moved
+    return trained
 
 
 def _fit_material(
