@@ -198,6 +198,43 @@ def test_promotion_refused_when_worse_on_confirmed_defects_then_recorded(
     db.dispose()
 
 
+def test_a_calibration_that_cannot_be_installed_leaves_no_row_and_no_file(
+    station_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from station.retrain import promote as promote_module
+    from station.retrain.candidates import candidates_dir
+    from station.storage.models import Calibration
+
+    recipe = small_recipe(station_home)
+    db = database(recipe)
+    live, better = _version(0), _version(20)
+    _fake_model(recipe, "patchcore", live, artifact_path(recipe, "patchcore", live))
+    _fake_model(recipe, "patchcore", better, candidate_path(recipe, "patchcore", better))
+    P, F = Verdict.PASS, Verdict.FAIL
+    _candidate_row(db, recipe, better, live, [_judged(1, False, F, P), _judged(2, True, F, F)])
+    made = candidates_dir(recipe) / f"{recipe.name}-{better}.yaml"  # made for the candidate
+    made.parent.mkdir(parents=True, exist_ok=True)
+    made.write_text(yaml.safe_dump({
+        "created_at": "2026-12-07T10:00:00+00:00", "policy": {"name": "zero_miss"},
+        "thresholds": {"patchcore": 0.5}, "model_versions": {"patchcore": better}}))  # fmt: skip
+
+    def full(files: object, **kw: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(promote_module, "atomic_write_all", full)
+    with pytest.raises(StationError, match="the model is live, but its calibration") as err:
+        promote(recipe, db, "patchcore", better, "Sam Super")
+    assert "calibrate-threshold" in err.value.hint
+    assert latest_artifact(recipe, "patchcore") == artifact_path(recipe, "patchcore", better)
+    assert not recipe.calibration_path.exists()
+    assert not list(recipe.calibration_path.parent.glob("history/*.yaml"))
+    with db.session() as s:
+        assert s.scalars(select(Calibration)).all() == []  # no row without its files
+    db.dispose()
+
+
 def test_the_promotion_gate() -> None:
     P, F = Verdict.PASS, Verdict.FAIL
     no_defects = evidence([_judged(1, False, F, P)], {}, {})

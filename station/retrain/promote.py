@@ -28,7 +28,7 @@ from station.detectors.artifact import (
     write_live,
 )
 from station.errors import StationError
-from station.files import atomic_write
+from station.files import atomic_write_all
 from station.paths import resolve
 from station.retrain.candidates import candidate_id, candidates_dir, live_versions
 from station.retrain.evaluate import not_worse_on_defects
@@ -137,13 +137,20 @@ def _install_calibration(recipe: Recipe, db: Database, by: str) -> Path | None:
         s.add(row)
         s.flush()
         doc["id"] = int(row.id)
-    doc["promoted"] = {"by": by, "at": datetime.now(UTC).isoformat(), "from": str(src)}
-    text = "# Promoted candidate calibration (station models promote); do not edit by hand.\n"
-    text += yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    atomic_write(recipe.calibration_path.parent / "history" / f"{recipe.name}-{stamp}.yaml",
-                 text.encode())  # fmt: skip
-    atomic_write(recipe.calibration_path, text.encode())
+        doc["promoted"] = {"by": by, "at": datetime.now(UTC).isoformat(), "from": str(src)}
+        text = "# Promoted candidate calibration (station models promote); do not edit by hand.\n"
+        text += yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        history = recipe.calibration_path.parent / "history" / f"{recipe.name}-{stamp}.yaml"
+        try:  # both files or neither, and no row without them (the session rolls back)
+            atomic_write_all({history: text.encode(), recipe.calibration_path: text.encode()})
+        except OSError as exc:
+            raise StationError(
+                f"the model is live, but its calibration {src.name} was not installed as "
+                f"{recipe.calibration_path}: {exc.strerror or exc}",
+                hint=f"free disk space, then station calibrate-threshold --recipe {recipe.name} "
+                "(inspection refuses the old calibration for the new model meanwhile)",
+            ) from None
     return recipe.calibration_path
 
 

@@ -22,6 +22,7 @@ import yaml
 from station.calibration.bootstrap import clopper_pearson
 from station.detectors.artifact import candidate_path
 from station.errors import StationError
+from station.files import atomic_write, writing
 from station.paths import resolve
 from station.retrain.candidates import (
     candidate_id,
@@ -414,6 +415,6 @@ def write_report(recipe: Recipe, res: RetrainResult) -> Path:
     if res.selection.skipped:
         lines.append("Parts with false-reject reviews left out:")
         lines += [f"- {n}: {why}" for why, n in res.selection.skipped.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with writing(path):  # whole or not at all
+        atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
     return path
