@@ -121,6 +121,22 @@ def test_tune_end_to_end_and_resume(
     assert [d.name for d in tuned.detectors] == [best["entry"]["name"]]
     assert tuned.detectors[0].params == best["entry"]["params"]
 
+    # a report that cannot be written: one line, and no new variant beside the old report
+    from station.tuning import run as tune_run
+
+    variant.unlink()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tune_run, "write_report", lambda *a: (_ for _ in ()).throw(
+            OSError(28, "No space left on device")))  # fmt: skip
+        code = run([*argv, "--only", CHEAP, "--budget-min", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"cannot write the tune's outputs in {out}: No space left on device" in " ".join(
+        err.split())
+    assert not variant.exists()
+    assert run([*argv, "--only", CHEAP, "--budget-min", "5"]) == 0 and variant.is_file()
+    capsys.readouterr()
+
     # a rerun with the same --out skips what is done; a new candidate runs
     more = "patchcore-lite0-pad0,patchcore-lite0-pad0-nocenter,patchcore-lite0-k3"
     assert run([*argv, "--only", more, "--budget-min", "5"]) == 0

@@ -202,6 +202,7 @@ def _tune(opts: dict[str, Any]) -> None:
     from station.cli.app import console
     from station.cli.progress import make_progress
     from station.cli.train import check_device, set_threads
+    from station.files import writing
     from station.paths import resolve
     from station.tuning.candidates import recipe_own
     from station.tuning.data import too_few_line
@@ -239,7 +240,10 @@ def _tune(opts: dict[str, Any]) -> None:
              "choose_on": opts["choose_on"], "skipped": plan.skipped,
              "failed": plan.failed}  # fmt: skip
     facts["gain"] = own_gain(facts, ranked)  # for the console, tune.md and the variant
-    written = write_outputs(plan, ranked, facts, opts["write_recipe"])
+    where = f"the tune's outputs in {plan.out}" + (
+        " and beside the recipe" if opts["write_recipe"] else "")
+    with writing(where):
+        written = write_outputs(plan, ranked, facts, opts["write_recipe"])
     if ranked:
         console.print(f"chosen: [bold]{ranked[0]['id']}[/]" + (" (a guess)" if guess else ""))
         console.print(own_line(facts, ranked))

@@ -230,6 +230,7 @@ def write_outputs(
     reads the same dict)."""
     written: dict[str, Path] = {}
     rcp = plan.recipe
+    text, variant = "", plan.out / f"{rcp.name}-tuned.yaml"
     if ranked:
         best = ranked[0]
         note = f"chosen {best['id']} on {plan.choose_on} defects; report {plan.out / 'tune.md'}"
@@ -239,19 +240,19 @@ def write_outputs(
         if gain is not None:
             note += f"; its gain over the recipe's own {facts['own']}: {gain.describe()}"
         text = variant_text(rcp, best, note)
-        variant = plan.out / f"{rcp.name}-tuned.yaml"
+        written["histogram"] = write_histogram(plan.out / "chosen_histogram.png", best)
+    facts = {
+        **facts,
+        "variant": variant if text else "",
+        "choose_on": plan.choose_on,
+        "budget_min": plan.budget_s / 60,
+    }
+    written["report"] = write_report(plan.out, facts, ranked)
+    if text:  # the variants last: a new one never stands beside an old report
         atomic_write(variant, text.encode())
         written["variant"] = variant
         if write_recipe:
             beside = Path(rcp.source).resolve().parent / f"{rcp.name}-tuned.yaml"
             atomic_write(beside, text.encode())
             written["recipe"] = beside
-        written["histogram"] = write_histogram(plan.out / "chosen_histogram.png", best)
-    facts = {
-        **facts,
-        "variant": written.get("variant", ""),
-        "choose_on": plan.choose_on,
-        "budget_min": plan.budget_s / 60,
-    }
-    written["report"] = write_report(plan.out, facts, ranked)
     return written
