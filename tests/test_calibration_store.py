@@ -293,19 +293,11 @@ def test_sheet_map_thresholds_go_stale_with_the_camera_model(station_home: Path)
 def test_a_failed_write_leaves_the_previous_calibration_whole(
     station_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import errno
-    import tempfile
+    from test_files import disk_full_at
 
     recipe, _, first = _save(station_home)
     before = {p: p.read_bytes() for p in (station_home / "calibration").rglob("*") if p.is_file()}
-    mkstemp = tempfile.mkstemp
-
-    def full_at_the_current_yaml(*args, **kw):  # noqa: ANN002, ANN003, ANN202
-        if kw.get("prefix") == f".{recipe.calibration_path.name}.":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return mkstemp(*args, **kw)
-
-    monkeypatch.setattr(tempfile, "mkstemp", full_at_the_current_yaml)
+    disk_full_at(monkeypatch, recipe.calibration_path)
     with pytest.raises(CalibrationError, match="cannot write calibration files"):
         _save(station_home, when=datetime.now(UTC) + timedelta(hours=1))
     after = {p: p.read_bytes() for p in (station_home / "calibration").rglob("*") if p.is_file()}

@@ -361,22 +361,14 @@ def test_a_wrong_square_size_is_warned_about(station_home: Path,
 def test_a_failed_write_keeps_the_old_file_and_adds_no_history_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import errno
-    import tempfile
+    from test_files import disk_full_at
 
     from station.cellcal import store
 
     path = tmp_path / "calibration" / "cell-x.yaml"
     store.write(path, {"cell": "x", "camera": {"rms_px": 0.1}})
     before = {p: p.read_bytes() for p in path.parent.rglob("*") if p.is_file()}
-    mkstemp = tempfile.mkstemp
-
-    def full_at_the_current_file(*args, **kw):  # noqa: ANN002, ANN003, ANN202
-        if kw.get("prefix") == f".{path.name}.":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return mkstemp(*args, **kw)
-
-    monkeypatch.setattr(tempfile, "mkstemp", full_at_the_current_file)
+    disk_full_at(monkeypatch, path)
     with pytest.raises(StationError, match="cannot write"):
         store.write(path, {"cell": "x", "camera": {"rms_px": 0.2}})
     assert {p: p.read_bytes() for p in path.parent.rglob("*") if p.is_file()} == before
