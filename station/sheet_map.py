@@ -60,9 +60,7 @@ def within_box(
 ) -> bool:
     """Whether a region centre lies in the box [x0, y0, x1, y1] (mm) grown by `tol_mm`: a
     region found at a known defect (the twin's truth)."""
-    x0, y0, x1, y1 = (float(v) for v in box_mm)
-    return any(x0 - tol_mm <= x <= x1 + tol_mm and y0 - tol_mm <= y <= y1 + tol_mm
-               for x, y in centres)  # fmt: skip
+    return any(boxes_meet(box_mm, (x, y, x, y), tol_mm) for x, y in centres)
 
 
 def boxes_meet(a_mm: Sequence[float], b_mm: Sequence[float], tol_mm: float) -> bool:

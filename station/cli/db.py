@@ -24,4 +24,3 @@ def register(app: typer.Typer) -> None:
         target = url or load_recipe(recipe).storage.resolved_database_url()
         now = upgrade(target, revision)
         console.print(f"[green]ok[/]: database {target} is at revision {now}")
-

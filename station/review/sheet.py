@@ -63,7 +63,6 @@ def sheet_view(root: Path, part: Part, selected: int | None) -> SheetView | None
         return None
     x0, y0, x1, y1 = (float(v) for v in extent)
     w, h = x1 - x0, y1 - y0
-    region = part.sheet_region_mm
     view = SheetView(
         path=part.sheet_map_path,
         image_ok=safe_data_path(root, part.sheet_map_path) is not None,
@@ -73,11 +72,7 @@ def sheet_view(root: Path, part: Part, selected: int | None) -> SheetView | None
         fusion=part.sheet_map_fusion or "",
         camera=part.sheet_map_camera or "",
         mm_per_px=step,
-        region=(
-            (region[0], region[1], region[2] - region[0], region[3] - region[1])
-            if region and len(region) == 4
-            else None
-        ),
+        region=_box(part.sheet_region_mm),
         label_mm=max(min(w, h) / 14, step),
     )
     for d in part.sheet_defects:
@@ -85,7 +80,7 @@ def sheet_view(root: Path, part: Part, selected: int | None) -> SheetView | None
             {
                 "row": d,
                 "r": max(math.sqrt(max(d.area_mm2, 0.0) / math.pi), min(w, h) / 60),
-                "box": _box(d.box_mm) if d.box_mm is not None else None,
+                "box": _box(d.box_mm),
                 "selected": d.index == selected,
             }
         )
