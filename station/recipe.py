@@ -420,14 +420,18 @@ def _format_error(err: dict[str, Any]) -> str:
 
 def find_recipe(name_or_path: str) -> Path:
     """A recipe path from a name (`recipes/<name>.yaml` under the station home) or a path (a
-    relative one from the current folder when the file is there, else from the station home)."""
+    relative one from the current folder when it is there, else from the station home).
+
+    A bare word without .yaml/.yml is always a name, whatever the current folder holds (a
+    data folder named after its recipe, say)."""
     p = Path(name_or_path).expanduser()
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        path = p.resolve()
-    elif p.suffix in (".yaml", ".yml") or p.exists():
-        path = resolve(p)
-    else:
+    not_a_path = "/" not in name_or_path and name_or_path not in (".", "..", "~")
+    if p.suffix not in (".yaml", ".yml") and not_a_path:
         path = station_home() / "recipes" / f"{name_or_path}.yaml"
+    elif p.exists():
+        path = p.resolve()
+    else:
+        path = resolve(p)
     if path.is_dir():
         raise RecipeError(str(path), ["is a folder, not a recipe file; give a recipe .yaml file"])
     if not path.is_file():

@@ -194,3 +194,19 @@ def test_train_and_evaluate_an_ensemble_recipe(station_home: Path) -> None:
     assert (out / "cat" / "ensemble" / "scores.csv").is_file()
     (model,) = (station_home / "data" / "ens" / "models" / "ensemble").glob("*.pt")
     assert read_artifact(model)["meta"]["good_scores"]["n"] == 2
+
+
+def test_every_bad_member_param_is_named() -> None:
+    from station.detectors.ensemble import EnsembleConfig
+    from station.detectors.registry import config_problems
+
+    bad = {"name": "patchcore", "params": {"sigma": -1.0, "num_neighbors": 0}}
+    members = [bad, {"name": "dfda", "params": {"k": 0}}]
+    assert config_problems("ensemble", {"members": members}) == [
+        "ensemble: member 1 (patchcore): patchcore: num_neighbors must be >= 1, not 0",
+        "ensemble: member 1 (patchcore): patchcore: sigma must be >= 0, not -1.0",
+        "ensemble: member 2 (dfda): dfda: k must be 'auto', 'elbow' or an integer >= 1, not 0",
+    ]
+    with pytest.raises(DetectorError, match="not 0; ensemble: member 1") as err:
+        EnsembleConfig(members=[bad, SIMPLENET]).check()  # training and loading
+    assert "params.members" in (err.value.hint or "")

@@ -320,3 +320,19 @@ def test_mirror_pad_is_checked() -> None:
     det = PatchCore(device="cpu", mirror_pad=64, max_bank=20)
     with pytest.raises(DetectorError, match="mirror_pad 64 px needs images larger"):
         det.fit([weave(s, 64) for s in range(3)])
+
+
+def test_every_value_out_of_range_is_named_on_its_own_line() -> None:
+    from station.detectors.patchcore import PatchCoreConfig
+    from station.detectors.registry import config_problems
+
+    bad = {"coreset_ratio": 0, "batch_size": 0, "num_neighbors": -3}
+    expected = [
+        "patchcore: coreset_ratio must be in (0, 1], not 0",
+        "patchcore: batch_size must be >= 1, not 0",
+        "patchcore: num_neighbors must be >= 1, not -3",
+    ]
+    assert config_problems("patchcore", bad) == expected
+    with pytest.raises(DetectorError) as err:  # training and loading: one error, all named
+        PatchCoreConfig(**bad).check()
+    assert err.value.message == "; ".join(expected)

@@ -258,6 +258,20 @@ def test_relative_recipe_path_is_taken_from_the_current_folder(
     assert find_recipe("recipes/glassfiber.yaml") == station_home / "recipes" / "glassfiber.yaml"
 
 
+def test_a_bare_recipe_name_is_a_name_whatever_the_current_folder_holds(
+    station_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from station.recipe import find_recipe
+
+    here = tmp_path / "work"
+    (here / "glassfiber").mkdir(parents=True)  # a data folder named after its recipe
+    monkeypatch.chdir(here)
+    assert find_recipe("glassfiber") == station_home / "recipes" / "glassfiber.yaml"
+    assert load_recipe("glassfiber").name == "glassfiber"
+    with pytest.raises(RecipeError, match="is a folder"):
+        find_recipe("./glassfiber")  # a path: the folder itself
+
+
 # -- issue 23: non-finite numbers, bounded sizes, duplicate keys, bounded reads ---------------
 
 
@@ -514,11 +528,6 @@ def test_detector_params_out_of_range_are_refused_before_any_model_is_built(
     ("name", "params", "expected"),
     [
         ("patchcore", {"num_neighbors": -3}, "patchcore: num_neighbors must be >= 1, not -3"),
-        (
-            "patchcore",
-            {"batch_size": 0, "num_neighbors": -3},
-            "patchcore: batch_size must be >= 1, not 0; num_neighbors must be >= 1, not -3",
-        ),
         ("simplenet", {"margin": -1.0}, "simplenet: margin must be > 0, not -1.0"),
         ("efficientad", {"distill_batch": 0}, "efficientad: distill_batch must be >= 1, not 0"),
         ("ast_mfr", {"student_lr": 0.0}, "ast_mfr: student_lr must be > 0, not 0.0"),
@@ -540,3 +549,22 @@ def test_a_recipe_range_error_names_only_the_field_out_of_range(station_home: Pa
         f"{station_home / 'recipes' / 'bad.yaml'}: detectors[0].params: patchcore: "
         "num_neighbors must be >= 1, not -3"
     ], problems
+
+
+def test_recipe_check_ends_with_every_detector_param_problem(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two values out of range: one line each, and no coverage block before them."""
+    from test_cellcal import run
+
+    text = SHIPPED.replace("coreset_ratio: 0.03", "coreset_ratio: 0")
+    path = station_home / "recipes" / "bad.yaml"
+    path.write_text(text.replace("num_neighbors: 9", "num_neighbors: -3"))
+    code, out, err = run(capsys, "recipe", "check", "bad")
+    assert code == 2 and "Traceback" not in err
+    assert "coverage" not in out and "camera model" not in out, out
+    lines = [line.strip() for line in err.strip().splitlines()]
+    assert lines[-2:] == [
+        f"{path}: detectors[0].params: patchcore: coreset_ratio must be in (0, 1], not 0",
+        f"{path}: detectors[0].params: patchcore: num_neighbors must be >= 1, not -3",
+    ], err

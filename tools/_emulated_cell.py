@@ -240,6 +240,28 @@ def database_counts(recipe: Any) -> dict[str, Any]:
     }
 
 
+def archive_check(recipe: Any) -> dict[str, Any]:
+    """What `station db verify` finds in the drill's archive once the runs have ended: files a
+    row names that are missing or changed and refused records are loss; the rest is reported."""
+    from station.storage.db import existing_database
+    from station.storage.verify import verify_archive
+
+    db = existing_database(recipe.storage.resolved_database_url())
+    try:
+        r = verify_archive(db, recipe)
+    finally:
+        db.dispose()
+    return {
+        "files_found": r.files,
+        "missing": r.missing,
+        "changed": r.damaged,
+        "refused": r.refused,
+        "held_in_journal": len(r.held),
+        "undecided": r.pending,
+        "files_no_row_names": r.unnamed,
+    }
+
+
 def routing_findings(disp: list[Any], rows: list[tuple[int, str | None, str]]) -> list[Any]:
     """(kind, disposition, message) for each sheet the line and the database disagree on.
 

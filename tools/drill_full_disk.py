@@ -5,7 +5,8 @@ journal too, unless --journal-dir names another path), trains a small PatchCore 
 it, then runs `station inspect --live` on the twin, fills the disk after --fill-after sheets,
 lets the run end (a stop for the operator exits 3), frees the disk, starts again for one sheet,
 and counts: sheets decided, Part rows by verdict, journal files, shot files, and whether every
-decided sheet is in the database with the verdict the line was given.
+decided sheet is in the database with the verdict the line was given, and that `station db verify`
+finds every row's files whole.
 
 With --emulated the same scenario runs on the emulated cell (tools/_emulated_cell.py, shared
 with drill_kill.py): the fake UR controller with its simulated PLC presents a sheet every 2.5 s,
@@ -202,11 +203,14 @@ def _twin(args: argparse.Namespace, home: Path, disk: Path, journal: Path) -> bo
         f"shot rows {c['shot_rows']}, shot files {c['shot_files']}, journal files "
         f"{c['journal_files']}, refused files {c['refused_files']}"
     )
+    from station.recipe import load_recipe
+
     checks = {
         "every decided sheet is in the database with its verdict": _printed_vs_rows(
             out1, out2, rows
         ),
         **_inspected(args.fill_after, args.restart_count or 1, out1, code2, out2),
+        **_archive(load_recipe("drill")),
     }
     for name, ok in checks.items():
         print(f"{name}: {'yes' if ok else 'NO'}")
@@ -282,10 +286,28 @@ def _emulated_report(
             out1, out2, {s: v for s, _, v in rows}
         ),
         **inspected,
+        **_archive(recipe),
     }
     for name, ok in checks.items():
         print(f"{name}: {'yes' if ok else 'NO'}")
     return all(checks.values())
+
+
+def _archive(recipe: object) -> dict[str, bool]:
+    """`station db verify` on the drill's archive: prints its findings; the check."""
+    from _emulated_cell import archive_check
+
+    a = archive_check(recipe)
+    print(
+        f"station db verify: {a['files_found']} files found; missing {len(a['missing'])}, "
+        f"changed {len(a['changed'])}, refused records {len(a['refused'])}, held in the journal "
+        f"{a['held_in_journal']}, undecided parts {len(a['undecided'])}, files no row names "
+        f"{len(a['files_no_row_names'])}"
+    )
+    for path in a["missing"] + a["changed"] + a["files_no_row_names"]:
+        print(f"  | {path}")
+    whole = not (a["missing"] or a["changed"] or a["refused"])
+    return {"(7) station db verify: every row's files are there and unchanged": whole}
 
 
 def _named_lost(out: str, missing: list[object]) -> None:

@@ -8,7 +8,7 @@ PatchCore at 64 px trained here on twin sheets). The station is killed with SIGK
 run inspects `--final-count` sheets and exits. Then it counts: sheets presented and their
 dispositions, the database rows by verdict (killed parts come back `interrupted`), shot files
 on disk, and checks that every sheet without a valid result was rejected and every decided
-sheet was routed by its verdict.
+sheet was routed by its verdict, and that `station db verify` finds every row's files whole.
 
     .venv/bin/python tools/drill_kill.py --kills 3 [--home DIR] [--json OUT]
 """
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _emulated_cell import (  # noqa: E402
     DECIDED,
+    archive_check,
     check_routing,
     database_counts,
     prepare,
@@ -97,6 +98,10 @@ def drill(home: Path, kills: int, final_count: int, host: str, seed: int) -> dic
         problems.append(f"{verdicts['fault']} parts faulted on a healthy cell (station-*.log)")
     if not (verdicts["pass"] and verdicts["fail"]):  # routing by verdict needs both verdicts
         problems.append(f"routing by verdict not exercised: part rows {dict(verdicts)}")
+    archive = archive_check(recipe)
+    if archive["missing"] or archive["changed"] or archive["refused"]:
+        problems.append("station db verify: a row's file is missing or changed, or a record "
+                        "was refused (archive)")
     return {
         "kills": kills,
         "station_exit_codes": runs,
@@ -107,6 +112,7 @@ def drill(home: Path, kills: int, final_count: int, host: str, seed: int) -> dic
         "shot_rows": counts["shot_rows"],
         "shot_files_on_disk": counts["shot_rows_with_file"],
         "shot_files_under_images": counts["shot_files_under_images"],
+        "archive": archive,
         "problems": problems,
     }
 

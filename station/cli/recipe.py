@@ -93,7 +93,8 @@ def register(app: typer.Typer) -> None:
         """Validate a recipe, print its coverage and summary.
 
         Exit code 2 with one line per problem: schema, detectors, twin, and what the poses
-        leave unseen or too coarse."""
+        leave unseen or too coarse. The coverage block is printed when valid or refused for
+        coverage only; other problems end the output alone."""
         from station.cli.app import console
         from station.cli.plan import coverage_camera
         from station.coverage import check as coverage_check
@@ -101,12 +102,15 @@ def register(app: typer.Typer) -> None:
         loaded = load_recipe(recipe)
         model, described = coverage_camera(loaded, strict=False)  # the summary says why
         cover = coverage_check(loaded, model)
-        problems = deep_problems(loaded) + cover.problems
-        for line in cover.lines():  # printed even when refused: the numbers behind a refusal
-            console.print(line, highlight=False, soft_wrap=True)
-        console.print(f"camera model: {described}", highlight=False, soft_wrap=True, markup=False)
-        if problems:
-            raise RecipeError(str(loaded.source or loaded.name), problems)
+        deep = deep_problems(loaded)
+        if not deep:  # the numbers behind a coverage refusal; noise before other problems
+            for line in cover.lines():
+                console.print(line, highlight=False, soft_wrap=True)
+            console.print(
+                f"camera model: {described}", highlight=False, soft_wrap=True, markup=False
+            )
+        if deep or cover.problems:
+            raise RecipeError(str(loaded.source or loaded.name), deep + cover.problems)
         for line in device_warnings(loaded):
             console.print(f"[yellow]warning[/]: {line}", highlight=False, soft_wrap=True)
         console.print(summary_table(loaded))

@@ -67,7 +67,7 @@ from station.detectors.backbones import (
 )
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import autocast_for, split_validation, to_batch
-from station.detectors.registry import check_bound, register
+from station.detectors.registry import CheckedConfig, bound_problems, register
 from station.errors import DetectorError, StationError
 
 # First three stages (strides 4, 8, 16) of each backbone family.
@@ -110,7 +110,7 @@ def pick_student(teacher: str, weights: str = "auto") -> str:
 
 
 @dataclass
-class ASTMFRConfig:
+class ASTMFRConfig(CheckedConfig):
     """AST-MFR's settings: a recipe entry's backbone, weights, device and params."""
 
     backbone: str = "efficientnet_lite1"
@@ -135,18 +135,21 @@ class ASTMFRConfig:
     seed: int = 0
     amp: bool = True
 
-    def check(self) -> None:
-        """DetectorError for a value out of range."""
+    def problems(self) -> list[str]:
+        """Every value out of range, one line each."""
+        out: list[str] = []
         if not 0.0 <= self.mask_rate < 1.0:
-            raise DetectorError(f"ast_mfr: mask_rate must be in [0, 1), not {self.mask_rate}")
-        check_bound("ast_mfr", self, ">= 1", "epochs", "batch_size", "min_steps_per_epoch")
+            out.append(f"ast_mfr: mask_rate must be in [0, 1), not {self.mask_rate}")
+        sizes = ("epochs", "batch_size", "min_steps_per_epoch")
+        out += bound_problems("ast_mfr", self, ">= 1", *sizes)
         if not 0.0 <= self.val_fraction < 1.0:
-            raise DetectorError(f"ast_mfr: val_fraction must be in [0, 1), not {self.val_fraction}")
-        check_bound("ast_mfr", self, ">= 0", "alpha", "smoothing_sigma")
+            out.append(f"ast_mfr: val_fraction must be in [0, 1), not {self.val_fraction}")
+        out += bound_problems("ast_mfr", self, ">= 0", "alpha", "smoothing_sigma")
         rates = ("lr",) if self.student_lr is None else ("lr", "student_lr")
-        check_bound("ast_mfr", self, "> 0", *rates)
+        out += bound_problems("ast_mfr", self, "> 0", *rates)
         if self.pool_size < 1 or self.pool_size % 2 == 0:
-            raise DetectorError(f"ast_mfr: pool_size must be odd and >= 1, not {self.pool_size}")
+            out.append(f"ast_mfr: pool_size must be odd and >= 1, not {self.pool_size}")
+        return out
 
 
 @register

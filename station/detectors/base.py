@@ -74,7 +74,7 @@ class Detector(ABC):
     size_key: ClassVar[str] = "image_hw"
     # Settings that choose where and how the model runs, not what it learned (the device;
     # PatchCore's exact-or-approximate search): a saved model loads with other values for
-    # them, and a recipe's values replace the saved ones (artifact.load_model).
+    # them, and a recipe's values replace the saved ones (artifact.load_artifact).
     runtime_settings: ClassVar[frozenset[str]] = frozenset({"device"})
     _cfg: dict[str, Any]
     device: torch.device

@@ -34,12 +34,12 @@ from station.detectors.dfda_net import (
     QueryKeyAttention,
 )
 from station.detectors.kmeans import kmeans
-from station.detectors.registry import check_bound, register
+from station.detectors.registry import CheckedConfig, bound_problems, register
 from station.errors import DetectorError
 
 
 @dataclass
-class DFDAConfig:
+class DFDAConfig(CheckedConfig):
     """DFDA's settings: a recipe entry's backbone, weights, device and params."""
 
     backbone: str = "efficientnet_lite0"
@@ -73,29 +73,29 @@ class DFDAConfig:
     seed: int = 0
     amp: bool = True
 
-    def check(self) -> None:
-        """DetectorError for a value out of range or a choice not offered."""
+    def problems(self) -> list[str]:
+        """Every value out of range or choice not offered, one line each."""
+        out: list[str] = []
         k_int = isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1
         if not (self.k in ("auto", "elbow") or k_int):
-            raise DetectorError(
-                f"dfda: k must be 'auto', 'elbow' or an integer >= 1, not {self.k!r}"
-            )
+            out.append(f"dfda: k must be 'auto', 'elbow' or an integer >= 1, not {self.k!r}")
         sizes = ("kmeans_iters", "max_train_patches", "batch_size", "attention_batch")
-        check_bound("dfda", self, ">= 1", *sizes)
-        check_bound("dfda", self, ">= 0", "attention_epochs")
-        check_bound("dfda", self, "> 0", "attention_lr")
+        out += bound_problems("dfda", self, ">= 1", *sizes)
+        out += bound_problems("dfda", self, ">= 0", "attention_epochs")
+        out += bound_problems("dfda", self, "> 0", "attention_lr")
         if not 0 <= self.val_fraction < 1:
-            raise DetectorError(f"dfda: val_fraction must be in [0, 1), not {self.val_fraction}")
+            out.append(f"dfda: val_fraction must be in [0, 1), not {self.val_fraction}")
         if self.attention_init not in ("neutral", "random"):
-            raise DetectorError(
+            out.append(
                 f"dfda: attention_init must be 'neutral' or 'random', not {self.attention_init!r}"
             )
         bad = [s for s in self.synthetic_kinds if s not in SYNTHETIC_KINDS]
         if bad or not self.synthetic_kinds:
-            raise DetectorError(
+            out.append(
                 f"dfda: synthetic_kinds {list(self.synthetic_kinds)} invalid; "
                 f"choose from {', '.join(SYNTHETIC_KINDS)}"
             )
+        return out
 
 
 @register

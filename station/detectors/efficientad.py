@@ -77,7 +77,7 @@ from station.detectors.efficientad_net import (
     lr_schedule,
     pdn_out_size,
 )
-from station.detectors.registry import check_bound, register
+from station.detectors.registry import CheckedConfig, bound_problems, register
 from station.errors import DetectorError
 from station.files import atomic_write
 
@@ -89,7 +89,7 @@ def _sd(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @dataclass
-class EfficientADConfig:
+class EfficientADConfig(CheckedConfig):
     """EfficientAD's settings: a recipe entry's backbone, weights, device and params."""
 
     backbone: str = "efficientnet_lite0"
@@ -114,28 +114,24 @@ class EfficientADConfig:
     amp: bool = True
     seed: int = 0
 
-    def check(self) -> None:
-        """DetectorError for a value out of range or a choice not offered."""
+    def problems(self) -> list[str]:
+        """Every value out of range or choice not offered, one line each."""
+        out: list[str] = []
         if self.model_size not in ("small", "medium"):
-            raise DetectorError(
+            out.append(
                 f"efficientad: model_size must be small or medium, not {self.model_size!r}"
             )
         if self.schedule not in ("cosine", "paper"):
-            raise DetectorError(
-                f"efficientad: schedule must be cosine or paper, not {self.schedule!r}"
-            )
+            out.append(f"efficientad: schedule must be cosine or paper, not {self.schedule!r}")
         sizes = ("steps", "distill_steps", "distill_batch", "batch_size")
-        check_bound("efficientad", self, ">= 1", *sizes)
+        out += bound_problems("efficientad", self, ">= 1", *sizes)
         if not 0.0 <= self.val_fraction < 1.0:
-            raise DetectorError(
-                f"efficientad: val_fraction must be in [0, 1), not {self.val_fraction}"
-            )
+            out.append(f"efficientad: val_fraction must be in [0, 1), not {self.val_fraction}")
         if not 0.0 < self.q_low < self.q_high < 1.0 or not 0.0 < self.hard_quantile < 1.0:
-            raise DetectorError(
-                "efficientad: need 0 < q_low < q_high < 1 and 0 < hard_quantile < 1"
-            )
-        check_bound("efficientad", self, "> 0", "lr", "distill_lr")
-        check_bound("efficientad", self, ">= 0", "weight_decay")
+            out.append("efficientad: need 0 < q_low < q_high < 1 and 0 < hard_quantile < 1")
+        out += bound_problems("efficientad", self, "> 0", "lr", "distill_lr")
+        out += bound_problems("efficientad", self, ">= 0", "weight_decay")
+        return out
 
 
 @register

@@ -38,7 +38,12 @@ import torch
 
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import to_batch
-from station.detectors.registry import config_problems, create_detector, register
+from station.detectors.registry import (
+    config_problems,
+    create_detector,
+    raise_problems,
+    register,
+)
 from station.errors import DetectorError
 
 MEMBER_KEYS = {"name", "backbone", "weights", "params"}
@@ -58,17 +63,25 @@ class EnsembleConfig:
     seed: int = 0
     min_std: float = 1e-6  # floor on a member's good-score std (as a share of |mean| + 1)
 
-    def check(self) -> None:
-        """DetectorError for a malformed member list or a member's bad params."""
+    def problems(self) -> list[str]:
+        """A malformed member list, else every member's bad params: one line each."""
+        try:
+            specs = _member_specs(self)
+        except DetectorError as exc:
+            return [exc.message]
         shared = {"val_fraction": self.val_fraction, "seed": self.seed}
-        for i, s in enumerate(_member_specs(self)):
+        out: list[str] = []
+        for i, s in enumerate(specs):
             cfg = {"backbone": s["backbone"], "weights": s["weights"], **s["params"], **shared}
-            problems = config_problems(s["name"], cfg)
-            if problems:
-                raise DetectorError(
-                    f"ensemble: member {i + 1} ({s['name']}): {problems[0]}",
-                    hint="fix that member's params under the ensemble's params.members",
-                )
+            where = f"ensemble: member {i + 1} ({s['name']})"
+            out += [f"{where}: {p}" for p in config_problems(s["name"], cfg)]
+        return out
+
+    def check(self) -> None:
+        """DetectorError for a malformed member list or the members' bad params."""
+        _member_specs(self)  # raises with its own hint
+        hint = "fix that member's params under the ensemble's params.members"
+        raise_problems(self.problems(), hint=hint)
 
 
 @runtime_checkable

@@ -57,7 +57,7 @@ from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import sample_per_image, split_validation, to_batch
 from station.detectors.knn import KNN_METHODS, KnnMethod, resolve_knn
 from station.detectors.patchcore_model import IMAGE_SCORES, PatchCoreModel
-from station.detectors.registry import check_bound, register
+from station.detectors.registry import CheckedConfig, bound_problems, register
 from station.errors import DetectorError
 
 
@@ -110,7 +110,7 @@ FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
 @dataclass(frozen=True)
-class PatchCoreConfig:
+class PatchCoreConfig(CheckedConfig):
     """PatchCore's settings: a recipe entry's backbone, weights, device and params."""
 
     backbone: str = "efficientnet_lite0"
@@ -137,30 +137,29 @@ class PatchCoreConfig:
     knn: KnnMethod = "auto"
     image_score: str = "weighted_max"  # weighted_max (the paper's) | max | smoothed_peak
 
-    def check(self) -> None:
-        """DetectorError for a value out of range (the strides are checked with the backbone)."""
+    def problems(self) -> list[str]:
+        """Every value out of range, one line each (the strides are checked with the
+        backbone)."""
+        out: list[str] = []
         if not 0 < self.coreset_ratio <= 1:
-            raise DetectorError(
-                f"patchcore: coreset_ratio must be in (0, 1], not {self.coreset_ratio}"
-            )
+            out.append(f"patchcore: coreset_ratio must be in (0, 1], not {self.coreset_ratio}")
         sizes = ("max_bank", "max_train_patches", "batch_size", "num_neighbors", "patch_size")
-        check_bound("patchcore", self, ">= 1", *sizes)
+        out += bound_problems("patchcore", self, ">= 1", *sizes)
         if self.knn not in KNN_METHODS:
-            raise DetectorError(
+            out.append(
                 f"patchcore: knn must be one of {', '.join(KNN_METHODS)}, not {self.knn!r}"
             )
         if self.image_score not in IMAGE_SCORES:
-            raise DetectorError(
+            out.append(
                 f"patchcore: image_score must be one of {', '.join(IMAGE_SCORES)}, "
                 f"not {self.image_score!r}"
             )
         if not 0 <= self.val_fraction < 1:
-            raise DetectorError(
-                f"patchcore: val_fraction must be in [0, 1), not {self.val_fraction}"
-            )
-        check_bound("patchcore", self, ">= 0", "sigma", "proj_dim")
+            out.append(f"patchcore: val_fraction must be in [0, 1), not {self.val_fraction}")
+        out += bound_problems("patchcore", self, ">= 0", "sigma", "proj_dim")
         if self.layer_dim is not None and self.layer_dim < 1:
-            raise DetectorError(f"patchcore: layer_dim must be >= 1, not {self.layer_dim}")
+            out.append(f"patchcore: layer_dim must be >= 1, not {self.layer_dim}")
+        return out
 
 
 @register

@@ -163,25 +163,41 @@ _BOUNDS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def check_bound(detector: str, config: object, bound: str, *fields: str) -> None:
-    """DetectorError naming each of `fields` (of `config`) whose value breaks `bound` (">= 1",
-    ">= 0" or "> 0"), with its value; nothing when every one keeps it."""
+def bound_problems(detector: str, config: object, bound: str, *fields: str) -> list[str]:
+    """One line for each of `fields` (of `config`) whose value breaks `bound` (">= 1", ">= 0"
+    or "> 0"), with its value; empty when every one keeps it."""
     keeps = _BOUNDS[bound]
-    bad = [f for f in fields if not keeps(getattr(config, f))]
-    if bad:
-        raise DetectorError(
-            f"{detector}: "
-            + "; ".join(f"{f} must be {bound}, not {getattr(config, f)!r}" for f in bad)
-        )
+    return [
+        f"{detector}: {f} must be {bound}, not {getattr(config, f)!r}"
+        for f in fields
+        if not keeps(getattr(config, f))
+    ]
+
+
+def raise_problems(problems: list[str], hint: str | None = None) -> None:
+    """DetectorError joining `problems` with "; "; nothing when there are none."""
+    if problems:
+        raise DetectorError("; ".join(problems), hint=hint)
+
+
+class CheckedConfig:
+    """Base of a detector's `Config` dataclass: `problems()` lists every value out of range,
+    one line each; `check()` raises them as one DetectorError (training, loading)."""
+
+    def problems(self) -> list[str]:
+        return []
+
+    def check(self) -> None:
+        raise_problems(self.problems())
 
 
 def config_problems(name: str, cfg: dict[str, Any]) -> list[str]:
     """What is wrong with `cfg` for detector `name`, judged from its config's annotated fields
     (unknown names, a text where a number belongs, ...) and, when those are right, its
-    `Config.check()` (a value out of range): one line each."""
+    `Config.problems()` (every value out of range): one line each."""
     known = settings(name)
     hints = typing.get_type_hints(_settings_type(name))
-    problems = []
+    problems: list[str] = []
     for key, value in cfg.items():
         if key not in known:
             listed = ", ".join(sorted(known))
@@ -190,11 +206,15 @@ def config_problems(name: str, cfg: dict[str, Any]) -> list[str]:
             want = _describe(hints[key])
             problems.append(f"{name}: parameter {key!r} must be {want}, not {value!r}")
     config = detector_class(name).Config
-    if not problems and config is not None and hasattr(config, "check"):
-        try:
+    if problems or config is None:
+        return problems
+    try:  # an ensemble's member may name an unknown detector: DetectorError
+        if hasattr(config, "problems"):
+            problems += config(**cfg).problems()
+        elif hasattr(config, "check"):
             config(**cfg).check()
-        except DetectorError as exc:
-            problems.append(exc.message)
+    except DetectorError as exc:
+        problems.append(exc.message)
     return problems
 
 

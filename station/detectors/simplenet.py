@@ -44,7 +44,7 @@ from torch import nn
 from station.detectors.backbones import check_identity, create_backbone, resolve_device
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import split_validation, to_batch, upsample_smooth
-from station.detectors.registry import check_bound, register
+from station.detectors.registry import CheckedConfig, bound_problems, register
 from station.errors import DetectorError
 
 
@@ -139,7 +139,7 @@ def _xavier(module: nn.Module) -> None:
 
 
 @dataclass
-class SimpleNetConfig:
+class SimpleNetConfig(CheckedConfig):
     """SimpleNet's settings: a recipe entry's backbone, weights, device and params."""
 
     backbone: str = "efficientnet_lite0"
@@ -161,17 +161,16 @@ class SimpleNetConfig:
     feature_std: float | None = 0.02
     seed: int = 0
 
-    def check(self) -> None:
-        """DetectorError for a value out of range."""
+    def problems(self) -> list[str]:
+        """Every value out of range, one line each."""
         sizes = ("embed_dim", "hidden_dim", "epochs", "batch_size", "min_steps_per_epoch")
-        check_bound("simplenet", self, ">= 1", *sizes)
-        check_bound("simplenet", self, "> 0", "noise_std", "margin")
+        out = bound_problems("simplenet", self, ">= 1", *sizes)
+        out += bound_problems("simplenet", self, "> 0", "noise_std", "margin")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise DetectorError(
-                f"simplenet: val_fraction must be in [0, 1), not {self.val_fraction}"
-            )
-        check_bound("simplenet", self, "> 0", "adaptor_lr", "discriminator_lr")
-        check_bound("simplenet", self, ">= 0", "smoothing_sigma")
+            out.append(f"simplenet: val_fraction must be in [0, 1), not {self.val_fraction}")
+        out += bound_problems("simplenet", self, "> 0", "adaptor_lr", "discriminator_lr")
+        out += bound_problems("simplenet", self, ">= 0", "smoothing_sigma")
+        return out
 
 
 @register

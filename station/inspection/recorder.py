@@ -62,7 +62,7 @@ from station.storage.heatmaps import (
     encode_raw_map,
     write_atomic,
 )
-from station.storage.journal import Journal
+from station.storage.journal import Journal, journal_folder
 from station.storage.lock import RunLock, held_elsewhere
 from station.storage.models import Part, Shot, Verdict
 from station.storage.parts import (
@@ -95,8 +95,7 @@ class Recorder:
         self.db = db
         self.recipe = recipe
         self.data_root = resolve(recipe.storage.data_dir)
-        jdir = recipe.storage.journal_dir
-        self.journal_dir = resolve(jdir) / recipe.name if jdir else recipe.data_dir / "journal"
+        self.journal_dir = journal_folder(recipe)
         self.journal = Journal(self.journal_dir, int(recipe.storage.journal_reserve_mb * 2**20))
         self.run_id = uuid.uuid4().hex  # kept in every record and Part row of this run
         # held while this run has parts: another run's start leaves them alone (recover)

@@ -237,3 +237,30 @@ def open_database(url: str, migrate: bool = True) -> Database:
     if migrate:
         upgrade(url)
     return Database(make_engine(url), url)
+
+
+def existing_database(url: str) -> Database:
+    """Open a database the station has written, never creating one: StorageError naming the
+    fix when there is none at `url` or it has no station tables."""
+    from sqlalchemy import inspect
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        parsed = None  # make_engine says what is wrong with it
+    file = parsed.database if parsed is not None and parsed.get_backend_name() == "sqlite" else None
+    if file and file != ":memory:" and not Path(file).is_file():
+        raise StorageError(
+            f"no database at {file}", hint="check --url or the recipe's storage.database_url"
+        )
+    db = Database(make_engine(url), url)
+    try:
+        with db.engine.connect() as conn:
+            has = inspect(conn).has_table("parts")
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot read database {_safe(url)}: {_reason(exc)}") from None
+    if not has:
+        raise StorageError(
+            f"database {_safe(url)} has no station tables", hint="run `station db upgrade`"
+        )
+    return db

@@ -17,11 +17,19 @@ from pathlib import Path
 
 from station.errors import StorageError
 from station.files import atomic_write
+from station.paths import resolve
+from station.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def journal_folder(recipe: Recipe) -> Path:
+    """Where the recipe's held part records go (`storage.journal_dir`, else the data folder)."""
+    jdir = recipe.storage.journal_dir
+    return resolve(jdir) / recipe.name if jdir else recipe.data_dir / "journal"
 
 
 class Journal:

@@ -1,0 +1,173 @@
+"""The archive check behind `station db verify`: do the database and the disk still agree?
+
+For one recipe it reads every Part row with its shots, detections and sheet map, and checks that
+each file a row names is on disk (and, unless asked not to, that each shot's bytes still match
+the sha256 stored with it). It also reports what lies beside the rows: part records held in the
+journal (the next start writes them), records the database refused (`journal/refused/`), parts
+left `pending` by a crash, and files in the images folder that no row and no held record names
+(what a crash cut off: a heatmap written before its rows, a temporary file).
+
+A run holding the recipe's live lock is inspecting: its undecided parts are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from station.decision import Verdict
+from station.paths import resolve
+from station.recipe import Recipe
+from station.storage.db import Database
+from station.storage.journal import journal_folder
+from station.storage.lock import held_elsewhere
+from station.storage.models import Part, Shot
+from station.storage.parts import PartRecord
+
+Progress = Callable[[int, int], None]  # (parts done, parts in all)
+
+
+@dataclass
+class ArchiveReport:
+    recipe: str
+    parts: int = 0
+    shots: int = 0
+    files: int = 0  # files named by rows and found
+    hashed: int = 0  # shot files whose sha256 was compared
+    live: bool = False  # a run held the live lock: its undecided parts were skipped
+    missing: list[str] = field(default_factory=list)  # "<path> (part N, what)"
+    damaged: list[str] = field(default_factory=list)  # sha256 differs or unreadable
+    refused: list[str] = field(default_factory=list)  # journal/refused/ files
+    held: list[str] = field(default_factory=list)  # journal files not yet in the database
+    pending: list[int] = field(default_factory=list)  # sequences left undecided by a crash
+    unnamed: list[str] = field(default_factory=list)  # files under images/ that nothing names
+
+    @property
+    def lost(self) -> bool:
+        """Something decided or captured is not whole in the database and on disk."""
+        return bool(self.missing or self.damaged or self.refused)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _named_files(part: Part) -> Iterator[tuple[str, str, Shot | None]]:
+    """(relative path, what it is, its shot when it carries a sha256) of every file the part's
+    rows name."""
+    if part.sheet_map_path:
+        yield part.sheet_map_path, "sheet map", None
+    for shot in part.shots:
+        yield shot.image_path, f"shot {shot.pose_name}", shot
+        if shot.mask_path:
+            yield shot.mask_path, f"mask {shot.pose_name}", None
+        for det in shot.detections:
+            for path, kind in ((det.heatmap_path, "heatmap"), (det.raw_map_path, "raw map")):
+                if path:
+                    yield path, f"{kind} {shot.pose_name}/{det.detector}", None
+
+
+def _record_files(record: PartRecord) -> Iterator[str]:
+    if record.sheet_map is not None:
+        yield record.sheet_map.png_path
+    for shot in record.shots:
+        yield from (p for p in (shot.image_path, shot.mask_path) if p)
+        for det in shot.detections:
+            yield from (p for p in (det.heatmap_path, det.raw_map_path) if p)
+
+
+class _Check:
+    def __init__(self, recipe: Recipe, hashes: bool) -> None:
+        self.root = resolve(recipe.storage.data_dir)
+        self.hashes = hashes
+        self.report = ArchiveReport(recipe.name)
+        self.named: set[Path] = set()
+        self.skip: set[Path] = set()  # folders of parts a live run is still inspecting
+
+    def part(self, row: Part) -> None:
+        self.report.parts += 1
+        self.report.shots += len(row.shots)
+        for rel, what, shot in _named_files(row):
+            path = self.root / rel
+            self.named.add(path)
+            where = f"{rel} (part {row.sequence}, {what})"
+            if not path.is_file():
+                self.report.missing.append(where)
+                continue
+            self.report.files += 1
+            if shot is None or not self.hashes:
+                continue
+            self.report.hashed += 1
+            try:
+                if _sha256(path) != shot.image_sha256:
+                    self.report.damaged.append(f"{where}: sha256 differs from its row's")
+            except OSError as exc:
+                self.report.damaged.append(f"{where}: unreadable ({exc.strerror or exc})")
+
+    def journal(self, folder: Path) -> None:
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                record = PartRecord.from_json(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                self.report.held.append(f"{path.name} (not readable as a part record)")
+                continue
+            self.report.held.append(f"{path.name} (part {record.label}, {record.verdict.value})")
+            self.named.update(self.root / rel for rel in _record_files(record))
+        refused = folder / "refused"
+        if refused.is_dir():
+            self.report.refused = [str(p) for p in sorted(refused.glob("*.json"))]
+
+    def unnamed(self, images: Path) -> None:
+        if not images.is_dir():
+            return
+        for path in sorted(p for p in images.rglob("*") if p.is_file()):
+            if path not in self.named and path.parent not in self.skip:
+                self.report.unnamed.append(path.relative_to(self.root).as_posix())
+
+
+def verify_archive(
+    db: Database, recipe: Recipe, hashes: bool = True, progress: Progress | None = None
+) -> ArchiveReport:
+    """Check the recipe's rows against its files (see the module docstring).
+    StorageError if the database cannot be read."""
+    check = _Check(recipe, hashes)
+    live = held_elsewhere(recipe.data_dir / "live.lock")
+    check.report.live = live
+    with db.session() as s:
+        ids = s.scalars(
+            select(Part.id).where(Part.recipe == recipe.name).order_by(Part.sequence)
+        ).all()
+        for start in range(0, len(ids), 200):
+            rows = s.scalars(
+                select(Part)
+                .where(Part.id.in_(ids[start : start + 200]))
+                .options(selectinload(Part.shots).selectinload(Shot.detections))
+                .order_by(Part.sequence)
+            ).all()
+            for row in rows:
+                undecided = row.verdict is Verdict.PENDING and row.mode in ("live", "offline")
+                if undecided and (live or _run_alive(recipe, row.run_id)):
+                    check.skip.add(recipe.images_dir / f"{row.sequence:06d}")
+                    continue
+                if undecided:
+                    check.report.pending.append(row.sequence)
+                check.part(row)
+            if progress is not None:
+                progress(min(start + 200, len(ids)), len(ids))
+            s.expunge_all()
+    check.journal(journal_folder(recipe))
+    check.unnamed(recipe.images_dir)
+    return check.report
+
+
+def _run_alive(recipe: Recipe, run_id: str | None) -> bool:
+    return bool(run_id) and held_elsewhere(recipe.data_dir / "runs" / f"{run_id}.lock")

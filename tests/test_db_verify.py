@@ -1,0 +1,144 @@
+"""`station db verify`: the archive check finds what is missing, changed or left over."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_inspection_support import database, sheet, small_recipe
+
+from station.cli.app import main
+from station.inspection.recorder import PartRecord, Recorder
+from station.recipe import Recipe
+from station.storage.models import Verdict
+from station.storage.verify import verify_archive
+
+
+def _decided(rec: Recorder, defect: bool) -> PartRecord:
+    """A part with one shot and one detector's heatmap, decided and committed."""
+    part = rec.new_part("live", f"sheet-{defect}")
+    rec.open_part(part)
+    shot = rec.add_shot(part, 0, "left", sheet(defect), robot_pose=[0.0] * 6)
+    det = rec.write_detection(
+        part,
+        shot,
+        detector="brightspot",
+        model_version="v1",
+        score=0.6 if defect else 0.1,
+        threshold=0.3,
+        amap=np.full((8, 8), 0.6 if defect else 0.1, np.float32),
+        latency_ms=1.0,
+        store_raw=True,
+    )
+    shot.detections.append(det)
+    part.verdict = Verdict.FAIL if defect else Verdict.PASS
+    rec.finish_part(part)
+    return part
+
+
+@pytest.fixture
+def archive(station_home: Path) -> tuple[Recorder, Recipe, list[PartRecord]]:
+    recipe = small_recipe(station_home)
+    rec = Recorder(database(recipe), recipe)
+    parts = [_decided(rec, False), _decided(rec, True)]
+    rec.end_run()
+    return rec, recipe, parts
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_a_whole_archive_is_ok(
+    archive: tuple[Recorder, Recipe, list[PartRecord]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec, recipe, _ = archive
+    report = verify_archive(rec.db, recipe)
+    assert (report.parts, report.shots, report.hashed) == (2, 2, 2)
+    assert report.files == 6  # per part: shot, heatmap, raw map
+    assert not report.lost and not report.unnamed and not report.pending and not report.held
+    code, out = _run(["db", "verify", "-r", "small"], capsys)
+    assert code == 0, out
+    assert "2 parts, 2 shots; 6 files found, 2 shots' sha256 compared" in out
+    assert "ok: every row's files are there and unchanged" in out
+
+
+def test_a_missing_heatmap_and_a_changed_shot_are_loss(
+    archive: tuple[Recorder, Recipe, list[PartRecord]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec, recipe, (good, bad) = archive
+    heat = bad.shots[0].detections[0].heatmap_path
+    assert heat is not None
+    (rec.data_root / heat).unlink()
+    shot = rec.data_root / good.shots[0].image_path
+    shot.write_bytes(shot.read_bytes() + b"\0")
+    report = verify_archive(rec.db, recipe)
+    assert report.missing == [f"{heat} (part 2, heatmap left/brightspot)"]
+    assert report.damaged == [
+        f"{good.shots[0].image_path} (part 1, shot left): sha256 differs from its row's"
+    ]
+    assert verify_archive(rec.db, recipe, hashes=False).damaged == []  # existence only
+    code, out = _run(["db", "verify", "-r", "small"], capsys)
+    assert code == 1
+    assert "1 file(s) named by a row are missing:" in out and heat in out
+    assert "1 shot file(s) changed since they were written:" in out
+    assert "not whole" in out and "Traceback" not in out
+
+
+def test_left_overs_held_and_refused_records_and_undecided_parts(
+    archive: tuple[Recorder, Recipe, list[PartRecord]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec, recipe, (good, _) = archive
+    folder = rec.part_folder(good)
+    (folder / "right.brightspot.heat.png").write_bytes(b"cut off")  # before its rows
+    (folder / ".left.png.1a2b.tmp").write_bytes(b"torn")
+    # a part the database has not taken yet: its record (and files) are the journal's
+    held = Recorder(rec.db, recipe)
+    undecided = held.new_part("live", "sheet-3")
+    held.open_part(undecided)  # pending row; the process then "dies"
+    record = PartRecord(recipe=recipe.name, recipe_sha256=recipe.sha256, mode="live")
+    record.verdict = Verdict.PASS
+    held.journal.write(record.key, record.to_json().encode())
+    held.journal.refuse(held.journal.path("refused-one"), b"{}")
+    held.hold_lock()
+    during = verify_archive(rec.db, recipe)  # its run is inspecting: part 3 is skipped
+    assert during.live and during.parts == 2 and not during.pending
+    held.release_lock()
+    held.run_lock.release()  # as the kernel does when the process dies
+
+    report = verify_archive(rec.db, recipe)
+    assert report.pending == [3]
+    assert report.held == [f"{record.key}.json (part {record.label}, pass)"]
+    assert [Path(p).name for p in report.refused] == ["refused-one.json"]
+    assert report.unnamed == [
+        f"{rec.rel(folder)}/.left.png.1a2b.tmp",
+        f"{rec.rel(folder)}/right.brightspot.heat.png",
+    ]
+    assert report.lost and not report.missing  # a refused record is a verdict in no row
+    code, out = _run(["db", "verify", "-r", "small"], capsys)
+    assert code == 1
+    assert "1 part(s) left undecided by a stop" in out
+    assert "2 file(s) in the images folder that no row names" in out
+
+
+def test_no_database_or_no_schema_is_one_line(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small_recipe(station_home)
+    url = f"sqlite:///{station_home}/data/none.db"
+    code, out = _run(["db", "verify", "-r", "small", "--url", url], capsys)
+    assert code == 2 and "no database at" in out and "Traceback" not in out
+    assert not (station_home / "data" / "none.db").exists()  # not created by looking
+    empty = station_home / "data" / "empty.db"
+    empty.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(empty).close()
+    code, out = _run(["db", "verify", "-r", "small", "--url", f"sqlite:///{empty}"], capsys)
+    assert code == 2 and "has no station tables" in out and "station db upgrade" in out
