@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -101,3 +103,45 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put folder `new` at `target`: the old `target` goes aside, then is deleted."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    aside.rmdir()  # a free name beside it
+    os.rename(target, aside)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(aside, target)  # the old one back
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replacing_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield a new, empty folder beside `folder` to fill; when the block ends without error it
+    takes `folder`'s place (renamed in, the old one renamed aside and deleted), otherwise it is
+    removed and `folder` stays as it was. Readers see the old set of files or the whole new
+    one (for a moment between the renames, no folder). A symlink's target is what is replaced;
+    a mount point cannot be. Raises OSError."""
+    target = Path(folder).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    try:
+        yield new
+        mode = stat.S_IMODE(target.stat().st_mode) if target.is_dir() else 0o777 & ~_umask()
+        os.chmod(new, mode)  # mkdtemp's folder is owner-only
+        _swap_in(new, target)
+        _fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)  # gone once swapped in
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

@@ -372,3 +372,68 @@ def test_a_failed_write_keeps_the_old_file_and_adds_no_history_copy(
     with pytest.raises(StationError, match="cannot write"):
         store.write(path, {"cell": "x", "camera": {"rms_px": 0.2}})
     assert {p: p.read_bytes() for p in path.parent.rglob("*") if p.is_file()} == before
+
+
+def test_a_failed_emulator_set_leaves_the_previous_one_whole(
+    station_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--prepare-emulator replaces the emulator's folder all or none: a full disk at the second
+    new view leaves the previous views whole (no mix, no temporary folder) with a one-line
+    error; the next try replaces them, keeping the folder's permissions and hidden files."""
+    from test_files import disk_full_at
+
+    (station_home / "recipes" / "emu.yaml").write_text(yaml.safe_dump({
+        "extends": "glassfiber-emulated", "name": "emu", "twin": {"time_scale": 0},
+        "camera": {"emulator_images": "data/emu/images"}}))
+    folder = station_home / "data/emu/images"
+    prepare = ("calibrate-camera", "-r", "emu", "--prepare-emulator", "--count")
+    assert run(capsys, *prepare, "9")[0] == 0
+    (folder / "view00.png").unlink()  # tell the sets apart: the new one has a view00
+    (folder / ".keep").write_text("not played")
+    folder.chmod(0o750)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert len(before) == 9
+
+    def siblings() -> list[str]:
+        return sorted(p.name for p in folder.parent.iterdir())
+
+    disk_full_at(monkeypatch, folder / "view01.png")
+    code, out, err = run(capsys, *prepare, "8")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert siblings() == ["images"]
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[1].lstrip().startswith("hint:"), err
+    assert "No space left on device; the previous set is kept" in lines[0]
+    monkeypatch.undo()
+    monkeypatch.setenv("STATION_HOME", str(station_home))
+    assert run(capsys, *prepare, "8")[0] == 0
+    assert sorted(p.name for p in folder.iterdir()) == [".keep"] + [f"view{i:02d}.png"
+                                                                  for i in range(8)]
+    assert (folder.stat().st_mode & 0o777) == 0o750 and siblings() == ["images"]
+
+
+def test_a_render_error_midway_leaves_the_emulator_set_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from station.cellcal import run as cellcal_run
+    from station.cellcal.views import plan_views
+
+    recipe = load_recipe("glassfiber")
+    poses = plan_views(recipe, recipe_board(recipe), 8)
+    folder = tmp_path / "emulator"
+    cellcal_run.prepare_emulator(recipe, poses[:2], folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    render, calls = TwinWorld.render, []
+
+    def failing(self: TwinWorld, *args: object, **kw: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("render failed")
+        return render(self, *args, **kw)
+
+    monkeypatch.setattr(TwinWorld, "render", failing)
+    with pytest.raises(RuntimeError, match="render failed"):
+        cellcal_run.prepare_emulator(recipe, poses[2:5], folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["emulator"]

@@ -1,7 +1,8 @@
 """The line contract end to end: `station inspect --live` as a real subprocess on the emulated
 cell (fake UR controller with its simulated PLC, pylon camera emulator), killed with SIGKILL
 mid-part by tools/drill_kill.py. The PLC must reject the killed sheet as a dead station's, and
-route every sheet the station decided by its verdict."""
+route every sheet the station decided by its verdict. And on the twin: a resume after a line-I/O
+fault is a new run for the PLC."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_inspection_live import _cell
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,3 +42,17 @@ def test_a_station_killed_mid_part_gets_its_sheet_rejected(tmp_path: Path) -> No
     assert r["routes"].get("passed", 0) <= r["part_rows"].get("pass", 0)
     assert r["part_rows"].get("pass", 0) >= 1 and r["part_rows"].get("fail", 0) >= 1
     assert r["routes"].get("passed", 0) >= 1 and r["reject_reasons"].get("reject output", 0) >= 1
+
+
+def test_a_line_io_resume_drops_the_heartbeat_and_restarts_part_ids(station_home: Path) -> None:
+    """The link drops during part 2; the operator's resume restarts the heartbeat. The PLC must
+    see it still (a new station run, counted from 1 again), and part 3 is sheet 1 of it."""
+    cell = _cell(station_home)
+    cell.hooks[("part_started", 2)] = lambda: cell.world.inject_fault("link_lost")
+    summary = cell.run(3)
+    assert summary.parts == 3 and [f.kind for f in cell.faults_seen] == ["line_io"]
+    log = cell.world.line_log
+    assert [v for s, v in log if s == "heartbeat"] == [True, False, True, False]
+    restart = [i for i, s in enumerate(log) if s == ("heartbeat", True)][1]
+    assert ("part_id_echo", 0) in log[log.index(("heartbeat", False)):restart]
+    assert [v for s, v in log[restart:] if s == "part_id_echo"] == [1]

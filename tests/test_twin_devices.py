@@ -172,6 +172,39 @@ def test_line_runs_empty_after_limit() -> None:
     assert line.wait_for_part(2.0) is None
 
 
+def test_line_io_resume_drops_the_heartbeat_long_enough_and_restarts_part_ids() -> None:
+    """The cycle's resume after a line-I/O fault (close, open, start_heartbeat): the PLC must
+    see the heartbeat still for longer than heartbeat_timeout_s, then part ids from 1 again."""
+    r = recipe()
+    w = TwinWorld(r)
+    line = SimLine(w)
+    line.open()
+    line.start_heartbeat()
+    assert w.clock_s == 0.0  # the first start does not wait
+    line.wait_for_part(5.0)
+    line.publish_result(False)
+    n = len(w.line_log)
+    w.inject_fault("link_lost")
+    with pytest.raises(LineIOError):
+        line.release_part()
+    dropped_at = w.clock_s
+    w.clear_faults()
+    line.close()
+    line.open()
+    line.start_heartbeat()
+    assert w.line_log[n:] == [("heartbeat", False), ("part_id_echo", 0), ("heartbeat", True)]
+    cfg = r.line_io
+    assert w.clock_s - dropped_at >= cfg.heartbeat_timeout_s + cfg.heartbeat_period_s
+    line.wait_for_part(5.0)
+    line.publish_result(True)
+    assert w.part_id_echo == 1
+    # a restart without a close drops it too
+    del w.line_log[:]
+    line.start_heartbeat()
+    assert [s for s in w.line_log if s[0] == "heartbeat"] == [("heartbeat", False),
+                                                              ("heartbeat", True)]
+
+
 def test_camera_frame_carries_ground_truth() -> None:
     r = recipe()
     w = TwinWorld(r)

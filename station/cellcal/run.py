@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from station.cellcal.solve import (
 from station.cellcal.views import MIN_VIEWS, board_centre_guess
 from station.charuco import BoardDef
 from station.errors import CellCalibrationError, StationError
-from station.files import atomic_write, writing
+from station.files import atomic_write, replacing_folder, writing
 from station.paths import resolve
 from station.recipe import Pose, Recipe
 
@@ -213,9 +214,8 @@ _PLAYED = re.compile(r"^(view\d{2,}|p\d{6}_\d{2}_.+)\.png$")
 def prepare_emulator(recipe: Recipe, poses: list[Pose], folder: str | Path | None = None
                      ) -> Path:
     """Render the twin's board from each view (its true camera) into the folder the pylon
-    emulator plays, in view order; earlier twin shots there are removed first."""
-    from station.twin.world import TwinWorld, pose_tcp
-
+    emulator plays, in view order, replacing the earlier twin shots there all or none: the new
+    set is written to a folder beside it that then takes its place."""
     target = folder if folder is not None else getattr(recipe.camera, "emulator_images", None)
     if target is None:
         raise StationError(f"recipe {recipe.name} sets no camera.emulator_images",
@@ -228,17 +228,36 @@ def prepare_emulator(recipe: Recipe, poses: list[Pose], folder: str | Path | Non
     if foreign:
         raise StationError(f"emulator image folder {out} holds other files "
                            f"({', '.join(sorted(foreign)[:5])})", hint="empty it first")
+    try:
+        with replacing_folder(out) as new:
+            _keep_hidden(out, new)
+            _render_views(recipe, poses, new)
+    except OSError as exc:
+        raise StationError(
+            f"cannot write the emulator images to {out}: {exc.strerror or exc}; "
+            "the previous set is kept", hint="check free disk space and write permission",
+        ) from None
+    return out
+
+
+def _keep_hidden(old: Path, new: Path) -> None:
+    """Copy the hidden files the emulator does not play (not our temporary files)."""
+    for p in old.iterdir():
+        if p.name.startswith(".") and not p.name.endswith(".tmp"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.copytree(p, new / p.name, symlinks=True)
+            else:
+                shutil.copy2(p, new / p.name, follow_symlinks=False)
+
+
+def _render_views(recipe: Recipe, poses: list[Pose], out: Path) -> None:
+    from station.twin.world import TwinWorld, pose_tcp
+
     world = TwinWorld(recipe)
     world.show_board()
-    images = [(p.name, world.render(pose_tcp(p), noise_seed=[world.seed, 11, i]).image)
-              for i, p in enumerate(poses)]
-    with writing(out):
-        for p in out.iterdir():
-            if _PLAYED.match(p.name):
-                p.unlink()
-        for name, image in images:
-            atomic_write(out / f"{name}.png", cap_mod._png(image))
-    return out
+    for i, p in enumerate(poses):
+        image = world.render(pose_tcp(p), noise_seed=[world.seed, 11, i]).image
+        atomic_write(out / f"{p.name}.png", cap_mod._png(image))
 
 
 def default_centre(recipe: Recipe, at: str | None) -> tuple[float, float]:

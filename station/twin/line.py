@@ -3,7 +3,9 @@
 The reject output and the part-present input live on the robot controller, as on the real cell,
 so a lost robot link fails line I/O too. The line contract's signals (heartbeat, RESULT_VALID,
 part-id echo) are kept on the world, each change logged in `world.line_log` in order; the
-twin's heartbeat is a flag, not a timer (twin time does not run by itself).
+twin's heartbeat is a flag, not a timer (twin time does not run by itself). As on the real line,
+it stops when the line is closed, reopened or its link is lost, and a restart keeps it still for
+longer than `heartbeat_timeout_s` of twin time first, so the PLC sees a new run.
 """
 
 from __future__ import annotations
@@ -24,21 +26,25 @@ class SimLine:
         self.is_open = False
         self.rejects = 0
         self.count = 0  # sheets since the heartbeat started: the part-id echo
+        self._still_since: float | None = None  # twin time the heartbeat last stopped
 
     def _link(self, what: str) -> None:
         if self.world.trip("link_lost"):
             self.world.link_up = False
         if not self.world.link_up:
+            self._stop_heartbeat()  # its toggles no longer reach the controller
             raise LineIOError(
                 f"line I/O (simulated, on the robot controller) unreachable while {what}",
                 hint="check the network link to the controller, then restart the run",
             )
 
     def open(self) -> None:
+        self._stop_heartbeat()
         self._link("opening")
         self.is_open = True
 
     def close(self) -> None:
+        self._stop_heartbeat()
         self.is_open = False
 
     def wait_for_part(self, timeout_s: float) -> str | None:
@@ -78,13 +84,25 @@ class SimLine:
         self._link("raising the result-valid output")
         self._signal("result_valid", True)
 
+    def _stop_heartbeat(self) -> None:
+        if self.world.heartbeat:
+            self._still_since = self.world.clock_s
+        self._signal("heartbeat", False)
+
     def start_heartbeat(self) -> None:
+        """Part ids restart at 1; a restart first keeps the heartbeat still for longer than
+        heartbeat_timeout_s (the PLC then counts from 1 again), as `URLineIO` does."""
+        self._stop_heartbeat()
         self._link("starting the heartbeat")
         self.count = 0
         self._signal("part_id_echo", 0)
+        cfg = self.world.recipe.line_io
+        if self._still_since is not None and cfg.heartbeat_output is not None:
+            quiet = cfg.heartbeat_timeout_s + cfg.heartbeat_period_s
+            self.world.wait(self._still_since + quiet - self.world.clock_s)
         self._signal("heartbeat", True)
 
     def fail_safe(self) -> None:
-        self._signal("heartbeat", False)
+        self._stop_heartbeat()
         self.set_reject(True)
         self._signal("result_valid", False)
