@@ -142,3 +142,26 @@ def test_no_database_or_no_schema_is_one_line(
     sqlite3.connect(empty).close()
     code, out = _run(["db", "verify", "-r", "small", "--url", f"sqlite:///{empty}"], capsys)
     assert code == 2 and "has no station tables" in out and "station db upgrade" in out
+
+
+def test_on_postgresql(
+    station_home: Path, fresh_postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small_recipe(station_home)
+    empty = ["db", "verify", "-r", "small", "--url", fresh_postgres_url]
+    code, out = _run(empty, capsys)  # a database with no tables yet
+    assert code == 2 and "has no station tables" in out and "Traceback" not in out
+    recipe = small_recipe(
+        station_home, storage={"database_url": fresh_postgres_url, "data_dir": "data"}
+    )
+    rec = Recorder(database(recipe), recipe)
+    _, bad = _decided(rec, False), _decided(rec, True)
+    rec.end_run()
+    (rec.data_root / bad.shots[0].image_path).unlink()
+    report = verify_archive(rec.db, recipe)
+    assert (report.parts, report.shots) == (2, 2)
+    assert report.missing == [f"{bad.shots[0].image_path} (part 2, shot left)"]
+    assert report.hashed == 1 and not report.damaged and not report.unnamed
+    rec.db.dispose()
+    code, out = _run(["db", "verify", "-r", "small"], capsys)
+    assert code == 1 and "1 file(s) named by a row are missing:" in out
