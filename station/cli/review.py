@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 TOKEN_ENV = "STATION_REVIEW_TOKEN"
+KEY_PASSWORD_ENV = "STATION_TLS_KEY_PASSWORD"  # an encrypted key's pass phrase: never an option
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +40,10 @@ def review_cmd(
         show_default=False,
     ),
     ssl_certfile: Path | None = typer.Option(None, help="TLS certificate (PEM) for HTTPS."),
-    ssl_keyfile: Path | None = typer.Option(None, help="TLS private key (PEM) for HTTPS."),
+    ssl_keyfile: Path | None = typer.Option(
+        None,
+        help=f"TLS private key (PEM) for HTTPS; encrypted: pass phrase in {KEY_PASSWORD_ENV}.",
+    ),
 ) -> None:
     """Serve the review pages: operators confirm or overrule rejected parts."""
     from station.calibration.recipes import load_recipe
@@ -86,6 +90,8 @@ def review_cmd(
     extra: dict[str, object] = {}
     if tls:
         extra = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)}
+        if os.environ.get(KEY_PASSWORD_ENV):
+            extra["ssl_keyfile_password"] = os.environ[KEY_PASSWORD_ENV]
     serve(app, host, port, on_bound=lambda: console.print(banner), **extra)
 
 
@@ -118,11 +124,14 @@ def _check_tls_files(certfile: Path, keyfile: Path) -> None:
 
     from station.errors import StationError
 
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    password = os.environ.get(KEY_PASSWORD_ENV, "")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:  # a callable: an encrypted key never makes OpenSSL prompt on the terminal
+        context.load_cert_chain(certfile, keyfile, password=lambda: password)
     except (OSError, ssl.SSLError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise StationError(
             f"cannot use --ssl-certfile {certfile} with --ssl-keyfile {keyfile}: {why}",
-            hint="give a PEM certificate and its unencrypted PEM private key",
+            hint="give a PEM certificate and its PEM private key; an encrypted key's pass "
+            f"phrase goes in {KEY_PASSWORD_ENV}",
         ) from None
