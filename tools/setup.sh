@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up the station in ./.venv. With --dev: also the test tools and the system packages the
-# tests use for real (PostgreSQL server, Debian's Chromium). Safe to run again.
+# tests use for real (PostgreSQL server, Debian's Chromium, openssl). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,7 @@ if [ "$dev" = 1 ]; then
     need=()
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
     command -v chromium >/dev/null || need+=(chromium)
+    command -v openssl >/dev/null || need+=(openssl)  # the review's HTTPS test makes a certificate
     if [ "${#need[@]}" -gt 0 ]; then
         sudo=""
         [ "$(id -u)" = 0 ] || sudo="sudo"
