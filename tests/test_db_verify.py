@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import delete
 from test_inspection_support import database, sheet, small_recipe
 
 from station.cli.app import main
 from station.inspection.recorder import PartRecord, Recorder
 from station.recipe import Recipe
-from station.storage.models import Verdict
+from station.storage.models import ModelVersion, Verdict
 from station.storage.verify import verify_archive
 
 
 def _decided(rec: Recorder, defect: bool) -> PartRecord:
-    """A part with one shot and one detector's heatmap, decided and committed."""
+    """A part with one shot and one detector's heatmap, decided by model v1 and committed."""
     part = rec.new_part("live", f"sheet-{defect}")
+    part.model_versions = {"brightspot": "v1"}
     rec.open_part(part)
     shot = rec.add_shot(part, 0, "left", sheet(defect), robot_pose=[0.0] * 6)
     det = rec.write_detection(
@@ -38,10 +41,23 @@ def _decided(rec: Recorder, defect: bool) -> PartRecord:
     return part
 
 
+def _model_row(rec: Recorder, recipe: Recipe) -> Path:
+    """Model v1's file in the models folder and its model_versions row."""
+    path = recipe.models_dir / "brightspot" / "v1.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"weights")
+    with rec.db.session() as s:
+        s.add(ModelVersion(recipe=recipe.name, detector="brightspot", version="v1",
+                           artifact_path=rec.rel(path),
+                           artifact_sha256=hashlib.sha256(b"weights").hexdigest()))  # fmt: skip
+    return path
+
+
 @pytest.fixture
 def archive(station_home: Path) -> tuple[Recorder, Recipe, list[PartRecord]]:
     recipe = small_recipe(station_home)
     rec = Recorder(database(recipe), recipe)
+    _model_row(rec, recipe)
     parts = [_decided(rec, False), _decided(rec, True)]
     rec.end_run()
     return rec, recipe, parts
@@ -62,12 +78,12 @@ def test_a_whole_archive_is_ok(
 ) -> None:
     rec, recipe, _ = archive
     report = verify_archive(rec.db, recipe)
-    assert (report.parts, report.shots, report.hashed) == (2, 2, 2)
+    assert (report.parts, report.shots, report.hashed, report.models_checked) == (2, 2, 2, 1)
     assert report.files == 6  # per part: shot, heatmap, raw map
     assert not report.lost and not report.unnamed and not report.pending and not report.held
     code, out = _run(["db", "verify", "-r", "small"], capsys)
     assert code == 0, out
-    assert "2 parts, 2 shots; 6 files found, 2 shots' sha256 compared" in out
+    assert "2 parts, 2 shots; 6 files found, 2 shots' sha256 compared; 1 deciding model" in out
     assert "ok: every row's files are there and unchanged" in out
 
 
@@ -91,6 +107,23 @@ def test_a_missing_heatmap_and_a_changed_shot_are_loss(
     assert "1 file(s) named by a row are missing:" in out and heat in out
     assert "1 shot file(s) changed since they were written:" in out
     assert "not whole" in out and "Traceback" not in out
+
+
+def test_a_deciding_model_changed_or_gone_is_reported(
+    archive: tuple[Recorder, Recipe, list[PartRecord]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec, recipe, _ = archive
+    model = recipe.models_dir / "brightspot" / "v1.pt"
+    model.write_bytes(b"other weights")
+    (line,) = verify_archive(rec.db, recipe).models
+    assert line == f"model brightspot v1 (decided 2 part(s), from 1): file {model} changed (sha256)"
+    model.unlink()
+    assert verify_archive(rec.db, recipe).models[0].endswith(f"file {model} missing")
+    with rec.db.session() as s:
+        s.execute(delete(ModelVersion))
+    assert verify_archive(rec.db, recipe).models[0].endswith("no model_versions row")
+    code, out = _run(["db", "verify", "-r", "small"], capsys)
+    assert code == 1 and "1 model(s) that decided parts cannot be traced:" in out
 
 
 def test_left_overs_held_and_refused_records_and_undecided_parts(
@@ -155,6 +188,7 @@ def test_on_postgresql(
         station_home, storage={"database_url": fresh_postgres_url, "data_dir": "data"}
     )
     rec = Recorder(database(recipe), recipe)
+    _model_row(rec, recipe)
     _, bad = _decided(rec, False), _decided(rec, True)
     rec.end_run()
     (rec.data_root / bad.shots[0].image_path).unlink()
@@ -162,6 +196,7 @@ def test_on_postgresql(
     assert (report.parts, report.shots) == (2, 2)
     assert report.missing == [f"{bad.shots[0].image_path} (part 2, shot left)"]
     assert report.hashed == 1 and not report.damaged and not report.unnamed
+    assert report.models_checked == 1 and not report.models
     rec.db.dispose()
     code, out = _run(["db", "verify", "-r", "small"], capsys)
     assert code == 1 and "1 file(s) named by a row are missing:" in out

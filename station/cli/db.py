@@ -36,11 +36,12 @@ def register(app: typer.Typer) -> None:
             True, "--hashes/--no-hashes", help="Compare each shot file with its stored sha256."
         ),
     ) -> None:
-        """Check that every part's rows and files agree: shots, masks, heatmaps, sheet maps.
+        """Check that every part's rows and files agree: shots, masks, heatmaps, sheet maps,
+        and the models that decided them.
 
         Exit code 1 when something decided or captured is not whole (a file missing or
-        changed, a record the database refused); held records, undecided parts and files that
-        no row names are reported, not counted as loss."""
+        changed, a record the database refused, a deciding model's file gone or changed); held
+        records, undecided parts and files that no row names are reported, not counted."""
         from station.cli.app import console
         from station.cli.progress import make_progress
         from station.storage.db import existing_database
@@ -71,6 +72,7 @@ def report_lines(r: ArchiveReport, hashes: bool) -> list[tuple[str, str]]:
     head = (
         f"recipe {r.recipe}: {r.parts} parts, {r.shots} shots; {r.files} files found"
         + (f", {r.hashed} shots' sha256 compared" if hashes else " (sha256 not compared)")
+        + f"; {r.models_checked} deciding model file(s) found"
     )
     out.append((head, ""))
     if r.live:
@@ -78,6 +80,7 @@ def report_lines(r: ArchiveReport, hashes: bool) -> list[tuple[str, str]]:
     lost = [
         (f"{len(r.missing)} file(s) named by a row are missing:", r.missing),
         (f"{len(r.damaged)} shot file(s) changed since they were written:", r.damaged),
+        (f"{len(r.models)} model(s) that decided parts cannot be traced:", r.models),
         (
             f"{len(r.refused)} part record(s) the database refused, kept in journal/refused/ "
             "(their verdicts are in no row):",

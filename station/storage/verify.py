@@ -2,7 +2,8 @@
 
 For one recipe it reads every Part row with its shots, detections and sheet map, and checks that
 each file a row names is on disk (and, unless asked not to, that each shot's bytes still match
-the sha256 stored with it). It also reports what lies beside the rows: part records held in the
+the sha256 stored with it), and that each model that decided a part still has its row and its
+unchanged file. It also reports what lies beside the rows: part records held in the
 journal (the next start writes them), records the database refused (`journal/refused/`), parts
 left `pending` by a crash, and files in the images folder that no row and no held record names
 (what a crash cut off: a heatmap written before its rows, a temporary file).
@@ -26,7 +27,7 @@ from station.recipe import Recipe
 from station.storage.db import Database
 from station.storage.journal import journal_folder
 from station.storage.lock import held_elsewhere
-from station.storage.models import Part, Shot
+from station.storage.models import ModelVersion, Part, Shot
 from station.storage.parts import PartRecord
 
 Progress = Callable[[int, int], None]  # (parts done, parts in all)
@@ -42,6 +43,8 @@ class ArchiveReport:
     live: bool = False  # a run held the live lock: its undecided parts were skipped
     missing: list[str] = field(default_factory=list)  # "<path> (part N, what)"
     damaged: list[str] = field(default_factory=list)  # sha256 differs or unreadable
+    models: list[str] = field(default_factory=list)  # a deciding model without its file
+    models_checked: int = 0
     refused: list[str] = field(default_factory=list)  # journal/refused/ files
     held: list[str] = field(default_factory=list)  # journal files not yet in the database
     pending: list[int] = field(default_factory=list)  # sequences left undecided by a crash
@@ -50,7 +53,7 @@ class ArchiveReport:
     @property
     def lost(self) -> bool:
         """Something decided or captured is not whole in the database and on disk."""
-        return bool(self.missing or self.damaged or self.refused)
+        return bool(self.missing or self.damaged or self.refused or self.models)
 
 
 def _sha256(path: Path) -> str:
@@ -92,9 +95,12 @@ class _Check:
         self.report = ArchiveReport(recipe.name)
         self.named: set[Path] = set()
         self.skip: set[Path] = set()  # folders of parts a live run is still inspecting
+        self.used: dict[tuple[str, str], list[int]] = {}  # (detector, version) -> sequences
 
     def part(self, row: Part) -> None:
         self.report.parts += 1
+        for detector, version in (row.model_versions or {}).items():
+            self.used.setdefault((detector, str(version)), []).append(row.sequence)
         self.report.shots += len(row.shots)
         for rel, what, shot in _named_files(row):
             path = self.root / rel
@@ -112,6 +118,21 @@ class _Check:
                     self.report.damaged.append(f"{where}: sha256 differs from its row's")
             except OSError as exc:
                 self.report.damaged.append(f"{where}: unreadable ({exc.strerror or exc})")
+
+    def models(self, rows: dict[tuple[str, str], ModelVersion]) -> None:
+        """Each model that decided a part: its row, its file, its sha256."""
+        for (detector, version), seqs in sorted(self.used.items()):
+            what = f"model {detector} {version} (decided {len(seqs)} part(s), from {min(seqs)})"
+            row = rows.get((detector, version))
+            if row is None:
+                self.report.models.append(f"{what}: no model_versions row")
+                continue
+            path = self.root / row.artifact_path
+            self.report.models_checked += 1
+            if not path.is_file():
+                self.report.models.append(f"{what}: file {path} missing")
+            elif self.hashes and _sha256(path) != row.artifact_sha256:
+                self.report.models.append(f"{what}: file {path} changed (sha256)")
 
     def journal(self, folder: Path) -> None:
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -164,6 +185,8 @@ def verify_archive(
             if progress is not None:
                 progress(min(start + 200, len(ids)), len(ids))
             s.expunge_all()
+        models = s.scalars(select(ModelVersion).where(ModelVersion.recipe == recipe.name)).all()
+        check.models({(m.detector, m.version): m for m in models})
     check.journal(journal_folder(recipe))
     check.unnamed(recipe.images_dir)
     return check.report
