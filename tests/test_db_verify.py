@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import delete
-from test_inspection_support import database, sheet, small_recipe
+from test_inspection_support import database, run_cli, sheet, small_recipe
 
-from station.cli.app import main
 from station.inspection.recorder import PartRecord, Recorder
 from station.recipe import Recipe
 from station.storage.models import ModelVersion, Verdict
@@ -63,16 +62,6 @@ def archive(station_home: Path) -> tuple[Recorder, Recipe, list[PartRecord]]:
     return rec, recipe, parts
 
 
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + out.err
-
-
 def test_a_whole_archive_is_ok(
     archive: tuple[Recorder, Recipe, list[PartRecord]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -81,7 +70,7 @@ def test_a_whole_archive_is_ok(
     assert (report.parts, report.shots, report.hashed, report.models_checked) == (2, 2, 2, 1)
     assert report.files == 6  # per part: shot, heatmap, raw map
     assert not report.lost and not report.unnamed and not report.pending and not report.held
-    code, out = _run(["db", "verify", "-r", "small"], capsys)
+    code, out = run_cli(["db", "verify", "-r", "small"], capsys)
     assert code == 0, out
     assert "2 parts, 2 shots; 6 files found, 2 shots' sha256 compared; 1 deciding model" in out
     assert "ok: every row's files are there and unchanged" in out
@@ -102,7 +91,7 @@ def test_a_missing_heatmap_and_a_changed_shot_are_loss(
         f"{good.shots[0].image_path} (part 1, shot left): sha256 differs from its row's"
     ]
     assert verify_archive(rec.db, recipe, hashes=False).damaged == []  # existence only
-    code, out = _run(["db", "verify", "-r", "small"], capsys)
+    code, out = run_cli(["db", "verify", "-r", "small"], capsys)
     assert code == 1
     assert "1 file(s) named by a row are missing:" in out and heat in out
     assert "1 shot file(s) changed since they were written:" in out
@@ -122,7 +111,7 @@ def test_a_deciding_model_changed_or_gone_is_reported(
     with rec.db.session() as s:
         s.execute(delete(ModelVersion))
     assert verify_archive(rec.db, recipe).models[0].endswith("no model_versions row")
-    code, out = _run(["db", "verify", "-r", "small"], capsys)
+    code, out = run_cli(["db", "verify", "-r", "small"], capsys)
     assert code == 1 and "1 model(s) that decided parts cannot be traced:" in out
 
 
@@ -156,7 +145,7 @@ def test_left_overs_held_and_refused_records_and_undecided_parts(
         f"{rec.rel(folder)}/right.brightspot.heat.png",
     ]
     assert report.lost and not report.missing  # a refused record is a verdict in no row
-    code, out = _run(["db", "verify", "-r", "small"], capsys)
+    code, out = run_cli(["db", "verify", "-r", "small"], capsys)
     assert code == 1
     assert "1 part(s) left undecided by a stop" in out
     assert "2 file(s) in the images folder that no row names" in out
@@ -167,13 +156,13 @@ def test_no_database_or_no_schema_is_one_line(
 ) -> None:
     small_recipe(station_home)
     url = f"sqlite:///{station_home}/data/none.db"
-    code, out = _run(["db", "verify", "-r", "small", "--url", url], capsys)
+    code, out = run_cli(["db", "verify", "-r", "small", "--url", url], capsys)
     assert code == 2 and "no database at" in out and "Traceback" not in out
     assert not (station_home / "data" / "none.db").exists()  # not created by looking
     empty = station_home / "data" / "empty.db"
     empty.parent.mkdir(parents=True, exist_ok=True)
     sqlite3.connect(empty).close()
-    code, out = _run(["db", "verify", "-r", "small", "--url", f"sqlite:///{empty}"], capsys)
+    code, out = run_cli(["db", "verify", "-r", "small", "--url", f"sqlite:///{empty}"], capsys)
     assert code == 2 and "has no station tables" in out and "station db upgrade" in out
 
 
@@ -182,7 +171,7 @@ def test_on_postgresql(
 ) -> None:
     small_recipe(station_home)
     empty = ["db", "verify", "-r", "small", "--url", fresh_postgres_url]
-    code, out = _run(empty, capsys)  # a database with no tables yet
+    code, out = run_cli(empty, capsys)  # a database with no tables yet
     assert code == 2 and "has no station tables" in out and "Traceback" not in out
     recipe = small_recipe(
         station_home, storage={"database_url": fresh_postgres_url, "data_dir": "data"}
@@ -198,5 +187,5 @@ def test_on_postgresql(
     assert report.hashed == 1 and not report.damaged and not report.unnamed
     assert report.models_checked == 1 and not report.models
     rec.db.dispose()
-    code, out = _run(["db", "verify", "-r", "small"], capsys)
+    code, out = run_cli(["db", "verify", "-r", "small"], capsys)
     assert code == 1 and "1 file(s) named by a row are missing:" in out

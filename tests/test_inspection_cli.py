@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from sqlalchemy import select
-from test_inspection_support import database, small_recipe
+from test_inspection_support import database, run_cli, small_recipe
 
 from station.cli.app import main
 from station.imaging import write_png
@@ -27,16 +27,6 @@ from station.storage.models import Part, Verdict
 from station.twin import render_part_shots
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +97,7 @@ def _parts(home: Path) -> list[Part]:
 @pytest.mark.slow
 def test_offline_on_stored_images(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = len(_parts(home))
-    code, out = _run(["inspect", "--recipe", "small", str(home / "labelled" / "test")], capsys)
+    code, out = run_cli(["inspect", "--recipe", "small", str(home / "labelled" / "test")], capsys)
     assert code == 0, out
     assert "6 part(s)" in out and "patchcore" in out
     rows = _parts(home)[before:]
@@ -125,7 +115,7 @@ def test_offline_on_stored_images(home: Path, capsys: pytest.CaptureFixture[str]
 @pytest.mark.slow
 def test_live_count(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = len(_parts(home))
-    code, out = _run(["inspect", "--live", "--recipe", "small", "-n", "2", "--no-view"], capsys)
+    code, out = run_cli(["inspect", "--live", "--recipe", "small", "-n", "2", "--no-view"], capsys)
     assert code == 0, out
     assert re.search(r"^part \d+: (pass|fail) \(patchcore \d+\.\d+x\) cycle", out, re.M)
     assert "2 part(s)" in out and "mean cycle ms" in out
@@ -165,14 +155,14 @@ def test_ctrl_c_finishes_part_and_exits_cleanly(home: Path) -> None:
 
 
 def test_clear_errors(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = _run(["inspect", "--recipe", "small"], capsys)
+    code, out = run_cli(["inspect", "--recipe", "small"], capsys)
     assert code == 2 and "nothing to inspect" in out and "Traceback" not in out
-    code, out = _run(["inspect", "--recipe", "small", "--live", str(home)], capsys)
+    code, out = run_cli(["inspect", "--recipe", "small", "--live", str(home)], capsys)
     assert code == 2 and "not both" in out
-    code, out = _run(["inspect", "--recipe", "small", str(home / "missing.png")], capsys)
+    code, out = run_cli(["inspect", "--recipe", "small", str(home / "missing.png")], capsys)
     assert code == 2 and "missing.png does not exist" in out
     # the shipped recipe has no trained model in this home
-    code, out = _run(["inspect", "--recipe", "glassfiber", str(home / "labelled")], capsys)
+    code, out = run_cli(["inspect", "--recipe", "glassfiber", str(home / "labelled")], capsys)
     assert code == 2 and "station train" in out and "Traceback" not in out
 
 
@@ -196,7 +186,8 @@ def test_exit_codes_say_when_the_run_did_not_end_well(
 ) -> None:
     # A protective stop with no operator at a terminal: the run stops and exits 3.
     with _twin_faults(home, {"protective_stop": {"after": 4}}):
-        code, out = _run(["inspect", "--live", "--recipe", "small", "-n", "3", "--no-view"], capsys)
+        argv = ["inspect", "--live", "--recipe", "small", "-n", "3", "--no-view"]
+        code, out = run_cli(argv, capsys)
     assert code == 3, out
     assert "stopped:" in out and "Traceback" not in out
     # the run has ended: the last line says to start it again, not to resume
@@ -210,7 +201,7 @@ def test_exit_codes_say_when_the_run_did_not_end_well(
         write_png(folder / f"p000001_{pose}.png", img)
     (folder / "p000002_left.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     write_png(folder / "p000003_left.png", np.zeros((20, 30), np.uint8))
-    code, out = _run(["inspect", "--recipe", "small", str(folder)], capsys)
+    code, out = run_cli(["inspect", "--recipe", "small", str(folder)], capsys)
     assert code == 2, out
     assert "3 part(s)" in out and "2 of 3 part(s) ended in a fault" in out
     assert "p000003_left.png is 30 x 20 px; recipe glassfiber's camera takes 64 x 48" in out
@@ -223,7 +214,8 @@ def test_a_fault_line_shows_the_reason_not_the_scores(
     # The second shot of the first sheet times out (three tries): the first shot was scored,
     # but the line must say why the sheet is a fault, not show a score below threshold.
     with _twin_faults(home, {"camera_timeout": {"after": 1, "count": 3}}):
-        code, out = _run(["inspect", "--live", "--recipe", "small", "-n", "2", "--no-view"], capsys)
+        argv = ["inspect", "--live", "--recipe", "small", "-n", "2", "--no-view"]
+        code, out = run_cli(argv, capsys)
     assert code == 2 and "Traceback" not in out, out
     (line,) = [x for x in out.splitlines() if re.match(r"part \d+: fault", x)]
     assert re.match(r"part \d+: fault \(camera: .*no frame within .*\) cycle \d+ ms$", line), line
@@ -245,7 +237,7 @@ def test_offline_parts_follow_the_capture_layout(
     for pose, img, _ in shots[:2]:
         write_png(root / "good" / f"p000002_{pose}.png", img)
     before = len(_parts(home))
-    code, out = _run(["inspect", "--recipe", "small", str(root)], capsys)
+    code, out = run_cli(["inspect", "--recipe", "small", str(root)], capsys)
     assert code == 2 and "2 part(s)" in out, out
     whole, partial = _parts(home)[before:]
     assert whole.ground_truth == "defect" and len(whole.shots) == 3
@@ -269,7 +261,7 @@ def test_second_live_run_on_a_recipe_exits_2_naming_the_lock(
         while lines[-1] and not lines[-1].startswith("part "):
             lines.append(first.stdout.readline())
         assert lines[-1], "".join(lines)
-        code, out = _run(["inspect", "--live", "-r", "small", "-n", "1", "--no-view"], capsys)
+        code, out = run_cli(["inspect", "--live", "-r", "small", "-n", "1", "--no-view"], capsys)
         first.send_signal(signal.SIGINT)
         rest, _ = first.communicate(timeout=120)
     finally:

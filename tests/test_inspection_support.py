@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 import yaml
 
 from station.detectors.base import Detector, FitReport, Prediction
@@ -123,6 +124,19 @@ def sheet(defect: bool, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
     if defect:
         img[10:22, 20:34] = 250
     return img
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """`station ARGV` in this process: its exit code and everything it printed."""
+    from station.cli.app import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out + out.err
 
 
 def database(recipe: Recipe):  # noqa: ANN201
