@@ -115,9 +115,18 @@ class MaterialCheckConfig(_Strict):
     false_alarm: float = Field(0.01, gt=0, lt=1)  # on held-out good images, sets the threshold
 
 
+class DiskConfig(_Strict):
+    """Warnings before the data, journal or database disk fills (station.monitoring.disk)."""
+
+    enabled: bool = True
+    warn_free_gb: float = Field(5.0, ge=0, le=1e6)  # below this much free space
+    warn_hours: float = Field(8.0, ge=0, le=1e4)  # or full within this at the run's rate
+
+
 class MonitoringConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     material_check: MaterialCheckConfig = MaterialCheckConfig()
+    disk: DiskConfig = DiskConfig()
 
 
 class RetrainConfig(_Strict):

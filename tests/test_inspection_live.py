@@ -56,6 +56,7 @@ class Cell:
     on_open: Callable[[Any], None] | None = None
     recorder: Recorder | None = None  # default: a fresh one per run
     truths: dict[int, list[dict]] = field(default_factory=dict)  # the twin's, at each start
+    cycle_hooks: list[Any] = field(default_factory=list)  # station.inspection.hooks
 
     def parts(self) -> list[Part]:
         with self.db.session() as s:
@@ -102,6 +103,7 @@ class Cell:
                 pipelined=pipelined,
                 operator=op,
                 on_event=on_event,
+                hooks=self.cycle_hooks,
             ) as insp,
         ):
             self.devices = dev

@@ -563,6 +563,15 @@ class Inspector:
         self._emit("message", f"sheet map camera model: {self.camera.source}")
         if self.detectors.calibration_note:
             self._emit("message", self.detectors.calibration_note, level="warning")
+        for hook in self.hooks:
+            try:
+                events = hook.start()
+            except Exception as exc:  # noqa: BLE001 (a hook never stops the line)
+                self._emit("message", f"{hook.name}: {exc}", level="warning")
+                continue
+            for event in events:
+                if self.on_event is not None:
+                    self.on_event(event)
 
     def run_offline(
         self, groups: Sequence[OfflinePart], stop: threading.Event | None = None

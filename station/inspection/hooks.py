@@ -12,6 +12,7 @@ e.g. a `MaterialError` when the shot is not the trained material.
   detector, no shot row, no coverage; an exception is a warning.
 - `part(result)`: the part's result (verdict, scores, the stored part id); the events it returns
   go to the live view like the cycle's own (alarms, shadow disagreements, ...).
+- `start()`: the run begins; the events it returns go to the live view (e.g. free disk space).
 - `close()`: the run is over.
 """
 
@@ -30,6 +31,9 @@ class CycleHook:
     """Base hook: does nothing. Subclasses override what they need."""
 
     name: ClassVar[str] = "hook"
+
+    def start(self) -> list[Event]:
+        return []
 
     def shot(self, part: PartRecord, pose_name: str, image: np.ndarray) -> dict[str, Any]:
         return {}

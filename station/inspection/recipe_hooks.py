@@ -24,6 +24,11 @@ def recipe_hooks(recipe: Recipe, db: Database, detectors: DetectorSet) -> list[C
     drift = drift_hook(recipe, db, active_calibration_doc(detectors))
     if drift is not None:  # image statistics and drift charts (monitoring.drift)
         hooks.append(drift)
+    from station.inspection.disk_hook import disk_hook
+
+    disk = disk_hook(recipe)  # free space on the data, journal and database disks
+    if disk is not None:
+        hooks.append(disk)
     from station.inspection.material_hook import material_hook
 
     material = material_hook(recipe)  # last: the hooks above still see a wrong-material shot
