@@ -47,6 +47,11 @@ def test_the_rate_warns_before_the_free_space_floor(monkeypatch: pytest.MonkeyPa
     assert lines[5] == []  # warned already
 
 
+def test_sizes_read_at_every_scale() -> None:
+    assert [diskmod.size(b) for b in (3.14 * MB, 4.2 * GB, 500 * GB)] == [
+        "3.1 MB", "4.2 GB", "500 GB"]  # fmt: skip
+
+
 def test_disks_folds_paths_on_one_disk_and_counts_bytes(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.png").write_bytes(b"1" * 1000)

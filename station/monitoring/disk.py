@@ -55,8 +55,15 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
+def size(nbytes: float) -> str:
+    """e.g. 4.2 GB, 750 GB, 3.1 MB."""
+    if nbytes >= 100 * GB:
+        return f"{nbytes / GB:.0f} GB"
+    return f"{nbytes / GB:.1f} GB" if nbytes >= GB else f"{nbytes / MB:.1f} MB"
+
+
 def describe(disk: Disk) -> str:
-    return f"disk of {disk.path}: {disk.free / GB:.1f} GB free of {disk.total / GB:.0f} GB"
+    return f"disk of {disk.path}: {size(disk.free)} free of {size(disk.total)}"
 
 
 class DiskWatch:
