@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from test_inspection_support import database, run_cli, sheet, small_recipe
 
 from station.inspection.recorder import PartRecord, Recorder
 from station.recipe import Recipe
-from station.storage.models import ModelVersion, Verdict
+from station.storage.models import ModelVersion, Part, Verdict
 from station.storage.verify import verify_archive
 
 
@@ -115,6 +116,25 @@ def test_a_deciding_model_changed_or_gone_is_reported(
     assert code == 1 and "1 model(s) that decided parts cannot be traced:" in out
 
 
+def test_since_checks_only_the_newer_parts_and_their_folders(
+    archive: tuple[Recorder, Recipe, list[PartRecord]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec, recipe, (old, new) = archive
+    with rec.db.session() as s:
+        s.execute(update(Part).where(Part.sequence == 1).values(
+            started_at=datetime.now(UTC) - timedelta(days=10)))  # fmt: skip
+    (rec.part_folder(old) / "left.png").unlink()
+    (rec.part_folder(old) / "stray.png").write_bytes(b"x")
+    (rec.part_folder(new) / "stray.png").write_bytes(b"x")
+    recent = verify_archive(rec.db, recipe, since=datetime.now(UTC) - timedelta(days=1))
+    assert recent.parts == 1 and not recent.missing
+    assert recent.unnamed == [f"{rec.rel(rec.part_folder(new))}/stray.png"]
+    whole = verify_archive(rec.db, recipe)
+    assert whole.parts == 2 and len(whole.missing) == 1 and len(whole.unnamed) == 2
+    code, out = run_cli(["db", "verify", "-r", "small", "--days", "1"], capsys)
+    assert code == 0 and "recipe glassfiber: 1 parts" in out and "parts started since" in out
+
+
 def test_left_overs_held_and_refused_records_and_undecided_parts(
     archive: tuple[Recorder, Recipe, list[PartRecord]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -186,6 +206,8 @@ def test_on_postgresql(
     assert report.missing == [f"{bad.shots[0].image_path} (part 2, shot left)"]
     assert report.hashed == 1 and not report.damaged and not report.unnamed
     assert report.models_checked == 1 and not report.models
+    assert verify_archive(rec.db, recipe, since=datetime.now(UTC) - timedelta(days=1)).parts == 2
+    assert verify_archive(rec.db, recipe, since=datetime.now(UTC) + timedelta(days=1)).parts == 0
     rec.db.dispose()
     code, out = run_cli(["db", "verify", "-r", "small"], capsys)
     assert code == 1 and "1 file(s) named by a row are missing:" in out

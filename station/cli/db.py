@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import typer
 
 from station.calibration.recipes import load_recipe
@@ -35,6 +37,9 @@ def register(app: typer.Typer) -> None:
         hashes: bool = typer.Option(
             True, "--hashes/--no-hashes", help="Compare each shot file with its stored sha256."
         ),
+        days: float = typer.Option(
+            0, "--days", min=0, help="Only the parts started in the last N days (0: all)."
+        ),
     ) -> None:
         """Check that every part's rows and files agree: shots, masks, heatmaps, sheet maps,
         and the models that decided them.
@@ -49,11 +54,18 @@ def register(app: typer.Typer) -> None:
 
         rcp = load_recipe(recipe)
         db = existing_database(url or rcp.storage.resolved_database_url())
+        since = datetime.now(UTC) - timedelta(days=days) if days else None
         with make_progress(unit="parts") as bar:
             task = bar.add_task("checking parts", total=None)
             report = verify_archive(
-                db, rcp, hashes, lambda done, total: bar.update(task, completed=done, total=total)
+                db,
+                rcp,
+                hashes,
+                lambda done, total: bar.update(task, completed=done, total=total),
+                since,
             )
+        if since is not None:
+            console.print(f"parts started since {since:%Y-%m-%d %H:%M} UTC", highlight=False)
         for line, style in report_lines(report, hashes):
             console.print(line, style=style or None, markup=False, highlight=False, soft_wrap=True)
         if report.lost:

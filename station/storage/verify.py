@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -96,6 +97,7 @@ class _Check:
         self.named: set[Path] = set()
         self.skip: set[Path] = set()  # folders of parts a live run is still inspecting
         self.used: dict[tuple[str, str], list[int]] = {}  # (detector, version) -> sequences
+        self.folders: set[Path] = set()  # the checked parts' folders
 
     def part(self, row: Part) -> None:
         self.report.parts += 1
@@ -147,26 +149,31 @@ class _Check:
         if refused.is_dir():
             self.report.refused = [str(p) for p in sorted(refused.glob("*.json"))]
 
-    def unnamed(self, images: Path) -> None:
-        if not images.is_dir():
-            return
-        for path in sorted(p for p in images.rglob("*") if p.is_file()):
+    def unnamed(self, folders: list[Path]) -> None:
+        found = (p for f in folders if f.is_dir() for p in f.rglob("*") if p.is_file())
+        for path in sorted(found):
             if path not in self.named and path.parent not in self.skip:
                 self.report.unnamed.append(path.relative_to(self.root).as_posix())
 
 
 def verify_archive(
-    db: Database, recipe: Recipe, hashes: bool = True, progress: Progress | None = None
+    db: Database,
+    recipe: Recipe,
+    hashes: bool = True,
+    progress: Progress | None = None,
+    since: datetime | None = None,
 ) -> ArchiveReport:
-    """Check the recipe's rows against its files (see the module docstring).
+    """Check the recipe's rows against its files (see the module docstring); with `since`,
+    only the parts started since then, and only their folders for unnamed files.
     StorageError if the database cannot be read."""
     check = _Check(recipe, hashes)
     live = held_elsewhere(recipe.data_dir / "live.lock")
     check.report.live = live
     with db.session() as s:
-        ids = s.scalars(
-            select(Part.id).where(Part.recipe == recipe.name).order_by(Part.sequence)
-        ).all()
+        query = select(Part.id).where(Part.recipe == recipe.name)
+        if since is not None:
+            query = query.where(Part.started_at >= since)
+        ids = s.scalars(query.order_by(Part.sequence)).all()
         for start in range(0, len(ids), 200):
             rows = s.scalars(
                 select(Part)
@@ -182,13 +189,17 @@ def verify_archive(
                 if undecided:
                     check.report.pending.append(row.sequence)
                 check.part(row)
+                check.folders.add(recipe.images_dir / f"{row.sequence:06d}")
             if progress is not None:
                 progress(min(start + 200, len(ids)), len(ids))
             s.expunge_all()
         models = s.scalars(select(ModelVersion).where(ModelVersion.recipe == recipe.name)).all()
         check.models({(m.detector, m.version): m for m in models})
     check.journal(journal_folder(recipe))
-    check.unnamed(recipe.images_dir)
+    if since is None:
+        check.unnamed([recipe.images_dir])
+    else:
+        check.unnamed(sorted(check.folders))
     return check.report
 
 
