@@ -106,7 +106,8 @@ def test_a_deciding_model_changed_or_gone_is_reported(
     model = recipe.models_dir / "brightspot" / "v1.pt"
     model.write_bytes(b"other weights")
     (line,) = verify_archive(rec.db, recipe).models
-    assert line == f"model brightspot v1 (decided 2 part(s), from 1): file {model} changed (sha256)"
+    what = "model brightspot v1 (decided 2 part(s), from part 1)"
+    assert line == f"{what}: file {model} changed (sha256)"
     model.unlink()
     assert verify_archive(rec.db, recipe).models[0].endswith(f"file {model} missing")
     with rec.db.session() as s:
@@ -150,9 +151,13 @@ def test_left_overs_held_and_refused_records_and_undecided_parts(
     record.verdict = Verdict.PASS
     held.journal.write(record.key, record.to_json().encode())
     held.journal.refuse(held.journal.path("refused-one"), b"{}")
+    newest = recipe.images_dir / "000099"  # as a live run's next part, before its row is read
+    newest.mkdir()
+    (newest / "left.png").write_bytes(b"png")
     held.hold_lock()
     during = verify_archive(rec.db, recipe)  # its run is inspecting: part 3 is skipped
     assert during.live and during.parts == 2 and not during.pending
+    assert len(during.unnamed) == 2  # only in the checked parts' folders
     held.release_lock()
     held.run_lock.release()  # as the kernel does when the process dies
 
@@ -163,12 +168,13 @@ def test_left_overs_held_and_refused_records_and_undecided_parts(
     assert report.unnamed == [
         f"{rec.rel(folder)}/.left.png.1a2b.tmp",
         f"{rec.rel(folder)}/right.brightspot.heat.png",
+        f"{rec.rel(newest)}/left.png",
     ]
     assert report.lost and not report.missing  # a refused record is a verdict in no row
     code, out = run_cli(["db", "verify", "-r", "small"], capsys)
     assert code == 1
     assert "1 part(s) left undecided by a stop" in out
-    assert "2 file(s) in the images folder that no row names" in out
+    assert "3 file(s) in the images folder that no row names" in out
 
 
 def test_no_database_or_no_schema_is_one_line(

@@ -8,7 +8,8 @@ journal (the next start writes them), records the database refused (`journal/ref
 left `pending` by a crash, and files in the images folder that no row and no held record names
 (what a crash cut off: a heatmap written before its rows, a temporary file).
 
-A run holding the recipe's live lock is inspecting: its undecided parts are skipped.
+A run holding the recipe's live lock is inspecting: its undecided parts are skipped, and only the
+checked parts' folders are searched for unnamed files.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class _Check:
     def models(self, rows: dict[tuple[str, str], ModelVersion]) -> None:
         """Each model that decided a part: its row, its file, its sha256."""
         for (detector, version), seqs in sorted(self.used.items()):
-            what = f"model {detector} {version} (decided {len(seqs)} part(s), from {min(seqs)})"
+            decided = f"decided {len(seqs)} part(s), from part {min(seqs)}"
+            what = f"model {detector} {version} ({decided})"
             row = rows.get((detector, version))
             if row is None:
                 self.report.models.append(f"{what}: no model_versions row")
@@ -196,9 +198,9 @@ def verify_archive(
         models = s.scalars(select(ModelVersion).where(ModelVersion.recipe == recipe.name)).all()
         check.models({(m.detector, m.version): m for m in models})
     check.journal(journal_folder(recipe))
-    if since is None:
+    if since is None and not live:
         check.unnamed([recipe.images_dir])
-    else:
+    else:  # a live run adds part folders while this runs: only the checked parts' folders
         check.unnamed(sorted(check.folders))
     return check.report
 
