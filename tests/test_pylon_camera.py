@@ -264,8 +264,15 @@ def test_prepare_twin_images_feeds_the_emulator(
     monkeypatch.setenv("STATION_HOME", str(Path(__file__).resolve().parents[1]))
     recipe = load_recipe("glassfiber-emulated")
     folder = tmp_path / "emu"
-    shots = prepare_twin_images(recipe, 2, folder)
     poses = [p.name for p in recipe.robot.poses]
+    # for inspection each sheet's poses, then the reference card's shot, as the cycle grabs them
+    assert recipe.monitoring.drift.reference.enabled
+    for_inspect = prepare_twin_images(recipe, 2, folder)
+    assert [s.pose for s in for_inspect] == [*poses, "card"] * 2
+    card = np.asarray(Image.open(for_inspect[len(poses)].image_path))
+    sheet = np.asarray(Image.open(for_inspect[0].image_path))
+    assert card.shape == sheet.shape and not np.array_equal(card, sheet)
+    shots = prepare_twin_images(recipe, 2, folder, use="capture")
     assert [s.pose for s in shots] == poses * 2
     assert read_manifest(folder) == shots
     with pytest.raises(StationError, match="other files"):
@@ -277,3 +284,40 @@ def test_prepare_twin_images_feeds_the_emulator(
         for shot in shots:
             expected = np.asarray(Image.open(shot.image_path))
             assert np.array_equal(cam.grab().image, expected), shot.image_path
+
+
+def test_a_run_refuses_emulator_frames_made_for_another_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The emulator plays its files in order: frames made for capture (no card shot) or for
+    other poses would reach the wrong pose of an inspection, so the run refuses them."""
+    import json
+
+    from station.devices.pylon_emulator import check_sequence
+    from station.recipe import load_recipe
+
+    monkeypatch.setenv("STATION_HOME", str(Path(__file__).resolve().parents[1]))
+    recipe = load_recipe("glassfiber-emulated")
+    folder = tmp_path / "emu"
+    recipe = recipe.model_copy(
+        update={"camera": recipe.camera.model_copy(update={"emulator_images": str(folder)})}
+    )
+    poses = [p.name for p in recipe.robot.poses]
+
+    def manifest(use: str, names: list[str]) -> None:
+        shots = [{"pose": n, "part_index": 0} for n in names]
+        (tmp_path / "emu.json").write_text(json.dumps({"use": use, "shots": shots}))
+
+    monkeypatch.setenv("PYLON_CAMEMU", "1")
+    manifest("capture", poses)
+    check_sequence(recipe, "capture")
+    with pytest.raises(StationError, match="rendered for station capture, not inspect") as err:
+        check_sequence(recipe, "inspect")
+    assert "--for inspect" in (err.value.hint or "")
+    manifest("inspect", [*poses, "card"])
+    check_sequence(recipe, "inspect")
+    manifest("inspect", [*poses[:-1], "card"])  # the recipe's poses changed since
+    with pytest.raises(StationError, match="but the recipe visits"):
+        check_sequence(recipe, "inspect")
+    monkeypatch.delenv("PYLON_CAMEMU")
+    check_sequence(recipe, "inspect")  # a real camera: nothing to check

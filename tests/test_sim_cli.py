@@ -21,14 +21,15 @@ def test_camera_images_fill_the_emulator_folder(station_home: Path) -> None:
         env={"STATION_HOME": str(station_home), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
     )
     assert out.returncode == 0, out.stderr
+    assert "2 of the reference card for station inspect" in out.stdout  # --for inspect
     folder = station_home / "data" / "glassfiber-emulated" / "emulator"
     files = sorted(folder.glob("*.png"))
     poses = [f"{p.name}.png" for p in load_recipe("glassfiber-emulated").robot.poses]
-    assert [f.name.split("_", 2)[-1] for f in files] == poses * 2
+    assert [f.name.split("_", 2)[-1] for f in files] == [*poses, "card.png"] * 2
     image = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
     assert image.shape == (512, 640)  # the recipe's camera size: the emulator must not crop
     masks = sorted((folder.parent / "emulator-masks").glob("*.png"))
-    assert len(masks) == 2 * len(poses) and any(cv2.imread(str(m), 0).max() == 255 for m in masks)
+    assert len(masks) == len(files) and any(cv2.imread(str(m), 0).max() == 255 for m in masks)
 
 
 def test_a_negative_seed_is_a_usage_error(station_home: Path,

@@ -72,6 +72,9 @@ def register(app: typer.Typer) -> None:
         rcp = load_recipe(recipe)
         rcp = with_shadow(rcp, shadow)  # --shadow overrides the recipe's retrain.shadow
         if live:
+            from station.devices.pylon_emulator import check_sequence
+
+            check_sequence(rcp, "inspect")  # an emulated camera plays the frames it was given
             _warn_coverage(rcp)
         groups = None if live else group_offline(paths, rcp)
         db = open_database(rcp.storage.resolved_database_url())

@@ -216,16 +216,33 @@ def register(app: typer.Typer) -> None:
         defective: bool | None = typer.Option(
             None, "--defective/--good", help="Force defective or good sheets (default: the rate)."
         ),
+        use: str = typer.Option(
+            "inspect",
+            "--for",
+            help="The command that plays them: inspect (adds the reference card's shots) or "
+            "capture.",
+        ),
     ) -> None:
         """Render twin shots into the folder the pylon camera emulator plays."""
-        from station.calibration.recipes import load_recipe
-        from station.cli.app import console
-        from station.devices.pylon_emulator import prepare_twin_images
+        _camera_images(recipe, count, seed, defective, use)
 
-        rcp = load_recipe(recipe)
-        shots = prepare_twin_images(rcp, count, first_seed=seed, defective=defective)
-        folder = Path(shots[0].image_path).parent
-        console.print(
-            f"[green]wrote[/] {len(shots)} shots of {count} parts for the pylon emulator -> "
-            f"{folder} (set PYLON_CAMEMU=1 so the emulated camera appears)"
-        )
+
+def _camera_images(
+    recipe: str, count: int, seed: int | None, defective: bool | None, use: str
+) -> None:
+    from station.calibration.recipes import load_recipe
+    from station.cli.app import console
+    from station.devices.pylon_emulator import USES, prepare_twin_images
+    from station.recipe import CARD
+
+    if use not in USES:
+        raise StationError(f"--for {use!r} is not known", hint=f"use {' or '.join(USES)}")
+    rcp = load_recipe(recipe)
+    shots = prepare_twin_images(rcp, count, first_seed=seed, defective=defective, use=use)
+    folder = Path(shots[0].image_path).parent
+    cards = sum(s.pose == CARD for s in shots)
+    note = f", {cards} of the reference card" if cards else ""
+    console.print(
+        f"[green]wrote[/] {len(shots)} shots of {count} parts{note} for station {use} on "
+        f"the pylon emulator -> {folder} (set PYLON_CAMEMU=1 so the emulated camera appears)"
+    )

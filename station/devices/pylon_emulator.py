@@ -7,6 +7,11 @@ renders the parts with the twin and writes them, named so that alphabetical orde
 then recipe pose order: `p000000_00_left.png`, `p000000_01_centre.png`, ... The camera, opened
 once, then returns part 0's poses, part 1's poses, and so on, as the robot visits them.
 
+`station inspect` also shoots the drift reference card after a part's poses (on the run's first
+part, then every `every_parts`), `station capture` never does: the files are written for one
+of the two (`use`), and `check_sequence` refuses a run of the other, or of a recipe whose poses
+changed since.
+
 Ground truth cannot travel through the emulator, so masks go to a sibling folder
 `<folder>-masks/` and a manifest `<folder>.json` maps each played file to its part seed, pose,
 mask and defect flag. Nothing but images may stay in the played folder: the emulator turns any
@@ -25,8 +30,8 @@ import numpy as np
 from station.errors import StationError
 from station.files import atomic_write, writing
 from station.paths import resolve
-from station.recipe import Recipe
-from station.twin import render_part_shots
+from station.recipe import Recipe, card_pose
+from station.twin import render_card_shot, render_part_shots
 
 _OURS = re.compile(r"^p\d{6}_\d{2}_.+\.png(\.tmp)?$")
 
@@ -65,21 +70,39 @@ def _clear(folder: Path) -> None:
         p.unlink()
 
 
+USES = ("inspect", "capture")
+
+
+def played_poses(recipe: Recipe, use: str, part_index: int) -> list[str]:
+    """The poses part `part_index` of a run grabs, in order: the recipe's, then for `inspect`
+    the reference card when it is due (station.inspection.reference_shot)."""
+    names = [p.name for p in recipe.robot.poses]
+    drift = recipe.monitoring.drift
+    card = use == "inspect" and drift.enabled and drift.reference.enabled
+    if card and part_index % drift.reference.every_parts == 0:
+        names.append(card_pose(recipe).name)
+    return names
+
+
 def prepare_twin_images(
     recipe: Recipe,
     count: int,
     folder: str | Path | None = None,
     first_seed: int | None = None,
     defective: bool | None = None,
+    use: str = "inspect",
 ) -> list[EmulatorShot]:
     """Render `count` twin parts and write their shots for the emulator; returns them in order.
 
     `folder` defaults to the recipe's `camera.emulator_images`; part i uses twin seed
     `first_seed + i` (default: `recipe.twin.seed`); `defective` True/False forces defective or
-    good sheets, None draws them at the recipe's defect rate. Earlier files from this function
-    in the folder are replaced. Shots must match the camera's width x height, else the emulator
+    good sheets, None draws them at the recipe's defect rate; `use` is the command that will
+    play them (`inspect` adds the reference card's shots). Earlier files from this function in
+    the folder are replaced. Shots must match the camera's width x height, else the emulator
     would crop them silently.
     """
+    if use not in USES:
+        raise StationError(f"use must be one of {', '.join(USES)}, not {use!r}")
     if count < 1:
         raise StationError(f"count must be at least 1, not {count}")
     target = folder if folder is not None else getattr(recipe.camera, "emulator_images", None)
@@ -103,7 +126,11 @@ def prepare_twin_images(
     shots: list[EmulatorShot] = []
     for i in range(count):
         seed = seed0 + i
-        for j, (pose, image, mask) in enumerate(render_part_shots(recipe, seed, defective)):
+        rendered = render_part_shots(recipe, seed, defective)
+        if len(played_poses(recipe, use, i)) > len(rendered):
+            pose, image = render_card_shot(recipe, seed)
+            rendered.append((pose, image, np.zeros(image.shape[:2], np.uint8)))
+        for j, (pose, image, mask) in enumerate(rendered):
             if image.shape[:2] != size:
                 raise StationError(
                     f"twin shot {pose} is {image.shape[1]}x{image.shape[0]} but the camera is "
@@ -126,7 +153,8 @@ def prepare_twin_images(
                 )
             )
     manifest = out.with_name(out.name + ".json")
-    text = json.dumps({"recipe": recipe.name, "shots": [asdict(s) for s in shots]}, indent=1)
+    doc = {"recipe": recipe.name, "use": use, "shots": [asdict(s) for s in shots]}
+    text = json.dumps(doc, indent=1)
     with writing(manifest):
         atomic_write(manifest, text.encode("utf-8"))
     return shots
@@ -142,3 +170,36 @@ def read_manifest(folder: str | Path) -> list[EmulatorShot]:
         )
     data = json.loads(manifest.read_text(encoding="utf-8"))
     return [EmulatorShot(**s) for s in data["shots"]]
+
+
+def check_sequence(recipe: Recipe, use: str) -> None:
+    """StationError when the emulator's files were written for the other command, or for
+    other poses than the recipe's: each frame would then reach the wrong pose. Nothing to check
+    without the pylon emulator (PYLON_CAMEMU) or a manifest."""
+    import os
+
+    folder = getattr(recipe.camera, "emulator_images", None)
+    if recipe.camera.driver != "pylon" or not folder or not os.environ.get("PYLON_CAMEMU"):
+        return
+    out = resolve(folder)
+    manifest = out.with_name(out.name + ".json")
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no manifest: files that were not rendered here
+    made_for = data.get("use", "capture")  # files from before `use` hold no card shots
+    first = [s["pose"] for s in data.get("shots", []) if s.get("part_index") == 0]
+    want = played_poses(recipe, use, 0)
+    fix = f"station sim camera-images -r {recipe.name} --for {use}"
+    if made_for != use:
+        raise StationError(
+            f"the emulator images in {out} were rendered for station {made_for}, not {use}: "
+            "each frame would reach the wrong pose",
+            hint=f"render them again: {fix}",
+        )
+    if first and first != want:
+        raise StationError(
+            f"the emulator images in {out} play the poses {', '.join(first)} per sheet, but "
+            f"the recipe visits {', '.join(want)}",
+            hint=f"render them again: {fix}",
+        )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from station.devices.factory import open_devices, uses_twin
+from station.devices.pylon_emulator import check_sequence
 from station.errors import LineIOError, StationError
 from station.files import writing
 from station.imaging import saturated_mask, write_png
@@ -103,6 +104,7 @@ def run_capture(
     `on_part(sequence)` after every stored part.
     """
     check_arguments(recipe, count, label, seed)
+    check_sequence(recipe, "capture")  # an emulated camera plays the frames it was given
     root = resolve(out) if out is not None else recipe.dataset_dir
     data_root = resolve(recipe.storage.data_dir)
     seed = recipe.twin.seed if seed is None else int(seed)

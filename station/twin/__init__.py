@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # the renderer (numpy, OpenCV) loads on first use: fake_ur li
 
 __all__ = [
     "FAULT_KINDS", "SimCamera", "SimLine", "SimRobot", "TwinWorld", "derive_seed",
-    "render_part_shots",
+    "render_card_shot", "render_part_shots",
 ]
 
 
@@ -36,6 +36,19 @@ def render_part_shots(
         shot = world.render(pose_tcp(pose), noise_seed=[part_seed, 7, index])
         out.append((pose.name, shot.image, shot.mask))
     return out
+
+
+def render_card_shot(recipe: Recipe, part_seed: int) -> tuple[str, np.ndarray]:
+    """(pose name, image) of the drift reference card as shot after the sheet of `part_seed`
+    (monitoring.drift.reference: the card's pose, the same lamp, lens and sensor)."""
+    from station.recipe import card_pose
+    from station.twin.world import TwinWorld, pose_tcp
+
+    world = TwinWorld(recipe)
+    world.present(world.make_sheet(part_seed, None), part_id=f"seed-{part_seed}")
+    pose = card_pose(recipe)
+    shot = world.render(pose_tcp(pose), noise_seed=[part_seed, 7, len(recipe.robot.poses)])
+    return pose.name, shot.image
 
 
 def __getattr__(name: str):  # noqa: ANN202 (lazy imports)
