@@ -203,10 +203,46 @@ def test_labelled_needs_the_simulated_camera(station_home: Path) -> None:
     data = yaml.safe_load(path.read_text())
     data["camera"]["driver"] = "pylon"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(StationError, match="ground truth"):
+    with pytest.raises(StationError, match="ground truth") as err:
         run_capture(load_recipe("glassfiber"), 1, label="labelled")
+    assert "--label test-good and --label test-defect" in (err.value.hint or "")
     with pytest.raises(StationError, match="not known"):
         run_capture(load_recipe("glassfiber"), 1, label="maybe")
+
+
+@pytest.mark.slow
+def test_sheets_the_operator_knows_go_to_the_test_split(
+    station_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """test-good and test-defect: held out for thresholds, labelled by the operator's word (no
+    masks); on the twin the sheets are made so, whatever its defect rate."""
+    from station.inspection import capture as capture_mod
+    from station.twin.world import TwinWorld
+
+    set_twin(station_home, defect_rate=0.5)
+    worlds: list[TwinWorld] = []
+
+    class Watched(TwinWorld):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            worlds.append(self)
+
+    monkeypatch.setattr(capture_mod, "TwinWorld", Watched)
+    truths: dict[str, list[list]] = {"test-good": [], "test-defect": []}
+    for label, seen in truths.items():
+        worlds.clear()
+        def keep(_seq: int, _pose: str, seen: list[list] = seen) -> None:
+            seen.append(worlds[0].sheet_truth())  # the sheet on the table at each shot
+
+        run_capture(load_recipe("glassfiber"), 3, label=label, on_shot=keep)
+    assert all(t == [] for t in truths["test-good"])
+    assert all(t != [] for t in truths["test-defect"])
+    ds = station_home / "data/glassfiber/dataset"
+    assert len(list((ds / "test/good").glob("*.png"))) == 9
+    assert len(list((ds / "test/defect").glob("*.png"))) == 9
+    assert not (ds / "ground_truth").exists() and not (ds / "train").exists()
+    parts, _ = parts_and_shots(station_home)
+    assert [p.ground_truth for p in parts] == ["good"] * 3 + ["defect"] * 3
 
 
 def test_out_folder_and_unlabelled(station_home: Path, tmp_path: Path) -> None:

@@ -797,3 +797,22 @@ def test_sheet_map_page_on_postgresql(tmp_path: Path, fresh_postgres_url: str) -
     assert html.count('class="footprint') == 3
     client.close()
     db.dispose()
+
+
+def test_a_captured_part_says_it_was_captured_not_that_the_station_stopped(
+    tmp_path: Path,
+) -> None:
+    from station.storage.parts import PartRecord, write_part
+
+    db, _, client = _setup(tmp_path, n=2)
+    record = PartRecord(recipe="glassfiber", recipe_sha256="", mode="capture",
+                        ground_truth="defect", key="")  # fmt: skip
+    write_part(db, record)
+    with db.session() as s:
+        pid = s.scalars(select(Part.id).where(Part.mode == "capture")).one()
+    page = client.get(f"/parts/{pid}").text
+    assert 'id="captured"' in page and "never inspected or decided" in page
+    assert "its label, defect, is its dataset folder" in page
+    assert 'id="undecided"' not in page and "station stopped" not in page
+    client.close()
+    db.dispose()

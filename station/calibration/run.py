@@ -37,8 +37,8 @@ def labelled_folder(recipe: Recipe, dataset: Path | None) -> Path:
     if not (root / "test").is_dir():
         raise CalibrationError(
             f"no labelled parts in {root} (no test/ folder)",
-            hint=f"capture labelled parts with station capture --recipe {recipe.name} "
-            "--label labelled, "
+            hint=f"capture sheets you know with station capture --recipe {recipe.name} "
+            "--label test-good and --label test-defect (--label labelled on the twin), "
             "or give --dataset an MVTec-layout folder",
         )
     return root

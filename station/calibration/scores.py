@@ -127,8 +127,8 @@ def score_folder(
     if not items:
         raise CalibrationError(
             f"no labelled images in {root / 'test'}",
-            hint="capture labelled parts with station capture --label labelled, or give "
-            "--dataset a folder "
+            hint="capture sheets you know with station capture --label test-good and "
+            "--label test-defect (--label labelled on the twin), or give --dataset a folder "
             "with test/good and test/<defect> images",
         )
     group = all(CAPTURE_STEM.match(it.stem) for it in items)

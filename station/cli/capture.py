@@ -18,8 +18,10 @@ def register(app: typer.Typer) -> None:
         count: int = typer.Option(1, "--count", "-n", help="Number of parts (sheets)."),
         label: str = typer.Option(
             "good", "--label",
-            help="good: defect-free sheets for training (train/good); labelled: sheets at the "
-            "twin's defect rate with ground-truth masks (test/); unlabelled: no labels.",
+            help="good: defect-free sheets for training (train/good); test-good, test-defect: "
+            "sheets you know to be good or defective, held out for thresholds (test/good, "
+            "test/defect); labelled: the twin's sheets with ground-truth masks (test/); "
+            "unlabelled: no labels.",
         ),
         out: str | None = typer.Option(
             None, "--out", help="Dataset folder (default: data/<recipe>/dataset)."

@@ -2,6 +2,8 @@
 
 Shots go to the recipe's dataset folder in MVTec-AD layout (`train/good/`, `test/good/`,
 `test/defect/`, `ground_truth/defect/<stem>_mask.png`; `unlabelled/` for unlabelled captures),
+by label: `good` (training), `labelled` (the twin's truth, with masks), `test-good` and
+`test-defect` (sheets the operator vouches for, held out for thresholds; no masks),
 one file per shot named `p{sequence:06d}_{pose}.png`, plus `meta/p{sequence:06d}.json` with the
 poses, camera settings, timestamps, hashes and (simulated) ground truth. Every part is also a
 `Part(mode="capture")` row with its `Shot` rows (written by `station.storage.parts`). A part is
@@ -33,7 +35,12 @@ from station.storage.db import Database, open_database
 from station.storage.parts import PartRecord, ShotRecord, write_part
 from station.twin.world import TwinWorld, derive_seed
 
-LABELS = ("good", "labelled", "unlabelled")
+LABELS = ("good", "labelled", "unlabelled", "test-good", "test-defect")
+# where a label's shots go, and the part's ground truth; `labelled` follows the twin's masks
+FOLDERS = {"good": "train/good", "unlabelled": "unlabelled", "test-good": "test/good",
+           "test-defect": "test/defect"}  # fmt: skip
+TRUTH = {"good": "good", "unlabelled": None, "test-good": "good", "test-defect": "defect"}
+SHEETS = {"good": False, "test-good": False, "test-defect": True}  # the twin's sheet, forced
 STEM_RE = re.compile(r"^p(\d{6,})_")
 SCAN_DIRS = ("train/good", "test/good", "test/defect", "unlabelled")
 
@@ -83,7 +90,8 @@ def check_arguments(recipe: Recipe, count: int, label: str, seed: int | None = N
     if label == "labelled" and recipe.camera_driver != "sim":
         raise StationError(
             "--label labelled needs ground truth, which only the simulated camera gives",
-            hint="capture --label unlabelled and label the parts in review, or use backend sim",
+            hint="capture sheets you know with --label test-good and --label test-defect, or "
+            "use backend sim",
         )
 
 
@@ -109,7 +117,8 @@ def run_capture(
     data_root = resolve(recipe.storage.data_dir)
     seed = recipe.twin.seed if seed is None else int(seed)
     if world is None and uses_twin(recipe):
-        world = TwinWorld(recipe, seed=seed, defect_rate=0.0 if label == "good" else None)
+        forced = SHEETS.get(label)
+        world = TwinWorld(recipe, seed=seed, defect_rate=None if forced is None else float(forced))
     staging = root / ".staging"
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run: incomplete part
     try:
@@ -127,8 +136,7 @@ def run_capture(
                 with db.session() as s:
                     seq = max(db.next_sequence(s, recipe.name), existing_next_sequence(root))
                 if dev.world is not None:
-                    dev.world.queue_sheet(derive_seed(seed, seq),
-                                          defective=False if label == "good" else None)
+                    dev.world.queue_sheet(derive_seed(seed, seq), defective=SHEETS.get(label))
                 started = datetime.now(UTC)
                 t0 = time.perf_counter()
                 clock0 = dev.world.clock_s if dev.world is not None else None
@@ -195,9 +203,7 @@ class _PartStore:
         moves: list[tuple[Path, Path]] = []
         shots_meta = [self._shot(part.seq, stage, moves, *f) for f in part.frames]
         any_defect = any(m["label"] == "defect" for m in shots_meta)
-        ground_truth = {"good": "good", "unlabelled": None}.get(
-            self.label, "defect" if any_defect else "good"
-        )
+        ground_truth = TRUTH.get(self.label, "defect" if any_defect else "good")
         finished = datetime.now(UTC)
         meta = self._meta(part, ground_truth, finished, shots_meta)
         meta_stage = stage / f"p{part.seq:06d}.json"
@@ -236,9 +242,7 @@ class _PartStore:
         label = self.label
         has_mask = frame.mask is not None and label == "labelled"
         is_defect = bool(has_mask and frame.mask.any())
-        sub = {"good": "train/good", "unlabelled": "unlabelled"}.get(
-            label, "test/defect" if is_defect else "test/good"
-        )
+        sub = FOLDERS.get(label, "test/defect" if is_defect else "test/good")
         img_final = self.root / sub / f"{stem}.png"
         img_stage = stage / f"{stem}.png"
         sha = write_png(img_stage, frame.image)
@@ -264,7 +268,8 @@ class _PartStore:
             "height": h,
             "camera_settings": frame.camera_settings,
             "captured_at": datetime.fromtimestamp(frame.timestamp_s, UTC).isoformat(),
-            "label": "defect" if is_defect else ("good" if label != "unlabelled" else None),
+            "label": "defect" if is_defect or label == "test-defect" else (
+                "good" if label != "unlabelled" else None),
             "defects": frame.defects if label == "labelled" else [],
         }
 
