@@ -272,7 +272,9 @@ def test_prepare_twin_images_feeds_the_emulator(
     card = np.asarray(Image.open(for_inspect[len(poses)].image_path))
     sheet = np.asarray(Image.open(for_inspect[0].image_path))
     assert card.shape == sheet.shape and not np.array_equal(card, sheet)
+    (folder / "view00.png").write_bytes(b"a board view of calibrate-camera --prepare-emulator")
     shots = prepare_twin_images(recipe, 2, folder, use="capture")
+    assert not (folder / "view00.png").exists()  # replaced, as cellcal replaces these
     assert [s.pose for s in shots] == poses * 2
     assert read_manifest(folder) == shots
     with pytest.raises(StationError, match="other files"):

@@ -33,7 +33,8 @@ from station.paths import resolve
 from station.recipe import Recipe, card_pose
 from station.twin import render_card_shot, render_part_shots
 
-_OURS = re.compile(r"^p\d{6}_\d{2}_.+\.png(\.tmp)?$")
+# files this module writes, and the board views `calibrate-camera --prepare-emulator` writes
+_OURS = re.compile(r"^(p\d{6}_\d{2}_.+|view\d{2,})\.png(\.tmp)?$")
 
 
 @dataclass(frozen=True)
