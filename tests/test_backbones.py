@@ -197,7 +197,10 @@ def test_bad_names_are_clear_errors() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_cuda_requested_without_gpu_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cuda_requested_without_gpu_is_an_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bb, "_cpu_announced", False)  # as in a new process
     with pytest.raises(DetectorError, match="no CUDA GPU"):
         bb.resolve_device("cuda")
     with pytest.raises(DetectorError):
@@ -207,6 +210,20 @@ def test_cuda_requested_without_gpu_is_an_error(capsys: pytest.CaptureFixture[st
     assert bb.resolve_device("cpu").type == "cpu"
     with pytest.raises(DetectorError, match="device must be"):
         bb.resolve_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_auto_on_the_cpu_is_said_once_and_cuda_refused_every_time(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command resolves `auto` for each detector and for the material check: one warning,
+    not one each. Asking for the GPU stays an error every time."""
+    monkeypatch.setattr(bb, "_cpu_announced", False)  # as in a new process
+    assert [bb.resolve_device("auto").type for _ in range(3)] == ["cpu"] * 3
+    assert capsys.readouterr().err.count("WARNING: no CUDA GPU found") == 1
+    for _ in range(2):
+        with pytest.raises(DetectorError, match="no CUDA GPU"):
+            bb.resolve_device("cuda")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -4,6 +4,7 @@ the calibration file, the board printout, and every refusal (one line, exit 2, n
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -72,6 +73,12 @@ def table_error_mm(recipe: Recipe, model: CameraModel) -> float:
     return worst
 
 
+def table_headings(out: str) -> list[str]:
+    """The headings of the first table in `out` (rich's heavy heading row)."""
+    heading = next(line for line in out.splitlines() if line.startswith("┃"))
+    return [cell.strip() for cell in heading.strip().strip("┃").split("┃")]
+
+
 def test_default_twin_camera_is_the_nominal_pinhole() -> None:
     recipe = load_recipe("glassfiber")
     truth = TrueCamera.from_recipe(recipe)
@@ -95,6 +102,7 @@ def test_recovers_the_true_camera_within_the_acceptance(station_home: Path,
     code, out, err = run(capsys, "calibrate-camera", "-r", name)
     assert code == 0, err
     assert "RMS reprojection" in out and "view19" in out
+    assert table_headings(out) == ["view", "corners", "RMS px"]  # no view needs a note
     code, out, err = run(capsys, "calibrate-hand-eye", "-r", name)
     assert code == 0, err
     assert re.search(r"kept (TSAI|PARK|DANIILIDIS)", out)
@@ -320,6 +328,31 @@ def test_outlier_views_are_dropped_and_named() -> None:
     assert list(res.dropped) == ["v05"] and "RMS" in res.dropped["v05"]
     assert "v05" not in res.used and res.rms_px < 0.1
     assert res.matrix[0, 0] == pytest.approx(3480, rel=0.005)
+    # calibrate-camera's table: a `note` column says why, only when a view has one (it was a
+    # fourth column without a heading, and empty when every view was used)
+    noted = views_table(res, dets, [*dets, "v12"])  # v12: the board was not found
+    assert table_headings(noted) == ["view", "corners", "RMS px", "note"], noted
+    rows = {line.split()[1]: line for line in noted.splitlines() if line.startswith("│")}
+    assert "dropped: RMS" in rows["v05"] and "board not found" in rows["v12"], noted
+    assert [c.strip() for c in rows["v00"].split("│")][4] == "" and len(rows) == 13
+    clean = views_table(dataclasses.replace(res, dropped={}), dets, list(res.used))
+    assert table_headings(clean) == ["view", "corners", "RMS px"], clean
+
+
+def views_table(res: solve.IntrinsicsResult, dets: dict, names: list[str]) -> str:
+    """calibrate-camera's per-view table for these views, as printed."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from station.cli.cellcal import camera_views_table
+
+    done = SimpleNamespace(result=res, capture=SimpleNamespace(names=names),
+                           corners={n: len(d.ids) for n, d in dets.items() if n in names})
+    console = Console(width=120, file=io.StringIO(), record=True)
+    console.print(camera_views_table(done))
+    return console.export_text()
 
 
 def test_default_twin_renders_exactly_as_the_nominal_pinhole() -> None:

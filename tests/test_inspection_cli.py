@@ -27,6 +27,9 @@ from station.storage.models import Part, Verdict
 from station.twin import render_part_shots
 
 REPO = Path(__file__).resolve().parents[1]
+# One line per part: live with --no-view, and offline (README "Live inspection and faults")
+LIVE_LINE = r"part \d+: (pass|fail) \(patchcore \d+\.\d+x\) cycle \d+ ms"
+OFFLINE_LINE = r"(PASS|FAIL)  part \d+  \S+/p\d{6}  patchcore \d+\.\d+x"
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +103,7 @@ def test_offline_on_stored_images(home: Path, capsys: pytest.CaptureFixture[str]
     code, out = run_cli(["inspect", "--recipe", "small", str(home / "labelled" / "test")], capsys)
     assert code == 0, out
     assert "6 part(s)" in out and "patchcore" in out
+    assert len(re.findall(rf"^{OFFLINE_LINE}$", out, re.M)) == 6, out
     rows = _parts(home)[before:]
     assert len(rows) == 6 and all(r.mode == "offline" for r in rows)
     assert {r.ground_truth for r in rows} == {"good", "defect"}
@@ -117,7 +121,7 @@ def test_live_count(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = len(_parts(home))
     code, out = run_cli(["inspect", "--live", "--recipe", "small", "-n", "2", "--no-view"], capsys)
     assert code == 0, out
-    assert re.search(r"^part \d+: (pass|fail) \(patchcore \d+\.\d+x\) cycle", out, re.M)
+    assert re.search(rf"^{LIVE_LINE}$", out, re.M), out
     assert "2 part(s)" in out and "mean cycle ms" in out
     rows = _parts(home)[before:]
     assert [r.mode for r in rows] == ["live", "live"]
@@ -152,6 +156,17 @@ def test_ctrl_c_finishes_part_and_exits_cleanly(home: Path) -> None:
     assert "part(s): pass" in out
     rows = _parts(home)
     assert all(r.verdict is not Verdict.PENDING for r in rows)
+
+
+def test_the_readme_shows_the_part_lines_inspect_prints() -> None:
+    """The README's examples of a part's line, live (--no-view) and offline, are lines the
+    tests above see printed (it once gave the live line for offline runs too)."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("With `--no-view`")
+    paragraph = text[start : text.index("\n\n", start)]
+    examples = re.findall(r"`([^`]*part \d+[^`]*)`", paragraph.replace("\n", " "))
+    assert re.fullmatch(r"part \d+: fault \(.*\) cycle \d+ ms", examples[0]), examples
+    assert re.fullmatch(OFFLINE_LINE, examples[1]), examples
 
 
 def test_clear_errors(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -194,6 +209,7 @@ def test_exit_codes_say_when_the_run_did_not_end_well(
     flat = " ".join(out.split())  # the console wraps long lines
     assert "to do: clear the stop on the teach pendant and check the cell; then run the command " \
         "again" in flat and "then resume; then run" not in flat, out
+    _said_once_stop_reason_last(out, "robot protective/emergency stop: robot entered protective")
     # Offline, one unreadable image among good ones: every part is decided, the exit code is 2.
     folder = home / "corrupt"
     folder.mkdir()
@@ -206,6 +222,35 @@ def test_exit_codes_say_when_the_run_did_not_end_well(
     assert "3 part(s)" in out and "2 of 3 part(s) ended in a fault" in out
     assert "p000003_left.png is 30 x 20 px; recipe glassfiber's camera takes 64 x 48" in out
     assert "Traceback" not in out
+
+
+def _said_once_stop_reason_last(out: str, reason: str) -> None:
+    """The stop reason is said on its part's line and at the end with its fix, the last lines;
+    no `error:` line repeats it (it did, twice)."""
+    flat = " ".join(out.split())  # the console wraps long lines
+    assert flat.count(reason) == 2 and re.search(rf"part \d+: fault \({re.escape(reason)}", flat)
+    last = flat[flat.rindex("stopped: ") :]
+    assert last.startswith(f"stopped: {reason}"), out
+    assert re.fullmatch(r"stopped: .* to do: .*; then run the command again", last), out
+
+
+@pytest.mark.slow
+def test_a_lost_link_stops_with_what_can_be_done_without_a_resume(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The link drops while the second sheet is decided: it is held, and with --no-view and no
+    # terminal there is no one to resume: the run stops (exit 3) and says what to do instead.
+    with _twin_faults(home, {"link_lost": {"after": 12}}):
+        argv = ["inspect", "--live", "--recipe", "small", "-n", "3", "--no-view"]
+        code, out = run_cli(argv, capsys)
+    assert code == 3 and "Traceback" not in out, out
+    _said_once_stop_reason_last(out, "line I/O: line I/O (simulated, on the robot controller)")
+    flat = " ".join(out.split())
+    held = r"error: part \d+ is still held on the line \(fault\): divert it by hand"
+    assert re.search(held, flat), out  # said once, above the stop reason
+    assert "resume" not in flat, out  # nothing to resume: the run has ended
+    todo = "to do: restore the controller link / line I/O; then run the command again"
+    assert flat.endswith(todo), out
 
 
 def test_a_fault_line_shows_the_reason_not_the_scores(

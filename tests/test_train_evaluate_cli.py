@@ -247,6 +247,23 @@ def test_model_trained_before_the_recipe_changed_is_refused(
     assert run(["evaluate", "-r", recipe, "--dataset", str(cat)]) == 0
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_train_on_the_cpu_says_so_once(
+    station_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`device: auto` without a GPU: one warning per command, though the detector and the
+    material check each resolve the device (it was printed twice)."""
+    from station.detectors import backbones
+
+    monkeypatch.setattr(backbones, "_cpu_announced", False)  # as in a new process
+    recipe = make_recipe(station_home, "tiny", RECIPE_PATCH.replace("device: cpu", "device: auto"))
+    cat = make_category(station_home / "ds" / "cat", n_train=6)  # 5 for the material check
+    assert run(["train", "-r", recipe, "--data", str(cat), "--no-db"]) == 0
+    out = capsys.readouterr()
+    assert "material check: threshold" in out.out, out.out  # both were built on the CPU
+    assert out.err.count("WARNING: no CUDA GPU found; detectors run on the CPU") == 1, out.err
+
+
 def test_clear_errors(station_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = make_recipe(station_home, "tiny")
     empty = station_home / "empty"

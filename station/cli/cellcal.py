@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from station.errors import CellCalibrationError
@@ -152,36 +153,42 @@ def calibrate_hand_eye(
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
+def camera_views_table(done: CameraRun) -> Table:
+    """One row per view: its corners and reprojection error, and a `note` column, only when a
+    view was dropped (and why) or showed no board: an empty column had no heading."""
+    res, dets = done.result, dict(done.result.per_view_px)
+    rows = []
+    for name in done.capture.names:
+        n = str(done.corners.get(name, ""))
+        if name in res.dropped:
+            rows.append((name, n, "", f"[yellow]dropped: {escape(res.dropped[name])}[/]"))
+        elif name in dets:
+            rows.append((name, n, f"{dets[name]:.3f}", ""))
+        else:
+            rows.append((name, "", "", "[yellow]board not found[/]"))
+    noted = any(row[3] for row in rows)
+    t = Table()
+    for col in ("view", "corners", "RMS px", "note")[: 4 if noted else 3]:
+        t.add_column(col, justify="right" if col in ("corners", "RMS px") else "left")
+    for row in rows:
+        t.add_row(*row[: 4 if noted else 3])
+    return t
+
+
 def _print_camera_result(done: CameraRun, board: BoardDef, recipe_name: str) -> None:
     """Per-view corners and errors, the solved intrinsics, dropped views, where it was written."""
     from station.cellcal import run
     from station.cli.app import console
 
     res = done.result
-    t = Table(title=f"camera calibration, {board.describe()}", title_justify="left")
-    for col in ("view", "corners", "RMS px", ""):
-        t.add_column(col, justify="right" if col in ("corners", "RMS px") else "left")
-    dets = dict(res.per_view_px)
-    for name in done.capture.names:
-        n = str(done.corners.get(name, ""))
-        if name in res.dropped:
-            t.add_row(name, n, "", f"[yellow]dropped: {res.dropped[name]}[/]")
-        elif name in dets:
-            t.add_row(name, n, f"{dets[name]:.3f}", "")
-        else:
-            t.add_row(name, "", "", "[yellow]board not found[/]")
-    console.print(t)
+    console.print(f"camera calibration, {board.describe()}", highlight=False)
+    console.print(camera_views_table(done))
     k, d = res.matrix, res.dist
     console.print(
         f"fx {k[0, 0]:.2f} fy {k[1, 1]:.2f} cx {k[0, 2]:.2f} cy {k[1, 2]:.2f} px "
         f"({done.data['camera']['focal_vs_nominal_pct']:+.3f} % focal vs nominal); "
         f"k1 {d[0]:.5f} k2 {d[1]:.5f} p1 {d[2]:.6f} p2 {d[3]:.6f} k3 {d[4]:.5f}",
         highlight=False)
-    for name, why in res.dropped.items():
-        console.print(f"[yellow]dropped view {name}[/]: {why}", highlight=False)
-    if done.no_board:
-        console.print(f"[yellow]board not found in[/] {', '.join(done.no_board)}",
-                      highlight=False)
     console.print(
         f"RMS reprojection {res.rms_px:.3f} px over {len(res.used)} views; [green]wrote[/] "
         f"{run.store.display(done.path)} (history {run.store.display(done.history)}); "

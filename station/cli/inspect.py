@@ -229,13 +229,15 @@ def run_live_with_view(
 
 
 def _live_printer(view: Any, show: bool) -> Callable[[Any], None]:
-    """Feed the live view; without the screen, print one line per part and each message."""
+    """Feed the live view; without the screen, print one line per part and each message.
+    A fault for the operator is not printed here: the terminal prompt shows it, or, with no
+    one to resume, the summary's last lines (`_print_summary`)."""
     from station.cli.app import console
     from station.inspection.live_view import part_label, result_detail
 
     def on_event(event: Any) -> None:
         view.handle(event)
-        if not show and event.kind in ("part_finished", "message", "operator"):
+        if not show and event.kind in ("part_finished", "message"):
             if event.result is not None:
                 r = event.result
                 console.print(
@@ -296,5 +298,8 @@ def _print_summary(summary: Any) -> None:
         f = summary.operator_fault
         console.print(f"[bold red]stopped:[/] {escape(f.message)}", highlight=False, soft_wrap=True)
         # the run has ended: there is nothing to resume, only the command to start again
-        todo = f.action.removesuffix(", then resume").removesuffix(" then resume")
-        console.print(f"  to do: {todo}; then run the command again", highlight=False)
+        console.print(
+            f"  to do: {escape(f.after_stop())}; then run the command again",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -16,7 +16,8 @@ Weights are never random. `weights` is one of
 When nothing is found: WeightsNotFound, saying where to put the file.
 
 `resolve_device(spec)` turns "auto" / "cpu" / "cuda" / "cuda:N" into a torch.device; "auto"
-without a GPU announces the CPU on stderr, and an explicit cuda without one is an error.
+without a GPU announces the CPU on stderr (once per process), and an explicit cuda without one
+is an error.
 """
 
 from __future__ import annotations
@@ -125,18 +126,26 @@ def available_backbones() -> list[str]:
 # -- device -----------------------------------------------------------------------------------
 
 
+_cpu_announced = False  # "auto" took the CPU and said so: once per process
+
+
 def resolve_device(spec: str | None = "auto") -> torch.device:
-    """A torch device for "auto" | "cpu" | "cuda" | "cuda:N". Never a silent CPU fallback."""
+    """A torch device for "auto" | "cpu" | "cuda" | "cuda:N". Never a silent CPU fallback:
+    "auto" without a GPU warns on stderr, once per process (a command resolves it for each
+    detector and for the material check); "cuda" without one is an error every time."""
+    global _cpu_announced
     spec = ("auto" if spec is None else spec).strip().lower()  # "" is an error, not auto
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        print(
-            "WARNING: no CUDA GPU found; detectors run on the CPU (slow). "
-            "Set device: cuda in the recipe to require a GPU.",
-            file=sys.stderr,
-            flush=True,
-        )
+        if not _cpu_announced:
+            _cpu_announced = True
+            print(
+                "WARNING: no CUDA GPU found; detectors run on the CPU (slow). "
+                "Set device: cuda in the recipe to require a GPU.",
+                file=sys.stderr,
+                flush=True,
+            )
         return torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")

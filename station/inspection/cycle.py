@@ -43,7 +43,7 @@ import numpy as np
 from station.cellcal.store import CameraModel, inspection_camera
 from station.decision import Decision, Verdict, decide
 from station.errors import NowhereToStore, StationError, StorageError
-from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify
+from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify, in_a_row
 from station.inspection.hooks import CycleHook
 from station.inspection.line_hold import HeldSheet, release_held, send_result, still_held
 from station.inspection.models import DetectorSet
@@ -403,8 +403,9 @@ class Inspector:
                 warned = True
         return None
 
-    def _resume_after(self, fault: Fault) -> bool:
-        """Ask the operator to fix `fault`, then bring the cell back. False: stop the station.
+    def _resume_after(self, fault: Fault) -> Fault | None:
+        """Ask the operator to fix `fault`, then bring the cell back. None: resumed; else the
+        fault the station stops on (the last one the operator was told of).
 
         Resuming reconnects the robot (robot and line faults), reopens the line I/O (line
         faults) or the camera (camera faults: a replugged camera is a new device), moves the
@@ -414,7 +415,7 @@ class Inspector:
         while True:
             self._emit("operator", str(fault), level="error")
             if self.operator is None or not self.operator(fault):
-                return False
+                return fault
             try:
                 robot, line = self.devices.robot, self.devices.line
                 if fault.kind in ("robot", "protective_stop", "line_io"):
@@ -436,7 +437,7 @@ class Inspector:
                     self._emit("message", release_held(line, self.held))
                     self.held = None
                 self._emit("message", "resumed")
-                return True
+                return None
             except Exception as exc:  # noqa: BLE001
                 fault = classify(exc)
                 if fault.policy is Policy.STOP:
@@ -463,8 +464,10 @@ class Inspector:
 
     def _stop_or_resume(self, fault: Fault, summary: RunSummary) -> bool:
         """Apply a fault's policy after its part; False: the run ends."""
-        if fault.policy is Policy.OPERATOR and self._resume_after(fault):
-            return True
+        if fault.policy is Policy.OPERATOR:
+            fault = self._resume_after(fault)
+            if fault is None:
+                return True
         summary.stopped_reason = str(fault)
         summary.operator_fault = fault
         return False
@@ -509,15 +512,11 @@ class Inspector:
                     self._flush_backlog()
                     continue
                 consecutive += 1
-                self._emit("message", str(fault), level="error")
                 if fault.policy is Policy.CONTINUE and consecutive >= self.max_consecutive_faults:
-                    fault = Fault(
-                        fault.kind,
-                        f"{consecutive} faults in a row, last: {fault.message}",
-                        fault.action,
-                        Policy.OPERATOR,
-                    )
-                if fault.policy is not Policy.CONTINUE:
+                    fault = in_a_row(fault, consecutive)  # now for the operator
+                if fault.policy is Policy.CONTINUE:
+                    self._emit("message", str(fault), level="error")
+                else:  # said once: to the operator, or in the summary when the run stops
                     if not self._stop_or_resume(fault, summary):
                         break
                     consecutive = 0

@@ -24,6 +24,7 @@ disk that fails every part needs a person, not an endless stream of rejects.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -53,11 +54,27 @@ class Policy(enum.StrEnum):
 class Fault:
     kind: str
     message: str  # one line for the operator: what happened
-    action: str  # one line: what to do about it
+    action: str  # one line: what to do about it (an OPERATOR fault's ends with the resume)
     policy: Policy
+    stop_action: str = ""  # what to do once the run has ended instead (no resume); see below
 
     def __str__(self) -> str:
         return f"{self.message} ({self.action})"
+
+    def after_stop(self) -> str:
+        """What to do when the run has stopped on this fault (no operator resumed it, e.g.
+        `--no-view` without a terminal): the action without its resume step (nor the
+        "part rejected" that said what the station did)."""
+        if self.stop_action:
+            return self.stop_action
+        todo = self.action.removeprefix("part rejected; ").removeprefix("sheet rejected; ")
+        return todo.removesuffix(", then resume").removesuffix(" then resume")
+
+
+def in_a_row(fault: Fault, count: int) -> Fault:
+    """`count` "next part" faults in a row, the last one `fault`: now one for the operator."""
+    message = f"{count} faults in a row, last: {fault.message}"
+    return dataclasses.replace(fault, message=message, policy=Policy.OPERATOR)
 
 
 def classify(exc: BaseException) -> Fault:
@@ -128,6 +145,8 @@ def classify(exc: BaseException) -> Fault:
             "the sheet is held: restore the controller link / line I/O, then resume "
             "(the station raises the reject output and releases it), or divert it by hand",
             Policy.OPERATOR,
+            # a sheet still held at the stop is named on a line of its own (still_held)
+            stop_action="restore the controller link / line I/O",
         )
     if isinstance(exc, StationError):
         return Fault("input", text, "part rejected", Policy.CONTINUE)
