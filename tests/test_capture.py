@@ -41,6 +41,22 @@ def parts_and_shots(home: Path) -> tuple[list[Part], list[Shot]]:
         db.dispose()
 
 
+def watch_worlds(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The twin worlds `run_capture` makes from now on, to read the sheet on the table."""
+    from station.inspection import capture as capture_mod
+    from station.twin.world import TwinWorld
+
+    worlds: list[TwinWorld] = []
+
+    class Watched(TwinWorld):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            worlds.append(self)
+
+    monkeypatch.setattr(capture_mod, "TwinWorld", Watched)
+    return worlds
+
+
 def pngs(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.png") if ".staging" not in p.parts)
 
@@ -78,18 +94,8 @@ def test_a_good_capture_puts_only_good_sheets_on_the_table(
 ) -> None:
     """Good sheets train the detectors: even where every sheet of the twin is defective, the
     good capture's sheets carry no defect."""
-    from station.inspection import capture as capture_mod
-    from station.twin.world import TwinWorld
-
     set_twin(station_home, defect_rate=1.0)
-    worlds: list[TwinWorld] = []
-
-    class Watched(TwinWorld):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)
-            worlds.append(self)
-
-    monkeypatch.setattr(capture_mod, "TwinWorld", Watched)
+    worlds = watch_worlds(monkeypatch)
     seen: list[list] = []
     run_capture(load_recipe("glassfiber"), 3, label="good",
                 on_shot=lambda _seq, _pose: seen.append(worlds[0].sheet_truth()))
@@ -216,18 +222,8 @@ def test_sheets_the_operator_knows_go_to_the_test_split(
 ) -> None:
     """test-good and test-defect: held out for thresholds, labelled by the operator's word (no
     masks); on the twin the sheets are made so, whatever its defect rate."""
-    from station.inspection import capture as capture_mod
-    from station.twin.world import TwinWorld
-
     set_twin(station_home, defect_rate=0.5)
-    worlds: list[TwinWorld] = []
-
-    class Watched(TwinWorld):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)
-            worlds.append(self)
-
-    monkeypatch.setattr(capture_mod, "TwinWorld", Watched)
+    worlds = watch_worlds(monkeypatch)
     truths: dict[str, list[list]] = {"test-good": [], "test-defect": []}
     for label, seen in truths.items():
         worlds.clear()
