@@ -568,3 +568,17 @@ def test_recipe_check_ends_with_every_detector_param_problem(
         f"{path}: detectors[0].params: patchcore: coreset_ratio must be in (0, 1], not 0",
         f"{path}: detectors[0].params: patchcore: num_neighbors must be >= 1, not -3",
     ], err
+
+
+def test_the_summary_shows_every_line_contract_signal(station_home: Path) -> None:
+    from station.cli.recipe import line_io_summary
+
+    text = line_io_summary(load_recipe("glassfiber-emulated"))
+    wired = ("reject output DO0, part present DI0, heartbeat (every 0.25 s) DO1, "
+             "RESULT_VALID DO2, part id input_int_register_18, release off")  # fmt: skip
+    assert text.startswith(wired) and "1 s for a heartbeat toggle" in text
+    off = load_recipe("glassfiber-emulated")
+    off = off.model_copy(update={"line_io": off.line_io.model_copy(
+        update={"heartbeat_output": None, "part_id_register": None})})  # fmt: skip
+    assert "heartbeat (every 0.25 s) off" in line_io_summary(off)
+    assert "part id off" in line_io_summary(off)

@@ -69,17 +69,34 @@ def summary_table(recipe: Recipe) -> Table:
         f"poses combined by {dec.combine_poses}, detectors by {dec.combine_detectors}; "
         f"thresholds from {recipe.calibration_path} (policy {dec.policy})",
     )
-    t.add_row(
-        "line I/O",
-        f"reject output DO{recipe.line_io.reject_output}, "
-        f"part present DI{recipe.line_io.part_present_input}",
-    )
+    t.add_row("line I/O", line_io_summary(recipe))
     t.add_row("database", recipe.storage.resolved_database_url())
     t.add_row("data", str(recipe.data_dir))
     from station.cellcal.store import summary as cell_summary
 
     t.add_row("cell calibration", cell_summary(recipe))
     return t
+
+
+def line_io_summary(recipe: Recipe) -> str:
+    """The line contract's signals as wired (README "Line contract"); an off one says so."""
+    io = recipe.line_io
+
+    def out(name: str, value: int | None, what: str = "DO") -> str:
+        return f"{name} {what}{value}" if value is not None else f"{name} off"
+
+    parts = [
+        out("reject output", io.reject_output),
+        out("part present", io.part_present_input, "DI"),
+        out(f"heartbeat (every {io.heartbeat_period_s:g} s)", io.heartbeat_output),
+        out("RESULT_VALID", io.result_valid_output),
+        out("part id", io.part_id_register, "input_int_register_"),
+        out("release", io.release_output),
+    ]
+    return ", ".join(parts) + (
+        f"; the PLC waits {io.result_timeout_s:g} s for a result and "
+        f"{io.heartbeat_timeout_s:g} s for a heartbeat toggle"
+    )
 
 
 def register(app: typer.Typer) -> None:
