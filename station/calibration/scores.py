@@ -35,6 +35,7 @@ from station.datasets import MVTecFolder
 from station.decision import COMBINE_POSES, combine_scores
 from station.detectors.engine import ScoringEngine, load_models
 from station.errors import CalibrationError
+from station.files import file_sha256
 from station.imaging import read_image, saturated_mask
 from station.sheet_map import recipe_mapper, shot_view
 
@@ -46,14 +47,6 @@ if TYPE_CHECKING:
 
 CAPTURE_STEM = re.compile(r"^p(\d{6,})_(.+)$")
 ProgressFn = Callable[[str, int, int], None]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def part_key(stem: str, group: bool) -> str:

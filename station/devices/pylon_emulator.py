@@ -49,6 +49,11 @@ class EmulatorShot:
     defective: bool
 
 
+def _manifest(folder: Path) -> Path:
+    """The manifest beside the played folder: `<folder>.json`."""
+    return folder.with_name(folder.name + ".json")
+
+
 def _write_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
@@ -153,7 +158,7 @@ def prepare_twin_images(
                     defective=bool(np.any(mask)),
                 )
             )
-    manifest = out.with_name(out.name + ".json")
+    manifest = _manifest(out)
     doc = {"recipe": recipe.name, "use": use, "shots": [asdict(s) for s in shots]}
     text = json.dumps(doc, indent=1)
     with writing(manifest):
@@ -164,7 +169,7 @@ def prepare_twin_images(
 def read_manifest(folder: str | Path) -> list[EmulatorShot]:
     """The shots `prepare_twin_images` wrote for `folder`, in play order."""
     out = resolve(folder)
-    manifest = out.with_name(out.name + ".json")
+    manifest = _manifest(out)
     if not manifest.is_file():
         raise StationError(
             f"no emulator manifest {manifest}", hint="run prepare_twin_images for this folder"
@@ -183,7 +188,7 @@ def check_sequence(recipe: Recipe, use: str) -> None:
     if recipe.camera.driver != "pylon" or not folder or not os.environ.get("PYLON_CAMEMU"):
         return
     out = resolve(folder)
-    manifest = out.with_name(out.name + ".json")
+    manifest = _manifest(out)
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from station.inspection.hooks import CycleHook
 from station.inspection.results import Event
 from station.monitoring.disk import DiskWatch, describe, disks, folder_bytes
-from station.paths import resolve
+from station.storage.db import sqlite_file
 from station.storage.journal import journal_folder
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def disk_hook(recipe: Recipe) -> DiskHook | None:
     if not recipe.monitoring.disk.enabled:
         return None
     paths = [recipe.data_dir, journal_folder(recipe)]
-    url = recipe.storage.resolved_database_url()
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        paths.append(resolve(url[len("sqlite:///") :]).parent)
+    database = sqlite_file(recipe.storage.resolved_database_url())
+    if database is not None:
+        paths.append(database.parent)
     return DiskHook(recipe, paths)

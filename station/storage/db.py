@@ -77,8 +77,8 @@ def make_engine(url: str) -> Engine:
             hint="use e.g. sqlite:///data/station.db or postgresql+psycopg://user@host/db",
         ) from None
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            folder = Path(parsed.database).parent
+        if (file := sqlite_file(url)) is not None:
+            folder = file.parent
             if blocking := next((p for p in (folder, *folder.parents) if p.is_file()), None):
                 raise StorageError(
                     f"database {parsed.database}: {blocking} is a file, not a folder",
@@ -239,17 +239,24 @@ def open_database(url: str, migrate: bool = True) -> Database:
     return Database(make_engine(url), url)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL; None for another database, an in-memory one or a URL that
+    does not parse (make_engine says what is wrong with it)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    name = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    return Path(name) if name and name != ":memory:" else None
+
+
 def existing_database(url: str) -> Database:
     """Open a database the station has written, never creating one: StorageError naming the
     fix when there is none at `url` or it has no station tables."""
     from sqlalchemy import inspect
 
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        parsed = None  # make_engine says what is wrong with it
-    file = parsed.database if parsed is not None and parsed.get_backend_name() == "sqlite" else None
-    if file and file != ":memory:" and not Path(file).is_file():
+    file = sqlite_file(url)
+    if file is not None and not file.is_file():
         raise StorageError(
             f"no database at {file}", hint="check --url or the recipe's storage.database_url"
         )

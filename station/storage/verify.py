@@ -14,7 +14,6 @@ checked parts' folders are searched for unnamed files.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from station.decision import Verdict
+from station.files import file_sha256
 from station.paths import resolve
 from station.recipe import Recipe
 from station.storage.db import Database
@@ -56,14 +56,6 @@ class ArchiveReport:
     def lost(self) -> bool:
         """Something decided or captured is not whole in the database and on disk."""
         return bool(self.missing or self.damaged or self.refused or self.models)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _named_files(part: Part) -> Iterator[tuple[str, str, Shot | None]]:
@@ -117,7 +109,7 @@ class _Check:
                 continue
             self.report.hashed += 1
             try:
-                if _sha256(path) != shot.image_sha256:
+                if file_sha256(path) != shot.image_sha256:
                     self.report.damaged.append(f"{where}: sha256 differs from its row's")
             except OSError as exc:
                 self.report.damaged.append(f"{where}: unreadable ({exc.strerror or exc})")
@@ -135,7 +127,7 @@ class _Check:
             self.report.models_checked += 1
             if not path.is_file():
                 self.report.models.append(f"{what}: file {path} missing")
-            elif self.hashes and _sha256(path) != row.artifact_sha256:
+            elif self.hashes and file_sha256(path) != row.artifact_sha256:
                 self.report.models.append(f"{what}: file {path} changed (sha256)")
 
     def journal(self, folder: Path) -> None:
