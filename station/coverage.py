@@ -28,6 +28,7 @@ import numpy as np
 from station.recipe import LensConfig, Pose, Recipe, RobotConfig
 
 RASTER_MM = 0.5  # the coverage raster's cell
+TABLE_BAND_MM = 4.0  # table the poses must see around the region (sheet.check_placement)
 MAX_RASTER_CELLS = 4_000_000  # a larger region is rastered coarser (cells stay square)
 COC_PX = 2.0  # circle of confusion for the depth of field: two pixels
 MIN_DOWN = 1e-6  # an optical axis must point at least this much down to see the table
@@ -207,6 +208,19 @@ def sheet_rect(recipe: Recipe, grow_mm: float = 0.0) -> tuple[float, float, floa
     cx, cy = s.center_mm
     hw, hh = s.width_mm / 2 + grow_mm, s.height_mm / 2 + grow_mm
     return cx - hw, cy - hh, cx + hw, cy + hh
+
+
+def checks_placement(recipe: Recipe) -> bool:
+    """Whether each part's sheet is found in its shots (station.placement):
+    `sheet.check_placement`, and a region that is the whole sheet (a partial region does not
+    show the sheet's edges)."""
+    return recipe.sheet.check_placement and not recipe.coverage.partial
+
+
+def placement_tolerance_mm(recipe: Recipe) -> float:
+    """How far a sheet may reach past the inspected region: half the smallest defect (one
+    lying across the region's border keeps at least half of itself inside)."""
+    return recipe.coverage.smallest_defect_mm / 2.0
 
 
 def region_rect(recipe: Recipe) -> tuple[float, float, float, float]:
@@ -399,6 +413,31 @@ def _coverage_problems(recipe: Recipe, region: tuple[float, ...], ras: Raster) -
     return out
 
 
+def _placement_problems(
+    recipe: Recipe, region: tuple[float, float, float, float], prints: list[np.ndarray]
+) -> list[str]:
+    """The placement check finds the sheet's edges against the table beside the region: the
+    poses must see a band of TABLE_BAND_MM around it."""
+    if not checks_placement(recipe):
+        return []
+    x0, y0, x1, y1 = region
+    b = TABLE_BAND_MM
+    ras = raster((x0 - b, y0 - b, x1 + b, y1 + b), prints)
+    ny, nx = ras.counts.shape
+    ys = y0 - b + (np.arange(ny) + 0.5) * ras.cell_mm
+    xs = x0 - b + (np.arange(nx) + 0.5) * ras.cell_mm
+    gx, gy = np.meshgrid(xs, ys)
+    band = (gx < x0) | (gx > x1) | (gy < y0) | (gy > y1)
+    seen = 100.0 * float(np.count_nonzero(ras.counts[band])) / max(1, int(band.sum()))
+    if seen >= 99.0:
+        return []
+    return [
+        f"sheet.check_placement: the poses see {floor1(seen):.1f} % of the table {b:g} mm around "
+        "the region, where the sheet's edges are found; raise coverage.view_margin_mm and run "
+        f"`station plan-poses --recipe {recipe.name}`, or set sheet.check_placement: false"
+    ]
+
+
 def _resolution_problems(recipe: Recipe, poses: list[Pose], mm_px: list[float]) -> list[str]:
     need, factor = needed_mm_per_px(recipe), detector_factor(recipe)
     at = dict(zip((id(p) for p in poses), mm_px, strict=True))
@@ -480,6 +519,7 @@ def check(recipe: Recipe, model: TableCamera | None = None) -> CoverageReport:
         if f is None
     ]
     problems += _coverage_problems(recipe, region, ras)
+    problems += _placement_problems(recipe, region, [f for f in prints if f is not None])
     mm_px = [mm_per_px_of(cam, p, model) for p in poses]
     views = [view_distance_of(p, model) for p in poses]
     problems += _resolution_problems(recipe, poses, mm_px)

@@ -70,6 +70,11 @@ class MaterialError(StationError):
     """A shot does not look like the material the models were trained on."""
 
 
+class Misplaced(StationError):
+    """The sheet reaches past the inspected region, or its edges were not found in the shots
+    (sheet.check_placement): not inspected whole, no verdict."""
+
+
 class NotInspected(StationError):
     """Part of the sheet's region was seen by no shot (`glare` False: a coverage gap) or only on
     saturated pixels (`glare` True): no verdict."""

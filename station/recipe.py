@@ -114,6 +114,10 @@ class SheetConfig(_Strict):
     width_mm: float = Field(300.0, ge=1, le=5000)  # along base x
     height_mm: float = Field(300.0, ge=1, le=5000)  # along base y
     center_mm: tuple[float, float] = (400.0, 0.0)  # in the robot base frame, on the table z = 0
+    # find the sheet's edges in every part's shots: a sheet reaching past the inspected region
+    # (its place grown by coverage.edge_margin_mm) is faulted as misplaced; needs the table
+    # beside the sheet to look unlike the sheet. Not with a partial region.
+    check_placement: bool = True
 
 
 class CoverageConfig(_Strict):

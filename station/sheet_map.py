@@ -257,6 +257,24 @@ def footprint(
     return back_project(view, np.concatenate(edges), table_to_base)
 
 
+def view_box(
+    grid: Grid, view: ShotView, table_to_base: np.ndarray | None = None
+) -> tuple[slice, slice] | None:
+    """The grid cells around the footprint of what the view's map covers (None: it misses
+    the grid)."""
+    outline = footprint(view, table_to_base, per_edge=16)
+    rows, cols = grid.shape
+    if np.isnan(outline).any():  # the view sees the horizon: try every cell
+        return slice(0, rows), slice(0, cols)
+    rc = grid.cell_of(outline)
+    r0, c0 = np.floor(rc.min(axis=0)).astype(int) - 1
+    r1, c1 = np.ceil(rc.max(axis=0)).astype(int) + 2
+    r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, rows), min(c1, cols)
+    if r1 <= r0 or c1 <= c0:
+        return None
+    return slice(r0, r1), slice(c0, c1)
+
+
 @dataclass
 class _Seen:
     """Where one view's map lies on the grid: a bounding box of cells and a mask in it."""
@@ -290,20 +308,6 @@ class SheetMapper:
         self._acc: dict[tuple[str, str], np.ndarray] = {}  # max/min: fused value; mean: sum
         self._count: dict[tuple[str, str], np.ndarray] = {}  # mean only
 
-    def _box(self, view: ShotView) -> tuple[slice, slice] | None:
-        """The grid cells around the view's footprint (None: it misses the grid)."""
-        outline = footprint(view, self.table_to_base, per_edge=16)
-        rows, cols = self.grid.shape
-        if np.isnan(outline).any():  # the view sees the horizon: try every cell
-            return slice(0, rows), slice(0, cols)
-        rc = self.grid.cell_of(outline)
-        r0, c0 = np.floor(rc.min(axis=0)).astype(int) - 1
-        r1, c1 = np.ceil(rc.max(axis=0)).astype(int) + 2
-        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, rows), min(c1, cols)
-        if r1 <= r0 or c1 <= c0:
-            return None
-        return slice(r0, r1), slice(c0, c1)
-
     def add(
         self,
         view: ShotView,
@@ -320,7 +324,7 @@ class SheetMapper:
                 f"the shot {view.size}"
             )
         self.footprints[view.name] = footprint(view, self.table_to_base)
-        box = self._box(view)
+        box = view_box(self.grid, view, self.table_to_base)
         if box is None:
             empty = np.zeros((0, 0), bool)
             self.seen[view.name] = _Seen(slice(0, 0), slice(0, 0), empty, empty)

@@ -721,6 +721,29 @@ def test_a_simulated_part_shows_the_twin_defects_beside_the_found_regions(seeded
     assert "cyan boxes: the defects the twin drew (1), which a real cell does not know" in html
 
 
+def test_the_part_page_says_where_the_sheet_was_found(seeded) -> None:
+    db, sample, client = seeded
+    part = _sheet_part(db, sample)
+    html = client.get(f"/parts/{part.id}").text
+    assert 'id="sheet-placement"' not in html and 'class="sheet-outline"' not in html
+    corners = [[251.2, -149.0], [551.1, -148.6], [550.8, 151.3], [250.9, 150.9]]
+    found = {"problem": None, "offset_mm": [1.0, 1.1], "angle_deg": 0.07,
+             "size_mm": [299.9, 299.9], "corners_mm": corners, "past_region_mm": -1.7}
+    with db.session() as s:
+        s.get(Part, part.id).sheet_placement = found
+    html = client.get(f"/parts/{part.id}").text
+    said = re.search(r'<p class="muted" id="sheet-placement">([^<]+)</p>', html).group(1)
+    assert said == ("sheet found +1.0 / +1.1 mm off its place, +0.07 deg, 299.9 x 299.9 mm "
+                    "(green outline)")
+    assert ('class="sheet-outline" points="251.2,-149 551.1,-148.6 550.8,151.3 250.9,150.9"'
+            in html)
+    with db.session() as s:  # not found: the problem alone, no outline
+        s.get(Part, part.id).sheet_placement = {"problem": "the sheet's left edge was not found"}
+    html = client.get(f"/parts/{part.id}").text
+    assert "sheet not found: the sheet&#39;s left edge was not found</p>" in html
+    assert 'class="sheet-outline"' not in html
+
+
 def test_a_fail_without_a_region_on_its_map_says_what_failed_it(seeded) -> None:
 
     db, sample, client = seeded

@@ -140,10 +140,10 @@ def _tables(url: str) -> set[str]:
 
 def test_migration_from_empty_to_head_matches_models(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    assert upgrade(url) == "0006"
+    assert upgrade(url) == "0007"
     assert _tables(url) >= set(Base.metadata.tables)
     # Upgrading again is a no-op, and the schema has no drift against the models.
-    assert upgrade(url) == "0006"
+    assert upgrade(url) == "0007"
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -186,7 +186,7 @@ def test_upgrade_keeps_rows_and_then_takes_a_missing_score(tmp_path: Path) -> No
     db = open_database(url, migrate=False)
     _log_old_part(db)
     db.dispose()
-    assert upgrade(url) == "0006"
+    assert upgrade(url) == "0007"
     db = open_database(url, migrate=False)
     with db.session() as s:
         scores = sorted(s.scalars(select(Detection.score)).all())
@@ -228,7 +228,7 @@ def test_sqlite_refuses_a_value_for_good(tmp_path: Path) -> None:
 
 
 def test_postgres_migration_from_empty(fresh_postgres_url: str) -> None:
-    assert upgrade(fresh_postgres_url) == "0006"
+    assert upgrade(fresh_postgres_url) == "0007"
     assert _tables(fresh_postgres_url) >= set(Base.metadata.tables)
 
 
@@ -247,7 +247,7 @@ def _upgrade_old_rows_then_add_a_sheet_map(url: str) -> None:
     db = open_database(url, migrate=False)
     _log_old_part(db)
     db.dispose()
-    assert upgrade(url) == "0006"
+    assert upgrade(url) == "0007"
     db = open_database(url, migrate=False)
     with db.session() as s:
         part = s.scalars(select(Part)).one()
@@ -268,7 +268,7 @@ def _upgrade_old_rows_then_add_a_sheet_map(url: str) -> None:
         command.downgrade(cfg, "0003")
     engine.dispose()
     assert "sheet_defects" not in _tables(url)
-    assert upgrade(url) == "0006"  # and up again, the old part still there
+    assert upgrade(url) == "0007"  # and up again, the old part still there
     db = open_database(url, migrate=False)
     with db.session() as s:
         assert s.scalars(select(Part.sheet_map_path)).all() == [None]

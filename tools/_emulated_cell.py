@@ -41,7 +41,9 @@ SMALL_CELL: dict[str, Any] = {
         "height": 48,
         "lens": {"focal_length_mm": 12.0, "pixel_size_um": 20.0, "focus_distance_mm": 350.0},
     },
-    "sheet": {"width_mm": 30.0, "height_mm": 20.0, "center_mm": [400.0, 0.0]},
+    # the three views do not see the table all around it: no placement check
+    "sheet": {"width_mm": 30.0, "height_mm": 20.0, "center_mm": [400.0, 0.0],
+              "check_placement": False},
     "preprocess": {"size": [64, 64], "tiling": {"enabled": False}},
     "coverage": {"region_mm": None, "partial": False, "smallest_defect_mm": 5.0},
     "twin": {"defect_size_mm": [5.0, 12.0]},

@@ -69,6 +69,7 @@ def summary_table(recipe: Recipe) -> Table:
         f"poses combined by {dec.combine_poses}, detectors by {dec.combine_detectors}; "
         f"thresholds from {recipe.calibration_path} (policy {dec.policy})",
     )
+    t.add_row("placement", placement_summary(recipe))
     t.add_row("line I/O", line_io_summary(recipe))
     t.add_row("database", recipe.storage.resolved_database_url())
     t.add_row("data", str(recipe.data_dir))
@@ -132,6 +133,21 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]warning[/]: {line}", highlight=False, soft_wrap=True)
         console.print(summary_table(loaded))
         console.print(f"[green]ok[/]: {loaded.source} is valid")
+
+
+def placement_summary(recipe: Recipe) -> str:
+    """Whether each part's sheet is found in its shots, and what faults it."""
+    from station.coverage import checks_placement, placement_tolerance_mm
+
+    if checks_placement(recipe):
+        half = placement_tolerance_mm(recipe)
+        return (
+            "each sheet's edges found in its shots; a sheet reaching more than "
+            f"{half:g} mm past the region (its place grown by coverage.edge_margin_mm "
+            f"{recipe.coverage.edge_margin_mm:g} mm) is faulted as misplaced"
+        )
+    why = "partial region" if recipe.coverage.partial else "sheet.check_placement: false"
+    return f"not checked ({why}): a sheet off its place is inspected where it lies"
 
 
 def device_warnings(recipe: Recipe) -> list[str]:

@@ -15,6 +15,7 @@ raised and the sheet released to the reject path). What happens next depends on 
 |                                        |                  | operator, then reject it       |
 | shot unlike the training material      | material         | next part                      |
 | region unseen (gap) or only saturated  | not_inspected    | next part                      |
+| sheet off its place, edges not found   | misplaced        | next part                      |
 | unreadable stored image (offline)      | input            | next part                      |
 | anything unexpected (a bug)            | internal         | stop                           |
 
@@ -33,6 +34,7 @@ from station.errors import (
     DetectorError,
     LineIOError,
     MaterialError,
+    Misplaced,
     NotInspected,
     NowhereToStore,
     ProtectiveStop,
@@ -94,35 +96,9 @@ def classify(exc: BaseException) -> Fault:
             "check the robot controller, its network link and remote control mode, then resume",
             Policy.OPERATOR,
         )
-    if isinstance(exc, CameraError):
-        return Fault(
-            "camera",
-            f"camera: {text}",
-            "part rejected; check the camera cable and trigger if this repeats",
-            Policy.CONTINUE,
-        )
-    if isinstance(exc, DetectorError):
-        return Fault(
-            "detector",
-            f"detector: {text}",
-            "part rejected; check the model files and the GPU if this repeats",
-            Policy.CONTINUE,
-        )
-    if isinstance(exc, MaterialError):
-        return Fault(
-            "material",
-            text,
-            "part rejected; check that the sheet is the recipe's product and lot, else retrain",
-            Policy.CONTINUE,
-        )
-    if isinstance(exc, NotInspected):
-        fix = (
-            "lower camera.exposure_us or diffuse the light"
-            if exc.glare
-            else "check the poses against the cell's camera model with station recipe check"
-        )
-        action = f"part rejected; if this repeats, {fix}"
-        return Fault("not_inspected", text, action, Policy.CONTINUE)
+    next_part = _next_part(exc, text)
+    if next_part is not None:
+        return next_part
     if isinstance(exc, NowhereToStore):
         return Fault(
             "storage",
@@ -156,3 +132,33 @@ def classify(exc: BaseException) -> Fault:
         "the station stopped; report this with the log",  # never guess after a bug
         Policy.STOP,
     )
+
+
+def _next_part(exc: BaseException, text: str) -> Fault | None:
+    """The faults of the part alone (the station goes on with the next): camera, detector,
+    material, not inspected, misplaced; None for any other."""
+    if isinstance(exc, CameraError):
+        kind, text = "camera", f"camera: {text}"
+        todo = "part rejected; check the camera cable and trigger if this repeats"
+    elif isinstance(exc, DetectorError):
+        kind, text = "detector", f"detector: {text}"
+        todo = "part rejected; check the model files and the GPU if this repeats"
+    elif isinstance(exc, MaterialError):
+        kind = "material"
+        todo = "part rejected; check that the sheet is the recipe's product and lot, else retrain"
+    elif isinstance(exc, NotInspected):
+        kind = "not_inspected"
+        todo = "part rejected; if this repeats, " + (
+            "lower camera.exposure_us or diffuse the light"
+            if exc.glare
+            else "check the poses against the cell's camera model with station recipe check"
+        )
+    elif isinstance(exc, Misplaced):
+        kind = "misplaced"
+        todo = (
+            "part rejected; if this repeats, check the line's stops and guides against "
+            "sheet.center_mm, or widen coverage.edge_margin_mm and plan the poses again"
+        )
+    else:
+        return None
+    return Fault(kind, text, todo, Policy.CONTINUE)

@@ -52,6 +52,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from station.errors import InUse, NowhereToStore, StorageError
 from station.paths import resolve
+from station.placement import Placement
 from station.recipe import Recipe
 from station.sheet_map import SheetMap
 from station.sheet_map import render as render_sheet
@@ -242,6 +243,7 @@ class Recorder:
         sheet: SheetMap,
         thresholds: Mapping[str, float],
         camera_source: str,
+        placement: Placement | None = None,
     ) -> SheetMapRecord:
         """Write the part's sheet map picture (fused maps / thresholds, max over detectors;
         unseen cells black, cells seen only clipped grey) and set `part.sheet_map`, which
@@ -263,6 +265,7 @@ class Recorder:
                 if np.isfinite(corners).all()
             },
             defects=sheet.defects(thresholds),
+            placement=None if placement is None else placement.as_dict(),
         )
         return part.sheet_map
 

@@ -20,11 +20,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from station.cellcal.store import CameraModel
-from station.errors import NotInspected, StationError
+from station.coverage import checks_placement, placement_tolerance_mm, region_rect, sheet_rect
+from station.errors import Misplaced, NotInspected, StationError
 from station.imaging import saturated_mask
 from station.inspection.faults import Fault, classify
 from station.inspection.recorder import Recorder
 from station.inspection.results import SheetOutcome, Timings
+from station.placement import EdgeMosaic, Placement, find_sheet, mosaic_grid
 from station.recipe import Recipe
 from station.sheet_map import SheetMap, recipe_mapper, shot_view
 from station.storage.parts import PartRecord
@@ -52,6 +54,12 @@ class PartSheet:
         self.recipe = recipe
         self.camera = camera
         self.mapper = recipe_mapper(recipe, camera.table_to_base)
+        self.edges = (
+            EdgeMosaic(mosaic_grid(region_rect(recipe), placement_reach_mm(recipe)),
+                       camera.table_to_base)
+            if checks_placement(recipe)
+            else None
+        )
         self.error: str | None = None
         self._lock = threading.Lock()
 
@@ -77,6 +85,8 @@ class PartSheet:
                 )
                 saturated = None if image is None else saturated_mask(image)
                 self.mapper.add(view, maps, saturated)
+                if self.edges is not None and image is not None:
+                    self.edges.add(view, image)
             except (StationError, ValueError, np.linalg.LinAlgError) as exc:
                 msg = exc.message if isinstance(exc, StationError) else str(exc)
                 self.error = f"shot {name}: {msg}"
@@ -86,6 +96,28 @@ class PartSheet:
             if self.error is not None:
                 raise SheetMapError(f"sheet map not built: {self.error}")
             return self.mapper.result()
+
+    def placement(self) -> Placement | None:
+        """Where the sheet was found in the shots (None: the recipe does not check)."""
+        if self.edges is None:
+            return None
+        with self._lock:
+            values = self.edges.result()
+        rcp = self.recipe
+        return find_sheet(values, self.edges.grid, sheet_rect(rcp), region_rect(rcp),
+                          placement_tolerance_mm(rcp))
+
+
+def placement_reach_mm(recipe: Recipe) -> float:
+    """How far past the region the edge search looks: what the planned views see past it,
+    and a little more for hand-placed poses."""
+    return recipe.coverage.view_margin_mm + 8.0
+
+
+def check_placement(placement: Placement | None) -> None:
+    """Misplaced when the sheet reaches past the region or its edges were not found."""
+    if placement is not None and placement.problem is not None:
+        raise Misplaced(f"not inspected whole: {placement.problem}")
 
 
 def part_peaks(sheet: SheetMap, detectors: Sequence[str]) -> dict[str, float]:
@@ -145,8 +177,12 @@ def finish_sheet(
         with timings.measure("inference"):
             result = sheet.result()
             peaks = part_peaks(result, list(thresholds))
+            placement = sheet.placement()
         with timings.measure("logging"):
-            record = recorder.write_sheet_map(part, result, thresholds, sheet.camera.source)
+            record = recorder.write_sheet_map(
+                part, result, thresholds, sheet.camera.source, placement
+            )
+        check_placement(placement)
         unseen, blind = check_seen(result, sheet.recipe)
     except StationError as exc:
         return None, classify(exc)

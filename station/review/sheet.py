@@ -35,6 +35,8 @@ class SheetView:
     selected: dict[str, Any] | None = None
     label_mm: float = 1.0  # text size, in mm, for pose names on the map
     twin: list[dict[str, Any]] = field(default_factory=list)  # the twin's defects: box, label
+    placement: str | None = None  # where the sheet was found, in words (None: not checked)
+    outline: str | None = None  # its found corners as SVG points
 
 
 def _box(value: Any) -> tuple[float, float, float, float] | None:
@@ -92,6 +94,7 @@ def sheet_view(root: Path, part: Part, selected: int | None) -> SheetView | None
             size = t.get("size_mm")
             sized = f" {size:g} mm" if isinstance(size, int | float) else ""
             view.twin.append({"box": box, "label": f"{t.get('kind', 'defect')}{sized}"})
+    view.placement, view.outline = _placement(part.sheet_placement)
     seeing = set(view.selected["shots"]) if view.selected else set()
     for shot in part.shots:
         corners = shot.footprint_mm
@@ -108,3 +111,24 @@ def sheet_view(root: Path, part: Part, selected: int | None) -> SheetView | None
             }
         )
     return view
+
+
+def _placement(found: Any) -> tuple[str | None, str | None]:
+    """The stored placement (station.placement) in words, and the found outline as SVG
+    points; (None, None) for a part whose recipe does not check it."""
+    if not isinstance(found, dict):
+        return None, None
+    problem = found.get("problem")
+    try:
+        dx, dy = (float(v) for v in found["offset_mm"])
+        w, h = (float(v) for v in found["size_mm"])
+        angle = float(found["angle_deg"])
+        corners = [(float(x), float(y)) for x, y in found["corners_mm"]]
+    except (KeyError, TypeError, ValueError):  # not found: only the problem
+        return f"sheet not found: {problem or 'no edges stored'}", None
+    dx, dy, angle = round(dx, 1) + 0.0, round(dy, 1) + 0.0, round(angle, 2) + 0.0  # no "-0.0"
+    text = problem or (
+        f"sheet found {dx:+.1f} / {dy:+.1f} mm off its place, {angle:+.2f} deg, "
+        f"{w:.1f} x {h:.1f} mm"
+    )
+    return text, " ".join(f"{x:g},{y:g}" for x, y in corners)

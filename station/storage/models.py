@@ -86,6 +86,9 @@ class Part(Base):
     # the twin's defects on the sheet (0006; twin only): kind, centre_mm, size_mm, bbox_mm in
     # base-frame mm, each as `station.twin` drew it, whether or not a shot saw it
     twin_defects: Mapped[list[Any] | None] = mapped_column()
+    # where the sheet was found in the shots (0007; NULL when the recipe does not check it):
+    # problem, offset_mm, angle_deg, size_mm, corners_mm, past_region_mm (station.placement)
+    sheet_placement: Mapped[dict[str, Any] | None] = mapped_column()
 
     shots: Mapped[list[Shot]] = relationship(
         back_populates="part", cascade="all, delete-orphan", order_by="Shot.pose_index"

@@ -96,6 +96,9 @@ class SheetMapRecord:
     region_mm: list[float]  # [x0, y0, x1, y1]
     footprints: dict[str, list[list[float]]] = field(default_factory=dict)  # pose -> 4 corners
     defects: list[SheetDefect] = field(default_factory=list)
+    # where the sheet was found in the shots (station.placement.Placement.as_dict); None
+    # when the recipe does not check it
+    placement: dict[str, Any] | None = None
     written: bool = False  # set once a commit holds it
 
     @staticmethod
@@ -339,7 +342,7 @@ def _sheet_args(sheet: SheetMapRecord) -> dict[str, Any]:
         name: getattr(sheet, name)
         for name in (
             "png_path", "extent_mm", "mm_per_px", "fusion", "camera_source", "region_mm",
-            "footprints", "defects",
+            "footprints", "defects", "placement",
         )
     }  # fmt: skip
 
@@ -380,21 +383,23 @@ def record_sheet_map(
     region_mm: Sequence[float],
     footprints: Mapping[str, Sequence[Sequence[float]]],
     defects: Sequence[SheetDefect],
+    placement: Mapping[str, Any] | None = None,
 ) -> list[SheetDefectRow]:
     """Write `part`'s sheet map into `session` (the one holding the part's row and its shots).
 
     Sets the part's sheet-map columns, each named shot's footprint (pose name -> 4 corners in
     base-frame mm) and replaces the part's sheet defects (numbered 0, 1, ... in the given
-    order). The image's pixel (col, row) covers x0 + col * mm_per_px, y0 + row * mm_per_px
-    onward, for `extent_mm` = [x0, y0, x1, y1]: rows run along +y. Calling it again replaces
-    the map. RecordRefused (nothing written) on a value that cannot be stored: a bad rectangle
-    or scale, an unknown fusion rule, or a pose name the part has no shot for. The caller's
+    order); `placement`: where the sheet was found (station.placement), None when unchecked.
+    The image's pixel (col, row) covers x0 + col * mm_per_px, y0 + row * mm_per_px onward,
+    for `extent_mm` = [x0, y0, x1, y1]: rows run along +y. Calling it again replaces the map.
+    RecordRefused (nothing written) on a value that cannot be stored: a bad rectangle or
+    scale, an unknown fusion rule, or a pose name the part has no shot for. The caller's
     session commits.
     """
     sheet = SheetMapRecord(
         png_path, list(extent_mm), mm_per_px, fusion, camera_source, list(region_mm),
         {pose: [list(c) for c in corners] for pose, corners in footprints.items()},
-        list(defects),
+        list(defects), None if placement is None else dict(placement),
     )  # fmt: skip
     columns, corners, defect_rows = sheet_map_columns(
         sheet, [shot.pose_name for shot in part.shots], f"part {part.sequence}"
@@ -439,6 +444,7 @@ def sheet_map_columns(
         "sheet_map_fusion": sheet.fusion,
         "sheet_map_camera": sheet.camera_source,
         "sheet_region_mm": region,
+        "sheet_placement": sheet.placement,
     }
     corners = {pose: _corners(pose, value) for pose, value in sheet.footprints.items()}
     return columns, corners, [_defect_row(i, d) for i, d in enumerate(sheet.defects)]

@@ -40,7 +40,10 @@ from station.twin.sheet import (
 from station.twin.truth import BoardOnTable, TrueCamera
 from station.twin.variant import Variant
 
-FAULT_KINDS = ("protective_stop", "link_lost", "camera_timeout", "failed_buffer")
+FAULT_KINDS = (
+    "protective_stop", "link_lost", "camera_timeout", "failed_buffer", "misplaced_sheet",
+)
+MISPLACED_MM = (9.0, -4.0)  # how far the line's "misplaced_sheet" fault puts a sheet off its place
 MAX_TEXELS = 4_000_000  # largest layer raster rendered at once
 CACHE_SIZE = 3
 PPM_STEPS = 16  # layer rasters use px/mm from the ladder 2^(k/16)
@@ -157,7 +160,8 @@ class TwinWorld:
 
         protective_stop: a robot move stops (latched until cleared). link_lost: the robot and
         line I/O link drops (latched). camera_timeout / failed_buffer: grab attempts fail,
-        `count` times (None: every attempt until cleared).
+        `count` times (None: every attempt until cleared). misplaced_sheet: the line brings
+        sheets MISPLACED_MM off their place.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
@@ -248,6 +252,9 @@ class TwinWorld:
         part_id = part_id or f"TWIN-{self.seed}-{self.sheets_presented:06d}"
         spec = self.make_sheet(seed, defective)
         spec = self.material_switch.apply(spec, self.sheets_presented, self.twin.roving_pitch_mm)
+        if self.trip("misplaced_sheet"):
+            x, y = spec.centre_mm
+            spec = dataclasses.replace(spec, centre_mm=(x + MISPLACED_MM[0], y + MISPLACED_MM[1]))
         self.present(spec, part_id)
         return spec, part_id
 

@@ -1,0 +1,152 @@
+"""Benchmark: the placement check (sheet.check_placement) on twin sheets.
+
+Each sheet comes from the twin's line with the recipe's defect rate (`--defect-rate` to change
+it) and its own placement jitter (about 1 mm and 0.3 deg); every `--shift-every`-th sheet is
+also moved by a random offset of up to `--shift-mm` (uniform in x and y), to see the check
+where it matters. Each sheet's shots are rendered at the recipe's poses (the twin's exact
+camera, as `station inspect` uses it there) and measured by `station.placement` as
+inspection measures them.
+
+Reported:
+- the measurement's error against the twin's own placement: centre offset (x, y), angle, and
+  the size (the twin's sheets are exactly the recipe's size);
+- how many sheets truly reach past the inspected region by more than the tolerance (from the
+  twin's corners) and how many the check faults: both ways of disagreeing are counted;
+- the time per part of the mosaic and the fit, against the sheet map's fusion of one
+  detector's maps of the same shots in the same run (the baseline).
+
+    .venv/bin/python tools/bench_placement.py [--sheets 200] [--seed 0] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _true_past(spec: Any, region: tuple[float, float, float, float]) -> float:
+    """How far the twin's sheet reaches past the region (mm; <= 0 inside)."""
+    hw, hh = spec.size_mm[0] / 2, spec.size_mm[1] / 2
+    c, s = math.cos(spec.angle_rad), math.sin(spec.angle_rad)
+    cx, cy = spec.centre_mm
+    pts = np.array([(cx + c * x - s * y, cy + s * x + c * y) for x in (-hw, hw) for y in (-hh, hh)])
+    x0, y0, x1, y1 = region
+    return float(max((x0 - pts[:, 0]).max(), (pts[:, 0] - x1).max(),
+                     (y0 - pts[:, 1]).max(), (pts[:, 1] - y1).max()))  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from station.cellcal.store import inspection_camera
+    from station.coverage import placement_tolerance_mm, region_rect, sheet_rect
+    from station.inspection.sheet import placement_reach_mm
+    from station.placement import EdgeMosaic, find_sheet, mosaic_grid
+    from station.recipe import load_recipe
+    from station.sheet_map import recipe_mapper, shot_view
+    from station.twin.world import TwinWorld, pose_tcp
+
+    recipe = load_recipe(args.recipe)
+    camera = inspection_camera(recipe)
+    world = TwinWorld(recipe, seed=args.seed, defect_rate=args.defect_rate)
+    region, nominal = region_rect(recipe), sheet_rect(recipe)
+    tol = placement_tolerance_mm(recipe)
+    rng = np.random.default_rng([args.seed, 5])
+    rows, t_place, t_map = [], 0.0, 0.0
+    for i in range(args.sheets):
+        spec, _ = world.next_sheet()
+        if args.shift_every and i % args.shift_every == args.shift_every - 1:
+            dx, dy = rng.uniform(-args.shift_mm, args.shift_mm, 2)
+            spec = dataclasses.replace(spec, centre_mm=(spec.centre_mm[0] + dx,
+                                                        spec.centre_mm[1] + dy))
+            world.present(spec)
+        shots = []
+        for pose in recipe.robot.poses:
+            tcp = pose_tcp(pose)
+            shots.append((shot_view(camera, pose.name, tcp, recipe.preprocess.crop),
+                          world.render(tcp).image))
+        t0 = time.perf_counter()
+        mosaic = EdgeMosaic(mosaic_grid(region, placement_reach_mm(recipe)), camera.table_to_base)
+        for view, image in shots:
+            mosaic.add(view, image)
+        found = find_sheet(mosaic.result(), mosaic.grid, nominal, region, tol)
+        t1 = time.perf_counter()
+        mapper = recipe_mapper(recipe, camera.table_to_base)
+        for view, image in shots:  # one detector's map of the whole shot (tiles stitched)
+            mapper.add(view, {"map": np.zeros(image.shape[:2], np.float32)}, None)
+        mapper.result()
+        t2 = time.perf_counter()
+        t_place += t1 - t0
+        t_map += t2 - t1
+        true_off = (spec.centre_mm[0] - recipe.sheet.center_mm[0],
+                    spec.centre_mm[1] - recipe.sheet.center_mm[1])
+        rows.append({
+            "sheet": i, "defects": [d.kind for d in spec.defects],
+            "true_offset_mm": [round(v, 3) for v in true_off],
+            "true_angle_deg": round(math.degrees(spec.angle_rad), 4),
+            "true_past_mm": round(_true_past(spec, region), 3),
+            **found.as_dict(),
+        })
+        if args.verbose:
+            print(i, rows[-1]["true_past_mm"], found.summary(), found.problem or "")
+    return _summary(rows, tol, t_place, t_map, args)
+
+
+def _summary(rows: list[dict[str, Any]], tol: float, t_place: float, t_map: float,
+             args: argparse.Namespace) -> dict[str, Any]:
+    found = [r for r in rows if r["offset_mm"] is not None]
+    err = np.array([[r["offset_mm"][0] - r["true_offset_mm"][0],
+                     r["offset_mm"][1] - r["true_offset_mm"][1],
+                     r["angle_deg"] - r["true_angle_deg"],
+                     r["size_mm"][0] - 300.0, r["size_mm"][1] - 300.0] for r in found])
+    truly = [r["true_past_mm"] > tol for r in rows]
+    faulted = [r["problem"] is not None for r in rows]
+    n = len(rows)
+    out = {
+        "recipe": args.recipe, "sheets": n, "seed": args.seed, "tolerance_mm": tol,
+        "found": len(found),
+        "error_mean": dict(zip(("dx", "dy", "angle_deg", "width", "height"),
+                               np.round(err.mean(axis=0), 3).tolist(), strict=True)),
+        "error_abs_max": dict(zip(("dx", "dy", "angle_deg", "width", "height"),
+                                  np.round(np.abs(err).max(axis=0), 3).tolist(), strict=True)),
+        "truly_past": int(sum(truly)), "faulted": int(sum(faulted)),
+        "faulted_in_tolerance": [r["sheet"] for r, t, f in zip(rows, truly, faulted, strict=True)
+                                 if f and not t],
+        "passed_past_tolerance": [r["sheet"] for r, t, f in zip(rows, truly, faulted, strict=True)
+                                  if t and not f],
+        "ms_per_part": round(1000 * t_place / n, 1),
+        "ratio_to_sheet_map": round(t_place / max(t_map, 1e-9), 2),
+        "rows": rows,
+    }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default=str(REPO / "recipes" / "glassfiber.yaml"))
+    ap.add_argument("--sheets", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--defect-rate", type=float, default=None)
+    ap.add_argument("--shift-every", type=int, default=4, help="0: no extra shifts")
+    ap.add_argument("--shift-mm", type=float, default=6.0)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+    out = run(args)
+    brief = {k: v for k, v in out.items() if k != "rows"}
+    print(json.dumps(brief, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
