@@ -519,7 +519,8 @@ def check(recipe: Recipe, model: TableCamera | None = None) -> CoverageReport:
         if f is None
     ]
     problems += _coverage_problems(recipe, region, ras)
-    problems += _placement_problems(recipe, region, [f for f in prints if f is not None])
+    if not ras.gaps:  # with a gap in the region, planning the poses again comes first
+        problems += _placement_problems(recipe, region, [f for f in prints if f is not None])
     mm_px = [mm_per_px_of(cam, p, model) for p in poses]
     views = [view_distance_of(p, model) for p in poses]
     problems += _resolution_problems(recipe, poses, mm_px)

@@ -29,6 +29,8 @@ INSIDE_MM = 15.0  # a scan line starts this far inside the nominal edge (a quart
 CORNER_MM = 15.0  # ... and none runs within this of a nominal corner (a fifth of a short side)
 SCAN_STEP_MM = 2.0  # between scan lines
 TABLE_RUN_MM = 2.0  # the edge: the first run of table this long (a smaller hole is skipped)
+MIN_CONTRAST = 3.0  # grey levels between the sheet's median and the table's, at least
+MAX_LIKE_TABLE = 0.05  # share of the sheet's place on the table's side of the threshold, at most
 MIN_FOUND = 0.5  # share of a side's scan lines that must agree on its line
 MAX_BEYOND = 0.2  # share of scan lines reaching the views' end on sheet: the edge is past view
 OUTLIER_MM = 1.0  # a scan line this far off the fitted edge (or 3 robust sigmas) is left out
@@ -171,15 +173,16 @@ def find_sheet(
     if outer.sum() < 100:
         return Placement("the shots see no table beside the sheet (coverage.view_margin_mm)")
     sheet_level, table_level = float(np.median(sm[inner])), float(np.median(sm[outer]))
-    spread = 1.4826 * float(np.median(np.abs(sm[inner] - sheet_level)))
-    if abs(sheet_level - table_level) < max(4.0 * spread, 3.0):
-        return Placement(
-            f"sheet and table look alike (grey {sheet_level:.0f} against {table_level:.0f}, "
-            f"spread {spread:.1f}): no sheet on the table, or its edges cannot be told from the "
-            "table (then set sheet.check_placement: false)"
-        )
     sign = 1.0 if sheet_level > table_level else -1.0
     threshold = (sheet_level + table_level) / 2.0
+    like_table = float(np.mean(sign * (sm[inner] - threshold) < 0))
+    if abs(sheet_level - table_level) < MIN_CONTRAST or like_table > MAX_LIKE_TABLE:
+        return Placement(
+            f"sheet and table look alike (grey {sheet_level:.0f} against {table_level:.0f}; "
+            f"{100 * like_table:.0f} % of the sheet's place on the table's side): no sheet on "
+            "the table, or its edges cannot be told from the table (then set "
+            "sheet.check_placement: false)"
+        )
     level = np.where(np.isfinite(sm), sign * (sm - threshold), np.nan)
     sides = {name: _side(level, grid, sheet_mm, name) for name in SIDES}
     for name, side in sides.items():

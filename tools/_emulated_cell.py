@@ -45,7 +45,8 @@ SMALL_CELL: dict[str, Any] = {
     "sheet": {"width_mm": 30.0, "height_mm": 20.0, "center_mm": [400.0, 0.0],
               "check_placement": False},
     "preprocess": {"size": [64, 64], "tiling": {"enabled": False}},
-    "coverage": {"region_mm": None, "partial": False, "smallest_defect_mm": 5.0},
+    "coverage": {"region_mm": None, "partial": False, "smallest_defect_mm": 5.0,
+                 "edge_margin_mm": 3.0},  # the views are 28 mm tall: a 26 mm region
     "twin": {"defect_size_mm": [5.0, 12.0]},
     "detectors": [{"name": "patchcore", "device": "cpu", "params": {"coreset_ratio": 0.5}}],
     # the drills train PatchCore without `station train`, so no material model: check off
