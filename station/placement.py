@@ -289,7 +289,8 @@ def _placed(
     tolerance_mm: float,
 ) -> Placement:
     """Corners, offset, angle and size from the four fitted edges; the problem when the
-    outline reaches past the region by more than the tolerance."""
+    outline reaches past the region by more than the tolerance, or the sheet's width or height
+    is off the recipe's by more than the region's margin (at least twice the tolerance)."""
     lines = {k: v.line for k, v in sides.items()}
     corners = tuple(
         _meet(lines[v], lines[h])  # type: ignore[arg-type]
@@ -315,6 +316,14 @@ def _placed(
             f"the sheet lies {_signed(offset[0])} / {_signed(offset[1])} mm off its place, "
             f"{_signed(angle, 2)} deg: it reaches {past:.1f} mm past the inspected region "
             f"(tolerance {tolerance_mm:.1f} mm), not inspected whole"
+        )
+    # a sheet of another size than the region was drawn for: another product, or torn
+    size_tol = max(min(x0 - rx0, y0 - ry0, rx1 - x1, ry1 - y1), 2.0 * tolerance_mm)
+    if problem is None and max(abs(width - (x1 - x0)), abs(height - (y1 - y0))) > size_tol:
+        problem = (
+            f"the sheet measures {width:.1f} x {height:.1f} mm, the recipe's "
+            f"{x1 - x0:g} x {y1 - y0:g} mm (tolerance {size_tol:.1f} mm): another product, "
+            "or a torn or folded sheet"
         )
     return Placement(
         problem,

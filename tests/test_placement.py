@@ -29,6 +29,7 @@ def _drawn(
     seen_mm: float = REACH,
     sheet_present: bool = True,
     seed: int = 0,
+    half_mm: tuple[float, float] = (150.0, 150.0),
 ) -> tuple[np.ndarray, Grid]:
     """A mosaic of a woven 300 x 300 mm sheet at `offset` and `angle_deg` on a plain table,
     seen to `seen_mm` past the region (NaN beyond)."""
@@ -43,7 +44,7 @@ def _drawn(
     weave = 15.0 * np.sin(2 * np.pi * lx / 2.5) * np.sin(2 * np.pi * ly / 2.5)
     sheet = sheet_grey + weave + rng.normal(0, 3, lx.shape)
     table = table_grey + rng.normal(0, 4, lx.shape)
-    on = (np.abs(lx) <= 150.0) & (np.abs(ly) <= 150.0) & sheet_present
+    on = (np.abs(lx) <= half_mm[0]) & (np.abs(ly) <= half_mm[1]) & sheet_present
     values = np.where(on, sheet, table).reshape(grid.shape[0], 4, grid.shape[1], 4)
     values = values.mean(axis=(1, 3))
     c = grid.centres()
@@ -90,6 +91,15 @@ def test_a_sheet_reaching_past_the_region_is_a_problem() -> None:
     turned = _find(*_drawn((0.0, 0.0), 2.0))
     assert turned.past_region_mm == pytest.approx(150 * (math.sin(a) + math.cos(a)) - 153, abs=0.3)
     assert turned.problem is not None
+
+
+def test_a_sheet_of_another_size_is_a_problem() -> None:
+    small = _find(*_drawn(half_mm=(145.0, 150.0)))  # 290 x 300 mm in the 300 x 300 place
+    assert small.found and small.size_mm == pytest.approx((290.0, 300.0), abs=0.6)
+    assert small.problem is not None
+    assert small.problem.startswith("the sheet measures 290.0 x 300.0 mm, the recipe's 300 x 300")
+    assert "(tolerance 3.0 mm): another product" in small.problem
+    assert _find(*_drawn(half_mm=(148.8, 150.0))).problem is None  # 2.4 mm short: within
 
 
 def test_an_edge_past_what_the_shots_see_is_a_problem() -> None:
