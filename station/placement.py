@@ -8,7 +8,8 @@ median inside the sheet's place against the median outside the region), walks sc
 across each nominal edge to the first run of table, fits a line to each edge (outliers left
 out: a hole or an object at the edge moves a few scan lines, not the line) and intersects them:
 the sheet's corners, centre offset, angle and size. `Placement.problem` says why the sheet is
-not where it must be, or why its edges could not be found. Pure (numpy, OpenCV).
+not where (or not the size) it must be, or why its edges could not be found. Pure (numpy,
+OpenCV).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ SIDES = ("left", "right", "bottom", "top")  # x0, x1, y0, y1 of the base frame
 
 @dataclass(frozen=True)
 class Placement:
-    """The sheet as found. `problem` (one line) when it lies past the region or was not found;
-    the other fields are None when the edges were not all found."""
+    """The sheet as found. `problem` (one line) when it lies past the region, is of another
+    size or was not found; the other fields are None when the edges were not all found."""
 
     problem: str | None
     offset_mm: tuple[float, float] | None = None  # centre minus the recipe's sheet.center_mm
