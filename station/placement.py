@@ -177,12 +177,17 @@ def find_sheet(
     sign = 1.0 if sheet_level > table_level else -1.0
     threshold = (sheet_level + table_level) / 2.0
     like_table = float(np.mean(sign * (sm[inner] - threshold) < 0))
-    if abs(sheet_level - table_level) < MIN_CONTRAST or like_table > MAX_LIKE_TABLE:
+    if abs(sheet_level - table_level) < MIN_CONTRAST:
         return Placement(
-            f"sheet and table look alike (grey {sheet_level:.0f} against {table_level:.0f}; "
-            f"{100 * like_table:.0f} % of the sheet's place on the table's side): no sheet on "
-            "the table, or its edges cannot be told from the table (then set "
+            f"sheet and table look alike (grey {sheet_level:.0f} against {table_level:.0f}): "
+            "no sheet on the table, or its edges cannot be told from the table (then set "
             "sheet.check_placement: false)"
+        )
+    if like_table > MAX_LIKE_TABLE:
+        return Placement(
+            f"{100 * like_table:.0f} % of the sheet's place looks like the table (grey "
+            f"{sheet_level:.0f} against {table_level:.0f}): a sheet far off its place, a large "
+            "hole or dark area, or a table whose edges cannot be told from the sheet"
         )
     level = np.where(np.isfinite(sm), sign * (sm - threshold), np.nan)
     sides = {name: _side(level, grid, sheet_mm, name) for name in SIDES}

@@ -119,6 +119,13 @@ def test_an_empty_table_or_a_table_like_the_sheet_is_a_problem() -> None:
         assert not pl.found
         assert pl.problem is not None and pl.problem.startswith("sheet and table look alike")
         assert "sheet.check_placement: false" in pl.problem
+    values, grid = _drawn()
+    c = grid.centres()
+    values[np.hypot(c[..., 0] - 400.0, c[..., 1]) < 40.0] = 20.0  # a hole 80 mm across
+    holed = _find(values, grid)
+    assert holed.problem is not None and not holed.found
+    assert holed.problem.startswith("7 % of the sheet's place looks like the table")
+    assert "a large hole or dark area" in holed.problem
     blind = _find(*_drawn(seen_mm=-4.0))  # the views end inside the region
     assert blind.problem == "the shots see no table beside the sheet (coverage.view_margin_mm)"
 
