@@ -734,7 +734,7 @@ def test_the_part_page_says_where_the_sheet_was_found(seeded) -> None:
     html = client.get(f"/parts/{part.id}").text
     said = re.search(r'<p class="muted" id="sheet-placement">([^<]+)</p>', html).group(1)
     assert said == ("sheet found +1.0 / +1.1 mm off its place, +0.07 deg, 299.9 x 299.9 mm "
-                    "(green outline)")
+                    "(magenta outline)")
     assert ('class="sheet-outline" points="251.2,-149 551.1,-148.6 550.8,151.3 250.9,150.9"'
             in html)
     with db.session() as s:  # not found: the problem alone, no outline
