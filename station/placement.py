@@ -17,13 +17,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
+from station.coverage import placement_tolerance_mm, region_rect, sheet_rect
 from station.sheet_map import Grid, ShotView, on_table, project, view_box
 
+if TYPE_CHECKING:
+    from station.recipe import Recipe
+
+REACH_MM = 8.0  # the mosaic reaches this far past what the planned views see (hand-set poses)
 MOSAIC_MM = 1.0  # grid cell of the grey mosaic (0.5 gave the same edges at 3x the time)
 SMOOTH_MM = 2.0  # box over the weave before the threshold
 INSIDE_MM = 15.0  # a scan line starts this far inside the nominal edge (a quarter of a small sheet)
@@ -127,6 +132,18 @@ def mosaic_grid(region_mm: tuple[float, float, float, float], reach_mm: float) -
     return Grid.over((x0 - reach_mm, y0 - reach_mm, x1 + reach_mm, y1 + reach_mm), MOSAIC_MM)
 
 
+def recipe_mosaic(recipe: Recipe, table_to_base: np.ndarray | None = None) -> EdgeMosaic:
+    """A part's mosaic for `recipe`: its region grown by coverage.view_margin_mm + REACH_MM."""
+    reach = recipe.coverage.view_margin_mm + REACH_MM
+    return EdgeMosaic(mosaic_grid(region_rect(recipe), reach), table_to_base)
+
+
+def find_recipe_sheet(values: np.ndarray, grid: Grid, recipe: Recipe) -> Placement:
+    """`find_sheet` against the recipe's sheet, region and placement tolerance."""
+    return find_sheet(values, grid, sheet_rect(recipe), region_rect(recipe),
+                      placement_tolerance_mm(recipe))
+
+
 def _smooth(values: np.ndarray, cells: int) -> np.ndarray:
     """A box mean over about `cells` (odd, so centred) that ignores unseen cells (NaN stays
     NaN)."""
@@ -190,7 +207,7 @@ def find_sheet(
             "hole or dark area, or a table whose edges cannot be told from the sheet"
         )
     level = np.where(np.isfinite(sm), sign * (sm - threshold), np.nan)
-    sides = {name: _side(level, grid, sheet_mm, name) for name in SIDES}
+    sides = {name: _side(level, grid, sheet_mm, inside, name) for name in SIDES}
     for name, side in sides.items():
         if side.beyond > MAX_BEYOND * side.lines:
             return Placement(
@@ -220,7 +237,11 @@ def _grow(rect: tuple[float, float, float, float], mm: float) -> tuple[float, ..
 
 
 def _side(
-    level: np.ndarray, grid: Grid, sheet_mm: tuple[float, float, float, float], name: str
+    level: np.ndarray,
+    grid: Grid,
+    sheet_mm: tuple[float, float, float, float],
+    inside_mm: float,
+    name: str,
 ) -> _Side:
     """Scan lines across one nominal edge, from INSIDE_MM inside it outwards; the edge fitted
     to where each first meets TABLE_RUN_MM of table."""
@@ -234,7 +255,7 @@ def _side(
     edge = {"left": x0, "right": x1, "bottom": y0, "top": y1}[name]
     out = -1 if name in ("left", "bottom") else 1
     origin, line_origin = (grid.x0, grid.y0) if vertical else (grid.y0, grid.x0)
-    start = int(round((edge - out * _inside_mm(sheet_mm) - origin) / s - 0.5))
+    start = int(round((edge - out * inside_mm - origin) / s - 0.5))
     run = max(1, round(TABLE_RUN_MM / s))
     pts, beyond, inward = [], 0, 0
     for t in along:

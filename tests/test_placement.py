@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from station.coverage import placement_tolerance_mm, region_rect, sheet_rect
-from station.placement import EdgeMosaic, Placement, find_sheet, mosaic_grid
+from station.placement import Placement, find_recipe_sheet, find_sheet, mosaic_grid, recipe_mosaic
 from station.recipe import load_recipe
 from station.sheet_map import Grid, shot_view
 
@@ -153,16 +152,14 @@ def test_the_twin_sheet_is_found_where_the_twin_put_it(station_home: Path) -> No
     camera = inspection_camera(recipe)
     world = TwinWorld(recipe, seed=5)
     world.inject_fault("misplaced_sheet", after=1, count=1)
-    region = region_rect(recipe)
     found = []
     for _ in range(2):
         spec, _ = world.next_sheet()
-        mosaic = EdgeMosaic(mosaic_grid(region, 16.0), camera.table_to_base)
+        mosaic = recipe_mosaic(recipe, camera.table_to_base)
         for pose in recipe.robot.poses:
             tcp = pose_tcp(pose)
             mosaic.add(shot_view(camera, pose.name, tcp), world.render(tcp).image)
-        pl = find_sheet(mosaic.result(), mosaic.grid, sheet_rect(recipe), region,
-                        placement_tolerance_mm(recipe))
+        pl = find_recipe_sheet(mosaic.result(), mosaic.grid, recipe)
         true = (spec.centre_mm[0] - recipe.sheet.center_mm[0],
                 spec.centre_mm[1] - recipe.sheet.center_mm[1])
         assert pl.offset_mm == pytest.approx(true, abs=0.5)

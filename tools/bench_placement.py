@@ -48,9 +48,8 @@ def _true_past(spec: Any, region: tuple[float, float, float, float]) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from station.cellcal.store import inspection_camera
-    from station.coverage import placement_tolerance_mm, region_rect, sheet_rect
-    from station.inspection.sheet import placement_reach_mm
-    from station.placement import EdgeMosaic, find_sheet, mosaic_grid
+    from station.coverage import placement_tolerance_mm, region_rect
+    from station.placement import find_recipe_sheet, recipe_mosaic
     from station.recipe import load_recipe
     from station.sheet_map import recipe_mapper, shot_view
     from station.twin.world import TwinWorld, pose_tcp
@@ -58,8 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recipe = load_recipe(args.recipe)
     camera = inspection_camera(recipe)
     world = TwinWorld(recipe, seed=args.seed, defect_rate=args.defect_rate)
-    region, nominal = region_rect(recipe), sheet_rect(recipe)
-    tol = placement_tolerance_mm(recipe)
+    region, tol = region_rect(recipe), placement_tolerance_mm(recipe)
     rng = np.random.default_rng([args.seed, 5])
     rows, t_place, t_map = [], 0.0, 0.0
     for i in range(args.sheets):
@@ -75,10 +73,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shots.append((shot_view(camera, pose.name, tcp, recipe.preprocess.crop),
                           world.render(tcp).image))
         t0 = time.perf_counter()
-        mosaic = EdgeMosaic(mosaic_grid(region, placement_reach_mm(recipe)), camera.table_to_base)
+        mosaic = recipe_mosaic(recipe, camera.table_to_base)
         for view, image in shots:
             mosaic.add(view, image)
-        found = find_sheet(mosaic.result(), mosaic.grid, nominal, region, tol)
+        found = find_recipe_sheet(mosaic.result(), mosaic.grid, recipe)
         t1 = time.perf_counter()
         mapper = recipe_mapper(recipe, camera.table_to_base)
         for view, image in shots:  # one detector's map of the whole shot (tiles stitched)

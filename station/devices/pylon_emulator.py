@@ -31,7 +31,7 @@ from station.errors import StationError
 from station.files import atomic_write, writing
 from station.paths import resolve
 from station.recipe import Recipe, card_pose
-from station.twin import render_card_shot, render_part_shots
+from station.twin import render_part_shots
 
 # files this module writes, and the board views `calibrate-camera --prepare-emulator` writes
 _OURS = re.compile(r"^(p\d{6}_\d{2}_.+|view\d{2,})\.png(\.tmp)?$")
@@ -132,11 +132,8 @@ def prepare_twin_images(
     shots: list[EmulatorShot] = []
     for i in range(count):
         seed = seed0 + i
-        rendered = render_part_shots(recipe, seed, defective)
-        if len(played_poses(recipe, use, i)) > len(rendered):
-            pose, image = render_card_shot(recipe, seed)
-            rendered.append((pose, image, np.zeros(image.shape[:2], np.uint8)))
-        for j, (pose, image, mask) in enumerate(rendered):
+        card = len(played_poses(recipe, use, i)) > len(recipe.robot.poses)
+        for j, (pose, image, mask) in enumerate(render_part_shots(recipe, seed, defective, card)):
             if image.shape[:2] != size:
                 raise StationError(
                     f"twin shot {pose} is {image.shape[1]}x{image.shape[0]} but the camera is "

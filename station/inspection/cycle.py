@@ -547,30 +547,27 @@ class Inspector:
     def _after_hooks(self, result: PartResult) -> PartResult:
         """Show the finished part to the hooks; their events go out before the part's own.
         A failing hook is reported, never allowed to change the part or stop the line."""
+        self._hook_events(lambda hook: hook.part(result))
+        return result
+
+    def _hook_events(self, call: Callable[[CycleHook], list[Event]]) -> None:
+        """Call each hook; the events it returns go out. A failing hook is a warning (a hook
+        never stops the line)."""
         for hook in self.hooks:
             try:
-                events = hook.part(result)
+                events = call(hook)
             except Exception as exc:  # noqa: BLE001
                 self._emit("message", f"{hook.name}: {exc}", level="warning")
                 continue
             for event in events:
                 if self.on_event is not None:
                     self.on_event(event)
-        return result
 
     def _announce(self) -> None:
         self._emit("message", f"sheet map camera model: {self.camera.source}")
         if self.detectors.calibration_note:
             self._emit("message", self.detectors.calibration_note, level="warning")
-        for hook in self.hooks:
-            try:
-                events = hook.start()
-            except Exception as exc:  # noqa: BLE001 (a hook never stops the line)
-                self._emit("message", f"{hook.name}: {exc}", level="warning")
-                continue
-            for event in events:
-                if self.on_event is not None:
-                    self.on_event(event)
+        self._hook_events(lambda hook: hook.start())
 
     def run_offline(
         self, groups: Sequence[OfflinePart], stop: threading.Event | None = None

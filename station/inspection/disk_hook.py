@@ -11,6 +11,7 @@ from station.inspection.results import Event
 from station.monitoring.disk import DiskWatch, describe, disks, folder_bytes
 from station.storage.db import sqlite_file
 from station.storage.journal import journal_folder
+from station.storage.parts import part_folder
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -24,16 +25,18 @@ class DiskHook(CycleHook):
 
     def __init__(self, recipe: Recipe, paths: list[Path]) -> None:
         cfg = recipe.monitoring.disk
-        self.images = recipe.images_dir
+        self.recipe = recipe
         self.watch = DiskWatch(paths, cfg.warn_free_gb, cfg.warn_hours)
 
     def start(self) -> list[Event]:
-        events = [Event("message", describe(d)) for d in disks(self.watch.paths)]
-        low = self.watch.check(time.monotonic())  # before any part: free space only
+        found = disks(self.watch.paths)
+        events = [Event("message", describe(d)) for d in found]
+        low = self.watch.check(time.monotonic(), found)  # before any part: free space only
         return events + [Event("message", line, level="warning") for line in low]
 
     def part(self, result: PartResult) -> list[Event]:
-        size = folder_bytes(self.images / f"{result.sequence:06d}") if result.sequence else None
+        seq = result.sequence
+        size = folder_bytes(part_folder(self.recipe, seq)) if seq else None
         lines = self.watch.observe(size, time.monotonic())
         return [Event("message", line, level="warning") for line in lines]
 

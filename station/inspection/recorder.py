@@ -73,6 +73,7 @@ from station.storage.parts import (
     SheetMapRecord,
     ShotRecord,
     now,
+    part_folder,
     shot_columns,
     write_part,
 )
@@ -142,7 +143,7 @@ class Recorder:
     def part_folder(self, part: PartRecord) -> Path:
         if part.sequence is None:
             raise StorageError("internal: the part has no sequence number yet")
-        return self.recipe.images_dir / f"{part.sequence:06d}"
+        return part_folder(self.recipe, part.sequence)
 
     # -- the part's life -----------------------------------------------------------------
     def new_part(self, mode: str, line_part_id: str | None = None) -> PartRecord:
@@ -451,7 +452,7 @@ class Recorder:
 
     def _adopt_shot_files(self, s: Any, row: Part, pose_index: dict[str, int]) -> int:
         """Shot rows for shot files of an interrupted part that never reached the database."""
-        folder = self.recipe.images_dir / f"{row.sequence:06d}"
+        folder = part_folder(self.recipe, row.sequence)
         if not folder.is_dir():
             return 0
         for tmp in folder.rglob(".*.tmp"):  # a write the crash cut off: never a shot

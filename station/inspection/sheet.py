@@ -20,13 +20,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from station.cellcal.store import CameraModel
-from station.coverage import checks_placement, placement_tolerance_mm, region_rect, sheet_rect
+from station.coverage import checks_placement
 from station.errors import Misplaced, NotInspected, StationError
 from station.imaging import saturated_mask
 from station.inspection.faults import Fault, classify
 from station.inspection.recorder import Recorder
 from station.inspection.results import SheetOutcome, Timings
-from station.placement import EdgeMosaic, Placement, find_sheet, mosaic_grid
+from station.placement import Placement, find_recipe_sheet, recipe_mosaic
 from station.recipe import Recipe
 from station.sheet_map import SheetMap, recipe_mapper, shot_view
 from station.storage.parts import PartRecord
@@ -54,11 +54,8 @@ class PartSheet:
         self.recipe = recipe
         self.camera = camera
         self.mapper = recipe_mapper(recipe, camera.table_to_base)
-        self.edges = (
-            EdgeMosaic(mosaic_grid(region_rect(recipe), placement_reach_mm(recipe)),
-                       camera.table_to_base)
-            if checks_placement(recipe)
-            else None
+        self.edges = (  # the sheet's edges (sheet.check_placement)
+            recipe_mosaic(recipe, camera.table_to_base) if checks_placement(recipe) else None
         )
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -103,15 +100,7 @@ class PartSheet:
             return None
         with self._lock:
             values = self.edges.result()
-        rcp = self.recipe
-        return find_sheet(values, self.edges.grid, sheet_rect(rcp), region_rect(rcp),
-                          placement_tolerance_mm(rcp))
-
-
-def placement_reach_mm(recipe: Recipe) -> float:
-    """How far past the region the edge search looks: what the planned views see past it,
-    and a little more for hand-placed poses."""
-    return recipe.coverage.view_margin_mm + 8.0
+        return find_recipe_sheet(values, self.edges.grid, self.recipe)
 
 
 def check_placement(placement: Placement | None) -> None:

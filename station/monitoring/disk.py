@@ -96,11 +96,12 @@ class DiskWatch:
             self.part_bytes = [*self.part_bytes[-49:], part_bytes]
         return self.check(now_s)
 
-    def check(self, now_s: float) -> list[str]:
-        """The warnings due now (free space only until the rate is known)."""
+    def check(self, now_s: float, found: list[Disk] | None = None) -> list[str]:
+        """The warnings due now (free space only until the rate is known); `found`: the
+        watched disks as just read (default: read them now)."""
         rate = self.rate(now_s)
         out = []
-        for disk in disks(self.paths):
+        for disk in disks(self.paths) if found is None else found:
             line = self.low(disk, rate)
             if line is None:
                 self.warned_at.pop(disk.path, None)

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -30,6 +30,11 @@ from station.decision import Verdict
 from station.sheet_map import SheetDefect
 from station.storage.db import Database, RecordRefused
 from station.storage.models import Detection, Part, SheetDefectRow, Shot
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from station.recipe import Recipe
 
 
 def now() -> datetime:
@@ -115,6 +120,11 @@ class SheetMapRecord:
             for d in data.pop("defects", [])
         ]
         return SheetMapRecord(**data, defects=defects)
+
+
+def part_folder(recipe: Recipe, sequence: int) -> Path:
+    """The folder of a part's shots, maps and sheet map: `<images>/<sequence:06d>`."""
+    return recipe.images_dir / f"{sequence:06d}"
 
 
 @dataclass

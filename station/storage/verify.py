@@ -30,7 +30,7 @@ from station.storage.db import Database
 from station.storage.journal import journal_folder
 from station.storage.lock import held_elsewhere
 from station.storage.models import ModelVersion, Part, Shot
-from station.storage.parts import PartRecord
+from station.storage.parts import PartRecord, part_folder
 
 Progress = Callable[[int, int], None]  # (parts done, parts in all)
 
@@ -178,12 +178,12 @@ def verify_archive(
             for row in rows:
                 undecided = row.verdict is Verdict.PENDING and row.mode in ("live", "offline")
                 if undecided and (live or _run_alive(recipe, row.run_id)):
-                    check.skip.add(recipe.images_dir / f"{row.sequence:06d}")
+                    check.skip.add(part_folder(recipe, row.sequence))
                     continue
                 if undecided:
                     check.report.pending.append(row.sequence)
                 check.part(row)
-                check.folders.add(recipe.images_dir / f"{row.sequence:06d}")
+                check.folders.add(part_folder(recipe, row.sequence))
             if progress is not None:
                 progress(min(start + 200, len(ids)), len(ids))
             s.expunge_all()

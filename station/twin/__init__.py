@@ -16,39 +16,30 @@ if TYPE_CHECKING:  # the renderer (numpy, OpenCV) loads on first use: fake_ur li
 
 __all__ = [
     "FAULT_KINDS", "SimCamera", "SimLine", "SimRobot", "TwinWorld", "derive_seed",
-    "render_card_shot", "render_part_shots",
+    "render_part_shots",
 ]
 
 
 def render_part_shots(
-    recipe: Recipe, part_seed: int, defective: bool | None = None
+    recipe: Recipe, part_seed: int, defective: bool | None = None, card: bool = False
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(pose name, image, mask) for each recipe pose of the sheet made from `part_seed`.
 
-    `defective` None draws the sheet at the recipe's defect rate; True/False forces it.
+    `defective` None draws the sheet at the recipe's defect rate; True/False forces it. With
+    `card`, the drift reference card's shot follows (monitoring.drift.reference: its pose, the
+    same lamp, lens and sensor; an empty mask).
     """
-    from station.twin.world import TwinWorld, pose_tcp
-
-    world = TwinWorld(recipe)
-    world.present(world.make_sheet(part_seed, defective), part_id=f"seed-{part_seed}")
-    out = []
-    for index, pose in enumerate(recipe.robot.poses):
-        shot = world.render(pose_tcp(pose), noise_seed=[part_seed, 7, index])
-        out.append((pose.name, shot.image, shot.mask))
-    return out
-
-
-def render_card_shot(recipe: Recipe, part_seed: int) -> tuple[str, np.ndarray]:
-    """(pose name, image) of the drift reference card as shot after the sheet of `part_seed`
-    (monitoring.drift.reference: the card's pose, the same lamp, lens and sensor)."""
     from station.recipe import card_pose
     from station.twin.world import TwinWorld, pose_tcp
 
     world = TwinWorld(recipe)
-    world.present(world.make_sheet(part_seed, None), part_id=f"seed-{part_seed}")
-    pose = card_pose(recipe)
-    shot = world.render(pose_tcp(pose), noise_seed=[part_seed, 7, len(recipe.robot.poses)])
-    return pose.name, shot.image
+    world.present(world.make_sheet(part_seed, defective), part_id=f"seed-{part_seed}")
+    poses = [*recipe.robot.poses, *([card_pose(recipe)] if card else [])]
+    out = []
+    for index, pose in enumerate(poses):
+        shot = world.render(pose_tcp(pose), noise_seed=[part_seed, 7, index])
+        out.append((pose.name, shot.image, shot.mask))
+    return out
 
 
 def __getattr__(name: str):  # noqa: ANN202 (lazy imports)
