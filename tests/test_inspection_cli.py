@@ -181,6 +181,9 @@ def test_clear_errors(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "station train" in out and "Traceback" not in out
 
 
+LINK_OPS_BEFORE_HOME = 2  # the twin's link counts: robot connect, line open, then the move home
+
+
 @contextlib.contextmanager
 def _twin_faults(home: Path, faults: dict[str, Any]) -> Iterator[None]:
     """The `small` recipe with these twin faults while the block runs."""
@@ -251,6 +254,23 @@ def test_a_lost_link_stops_with_what_can_be_done_without_a_resume(
     assert "resume" not in flat, out  # nothing to resume: the run has ended
     todo = "to do: restore the controller link / line I/O; then run the command again"
     assert flat.endswith(todo), out
+
+
+@pytest.mark.slow
+def test_a_lost_link_before_the_first_sheet_stops_for_the_operator(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The link drops at the first move home, before any sheet: the run stops for the operator
+    # (exit 3, as a stop during a part), not with an error (it exited 2), and no part is made.
+    before = len(_parts(home))
+    with _twin_faults(home, {"link_lost": {"after": LINK_OPS_BEFORE_HOME}}):
+        argv = ["inspect", "--live", "--recipe", "small", "-n", "2", "--no-view"]
+        code, out = run_cli(argv, capsys)
+    flat = " ".join(out.split())
+    assert code == 3 and "Traceback" not in out, out
+    assert re.search(r"stopped: robot: lost connection to the robot .* while moving to 'home'",
+                     flat), out
+    assert flat.endswith("then run the command again") and len(_parts(home)) == before, out
 
 
 def test_a_fault_line_shows_the_reason_not_the_scores(

@@ -27,7 +27,7 @@ from test_inspection_support import BrightSpot, bright_set, database, sheet, sma
 import station.storage.db as dbmod
 import station.storage.heatmaps as heatmaps
 from station.devices.factory import open_devices
-from station.errors import LineIOError, ProtectiveStop
+from station.errors import LineIOError
 from station.inspection.cycle import Inspector
 from station.inspection.faults import Fault
 from station.inspection.recorder import Recorder
@@ -386,14 +386,25 @@ def test_protective_stop_without_operator_stops_safely(cell: Cell) -> None:
 
 
 def test_failed_start_leaves_the_reject_output_raised(cell: Cell) -> None:
+    # A protective stop at the first move home, with no one to resume: the run stops for the
+    # operator (as a stop during a part does), the reject output up, no part opened.
     def stopped(_dev: Any) -> None:
         cell.world.inject_fault("protective_stop", after=0)
         cell.world.reject_output = False
 
     cell.on_open = stopped
-    with pytest.raises(ProtectiveStop):
-        cell.run(2)
+    summary = cell.run(2, operator=False)
+    assert summary.parts == 0 and summary.operator_fault.kind == "protective_stop"
+    assert [f.kind for f in cell.faults_seen] == ["protective_stop"]
     assert cell.world.reject_output is True and cell.parts() == []
+
+
+def test_a_stop_at_the_start_waits_for_the_operator_then_runs(cell: Cell) -> None:
+    cell.on_open = lambda _dev: cell.world.inject_fault("link_lost", after=0)
+    summary = cell.run(2)
+    assert [f.kind for f in cell.faults_seen] == ["robot"]
+    assert summary.operator_fault is None and summary.parts == 2
+    assert all(r.verdict is not Verdict.FAULT for r in _check_complete(cell, 2))
 
 
 def test_lost_link_holds_sheet_until_operator(cell: Cell) -> None:

@@ -489,15 +489,20 @@ class Inspector:
             summary.recovery = self.recorder.recover()
             self._report_recovery(summary.recovery)
             self._announce()
-            self.devices.robot.move_to(self.recipe.robot.home)
-            self.devices.line.start_heartbeat()
-            t_run = time.perf_counter()
+            started = False  # robot home and heartbeat on; a fault there waits for the operator
             while not stop.is_set() and (count is None or summary.parts < count):
-                self._emit("waiting", "waiting for a sheet")
                 try:
+                    if not started:
+                        self.devices.robot.move_to(self.recipe.robot.home)
+                        self.devices.line.start_heartbeat()
+                        started, t_run = True, time.perf_counter()
+                    self._emit("waiting", "waiting for a sheet")
                     pid = self._wait_for_part(stop)
                 except Exception as exc:  # noqa: BLE001
-                    if not self._stop_or_resume(classify(exc), summary):
+                    fault = classify(exc)
+                    if not started and fault.policy is Policy.STOP:
+                        raise  # a bug at the start: its traceback is the report
+                    if not self._stop_or_resume(fault, summary):
                         break
                     continue
                 if pid is None:
