@@ -333,9 +333,7 @@ def _placed(
     ]
     width = (np.linalg.norm(c[1] - c[0]) + np.linalg.norm(c[2] - c[3])) / 2
     height = (np.linalg.norm(c[3] - c[0]) + np.linalg.norm(c[2] - c[1])) / 2
-    rx0, ry0, rx1, ry1 = region_mm
-    past = float(max(np.max(rx0 - c[:, 0]), np.max(c[:, 0] - rx1),
-                     np.max(ry0 - c[:, 1]), np.max(c[:, 1] - ry1)))  # fmt: skip
+    past = max(side_reach(corners, region_mm).values())
     angle = math.degrees(float(np.mean(turns)))
     problem = None
     if past > tolerance_mm:
@@ -345,6 +343,7 @@ def _placed(
             f"(tolerance {tolerance_mm:.1f} mm), not inspected whole"
         )
     # a sheet of another size than the region was drawn for: another product, or torn
+    rx0, ry0, rx1, ry1 = region_mm
     size_tol = max(min(x0 - rx0, y0 - ry0, rx1 - x1, ry1 - y1), 2.0 * tolerance_mm)
     if problem is None and max(abs(width - (x1 - x0)), abs(height - (y1 - y0))) > size_tol:
         problem = (
@@ -360,6 +359,15 @@ def _placed(
         tuple((float(x), float(y)) for x, y in corners),
         past,
     )
+
+
+def side_reach(corners_mm: Any, region_mm: Any) -> dict[str, float]:
+    """How far the sheet reaches past each side of the region (mm; negative: the margin left
+    inside), from its corners: left and right in base x, bottom and top in base y."""
+    c = np.asarray(corners_mm, np.float64).reshape(-1, 2)
+    rx0, ry0, rx1, ry1 = (float(v) for v in region_mm)
+    reach = (rx0 - c[:, 0].min(), c[:, 0].max() - rx1, ry0 - c[:, 1].min(), c[:, 1].max() - ry1)
+    return {side: float(r) for side, r in zip(SIDES, reach, strict=True)}
 
 
 def _meet(vertical: tuple[float, float], horizontal: tuple[float, float]) -> tuple[float, float]:

@@ -82,6 +82,17 @@ def card_problem(recipe: Any) -> str | None:
     return None
 
 
+class PlacementWatchConfig(_Strict):
+    """Whether the line still puts sheets well inside the inspected region (with
+    sheet.check_placement): per side of the region, the capability index of the last
+    `window_parts` found sheets against the placement tolerance (station.monitoring.placement).
+    Defaults by design: docs/monitoring.md, tools/design_placement_watch.py."""
+
+    enabled: bool = True
+    window_parts: int = Field(50, ge=10, le=10000)  # sheets judged together, per side
+    min_cpk: float = Field(1.0, gt=0, le=10)  # an alarm below this: (tolerance - mean) / 3 sd
+
+
 class DriftConfig(_Strict):
     """EWMA and CUSUM charts on passed parts' scores and on per-pose image statistics, with
     limits from the calibration's good parts; and on the reference card (`reference`)."""
@@ -104,6 +115,7 @@ class DriftConfig(_Strict):
     # reference.warmup_parts)
     warmup_parts: int = Field(60, ge=2, le=10000)
     reference: ReferenceCardConfig = ReferenceCardConfig()
+    placement: PlacementWatchConfig = PlacementWatchConfig()
 
 
 class MaterialCheckConfig(_Strict):

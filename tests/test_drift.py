@@ -241,7 +241,9 @@ def test_an_unknown_signal_is_refused_before_anything_is_printed(
 ) -> None:
     code, out, err = run_cli(capsys, "monitor", "--signal", "nosuch")
     assert code == 2 and out == "", out  # no header, no chart table before the error
-    assert err.splitlines() == ["error: no signal 'nosuch'", "  hint: known: none yet"], err
+    # no part yet: only the placement watch's sides (the shipped recipe checks placement)
+    assert err.splitlines() == ["error: no signal 'nosuch'", "  hint: known: placement bottom, "
+                                "placement left, placement right, placement top"], err
 
 
 def test_reference_card_section_is_validated_naming_the_field(station_home: Path) -> None:

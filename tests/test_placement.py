@@ -164,6 +164,7 @@ def test_the_twin_sheet_is_found_where_the_twin_put_it(station_home: Path) -> No
                 spec.centre_mm[1] - recipe.sheet.center_mm[1])
         assert pl.offset_mm == pytest.approx(true, abs=0.5)
         assert pl.angle_deg == pytest.approx(math.degrees(spec.angle_rad), abs=0.05)
+        assert np.abs(np.array(pl.corners_mm) - spec.corners_mm()).max() < 1.0
         found.append((pl, true))
     (placed, true0), (off, true1) = found
     assert placed.problem is None

@@ -13,9 +13,13 @@ Reported:
 - how many sheets truly reach past the inspected region by more than the tolerance (from the
   twin's corners) and how many the check faults: both ways of disagreeing are counted;
 - the time per part of the mosaic and the fit, against the sheet map's fusion of one
-  detector's maps of the same shots in the same run (the baseline).
+  detector's maps of the same shots in the same run (the baseline);
+- the placement watch (monitoring.drift.placement) fed with the sheets found: the sheet it
+  alarms at, against the first sheet truly past the tolerance and the first faulted
+  (`--creep-mm`: the line's stops creep in +x, sheet after sheet).
 
     .venv/bin/python tools/bench_placement.py [--sheets 200] [--seed 0] [--json out.json]
+    .venv/bin/python tools/bench_placement.py --sheets 160 --shift-every 0 --creep-mm 3
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import math
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +42,19 @@ sys.path.insert(0, str(REPO))
 
 def _true_past(spec: Any, region: tuple[float, float, float, float]) -> float:
     """How far the twin's sheet reaches past the region (mm; <= 0 inside)."""
-    hw, hh = spec.size_mm[0] / 2, spec.size_mm[1] / 2
-    c, s = math.cos(spec.angle_rad), math.sin(spec.angle_rad)
-    cx, cy = spec.centre_mm
-    pts = np.array([(cx + c * x - s * y, cy + s * x + c * y) for x in (-hw, hw) for y in (-hh, hh)])
-    x0, y0, x1, y1 = region
-    return float(max((x0 - pts[:, 0]).max(), (pts[:, 0] - x1).max(),
-                     (y0 - pts[:, 1]).max(), (pts[:, 1] - y1).max()))  # fmt: skip
+    from station.placement import side_reach
+
+    return max(side_reach(spec.corners_mm(), region).values())
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from station.cellcal.store import inspection_camera
     from station.coverage import placement_tolerance_mm, region_rect
-    from station.placement import find_recipe_sheet, recipe_mosaic
+    from station.monitoring.placement import PlacementWatch
+    from station.placement import find_recipe_sheet, recipe_mosaic, side_reach
     from station.recipe import load_recipe
     from station.sheet_map import recipe_mapper, shot_view
+    from station.storage.alarms import PLACEMENT_PREFIX, PartPoint
     from station.twin.world import TwinWorld, pose_tcp
 
     recipe = load_recipe(args.recipe)
@@ -59,11 +62,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     world = TwinWorld(recipe, seed=args.seed, defect_rate=args.defect_rate)
     region, tol = region_rect(recipe), placement_tolerance_mm(recipe)
     rng = np.random.default_rng([args.seed, 5])
+    watch = PlacementWatch(recipe.name, tol, recipe.monitoring.drift.placement)
+    watch_alarm = None
     rows, t_place, t_map = [], 0.0, 0.0
     for i in range(args.sheets):
         spec, _ = world.next_sheet()
+        dx, dy = args.creep_mm * i / 100.0, 0.0  # the line's stops creeping in +x
         if args.shift_every and i % args.shift_every == args.shift_every - 1:
-            dx, dy = rng.uniform(-args.shift_mm, args.shift_mm, 2)
+            dx, dy = np.array([dx, dy]) + rng.uniform(-args.shift_mm, args.shift_mm, 2)
+        if dx or dy:
             spec = dataclasses.replace(spec, centre_mm=(spec.centre_mm[0] + dx,
                                                         spec.centre_mm[1] + dy))
             world.present(spec)
@@ -94,9 +101,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "true_past_mm": round(_true_past(spec, region), 3),
             **found.as_dict(),
         })
+        if found.found:  # the placement watch, as the drift hook feeds it
+            reach = side_reach(found.corners_mm, region)
+            point = PartPoint(i + 1, i + 1, datetime.now(UTC), "fault" if found.problem
+                              else "pass", {PLACEMENT_PREFIX + k: v for k, v in reach.items()})
+            if watch.add(point) and watch_alarm is None:
+                watch_alarm = i + 1
         if args.verbose:
             print(i, rows[-1]["true_past_mm"], found.summary(), found.problem or "")
-    return _summary(rows, tol, t_place, t_map, args)
+    out = _summary(rows, tol, t_place, t_map, args)
+    out["watch_alarm_sheet"] = watch_alarm  # 1-based, as the others below
+    out["first_truly_past_sheet"] = next((r["sheet"] + 1 for r in rows
+                                          if r["true_past_mm"] > tol), None)
+    out["first_faulted_sheet"] = next((r["sheet"] + 1 for r in rows if r["problem"]), None)
+    return out
 
 
 def _summary(rows: list[dict[str, Any]], tol: float, t_place: float, t_map: float,
@@ -136,6 +154,9 @@ def main() -> None:
     ap.add_argument("--defect-rate", type=float, default=None)
     ap.add_argument("--shift-every", type=int, default=4, help="0: no extra shifts")
     ap.add_argument("--shift-mm", type=float, default=6.0)
+    ap.add_argument("--creep-mm", type=float, default=0.0,
+                    help="the line's stops creep by this per 100 sheets in +x (with "
+                         "--shift-every 0: when the placement watch alarms)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()

@@ -1,4 +1,5 @@
-"""`station monitor`: the drift charts of a recipe in the terminal, and its alarms."""
+"""`station monitor`: the drift charts and the placement watch of a recipe in the terminal, and
+its alarms."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from station.calibration.recipes import load_recipe
+from station.storage.alarms import PLACEMENT_PREFIX
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from station.monitoring.drift import DriftMonitor
+    from station.monitoring.placement import PlacementWatch
 
 
 def register(app: typer.Typer) -> None:
@@ -28,7 +31,8 @@ def register(app: typer.Typer) -> None:
         clear: int | None = typer.Option(None, "--clear", help="Clear this alarm (by id)."),
         by: str | None = typer.Option(None, "--by", help="Who clears it (with --clear)."),
     ) -> None:
-        """Drift charts (EWMA, CUSUM) per signal: state, open alarms and the last points.
+        """Drift charts (EWMA, CUSUM) per signal and the placement watch per side: state, open
+        alarms and the last points.
 
         Rebuilt from the database: the baselines of the calibration the newest part was
         inspected with, and every part inspected with it. Reads only (but --clear).
@@ -82,6 +86,8 @@ def register(app: typer.Typer) -> None:
         for n in notes:
             console.print(f"  {escape(n)}", highlight=False, soft_wrap=True)
         _state_table(console, monitor, last)
+        if monitor.placement is not None:
+            _placement_table(console, monitor.placement, last)
         if alarms:
             console.print(f"[bold yellow]{len(alarms)} open alarm(s):[/]")
             for a in alarms:
@@ -114,15 +120,48 @@ def _state_table(console: Console, monitor: DriftMonitor, last: int) -> None:
     console.print(t)
 
 
+def _placement_table(console: Console, watch: PlacementWatch, last: int) -> None:
+    cfg = watch.cfg
+    t = Table(title=f"placement: mm past the region's side (tolerance {watch.tolerance_mm:g} mm; "
+              f"alarm below Cpk {cfg.min_cpk:g} over {cfg.window_parts} parts)",
+              title_justify="left")
+    for col in ("signal", "n", "mean", "sd", "mean + 3 sd", "Cpk", "state", f"last {last}"):
+        t.add_column(col)
+    for side, st in watch.sides.items():
+        got, cpk = st.stats(), watch.cpk(side)
+        mean, sd = got if got else (None, None)
+        t.add_row(PLACEMENT_PREFIX + side, str(len(st.points)),
+                  f"{mean:+.2f}" if mean is not None else "-", f"{sd:.2f}" if sd else "-",
+                  f"{mean + 3 * sd:+.2f}" if mean is not None and sd else "-",
+                  f"{cpk:.2f}" if cpk is not None else "window not full",
+                  "ALARM" if st.alarmed else "ok",
+                  " ".join(f"{p[3]:+.2f}" for p in list(st.points)[-last:]))
+    console.print(t)
+
+
+def _known(monitor: DriftMonitor) -> list[str]:
+    placed = [PLACEMENT_PREFIX + s for s in monitor.placement.sides] if monitor.placement else []
+    return sorted([*monitor.signals, *placed])
+
+
 def _check_signal(monitor: DriftMonitor, signal: str) -> None:
     from station.errors import StationError
 
-    if signal not in monitor.signals:
-        known = ", ".join(sorted(monitor.signals)) or "none yet"
+    if signal not in _known(monitor):
+        known = ", ".join(_known(monitor)) or "none yet"
         raise StationError(f"no signal {signal!r}", hint=f"known: {known}")
 
 
 def _signal_points(console: Console, monitor: DriftMonitor, signal: str, last: int) -> None:
+    if monitor.placement is not None and monitor.placement.owns(signal):
+        t = Table(title=f"last points of {signal} (mm past the region)", title_justify="left")
+        for col in ("part", "value"):
+            t.add_column(col, justify="right")
+        side = monitor.placement.sides[signal.removeprefix(PLACEMENT_PREFIX)]
+        for _, seq, _, x in list(side.points)[-last:]:
+            t.add_row(str(seq), f"{x:+.3f}")
+        console.print(t)
+        return
     st = monitor.signals[signal]
     t = Table(title=f"last points of {signal}", title_justify="left")
     for col in ("part", "value", "u (sigma)", "EWMA", "CUSUM"):

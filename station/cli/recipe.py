@@ -145,9 +145,18 @@ def placement_summary(recipe: Recipe) -> str:
             "each sheet's edges found in its shots; a sheet reaching more than "
             f"{half:g} mm past the region (its place grown by coverage.edge_margin_mm "
             f"{recipe.coverage.edge_margin_mm:g} mm) is faulted as misplaced"
+            + _watch_summary(recipe)
         )
     why = "partial region" if recipe.coverage.partial else "sheet.check_placement: false"
     return f"not checked ({why}): a sheet off its place is inspected where it lies"
+
+
+def _watch_summary(recipe: Recipe) -> str:
+    w = recipe.monitoring.drift.placement
+    if not (w.enabled and recipe.monitoring.drift.enabled):
+        return "; the placement watch is off (monitoring.drift.placement)"
+    return (f"; an alarm when a side's last {w.window_parts} sheets come within Cpk "
+            f"{w.min_cpk:g} of that (monitoring.drift.placement)")
 
 
 def device_warnings(recipe: Recipe) -> list[str]:

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from station.cellcal.store import inspection_camera
+from station.coverage import checks_placement, placement_tolerance_mm
 from station.errors import RecipeError
 from station.inspection.hooks import CycleHook
 from station.inspection.results import Event
 from station.monitoring.baseline import calibration_baselines
 from station.monitoring.drift import SCORE_PREFIX, DriftMonitor
 from station.monitoring.imagestats import image_stats
+from station.monitoring.placement import PlacementWatch
 from station.monitoring.reference import Box, CardNotInView, card_boxes, card_stats
 from station.paths import station_home
 from station.recipe import CARD, card_pose
@@ -34,6 +36,7 @@ from station.storage.alarms import (
     PartPoint,
     add_alarm,
     list_alarms,
+    part_placement_values,
     record_part_signals,
     signal_history,
 )
@@ -68,7 +71,7 @@ def build_monitor(
     baselines, notes = calibration_baselines(
         calibration, station_home(), poses, cfg.min_baseline_parts
     )
-    monitor = DriftMonitor(recipe.name, cfg, baselines)
+    monitor = DriftMonitor(recipe.name, cfg, baselines, placement_watch(recipe))
     cal_id = calibration.get("id") if isinstance(calibration.get("id"), int) else None
     history = signal_history(db, recipe.name, cal_id)
     raised = monitor.replay(history, list_alarms(db, recipe.name, limit=10_000))
@@ -125,6 +128,8 @@ class DriftHook(CycleHook):
         if own:
             record_part_signals(self.db, result.part_id, own)
             values.update(own)
+        if self.monitor.placement is not None:  # stored with the part (any verdict)
+            values.update(part_placement_values(self.db, result.part_id))
         self.monitor.sync(list_alarms(self.db, self.recipe.name, open_only=True))
         point = PartPoint(result.part_id, result.sequence, datetime.now(UTC),
                           result.verdict.value, values)
@@ -138,6 +143,15 @@ class DriftHook(CycleHook):
                 events.append(Event("message", f"drift alarm {row.id}: {row.message}",
                                     None, "warning"))
         return events
+
+
+def placement_watch(recipe: Recipe) -> PlacementWatch | None:
+    """The recipe's placement watch: None when its parts' placement is not checked or the
+    watch is off (monitoring.drift.placement)."""
+    cfg = recipe.monitoring.drift.placement
+    if not cfg.enabled or not checks_placement(recipe):
+        return None
+    return PlacementWatch(recipe.name, placement_tolerance_mm(recipe), cfg)
 
 
 def reference_boxes(recipe: Recipe) -> tuple[Box, Box]:

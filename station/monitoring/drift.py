@@ -3,10 +3,12 @@
 Signals: `score <detector>` (a passed part's score over its threshold; passed parts only),
 `<stat> <pose>` (image statistics of each pose, station.monitoring.imagestats) and `<stat>
 card` (the reference card, station.monitoring.reference; its own chart settings); the last two
-from passed and failed parts, not faulted ones. A signal's centre and sigma come from the
-calibration's good parts (station.monitoring.baseline); a signal without one (the card's
-always) takes them from its first `warmup_parts` points (the card: `reference.warmup_parts`;
-a warm-up, said in its `source`).
+from passed and failed parts, not faulted ones; and `placement <side>` (how far each part's
+found sheet reaches past the region, every verdict), judged against the placement tolerance by
+`PlacementWatch` (station.monitoring.placement), not by these charts. A signal's centre and
+sigma come from the calibration's good parts (station.monitoring.baseline); a signal without
+one (the card's always) takes them from its first `warmup_parts` points (the card:
+`reference.warmup_parts`; a warm-up, said in its `source`).
 
 An alarm is raised when a chart leaves its limits and no alarm of that signal and chart is
 open; it stays open (no new alarm from that chart) until an operator clears it, which resets
@@ -23,8 +25,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from station.monitoring.charts import ChartPair, Cusum, Ewma, Signal
+from station.monitoring.placement import PlacementWatch
 from station.recipe import CARD
-from station.storage.alarms import AlarmRow, NewAlarm, PartPoint
+from station.storage.alarms import CPK_CHART, AlarmRow, NewAlarm, PartPoint
 
 if TYPE_CHECKING:
     from station.recipe_quality import DriftConfig
@@ -67,10 +70,12 @@ def _sigma_floor(centre: float, sigma: float) -> float:
 
 class DriftMonitor:
     def __init__(
-        self, recipe: str, cfg: DriftConfig, baselines: dict[str, Baseline]
+        self, recipe: str, cfg: DriftConfig, baselines: dict[str, Baseline],
+        placement: PlacementWatch | None = None,
     ) -> None:
         self.recipe = recipe
         self.cfg = cfg
+        self.placement = placement  # the placement watch (its own signals, any verdict)
         self.signals: dict[str, SignalState] = {}
         self._parts: dict[int, tuple[int, datetime]] = {}  # part id -> (sequence, time)
         self.parts_seen = 0
@@ -101,16 +106,16 @@ class DriftMonitor:
     # -- points ------------------------------------------------------------------------
     def add(self, point: PartPoint) -> list[NewAlarm]:
         """Feed one part's values; the alarms it raises (not yet stored)."""
+        out = self.placement.add(point) if self.placement is not None else []
         if point.verdict not in ("pass", "fail"):
-            return []
+            return out
         self.parts_seen += 1
         self._parts[point.part_id] = (point.sequence, point.at)
         if len(self._parts) > 20 * KEEP_POINTS:  # keep the map bounded (oldest first out)
             for pid in list(self._parts)[: KEEP_POINTS]:
                 del self._parts[pid]
-        out = []
         for name, x in sorted(point.values.items()):
-            if not math.isfinite(x):
+            if not math.isfinite(x) or PlacementWatch.owns(name):
                 continue
             if name.startswith(SCORE_PREFIX) and point.verdict != "pass":
                 continue
@@ -162,6 +167,10 @@ class DriftMonitor:
     # -- clears and restarts -------------------------------------------------------------
     def clear(self, signal: str, chart: str) -> None:
         """An operator cleared the alarm: the chart starts again from its baseline."""
+        if chart == CPK_CHART:
+            if self.placement is not None:
+                self.placement.clear(signal)
+            return
         st = self.signals.get(signal)
         if st is None or chart not in st.alarmed:
             return
@@ -172,6 +181,9 @@ class DriftMonitor:
     def sync(self, open_alarms: list[AlarmRow]) -> None:
         """Apply clears made elsewhere (review page, `station monitor --clear`)."""
         still = {(a.signal, a.chart) for a in open_alarms}
+        for name in self.placement.alarmed() if self.placement is not None else ():
+            if (name, CPK_CHART) not in still:
+                self.clear(name, CPK_CHART)
         for name, st in self.signals.items():
             for chart in list(st.alarmed):
                 if (name, chart) not in still:
@@ -183,7 +195,10 @@ class DriftMonitor:
         clears = sorted((a for a in alarms if a.cleared_at is not None),
                         key=lambda a: a.cleared_at)  # type: ignore[arg-type,return-value]
         for a in alarms:  # an open alarm holds its chart, whichever part raised it
-            if a.cleared_at is None:
+            if a.cleared_at is None and a.chart == CPK_CHART:
+                if self.placement is not None:
+                    self.placement.hold(a.signal)
+            elif a.cleared_at is None:
                 self._state(a.signal).alarmed.add(a.chart)
         raised: list[NewAlarm] = []
         k = 0

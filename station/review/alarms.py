@@ -11,6 +11,7 @@ from markupsafe import Markup
 
 from station.review.web import Refused, check_id, read_form, render, settings, text_field
 from station.storage.alarms import (
+    CPK_CHART,
     AlarmRow,
     clear_alarm,
     get_alarm,
@@ -26,7 +27,8 @@ Scale = Callable[[float], float]
 
 def svg_chart(points: list[tuple[int, float]], alarm: AlarmRow) -> Markup:
     """The signal's values by part, its baseline (grey), the shift (orange, from the run's
-    start), the EWMA limit it crossed (red, dashed) and the raising part (red dot)."""
+    start), the EWMA limit it crossed (red, dashed) and the raising part (red dot). A
+    placement alarm: the window's mean (grey), mean + 3 sd (orange) and the tolerance (red)."""
     if not points:
         return Markup('<p class="muted">no stored points for this signal</p>')
     xs = [p[0] for p in points]
@@ -34,7 +36,8 @@ def svg_chart(points: list[tuple[int, float]], alarm: AlarmRow) -> Markup:
     lines = [v for v in (alarm.baseline,) if v is not None]
     shifted = alarm.baseline + alarm.shift if (
         alarm.baseline is not None and alarm.shift is not None) else None
-    limit = alarm.limit if alarm.chart == "ewma" else None
+    # in the signal's units: the EWMA's limit, the placement tolerance (a CUSUM's is not)
+    limit = alarm.limit if alarm.chart in ("ewma", CPK_CHART) else None
     extra = [v for v in (*lines, shifted, limit) if v is not None]
     lo, hi = min(ys + extra), max(ys + extra)
     span = (hi - lo) or 1.0

@@ -4,12 +4,15 @@
 Signals are named `<stat> <pose>` (image statistics of one pose, stored with each shot as
 `Shot.stats["drift"]`) and `score <detector>` (a passed part's score over its threshold,
 stored once per part as `Part.stats["drift_part"]` by `record_part_signals`).
-`signal_history` reads them back in part order, so the charts can be replayed after a restart.
+`placement <side>` (how far a part's found sheet reaches past its region) is read from the
+part's own `sheet_placement` and `sheet_region_mm`, nothing stored twice. `signal_history`
+reads them back in part order, so the charts can be replayed after a restart.
 `add_alarm` never writes the same alarm twice (same recipe, signal, chart and raising part).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,9 +21,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from station.errors import StorageError
+from station.placement import side_reach
 from station.storage.db import Database
 from station.storage.models import Alarm, Part, Verdict
 
+PLACEMENT_PREFIX = "placement "  # `placement <side>`: mm the found sheet reaches past the region
+CPK_CHART = "cpk"  # the placement watch's alarms (station.monitoring.placement)
 SHOT_KEY = "drift"  # Shot.stats key of the image statistics (the hook's name)
 PART_KEY = "drift_part"  # Part.stats key of the part-level signals
 DECIDED = (Verdict.PASS, Verdict.FAIL, Verdict.FAULT)
@@ -183,8 +189,28 @@ def signal_history(
             for name, v in ((p.stats or {}).get(PART_KEY) or {}).items():
                 if isinstance(v, int | float):
                     values[name] = float(v)
+            values.update(placement_values(p))
             out.append(PartPoint(p.id, p.sequence, p.started_at, p.verdict.value, values))
         return out
+
+
+def placement_values(part: Part) -> dict[str, float]:
+    """`placement <side>` of a part whose sheet was found: how far it reaches past each side
+    of its region (mm; negative inside); {} when unchecked, not found or unreadable."""
+    found, region = part.sheet_placement or {}, part.sheet_region_mm
+    if not isinstance(found, dict) or not found.get("corners_mm") or not region:
+        return {}
+    try:
+        reach = side_reach(found["corners_mm"], region)
+    except (TypeError, ValueError):  # a hand-edited row: not charted
+        return {}
+    return {PLACEMENT_PREFIX + side: v for side, v in reach.items() if math.isfinite(v)}
+
+
+def part_placement_values(db: Database, part_id: int) -> dict[str, float]:
+    with db.session() as s:
+        part = s.get(Part, part_id)
+        return placement_values(part) if part is not None else {}
 
 
 def latest_calibration(db: Database, recipe: str) -> tuple[int | None, str | None]:

@@ -87,6 +87,12 @@ class SheetSpec:
             [[c, -s, self.centre_mm[0]], [s, c, self.centre_mm[1]], [0, 0, 1]], np.float64
         )
 
+    def corners_mm(self) -> np.ndarray:
+        """(4, 2) base-frame corners, in station.placement's order (x0y0, x1y0, x1y1, x0y1)."""
+        hw, hh = self.size_mm[0] / 2, self.size_mm[1] / 2
+        local = np.array([[-hw, -hh, 1.0], [hw, -hh, 1.0], [hw, hh, 1.0], [-hw, hh, 1.0]])
+        return (local @ self.local_to_table().T)[:, :2]
+
     def table_to_local(self, pts: np.ndarray) -> np.ndarray:
         m = np.linalg.inv(self.local_to_table())
         p = np.asarray(pts, np.float64)

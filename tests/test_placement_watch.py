@@ -1,0 +1,155 @@
+"""The placement watch (station.monitoring.placement): each side's capability index against
+the placement tolerance, hand-computed; the reaches read back from stored parts; the live hook,
+a restart, `station monitor`, the review page's chart and a clear on a real SQLite database."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from test_cellcal import run as run_cli
+from test_inspection_support import database
+
+from station.coverage import region_rect, sheet_rect
+from station.decision import Verdict as DecisionVerdict
+from station.inspection.drift_hook import DriftHook, build_monitor
+from station.inspection.results import PartResult
+from station.monitoring.placement import PlacementWatch, fault_share
+from station.placement import side_reach
+from station.recipe import parse_recipe
+from station.recipe_quality import PlacementWatchConfig
+from station.review.app import create_app
+from station.storage.alarms import PartPoint, list_alarms, placement_values
+from station.storage.models import Part, Verdict
+
+AT = datetime(2026, 12, 7, tzinfo=UTC)
+
+
+def _point(seq: int, right: float, verdict: str = "pass") -> PartPoint:
+    values = {"placement left": -4.0 + 0.01 * (seq % 3), "placement right": right,
+              "placement bottom": -4.0 - 0.01 * (seq % 2), "placement top": -4.0}
+    return PartPoint(seq, seq, AT, verdict, values)
+
+
+def test_the_index_and_the_alarm_match_hand_computed_values() -> None:
+    watch = PlacementWatch("r", 1.0, PlacementWatchConfig(window_parts=10, min_cpk=1.0))
+    # ten sheets whose right side lies 0.0 or 0.2 mm past: mean 0.1, sd 0.1054, Cpk 2.846
+    for k in range(10):
+        assert watch.add(_point(k + 1, 0.2 * (k % 2))) == []
+        assert (watch.cpk("right") is None) == (k < 9)  # judged once the window is full
+    assert watch.cpk("right") == pytest.approx(0.9 / (3 * math.sqrt(0.1 / 9)), rel=1e-9)
+    # the next ten at 0.5 or 0.9 mm (a faulted part counts too): mean 0.7, sd 0.2108, Cpk 0.474
+    raised = []
+    for k in range(10):
+        raised += watch.add(_point(11 + k, 0.5 + 0.4 * (k % 2), "fault" if k == 3 else "pass"))
+    (alarm,) = raised  # once, at the part that brought the index below 1
+    assert watch.cpk("right") == pytest.approx(0.3 / (3 * math.sqrt(0.4 / 9)), rel=1e-9)
+    assert alarm.signal == "placement right" and alarm.chart == "cpk"
+    assert alarm.limit == 1.0 and alarm.baseline < 1.0 < alarm.value
+    assert "the sheets' right side lies" in alarm.message and "tolerance 1.0 mm" in alarm.message
+    assert "fault as misplaced" in alarm.message and "coverage.edge_margin_mm" in alarm.message
+    assert watch.alarmed() == {"placement right"}
+    assert fault_share(1.0) == pytest.approx(0.0013499, rel=1e-4)  # P(z > 3)
+    assert fault_share(0.3 / (3 * math.sqrt(0.4 / 9))) == pytest.approx(0.0774, abs=5e-4)
+    # a clear starts the side's window again: no alarm until it is full and still too near
+    watch.clear("placement right")
+    assert watch.cpk("right") is None and watch.alarmed() == set()
+    assert all(watch.add(_point(30 + k, 0.0)) == [] for k in range(9))
+
+
+def test_reaches_are_read_from_the_stored_placement() -> None:
+    region = (0.0, 0.0, 100.0, 50.0)
+    corners = [[-0.5, 2.0], [99.0, 1.5], [99.5, 49.0], [1.0, 51.0]]
+    assert side_reach(corners, region) == pytest.approx(
+        {"left": 0.5, "right": -0.5, "bottom": -1.5, "top": 1.0})
+    part = Part(sheet_placement={"corners_mm": corners}, sheet_region_mm=list(region))
+    assert placement_values(part) == pytest.approx(
+        {"placement left": 0.5, "placement right": -0.5, "placement bottom": -1.5,
+         "placement top": 1.0})
+    for bad in ({"corners_mm": None}, {"corners_mm": [[1, "x"]]}, None):  # not found, edited
+        assert placement_values(Part(sheet_placement=bad, sheet_region_mm=list(region))) == {}
+
+
+def _recipe(home: Path, window: int) -> Any:
+    path = home / "recipes" / "glassfiber.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["monitoring"]["drift"]["placement"] = {"window_parts": window, "min_cpk": 1.0}
+    data["storage"] = {"database_url": f"sqlite:///{home}/data/station.db"}
+    out = home / "recipes" / "watched.yaml"
+    out.write_text(yaml.safe_dump(data))
+    return parse_recipe(out.read_text(), str(out))
+
+
+def _store(db: Any, recipe: Any, seq: int, right: float) -> int:
+    """A decided part whose sheet was found `right` mm past the region's right side."""
+    x0, y0, x1, y1 = sheet_rect(recipe)
+    dx = right + (region_rect(recipe)[2] - x1)
+    corners = [[x0 + dx, y0], [x1 + dx, y0], [x1 + dx, y1], [x0 + dx, y1]]
+    with db.session() as s:
+        part = Part(recipe=recipe.name, sequence=seq, mode="live", verdict=Verdict.PASS,
+                    started_at=AT, finished_at=AT, sheet_region_mm=list(region_rect(recipe)),
+                    sheet_placement={"problem": None, "corners_mm": corners})
+        s.add(part)
+        s.commit()
+        return part.id
+
+
+def _result(part_id: int, seq: int) -> PartResult:
+    return PartResult(seq, part_id, "live", DecisionVerdict.PASS, "", 0.5, {}, {}, {}, {}, None)
+
+
+def test_a_creeping_line_raises_one_stored_alarm_seen_in_monitor_and_review(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = _recipe(station_home, window=10)
+    db = database(recipe)
+    for seq in range(1, 10):  # nine sheets creeping toward the right side
+        _store(db, recipe, seq, -2.0 + 0.25 * seq)
+    monitor, _ = build_monitor(recipe, db, {})
+    assert monitor.placement is not None and monitor.placement.cpk("right") is None
+    hook = DriftHook(recipe, db, monitor)
+    events = hook.part(_result(_store(db, recipe, 10, 0.6), 10))  # the live hook reads the row
+    (alarm,) = list_alarms(db, recipe.name)
+    assert alarm.signal == "placement right" and alarm.part_sequence == 10
+    assert alarm.since_sequence == 1 and alarm.open
+    assert [e.text for e in events] == [f"drift alarm {alarm.id}: {alarm.message}"]
+    # a restart replays the stored parts and stores nothing twice
+    again, _ = build_monitor(recipe, db, {})
+    assert again.placement.alarmed() == {"placement right"}
+    assert len(list_alarms(db, recipe.name)) == 1
+
+    code, out, _ = run_cli(capsys, "monitor", "--recipe", str(recipe.source), "--signal",
+                           "placement right")
+    flat = " ".join(out.split())
+    assert code == 0, out
+    assert "tolerance 1 mm; alarm below Cpk 1 over 10 parts" in flat and "ALARM" in out
+    assert "last points of placement right" in flat and "+0.600" in out
+
+    client = TestClient(create_app(recipe.storage.resolved_database_url(),
+                                   station_home / "data"), base_url="http://127.0.0.1:8080")
+    html = client.get("/alarms").text
+    assert f'id="alarm-{alarm.id}"' in html and 'stroke="#c22" stroke-width="1" ' \
+        'stroke-dasharray="4 3"' in html  # the tolerance drawn on the reaches' chart
+    client.close()
+
+    code, out, _ = run_cli(capsys, "monitor", "--recipe", str(recipe.source), "--clear",
+                           str(alarm.id), "--by", "ana")
+    assert code == 0, out
+    cleared, _ = build_monitor(recipe, db, {})  # the clear restarted the side's window
+    assert cleared.placement.alarmed() == set() and cleared.placement.cpk("right") is None
+    db.dispose()
+
+
+def test_the_watch_follows_the_placement_check(station_home: Path) -> None:
+    from station.inspection.drift_hook import placement_watch
+
+    recipe = _recipe(station_home, window=50)
+    assert placement_watch(recipe).tolerance_mm == recipe.coverage.smallest_defect_mm / 2
+    off = recipe.model_copy(update={"sheet": recipe.sheet.model_copy(
+        update={"check_placement": False})})
+    assert placement_watch(off) is None
