@@ -153,3 +153,70 @@ def test_the_watch_follows_the_placement_check(station_home: Path) -> None:
     off = recipe.model_copy(update={"sheet": recipe.sheet.model_copy(
         update={"check_placement": False})})
     assert placement_watch(off) is None
+
+
+def test_capability_and_the_margin_needed_match_hand_computed_values() -> None:
+    from station.monitoring.placement import capability, margin_needed
+
+    xs = [-4.0, -3.0, -5.0, -4.0] * 5  # mean -4, sd sqrt(10 / 19)
+    sd = math.sqrt(10 / 19)
+    c = capability("top", xs, 1.0)
+    assert (c.n, c.mean, c.sd) == (20, pytest.approx(-4.0), pytest.approx(sd))
+    assert c.cpk == pytest.approx(5 / (3 * sd))
+    se = math.sqrt(1 / 180 + c.cpk**2 / 38)
+    assert c.cpk_low == pytest.approx(c.cpk - 1.645 * se)
+    # 2 mm less margin: the same sheets reach 2 mm farther; half-mm steps from 0 up
+    assert capability("top", xs, 1.0, -2.0).cpk == pytest.approx(3 / (3 * sd))
+    need = margin_needed({"top": xs}, 1.0, 5.0, 1.0)
+    assert capability("top", xs, 1.0, need - 5.0).cpk_low >= 1.0
+    assert capability("top", xs, 1.0, need - 5.5).cpk_low < 1.0
+    assert margin_needed({"top": [0.0, 40.0] * 5}, 1.0, 5.0, 1.0) is None  # no margin helps
+
+
+def _placed(recipe: Any, dx: float, dy: float) -> Any:
+    from station.placement import Placement
+
+    x0, y0, x1, y1 = sheet_rect(recipe)
+    corners = ((x0 + dx, y0 + dy), (x1 + dx, y0 + dy), (x1 + dx, y1 + dy), (x0 + dx, y1 + dy))
+    return Placement(None, (dx, dy), 0.0, (x1 - x0, y1 - y0), corners, None)
+
+
+@pytest.mark.parametrize(
+    ("spread", "n", "said"),
+    [(0.3, 30, "the margin holds: every side's Cpk is at least 1 at 95 % confidence"),
+     (1.8, 12, "the margin likely holds"),
+     (2.5, 30, "warning: the")],
+)
+def test_capture_says_whether_the_margin_holds_for_the_line(
+    station_home: Path, capsys: pytest.CaptureFixture[str], spread: float, n: int, said: str
+) -> None:
+    from station.cli.capture import placement_report
+    from station.placement import Placement
+
+    recipe = _recipe(station_home, window=50)
+    offs = [spread * (k % 3 - 1) for k in range(n)]  # -s, 0, +s: sd about 0.83 s
+    found = [_placed(recipe, d, -d) for d in offs]
+    placement_report(recipe, [*found, Placement("the sheet and the table look alike")])
+    flat = " ".join(capsys.readouterr().out.split())
+    assert f"placement: {n} of {n + 1} sheets found" in flat
+    assert "1 sheet(s) not found, e.g. the sheet and the table look alike" in flat
+    assert said in flat, flat
+    if said.startswith("warning"):
+        assert "widen coverage.edge_margin_mm to" in flat and "fault as misplaced" in flat
+
+
+@pytest.mark.slow
+def test_capture_finds_each_sheet_as_inspection_does(station_home: Path) -> None:
+    from station.inspection.capture import run_capture
+
+    recipe = _recipe(station_home, window=50)
+    data = yaml.safe_load(Path(recipe.source).read_text())
+    data["twin"]["time_scale"] = 0.0
+    Path(recipe.source).write_text(yaml.safe_dump(data))
+    recipe = parse_recipe(Path(recipe.source).read_text(), str(recipe.source))
+    res = run_capture(recipe, 2, "good")
+    assert len(res.placements) == 2 and all(p.found and p.problem is None
+                                            for p in res.placements)
+    meta = yaml.safe_load((res.root / "meta" / f"p{res.sequences[0]:06d}.json").read_text())
+    assert meta["placement"] == res.placements[0].as_dict()
+    assert max(abs(v) for v in meta["placement"]["offset_mm"]) < 4.0  # the twin's ~1 mm jitter

@@ -10,9 +10,13 @@ recipe's `monitoring.drift.placement`, or `--window` / `--min-cpk`) judges the p
   sheets truly past the tolerance (those the station faults as misplaced).
 - creep: the line's stops move the sheets by `--creep-mm` per 100 sheets in +x from the first;
   per run the sheet at which the watch alarms, and the first sheet truly past the tolerance.
+- capture (`--capture N ...`): what `station capture` would say of N captured sheets, `--runs`
+  times: the margin holds, likely holds, or a warning.
 
     .venv/bin/python tools/design_placement_watch.py --recipe glassfiber
     .venv/bin/python tools/design_placement_watch.py --recipe glassfiber --margin-mm 3
+    .venv/bin/python tools/design_placement_watch.py --runs 2000 --parts 10 --creep-mm \
+        --capture 12 30
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from station.calibration.recipes import load_recipe  # noqa: E402
 from station.coverage import placement_tolerance_mm, region_rect  # noqa: E402
-from station.monitoring.placement import PlacementWatch  # noqa: E402
-from station.placement import side_reach  # noqa: E402
+from station.monitoring.placement import PlacementWatch, capability  # noqa: E402
+from station.placement import SIDES, side_reach  # noqa: E402
 from station.storage.alarms import PLACEMENT_PREFIX, PartPoint  # noqa: E402
 from station.twin.world import TwinWorld  # noqa: E402
 
@@ -69,6 +73,22 @@ def run(recipe, watch_cfg, specs, creep, edge_sd, rng) -> tuple[int | None, int 
     return alarm, past
 
 
+def capture_states(recipe, n: int, runs: int, edge_sd: float, rng) -> dict[str, float]:  # noqa: ANN001
+    """Shares of `runs` captures of n sheets that `station capture` reports as: the margin
+    holds (every side's 95 % bound at min Cpk), likely holds (each Cpk at it), or a warning."""
+    min_cpk = recipe.monitoring.drift.placement.min_cpk
+    tol = placement_tolerance_mm(recipe)
+    states = {"holds": 0, "likely": 0, "warning": 0}
+    for k in range(runs):
+        each = [reach(s, recipe) for s in sheets(recipe, n, 7_000_000 + k)]
+        caps = [capability(side, [e[side] + rng.normal(0, edge_sd) for e in each], tol)
+                for side in SIDES]
+        state = ("holds" if min(c.cpk_low for c in caps) >= min_cpk
+                 else "likely" if min(c.cpk for c in caps) >= min_cpk else "warning")
+        states[state] += 1
+    return {k: v / runs for k, v in states.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", default="glassfiber")
@@ -80,6 +100,8 @@ def main() -> None:
     ap.add_argument("--creep-mm", type=float, nargs="*", default=[0.5, 1.0, 2.0],
                     help="creep runs: mm per 100 sheets")
     ap.add_argument("--edge-sd-mm", type=float, default=0.15)
+    ap.add_argument("--capture", type=int, nargs="*", default=[],
+                    help="also: what `station capture` says of N captured sheets (per N)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -126,6 +148,12 @@ def main() -> None:
                   f"{args.runs} runs")
         else:
             print(f"creep {creep:g} mm per 100 sheets: {len(alarms)} alarms, {late} late")
+    out["capture"] = {}
+    for n in args.capture:
+        got = capture_states(recipe, n, args.runs, args.edge_sd_mm, rng)
+        out["capture"][n] = got
+        print(f"capture of {n} sheets, {args.runs} times: " + ", ".join(
+            f"{k} {100 * v:.1f} %" for k, v in got.items()))
     print(f"{time.perf_counter() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))

@@ -6,9 +6,17 @@ The capture itself (files in MVTec-AD layout, Part and Shot rows) is
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
+from station.coverage import region_rect
 from station.errors import StationError
+from station.placement import SIDES
+
+if TYPE_CHECKING:
+    from station.placement import Placement
+    from station.recipe import Recipe
 
 
 def register(app: typer.Typer) -> None:
@@ -57,6 +65,8 @@ def register(app: typer.Typer) -> None:
             f"({res.defect_shots} defect shots, {res.defect_parts} defect parts) in "
             f"{res.seconds:.1f} s -> {res.root}"
         )
+        if res.placements:
+            placement_report(rec, res.placements)
         if res.clipped_shots:
             console.print(
                 f"[bold yellow]warning:[/] {res.clipped_shots} of {res.shots} shots have clipped "
@@ -66,3 +76,60 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
+
+
+MIN_SHEETS = 10  # fewer found sheets say nothing of the line's placing
+
+
+def placement_report(recipe: Recipe, placements: list[Placement]) -> None:
+    """How the line placed the captured sheets, against the placement tolerance: each side's
+    Cpk with its 95 % lower bound, and whether `coverage.edge_margin_mm` holds."""
+    from station.cli.app import console
+    from station.coverage import placement_tolerance_mm
+    from station.monitoring.placement import capability, fault_share, margin_needed
+    from station.placement import side_reach
+
+    tol, margin = placement_tolerance_mm(recipe), recipe.coverage.edge_margin_mm
+    min_cpk = recipe.monitoring.drift.placement.min_cpk
+    found = [p for p in placements if p.found]
+    lost = [p for p in placements if not p.found]
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
+    say(f"placement: {len(found)} of {len(placements)} sheets found (tolerance {tol:g} mm past "
+        f"the region, coverage.edge_margin_mm {margin:g} mm)")
+    if lost:
+        say(f"[bold yellow]warning:[/] {len(lost)} sheet(s) not found, e.g. {lost[0].problem}; "
+            "live, such a sheet is faulted as misplaced: check the table's contrast around the "
+            "sheet, or set sheet.check_placement: false")
+    if len(found) < MIN_SHEETS:
+        say(f"  too few sheets found to judge the line's placing (at least {MIN_SHEETS})")
+        return
+    each = [side_reach(p.corners_mm, region_rect(recipe)) for p in found]
+    reaches = {side: [r[side] for r in each] for side in SIDES}
+    caps = [capability(side, xs, tol) for side, xs in reaches.items()]
+    say("  mm past each side of the region (negative: inside), mean +- sd, Cpk [95 % lower "
+        "bound]: " + "; ".join(f"{c.side} {c.mean:+.2f} +- {c.sd:.2f}, {c.cpk:.2f} "
+                               f"[{c.cpk_low:.2f}]" for c in caps))
+    need = margin_needed(reaches, tol, margin, min_cpk)
+    worst = min(caps, key=lambda c: c.cpk_low)
+    if worst.cpk_low >= min_cpk:
+        say(f"  the margin holds: every side's Cpk is at least {min_cpk:g} at 95 % confidence "
+            f"(the placement watch alarms below {min_cpk:g} live)"
+            + (f"; {need:g} mm would too" if need is not None and need < margin else ""))
+        return
+    low = min(caps, key=lambda c: c.cpk)
+    if low.cpk >= min_cpk:
+        say(f"  the margin likely holds: every side's Cpk is at least {min_cpk:g} as measured "
+            f"(the lowest {low.cpk:.2f}, {low.side}), but {len(found)} sheets cannot show it at "
+            f"95 % confidence (the {worst.side} side's bound is {worst.cpk_low:.2f}); capture "
+            f"more sheets to be sure; live, the placement watch checks it over "
+            f"{recipe.monitoring.drift.placement.window_parts} sheets")
+        return
+    fix = (f"widen coverage.edge_margin_mm to {need:g} mm (Cpk {min_cpk:g} at 95 % confidence "
+           f"with these {len(found)} sheets) and plan the poses again (station plan-poses)"
+           if need is not None else "fix the line's placing first")
+    say(f"[bold yellow]warning:[/] the {low.side} side's Cpk is below {min_cpk:g} ({low.cpk:.2f}): "
+        f"about {100 * fault_share(low.cpk):.2g} % of sheets would fault as misplaced there; "
+        f"{fix}, or check the line's stops against sheet.center_mm")

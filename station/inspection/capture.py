@@ -5,10 +5,12 @@ Shots go to the recipe's dataset folder in MVTec-AD layout (`train/good/`, `test
 by label: `good` (training), `labelled` (the twin's truth, with masks), `test-good` and
 `test-defect` (sheets the operator vouches for, held out for thresholds; no masks),
 one file per shot named `p{sequence:06d}_{pose}.png`, plus `meta/p{sequence:06d}.json` with the
-poses, camera settings, timestamps, hashes and (simulated) ground truth. Every part is also a
-`Part(mode="capture")` row with its `Shot` rows (written by `station.storage.parts`). A part is
-written completely (files, then the database row) before the next starts, so an interrupted or
-failed run keeps what it captured and a re-run continues the numbering.
+poses, camera settings, timestamps, hashes, (simulated) ground truth and, with
+sheet.check_placement, where the sheet was found (`placement`, as inspection finds it). Every
+part is also a `Part(mode="capture")` row with its `Shot` rows (written by
+`station.storage.parts`). A part is written completely (files, then the database row) before
+the next starts, so an interrupted or failed run keeps what it captured and a re-run continues
+the numbering.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from station.cellcal.store import CameraModel, inspection_camera
+from station.coverage import checks_placement
 from station.devices.factory import open_devices, uses_twin
 from station.devices.pylon_emulator import check_sequence
 from station.errors import LineIOError, StationError
 from station.files import writing
 from station.imaging import saturated_mask, write_png
+from station.inspection.sheet import find_placement
 from station.paths import resolve
+from station.placement import Placement
 from station.recipe import Recipe
 from station.storage.db import Database, open_database
 from station.storage.parts import PartRecord, ShotRecord, write_part
@@ -55,6 +61,7 @@ class CaptureResult:
     seconds: float = 0.0
     clipped_shots: int = 0  # shots with pixels at full scale (not inspected there)
     clipped_max: float = 0.0  # the largest share of a shot's pixels at full scale
+    placements: list[Placement] = field(default_factory=list)  # with sheet.check_placement
 
 
 def existing_next_sequence(root: Path) -> int:
@@ -127,7 +134,8 @@ def run_capture(
         raise StationError(f"cannot create capture folder {root}: {exc}") from None
     db = open_database(recipe.storage.resolved_database_url())
     result = CaptureResult(root)
-    store = _PartStore(recipe, db, root, data_root, staging, label)
+    store = _PartStore(recipe, db, root, data_root, staging, label,
+                       inspection_camera(recipe) if checks_placement(recipe) else None)
     t_start = time.perf_counter()
     robot_cfg = recipe.robot
     try:
@@ -196,6 +204,7 @@ class _PartStore:
     data_root: Path
     staging: Path
     label: str
+    camera: CameraModel | None  # the placement's (None: the recipe does not check placement)
 
     def store(self, part: _Captured, result: CaptureResult) -> None:
         stage = self.staging / f"p{part.seq:06d}"
@@ -206,6 +215,12 @@ class _PartStore:
         ground_truth = TRUTH.get(self.label, "defect" if any_defect else "good")
         finished = datetime.now(UTC)
         meta = self._meta(part, ground_truth, finished, shots_meta)
+        if self.camera is not None:  # where the line put the sheet, as inspection finds it
+            placed = find_placement(self.recipe, self.camera, [
+                (pose.name, state.tcp_mm_rotvec, frame.image)
+                for _, pose, state, frame in part.frames])
+            meta["placement"] = placed.as_dict()
+            result.placements.append(placed)
         meta_stage = stage / f"p{part.seq:06d}.json"
         meta_stage.write_text(json.dumps(meta, indent=1), encoding="utf-8")
         moves.append((meta_stage, self.root / "meta" / f"p{part.seq:06d}.json"))

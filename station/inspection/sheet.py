@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -101,6 +101,18 @@ class PartSheet:
         with self._lock:
             values = self.edges.result()
         return find_recipe_sheet(values, self.edges.grid, self.recipe)
+
+
+def find_placement(
+    recipe: Recipe, camera: CameraModel, shots: Iterable[tuple[str, Sequence[float], np.ndarray]]
+) -> Placement:
+    """Where the sheet lies in a part's shots (pose name, robot pose, image), as inspection
+    finds it (`station capture` reports the line's placing this way)."""
+    mosaic = recipe_mosaic(recipe, camera.table_to_base)
+    for name, robot_pose, image in shots:
+        view = shot_view(camera, name, pose_tcp(recipe, name, robot_pose), recipe.preprocess.crop)
+        mosaic.add(view, image)
+    return find_recipe_sheet(mosaic.result(), mosaic.grid, recipe)
 
 
 def check_placement(placement: Placement | None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -25,6 +26,50 @@ if TYPE_CHECKING:
     from station.recipe_quality import PlacementWatchConfig
 
 SD_FLOOR_MM = 0.05  # below the edge fit's own scatter: a jig-placed sheet is not infinitely capable
+
+
+def mean_sd(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample sd (floored at SD_FLOOR_MM) of two or more reaches."""
+    n = len(xs)
+    mean = sum(xs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return mean, max(sd, SD_FLOOR_MM)
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One side's placing over a set of sheets, against the tolerance."""
+
+    side: str
+    n: int
+    mean: float  # mm past the region's side (negative: inside)
+    sd: float
+    cpk: float
+    cpk_low: float  # its one-sided 95 % lower confidence bound (Bissell's approximation)
+
+
+def capability(side: str, xs: Sequence[float], tolerance_mm: float, extra_mm: float = 0.0
+               ) -> Capability:
+    """The side's index over `xs` (two or more reaches), with the region grown by `extra_mm`."""
+    n = len(xs)
+    mean, sd = mean_sd(xs)
+    cpk = (tolerance_mm + extra_mm - mean) / (3.0 * sd)
+    low = cpk - 1.645 * math.sqrt(1.0 / (9.0 * n) + cpk * cpk / (2.0 * (n - 1)))
+    return Capability(side, n, mean, sd, cpk, low)
+
+
+def margin_needed(reaches: dict[str, Sequence[float]], tolerance_mm: float, margin_mm: float,
+                  min_cpk: float, step_mm: float = 0.5, most_mm: float = 30.0) -> float | None:
+    """The smallest edge margin (from 0 up, in `step_mm`; the sheets measured with
+    `margin_mm`) at which every side's Cpk is at least `min_cpk` at 95 % confidence; None when
+    even `most_mm` more than `margin_mm` is not enough."""
+    extra = -margin_mm
+    while extra <= most_mm:
+        if all(capability(s, xs, tolerance_mm, extra).cpk_low >= min_cpk
+               for s, xs in reaches.items()):
+            return margin_mm + extra
+        extra += step_mm
+    return None
 
 
 def fault_share(cpk: float) -> float:
@@ -41,13 +86,7 @@ class SideState:
 
     def stats(self) -> tuple[float, float] | None:
         """(mean, sd) of the window's reaches; None with fewer than two."""
-        n = len(self.points)
-        if n < 2:
-            return None
-        xs = [p[3] for p in self.points]
-        mean = sum(xs) / n
-        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-        return mean, max(sd, SD_FLOOR_MM)
+        return mean_sd([p[3] for p in self.points]) if len(self.points) >= 2 else None
 
 
 @dataclass
