@@ -201,6 +201,7 @@ def test_capture_says_whether_the_margin_holds_for_the_line(
     assert f"placement: {n} of {n + 1} sheets found" in flat
     assert "1 sheet(s) not found, e.g. the sheet and the table look alike" in flat
     assert said in flat, flat
+    assert "camera model is" not in flat  # the twin's exact model
     if said.startswith("warning"):
         assert "widen coverage.edge_margin_mm to" in flat and "fault as misplaced" in flat
 
@@ -220,3 +221,16 @@ def test_capture_finds_each_sheet_as_inspection_does(station_home: Path) -> None
     meta = yaml.safe_load((res.root / "meta" / f"p{res.sequences[0]:06d}.json").read_text())
     assert meta["placement"] == res.placements[0].as_dict()
     assert max(abs(v) for v in meta["placement"]["offset_mm"]) < 4.0  # the twin's ~1 mm jitter
+
+
+def test_capture_says_when_the_camera_model_is_nominal(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from station.calibration.recipes import load_recipe
+    from station.cli.capture import placement_report
+
+    recipe = load_recipe("glassfiber-emulated")  # a real camera's model: none calibrated here
+    placement_report(recipe, [_placed(recipe, 0.0, 0.0)] * 3)
+    flat = " ".join(capsys.readouterr().out.split())
+    assert "note: the camera model is nominal" in flat and "calibrate-hand-eye" in flat
+    assert "too few sheets found to judge the line's placing (at least 10)" in flat
