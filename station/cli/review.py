@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from station.recipe import Recipe
+    from station.review.disk import DiskBanner
 
 TOKEN_ENV = "STATION_REVIEW_TOKEN"
 KEY_PASSWORD_ENV = "STATION_TLS_KEY_PASSWORD"  # an encrypted key's pass phrase: never an option
@@ -80,6 +85,7 @@ def review_cmd(
         # a loopback bind other than the usual names (127.0.0.2) must still be reachable
         allowed_hosts=None if not local else [*LOCAL_HOST_NAMES, host.strip("[]").lower()],
         secure_cookies=tls,
+        disk=_disk_banner(cfg, root, url),
     )
     scheme = "https" if tls else "http"
     shown = f"[{host}]" if ":" in host else host
@@ -135,3 +141,19 @@ def _check_tls_files(certfile: Path, keyfile: Path) -> None:
             hint="give a PEM certificate and its PEM private key; an encrypted key's pass "
             f"phrase goes in {KEY_PASSWORD_ENV}",
         ) from None
+
+
+def _disk_banner(recipe: Recipe, root: Path, url: str) -> DiskBanner | None:
+    """Warnings before the station's disks fill, on every page (`monitoring.disk`): the data
+    root served, the recipe's journal folder and the SQLite file's folder."""
+    from station.review.disk import DiskBanner
+    from station.storage.db import sqlite_file
+    from station.storage.journal import journal_folder
+
+    if not recipe.monitoring.disk.enabled:
+        return None
+    paths = [root, journal_folder(recipe)]
+    database = sqlite_file(url)
+    if database is not None:
+        paths.append(database.parent)
+    return DiskBanner(recipe, paths)

@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from station.review import alarms, guard, login, pages, reviews, shadow, store
+from station.review.disk import DiskBanner
 from station.review.guard import COOKIE
 from station.review.security import LOCAL_HOST_NAMES, AuthThrottle, SessionSigner, check_token
 from station.review.web import HERE, ReviewSettings, templates_for
@@ -46,6 +47,7 @@ def create_app(
     secure_cookies: bool = False,
     page_size: int = store.PAGE_SIZE,
     throttle: AuthThrottle | None = None,
+    disk: DiskBanner | None = None,
 ) -> FastAPI:
     """Build the review app.
 
@@ -53,6 +55,7 @@ def create_app(
     beyond localhost (the CLI enforces that). `allowed_hosts` defaults to the localhost names
     when no login is required (DNS-rebinding guard) and to any host otherwise. `throttle`
     limits failed logins and Bearer guesses per client address (default: AuthThrottle()).
+    `disk`: free-space warnings shown on every page (None: none).
     """
     if require_auth is None:
         require_auth = token is not None
@@ -75,6 +78,7 @@ def create_app(
         page_size=page_size,
         throttle=AuthThrottle() if throttle is None else throttle,
         templates=templates_for(require_auth),
+        disk=disk,
     )
 
     @contextlib.asynccontextmanager

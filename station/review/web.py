@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 
 from station.errors import StationError
 from station.review import store
+from station.review.disk import DiskBanner
 from station.review.security import AuthThrottle, SessionSigner, tokens_equal
 from station.storage.db import Database
 from station.storage.models import ReviewLabel
@@ -47,6 +48,7 @@ class ReviewSettings:
     page_size: int
     throttle: AuthThrottle
     templates: Jinja2Templates
+    disk: DiskBanner | None = None  # free-space warnings on every page (station review)
 
 
 def settings(request: Request) -> ReviewSettings:
@@ -93,13 +95,15 @@ def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLRe
     flash = session.pop("flash", None)
     if flash:
         request.state.session_dirty = True
+    cfg = settings(request)
     ctx.update(
         csrf=session["csrf"],
         operator=session.get("operator", ""),
         logged_in=bool(session.get("auth")),
         flash=flash,
+        disk_lines=cfg.disk.lines(cfg.db) if cfg.disk is not None else [],
     )
-    return settings(request).templates.TemplateResponse(request, name, ctx, status_code=status)
+    return cfg.templates.TemplateResponse(request, name, ctx, status_code=status)
 
 
 def refusal(request: Request, exc: Refused) -> Response:

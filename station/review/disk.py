@@ -1,0 +1,82 @@
+"""Free disk space on every review page: the warning the live view gives, for whoever looks
+at the review pages instead of the station's terminal.
+
+A full data disk rejects every sheet. `DiskBanner` reads the disks of the station's data,
+journal and SQLite folders and says when one has less than `warn_free_gb` free, or fills
+within `warn_hours` at the recipe's rate over the last hour (sheets per hour from the parts
+started then, bytes per sheet from the newest parts' folders). Read at most once a minute.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from station.monitoring.disk import DiskWatch, disks, folder_bytes
+from station.storage.models import Part
+from station.storage.parts import part_folder
+
+if TYPE_CHECKING:
+    from station.recipe import Recipe
+    from station.storage.db import Database
+
+RATE_WINDOW = timedelta(hours=1)
+MIN_PARTS = 5  # fewer in the window: no rate, free space only (as the live watch)
+SIZED_PARTS = 10  # the newest parts whose folders give the bytes per sheet
+
+
+@dataclass
+class DiskBanner:
+    recipe: Recipe  # whose parts give the rate
+    paths: list[Path]
+    ttl_s: float = 60.0
+    _lines: list[str] = field(default_factory=list)
+    _read_at: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def lines(self, db: Database) -> list[str]:
+        """The warnings now (cached for `ttl_s`); [] while every disk has room."""
+        with self._lock:
+            now = time.monotonic()
+            if self._read_at is None or now - self._read_at >= self.ttl_s:
+                self._lines = self._read(db)
+                self._read_at = now
+            return list(self._lines)
+
+    def _read(self, db: Database) -> list[str]:
+        cfg = self.recipe.monitoring.disk
+        watch = DiskWatch(self.paths, cfg.warn_free_gb, cfg.warn_hours)
+        try:
+            rate = self.rate(db)
+        except Exception:  # noqa: BLE001 (a database that is down: free space only; the page says why)
+            rate = None
+        return [line for d in disks(self.paths) if (line := watch.low(d, rate)) is not None]
+
+    def rate(self, db: Database) -> tuple[float, float] | None:
+        """(bytes per sheet, sheets per hour) over the last hour; None with too few parts."""
+        since = datetime.now(UTC) - RATE_WINDOW
+        with db.session() as s:
+            rows = s.execute(
+                select(Part.sequence, Part.started_at)
+                .where(Part.recipe == self.recipe.name, Part.mode.in_(("live", "offline")),
+                       Part.started_at >= since)
+                .order_by(Part.started_at)
+            ).all()
+        if len(rows) < MIN_PARTS:
+            return None
+        first, last = _utc(rows[0][1]), _utc(rows[-1][1])
+        hours = (last - first).total_seconds() / 3600
+        sizes = [folder_bytes(part_folder(self.recipe, seq)) for seq, _ in rows[-SIZED_PARTS:]]
+        if hours <= 0 or not any(sizes):
+            return None
+        return sum(sizes) / len(sizes), (len(rows) - 1) / hours
+
+
+def _utc(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
