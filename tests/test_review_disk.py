@@ -89,3 +89,19 @@ def test_station_review_watches_the_data_journal_and_database_disks(station_home
     off = recipe.model_copy(update={"monitoring": recipe.monitoring.model_copy(update={
         "disk": recipe.monitoring.disk.model_copy(update={"enabled": False})})})
     assert _disk_banner(off, recipe.data_dir.parent, url) is None
+
+
+def test_a_database_that_is_down_leaves_the_rate_out(station_home: Path) -> None:
+    recipe = _recipe(station_home, warn_free_gb=1e6, warn_hours=8)
+    db = database(recipe)
+    _parts(db, recipe, 6, minutes=10, nbytes=1000)
+    db.dispose()
+    (station_home / "data" / "station.db").write_bytes(b"not a database" * 100)  # overwritten
+    banner = DiskBanner(recipe, [recipe.data_dir])
+    try:
+        with pytest.raises(Exception, match="not a database"):
+            banner.rate(db)
+        (line,) = banner.lines(db)
+    finally:
+        db.dispose()
+    assert "GB free" in line and "sheets/h" not in line
