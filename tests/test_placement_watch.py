@@ -234,3 +234,35 @@ def test_capture_says_when_the_camera_model_is_nominal(
     flat = " ".join(capsys.readouterr().out.split())
     assert "note: the camera model is nominal" in flat and "calibrate-hand-eye" in flat
     assert "too few sheets found to judge the line's placing (at least 10)" in flat
+
+
+@pytest.mark.slow
+def test_a_placement_that_cannot_be_measured_never_loses_the_captured_part(
+    station_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The placement is measured before the part is stored: a failure there (here frames cut
+    short of the camera's size) is said in the report, and the part is stored as shot."""
+    import contextlib
+    import dataclasses
+
+    import numpy as np
+
+    import station.inspection.capture as capture
+
+    recipe = _recipe(station_home, window=50)
+    real = capture.open_devices
+
+    @contextlib.contextmanager
+    def cropping(*args: Any, **kw: Any) -> Any:
+        with real(*args, **kw) as dev:
+            grab = dev.camera.grab
+            dev.camera.grab = lambda: dataclasses.replace(
+                frame := grab(), image=np.ascontiguousarray(frame.image[:40, :50]))
+            yield dev
+
+    monkeypatch.setattr(capture, "open_devices", cropping)
+    res = capture.run_capture(recipe, 1, "good")
+    (placed,) = res.placements
+    assert placed.problem.startswith("not measured: ValueError: shot r1c1 is (50, 40) px")
+    assert res.shots == len(recipe.robot.poses) and len(res.sequences) == 1
+    assert (res.root / "meta" / f"p{res.sequences[0]:06d}.json").is_file()

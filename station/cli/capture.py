@@ -84,6 +84,8 @@ MIN_SHEETS = 10  # fewer found sheets say nothing of the line's placing
 def placement_report(recipe: Recipe, placements: list[Placement]) -> None:
     """How the line placed the captured sheets, against the placement tolerance: each side's
     Cpk with its 95 % lower bound, and whether `coverage.edge_margin_mm` holds."""
+    from rich.markup import escape
+
     from station.cellcal.store import inspection_camera
     from station.cli.app import console
     from station.coverage import placement_tolerance_mm
@@ -101,13 +103,14 @@ def placement_report(recipe: Recipe, placements: list[Placement]) -> None:
     say(f"placement: {len(found)} of {len(placements)} sheets found (tolerance {tol:g} mm past "
         f"the region, coverage.edge_margin_mm {margin:g} mm)")
     if lost:
-        say(f"[bold yellow]warning:[/] {len(lost)} sheet(s) not found, e.g. {lost[0].problem}; "
+        say(f"[bold yellow]warning:[/] {len(lost)} sheet(s) not found, e.g. "
+            f"{escape(lost[0].problem or '')}; "
             "live, such a sheet is faulted as misplaced: check the table's contrast around the "
             "sheet, or set sheet.check_placement: false")
     source = inspection_camera(recipe).source
     if source.startswith("nominal"):
-        say(f"  note: the camera model is {source}; its error (7.5-10 mm on a twin camera "
-            "mounted 3 mm / 1 deg off, README) moves the found sheets as much: run station "
+        say(f"  note: the camera model is {escape(source)}; its error (7.5-10 mm on a twin "
+            "camera mounted 3 mm / 1 deg off, README) moves the found sheets as much: run station "
             "calibrate-camera and calibrate-hand-eye before judging the line's placing")
     if len(found) < MIN_SHEETS:
         say(f"  too few sheets found to judge the line's placing (at least {MIN_SHEETS})")

@@ -216,9 +216,7 @@ class _PartStore:
         finished = datetime.now(UTC)
         meta = self._meta(part, ground_truth, finished, shots_meta)
         if self.camera is not None:  # where the line put the sheet, as inspection finds it
-            placed = find_placement(self.recipe, self.camera, [
-                (pose.name, state.tcp_mm_rotvec, frame.image)
-                for _, pose, state, frame in part.frames])
+            placed = self._placement(part)
             meta["placement"] = placed.as_dict()
             result.placements.append(placed)
         meta_stage = stage / f"p{part.seq:06d}.json"
@@ -247,6 +245,17 @@ class _PartStore:
                 result.clipped_shots += 1
                 result.clipped_max = max(result.clipped_max, float(clipped.mean()))
         shutil.rmtree(stage, ignore_errors=True)
+
+    def _placement(self, part: _Captured) -> Placement:
+        """The sheet as found in the part's shots; a failure is said, never loses the part."""
+        assert self.camera is not None
+        try:
+            return find_placement(self.recipe, self.camera, [
+                (pose.name, state.tcp_mm_rotvec, frame.image)
+                for _, pose, state, frame in part.frames])
+        except Exception as exc:  # noqa: BLE001 (a report; the part is stored whatever it says)
+            msg = exc.message if isinstance(exc, StationError) else f"{type(exc).__name__}: {exc}"
+            return Placement(f"not measured: {msg}")
 
     def _shot(
         self, seq: int, stage: Path, moves: list[tuple[Path, Path]],
