@@ -266,3 +266,46 @@ def test_a_placement_that_cannot_be_measured_never_loses_the_captured_part(
     assert placed.problem.startswith("not measured: ValueError: shot r1c1 is (50, 40) px")
     assert res.shots == len(recipe.robot.poses) and len(res.sequences) == 1
     assert (res.root / "meta" / f"p{res.sequences[0]:06d}.json").is_file()
+
+
+@pytest.mark.slow
+def test_creeping_stops_on_the_twin_raise_the_alarm_live(station_home: Path) -> None:
+    """The whole chain on the twin's line: stops creeping 8 mm over 14 sheets (shipped
+    geometry, 5 mm margin) -> each part's sheet found in its renders and stored -> the drift
+    hook reads it back -> the watch (a window of 10) raises one stored alarm on the right side
+    while the sheets are still inspected, and a misplaced sheet is a fault, not a pass."""
+    from test_inspection_support import bright_set
+
+    from station.devices.factory import open_devices
+    from station.inspection.cycle import Inspector
+    from station.inspection.recorder import Recorder
+    from station.twin.ageing import Ageing
+    from station.twin.world import TwinWorld
+
+    with pytest.raises(ValueError, match="stops_creep"):
+        Ageing.from_params({"stops_creep": {"start_part": 0, "parts": 10, "to": 3.0}})
+    recipe = _recipe(station_home, window=10)
+    data = yaml.safe_load(Path(recipe.source).read_text())
+    data["twin"].update(time_scale=0.0, defect_rate=0.0)
+    data["twin"]["params"] = {"stops_creep": {"start_part": 1, "parts": 13, "to_mm": 8.0}}
+    data["monitoring"]["drift"]["reference"] = {"enabled": False}
+    Path(recipe.source).write_text(yaml.safe_dump(data))
+    recipe = parse_recipe(Path(recipe.source).read_text(), str(recipe.source))
+    db = database(recipe)
+    monitor, _ = build_monitor(recipe, db, {})
+    events: list[Any] = []
+    with (
+        open_devices(recipe, world=TwinWorld(recipe, seed=2)) as dev,
+        Inspector(recipe, bright_set(recipe, threshold=1.0, mean=250.0), Recorder(db, recipe),
+                  dev, on_event=events.append, hooks=[DriftHook(recipe, db, monitor)],
+                  operator=lambda fault: True) as insp,
+    ):
+        summary = insp.run_live(count=14)
+    (alarm,) = list_alarms(db, recipe.name)
+    assert alarm.signal == "placement right" and 10 <= alarm.part_sequence <= 14
+    assert any(f"drift alarm {alarm.id}: placement right" in e.text for e in events)
+    verdicts = [r.fault.kind if r.fault else r.verdict.value for r in summary.results]
+    assert set(verdicts) <= {"pass", "misplaced"}, verdicts
+    first_fault = next((r.sequence for r in summary.results if r.fault), None)
+    assert first_fault is None or alarm.part_sequence < first_fault  # the watch came first
+    db.dispose()

@@ -1,4 +1,5 @@
-"""Slow changes of the twin's cell over the parts it sees, to test the drift charts.
+"""Slow changes of the twin's cell over the parts it sees, to test the drift charts and the
+placement watch.
 
 - `twin.params.lamp_dim: {start_part, parts, to}`: the light falls linearly from 1 at part
   `start_part` to `to` (e.g. 0.85: 15 % dimmer) at part `start_part + parts`, then stays.
@@ -6,6 +7,9 @@
 - `twin.params.defocus: {start_part, parts, to_px}`: an extra Gaussian blur (sigma in pixels)
   growing linearly from 0 at `start_part` to `to_px` at `start_part + parts`, then stays (the
   lens drifting out of focus).
+- `twin.params.stops_creep: {start_part, parts, to_mm}`: the line's stops move, and every
+  sheet with them, along base x, linearly from 0 at `start_part` to `to_mm` at
+  `start_part + parts`, then stay (worn or knocked stops; the placement watch's case).
 
 Parts are counted as the twin's line brings them (1 = the first sheet of the run).
 """
@@ -45,12 +49,18 @@ def _ramp(params: dict[str, Any], key: str, to_key: str, lo: float, hi: float) -
 class Ageing:
     lamp: Ramp | None = None
     defocus: Ramp | None = None
+    stops: Ramp | None = None
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Ageing:
         """From twin.params; a ValueError names the bad key."""
         return cls(_ramp(params, "lamp_dim", "to", 0.0, 2.0),
-                   _ramp(params, "defocus", "to_px", 0.0, 20.0))
+                   _ramp(params, "defocus", "to_px", 0.0, 20.0),
+                   _ramp(params, "stops_creep", "to_mm", -50.0, 50.0))
+
+    def stops_offset_mm(self, part: int) -> float:
+        """How far the line's stops have moved the sheets along base x at `part`."""
+        return self.stops.at(part, 0.0) if self.stops else 0.0
 
     def light(self, part: int) -> float:
         """The light level at `part` (1.0: as new)."""

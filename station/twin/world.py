@@ -94,7 +94,7 @@ class TwinWorld:
             self.truth = TrueCamera.from_recipe(recipe)
             self.board_placed = BoardOnTable.from_recipe(recipe)
             self.variant = Variant.from_params(params)
-            self.ageing = Ageing.from_params(params)  # lamp_dim, defocus over the parts
+            self.ageing = Ageing.from_params(params)  # lamp_dim, defocus, stops_creep
             self.material_switch = MaterialSwitch.from_params(params)  # another cloth from part N
             self.lamp_jitter = lamp_jitter(params)  # the lamp's shot-to-shot output (the card's)
         except ValueError as exc:
@@ -252,9 +252,12 @@ class TwinWorld:
         part_id = part_id or f"TWIN-{self.seed}-{self.sheets_presented:06d}"
         spec = self.make_sheet(seed, defective)
         spec = self.material_switch.apply(spec, self.sheets_presented, self.twin.roving_pitch_mm)
+        x, y = spec.centre_mm
+        x += self.ageing.stops_offset_mm(self.sheets_presented)  # twin.params.stops_creep
         if self.trip("misplaced_sheet"):
-            x, y = spec.centre_mm
-            spec = dataclasses.replace(spec, centre_mm=(x + MISPLACED_MM[0], y + MISPLACED_MM[1]))
+            x, y = x + MISPLACED_MM[0], y + MISPLACED_MM[1]
+        if (x, y) != spec.centre_mm:
+            spec = dataclasses.replace(spec, centre_mm=(x, y))
         self.present(spec, part_id)
         return spec, part_id
 
