@@ -16,10 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
 from station.monitoring.disk import DiskWatch, disks, folder_bytes
-from station.storage.models import Part
+from station.review import store
 from station.storage.parts import part_folder
 
 if TYPE_CHECKING:
@@ -60,14 +58,8 @@ class DiskBanner:
 
     def rate(self, db: Database) -> tuple[float, float] | None:
         """(bytes per sheet, sheets per hour) over the last hour; None with too few parts."""
-        since = datetime.now(UTC) - RATE_WINDOW
         with db.session() as s:
-            rows = s.execute(
-                select(Part.sequence, Part.started_at)
-                .where(Part.recipe == self.recipe.name, Part.mode.in_(("live", "offline")),
-                       Part.started_at >= since)
-                .order_by(Part.started_at)
-            ).all()
+            rows = store.started_since(s, self.recipe.name, datetime.now(UTC) - RATE_WINDOW)
         if len(rows) < MIN_PARTS:
             return None
         first, last = _utc(rows[0][1]), _utc(rows[-1][1])

@@ -231,6 +231,17 @@ def queue_page(session: Session, flt: QueueFilter, page_size: int = PAGE_SIZE) -
     return QueuePage(rows=rows, counts=counts, page=page, pages=pages)
 
 
+def started_since(session: Session, recipe: str, since: datetime) -> list[tuple[int, datetime]]:
+    """(sequence, start) of the recipe's live and offline parts started since `since`, oldest
+    first (the rate the disk banner reckons with)."""
+    rows = session.execute(
+        select(Part.sequence, Part.started_at)
+        .where(Part.recipe == recipe, Part.mode.in_(DECIDED_MODES), Part.started_at >= since)
+        .order_by(Part.started_at)
+    ).all()
+    return [(int(seq), at) for seq, at in rows]
+
+
 def recipes_in_queue(session: Session) -> list[str]:
     return list(session.scalars(select(Part.recipe).distinct().order_by(Part.recipe)))
 
