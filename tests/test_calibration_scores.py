@@ -6,6 +6,7 @@ Trains a small PatchCore (64 x 64 images) into the recipe's models folder, then 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,11 @@ def test_folder_scored_by_trained_artifact_then_cli(
 
     root = station_home / "ds"
     _folder(root, np.random.default_rng(0))
+    # station capture's meta: part 2's sheet was off its place, part 3's was not
+    (root / "meta").mkdir()
+    off = "the sheet lies +9.0 / -4.0 mm off its place"
+    (root / "meta" / "p000002.json").write_text(json.dumps({"placement": {"problem": off}}))
+    (root / "meta" / "p000003.json").write_text(json.dumps({"placement": {"problem": None}}))
     path = station_home / "recipes" / "glassfiber.yaml"
     text = path.read_text().replace("size: [256, 256]", f"size: [{SIZE}, {SIZE}]")
     path.write_text(text.replace("device: auto ", "device: cpu "))
@@ -69,6 +75,9 @@ def test_folder_scored_by_trained_artifact_then_cli(
     assert data.part_ids == [f"p{s:06d}" for s in range(1, 8)]
     assert data.labels.tolist() == [0, 0, 0, 0, 1, 1, 1] and data.n_shots == 14
     assert data.model_versions == {"patchcore": trained.version}
+    assert data.warnings == [f"1 of 7 parts were off their place when captured, so they are "
+                             f"scored only where they lay inside the region: p000002 ({off}); "
+                             "capture them again, or leave their files out of the folder"]
     scores = data.scores["patchcore"]
     assert scores[4:].min() > scores[:4].max()  # part score = max over shots: the defect shows
     res = calibrate(data, Policy("zero_miss"), recipe="glassfiber", resamples=200, oob_resamples=0)
@@ -79,8 +88,9 @@ def test_folder_scored_by_trained_artifact_then_cli(
     main(
         ["calibrate-threshold", "--dataset", str(root), "--policy", "youden", "--resamples", "200"]
     )
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "youden" in out and "wrote" in out
+    assert "warning: 1 of 7 parts were off their place when captured" in " ".join(err.split())
     doc = yaml.safe_load((station_home / "calibration" / "glassfiber.yaml").read_text())
     assert doc["source"] == "dataset" and doc["model_versions"] == {"patchcore": trained.version}
     assert doc["counts"] == {"good": 4, "defect": 3, "shots": 14}

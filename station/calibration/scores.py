@@ -19,6 +19,7 @@ not the map peaks), so that source is refused.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -169,7 +170,29 @@ def score_folder(
         n_shots=len(items),
         notes=notes,
         shots=shots,
+        warnings=misplaced_captures(root, parts) if group else [],
     )
+
+
+def misplaced_captures(root: Path, parts: Sequence[str]) -> list[str]:
+    """A warning naming the captured parts whose sheet was off its place when captured (their
+    `meta/p<seq>.json` placement, written by station capture with sheet.check_placement):
+    scored as they are, they were inspected only where they lay inside the region."""
+    off = []
+    for key in parts:
+        try:
+            meta = json.loads((root / "meta" / f"{key}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # no meta (an older capture, another layout): nothing to say
+        problem = (meta.get("placement") or {}).get("problem") if isinstance(meta, dict) else None
+        if problem:
+            off.append(f"{key} ({problem})")
+    if not off:
+        return []
+    return [f"{len(off)} of {len(parts)} parts were off their place when captured, so they are "
+            f"scored only where they lay inside the region: {'; '.join(off[:3])}"
+            + (f"; and {len(off) - 3} more" if len(off) > 3 else "")
+            + "; capture them again, or leave their files out of the folder"]
 
 
 def _shot_parts(
