@@ -126,7 +126,8 @@ def placement_report(recipe: Recipe, placements: list[Placement]) -> None:
     if worst.cpk_low >= min_cpk:
         say(f"  the margin holds: every side's Cpk is at least {min_cpk:g} at 95 % confidence "
             f"(the placement watch alarms below {min_cpk:g} live)"
-            + (f"; {need:g} mm would too" if need is not None and need < margin else ""))
+            + (f"; {need:g} mm would too, with less room for the line to drift"
+               if need is not None and need < margin else ""))
         return
     low = min(caps, key=lambda c: c.cpk)
     if low.cpk >= min_cpk:
