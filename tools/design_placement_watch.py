@@ -35,7 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from station.calibration.recipes import load_recipe  # noqa: E402
 from station.coverage import placement_tolerance_mm, region_rect  # noqa: E402
-from station.monitoring.placement import PlacementWatch, capability  # noqa: E402
+from station.monitoring.placement import (  # noqa: E402
+    PlacementWatch,
+    capability,
+    margin_verdict,
+)
 from station.placement import SIDES, side_reach  # noqa: E402
 from station.storage.alarms import PLACEMENT_PREFIX, PartPoint  # noqa: E402
 from station.twin.world import TwinWorld  # noqa: E402
@@ -83,9 +87,7 @@ def capture_states(recipe, n: int, runs: int, edge_sd: float, rng) -> dict[str, 
         each = [reach(s, recipe) for s in sheets(recipe, n, 7_000_000 + k)]
         caps = [capability(side, [e[side] + rng.normal(0, edge_sd) for e in each], tol)
                 for side in SIDES]
-        state = ("holds" if min(c.cpk_low for c in caps) >= min_cpk
-                 else "likely" if min(c.cpk for c in caps) >= min_cpk else "warning")
-        states[state] += 1
+        states[margin_verdict(caps, min_cpk)] += 1
     return {k: v / runs for k, v in states.items()}
 
 

@@ -89,7 +89,12 @@ def placement_report(recipe: Recipe, placements: list[Placement]) -> None:
     from station.cellcal.store import inspection_camera
     from station.cli.app import console
     from station.coverage import placement_tolerance_mm
-    from station.monitoring.placement import capability, fault_share, margin_needed
+    from station.monitoring.placement import (
+        capability,
+        fault_share,
+        margin_needed,
+        margin_verdict,
+    )
     from station.placement import side_reach
 
     tol, margin = placement_tolerance_mm(recipe), recipe.coverage.edge_margin_mm
@@ -122,15 +127,15 @@ def placement_report(recipe: Recipe, placements: list[Placement]) -> None:
         "bound]: " + "; ".join(f"{c.side} {c.mean:+.2f} +- {c.sd:.2f}, {c.cpk:.2f} "
                                f"[{c.cpk_low:.2f}]" for c in caps))
     need = margin_needed(reaches, tol, margin, min_cpk)
-    worst = min(caps, key=lambda c: c.cpk_low)
-    if worst.cpk_low >= min_cpk:
+    worst, low = min(caps, key=lambda c: c.cpk_low), min(caps, key=lambda c: c.cpk)
+    verdict = margin_verdict(caps, min_cpk)
+    if verdict == "holds":
         say(f"  the margin holds: every side's Cpk is at least {min_cpk:g} at 95 % confidence "
             f"(the placement watch alarms below {min_cpk:g} live)"
             + (f"; {need:g} mm would too, with less room for the line to drift"
                if need is not None and need < margin else ""))
         return
-    low = min(caps, key=lambda c: c.cpk)
-    if low.cpk >= min_cpk:
+    if verdict == "likely":
         say(f"  the margin likely holds: every side's Cpk is at least {min_cpk:g} as measured "
             f"(the lowest {low.cpk:.2f}, {low.side}), but {len(found)} sheets cannot show it at "
             f"95 % confidence (the {worst.side} side's bound is {worst.cpk_low:.2f}); capture "

@@ -58,6 +58,15 @@ def capability(side: str, xs: Sequence[float], tolerance_mm: float, extra_mm: fl
     return Capability(side, n, mean, sd, cpk, low)
 
 
+def margin_verdict(caps: Sequence[Capability], min_cpk: float) -> str:
+    """What a set of sheets shows of the margin: "holds" (every side's Cpk at least `min_cpk`
+    at 95 % confidence), "likely" (each measured Cpk at least that, too few sheets to be sure)
+    or "warning" (a measured Cpk below it)."""
+    if min(c.cpk_low for c in caps) >= min_cpk:
+        return "holds"
+    return "likely" if min(c.cpk for c in caps) >= min_cpk else "warning"
+
+
 def margin_needed(reaches: dict[str, Sequence[float]], tolerance_mm: float, margin_mm: float,
                   min_cpk: float, step_mm: float = 0.5, most_mm: float = 30.0) -> float | None:
     """The smallest edge margin (from 0 up, in `step_mm`; the sheets measured with
