@@ -277,3 +277,29 @@ def test_a_negative_seed_is_one_clear_error(station_home: Path,
     err = capsys.readouterr().err
     assert "--seed -1 must be 0 or more" in err and "Traceback" not in err
     assert not (station_home / "data").exists()
+
+
+def test_captured_sheets_are_never_the_ones_a_live_run_brings(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The twin's live line brings sheet k from (twin.seed, k). A capture without --seed draws
+    sheet `seq` from (twin.seed + CAPTURE_SEED_OFFSET, seq), so no live sheet is one the
+    detector was trained or calibrated on. (Until 2026-12-07 both drew from twin.seed: the
+    demo's live good sheets were its training sheets.)"""
+    from station.inspection.capture import CAPTURE_SEED_OFFSET
+    from station.twin.world import TwinWorld, derive_seed
+
+    set_twin(station_home)
+    main(["capture", "--recipe", "glassfiber", "--count", "2"])
+    recipe = load_recipe("glassfiber")
+    ds = station_home / "data/glassfiber/dataset"
+    captured = [json.loads((ds / f"meta/p{k:06d}.json").read_text())["twin"]["sheet_seed"]
+                for k in (1, 2)]
+    world = TwinWorld(recipe)  # as station inspect --live makes it
+    live = [world.next_sheet()[0].seed for _ in range(20)]
+    assert not set(captured) & set(live)
+    assert captured == [derive_seed(recipe.twin.seed + CAPTURE_SEED_OFFSET, k) for k in (1, 2)]
+    # --seed twin.seed draws the live line's sheets again: said, not refused
+    main(["capture", "--recipe", "glassfiber", "--count", "1", "--seed", str(recipe.twin.seed)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--seed {recipe.twin.seed} is twin.seed: these are the sheets station inspect" in err

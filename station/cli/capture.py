@@ -34,16 +34,26 @@ def register(app: typer.Typer) -> None:
         out: str | None = typer.Option(
             None, "--out", help="Dataset folder (default: data/<recipe>/dataset)."
         ),
-        seed: int | None = typer.Option(None, "--seed", help="Twin seed (default: twin.seed)."),
+        seed: int | None = typer.Option(
+            None, "--seed",
+            help="Twin seed of the captured sheets (default: twin.seed + 50000; twin.seed itself "
+            "gives the sheets station inspect --live brings).",
+        ),
     ) -> None:
         """Move through the recipe's poses for each part and store one shot per pose."""
         from station.calibration.recipes import load_recipe
         from station.cli.app import console, err_console
         from station.cli.progress import make_progress
+        from station.devices.factory import uses_twin
         from station.inspection.capture import check_arguments, run_capture
 
         rec = load_recipe(recipe)
         check_arguments(rec, count, label, seed)
+        if seed == rec.twin.seed and uses_twin(rec):
+            err_console.print(
+                f"[bold yellow]warning:[/] --seed {seed} is twin.seed: these are the sheets "
+                "station inspect --live brings, so a detector trained or calibrated on them is "
+                "judged live on its own sheets; leave --seed out", highlight=False, soft_wrap=True)
         total = count * len(rec.robot.poses)
         stored: list[int] = []
         bar = make_progress("[bold]capture[/] {task.description}", "shots", err_console)

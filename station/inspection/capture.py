@@ -48,6 +48,10 @@ FOLDERS = {"good": "train/good", "unlabelled": "unlabelled", "test-good": "test/
 TRUTH = {"good": "good", "unlabelled": None, "test-good": "good", "test-defect": "defect"}
 SHEETS = {"good": False, "test-good": False, "test-defect": True}  # the twin's sheet, forced
 STEM_RE = re.compile(r"^p(\d{6,})_")
+# The twin's line brings sheet k of a live run from (twin.seed, k), and a capture with seed s
+# sheet `seq` from (s, seq): by default captures draw from twin.seed + this, so that a live run
+# never inspects the very sheets the detector was trained or calibrated on.
+CAPTURE_SEED_OFFSET = 50_000
 SCAN_DIRS = ("train/good", "test/good", "test/defect", "unlabelled")
 
 
@@ -122,7 +126,7 @@ def run_capture(
     check_sequence(recipe, "capture")  # an emulated camera plays the frames it was given
     root = resolve(out) if out is not None else recipe.dataset_dir
     data_root = resolve(recipe.storage.data_dir)
-    seed = recipe.twin.seed if seed is None else int(seed)
+    seed = recipe.twin.seed + CAPTURE_SEED_OFFSET if seed is None else int(seed)
     if world is None and uses_twin(recipe):
         forced = SHEETS.get(label)
         world = TwinWorld(recipe, seed=seed, defect_rate=None if forced is None else float(forced))
