@@ -130,7 +130,8 @@ def placement_report(recipe: Recipe, placements: list[Placement]) -> None:
     if len(found) < MIN_SHEETS:
         say(f"  too few sheets found to judge the line's placing (at least {MIN_SHEETS})")
         return
-    each = [side_reach(p.corners_mm, region_rect(recipe)) for p in found]
+    region = region_rect(recipe)
+    each = [side_reach(p.corners_mm, region) for p in found]
     reaches = {side: [r[side] for r in each] for side in SIDES}
     caps = [capability(side, xs, tol) for side, xs in reaches.items()]
     say("  mm past each side of the region (negative: inside), mean +- sd, Cpk [95 % lower "

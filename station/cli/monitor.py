@@ -147,9 +147,9 @@ def _known(monitor: DriftMonitor) -> list[str]:
 def _check_signal(monitor: DriftMonitor, signal: str) -> None:
     from station.errors import StationError
 
-    if signal not in _known(monitor):
-        known = ", ".join(_known(monitor)) or "none yet"
-        raise StationError(f"no signal {signal!r}", hint=f"known: {known}")
+    known = _known(monitor)
+    if signal not in known:
+        raise StationError(f"no signal {signal!r}", hint=f"known: {', '.join(known) or 'none yet'}")
 
 
 def _signal_points(console: Console, monitor: DriftMonitor, signal: str, last: int) -> None:

@@ -146,14 +146,9 @@ def _check_tls_files(certfile: Path, keyfile: Path) -> None:
 def _disk_banner(recipe: Recipe, root: Path, url: str) -> DiskBanner | None:
     """Warnings before the station's disks fill, on every page (`monitoring.disk`): the data
     root served, the recipe's journal folder and the SQLite file's folder."""
+    from station.monitoring.disk import station_paths
     from station.review.disk import DiskBanner
-    from station.storage.db import sqlite_file
-    from station.storage.journal import journal_folder
 
     if not recipe.monitoring.disk.enabled:
         return None
-    paths = [root, journal_folder(recipe)]
-    database = sqlite_file(url)
-    if database is not None:
-        paths.append(database.parent)
-    return DiskBanner(recipe, paths)
+    return DiskBanner(recipe, station_paths(recipe, root, url))

@@ -8,9 +8,7 @@ from typing import TYPE_CHECKING
 
 from station.inspection.hooks import CycleHook
 from station.inspection.results import Event
-from station.monitoring.disk import DiskWatch, describe, disks, folder_bytes
-from station.storage.db import sqlite_file
-from station.storage.journal import journal_folder
+from station.monitoring.disk import DiskWatch, describe, disks, folder_bytes, station_paths
 from station.storage.parts import part_folder
 
 if TYPE_CHECKING:
@@ -45,8 +43,5 @@ def disk_hook(recipe: Recipe) -> DiskHook | None:
     """The recipe's disk watch over its data, journal and SQLite folders (None when off)."""
     if not recipe.monitoring.disk.enabled:
         return None
-    paths = [recipe.data_dir, journal_folder(recipe)]
-    database = sqlite_file(recipe.storage.resolved_database_url())
-    if database is not None:
-        paths.append(database.parent)
-    return DiskHook(recipe, paths)
+    return DiskHook(recipe, station_paths(recipe, recipe.data_dir,
+                                          recipe.storage.resolved_database_url()))

@@ -14,6 +14,13 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from station.storage.db import sqlite_file
+from station.storage.journal import journal_folder
+
+if TYPE_CHECKING:
+    from station.recipe import Recipe
 
 GB = 1e9
 MB = 1e6
@@ -42,6 +49,16 @@ def disks(paths: Iterable[Path]) -> list[Disk]:
         except OSError:
             continue  # an unreadable path: the writes there will say so
     return list(seen.values())
+
+
+def station_paths(recipe: Recipe, data: Path, database_url: str) -> list[Path]:
+    """The folders the station writes to: `data`, the recipe's journal folder and, with
+    SQLite, the database file's folder."""
+    paths = [data, journal_folder(recipe)]
+    database = sqlite_file(database_url)
+    if database is not None:
+        paths.append(database.parent)
+    return paths
 
 
 def folder_bytes(folder: Path) -> int:

@@ -113,14 +113,17 @@ class PlacementWatch:
     def owns(signal: str) -> bool:
         return signal.startswith(PLACEMENT_PREFIX)
 
+    def window(self, side: str) -> Capability | None:
+        """The side's capability over its window (None until the window is full)."""
+        st = self.sides[side]
+        if len(st.points) < self.cfg.window_parts:  # window_parts >= 10 (recipe_quality)
+            return None
+        return capability(side, [p[3] for p in st.points], self.tolerance_mm)
+
     def cpk(self, side: str) -> float | None:
         """The side's index over its window (None until the window is full)."""
-        st = self.sides[side]
-        got = st.stats()
-        if got is None or len(st.points) < self.cfg.window_parts:
-            return None
-        mean, sd = got
-        return (self.tolerance_mm - mean) / (3.0 * sd)
+        got = self.window(side)
+        return got.cpk if got is not None else None
 
     def add(self, point: PartPoint) -> list[NewAlarm]:
         """One part's reaches (any verdict; a part whose sheet was not found has none)."""
@@ -130,14 +133,14 @@ class PlacementWatch:
             if x is None or not math.isfinite(x):
                 continue
             st.points.append((point.part_id, point.sequence, point.at, x))
-            cpk = self.cpk(side)
-            if cpk is not None and cpk < self.cfg.min_cpk and not st.alarmed:
+            cap = self.window(side)
+            if cap is not None and cap.cpk < self.cfg.min_cpk and not st.alarmed:
                 st.alarmed = True
-                out.append(self._alarm(st, cpk, point))
+                out.append(self._alarm(st, cap, point))
         return out
 
-    def _alarm(self, st: SideState, cpk: float, point: PartPoint) -> NewAlarm:
-        mean, sd = st.stats()  # type: ignore[misc]
+    def _alarm(self, st: SideState, cap: Capability, point: PartPoint) -> NewAlarm:
+        mean, sd, cpk = cap.mean, cap.sd, cap.cpk
         first_id, first_seq, first_at, _ = st.points[0]
         where = f"{mean:.1f} mm past" if mean > 0 else f"{-mean:.1f} mm inside"
         msg = (
