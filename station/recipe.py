@@ -336,6 +336,32 @@ class Recipe(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _real_line_sees_real_sheets(self) -> Recipe:
+        """A real line's verdicts must come from the real cell, not from the twin's images."""
+        if self.line_driver == "sim":
+            return self
+        for section, driver in (("robot", self.robot_driver), ("camera", self.camera_driver)):
+            if driver == "sim":
+                raise ValueError(
+                    f"{section}.driver: sim with line_io.driver {self.line_driver}: real "
+                    "sheets would be judged on the twin's shots; give the "
+                    f"{section} its real driver, or use the twin's line (line_io.driver: sim)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _map_resolves_gaps(self) -> Recipe:
+        """The sheet map's grid finds unseen regions by cell centres (every combine_poses)."""
+        cell, smallest = self.decision.sheet_map_mm_per_px, self.coverage.smallest_defect_mm
+        if cell > smallest / 2:
+            raise ValueError(
+                f"decision.sheet_map_mm_per_px: {cell:g} mm cells can miss an unseen gap as "
+                f"narrow as coverage.smallest_defect_mm ({smallest:g} mm); use at most "
+                f"{smallest / 2:g} mm/px"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _reference_card(self) -> Recipe:
         """The drift reference card must lie outside the inspected region (and its pose name
         is its own)."""

@@ -281,3 +281,16 @@ class URLineConfig(LineIOConfig):
     """Digital I/O on the UR control box through ur_rtde (station.hardware.ur.line_io)."""
 
     driver: Literal["ur_rtde"] = "ur_rtde"
+
+    @model_validator(mode="after")
+    def _fail_safe_signals(self) -> URLineConfig:
+        """A real line needs both: without the heartbeat a dead station's last REJECT low
+        stands for every later sheet, without RESULT_VALID a stuck one's does."""
+        for name, default in (("heartbeat_output", 1), ("result_valid_output", 2)):
+            if getattr(self, name) is None:
+                raise ValueError(
+                    f"{name} is null: a ur_rtde line cannot run without it (the PLC could "
+                    "not tell a dead or stuck station from one that passed the sheet); set it "
+                    f'to a free DO (default {default}), README "Line contract"'
+                )
+        return self

@@ -286,7 +286,7 @@ def test_captured_sheets_are_never_the_ones_a_live_run_brings(
     sheet `seq` from (twin.seed + CAPTURE_SEED_OFFSET, seq), so no live sheet is one the
     detector was trained or calibrated on. (Until 2026-12-07 both drew from twin.seed: the
     demo's live good sheets were its training sheets.)"""
-    from station.inspection.capture import CAPTURE_SEED_OFFSET
+    from station.twin import CAPTURE_SEED_OFFSET
     from station.twin.world import TwinWorld, derive_seed
 
     set_twin(station_home)

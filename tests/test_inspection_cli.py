@@ -123,9 +123,20 @@ def test_live_count(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0, out
     assert re.search(rf"^{LIVE_LINE}$", out, re.M), out
     assert "2 part(s)" in out and "mean cycle ms" in out
+    # what calibration said of its own set is said again when the thresholds go live
+    assert re.search(r"^warning: thresholds \S+ \(zero_miss\): only 3 defective", out, re.M), out
     rows = _parts(home)[before:]
     assert [r.mode for r in rows] == ["live", "live"]
     assert all(r.timings_ms["cycle"] > 0 for r in rows)
+    # a second run's line goes on after the recipe's last part, not back to sheet 1 (which
+    # would show a retrained or shadow model the sheets it learnt from)
+    code, out = run_cli(["inspect", "--live", "--recipe", "small", "-n", "1", "--no-view"], capsys)
+    assert code == 0, out
+    (again,) = _parts(home)[before + 2 :]
+    seed = load_recipe("small").twin.seed
+    assert [r.line_part_id for r in [*rows, again]] == [
+        f"TWIN-{seed}-{again.sequence - n:06d}" for n in (2, 1, 0)
+    ]
 
 
 @pytest.mark.slow

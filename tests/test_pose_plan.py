@@ -185,7 +185,10 @@ def test_bad_input_gets_one_line_naming_field_and_fix() -> None:
         "camera.lens.min_focus_distance_mm: the lens focuses no closer than "
         "100 mm, not at coverage.camera_height_mm 90"
     )
-    tiny = _refusal(lambda d: d["coverage"].update(smallest_defect_mm=0.1))
+    tiny = _refusal(
+        lambda d: d["coverage"].update(smallest_defect_mm=0.1)
+        or d["decision"].update(sheet_map_mm_per_px=0.05)
+    )
     assert tiny.startswith(
         "coverage.smallest_defect_mm: 0.1 mm at 8 px needs the camera within 28 mm"
     )

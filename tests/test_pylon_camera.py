@@ -277,6 +277,13 @@ def test_prepare_twin_images_feeds_the_emulator(
     assert not (folder / "view00.png").exists()  # replaced, as cellcal replaces these
     assert [s.pose for s in shots] == poses * 2
     assert read_manifest(folder) == shots
+    # capture frames are other sheets than the ones an inspection plays by default
+    from station.twin import CAPTURE_SEED_OFFSET
+
+    seed = recipe.twin.seed
+    assert [s.part_seed for s in for_inspect[:: len(poses) + 1]] == [seed, seed + 1]
+    captured = [s.part_seed for s in shots[:: len(poses)]]
+    assert captured == [seed + CAPTURE_SEED_OFFSET + i for i in (0, 1)]
     with pytest.raises(StationError, match="other files"):
         (folder / "x.txt").write_text("x")
         prepare_twin_images(recipe, 1, folder)

@@ -74,6 +74,24 @@ def test_pose_as_ur_is_metres() -> None:
         (lambda d: d["detectors"][0].update(name="magic"), "unknown detector 'magic'"),
         (lambda d: d["detectors"][0].update(device="gpu"), "detectors.0.device"),
         (lambda d: d.update(backend="hybrid"), "backend: "),
+        (  # a real line without RESULT_VALID: a stuck station's last REJECT low would stand
+            lambda d: d.update(backend="real") or d["line_io"].update(result_valid_output=None),
+            "line_io: result_valid_output is null: a ur_rtde line cannot run without it",
+        ),
+        (
+            lambda d: d.update(backend="real") or d["line_io"].update(heartbeat_output=None),
+            "line_io: heartbeat_output is null: a ur_rtde line cannot run without it",
+        ),
+        (  # a real line signalling verdicts made on the twin's images
+            lambda d: d.update(backend="real") or d["camera"].update(driver="sim"),
+            "camera.driver: sim with line_io.driver ur_rtde: real sheets would be judged on "
+            "the twin's shots",
+        ),
+        (  # a coarser grid than half the smallest defect could pass an unseen strip
+            lambda d: d["decision"].update(sheet_map_mm_per_px=1.5),
+            "decision.sheet_map_mm_per_px: 1.5 mm cells can miss an unseen gap as narrow as "
+            "coverage.smallest_defect_mm (2 mm); use at most 1 mm/px",
+        ),
     ],
 )
 def test_invalid_recipes_name_the_field(edit, expected: str) -> None:  # noqa: ANN001

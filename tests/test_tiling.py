@@ -232,3 +232,13 @@ def test_train_and_evaluate_on_native_tiles(station_home: Path) -> None:
     assert run(["evaluate", "--recipe", "tiles", "--dataset", str(cat), "--out", str(out)]) == 0
     m = json.loads((out / "results.json").read_text())["categories"]["cat"]["patchcore"]
     assert m["image_auroc"] == 1.0 and m["pixel_auroc"] > 0.9  # maps at 96 x 80, masks too
+    # tiling turned off after training: the tiled model would see whole shots squeezed to its
+    # tile size (small faults shrunk), so it is refused, not run
+    from station.calibration.recipes import load_recipe
+    from station.detectors.engine import load_models
+    from station.errors import DetectorError
+
+    recipe = station_home / "recipes" / "tiles.yaml"
+    recipe.write_text(recipe.read_text().replace("enabled: true", "enabled: false"))
+    with pytest.raises(DetectorError, match=r"other preprocessing.*tiling True -> False"):
+        load_models(load_recipe(str(recipe)), ["patchcore"])

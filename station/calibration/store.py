@@ -255,6 +255,7 @@ class ActiveCalibration:
     combine_detectors: str
     combined: dict[str, Any] = field(default_factory=dict)  # expected rates with intervals
     note: str = ""  # set when an older calibration is used because it matches the models
+    warnings: list[str] = field(default_factory=list)  # what its own set made doubtful
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -386,6 +387,7 @@ def load_active_calibration(
             ),
             combined=dict(doc.get("combined") or {}),
             note=note,
+            warnings=[str(w) for w in doc.get("warnings") or []],
         )
     reasons = "; ".join(_mismatch(newest_doc, recipe, model_versions, camera_source))
     raise CalibrationError(

@@ -87,7 +87,8 @@ def register(app: typer.Typer) -> None:
             hooks = recipe_hooks(rcp, db, detectors)
             if live:
                 summary = run_live_with_view(
-                    rcp, detectors, recorder, count, pipelined, show, hooks=hooks
+                    rcp, detectors, recorder, count, pipelined, show,
+                    world=_twin_line(rcp, db), hooks=hooks,
                 )
             else:
                 with Inspector(
@@ -122,6 +123,15 @@ def _exit_for(summary: Any, offline_parts: int | None) -> None:
             "(each listed above with its reason, and stored as a reject)",
             hint="fix the cause, then inspect those parts again",
         )
+
+
+def _twin_line(rcp: Any, db: Any) -> Any:
+    """The twin's line for a live run, going on from the recipe's last part: each run starting
+    again at sheet 1 would show a retrained or shadow model the very sheets it learnt from."""
+    from station.devices.factory import uses_twin
+    from station.twin.world import TwinWorld
+
+    return TwinWorld(rcp, sheets_before=db.last_sequence(rcp.name)) if uses_twin(rcp) else None
 
 
 def _warn_coverage(rcp: Any) -> None:

@@ -177,7 +177,11 @@ def _check_preprocess(path: Path, meta: dict[str, Any], recipe: Recipe) -> None:
     if trained is None:
         return
     now = preprocess_meta(recipe)
-    changed = [f"{k} {trained.get(k)!r} -> {v!r}" for k, v in now.items() if trained.get(k) != v]
+    # both ways: "tiling" is stored only when on (absent = off), so a tiled model under a
+    # recipe that no longer tiles shows as a key the recipe lacks
+    was = {"tiling": False, **trained}
+    now = {"tiling": False, **now}
+    changed = [f"{k} {was.get(k)!r} -> {v!r}" for k, v in now.items() if was.get(k) != v]
     if changed:
         raise DetectorError(
             f"model file {path} was trained on other preprocessing than recipe {recipe.name} "

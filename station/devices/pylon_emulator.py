@@ -31,7 +31,7 @@ from station.errors import StationError
 from station.files import atomic_write, writing
 from station.paths import resolve
 from station.recipe import Recipe, card_pose
-from station.twin import render_part_shots
+from station.twin import CAPTURE_SEED_OFFSET, render_part_shots
 
 # files this module writes, and the board views `calibrate-camera --prepare-emulator` writes
 _OURS = re.compile(r"^(p\d{6}_\d{2}_.+|view\d{2,})\.png(\.tmp)?$")
@@ -101,11 +101,11 @@ def prepare_twin_images(
     """Render `count` twin parts and write their shots for the emulator; returns them in order.
 
     `folder` defaults to the recipe's `camera.emulator_images`; part i uses twin seed
-    `first_seed + i` (default: `recipe.twin.seed`); `defective` True/False forces defective or
-    good sheets, None draws them at the recipe's defect rate; `use` is the command that will
-    play them (`inspect` adds the reference card's shots). Earlier files from this function in
-    the folder are replaced. Shots must match the camera's width x height, else the emulator
-    would crop them silently.
+    `first_seed + i` (default: `recipe.twin.seed`, plus `CAPTURE_SEED_OFFSET` for capture);
+    `defective` True/False forces defective or good sheets, None draws them at the recipe's
+    defect rate; `use` is the command that will play them (`inspect` adds the reference card's
+    shots). Earlier files from this function in the folder are replaced. Shots must match the
+    camera's width x height, else the emulator would crop them silently.
     """
     if use not in USES:
         raise StationError(f"use must be one of {', '.join(USES)}, not {use!r}")
@@ -128,7 +128,9 @@ def prepare_twin_images(
 
     cam = recipe.camera
     size = (cam.height, cam.width)
-    seed0 = recipe.twin.seed if first_seed is None else first_seed
+    seed0 = first_seed
+    if seed0 is None:  # capture frames are never the sheets an inspection plays
+        seed0 = recipe.twin.seed + (CAPTURE_SEED_OFFSET if use == "capture" else 0)
     shots: list[EmulatorShot] = []
     for i in range(count):
         seed = seed0 + i

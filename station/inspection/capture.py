@@ -39,6 +39,7 @@ from station.placement import Placement
 from station.recipe import Recipe
 from station.storage.db import Database, open_database
 from station.storage.parts import PartRecord, ShotRecord, write_part
+from station.twin import CAPTURE_SEED_OFFSET
 from station.twin.world import TwinWorld, derive_seed
 
 LABELS = ("good", "labelled", "unlabelled", "test-good", "test-defect")
@@ -48,10 +49,6 @@ FOLDERS = {"good": "train/good", "unlabelled": "unlabelled", "test-good": "test/
 TRUTH = {"good": "good", "unlabelled": None, "test-good": "good", "test-defect": "defect"}
 SHEETS = {"good": False, "test-good": False, "test-defect": True}  # the twin's sheet, forced
 STEM_RE = re.compile(r"^p(\d{6,})_")
-# The twin's line brings sheet k of a live run from (twin.seed, k), and a capture with seed s
-# sheet `seq` from (s, seq): by default captures draw from twin.seed + this, so that a live run
-# never inspects the very sheets the detector was trained or calibrated on.
-CAPTURE_SEED_OFFSET = 50_000
 SCAN_DIRS = ("train/good", "test/good", "test/defect", "unlabelled")
 
 

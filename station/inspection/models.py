@@ -9,7 +9,7 @@ calibration is a CalibrationError: inspection never runs without real thresholds
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,6 +58,7 @@ class DetectorSet:
     calibration_id: int | None = None
     calibration_label: str = ""  # e.g. the calibration file and policy, for the operator
     calibration_note: str = ""  # e.g. why an older calibration is in use
+    calibration_warnings: list[str] = field(default_factory=list)  # e.g. too few defects
     calibration_path: Path | None = None  # the calibration file the thresholds come from
 
     @property
@@ -131,5 +132,6 @@ def load_detector_set(recipe: Recipe, db: Database | None = None) -> DetectorSet
         calibration_id=cal_id,
         calibration_label=f"{active.path.name} ({active.policy})",
         calibration_note=active.note,
+        calibration_warnings=list(active.warnings),
         calibration_path=active.path,
     )

@@ -159,6 +159,11 @@ class Database:
     def safe_url(self) -> str:
         return _safe(self.url)
 
+    def last_sequence(self, recipe: str) -> int:
+        """The recipe's highest part number so far (0 before its first part)."""
+        with self.session() as s:
+            return self.next_sequence(s, recipe) - 1
+
     def next_sequence(self, session: Session, recipe: str) -> int:
         current = session.scalar(select(func.max(Part.sequence)).where(Part.recipe == recipe))
         return (current or 0) + 1

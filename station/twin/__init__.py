@@ -15,9 +15,14 @@ if TYPE_CHECKING:  # the renderer (numpy, OpenCV) loads on first use: fake_ur li
     from station.recipe import Recipe
 
 __all__ = [
-    "FAULT_KINDS", "SimCamera", "SimLine", "SimRobot", "TwinWorld", "derive_seed",
-    "render_part_shots",
+    "CAPTURE_SEED_OFFSET", "FAULT_KINDS", "SimCamera", "SimLine", "SimRobot", "TwinWorld",
+    "derive_seed", "render_part_shots",
 ]
+
+# The twin's line brings live sheet k from (twin.seed, k). Sheets made for training and
+# calibration (a capture, the emulator's capture frames) draw by default from twin.seed + this,
+# so that a live run never inspects the very sheets its detector learnt from.
+CAPTURE_SEED_OFFSET = 50_000
 
 
 def render_part_shots(

@@ -76,7 +76,7 @@ def derive_seed(*parts: int) -> int:
 
 class TwinWorld:
     def __init__(self, recipe: Recipe, seed: int | None = None, *,
-                 defect_rate: float | None = None) -> None:
+                 defect_rate: float | None = None, sheets_before: int = 0) -> None:
         self.recipe = recipe
         self.twin = recipe.twin
         self.seed = int(self.twin.seed if seed is None else seed)
@@ -105,7 +105,8 @@ class TwinWorld:
         self.clock_s = 0.0
         self.sheet: SheetSpec | None = None
         self.part_id: str | None = None
-        self.sheets_presented = 0
+        # the line goes on where earlier runs left it: the next sheet is sheets_before + 1
+        self.sheets_presented = int(sheets_before)
         self.grabs_on_sheet = 0
         self.reject_output = False
         # the line contract's signals (see station.twin.line.SimLine), as a PLC would see them
