@@ -16,15 +16,30 @@ from station.errors import StationError
 
 @contextlib.contextmanager
 def writing(what: str | Path) -> Iterator[None]:
-    """An OSError inside (full disk, read-only or missing folder) becomes a StationError
-    naming `what`."""
+    """An OSError inside (full disk, read-only or missing folder, a file where a folder
+    should be) becomes a StationError naming `what`."""
     try:
         yield
     except OSError as exc:
+        if (blocking := _file_for_folder(exc)) is not None:
+            raise StationError(
+                f"cannot write {what}: {blocking} is a file, not a folder",
+                hint="give a path in a folder, or move that file away",
+            ) from None
         raise StationError(
             f"cannot write {what}: {exc.strerror or exc}",
             hint="check free disk space and write permission",
         ) from None
+
+
+def _file_for_folder(exc: OSError) -> Path | None:
+    """The file that stands where `exc`'s path needs a folder: mkdir(exist_ok=True) of it
+    raises FileExistsError, opening a path under it NotADirectoryError. None otherwise."""
+    if not isinstance(exc, FileExistsError | NotADirectoryError) or exc.filename is None:
+        return None
+    path = Path(os.fsdecode(exc.filename))
+    around = [path] if isinstance(exc, FileExistsError) else []
+    return next((p for p in (*around, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
 def default_file_mode() -> int:
@@ -78,16 +93,26 @@ def atomic_write(path: str | Path, data: bytes, *, durable: bool = False) -> str
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write_all(files: Mapping[Path, bytes], *, durable: bool = False) -> None:
+def atomic_write_all(
+    files: Mapping[Path, bytes], *, durable: bool = False, names: Mapping[Path, str] | None = None
+) -> None:
     """Write several files that belong together: every one is written beside its target first
     and the renames (which need no disk space) come last, in order, so that a failure while
-    writing leaves all of them as they were. Raises OSError."""
+    writing leaves all of them as they were. Raises OSError; with `names` (what each file is,
+    e.g. "picture p.png"), `writing()`'s StationError naming the file it failed on."""
+    labels = {Path(p): what for p, what in (names or {}).items()}
+
+    def guard(path: Path) -> contextlib.AbstractContextManager[None]:
+        return writing(labels[path]) if path in labels else contextlib.nullcontext()
+
     staged: list[tuple[str, Path]] = []
     try:
         for path, data in files.items():
-            staged.append((_write_aside(Path(path), data, durable), Path(path)))
+            with guard(Path(path)):
+                staged.append((_write_aside(Path(path), data, durable), Path(path)))
         for tmp, path in staged:
-            os.replace(tmp, path)
+            with guard(path):
+                os.replace(tmp, path)
     finally:
         for tmp, _ in staged:
             Path(tmp).unlink(missing_ok=True)  # gone once renamed

@@ -23,6 +23,9 @@ from station.files import atomic_write, writing
 if TYPE_CHECKING:
     from station.recipe import PreprocessConfig
 
+# OpenCV's own warnings (a truncated PNG) would print beside the station's one-line error
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 # OpenCV functions the station needs that OpenCV 5 dropped (seen on a machine with 5.0.0).
 OPENCV_NEEDS = ("undistortPointsIter", "calibrateHandEye")
 

@@ -40,7 +40,7 @@ from station.coverage import (
     sheet_rect,
 )
 from station.errors import RecipeError
-from station.files import atomic_write, writing
+from station.files import atomic_write_all
 from station.recipe import Pose, Recipe, RobotConfig, card_pose, poses_path
 
 HEIGHT_STEP_MM = 5.0  # how far the camera is lowered per try when a pose is out of reach
@@ -431,10 +431,13 @@ def poses_yaml(recipe: Recipe, p: Plan, overlap: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_poses(recipe: Recipe, p: Plan, overlap: float) -> Path:
-    """Write the plan where the recipe reads its poses (atomically); the path."""
+def write_plan(recipe: Recipe, p: Plan, overlap: float, picture: Path) -> Path:
+    """Write the plan where the recipe reads its poses and its coverage picture to `picture`,
+    both or neither (a StationError naming the one that failed); the poses file's path. The
+    picture is renamed in first: a `picture` that is a folder fails before the poses change."""
     path = poses_file(recipe)
-    atomic_write(path, poses_yaml(recipe, p, overlap).encode())
+    files = {picture: picture_png(recipe, p), path: poses_yaml(recipe, p, overlap).encode()}
+    atomic_write_all(files, names={picture: f"picture {picture}", path: f"poses file {path}"})
     return path
 
 
@@ -456,8 +459,8 @@ def _draw_moves(ax: Any, home: tuple[float, float, float], poses: list[Pose]) ->
     return stops
 
 
-def draw(recipe: Recipe, p: Plan, path: Path) -> Path:
-    """The coverage picture as PNG (atomically): sheet, region, footprints, order of moves."""
+def picture_png(recipe: Recipe, p: Plan) -> bytes:
+    """The coverage picture as PNG: sheet, region, footprints, order of moves."""
     import io
 
     import matplotlib
@@ -513,6 +516,4 @@ def draw(recipe: Recipe, p: Plan, path: Path) -> Path:
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    with writing(f"picture {path}"):
-        atomic_write(path, buf.getvalue())
-    return path
+    return buf.getvalue()

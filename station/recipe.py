@@ -29,6 +29,7 @@ from station.errors import RecipeError
 from station.paths import resolve, station_home
 from station.recipe_base import (  # noqa: F401 (re-exported: the recipe's public names)
     BOUND_ERRORS,
+    DatabaseUrl,
     Pose,
     PositiveFloat,
     TimeoutS,
@@ -204,7 +205,7 @@ class DecisionConfig(_Strict):
 
 
 class StorageConfig(_Strict):
-    database_url: str = "sqlite:///data/station.db"
+    database_url: DatabaseUrl = "sqlite:///data/station.db"
     data_dir: str = "data"
     # where held part records go (None: <data>/<recipe>/journal); best on another disk
     journal_dir: str | None = None
@@ -213,8 +214,7 @@ class StorageConfig(_Strict):
 
     def resolved_database_url(self) -> str:
         """SQLite paths made absolute against the station home; other URLs untouched."""
-        prefix = "sqlite:///"
-        url = self.database_url
+        prefix, url = "sqlite:///", self.database_url
         if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix:
             rel = url[len(prefix) :]
             if rel != ":memory:":

@@ -8,11 +8,30 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 Vec3 = tuple[float, float, float]
 TimeoutS = Annotated[float, Field(gt=0, le=3600)]  # seconds: at most an hour
+
+
+def _parsed_database_url(url: str) -> str:
+    """`url` when SQLAlchemy can parse it, as every database command must (nothing is
+    connected here); else the message those commands give."""
+    from sqlalchemy.engine import make_url  # lazily: most recipe loads need no SQLAlchemy
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ValueError(
+            f"database URL {url!r} is not valid; use e.g. sqlite:///data/station.db or "
+            "postgresql+psycopg://user@host/db"
+        ) from None
+    return url
+
+
+DatabaseUrl = Annotated[str, AfterValidator(_parsed_database_url)]
 
 
 def field_ranges(ann: Any, meta: list[Any], path: str, out: dict[str, str]) -> dict[str, str]:

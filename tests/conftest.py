@@ -38,6 +38,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         report.longrepr = f"skipped under STATION_CI=1 (CI must run every test): {reason}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """A module-level importorskip skips at collection, before any test report: the same rule."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and os.environ.get("STATION_CI")):
+        return
+    longrepr = report.longrepr
+    reason = str(longrepr[-1] if isinstance(longrepr, tuple) else longrepr)
+    if not any(allowed in reason for allowed in SKIPS_ALLOWED_IN_CI):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under STATION_CI=1 (CI must run every test): {reason}"
+
+
 @pytest.fixture
 def station_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty station home with the shipped recipes, set as $STATION_HOME."""

@@ -235,6 +235,18 @@ def test_views_that_only_translate_or_turn_about_one_axis_are_refused_before_mov
     assert written(station_home) == []
 
 
+def test_a_bad_view_names_the_view_and_field(
+        station_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    name = write_recipe(station_home, "badviews", {})
+    views = tmp_path / "views.yaml"
+    views.write_text(yaml.safe_dump([{"name": "v0", "position_mm": [400.0, 0.0, 350.0],
+                                      "rotvec_rad": [3.14, 0.0, 0.0]},
+                                     {"name": "v1", "position_mm": [1.0, 2.0],
+                                      "rotvec_rad": [3.14, 0.0, 0.0]}]))
+    code, _, err = run(capsys, "calibrate-camera", "-r", name, "--views", str(views))
+    assert code == 2 and "view 1 position_mm" in err and "Traceback" not in err, err
+
+
 def test_motion_checks() -> None:
     down = geo.from_pose([400, 0, 350], [np.pi, 0, 0])
     shifts = [geo.from_pose([i, 2 * i, 0], [0, 0, 0]) @ down for i in range(5)]
@@ -274,6 +286,21 @@ def test_printout_defaults_to_the_recipes_board(station_home: Path, tmp_path: Pa
     code, _, err = run(capsys, "calibrate-camera", "--print-board", str(tmp_path / "b2.pdf"))
     assert code == 2 and "--square-mm" in err and "Traceback" not in err
     assert not (tmp_path / "b2.pdf").exists()
+
+
+def test_printout_under_a_file_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path under a file said `File exists` (files.writing, for every command)."""
+    (tmp_path / "afile").write_text("")
+    for pdf in (tmp_path / "afile" / "b.pdf", tmp_path / "afile" / "sub" / "b.pdf"):
+        code, _, err = run(capsys, "calibrate-camera", "--print-board", str(pdf),
+                           "--square-mm", "20")
+        assert code == 2 and err.splitlines() == [
+            f"error: cannot write {pdf}: {tmp_path / 'afile'} is a file, not a folder",
+            "  hint: give a path in a folder, or move that file away",
+        ]
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
 
 
 @pytest.mark.slow

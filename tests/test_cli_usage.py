@@ -96,3 +96,31 @@ def test_command_help_is_reflowed() -> None:
     wide = CliRunner().invoke(app, ["retrain", "--help"], env={"COLUMNS": "200"})
     assert wide.exit_code == 0
     assert "false rejects (the recipe's retrain: rule; PatchCore:" in wide.output
+
+
+def test_database_failures_are_one_line_with_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`station db upgrade --url`: a server nobody answers on, a path SQLite cannot open and a
+    file that is no database each say so on one line, then the fix."""
+    pytest.importorskip("psycopg")
+    from station.cli.app import main
+
+    (tmp_path / "folder.db").mkdir()
+    (tmp_path / "junk.db").write_bytes(b"no SQLite header here " * 50)
+    cases = [
+        ("postgresql+psycopg://u:secret@127.0.0.1:1/x",
+         "error: cannot reach database postgresql+psycopg://u:***@127.0.0.1:1/x: ",
+         "  hint: check that the database server is running"),
+        (f"sqlite:///{tmp_path / 'folder.db'}", "unable to open database file",
+         f"  hint: check that the folder {tmp_path} exists and this user may write in it"),
+        (f"sqlite:///{tmp_path / 'junk.db'}", "file is not a database",
+         f"  hint: {tmp_path / 'junk.db'} is not a SQLite database: move it away"),
+    ]  # fmt: skip
+    for url, says, hint in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["db", "upgrade", "--url", url])
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 2 and says in lines[0] and lines[1].startswith(hint), lines
+        assert "upgrade" not in lines[0] and "secret" not in lines[0]

@@ -81,3 +81,15 @@ def test_summary_says_what_it_counts(station_home: Path) -> None:
             ) in text
     assert "twin defects with a region on them: 1/2 (every defect" in text
     assert "2.50 s per sheet" in text
+
+
+def test_a_bad_sheet_size_names_the_option(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from station.cli.app import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--sheet-mm", "0", "0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: --sheet-mm 0 0: sheet.width_mm"), err
+    assert "Traceback" not in err

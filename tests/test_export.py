@@ -336,6 +336,55 @@ def test_cli_names_a_detector_it_cannot_export(
     assert "--format must be one of onnx, openvino" in capsys.readouterr().err
 
 
+@pytest.fixture
+def tiny_home(station_home: Path) -> Path:
+    """Recipe `tiny` (test_train_evaluate_cli's: one PatchCore at 64 x 64 px) trained on two
+    generated weave images: a model to export in seconds."""
+    from test_train_evaluate_cli import make_category, make_recipe
+
+    make_recipe(station_home, "tiny")
+    data = make_category(station_home / "ds", n_train=2)
+    assert run(["train", "-r", "tiny", "--data", str(data), "--no-db", "--threads", "1"]) == 0
+    return station_home
+
+
+def test_cli_export_into_an_unwritable_models_folder_is_one_line(
+    tiny_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The folder beside the model could not be written: a PermissionError traceback."""
+    from test_pose_plan import unwritable
+
+    folder = tiny_home / "data" / "tiny" / "models" / "patchcore"
+    capsys.readouterr()
+    with unwritable(folder):
+        assert run(["export", "-r", "tiny", "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write onnx export of detector patchcore in {folder}: ")
+    assert "Traceback" not in err and not list(folder.glob("*.onnx*"))
+    assert run(["export", "-r", "tiny", "--format", "onnx"]) == 0  # writable again: exported
+    assert len(list(folder.glob("*.onnx*"))) == 2
+
+
+def test_cli_refuses_an_opset_torch_cannot_export_before_loading_models(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--opset 3 failed only after the model was loaded (here: there is none to load)."""
+    from torch.onnx import _constants
+
+    from station.detectors.runtimes.export import OPSETS
+
+    assert (OPSETS[0], OPSETS[-1]) == (
+        _constants.ONNX_MIN_OPSET,
+        _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET,
+    )  # the range torch's own table gives
+    for bad in ("3", "21"):
+        assert run(["export", "--format", "onnx", "--opset", bad]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: --opset must be 7 to 20 (the ONNX opsets torch exports), not {bad}",
+            "  hint: leave it out for opset 17",
+        ]
+
+
 def test_cli_exit_code_of_an_unexportable_detector_is_2(
     station_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

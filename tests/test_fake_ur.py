@@ -405,3 +405,25 @@ def test_robot_server_runs_the_plc(tmp_path: Path) -> None:
     assert "PLC sheet 1: rejected (heartbeat lost)" in out and "0 passed" in out
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(lines) >= 3 and {d["reason"] for d in lines} == {"heartbeat lost"}
+
+
+def test_a_plc_that_cannot_write_its_log_ends_the_server_with_one_line(
+    fake: FakeURController, tmp_path: Path
+) -> None:
+    """The PLC thread died with a traceback when its log could not be written and the server
+    ran on, exit 0: now the thread keeps why, and the server stops and says it (exit 2)."""
+    from station.cli.sim import _serve
+    from station.errors import StationError
+    from station.twin.fake_ur.plc import PlcConfig, SimPLC
+
+    (tmp_path / "afile").write_text("")
+    log = tmp_path / "afile" / "plc.jsonl"  # no folder to write it in
+    plc = SimPLC(fake.model, PlcConfig(part_every_s=0.2, gap_s=0.05, hold_s=0.05), log_path=log)
+    plc.start()
+    with pytest.raises(StationError) as err:
+        _serve(fake, plc, duration=20)  # ends at the first sheet, not after 20 s
+    assert err.value.message == (
+        f"the simulated PLC stopped: cannot write PLC log {log}: {tmp_path / 'afile'} is a "
+        "file, not a folder"
+    )
+    assert not plc.is_alive() and len(plc.dispositions) == 1

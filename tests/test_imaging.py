@@ -39,6 +39,18 @@ def test_read_errors_name_the_file(tmp_path: Path) -> None:
         read_image(tmp_path / "empty.png")
 
 
+def test_a_cut_png_is_the_stations_line_alone(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    whole = tmp_path / "whole.png"
+    write_png(whole, np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:-200])
+    with pytest.raises(StationError, match=r"cut\.png is empty or not a readable image"):
+        read_image(cut)
+    assert "WARN" not in capfd.readouterr().err  # OpenCV's own warning, from C++ to stderr
+
+
 def test_read_16_bit_and_alpha(tmp_path: Path) -> None:
     img16 = np.full((8, 8), 0x8000, np.uint16)
     cv2.imwrite(str(tmp_path / "16.png"), img16)

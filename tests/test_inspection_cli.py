@@ -124,7 +124,7 @@ def test_live_count(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(rf"^{LIVE_LINE}$", out, re.M), out
     assert "2 part(s)" in out and "mean cycle ms" in out
     # what calibration said of its own set is said again when the thresholds go live
-    assert re.search(r"^warning: thresholds \S+ \(zero_miss\): only 3 defective", out, re.M), out
+    assert re.search(r"^warning: thresholds \S+: only 3 defective", out, re.M), out
     rows = _parts(home)[before:]
     assert [r.mode for r in rows] == ["live", "live"]
     assert all(r.timings_ms["cycle"] > 0 for r in rows)
@@ -137,6 +137,28 @@ def test_live_count(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert [r.line_part_id for r in [*rows, again]] == [
         f"TWIN-{seed}-{again.sequence - n:06d}" for n in (2, 1, 0)
     ]
+
+
+@pytest.mark.slow
+def test_imaging_changed_since_training(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another exposure is said at the start; another scale (a lens of 16 mm for 12) refused."""
+    path = home / "recipes" / "small.yaml"
+    kept = path.read_text()
+    data = yaml.safe_load(kept)
+    try:
+        data["camera"]["exposure_us"] = data["camera"].get("exposure_us", 8000.0) / 2
+        path.write_text(yaml.safe_dump(data))
+        code, out = run_cli(["inspect", "--live", "-r", "small", "-n", "1", "--no-view"], capsys)
+        assert code == 0, out
+        said = r"^warning: model patchcore-\S+ was trained under other\s+imaging:\s+camera"
+        assert re.search(said + r"\.exposure_us", out, re.M), out  # (the console wraps it)
+        data["camera"]["lens"]["focal_length_mm"] = 16.0
+        path.write_text(yaml.safe_dump(data))
+        code, out = run_cli(["inspect", "--live", "-r", "small", "-n", "1", "--no-view"], capsys)
+        assert code == 2 and "mm per detector pixel" in out and "Traceback" not in out, out
+        assert "put the poses and lens back" in out
+    finally:
+        path.write_text(kept)
 
 
 @pytest.mark.slow

@@ -225,6 +225,10 @@ def test_artifact_checks(fitted: PatchCore, tmp_path: Path) -> None:
         with pytest.raises(DetectorError, match="cannot be read") as err:
             load_artifact(tmp_path / name)
         assert "\n" not in err.value.message
+        assert "checkpoint file is" not in err.value.message  # torch's text, cut mid-sentence
+    (tmp_path / "u.pt").write_bytes(path.read_bytes()[: path.stat().st_size * 9 // 10])
+    with pytest.raises(DetectorError, match="damaged or cut short"):  # no central directory
+        load_artifact(tmp_path / "u.pt")
     with pytest.raises(DetectorError, match="does not exist"):
         load_artifact(tmp_path / "missing.pt")
 

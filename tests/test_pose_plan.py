@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,26 @@ from station.recipe import Pose, Recipe, card_pose, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = (REPO / "recipes" / "glassfiber.yaml").read_text()
+
+
+@contextlib.contextmanager
+def unwritable(folder: Path) -> Iterator[None]:
+    """`folder` cannot be written in, for this process too: read-only for a user, immutable
+    (chattr +i) for root, whom permissions do not stop."""
+    if os.geteuid() != 0:
+        mode = folder.stat().st_mode
+        folder.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            folder.chmod(mode)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip(f"cannot make {folder} immutable with chattr +i here (needs root)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
 def _recipe(edit=None) -> Recipe:  # noqa: ANN001
@@ -289,3 +313,20 @@ def test_plan_poses_through_the_cell_calibration(
     assert fw <= mid_w + 1e-6 and fh <= mid_h + 1e-6
     assert min(mid_w - fw, mid_h - fh) < 0.05
     assert bent.report.problems == [] and bent.report.raster.percent == 100.0
+
+
+def test_plan_poses_into_an_unwritable_recipes_folder_changes_nothing(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A poses file that cannot be written was a traceback, and the picture was already
+    replaced: now one line naming the poses file, and neither file changed."""
+    poses = station_home / "recipes" / "glassfiber.poses.yaml"
+    picture = station_home / "plan.png"
+    picture.write_bytes(b"old picture")
+    before = poses.read_bytes()
+    with unwritable(station_home / "recipes"):
+        code, out, err = run(capsys, "plan-poses", "--recipe", "glassfiber", "--out", "plan.png")
+    assert code == 2 and "Traceback" not in err and out == "", err
+    assert f"error: cannot write poses file {poses}: " in " ".join(err.split())
+    assert poses.read_bytes() == before and picture.read_bytes() == b"old picture"
+    assert sorted(p.name for p in station_home.iterdir()) == ["calibration", "plan.png", "recipes"]

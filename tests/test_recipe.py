@@ -600,3 +600,22 @@ def test_the_summary_shows_every_line_contract_signal(station_home: Path) -> Non
         update={"heartbeat_output": None, "part_id_register": None})})  # fmt: skip
     assert "heartbeat (every 0.25 s) off" in line_io_summary(off)
     assert "part id off" in line_io_summary(off)
+
+
+@pytest.mark.parametrize("url", ["notaurl", "postgresql+psycopg://u@host:notaport/x"])
+def test_a_database_url_that_does_not_parse_is_refused(
+    station_home: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """`station recipe check` says what every database command would (parsed, not connected)."""
+    from test_cellcal import run
+
+    (station_home / "recipes" / "bad.yaml").write_text(
+        yaml.safe_dump({"extends": "glassfiber", "name": "bad", "storage": {"database_url": url}})
+    )
+    code, _, err = run(capsys, "recipe", "check", "bad")
+    assert code == 2 and "Traceback" not in err
+    assert f"storage.database_url: database URL {url!r} is not valid" in err, err
+    pg = "postgresql+psycopg://u:p@db.invalid/x"  # parsed only: no server is asked
+    assert "database_url: sqlite:///data/station.db" in SHIPPED
+    text = SHIPPED.replace("database_url: sqlite:///data/station.db", f"database_url: {pg}")
+    assert parse_recipe(text).storage.database_url == pg

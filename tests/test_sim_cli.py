@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,29 @@ def test_a_negative_seed_is_a_usage_error(station_home: Path,
     err = capsys.readouterr().err
     assert "--seed" in err and "Traceback" not in err
     assert not (station_home / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--recipe", "nosuch"], "nosuch.yaml: file not found"),
+        (["--part-every", "0.5", "--plc-log", "{home}/recipes/glassfiber.yaml/x.jsonl"],
+         "cannot write PLC log {home}/recipes/glassfiber.yaml/x.jsonl: "
+         "{home}/recipes/glassfiber.yaml is a file, not a folder"),
+    ],
+)
+def test_robot_server_refuses_a_bad_recipe_or_plc_log_before_it_listens(
+    station_home: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    """`--recipe nosuch` without --part-every was never read (exit 0); a --plc-log that
+    cannot be written killed the PLC's thread with a traceback (exit 0)."""
+    from station.cli.app import main
+
+    host = f"127.{40 + os.getpid() % 200}.19.1"
+    argv = [a.format(home=station_home) for a in args]
+    with pytest.raises(SystemExit) as ei:
+        main(["sim", "robot-server", "--host", host, "--duration", "1", *argv])
+    assert ei.value.code == 2
+    out = capsys.readouterr()
+    assert "fake UR5 controller" not in out.out and "Traceback" not in out.err
+    assert says.format(home=station_home) in out.err.splitlines()[0]

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from station.errors import StorageError
 from station.sheet_map import SheetDefect
-from station.storage.db import open_database, upgrade
+from station.storage.db import existing_database, open_database, upgrade
 from station.storage.models import (
     Base,
     Calibration,
@@ -439,6 +439,45 @@ def test_sqlite_uses_wal_and_syncs_every_commit(tmp_path: Path) -> None:
 def test_bad_url_is_a_clear_error() -> None:
     with pytest.raises(StorageError, match="not valid"):
         open_database("not a url")
+    with pytest.raises(StorageError, match="not valid"):
+        open_database("postgresql+psycopg://u@host:notaport/x")
+
+
+def test_a_server_that_cannot_be_reached_is_said_so() -> None:
+    """Nothing listens on port 1: not an upgrade failure, the password hidden, a hint."""
+    pytest.importorskip("psycopg")
+    url = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
+    for opening in (open_database, existing_database):
+        with pytest.raises(StorageError) as info:
+            opening(url)
+        err = info.value
+        assert err.message.startswith(f"cannot reach database {url.replace('secret', '***')}:")
+        assert "secret" not in str(err) and "upgrade" not in err.message
+        assert err.hint and "server is running" in err.hint and "sqlite:///" in err.hint
+
+
+def test_sqlite_failures_name_their_fix(tmp_path: Path) -> None:
+    """A path SQLite cannot open, a file that is no database, a full disk: each with its fix,
+    from every command (upgrade, reading, a session)."""
+    (tmp_path / "folder.db").mkdir()
+    with pytest.raises(StorageError, match="unable to open database file") as info:
+        upgrade(f"sqlite:///{tmp_path / 'folder.db'}")
+    assert info.value.hint and f"folder {tmp_path} exists" in info.value.hint
+    (tmp_path / "junk.db").write_bytes(b"no SQLite header here " * 50)
+    for opening in (upgrade, existing_database):
+        with pytest.raises(StorageError, match="file is not a database") as info:
+            opening(f"sqlite:///{tmp_path / 'junk.db'}")
+        assert info.value.hint and f"{tmp_path / 'junk.db'} is not a SQLite database" in (
+            info.value.hint
+        )
+    db = open_database(f"sqlite:///{tmp_path / 'full.db'}")
+    with pytest.raises(StorageError, match="database or disk is full") as info, db.session() as s:
+        pages = s.execute(sa.text("PRAGMA page_count")).scalar()
+        s.execute(sa.text(f"PRAGMA max_page_count = {pages}"))  # the disk is full now
+        s.execute(sa.text("CREATE TABLE filler (x BLOB)"))
+        s.execute(sa.text("INSERT INTO filler VALUES (zeroblob(1000000))"))
+    db.dispose()
+    assert info.value.hint and f"free space on the disk that holds {tmp_path}" in info.value.hint
 
 
 def _writer(url: str, recipe: str, n: int) -> None:

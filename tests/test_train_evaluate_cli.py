@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -356,3 +357,20 @@ def test_a_failed_train_adds_no_model_of_any_detector(
     monkeypatch.setattr(training, "train_and_save", train_and_save)
     assert run(["train", "-r", recipe, "--data", str(cat), "--no-db"]) != 0
     assert not models.exists() or [p for p in models.rglob("*") if p.is_file()] == []
+
+
+def test_a_dataset_without_its_test_split_says_what_to_give(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = make_recipe(station_home, "tiny")
+    cat = make_category(station_home / "ds" / "cat", n_train=2)
+    assert run(["train", "-r", recipe, "--data", str(cat), "--no-db"]) == 0
+    shutil.rmtree(cat / "test")
+    capsys.readouterr()
+    assert run(["evaluate", "-r", recipe, "--dataset", str(cat)]) == 2
+    err = capsys.readouterr().err
+    assert f"no test images in {cat / 'test'}" in err and "hint: give --dataset" in err, err
+    nope = station_home / "nope"
+    assert run(["calibrate-threshold", "-r", recipe, "--dataset", str(nope)]) == 2
+    err = capsys.readouterr().err
+    assert f"--dataset {nope} is not a folder" in err and "Traceback" not in err, err

@@ -136,6 +136,8 @@ def test_fault_after_counts_operations() -> None:
     assert [w.trip("failed_buffer") for _ in range(4)] == [False, False, True, False]
     with pytest.raises(ValueError, match="unknown fault"):
         w.inject_fault("meteor")
+    with pytest.raises(ValueError, match="after must be a whole number of operations, not 'x'"):
+        w.inject_fault("failed_buffer", after="x")  # as a recipe's twin.params.faults may say
 
 
 def test_faults_from_recipe_params() -> None:

@@ -228,8 +228,10 @@ def test_stale_data_detected(fake: FakeURController, robot: URRobot) -> None:
 @pytest.mark.timeout(60)
 def test_nothing_listening_is_a_clear_error() -> None:
     rob = URRobot(_cfg(_next_host()))
-    with pytest.raises(RobotError, match="open_receive failed"):
+    with pytest.raises(RobotError, match="open_receive failed") as info:
         rob.connect()
+    hint = info.value.hint or ""  # the CLI prints it as `hint: ...`
+    assert "robot.host" in hint and "remote control" in hint and "30004" in hint, hint
 
 
 # -- line I/O --------------------------------------------------------------------------------

@@ -225,7 +225,11 @@ def read_test_set(cat: Path, cfg: PreprocessConfig, progress: ProgressFn) -> Lab
     """The category's test images and masks, preprocessed; StationError when there are none."""
     items = MVTecFolder(cat).test_items()
     if not items:
-        raise StationError(f"no test images in {cat / 'test'}")
+        raise StationError(
+            f"no test images in {cat / 'test'}",
+            hint="give --dataset an MVTec-layout folder: test/good and test/<defect kind> "
+            "images, ground_truth/<defect kind> masks",
+        )
     task = f"{cat.name} reading test"
     images = load_images([it.path for it in items], cfg, lambda d, n: progress(task, d, n))
     sizes = {img.shape[:2] for img in images}  # tiled shots keep their own size

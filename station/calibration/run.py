@@ -34,6 +34,8 @@ def check_label_source(dataset: Path | None, from_reviews: bool) -> None:
 def labelled_folder(recipe: Recipe, dataset: Path | None) -> Path:
     """The folder whose test images are scored: `dataset`, else the recipe's captures."""
     root = dataset if dataset is not None else recipe.dataset_dir
+    if dataset is not None and not dataset.is_dir():
+        raise CalibrationError(f"--dataset {dataset} is not a folder", hint="check the path")
     if not (root / "test").is_dir():
         raise CalibrationError(
             f"no labelled parts in {root} (no test/ folder)",

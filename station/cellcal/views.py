@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
 from station.cellcal import geometry as geo
 from station.charuco import BoardDef
@@ -134,13 +135,22 @@ def plan_views(recipe: Recipe, board: BoardDef, count: int = 20,
 
 def read_views(path: Path, recipe: Recipe) -> list[Pose]:
     """Views from a YAML list of poses ({name, position_mm, rotvec_rad}), each checked."""
+    fix = "give a YAML list of {name, position_mm, rotvec_rad} poses"
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        poses = [Pose.model_validate(p) for p in raw]
+        raw = list(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError, TypeError, ValueError) as exc:
         raise CellCalibrationError(
-            f"cannot read views from {path}: {str(exc).splitlines()[0]}",
-            hint="give a YAML list of {name, position_mm, rotvec_rad} poses") from None
+            f"cannot read views from {path}: {str(exc).splitlines()[0]}", hint=fix) from None
+    poses = []
+    for i, item in enumerate(raw):
+        try:
+            poses.append(Pose.model_validate(item))
+        except ValidationError as exc:  # the view and its field, as a recipe's errors name them
+            first = exc.errors()[0]
+            field = ".".join(str(x) for x in first["loc"]) or "(the view)"
+            raise CellCalibrationError(
+                f"cannot read views from {path}: view {i} {field}: {first['msg']}", hint=fix
+            ) from None
     if len(poses) < MIN_VIEWS:
         raise CellCalibrationError(
             f"{path} holds {len(poses)} views, too few: the calibration needs at least "

@@ -49,9 +49,19 @@ def _demo_recipe(
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     (folder / "poses.yaml").unlink(missing_ok=True)
+    from station.errors import RecipeError
     from station.recipe import parse_recipe as parse_unplanned  # poses.yaml is not there yet
 
-    return parse_unplanned(path.read_text(encoding="utf-8"), str(path), planning=True), path
+    try:
+        return parse_unplanned(path.read_text(encoding="utf-8"), str(path), planning=True), path
+    except RecipeError as exc:
+        sheet = [p for p in exc.problems if p.startswith("sheet.")]
+        if sheet_mm is None or not sheet:
+            raise
+        raise StationError(
+            f"--sheet-mm {sheet_mm[0]:g} {sheet_mm[1]:g}: {'; '.join(sheet)}",
+            hint="give the sheet's width and height in mm within those bounds",
+        ) from None
 
 
 def _clear_previous(recipe: Any) -> int:

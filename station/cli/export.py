@@ -28,13 +28,19 @@ def register(app: typer.Typer) -> None:
         from station.calibration.recipes import load_recipe
         from station.cli.app import console, err_console
         from station.cli.train import selected_detectors, set_threads
-        from station.detectors.runtimes.export import export_model
+        from station.detectors.runtimes.export import OPSETS, export_model
         from station.detectors.runtimes.graphs import ExportError
         from station.detectors.runtimes.sidecar import FORMATS, RUNTIME_FORMAT
         from station.errors import StationError
 
         if fmt not in FORMATS:
             raise StationError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        if opset not in OPSETS:  # before any model is loaded
+            raise StationError(
+                f"--opset must be {OPSETS[0]} to {OPSETS[-1]} (the ONNX opsets torch exports), "
+                f"not {opset}",
+                hint="leave it out for opset 17",
+            )
         rcp = load_recipe(recipe)
         targets = selected_detectors(rcp, detector)
         set_threads(threads)

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         with a picture of the coverage."""
         from station.cli.app import console
         from station.paths import resolve
-        from station.pose_plan import draw, plan, poses_file, write_poses
+        from station.pose_plan import plan, poses_file, write_plan
         from station.recipe import load_recipe
 
         def say(text: str) -> None:
@@ -60,9 +60,8 @@ def register(app: typer.Typer) -> None:
         chosen = rec.coverage.overlap if overlap is None else overlap
         model, described = coverage_camera(rec)
         p = plan(rec, chosen, model)
-        # the picture first: a path it cannot be written to leaves the poses file as it was
-        picture = draw(rec, p, resolve(out) if out else rec.data_dir / "plan-poses.png")
-        write_poses(rec, p, chosen)
+        picture = resolve(out) if out else rec.data_dir / "plan-poses.png"
+        write_plan(rec, p, chosen, picture)  # both or neither
         rep = p.report
         say(f"wrote {len(p.poses)} poses to {target}")
         say(f"picture {picture}")

@@ -14,6 +14,7 @@ import typer
 from station.errors import StationError
 
 if TYPE_CHECKING:
+    from station.recipe import LineIOConfig
     from station.twin.fake_ur import FakeURController
     from station.twin.fake_ur.plc import SimPLC
 
@@ -57,26 +58,40 @@ def _console_command(fake: FakeURController, line: str, part_input: int) -> str:
     )
 
 
-def _start_plc(
-    fake: FakeURController,
-    recipe: str | None,
-    part_input: int,
-    every_s: float,
-    hold_s: float,
-    log: Path | None,
-) -> SimPLC:
-    """The simulated PLC on the fake controller's I/O (README "Line contract")."""
+def _plc_line(
+    recipe: str | None, part_input: int, plc: bool, log: Path | None
+) -> LineIOConfig | None:
+    """The simulated PLC's signals (the recipe's line_io when given, read and checked even
+    without a PLC), its log checked writable: before the server listens. None: no PLC."""
     from station.calibration.recipes import load_recipe
     from station.cli.app import console
+    from station.files import writing
     from station.recipe import LineIOConfig
-    from station.twin.fake_ur.plc import Disposition, PlcConfig, SimPLC
 
     line = load_recipe(recipe).line_io if recipe else LineIOConfig(part_present_input=part_input)
+    if not plc:
+        if recipe or log:
+            console.print("[yellow]note:[/] --recipe and --plc-log are for the simulated PLC; "
+                          "give --part-every SECONDS to run it", highlight=False)
+        return None
     if line.result_valid_output is None:
         raise StationError(
             "the simulated PLC needs a RESULT_VALID output",
             "set line_io.result_valid_output in the recipe, or run without --part-every",
         )
+    if log is not None:
+        with writing(f"PLC log {log}"), log.open("a", encoding="utf-8"):
+            pass  # appended to from the PLC's thread
+    return line
+
+
+def _start_plc(
+    fake: FakeURController, line: LineIOConfig, every_s: float, hold_s: float, log: Path | None
+) -> SimPLC:
+    """The simulated PLC on the fake controller's I/O (README "Line contract")."""
+    from station.cli.app import console
+    from station.twin.fake_ur.plc import Disposition, PlcConfig, SimPLC
+
     cfg = PlcConfig.from_line_io(line, part_every_s=every_s, hold_s=hold_s)
 
     def show(d: Disposition) -> None:
@@ -137,6 +152,8 @@ def _serve(fake: FakeURController, plc: SimPLC | None, duration: float) -> None:
     t0 = time.monotonic()
     try:
         while duration <= 0 or time.monotonic() - t0 < duration:
+            if plc is not None and not plc.is_alive():  # it stopped by itself: said below
+                break
             time.sleep(0.02)
     except KeyboardInterrupt:
         pass
@@ -148,6 +165,8 @@ def _serve(fake: FakeURController, plc: SimPLC | None, duration: float) -> None:
             console.print(f"PLC: {n} sheet(s) routed, {passed} passed, {n - passed} rejected")
         fake.stop()
         console.print("fake UR controller stopped")
+    if plc is not None and (failed := plc.failure) is not None:
+        raise StationError(f"the simulated PLC stopped: {failed.message}", hint=failed.hint)
 
 
 def register(app: typer.Typer) -> None:
@@ -192,6 +211,7 @@ def register(app: typer.Typer) -> None:
         """
         from station.cli.app import console
 
+        line = _plc_line(recipe, part_input, part_every > 0, plc_log)
         fake = _start_fake(host, speed_scale, verbose)
         console.print(
             f"[green]fake UR5 controller[/] on {host} (RTDE 30004, dashboard 29999, "
@@ -202,8 +222,8 @@ def register(app: typer.Typer) -> None:
                 target=_read_console, args=(fake, part_input), name="sim-console", daemon=True
             ).start()
         plc = None
-        if part_every > 0:
-            plc = _start_plc(fake, recipe, part_input, part_every, part_hold, plc_log)
+        if line is not None:
+            plc = _start_plc(fake, line, part_every, part_hold, plc_log)
         _serve(fake, plc, duration)
 
     @group.command("camera-images")

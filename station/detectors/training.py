@@ -26,6 +26,7 @@ import numpy as np
 from station.detectors.artifact import new_version, preprocess_meta, save_artifact
 from station.detectors.backbones import file_sha256
 from station.detectors.base import Detector, FitReport, ProgressFn
+from station.detectors.cell_imaging import imaging_meta
 from station.detectors.engine import training_tiles
 from station.detectors.registry import create_detector, detector_kwargs
 
@@ -108,6 +109,7 @@ def train_and_save(
         "train_folder": str(Path(files[0]).parent) if files else "",
         "image_size": [int(first.shape[1]), int(first.shape[0])],
         "preprocess": preprocess_meta(recipe),
+        "imaging": imaging_meta(recipe),  # exposure, gain, scale: station.inspection checks
         "channels": 1 if first.ndim == 2 else int(first.shape[2]),
         "good_scores": score_stats(report.good_scores),
         "fit": {k: v for k, v in report.extra.items() if _plain(v)},

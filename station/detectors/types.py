@@ -42,7 +42,12 @@ def load_failure(exc: Exception) -> str:
     text = str(exc).strip()
     if text.startswith("Weights only load failed"):
         return "corrupt, or a pickle holding more than tensors"
-    return text.splitlines()[0][:200] if text else f"{type(exc).__name__}: empty or cut short?"
+    if "PytorchStreamReader" in text or "central directory" in text:
+        return "damaged or cut short: not a whole model archive"
+    if not text:
+        return f"{type(exc).__name__}: empty or cut short?"
+    line = text.splitlines()[0]
+    return line if len(line) <= 200 else line[:200].rsplit(" ", 1)[0] + " ..."
 
 
 def plain(value: Any) -> Any:

@@ -572,9 +572,8 @@ class Inspector:
         self._emit("message", f"sheet map camera model: {self.camera.source}")
         if self.detectors.calibration_note:
             self._emit("message", self.detectors.calibration_note, level="warning")
-        for why in self.detectors.calibration_warnings:  # said when it was made; said again
-            self._emit("message", f"thresholds {self.detectors.calibration_label}: {why}",
-                       level="warning")
+        for why in self.detectors.warnings:  # the calibration's doubts, the models' imaging
+            self._emit("message", why, level="warning")
         self._hook_events(lambda hook: hook.start())
 
     def run_offline(

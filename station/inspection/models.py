@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from station.detectors.cell_imaging import imaging_changes
 from station.detectors.engine import ScoringEngine, load_models
 from station.errors import CalibrationError, DetectorError, StationError
 
@@ -58,7 +59,7 @@ class DetectorSet:
     calibration_id: int | None = None
     calibration_label: str = ""  # e.g. the calibration file and policy, for the operator
     calibration_note: str = ""  # e.g. why an older calibration is in use
-    calibration_warnings: list[str] = field(default_factory=list)  # e.g. too few defects
+    warnings: list[str] = field(default_factory=list)  # said at the start of a run
     calibration_path: Path | None = None  # the calibration file the thresholds come from
 
     @property
@@ -102,7 +103,9 @@ def load_detector_set(recipe: Recipe, db: Database | None = None) -> DetectorSet
     """
     from station.calibration import load_active_calibration
 
-    loaded = [(n, m.detector, str(m.version)) for n, m in load_models(recipe).items()]
+    models = load_models(recipe)
+    warnings = _imaging_warnings(recipe, models)
+    loaded = [(n, m.detector, str(m.version)) for n, m in models.items()]
     versions = {name: version for name, _, version in loaded}
     camera = None
     if recipe.decision.combine_poses == "sheet_map":  # its thresholds hold for one camera model
@@ -132,6 +135,22 @@ def load_detector_set(recipe: Recipe, db: Database | None = None) -> DetectorSet
         calibration_id=cal_id,
         calibration_label=f"{active.path.name} ({active.policy})",
         calibration_note=active.note,
-        calibration_warnings=list(active.warnings),
+        warnings=warnings + [f"thresholds {active.path.name}: {w}" for w in active.warnings],
         calibration_path=active.path,
     )
+
+
+def _imaging_warnings(recipe: Recipe, models: dict[str, Any]) -> list[str]:
+    """What changed in the cell's imaging since each model was trained: a scale change is
+    refused (faults would be seen at another size than learnt), the rest is said."""
+    out = []
+    for m in models.values():
+        changes, scale_moved = imaging_changes(m.meta.get("imaging"), recipe)
+        if not changes:
+            continue
+        said = f"model {m.version} was trained under other imaging: {', '.join(changes)}"
+        fix = f"retrain (station train --recipe {recipe.name}) and recalibrate"
+        if scale_moved:
+            raise DetectorError(said, hint=f"{fix}, or put the poses and lens back")
+        out.append(f"{said}; its scores may have moved: {fix}")
+    return out

@@ -198,20 +198,22 @@ def save_model(model: MaterialModel, path: Path) -> str:
         return atomic_write(path, buf.getvalue())
 
 
-def read_model(path: Path) -> MaterialModel:
+def read_model(path: Path, recipe_name: str = "<recipe>") -> MaterialModel:
+    fix = f"retrain: station train --recipe {recipe_name}"
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             model = MaterialModel(z["bank"], z["mean"], z["scale"], float(z["threshold"]), meta)
     except (OSError, ValueError, KeyError) as exc:
-        raise StationError(
-            f"material model {path} cannot be read ({type(exc).__name__}: {exc})"[:300],
-            hint="retrain: station train --recipe <recipe>",
-        ) from None
+        # numpy's text for a pickle suggests loading it unsafely: never that
+        why = "not a material model (damaged or another file)" if "pickle" in str(exc) else (
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'empty'}"
+        )
+        raise StationError(f"material model {path} cannot be read ({why})", hint=fix) from None
     if meta.get("format") != FORMAT:
         raise StationError(
             f"material model {path} has format {meta.get('format')!r}, this station reads {FORMAT}",
-            hint="retrain: station train --recipe <recipe>",
+            hint=fix,
         )
     return model
 
@@ -297,7 +299,7 @@ class MaterialCheck:
     def load(cls, recipe: Recipe, device: str | None = None) -> MaterialCheck:
         """The recipe's newest material model, refused when it does not fit the recipe."""
         path = latest_model(recipe)
-        model = read_model(path)
+        model = read_model(path, recipe.name)
         backbone, dev = recipe_backbone(recipe, device)
         now = identity(recipe, backbone)
         changed = [

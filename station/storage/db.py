@@ -71,7 +71,7 @@ def _sqlite_begin(conn) -> None:  # noqa: ANN001
 def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StorageError(
             f"database URL {url!r} is not valid",
             hint="use e.g. sqlite:///data/station.db or postgresql+psycopg://user@host/db",
@@ -87,7 +87,11 @@ def make_engine(url: str) -> Engine:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StorageError(f"cannot create database folder {folder}: {exc}") from None
+                raise StorageError(
+                    f"cannot create database folder {folder}: {exc.strerror or exc}",
+                    hint=f"create {folder} by hand or let this user write in its parent, or "
+                    "fix --url or the recipe's storage.database_url",
+                ) from None
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, pool_pre_ping=True
         )
@@ -134,10 +138,10 @@ class Database:
                 why = _reason(exc)
                 raise RecordRefused(f"database {self.safe_url} refused a value: {why}") from None
             # the database itself: locked, gone, full (for a while)
-            raise StorageError(f"database {self.safe_url} failed: {_reason(exc)}") from None
+            raise failure(f"database {self.safe_url} failed", self.url, exc) from None
         except SQLAlchemyError as exc:
             session.rollback()
-            raise StorageError(f"database {self.safe_url} failed: {_reason(exc)}") from None
+            raise failure(f"database {self.safe_url} failed", self.url, exc) from None
         except BaseException:
             session.rollback()
             raise
@@ -206,6 +210,7 @@ def upgrade(url: str, revision: str = "head") -> str:
 
     engine = make_engine(url)
     try:
+        reach(engine, url)
         with engine.begin() as conn:
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
@@ -213,7 +218,7 @@ def upgrade(url: str, revision: str = "head") -> str:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision() or "base"
     except SQLAlchemyError as exc:
-        raise StorageError(f"cannot upgrade database {_safe(url)}: {_reason(exc)}") from None
+        raise failure(f"cannot upgrade database {_safe(url)}", url, exc) from None
     except CommandError as exc:  # e.g. an unknown revision
         raise StorageError(
             f"cannot upgrade database {_safe(url)}: {exc}",
@@ -221,6 +226,50 @@ def upgrade(url: str, revision: str = "head") -> str:
         ) from None
     finally:
         engine.dispose()
+
+
+def reach(engine: Engine, url: str) -> None:
+    """Connect once, so that a server that cannot be reached (or an SQLite file that cannot
+    be opened) is said so, with its fix, before anything is read or migrated."""
+    try:
+        engine.connect().close()
+    except SQLAlchemyError as exc:
+        if make_url(url).get_backend_name() == "sqlite":
+            raise failure(f"cannot open database {_safe(url)}", url, exc) from None
+        raise StorageError(
+            f"cannot reach database {_safe(url)}: {_reason(exc)}",
+            hint="check that the database server is running and the URL's host, port, user "
+            "and password (--url or the recipe's storage.database_url), or use the default "
+            "SQLite database sqlite:///data/station.db",
+        ) from None
+
+
+def failure(message: str, url: str, exc: SQLAlchemyError) -> StorageError:
+    """StorageError `<message>: <the driver's reason>`, with the fix of a known SQLite
+    failure as its hint (a folder it cannot write, a full disk, a file that is no database)."""
+    why = _reason(exc)
+    return StorageError(f"{message}: {why}", hint=sqlite_hint(url, why))
+
+
+def sqlite_hint(url: str, reason: str) -> str | None:
+    """How to fix the SQLite failure `reason` of the database at `url`; None when unknown."""
+    file = sqlite_file(url)
+    if file is None:
+        return None
+    text = reason.lower()
+    if "unable to open database file" in text:
+        return (
+            f"check that the folder {file.parent} exists and this user may write in it "
+            f"(SQLite adds -wal and -shm files there), and that {file.name} is not a folder"
+        )
+    if "database or disk is full" in text:
+        return f"free space on the disk that holds {file.parent} (df -h {file.parent}), then retry"
+    if "file is not a database" in text:
+        return (
+            f"{file} is not a SQLite database: move it away, or point --url or the recipe's "
+            "storage.database_url at another file"
+        )
+    return None
 
 
 def _reason(exc: SQLAlchemyError) -> str:
@@ -233,7 +282,7 @@ def _safe(url: str) -> str:
     """The URL with its password hidden."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return url
 
 
@@ -249,7 +298,7 @@ def sqlite_file(url: str) -> Path | None:
     does not parse (make_engine says what is wrong with it)."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return None
     name = parsed.database if parsed.get_backend_name() == "sqlite" else None
     return Path(name) if name and name != ":memory:" else None
@@ -267,10 +316,11 @@ def existing_database(url: str) -> Database:
         )
     db = Database(make_engine(url), url)
     try:
+        reach(db.engine, url)
         with db.engine.connect() as conn:
             has = inspect(conn).has_table("parts")
     except SQLAlchemyError as exc:
-        raise StorageError(f"cannot read database {_safe(url)}: {_reason(exc)}") from None
+        raise failure(f"cannot read database {_safe(url)}", url, exc) from None
     if not has:
         raise StorageError(
             f"database {_safe(url)} has no station tables", hint="run `station db upgrade`"

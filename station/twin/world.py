@@ -166,6 +166,9 @@ class TwinWorld:
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
+        for name, value in (("after", after), ("count", count)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be a whole number of operations, not {value!r}")
         self.faults[kind] = Fault(kind, after=max(0, int(after)), count=count)
 
     def clear_faults(self) -> None:

@@ -24,6 +24,7 @@ from station.detectors.artifact import latest_artifact, load_artifact
 from station.detectors.runtimes import graphs, sidecar
 from station.detectors.runtimes.detector import open_session
 from station.errors import DetectorError
+from station.files import writing
 
 if TYPE_CHECKING:
     from station.detectors.base import Detector
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 # output's largest magnitude (on the probe batch) is refused.
 MAX_REL_DIFF = 1e-3
 PROBE_BATCH = 2
+# The opsets torch's TorchScript exporter (graphs.export_onnx: dynamo=False) writes, from
+# torch.onnx._constants (ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET) of torch 2.x.
+OPSETS = range(7, 21)
 
 
 @dataclass
@@ -139,7 +143,10 @@ def export_model(
     graph = sidecar.graph_path(path, fmt)
     side = sidecar.sidecar_path(path, fmt)
     # Written and checked aside first: a failed export leaves the previous one as it was.
-    with tempfile.TemporaryDirectory(dir=graph.parent, prefix=".export-") as tmpdir:
+    what = f"{fmt} export of detector {name} in {graph.parent}"
+    with writing(what):
+        aside = tempfile.TemporaryDirectory(dir=graph.parent, prefix=".export-")
+    with aside as tmpdir:
         staged = Path(tmpdir) / graph.name
         _write_graph(net, fmt, staged, opset)
         rel, grid = _check(net, fmt, staged)
@@ -148,10 +155,11 @@ def export_model(
                 f"the {fmt} graph differs from torch by {rel:.2g} of the output's magnitude "
                 f"(more than {MAX_REL_DIFF:g})"
             )
-        side.unlink(missing_ok=True)  # no sidecar while the graph files are replaced
         weights = [staged.with_suffix(".bin")] if fmt == "openvino" else []
-        for f in (*weights, staged):
-            f.replace(graph.with_name(f.name))
+        with writing(what):
+            side.unlink(missing_ok=True)  # no sidecar while the graph files are replaced
+            for f in (*weights, staged):
+                f.replace(graph.with_name(f.name))
     h, w = net.image_hw
     doc = {
         "sidecar_version": sidecar.SIDECAR_VERSION,

@@ -26,6 +26,11 @@ log = logging.getLogger("station.hardware.ur")
 
 _EOF = object()
 PARENT_ENV = "STATION_UR_PARENT_PID"
+# an open_* request failed: ur_rtde could not connect to (or start its script on) the controller
+CONNECT_HINT = (
+    "check robot.host, the network cable, that the controller is on and in remote control, "
+    "and that its RTDE port 30004 is reachable"
+)
 _LINKS: weakref.WeakSet[URLink] = weakref.WeakSet()
 
 
@@ -117,7 +122,8 @@ class URLink:
             if msg.get("id") != req_id:
                 continue  # a late reply to an earlier, timed-out request
             if not msg.get("ok"):
-                raise self._fail(f"{op} failed: {msg.get('error')}")
+                hint = CONNECT_HINT if op.startswith("open_") else None
+                raise self._fail(f"{op} failed: {msg.get('error')}", hint)
             return msg.get("result")
 
     def call(self, op: str, timeout_s: float, **args: Any) -> Any:

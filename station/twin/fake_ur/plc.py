@@ -8,7 +8,8 @@ result_timeout_s, the heartbeat was alive, the echo matched and REJECT was low; 
 hold_s, so a station that only captures sees it). Sheet numbers restart at 1 when the heartbeat
 comes back after a loss (a new station run); a mismatch rejects the sheet and takes the
 station's number as the new count (in step again from the next sheet). Every disposition is
-kept in `dispositions` and, when `log_path` is given, appended to that JSONL file.
+kept in `dispositions` and, when `log_path` is given, appended to that JSONL file. A failure
+(e.g. a log that cannot be written) ends the thread and is kept in `failure`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from station.errors import StationError
+from station.files import writing
 from station.recipe import LineIOConfig
 from station.twin.fake_ur.robot import RobotModel
 
@@ -98,6 +101,7 @@ class SimPLC(threading.Thread):
         self.sheets_presented = 0
         self.current: int | None = None  # the sheet presented and not yet routed
         self.alive = cfg.heartbeat_output is None
+        self.failure: StationError | None = None  # why it stopped by itself (e.g. its log)
         self._halt = threading.Event()
         self._lock = threading.Lock()
 
@@ -109,6 +113,16 @@ class SimPLC(threading.Thread):
         return bool(self.model.digital_out >> index & 1)
 
     def run(self) -> None:
+        """Scan until stopped; a failure ends the thread and is kept in `failure` for whoever
+        runs the PLC to report (no traceback from the thread)."""
+        try:
+            self._scan()
+        except StationError as exc:
+            self.failure = exc
+        except Exception as exc:  # noqa: BLE001 (said by the caller in one line)
+            self.failure = StationError(f"{type(exc).__name__}: {exc}")
+
+    def _scan(self) -> None:
         cfg = self.cfg
         expect_next = 1
         last_beat = self._bit(cfg.heartbeat_output) if cfg.heartbeat_output is not None else False
@@ -173,8 +187,8 @@ class SimPLC(threading.Thread):
     def _record(self, d: Disposition) -> None:
         with self._lock:
             self.dispositions.append(d)
-        if self.log_path is not None:
-            with self.log_path.open("a", encoding="utf-8") as f:
+        if (log := self.log_path) is not None:
+            with writing(f"PLC log {log}"), log.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(asdict(d)) + "\n")
         if self.on_disposition is not None:
             self.on_disposition(d)
