@@ -25,10 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 SKIPS_ALLOWED_IN_CI = ("needs a CUDA GPU",) + (() if os.geteuid() == 0 else ("(needs root)",))
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
+def _no_skip_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under STATION_CI=1 a skip is a failure, unless its reason is one CI may have."""
     if not (report.skipped and os.environ.get("STATION_CI")) or hasattr(report, "wasxfail"):
         return
     longrepr = report.longrepr
@@ -39,17 +37,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 @pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    _no_skip_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
     """A module-level importorskip skips at collection, before any test report: the same rule."""
     outcome = yield
-    report = outcome.get_result()
-    if not (report.skipped and os.environ.get("STATION_CI")):
-        return
-    longrepr = report.longrepr
-    reason = str(longrepr[-1] if isinstance(longrepr, tuple) else longrepr)
-    if not any(allowed in reason for allowed in SKIPS_ALLOWED_IN_CI):
-        report.outcome = "failed"
-        report.longrepr = f"skipped under STATION_CI=1 (CI must run every test): {reason}"
+    _no_skip_in_ci(outcome.get_result())
 
 
 @pytest.fixture
