@@ -6,6 +6,7 @@ Emulated serials are 0815-0000, 0815-0001, ...
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,20 @@ def test_hardware_trigger_timeout_raises_after_retries() -> None:
     msg = err.value.message
     assert "3 tries" in msg and "no hardware trigger on Line1 within 100 ms" in msg
     assert "Line1" in (err.value.hint or "")
+
+
+@pytest.mark.slow
+def test_hardware_trigger_drops_a_frame_queued_before_the_ask() -> None:
+    """A frame triggered before grab() (a double or early pulse on Line1) was exposed before
+    the robot settled at this pose: dropped, so the shot waits for a trigger after the ask."""
+    with PylonCamera(cfg(trigger="hardware", timeout_ms=200, retries=0)) as cam:
+        dev = cam.device
+        dev.TriggerSource.Value = "Software"  # the emulator has no Line1 to pulse
+        dev.TriggerSoftware.Execute()
+        time.sleep(0.3)  # the frame is in the queue
+        dev.TriggerSource.Value = "Line1"
+        with pytest.raises(CameraError, match="no hardware trigger on Line1 within 200 ms"):
+            cam.grab()
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 `PylonCamera(camera_cfg)` opens a camera by serial number (or the first one found), loads the
 recipe's pylon feature file (.pfs), then applies the recipe settings (pixel format, size,
 exposure, gain, trigger) and reads them back. `grab()` triggers (software) or waits for the
-hardware trigger on Line1, retries on timeouts and failed buffers, and returns a `Frame`:
+hardware trigger on Line1 (dropping frames queued before it was called: the trigger must come
+after the station asks), retries on timeouts and failed buffers, and returns a `Frame`:
 HxW uint8 for Mono8, HxWx3 uint8 for RGB8 and BayerRG8 (demosaiced by pylon).
 
 Grabbing starts in `open()` and keeps running until `close()`: settings that change the image
@@ -421,6 +422,10 @@ class PylonCamera:
         tries = cfg.retries + 1
         timeout_ms, on_timeout = cfg.timeout_ms, pylon.TimeoutHandling_Return
         problems: list[str] = []
+        if cfg.trigger == "hardware":
+            # a frame already queued was triggered before the robot settled here (a double
+            # pulse, a late one): never this pose's shot. A trigger must come after the ask.
+            self._drain(pylon)
         for attempt in range(1, tries + 1):
             try:
                 if cfg.trigger == "software":
