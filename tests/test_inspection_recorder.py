@@ -15,6 +15,7 @@ from test_inspection_support import database, sheet, small_recipe
 import station.storage.db as dbmod
 from station.errors import StorageError
 from station.inspection.recorder import PartRecord, Recorder
+from station.inspection.results import recovery_messages
 from station.storage.heatmaps import encode_png, write_atomic
 from station.storage.models import Detection, Part, Shot, Verdict
 
@@ -109,6 +110,30 @@ def test_recover_marks_pending_interrupted_and_adopts_shot_files(rec: Recorder) 
     assert "mid-part" in rows[2].reason
     assert [(s.pose_index, s.pose_name) for s in rows[2].shots] == [(0, "left"), (1, "centre")]
     assert Recorder(rec.db, rec.recipe).recover().interrupted == []
+
+
+def test_a_pass_committed_before_the_line_had_it_says_so_after_a_crash(rec: Recorder) -> None:
+    """The verdict is committed before the result goes out, the cycle time after the line's
+    answer: a crash in between leaves a pass the line may never have had."""
+    sent = rec.new_part("live")
+    rec.open_part(sent)
+    sent.verdict, sent.reason = Verdict.PASS, "pass"
+    sent.timings_ms = {"inference": 5.0, "line": 1.0, "cycle": 90.0}  # its answer came back
+    rec.finish_part(sent)
+    cut = rec.new_part("live")
+    rec.open_part(cut)
+    cut.verdict, cut.reason, cut.timings_ms = Verdict.PASS, "pass", {"inference": 5.0}
+    rec.finish_part(cut)  # then the crash, before send_result
+    rec.run_lock.release()  # the kernel drops the dead process's locks; its file stays
+    report = Recorder(rec.db, rec.recipe).recover()
+    assert report.unconfirmed == [cut.sequence]
+    rows = {r.sequence: r for r in _parts(rec)}
+    assert rows[sent.sequence].reason == "pass"
+    assert rows[cut.sequence].verdict is Verdict.PASS  # what the detectors decided stays
+    assert "stopped before the line confirmed this pass" in rows[cut.sequence].reason
+    assert Recorder(rec.db, rec.recipe).recover().unconfirmed == []  # said once
+    lines = recovery_messages(report, rec.journal.refused_dir)
+    assert any(f"part(s) {cut.sequence}: passed, but" in text for text, _ in lines)
 
 
 def _lock(path: str) -> sqlite3.Connection:

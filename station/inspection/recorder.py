@@ -85,6 +85,7 @@ log = logging.getLogger(__name__)
 class RecoveryReport:
     journal_replayed: int = 0
     interrupted: list[int] = field(default_factory=list)  # sequences marked interrupted
+    unconfirmed: list[int] = field(default_factory=list)  # passes the line may not have had
     shots_added: int = 0
     set_aside: int = 0  # held records the database refuses for good, moved to journal/refused
     refused: list[str] = field(default_factory=list)  # one line per journal file moved aside
@@ -394,6 +395,11 @@ class Recorder:
 
     def _recover(self) -> RecoveryReport:
         report = RecoveryReport()
+        # a run's lock file outlives it only when it did not end (end_run removes it)
+        crashed = {
+            lock.stem for lock in self.runs_dir.glob("*.lock")
+            if lock != self.run_lock.path and not held_elsewhere(lock)
+        }
         self.journal.top_up()
         self._db_left = self.db_budget_s
         for path in self.journal.files():
@@ -436,6 +442,7 @@ class Recorder:
                 row.finished_at = row.finished_at or now()
                 report.interrupted.append(row.sequence)
                 report.shots_added += self._adopt_shot_files(s, row, pose_index)
+            report.unconfirmed = _unconfirmed_passes(s, self.recipe.name, crashed)
         for lock in self.runs_dir.glob("*.lock"):  # runs that ended: their files go
             if lock != self.run_lock.path and not held_elsewhere(lock):
                 lock.unlink(missing_ok=True)
@@ -511,3 +518,29 @@ class Recorder:
                 self._db_left -= time.monotonic() - t0
         raise StorageError(f"could not allocate a part number for recipe {part.recipe!r}")
 
+
+
+UNCONFIRMED = (
+    "; the station stopped before the line confirmed this pass: the line rejected the sheet "
+    "unless the result had gone out (the PLC's log says which)"
+)
+
+
+def _unconfirmed_passes(s: Any, recipe: str, crashed: set[str]) -> list[int]:
+    """Live passes of crashed runs committed before their result went out: the cycle time is
+    stored only after the line's answer, so a pass without one may never have reached it.
+    Their reason says so (the verdict stays what the detectors decided)."""
+    if not crashed:
+        return []
+    rows = s.scalars(
+        select(Part).where(
+            Part.recipe == recipe, Part.mode == "live", Part.verdict == Verdict.PASS,
+            Part.run_id.in_(sorted(crashed)),
+        )
+    ).all()
+    out = []
+    for row in rows:
+        if "cycle" not in (row.timings_ms or {}) and UNCONFIRMED not in (row.reason or ""):
+            row.reason = (row.reason or "pass") + UNCONFIRMED
+            out.append(row.sequence)
+    return out

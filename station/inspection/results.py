@@ -156,6 +156,13 @@ class RunSummary:
 def recovery_messages(rec: RecoveryReport, refused_dir: Path) -> list[tuple[str, str]]:
     """(text, level) lines telling the operator what start-up recovery did."""
     out = [(line, "error") for line in rec.refused]
+    if rec.unconfirmed:
+        out.append((
+            f"part(s) {', '.join(map(str, rec.unconfirmed))}: passed, but the station stopped "
+            "before the line confirmed it; the line rejected those sheets unless the result "
+            "had gone out (the PLC's log says which)",
+            "warning",
+        ))
     if not (rec.journal_replayed or rec.interrupted or rec.set_aside):
         return out
     refused = (
