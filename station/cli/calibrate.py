@@ -149,8 +149,8 @@ def _print_result(result: CalibrationResult, where: str, saved: SavedCalibration
     )
     table = Table(
         title=escape(
-            f"thresholds (defective when score >= threshold; {level:.0%} intervals: "
-            "bootstrap [low, high], exact upper bound <=)"
+            f"thresholds (defective when score >= threshold; rates on these same parts, "
+            f"{level:.0%} intervals: bootstrap [low, high], exact upper bound <=)"
         ),
         title_justify="left",
     )
