@@ -12,10 +12,12 @@ categories side by side). `training_images(folder)` accepts an MVTec folder or a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from station.errors import StationError
+from station.files import file_sha256
 from station.imaging import IMAGE_SUFFIXES
 
 
@@ -130,3 +132,10 @@ def training_images(folder: str | Path) -> list[Path]:
             hint="capture good parts first (station capture) or give --data a folder of images",
         )
     return files
+
+
+def copies_of_training(folder: str | Path, items: Sequence[DatasetItem]) -> list[bool]:
+    """Per test item: its file holds the same bytes as one of the category's train/good
+    images. A test split holding training images measures memory, not the material."""
+    train = {file_sha256(p) for p in MVTecFolder(folder).train_good()}
+    return [file_sha256(it.path) in train for it in items]

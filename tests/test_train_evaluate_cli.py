@@ -133,6 +133,20 @@ def test_train_then_evaluate(station_home: Path, capsys: pytest.CaptureFixture[s
     md = (out / "results.md").read_text()
     assert "| cat_a | patchcore |" in md and "0.000 (0/2) [0.000, 0.842]" in md
     assert "FR@zero_miss†: policy zero_miss on the test set (optimistic" in md
+    assert res["data_checks"]["cat_a"]["copies_of_training"] == {"good": 0, "defect": 0}
+    assert "byte copies" not in printed
+
+    # a test split holding a training image and a flat one: counted, and said with the figures
+    shutil.copy(cat / "train" / "good" / "g1.png", cat / "test" / "good" / "t_copy.png")
+    write_png(cat / "test" / "good" / "t_flat.png", np.full((SIZE, SIZE), 255, np.uint8))
+    assert run(["evaluate", "--recipe", recipe, "--dataset", str(cat), "--out", str(out)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    checks = json.loads((out / "results.json").read_text())["data_checks"]["cat_a"]
+    assert checks == {"n": {"good": 4, "defect": 2}, "copies_of_training": {"good": 1, "defect": 0},
+                      "flat": {"good": 1, "defect": 0}}  # fmt: skip
+    said = ("cat_a: of 4 good / 2 defective test images, 1 / 0 are byte copies of training "
+            "images and 1 / 0 are one flat value; the figures count them")  # fmt: skip
+    assert f"warning: {said}" in printed and said in (out / "results.md").read_text()
 
 
 def test_evaluate_with_training_per_category(station_home: Path) -> None:

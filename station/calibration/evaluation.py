@@ -38,7 +38,7 @@ from station.calibration.operating_point import (
     policy_label,
 )
 from station.calibration.policies import Policy, resolve_policy
-from station.datasets import MVTecFolder
+from station.datasets import MVTecFolder, copies_of_training
 from station.detectors.engine import ScoringEngine, load_images, load_masks, load_models
 from station.detectors.training import train_and_save
 from station.errors import StationError
@@ -76,6 +76,19 @@ class LabelledSet:
     masks: np.ndarray  # N x H x W uint8; all zero without mask files
     has_masks: bool  # every defect has a mask file: pixel metrics are computed
     clean: np.ndarray | None  # AITEX: defects plus good tiles of defect-free strips
+    copies: np.ndarray | None = None  # N bool: the file is a train/good image's copy
+
+    def data_checks(self) -> dict[str, dict[str, int]]:
+        """Test images a cell would not see as such, by label: copies of training images, and
+        flat ones (one grey value: nothing of the material in view)."""
+        flat = np.array([int(img.min()) == int(img.max()) for img in self.images])
+        copies = self.copies if self.copies is not None else np.zeros(len(self.images), bool)
+        by = {"good": self.labels == 0, "defect": self.labels == 1}
+        return {
+            "n": {k: int(m.sum()) for k, m in by.items()},
+            "copies_of_training": {k: int((copies & m).sum()) for k, m in by.items()},
+            "flat": {k: int((flat & m).sum()) for k, m in by.items()},
+        }
 
 
 @dataclass
@@ -91,6 +104,7 @@ class Evaluation:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     means: dict[str, dict[str, float]] = field(default_factory=dict)
     path: Path | None = None  # results.json once written
+    data: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # per category
     policy: Policy | None = None  # the operating point `policy` (default: the recipe's)
 
     def __post_init__(self) -> None:
@@ -122,7 +136,22 @@ class Evaluation:
         ]
         if any(k == "image_auroc_clean" for k, _ in self.columns()):
             lines.append("I-AUROC*: good tiles of defect-free strips only (AITEX)")
-        return lines
+        return lines + self.data_notes()
+
+    def data_notes(self) -> list[str]:
+        """A line per category whose test split holds copies of training images or flat
+        images: the figures count them, a cell would not."""
+        out = []
+        for cat, d in self.data.items():
+            n, cp, flat = d["n"], d["copies_of_training"], d["flat"]
+            if not (sum(cp.values()) or sum(flat.values())):
+                continue
+            out.append(
+                f"{cat}: of {n['good']} good / {n['defect']} defective test images, "
+                f"{cp['good']} / {cp['defect']} are byte copies of training images and "
+                f"{flat['good']} / {flat['defect']} are one flat value; the figures count them"
+            )
+        return out
 
     def markdown(self) -> str:
         """The results table in markdown (`results.md`), legend below."""
@@ -160,6 +189,7 @@ class Evaluation:
             "detectors": {d.name: d.model_dump() for d in self.targets},
             "preprocess": self.recipe.preprocess.model_dump(),
             "categories": self.results,
+            "data_checks": self.data,
             "mean": self.means,
             "operating_points": {
                 "rule": "defective when score >= threshold",
@@ -205,6 +235,7 @@ def evaluate(
     report = progress or _no_progress
     for cat in categories:
         test = read_test_set(cat, recipe.preprocess, report)
+        run.data[cat.name] = test.data_checks()
         run.results[cat.name] = {}
         for d in targets:
             if train:
@@ -244,7 +275,9 @@ def read_test_set(cat: Path, cfg: PreprocessConfig, progress: ProgressFn) -> Lab
     h, w = images[0].shape[:2]
     masks = load_masks(items, cfg, (h, w)) if has_masks else np.zeros((len(items), h, w), np.uint8)
     stems = [it.stem for it in items]
-    return LabelledSet(stems, images, labels, masks, has_masks, clean_good_mask(stems, labels))
+    copies = np.array(copies_of_training(cat, items), dtype=bool)
+    clean = clean_good_mask(stems, labels)
+    return LabelledSet(stems, images, labels, masks, has_masks, clean, copies)
 
 
 def fit_on_category(

@@ -37,6 +37,8 @@ def _table(title: str, caption: str | None, labels: list[str], last: str | None)
 def print_table(run: Evaluation) -> None:
     """One row per category and detector, then each detector's mean; then the operating
     points."""
+    from rich.markup import escape
+
     from station.calibration.evaluation import fmt_metric as _fmt
     from station.cli.app import console
 
@@ -56,6 +58,8 @@ def print_table(run: Evaluation) -> None:
         table.add_row("[bold]mean[/]", name, *[_fmt(m.get(k)) for k, _ in cols], "")
     console.print(table)
     print_points(run)
+    for note in run.data_notes():
+        console.print(f"[bold yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def print_points(run: Evaluation) -> None:
