@@ -1,4 +1,4 @@
-"""Free disk space: warnings before the data disk fills, at the run's measured rate."""
+"""Free disk space: warnings before the data disk fills, at the last hour's rate."""
 
 from __future__ import annotations
 
@@ -45,6 +45,25 @@ def test_the_rate_warns_before_the_free_space_floor(monkeypatch: pytest.MonkeyPa
     assert "20.0 GB free" in line
     assert "about 5.6 h (10,000 sheets at 2.00 MB per sheet, 1,800 sheets/h)" in line
     assert lines[5] == []  # warned already
+
+
+def test_the_rate_is_the_last_hours_so_a_weekend_stop_does_not_hide_a_filling_disk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """10 sheets a minute apart, a 60 h stop, then 600 sheets/h of 50 MB: 200 GB last 6.7 h.
+    Over the whole run that would be under one sheet an hour, and no warning."""
+    _fixed(monkeypatch, [200 * GB] * 16)
+    watch = DiskWatch([Path("/data")], warn_free_gb=5, warn_hours=8)
+    before = [watch.observe(int(50 * MB), 60.0 * i) for i in range(10)]  # 60 sheets/h: 67 h
+    assert before == [[]] * 10
+    assert watch.rate(540.0) == (50 * MB, 60.0)
+    monday = 540.0 + 60 * 3600
+    after = [watch.observe(int(50 * MB), monday + 6.0 * i) for i in range(6)]
+    assert after[:4] == [[]] * 4  # the stop emptied the window: no rate until 5 parts again
+    (line,) = after[4]
+    assert "about 6.7 h (4,000 sheets at 50.00 MB per sheet, 600 sheets/h)" in line
+    assert after[5] == []  # warned already
+    assert diskmod.sheets_per_hour([0.0, 6.0, 12.0, 18.0]) is None  # fewer than 5 parts
 
 
 def test_sizes_read_at_every_scale() -> None:

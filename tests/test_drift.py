@@ -353,3 +353,79 @@ def test_the_card_is_shot_every_n_parts(station_home: Path) -> None:
     shot = ["mean card" in p.values for p in signal_history(db, recipe.name)]
     assert shot == [True, False, True, False, True]
     db.dispose()
+
+
+# -- a clear made while a part is in the cell: live and a restart order it alike ---------------
+def _clear_recipe(home: Path) -> Any:
+    """The shipped recipe (it checks placement) with textbook charts, a 10-part warm-up and a
+    10-part placement window."""
+    import yaml
+
+    from station.recipe import parse_recipe
+
+    data = yaml.safe_load((home / "recipes" / "glassfiber.yaml").read_text())
+    data["monitoring"]["drift"].update(
+        warmup_parts=10, ewma_lambda=0.2, ewma_l=3.0, cusum_k=0.5, cusum_h=5.0,
+        placement={"window_parts": 10, "min_cpk": 1.0})
+    data["storage"] = {"database_url": f"sqlite:///{home}/data/station.db"}
+    path = home / "recipes" / "clears.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return parse_recipe(path.read_text(), str(path))
+
+
+def _charted_part(db: Any, recipe: Any, seq: int, right: float) -> int:
+    """Part `seq` as the recorder leaves it: started at T0 + 30 s * seq, finished 20 s later,
+    its sheet found `right` mm past the region's right side."""
+    from station.coverage import region_rect, sheet_rect
+    from station.storage.models import Part, Verdict
+
+    x0, y0, x1, y1 = sheet_rect(recipe)
+    dx = right + region_rect(recipe)[2] - x1
+    start = T0 + timedelta(seconds=30 * seq)
+    with db.session() as s:
+        part = Part(recipe=recipe.name, sequence=seq, mode="live", verdict=Verdict.PASS,
+                    started_at=start, finished_at=start + timedelta(seconds=20),
+                    sheet_region_mm=list(region_rect(recipe)),
+                    sheet_placement={"corners_mm": [[x0 + dx, y0], [x1 + dx, y0],
+                                                    [x1 + dx, y1], [x0 + dx, y1]]})
+        s.add(part)
+        s.commit()
+        return part.id
+
+
+@pytest.mark.parametrize("clear_s", [3, 25])  # into part 32: in the cell; after its finish
+def test_a_clear_made_during_a_part_is_replayed_as_live_and_stores_nothing_new(
+    station_home: Path, clear_s: int
+) -> None:
+    from station.decision import Verdict as DecisionVerdict
+    from station.inspection.results import PartResult
+    from station.storage.models import Alarm
+
+    recipe = _clear_recipe(station_home)
+    db = database(recipe)
+    monitor, _ = build_monitor(recipe, db, {})
+    hook = DriftHook(recipe, db, monitor)
+    for seq in range(1, 46):  # score: a 10-part warm-up, then a steady +3 sigma step from 21
+        score = 0.5 + (0.05 * (-1) ** seq if seq <= 20 else 3 * 0.05 * math.sqrt(10 / 9))
+        if seq == 32:  # the operator clears the first CUSUM and placement alarms
+            with db.session() as s:
+                for a in s.query(Alarm).filter(Alarm.chart.in_(("cusum", "cpk"))):
+                    a.cleared_at = T0 + timedelta(seconds=30 * seq + clear_s)
+                    a.cleared_by = "ana"
+                s.commit()
+        pid = _charted_part(db, recipe, seq, 0.5 + 0.4 * (seq % 2))  # Cpk 0.47 < 1
+        hook.part(PartResult(seq, pid, "live", DecisionVerdict.PASS, "", score, {}, {},
+                             {"d": score}, {}, None))
+    stored = sorted((a.chart, a.part_sequence, a.open) for a in list_alarms(db, recipe.name))
+    late = clear_s > 20  # cleared after part 32 was charted: from part 33 on
+    assert stored == [("cpk", 10, False), ("cpk", 41 + late, True), ("cusum", 22, False),
+                      ("cusum", 34 + late, True), ("ewma", 22, True)]
+
+    again, notes = build_monitor(recipe, db, {})  # a restart
+    assert "stored now" not in notes[-1]
+    assert len(list_alarms(db, recipe.name)) == len(stored)
+    live, replayed = hook.monitor.signals["score d"], again.signals["score d"]
+    assert replayed.last == live.last and replayed.alarmed == live.alarmed == {"cusum", "ewma"}
+    assert hook.monitor.placement is not None and again.placement is not None
+    assert again.placement.sides == hook.monitor.placement.sides
+    db.dispose()

@@ -286,3 +286,10 @@ def test_station_train_fits_the_material_model(
     for f in sorted(few.glob("*.png"))[1:]:
         f.unlink()
     assert "material check not fitted" in " ".join(train(few).split())
+
+
+def test_reviewed_shots_promotion_copied_group_by_their_part() -> None:
+    """Promotion copies a reviewed sheet's shots as `review-p<sequence>_<pose>`: one part."""
+    shots = [part_of(f"review-p000012_{pose}.png") for pose in ("r1c1", "r1c2", "r2c1")]
+    assert shots == ["p000012"] * 3
+    assert part_of("review-x_a.png") == "review-x_a"  # not a sequence: the file itself

@@ -413,3 +413,101 @@ def test_twin_variant_is_a_good_sheet_of_another_texture(station_home: Path) -> 
     for bad in ({"share": 2}, {"pitch_scale": 9}, {"weave": "satin"}, {"colour": 1}):
         with pytest.raises(RecipeError, match="variant"):
             TwinWorld(small_recipe(station_home, twin__params={"variant": bad}))
+
+
+def test_a_defect_confirmed_after_the_supervisor_keeps_a_sheet_out() -> None:
+    """Evaluation counts the newest review: a later "defect confirmed" must not train as good."""
+    chief = ["A. Chief"]
+    ok, why = qualifies([("A. Chief", FR), ("ana", DC)], 2, chief)
+    assert not ok and "after the supervisor" in why
+    assert not qualifies([("A. Chief", FR), ("ana", DC), ("bob", FR)], 2, chief)[0]
+    assert qualifies([("ana", DC), ("A. Chief", FR)], 2, chief)[0]  # the override, kept
+    assert qualifies([("A. Chief", FR), ("ana", FR)], 2, chief)[0]
+
+
+def _promotable(db, recipe, parts: list[int]) -> tuple[str, str]:  # noqa: ANN001
+    """A live model and a candidate (trained on the parts with these sequences) that passes
+    the gate: (live, candidate)."""
+    live, cand = _version(0), _version(20)
+    _fake_model(recipe, "patchcore", live, artifact_path(recipe, "patchcore", live))
+    _fake_model(recipe, "patchcore", cand, candidate_path(recipe, "patchcore", cand))
+    P, F = Verdict.PASS, Verdict.FAIL
+    _candidate_row(db, recipe, cand, live, [_judged(1, False, F, P), _judged(2, True, F, F)])
+    with db.session() as s:
+        row = s.scalars(select(ModelVersion).where(ModelVersion.version == cand)).one()
+        row.metrics = {**row.metrics, "retrain": {**row.metrics["retrain"], "parts": parts}}
+    return live, cand
+
+
+def test_promotion_copies_only_parts_that_still_qualify(station_home: Path) -> None:
+    recipe = small_recipe(station_home, retrain={"agreeing_reviews": 2, "supervisors": ["chief"]})
+    db = database(recipe)
+    root = recipe.data_dir.parent
+    keep, turned = _part(db, recipe, root, Verdict.FAIL), _part(db, recipe, root, Verdict.FAIL)
+    with db.session() as s:
+        seqs = [s.get(Part, pid).sequence for pid in (keep, turned)]
+        for pid in (keep, turned):
+            add_review(s, pid, FR, "chief")  # both qualified when retrain ran
+    _, cand = _promotable(db, recipe, seqs)
+    with db.session() as s:
+        add_review(s, turned, DC, "chief")  # between retrain and promotion
+    done = promote(recipe, db, "patchcore", cand, "chief")
+    good = sorted(f.name for f in (recipe.dataset_dir / "train" / "good").iterdir())
+    assert good == sorted(f"review-p{seqs[0]:06d}_{p.name}.png" for p in recipe.robot.poses)
+    assert done.added_shots == len(recipe.robot.poses)
+    assert done.left_out == {"a supervisor confirmed the defect": 1}
+    assert any("1 part(s): a supervisor confirmed the defect" in n for n in done.notes)
+    db.dispose()
+
+
+def test_promotion_refuses_a_calibration_made_for_another_decision_rule(
+    station_home: Path,
+) -> None:
+    import yaml
+
+    from station.retrain.candidates import candidates_dir
+
+    recipe = small_recipe(station_home)
+    assert recipe.decision.combine_poses == "max"
+    db = database(recipe)
+    _, cand = _promotable(db, recipe, [])
+    made = candidates_dir(recipe) / f"{recipe.name}-{cand}.yaml"  # at retrain time: mean
+    made.parent.mkdir(parents=True, exist_ok=True)
+    made.write_text(yaml.safe_dump({
+        "created_at": "2026-12-07T10:00:00+00:00", "policy": {"name": "zero_miss"},
+        "thresholds": {"patchcore": 0.5}, "model_versions": {"patchcore": cand},
+        "decision": {"combine_poses": "mean", "combine_detectors": "any"}}))  # fmt: skip
+    done = promote(recipe, db, "patchcore", cand, "Sam Super")
+    assert done.calibration is None and not recipe.calibration_path.exists()
+    assert "does not fit" in done.calibration_note and "combine_poses=mean" in done.calibration_note
+    assert any("calibrate-threshold" in n for n in done.notes)
+    db.dispose()
+
+
+def test_promotion_finds_shadow_verdicts_of_a_partial_candidate_set(station_home: Path) -> None:
+    from station.storage.shadow import record_shadow_verdict
+
+    recipe = small_recipe(station_home)
+    db = database(recipe)
+    root = recipe.data_dir.parent
+    _, cand = _promotable(db, recipe, [])
+    done = promote(recipe, db, "patchcore", cand, "Sam Super")  # shadow mode never ran it
+    assert f"no shadow verdicts for {cand}" in done.reason
+    (p,) = promotions(db, recipe.name)
+    assert p.evidence["shadow_mode"]["parts"] == 0 and "no shadow verdicts" in p.evidence["rule"]
+
+    write_live(recipe, "patchcore", p.from_version)  # a second candidate, same live model
+    cand2 = _version(30)
+    _fake_model(recipe, "patchcore", cand2, candidate_path(recipe, "patchcore", cand2))
+    P, F = Verdict.PASS, Verdict.FAIL
+    _candidate_row(db, recipe, cand2, p.from_version,
+                   [_judged(1, False, F, P), _judged(2, True, F, F)])  # fmt: skip
+    bad = _part(db, recipe, root, Verdict.FAIL)
+    with db.session() as s:
+        add_review(s, bad, DC, "ann")
+    # `--shadow cand2` beside another detector's live model: the set's id is not the retrain's
+    record_shadow_verdict(db, bad, f"{cand2}+other-1", {"patchcore": cand2, "other": "other-1"},
+                          Verdict.PASS, "under threshold", 0.1, {}, {"patchcore": 0.5})  # fmt: skip
+    with pytest.raises(StationError, match="in shadow mode it passed confirmed defects"):
+        promote(recipe, db, "patchcore", cand2, "Sam Super")
+    db.dispose()

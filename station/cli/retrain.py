@@ -183,6 +183,8 @@ def promote_cmd(
 
     The promotion is recorded with its evidence. The candidate's own calibration becomes
     live when it was made for exactly the live models."""
+    from rich.markup import escape
+
     from station.cli.app import console
     from station.retrain.promote import promote
 
@@ -199,11 +201,8 @@ def promote_cmd(
     )
     if done.calibration is not None:
         console.print(f"live calibration: the candidate's own, now {done.calibration}")
-    else:
-        console.print(
-            "no calibration was made for exactly the live models: run station "
-            f"calibrate-threshold --recipe {recipe} before station inspect"
-        )
+    for line in done.notes:  # no fitting calibration; reviewed parts left out of training
+        console.print(escape(line), highlight=False, soft_wrap=True)
     if done.added_shots:
         console.print(f"{done.added_shots} reviewed shots added to {rcp.dataset_dir}/train/good")
 

@@ -35,7 +35,9 @@ from station.storage.alarms import (
     NewAlarm,
     PartPoint,
     add_alarm,
+    alarms_open_at,
     list_alarms,
+    part_charted_at,
     part_placement_values,
     record_part_signals,
     signal_history,
@@ -130,9 +132,11 @@ class DriftHook(CycleHook):
             values.update(own)
         if self.monitor.placement is not None:  # stored with the part (any verdict)
             values.update(part_placement_values(self.db, result.part_id))
-        self.monitor.sync(list_alarms(self.db, self.recipe.name, open_only=True))
-        point = PartPoint(result.part_id, result.sequence, datetime.now(UTC),
-                          result.verdict.value, values)
+        # clears made by the part's finish count before it, later ones from the next part on:
+        # the order `DriftMonitor.replay` gives them at a restart
+        at = part_charted_at(self.db, result.part_id) or datetime.now(UTC)
+        self.monitor.sync(alarms_open_at(self.db, self.recipe.name, at))
+        point = PartPoint(result.part_id, result.sequence, at, result.verdict.value, values)
         return self.store(self.monitor.add(point))
 
     def store(self, raised: list[NewAlarm]) -> list[Event]:

@@ -2,16 +2,17 @@
 
 A full data disk does not pass a sheet (every part faults and is rejected, the journal keeps the
 decisions), but it stops production. `DiskWatch` warns before: when a disk's free space falls
-below `warn_free_gb`, or when at the run's measured rate (sheets per hour and bytes per sheet)
-it fills within `warn_hours`. It warns on the first part that finds it low, then at most once
-per `repeat_s` while it stays low.
+below `warn_free_gb`, or when at the recipe's recent rate (sheets per hour over the last
+`RATE_WINDOW_S`, bytes per sheet of the newest parts) it fills within `warn_hours`. It warns on
+the first part that finds it low, then at most once per `repeat_s` while it stays low.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,18 @@ if TYPE_CHECKING:
 
 GB = 1e9
 MB = 1e6
+# the rate is the last hour's, as the review pages' banner reckons it: a weekend's stop in a
+# long run must not dilute it
+RATE_WINDOW_S = 3600.0
+MIN_PARTS = 5  # fewer in the window: no rate, free space only
+
+
+def sheets_per_hour(times_s: Sequence[float]) -> float | None:
+    """Sheets per hour between the first and last of the window's part times (oldest first,
+    seconds); None with fewer than MIN_PARTS or no time between them."""
+    if len(times_s) < MIN_PARTS or times_s[-1] <= times_s[0]:
+        return None
+    return (len(times_s) - 1) / (times_s[-1] - times_s[0]) * 3600
 
 
 @dataclass(frozen=True)
@@ -94,21 +107,24 @@ class DiskWatch:
         self.warn_hours = warn_hours
         self.repeat_s = repeat_s
         self.part_bytes: list[int] = []  # the sizes of the newest parts' files
-        self.first_s: float | None = None  # time of the first part seen
+        self.times: deque[float] = deque()  # when the parts of the last RATE_WINDOW_S ended
         self.parts = 0
         self.warned_at: dict[Path, float] = {}  # disks warned of, while they stay low
 
     def rate(self, now_s: float) -> tuple[float, float] | None:
-        """(bytes per sheet, sheets per hour) measured in this run; None before 5 parts."""
-        if self.parts < 5 or self.first_s is None or now_s <= self.first_s or not self.part_bytes:
+        """(bytes per sheet, sheets per hour) over the last RATE_WINDOW_S; None with fewer
+        than MIN_PARTS parts in it."""
+        while self.times and now_s - self.times[0] > RATE_WINDOW_S:
+            self.times.popleft()
+        per_hour = sheets_per_hour(self.times)
+        if per_hour is None or not self.part_bytes:
             return None
-        per_hour = (self.parts - 1) / (now_s - self.first_s) * 3600
         return sum(self.part_bytes) / len(self.part_bytes), per_hour
 
     def observe(self, part_bytes: int | None, now_s: float) -> list[str]:
         """One finished part (its files' size, when known); the warnings it brings."""
         self.parts += 1
-        self.first_s = now_s if self.first_s is None else self.first_s
+        self.times.append(now_s)
         if part_bytes is not None:
             self.part_bytes = [*self.part_bytes[-49:], part_bytes]
         return self.check(now_s)

@@ -12,8 +12,9 @@ one (the card's always) takes them from its first `warmup_parts` points (the car
 
 An alarm is raised when a chart leaves its limits and no alarm of that signal and chart is
 open; it stays open (no new alarm from that chart) until an operator clears it, which resets
-the chart. `replay` runs the charts over the stored history, applying the clears where they
-happened, so a restarted station resumes where it stopped and never raises an alarm twice.
+the chart. `replay` runs the charts over the stored history, applying each clear before the
+first part charted at or after it (`PartPoint.at`, the part's finish), as the live hook does,
+so a restarted station resumes where it stopped and never raises an alarm twice.
 """
 
 from __future__ import annotations
@@ -194,19 +195,27 @@ class DriftMonitor:
         Returns the alarms the history raises; `add_alarm` keeps only those not stored."""
         clears = sorted((a for a in alarms if a.cleared_at is not None),
                         key=lambda a: a.cleared_at)  # type: ignore[arg-type,return-value]
-        for a in alarms:  # an open alarm holds its chart, whichever part raised it
-            if a.cleared_at is None and a.chart == CPK_CHART:
-                if self.placement is not None:
-                    self.placement.hold(a.signal)
-            elif a.cleared_at is None:
-                self._state(a.signal).alarmed.add(a.chart)
+        still = [a for a in alarms if a.cleared_at is None]
+        self._hold(still)
         raised: list[NewAlarm] = []
         k = 0
-        for p in history:
+        for p in history:  # a clear made by a part's charting time counts before it, as live
             while k < len(clears) and clears[k].cleared_at <= p.at:  # type: ignore[operator]
                 self.clear(clears[k].signal, clears[k].chart)
                 k += 1
             raised.extend(self.add(p))
         for a in clears[k:]:
             self.clear(a.signal, a.chart)
-        return raised
+        # an open alarm still holds its chart: a clear of an older alarm of that chart seen
+        # in another order than live (a clear racing a part's record) never raises it again
+        self._hold(still)
+        held = {(a.signal, a.chart) for a in still}
+        return [a for a in raised if (a.signal, a.chart) not in held]
+
+    def _hold(self, open_alarms: list[AlarmRow]) -> None:
+        """Each open alarm holds its chart, whichever part raised it."""
+        for a in open_alarms:
+            if a.chart != CPK_CHART:
+                self._state(a.signal).alarmed.add(a.chart)
+            elif self.placement is not None:
+                self.placement.hold(a.signal)

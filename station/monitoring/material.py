@@ -254,10 +254,12 @@ class FittedMaterial:
 
 
 def part_of(path: str | Path) -> str:
-    """The part a training file belongs to: `p000012` of a captured `p000012_<pose>.png`,
+    """The part a training file belongs to: `p000012` of a captured `p000012_<pose>.png` and of
+    a reviewed shot promotion copied, `review-p000012_<pose>.png` (one sequence per recipe and
+    station; where two sheets share a number they share a fold, never one sheet split in two),
     else the file itself."""
     stem = Path(path).stem
-    head = stem.split("_", 1)[0]
+    head = stem.split("_", 1)[0].removeprefix("review-")
     return head if len(head) > 1 and head[0] == "p" and head[1:].isdigit() else stem
 
 

@@ -5,15 +5,17 @@ The candidate must not be worse on confirmed defects: on the reviewed parts its 
 operator confirmed than the live model did. The promotion is recorded (who, when, from which
 version, the evidence) before the LIVE pointer moves; the pointer is pinned to the old version
 first, so a failure half way leaves the old model live. A promoted model needs thresholds made
-for it: the candidate's own calibration becomes the live one when it was made for exactly the
-models now live; otherwise `station calibrate-threshold` must run before `station inspect`.
+for it: the candidate's own calibration becomes the live one when station inspect would accept
+it (made for exactly the models now live and the recipe's decision rule); otherwise the
+promotion says why and `station calibrate-threshold` must run before `station inspect`. Shadow
+verdicts count from every set run with the promoted version; none is said in the reason.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,24 +52,62 @@ class Promoted:
     reason: str
     calibration: Path | None  # the calibration installed as live, None: calibrate again
     added_shots: int  # reviewed shots copied into the good training data
+    left_out: dict[str, int] = field(default_factory=dict)  # why -> trained-on parts not copied
+    calibration_note: str = ""  # why no calibration was installed (None above)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the promotion output says beside the verdict: calibration, training data."""
+        out = []
+        if self.calibration is None:
+            out.append(f"{self.calibration_note}: run station calibrate-threshold before "
+                       "station inspect")  # fmt: skip
+        if self.left_out:
+            why = "; ".join(f"{n} part(s): {r}" for r, n in self.left_out.items())
+            out.append(f"reviewed parts not added to the good training data ({why})")
+        return out
 
 
-def shadow_evidence(db: Database, recipe: str, candidate: str) -> dict[str, Any]:
-    """Reviewed parts the candidate judged in shadow mode: confirmed defects it passed while
-    the live model rejected them, and the reverse."""
+def _shadow_candidates(db: Database, recipe: str, detector: str, version: str) -> list[str]:
+    """Every candidate set run in shadow mode with `version` as its `detector` (the whole
+    retrained set, or `--shadow` of this version alone beside the other live models)."""
+    from sqlalchemy import select
+
+    from station.storage.models import Part, ShadowVerdict
+
     with db.session() as s:
-        rows = shadow_rows(s, recipe, candidate, limit=100_000)
+        names = s.scalars(
+            select(ShadowVerdict.candidate)
+            .join(Part, Part.id == ShadowVerdict.part_id)
+            .where(Part.recipe == recipe)
+            .distinct()
+        ).all()
+        out = []
+        for name in names:  # a set's id is made from its versions: one row says them
+            row = s.scalars(select(ShadowVerdict).where(ShadowVerdict.candidate == name)).first()
+            if row is not None and (row.model_versions or {}).get(detector) == version:
+                out.append(name)
+    return sorted(out)
+
+
+def shadow_evidence(db: Database, recipe: str, detector: str, version: str) -> dict[str, Any]:
+    """Reviewed parts the candidate judged in shadow mode: confirmed defects it passed while
+    the live model rejected them, and the reverse (each part once, over every set with it)."""
+    names = _shadow_candidates(db, recipe, detector, version)
+    with db.session() as s:
+        rows = [r for name in names for r in shadow_rows(s, recipe, name, limit=100_000)]
     bad = [r for r in rows if r.label == ReviewLabel.DEFECT_CONFIRMED]
     good = [r for r in rows if r.label == ReviewLabel.FALSE_REJECT]
     return {
-        "parts": len(rows),
-        "disagreements": sum(r.disagree for r in rows),
-        "confirmed_defects": len(bad),
+        "candidates": names,
+        "parts": len({r.part_id for r in rows}),
+        "disagreements": len({r.part_id for r in rows if r.disagree}),
+        "confirmed_defects": len({r.part_id for r in bad}),
         "missed_by_candidate_only": sorted(
-            r.sequence for r in bad if r.shadow == Verdict.PASS and r.live in REJECTING
+            {r.sequence for r in bad if r.shadow == Verdict.PASS and r.live in REJECTING}
         ),
-        "false_rejects_reviewed": len(good),
-        "false_rejects_kept_by_candidate": sum(r.shadow in REJECTING for r in good),
+        "false_rejects_reviewed": len({r.part_id for r in good}),
+        "false_rejects_kept_by_candidate": len({r.part_id for r in good if r.shadow in REJECTING}),
     }
 
 
@@ -93,11 +133,15 @@ def _evidence(
         )
     ok, why = not_worse_on_defects(ev)
     cand = str(info.get("candidate") or candidate_id(ev.get("candidate", {})))
-    shadow = shadow_evidence(db, recipe.name, cand)
+    shadow = shadow_evidence(db, recipe.name, detector, version)
     if ok and shadow["missed_by_candidate_only"]:
         ok = False
         missed = ", ".join(f"p{s}" for s in shadow["missed_by_candidate_only"])
         why = f"in shadow mode it passed confirmed defects the live model rejected ({missed})"
+    elif ok and not shadow["parts"]:  # shadow mode is optional: said, never passed silently
+        why += f"; no shadow verdicts for {version} (shadow mode did not run it)"
+    elif ok and not shadow["confirmed_defects"]:
+        why += f"; shadow mode judged {shadow['parts']} parts, none a reviewed confirmed defect"
     if not ok:
         raise StationError(
             f"not promoting {version}: it is worse on confirmed defects: {why}",
@@ -107,21 +151,44 @@ def _evidence(
     return {"shadow_evaluation": compact, "shadow_mode": shadow, "rule": why}, cand, why
 
 
-def _install_calibration(recipe: Recipe, db: Database, by: str) -> Path | None:
-    """The candidate calibration made for exactly the live models, as the live calibration."""
-    from station.storage.models import Calibration
+def _fitting_calibration(recipe: Recipe) -> tuple[tuple[Path, dict[str, Any]] | None, str]:
+    """The newest candidate calibration that station inspect will accept for the live models
+    (the live calibration's own check), else None and why the newest made for them does not."""
+    from station.calibration.store import _mismatch
 
     versions = live_versions(recipe)
     folder = candidates_dir(recipe)
-    docs = []
+    fits, stale = [], []
     for path in sorted(folder.glob(f"{recipe.name}-*.yaml")) if folder.is_dir() else []:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        got = {str(k): str(v) for k, v in (doc.get("model_versions") or {}).items()}
-        if got == versions:
-            docs.append((str(doc.get("created_at")), path, doc))
-    if not docs:
-        return None
-    _, src, doc = max(docs)
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or not isinstance(doc.get("model_versions"), dict):
+            continue
+        if not isinstance(doc.get("thresholds"), dict):
+            continue
+        got = {str(k): str(v) for k, v in doc["model_versions"].items()}
+        why = _mismatch(doc, recipe, versions, None)  # sheet_map recipes are never retrained
+        if not why:
+            fits.append((str(doc.get("created_at")), path, doc))
+        elif got == versions:  # made for these models, not for today's decision rule
+            stale.append((str(doc.get("created_at")), path, "; ".join(why)))
+    if fits:
+        _, src, doc = max(fits)
+        return (src, doc), ""
+    if stale:
+        _, src, why = max(stale)
+        return None, f"the candidate's calibration {src.name} does not fit: {why}"
+    return None, "no calibration was made for exactly the live models"
+
+
+def _install_calibration(recipe: Recipe, db: Database, by: str) -> tuple[Path | None, str]:
+    """The candidate calibration made for exactly the live models and the recipe's decision
+    rule, as the live calibration; (None, why) when there is none."""
+    from station.storage.models import Calibration
+
+    found, why = _fitting_calibration(recipe)
+    if found is None:
+        return None, why
+    src, doc = found
     with db.session() as s:
         row = Calibration(
             recipe=recipe.name,
@@ -151,28 +218,35 @@ def _install_calibration(recipe: Recipe, db: Database, by: str) -> Path | None:
                 hint=f"free disk space, then station calibrate-threshold --recipe {recipe.name} "
                 "(inspection refuses the old calibration for the new model meanwhile)",
             ) from None
-    return recipe.calibration_path
+    return recipe.calibration_path, ""
 
 
-def _add_training_shots(recipe: Recipe, db: Database, detector: str, version: str) -> int:
+def _add_training_shots(
+    recipe: Recipe, db: Database, detector: str, version: str
+) -> tuple[int, dict[str, int]]:
     """Copy the reviewed shots the candidate learnt from into the recipe's good training
-    data, so that a later `station train` keeps them."""
-    from station.retrain.reviews import reviewed_parts
+    data, so that a later `station train` keeps them: only parts that still qualify under
+    the recipe's rule now (a review since the retrain may have confirmed a defect).
+    (shots copied, reason -> parts left out)."""
+    from station.retrain.reviews import reviewed_parts, select_false_rejects
 
     row = model_version(db, recipe.name, detector, version)
     seqs = set(((row.metrics or {}).get("retrain") or {}).get("parts", [])) if row else set()
+    parts = [p for p in reviewed_parts(recipe, db) if p.sequence in seqs]
+    sel = select_false_rejects(recipe, parts)  # the rule retrain used, on today's reviews
+    left_out = dict(sel.skipped)  # every part here has a "false reject", so each is counted
+    if len(parts) < len(seqs):
+        left_out["no longer in the database"] = len(seqs) - len(parts)
     dest = recipe.dataset_dir / "train" / "good"
     n = 0
-    for part in reviewed_parts(recipe, db):
-        if part.sequence not in seqs:
-            continue
+    for part in sel.parts:
         for pose, src in part.shots:
             target = dest / f"review-p{part.sequence:06d}_{pose}{src.suffix}"
             if src.is_file() and not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, target)
                 n += 1
-    return n
+    return n, left_out
 
 
 def promote(
@@ -208,6 +282,6 @@ def promote(
         metrics = dict(row.metrics or {})
         metrics["role"] = "live"
         update_model_version(db, recipe.name, detector, version, metrics=metrics)
-    cal = _install_calibration(recipe, db, by.strip())
-    added = _add_training_shots(recipe, db, detector, version)
-    return Promoted(pid, detector, current, version, why, cal, added)
+    cal, cal_note = _install_calibration(recipe, db, by.strip())
+    added, left_out = _add_training_shots(recipe, db, detector, version)
+    return Promoted(pid, detector, current, version, why, cal, added, left_out, cal_note)

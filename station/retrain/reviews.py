@@ -3,7 +3,8 @@
 The recipe's rule (`retrain:`): a rejected part's shots join the good training data when at
 least `agreeing_reviews` different operators marked it "false reject" and nobody confirmed a
 defect on it, or when the newest review by one of the named `supervisors` says "false
-reject" (a supervisor's word also overrides an operator's "defect confirmed"). Only parts the
+reject" and no "defect confirmed" came after it (a supervisor's word overrides an earlier
+"defect confirmed", never a later one: evaluation counts the newest review). Only parts the
 station rejected (`fail`) with every shot on disk qualify: a fault or an interrupted part may
 lack shots.
 """
@@ -53,11 +54,15 @@ def qualifies(
 ) -> tuple[bool, str]:
     """The recipe's rule on one part's reviews (operator, label), oldest first."""
     chiefs = {s.strip().casefold() for s in supervisors if s.strip()}
-    by_chief = [lab for who, lab in reviews if who.strip().casefold() in chiefs]
+    by_chief = [i for i, (who, _) in enumerate(reviews) if who.strip().casefold() in chiefs]
     if by_chief:
-        if by_chief[-1] == ReviewLabel.FALSE_REJECT:
-            return True, "false reject by a supervisor"
-        return False, "a supervisor confirmed the defect"
+        last = by_chief[-1]
+        if reviews[last][1] != ReviewLabel.FALSE_REJECT:
+            return False, "a supervisor confirmed the defect"
+        # a later "defect confirmed" is the newest word evaluation counts: never good data
+        if any(lab == ReviewLabel.DEFECT_CONFIRMED for _, lab in reviews[last + 1 :]):
+            return False, "a review after the supervisor's confirmed a defect"
+        return True, "false reject by a supervisor"
     if any(lab == ReviewLabel.DEFECT_CONFIRMED for _, lab in reviews):
         return False, "a review confirmed a defect"
     who = {w.strip().casefold() for w, lab in reviews if lab == ReviewLabel.FALSE_REJECT}

@@ -16,7 +16,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from station.monitoring.disk import DiskWatch, disks, folder_bytes
+from station.monitoring.disk import (
+    RATE_WINDOW_S,
+    DiskWatch,
+    disks,
+    folder_bytes,
+    sheets_per_hour,
+)
 from station.review import store
 from station.storage.parts import part_folder
 
@@ -24,8 +30,6 @@ if TYPE_CHECKING:
     from station.recipe import Recipe
     from station.storage.db import Database
 
-RATE_WINDOW = timedelta(hours=1)
-MIN_PARTS = 5  # fewer in the window: no rate, free space only (as the live watch)
 SIZED_PARTS = 10  # the newest parts whose folders give the bytes per sheet
 
 
@@ -58,16 +62,16 @@ class DiskBanner:
 
     def rate(self, db: Database) -> tuple[float, float] | None:
         """(bytes per sheet, sheets per hour) over the last hour; None with too few parts."""
+        since = datetime.now(UTC) - timedelta(seconds=RATE_WINDOW_S)
         with db.session() as s:
-            rows = store.started_since(s, self.recipe.name, datetime.now(UTC) - RATE_WINDOW)
-        if len(rows) < MIN_PARTS:
+            rows = store.started_since(s, self.recipe.name, since)
+        per_hour = sheets_per_hour([_utc(t).timestamp() for _, t in rows])  # as the live watch
+        if per_hour is None:
             return None
-        first, last = _utc(rows[0][1]), _utc(rows[-1][1])
-        hours = (last - first).total_seconds() / 3600
         sizes = [folder_bytes(part_folder(self.recipe, seq)) for seq, _ in rows[-SIZED_PARTS:]]
-        if hours <= 0 or not any(sizes):
+        if not any(sizes):
             return None
-        return sum(sizes) / len(sizes), (len(rows) - 1) / hours
+        return sum(sizes) / len(sizes), per_hour
 
 
 def _utc(t: datetime) -> datetime:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
 from station.errors import StorageError
@@ -80,7 +80,7 @@ class PartPoint:
 
     part_id: int
     sequence: int
-    at: datetime
+    at: datetime  # when it was charted (`charted_at`): clears up to then count before it
     verdict: str
     values: dict[str, float]
 
@@ -190,8 +190,32 @@ def signal_history(
                 if isinstance(v, int | float):
                     values[name] = float(v)
             values.update(placement_values(p))
-            out.append(PartPoint(p.id, p.sequence, p.started_at, p.verdict.value, values))
+            out.append(PartPoint(p.id, p.sequence, charted_at(p), p.verdict.value, values))
         return out
+
+
+def charted_at(part: Part) -> datetime:
+    """When a part is charted: its finish (the drift hook charts it right after), else its
+    start. Live and replayed charts both apply a clear before the first part charted at or
+    after it, so a restart resumes them exactly."""
+    return part.finished_at or part.started_at
+
+
+def part_charted_at(db: Database, part_id: int) -> datetime | None:
+    with db.session() as s:
+        part = s.get(Part, part_id)
+        return charted_at(part) if part is not None else None
+
+
+def alarms_open_at(db: Database, recipe: str, at: datetime) -> list[AlarmRow]:
+    """The recipe's alarms open at `at`: not cleared, or cleared after it (a clear made
+    after a part's `charted_at` counts from the next part on)."""
+    with db.session() as s:
+        rows = list(s.scalars(select(Alarm).where(
+            Alarm.recipe == recipe, or_(Alarm.cleared_at.is_(None), Alarm.cleared_at > at),
+        )))
+        seq = _sequences(s, rows)
+        return [_row(a, seq) for a in rows]
 
 
 def placement_values(part: Part) -> dict[str, float]:
