@@ -57,9 +57,11 @@ def test_review_rule_agreeing_operators_and_supervisors() -> None:
     assert not qualifies([("Sam Super", FR), ("Sam Super", DC)], 2, sup)[0]
 
 
-def _part(db, recipe, root: Path, verdict: Verdict, seq_shots: bool = True) -> int:  # noqa: ANN001
-    """A part row with a shot file per recipe pose."""
+def _part(db, recipe, root: Path, verdict: Verdict, seq_shots: bool = True,  # noqa: ANN001
+          exposure_us: float | None = None) -> int:
+    """A part row with a shot file per recipe pose, shot at the recipe's exposure (or this)."""
     part = db.create_part(recipe.name, mode="live", verdict=verdict, ground_truth="good")
+    settings = {"exposure_us": exposure_us or recipe.camera.exposure_us, "gain_db": 0.0}
     with db.session() as s:
         for k, pose in enumerate(recipe.robot.poses):
             rel = f"{recipe.name}/images/{part.sequence:06d}/{pose.name}.png"
@@ -67,7 +69,7 @@ def _part(db, recipe, root: Path, verdict: Verdict, seq_shots: bool = True) -> i
                 write_png(root / rel, np.full((48, 64), 100, np.uint8))
             s.add(
                 Shot(part_id=part.id, pose_index=k, pose_name=pose.name, image_path=rel,
-                     image_sha256="0" * 64, width=64, height=48)
+                     image_sha256="0" * 64, width=64, height=48, camera_settings=settings)
             )  # fmt: skip
     return part.id
 
@@ -82,8 +84,10 @@ def test_selection_follows_the_recipe_rule(station_home: Path) -> None:
     contradicted = _part(db, recipe, root, Verdict.FAIL)
     passed = _part(db, recipe, root, Verdict.PASS)
     no_files = _part(db, recipe, root, Verdict.FAIL, seq_shots=False)
+    brighter = _part(db, recipe, root, Verdict.FAIL, exposure_us=recipe.camera.exposure_us * 2)
     with db.session() as s:  # through the review app's own storage function
         for pid, reviews in {
+            brighter: [("ann", FR), ("bob", FR)],  # shot before the exposure was changed
             two: [("ann", FR), ("bob", FR)],
             one: [("ann", FR)],
             chief: [("chief", FR)],
@@ -100,6 +104,7 @@ def test_selection_follows_the_recipe_rule(station_home: Path) -> None:
         "a review confirmed a defect": 1,
         "not rejected by the station (pass)": 1,
         "shots missing on disk or not every pose": 1,
+        "shot under another exposure or gain than the recipe's camera now": 1,
     }
     db.dispose()
 

@@ -6,14 +6,15 @@ defect on it, or when the newest review by one of the named `supervisors` says "
 reject" and no "defect confirmed" came after it (a supervisor's word overrides an earlier
 "defect confirmed", never a later one: evaluation counts the newest review). Only parts the
 station rejected (`fail`) with every shot on disk qualify: a fault or an interrupted part may
-lack shots.
+lack shots. Nor do parts shot under another exposure or gain than the recipe's camera has now:
+a model learns the cell's images as they are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
@@ -38,6 +39,7 @@ class ReviewedPart:
     reviews: list[tuple[str, ReviewLabel]]  # (operator, label), oldest first
     ground_truth: str | None = None
     why: str = ""  # why it may (or may not) join the training data
+    imaging: list[dict[str, Any]] = field(default_factory=list)  # each shot's camera_settings
 
 
 @dataclass
@@ -96,9 +98,23 @@ def reviewed_parts(recipe: Recipe, db: Database) -> list[ReviewedPart]:
                     ],
                     reviews=[(r.operator, ReviewLabel(r.label)) for r in reviews],
                     ground_truth=part.ground_truth,
+                    imaging=[dict(sh.camera_settings or {}) for sh in part.shots],
                 )
             )
     return out
+
+
+def same_imaging(recipe: Recipe, part: ReviewedPart) -> bool:
+    """Every shot taken at the recipe's exposure (within 1 %) and gain (within 0.1 dB); a
+    shot that did not record one is taken as it is."""
+    cam = recipe.camera
+    for shot in part.imaging:
+        exposure, gain = shot.get("exposure_us"), shot.get("gain_db")
+        if isinstance(exposure, int | float) and abs(exposure / cam.exposure_us - 1) > 0.01:
+            return False
+        if isinstance(gain, int | float) and abs(gain - cam.gain_db) > 0.1:
+            return False
+    return True
 
 
 def complete(recipe: Recipe, part: ReviewedPart) -> bool:
@@ -126,6 +142,9 @@ def select_false_rejects(recipe: Recipe, parts: list[ReviewedPart]) -> Selection
             continue
         if not complete(recipe, part):
             sel.skip("shots missing on disk or not every pose")
+            continue
+        if not same_imaging(recipe, part):
+            sel.skip("shot under another exposure or gain than the recipe's camera now")
             continue
         sel.parts.append(part)
     return sel
