@@ -291,7 +291,7 @@ def _created(doc: dict[str, Any]) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _mismatch(
+def calibration_mismatch(
     doc: dict[str, Any], recipe: Recipe, versions: dict[str, str], camera_source: str | None
 ) -> list[str]:
     """Why `doc` does not fit the loaded models, the recipe's decision rule and (sheet map)
@@ -361,7 +361,7 @@ def load_active_calibration(
     docs.sort(key=lambda d: (d[0], d[1] == current), reverse=True)
     newest_when, newest_path, newest_doc = docs[0]
     for when, path, doc in docs:
-        if _mismatch(doc, recipe, model_versions, camera_source):
+        if calibration_mismatch(doc, recipe, model_versions, camera_source):
             continue
         note = ""
         if when < newest_when:
@@ -389,7 +389,8 @@ def load_active_calibration(
             note=note,
             warnings=[str(w) for w in doc.get("warnings") or []],
         )
-    reasons = "; ".join(_mismatch(newest_doc, recipe, model_versions, camera_source))
+    why = calibration_mismatch(newest_doc, recipe, model_versions, camera_source)
+    reasons = "; ".join(why)
     raise CalibrationError(
         f"calibration {_display(newest_path)} of {newest_when:%Y-%m-%d %H:%M} UTC is stale: "
         f"{reasons}",

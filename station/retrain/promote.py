@@ -154,7 +154,7 @@ def _evidence(
 def _fitting_calibration(recipe: Recipe) -> tuple[tuple[Path, dict[str, Any]] | None, str]:
     """The newest candidate calibration that station inspect will accept for the live models
     (the live calibration's own check), else None and why the newest made for them does not."""
-    from station.calibration.store import _mismatch
+    from station.calibration.store import calibration_mismatch
 
     versions = live_versions(recipe)
     folder = candidates_dir(recipe)
@@ -166,7 +166,8 @@ def _fitting_calibration(recipe: Recipe) -> tuple[tuple[Path, dict[str, Any]] | 
         if not isinstance(doc.get("thresholds"), dict):
             continue
         got = {str(k): str(v) for k, v in doc["model_versions"].items()}
-        why = _mismatch(doc, recipe, versions, None)  # sheet_map recipes are never retrained
+        # no camera model: sheet_map recipes are never retrained
+        why = calibration_mismatch(doc, recipe, versions, None)
         if not why:
             fits.append((str(doc.get("created_at")), path, doc))
         elif got == versions:  # made for these models, not for today's decision rule
