@@ -15,6 +15,7 @@ from textures import plain_weave
 from station.cli.app import main
 from station.detectors.artifact import read_artifact
 from station.detectors.training import data_sha256
+from station.files import file_sha256
 from station.imaging import write_png
 
 torch.set_num_threads(2)
@@ -85,6 +86,8 @@ def test_train_then_evaluate(station_home: Path, capsys: pytest.CaptureFixture[s
     assert meta["image_size"] == [SIZE, SIZE] and meta["good_scores"]["n"] == 1
     assert meta["backbone"]["weights_source"] == "package"
     assert len(meta["train_data_sha256"]) == 64
+    train = sorted((cat / "train" / "good").glob("*.png"))
+    assert meta["fit_files_sha256"] == [file_sha256(p) for p in train]  # in the fit's order
 
     from station.storage.db import open_database
     from station.storage.models import ModelVersion

@@ -101,6 +101,8 @@ def train_and_save(
         "config": detector.config(),
         "backbone": dict(getattr(backbone, "identity", {}) or {}),
         "train_data_sha256": train_hash or data_sha256(files),
+        # the files in the order fit split them (station.retrain.bank measures on that split)
+        "fit_files_sha256": [file_sha256(Path(f)) for f in files],
         "n_train_images": len(images),
         "tiling": (
             {**tiling.model_dump(), "n_train_tiles": len(fit_on)} if tiling.enabled else None

@@ -135,7 +135,10 @@ def _extend(
     }
     if not all(isinstance(m.detector, PatchCore) for m in loaded.values()):
         return None
-    base_images = load_images(base, recipe.preprocess)
+    fitted = _fitted_files(base, [m.meta for m in loaded.values()])
+    if fitted is None:  # the live model's own training images are gone: train afresh
+        return None
+    base_images = load_images(fitted, recipe.preprocess)
     extra_images = load_images(extra, recipe.preprocess)
     tiling = recipe.preprocess.tiling
     train_hash = data_sha256([*base, *extra])
@@ -170,6 +173,23 @@ def _extend(
         report = FitReport(len(base) + len(extra), info["extend_seconds"], list(good), info)
         out.append(TrainedModel(det, report, version, path, sha, meta))
     return out
+
+
+def _fitted_files(base: list[Path], metas: list[dict[str, Any]]) -> list[Path] | None:
+    """The files each live model was fit on, in its fit's order (the bank's coverage is
+    measured on that fit's own split, whatever train/good has gained since, e.g. a promotion's
+    review shots); None when some are gone or the models differ. Models that did not record
+    them: `base` as it is."""
+    lists = {tuple(m.get("fit_files_sha256") or ()) for m in metas}
+    if lists == {()}:
+        return base
+    if len(lists) != 1:
+        return None
+    from station.files import file_sha256
+
+    by_sha = {file_sha256(p): p for p in base}
+    (want,) = lists
+    return [by_sha[h] for h in want] if all(h in by_sha for h in want) else None
 
 
 def _record(
