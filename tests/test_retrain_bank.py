@@ -128,9 +128,9 @@ def test_constraint_rejects_every_confirmed_defect_the_policy_would_pass(combine
 
 
 def test_the_bank_is_measured_on_the_files_the_live_model_was_fit_on(tmp_path) -> None:  # noqa: ANN001
-    """train/good gains files after a fit (a promotion's review shots sort first): the coverage
-    radius must still split the fit's own files in the fit's order, or its validation images
-    count as training ones."""
+    """train/good gains files after a fit (a promotion's review shots): the coverage radius
+    must still split the fit's own files in the fit's order, or some of its validation images
+    count as training ones (the split depends on the count and the order)."""
     from station.files import file_sha256
     from station.imaging import write_png
     from station.retrain.run import _fitted_files
@@ -141,7 +141,7 @@ def test_the_bank_is_measured_on_the_files_the_live_model_was_fit_on(tmp_path) -
     fit = [file_sha256(f) for f in files]
     review = tmp_path / "review-p000001_left.png"
     write_png(review, weave(50))
-    base = sorted([*files, review])  # training_images' order: the review shot first
+    base = sorted([*files, review])  # training_images' order
     assert _fitted_files(base, [{"fit_files_sha256": fit}]) == files
     assert _fitted_files(base, [{}]) == base  # a model that did not record them: as before
     assert _fitted_files(base, [{"fit_files_sha256": fit}, {"fit_files_sha256": fit[:2]}]) is None
