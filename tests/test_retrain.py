@@ -516,3 +516,30 @@ def test_promotion_finds_shadow_verdicts_of_a_partial_candidate_set(station_home
     with pytest.raises(StationError, match="in shadow mode it passed confirmed defects"):
         promote(recipe, db, "patchcore", cand2, "Sam Super")
     db.dispose()
+
+
+def test_promotion_past_the_false_reject_budget_needs_its_cost_accepted(
+    station_home: Path,
+) -> None:
+    """Keeping the confirmed defects rejected lowered the candidate's thresholds so far that
+    they reject 29 of 75 good labelled parts (budget 5 %): not promoted unless accepted."""
+    recipe = small_recipe(station_home)
+    db = database(recipe)
+    live, cand = _promotable(db, recipe, [])
+    with db.session() as s:
+        row = s.scalars(select(ModelVersion).where(ModelVersion.version == cand)).one()
+        ev = dict(row.metrics["retrain"]["shadow_evaluation"])
+        ev["confirmed_defects_constraint"] = {
+            "scale": 0.84, "labelled_false_rejects": [2, 29, 75], "confirmed_defects": [2],
+            "leave_one_out_missed": [],
+        }  # fmt: skip
+        info = {**row.metrics["retrain"], "shadow_evaluation": ev}
+        row.metrics = {**row.metrics, "retrain": info}
+    with pytest.raises(StationError, match=r"reject 29 of 75 good labelled parts against 2") as e:
+        promote(recipe, db, "patchcore", cand, "Sam Super")
+    assert "--accept-false-rejects" in (e.value.hint or "")
+    assert promotions(db, recipe.name) == [] and latest_artifact(recipe, "patchcore").stem == live
+    done = promote(recipe, db, "patchcore", cand, "Sam Super", accept_false_rejects=True)
+    assert "false-reject cost accepted" in done.reason
+    assert latest_artifact(recipe, "patchcore").stem == cand
+    db.dispose()

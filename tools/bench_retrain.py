@@ -95,13 +95,14 @@ def live_parts(db: Any, after: int) -> list[Any]:
         return list(rows)
 
 
-def variant_flags(seed: int, n: int, params: dict[str, Any]) -> list[bool]:
-    """Whether the k-th sheet (1..n) of a live run with twin seed `seed` is the variant."""
+def variant_flags(seed: int, parts: list[Any], params: dict[str, Any]) -> list[bool]:
+    """Whether each live part's sheet is the variant: the twin's line brings sheet k from
+    (seed, k), k as its part id says (TWIN-<seed>-<k>; the line goes on between runs)."""
     from station.twin.variant import Variant
     from station.twin.world import derive_seed
 
     v = Variant.from_params(params)
-    return [v.applies(derive_seed(seed, k)) for k in range(1, n + 1)]
+    return [v.applies(derive_seed(seed, int(p.line_part_id.rsplit("-", 1)[1]))) for p in parts]
 
 
 def cp(k: int, n: int) -> str:
@@ -180,7 +181,7 @@ def main() -> int:
     rcp_params = {"variant": {"share": a.share, **variant}}
     db = open_database(f"sqlite:///{home}/data/station.db")
     parts = live_parts(db, 0)
-    flags = variant_flags(hist_seed, len(parts), rcp_params)
+    flags = variant_flags(hist_seed, parts, rcp_params)
     rejected = [p for p in parts if p.verdict in (Verdict.FAIL, Verdict.FAULT)]
     var_good = [p for p, f in zip(parts, flags, strict=True) if f and p.ground_truth == "good"]
     fr_variant = [p for p in var_good if p in rejected]
@@ -223,7 +224,7 @@ def main() -> int:
     from station.storage.shadow import REJECTING, shadow_rows
 
     held = live_parts(db, before)
-    hflags = variant_flags(held_seed, len(held), rcp_params)
+    hflags = variant_flags(held_seed, held, rcp_params)
     with db.session() as s:
         sv = {r.part_id: r for r in shadow_rows(s, NAME, limit=100_000)}
     # (live, candidate, candidate at its policy thresholds) reject, per held-out part; the

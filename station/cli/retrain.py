@@ -178,6 +178,11 @@ def promote_cmd(
     version: str = typer.Option(..., "--version", help="The candidate version to make live."),
     by: str = typer.Option(..., "--by", help="Who promotes (recorded)."),
     note: str = typer.Option("", "--note", help="Why (recorded)."),
+    accept_false_rejects: bool = typer.Option(
+        False, "--accept-false-rejects",
+        help="Promote although its thresholds reject more good labelled parts than the "
+        "recipe's false-reject budget (recorded).",
+    ),
 ) -> None:
     """Make a candidate live when it is not worse on confirmed defects.
 
@@ -191,7 +196,7 @@ def promote_cmd(
     rcp = load_recipe(recipe)
     db = _db(rcp)
     try:
-        done = promote(rcp, db, detector, version, by, note)
+        done = promote(rcp, db, detector, version, by, note, accept_false_rejects)
     finally:
         db.dispose()
     console.print(

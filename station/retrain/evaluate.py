@@ -180,3 +180,19 @@ def not_worse_on_defects(ev: dict[str, Any]) -> tuple[bool, str]:
             f"{len(c['confirmed_defects'])} missed)"
         )
     return True, why
+
+
+def false_reject_cost(ev: dict[str, Any], budget: float) -> str | None:
+    """What keeping the confirmed defects rejected costs in good labelled parts, when the
+    candidate's false-reject rate there rises past the policy's budget; None otherwise."""
+    c = ev.get("confirmed_defects_constraint")
+    if not c:
+        return None
+    before, after, n_good = c["labelled_false_rejects"]
+    if not n_good or after <= before or after / n_good <= budget:
+        return None
+    return (
+        f"its thresholds (x{c['scale']:.4f} of the policy's, to keep the confirmed defects "
+        f"rejected) reject {after} of {n_good} good labelled parts against {before}, past the "
+        f"{budget:.0%} false-reject budget"
+    )

@@ -33,7 +33,7 @@ from station.errors import StationError
 from station.files import atomic_write_all
 from station.paths import resolve
 from station.retrain.candidates import candidate_id, candidates_dir, live_versions
-from station.retrain.evaluate import not_worse_on_defects
+from station.retrain.evaluate import false_reject_cost, not_worse_on_defects
 from station.storage.models import ReviewLabel, Verdict
 from station.storage.promotions import model_version, record_promotion, update_model_version
 from station.storage.shadow import REJECTING, shadow_rows
@@ -112,9 +112,11 @@ def shadow_evidence(db: Database, recipe: str, detector: str, version: str) -> d
 
 
 def _evidence(
-    recipe: Recipe, db: Database, detector: str, version: str, current: str
+    recipe: Recipe, db: Database, detector: str, version: str, current: str,
+    accept_false_rejects: bool = False,
 ) -> tuple[dict[str, Any], str, str]:
-    """(evidence, candidate id, why it is enough); StationError when it is not."""
+    """(evidence, candidate id, why it is enough); StationError when it is not, or when its
+    false-reject cost passes the budget and was not accepted by name."""
     row = model_version(db, recipe.name, detector, version)
     info = (row.metrics or {}).get("retrain") if row is not None else None
     ev = (info or {}).get("shadow_evaluation")
@@ -147,6 +149,15 @@ def _evidence(
             f"not promoting {version}: it is worse on confirmed defects: {why}",
             hint="keep the live model; review more parts or retrain",
         )
+    cost = false_reject_cost(ev, recipe.decision.false_reject_budget)
+    if cost and not accept_false_rejects:
+        raise StationError(
+            f"not promoting {version} unasked: {cost}",
+            hint="keep the live model, or promote again with --accept-false-rejects if the "
+            "line can carry that rate",
+        )
+    if cost:
+        why += f"; false-reject cost accepted: {cost}"
     compact = {k: v for k, v in ev.items() if k != "per_part"}
     return {"shadow_evaluation": compact, "shadow_mode": shadow, "rule": why}, cand, why
 
@@ -251,7 +262,8 @@ def _add_training_shots(
 
 
 def promote(
-    recipe: Recipe, db: Database, detector: str, version: str, by: str, note: str = ""
+    recipe: Recipe, db: Database, detector: str, version: str, by: str, note: str = "",
+    accept_false_rejects: bool = False,
 ) -> Promoted:
     if not by.strip():
         raise StationError("--by must name who promotes", hint="e.g. --by 'A. Supervisor'")
@@ -269,7 +281,7 @@ def promote(
     current = latest_artifact(recipe, detector).stem  # named after its version
     if current == version:
         raise StationError(f"{detector} {version} is already live")
-    evidence, _, why = _evidence(recipe, db, detector, version, current)
+    evidence, _, why = _evidence(recipe, db, detector, version, current, accept_false_rejects)
     write_live(recipe, detector, current)  # pin the old model while the file moves
     dest = artifact_path(recipe, detector, version)
     if src == candidate_path(recipe, detector, version):
