@@ -296,7 +296,7 @@ def test_shadow_verdicts_are_stored_and_never_drive_the_line(
 
 
 def test_review_page_lists_where_live_and_shadow_disagree(
-    station_home: Path, tmp_path: Path
+    station_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fastapi.testclient import TestClient
 
@@ -314,7 +314,16 @@ def test_review_page_lists_where_live_and_shadow_disagree(
         assert "brightspot-cand-2" in html and "under threshold" in html
         every = c.get("/shadow?all=1").text
         assert len(re.findall(r'<tr data-part-id="\d+"', every)) == 2
-        assert 'id="shadow-link"' in c.get("/").text
+        assert 'id="shadow-link"' in c.get("/").text and "shadow-cut" not in every
+    # a long history: the disagreement older than the page's rows is still counted
+    import station.review.shadow as page
+
+    monkeypatch.setattr(page, "PAGE_ROWS", 1)
+    with TestClient(create_app(url, recipe.data_dir.parent), base_url="http://127.0.0.1:8080") as c:
+        every = c.get("/shadow?all=1").text
+        assert 'id="count-disagree">1<' in every and 'id="count-shadow">2<' in every
+        assert len(re.findall(r'<tr data-part-id="\d+"', every)) == 1
+        assert "1 older are counted above, not listed" in every
 
 
 def _bench():  # noqa: ANN202 (tools/bench_retrain.py, loaded as a module)

@@ -10,6 +10,7 @@ from station.review.web import render, settings
 from station.storage.shadow import shadow_rows
 
 router = APIRouter()
+PAGE_ROWS = 2000  # the newest rows of the kind shown; the counts take every verdict
 
 
 @router.get("/shadow", response_class=HTMLResponse)
@@ -18,13 +19,14 @@ def shadow_page(request: Request) -> Response:
     show_all = request.query_params.get("all") == "1"
     recipe = request.query_params.get("recipe") or cfg.recipe_name
     candidate = request.query_params.get("candidate") or None
-    with cfg.db.session() as s:
-        rows = shadow_rows(s, recipe, candidate, disagree_only=False, limit=2000)
-    shown = rows if show_all else [r for r in rows if r.disagree]
+    with cfg.db.session() as s:  # every verdict: an old disagreement is never dropped
+        rows = shadow_rows(s, recipe, candidate, disagree_only=False, limit=10**9)
+    kind = rows if show_all else [r for r in rows if r.disagree]
     return render(
         request,
         "shadow.html",
-        rows=shown,
+        rows=kind[:PAGE_ROWS],
+        cut=len(kind) - PAGE_ROWS if len(kind) > PAGE_ROWS else 0,
         total=len(rows),
         n_disagree=sum(r.disagree for r in rows),
         show_all=show_all,
