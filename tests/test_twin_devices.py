@@ -291,3 +291,16 @@ def test_factory_mixes_sim_robot_with_pylon_emulator(tmp_path: Path,
         dev.robot.move_to(r.robot.poses[0])
         frame = dev.camera.grab()
         assert frame.image.shape == (128, 160) and frame.mask is None
+
+
+def test_the_line_goes_on_unless_its_first_sheet_is_pinned() -> None:
+    """A live run's line brings the sheet after the recipe's last part; twin.params.first_sheet
+    pins where it starts, so that several models or runtimes can judge the same sheets."""
+    w = TwinWorld(recipe(), sheets_before=40)
+    assert w.next_sheet()[1] == f"TWIN-{w.seed}-000041"
+    pinned = TwinWorld(recipe(params={"first_sheet": 5}), sheets_before=40)
+    spec, pid = pinned.next_sheet()
+    assert pid == f"TWIN-{pinned.seed}-000005" and spec.seed == pinned.part_seed(5)
+    for bad in (0, 2.5, "x"):
+        with pytest.raises(RecipeError, match="twin.params.first_sheet: must be a whole number"):
+            TwinWorld(recipe(params={"first_sheet": bad}))

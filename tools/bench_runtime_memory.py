@@ -6,9 +6,10 @@ In a scratch station home, `station demo` (small: 2 good, 4 labelled sheets, 1 p
 and calibrates the twin recipe's demo copy; its models are exported to ONNX and OpenVINO;
 then `station inspect --live` runs `--parts` sheets once per runtime, each in its own
 process with the recipe's detectors set to that runtime, and the process's peak resident set
-size (ru_maxrss from wait4) is reported. Each process inspects the same sheets (a fresh
-twin world starts at its first sheet), so every part's verdict and score is read back from the
-database and compared with eager torch's, part by part.
+size (ru_maxrss from wait4) is reported. Each process inspects the same sheets (the recipe's
+`twin.params.first_sheet` pins them; the twin's line otherwise goes on between runs), so every
+part's verdict and score is read back from the database and compared with eager torch's, part
+by part.
 
     # the full demo's models and its 16 live sheets:
     STATION_HOME=/tmp/demo-home station demo
@@ -97,9 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(REPO / "recipes", home / "recipes", dirs_exist_ok=True)
         demo = ["demo", "--good", "2", "--labelled", "4", "--parts", "1", "--time-scale", "0"]
         code, _, text = _run(demo, env)
-        if code:
+        if code and not (home / "calibration" / "glassfiber-demo.yaml").is_file():
             print(text)
             return code
+        if code:  # its one live sheet faulted (e.g. the material check on 2 good sheets)
+            print(f"note: the small demo's live step ended {code}; its models and calibration "
+                  "are what this bench needs")  # fmt: skip
     for fmt in ("onnx", "openvino"):
         code, _, text = _run(["export", "-r", str(recipe_file), "--format", fmt], env)
         if code:
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     parts: dict[str, Rows] = {}
     last, _ = _live_parts(recipe_file, 1 << 62)  # only the largest id so far
+    first_sheet = last + 1  # sheets no earlier run has seen, the same for every runtime
     try:
         for runtime in args.runtimes.split(","):
             data = yaml.safe_load(original)
@@ -117,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 d["runtime"] = runtime
             # the demo trains no material model: inspect without that check (all runtimes)
             data.setdefault("monitoring", {}).setdefault("material_check", {})["enabled"] = False
+            # every runtime on the same sheets (the twin's line otherwise goes on between runs)
+            data.setdefault("twin", {}).setdefault("params", {})["first_sheet"] = first_sheet
             recipe_file.write_text(yaml.safe_dump(data, sort_keys=False))
             cmd = [
                 "inspect",

@@ -105,8 +105,16 @@ class TwinWorld:
         self.clock_s = 0.0
         self.sheet: SheetSpec | None = None
         self.part_id: str | None = None
-        # the line goes on where earlier runs left it: the next sheet is sheets_before + 1
+        # the line goes on where earlier runs left it: the next sheet is sheets_before + 1,
+        # unless twin.params.first_sheet pins it (to run models or runtimes on the same sheets)
         self.sheets_presented = int(sheets_before)
+        first = params.get("first_sheet")
+        if first is not None:
+            if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+                raise RecipeError(recipe.source or recipe.name, [
+                    f"twin.params.first_sheet: must be a whole number of at least 1, not {first!r}"
+                ])  # fmt: skip
+            self.sheets_presented = first - 1
         self.grabs_on_sheet = 0
         self.reject_output = False
         # the line contract's signals (see station.twin.line.SimLine), as a PLC would see them
