@@ -37,8 +37,7 @@ from station.storage.alarms import (
     add_alarm,
     alarms_open_at,
     list_alarms,
-    part_charted_at,
-    part_placement_values,
+    part_chart_facts,
     record_part_signals,
     signal_history,
 )
@@ -130,11 +129,12 @@ class DriftHook(CycleHook):
         if own:
             record_part_signals(self.db, result.part_id, own)
             values.update(own)
+        at, placement = part_chart_facts(self.db, result.part_id)
         if self.monitor.placement is not None:  # stored with the part (any verdict)
-            values.update(part_placement_values(self.db, result.part_id))
+            values.update(placement)
         # clears made by the part's finish count before it, later ones from the next part on:
         # the order `DriftMonitor.replay` gives them at a restart
-        at = part_charted_at(self.db, result.part_id) or datetime.now(UTC)
+        at = at or datetime.now(UTC)
         self.monitor.sync(alarms_open_at(self.db, self.recipe.name, at))
         point = PartPoint(result.part_id, result.sequence, at, result.verdict.value, values)
         return self.store(self.monitor.add(point))

@@ -201,12 +201,6 @@ def charted_at(part: Part) -> datetime:
     return part.finished_at or part.started_at
 
 
-def part_charted_at(db: Database, part_id: int) -> datetime | None:
-    with db.session() as s:
-        part = s.get(Part, part_id)
-        return charted_at(part) if part is not None else None
-
-
 def alarms_open_at(db: Database, recipe: str, at: datetime) -> list[AlarmRow]:
     """The recipe's alarms open at `at`: not cleared, or cleared after it (a clear made
     after a part's `charted_at` counts from the next part on)."""
@@ -231,10 +225,12 @@ def placement_values(part: Part) -> dict[str, float]:
     return {PLACEMENT_PREFIX + side: v for side, v in reach.items() if math.isfinite(v)}
 
 
-def part_placement_values(db: Database, part_id: int) -> dict[str, float]:
+def part_chart_facts(db: Database, part_id: int) -> tuple[datetime | None, dict[str, float]]:
+    """What charting a stored part needs from its row, in one read: `charted_at` and its
+    `placement <side>` values ((None, {}) when the row is gone)."""
     with db.session() as s:
         part = s.get(Part, part_id)
-        return placement_values(part) if part is not None else {}
+        return (charted_at(part), placement_values(part)) if part is not None else (None, {})
 
 
 def latest_calibration(db: Database, recipe: str) -> tuple[int | None, str | None]:
