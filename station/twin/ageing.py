@@ -11,7 +11,8 @@ placement watch.
   sheet with them, along base x, linearly from 0 at `start_part` to `to_mm` at
   `start_part + parts`, then stay (worn or knocked stops; the placement watch's case).
 
-Parts are counted as the twin's line brings them (1 = the first sheet of the run).
+Parts are counted as the twin's line numbers its sheets (`TwinWorld.sheets_presented`: a live
+run's line goes on after the recipe's last part, so 1 is the first sheet of a fresh station).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """A switch of material mid-run: from a given part on, the line brings another cloth.
 
-`twin.params.material_switch: {at_part: 5, weave: twill, roving_pitch_mm: 4.0}` makes the 5th
-sheet the world presents, and every one after it, of that weave and roving pitch (either may be
-left out: the recipe's own is kept). Unlike `variant` (a share of good sheets), this is the
-wrong material: the material check must fault the first switched part.
+`twin.params.material_switch: {at_part: 5, weave: twill, roving_pitch_mm: 4.0}` makes sheet 5
+on the twin's line (its number goes on between live runs), and every one after it, of that
+weave and roving pitch (either may be left out: the recipe's own is kept). Unlike `variant` (a
+share of good sheets), this is the wrong material: the material check must fault the first
+switched part.
 """
 
 from __future__ import annotations
