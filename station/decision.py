@@ -5,7 +5,7 @@ thresholds) and calibration scores:
 
 1. per detector, the raw scores of the part's poses are combined by `decision.combine_poses`
    (max, or mean = left-to-right sum / count); with `sheet_map`, the part's one raw score per
-   detector is the peak of its fused sheet map (station.sheet_map: the shots' raw maps
+   detector is the peak of its fused sheet map (station.geometry.sheet_map: the shots' raw maps
    projected onto the sheet and fused across views by `decision.sheet_fusion`), a single value
    that step 1 passes through (its max);
 2. that value is divided by the detector's calibrated threshold (1.0 = at threshold; the part

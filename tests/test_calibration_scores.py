@@ -229,8 +229,8 @@ def test_sheet_map_calibration_refuses_what_it_cannot_place(station_home: Path) 
     from station.calibration.scores import scores_from_reviews
     from station.detectors.artifact import LoadedModel
     from station.errors import CalibrationError
+    from station.geometry.sheet_map import shot_view
     from station.imaging import write_png
-    from station.sheet_map import shot_view
 
     recipe = small_recipe(station_home, decision={"combine_poses": "sheet_map"})
     models = {"brightspot": LoadedModel(BrightSpot(), {}, "b-1", Path("-"), "")}

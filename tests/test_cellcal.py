@@ -21,9 +21,9 @@ from station.cellcal.store import (
     inspection_camera,
     nominal_model,
 )
-from station.charuco import BoardDef, recipe_board
 from station.cli.app import main
 from station.errors import CellCalibrationError, StationError
+from station.geometry.charuco import BoardDef, recipe_board
 from station.recipe import Recipe, load_recipe, parse_recipe
 from station.twin.truth import TrueCamera, perturbed_truth
 from station.twin.world import TwinWorld

@@ -1,4 +1,5 @@
-"""Optics and coverage of a recipe (station.coverage), and `station recipe check`'s block."""
+"""Optics and coverage of a recipe (station.geometry.coverage), and `station recipe check`'s
+block."""
 
 from __future__ import annotations
 

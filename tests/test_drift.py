@@ -24,7 +24,7 @@ from station.inspection.results import Event
 from station.monitoring.charts import Cusum, Ewma, ewma_sigma_factor, standardise
 from station.monitoring.drift import Baseline, DriftMonitor
 from station.monitoring.imagestats import image_stats
-from station.recipe_quality import DriftConfig, ReferenceCardConfig
+from station.recipe.quality import DriftConfig, ReferenceCardConfig
 from station.review.app import create_app
 from station.storage.alarms import PartPoint, add_alarm, list_alarms, signal_history
 from station.twin.ageing import Ageing
@@ -376,7 +376,7 @@ def _clear_recipe(home: Path) -> Any:
 def _charted_part(db: Any, recipe: Any, seq: int, right: float) -> int:
     """Part `seq` as the recorder leaves it: started at T0 + 30 s * seq, finished 20 s later,
     its sheet found `right` mm past the region's right side."""
-    from station.coverage import region_rect, sheet_rect
+    from station.geometry.coverage import region_rect, sheet_rect
     from station.storage.models import Part, Verdict
 
     x0, y0, x1, y1 = sheet_rect(recipe)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from station.geometry.ur_poses import pose_inv, pose_trans, rotation_distance
 from station.twin.fake_ur import FakeURController
 from station.twin.fake_ur.motion import LinearMove
-from station.ur_poses import pose_inv, pose_trans, rotation_distance
 
 pytestmark = pytest.mark.timeout(60)  # nothing here may hang the suite
 _hosts = itertools.count(2)

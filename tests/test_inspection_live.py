@@ -29,12 +29,12 @@ import station.storage.db as dbmod
 import station.storage.heatmaps as heatmaps
 from station.devices.factory import open_devices
 from station.errors import LineIOError
+from station.geometry.sheet_map import BLIND_BGR
 from station.inspection.cycle import Inspector
 from station.inspection.faults import Fault
 from station.inspection.recorder import Recorder
 from station.inspection.results import Event, RunSummary
 from station.recipe import Recipe
-from station.sheet_map import BLIND_BGR
 from station.storage.models import Part, Verdict
 from station.twin import render_part_shots
 from station.twin.world import TwinWorld, pose_tcp

@@ -257,7 +257,7 @@ def test_a_bug_in_the_sheet_map_faults_the_part_and_stops(
 ) -> None:
     """An unexpected error while the sheet map is checked is an internal fault: the part is
     recorded as a reject and the run stops, rather than the error escaping mid-part."""
-    from station.sheet_map import SheetMap
+    from station.geometry.sheet_map import SheetMap
 
     def boom(self: SheetMap) -> list:
         raise RuntimeError("boom")

@@ -1,5 +1,6 @@
-"""The placement check: the sheet's edges found in the shots (station.placement), against the
-recipe's place; on drawn mosaics with a known outline, on the twin's renders, and live."""
+"""The placement check: the sheet's edges found in the shots (station.geometry.placement),
+against the recipe's place; on drawn mosaics with a known outline, on the twin's renders, and
+live."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from station.placement import Placement, find_recipe_sheet, find_sheet, mosaic_grid, recipe_mosaic
+from station.geometry.placement import (
+    Placement,
+    find_recipe_sheet,
+    find_sheet,
+    mosaic_grid,
+    recipe_mosaic,
+)
+from station.geometry.sheet_map import Grid, shot_view
 from station.recipe import load_recipe
-from station.sheet_map import Grid, shot_view
 
 CENTRE = (400.0, 0.0)
 SHEET = (250.0, -150.0, 550.0, 150.0)  # 300 x 300 mm around CENTRE
@@ -175,7 +182,7 @@ def test_the_twin_sheet_is_found_where_the_twin_put_it(station_home: Path) -> No
 def test_recipe_check_refuses_poses_that_do_not_see_the_table_around_the_sheet(
     station_home: Path,
 ) -> None:
-    from station.coverage import check
+    from station.geometry.coverage import check
     from station.recipe import parse_recipe
 
     path = station_home / "recipes" / "glassfiber.yaml"

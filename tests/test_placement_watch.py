@@ -15,14 +15,14 @@ from fastapi.testclient import TestClient
 from test_cellcal import run as run_cli
 from test_inspection_support import database
 
-from station.coverage import region_rect, sheet_rect
 from station.decision import Verdict as DecisionVerdict
+from station.geometry.coverage import region_rect, sheet_rect
+from station.geometry.placement import side_reach
 from station.inspection.drift_hook import DriftHook, build_monitor
 from station.inspection.results import PartResult
 from station.monitoring.placement import PlacementWatch, fault_share
-from station.placement import side_reach
 from station.recipe import parse_recipe
-from station.recipe_quality import PlacementWatchConfig
+from station.recipe.quality import PlacementWatchConfig
 from station.review.app import create_app
 from station.storage.alarms import PartPoint, list_alarms, placement_values
 from station.storage.models import Part, Verdict
@@ -174,7 +174,7 @@ def test_capability_and_the_margin_needed_match_hand_computed_values() -> None:
 
 
 def _placed(recipe: Any, dx: float, dy: float) -> Any:
-    from station.placement import Placement
+    from station.geometry.placement import Placement
 
     x0, y0, x1, y1 = sheet_rect(recipe)
     corners = ((x0 + dx, y0 + dy), (x1 + dx, y0 + dy), (x1 + dx, y1 + dy), (x0 + dx, y1 + dy))
@@ -191,7 +191,7 @@ def test_capture_says_whether_the_margin_holds_for_the_line(
     station_home: Path, capsys: pytest.CaptureFixture[str], spread: float, n: int, said: str
 ) -> None:
     from station.cli.capture import placement_report
-    from station.placement import Placement
+    from station.geometry.placement import Placement
 
     recipe = _recipe(station_home, window=50)
     offs = [spread * (k % 3 - 1) for k in range(n)]  # -s, 0, +s: sd about 0.83 s

@@ -1,4 +1,4 @@
-"""Pose planning (station.pose_plan) and `station plan-poses`."""
+"""Pose planning (station.geometry.pose_plan) and `station plan-poses`."""
 
 from __future__ import annotations
 

@@ -494,7 +494,7 @@ def test_cli_refuses_a_huge_file_before_reading_it(station_home: Path) -> None:
 def test_an_inherited_poses_file_is_read_beside_its_base(
     station_home: Path, tmp_path: Path
 ) -> None:
-    from station.pose_plan import poses_file
+    from station.geometry.pose_plan import poses_file
     from station.recipe import load_recipe as load_for_planning
 
     base = load_recipe("glassfiber")

@@ -656,7 +656,7 @@ def test_part_page_shows_the_sheet_map_with_footprints_and_defects(seeded) -> No
 
 
 def test_selecting_a_defect_shows_the_shots_that_see_it(seeded) -> None:
-    from station.sheet_map import SheetDefect
+    from station.geometry.sheet_map import SheetDefect
 
     db, sample, client = seeded
     part = _sheet_part(db, sample)
@@ -697,7 +697,7 @@ def test_selecting_a_defect_shows_the_shots_that_see_it(seeded) -> None:
 
 
 def test_a_simulated_part_shows_the_twin_defects_beside_the_found_regions(seeded) -> None:
-    from station.sheet_map import SheetDefect
+    from station.geometry.sheet_map import SheetDefect
 
     db, sample, client = seeded
     part = _sheet_part(db, sample)

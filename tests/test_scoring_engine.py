@@ -10,9 +10,9 @@ from test_inspection_support import BrightSpot, sheet
 
 from station.detectors.engine import ScoringEngine, load_images
 from station.errors import DetectorError, StationError
+from station.geometry.tiling import tile_grid
 from station.imaging import preprocess_mask, write_png
 from station.recipe import PreprocessConfig, TilingConfig
-from station.tiling import tile_grid
 
 CFG = PreprocessConfig(size=(32, 24), grey_to_rgb=False)
 

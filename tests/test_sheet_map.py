@@ -1,5 +1,5 @@
-"""The sheet map (station.sheet_map): projection, fusion and defect regions on synthetic maps
-seen through an analytic pinhole camera looking straight down at the table."""
+"""The sheet map (station.geometry.sheet_map): projection, fusion and defect regions on synthetic
+maps seen through an analytic pinhole camera looking straight down at the table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from station.sheet_map import (
+from station.geometry.sheet_map import (
     BLIND_BGR,
     Grid,
     SheetMapper,
@@ -254,8 +254,8 @@ def test_twin_truth_centroid_is_where_the_drawn_defect_lies(station_home) -> Non
     import dataclasses
 
     from station.cellcal.store import inspection_camera
+    from station.geometry.sheet_map import shot_view
     from station.recipe import load_recipe
-    from station.sheet_map import shot_view
     from station.twin.sheet import DefectSpec
     from station.twin.world import TwinWorld
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy import select
 
 from station.errors import StorageError
-from station.sheet_map import SheetDefect
+from station.geometry.sheet_map import SheetDefect
 from station.storage.db import existing_database, open_database, upgrade
 from station.storage.models import (
     Base,

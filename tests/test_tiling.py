@@ -12,8 +12,7 @@ import yaml
 from station.detectors.engine import training_tiles
 from station.detectors.registry import parse_recipe
 from station.errors import RecipeError, StationError
-from station.recipe import PreprocessConfig, TilingConfig
-from station.tiling import (
+from station.geometry.tiling import (
     WEIGHT_FLOOR,
     cut,
     pick_tiles,
@@ -22,6 +21,7 @@ from station.tiling import (
     tile_origins,
     tile_weight,
 )
+from station.recipe import PreprocessConfig, TilingConfig
 
 SHIPPED = (Path(__file__).resolve().parents[1] / "recipes" / "glassfiber.yaml").read_text()
 

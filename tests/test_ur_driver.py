@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from station.errors import LineIOError, ProtectiveStop, RobotError
+from station.geometry.ur_poses import rotation_distance
 from station.hardware.ur.line_io import URLineIO
 from station.hardware.ur.robot import URRobot
 from station.interfaces import LineIO, Robot
@@ -32,7 +33,6 @@ from station.twin.fake_ur.plc import (
     PlcConfig,
     SimPLC,
 )
-from station.ur_poses import rotation_distance
 
 pytestmark = pytest.mark.timeout(60)  # nothing here may hang the suite
 _hosts = itertools.count(2)

@@ -7,7 +7,7 @@ keep_maps=True)`), and from the same maps the part gets one score per rule:
 - `per-shot max`: the max of its shots' image scores (`decision.combine_poses: max`);
 - `sheet map max|mean|min`: the raw peak of its sheet map (`combine_poses: sheet_map`), the shot
   maps projected through `station.cellcal.store.inspection_camera` (exact on the twin) from the
-  recipe pose of each shot's name onto `station.coverage.region_rect` at
+  recipe pose of each shot's name onto `station.geometry.coverage.region_rect` at
   `decision.sheet_map_mm_per_px`, views fused by that rule: what calibration
   (`station.calibration.scores.sheet_map_peaks`) and inspection (`station.inspection.sheet`)
   build.
@@ -185,8 +185,8 @@ class PassScorer:
         sheet-map rule's regions) from the same maps."""
         from bench_recall_by_size import truth_defect
 
+        from station.geometry.sheet_map import recipe_mapper, shot_view
         from station.imaging import read_image, saturated_mask
-        from station.sheet_map import recipe_mapper, shot_view
 
         res = self.engine.score_files([p for _, p in part.shots], keep_maps=True)[self.detector]
         saturated = [saturated_mask(read_image(p)) for _, p in part.shots]

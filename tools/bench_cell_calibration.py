@@ -53,7 +53,7 @@ def calibrate(base, seed: int, n_views: int) -> tuple:  # noqa: ANN001
     """Calibrate the twin with seed `seed`'s perturbed camera; the recipe and a result row."""
     from station.cellcal import geometry as geo
     from station.cellcal import run, views
-    from station.charuco import recipe_board
+    from station.geometry.charuco import recipe_board
     from station.twin.truth import perturbed_truth
 
     params = perturbed_truth(base, seed)
@@ -84,7 +84,7 @@ def calibrate(base, seed: int, n_views: int) -> tuple:  # noqa: ANN001
 
 
 def print_tables(base, home: str, args, rows: list[dict]) -> None:  # noqa: ANN001
-    from station.charuco import recipe_board
+    from station.geometry.charuco import recipe_board
 
     print(
         f"recipe {base.name}, {args.views} views, board {recipe_board(base).describe()}; "

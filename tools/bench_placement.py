@@ -4,7 +4,7 @@ Each sheet comes from the twin's line with the recipe's defect rate (`--defect-r
 it) and its own placement jitter (about 1 mm and 0.3 deg); every `--shift-every`-th sheet is
 also moved by a random offset of up to `--shift-mm` (uniform in x and y), to see the check
 where it matters. Each sheet's shots are rendered at the recipe's poses (the twin's exact
-camera, as `station inspect` uses it there) and measured by `station.placement` as
+camera, as `station inspect` uses it there) and measured by `station.geometry.placement` as
 inspection measures them.
 
 Reported:
@@ -42,18 +42,18 @@ sys.path.insert(0, str(REPO))
 
 def _true_past(spec: Any, region: tuple[float, float, float, float]) -> float:
     """How far the twin's sheet reaches past the region (mm; <= 0 inside)."""
-    from station.placement import side_reach
+    from station.geometry.placement import side_reach
 
     return max(side_reach(spec.corners_mm(), region).values())
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from station.cellcal.store import inspection_camera
-    from station.coverage import placement_tolerance_mm, region_rect
+    from station.geometry.coverage import placement_tolerance_mm, region_rect
+    from station.geometry.placement import find_recipe_sheet, recipe_mosaic, side_reach
+    from station.geometry.sheet_map import recipe_mapper, shot_view
     from station.monitoring.placement import PlacementWatch
-    from station.placement import find_recipe_sheet, recipe_mosaic, side_reach
     from station.recipe import load_recipe
-    from station.sheet_map import recipe_mapper, shot_view
     from station.storage.alarms import PLACEMENT_PREFIX, PartPoint
     from station.twin.world import TwinWorld, pose_tcp
 

@@ -18,7 +18,7 @@ It runs in a fresh station home (a temp folder, or `--home`):
    (tools/_bench_fusion.py): every shot of every part scored once by the station's scoring
    engine with its maps kept, and from the same maps each part's score under every rule:
    per-shot max (`combine_poses: max`) and the sheet-map peak fused by max, mean and min
-   (`combine_poses: sheet_map`, `sheet_fusion`), built with `station.sheet_map` through
+   (`combine_poses: sheet_map`, `sheet_fusion`), built with `station.geometry.sheet_map` through
    `inspection_camera` (exact on the twin) as calibration and inspection build it.
 3. Per rule: the zero_miss threshold on the labelled sheets, then on the test sheets the false
    rejects (good) and misses (defective) with Clopper-Pearson 95 % intervals, the AUROC, an
@@ -188,7 +188,7 @@ def truth_defect(d: dict[str, Any]) -> TruthDefect:
 
 def located(truth: TruthDefect, centres: Iterable[tuple[float, float]], tol_mm: float) -> bool:
     """Whether a region centre lies within the defect's extent grown by `tol_mm`."""
-    from station.sheet_map import within_box
+    from station.geometry.sheet_map import within_box
 
     return within_box(truth.extent_mm, centres, tol_mm)
 

@@ -97,7 +97,7 @@ def _score(recipe: Any, det: Any, shots: list[np.ndarray], keep_maps: bool) -> f
 
 
 def inference(args: argparse.Namespace, train: list[np.ndarray], test: list[np.ndarray]) -> dict:
-    from station.tiling import cut, stitch, tile_grid
+    from station.geometry.tiling import cut, stitch, tile_grid
 
     out: dict[str, Any] = {}
     for mode, tiled in (("resize", False), ("tiles", True)):

@@ -34,13 +34,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from station.calibration.recipes import load_recipe  # noqa: E402
-from station.coverage import placement_tolerance_mm, region_rect  # noqa: E402
+from station.geometry.coverage import placement_tolerance_mm, region_rect  # noqa: E402
+from station.geometry.placement import SIDES, side_reach  # noqa: E402
 from station.monitoring.placement import (  # noqa: E402
     PlacementWatch,
     capability,
     margin_verdict,
 )
-from station.placement import SIDES, side_reach  # noqa: E402
 from station.storage.alarms import PLACEMENT_PREFIX, PartPoint  # noqa: E402
 from station.twin.world import TwinWorld  # noqa: E402
 

@@ -41,7 +41,7 @@ BANDS_MM = (-9.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 1e9)  # distance to the n
 
 def pixel_table_xy(scorer: Any, pose: str, shape: tuple[int, int]) -> np.ndarray:
     """(H, W, 2) base-frame mm on the table of every map pixel of a pose's shot."""
-    from station.sheet_map import back_project, shot_view
+    from station.geometry.sheet_map import back_project, shot_view
 
     h, w = shape
     vv, uu = np.mgrid[0:h, 0:w]
@@ -54,8 +54,8 @@ def score_parts(home: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]
     """Every part of the bench's sets scored once: maps, shot scores, label, truth."""
     from _bench_fusion import PassScorer, read_parts
 
-    from station.coverage import sheet_rect
     from station.detectors.registry import load_recipe
+    from station.geometry.coverage import sheet_rect
 
     recipe = load_recipe(str(home / "recipes" / "bench-tiles.yaml"))
     scorer = PassScorer(recipe)

@@ -19,8 +19,8 @@ from station.calibration.scores import ProgressFn, score_folder, scores_from_rev
 from station.errors import CalibrationError
 
 if TYPE_CHECKING:
+    from station.geometry.sheet_map import CameraLike
     from station.recipe import Recipe
-    from station.sheet_map import CameraLike
 
 
 def check_label_source(dataset: Path | None, from_reviews: bool) -> None:

@@ -31,20 +31,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from station.calibration.core import PartScores
-from station.coverage import region_rect
 from station.datasets import MVTecFolder
 from station.decision import COMBINE_POSES, combine_scores
 from station.detectors.engine import ScoringEngine, load_models
 from station.errors import CalibrationError
 from station.files import file_sha256
+from station.geometry.coverage import region_rect
+from station.geometry.sheet_map import recipe_mapper, shot_view
 from station.imaging import read_image, saturated_mask
-from station.sheet_map import recipe_mapper, shot_view
 
 if TYPE_CHECKING:
     from station.datasets import DatasetItem
     from station.detectors.artifact import LoadedModel
+    from station.geometry.sheet_map import CameraLike
     from station.recipe import Recipe
-    from station.sheet_map import CameraLike
 
 CAPTURE_STEM = re.compile(r"^p(\d{6,})_(.+)$")
 ProgressFn = Callable[[str, int, int], None]

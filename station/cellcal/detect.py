@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from station.charuco import DICTIONARIES, BoardDef
 from station.errors import CellCalibrationError
+from station.geometry.charuco import DICTIONARIES, BoardDef
 
 MIN_CORNERS = 8
 MAX_MARKER_ERROR_PX = 3.0  # markers further than this from the board's layout: wrong definition

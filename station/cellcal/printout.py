@@ -7,9 +7,9 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-from station.charuco import BoardDef
 from station.errors import StationError
 from station.files import atomic_write, writing
+from station.geometry.charuco import BoardDef
 
 PT_PER_MM = 72.0 / 25.4
 PX_PER_SQUARE = 120

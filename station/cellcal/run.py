@@ -28,9 +28,9 @@ from station.cellcal.solve import (
     table_plane,
 )
 from station.cellcal.views import MIN_VIEWS, board_centre_guess
-from station.charuco import BoardDef
 from station.errors import CellCalibrationError, StationError
 from station.files import atomic_write, replacing_folder, writing
+from station.geometry.charuco import BoardDef
 from station.paths import resolve
 from station.recipe import Pose, Recipe
 

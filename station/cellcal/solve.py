@@ -13,8 +13,8 @@ import numpy as np
 from station.cellcal import geometry as geo
 from station.cellcal.detect import Detection
 from station.cellcal.views import MIN_VIEWS
-from station.charuco import BoardDef
 from station.errors import CellCalibrationError
+from station.geometry.charuco import BoardDef
 
 OUTLIER_FACTOR = 3.0  # a view whose RMS exceeds this times the median RMS is dropped
 OUTLIER_FLOOR_PX = 0.5  # ... and this much

@@ -17,8 +17,8 @@ import yaml
 from pydantic import ValidationError
 
 from station.cellcal import geometry as geo
-from station.charuco import BoardDef
 from station.errors import CellCalibrationError
+from station.geometry.charuco import BoardDef
 from station.recipe import Pose, Recipe
 
 REACH_MM = 850.0  # UR5, base axis to flange

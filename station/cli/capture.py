@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from station.coverage import region_rect
 from station.errors import StationError
-from station.placement import SIDES
+from station.geometry.coverage import region_rect
+from station.geometry.placement import SIDES
 
 if TYPE_CHECKING:
-    from station.placement import Placement
+    from station.geometry.placement import Placement
     from station.recipe import Recipe
 
 
@@ -98,14 +98,14 @@ def placement_report(recipe: Recipe, placements: list[Placement]) -> None:
 
     from station.cellcal.store import inspection_camera
     from station.cli.app import console
-    from station.coverage import placement_tolerance_mm
+    from station.geometry.coverage import placement_tolerance_mm
+    from station.geometry.placement import side_reach
     from station.monitoring.placement import (
         capability,
         fault_share,
         margin_needed,
         margin_verdict,
     )
-    from station.placement import side_reach
 
     tol, margin = placement_tolerance_mm(recipe), recipe.coverage.edge_margin_mm
     min_cpk = recipe.monitoring.drift.placement.min_cpk

@@ -13,11 +13,11 @@ from station.errors import CellCalibrationError
 
 if TYPE_CHECKING:  # for annotations only: the commands import cellcal when they run
     from station.cellcal.run import CameraRun
-    from station.charuco import BoardDef
+    from station.geometry.charuco import BoardDef
 
 
 def _board(squares: str, square_mm: float, marker_mm: float | None, dictionary: str) -> BoardDef:
-    from station.charuco import BoardDef
+    from station.geometry.charuco import BoardDef
 
     try:
         sx, sy = (int(v) for v in squares.lower().split("x"))
@@ -61,8 +61,8 @@ def calibrate_camera(
     from station.calibration.recipes import load_recipe
     from station.cellcal import run, views
     from station.cellcal.printout import write_board_pdf
-    from station.charuco import recipe_board
     from station.cli.app import console
+    from station.geometry.charuco import recipe_board
 
     rcp = load_recipe(recipe) if recipe else None
     if square_mm is None:  # the board the recipe's camera sees best at its focus distance

@@ -93,7 +93,7 @@ AT_DEFECT_MM = 2.0  # a sheet-map region this close to a twin defect's drawn box
 def _on(truth_box: list[float], region: Any) -> bool:
     """Whether a stored sheet-map region (`SheetDefectRow`) reaches a twin defect's box; a
     region stored without its extent (before 0006) by its centre."""
-    from station.sheet_map import boxes_meet, within_box
+    from station.geometry.sheet_map import boxes_meet, within_box
 
     if region.box_mm is not None:
         return boxes_meet(truth_box, region.box_mm, AT_DEFECT_MM)

@@ -140,7 +140,7 @@ def _warn_coverage(rcp: Any) -> None:
     coarse view is inspected at the resolution it has."""
     from station.cli.app import console
     from station.cli.plan import coverage_camera
-    from station.coverage import check
+    from station.geometry.coverage import check
 
     model, _ = coverage_camera(rcp, strict=False)
     for problem in check(rcp, model).problems:

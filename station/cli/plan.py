@@ -1,4 +1,5 @@
-"""`station plan-poses`: write the shot poses that cover a recipe's region (station.pose_plan)."""
+"""`station plan-poses`: the shot poses that cover a recipe's region
+(station.geometry.pose_plan)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from station.coverage import TableCamera
+    from station.geometry.coverage import TableCamera
     from station.recipe import Recipe
 
 
@@ -17,8 +18,8 @@ def coverage_camera(recipe: Recipe, strict: bool = True) -> tuple[TableCamera | 
     calibration/cell-<recipe>.yaml exists (None and the nominal pinhole otherwise), and its
     description. A refused calibration file raises when `strict`, else falls back to nominal."""
     from station.cellcal.store import camera_model
-    from station.coverage import NOMINAL
     from station.errors import CellCalibrationError
+    from station.geometry.coverage import NOMINAL
 
     try:
         model = camera_model(recipe)
@@ -48,8 +49,8 @@ def register(app: typer.Typer) -> None:
         A serpentine raster at the resolution the region needs, written to robot.poses_file,
         with a picture of the coverage."""
         from station.cli.app import console
+        from station.geometry.pose_plan import plan, poses_file, write_plan
         from station.paths import resolve
-        from station.pose_plan import plan, poses_file, write_plan
         from station.recipe import load_recipe
 
         def say(text: str) -> None:

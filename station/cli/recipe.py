@@ -21,7 +21,7 @@ def summary_table(recipe: Recipe) -> Table:
         f"{recipe.backend} (robot: {recipe.robot_driver}, camera: {recipe.camera_driver}, "
         f"line I/O: {recipe.line_driver})",
     )
-    from station.pose_plan import card_extra_s, motion
+    from station.geometry.pose_plan import card_extra_s, motion
 
     shown = recipe.robot.poses[:6]  # a planned raster has up to 400
     poses = ", ".join(
@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
         coverage only; other problems end the output alone."""
         from station.cli.app import console
         from station.cli.plan import coverage_camera
-        from station.coverage import check as coverage_check
+        from station.geometry.coverage import check as coverage_check
 
         loaded = load_recipe(recipe)
         model, described = coverage_camera(loaded, strict=False)  # the summary says why
@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
 
 def placement_summary(recipe: Recipe) -> str:
     """Whether each part's sheet is found in its shots, and what faults it."""
-    from station.coverage import checks_placement, placement_tolerance_mm
+    from station.geometry.coverage import checks_placement, placement_tolerance_mm
 
     if checks_placement(recipe):
         half = placement_tolerance_mm(recipe)

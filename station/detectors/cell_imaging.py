@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from station.coverage import Camera, camera_mm_per_px, detector_factor
+from station.geometry.coverage import Camera, camera_mm_per_px, detector_factor
 
 if TYPE_CHECKING:
     from station.recipe import Recipe

@@ -16,7 +16,8 @@ With `fault_hint` (inspection), any failure of a detector becomes one DetectorEr
 and a map that is not N x H x W is refused; without it errors pass through unchanged.
 
 Tiles (`preprocess.tiling.enabled`): prepared images keep their native size; each is cut into
-overlapping `preprocess.size` tiles (`station.tiling`), tiles of several images share a batch
+overlapping `preprocess.size` tiles (`station.geometry.tiling`), tiles of several images share a
+batch
 (`batch_size` counts tiles), each detector's tile maps are stitched per image into one
 full-resolution map (blended across the overlaps), and an image's score is the MAX of its
 tiles' scores. Results keep the shape contract: N scores and N x H x W maps at native size
@@ -37,8 +38,8 @@ import numpy as np
 
 from station.detectors.artifact import LoadedModel, latest_artifact, load_artifact
 from station.errors import DetectorError, StationError
+from station.geometry.tiling import TileGrid, pick_tiles, stitch, tile_grid
 from station.imaging import check_like, preprocess, preprocess_mask, read_image
-from station.tiling import TileGrid, pick_tiles, stitch, tile_grid
 
 if TYPE_CHECKING:
     from station.datasets import DatasetItem

@@ -1,6 +1,6 @@
 """One builder per driver: how a recipe's device section becomes a connected-to-be device.
 
-A driver's settings are its config class in `station.recipe_devices` (registered there under
+A driver's settings are its config class in `station.recipe.devices` (registered there under
 its `driver` name); its builder is registered here under the same name. Adding a camera: its
 folder under `station/hardware/`, its config (`@CAMERA.register("name")`) and one
 `@CAMERAS.register("name")` builder below.
@@ -17,8 +17,8 @@ from station.hardware.ur.line_io import URLineIO
 from station.hardware.ur.robot import URRobot
 from station.interfaces import Camera, LineIO, Robot
 from station.recipe import Recipe
-from station.recipe_base import _Strict
-from station.recipe_devices import CAMERA, LINE_IO, ROBOT, Device, PylonCameraConfig, URRobotConfig
+from station.recipe.base import _Strict
+from station.recipe.devices import CAMERA, LINE_IO, ROBOT, Device, PylonCameraConfig, URRobotConfig
 from station.twin.camera import SimCamera
 from station.twin.line import SimLine
 from station.twin.robot import SimRobot

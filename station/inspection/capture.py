@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from station.cellcal.store import CameraModel, inspection_camera
-from station.coverage import checks_placement
 from station.devices.factory import open_devices, uses_twin
 from station.devices.pylon_emulator import check_sequence
 from station.errors import LineIOError, StationError
 from station.files import writing
+from station.geometry.coverage import checks_placement
+from station.geometry.placement import Placement
 from station.imaging import saturated_mask, write_png
 from station.inspection.sheet import find_placement
 from station.paths import resolve
-from station.placement import Placement
 from station.recipe import Recipe
 from station.storage.db import Database, open_database
 from station.storage.parts import PartRecord, ShotRecord, write_part

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from station.cellcal.store import inspection_camera
-from station.coverage import checks_placement, placement_tolerance_mm
 from station.errors import RecipeError
+from station.geometry.coverage import checks_placement, placement_tolerance_mm
 from station.inspection.hooks import CycleHook
 from station.inspection.results import Event
 from station.monitoring.baseline import calibration_baselines

@@ -51,11 +51,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from station.errors import InUse, NowhereToStore, StorageError
+from station.geometry.placement import Placement
+from station.geometry.sheet_map import SheetMap
+from station.geometry.sheet_map import render as render_sheet
 from station.paths import resolve
-from station.placement import Placement
 from station.recipe import Recipe
-from station.sheet_map import SheetMap
-from station.sheet_map import render as render_sheet
 from station.storage.db import Database
 from station.storage.heatmaps import (
     encode_heatmap,

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from station.decision import Verdict
+from station.geometry.sheet_map import SheetDefect
 from station.inspection.faults import Fault
 from station.inspection.recorder import DetectionRecord, RecoveryReport, ShotRecord
-from station.sheet_map import SheetDefect
 
 # starved: the inference thread idle between a part's shots, waiting for motion and exposure
 TIMING_KEYS = ("motion", "exposure", "inference", "starved", "logging", "line", "wait", "cycle")

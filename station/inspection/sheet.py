@@ -1,14 +1,15 @@
 """A part's sheet map during inspection and calibration: shot maps onto the sheet, fused.
 
-`PartSheet(recipe, camera)` holds one part's `SheetMapper` (station.sheet_map) over the
-recipe's inspected region (station.coverage.region_rect) at `decision.sheet_map_mm_per_px`,
+`PartSheet(recipe, camera)` holds one part's `SheetMapper` (station.geometry.sheet_map) over the
+recipe's inspected region (station.geometry.coverage.region_rect) at `decision.sheet_map_mm_per_px`,
 fused by `decision.sheet_fusion`. Each scored shot is added with the robot's reported TCP
 (live) or the recipe pose of its name (offline, calibration) and its raw detector maps; the
 maps cover the shot's `preprocess.crop` window. The camera model is `inspection_camera`:
 exact on the twin, else the cell calibration or the nominal `tcp_offset_mm` (its `source`
 says which). Raw scores go in; thresholds are applied after (the decision rule divides).
 Threshold calibration builds the same map for captured parts (station.calibration.scores
-`sheet_map_peaks`: same grid, fusion, views from `station.sheet_map.shot_view`, recipe poses).
+`sheet_map_peaks`: same grid, fusion, views from `station.geometry.sheet_map.shot_view`, recipe
+poses).
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from station.cellcal.store import CameraModel
-from station.coverage import checks_placement
 from station.errors import Misplaced, NotInspected, StationError
+from station.geometry.coverage import checks_placement
+from station.geometry.placement import Placement, find_recipe_sheet, recipe_mosaic
+from station.geometry.sheet_map import SheetMap, recipe_mapper, shot_view
 from station.imaging import saturated_mask
 from station.inspection.faults import Fault, classify
 from station.inspection.recorder import Recorder
 from station.inspection.results import SheetOutcome, Timings
-from station.placement import Placement, find_recipe_sheet, recipe_mosaic
 from station.recipe import Recipe
-from station.sheet_map import SheetMap, recipe_mapper, shot_view
 from station.storage.parts import PartRecord
 
 

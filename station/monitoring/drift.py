@@ -31,7 +31,7 @@ from station.recipe import CARD
 from station.storage.alarms import CPK_CHART, AlarmRow, NewAlarm, PartPoint
 
 if TYPE_CHECKING:
-    from station.recipe_quality import DriftConfig
+    from station.recipe.quality import DriftConfig
 
 SCORE_PREFIX = "score "
 CARD_SUFFIX = f" {CARD}"  # the reference card's signals: `mean card`, `contrast card`, ...

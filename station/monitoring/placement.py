@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from station.placement import SIDES
+from station.geometry.placement import SIDES
 from station.storage.alarms import CPK_CHART, PLACEMENT_PREFIX, NewAlarm, PartPoint
 
 if TYPE_CHECKING:
-    from station.recipe_quality import PlacementWatchConfig
+    from station.recipe.quality import PlacementWatchConfig
 
 SD_FLOOR_MM = 0.05  # below the edge fit's own scatter: a jig-placed sheet is not infinitely capable
 
@@ -116,7 +116,7 @@ class PlacementWatch:
     def window(self, side: str) -> Capability | None:
         """The side's capability over its window (None until the window is full)."""
         st = self.sides[side]
-        if len(st.points) < self.cfg.window_parts:  # window_parts >= 10 (recipe_quality)
+        if len(st.points) < self.cfg.window_parts:  # window_parts >= 10 (station.recipe.quality)
             return None
         return capability(side, [p[3] for p in st.points], self.tolerance_mm)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from station.sheet_map import SheetDefect
+from station.geometry.sheet_map import SheetDefect
 from station.storage.parts import PartRecord, SheetMapRecord
 
 SAMPLE_MM_PER_PX = 0.25  # the sample camera's scale at the table; the map keeps it

@@ -114,7 +114,7 @@ def sheet_view(root: Path, part: Part, selected: int | None) -> SheetView | None
 
 
 def _placement(found: Any) -> tuple[str | None, str | None]:
-    """The stored placement (station.placement) in words, and the found outline as SVG
+    """The stored placement (station.geometry.placement) in words, and the found outline as SVG
     points; (None, None) for a part whose recipe does not check it."""
     if not isinstance(found, dict):
         return None, None

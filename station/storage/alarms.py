@@ -21,7 +21,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
 from station.errors import StorageError
-from station.placement import side_reach
+from station.geometry.placement import side_reach
 from station.storage.db import Database
 from station.storage.models import Alarm, Part, Verdict
 

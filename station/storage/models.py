@@ -87,7 +87,8 @@ class Part(Base):
     # base-frame mm, each as `station.twin` drew it, whether or not a shot saw it
     twin_defects: Mapped[list[Any] | None] = mapped_column()
     # where the sheet was found in the shots (0007; NULL when the recipe does not check it):
-    # problem, offset_mm, angle_deg, size_mm, corners_mm, past_region_mm (station.placement)
+    # problem, offset_mm, angle_deg, size_mm, corners_mm, past_region_mm
+    # (station.geometry.placement)
     sheet_placement: Mapped[dict[str, Any] | None] = mapped_column()
 
     shots: Mapped[list[Shot]] = relationship(
@@ -149,7 +150,7 @@ class Detection(Base):
 
 
 class SheetDefectRow(Base):
-    """One defect region on a part's sheet map (`station.sheet_map.SheetDefect`)."""
+    """One defect region on a part's sheet map (`station.geometry.sheet_map.SheetDefect`)."""
 
     __tablename__ = "sheet_defects"
     __table_args__ = (

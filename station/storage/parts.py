@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from station.decision import Verdict
-from station.sheet_map import SheetDefect
+from station.geometry.sheet_map import SheetDefect
 from station.storage.db import Database, RecordRefused
 from station.storage.models import Detection, Part, SheetDefectRow, Shot
 
@@ -101,7 +101,7 @@ class SheetMapRecord:
     region_mm: list[float]  # [x0, y0, x1, y1]
     footprints: dict[str, list[list[float]]] = field(default_factory=dict)  # pose -> 4 corners
     defects: list[SheetDefect] = field(default_factory=list)
-    # where the sheet was found in the shots (station.placement.Placement.as_dict); None
+    # where the sheet was found in the shots (station.geometry.placement.Placement.as_dict); None
     # when the recipe does not check it
     placement: dict[str, Any] | None = None
     written: bool = False  # set once a commit holds it
@@ -399,7 +399,8 @@ def record_sheet_map(
 
     Sets the part's sheet-map columns, each named shot's footprint (pose name -> 4 corners in
     base-frame mm) and replaces the part's sheet defects (numbered 0, 1, ... in the given
-    order); `placement`: where the sheet was found (station.placement), None when unchecked.
+    order); `placement`: where the sheet was found (station.geometry.placement), None when
+    unchecked.
     The image's pixel (col, row) covers x0 + col * mm_per_px, y0 + row * mm_per_px onward,
     for `extent_mm` = [x0, y0, x1, y1]: rows run along +y. Calling it again replaces the map.
     RecordRefused (nothing written) on a value that cannot be stored: a bad rectangle or

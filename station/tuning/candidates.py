@@ -26,12 +26,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from station.coverage import check as coverage_check
 from station.detectors.backbones import default_layers, find_weights
 from station.detectors.ensemble import MIN_HELD_OUT
 from station.detectors.patchcore import PatchCoreConfig
 from station.detectors.registry import config_problems, detector_kwargs
 from station.errors import StationError
+from station.geometry.coverage import check as coverage_check
 from station.recipe import DetectorConfig, Recipe
 
 ENSEMBLE = "ensemble"

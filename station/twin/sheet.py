@@ -88,7 +88,8 @@ class SheetSpec:
         )
 
     def corners_mm(self) -> np.ndarray:
-        """(4, 2) base-frame corners, in station.placement's order (x0y0, x1y0, x1y1, x0y1)."""
+        """(4, 2) base-frame corners, in station.geometry.placement's order (x0y0, x1y0, x1y1,
+        x0y1)."""
         hw, hh = self.size_mm[0] / 2, self.size_mm[1] / 2
         local = np.array([[-hw, -hh, 1.0], [hw, -hh, 1.0], [hw, hh, 1.0], [-hw, hh, 1.0]])
         return (local @ self.local_to_table().T)[:, :2]

@@ -11,7 +11,7 @@ an ideal pinhole at the TCP, and renders exactly as before):
     calibration_board:                  # the ChArUco board lying on the table
       {squares_x: 12, squares_y: 9, square_mm: 5.0, marker_mm: 3.75,
        dictionary: DICT_4X4_100, centre_mm: [400.0, 0.0], yaw_deg: 0.0}
-      # unset fields: the recipe's default board (station.charuco.recipe_board); markers
+      # unset fields: the recipe's default board (station.geometry.charuco.recipe_board); markers
       # 0.75 of the squares
 
 The robot reports the TCP the recipe's nominal `tcp_offset_mm` defines; the true camera is at
@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from station.charuco import BoardDef, recipe_board
+from station.geometry.charuco import BoardDef, recipe_board
 from station.recipe import Recipe
 from station.twin import optics
 

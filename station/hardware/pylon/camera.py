@@ -38,7 +38,7 @@ import numpy as np
 from station.errors import CameraError
 from station.interfaces import Frame
 from station.paths import resolve
-from station.recipe_devices import PylonCameraConfig
+from station.recipe.devices import PylonCameraConfig
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 from station.errors import HardwareError, LineIOError
 from station.hardware.ur.link import URLink
 from station.hardware.ur.robot import fresh_state
-from station.recipe_devices import LineIOConfig, URRobotConfig
+from station.recipe.devices import LineIOConfig, URRobotConfig
 
 IO_CALL_TIMEOUT_S = 2.0
 log = logging.getLogger("station.hardware.ur")

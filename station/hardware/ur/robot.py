@@ -14,10 +14,11 @@ import time
 from typing import Any
 
 from station.errors import HardwareError, ProtectiveStop, RobotError
+from station.geometry.ur_poses import rotation_distance
 from station.hardware.ur.link import URLink
 from station.interfaces import RobotState
 from station.recipe import Pose
-from station.recipe_devices import URRobotConfig
+from station.recipe.devices import URRobotConfig
 from station.ur_modes import (
     FAULT,
     NORMAL,
@@ -29,7 +30,6 @@ from station.ur_modes import (
     SAFETY_MODES,
     VIOLATION,
 )
-from station.ur_poses import rotation_distance
 
 log = logging.getLogger("station.hardware.ur")
 

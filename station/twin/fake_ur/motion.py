@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from station.ur_poses import matrix_to_rotvec, rotvec_to_matrix
+from station.geometry.ur_poses import matrix_to_rotvec, rotvec_to_matrix
 
 
 @dataclass

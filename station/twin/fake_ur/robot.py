@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from station.geometry.ur_poses import pose_inv, pose_trans
 from station.twin.fake_ur.motion import LinearMove
 from station.ur_modes import (
     IDLE,
@@ -34,7 +35,6 @@ from station.ur_modes import (
     SAFEGUARD_STOP,
     SAFETY_MODES,
 )
-from station.ur_poses import pose_inv, pose_trans
 
 log = logging.getLogger("station.fake_ur")
 

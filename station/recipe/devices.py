@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from station.recipe_base import BOUND_ERRORS, Pose, TimeoutS, Vec3, _Strict, field_ranges
+from station.recipe.base import BOUND_ERRORS, Pose, TimeoutS, Vec3, _Strict, field_ranges
 
 # Camera limits: the pylon camera emulator takes up to 4096 x 4096; the largest Basler area
 # sensors (boost 65 MP: 9344 x 7000) fit these too. pypylon checks the camera's own limits.

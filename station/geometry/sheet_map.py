@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cv2
 import numpy as np
 
-from station.coverage import region_rect
+from station.geometry.coverage import region_rect
 
 if TYPE_CHECKING:
     from station.recipe import Recipe

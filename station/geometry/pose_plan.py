@@ -8,7 +8,7 @@ coverage.view_margin_mm, exactly with at least the asked overlap between neighbo
 calibrated camera (`TableCamera`, passed by the CLI when the cell calibration exists) the
 height, the footprint and its offset from the TCP come from that model, so the raster stays
 flush with the grown region although the camera is not where tcp_offset_mm says. Pure: numpy,
-the recipe and station.coverage.
+the recipe and station.geometry.coverage.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from station.coverage import (
+from station.errors import RecipeError
+from station.files import atomic_write_all
+from station.geometry.coverage import (
     NOMINAL,
     Camera,
     CoverageReport,
@@ -39,8 +41,6 @@ from station.coverage import (
     rotation,
     sheet_rect,
 )
-from station.errors import RecipeError
-from station.files import atomic_write_all
 from station.recipe import Pose, Recipe, RobotConfig, card_pose, poses_path
 
 HEIGHT_STEP_MM = 5.0  # how far the camera is lowered per try when a pose is out of reach

@@ -126,7 +126,7 @@ def tcp_of(pose: Pose) -> list[float]:
 
 def window_border(cam: Camera, per_edge: int = BORDER_POINTS) -> np.ndarray:
     """(4 * per_edge, 2) pixels along the inspected window's edge, corners first in order
-    (top-left, top-right, bottom-right, bottom-left), as station.sheet_map.footprint."""
+    (top-left, top-right, bottom-right, bottom-left), as station.geometry.sheet_map.footprint."""
     u0, v0, u1, v1 = cam.window
     t = np.linspace(0.0, 1.0, per_edge, endpoint=False)
     return np.concatenate(
@@ -211,7 +211,7 @@ def sheet_rect(recipe: Recipe, grow_mm: float = 0.0) -> tuple[float, float, floa
 
 
 def checks_placement(recipe: Recipe) -> bool:
-    """Whether each part's sheet is found in its shots (station.placement):
+    """Whether each part's sheet is found in its shots (station.geometry.placement):
     `sheet.check_placement`, and a region that is the whole sheet (a partial region does not
     show the sheet's edges)."""
     return recipe.sheet.check_placement and not recipe.coverage.partial

@@ -1,6 +1,6 @@
 """Building blocks of the recipe schema: the strict base model, poses and finite numbers.
 
-Shared by `station.recipe` and `station.recipe_devices`; imports nothing else of the station.
+Shared by the other recipe modules; imports nothing else of the station.
 """
 
 from __future__ import annotations

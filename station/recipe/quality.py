@@ -1,5 +1,5 @@
 """Recipe sections for quality over time: drift charts, the material check, retraining from
-reviews and shadow models (`monitoring:`, `retrain:`). Re-exported by station.recipe."""
+reviews and shadow models (`monitoring:`, `retrain:`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from station.recipe_base import Pose, _Strict
+from station.recipe.base import Pose, _Strict
 
 CARD = "card"  # the reference card's pose name and signal suffix (`mean card`, ...)
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from station.coverage import placement_tolerance_mm, region_rect, sheet_rect
-from station.sheet_map import Grid, ShotView, on_table, project, view_box
+from station.geometry.coverage import placement_tolerance_mm, region_rect, sheet_rect
+from station.geometry.sheet_map import Grid, ShotView, on_table, project, view_box
 
 if TYPE_CHECKING:
     from station.recipe import Recipe
