@@ -135,6 +135,17 @@ def test_recovers_the_true_camera_within_the_acceptance(station_home: Path,
     # (0.008 mm here; the lens-data model is 8.9 mm off, so this test tells the two apart)
     assert table_error_mm(recipe, model) < 0.05
     assert table_error_mm(recipe, nominal_model(recipe)) > 1.0
+    # it no longer holds for another lens, or once the robot reports its TCP through another
+    # offset: refused, not used
+    cam, robot = recipe.camera, recipe.robot
+    lens = cam.lens.model_copy(update={"focal_length_mm": 12.0})
+    other_lens = cam.model_copy(update={"lens": lens})
+    moved = [*robot.tcp_offset_mm[:2], robot.tcp_offset_mm[2] + 25.0]
+    for update, says in [({"camera": other_lens}, "mm lens"),
+                         ({"robot": robot.model_copy(update={"tcp_offset_mm": moved})},
+                          "another robot.tcp_offset_mm")]:
+        with pytest.raises(CellCalibrationError, match=says):
+            camera_model(recipe.model_copy(update=update))
 
 
 @pytest.mark.slow
@@ -407,15 +418,24 @@ def test_bad_twin_truth_is_a_recipe_problem() -> None:
 
 
 @pytest.mark.slow
-def test_a_wrong_square_size_is_warned_about(station_home: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_wrong_square_size_is_refused_and_a_slightly_wrong_one_warned_about(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ruler read 5 % long: the board poses disagree by millimetres, the hand-eye is refused
+    and nothing written (it was written with a warning). 1 % long: written, with a warning."""
     name = write_recipe(station_home, "ruler", {})
-    wrong = 1.05 * recipe_board(load_recipe(name)).square_mm  # the ruler read 5 % long
-    assert run(capsys, "calibrate-camera", "-r", name, "--square-mm", f"{wrong:g}")[0] == 0
-    code, out, _ = run(capsys, "calibrate-hand-eye", "-r", name)
-    assert code == 0 and "warning: the board poses disagree" in " ".join(out.split())
-    data = yaml.safe_load(cell_path(load_recipe(name)).read_text())
-    assert data["hand_eye"]["warnings"]
+    true = recipe_board(load_recipe(name)).square_mm
+    path = cell_path(load_recipe(name))
+    assert run(capsys, "calibrate-camera", "-r", name, "--square-mm", f"{1.05 * true:g}")[0] == 0
+    code, _, err = run(capsys, "calibrate-hand-eye", "-r", name)
+    err = " ".join(err.split())
+    assert code == 2 and "hand-eye refused: the board poses disagree" in err, err
+    assert "nothing written" in err and "Traceback" not in err
+    assert "hand_eye" not in yaml.safe_load(path.read_text())
+    assert run(capsys, "calibrate-camera", "-r", name, "--square-mm", f"{1.01 * true:g}")[0] == 0
+    code, out, err = run(capsys, "calibrate-hand-eye", "-r", name)
+    assert code == 0 and "warning: the board poses disagree" in " ".join(out.split()), err
+    assert yaml.safe_load(path.read_text())["hand_eye"]["warnings"]
 
 
 def test_a_failed_write_keeps_the_old_file_and_adds_no_history_copy(

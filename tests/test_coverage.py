@@ -11,7 +11,7 @@ import pytest
 import yaml
 from test_cellcal import run  # the CLI in-process: (exit code, stdout, stderr)
 
-from station import coverage as cov
+from station.geometry import coverage as cov
 from station.recipe import Pose, Recipe, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]

@@ -141,7 +141,7 @@ def test_live_count(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.slow
 def test_imaging_changed_since_training(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Another exposure is said at the start; another scale (a lens of 16 mm for 12) refused."""
+    """Another exposure is said at the start; another scale (a lens of 10 mm for 12) refused."""
     path = home / "recipes" / "small.yaml"
     kept = path.read_text()
     data = yaml.safe_load(kept)
@@ -152,13 +152,36 @@ def test_imaging_changed_since_training(home: Path, capsys: pytest.CaptureFixtur
         assert code == 0, out
         said = r"^warning: model patchcore-\S+ was trained under other\s+imaging:\s+camera"
         assert re.search(said + r"\.exposure_us", out, re.M), out  # (the console wraps it)
-        data["camera"]["lens"]["focal_length_mm"] = 16.0
+        data["camera"]["lens"]["focal_length_mm"] = 10.0
         path.write_text(yaml.safe_dump(data))
         code, out = run_cli(["inspect", "--live", "-r", "small", "-n", "1", "--no-view"], capsys)
         assert code == 2 and "mm per detector pixel" in out and "Traceback" not in out, out
         assert "put the poses and lens back" in out
     finally:
         path.write_text(kept)
+
+
+def test_a_live_run_on_poses_that_cannot_resolve_the_region_is_refused(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Poses raised by hand see the region whole, but out of focus and coarser than its
+    smallest defect needs: `recipe check` refuses the recipe, and so does a live run (it used
+    to warn and pass)."""
+    path = home / "recipes" / "small.yaml"
+    kept = path.read_text()
+    data = yaml.safe_load(kept)
+    try:
+        for pose in data["robot"]["poses"]:
+            pose["position_mm"][2] = 450.0
+        path.write_text(yaml.safe_dump(data))
+        code, out = run_cli(["inspect", "--live", "-r", "small", "-n", "1", "--no-view"], capsys)
+        assert code == 2 and "Traceback" not in out, out
+        name = data["name"]
+        assert f"error: recipe {name}: " in out and f"plan-poses --recipe {name}" in out, out
+        assert "depth of field" in out or "mm/px" in out, out
+    finally:
+        path.write_text(kept)
+    assert "parts" not in out.split("error:")[0]  # refused before any part
 
 
 @pytest.mark.slow

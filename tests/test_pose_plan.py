@@ -14,9 +14,9 @@ import pytest
 import yaml
 from test_cellcal import run  # the CLI in-process: (exit code, stdout, stderr)
 
-from station import coverage as cov
-from station import pose_plan as pp
 from station.errors import RecipeError
+from station.geometry import coverage as cov
+from station.geometry import pose_plan as pp
 from station.recipe import Pose, Recipe, card_pose, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,6 +4,7 @@ maps seen through an analytic pinhole camera looking straight down at the table.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -315,14 +316,48 @@ def test_a_spot_saturated_in_every_view_is_blind_and_keeps_its_value() -> None:
         mapper.add(view, {"d": maps[view.name]}, saturated_disc(view, at, 30.0))
     sheet = mapper.result()
     (blind,) = sheet.blind_regions()
-    area, centre = blind
+    area, centre, extent = blind
     # 30 px at ~0.1 mm/px: a disc of ~3 mm radius on the table, on 0.5 mm cells
     assert 22.0 <= area <= 34.0 and np.linalg.norm(np.array(centre) - at) < 0.5
+    assert 5.9 * math.sqrt(2) <= extent <= 7.1 * math.sqrt(2)  # its box, in whole cells
     assert sheet.peaks()["d"] == pytest.approx(3.0, rel=0.05)  # a bright object is not hidden
     assert sheet.unseen_cells() == 0
     picture = render(sheet.combined(), sheet.blind_cells())  # blind cells grey in the PNG
     grey = (picture == np.array(BLIND_BGR, np.uint8)).all(axis=2)
     assert grey.sum() == sheet.blind_cells().sum() == round(area / 0.25)
+
+
+def test_a_thin_blind_streak_is_judged_by_its_length_not_its_area() -> None:
+    """A 0.4 x 5 mm streak clipped in every view covers less than a 2 mm defect's disc
+    (3.1 mm²) yet a 2 mm cut could lie in it: the part is not inspected. A spot less than 2 mm
+    across passes."""
+    from station.errors import NotInspected
+    from station.inspection.sheet import check_seen
+    from station.recipe import load_recipe
+
+    recipe = load_recipe(str(Path(__file__).parents[1] / "recipes" / "glassfiber.yaml"))
+    assert recipe.coverage.smallest_defect_mm == 2.0
+    a, b = down_view("a", 390.0, 0.0), down_view("b", 410.0, 0.0)
+    flat = np.full((H, W), 0.2, np.float32)
+
+    def sheet_with(streak_mm: tuple[float, float]):  # noqa: ANN202
+        mapper = SheetMapper(Grid.over((380.0, -20.0, 420.0, 20.0), 0.5), "max")
+        for view in (a, b):
+            ends = np.array([[400.0 - streak_mm[0] / 2, 0.3, 0.0],
+                             [400.0 + streak_mm[0] / 2, 0.3, 0.0]])
+            uv, _ = cv2.projectPoints(ends, *_rt(view), view.matrix, view.dist)
+            mask = np.zeros((H, W), np.uint8)
+            p0, p1 = (tuple(int(round(c)) for c in q) for q in uv.reshape(2, 2))
+            cv2.line(mask, p0, p1, 1, thickness=max(1, round(streak_mm[1] / 0.1)))
+            mapper.add(view, {"d": flat}, mask.astype(bool))
+        return mapper.result()
+
+    streak = sheet_with((5.0, 0.4))
+    (r,) = streak.blind_regions()
+    assert r.area_mm2 < math.pi / 4 * 2.0**2 <= 5.0 <= r.extent_mm
+    with pytest.raises(NotInspected, match="mm across"):
+        check_seen(streak, recipe)
+    assert check_seen(sheet_with((0.8, 0.4)), recipe)[1] > 0  # blind, but too small to hide one
 
 
 def test_a_saturation_mask_of_the_wrong_size_is_refused() -> None:

@@ -49,7 +49,7 @@ class ScoredPart:
     scores: dict[str, float]  # rule -> part score (raw detector units)
     # sheet-map rule -> centres (mm) of the map's regions at the rule's threshold (test parts)
     regions: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-    blind_mm2: float = 0.0  # the sheet map's largest region seen only saturated
+    blind_mm: float = 0.0  # the extent of the sheet map's longest region seen only saturated
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ class PassScorer:
                 mapper.add(view, {self.detector: res.map(i)}, saturated[i])
             sheet = mapper.result()
             scores[rule] = sheet.peaks()[self.detector]
-            blind = max([blind] + [a for a, _ in sheet.blind_regions()])
+            blind = max([blind] + [r.extent_mm for r in sheet.blind_regions()])
             if thresholds is not None:
                 found = sheet.defects({self.detector: thresholds[rule]})
                 regions[rule] = [d.centre_mm for d in found]
@@ -222,7 +222,7 @@ def run_pass(
 ) -> dict[str, Any]:
     """Calibration parts scored, thresholds per rule, then test parts scored (with their
     regions at those thresholds) and every rule evaluated."""
-    from station.inspection.sheet import not_inspected_limit_mm2
+    from station.inspection.sheet import not_inspected_limit_mm
 
     poses = [p.name for p in recipe.robot.poses]
     t0 = time.perf_counter()
@@ -244,7 +244,7 @@ def run_pass(
         say(f"  test part {i + 1}/{len(test_files)} scored")
     t_all = time.perf_counter() - t0
     n_shots = len(poses) * (len(cal) + len(test))
-    limit = not_inspected_limit_mm2(recipe)
+    limit = not_inspected_limit_mm(recipe)
     return {
         "recipe": recipe.name,
         "detector": scorer.detector,
@@ -256,12 +256,12 @@ def run_pass(
         "rules": evaluate(cal, test, thresholds, edges, tol_mm,
                           recipe.coverage.smallest_defect_mm, size_by),
         # parts inspection would fault as not inspected (a blind region at the limit or over)
-        "not_inspected": {"limit_mm2": round(limit, 2), **{
-            f"{name}_{kind}": sum(p.blind_mm2 >= limit for p in parts if p.label == lab)
+        "not_inspected": {"limit_mm": round(limit, 2), **{
+            f"{name}_{kind}": sum(p.blind_mm >= limit for p in parts if p.label == lab)
             for name, parts in (("calibration", cal), ("test", test))
             for kind, lab in (("good", 0), ("defect", 1))}},  # fmt: skip
         "seconds": {"score_calibration": round(t_cal, 1), "score_all": round(t_all, 1),
                     "shots": n_shots, "s_per_shot": round(t_all / max(n_shots, 1), 3)},
-        "scores": {"calibration": [(p.key, p.label, p.scores, p.blind_mm2) for p in cal],
-                   "test": [(p.key, p.label, p.scores, p.blind_mm2) for p in test]},
+        "scores": {"calibration": [(p.key, p.label, p.scores, p.blind_mm) for p in cal],
+                   "test": [(p.key, p.label, p.scores, p.blind_mm) for p in test]},
     }  # fmt: skip

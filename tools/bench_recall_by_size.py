@@ -496,7 +496,7 @@ def markdown(result: dict[str, Any]) -> str:
         ni = v.get("not_inspected")
         if ni:
             lines += [f"Parts a live run would fault as not inspected (a region seen only "
-                      f"saturated of {ni['limit_mm2']:g} mm² or more; scored here all the "
+                      f"saturated reaching {ni['limit_mm']:g} mm across; scored here all the "
                       f"same): calibration {ni['calibration_good']} good, "
                       f"{ni['calibration_defect']} defective; test {ni['test_good']} good, "
                       f"{ni['test_defect']} defective.", ""]  # fmt: skip

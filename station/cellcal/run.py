@@ -37,6 +37,14 @@ from station.recipe import Pose, Recipe
 DIST_NAMES = ("k1", "k2", "p1", "p2", "k3")
 SPREAD_WARN_MM = 0.25  # board poses that disagree more: a wrong square size or robot TCP
 JOINT_WARN_PX = 1.0
+# Past these a calibration is refused and nothing is written: a model this far off would put
+# the sheet map, the placement check and every mm/px figure off by as much.
+SPREAD_REFUSE_MM = 1.0  # a ruler 1 % off gives about 0.5 mm on the shipped cell; 4 % gives 2.3
+SPREAD_REFUSE_DEG = 0.5
+RMS_REFUSE_PX = 1.5  # reprojection, intrinsics alone or refined with the mounting
+FOCAL_REFUSE_PCT = 10.0  # solved focal length against the recipe's lens: another lens
+MOUNT_REFUSE_MM = 25.0  # solved camera-to-flange against robot.tcp_offset_mm: a wrong board
+MOUNT_REFUSE_DEG = 5.0  # definition or TCP, not a bracket's tolerance
 
 
 @dataclass
@@ -108,6 +116,7 @@ def calibrate_camera(recipe: Recipe, board: BoardDef, poses: list[Pose],
     k = res.matrix
     nominal_f = recipe.camera.lens.focal_length_mm * 1000.0 / recipe.camera.lens.pixel_size_um
     focal_pct = float(100 * ((k[0, 0] + k[1, 1]) / 2 / nominal_f - 1))
+    _refuse_intrinsics(recipe, res.rms_px, focal_pct, cap.folder)
     data: dict[str, Any] = {
         "cell": recipe.name,
         "recipe": recipe.name,
@@ -117,6 +126,8 @@ def calibrate_camera(recipe: Recipe, board: BoardDef, poses: list[Pose],
         "camera": {
             "date": store.now(),
             "image_size": [recipe.camera.width, recipe.camera.height],
+            "lens": {"focal_length_mm": recipe.camera.lens.focal_length_mm,
+                     "pixel_size_um": recipe.camera.lens.pixel_size_um},
             "matrix": [[float(v) for v in row] for row in k],
             "distortion": {n: float(v) for n, v in zip(DIST_NAMES, res.dist, strict=True)},
             "focal_vs_nominal_pct": round(focal_pct, 4),
@@ -196,6 +207,7 @@ def calibrate_hand_eye(recipe: Recipe) -> HandEyeRun:
             "distortion": {n: float(v) for n, v in zip(DIST_NAMES, ref.dist, strict=True)},
             "rms_px": round(ref.rms_px, 5),
         }
+    _refuse_hand_eye(res, ref if refined else None, change)
     warnings = []
     if res.residual_mm > SPREAD_WARN_MM or (refined and ref.rms_px > JOINT_WARN_PX):
         warnings.append(
@@ -206,6 +218,44 @@ def calibrate_hand_eye(recipe: Recipe) -> HandEyeRun:
     data["hand_eye"]["warnings"] = warnings
     history = store.write(path, data)
     return HandEyeRun(res, path, history, data)
+
+
+def _refuse_intrinsics(recipe: Recipe, rms_px: float, focal_pct: float, views: Path) -> None:
+    where = f"(views kept in {store.display(views)})"
+    if rms_px > RMS_REFUSE_PX:
+        raise CellCalibrationError(
+            f"the board's corners reproject {rms_px:.2f} px off (limit {RMS_REFUSE_PX:g}) "
+            f"{where}; nothing written",
+            hint="check the board definition (--squares, --square-mm, --marker-mm), that it lies "
+            "flat, and the focus; then calibrate again")
+    if abs(focal_pct) > FOCAL_REFUSE_PCT:
+        lens = recipe.camera.lens
+        raise CellCalibrationError(
+            f"the solved focal length is {focal_pct:+.1f} % from camera.lens "
+            f"({lens.focal_length_mm:g} mm, {lens.pixel_size_um:g} um pixels; limit "
+            f"{FOCAL_REFUSE_PCT:g} %) {where}; nothing written",
+            hint="put the recipe's lens and pixel size right (or mount the lens it names)")
+
+
+def _refuse_hand_eye(res: HandEyeResult, refined: Any, change: np.ndarray) -> None:
+    """Refuse a hand-eye solve whose board poses disagree or whose mounting is far from the
+    recipe's: one line naming the likely cause; nothing is written."""
+    mount_mm, mount_deg = float(np.linalg.norm(change[:3, 3])), geo.angle_deg(change)
+    why = None
+    if res.residual_mm > SPREAD_REFUSE_MM or res.residual_deg > SPREAD_REFUSE_DEG:
+        why = (f"the board poses disagree by {res.residual_mm:.2f} mm and "
+               f"{res.residual_deg:.2f} deg (limits {SPREAD_REFUSE_MM:g} mm, "
+               f"{SPREAD_REFUSE_DEG:g} deg)")
+    elif refined is not None and refined.rms_px > RMS_REFUSE_PX:
+        why = f"the joint reprojection RMS is {refined.rms_px:.2f} px (limit {RMS_REFUSE_PX:g})"
+    elif mount_mm > MOUNT_REFUSE_MM or mount_deg > MOUNT_REFUSE_DEG:
+        why = (f"the camera sits {mount_mm:.0f} mm and {mount_deg:.1f} deg from "
+               f"robot.tcp_offset_mm (limits {MOUNT_REFUSE_MM:g} mm, {MOUNT_REFUSE_DEG:g} deg)")
+    if why:
+        raise CellCalibrationError(
+            f"hand-eye refused: {why}; nothing written",
+            hint="measure the printed squares with a ruler (--square-mm, then calibrate-camera "
+            "again), check the robot's TCP and payload settings and robot.tcp_offset_mm")
 
 
 _PLAYED = re.compile(r"^(view\d{2,}|p\d{6}_\d{2}_.+)\.png$")

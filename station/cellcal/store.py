@@ -156,6 +156,7 @@ def camera_model(recipe: Recipe) -> CameraModel:
         raise CellCalibrationError(
             f"{display(path)} was made with camera {data.get('camera_serial')}, the recipe uses "
             f"camera {serial}", hint="run station calibrate-camera with this camera")
+    _refuse_stale(recipe, data, path)
     k = np.array(c["matrix"], np.float64)
     dist = np.array([c["distortion"][n] for n in ("k1", "k2", "p1", "p2", "k3")], np.float64)
     he = data.get("hand_eye")
@@ -172,6 +173,34 @@ def camera_model(recipe: Recipe) -> CameraModel:
                        geo.from_dict(he["board_to_base"]), nominal.width, nominal.height,
                        f"calibrated ({display(path)}: camera {c['date']}, hand-eye "
                        f"{he['date']})", True)
+
+
+STALE_MOUNT_MM = 0.5  # robot.tcp_offset_mm moved since the hand-eye by more: stale
+STALE_MOUNT_DEG = 0.1
+
+
+def _refuse_stale(recipe: Recipe, data: dict[str, Any], path: Path) -> None:
+    """Refuse a calibration made for another lens (files since 2026-12-07 record it) or another
+    robot.tcp_offset_mm: the robot reports its TCP through that offset, so the solved mounting
+    no longer holds."""
+    lens, made = recipe.camera.lens, data["camera"].get("lens")
+    now = {"focal_length_mm": lens.focal_length_mm, "pixel_size_um": lens.pixel_size_um}
+    if made is not None and any(abs(made[k] - v) > 1e-9 for k, v in now.items()):
+        raise CellCalibrationError(
+            f"{display(path)} was made with a {made['focal_length_mm']:g} mm lens and "
+            f"{made['pixel_size_um']:g} um pixels, the recipe's camera.lens has "
+            f"{lens.focal_length_mm:g} mm and {lens.pixel_size_um:g} um",
+            hint="run station calibrate-camera and calibrate-hand-eye again for this lens")
+    he = data.get("hand_eye")
+    if he is None:
+        return
+    change = geo.inv(geo.from_dict(he["nominal_mount"])) @ nominal_mount(recipe)
+    mm, deg = float(np.linalg.norm(change[:3, 3])), geo.angle_deg(change)
+    if mm > STALE_MOUNT_MM or deg > STALE_MOUNT_DEG:
+        raise CellCalibrationError(
+            f"{display(path)} was solved with another robot.tcp_offset_mm ({mm:.1f} mm, "
+            f"{deg:.2f} deg from the recipe's now)",
+            hint="put tcp_offset_mm back, or run station calibrate-hand-eye again")
 
 
 def inspection_camera(recipe: Recipe) -> CameraModel:

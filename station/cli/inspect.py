@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
             from station.devices.pylon_emulator import check_sequence
 
             check_sequence(rcp, "inspect")  # an emulated camera plays the frames it was given
-            _warn_coverage(rcp)
+            _refuse_coverage_problems(rcp)
         groups = None if live else group_offline(paths, rcp)
         db = open_database(rcp.storage.resolved_database_url())
         recorder = Recorder(db, rcp)
@@ -134,21 +134,21 @@ def _twin_line(rcp: Any, db: Any) -> Any:
     return TwinWorld(rcp, sheets_before=db.last_sequence(rcp.name)) if uses_twin(rcp) else None
 
 
-def _warn_coverage(rcp: Any) -> None:
-    """Say loudly when the recipe leaves part of its region unseen or too coarse (station recipe
-    check refuses such a recipe): a part with an unseen region is faulted as not inspected, a
-    coarse view is inspected at the resolution it has."""
-    from station.cli.app import console
+def _refuse_coverage_problems(rcp: Any) -> None:
+    """Refuse a live run whose recipe leaves part of its region unseen, too coarse, out of
+    focus or out of reach (`station recipe check` names each): no sheet may pass on shots that
+    cannot resolve its smallest defect."""
     from station.cli.plan import coverage_camera
     from station.geometry.coverage import check
 
     model, _ = coverage_camera(rcp, strict=False)
-    for problem in check(rcp, model).problems:
-        console.print(
-            f"[bold yellow]warning:[/] {escape(problem)} (station recipe check refuses this "
-            "recipe; a part with an unseen region is faulted as not inspected)",
-            highlight=False,
-            soft_wrap=True,
+    problems = check(rcp, model).problems
+    if problems:
+        more = f" (and {len(problems) - 1} more: station recipe check {rcp.name})"
+        raise StationError(
+            f"recipe {rcp.name}: {problems[0]}" + (more if len(problems) > 1 else ""),
+            hint=f"station plan-poses --recipe {rcp.name} plans poses that see the region whole "
+            "at the resolution it needs",
         )
 
 

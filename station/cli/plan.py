@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
         A serpentine raster at the resolution the region needs, written to robot.poses_file,
         with a picture of the coverage."""
         from station.cli.app import console
+        from station.errors import StationError
         from station.geometry.pose_plan import plan, poses_file, write_plan
         from station.paths import resolve
         from station.recipe import load_recipe
@@ -61,6 +62,13 @@ def register(app: typer.Typer) -> None:
         chosen = rec.coverage.overlap if overlap is None else overlap
         model, described = coverage_camera(rec)
         p = plan(rec, chosen, model)
+        if p.report.problems:  # never a plan its own check refuses
+            more = len(p.report.problems) - 1
+            raise StationError(
+                f"no poses written: the plan for {rec.name} would fail its own check: "
+                f"{p.report.problems[0]}" + (f" (and {more} more)" if more else ""),
+                hint="fix the recipe field it names, then run station plan-poses again",
+            )
         picture = resolve(out) if out else rec.data_dir / "plan-poses.png"
         write_plan(rec, p, chosen, picture)  # both or neither
         rep = p.report
@@ -85,5 +93,3 @@ def register(app: typer.Typer) -> None:
         )
         if p.card_s:
             say(f"reference card (monitoring.drift.reference): +{p.card_s:.1f} s per part")
-        for problem in rep.problems:  # the plan itself should leave none
-            console.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)

@@ -44,6 +44,7 @@ from station.geometry.coverage import (
 from station.recipe import Pose, Recipe, RobotConfig, card_pose, poses_path
 
 HEIGHT_STEP_MM = 5.0  # how far the camera is lowered per try when a pose is out of reach
+RESOLUTION_TRIES = 3  # rasters tried, each lower, until every pose resolves the smallest defect
 MAX_POSES = 400  # robot.poses' limit
 MAX_TILT_DEG = 1.0  # the home pose must look down within this
 
@@ -333,6 +334,16 @@ def _reachable_raster(
     raise _reach_refusal(recipe, start, floor, far)
 
 
+def _resolving_height(recipe: Recipe, height: float, report: CoverageReport) -> float | None:
+    """A lower height when some pose of the raster at `height` is coarser than the smallest
+    defect needs (the height was found at the region's centre; a tilted table or the mount's
+    tilt make other poses coarser), else None. A height the recipe fixes is never moved."""
+    worst, need = report.detector_mm_px, report.needed_mm_px
+    if recipe.coverage.camera_height_mm is not None or worst <= need * (1 + 1e-9):
+        return None
+    return float(math.floor(height * need / worst - 1e-9))
+
+
 def plan(recipe: Recipe, overlap: float | None = None, model: TableCamera | None = None) -> Plan:
     """The poses that cover the recipe's region, seen through the calibrated camera `model`
     when given (else the nominal pinhole); RecipeError (one line) when none can."""
@@ -347,7 +358,16 @@ def plan(recipe: Recipe, overlap: float | None = None, model: TableCamera | None
         )
     _looks_down(recipe)
     start, source = _start_height(recipe, model)
-    height, poses, info = _reachable_raster(recipe, start, overlap, model)
+    for _ in range(RESOLUTION_TRIES):
+        height, poses, info = _reachable_raster(recipe, start, overlap, model)
+        planned = recipe.model_copy(
+            update={"robot": recipe.robot.model_copy(update={"poses": poses, "poses_file": None})}
+        )
+        report = check(planned, model)
+        lower = _resolving_height(recipe, height, report)
+        if lower is None:
+            break
+        start, source = lower, source + f", lowered to {lower:g} mm to resolve at every pose"
     if height < start:
         source += f", lowered from {start:g} mm to reach every pose"
     lens = recipe.camera.lens
@@ -361,9 +381,6 @@ def plan(recipe: Recipe, overlap: float | None = None, model: TableCamera | None
                 f"focus_distance_mm: {height:g} (or coverage.camera_height_mm within that range)"
             ],
         )
-    planned = recipe.model_copy(
-        update={"robot": recipe.robot.model_copy(update={"poses": poses, "poses_file": None})}
-    )
     return Plan(
         height_mm=height,
         height_from=source,
@@ -372,7 +389,7 @@ def plan(recipe: Recipe, overlap: float | None = None, model: TableCamera | None
         footprint_mm=info["footprint"],
         overlap=info["overlap"],
         motion=motion(recipe.robot, poses),
-        report=check(planned, model),
+        report=report,
         card_s=card_extra_s(planned),
     )
 

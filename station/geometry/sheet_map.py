@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import cv2
 import numpy as np
@@ -29,6 +29,16 @@ from station.geometry.coverage import region_rect
 
 if TYPE_CHECKING:
     from station.recipe import Recipe
+
+
+class Region(NamedTuple):
+    """An 8-connected region of grid cells: its area, centre (base mm) and extent: the
+    diagonal of its bounding box counted in whole cells, never less than the longest line a
+    defect lying wholly inside it can have."""
+
+    area_mm2: float
+    centre_mm: tuple[float, float]
+    extent_mm: float
 
 
 @dataclass(frozen=True)
@@ -466,21 +476,20 @@ class SheetMap:
         """Bool grid: cells in the region that some shot sees, every one of them clipped."""
         return self._within() & self._coverage("mask") & ~self._coverage("clear")
 
-    def blind_regions(self) -> list[tuple[float, tuple[float, float]]]:
-        """(area mm², centre in base mm) of each 8-connected region of cells in the region
-        that some shot sees but every such shot sees saturated (not inspected), largest
-        first."""
+    def blind_regions(self) -> list[Region]:
+        """Each 8-connected region of cells in the region that some shot sees but every such
+        shot sees saturated (not inspected), longest first."""
         return self._regions(self.blind_cells())
 
-    def unseen_regions(self) -> list[tuple[float, tuple[float, float]]]:
-        """(area mm², centre in base mm) of each 8-connected region of cells in the region
-        that no shot sees (a coverage gap), largest first."""
+    def unseen_regions(self) -> list[Region]:
+        """Each 8-connected region of cells in the region that no shot sees (a coverage gap),
+        longest first."""
         return self._regions(self._unseen())
 
     def _unseen(self) -> np.ndarray:
         return self._within() & ~self._coverage("mask")
 
-    def _regions(self, cells: np.ndarray) -> list[tuple[float, tuple[float, float]]]:
+    def _regions(self, cells: np.ndarray) -> list[Region]:
         if not cells.any():
             return []
         count, labels = cv2.connectedComponents(cells.astype(np.uint8), connectivity=8)
@@ -490,8 +499,10 @@ class SheetMap:
         for k in range(1, count):
             rr, cc = np.nonzero(labels == k)
             xy = centres[rr, cc].mean(axis=0)
-            out.append((float(len(rr) * s * s), (float(xy[0]), float(xy[1]))))
-        return sorted(out, key=lambda r: -r[0])
+            rows, cols = int(rr.max() - rr.min() + 1), int(cc.max() - cc.min() + 1)
+            out.append(Region(float(len(rr) * s * s), (float(xy[0]), float(xy[1])),
+                              math.hypot(rows * s, cols * s)))
+        return sorted(out, key=lambda r: (-r.extent_mm, -r.area_mm2))
 
     def defects(self, thresholds: Mapping[str, float] | None = None) -> list[SheetDefect]:
         """Regions of the combined map at or over 1.0 (8-connected), largest peak first.

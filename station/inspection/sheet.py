@@ -14,7 +14,6 @@ poses).
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -135,30 +134,31 @@ def part_peaks(sheet: SheetMap, detectors: Sequence[str]) -> dict[str, float]:
     return {n: peaks[n] for n in detectors}
 
 
-def not_inspected_limit_mm2(recipe: Recipe) -> float:
-    """The largest region of the sheet a verdict tolerates not inspecting (seen by no shot, or
-    only saturated): the area of the smallest defect (a disc of `coverage.smallest_defect_mm`);
-    a smaller one cannot hide it."""
-    d = recipe.coverage.smallest_defect_mm
-    return math.pi / 4.0 * d * d
+def not_inspected_limit_mm(recipe: Recipe) -> float:
+    """How far across a region of the sheet left uninspected (seen by no shot, or only
+    saturated) may reach before a verdict cannot stand: `coverage.smallest_defect_mm`. A
+    region whose extent stays below it cannot hold a whole defect that matters, however thin."""
+    return recipe.coverage.smallest_defect_mm
 
 
 def check_seen(sheet: SheetMap, recipe: Recipe) -> tuple[float, float]:
     """(mm² of the region no shot sees, mm² seen only saturated); NotInspected when one region
-    of either (a coverage gap; glare) reaches `not_inspected_limit_mm2`."""
-    limit = not_inspected_limit_mm2(recipe)
+    of either (a coverage gap; glare) reaches `not_inspected_limit_mm` across."""
+    limit = not_inspected_limit_mm(recipe)
     gap = f"a coverage gap: station plan-poses --recipe {recipe.name}"
     totals = []
     for regions, what, why, glare in (
         (sheet.unseen_regions(), "seen by no shot", gap, False),
         (sheet.blind_regions(), "seen only saturated", "glare or a bright object", True),
     ):
-        total = sum(a for a, _ in regions)
-        if regions and regions[0][0] >= limit:
-            area, (x, y) = regions[0]
+        total = sum(r.area_mm2 for r in regions)
+        if regions and regions[0].extent_mm >= limit:
+            r = regions[0]
+            x, y = r.centre_mm
             raise NotInspected(
-                f"not inspected: {area:.1f} mm² at ({x:.0f}, {y:.0f}) mm {what} "
-                f"({why}; {total:.1f} mm² in all, limit {limit:.1f} mm²)",
+                f"not inspected: a region {r.extent_mm:.1f} mm across ({r.area_mm2:.1f} mm²) at "
+                f"({x:.0f}, {y:.0f}) mm {what} ({why}; {total:.1f} mm² in all; a "
+                f"{limit:g} mm defect could lie in it)",
                 glare=glare,
             )
         totals.append(total)
