@@ -5,6 +5,8 @@ MVTec layout (what `station capture` writes, and public benchmarks use):
     root/test/good/*.png
     root/test/<defect_type>/*.png
     root/ground_truth/<defect_type>/<stem>_mask.png
+Folder and file names match whatever their case; `good` may also be `ok` (BTAD), and a mask
+may be `<stem>_mask` or `<stem>` with any image suffix.
 `MVTecFolder(root)` lists the training images (`train_good()`) and labelled test items
 (`test_items()`); `category_dirs(root)` finds one or many such folders (a benchmark with
 categories side by side). `training_images(folder)` accepts an MVTec folder or a plain folder.
@@ -19,6 +21,16 @@ from pathlib import Path
 from station.errors import StationError
 from station.files import file_sha256
 from station.imaging import IMAGE_SUFFIXES
+
+GOOD_NAMES = ("good", "ok")
+
+
+def child_folder(folder: Path, names: Sequence[str]) -> Path | None:
+    """The sub-folder of `folder` named one of `names` (case-insensitive, in that order)."""
+    if not folder.is_dir():
+        return None
+    subs = {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir()}
+    return next((subs[n.lower()] for n in names if n.lower() in subs), None)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -50,6 +62,7 @@ class MVTecFolder:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         _check_dataset_folder(self.root, missing_hint=None)
+        self._masks: dict[str, dict[str, Path]] = {}
 
     @property
     def name(self) -> str:
@@ -60,13 +73,19 @@ class MVTecFolder:
         return (root / "train").is_dir() or (root / "test").is_dir()
 
     def train_good(self) -> list[Path]:
-        return image_files(self.root / "train" / "good")
+        good = child_folder(self.root / "train", GOOD_NAMES)
+        return image_files(good) if good is not None else []
 
     def _mask_for(self, defect_type: str, image: Path) -> Path | None:
-        gt = self.root / "ground_truth" / defect_type
-        for name in (f"{image.stem}_mask.png", f"{image.stem}.png"):
-            if (gt / name).is_file():
-                return gt / name
+        if defect_type not in self._masks:
+            gt = child_folder(self.root / "ground_truth", [defect_type])
+            files = image_files(gt) if gt is not None else []
+            self._masks[defect_type] = {p.name.lower(): p for p in files}
+        found = self._masks[defect_type]
+        for stem in (f"{image.stem}_mask", image.stem):
+            for suffix in IMAGE_SUFFIXES:
+                if (stem + suffix).lower() in found:
+                    return found[(stem + suffix).lower()]
         return None
 
     def test_items(self) -> list[DatasetItem]:
@@ -75,7 +94,7 @@ class MVTecFolder:
             return []
         items: list[DatasetItem] = []
         for sub in sorted(p for p in test.iterdir() if p.is_dir()):
-            label = 0 if sub.name == "good" else 1
+            label = 0 if sub.name.lower() in GOOD_NAMES else 1
             for img in image_files(sub):
                 mask = None if label == 0 else self._mask_for(sub.name, img)
                 items.append(DatasetItem(img, label, mask, sub.name))

@@ -44,13 +44,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
-    """8-bit pixels: 16-bit keeps its high byte, floats in [0, 1] are scaled and rounded."""
+    """8-bit pixels: 16-bit keeps its high byte; floats in [0, 1] are scaled and rounded,
+    floats past 1 are taken as 0-255 values (a float TIFF of 8-bit data), past 255 as 16-bit."""
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.uint16:
         return (img >> 8).astype(np.uint8)
     if np.issubdtype(img.dtype, np.floating):
-        return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        top = float(np.nanmax(img)) if img.size else 0.0
+        scale = 255.0 if top <= 1.0 else (1.0 if top <= 255.0 else 1.0 / 257.0)
+        return np.clip(np.nan_to_num(img) * scale + 0.5, 0, 255).astype(np.uint8)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -97,6 +100,38 @@ def read_image(path: str | Path, pixel_format: str | None = None) -> np.ndarray:
         else:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(img)
+
+
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+MASK_ASPECT_TOLERANCE = 0.02
+
+
+def read_mask(path: str | Path, image_hw: tuple[int, int]) -> np.ndarray:
+    """A ground-truth mask as 0/1 uint8 at its image's size `image_hw` (H, W). Any pixel above
+    zero in its own values is defect (16-bit masks of 0/1 too; a JPEG's compression noise needs
+    half scale); a mask drawn at another size of the same shape is resized (nearest), one of
+    another shape refused."""
+    path = Path(path)
+    try:
+        raw = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except OSError as exc:
+        raise StationError(f"mask {path} cannot be read: {exc.strerror or exc}") from None
+    if raw is None:
+        raise StationError(f"mask {path} is empty or not a readable image file",
+                           hint="redraw it, or remove it and its image from the test set")
+    if raw.ndim == 3:
+        raw = raw[:, :, : min(raw.shape[2], 3)].max(axis=2)
+    raw = np.nan_to_num(raw.astype(np.float64))
+    cut = 127.0 if path.suffix.lower() in LOSSY_SUFFIXES else 0.0
+    mask = (raw > cut).astype(np.uint8)
+    (h, w), (mh, mw) = image_hw, mask.shape
+    if (mh, mw) == (h, w):
+        return mask
+    if abs(mw / mh - w / h) > MASK_ASPECT_TOLERANCE * (w / h):
+        raise StationError(
+            f"mask {path} is {mw} x {mh} px, its image {w} x {h}: another shape",
+            hint="redraw the mask on its image, or remove the pair from the test set")
+    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
 SATURATION_GROW_PX = 2  # a clipped blob's rim is clipped in part too

@@ -384,6 +384,33 @@ def test_a_distorted_footprint_follows_the_bent_edges(station_home: Path) -> Non
     assert ras.percent < corners_only.percent
 
 
+def test_mm_per_px_is_the_coarsest_over_the_window() -> None:
+    """A view tilted 15 degrees sees its far edge coarser than its centre: the check takes
+    the far edge (it measured the centre: 0.2415 against 0.2656 mm/px there)."""
+    r = _recipe()
+    cam = cov.Camera.from_recipe(r)
+    down = _pose(400, 0, 579)
+    assert cov.mm_per_px_of(cam, down) == pytest.approx(cov.camera_mm_per_px(cam, down))
+    tilted = _pose(400, 0, 560, _compose(DOWN, (0.26, 0.0, 0.0)))
+    centre = cov.camera_mm_per_px(cam, tilted)
+    assert cov.mm_per_px_of(cam, tilted) > 1.08 * centre
+
+
+def test_a_plan_through_a_distorted_lens_resolves_at_the_window_edges(station_home: Path) -> None:
+    """Barrel distortion makes the window's corners coarser than its centre; the planner lowers
+    the camera until every pose resolves there, so its own check finds nothing."""
+    from station.cellcal.store import camera_model
+    from station.geometry.pose_plan import plan
+
+    recipe = load_recipe("glassfiber")
+    flat = plan(recipe, model=camera_model(recipe))
+    write_cell(recipe, (0.0, 0.0, 0.0), dist=(-0.25, 0.0, 0.0, 0.0, 0.0))
+    model = camera_model(recipe)
+    bent = plan(recipe, model=model)
+    assert bent.report.problems == [] and bent.height_mm < flat.height_mm
+    assert bent.report.detector_mm_px <= bent.report.needed_mm_px * (1 + 1e-9)
+
+
 def test_crossing_rule_agrees_with_the_convex_rule() -> None:
     quad = np.array([[0.0, 0.0], [10.0, 1.0], [9.0, 8.0], [-1.0, 6.0]])
     rng = np.random.default_rng(0)

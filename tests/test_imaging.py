@@ -11,7 +11,15 @@ import pytest
 
 from station.datasets import MVTecFolder, category_dirs, image_files, training_images
 from station.errors import StationError
-from station.imaging import preprocess, preprocess_mask, read_image, saturated_mask, write_png
+from station.imaging import (
+    preprocess,
+    preprocess_mask,
+    read_image,
+    read_mask,
+    saturated_mask,
+    to_uint8,
+    write_png,
+)
 from station.recipe import PreprocessConfig
 
 
@@ -134,6 +142,29 @@ def test_mvtec_folder(tmp_path: Path) -> None:
         training_images(tmp_path / "none")
     with pytest.raises(StationError, match="neither an MVTec-layout"):
         category_dirs(tmp_path / "none")
+
+
+def test_masks_are_read_on_their_own_values_and_sized_to_their_image(tmp_path: Path) -> None:
+    """A 16-bit mask of 0/1 (its high byte is all zero) is a mask; a JPEG's compression noise
+    is not a defect; a mask drawn at twice the size is resized, one of another shape refused."""
+    m = np.zeros((40, 60), np.uint16)
+    m[10:20, 5:25] = 1
+    cv2.imwrite(str(tmp_path / "m16.png"), m)
+    assert read_mask(tmp_path / "m16.png", (40, 60)).sum() == 200
+    assert preprocess_mask(read_mask(tmp_path / "m16.png", (40, 60)),
+                           PreprocessConfig(size=(30, 20), crop=None)).sum() == 50
+    noisy = (m * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "m.jpg"), noisy, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    jpg = read_mask(tmp_path / "m.jpg", (40, 60))
+    assert abs(int(jpg.sum()) - 200) < 20 and not jpg[30:, 40:].any()
+    cv2.imwrite(str(tmp_path / "big.png"), cv2.resize(noisy, (120, 80),
+                                                      interpolation=cv2.INTER_NEAREST))
+    assert np.array_equal(read_mask(tmp_path / "big.png", (40, 60)), (m > 0).astype(np.uint8))
+    with pytest.raises(StationError, match="another shape"):
+        read_mask(tmp_path / "big.png", (40, 40))
+    # a float image of 0-255 values (a float TIFF of 8-bit data) is not all white
+    assert to_uint8(np.array([[0.0, 100.0, 255.0]], np.float32)).tolist() == [[0, 100, 255]]
+    assert to_uint8(np.array([[0.0, 0.5, 1.0]], np.float32)).tolist() == [[0, 128, 255]]
 
 
 def test_detector_batches_convert_each_image_as_files_are_read() -> None:

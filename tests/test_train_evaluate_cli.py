@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -112,10 +113,11 @@ def test_train_then_evaluate(station_home: Path, capsys: pytest.CaptureFixture[s
     assert m["model"]["version"] == meta["version"]
     assert list((out / "cat_a" / "patchcore").glob("*.png"))
     rows = (out / "cat_a" / "patchcore" / "scores.csv").read_text().splitlines()
-    assert rows[0] == "image,label,score" and len(rows) == 1 + m["n_test"]
+    assert rows[0] == "image,kind,label,score" and len(rows) == 1 + m["n_test"]
     by_label: dict[str, list[float]] = {"good": [], "defect": []}
     for row in rows[1:]:
-        _, label, score = row.split(",")
+        _, kind, label, score = row.split(",")
+        assert kind == ("good" if label == "good" else "defect")
         by_label[label].append(float(score))
     assert len(by_label["defect"]) == m["n_defect"]
     assert min(by_label["defect"]) > max(by_label["good"])  # image AUROC 1.0, as reported
@@ -146,10 +148,46 @@ def test_train_then_evaluate(station_home: Path, capsys: pytest.CaptureFixture[s
     printed = " ".join(capsys.readouterr().out.split())
     checks = json.loads((out / "results.json").read_text())["data_checks"]["cat_a"]
     assert checks == {"n": {"good": 4, "defect": 2}, "copies_of_training": {"good": 1, "defect": 0},
-                      "flat": {"good": 1, "defect": 0}}  # fmt: skip
+                      "flat": {"good": 1, "defect": 0}, "without_mask": {"defect": 0}}  # fmt: skip
     said = ("cat_a: of 4 good / 2 defective test images, 1 / 0 are byte copies of training "
-            "images and 1 / 0 are one flat value; the figures count them")  # fmt: skip
+            "images and 1 / 0 are one flat value (an image not decoded as its maker meant looks "
+            "so too); the figures count them")  # fmt: skip
     assert f"warning: {said}" in printed and said in (out / "results.md").read_text()
+
+
+def test_evaluate_reads_a_new_materials_layout(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another maker's MVTec layout: the good folder `ok` (BTAD), a ground-truth folder and
+    mask suffix in other case, 16-bit masks of 0/1, a mask drawn at twice its image's size,
+    the same file name under two defect kinds, a defect without a mask. Every image is
+    scored once under its own kind; pixel metrics count the defects that have masks, and the
+    missing mask is said."""
+    recipe = make_recipe(station_home, "tiny")
+    cat = make_category(station_home / "ds" / "cat_b", n_train=3)
+    (cat / "test" / "good").rename(cat / "test" / "ok")
+    gt = cat / "ground_truth"
+    (gt / "defect").rename(gt / "Defect")
+    for i in range(2):
+        mask = cv2.imread(str(gt / "Defect" / f"d{i}_mask.png"), cv2.IMREAD_UNCHANGED)
+        (gt / "Defect" / f"d{i}_mask.png").unlink()
+        big = cv2.resize((mask > 0).astype(np.uint16), None, fx=2, fy=2,
+                         interpolation=cv2.INTER_NEAREST)  # 0/1 in 16 bits, twice the size
+        cv2.imwrite(str(gt / "Defect" / f"d{i}_mask.PNG"), big)
+    other = weave(300)
+    other[8:14, 8:40] = 240
+    write_png(cat / "test" / "scratch" / "d0.png", other)  # MVTec names repeat across kinds
+    out = station_home / "eval_b"
+    assert run(["evaluate", "-r", recipe, "--dataset", str(cat), "--out", str(out), "--train"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    res = json.loads((out / "results.json").read_text())
+    m = res["categories"]["cat_b"]["patchcore"]
+    assert (m["n_test"], m["n_defect"]) == (5, 3) and m["pixel_auroc"] > 0.9
+    rows = (out / "cat_b" / "patchcore" / "scores.csv").read_text().splitlines()[1:]
+    assert sorted(r.rsplit(",", 1)[0] for r in rows) == [
+        "d0,defect,defect", "d0,scratch,defect", "d1,defect,defect", "t0,ok,good", "t1,ok,good"]
+    assert res["data_checks"]["cat_b"]["without_mask"] == {"defect": 1}
+    assert "cat_b: 1 of 3 defective test images have no mask" in printed
 
 
 def test_evaluate_with_training_per_category(station_home: Path) -> None:

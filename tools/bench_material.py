@@ -58,6 +58,7 @@ class Material:
         self.test = [it.path for it in items if it.label == 0]
         self.defects = [it.path for it in items if it.label == 1]
         self.kinds = [it.defect_type for it in items if it.label == 1]
+        self.good_kinds = [it.defect_type for it in items if it.label == 0]  # good, or ok
         # the "part" of a training tile: its AITEX strip (held-out folds keep a strip together)
         fab = name.startswith("fabric")
         self.groups = [p.stem.rsplit("_t", 1)[0] if fab else p.stem for p in self.train]
@@ -337,12 +338,15 @@ def verdict_table(mats: list[Material], feats: dict, models: dict, csvs: dict) -
         model = models[m.name]
         paths = [*m.test, *m.defects]
         dist = model.distance(np.concatenate([feats[m.name][1], feats[m.name][2]]))
-        faulted_by = {p.stem: d > model.threshold for p, d in zip(paths, dist, strict=True)}
         with open(csvs[m.name], newline="") as fh:
             rows = list(csv.DictReader(fh))
+        kinds = [*m.good_kinds, *m.kinds]  # scores.csv names the kind since 2026-12-07
+        by_kind = bool(rows) and "kind" in rows[0]
+        faulted_by = {(k if by_kind else "", p.stem): d > model.threshold
+                      for p, k, d in zip(paths, kinds, dist, strict=True)}
         labels = np.array([r["label"] != "good" for r in rows], int)
         scores = np.array([float(r["score"]) for r in rows])
-        faulted = np.array([faulted_by[r["image"]] for r in rows])
+        faulted = np.array([faulted_by[(r.get("kind", ""), r["image"])] for r in rows])
         alone = fr_at_full_recall(scores, labels, np.zeros_like(faulted))
         both = fr_at_full_recall(scores, labels, faulted)
         caught = fmt(int(faulted[labels == 1].sum()), int(labels.sum()))

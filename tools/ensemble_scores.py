@@ -58,8 +58,12 @@ def read_runs(spec: list[str]) -> dict[str, dict[str, tuple[dict[str, float], di
                 good = per_det[det]["model"]["good_scores"]
                 rows: dict[str, tuple] = {}
                 with (Path(d) / cat / det / "scores.csv").open() as f:
-                    for r in csv.DictReader(f):
-                        rows[r["image"]] = (int(r["label"] != "good"), float(r["score"]))
+                    for r in csv.DictReader(f):  # files before 2026-12-07 have no kind
+                        key = f"{r.get('kind', r['label'])}/{r['image']}"
+                        if key in rows:
+                            raise SystemExit(f"{d}/{cat}/{det}/scores.csv names {key} twice: "
+                                             "rerun station evaluate (its files name the kind)")
+                        rows[key] = (int(r["label"] != "good"), float(r["score"]))
                 out.setdefault(label, {})[cat] = ({"mean": good["mean"], "std": good["std"]}, rows)
     return out
 
@@ -101,6 +105,9 @@ def table(
         cells, aucs, frs = [], [], []
         for cat in cats:
             stems = sorted(set.intersection(*(set(runs[d][cat][1]) for d in combo)))
+            if any(len(runs[d][cat][1]) != len(stems) for d in combo):
+                raise SystemExit(f"{cat}: the runs of {', '.join(combo)} scored other images "
+                                 "(or older runs name no kind): rerun station evaluate")
             labels = np.array([runs[combo[0]][cat][1][s][0] for s in stems])
             z = np.array(
                 [

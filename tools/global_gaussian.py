@@ -82,7 +82,8 @@ def result_row(
 ) -> dict:
     """Write out/scores.csv and return the category's row as `station evaluate` lays it out
     (image figures; no pixel figure) with `good`, the held-out good scores' summary."""
-    write_scores_csv(out / "scores.csv", [it.stem for it in items], labels, scores)
+    write_scores_csv(out / "scores.csv", [it.stem for it in items], labels, scores,
+                     [it.defect_type for it in items])
     point = operating_points(scores, labels, Policy("zero_miss"))["recall_100"]
     return {
         "image_auroc": image_auroc(scores, labels),

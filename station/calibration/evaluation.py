@@ -4,7 +4,7 @@ Each category's test images run through the recipe's preprocessing and detectors
 engine): the recipe's trained models, or with `train` a model fitted on that category's
 train/good first (saved under the output folder, not in the recipe's models). Writes
 `results.json` (rewritten after every category, so a partial run leaves results), each
-image's score (`<category>/<detector>/scores.csv`: image, label, score; for failure analysis
+image's score (`<category>/<detector>/scores.csv`: image, kind, label, score; for failure analysis
 and threshold studies) and a few heatmap overlays.
 
 Per category and detector it also reports false-reject rates at fixed operating points (100 %
@@ -74,9 +74,15 @@ class LabelledSet:
     images: list[np.ndarray]
     labels: np.ndarray  # N, 1 = defect
     masks: np.ndarray  # N x H x W uint8; all zero without mask files
-    has_masks: bool  # every defect has a mask file: pixel metrics are computed
+    masked: np.ndarray  # N bool: good, or a defect with its mask file (pixel metrics' images)
     clean: np.ndarray | None  # AITEX: defects plus good tiles of defect-free strips
     copies: np.ndarray | None = None  # N bool: the file is a train/good image's copy
+    kinds: list[str] = field(default_factory=list)  # N: test sub-folder (good, or defect kind)
+
+    @property
+    def has_masks(self) -> bool:
+        """Some defect has a mask: pixel metrics are computed over the `masked` images."""
+        return bool((self.masked & (self.labels == 1)).any())
 
     def data_checks(self) -> dict[str, dict[str, int]]:
         """Test images a cell would not see as such, by label: copies of training images, and
@@ -88,6 +94,7 @@ class LabelledSet:
             "n": {k: int(m.sum()) for k, m in by.items()},
             "copies_of_training": {k: int((copies & m).sum()) for k, m in by.items()},
             "flat": {k: int((flat & m).sum()) for k, m in by.items()},
+            "without_mask": {"defect": int((~self.masked & by["defect"]).sum())},
         }
 
 
@@ -144,13 +151,28 @@ class Evaluation:
         out = []
         for cat, d in self.data.items():
             n, cp, flat = d["n"], d["copies_of_training"], d["flat"]
-            if not (sum(cp.values()) or sum(flat.values())):
-                continue
-            out.append(
-                f"{cat}: of {n['good']} good / {n['defect']} defective test images, "
-                f"{cp['good']} / {cp['defect']} are byte copies of training images and "
-                f"{flat['good']} / {flat['defect']} are one flat value; the figures count them"
-            )
+            if sum(cp.values()) or sum(flat.values()):
+                out.append(
+                    f"{cat}: of {n['good']} good / {n['defect']} defective test images, "
+                    f"{cp['good']} / {cp['defect']} are byte copies of training images and "
+                    f"{flat['good']} / {flat['defect']} are one flat value (an image not decoded "
+                    "as its maker meant looks so too); the figures count them"
+                )
+            bare = d.get("without_mask", {}).get("defect", 0)
+            if bare:
+                out.append(
+                    f"{cat}: {bare} of {n['defect']} defective test images have no mask "
+                    "(ground_truth/<kind>/<stem>[_mask].<image suffix>); pixel metrics count "
+                    + ("the others" if bare < n["defect"] else "none: no pixel figures")
+                )
+            if not n["good"]:
+                out.append(f"{cat}: no good test images (test/good or test/ok): no AUROC or "
+                           "false-reject rate")
+        pixel = [c for c, per in self.results.items()
+                 if any("pixel_auroc" in per[d.name] for d in self.targets)]
+        if pixel and len(pixel) < len(self.results):
+            out.append(f"mean pixel figures: over {len(pixel)} of {len(self.results)} categories "
+                       "(the others have no masks)")
         return out
 
     def markdown(self) -> str:
@@ -271,13 +293,14 @@ def read_test_set(cat: Path, cfg: PreprocessConfig, progress: ProgressFn) -> Lab
             hint="evaluate one image size per category, or switch preprocess.tiling off",
         )
     labels = np.array([it.label for it in items], dtype=np.int64)
-    has_masks = all(it.mask_path is not None for it in items if it.label == 1)
+    masked = np.array([it.label == 0 or it.mask_path is not None for it in items])
     h, w = images[0].shape[:2]
-    masks = load_masks(items, cfg, (h, w)) if has_masks else np.zeros((len(items), h, w), np.uint8)
+    masks = load_masks(items, cfg, (h, w))
     stems = [it.stem for it in items]
     copies = np.array(copies_of_training(cat, items), dtype=bool)
     clean = clean_good_mask(stems, labels)
-    return LabelledSet(stems, images, labels, masks, has_masks, clean, copies)
+    kinds = [it.defect_type for it in items]
+    return LabelledSet(stems, images, labels, masks, masked, clean, copies, kinds)
 
 
 def fit_on_category(
@@ -328,12 +351,13 @@ def score_test_set(
     task = f"{cat_dir.name} {name} predict"
     result = engine.score(test.images, progress=lambda d, n: progress(task, d, n))[name]
     maps, scores, labels = result.maps, result.scores, test.labels
-    metrics = evaluate_all(
-        scores,
-        labels,
-        maps if test.has_masks else None,
-        test.masks if test.has_masks else None,
-    )
+    metrics = evaluate_all(scores, labels)
+    if test.has_masks:  # over the good images and the defects that have masks
+        sel = test.masked
+        every = bool(sel.all())
+        pixel = evaluate_all(scores if every else scores[sel], labels if every else labels[sel],
+                             maps if every else maps[sel], test.masks if every else test.masks[sel])
+        metrics.update({k: v for k, v in pixel.items() if not k.startswith("image_")})
     if test.clean is not None:
         metrics["image_auroc_clean"] = image_auroc(scores[test.clean], labels[test.clean])
     points = operating_points(scores, labels, policy or Policy("zero_miss"))
@@ -346,7 +370,7 @@ def score_test_set(
         predict_seconds=round(seconds, 2),
         images_per_s=round(len(test.stems) / seconds, 2),
     )
-    write_scores_csv(cat_dir / name / "scores.csv", test.stems, labels, scores)
+    write_scores_csv(cat_dir / name / "scores.csv", test.stems, labels, scores, test.kinds)
     write_overlays(cat_dir / name, test, result.map, scores, heatmaps)
     return metrics
 
@@ -367,9 +391,10 @@ def write_overlays(
     )
     vmax = max(vmax, float(scores.max()) * 0.5, 1e-9)
     for i, kind in pick_examples(scores, labels, n):
-        title = f"{test.stems[i]} {kind} score {scores[i]:.3g}"
+        sub = test.kinds[i] if test.kinds else ("defect" if labels[i] else "good")
+        title = f"{sub}/{test.stems[i]} {kind} score {scores[i]:.3g}"
         panel = overlay_panel(test.images[i], amap(i), vmax, test.masks[i], title)
-        write_png(folder / f"{kind}_{test.stems[i]}.png", panel)
+        write_png(folder / f"{kind}_{sub}_{test.stems[i]}.png", panel)
 
 
 def mean_metrics(
@@ -432,11 +457,15 @@ def pick_examples(scores: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[
     return picks[: max(n, 0)]
 
 
-def write_scores_csv(path: Path, stems: list[str], labels: np.ndarray, scores: np.ndarray) -> None:
-    lines = ["image,label,score"]
+def write_scores_csv(
+    path: Path, stems: list[str], labels: np.ndarray, scores: np.ndarray, kinds: list[str]
+) -> None:
+    """image (file stem), kind (its test sub-folder: MVTec names repeat across kinds), label,
+    score."""
+    lines = ["image,kind,label,score"]
     lines += [
-        f"{stem},{'defect' if lab else 'good'},{float(sc):.6g}"
-        for stem, lab, sc in zip(stems, labels, scores, strict=True)
+        f"{stem},{kind},{'defect' if lab else 'good'},{float(sc):.6g}"
+        for stem, kind, lab, sc in zip(stems, kinds, labels, scores, strict=True)
     ]
     with writing(path):
         atomic_write(path, ("\n".join(lines) + "\n").encode())

@@ -39,7 +39,7 @@ import numpy as np
 from station.detectors.artifact import LoadedModel, latest_artifact, load_artifact
 from station.errors import DetectorError, StationError
 from station.geometry.tiling import TileGrid, pick_tiles, stitch, tile_grid
-from station.imaging import check_like, preprocess, preprocess_mask, read_image
+from station.imaging import check_like, preprocess, preprocess_mask, read_image, read_mask
 
 if TYPE_CHECKING:
     from station.datasets import DatasetItem
@@ -87,7 +87,8 @@ def load_masks(
     masks = np.zeros((len(items), *hw), np.uint8)
     for i, it in enumerate(items):
         if it.mask_path is not None:
-            masks[i] = preprocess_mask(read_image(it.mask_path), cfg)
+            hw = read_image(it.path).shape[:2]
+            masks[i] = preprocess_mask(read_mask(it.mask_path, hw), cfg)
     return masks
 
 

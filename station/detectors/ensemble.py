@@ -28,6 +28,7 @@ other ensemble runs on torch only.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -218,11 +219,14 @@ class Ensemble(Detector):
     def _standardiser(self, i: int, good: Sequence[float]) -> tuple[float, float]:
         g = np.asarray(good, dtype=np.float64)
         if g.size < MIN_HELD_OUT or not np.all(np.isfinite(g)):
+            frac = float(self._cfg["val_fraction"])
+            need = math.ceil((MIN_HELD_OUT - 0.5) / frac) if frac > 0 else "more"
             raise DetectorError(
                 f"ensemble: member {self._label(i)} scored {g.size} held-out good images "
                 f"(finite: {bool(np.all(np.isfinite(g)))}); standardising needs at least "
                 f"{MIN_HELD_OUT}",
-                hint="train on more good images or raise the ensemble's val_fraction",
+                hint=f"at val_fraction {frac:g} that takes at least {need} good training images "
+                "(tiles, when the recipe tiles); give more, or raise the ensemble's val_fraction",
             )
         mean, std = float(g.mean()), float(g.std(ddof=1))
         return mean, max(std, self._cfg["min_std"] * (abs(mean) + 1.0))

@@ -89,10 +89,14 @@ def footprint(cam: Camera, pose: Pose) -> np.ndarray | None:
     """The 4 table points (mm, base frame) seen at the inspected window's corners, in order
     around it; None when a corner's ray misses the table (camera tilted past the horizon)."""
     u0, v0, u1, v1 = cam.window
-    uv = np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]])
+    return _pinhole_on_table(cam, pose, np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]]))
+
+
+def _pinhole_on_table(cam: Camera, pose: Pose, uv: np.ndarray) -> np.ndarray | None:
+    """Table points (N, 2) the nominal pinhole sees at pixels `uv`; None when a ray misses."""
     rays = (
         np.column_stack(
-            [(uv[:, 0] - cam.cx) / cam.f_px, (uv[:, 1] - cam.cy) / cam.f_px, np.ones(4)]
+            [(uv[:, 0] - cam.cx) / cam.f_px, (uv[:, 1] - cam.cy) / cam.f_px, np.ones(len(uv))]
         )
         @ rotation(pose.rotvec_rad).T
     )
@@ -173,17 +177,26 @@ def view_distance_of(pose: Pose, model: TableCamera | None = None) -> float:
 
 
 def mm_per_px_of(cam: Camera, pose: Pose, model: TableCamera | None = None) -> float:
-    """`camera_mm_per_px`, or through `model`: the table length one pixel spans at the
-    principal point, the longer of u and v (inf when it misses the table)."""
+    """The table length one pixel spans (the longer of u and v), the coarsest over the
+    inspected window: its centre, corners and edge midpoints, through `model` when given (else
+    the nominal pinhole). A tilted view and lens distortion make the window's edges coarser than
+    its centre; inf when a ray misses the table."""
+    u0, v0, u1, v1 = cam.window
+    at = [(u, v) for u in (u0 + 0.5, (u0 + u1) / 2, u1 - 0.5) for v in (v0 + 0.5, (v0 + v1) / 2,
+                                                                      v1 - 0.5)]
+    step = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
+    uv = (np.array(at)[:, None, :] + step[None]).reshape(-1, 2)
     if model is None:
-        return camera_mm_per_px(cam, pose)
-    k = np.asarray(model.matrix, np.float64)
-    c = np.array([k[0, 2], k[1, 2]])
-    uv = c + np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
-    pts = _seen_on_table(model, pose, uv)
+        pts = _pinhole_on_table(cam, pose, uv)
+    else:
+        seen = _seen_on_table(model, pose, uv)
+        pts = None if seen is None else seen[:, :2]
     if pts is None:
         return math.inf
-    return float(max(np.linalg.norm(pts[1] - pts[0]), np.linalg.norm(pts[3] - pts[2])))
+    pts = pts.reshape(len(at), 4, 2)
+    du = np.linalg.norm(pts[:, 1] - pts[:, 0], axis=1)
+    dv = np.linalg.norm(pts[:, 3] - pts[:, 2], axis=1)
+    return float(max(du.max(), dv.max()))
 
 
 def detector_factor(recipe: Recipe) -> float:
