@@ -11,6 +11,7 @@ size (crop and grey to RGB only): `size` is then the tile the scoring engine cut
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,7 @@ def check_opencv() -> None:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -68,6 +70,14 @@ def image_kind(img: np.ndarray) -> str:
     return f"{depth} " + {1: "grey", 3: "colour", 4: "RGBA"}.get(channels, f"{channels}-channel")
 
 
+def decode_flags(path: Path) -> int:
+    """OpenCV decode flags: every depth and channel as stored; a JPEG turned upright by its
+    EXIF orientation (a camera's or phone's photo, and a mask drawn on it as shown)."""
+    if path.suffix.lower() in LOSSY_SUFFIXES:
+        return cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
+    return cv2.IMREAD_UNCHANGED
+
+
 def read_image(path: str | Path, pixel_format: str | None = None) -> np.ndarray:
     """The image at `path` as uint8 H x W (grey) or H x W x 3 (RGB); alpha is dropped.
     With `pixel_format` (a recipe's camera.pixel_format), a file of any other format (depth,
@@ -79,7 +89,7 @@ def read_image(path: str | Path, pixel_format: str | None = None) -> np.ndarray:
         raise StationError(f"image {path} does not exist", hint="check the path") from None
     except OSError as exc:
         raise StationError(f"image {path} cannot be read: {exc.strerror or exc}") from None
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    img = cv2.imdecode(data, decode_flags(path)) if data.size else None
     if img is None:
         raise StationError(
             f"image {path} is empty or not a readable image file",
@@ -102,7 +112,6 @@ def read_image(path: str | Path, pixel_format: str | None = None) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-LOSSY_SUFFIXES = (".jpg", ".jpeg")
 MASK_ASPECT_TOLERANCE = 0.02
 
 
@@ -113,7 +122,7 @@ def read_mask(path: str | Path, image_hw: tuple[int, int]) -> np.ndarray:
     another shape refused."""
     path = Path(path)
     try:
-        raw = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        raw = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), decode_flags(path))
     except OSError as exc:
         raise StationError(f"mask {path} cannot be read: {exc.strerror or exc}") from None
     if raw is None:
@@ -132,6 +141,26 @@ def read_mask(path: str | Path, image_hw: tuple[int, int]) -> np.ndarray:
             f"mask {path} is {mw} x {mh} px, its image {w} x {h}: another shape",
             hint="redraw the mask on its image, or remove the pair from the test set")
     return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+DARK_MAX = 15  # the most a 12-bit image kept in a 16-bit file reads as, after its high byte
+
+
+def image_set_warnings(images: Sequence[np.ndarray], what: str) -> list[str]:
+    """What a set of decoded 8-bit images says about its files: images of one flat value
+    (nothing in view, or a file not decoded as its maker meant) and nearly black ones (10- or
+    12-bit data in 16-bit files keep only their high byte)."""
+    flat = sum(int(img.min()) == int(img.max()) for img in images)
+    dark = sum(int(img.min()) != int(img.max()) and int(img.max()) <= DARK_MAX for img in images)
+    out = []
+    if flat:
+        out.append(f"{flat} of {len(images)} {what} are one flat value: nothing of the material "
+                   "in view, or files not decoded as their maker meant")
+    if dark:
+        out.append(f"{dark} of {len(images)} {what} read no brighter than grey {DARK_MAX}: "
+                   "10- or 12-bit data in 16-bit files keep only their high byte; save them "
+                   "scaled to 16 bits (or as 8-bit)")
+    return out
 
 
 SATURATION_GROW_PX = 2  # a clipped blob's rim is clipped in part too

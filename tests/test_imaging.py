@@ -167,6 +167,21 @@ def test_masks_are_read_on_their_own_values_and_sized_to_their_image(tmp_path: P
     assert to_uint8(np.array([[0.0, 0.5, 1.0]], np.float32)).tolist() == [[0, 128, 255]]
 
 
+def test_a_jpeg_is_read_upright_as_its_exif_orientation_says(tmp_path: Path) -> None:
+    """A photo stored 200 x 100 with 'rotate 90 degrees' in its EXIF is shown, and its mask
+    drawn, 100 x 200: it is read so (it was read as stored, its mask then another shape)."""
+    from PIL import Image  # torchvision's dependency: writes the EXIF tag
+
+    stored = np.zeros((100, 200), np.uint8)
+    stored[:, :20] = 255  # a bright band at the stored left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    img = read_image(tmp_path / "photo.jpg")
+    assert img.shape == (200, 100) and img[:20].mean() > 200 and img[40:].mean() < 50
+    assert read_mask(tmp_path / "photo.jpg", (200, 100))[:20].all()
+
+
 def test_detector_batches_convert_each_image_as_files_are_read() -> None:
     from station.detectors.common import to_batch
     from station.imaging import to_uint8

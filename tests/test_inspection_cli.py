@@ -184,6 +184,36 @@ def test_a_live_run_on_poses_that_cannot_resolve_the_region_is_refused(
     assert "parts" not in out.split("error:")[0]  # refused before any part
 
 
+def test_a_real_cell_without_hand_eye_is_said_and_a_stale_calibration_refused(
+    station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real drivers on the nominal camera model: said loudly before the run. A calibration
+    solved before robot.tcp_offset_mm changed: the live run is refused (the coverage check
+    fell back to nominal, and the sheet map would have used it)."""
+    from station.cellcal import geometry as geo
+    from station.cellcal import store
+    from station.cellcal.views import nominal_mount
+    from station.cli.inspect import _refuse_coverage_problems
+    from station.errors import CellCalibrationError
+
+    recipe = load_recipe("glassfiber-emulated")
+    _refuse_coverage_problems(recipe)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "warning: camera model nominal" in said and "no hand-eye calibration" in said, said
+    model = store.nominal_model(recipe)
+    moved = nominal_mount(recipe) @ geo.from_pose((0.0, 0.0, 3.0), (0.0, 0.0, 0.0))
+    store.write(store.cell_path(recipe), {
+        "camera_serial": None,
+        "camera": {"date": store.now(), "image_size": [recipe.camera.width, recipe.camera.height],
+                   "matrix": model.matrix.tolist(),
+                   "distortion": dict.fromkeys(("k1", "k2", "p1", "p2", "k3"), 0.0)},
+        "hand_eye": {"date": store.now(), "camera_to_flange": geo.as_dict(moved),
+                     "nominal_mount": geo.as_dict(moved), "board_to_base": geo.as_dict(np.eye(4))},
+    })
+    with pytest.raises(CellCalibrationError, match="another robot.tcp_offset_mm"):
+        _refuse_coverage_problems(recipe)
+
+
 @pytest.mark.slow
 def test_ctrl_c_finishes_part_and_exits_cleanly(home: Path) -> None:
     env = {**os.environ, "STATION_HOME": str(home), "PYTHONUNBUFFERED": "1"}

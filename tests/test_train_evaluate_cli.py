@@ -155,8 +155,24 @@ def test_train_then_evaluate(station_home: Path, capsys: pytest.CaptureFixture[s
     assert f"warning: {said}" in printed and said in (out / "results.md").read_text()
 
 
-def test_evaluate_reads_a_new_materials_layout(
+def test_train_says_what_its_images_look_misread(
     station_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flat training image and one of 12-bit data in a 16-bit file (it reads nearly black:
+    its high byte is kept) are each said before training."""
+    recipe = make_recipe(station_home, "tiny")
+    cat = make_category(station_home / "ds" / "cat_c", n_train=2)
+    write_png(cat / "train" / "good" / "g_flat.png", np.full((SIZE, SIZE), 128, np.uint8))
+    twelve = (weave(7).astype(np.uint16) * 16)  # 0-4080: 12 bits in 16
+    cv2.imwrite(str(cat / "train" / "good" / "g_12bit.png"), twelve)
+    assert run(["train", "--recipe", recipe, "--data", str(cat), "--threads", "2"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "warning: 1 of 4 training images are one flat value" in said
+    assert "warning: 1 of 4 training images read no brighter than grey 15" in said
+
+
+def test_evaluate_reads_a_new_materials_layout(
+    station_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another maker's MVTec layout: the good folder `ok` (BTAD), a ground-truth folder and
     mask suffix in other case, 16-bit masks of 0/1, a mask drawn at twice its image's size,
@@ -178,6 +194,10 @@ def test_evaluate_reads_a_new_materials_layout(
     other[8:14, 8:40] = 240
     write_png(cat / "test" / "scratch" / "d0.png", other)  # MVTec names repeat across kinds
     out = station_home / "eval_b"
+    from station.calibration import evaluation
+
+    # as if the set were too large for its pixel metrics at full size: every 2nd row, column
+    monkeypatch.setattr(evaluation, "MAX_PIXEL_METRIC_PIXELS", 4 * SIZE * SIZE // 3)
     assert run(["evaluate", "-r", recipe, "--dataset", str(cat), "--out", str(out), "--train"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
     res = json.loads((out / "results.json").read_text())
@@ -188,6 +208,8 @@ def test_evaluate_reads_a_new_materials_layout(
         "d0,defect,defect", "d0,scratch,defect", "d1,defect,defect", "t0,ok,good", "t1,ok,good"]
     assert res["data_checks"]["cat_b"]["without_mask"] == {"defect": 1}
     assert "cat_b: 1 of 3 defective test images have no mask" in printed
+    assert m["pixel_metrics_step"] == 2 and "every 2th row and column" not in printed
+    assert "cat_b: pixel metrics on every 2nd row and column" in printed
 
 
 def test_evaluate_with_training_per_category(station_home: Path) -> None:

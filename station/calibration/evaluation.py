@@ -64,6 +64,13 @@ COLUMNS = [
 ]  # results.json also holds image AP, image F1-max and its threshold
 # false-reject rate at each operating point (results.json: `fr_<point>` and `operating_points`)
 POINT_LABELS = {"recall_100": "FR@R100", "recall_95": "FR@R95", "policy": "FR@{policy}†"}
+MAX_PIXEL_METRIC_PIXELS = 100_000_000  # about 5 GB for the pixel metrics' sort
+
+
+def pixel_step(pixels: int) -> int:
+    """Every how many rows and columns the pixel metrics read so that at most
+    MAX_PIXEL_METRIC_PIXELS take part (1: all)."""
+    return max(1, math.ceil(math.sqrt(pixels / MAX_PIXEL_METRIC_PIXELS)))
 
 
 @dataclass
@@ -168,6 +175,12 @@ class Evaluation:
             if not n["good"]:
                 out.append(f"{cat}: no good test images (test/good or test/ok): no AUROC or "
                            "false-reject rate")
+        steps = {c: per[d.name]["pixel_metrics_step"] for c, per in self.results.items()
+                 for d in self.targets if per[d.name].get("pixel_metrics_step")}
+        for cat, step in steps.items():
+            nth = {2: "2nd", 3: "3rd"}.get(step, f"{step}th")
+            out.append(f"{cat}: pixel metrics on every {nth} row and column of the maps and "
+                       f"masks (more than {MAX_PIXEL_METRIC_PIXELS:,} pixels at full size)")
         pixel = [c for c, per in self.results.items()
                  if any("pixel_auroc" in per[d.name] for d in self.targets)]
         if pixel and len(pixel) < len(self.results):
@@ -355,8 +368,13 @@ def score_test_set(
     if test.has_masks:  # over the good images and the defects that have masks
         sel = test.masked
         every = bool(sel.all())
+        pm, pg = (maps, test.masks) if every else (maps[sel], test.masks[sel])
+        step = pixel_step(pg.size)
+        if step > 1:  # ~50 bytes a pixel: a large set would not fit in memory at full size
+            pm, pg = pm[:, ::step, ::step], pg[:, ::step, ::step]
+            metrics["pixel_metrics_step"] = step
         pixel = evaluate_all(scores if every else scores[sel], labels if every else labels[sel],
-                             maps if every else maps[sel], test.masks if every else test.masks[sel])
+                             pm, pg)
         metrics.update({k: v for k, v in pixel.items() if not k.startswith("image_")})
     if test.clean is not None:
         metrics["image_auroc_clean"] = image_auroc(scores[test.clean], labels[test.clean])

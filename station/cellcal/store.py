@@ -109,6 +109,7 @@ class CameraModel:
     height: int
     source: str  # "calibrated (...)" or "nominal (...)"
     calibrated: bool
+    hand_eye: bool = False  # the mounting and table plane solved too, not only the lens
 
     def camera_pose(self, tcp: Any) -> np.ndarray:
         """4x4 camera -> base when the robot reports TCP pose `tcp` (mm, rotvec rad)."""
@@ -172,7 +173,7 @@ def camera_model(recipe: Recipe) -> CameraModel:
     return CameraModel(k, dist, mount, geo.inv(geo.from_dict(he["nominal_mount"])),
                        geo.from_dict(he["board_to_base"]), nominal.width, nominal.height,
                        f"calibrated ({display(path)}: camera {c['date']}, hand-eye "
-                       f"{he['date']})", True)
+                       f"{he['date']})", True, True)
 
 
 STALE_MOUNT_MM = 0.5  # robot.tcp_offset_mm moved since the hand-eye by more: stale

@@ -137,11 +137,22 @@ def _twin_line(rcp: Any, db: Any) -> Any:
 def _refuse_coverage_problems(rcp: Any) -> None:
     """Refuse a live run whose recipe leaves part of its region unseen, too coarse, out of
     focus or out of reach (`station recipe check` names each): no sheet may pass on shots that
-    cannot resolve its smallest defect."""
+    cannot resolve its smallest defect. On a real cell a refused cell calibration refuses the
+    run, and one without hand-eye is said loudly."""
+    from station.cli.app import console
     from station.cli.plan import coverage_camera
+    from station.devices.factory import uses_twin
     from station.geometry.coverage import check
 
-    model, _ = coverage_camera(rcp, strict=False)
+    real = not uses_twin(rcp)  # the twin's sheet map uses its exact camera
+    model, described = coverage_camera(rcp, strict=real)
+    if real and not getattr(model, "hand_eye", False):
+        console.print(
+            f"[bold yellow]warning:[/] camera model {escape(described)}: no hand-eye "
+            "calibration, so the sheet map, the placement check and every mm/px rest on the lens "
+            "data and robot.tcp_offset_mm (a mount 1 degree off moves the map about 10 mm); run "
+            f"station calibrate-camera and calibrate-hand-eye --recipe {rcp.name}",
+            highlight=False, soft_wrap=True)
     problems = check(rcp, model).problems
     if problems:
         more = f" (and {len(problems) - 1} more: station recipe check {rcp.name})"

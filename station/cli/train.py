@@ -99,6 +99,7 @@ def register(app: typer.Typer) -> None:
         from station.datasets import training_images
         from station.detectors.engine import load_images
         from station.detectors.training import data_sha256
+        from station.imaging import image_set_warnings
         from station.paths import resolve
 
         rcp = load_recipe(recipe)
@@ -120,6 +121,8 @@ def register(app: typer.Typer) -> None:
             images = load_images(
                 files, rcp.preprocess, lambda d, n: progress.update(task, completed=d)
             )
+            for line in image_set_warnings(images, "training images"):
+                console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
             train_hash = data_sha256(files)
             trained = train_all(rcp, targets, files, images, device, progress, train_hash)
 

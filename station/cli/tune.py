@@ -22,10 +22,13 @@ def _good_images(rcp: Any, folder: Path, progress: Any) -> tuple[list[Path], lis
     """The good files and their preprocessed images, found as `station train` finds them."""
     from station.datasets import training_images
     from station.detectors.engine import load_images
+    from station.imaging import image_set_warnings
 
     files = training_images(folder)
     task = progress.add_task("reading good images", total=len(files))
     images = load_images(files, rcp.preprocess, lambda d, n: progress.update(task, completed=d))
+    for line in image_set_warnings(images, "good images"):
+        progress.console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     return files, images
 
 
