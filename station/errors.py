@@ -94,3 +94,11 @@ class CalibrationError(StationError):
 
 class CellCalibrationError(StationError):
     """Cell calibration (camera, hand-eye) cannot run or its file is unusable."""
+
+
+def cause(exc: BaseException) -> str:
+    """A library's exception in one line: its first line that says what went wrong (OpenVINO
+    opens with the source file that raised, e.g. 'Exception from src/.../core.cpp:84:')."""
+    lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
+    said = [s for s in lines if not s.startswith(("Exception from ", "Check '"))]
+    return (said or lines or [type(exc).__name__])[0][:300]

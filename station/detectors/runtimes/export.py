@@ -23,7 +23,7 @@ import torch
 from station.detectors.artifact import latest_artifact, load_artifact
 from station.detectors.runtimes import graphs, sidecar
 from station.detectors.runtimes.detector import open_session
-from station.errors import DetectorError
+from station.errors import DetectorError, cause
 from station.files import writing
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 # An export whose output differs from eager torch by more than this share of the eager
 # output's largest magnitude (on the probe batch) is refused.
-MAX_REL_DIFF = 1e-3
+MAX_REL_DIFF = 1e-5
 PROBE_BATCH = 2
 # The opsets torch's TorchScript exporter (graphs.export_onnx: dynamo=False) writes, from
 # torch.onnx._constants (ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET) of torch 2.x.
@@ -96,10 +96,18 @@ def _write_graph(net: graphs.ExportNet, fmt: str, graph: Path, opset: int) -> No
             model = ov.convert_model(str(onnx_file))
             ov.save_model(model, str(Path(tmpdir) / "graph.xml"), compress_to_fp16=False)
         except Exception as exc:  # noqa: BLE001 (a converter failure: not exportable)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise graphs.ExportError(f"OpenVINO conversion failed: {first[:300]}") from None
+            raise graphs.ExportError(f"OpenVINO conversion failed: {cause(exc)}") from None
         shutil.move(str(Path(tmpdir) / "graph.bin"), graph.with_suffix(".bin"))
         shutil.move(str(Path(tmpdir) / "graph.xml"), graph)
+
+
+def _weights_record(graph: Path, fmt: str) -> dict[str, str] | None:
+    """OpenVINO's .bin beside its .xml (every constant: the backbone's weights, PatchCore's
+    bank), by name and sha256; None for ONNX (one file)."""
+    if fmt != "openvino":
+        return None
+    weights = graph.with_suffix(".bin")
+    return {"file": weights.name, "sha256": sidecar.file_sha256(weights)}
 
 
 def _beside_graph(detector: Detector, kind: str, artifact: Path) -> dict[str, Any]:
@@ -176,6 +184,7 @@ def export_model(
         "graph": {
             "file": graph.name,
             "sha256": sidecar.file_sha256(graph),
+            "weights": _weights_record(graph, fmt),
             "kind": net.kind,
             "input": {
                 "name": graphs.INPUT,

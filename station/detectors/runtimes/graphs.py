@@ -27,6 +27,7 @@ matmul with a constant pooling matrix (`exportable_pooling`). Eager inference is
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import warnings
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from station.detectors.common import upsample_smooth
-from station.errors import DetectorError
+from station.errors import DetectorError, cause
 
 if TYPE_CHECKING:
     from station.detectors.base import Detector
@@ -167,8 +168,8 @@ def _ensemble_net(detector: Any) -> ExportNet:
             f"{', '.join(m.name for m in members)}"
         )
     hw = detector.image_hw
-    heads = [_PatchScores(m.model.cpu().eval(), hw).eval() for m in members]
-    net = _SharedPatchScores(heads, passes[0].trunk.cpu().eval(), passes[0].runner).eval()
+    heads = [_PatchScores(_cpu_eval(m.model), hw).eval() for m in members]
+    net = _SharedPatchScores(heads, _cpu_eval(passes[0].trunk), passes[0].runner).eval()
     outputs = tuple(f"{o}_{i}" for i in range(len(members)) for o in PATCH_OUTPUTS)
     return ExportNet(net, "ensemble_patch_scores", outputs, hw)
 
@@ -185,6 +186,13 @@ class _MapsScores(nn.Module):
         return maps.float(), scores.float()
 
 
+def _cpu_eval(module: nn.Module) -> nn.Module:
+    """`module` in eval mode on the CPU; a copy when it lives elsewhere, so that exporting a
+    detector on a GPU leaves it there (a bench goes on predicting with it)."""
+    on_cpu = all(t.device.type == "cpu" for t in [*module.parameters(), *module.buffers()])
+    return (module if on_cpu else copy.deepcopy(module).cpu()).eval()
+
+
 def export_net(detector: Detector) -> ExportNet:
     """The exportable network of a fitted detector (on the CPU, eval mode)."""
     detector.require_fitted("export")
@@ -195,7 +203,7 @@ def export_net(detector: Detector) -> ExportNet:
         raise ExportError(f"{detector.name}: has no plain torch scoring module to export")
     # The wrapper in eval mode too: the exporter restores the wrapper's mode afterwards,
     # recursively, which would leave dropout and batch norm in training mode.
-    model = model.cpu().eval()
+    model = _cpu_eval(model)
     if detector.name == "patchcore":
         net = _PatchScores(model, detector.image_hw).eval()
         return ExportNet(net, "patch_scores", PATCH_OUTPUTS, detector.image_hw)
@@ -281,6 +289,7 @@ def export_onnx(net: ExportNet, path: Path, opset: int = DEFAULT_OPSET) -> None:
                 dynamo=False,
             )
     except Exception as exc:  # noqa: BLE001 (any exporter failure: the detector is not exportable)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {first[:300]}") from None
+        why = cause(exc)
+        hint = "pip install station[onnx]" if "onnx is not installed" in why else None
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {why}", hint=hint) from None
     path.write_bytes(buf.getvalue())

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from station.errors import DetectorError
+from station.errors import DetectorError, cause
 
 EXTRA = "pip install station[onnx]"
 
@@ -46,7 +46,10 @@ def providers_for(device: str, available: list[str], tensorrt: bool = False) -> 
                 f"onnxruntime has only {', '.join(available)}",
                 hint="install onnxruntime-gpu (and CUDA / TensorRT), or set device: cpu",
             )
-        return [(p, {"device_id": index}) for p in wanted]
+        # CUDA's TF32 off (on by default): its rounding moved PatchCore's maps by about 2e-3 of
+        # their size, past what `station export` checks on the CPU (1e-3)
+        extra = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+        return [(p, {"device_id": index, **extra.get(p, {})}) for p in wanted]
     raise DetectorError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
 
 
@@ -68,8 +71,8 @@ class OrtSession:
         try:
             self.session = ort.InferenceSession(str(graph), opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 (a graph the runtime refuses: one line)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DetectorError(f"onnxruntime cannot load {graph}: {first[:300]}") from None
+            raise DetectorError(f"onnxruntime cannot load {graph}: {cause(exc)}",
+                                hint="station export --format onnx again") from None
         used = self.session.get_providers()
         names = [p if isinstance(p, str) else p[0] for p in providers]
         if used[: len(names)] != names:  # the session dropped a provider it could not start

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from station.errors import DetectorError
+from station.errors import DetectorError, cause
 
 EXTRA = "pip install station[openvino]"
 
@@ -67,7 +67,10 @@ class OvSession:
         try:
             self.compiled = core.compile_model(core.read_model(str(graph)), target, config)
         except Exception as exc:  # noqa: BLE001 (a graph the runtime refuses: one line)
-            raise DetectorError(f"openvino cannot load {graph}: {_first(exc)}") from None
+            raise DetectorError(
+                f"openvino cannot load {graph}: {cause(exc)}",
+                hint="station export --format openvino again (the .xml and .bin belong together)",
+            ) from None
         self.request = self.compiled.create_infer_request()
         self.on_gpu = target != "CPU"
         self.description = f"openvino {ov.__version__} {target}"
@@ -77,8 +80,3 @@ class OvSession:
         result = self.request.infer({0: x})
         # copies: the request's output buffers are reused by its next call
         return [np.array(result[o]) for o in self.compiled.outputs]
-
-
-def _first(exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return first[:300]

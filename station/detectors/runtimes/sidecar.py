@@ -27,7 +27,9 @@ from station.files import atomic_write, file_sha256, writing
 if TYPE_CHECKING:
     from station.recipe import Recipe
 
-SIDECAR_VERSION = 2  # 2: PatchCore graph kind patch_scores (k-NN distances in the graph)
+# 2: PatchCore graph kind patch_scores (k-NN distances in the graph); 3: OpenVINO's .bin (its
+# weights and PatchCore's bank) is hashed and checked too, as the graph file always was
+SIDECAR_VERSION = 3
 FORMATS = ("onnx", "openvino")
 # recipe runtime -> the export format it runs
 RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
@@ -61,6 +63,12 @@ def model_digest(recipe: Recipe, detector: str) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def _same_file(folder: Path, record: dict[str, Any]) -> bool:
+    """The file `record` names (file, sha256) is in `folder` with those bytes."""
+    path = folder / str(record.get("file") or "")
+    return bool(record.get("file")) and path.is_file() and file_sha256(path) == record.get("sha256")
+
+
 def write_sidecar(path: Path, doc: dict[str, Any]) -> None:
     with writing(f"export sidecar {path}"):
         atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
@@ -84,7 +92,9 @@ def read_checked(
         made_from, made_for = doc["artifact"], doc["recipe"]
         graph = artifact.parent / doc["graph"]["file"]
         graph_sha = doc["graph"]["sha256"]
+        weights = doc["graph"].get("weights") or {}
         doc_format = doc["format"]
+        doc["graph"]["kind"]  # noqa: B018 (a sidecar without it is unreadable, said here)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DetectorError(f"export sidecar {side} cannot be read ({exc})", hint=fix) from None
     stale = None
@@ -98,6 +108,9 @@ def read_checked(
         stale = f"recipe {recipe.name} changed the preprocessing or the {detector} entry since"
     elif not graph.is_file() or file_sha256(graph) != graph_sha:
         stale = f"its graph {graph.name} is missing or changed"
+    elif fmt == "openvino" and not _same_file(artifact.parent, weights):
+        name = weights.get("file") or graph.with_suffix(".bin").name
+        stale = f"its weights {name} are missing or changed"
     if stale:
         raise DetectorError(f"export {side} is stale: {stale}", hint=fix)
     return dict(doc)
