@@ -146,12 +146,18 @@ def read_mask(path: str | Path, image_hw: tuple[int, int]) -> np.ndarray:
 DARK_MAX = 15  # the most a 12-bit image kept in a 16-bit file reads as, after its high byte
 
 
+def flat_images(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Per image: one grey value throughout (nothing of the material in view)."""
+    return np.array([int(img.min()) == int(img.max()) for img in images], dtype=bool)
+
+
 def image_set_warnings(images: Sequence[np.ndarray], what: str) -> list[str]:
     """What a set of decoded 8-bit images says about its files: images of one flat value
     (nothing in view, or a file not decoded as its maker meant) and nearly black ones (10- or
     12-bit data in 16-bit files keep only their high byte)."""
-    flat = sum(int(img.min()) == int(img.max()) for img in images)
-    dark = sum(int(img.min()) != int(img.max()) and int(img.max()) <= DARK_MAX for img in images)
+    is_flat = flat_images(images)
+    flat = int(is_flat.sum())
+    dark = sum(not f and int(img.max()) <= DARK_MAX for img, f in zip(images, is_flat, strict=True))
     out = []
     if flat:
         out.append(f"{flat} of {len(images)} {what} are one flat value: nothing of the material "

@@ -193,11 +193,11 @@ def test_a_real_cell_without_hand_eye_is_said_and_a_stale_calibration_refused(
     from station.cellcal import geometry as geo
     from station.cellcal import store
     from station.cellcal.views import nominal_mount
-    from station.cli.inspect import _refuse_coverage_problems
+    from station.cli.inspect import _check_cell_before_live
     from station.errors import CellCalibrationError
 
     recipe = load_recipe("glassfiber-emulated")
-    _refuse_coverage_problems(recipe)
+    _check_cell_before_live(recipe)
     said = " ".join(capsys.readouterr().out.split())
     assert "warning: camera model nominal" in said and "no hand-eye calibration" in said, said
     model = store.nominal_model(recipe)
@@ -211,7 +211,7 @@ def test_a_real_cell_without_hand_eye_is_said_and_a_stale_calibration_refused(
                      "nominal_mount": geo.as_dict(moved), "board_to_base": geo.as_dict(np.eye(4))},
     })
     with pytest.raises(CellCalibrationError, match="another robot.tcp_offset_mm"):
-        _refuse_coverage_problems(recipe)
+        _check_cell_before_live(recipe)
 
 
 @pytest.mark.slow

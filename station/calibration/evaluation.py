@@ -43,7 +43,7 @@ from station.detectors.engine import ScoringEngine, load_images, load_masks, loa
 from station.detectors.training import train_and_save
 from station.errors import StationError
 from station.files import atomic_write, writing
-from station.imaging import write_png
+from station.imaging import flat_images, write_png
 from station.metrics import evaluate_all, image_auroc
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class LabelledSet:
     def data_checks(self) -> dict[str, dict[str, int]]:
         """Test images a cell would not see as such, by label: copies of training images, and
         flat ones (one grey value: nothing of the material in view)."""
-        flat = np.array([int(img.min()) == int(img.max()) for img in self.images])
+        flat = flat_images(self.images)
         copies = self.copies if self.copies is not None else np.zeros(len(self.images), bool)
         by = {"good": self.labels == 0, "defect": self.labels == 1}
         return {
@@ -366,15 +366,13 @@ def score_test_set(
     maps, scores, labels = result.maps, result.scores, test.labels
     metrics = evaluate_all(scores, labels)
     if test.has_masks:  # over the good images and the defects that have masks
-        sel = test.masked
-        every = bool(sel.all())
-        pm, pg = (maps, test.masks) if every else (maps[sel], test.masks[sel])
+        whole = (scores, labels, maps, test.masks)
+        ps, pl, pm, pg = whole if test.masked.all() else (a[test.masked] for a in whole)
         step = pixel_step(pg.size)
         if step > 1:  # ~50 bytes a pixel: a large set would not fit in memory at full size
             pm, pg = pm[:, ::step, ::step], pg[:, ::step, ::step]
             metrics["pixel_metrics_step"] = step
-        pixel = evaluate_all(scores if every else scores[sel], labels if every else labels[sel],
-                             pm, pg)
+        pixel = evaluate_all(ps, pl, pm, pg)
         metrics.update({k: v for k, v in pixel.items() if not k.startswith("image_")})
     if test.clean is not None:
         metrics["image_auroc_clean"] = image_auroc(scores[test.clean], labels[test.clean])

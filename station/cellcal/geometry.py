@@ -33,6 +33,11 @@ def angle_deg(r: np.ndarray) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(r[:3, :3]) - 1) / 2))))
 
 
+def magnitude(t: np.ndarray) -> tuple[float, float]:
+    """How far a 4x4 transform moves: its translation (mm) and rotation angle (degrees)."""
+    return float(np.linalg.norm(t[:3, 3])), angle_deg(t)
+
+
 def inv(t: np.ndarray) -> np.ndarray:
     out = np.eye(4)
     out[:3, :3] = t[:3, :3].T

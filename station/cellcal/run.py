@@ -179,7 +179,7 @@ def calibrate_hand_eye(recipe: Recipe) -> HandEyeRun:
         res.camera_to_flange)
     if refined:
         res.board_to_base = ref.board_to_base
-    change = geo.inv(cap.nominal_mount) @ res.camera_to_flange
+    mount_mm, mount_deg = geo.magnitude(geo.inv(cap.nominal_mount) @ res.camera_to_flange)
     tilt, height = table_plane(res.board_to_base)
     data["hand_eye"] = {
         "date": store.now(),
@@ -190,8 +190,7 @@ def calibrate_hand_eye(recipe: Recipe) -> HandEyeRun:
         "refined": refined,
         "camera_to_flange": geo.as_dict(res.camera_to_flange),
         "nominal_mount": geo.as_dict(cap.nominal_mount),
-        "change_from_nominal": {"mm": round(float(np.linalg.norm(change[:3, 3])), 4),
-                                "deg": round(geo.angle_deg(change), 4)},
+        "change_from_nominal": {"mm": round(mount_mm, 4), "deg": round(mount_deg, 4)},
         "board_to_base": geo.as_dict(res.board_to_base),
         "table_tilt_deg": round(tilt, 4),
         "table_height_mm": round(height, 4),
@@ -207,7 +206,7 @@ def calibrate_hand_eye(recipe: Recipe) -> HandEyeRun:
             "distortion": {n: float(v) for n, v in zip(DIST_NAMES, ref.dist, strict=True)},
             "rms_px": round(ref.rms_px, 5),
         }
-    _refuse_hand_eye(res, ref if refined else None, change)
+    _refuse_hand_eye(res, ref if refined else None, mount_mm, mount_deg)
     warnings = []
     if res.residual_mm > SPREAD_WARN_MM or (refined and ref.rms_px > JOINT_WARN_PX):
         warnings.append(
@@ -237,10 +236,11 @@ def _refuse_intrinsics(recipe: Recipe, rms_px: float, focal_pct: float, views: P
             hint="put the recipe's lens and pixel size right (or mount the lens it names)")
 
 
-def _refuse_hand_eye(res: HandEyeResult, refined: Any, change: np.ndarray) -> None:
-    """Refuse a hand-eye solve whose board poses disagree or whose mounting is far from the
-    recipe's: one line naming the likely cause; nothing is written."""
-    mount_mm, mount_deg = float(np.linalg.norm(change[:3, 3])), geo.angle_deg(change)
+def _refuse_hand_eye(res: HandEyeResult, refined: Any, mount_mm: float, mount_deg: float
+                     ) -> None:
+    """Refuse a hand-eye solve whose board poses disagree or whose mounting (`mount_mm`,
+    `mount_deg` from the recipe's) is far off: one line naming the likely cause; nothing is
+    written."""
     why = None
     if res.residual_mm > SPREAD_REFUSE_MM or res.residual_deg > SPREAD_REFUSE_DEG:
         why = (f"the board poses disagree by {res.residual_mm:.2f} mm and "

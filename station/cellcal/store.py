@@ -195,8 +195,7 @@ def _refuse_stale(recipe: Recipe, data: dict[str, Any], path: Path) -> None:
     he = data.get("hand_eye")
     if he is None:
         return
-    change = geo.inv(geo.from_dict(he["nominal_mount"])) @ nominal_mount(recipe)
-    mm, deg = float(np.linalg.norm(change[:3, 3])), geo.angle_deg(change)
+    mm, deg = geo.magnitude(geo.inv(geo.from_dict(he["nominal_mount"])) @ nominal_mount(recipe))
     if mm > STALE_MOUNT_MM or deg > STALE_MOUNT_DEG:
         raise CellCalibrationError(
             f"{display(path)} was solved with another robot.tcp_offset_mm ({mm:.1f} mm, "

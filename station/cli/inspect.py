@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
             from station.devices.pylon_emulator import check_sequence
 
             check_sequence(rcp, "inspect")  # an emulated camera plays the frames it was given
-            _refuse_coverage_problems(rcp)
+            _check_cell_before_live(rcp)
         groups = None if live else group_offline(paths, rcp)
         db = open_database(rcp.storage.resolved_database_url())
         recorder = Recorder(db, rcp)
@@ -134,7 +134,7 @@ def _twin_line(rcp: Any, db: Any) -> Any:
     return TwinWorld(rcp, sheets_before=db.last_sequence(rcp.name)) if uses_twin(rcp) else None
 
 
-def _refuse_coverage_problems(rcp: Any) -> None:
+def _check_cell_before_live(rcp: Any) -> None:
     """Refuse a live run whose recipe leaves part of its region unseen, too coarse, out of
     focus or out of reach (`station recipe check` names each): no sheet may pass on shots that
     cannot resolve its smallest defect. On a real cell a refused cell calibration refuses the
