@@ -58,7 +58,7 @@ class Camera(Protocol):
     def open(self) -> None: ...
     def close(self) -> None: ...
     def grab(self) -> Frame:
-        """Trigger (software trigger, or wait for the hardware one) and return one frame.
+        """Execute a software trigger and return that trigger's frame.
 
         Retries per the recipe; raises CameraError after the last failed try.
         """

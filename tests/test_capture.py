@@ -303,3 +303,30 @@ def test_captured_sheets_are_never_the_ones_a_live_run_brings(
     main(["capture", "--recipe", "glassfiber", "--count", "1", "--seed", str(recipe.twin.seed)])
     err = " ".join(capsys.readouterr().err.split())
     assert f"--seed {recipe.twin.seed} is twin.seed: these are the sheets station inspect" in err
+
+
+def test_a_writer_taking_part_numbers_meanwhile_never_shares_one(station_home: Path) -> None:
+    """An offline inspection logging parts while a capture runs: each captured part keeps the
+    number its files are named by (before, the capture crashed on a taken number with its
+    files already in place and no row)."""
+    set_twin(station_home)
+    recipe = load_recipe("glassfiber")
+    other = open_database(recipe.storage.resolved_database_url())
+
+    def on_shot(seq: int, pose: str) -> None:
+        if pose == "centre":  # another program logs a part of the same recipe
+            other.create_part(recipe.name, mode="offline")
+
+    try:
+        result = run_capture(recipe, 2, on_shot=on_shot)
+    finally:
+        other.dispose()
+    parts, shots = parts_and_shots(station_home)
+    captured = [p.sequence for p in parts if p.mode == "capture"]
+    assert captured == result.sequences == [1, 3]
+    assert [p.sequence for p in parts if p.mode == "offline"] == [2, 4]
+    named = {p.name.split("_")[0] for p in pngs(recipe.dataset_dir)}
+    assert named == {"p000001", "p000003"} and len(shots) == 6
+    seq_of = {p.id: p.sequence for p in parts}
+    assert all(sh.image_path.split("/")[-1].startswith(f"p{seq_of[sh.part_id]:06d}_")
+               for sh in shots)

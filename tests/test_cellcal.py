@@ -202,7 +202,7 @@ def test_the_default_board_and_views_follow_the_recipes_optics() -> None:
     # a smaller board than the view wants: the views come closer, as far as the focus allows
     near = distances(shipped, BoardDef())
     assert max(near) < 0.85 * shipped.camera.lens.focus_distance_mm
-    assert all(blur_px(shipped, d) < MAX_BLUR_PX for d in near)
+    assert all(blur_px(shipped.camera.lens, d) < MAX_BLUR_PX for d in near)
 
 
 @pytest.mark.parametrize(("args", "params", "message"), [

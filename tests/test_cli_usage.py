@@ -124,3 +124,51 @@ def test_database_failures_are_one_line_with_a_hint(
         lines = capsys.readouterr().err.splitlines()
         assert len(lines) == 2 and says in lines[0] and lines[1].startswith(hint), lines
         assert "upgrade" not in lines[0] and "secret" not in lines[0]
+
+
+def _commands(group, path=()):  # noqa: ANN001, ANN202
+    import click
+
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*path, name))
+        else:
+            yield " ".join((*path, name)), cmd
+
+
+def test_one_spelling_for_each_option_across_commands() -> None:
+    """The database URL, the image folder and the batch size answer to the same flags in every
+    command that takes them (the older spellings stay as aliases)."""
+    import typer.main
+
+    from station.cli.app import app
+
+    same = ({"--db-url", "--database", "--url"}, {"--data", "--dataset"},
+            {"--batch-size", "--batch"})  # fmt: skip
+    wanted = {"--db-url": same[0], "--data": same[1], "--dataset": same[1],
+              "--batch-size": same[2]}  # fmt: skip
+    seen = 0
+    for name, cmd in _commands(typer.main.get_command(app)):
+        flags = {f for p in cmd.params for f in p.opts}
+        for flag, family in wanted.items():
+            if flags & family:
+                seen += 1
+                assert flag in flags, f"station {name}: {sorted(flags & family)} but no {flag}"
+    assert seen >= 12
+
+
+def test_every_threshold_policy_and_its_parameter_is_on_the_command_line() -> None:
+    """The policy registry is the only list: a new rule shows in --policy's help, and its
+    parameter needs its own flag."""
+    import typer.main
+
+    from station.calibration.policies import RULES
+    from station.cli.app import app
+
+    cmd = typer.main.get_command(app).commands["calibrate-threshold"]
+    flags = {f for p in cmd.params for f in p.opts}
+    policy = next(p for p in cmd.params if "--policy" in p.opts)
+    for rule in RULES.values():
+        assert rule.name in policy.help
+        if rule.param is not None:
+            assert "--" + rule.param.replace("_", "-") in flags, rule.name

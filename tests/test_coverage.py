@@ -12,6 +12,7 @@ import yaml
 from test_cellcal import run  # the CLI in-process: (exit code, stdout, stderr)
 
 from station.geometry import coverage as cov
+from station.geometry.ur_poses import rotvec_to_matrix
 from station.recipe import Pose, Recipe, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def _pose(x: float, y: float, z: float, rotvec: tuple[float, float, float] = DOW
 
 def test_straight_down_footprint_and_mm_per_px() -> None:
     r = _recipe()
-    cam = cov.Camera.from_recipe(r)
+    cam = cov.NominalCamera.from_recipe(r)
     assert cam.f_px == pytest.approx(8.0 / 0.00345)
     fp = cov.footprint(cam, _pose(400, 0, 579))
     w, h = 640 * 0.00345 * 579 / 8, 512 * 0.00345 * 579 / 8  # sensor size x distance / f
@@ -56,7 +57,7 @@ def test_straight_down_footprint_and_mm_per_px() -> None:
 
 
 def test_tilted_footprint_projects_back_onto_the_image_corners() -> None:
-    cam = cov.Camera.from_recipe(_recipe())
+    cam = cov.NominalCamera.from_recipe(_recipe())
     rot = _compose(DOWN, (0.0, 0.25, 0.0))  # looking down, then tilted about base y
     pose = _pose(350, 20, 500, rot)
     fp = cov.footprint(cam, pose)
@@ -66,7 +67,7 @@ def test_tilted_footprint_projects_back_onto_the_image_corners() -> None:
     heights = np.linalg.norm(fp[3] - fp[0]), np.linalg.norm(fp[2] - fp[1])
     assert abs(heights[0] - heights[1]) > 5  # the far edge is the longer
     # the forward projection (world -> pixel) of each footprint corner is the window corner
-    r = cov.rotation(rot)
+    r = rotvec_to_matrix(rot)
     pc = (np.column_stack([fp, np.zeros(4)]) - np.array(pose.position_mm)) @ r
     uv = np.column_stack(
         [cam.f_px * pc[:, 0] / pc[:, 2] + cam.cx, cam.f_px * pc[:, 1] / pc[:, 2] + cam.cy]
@@ -81,7 +82,7 @@ def _compose(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float, 
     """The rotation vector of R(b) @ R(a)."""
     import cv2
 
-    r = cov.rotation(b) @ cov.rotation(a)
+    r = rotvec_to_matrix(b) @ rotvec_to_matrix(a)
     v, _ = cv2.Rodrigues(r)
     return tuple(float(x) for x in v.ravel())
 
@@ -91,7 +92,7 @@ def test_rotation_matches_opencv() -> None:
 
     for v in ((0.1, -0.4, 2.0), (math.pi, 0, 0), (0, 0, 0), (3.14159, 0, 0)):
         expected, _ = cv2.Rodrigues(np.array(v, np.float64).reshape(3, 1))
-        assert cov.rotation(v) == pytest.approx(expected, abs=1e-12)
+        assert rotvec_to_matrix(v) == pytest.approx(expected, abs=1e-12)
 
 
 def test_detector_mm_per_px_follows_the_preprocessing() -> None:
@@ -104,7 +105,7 @@ def test_detector_mm_per_px_follows_the_preprocessing() -> None:
         )
     )
     assert cov.detector_factor(cropped) == pytest.approx(2.0)
-    cam = cov.Camera.from_recipe(cropped)
+    cam = cov.NominalCamera.from_recipe(cropped)
     assert cam.window == (-0.5, -0.5, 255.5, 511.5)  # the footprint is the crop's
     enlarged = _recipe(
         lambda d: d["preprocess"].update(size=[1024, 1024], tiling={"enabled": False})
@@ -331,7 +332,7 @@ def test_a_calibrated_mounting_moves_the_footprints(
     for pose, before, after in zip(
         recipe.robot.poses, nominal.footprints, calibrated.footprints, strict=True
     ):
-        shift = (cov.rotation(pose.rotvec_rad) @ np.array([2.0, -12.0, 0.0]))[:2]
+        shift = (rotvec_to_matrix(pose.rotvec_rad) @ np.array([2.0, -12.0, 0.0]))[:2]
         assert shift == pytest.approx([2.0, 12.0], abs=1e-3)  # straight down: v is base -y
         assert len(after) == 4 * cov.BORDER_POINTS
         # corners first, in the nominal order, each moved by the mounting's offset
@@ -359,7 +360,7 @@ def test_a_distorted_footprint_follows_the_bent_edges(station_home: Path) -> Non
     k = write_cell(recipe, (0.0, 0.0, 0.0), dist=(-0.25, 0.0, 0.0, 0.0, 0.0))
     model = camera_model(recipe)
     pose = recipe.robot.poses[4]
-    cam = cov.Camera.from_recipe(recipe)
+    cam = cov.NominalCamera.from_recipe(recipe)
     fp = cov.footprint_of(cam, pose, model)
     assert fp is not None and not cov.convex(fp)
     cam_pose = model.camera_pose(cov.tcp_of(pose))
@@ -388,7 +389,7 @@ def test_mm_per_px_is_the_coarsest_over_the_window() -> None:
     """A view tilted 15 degrees sees its far edge coarser than its centre: the check takes
     the far edge (it measured the centre: 0.2415 against 0.2656 mm/px there)."""
     r = _recipe()
-    cam = cov.Camera.from_recipe(r)
+    cam = cov.NominalCamera.from_recipe(r)
     down = _pose(400, 0, 579)
     assert cov.mm_per_px_of(cam, down) == pytest.approx(cov.camera_mm_per_px(cam, down))
     tilted = _pose(400, 0, 560, _compose(DOWN, (0.26, 0.0, 0.0)))

@@ -19,7 +19,7 @@ from station.detectors.dfda_faults import (
     separation_loss,
     synthetic_defect,
 )
-from station.detectors.dfda_fit import _Branches
+from station.detectors.dfda_fit import Branches
 from station.detectors.dfda_net import ChannelSpatialAttention, QueryKeyAttention
 from station.detectors.kmeans import choose_k, elbow_k, kmeans
 from station.detectors.registry import available_detectors, create_detector
@@ -316,7 +316,7 @@ def test_attention_steps_lower_the_objective_and_widen_the_margin(
     imgs = list(train_images)
     clean = det._branches(imgs)
     bad = det._branches(*det._faults(imgs, np.random.default_rng(1)))
-    ref = _Branches(clean.a, clean.b)
+    ref = Branches(clean.a, clean.b)
     centres = det._epoch_centres(clean, ref, 8, 144, np.random.default_rng(0))
     loss0, margin0 = det._objective(clean, bad, centres)
     params = list(det.cbam.parameters()) + list(det.qk.parameters())

@@ -336,7 +336,7 @@ def test_a_session_that_drops_the_gpu_provider_is_refused(
         def get_available_providers() -> list[str]:
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
-    monkeypatch.setattr(ort_runtime, "_ort", lambda: FakeOrt)
+    monkeypatch.setattr(ort_runtime, "ort_module", lambda: FakeOrt)
     with pytest.raises(DetectorError, match="started CPUExecutionProvider instead of CUDA"):
         ort_runtime.OrtSession(tmp_path / "g.onnx", "cuda", 1)
     with pytest.raises(DetectorError, match="instead of"):

@@ -58,6 +58,7 @@ class Cell:
     recorder: Recorder | None = None  # default: a fresh one per run
     truths: dict[int, list[dict]] = field(default_factory=dict)  # the twin's, at each start
     cycle_hooks: list[Any] = field(default_factory=list)  # station.inspection.hooks
+    line_at_operator: list[tuple[bool, bool, bool]] = field(default_factory=list)  # hb, rej, rv
 
     def parts(self) -> list[Part]:
         with self.db.session() as s:
@@ -91,6 +92,8 @@ class Cell:
 
         def op(fault: Fault) -> bool:
             self.faults_seen.append(fault)
+            w = self.world
+            self.line_at_operator.append((w.heartbeat, w.reject_output, w.result_valid))
             self.world.clear_faults()
             return operator
 
@@ -733,3 +736,29 @@ def test_second_live_run_on_a_recipe_is_refused(cell: Cell) -> None:
     assert first[0].parts == 3 and first[0].recovery.interrupted == []
     _check_complete(cell, 3)
     assert Recorder(cell.db, cell.recipe).recover().interrupted == []  # the lock was released
+
+
+def test_a_hooks_database_work_waits_seconds_not_the_busy_timeout(cell: Cell) -> None:
+    """Hooks' database work (drift charts, alarms) runs under HOOK_DB_WAIT_S: a database
+    locked by another program must not hold up the next sheet for a whole busy timeout."""
+    from station.inspection.cycle import HOOK_DB_WAIT_S
+    from station.inspection.hooks import CycleHook
+    from station.storage import db as dbmod
+
+    left_ms: list[int] = []
+
+    class Probe(CycleHook):
+        name = "probe"
+
+        def start(self) -> list[Event]:
+            left_ms.append(dbmod._wait_ms())  # what a lock wait may take now
+            return []
+
+        def part(self, result: Any) -> list[Event]:
+            left_ms.append(dbmod._wait_ms())
+            return []
+
+    cell.cycle_hooks = [Probe()]
+    assert cell.run(2).parts == 2
+    assert len(left_ms) == 3 and all(0 <= ms <= HOOK_DB_WAIT_S * 1000 for ms in left_ms)
+    assert dbmod._wait_ms() == dbmod.SQLITE_BUSY_TIMEOUT_S * 1000  # the deadline ends with it

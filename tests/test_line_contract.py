@@ -56,3 +56,18 @@ def test_a_line_io_resume_drops_the_heartbeat_and_restarts_part_ids(station_home
     restart = [i for i, s in enumerate(log) if s == ("heartbeat", True)][1]
     assert ("part_id_echo", 0) in log[log.index(("heartbeat", False)):restart]
     assert [v for s, v in log[restart:] if s == "part_id_echo"] == [1]
+
+
+def test_the_line_sees_a_stopped_station_while_the_operator_is_called(station_home: Path) -> None:
+    """A protective stop in part 2: while the operator is away the heartbeat is still, the
+    reject output up and RESULT_VALID low, so the PLC rejects sheets within its heartbeat
+    timeout rather than waiting for a result; the resume is a new run (part ids from 1)."""
+    cell = _cell(station_home)
+    cell.hooks[("part_started", 2)] = lambda: cell.world.inject_fault("protective_stop", after=1)
+    summary = cell.run(3)
+    assert summary.parts == 3 and [f.kind for f in cell.faults_seen] == ["protective_stop"]
+    assert cell.line_at_operator == [(False, True, False)]
+    log = cell.world.line_log
+    assert [v for s, v in log if s == "heartbeat"] == [True, False, True, False]
+    restart = [i for i, s in enumerate(log) if s == ("heartbeat", True)][1]
+    assert [v for s, v in log[restart:] if s == "part_id_echo"] == [1]

@@ -258,6 +258,11 @@ def test_plan_poses_refuses_inline_poses_and_bad_overlap(
         "glassfiber.poses.yaml` and remove robot.poses, then run station "
         "plan-poses again"
     )
+    data = yaml.safe_load(SHIPPED)  # names are checked as for every other command
+    data["detectors"][0]["name"] = "patchcor"
+    (station_home / "recipes" / "typo.yaml").write_text(yaml.safe_dump(data))
+    code, _, err = run(capsys, "plan-poses", "--recipe", "typo")
+    assert code == 2 and "unknown detector 'patchcor'" in err and "Traceback" not in err
     before = (station_home / "recipes" / "glassfiber.poses.yaml").read_text()
     code, _, err = run(capsys, "plan-poses", "--recipe", "glassfiber", "--overlap", "1.0")
     assert code == 2 and "coverage.overlap (--overlap): 1 must be at least 0 and below 1" in err
@@ -303,7 +308,7 @@ def test_plan_poses_through_the_cell_calibration(
     rec = _recipe()
     model = camera_model(rec)
     bent = pp.plan(rec, model=model)
-    outline = cov.footprint_of(cov.Camera.from_recipe(rec), bent.poses[0], model)
+    outline = cov.footprint_of(cov.NominalCamera.from_recipe(rec), bent.poses[0], model)
     n = cov.BORDER_POINTS
     box_w, box_h = np.ptp(outline, axis=0)
     mid_w = outline[n + n // 2, 0] - outline[3 * n + n // 2, 0]  # right edge's middle - left's

@@ -1,7 +1,7 @@
 """PylonCamera against the real pylon camera emulator shipped in the pypylon wheel.
 
 PYLON_CAMEMU is read at every enumeration, so each test sets it before opening a camera.
-Emulated serials are 0815-0000, 0815-0001, ...
+Emulated serials are 0815-0000, 0815-0001, ...; with two of them a camera is opened by serial.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def two_emulated_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def cfg(**overrides: object) -> PylonCameraConfig:
-    base: dict[str, object] = {"driver": "pylon", "width": W, "height": H, "timeout_ms": 1000}
+    base: dict[str, object] = {
+        "driver": "pylon", "serial": "0815-0000", "width": W, "height": H, "timeout_ms": 1000
+    }
     return PylonCameraConfig(**(base | overrides))
 
 
@@ -69,9 +71,26 @@ def test_enumerate_and_open_by_serial() -> None:
         cam.grab()
 
 
-def test_first_camera_when_serial_is_null() -> None:
-    with PylonCamera(cfg(serial=None)) as cam:
-        assert cam.settings()["serial"] == "0815-0000"
+def test_serial_null_opens_only_a_lone_camera_and_an_emulator_only_to_play_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if any(c["device_class"] != "BaslerCamEmu" for c in list_cameras()):
+        pytest.skip("a real camera is attached to this machine")
+    write_images(tmp_path / "emu", 1)
+    emu = str(tmp_path / "emu")
+    with pytest.raises(CameraError, match="2 cameras found") as err:  # never devices[0]
+        PylonCamera(cfg(serial=None, emulator_images=emu)).open()
+    assert "0815-0000" in err.value.message and "0815-0001" in err.value.message
+    assert "camera.serial" in (err.value.hint or "")
+    monkeypatch.setenv("PYLON_CAMEMU", "1")
+    # a real cell's recipe (no emulator_images) with PYLON_CAMEMU left set: refused
+    with pytest.raises(CameraError, match=r"emulated camera .*PYLON_CAMEMU.* no real one") as err:
+        PylonCamera(cfg(serial=None)).open()
+    assert "\n" not in str(err.value) and "emulator_images" in (err.value.hint or "")
+    with PylonCamera(cfg(serial=None, emulator_images=emu)) as cam:  # an emulated cell's recipe
+        assert cam.is_emulator and cam.settings()["serial"] == "0815-0000"
+    with PylonCamera(cfg(serial="0815-0000")) as cam:  # or one that names the emulated camera
+        assert cam.is_emulator
 
 
 def test_unknown_serial_names_it_and_lists_the_cameras() -> None:
@@ -100,6 +119,9 @@ def test_settings_applied_and_read_back() -> None:
         assert s["gain_db"] == pytest.approx(6.5, abs=0.05)
         assert s["pixel_format"] == "Mono8"
         assert (s["trigger_mode"], s["trigger_source"]) == ("On", "Software")
+        assert (s["binning_horizontal"], s["binning_vertical"]) == (1, 1)  # what the camera has
+        assert (s["reverse_x"], s["reverse_y"]) == (False, False)
+        assert "decimation_horizontal" not in s  # the emulator has no decimation
         frame = cam.grab()
         assert frame.image.shape == (200, 320)
         assert frame.camera_settings["exposure_us"] == pytest.approx(12345.0)
@@ -188,6 +210,85 @@ def test_failed_buffer_without_retries_raises(tmp_path: Path) -> None:
         cam.grab()  # the camera recovers on the next grab
 
 
+class _CountingCamera:
+    """The driver's InstantCamera, counting the software triggers executed on it."""
+
+    def __init__(self, cam: object) -> None:
+        self._cam, self.triggers = cam, 0
+
+    def ExecuteSoftwareTrigger(self) -> None:  # noqa: N802 - pylon's name
+        self.triggers += 1
+        self._cam.ExecuteSoftwareTrigger()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._cam, name)
+
+
+def test_a_late_frame_never_answers_a_later_grab(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 4096 x 4096 file takes the emulator ~50 ms: with a 1 ms timeout the grab fails and its
+    frame lands during the next grab, which must drop it and return its own trigger's frame
+    (each file a distinct grey, played one per trigger)."""
+    side, n = 4096, 4
+    (tmp_path / "big").mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((side, side), 40 + 50 * i, np.uint8)).save(
+            tmp_path / "big" / f"{i:03d}.png"
+        )
+    base = cfg(width=side, height=side, emulator_images=str(tmp_path / "big"), retries=0)
+    returned = []
+    with PylonCamera(base) as cam:
+        counter = cam._cam = _CountingCamera(cam._cam)
+        for k in range(6):
+            late = k % 2 == 0
+            cam.cfg = base.model_copy(update={"timeout_ms": 1 if late else 5000})
+            try:
+                frame = cam.grab()
+            except CameraError:
+                assert late, f"grab {k}"
+                continue
+            own = (counter.triggers - 1) % n  # the file this grab's last trigger played
+            assert int(frame.image[0, 0]) == 40 + 50 * own, f"grab {k}: an earlier trigger's frame"
+            returned.append(k)
+    assert {1, 3, 5} <= set(returned)
+    assert "dropped a stale frame" in caplog.text
+
+
+def test_a_frame_no_trigger_asked_for_is_dropped_and_the_numbering_learned_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = write_images(tmp_path / "emu", 4)
+    with PylonCamera(cfg(emulator_images=str(tmp_path / "emu"), retries=1)) as cam:
+        assert np.array_equal(cam.grab().image, images[0])
+        cam.device.ExecuteSoftwareTrigger()  # behind the driver's back: plays file 1, block 1
+        time.sleep(0.3)  # queued before the next grab (one racing its trigger cannot be told)
+        frame = cam.grab()
+        assert np.array_equal(frame.image, images[2]) and frame.camera_settings["attempts"] == 1
+        assert np.array_equal(cam.grab().image, images[3])
+    assert "out of sequence (block 1)" in caplog.text
+
+
+def test_block_ids_out_of_sequence_fail_the_try_and_are_learned_again(tmp_path: Path) -> None:
+    """As when a GigE camera's block ids wrap at 65535: the try cannot tell which trigger its
+    frame answers, so it fails; the retry, with one trigger outstanding, learns them again."""
+    from pypylon import pylon
+
+    images = write_images(tmp_path / "emu", 4)
+    with PylonCamera(cfg(emulator_images=str(tmp_path / "emu"), retries=1)) as cam:
+        for k in range(3):
+            assert np.array_equal(cam.grab().image, images[k])
+        cam.device.StopGrabbing()  # block ids (and the emulator's folder) start again at 0
+        cam.device.StartGrabbing(pylon.GrabStrategy_OneByOne)
+        # block 0 after the first frame: a camera that numbers none, matched by order
+        assert np.array_equal(cam.grab().image, images[0])
+        frame = cam.grab()  # block 1 where the numbering learned says 4: the try fails
+        assert frame.camera_settings["attempts"] == 2 and frame.camera_settings["block_id"] == 2
+        assert np.array_equal(frame.image, images[2])
+        frame = cam.grab()
+        assert frame.camera_settings["attempts"] == 1 and np.array_equal(frame.image, images[3])
+
+
 def _fail_first_read(cam: PylonCamera, monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Make the camera's first frame conversion raise a real GenICam exception."""
     real, calls = cam._to_array, []
@@ -219,31 +320,6 @@ def test_genicam_error_reading_a_frame_is_a_retried_camera_fault(
 
 
 @pytest.mark.slow
-def test_hardware_trigger_timeout_raises_after_retries() -> None:
-    with PylonCamera(cfg(trigger="hardware", timeout_ms=100, retries=2)) as cam:
-        assert cam.settings()["trigger_source"] == "Line1"
-        with pytest.raises(CameraError) as err:
-            cam.grab()
-    msg = err.value.message
-    assert "3 tries" in msg and "no hardware trigger on Line1 within 100 ms" in msg
-    assert "Line1" in (err.value.hint or "")
-
-
-@pytest.mark.slow
-def test_hardware_trigger_drops_a_frame_queued_before_the_ask() -> None:
-    """A frame triggered before grab() (a double or early pulse on Line1) was exposed before
-    the robot settled at this pose: dropped, so the shot waits for a trigger after the ask."""
-    with PylonCamera(cfg(trigger="hardware", timeout_ms=200, retries=0)) as cam:
-        dev = cam.device
-        dev.TriggerSource.Value = "Software"  # the emulator has no Line1 to pulse
-        dev.TriggerSoftware.Execute()
-        time.sleep(0.3)  # the frame is in the queue
-        dev.TriggerSource.Value = "Line1"
-        with pytest.raises(CameraError, match="no hardware trigger on Line1 within 200 ms"):
-            cam.grab()
-
-
-@pytest.mark.slow
 def test_feature_file_roundtrip(tmp_path: Path) -> None:
     pfs = tmp_path / "cam" / "features.pfs"
     with PylonCamera(cfg(exposure_us=2222.0)) as cam:
@@ -269,6 +345,55 @@ def test_bad_feature_files_are_clear(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+def _feature_file_with(tmp_path: Path, name: str, value: str) -> Path:
+    """A feature file saved from the emulator, with one feature's line changed."""
+    pfs = tmp_path / "geom.pfs"
+    with PylonCamera(cfg()) as cam:
+        cam.device.StopGrabbing()  # binning and reverse are saved only while not grabbing
+        cam.save_features(pfs)
+    text = pfs.read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"{name}\t"))
+    pfs.write_text(text.replace(line, f"{name}\t{value}"))
+    return pfs
+
+
+@pytest.mark.parametrize(("name", "value"), [("ReverseX", "1"), ("BinningHorizontal", "2")])
+def test_feature_file_geometry_is_refused(tmp_path: Path, name: str, value: str) -> None:
+    """Binning or mirroring from a .pfs would change the image the station's geometry (sheet
+    map, coverage, mm/px, calibration) maps: refused, naming the feature and the file."""
+    pfs = _feature_file_with(tmp_path, name, value)
+    with pytest.raises(CameraError, match=f"feature file {pfs} sets {name} {value}") as err:
+        PylonCamera(cfg(feature_file=str(pfs))).open()
+    assert "\n" not in str(err.value) and name in (err.value.hint or "")
+
+
+def test_geometry_left_from_earlier_use_is_reset(caplog: pytest.LogCaptureFixture) -> None:
+    # the emulator starts every open from its defaults; a real camera keeps what was set last
+    with PylonCamera(cfg()) as cam:
+        cam.device.StopGrabbing()
+        cam.device.BinningVertical.Value = 2
+        cam.device.ReverseY.Value = True
+        cam._plain_geometry(None)
+        assert cam.device.BinningVertical.Value == 1 and not cam.device.ReverseY.Value
+    assert "BinningVertical was 2" in caplog.text and "ReverseY was 1" in caplog.text
+
+
+def test_a_recipe_cannot_ask_for_a_hardware_trigger() -> None:
+    """Nothing in the station pulses the camera's trigger input: every shot would time out."""
+    import yaml
+
+    from station.errors import RecipeError
+    from station.recipe import parse_recipe
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "glassfiber.yaml")
+                          .read_text())
+    data["backend"] = "real"
+    assert parse_recipe(yaml.safe_dump(data)).camera.trigger == "software"
+    data["camera"]["trigger"] = "hardware"
+    with pytest.raises(RecipeError, match=r"camera\.trigger: .*only software triggers"):
+        parse_recipe(yaml.safe_dump(data))
+
+
 @pytest.mark.slow
 def test_prepare_twin_images_feeds_the_emulator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -277,6 +402,7 @@ def test_prepare_twin_images_feeds_the_emulator(
     from station.recipe import load_recipe
 
     monkeypatch.setenv("STATION_HOME", str(Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("PYLON_CAMEMU", "1")  # as the emulated cell runs: its recipe names no serial
     recipe = load_recipe("glassfiber-emulated")
     folder = tmp_path / "emu"
     poses = [p.name for p in recipe.robot.poses]

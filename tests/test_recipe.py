@@ -201,6 +201,7 @@ def test_cli_check_sees_what_the_schema_cannot(station_home: Path) -> None:
         d["detectors"].append({"name": "simplenet", "backbone": "nosuchnet"})
         d["detectors"].append({"name": "dfda", "backbone": "wide_resnet50_2"})
         d["twin"]["defect_kinds"] = {"nosuch": 1}
+        d["twin"].setdefault("params", {}).update(lamp_jiter=0.5, first_sheeet=3)
 
     (station_home / "recipes" / "deep.yaml").write_text(_mutated(edit))
     out = _station("recipe", "check", "deep", home=station_home)
@@ -211,6 +212,8 @@ def test_cli_check_sees_what_the_schema_cannot(station_home: Path) -> None:
         "detectors[1].backbone: unknown backbone 'nosuchnet'",
         "detectors[2].weights: no auto weights for backbone wide_resnet50_2",
         "twin.defect_kinds: unknown kind nosuch",
+        "twin.params.lamp_jiter: not a twin setting; did you mean lamp_jitter?",
+        "twin.params.first_sheeet: not a twin setting; did you mean first_sheet?",
     ):
         assert expected in out.stderr, out.stderr
     for text, expected in (
@@ -619,3 +622,17 @@ def test_a_database_url_that_does_not_parse_is_refused(
     assert "database_url: sqlite:///data/station.db" in SHIPPED
     text = SHIPPED.replace("database_url: sqlite:///data/station.db", f"database_url: {pg}")
     assert parse_recipe(text).storage.database_url == pg
+
+
+def test_a_ur_robot_without_its_payload_is_said() -> None:
+    from station.cli.recipe import device_warnings
+
+    def real(payload: float | None):  # noqa: ANN202
+        def edit(d: dict) -> None:
+            d["backend"] = "real"
+            d["robot"]["payload_kg"] = payload
+        return parse_recipe(_mutated(edit))
+
+    assert any("robot.payload_kg not set" in w for w in device_warnings(real(None)))
+    assert not any("payload" in w for w in device_warnings(real(1.2)))
+    assert not any("payload" in w for w in device_warnings(parse_recipe(SHIPPED)))

@@ -132,7 +132,7 @@ def test_newest_review_counts_and_history_is_kept(seeded) -> None:
             ReviewLabel.DEFECT_CONFIRMED,
             ReviewLabel.FALSE_REJECT,
         ]
-        assert store.latest_labels(s)[pid] == ReviewLabel.FALSE_REJECT
+        assert store.load_part(s, pid).newest_review.label == ReviewLabel.FALSE_REJECT
     html = client.get(f"/parts/{pid}").text
     history = html[html.index('id="history"') :]
     assert history.index("Ben") < history.index("Ana")  # newest first
@@ -285,26 +285,6 @@ def test_csv_export_has_every_review_and_neutralises_formulas(seeded) -> None:
     assert list(csv.reader(io.StringIO(client.get("/export.csv?recipe=nope").text))) == [
         store.EXPORT_HEADER
     ]
-
-
-def test_reviewed_parts_for_calibration(seeded) -> None:
-    db, sample, client = seeded
-    with db.session() as s:
-        before = {r.part_id: r for r in store.reviewed_parts(s, "glassfiber")}
-        pid = next(p for p in sample.rejected_ids if p not in before)
-        store.add_review(s, pid, ReviewLabel.FALSE_REJECT, "Ana", "fold, not a defect")
-    with db.session() as s:
-        after = {r.part_id: r for r in store.reviewed_parts(s, "glassfiber")}
-        part = store.load_part(s, pid)
-    got = after[pid]
-    assert got.label == ReviewLabel.FALSE_REJECT and not got.defective
-    for det in {d.detector for shot in part.shots for d in shot.detections}:
-        assert got.scores[det] == max(
-            d.score for shot in part.shots for d in shot.detections if d.detector == det
-        )
-    assert set(after) == set(before) | {pid}
-    with db.session() as s:
-        assert store.reviewed_parts(s, "no-such-recipe") == []
 
 
 @pytest.mark.slow
@@ -839,3 +819,23 @@ def test_a_captured_part_says_it_was_captured_not_that_the_station_stopped(
     assert 'id="undecided"' not in page and "station stopped" not in page
     client.close()
     db.dispose()
+
+
+def test_the_newest_review_counts_and_a_tie_goes_to_the_later_row(seeded) -> None:
+    """Calibration, retraining and the part page read `Part.reviews` oldest first."""
+    db, sample, _client = seeded
+    pid = sample.rejected_ids[0]
+    t = datetime.now(UTC) + timedelta(days=1)  # after the sample's reviews
+    with db.session() as s:
+        for who, label, when in (("Ana", ReviewLabel.FALSE_REJECT, t + timedelta(hours=1)),
+                                 ("Ben", ReviewLabel.DEFECT_CONFIRMED, t),
+                                 ("Cy", ReviewLabel.FALSE_REJECT, t)):
+            s.add(Review(part_id=pid, operator=who, label=label, created_at=when))
+    with db.session() as s:
+        part = store.load_part(s, pid)
+        assert [r.operator for r in part.reviews][-3:] == ["Ben", "Cy", "Ana"]
+        assert part.newest_review.operator == "Ana"
+        s.add(Review(part_id=pid, operator="Dee", label=ReviewLabel.DEFECT_CONFIRMED,
+                     created_at=t + timedelta(hours=1)))
+    with db.session() as s:
+        assert store.load_part(s, pid).newest_review.operator == "Dee"

@@ -12,11 +12,11 @@ from test_twin_render import classic  # the optics these tests were written for
 
 from station.devices.factory import open_devices
 from station.errors import CameraError, LineIOError, ProtectiveStop, RecipeError, RobotError
+from station.geometry.pose_plan import move_s as trapezoid_time
 from station.interfaces import Camera, LineIO, Robot
 from station.recipe import Pose, Recipe, parse_recipe
 from station.twin import SimCamera, SimLine, SimRobot, TwinWorld
 from station.twin import world as world_mod
-from station.twin.robot import trapezoid_time
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -304,3 +304,11 @@ def test_the_line_goes_on_unless_its_first_sheet_is_pinned() -> None:
     for bad in (0, 2.5, "x"):
         with pytest.raises(RecipeError, match="twin.params.first_sheet: must be a whole number"):
             TwinWorld(recipe(params={"first_sheet": bad}))
+
+
+def test_a_misspelt_twin_setting_is_refused_with_the_nearest_name() -> None:
+    """twin.params keys are read with defaults, so a typo would silently leave the default."""
+    with pytest.raises(RecipeError, match="twin.params.lamp_jiter: not a twin setting; did you "
+                       "mean lamp_jitter"):
+        TwinWorld(recipe(params={"lamp_jiter": 0.5}))
+    TwinWorld(recipe(params={"lamp_jitter": 0.05, "line_parts": 3}))

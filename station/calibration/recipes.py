@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 __all__ = ["load_recipe", "parse_recipe"]
 
 
-def load_recipe(name_or_path: str) -> Recipe:
-    """The recipe `name_or_path` (recipes/<name>.yaml or a path), names checked."""
-    return registry.load_recipe(name_or_path, tuple(RULES))
+def load_recipe(name_or_path: str, planning: bool = False) -> Recipe:
+    """The recipe `name_or_path` (recipes/<name>.yaml or a path), names checked; `planning`:
+    its robot.poses_file may not exist yet (station plan-poses writes it)."""
+    return registry.load_recipe(name_or_path, tuple(RULES), planning)
 
 
-def parse_recipe(text: str, source: str = "<string>") -> Recipe:
-    """A recipe from YAML text, names checked."""
-    return registry.parse_recipe(text, source, tuple(RULES))
+def parse_recipe(text: str, source: str = "<string>", planning: bool = False) -> Recipe:
+    """A recipe from YAML text, names checked (`planning` as for `load_recipe`)."""
+    return registry.parse_recipe(text, source, tuple(RULES), planning)

@@ -416,7 +416,7 @@ def _read_reviews(
             partial = 0  # parts not scored on every pose (interrupted, or faulted mid-part)
             n_poses = len(recipe.robot.poses)
             for part in parts:
-                review = max(part.reviews, key=lambda r: (r.created_at, r.id))
+                review = part.reviews[-1]  # oldest first: the newest counts
                 per_det: dict[str, list[tuple[float, str]]] = {n: [] for n in names}
                 dets = [
                     d

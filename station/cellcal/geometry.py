@@ -8,12 +8,11 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from station.geometry.ur_poses import pose_to_matrix
+
 
 def from_pose(position: Sequence[float], rotvec: Sequence[float]) -> np.ndarray:
-    t = np.eye(4)
-    t[:3, :3] = cv2.Rodrigues(np.asarray(rotvec, np.float64).reshape(3, 1))[0]
-    t[:3, 3] = np.asarray(position, np.float64)
-    return t
+    return pose_to_matrix([*np.asarray(position, np.float64), *np.asarray(rotvec, np.float64)])
 
 
 def from_tcp(tcp: Sequence[float]) -> np.ndarray:

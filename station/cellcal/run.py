@@ -31,6 +31,7 @@ from station.cellcal.views import MIN_VIEWS, board_centre_guess
 from station.errors import CellCalibrationError, StationError
 from station.files import atomic_write, replacing_folder, writing
 from station.geometry.charuco import BoardDef
+from station.geometry.coverage import focal_px
 from station.paths import resolve
 from station.recipe import Pose, Recipe
 
@@ -114,7 +115,7 @@ def calibrate_camera(recipe: Recipe, board: BoardDef, poses: list[Pose],
     cap_mod.save(cap, recipe.data_dir / "cell-calibration" / stamp)
     assert cap.folder is not None
     k = res.matrix
-    nominal_f = recipe.camera.lens.focal_length_mm * 1000.0 / recipe.camera.lens.pixel_size_um
+    nominal_f = focal_px(recipe.camera.lens)
     focal_pct = float(100 * ((k[0, 0] + k[1, 1]) / 2 / nominal_f - 1))
     _refuse_intrinsics(recipe, res.rms_px, focal_pct, cap.folder)
     data: dict[str, Any] = {

@@ -27,6 +27,7 @@ from station.cellcal.views import nominal_mount
 from station.devices.camera_truth import twin_camera
 from station.errors import CellCalibrationError
 from station.files import atomic_write_all, writing
+from station.geometry.coverage import focal_px
 from station.paths import resolve, station_home
 from station.recipe import Recipe
 
@@ -130,7 +131,7 @@ class CameraModel:
 
 def nominal_model(recipe: Recipe) -> CameraModel:
     cam = recipe.camera
-    f = cam.lens.focal_length_mm * 1000.0 / cam.lens.pixel_size_um
+    f = focal_px(cam.lens)
     k = np.array([[f, 0, (cam.width - 1) / 2], [0, f, (cam.height - 1) / 2], [0, 0, 1.0]])
     mount = nominal_mount(recipe)  # the camera is where tcp_offset_mm says: at the TCP
     return CameraModel(k, np.zeros(5), mount, geo.inv(mount), np.eye(4), cam.width, cam.height,

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from station.cellcal import geometry as geo
 from station.errors import CellCalibrationError
 from station.geometry.charuco import BoardDef
+from station.geometry.coverage import COC_PER_SIGMA, blur_px, focal_px
 from station.recipe import Pose, Recipe
 
 REACH_MM = 850.0  # UR5, base axis to flange
@@ -58,13 +59,6 @@ def look_at(target: np.ndarray, tilt_deg: float, azimuth_deg: float, roll_deg: f
     return out
 
 
-def blur_px(recipe: Recipe, distance_mm: float) -> float:
-    lens = recipe.camera.lens
-    f, n, s = lens.focal_length_mm, lens.f_number, lens.focus_distance_mm
-    coc_mm = (f * f / (n * (s - f))) * abs(distance_mm - s) / distance_mm
-    return coc_mm * 1000.0 / lens.pixel_size_um / 2.4
-
-
 def view_distance(recipe: Recipe, board: BoardDef) -> float:
     """The views' mean distance to the board, in mm: the lens's focus distance (calibrate as
     the camera works: the focus stays), or closer where the board would fill less than
@@ -72,12 +66,12 @@ def view_distance(recipe: Recipe, board: BoardDef) -> float:
     VIEW_BLUR_PX (the views spread +-7 % around it; `problem` still checks each one)."""
     lens, cam = recipe.camera.lens, recipe.camera
     f, n, s = lens.focal_length_mm, lens.f_number, lens.focus_distance_mm
-    f_px = f * 1000.0 / lens.pixel_size_um
+    f_px = focal_px(lens)
     w, h = board.size_mm
     fill = f_px * max(w / (BOARD_FILL * cam.width), h / (BOARD_FILL * cam.height))
     # blur_px(d) = VIEW_BLUR_PX for d < s: coc(d) = a * (s - d) / d
     a = f * f / (n * (s - f))
-    coc = VIEW_BLUR_PX * 2.4 * lens.pixel_size_um / 1000.0
+    coc = VIEW_BLUR_PX * COC_PER_SIGMA * lens.pixel_size_um / 1000.0
     sharp = s / (1.0 + coc / a)
     return float(min(s, max(fill, sharp)))
 
@@ -93,13 +87,13 @@ def problem(recipe: Recipe, cam: np.ndarray, board_centre: np.ndarray) -> str | 
     if pc[2] <= 0:
         return "the board is behind the camera"
     lens = recipe.camera.lens
-    f_px = lens.focal_length_mm * 1000.0 / lens.pixel_size_um
+    f_px = focal_px(lens)
     u = f_px * pc[0] / pc[2] + (recipe.camera.width - 1) / 2
     v = f_px * pc[1] / pc[2] + (recipe.camera.height - 1) / 2
     w, h = recipe.camera.width, recipe.camera.height
     if not (0.2 * w < u < 0.8 * w and 0.2 * h < v < 0.8 * h):
         return "the board centre is outside the middle of the image"
-    if blur_px(recipe, float(pc[2])) > MAX_BLUR_PX:
+    if blur_px(lens, float(pc[2])) > MAX_BLUR_PX:
         return f"the board is {pc[2]:.0f} mm away, out of focus"
     return None
 

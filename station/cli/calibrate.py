@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from station.calibration.policies import POLICIES
 from station.calibration.recipes import load_recipe
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def calibrate_threshold(
     dataset: Path | None = typer.Option(
         None,
         "--dataset",
+        "--data",
         help="MVTec-layout folder with test/good and test/<defect> images "
         "(default: the recipe's captured dataset).",
     ),
@@ -45,8 +47,7 @@ def calibrate_threshold(
         None,
         "--policy",
         "-p",
-        help="zero_miss | false_reject_budget | miss_budget | youden | f1 | good_quantile "
-        "(default: the recipe's decision.policy).",
+        help=" | ".join(POLICIES) + " (default: the recipe's decision.policy).",
     ),
     false_reject_budget: float | None = typer.Option(
         None, "--false-reject-budget", help="Largest share of good parts rejected, e.g. 0.05."
@@ -68,7 +69,7 @@ def calibrate_threshold(
     seed: int = typer.Option(20261124, "--seed", help="Bootstrap seed (fixed: reproducible)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per detector call."),
     database: str | None = typer.Option(
-        None, "--database", help="Database URL (default: the recipe's)."
+        None, "--db-url", "--database", help="Database URL (default: the recipe's)."
     ),
 ) -> None:
     """Choose thresholds from ROC curves on labelled parts, with expected rates and intervals.

@@ -19,21 +19,25 @@ def register(app: typer.Typer) -> None:
     @group.command("upgrade")
     def upgrade_cmd(
         recipe: str = typer.Option("glassfiber", "--recipe", "-r", help="Recipe whose database."),
-        url: str | None = typer.Option(None, "--url", help="Database URL (overrides the recipe)."),
+        url: str | None = typer.Option(
+            None, "--db-url", "--url", help="Database URL (overrides the recipe)."
+        ),
         revision: str = typer.Option("head", help="Target revision."),
     ) -> None:
         """Apply schema migrations to the database (creates it when empty)."""
         from station.cli.app import console
-        from station.storage.db import upgrade
+        from station.storage.db import hide_password, upgrade
 
         target = url or load_recipe(recipe).storage.resolved_database_url()
         now = upgrade(target, revision)
-        console.print(f"[green]ok[/]: database {target} is at revision {now}")
+        console.print(f"[green]ok[/]: database {hide_password(target)} is at revision {now}")
 
     @group.command("verify")
     def verify_cmd(
         recipe: str = typer.Option("glassfiber", "--recipe", "-r", help="Recipe whose parts."),
-        url: str | None = typer.Option(None, "--url", help="Database URL (overrides the recipe)."),
+        url: str | None = typer.Option(
+            None, "--db-url", "--url", help="Database URL (overrides the recipe)."
+        ),
         hashes: bool = typer.Option(
             True, "--hashes/--no-hashes", help="Compare each shot file with its stored sha256."
         ),

@@ -49,8 +49,8 @@ def _demo_recipe(
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     (folder / "poses.yaml").unlink(missing_ok=True)
+    from station.calibration.recipes import parse_recipe as parse_unplanned  # no poses.yaml yet
     from station.errors import RecipeError
-    from station.recipe import parse_recipe as parse_unplanned  # poses.yaml is not there yet
 
     try:
         return parse_unplanned(path.read_text(encoding="utf-8"), str(path), planning=True), path

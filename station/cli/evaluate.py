@@ -91,7 +91,10 @@ def register(app: typer.Typer) -> None:
     def evaluate_cmd(
         recipe: str = typer.Option("glassfiber", "--recipe", "-r", help="Recipe name or path."),
         dataset: Path = typer.Option(
-            ..., "--dataset", help="MVTec-layout category folder, or a folder of categories."
+            ...,
+            "--dataset",
+            "--data",
+            help="MVTec-layout category folder, or a folder of categories.",
         ),
         detector: str | None = typer.Option(
             None, "--detector", "-d", help="Evaluate only this detector of the recipe."
@@ -107,7 +110,9 @@ def register(app: typer.Typer) -> None:
         heatmaps: int = typer.Option(
             4, "--heatmaps", min=0, help="Overlay PNGs per category/detector."
         ),
-        batch: int = typer.Option(16, "--batch", min=1, help="Images per predict call."),
+        batch: int = typer.Option(
+            16, "--batch-size", "--batch", min=1, help="Images per predict call."
+        ),
         seeds: str | None = typer.Option(
             None,
             "--seeds",

@@ -18,7 +18,8 @@ EXIT_OPERATOR = 3  # stopped on a fault that needs a person (message printed)
 
 
 SHADOW_HELP = (
-    "Candidate model version to run beside the live models (stored, never drives the line; "
+    "Candidate model version to run beside the live models, one --shadow per detector "
+    "(stored, never drives the line; "
     "doubles inference). Default: the recipe's retrain.shadow."
 )
 

@@ -48,11 +48,12 @@ def register(app: typer.Typer) -> None:
 
         A serpentine raster at the resolution the region needs, written to robot.poses_file,
         with a picture of the coverage."""
+        from station.calibration.recipes import load_recipe
         from station.cli.app import console
+        from station.cli.plan_files import write_plan
         from station.errors import StationError
-        from station.geometry.pose_plan import plan, poses_file, write_plan
+        from station.geometry.pose_plan import plan, poses_file
         from station.paths import resolve
-        from station.recipe import load_recipe
 
         def say(text: str) -> None:
             console.print(text, highlight=False, soft_wrap=True)

@@ -71,7 +71,9 @@ def summary_table(recipe: Recipe) -> Table:
     )
     t.add_row("placement", placement_summary(recipe))
     t.add_row("line I/O", line_io_summary(recipe))
-    t.add_row("database", recipe.storage.resolved_database_url())
+    from station.storage.db import hide_password
+
+    t.add_row("database", hide_password(recipe.storage.resolved_database_url()))
     t.add_row("data", str(recipe.data_dir))
     from station.cellcal.store import summary as cell_summary
 
@@ -160,12 +162,15 @@ def _watch_summary(recipe: Recipe) -> str:
 
 
 def device_warnings(recipe: Recipe) -> list[str]:
-    """A GPU the recipe asks for and this machine lacks (or lacks that one): valid, but
-    nothing runs here."""
+    """Valid, but worth a word: a GPU the recipe asks for and this machine lacks (nothing runs
+    here), a UR robot without its payload."""
     from station.detectors.backbones import resolve_device
     from station.errors import DetectorError
 
     out = []
+    if getattr(recipe.robot, "payload_kg", 0) is None:  # a real UR robot's config
+        out.append("robot.payload_kg not set: the pendant installation's payload is used; set "
+                   "the camera, lens and bracket mass so that its collision detection holds")
     for i, det in enumerate(recipe.detectors):
         if not det.device.strip().lower().startswith("cuda"):
             continue  # auto and cpu run anywhere (auto says so when it takes the CPU)
@@ -207,10 +212,11 @@ def deep_problems(recipe: Recipe) -> list[str]:
         if opened[key] is not None:
             problems.append(f"{where}.weights: {opened[key]}")
     if uses_twin(recipe):
-        from station.twin.world import TwinWorld
+        from station.twin.world import TwinWorld, unknown_params
 
+        problems += unknown_params(recipe.twin.params)  # beside the twin's first refusal
         try:
             TwinWorld(recipe)
         except RecipeError as exc:
-            problems += exc.problems
+            problems += [p for p in exc.problems if p not in problems]
     return problems

@@ -23,6 +23,7 @@ def retrain_cmd(
     dataset: Path | None = typer.Option(
         None,
         "--dataset",
+        "--data",
         help="Labelled MVTec-layout folder for the candidate's calibration "
         "(default: the recipe's captured dataset).",
     ),

@@ -82,6 +82,7 @@ def register(app: typer.Typer) -> None:
         data: Path | None = typer.Option(
             None,
             "--data",
+            "--dataset",
             help="MVTec-layout folder (uses train/good) or a folder of good images. "
             "Default: the recipe's captured dataset.",
         ),

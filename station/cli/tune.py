@@ -261,6 +261,7 @@ def register(app: typer.Typer) -> None:
         data: Path | None = typer.Option(
             None,
             "--data",
+            "--dataset",
             help="MVTec-layout folder (only train/good is read) or a folder of good images. "
             "Default: the recipe's captured dataset.",
         ),

@@ -66,7 +66,12 @@ from station.detectors.backbones import (
     resolve_device,
 )
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
-from station.detectors.common import autocast_for, split_validation, to_batch
+from station.detectors.common import (
+    autocast_for,
+    predict_in_batches,
+    split_validation,
+    to_batch,
+)
 from station.detectors.registry import CheckedConfig, bound_problems, register
 from station.errors import DetectorError, StationError
 
@@ -271,7 +276,7 @@ class ASTMFR(Detector):
         return self.model.maps(regen, teacher, self.image_hw)
 
     @torch.no_grad()
-    def _predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+    def _map_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device)
         self.heads.eval()
         return self.model(x, bool(self._cfg["amp"]))[0]
@@ -400,15 +405,13 @@ class ASTMFR(Detector):
     def predict(self, images: np.ndarray) -> Prediction:
         if self.image_hw is None:
             raise DetectorError("ast_mfr: predict before fit", hint="train or load a model")
-        t0 = time.perf_counter()
-        bs = self._cfg["batch_size"]
-        maps = []
-        for start in range(0, len(images), bs):
-            batch = to_batch(images[start : start + bs], self.image_hw, "ast_mfr")
-            maps.append(self._predict_tensor(batch).float().cpu())
-        out = torch.cat(maps).numpy().astype(np.float32)
-        scores = out.reshape(out.shape[0], -1).max(axis=1)
-        return Prediction(maps=out, scores=scores, latency_ms=(time.perf_counter() - t0) * 1e3)
+        return predict_in_batches(
+            images, self.image_hw, "ast_mfr", self._cfg["batch_size"], self._predict_tensor
+        )
+
+    def _predict_tensor(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        maps = self._map_tensor(batch).float().cpu().numpy()
+        return maps, maps.reshape(maps.shape[0], -1).max(axis=1)
 
     # -- persistence ----------------------------------------------------------------------
 

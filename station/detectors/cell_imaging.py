@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from station.geometry.coverage import Camera, camera_mm_per_px, detector_factor
+from station.geometry.coverage import NominalCamera, camera_mm_per_px, detector_factor
 
 if TYPE_CHECKING:
     from station.recipe import Recipe
@@ -22,7 +22,7 @@ SCALE_TOLERANCE = 0.10
 def imaging_meta(recipe: Recipe) -> dict[str, Any]:
     """Exposure, gain, pixel format and the median scale over the recipe's poses."""
     cam = recipe.camera
-    model = Camera.from_recipe(recipe)
+    model = NominalCamera.from_recipe(recipe)
     scales = sorted(
         s for s in (camera_mm_per_px(model, p) for p in recipe.robot.poses) if math.isfinite(s)
     )

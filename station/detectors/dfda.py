@@ -26,7 +26,7 @@ from station.detectors.backbones import check_identity, create_backbone, resolve
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
 from station.detectors.common import split_validation
 from station.detectors.dfda_faults import SYNTHETIC_KINDS
-from station.detectors.dfda_fit import DFDAFitting, _Branches, _rounded
+from station.detectors.dfda_fit import Branches, DFDAFitting, rounded
 from station.detectors.dfda_net import (
     ChannelSpatialAttention,
     DFDAModel,
@@ -225,7 +225,7 @@ class DFDA(DFDAFitting, Detector):
         per_image = max(1, min(h * w, self._cfg["max_train_patches"] // len(train_idx)))
         # Equal say for both branches, measured on a fixed reference set of training images
         # (the same during attention training, so scales stay consistent with the centres).
-        ref = _Branches(clean.a[:32], clean.b[:32])
+        ref = Branches(clean.a[:32], clean.b[:32])
         with torch.no_grad():
             self.scales = self._ref_scales(ref)
         t1 = time.perf_counter()
@@ -269,7 +269,7 @@ class DFDA(DFDAFitting, Detector):
                 "good_scores_from": "validation split" if val_idx else "none (one image)",
                 "k": int(self.centres.shape[0]),
                 "k_from": k_from,
-                "k_separation": {str(kk): _rounded(v) for kk, v in k_sep.items()},
+                "k_separation": {str(kk): rounded(v) for kk, v in k_sep.items()},
                 "k_inertias": {str(kk): round(v, 4) for kk, v in k_inertias.items()},
                 "kmeans_iterations": result.n_iter,
                 "kmeans_converged": result.converged,
@@ -278,8 +278,8 @@ class DFDA(DFDAFitting, Detector):
                 "grid": [int(h), int(w)],
                 "attention_losses": [round(v, 5) for v in losses],
                 "attention_margins": [round(v, 4) for v in margins],
-                "synthetic_val_before": _rounded(sep_before),
-                "synthetic_val": _rounded(sep_after),
+                "synthetic_val_before": rounded(sep_before),
+                "synthetic_val": rounded(sep_after),
                 "features_seconds": round(t1 - t0, 3),
                 "k_seconds": round(t2 - t1, 3),
                 "attention_seconds": round(t3 - t2, 3),

@@ -24,12 +24,12 @@ from station.detectors.dfda_net import ChannelSpatialAttention, QueryKeyAttentio
 from station.detectors.kmeans import choose_k, kmeans
 
 
-def _rounded(d: dict[str, float]) -> dict[str, float]:
+def rounded(d: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in d.items()}
 
 
 @dataclass
-class _Branches:
+class Branches:
     """Cached frozen branch maps of some images (float16 on the CPU), optional fault labels."""
 
     a: torch.Tensor
@@ -62,7 +62,7 @@ class DFDAFitting:
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    def _ref_scales(self, ref: _Branches) -> torch.Tensor:
+    def _ref_scales(self, ref: Branches) -> torch.Tensor:
         """Per-branch 1 / RMS patch norm of the attended reference images (differentiable):
         both branches get an equal say, and shrinking or growing a whole branch changes
         nothing downstream, so the attention cannot game the distances by scale."""
@@ -76,7 +76,7 @@ class DFDAFitting:
         masks: Sequence[np.ndarray] | None = None,
         progress: ProgressFn | None = None,
         stage: str = "features",
-    ) -> _Branches:
+    ) -> Branches:
         """Frozen branch maps of `images` once (float16 on the CPU keeps the cache small)."""
         bs = self._cfg["batch_size"]
         out_a, out_b = [], []
@@ -86,20 +86,20 @@ class DFDAFitting:
             out_b.append(b.half().cpu())
             if progress:
                 progress(stage, min(s + bs, len(images)), len(images))
-        br = _Branches(torch.cat(out_a), torch.cat(out_b))
+        br = Branches(torch.cat(out_a), torch.cat(out_b))
         if masks is not None:
             m = torch.from_numpy(np.stack([np.asarray(x, dtype=bool) for x in masks]))
             br.defect, br.good = patch_labels(m, tuple(br.a.shape[-2:]))
         return br
 
     def _fused(
-        self, br: _Branches, idx: torch.Tensor | slice, scales: torch.Tensor | None = None
+        self, br: Branches, idx: torch.Tensor | slice, scales: torch.Tensor | None = None
     ) -> torch.Tensor:
         a = br.a[idx].to(self.device).float()
         b = br.b[idx].to(self.device).float()
         return self.fuse(a, b, scales)
 
-    def _sample(self, br: _Branches, per_image: int, rng: np.random.Generator) -> torch.Tensor:
+    def _sample(self, br: Branches, per_image: int, rng: np.random.Generator) -> torch.Tensor:
         """Seeded subsample of fused good patches (no grad), `per_image` from each image."""
         out = []
         bs = self._cfg["batch_size"]
@@ -121,7 +121,7 @@ class DFDAFitting:
         return d2.amin(1).clamp_min(1e-8).sqrt().view(n, h, w)
 
     @torch.no_grad()
-    def _separation(self, centres: torch.Tensor, good: _Branches, bad: _Branches) -> dict:
+    def _separation(self, centres: torch.Tensor, good: Branches, bad: Branches) -> dict:
         """Synthetic-fault AUROCs (patch and image) of held-out images for these centres."""
         bs = self._cfg["batch_size"]
         dg: list[torch.Tensor] = []
@@ -141,7 +141,7 @@ class DFDAFitting:
         return separation_auroc(goods, d_bad[bad.defect], torch.cat(ig), torch.cat(ib))
 
     def _choose_k(
-        self, pool: torch.Tensor, val: _Branches, val_bad: _Branches
+        self, pool: torch.Tensor, val: Branches, val_bad: Branches
     ) -> tuple[int | None, dict[int, dict[str, float]]]:
         """k from the data: the smallest candidate whose synthetic-fault separation on the
         held-out images is within `k_tolerance` of the best candidate's. None when no
@@ -165,7 +165,7 @@ class DFDAFitting:
         return chosen, seps
 
     def _epoch_centres(
-        self, clean: _Branches, ref: _Branches, k: int, per_image: int, rng: np.random.Generator
+        self, clean: Branches, ref: Branches, k: int, per_image: int, rng: np.random.Generator
     ) -> torch.Tensor:
         """Scales and K-means centres for the current attention (no grad)."""
         with torch.no_grad():
@@ -174,7 +174,7 @@ class DFDAFitting:
         return kmeans(pool, k, min(20, self._cfg["kmeans_iters"]), self._cfg["seed"]).centres
 
     @torch.no_grad()
-    def _objective(self, clean: _Branches, bad: _Branches, centres: torch.Tensor) -> list[float]:
+    def _objective(self, clean: Branches, bad: Branches, centres: torch.Tensor) -> list[float]:
         """[loss, margin] of the separation objective over the whole training set."""
         assert bad.defect is not None and bad.good is not None
         bs = self._cfg["batch_size"]
@@ -192,9 +192,9 @@ class DFDAFitting:
 
     def _attention_step(
         self,
-        clean: _Branches,
-        bad: _Branches,
-        ref: _Branches,
+        clean: Branches,
+        bad: Branches,
+        ref: Branches,
         idx: torch.Tensor,
         centres: torch.Tensor,
         opt: torch.optim.Optimizer,
@@ -216,9 +216,9 @@ class DFDAFitting:
 
     def _train_attention(
         self,
-        clean: _Branches,
-        bad: _Branches,
-        ref: _Branches,
+        clean: Branches,
+        bad: Branches,
+        ref: Branches,
         k: int,
         per_image: int,
         rng: np.random.Generator,
@@ -272,9 +272,9 @@ class DFDAFitting:
 
     def _pick_k(
         self,
-        clean: _Branches,
-        val: _Branches | None,
-        val_bad: _Branches | None,
+        clean: Branches,
+        val: Branches | None,
+        val_bad: Branches | None,
         per_image: int,
         rng: np.random.Generator,
     ) -> tuple[int, str, dict[int, dict[str, float]], dict[int, float]]:
@@ -308,7 +308,7 @@ class DFDAFitting:
         train_idx: Sequence[int],
         val_idx: Sequence[int],
         progress: ProgressFn | None,
-    ) -> tuple[_Branches, _Branches | None, _Branches | None, _Branches | None]:
+    ) -> tuple[Branches, Branches | None, Branches | None, Branches | None]:
         """Branch maps of (clean training images, their synthetic faults, held-out images,
         their synthetic faults); fault sets only where attention training or k needs them."""
         seed = self._cfg["seed"]

@@ -64,7 +64,12 @@ from station.detectors.backbones import (
     weights_dir,
 )
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
-from station.detectors.common import local_aggregate, split_validation, to_batch
+from station.detectors.common import (
+    local_aggregate,
+    predict_in_batches,
+    split_validation,
+    to_batch,
+)
 from station.detectors.efficientad_net import (
     PDN_OFFSET,
     TEACHER_CHANNELS,
@@ -524,13 +529,15 @@ class EfficientAD(Detector):
         if not self.fitted:
             raise DetectorError("efficientad: predict before fit", hint="train or load a model")
         assert self.model is not None and self.image_hw is not None
-        t0 = time.perf_counter()
-        x = to_batch(images, self.image_hw, "efficientad")
-        st, ae = self.raw_maps(x)
-        maps = self.model.combine(st, ae, self.image_hw)
-        out = maps.cpu().numpy().astype(np.float32)
-        scores = out.reshape(out.shape[0], -1).max(axis=1)
-        return Prediction(maps=out, scores=scores, latency_ms=(time.perf_counter() - t0) * 1e3)
+        return predict_in_batches(
+            images, self.image_hw, "efficientad", self._cfg["batch_size"], self._predict_tensor
+        )
+
+    def _predict_tensor(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        assert self.model is not None and self.image_hw is not None
+        st, ae = self.raw_maps(batch)
+        maps = self.model.combine(st, ae, self.image_hw).float().cpu().numpy()
+        return maps, maps.reshape(maps.shape[0], -1).max(axis=1)
 
 
 def _quantiles(maps: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:

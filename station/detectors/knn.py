@@ -30,7 +30,6 @@ from station.errors import DetectorError
 
 KnnMethod = Literal["auto", "torch", "faiss", "faiss_ivf"]
 KNN_METHODS: tuple[str, ...] = ("auto", "torch", "faiss", "faiss_ivf")
-EXACT_METHODS = frozenset({"torch", "faiss"})
 
 IVF_MAX_LISTS = 64  # k-means cells of the approximate index ...
 IVF_MIN_ROWS_PER_LIST = 39  # ... with at least this many bank rows each (faiss's own floor)

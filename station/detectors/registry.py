@@ -72,18 +72,25 @@ def detector_class(name: str) -> type[Detector]:
     return _REGISTRY[name]
 
 
-def load_recipe(name_or_path: str, policy_names: Collection[str] | None = None) -> Recipe:
+def load_recipe(
+    name_or_path: str, policy_names: Collection[str] | None = None, planning: bool = False
+) -> Recipe:
     """`station.recipe.load_recipe` with the detector names checked against this registry
     (and decision.policy against `policy_names`, when given)."""
-    return recipes.load_recipe(name_or_path, KNOWN_DETECTORS, policy_names=policy_names)
+    return recipes.load_recipe(name_or_path, KNOWN_DETECTORS, planning, policy_names=policy_names)
 
 
 def parse_recipe(
-    text: str, source: str = "<string>", policy_names: Collection[str] | None = None
+    text: str,
+    source: str = "<string>",
+    policy_names: Collection[str] | None = None,
+    planning: bool = False,
 ) -> Recipe:
     """`station.recipe.parse_recipe` with the detector names checked against this registry
     (and decision.policy against `policy_names`, when given)."""
-    return recipes.parse_recipe(text, source, KNOWN_DETECTORS, policy_names=policy_names)
+    return recipes.parse_recipe(
+        text, source, KNOWN_DETECTORS, planning, policy_names=policy_names
+    )
 
 
 def detector_kwargs(cfg: DetectorConfig, device: str | None = None) -> dict[str, Any]:

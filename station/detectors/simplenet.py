@@ -43,7 +43,12 @@ from torch import nn
 
 from station.detectors.backbones import check_identity, create_backbone, resolve_device
 from station.detectors.base import Detector, FitReport, Prediction, ProgressFn
-from station.detectors.common import split_validation, to_batch, upsample_smooth
+from station.detectors.common import (
+    predict_in_batches,
+    split_validation,
+    to_batch,
+    upsample_smooth,
+)
 from station.detectors.registry import CheckedConfig, bound_problems, register
 from station.errors import DetectorError
 
@@ -488,11 +493,10 @@ class SimpleNet(Detector):
     def predict(self, images: np.ndarray) -> Prediction:
         if self.image_hw is None:
             raise DetectorError("simplenet: predict before fit", hint="train or load a model")
-        t0 = time.perf_counter()
-        maps = []
-        for start in range(0, len(images), self.batch_size):
-            batch = to_batch(images[start : start + self.batch_size], self.image_hw, "simplenet")
-            maps.append(self._scores_from_features(self._features(batch)).cpu())
-        out = torch.cat(maps).numpy().astype(np.float32)
-        scores = out.reshape(out.shape[0], -1).max(axis=1)
-        return Prediction(maps=out, scores=scores, latency_ms=(time.perf_counter() - t0) * 1e3)
+        return predict_in_batches(
+            images, self.image_hw, "simplenet", self.batch_size, self._predict_tensor
+        )
+
+    def _predict_tensor(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        maps = self._scores_from_features(self._features(batch)).float().cpu().numpy()
+        return maps, maps.reshape(maps.shape[0], -1).max(axis=1)

@@ -17,7 +17,7 @@ from station.hardware.ur.line_io import URLineIO
 from station.hardware.ur.robot import URRobot
 from station.interfaces import Camera, LineIO, Robot
 from station.recipe import Recipe
-from station.recipe.base import _Strict
+from station.recipe.base import Strict
 from station.recipe.devices import CAMERA, LINE_IO, ROBOT, Device, PylonCameraConfig, URRobotConfig
 from station.twin.camera import SimCamera
 from station.twin.line import SimLine
@@ -25,7 +25,7 @@ from station.twin.robot import SimRobot
 from station.twin.world import TwinWorld
 
 D = TypeVar("D")
-C = TypeVar("C", bound=_Strict)
+C = TypeVar("C", bound=Strict)
 Builder = Callable[[Recipe, TwinWorld | None], D]
 
 
@@ -57,7 +57,7 @@ CAMERAS: Registry[Camera] = Registry(CAMERA)
 LINES: Registry[LineIO] = Registry(LINE_IO)
 
 
-def as_config(cls: type[C], cfg: _Strict) -> C:
+def as_config(cls: type[C], cfg: Strict) -> C:
     """`cfg` as driver config `cls`: itself, or its shared settings with `cls`'s defaults (a
     recipe copied with another driver named, as some tests and tools do)."""
     if isinstance(cfg, cls):

@@ -25,30 +25,21 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from station.geometry.ur_poses import rotvec_to_matrix
 from station.recipe import LensConfig, Pose, Recipe, RobotConfig
 
 RASTER_MM = 0.5  # the coverage raster's cell
 TABLE_BAND_MM = 4.0  # table the poses must see around the region (sheet.check_placement)
 MAX_RASTER_CELLS = 4_000_000  # a larger region is rastered coarser (cells stay square)
 COC_PX = 2.0  # circle of confusion for the depth of field: two pixels
+COC_PER_SIGMA = 2.4  # a defocus disc's diameter over the sigma of the Gaussian drawn for it
 MIN_DOWN = 1e-6  # an optical axis must point at least this much down to see the table
 BORDER_POINTS = 16  # points per side of a calibrated footprint (distortion bends the edges)
 NOMINAL = "nominal (recipe lens, no distortion, camera at the TCP: tcp_offset_mm, table at z = 0)"
 
 
-def rotation(rotvec: tuple[float, float, float] | np.ndarray) -> np.ndarray:
-    """3x3 rotation of a UR rotation vector (axis * angle, radians): Rodrigues' formula."""
-    v = np.asarray(rotvec, np.float64)
-    angle = float(np.linalg.norm(v))
-    if angle < 1e-12:
-        return np.eye(3)
-    k = v / angle
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(angle) * kx + (1 - math.cos(angle)) * (kx @ kx)
-
-
 @dataclass(frozen=True)
-class Camera:
+class NominalCamera:
     """The nominal pinhole camera, and the window of its image that the detectors inspect."""
 
     f_px: float
@@ -58,47 +49,41 @@ class Camera:
     window: tuple[float, float, float, float]  # inspected pixels' outer edges: u0, v0, u1, v1
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe) -> Camera:
+    def from_recipe(cls, recipe: Recipe) -> NominalCamera:
         cam, crop = recipe.camera, recipe.preprocess.crop
         pixel_mm = cam.lens.pixel_size_um / 1000.0
         x, y, w, h = crop if crop is not None else (0, 0, cam.width, cam.height)
         return cls(
-            f_px=cam.lens.focal_length_mm / pixel_mm,
+            f_px=focal_px(cam.lens),
             cx=(cam.width - 1) / 2.0,
             cy=(cam.height - 1) / 2.0,
             pixel_mm=pixel_mm,
             window=(x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5),
         )
 
-    @property
-    def window_px(self) -> tuple[float, float]:
-        """Width and height of the inspected window in pixels."""
-        u0, v0, u1, v1 = self.window
-        return u1 - u0, v1 - v0
-
 
 def view_distance(pose: Pose) -> float:
     """Distance along the optical axis from the camera to the table; inf when it looks up."""
-    axis = rotation(pose.rotvec_rad)[:, 2]
+    axis = rotvec_to_matrix(pose.rotvec_rad)[:, 2]
     if axis[2] > -MIN_DOWN or pose.position_mm[2] <= 0:
         return math.inf
     return float(pose.position_mm[2] / -axis[2])
 
 
-def footprint(cam: Camera, pose: Pose) -> np.ndarray | None:
+def footprint(cam: NominalCamera, pose: Pose) -> np.ndarray | None:
     """The 4 table points (mm, base frame) seen at the inspected window's corners, in order
     around it; None when a corner's ray misses the table (camera tilted past the horizon)."""
     u0, v0, u1, v1 = cam.window
     return _pinhole_on_table(cam, pose, np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]]))
 
 
-def _pinhole_on_table(cam: Camera, pose: Pose, uv: np.ndarray) -> np.ndarray | None:
+def _pinhole_on_table(cam: NominalCamera, pose: Pose, uv: np.ndarray) -> np.ndarray | None:
     """Table points (N, 2) the nominal pinhole sees at pixels `uv`; None when a ray misses."""
     rays = (
         np.column_stack(
             [(uv[:, 0] - cam.cx) / cam.f_px, (uv[:, 1] - cam.cy) / cam.f_px, np.ones(len(uv))]
         )
-        @ rotation(pose.rotvec_rad).T
+        @ rotvec_to_matrix(pose.rotvec_rad).T
     )
     centre = np.asarray(pose.position_mm, np.float64)
     if np.any(rays[:, 2] > -MIN_DOWN) or centre[2] <= 0:
@@ -107,7 +92,7 @@ def _pinhole_on_table(cam: Camera, pose: Pose, uv: np.ndarray) -> np.ndarray | N
     return centre[:2] + rays[:, :2] * s[:, None]
 
 
-def camera_mm_per_px(cam: Camera, pose: Pose) -> float:
+def camera_mm_per_px(cam: NominalCamera, pose: Pose) -> float:
     """Table mm per image pixel at the image centre (inf when the camera misses the table)."""
     return view_distance(pose) / cam.f_px
 
@@ -128,7 +113,7 @@ def tcp_of(pose: Pose) -> list[float]:
     return [*pose.position_mm, *pose.rotvec_rad]
 
 
-def window_border(cam: Camera, per_edge: int = BORDER_POINTS) -> np.ndarray:
+def window_border(cam: NominalCamera, per_edge: int = BORDER_POINTS) -> np.ndarray:
     """(4 * per_edge, 2) pixels along the inspected window's edge, corners first in order
     (top-left, top-right, bottom-right, bottom-left), as station.geometry.sheet_map.footprint."""
     u0, v0, u1, v1 = cam.window
@@ -155,7 +140,9 @@ def _seen_on_table(model: TableCamera, pose: Pose, uv: np.ndarray) -> np.ndarray
     return pts
 
 
-def footprint_of(cam: Camera, pose: Pose, model: TableCamera | None = None) -> np.ndarray | None:
+def footprint_of(
+    cam: NominalCamera, pose: Pose, model: TableCamera | None = None
+) -> np.ndarray | None:
     """The inspected window's outline on the table: `footprint` (4 corners) for the nominal
     pinhole, the window's border through `model` when calibrated; None when it misses."""
     if model is None:
@@ -176,7 +163,7 @@ def view_distance_of(pose: Pose, model: TableCamera | None = None) -> float:
     return float(np.linalg.norm(pts[0] - model.camera_pose(tcp_of(pose))[:3, 3]))
 
 
-def mm_per_px_of(cam: Camera, pose: Pose, model: TableCamera | None = None) -> float:
+def mm_per_px_of(cam: NominalCamera, pose: Pose, model: TableCamera | None = None) -> float:
     """The table length one pixel spans (the longer of u and v), the coarsest over the
     inspected window: its centre, corners and edge midpoints, through `model` when given (else
     the nominal pinhole). A tilted view and lens distortion make the window's edges coarser than
@@ -247,6 +234,19 @@ def region_rect(recipe: Recipe) -> tuple[float, float, float, float]:
     return cx + min(x0, x1), cy + min(y0, y1), cx + max(x0, x1), cy + max(y0, y1)
 
 
+def focal_px(lens: LensConfig) -> float:
+    """The lens's focal length in pixels of its sensor."""
+    return lens.focal_length_mm * 1000.0 / lens.pixel_size_um
+
+
+def blur_px(lens: LensConfig, distance_mm: float) -> float:
+    """Gaussian sigma (pixels) of the focus blur at `distance_mm` from the camera: the
+    thin-lens circle of confusion over COC_PER_SIGMA."""
+    f, n, s = lens.focal_length_mm, lens.f_number, lens.focus_distance_mm
+    coc_mm = (f * f / (n * (s - f))) * abs(distance_mm - s) / distance_mm
+    return coc_mm * 1000.0 / lens.pixel_size_um / COC_PER_SIGMA
+
+
 def depth_of_field(lens: LensConfig, focus_mm: float | None = None) -> tuple[float, float]:
     """Near and far limits (mm from the camera) of acceptable sharpness around the focus
     distance, thin-lens formulas with a circle of confusion of COC_PX pixels."""
@@ -262,8 +262,8 @@ def depth_of_field(lens: LensConfig, focus_mm: float | None = None) -> tuple[flo
 def flange_position(pose: Pose, robot: RobotConfig) -> np.ndarray:
     """Where the tool flange is when the TCP is at `pose`: the pose composed with the inverse
     TCP offset (base_T_flange = base_T_tcp @ inv(flange_T_tcp))."""
-    r_tcp = rotation(pose.rotvec_rad)
-    r_off = rotation(robot.tcp_offset_rotvec_rad)
+    r_tcp = rotvec_to_matrix(pose.rotvec_rad)
+    r_off = rotvec_to_matrix(robot.tcp_offset_rotvec_rad)
     r_flange = r_tcp @ r_off.T
     return np.asarray(pose.position_mm, np.float64) - r_flange @ np.asarray(robot.tcp_offset_mm)
 
@@ -521,7 +521,7 @@ def _focus_problems(recipe: Recipe, poses: list[Pose], views: list[float]) -> li
 def check(recipe: Recipe, model: TableCamera | None = None) -> CoverageReport:
     """The recipe's coverage, resolution, focus and reach, with one line per problem; through
     the calibrated camera `model` when given, else the nominal pinhole."""
-    cam, poses = Camera.from_recipe(recipe), list(recipe.robot.poses)
+    cam, poses = NominalCamera.from_recipe(recipe), list(recipe.robot.poses)
     prints = [footprint_of(cam, p, model) for p in poses]
     region = region_rect(recipe)
     ras = raster(region, [f for f in prints if f is not None])

@@ -15,11 +15,13 @@ the numbering.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +40,7 @@ from station.inspection.sheet import find_placement
 from station.paths import resolve
 from station.recipe import Recipe
 from station.storage.db import Database, open_database
+from station.storage.models import Part
 from station.storage.parts import PartRecord, ShotRecord, write_part
 from station.twin import CAPTURE_SEED_OFFSET
 from station.twin.world import TwinWorld, derive_seed
@@ -138,41 +141,24 @@ def run_capture(
     store = _PartStore(recipe, db, root, data_root, staging, label,
                        inspection_camera(recipe) if checks_placement(recipe) else None)
     t_start = time.perf_counter()
-    robot_cfg = recipe.robot
     try:
         with open_devices(recipe, world) as dev:
             for _ in range(count):
-                with db.session() as s:
-                    seq = max(db.next_sequence(s, recipe.name), existing_next_sequence(root))
-                if dev.world is not None:
-                    dev.world.queue_sheet(derive_seed(seed, seq), defective=SHEETS.get(label))
-                started = datetime.now(UTC)
-                t0 = time.perf_counter()
-                clock0 = dev.world.clock_s if dev.world is not None else None
-                line_id = dev.line.wait_for_part(recipe.line_io.part_timeout_s)
-                if line_id is None:
-                    raise LineIOError(
-                        f"no sheet arrived within {recipe.line_io.part_timeout_s:g} s",
-                        hint="check the conveyor and the part-present input",
-                    )
-                dev.robot.move_to(robot_cfg.home)
-                frames = []
-                for idx, pose in enumerate(robot_cfg.poses):
-                    state = dev.robot.move_to(pose)
-                    frame = dev.camera.grab()
-                    frames.append((idx, pose, state, frame))
-                    if on_shot:
-                        on_shot(seq, pose.name)
-                twin_info = dev.world.describe() if dev.world is not None else None
-                dev.robot.move_to(robot_cfg.home)
-                dev.line.release_part()
-                sim_s = (dev.world.clock_s - clock0) if dev.world is not None else None
-                with writing(f"part {seq} under {root}"):
-                    store.store(
-                        _Captured(seq, line_id, started, frames,
-                                  (time.perf_counter() - t0) * 1000, sim_s, twin_info),
-                        result,
-                    )
+                # the number is the database's before anything is captured: another writer
+                # (an offline inspection) cannot take it between the files and the rows
+                key = uuid.uuid4().hex
+                row = db.create_part(recipe.name, existing_next_sequence(root), part_key=key,
+                                     mode="capture", recipe_sha256=recipe.sha256)
+                seq = row.sequence
+                try:
+                    if dev.world is not None:
+                        dev.world.queue_sheet(derive_seed(seed, seq), defective=SHEETS.get(label))
+                    part = _capture_one(dev, recipe, seq, row.id, key, on_shot)
+                    with writing(f"part {seq} under {root}"):
+                        store.store(part, result)
+                except BaseException:
+                    _drop_if_empty(db, row.id)
+                    raise
                 if on_part:
                     on_part(seq)
     finally:
@@ -182,11 +168,53 @@ def run_capture(
     return result
 
 
+def _capture_one(
+    dev: Any, recipe: Recipe, seq: int, db_id: int, key: str,
+    on_shot: Callable[[int, str], None] | None,
+) -> _Captured:  # fmt: skip
+    """Wait for a sheet, shoot it from every pose, release it."""
+    robot_cfg = recipe.robot
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    clock0 = dev.world.clock_s if dev.world is not None else None
+    line_id = dev.line.wait_for_part(recipe.line_io.part_timeout_s)
+    if line_id is None:
+        raise LineIOError(
+            f"no sheet arrived within {recipe.line_io.part_timeout_s:g} s",
+            hint="check the conveyor and the part-present input",
+        )
+    dev.robot.move_to(robot_cfg.home)
+    frames = []
+    for idx, pose in enumerate(robot_cfg.poses):
+        state = dev.robot.move_to(pose)
+        frame = dev.camera.grab()
+        frames.append((idx, pose, state, frame))
+        if on_shot:
+            on_shot(seq, pose.name)
+    twin_info = dev.world.describe() if dev.world is not None else None
+    dev.robot.move_to(robot_cfg.home)
+    dev.line.release_part()
+    sim_s = (dev.world.clock_s - clock0) if dev.world is not None else None
+    cycle_ms = (time.perf_counter() - t0) * 1000
+    return _Captured(seq, db_id, key, line_id, started, frames, cycle_ms, sim_s, twin_info)
+
+
+def _drop_if_empty(db: Database, part_id: int) -> None:
+    """The Part row that held a capture's number, deleted when no shot reached it (the
+    capture stopped first); kept otherwise. Best effort: the database may be the failure."""
+    with contextlib.suppress(StationError), db.session() as s:
+        row = s.get(Part, part_id)
+        if row is not None and not row.shots:
+            s.delete(row)
+
+
 @dataclass
 class _Captured:
     """One part as the cell gave it: (pose index, pose, robot state, frame) per shot."""
 
     seq: int
+    db_id: int  # its Part row, made when the number was taken
+    key: str
     line_id: str | None
     started: datetime
     frames: list[tuple[int, Any, Any, Any]]
@@ -231,8 +259,9 @@ class _PartStore:
             timings["simulated_cycle"] = round(part.sim_s * 1000, 1)
         record = PartRecord(
             recipe=self.recipe.name, recipe_sha256=self.recipe.sha256, mode="capture",
-            line_part_id=part.line_id, key="", started_at=part.started, finished_at=finished,
-            ground_truth=ground_truth, timings_ms=timings, sequence=part.seq,
+            line_part_id=part.line_id, key=part.key, started_at=part.started,
+            finished_at=finished, ground_truth=ground_truth, timings_ms=timings,
+            sequence=part.seq, db_id=part.db_id,
             shots=[_shot_record(m) for m in shots_meta],
         )  # fmt: skip
         write_part(self.db, record)

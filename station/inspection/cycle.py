@@ -15,15 +15,12 @@ starved (inference idle between shots, waiting for motion), logging (files and d
 (reject output and release), wait (the cycle blocked on inference) and cycle (the sheet's
 arrival to its release). Pipelined, the activities add up to more than the cycle.
 
-Faults (see station.inspection.faults) end the part as `fault`, raise the reject output and
-then continue, wait for the operator, or stop. Stopping (Ctrl-C, `count` reached, operator)
-always finishes the part in progress, then leaves the cell safe: robot home, heartbeat still,
-reject output raised and RESULT_VALID low, so that sheets arriving while nobody inspects are
-diverted.
+Faults (station.inspection.faults) end the part as `fault`, raise the reject output and then
+continue, wait for the operator, or stop. Waiting and stopping (Ctrl-C, `count` reached) leave
+the cell safe: robot home, heartbeat still, REJECT up, RESULT_VALID low.
 
-Offline mode (`run_offline`) takes stored images through the same path, without robot, camera
-or line (station.inspection.offline groups the files into parts and reads them). What the cycle
-reports (timings, part results, events, the run summary) is in station.inspection.results.
+Offline mode (`run_offline`) takes stored images (station.inspection.offline) through the same
+path, without robot, camera or line. What the cycle reports: station.inspection.results.
 """
 
 from __future__ import annotations
@@ -41,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from station.cellcal.store import CameraModel, inspection_camera
-from station.decision import Decision, Verdict, decide
+from station.decision import Decision, Verdict, combine_scores, decide
 from station.errors import NowhereToStore, StationError, StorageError
 from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify, in_a_row
 from station.inspection.hooks import CycleHook
@@ -64,6 +61,8 @@ from station.inspection.results import (
 )
 from station.inspection.sheet import PartSheet, finish_sheet
 from station.recipe import Recipe
+
+HOOK_DB_WAIT_S = 2.0  # the hooks' database work per part, lock waits included, at most
 
 
 class Inspector:
@@ -284,13 +283,11 @@ class Inspector:
         return scores, fault
 
     def _refused(self, part: PartRecord, exc: StationError | str | None) -> Fault | None:
-        """The database did not take the part: fault it and hold it in the journal.
-
-        Returns the operator fault when the journal could not take it either."""
+        """The database did not take the part: fault it and hold it in the journal; the
+        operator fault when the journal could not take it either."""
         if part.verdict is not Verdict.FAULT:
-            part.reason = f"record refused by the database ({exc}); detectors said: " + (
-                f"{part.verdict.value}, {part.reason}"
-            )
+            said = f"{part.verdict.value}, {part.reason}"
+            part.reason = f"record refused by the database ({exc}); detectors said: {said}"
             part.verdict = Verdict.FAULT
         why = exc.message if isinstance(exc, StationError) else (exc or "")
         try:
@@ -305,7 +302,7 @@ class Inspector:
             for d in shot.detections:
                 per[d.detector].append(d.score)
         how = self.recipe.decision.combine_poses
-        combined = {n: (max(v) if how == "max" else sum(v) / len(v)) for n, v in per.items() if v}
+        combined = {n: combine_scores(v, how) for n, v in per.items() if v}
         if how == "sheet_map":  # the part's score is its sheet map's peak (None: no map)
             combined = dict(self.sheet.peaks) if self.sheet is not None else {}
         th = self.detectors.thresholds
@@ -407,12 +404,16 @@ class Inspector:
         """Ask the operator to fix `fault`, then bring the cell back. None: resumed; else the
         fault the station stops on (the last one the operator was told of).
 
-        Resuming reconnects the robot (robot and line faults), reopens the line I/O (line
-        faults) or the camera (camera faults: a replugged camera is a new device), moves the
-        robot home, and rejects and releases a held sheet. If that fails, the operator is
-        asked again.
-        """
+        Meanwhile the line sees a stopped station (heartbeat still, REJECT up, RESULT_VALID
+        low). Resuming reconnects the robot (robot and line faults), reopens the line I/O or
+        the camera (a replugged camera is a new device), restarts the heartbeat (part ids from
+        1), moves the robot home, and rejects and releases a held sheet; if that fails, the
+        operator is asked again."""
         while True:
+            try:
+                self.devices.line.fail_safe()
+            except Exception as exc:  # noqa: BLE001 - a dead line I/O is the fault told below
+                self._emit("message", f"could not stop the heartbeat: {exc}", level="error")
             self._emit("operator", str(fault), level="error")
             if self.operator is None or not self.operator(fault):
                 return fault
@@ -427,7 +428,7 @@ class Inspector:
                     with contextlib.suppress(StationError):
                         line.close()
                     line.open()
-                    line.start_heartbeat()
+                line.start_heartbeat()
                 if fault.kind == "camera":
                     with contextlib.suppress(StationError):
                         self.devices.camera.close()
@@ -557,15 +558,15 @@ class Inspector:
 
     def _hook_events(self, call: Callable[[CycleHook], list[Event]]) -> None:
         """Call each hook; the events it returns go out. A failing hook is a warning (a hook
-        never stops the line)."""
-        for hook in self.hooks:
-            try:
-                events = call(hook)
-            except Exception as exc:  # noqa: BLE001
-                self._emit("message", f"{hook.name}: {exc}", level="warning")
-                continue
-            for event in events:
-                if self.on_event is not None:
+        never stops the line), and their database work waits at most HOOK_DB_WAIT_S in all."""
+        with self.recorder.db.deadline(time.monotonic() + HOOK_DB_WAIT_S):
+            for hook in self.hooks:
+                try:
+                    events = call(hook)
+                except Exception as exc:  # noqa: BLE001
+                    self._emit("message", f"{hook.name}: {exc}", level="warning")
+                    continue
+                for event in events if self.on_event is not None else []:
                     self.on_event(event)
 
     def _announce(self) -> None:

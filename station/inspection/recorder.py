@@ -5,7 +5,7 @@ Order of writes for one part (so nothing captured or decided is ever lost):
 1. `open_part`: the Part row (verdict `pending`) is committed before the first shot.
 2. `add_shot`: the shot PNG is written atomically (temporary file, fsync, rename) and its Shot
    row committed, before the shot goes to the detectors.
-3. `add_detections`: heatmap PNGs (and raw maps when the recipe asks) are written to disk.
+3. `write_detection`: heatmap PNGs (and raw maps when the recipe asks) are written to disk.
 4. `write_sheet_map`: the part's sheet map picture (`sheet_map.png` in the part's folder).
 5. `finish_part`: Detection rows, the sheet map (its columns, the shots' footprints, the
    defect regions) and the verdict are committed in one transaction.

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 
 from station.monitoring.drift import SCORE_PREFIX, Baseline
 from station.monitoring.imagestats import image_stats
@@ -87,9 +86,3 @@ def calibration_baselines(
         "reviews): every signal's limits come from a warm-up"
     )
     return out, notes
-
-
-def stats_array(images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Each statistic over a list of shots (for benches and tests)."""
-    rows = [image_stats(i) for i in images]
-    return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-STATS = ("mean", "contrast", "sharpness")
-
 
 def gray(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)

@@ -20,10 +20,8 @@ from typing import Any
 import numpy as np
 
 from station.monitoring.imagestats import gray, image_stats
-from station.recipe import CARD
 
 Box = tuple[int, int, int, int]  # x, y, width, height (pixels)
-SIGNALS = (f"mean {CARD}", f"contrast {CARD}", f"sharpness {CARD}")
 MIN_SIDE_PX = 8
 
 

@@ -10,7 +10,6 @@ from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-PositiveFloat = Annotated[float, Field(gt=0)]
 Vec3 = tuple[float, float, float]
 TimeoutS = Annotated[float, Field(gt=0, le=3600)]  # seconds: at most an hour
 
@@ -73,25 +72,25 @@ def _non_finite(value: Any, path: str) -> list[str]:
     return []
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _finite_params(params: dict[str, Any]) -> dict[str, Any]:
+def finite_params(params: dict[str, Any]) -> dict[str, Any]:
     bad = _non_finite(params, "")
     if bad:
         raise ValueError(f"{', '.join(bad)}: every number must be finite (not inf or nan)")
     return params
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     """Unknown keys are errors: a typo in a field name must not pass silently. Every float
     must be finite (inf/nan are refused)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class Pose(_Strict):
+class Pose(Strict):
     """A TCP pose in the robot base frame: position in mm, orientation as a rotation vector."""
 
     name: str = Field(min_length=1)

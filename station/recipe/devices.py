@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from station.recipe.base import BOUND_ERRORS, Pose, TimeoutS, Vec3, _Strict, field_ranges
+from station.recipe.base import BOUND_ERRORS, Pose, Strict, TimeoutS, Vec3, field_ranges
 
 # Camera limits: the pylon camera emulator takes up to 4096 x 4096; the largest Basler area
 # sensors (boost 65 MP: 9344 x 7000) fit these too. pypylon checks the camera's own limits.
@@ -27,7 +27,7 @@ MAX_SENSOR_PIXELS = 1 << 26
 MAX_EXPOSURE_US = 60_000_000  # a minute; Basler cameras and the emulator stop at 10 s
 MAX_TWIN_SIDE = 4096  # as the pylon emulator; a twin shot takes ~170 bytes per pixel to render
 
-C = TypeVar("C", bound=_Strict)
+C = TypeVar("C", bound=Strict)
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Device:
 
     section: str
     auto: dict[str, str]  # backend -> the driver `auto` stands for
-    configs: dict[str, type[_Strict]] = field(default_factory=dict)
+    configs: dict[str, type[Strict]] = field(default_factory=dict)
 
     def register(self, name: str) -> Callable[[type[C]], type[C]]:
         """Class decorator: `cls` is this device's config for `driver: <name>`."""
@@ -125,7 +125,7 @@ def device_of(section: str) -> Device | None:
 
 
 # -- robot ------------------------------------------------------------------------------------
-class RobotConfig(_Strict):
+class RobotConfig(Strict):
     """Settings every robot driver shares: the tool, motion limits and the recipe's poses."""
 
     host: str = "127.0.0.1"  # the UR controller; the twin names it in its messages
@@ -169,10 +169,14 @@ class URRobotConfig(RobotConfig):
 
     driver: Literal["ur_rtde"] = "ur_rtde"
     connect_timeout_s: TimeoutS = 5.0
+    # the tool's mass (camera, lens, bracket), set at connect and after every script upload;
+    # None leaves the pendant installation's payload. A UR5 carries at most 5 kg.
+    payload_kg: float | None = Field(None, gt=0, le=5.0)
+    payload_cog_mm: Vec3 = (0.0, 0.0, 0.0)  # its centre of gravity from the tool flange
 
 
 # -- camera -----------------------------------------------------------------------------------
-class LensConfig(_Strict):
+class LensConfig(Strict):
     """Optics used by the twin to project the sheet, and by the real camera's calibration."""
 
     focal_length_mm: float = Field(12.0, gt=0, le=1000)
@@ -182,7 +186,7 @@ class LensConfig(_Strict):
     min_focus_distance_mm: float = Field(100.0, gt=0, le=100_000)  # the lens's closest focus
 
 
-class CameraConfig(_Strict):
+class CameraConfig(Strict):
     """Settings every camera driver shares: the image, exposure, trigger, retries and lens."""
 
     pixel_format: Literal["Mono8", "RGB8", "BayerRG8"] = "Mono8"
@@ -190,10 +194,20 @@ class CameraConfig(_Strict):
     height: int = Field(512, ge=16, le=MAX_SENSOR_SIDE)
     exposure_us: float = Field(8000.0, gt=0, le=MAX_EXPOSURE_US)
     gain_db: float = Field(0.0, ge=0, le=48)
-    trigger: Literal["software", "hardware"] = "software"
+    trigger: Literal["software"] = "software"  # kept so recipes that name it still load
     timeout_ms: int = Field(1000, gt=0, le=600_000)
     retries: int = Field(2, ge=0, le=20)
     lens: LensConfig = LensConfig()
+
+    @field_validator("trigger", mode="before")
+    @classmethod
+    def _software_trigger(cls, value: object) -> object:
+        if value != "software":
+            raise ValueError(
+                "the station drives only software triggers (nothing in the cell "
+                "pulses the camera's trigger input); set camera.trigger: software or leave it out"
+            )
+        return value
 
     @model_validator(mode="after")
     def _sensor_pixels(self) -> CameraConfig:
@@ -218,13 +232,13 @@ class PylonCameraConfig(CameraConfig):
     """A Basler camera, or the pylon camera emulator, through pypylon (station.hardware.pylon)."""
 
     driver: Literal["pylon"] = "pylon"
-    serial: str | None = None  # None: the first camera found
+    serial: str | None = None  # None: the only camera found (several are refused)
     feature_file: str | None = None  # pylon .pfs file applied before the recipe settings
     emulator_images: str | None = None  # pylon camera emulator only: image file or folder to play
 
 
 # -- line I/O ---------------------------------------------------------------------------------
-class LineIOConfig(_Strict):
+class LineIOConfig(Strict):
     """The line contract's signals and timeouts, the same for every line driver."""
 
     reject_output: int = Field(0, ge=0, le=7)  # standard digital output on the UR control box

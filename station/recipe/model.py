@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from station.paths import resolve
-from station.recipe.base import DatabaseUrl, _finite_params, _is_number, _Strict
+from station.recipe.base import DatabaseUrl, Strict, finite_params, is_number
 from station.recipe.devices import CAMERA, LINE_IO, MAX_TWIN_SIDE, ROBOT, pick_drivers
 from station.recipe.quality import MonitoringConfig, RetrainConfig, card_problem
 
@@ -36,7 +36,7 @@ DetectorSide = Annotated[int, Field(ge=1, le=MAX_DETECTOR_SIDE)]
 DefectSize = Annotated[float, Field(gt=0, le=200)]
 
 
-class TilingConfig(_Strict):
+class TilingConfig(Strict):
     """Native-resolution tiles: the (cropped) shot is cut into `preprocess.size` tiles, not
     resized; the tiles' maps are stitched back into one full-resolution shot map."""
 
@@ -46,7 +46,7 @@ class TilingConfig(_Strict):
     train_tiles_per_image: PositiveInt | None = None
 
 
-class PreprocessConfig(_Strict):
+class PreprocessConfig(Strict):
     # x, y, width, height in camera pixels
     # (the recipe checks that the crop lies within camera.width x camera.height)
     crop: tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt] | None = None
@@ -56,7 +56,7 @@ class PreprocessConfig(_Strict):
     tiling: TilingConfig = TilingConfig()
 
 
-class SheetConfig(_Strict):
+class SheetConfig(Strict):
     """The product on the table, square to the robot's base axes."""
 
     width_mm: float = Field(300.0, ge=1, le=5000)  # along base x
@@ -68,7 +68,7 @@ class SheetConfig(_Strict):
     check_placement: bool = True
 
 
-class CoverageConfig(_Strict):
+class CoverageConfig(Strict):
     """What the station must see: the region, and the smallest defect it must resolve."""
 
     # [x0, y0, x1, y1] in mm from the sheet centre (base axes); None: the whole sheet grown
@@ -85,7 +85,7 @@ class CoverageConfig(_Strict):
     camera_height_mm: float | None = Field(None, gt=0, le=5000)  # None: from the resolution
 
 
-class DetectorConfig(_Strict):
+class DetectorConfig(Strict):
     name: str
     backbone: str = "efficientnet_lite0"
     weights: str = "auto"  # auto | package | cache | file:<path>
@@ -98,7 +98,7 @@ class DetectorConfig(_Strict):
     @field_validator("params")
     @classmethod
     def _finite(cls, params: dict[str, Any]) -> dict[str, Any]:
-        return _finite_params(params)  # names and types: `station recipe check`
+        return finite_params(params)  # names and types: `station recipe check`
 
     @field_validator("name")
     @classmethod
@@ -121,7 +121,7 @@ class DetectorConfig(_Strict):
         return device
 
 
-class DecisionConfig(_Strict):
+class DecisionConfig(Strict):
     """How scores become a part verdict. Each detector score is divided by its threshold."""
 
     # max / mean over the poses' image scores, or sheet_map: the peak of the part's fused
@@ -151,7 +151,7 @@ class DecisionConfig(_Strict):
         return name
 
 
-class StorageConfig(_Strict):
+class StorageConfig(Strict):
     database_url: DatabaseUrl = "sqlite:///data/station.db"
     data_dir: str = "data"
     # where held part records go (None: <data>/<recipe>/journal); best on another disk
@@ -169,7 +169,7 @@ class StorageConfig(_Strict):
         return url
 
 
-class TwinConfig(_Strict):
+class TwinConfig(Strict):
     """Digital twin settings, used when a driver is `sim`."""
 
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -187,12 +187,12 @@ class TwinConfig(_Strict):
     def _twin_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """Finite numbers everywhere, and the types of the twin's own scalar settings (the
         twin checks the rest: faults, camera truth, ...)."""
-        params = _finite_params(params)
+        params = finite_params(params)
         light = params.get("side_light_mm")
         if light is not None and not (
             isinstance(light, list | tuple)
             and len(light) == 3
-            and all(_is_number(v) for v in light)
+            and all(is_number(v) for v in light)
             and light[2] > 0
         ):
             raise ValueError(f"side_light_mm must be [x, y, z] in mm, z above 0, not {light!r}")
@@ -202,12 +202,12 @@ class TwinConfig(_Strict):
             "angular_speed_rad_s",
             "angular_acceleration_rad_s2",
         ):
-            if key in params and not (_is_number(params[key]) and params[key] > 0):
+            if key in params and not (is_number(params[key]) and params[key] > 0):
                 raise ValueError(f"{key} must be a number above 0, not {params[key]!r}")
         return params
 
 
-class Recipe(_Strict):
+class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     backend: Literal["sim", "real"] = "sim"

@@ -8,12 +8,12 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from station.recipe.base import Pose, _Strict
+from station.recipe.base import Pose, Strict
 
 CARD = "card"  # the reference card's pose name and signal suffix (`mean card`, ...)
 
 
-class ReferenceCardConfig(_Strict):
+class ReferenceCardConfig(Strict):
     """A fixed grey reference card on the table beside the sheet, outside the inspected region,
     shot from its own pose (`card`: straight above its centre) after the part's shots. The card
     is `size_mm` (x, y) around `centre_mm`: its half at lower x is a flat matte grey patch, the
@@ -82,7 +82,7 @@ def card_problem(recipe: Any) -> str | None:
     return None
 
 
-class PlacementWatchConfig(_Strict):
+class PlacementWatchConfig(Strict):
     """Whether the line still puts sheets well inside the inspected region (with
     sheet.check_placement): per side of the region, the capability index of the last
     `window_parts` found sheets against the placement tolerance (station.monitoring.placement).
@@ -93,7 +93,7 @@ class PlacementWatchConfig(_Strict):
     min_cpk: float = Field(1.0, gt=0, le=10)  # an alarm below this: (tolerance - mean) / 3 sd
 
 
-class DriftConfig(_Strict):
+class DriftConfig(Strict):
     """EWMA and CUSUM charts on passed parts' scores and on per-pose image statistics, with
     limits from the calibration's good parts; and on the reference card (`reference`)."""
 
@@ -118,7 +118,7 @@ class DriftConfig(_Strict):
     placement: PlacementWatchConfig = PlacementWatchConfig()
 
 
-class MaterialCheckConfig(_Strict):
+class MaterialCheckConfig(Strict):
     """Each shot against the training material's pooled-feature distribution, before the
     detectors: a shot beyond the threshold faults the part. `station train` fits its model
     (station.monitoring.material, docs/material_check.md); when enabled, inspection needs one."""
@@ -127,7 +127,7 @@ class MaterialCheckConfig(_Strict):
     false_alarm: float = Field(0.01, gt=0, lt=1)  # on held-out good images, sets the threshold
 
 
-class DiskConfig(_Strict):
+class DiskConfig(Strict):
     """Warnings before the data, journal or database disk fills (station.monitoring.disk)."""
 
     enabled: bool = True
@@ -135,13 +135,13 @@ class DiskConfig(_Strict):
     warn_hours: float = Field(8.0, ge=0, le=1e4)  # or full within this at the run's rate
 
 
-class MonitoringConfig(_Strict):
+class MonitoringConfig(Strict):
     drift: DriftConfig = DriftConfig()
     material_check: MaterialCheckConfig = MaterialCheckConfig()
     disk: DiskConfig = DiskConfig()
 
 
-class RetrainConfig(_Strict):
+class RetrainConfig(Strict):
     """Which operator reviews may add a false-rejected part's shots to the good training data."""
 
     agreeing_reviews: int = Field(2, ge=1, le=10)  # reviews that must agree ("false reject")

@@ -85,13 +85,13 @@ def reviewed_parts(recipe: Recipe, db: Database) -> list[ReviewedPart]:
             .order_by(Part.sequence)
         ).unique()
         for part in parts:
-            reviews = sorted(part.reviews, key=lambda r: (r.created_at, r.id))
+            reviews = part.reviews  # oldest first: the last one's label counts
             out.append(
                 ReviewedPart(
                     part_id=part.id,
                     sequence=part.sequence,
                     verdict=Verdict(part.verdict),
-                    label=ReviewLabel(reviews[-1].label),
+                    label=ReviewLabel(reviews[-1].label),  # the newest counts
                     shots=[
                         (sh.pose_name, root / sh.image_path)
                         for sh in sorted(part.shots, key=lambda sh: sh.pose_index)

@@ -7,7 +7,7 @@
 - `guard`: Host check, session cookie, login/Bearer check, security headers, body limits;
 - `web`: what the routes share (settings, rendering, refusals, CSRF-checked forms);
 - `filters`: the queue filter carried in query strings.
-`store` holds the queries (also `reviewed_parts()` / `latest_labels()` for calibration);
+`store` holds the queries;
 `security` the session, CSRF and file-path checks; `station review` (station/cli/review.py)
 serves it.
 """

@@ -63,7 +63,7 @@ class DiskBanner:
     def rate(self, db: Database) -> tuple[float, float] | None:
         """(bytes per sheet, sheets per hour) over the last hour; None with too few parts."""
         since = datetime.now(UTC) - timedelta(seconds=RATE_WINDOW_S)
-        with db.session() as s:
+        with db.reading() as s:
             rows = store.started_since(s, self.recipe.name, since)
         per_hour = sheets_per_hour([_utc(t).timestamp() for _, t in rows])  # as the live watch
         if per_hour is None:

@@ -28,7 +28,7 @@ router = APIRouter()
 
 @router.get("/healthz", response_class=PlainTextResponse)
 def healthz(request: Request) -> str:
-    with settings(request).db.session() as s:  # a database that is down is not healthy
+    with settings(request).db.reading() as s:  # a database that is down is not healthy
         s.execute(text("SELECT 1"))
     return "ok"
 
@@ -37,7 +37,7 @@ def healthz(request: Request) -> str:
 def queue(request: Request) -> Response:
     cfg = settings(request)
     flt, problems = parse_filter(request.query_params, cfg.recipe_name)
-    with cfg.db.session() as s:
+    with cfg.db.reading() as s:
         page = store.queue_page(s, flt, cfg.page_size)
         recipes = store.recipes_in_queue(s)
     flt = dataclasses.replace(flt, page=page.page)
@@ -67,7 +67,7 @@ def next_unreviewed(request: Request) -> Response:
     cfg = settings(request)
     flt, _ = parse_filter(request.query_params, cfg.recipe_name)
     flt = dataclasses.replace(flt, reviewed="no", page=1)
-    with cfg.db.session() as s:
+    with cfg.db.reading() as s:
         page = store.queue_page(s, flt, page_size=1)
     q = filter_query(flt)
     if not page.rows:
@@ -82,7 +82,7 @@ def part_page(request: Request, part_id: int) -> Response:
     cfg = settings(request)
     flt, _ = parse_filter(request.query_params, cfg.recipe_name)
     check_id(part_id)
-    with cfg.db.session() as s:
+    with cfg.db.reading() as s:
         part = store.load_part(s, part_id)
         if part is None:
             raise Refused(404, f"part {part_id} is not in the database")
@@ -91,7 +91,7 @@ def part_page(request: Request, part_id: int) -> Response:
     shots, detectors = _shots_view(cfg.root, part)
     sheet = sheet_view(cfg.root, part, parse_defect(request.query_params.get("defect")))
     seeing = sheet.selected["shots"] if sheet and sheet.selected else []
-    reviews = sorted(part.reviews, key=lambda r: (store.as_utc(r.created_at), r.id))
+    reviews = list(part.reviews)  # oldest first (the relationship's order)
     q = filter_query(flt)
     return render(
         request,
@@ -102,7 +102,7 @@ def part_page(request: Request, part_id: int) -> Response:
         sheet=sheet,
         defect_shots=[item for item in shots if item["shot"].pose_name in seeing],
         reviews=list(reversed(reviews)),
-        latest=reviews[-1] if reviews else None,
+        latest=part.newest_review,
         calibration=calibration,
         q=q,
         prev_url=f"/parts/{prev_id}?{q}" if prev_id else None,

@@ -71,7 +71,7 @@ def export(request: Request) -> Response:
     # The session opens and the first rows arrive before the response starts: a database
     # that fails is an error page, not an empty "successful" download.
     stack = contextlib.ExitStack()
-    s = stack.enter_context(cfg.db.session())
+    s = stack.enter_context(cfg.db.reading())  # streamed at the client's pace
     try:
         found = store.export_rows(s, flt)
         first = next(found, None)

@@ -19,7 +19,7 @@ def shadow_page(request: Request) -> Response:
     show_all = request.query_params.get("all") == "1"
     recipe = request.query_params.get("recipe") or cfg.recipe_name
     candidate = request.query_params.get("candidate") or None
-    with cfg.db.session() as s:  # every verdict: an old disagreement is never dropped
+    with cfg.db.reading() as s:  # every verdict: an old disagreement is never dropped
         rows = shadow_rows(s, recipe, candidate, disagree_only=False, limit=10**9)
     kind = rows if show_all else [r for r in rows if r.disagree]
     return render(

@@ -5,8 +5,6 @@ The review queue holds every part an operator must look at, newest first: reject
 offline inspection undecided for STALE_PENDING: the station died and has not restarted; its
 next start marks them interrupted). Reviews are never overwritten: every mark adds a row and
 the newest one (by `created_at`, then `id`) counts.
-Nothing here imports FastAPI, so `station calibrate-threshold --from-reviews` can use
-`latest_labels()` / `reviewed_parts()` cheaply.
 """
 
 from __future__ import annotations
@@ -295,68 +293,6 @@ def add_review(
     session.add(review)
     session.flush()
     return review
-
-
-def latest_labels(session: Session, recipe: str | None = None) -> dict[int, ReviewLabel]:
-    """part id -> the newest review label, for every reviewed part (of `recipe`, if given)."""
-    stmt = select(Review.part_id, Review.label).order_by(Review.created_at, Review.id)
-    if recipe:
-        stmt = stmt.join(Part, Part.id == Review.part_id).where(Part.recipe == recipe)
-    out: dict[int, ReviewLabel] = {}
-    for part_id, label in session.execute(stmt):
-        out[part_id] = ReviewLabel(label)
-    return out
-
-
-@dataclass
-class ReviewedPart:
-    """A reviewed part as calibration needs it: the operator's label and its detector scores."""
-
-    part_id: int
-    recipe: str
-    label: ReviewLabel
-    defective: bool  # label == defect_confirmed
-    part_score: float | None
-    scores: dict[str, float]  # detector -> max score over the part's shots
-    model_versions: dict[str, Any]
-
-
-def reviewed_parts(session: Session, recipe: str | None = None) -> list[ReviewedPart]:
-    """Every reviewed part (newest label counts) with per-detector max scores over its shots."""
-    labels = latest_labels(session, recipe)
-    out: list[ReviewedPart] = []
-    ids = sorted(labels)
-    for chunk in _chunks(ids, 500):
-        stmt = (
-            select(Part)
-            .where(Part.id.in_(chunk))
-            .options(selectinload(Part.shots).selectinload(Shot.detections))
-        )
-        for part in session.scalars(stmt):
-            scores: dict[str, float] = {}
-            for shot in part.shots:
-                for det in shot.detections:
-                    if det.score is not None:  # None: the detector gave no finite score
-                        scores[det.detector] = max(scores.get(det.detector, det.score), det.score)
-            label = labels[part.id]
-            out.append(
-                ReviewedPart(
-                    part_id=part.id,
-                    recipe=part.recipe,
-                    label=label,
-                    defective=label == ReviewLabel.DEFECT_CONFIRMED,
-                    part_score=part.part_score,
-                    scores=scores,
-                    model_versions=dict(part.model_versions or {}),
-                )
-            )
-    out.sort(key=lambda r: r.part_id)
-    return out
-
-
-def _chunks(items: list[int], n: int) -> Iterator[list[int]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
 
 
 def export_rows(session: Session, flt: QueueFilter) -> Iterator[list[Any]]:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import selectinload
 from station.errors import StorageError
 from station.geometry.placement import side_reach
 from station.storage.db import Database
-from station.storage.models import Alarm, Part, Verdict
+from station.storage.models import Alarm, Calibration, Part, Verdict
 
 PLACEMENT_PREFIX = "placement "  # `placement <side>`: mm the found sheet reaches past the region
 CPK_CHART = "cpk"  # the placement watch's alarms (station.monitoring.placement)
@@ -235,8 +235,6 @@ def part_chart_facts(db: Database, part_id: int) -> tuple[datetime | None, dict[
 
 def latest_calibration(db: Database, recipe: str) -> tuple[int | None, str | None]:
     """(calibration id, its file) of the newest decided part of `recipe` (None, None: none)."""
-    from station.storage.models import Calibration
-
     with db.session() as s:
         cal_id = s.scalars(
             select(Part.calibration_id)

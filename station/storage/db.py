@@ -29,7 +29,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from station.errors import StorageError
 from station.storage.models import Part
 
-SQLITE_BUSY_TIMEOUT_S = 30.0
+SQLITE_BUSY_TIMEOUT_S = 30.0  # also PostgreSQL's lock_timeout
+# libpq: a server that does not answer the connection, or a link that stops acknowledging,
+# fails within seconds rather than never
+PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+                   "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000}
 
 
 class RecordRefused(StorageError):
@@ -68,7 +72,23 @@ def _sqlite_begin(conn) -> None:  # noqa: ANN001
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
+def _sqlite_begin_read(conn) -> None:  # noqa: ANN001
+    conn.exec_driver_sql(f"PRAGMA busy_timeout={_wait_ms()}")
+    conn.exec_driver_sql("BEGIN")  # deferred: in WAL mode a reader never blocks a writer
+
+
+def _pg_begin(conn) -> None:  # noqa: ANN001
+    """Lock waits end as SQLite's do (the busy timeout, cut at the thread's deadline), and
+    under a deadline every statement too: a part's database work fails within its budget."""
+    ms = max(_wait_ms(), 1)  # 0 would mean no limit
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
+    if getattr(_wait, "deadline", None) is not None:
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+
+
+def make_engine(url: str, writing: bool = True) -> Engine:
+    """The engine of `url`; SQLite transactions take the write lock at BEGIN unless not
+    `writing` (sessions that only read: `Database.reading`)."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
@@ -96,10 +116,14 @@ def make_engine(url: str) -> Engine:
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, pool_pre_ping=True
         )
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "begin", _sqlite_begin if writing else _sqlite_begin_read)
         return engine
     try:
-        return create_engine(url, pool_pre_ping=True)
+        if parsed.get_backend_name() != "postgresql":
+            return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, connect_args=dict(PG_CONNECT_ARGS))
+        event.listen(engine, "begin", _pg_begin)
+        return engine
     except (ImportError, SQLAlchemyError) as exc:
         raise StorageError(
             f"cannot use database URL {parsed.render_as_string()}: {exc}",
@@ -114,6 +138,21 @@ class Database:
 
     def __post_init__(self) -> None:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader: Engine | None = None  # SQLite's reads, made on first `reading()`
+        self._readers: sessionmaker[Session] | None = None
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads only (long ones: verify, exports, pages): on SQLite it does not
+        hold the write lock, so the station's part writes never wait for it. Nothing it
+        changes is committed (closed, not rolled back: what it loaded stays readable);
+        database failures surface as in `session`."""
+        if self._readers is None:
+            if self.engine.dialect.name == "sqlite":
+                self._reader = make_engine(self.url, writing=False)
+            self._readers = sessionmaker(self._reader or self.engine, expire_on_commit=False)
+        with self._guarded(self._readers()) as session:
+            yield session
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -123,10 +162,16 @@ class Database:
         a refused row); an IntegrityError is passed on as it is, for callers that retry on it
         (a part number taken by another writer).
         """
-        session = self._sessions()
-        try:
+        with self._guarded(self._sessions()) as session:
             yield session
             session.commit()
+
+    @contextlib.contextmanager
+    def _guarded(self, session: Session) -> Iterator[Session]:
+        """`session`, rolled back and closed whatever happens; database errors as StorageError
+        (IntegrityError passed on as it is)."""
+        try:
+            yield session
         except IntegrityError:
             session.rollback()
             raise
@@ -150,8 +195,9 @@ class Database:
 
     @contextlib.contextmanager
     def deadline(self, at: float | None) -> Iterator[None]:
-        """Lock waits of SQLite transactions in this thread end by `at` (time.monotonic());
-        past it, a locked database fails at once. None: the default busy timeout."""
+        """Lock waits of transactions in this thread end by `at` (time.monotonic()); past it,
+        a locked database fails at once. On PostgreSQL every statement ends by it too. None:
+        the default busy timeout (PostgreSQL: lock_timeout, no statement limit)."""
         before = getattr(_wait, "deadline", None)
         _wait.deadline = at
         try:
@@ -161,7 +207,7 @@ class Database:
 
     @property
     def safe_url(self) -> str:
-        return _safe(self.url)
+        return hide_password(self.url)
 
     def last_sequence(self, recipe: str) -> int:
         """The recipe's highest part number so far (0 before its first part)."""
@@ -172,8 +218,9 @@ class Database:
         current = session.scalar(select(func.max(Part.sequence)).where(Part.recipe == recipe))
         return (current or 0) + 1
 
-    def create_part(self, recipe: str, **fields: object) -> Part:
-        """Insert and commit a new Part with the next sequence number of its recipe.
+    def create_part(self, recipe: str, at_least: int = 1, **fields: object) -> Part:
+        """Insert and commit a new Part with the next sequence number of its recipe (at least
+        `at_least`).
 
         Safe with several writers: on a sequence clash (another process took the number
         between our read and insert) it retries with the next one.
@@ -181,7 +228,8 @@ class Database:
         for _ in range(20):
             try:
                 with self.session() as s:
-                    part = Part(recipe=recipe, sequence=self.next_sequence(s, recipe), **fields)
+                    seq = max(self.next_sequence(s, recipe), at_least)
+                    part = Part(recipe=recipe, sequence=seq, **fields)
                     s.add(part)
                 return part
             except IntegrityError:
@@ -190,6 +238,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._reader is not None:
+            self._reader.dispose()
 
 
 def alembic_config(url: str):  # noqa: ANN201 (alembic.config.Config, imported lazily)
@@ -218,10 +268,10 @@ def upgrade(url: str, revision: str = "head") -> str:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision() or "base"
     except SQLAlchemyError as exc:
-        raise failure(f"cannot upgrade database {_safe(url)}", url, exc) from None
+        raise failure(f"cannot upgrade database {hide_password(url)}", url, exc) from None
     except CommandError as exc:  # e.g. an unknown revision
         raise StorageError(
-            f"cannot upgrade database {_safe(url)}: {exc}",
+            f"cannot upgrade database {hide_password(url)}: {exc}",
             hint="give a revision of station/storage/migrations, or none for the newest",
         ) from None
     finally:
@@ -235,9 +285,9 @@ def reach(engine: Engine, url: str) -> None:
         engine.connect().close()
     except SQLAlchemyError as exc:
         if make_url(url).get_backend_name() == "sqlite":
-            raise failure(f"cannot open database {_safe(url)}", url, exc) from None
+            raise failure(f"cannot open database {hide_password(url)}", url, exc) from None
         raise StorageError(
-            f"cannot reach database {_safe(url)}: {_reason(exc)}",
+            f"cannot reach database {hide_password(url)}: {_reason(exc)}",
             hint="check that the database server is running and the URL's host, port, user "
             "and password (--url or the recipe's storage.database_url), or use the default "
             "SQLite database sqlite:///data/station.db",
@@ -278,7 +328,7 @@ def _reason(exc: SQLAlchemyError) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _safe(url: str) -> str:
+def hide_password(url: str) -> str:
     """The URL with its password hidden."""
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -320,9 +370,9 @@ def existing_database(url: str) -> Database:
         with db.engine.connect() as conn:
             has = inspect(conn).has_table("parts")
     except SQLAlchemyError as exc:
-        raise failure(f"cannot read database {_safe(url)}", url, exc) from None
+        raise failure(f"cannot read database {hide_password(url)}", url, exc) from None
     if not has:
         raise StorageError(
-            f"database {_safe(url)} has no station tables", hint="run `station db upgrade`"
+            f"database {hide_password(url)} has no station tables", hint="run `station db upgrade`"
         )
     return db

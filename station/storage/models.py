@@ -97,9 +97,17 @@ class Part(Base):
     sheet_defects: Mapped[list[SheetDefectRow]] = relationship(
         back_populates="part", cascade="all, delete-orphan", order_by="SheetDefectRow.index"
     )
+    # oldest first; the newest review (by created_at, then id) is the part's label
     reviews: Mapped[list[Review]] = relationship(
-        back_populates="part", cascade="all, delete-orphan", order_by="Review.created_at"
+        back_populates="part",
+        cascade="all, delete-orphan",
+        order_by="(Review.created_at, Review.id)",
     )
+
+    @property
+    def newest_review(self) -> Review | None:
+        """The review whose label counts (None: not reviewed)."""
+        return self.reviews[-1] if self.reviews else None
 
 
 class Shot(Base):

@@ -237,8 +237,8 @@ def check_row(part: PartRecord, row: Part | None) -> None:
     differs = [
         name
         for name, mine, theirs in (
-            ("record key", part.key, row.part_key),
-            ("run id", part.run_id, row.run_id),
+            ("record key", part.key or None, row.part_key),  # as part_columns stores them
+            ("run id", part.run_id or None, row.run_id),
             ("recipe", part.recipe, row.recipe),
             ("recipe digest", part.recipe_sha256, row.recipe_sha256),
             ("sequence", part.sequence or row.sequence, row.sequence),

@@ -163,7 +163,7 @@ def verify_archive(
     check = _Check(recipe, hashes)
     live = held_elsewhere(recipe.data_dir / "live.lock")
     check.report.live = live
-    with db.session() as s:
+    with db.reading() as s:  # hashing takes minutes: never hold the write lock meanwhile
         query = select(Part.id).where(Part.recipe == recipe.name)
         if since is not None:
             query = query.where(Part.started_at >= since)

@@ -17,15 +17,10 @@ SHIFT = 4  # cv2 drawing: 4 fractional bits
 SCALE = 1 << SHIFT
 
 
-def _rot(pts: np.ndarray, angle: float, centre: tuple[float, float]) -> np.ndarray:
+def rotate_points(pts: np.ndarray, angle: float, centre: tuple[float, float]) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     p = np.asarray(pts, np.float64)
     return np.column_stack([p[:, 0] * c - p[:, 1] * s, p[:, 0] * s + p[:, 1] * c]) + centre
-
-
-def _smoothstep(t: np.ndarray) -> np.ndarray:
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3 - 2 * t)
 
 
 class Patch:
@@ -93,7 +88,7 @@ class Patch:
         return local[self.src]
 
 
-def _waves(rng: np.random.Generator, n: int = 4) -> list[tuple[float, float, float, float]]:
+def random_waves(rng: np.random.Generator, n: int = 4) -> list[tuple[float, float, float, float]]:
     """Random sinusoids (kx, ky, phase, amplitude): a smooth field defined everywhere."""
     out = []
     for k in range(n):
@@ -103,7 +98,7 @@ def _waves(rng: np.random.Generator, n: int = 4) -> list[tuple[float, float, flo
     return out
 
 
-def _eval_waves(waves, X: np.ndarray, Y: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def eval_waves(waves, X: np.ndarray, Y: np.ndarray) -> np.ndarray:  # noqa: ANN001
     v = np.zeros_like(X)
     total = 0.0
     for kx, ky, ph, amp in waves:

@@ -20,13 +20,12 @@ from station.twin.defect_base import (
     SURFACE,
     Defect,
     Patch,
-    _eval_waves,
-    _rot,
-    _smoothstep,
-    _waves,
+    eval_waves,
+    random_waves,
+    rotate_points,
 )
 from station.twin.foreign_objects import HexNut, MetalPart, Screw, Tool, Washer
-from station.twin.sheet import GAP_ALBEDO, Canvas, DefectSpec, SheetTexture
+from station.twin.sheet import GAP_ALBEDO, Canvas, DefectSpec, SheetTexture, smoothstep
 
 KINDS = (
     "hex_nut", "washer", "screw", "tool", "metal_part", "fold", "crease", "contamination",
@@ -54,7 +53,7 @@ class Fold(Defect):
         c, s = math.cos(self.a), math.sin(self.a)
         along = (X - self.cx) * c + (Y - self.cy) * s
         d = -(X - self.cx) * s + (Y - self.cy) * c - self.kappa * along * along
-        g = _smoothstep((self.L / 2 - np.abs(along)) / (0.2 * self.L))
+        g = smoothstep((self.L / 2 - np.abs(along)) / (0.2 * self.L))
         return along, d, g
 
     def warp(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +121,7 @@ class Contamination(Defect):
              self.rng.uniform(0.4, 1.0) * self.r, self.rng.uniform(0, math.pi))
             for _ in range(k)
         ]
-        self.waves = _waves(self.rng, 4)
+        self.waves = random_waves(self.rng, 4)
         n = int(self.rng.integers(15, 50))
         self.specks = [
             (self.rng.normal(0, 0.4 * self.r, 2), self.rng.uniform(0.15, 0.5)) for _ in range(n)
@@ -149,9 +148,9 @@ class Contamination(Defect):
             u = dx * math.cos(ang) + dy * math.sin(ang)
             v = -dx * math.sin(ang) + dy * math.cos(ang)
             f += np.exp(-0.5 * ((u / a) ** 2 + (v / b) ** 2))
-        f *= 1 + 0.3 * _eval_waves(self.waves, X / self.r * 3, Y / self.r * 3)
+        f *= 1 + 0.3 * eval_waves(self.waves, X / self.r * 3, Y / self.r * 3)
         soft = 0.25 if self.variant == "oil" else 0.08
-        alpha = patch.crop(_smoothstep((f - 0.45) / soft))
+        alpha = patch.crop(smoothstep((f - 0.45) / soft))
         A *= 1 - self.strength * alpha
         if self.variant == "oil":
             M[:] = np.maximum(M, 0.3 * alpha)
@@ -169,7 +168,7 @@ class Cut(Defect):
     def setup(self) -> None:
         self.L = float(np.clip(self.s, 2.0, 60.0))
         self.gw = float(self.rng.uniform(0.15, 0.35))
-        self.waves = _waves(self.rng, 3)
+        self.waves = random_waves(self.rng, 3)
         n = int(self.L * 4)
         self.fibres = [
             (self.rng.uniform(-0.5, 0.5) * self.L, self.rng.choice([-1, 1]),
@@ -187,7 +186,7 @@ class Cut(Defect):
         along = (X - self.cx) * c + (Y - self.cy) * s
         d = -(X - self.cx) * s + (Y - self.cy) * c
         end = np.clip(1 - (2 * along / self.L) ** 8, 0, 1) ** 0.5
-        half = (self.gw * (1 + 0.35 * _eval_waves(self.waves, X * 4, Y * 4))) * end
+        half = (self.gw * (1 + 0.35 * eval_waves(self.waves, X * 4, Y * 4))) * end
         slit = patch.crop((np.abs(d) < half) & (np.abs(along) < self.L / 2))
         A, H, D, ID = (patch.view(x) for x in (canvas.A, canvas.H, canvas.D, canvas.ID))
         A[slit] = GAP_ALBEDO * 0.8
@@ -222,7 +221,7 @@ class FrayedEdge(Defect):
     def setup(self) -> None:
         self.rx = float(np.clip(self.s / 2, 1.5, 20))
         self.ry = self.rx * self.rng.uniform(0.35, 0.7)
-        self.waves = _waves(self.rng, 3)
+        self.waves = random_waves(self.rng, 3)
         n = int(np.clip(self.rx * self.ry * 4, 20, 900))
         self.fibres = []
         for _ in range(n):
@@ -239,15 +238,15 @@ class FrayedEdge(Defect):
         c, s = math.cos(self.a), math.sin(self.a)
         u = (X - self.cx) * c + (Y - self.cy) * s
         v = -(X - self.cx) * s + (Y - self.cy) * c
-        r = np.hypot(u / self.rx, v / self.ry) * (1 + 0.25 * _eval_waves(self.waves, X, Y))
-        alpha = patch.crop(_smoothstep((1.0 - r) / 0.35))
+        r = np.hypot(u / self.rx, v / self.ry) * (1 + 0.25 * eval_waves(self.waves, X, Y))
+        alpha = patch.crop(smoothstep((1.0 - r) / 0.35))
         A, H, ID = (patch.view(x) for x in (canvas.A, canvas.H, canvas.ID))
         mean_a = float(A.mean()) if A.size else 0.6
         A[:] = A * (1 - 0.45 * alpha) + 0.45 * alpha * mean_a * 0.85
         H[:] = H * (1 - 0.7 * alpha) + 0.7 * alpha * 0.12
         fib = np.zeros((patch.h, patch.w), np.float32)
         for p, ang, length, curl, bright in self.fibres:
-            q = _rot(p[None, :], self.a, (self.cx, self.cy))[0]
+            q = rotate_points(p[None, :], self.a, (self.cx, self.cy))[0]
             dirv = np.array([math.cos(ang + self.a), math.sin(ang + self.a)])
             perp = np.array([-dirv[1], dirv[0]])
             t = np.linspace(-0.5, 0.5, 6)[:, None]

@@ -14,12 +14,11 @@ from station.twin.defect_base import (
     SURFACE,
     Defect,
     Patch,
-    _eval_waves,
-    _rot,
-    _smoothstep,
-    _waves,
+    eval_waves,
+    random_waves,
+    rotate_points,
 )
-from station.twin.sheet import Canvas
+from station.twin.sheet import Canvas, smoothstep
 
 
 class _Object(Defect):
@@ -47,7 +46,7 @@ class _Object(Defect):
         metal = np.zeros_like(height)
         union = patch.blank()
         X, Y = patch.grid()
-        grain = _eval_waves(_waves(self.rng, 3), X * 6, Y * 6)  # brushed / moulded texture
+        grain = eval_waves(random_waves(self.rng, 3), X * 6, Y * 6)  # brushed / moulded texture
         for part in self.parts(patch):
             m = part["mask"]
             if not m.any():
@@ -59,7 +58,7 @@ class _Object(Defect):
                 h = size + np.sqrt(np.clip(size * size - q * q, 0, None))
                 h *= part["height"] / (2 * size)
             else:
-                h = part["height"] * _smoothstep(d / size)
+                h = part["height"] * smoothstep(d / size)
             if "hmod" in part:
                 h = h + part["hmod"]
             inside = m > 0
@@ -151,10 +150,11 @@ class Screw(_Object):
     def parts(self, patch: Patch) -> list[dict[str, Any]]:
         L, rs, rh = self.L, self.rs, self.rh
         c = (self.cx, self.cy)
-        head = _rot(np.array([[-L / 2, -rh], [-L / 2 + 1.2 * rh, -rh], [-L / 2 + 1.2 * rh, rh],
-                              [-L / 2, rh]]), self.a, c)
-        shaft = _rot(np.array([[-L / 2 + 1.2 * rh, -rs], [L / 2 - 2 * rs, -rs], [L / 2, 0],
-                               [L / 2 - 2 * rs, rs], [-L / 2 + 1.2 * rh, rs]]), self.a, c)
+        head = rotate_points(np.array([[-L / 2, -rh], [-L / 2 + 1.2 * rh, -rh],
+                                       [-L / 2 + 1.2 * rh, rh], [-L / 2, rh]]), self.a, c)
+        shaft = rotate_points(np.array([[-L / 2 + 1.2 * rh, -rs], [L / 2 - 2 * rs, -rs],
+                                        [L / 2, 0], [L / 2 - 2 * rs, rs],
+                                        [-L / 2 + 1.2 * rh, rs]]), self.a, c)
         X, Y = patch.grid()
         s_ax = (X - self.cx) * math.cos(self.a) + (Y - self.cy) * math.sin(self.a)
         thread = 0.18 * rs * np.sin(2 * math.pi * s_ax / (0.7 * rs))
@@ -181,12 +181,12 @@ class Tool(_Object):
         L, c = self.L, (self.cx, self.cy)
         if self.variant == "hex_key":
             r = max(0.025 * L, 0.8)
-            pts = _rot(np.array([[-L / 2, 0], [L / 4, 0], [L / 4, 0.35 * L]]), self.a, c)
+            pts = rotate_points(np.array([[-L / 2, 0], [L / 4, 0], [L / 4, 0.35 * L]]), self.a, c)
             return [dict(mask=patch.stroke(patch.blank(), pts, r), profile="cyl", size=r,
                          height=2 * r, albedo=0.25, metal=1.0)]
         rh, rs = 0.07 * L, max(0.018 * L, 0.7)
-        handle = _rot(np.array([[-L / 2 + rh, 0], [-L / 2 + 0.42 * L, 0]]), self.a, c)
-        shaft = _rot(np.array([[-L / 2 + 0.42 * L, 0], [L / 2 - rs, 0]]), self.a, c)
+        handle = rotate_points(np.array([[-L / 2 + rh, 0], [-L / 2 + 0.42 * L, 0]]), self.a, c)
+        shaft = rotate_points(np.array([[-L / 2 + 0.42 * L, 0], [L / 2 - rs, 0]]), self.a, c)
         X, Y = patch.grid()
         q = -(X - self.cx) * math.sin(self.a) + (Y - self.cy) * math.cos(self.a)
         flutes = 0.08 * rh * np.cos(2 * math.pi * q / (0.45 * rh))
@@ -222,15 +222,15 @@ class MetalPart(_Object):
     def parts(self, patch: Patch) -> list[dict[str, Any]]:
         c = (self.cx, self.cy)
         if self.variant == "chip":
-            m = patch.fill_poly(patch.blank(), _rot(self.chip, self.a, c))
+            m = patch.fill_poly(patch.blank(), rotate_points(self.chip, self.a, c))
             return [dict(mask=m, profile="bevel", size=0.3, height=0.6, albedo=self.alb,
                          metal=1.0)]
         if self.variant == "wire":
             r = float(np.clip(0.04 * self.ext, 0.25, 0.8))
-            m = patch.stroke(patch.blank(), _rot(self.wire, self.a, c), r)
+            m = patch.stroke(patch.blank(), rotate_points(self.wire, self.a, c), r)
             return [dict(mask=m, profile="cyl", size=r, height=2 * r, albedo=self.alb,
                          metal=1.0)]
         r = float(np.clip(0.12 * self.ext, 0.4, 2.0))
-        pts = _rot(np.array([[-self.ext / 2 + r, 0], [self.ext / 2 - r, 0]]), self.a, c)
+        pts = rotate_points(np.array([[-self.ext / 2 + r, 0], [self.ext / 2 - r, 0]]), self.a, c)
         m = patch.stroke(patch.blank(), pts, r)
         return [dict(mask=m, profile="cyl", size=r, height=2 * r, albedo=self.alb, metal=1.0)]

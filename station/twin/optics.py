@@ -10,16 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from station.geometry.coverage import focal_px
+from station.geometry.ur_poses import rotvec_to_matrix
 from station.recipe import CameraConfig
-
-
-def rotation_matrix(rotvec: tuple[float, float, float] | np.ndarray) -> np.ndarray:
-    """3x3 rotation from a UR rotation vector (axis * angle, radians)."""
-    r, _ = cv2.Rodrigues(np.asarray(rotvec, dtype=np.float64).reshape(3, 1))
-    return r
 
 
 @dataclass(frozen=True)
@@ -33,7 +28,7 @@ class Intrinsics:
 
     @classmethod
     def from_camera(cls, cam: CameraConfig) -> Intrinsics:
-        f_px = cam.lens.focal_length_mm * 1000.0 / cam.lens.pixel_size_um
+        f_px = focal_px(cam.lens)
         return cls(f_px, f_px, (cam.width - 1) / 2.0, (cam.height - 1) / 2.0, cam.width, cam.height)
 
     @property
@@ -51,7 +46,7 @@ class CameraPose:
     @classmethod
     def from_tcp(cls, tcp: tuple[float, ...] | np.ndarray) -> CameraPose:
         t = np.asarray(tcp, dtype=np.float64)
-        return cls(t[:3].copy(), rotation_matrix(t[3:6]))
+        return cls(t[:3].copy(), rotvec_to_matrix(t[3:6]))
 
 
 def plane_homography(k: Intrinsics, pose: CameraPose) -> np.ndarray:

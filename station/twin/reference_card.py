@@ -25,7 +25,7 @@ import numpy as np
 
 from station.recipe import CameraConfig, Recipe
 from station.twin import optics
-from station.twin.render import Lighting, Shot, _directions, _expose, blur_sigma_px
+from station.twin.render import Lighting, Shot, blur_sigma_px, expose, ray_directions
 from station.twin.truth import TrueCamera
 
 GREY, BLACK, WHITE, TABLE = 0.45, 0.06, 0.80, 0.35
@@ -97,7 +97,7 @@ class ReferenceCard:
         y = (hi[1, 0] * u + hi[1, 1] * v + hi[1, 2]) / w
         alb = self.albedo(x, y).reshape(k.height, s, k.width, s).mean(axis=(1, 3))
         # a flat matte surface (normal straight up): n.v and n.l are the vectors' z parts
-        dirs = _directions(k, pose, light)
+        dirs = ray_directions(k, pose, light)
         vz, lz = dirs[..., 2], dirs[..., 5]
         rad = alb * (
             light.ambient + light.ring * np.clip(vz, 0, 1) + light.side * np.clip(lz, 0, 1)
@@ -110,5 +110,5 @@ class ReferenceCard:
         rad = (rad * vig).astype(np.float32)
         sigma = blur_sigma_px(cam, pose, light.base_blur_px)
         rad = cv2.GaussianBlur(rad, (0, 0), sigma)
-        image = _expose(rad, cam, light, noise_seed, exposure_us, gain_db)
+        image = expose(rad, cam, light, noise_seed, exposure_us, gain_db)
         return Shot(image, np.zeros((k.height, k.width), np.uint8), [], sigma)

@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from station.geometry.coverage import blur_px
 from station.recipe import CameraConfig
 from station.twin import glare, optics
 from station.twin.sheet import Layers, SheetSpec
@@ -64,13 +65,10 @@ def sheet_homography(spec: SheetSpec | None, layers: Layers, k: optics.Intrinsic
 def blur_sigma_px(cam: CameraConfig, pose: optics.CameraPose, base: float) -> float:
     """Gaussian sigma of the focus blur: thin-lens circle of confusion, in pixels."""
     lens = cam.lens
-    f, n, s = lens.focal_length_mm, lens.f_number, lens.focus_distance_mm
     d = optics.view_distance_mm(pose)
-    if not math.isfinite(d) or d <= f:
+    if not math.isfinite(d) or d <= lens.focal_length_mm:
         return 8.0
-    coc_mm = (f * f / (n * (s - f))) * abs(d - s) / d
-    coc_px = coc_mm * 1000.0 / lens.pixel_size_um
-    return float(math.hypot(base, coc_px / 2.4))
+    return float(math.hypot(base, blur_px(lens, d)))
 
 
 def shade(spec: SheetSpec | None, layers: Layers, cam: CameraConfig, tcp: np.ndarray,
@@ -93,7 +91,7 @@ def shade(spec: SheetSpec | None, layers: Layers, cam: CameraConfig, tcp: np.nda
 
     sigma = blur_sigma_px(cam, pose, light.base_blur_px)
     rad = cv2.GaussianBlur(rad.astype(np.float32), (0, 0), sigma)
-    image = _expose(rad, cam, light, noise_seed, exposure_us, gain_db)
+    image = expose(rad, cam, light, noise_seed, exposure_us, gain_db)
     mask, defects = _ground_truth(spec, ids)
     return Shot(image, mask, defects, sigma)
 
@@ -124,7 +122,7 @@ def _warp_layers(spec: SheetSpec | None, layers: Layers, k: optics.Intrinsics,
     return st, ids
 
 
-def _directions(k: optics.Intrinsics, pose: optics.CameraPose, light: Lighting,
+def ray_directions(k: optics.Intrinsics, pose: optics.CameraPose, light: Lighting,
                 spec: SheetSpec | None = None) -> np.ndarray:
     """Per pixel: unit view, light and half vectors (9 channels), then the ring light's glare
     on the sheet's bow (1 channel; 0 without a sheet or with glare off). They vary slowly over
@@ -160,7 +158,7 @@ def _radiance(spec: SheetSpec | None, st: np.ndarray, k: optics.Intrinsics,
               pose: optics.CameraPose, light: Lighting) -> np.ndarray:
     """Radiance per pixel from the warped layers: diffuse, fibre sheen, glare and metal."""
     alb, hx, hy, dirn, metal, lit = (st[..., i] for i in range(6))
-    dirs = _directions(k, pose, light, spec)
+    dirs = ray_directions(k, pose, light, spec)
     vx, vy, vz, lx, ly, lz, hxv, hyv, hzv, shine = (dirs[..., i] for i in range(10))
 
     # slopes and fibre directions from sheet-local into the base frame
@@ -202,7 +200,7 @@ def _radiance(spec: SheetSpec | None, st: np.ndarray, k: optics.Intrinsics,
     return rad
 
 
-def _expose(rad: np.ndarray, cam: CameraConfig, light: Lighting, noise_seed: Any,
+def expose(rad: np.ndarray, cam: CameraConfig, light: Lighting, noise_seed: Any,
             exposure_us: float | None, gain_db: float | None) -> np.ndarray:
     """The sensor: exposure, shot and read noise, saturation, gain, 8-bit pixels."""
     exposure_us = cam.exposure_us if exposure_us is None else exposure_us

@@ -9,36 +9,20 @@ counts. The world's clock advances by the computed time; real sleeping is scaled
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from station.errors import ProtectiveStop, RobotError
+from station.geometry.pose_plan import move_s
+from station.geometry.ur_poses import rotation_distance
 from station.interfaces import RobotState
 from station.recipe import Pose
-from station.twin.optics import rotation_matrix
 from station.twin.world import TwinWorld, pose_tcp
 
 UR5_REACH_MM = 850.0
 MIN_HEIGHT_MM = 20.0  # the camera must stay this far above the table
 REPEATABILITY_MM = 0.03
-
-
-def trapezoid_time(distance: float, v_max: float, a_max: float) -> float:
-    """Seconds for a rest-to-rest move of `distance` with speed and acceleration limits."""
-    distance = abs(distance)
-    if distance <= 0:
-        return 0.0
-    if distance >= v_max * v_max / a_max:
-        return distance / v_max + v_max / a_max
-    return 2.0 * math.sqrt(distance / a_max)
-
-
-def rotation_between(rv_a: np.ndarray, rv_b: np.ndarray) -> float:
-    """Angle (rad) of the rotation taking orientation a to orientation b."""
-    r = rotation_matrix(rv_a).T @ rotation_matrix(rv_b)
-    return float(math.acos(max(-1.0, min(1.0, (np.trace(r) - 1) / 2))))
 
 
 @dataclass(frozen=True)
@@ -89,10 +73,10 @@ class SimRobot:
         """The timing of a move from the current TCP to `pose` (nothing moves)."""
         cur, target = self.world.tcp, pose_tcp(pose)
         dist = float(np.linalg.norm(target[:3] - cur[:3]))
-        rot = rotation_between(cur[3:], target[3:])
+        rot = rotation_distance(cur[3:], target[3:])
         move = max(
-            trapezoid_time(dist, self.cfg.speed_mm_s, self.cfg.acceleration_mm_s2),
-            trapezoid_time(rot, self.w_max, self.alpha_max),
+            move_s(dist, self.cfg.speed_mm_s, self.cfg.acceleration_mm_s2),
+            move_s(rot, self.w_max, self.alpha_max),
         )
         settle = self.cfg.settle_s if (dist > 0 or rot > 0) else 0.0
         return MoveTiming(pose.name, dist, rot, move, settle)

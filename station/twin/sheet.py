@@ -223,7 +223,7 @@ class SheetTexture:
         return int(np.floor(u[0, 0]))
 
 
-def _smoothstep(t: np.ndarray) -> np.ndarray:
+def smoothstep(t: np.ndarray) -> np.ndarray:
     t = np.clip(t, 0.0, 1.0)
     return t * t * (3 - 2 * t)
 
@@ -246,7 +246,7 @@ def _crimp_lut(pattern: tuple[int, ...]) -> np.ndarray:
     upper = f >= 0.5
     a = np.where(upper, sgn[q % n], sgn[(q - 1) % n])
     b = np.where(upper, sgn[(q + 1) % n], sgn[q % n])
-    t = _smoothstep(np.where(upper, f - 0.5, f + 0.5))
+    t = smoothstep(np.where(upper, f - 0.5, f + 0.5))
     return (a + (b - a) * t).astype(np.float32)
 
 

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from station.geometry.charuco import BoardDef, recipe_board
+from station.geometry.ur_poses import pose_to_matrix
 from station.recipe import Recipe
 from station.twin import optics
 
@@ -37,10 +38,7 @@ DIST_KEYS = ("k1", "k2", "p1", "p2", "k3")  # OpenCV's order
 
 def transform(position: Any, rotvec: Any) -> np.ndarray:
     """4x4 rigid transform from a position and a rotation vector."""
-    t = np.eye(4)
-    t[:3, :3] = optics.rotation_matrix(rotvec)
-    t[:3, 3] = np.asarray(position, np.float64)
-    return t
+    return pose_to_matrix([*np.asarray(position, np.float64), *np.asarray(rotvec, np.float64)])
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import difflib
 import math
 import time
 from dataclasses import dataclass
@@ -74,6 +75,29 @@ def derive_seed(*parts: int) -> int:
                & 0x7FFFFFFF)
 
 
+# every key twin.params may hold, by the module that reads it
+PARAMS = (
+    "side_light_mm", "reference_exposure_us", "first_sheet", "faults",  # world
+    *glare.DEFAULTS,  # glare, glare_lobe_deg, sheet_bow_mrad
+    "camera_truth", "calibration_board",  # truth
+    "variant", "material_switch", "lamp_dim", "defocus", "stops_creep",  # variant, ageing
+    "lamp_jitter",  # reference_card
+    "line_transfer_s", "line_parts",  # line
+    "angular_speed_rad_s", "angular_acceleration_rad_s2",  # robot
+)  # fmt: skip
+
+
+def unknown_params(params: dict[str, Any]) -> list[str]:
+    """One problem per twin.params key the twin does not read (a misspelt one would be
+    silently ignored), with the nearest known key."""
+    out = []
+    for key in sorted(set(params) - set(PARAMS)):
+        near = difflib.get_close_matches(str(key), PARAMS, n=1)
+        hint = f"did you mean {near[0]}?" if near else "known: " + ", ".join(sorted(PARAMS))
+        out.append(f"twin.params.{key}: not a twin setting; {hint}")
+    return out
+
+
 class TwinWorld:
     def __init__(self, recipe: Recipe, seed: int | None = None, *,
                  defect_rate: float | None = None, sheets_before: int = 0) -> None:
@@ -84,6 +108,8 @@ class TwinWorld:
         self.time_scale = float(self.twin.time_scale)
         self.kinds, self.kind_weights = self._kinds()
         params = self.twin.params
+        if unknown := unknown_params(params):
+            raise RecipeError(recipe.source or recipe.name, unknown)
         cx, cy = recipe.sheet.center_mm
         try:  # the glare, the true camera and board (twin.params); nominal camera when not set
             self.lighting = Lighting(

@@ -144,9 +144,9 @@ def load_runtime_model(
     """The artifact at `path` served by `runtime` on `device` (default: the recipe's)."""
     fmt = sidecar.RUNTIME_FORMAT[runtime]
     if fmt == "onnx":  # a runtime that is not installed: said before any model is read
-        from station.detectors.runtimes.ort_runtime import _ort
+        from station.detectors.runtimes.ort_runtime import ort_module
 
-        _ort()
+        ort_module()
     else:
         from station.detectors.runtimes.ov_runtime import openvino
 

@@ -18,7 +18,7 @@ from station.errors import DetectorError, cause
 EXTRA = "pip install station[onnx]"
 
 
-def _ort() -> Any:
+def ort_module() -> Any:
     try:
         import onnxruntime
     except ImportError:
@@ -57,7 +57,7 @@ class OrtSession:
     """One ONNX graph on ONNX Runtime; `run(x)` -> the graph's outputs in order."""
 
     def __init__(self, graph: Path, device: str, threads: int, tensorrt: bool = False) -> None:
-        ort = _ort()
+        ort = ort_module()
         available = list(ort.get_available_providers())
         providers = providers_for(device, available, tensorrt)
         opts = ort.SessionOptions()

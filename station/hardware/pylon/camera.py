@@ -1,11 +1,21 @@
 """Basler camera driver on pypylon, implementing `station.interfaces.Camera`.
 
-`PylonCamera(camera_cfg)` opens a camera by serial number (or the first one found), loads the
-recipe's pylon feature file (.pfs), then applies the recipe settings (pixel format, size,
-exposure, gain, trigger) and reads them back. `grab()` triggers (software) or waits for the
-hardware trigger on Line1 (dropping frames queued before it was called: the trigger must come
-after the station asks), retries on timeouts and failed buffers, and returns a `Frame`:
-HxW uint8 for Mono8, HxWx3 uint8 for RGB8 and BayerRG8 (demosaiced by pylon).
+`PylonCamera(camera_cfg)` opens a camera by serial number (or the only one found; an emulated
+camera only for a recipe that plays `camera.emulator_images` or names its serial), loads the
+recipe's pylon feature file (.pfs), refuses binning, decimation or mirroring that it sets (the
+station's geometry assumes none), then applies the recipe settings (pixel format, size, exposure,
+gain, software trigger) and reads them back. `grab()` executes a software trigger, retries on
+timeouts and failed buffers, and returns a `Frame`: HxW uint8 for Mono8, HxWx3 uint8 for RGB8 and
+BayerRG8 (demosaiced by pylon).
+
+A frame that comes later than `camera.timeout_ms` must never answer a later try or grab (it was
+exposed at an earlier pose). The driver counts its software triggers since StartGrabbing and
+matches each result's BlockID to them (the emulator and USB3 cameras number frames from 0,
+GigE cameras from 1, wrapping at 65535): results of earlier triggers are dropped, and a sequence
+it cannot trust (a wrap, a block newer than the last trigger) fails that try and is learned again
+from a frame that comes while one trigger is outstanding. This assumes a camera that is ready for
+a trigger (WaitForFrameTriggerReady) answers it: a trigger it ignored would make every later
+frame look stale, and grabs fail until the camera is opened again.
 
 Grabbing starts in `open()` and keeps running until `close()`: settings that change the image
 layout cannot be written while grabbing, and the pylon camera emulator rewinds its image folder
@@ -53,9 +63,22 @@ _PIXEL_FORMATS = {
     "BayerRG8": ("BayerRG8",),
 }
 _NO_CAMERA_HINT = (
-    "check power, cable and (GigE) IP settings with the pylon Viewer; "
-    "to use the pylon camera emulator set PYLON_CAMEMU=1"
+    "check power, cable and (GigE) IP settings with the pylon Viewer; to use the pylon camera "
+    "emulator set PYLON_CAMEMU=1 and camera.emulator_images"
 )
+# Features that change which sensor pixel lands where, with their neutral values: the station's
+# geometry (sheet map, coverage, mm/px, calibration) assumes none of them.
+_GEOMETRY = {
+    "BinningHorizontal": 1,
+    "BinningVertical": 1,
+    "DecimationHorizontal": 1,
+    "DecimationVertical": 1,
+    "ReverseX": False,
+    "ReverseY": False,
+}
+# GetBlockID's invalid block (pylon): such results, and blocks 0 after a stream's first result
+# (a camera that numbers none), are matched to triggers by their order.
+_NO_BLOCK_ID = 2**64 - 1
 
 
 def _pylon() -> Any:
@@ -109,6 +132,10 @@ class PylonCamera:
         self._settings: dict[str, Any] = {}
         self._converter: Any = None
         self._lock = threading.Lock()
+        # software triggers since StartGrabbing, how many of them a result answered (or skipped),
+        # and the BlockID of trigger 0 (None: not known, learned from the next lone frame)
+        self._triggers = self._answered = 0
+        self._block0: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> PylonCamera:
@@ -130,7 +157,8 @@ class PylonCamera:
     def device(self) -> Any:
         """The open `pylon.InstantCamera`, for features the recipe does not cover.
 
-        Do not change the image layout (size, pixel format) on it: grabbing is running.
+        Do not change the image layout (size, pixel format) on it: grabbing is running. Do not
+        trigger it: `grab()` matches frames to its own triggers.
         """
         self._require_open()
         return self._cam
@@ -166,6 +194,8 @@ class PylonCamera:
             self._configure(pylon)
             self._settings = self._read_settings()
             cam.MaxNumBuffer.Value = 5
+            self._triggers = self._answered = 0
+            self._block0 = None
             cam.StartGrabbing(pylon.GrabStrategy_OneByOne)
         except CameraError:
             self.close()
@@ -194,7 +224,7 @@ class PylonCamera:
         return dict(self._settings)
 
     def grab(self) -> Frame:
-        """One frame: trigger (software) or wait for Line1, with `1 + retries` tries."""
+        """One frame, from a software trigger, with `1 + retries` tries."""
         self._require_open()
         with self._lock:
             return self._grab()
@@ -231,21 +261,38 @@ class PylonCamera:
             raise CameraError(f"pylon could not list cameras: {_short(exc)}") from None
         if not devices:
             raise CameraError("no Basler camera found", hint=_NO_CAMERA_HINT)
-        if self.cfg.serial is None:
-            return devices[0]
-        for d in devices:
-            if d.GetSerialNumber() == self.cfg.serial:
-                return d
-        found = ", ".join(f"{d.GetSerialNumber()} ({d.GetModelName()})" for d in devices)
-        raise CameraError(
-            f"camera serial {self.cfg.serial} not found; cameras found: {found}",
-            hint="fix camera.serial in the recipe, or set it to null for the first camera",
+        found = ", ".join(
+            f"{d.GetSerialNumber()} ({d.GetModelName()}"
+            + (", emulated)" if d.GetDeviceClass() == EMULATOR_CLASS else ")")
+            for d in devices
         )
+        if self.cfg.serial is not None:
+            for d in devices:
+                if d.GetSerialNumber() == self.cfg.serial:
+                    return d  # a serial may name an emulated camera
+            raise CameraError(
+                f"camera serial {self.cfg.serial} not found; cameras found: {found}",
+                hint="fix camera.serial in the recipe",
+            )
+        if len(devices) > 1:
+            raise CameraError(
+                f"{len(devices)} cameras found ({found}) and camera.serial is null",
+                hint="set camera.serial in the recipe to the camera's serial number",
+            )
+        if devices[0].GetDeviceClass() == EMULATOR_CLASS and not self.cfg.emulator_images:
+            raise CameraError(
+                f"an emulated camera ({found}) was found (PYLON_CAMEMU set?) and no real one",
+                hint="unset PYLON_CAMEMU and connect the camera; to use the emulator set "
+                "camera.emulator_images or name its serial in camera.serial",
+            )
+        return devices[0]
 
     def _configure(self, pylon: Any) -> None:
         cfg = self.cfg
-        if cfg.feature_file:
-            self._load_feature_file(pylon, resolve(cfg.feature_file))
+        feature_file = resolve(cfg.feature_file) if cfg.feature_file else None
+        if feature_file:
+            self._load_feature_file(pylon, feature_file)
+        self._plain_geometry(feature_file)  # before the size: binning changes its range
         # Recipe settings win over the feature file.
         self._set_enum("PixelFormat", _PIXEL_FORMATS[cfg.pixel_format], "camera.pixel_format")
         self._set_int("Width", cfg.width, "camera.width")
@@ -270,8 +317,7 @@ class PylonCamera:
         if self._has("TriggerSelector"):
             self._set_enum("TriggerSelector", ("FrameStart",), "TriggerSelector")
         self._set_enum("TriggerMode", ("On",), "TriggerMode")
-        source = ("Software",) if cfg.trigger == "software" else ("Line1",)
-        self._set_enum("TriggerSource", source, "camera.trigger")
+        self._set_enum("TriggerSource", ("Software",), "camera.trigger")
         if cfg.emulator_images:
             if self.is_emulator:
                 self._feed_emulator(resolve(cfg.emulator_images))
@@ -297,6 +343,36 @@ class PylonCamera:
                 f"{_short(exc)}",
                 hint="save a fresh .pfs from this camera model (pylon Viewer or save_features)",
             ) from None
+
+    def _plain_geometry(self, feature_file: Path | None) -> None:
+        """Refuse binning, decimation or mirroring that the feature file sets; reset what the
+        camera kept from earlier use. The station's geometry assumes none of them."""
+        from pypylon import genicam
+
+        listed: set[str] = set()
+        if feature_file:  # pfs lines: name, [selector,] value, tab-separated; '#' comments
+            lines = feature_file.read_text(encoding="utf-8", errors="replace").splitlines()
+            listed = {ln.split("\t", 1)[0].strip() for ln in lines if not ln.startswith("#")}
+        for name, neutral in _GEOMETRY.items():
+            if not self._has(name) or (value := getattr(self._cam, name).Value) == neutral:
+                continue
+            if name in listed:
+                raise CameraError(
+                    f"camera feature file {feature_file} sets {name} {value:d}; the station's "
+                    "geometry (sheet map, coverage, mm/px, calibration) assumes "
+                    f"{name} {neutral:d}",
+                    hint=f"remove {name} from the feature file, or set it to {neutral:d} there",
+                )
+            if not genicam.IsWritable(self._cam.GetNodeMap().GetNode(name)):
+                raise CameraError(
+                    f"{self._label()} has {name} {value:d} and it cannot be reset to {neutral:d}",
+                    hint="reset it in the pylon Viewer, or load the camera's default user set",
+                )
+            log.warning(
+                "%s: %s was %d (left from earlier use); reset to %d",
+                self._label(), name, value, neutral,
+            )
+            getattr(self._cam, name).Value = neutral
 
     def _feed_emulator(self, source: Path) -> None:
         if source.is_dir():
@@ -402,40 +478,32 @@ class PylonCamera:
             "trigger_mode": self._read("TriggerMode"),
             "trigger_source": self._read("TriggerSource"),
         }
+        for name in _GEOMETRY:  # all neutral (_plain_geometry); recorded where the camera has them
+            if self._has(name):
+                key = "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+                settings[key] = self._read(name)
         if self.is_emulator and self._read("ImageFileMode") == "On":
             settings["emulator_images"] = self._read("ImageFilename")
         return settings
-
-    def _drain(self, pylon: Any) -> None:
-        """Drop frames left over from an earlier try (late arrivals after a timeout)."""
-        while True:
-            result = self._cam.RetrieveResult(0, pylon.TimeoutHandling_Return)
-            if not result.IsValid():
-                return
-            log.warning("%s: dropped a stale frame", self._label())
-            result.Release()
 
     def _grab(self) -> Frame:
         pylon = _pylon()
         generic = _genicam_error()
         cam, cfg = self._cam, self.cfg
         tries = cfg.retries + 1
-        timeout_ms, on_timeout = cfg.timeout_ms, pylon.TimeoutHandling_Return
         problems: list[str] = []
-        if cfg.trigger == "hardware":
-            # a frame already queued was triggered before the robot settled here (a double
-            # pulse, a late one): never this pose's shot. A trigger must come after the ask.
-            self._drain(pylon)
         for attempt in range(1, tries + 1):
             try:
-                if cfg.trigger == "software":
-                    self._drain(pylon)
-                    ready = cam.WaitForFrameTriggerReady(timeout_ms, on_timeout)
-                    if not ready:
-                        problems.append(f"not ready for a trigger within {cfg.timeout_ms} ms")
-                        continue
-                    cam.ExecuteSoftwareTrigger()
-                result = cam.RetrieveResult(timeout_ms, on_timeout)
+                if not cam.WaitForFrameTriggerReady(cfg.timeout_ms, pylon.TimeoutHandling_Return):
+                    problems.append(f"not ready for a trigger within {cfg.timeout_ms} ms")
+                    continue
+                # drop what is queued (late frames, landed while the camera got ready)
+                self._own_result(pylon, 0.0, self._triggers)
+                cam.ExecuteSoftwareTrigger()
+                # counted once executed: a count ahead of the camera's makes every frame stale
+                self._triggers += 1
+                deadline = time.monotonic() + cfg.timeout_ms / 1e3
+                result, problem = self._own_result(pylon, deadline, self._triggers - 1)
             except generic as exc:
                 if cam.IsCameraDeviceRemoved():
                     raise CameraError(
@@ -443,9 +511,8 @@ class PylonCamera:
                     ) from None
                 problems.append(_short(exc))
                 continue
-            if not result.IsValid():
-                what = "no frame" if cfg.trigger == "software" else "no hardware trigger on Line1"
-                problems.append(f"{what} within {cfg.timeout_ms} ms")
+            if result is None:
+                problems.append(problem or "no frame")
                 continue
             try:
                 if not result.GrabSucceeded():
@@ -473,16 +540,54 @@ class PylonCamera:
                 timestamp_s=time.time(),
                 camera_settings={**self._settings, **extra},
             )
-        hint = (
-            "check the trigger wiring to Line1, or set camera.trigger: software"
-            if cfg.trigger == "hardware" and all("trigger" in p for p in problems)
-            else "check the camera cable and bandwidth, or raise camera.timeout_ms / retries"
-        )
         raise CameraError(
             f"{self._label()}: no image after {tries} tr{'y' if tries == 1 else 'ies'}: "
             + "; ".join(dict.fromkeys(problems)),
-            hint=hint,
+            hint="check the camera cable and bandwidth, or raise camera.timeout_ms / retries",
         )
+
+    def _own_result(self, pylon: Any, deadline: float, want: int) -> tuple[Any, str | None]:
+        """The result (a frame or a failed buffer) answering software trigger `want`, or None
+        and why not. Results of earlier triggers (late frames) are dropped."""
+        while True:
+            left_ms = max(0, round((deadline - time.monotonic()) * 1e3))
+            result = self._cam.RetrieveResult(left_ms, pylon.TimeoutHandling_Return)
+            if not result.IsValid():
+                return None, f"no frame within {self.cfg.timeout_ms} ms"
+            block = int(result.GetBlockID())
+            answers = self._trigger_of(block)
+            if answers == want:
+                return result, None
+            result.Release()
+            if answers is None:  # a wrap, or a frame no trigger of ours asked for
+                log.warning("%s: dropped a frame out of sequence (block %d)", self._label(), block)
+                return None, f"frame sequence lost at block {block}; learning it again"
+            log.warning(
+                "%s: dropped a stale frame (block %d, expected %d)",
+                self._label(), block, block + want - answers,
+            )
+
+    def _trigger_of(self, block: int) -> int | None:
+        """Which software trigger since StartGrabbing (0-based) a result with this BlockID
+        answers; None when the sequence cannot be trusted (a wrap, a block newer than the last
+        trigger): the offset is then learned again from a result that comes while one trigger
+        is outstanding (results come in trigger order)."""
+        numbered = block != _NO_BLOCK_ID and (block > 0 or self._answered == 0)
+        if self._block0 is not None and numbered:
+            k = block - self._block0
+            if self._answered <= k < self._triggers:
+                self._answered = k + 1  # blocks skipped before it: those frames were lost
+                return k
+            self._block0 = None
+            self._answered = min(self._answered + 1, self._triggers)
+            return None
+        k = self._answered
+        if k >= self._triggers:  # a frame no trigger of ours asked for
+            return None
+        self._answered += 1
+        if k == self._triggers - 1 and numbered:
+            self._block0 = block - k
+        return k
 
     def _to_array(self, result: Any) -> np.ndarray:
         if self._converter is not None:

@@ -66,8 +66,8 @@ class URLink:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         env[PARENT_ENV] = str(os.getpid())  # the child ends itself when this process dies
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "station.hardware.ur.worker"],
+        self._proc = subprocess.Popen(  # -P: never a `station` found in the current folder
+            [sys.executable, "-P", "-m", "station.hardware.ur.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

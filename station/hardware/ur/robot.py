@@ -39,6 +39,15 @@ MOVE_START_WAIT_S = 0.5
 MOVE_POLL_S = 0.004
 STILL_SPEED_M_S = 1e-3  # TCP slower than 1 mm/s: the arm stands still
 DASHBOARD_PORT = 29999
+# read-back of what the driver set: the TCP offset (m, rad), the payload (kg, m); the receive
+# stream shows a new payload within a few cycles
+TCP_TOLERANCE_M = 1e-4
+TCP_TOLERANCE_RAD = 1e-3
+PAYLOAD_TOLERANCE_KG = 1e-3
+PAYLOAD_TOLERANCE_M = 1e-4
+PAYLOAD_READBACK_S = 1.0
+SCRIPT_HINT = "check remote control mode and the controller log, then reconnect"
+NO_PAYLOAD = "robot.payload_kg not set: the pendant installation's payload is used"
 
 
 def dashboard_stop(host: str, timeout_s: float = 1.0) -> bool:
@@ -153,14 +162,10 @@ class URRobot:
             # Uploads ur_rtde's control script; needs remote control on e-Series robots.
             self._link.call("open_control", t, host=cfg.host)
             # after a dropped link the new script may not run yet: commands would be refused
-            if not self._link.call("ensure_script", t, wait_s=2.0):
-                raise RobotError(
-                    f"robot at {cfg.host} does not run the ur_rtde control script",
-                    "check remote control mode and the controller log, then reconnect",
-                )
-            offset = [v / 1000.0 for v in cfg.tcp_offset_mm] + list(cfg.tcp_offset_rotvec_rad)
-            if not self._link.call("set_tcp", t, offset=offset):
-                raise RobotError(f"robot at {cfg.host} refused the TCP offset {offset}")
+            if not self._ensure_script():  # uploaded again: the tool is set already
+                self._set_tool()  # a new program runs with the installation's TCP and payload
+            if cfg.payload_kg is None:
+                log.warning(NO_PAYLOAD)
             self._last_ts = st["timestamp"]
         except Exception:
             self._link.kill()
@@ -168,6 +173,76 @@ class URRobot:
 
     def close(self) -> None:
         self._link.close()
+
+    def _ensure_script(self) -> bool:
+        """Upload ur_rtde's control script again when it stopped (a protective stop, Stop on
+        the pendant) and set the TCP and payload again: the new program starts with the
+        installation's. True when it was uploaded again."""
+        cfg = self.cfg
+        status = self._link.call("ensure_script", cfg.connect_timeout_s, wait_s=2.0)
+        if status == "stopped":
+            check_safety(self._state(), cfg.host)  # a safety stop keeps it from starting
+            raise RobotError(
+                f"robot at {cfg.host} does not run the ur_rtde control script", SCRIPT_HINT
+            )
+        if status == "uploaded":
+            log.warning(
+                "robot at %s: the control script had stopped (program stopped on the pendant?); "
+                "uploaded it again and set the TCP and payload",
+                cfg.host,
+            )
+            self._set_tool()
+        return status == "uploaded"
+
+    def _set_tool(self) -> None:
+        """Send the recipe's TCP offset and payload and read both back; the replies also show
+        that the control script takes commands."""
+        cfg = self.cfg
+        t = cfg.connect_timeout_s
+        offset = [v / 1000.0 for v in cfg.tcp_offset_mm] + list(cfg.tcp_offset_rotvec_rad)
+        if not self._link.call("set_tcp", t, offset=offset):
+            raise RobotError(f"robot at {cfg.host} refused the TCP offset {offset}", SCRIPT_HINT)
+        got = self._link.call("tcp_offset", t)
+        err_m = math.dist(got[:3], offset[:3])
+        if err_m > TCP_TOLERANCE_M or rotation_distance(got[3:], offset[3:]) > TCP_TOLERANCE_RAD:
+            mm = ", ".join(f"{v * 1000:.1f}" for v in got[:3])
+            rad = ", ".join(f"{v:.3f}" for v in got[3:])
+            raise RobotError(
+                f"robot at {cfg.host} reports TCP offset [{mm}] mm / [{rad}] rad, not the "
+                f"recipe's robot.tcp_offset_mm {list(cfg.tcp_offset_mm)} / "
+                f"robot.tcp_offset_rotvec_rad {list(cfg.tcp_offset_rotvec_rad)}",
+                "check the TCP settings and the controller log on the pendant, then reconnect",
+            )
+        if cfg.payload_kg is not None:
+            cog = [v / 1000.0 for v in cfg.payload_cog_mm]
+            if not self._link.call("set_payload", t, mass=cfg.payload_kg, cog=cog):
+                raise RobotError(
+                    f"robot at {cfg.host} refused the payload {cfg.payload_kg:g} kg "
+                    "(robot.payload_kg)",
+                    SCRIPT_HINT,
+                )
+            self._check_payload(cfg.payload_kg, cog)
+
+    def _check_payload(self, mass: float, cog: list[float]) -> None:
+        """Wait for the RTDE `payload` output to show `mass` (and `cog`, unless zero: e-Series
+        keeps its COG then), at most PAYLOAD_READBACK_S."""
+        deadline = time.monotonic() + PAYLOAD_READBACK_S
+        while True:
+            got = self._link.call("payload", STATE_CALL_TIMEOUT_S)
+            mass_ok = abs(got["payload"] - mass) <= PAYLOAD_TOLERANCE_KG
+            cog_ok = not any(cog) or math.dist(got["payload_cog"], cog) <= PAYLOAD_TOLERANCE_M
+            if mass_ok and cog_ok:
+                return
+            if time.monotonic() > deadline:
+                shown = ", ".join(f"{v * 1000:.1f}" for v in got["payload_cog"])
+                raise RobotError(
+                    f"robot at {self.cfg.host} reports a payload of {got['payload']:.3f} kg "
+                    f"at [{shown}] mm, not robot.payload_kg {mass:g} kg at "
+                    f"robot.payload_cog_mm {list(self.cfg.payload_cog_mm)}",
+                    "check the payload settings and the controller log on the pendant, "
+                    "then reconnect",
+                )
+            time.sleep(0.01)
 
     # -- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -195,18 +270,16 @@ class URRobot:
         st = self._state()
         check_safety(st, cfg.host)
         # After a protective stop the controller stopped ur_rtde's script: load it again.
-        if not st["program_running"] and not self._link.call(
-            "ensure_script", cfg.connect_timeout_s, wait_s=2.0
-        ):
-            raise RobotError(
-                f"robot at {cfg.host} does not run the ur_rtde control script",
-                "check remote control mode and the controller log, then reconnect",
-            )
-        try:
-            outcome = self._move(pose)
-        except RobotError:
-            dashboard_stop(cfg.host)  # the link is gone: the arm may still be moving
-            raise
+        if not st["program_running"]:
+            self._ensure_script()
+        outcome = self._guarded_move(pose)
+        if outcome == "refused":
+            # The script may have stopped after the state read above (a cycle old): the arm
+            # did not move. Unless a safety stop did it, upload it and try once more.
+            self._state()
+            check_safety(self._state(), cfg.host)
+            if self._ensure_script():
+                outcome = self._guarded_move(pose)
         if outcome == "stale":
             self._link.kill()
             dashboard_stop(cfg.host)
@@ -236,6 +309,13 @@ class URRobot:
             st = self._state()
             check_safety(st, cfg.host)
         return self._to_robot_state(st)
+
+    def _guarded_move(self, pose: Pose) -> str:
+        try:
+            return self._move(pose)
+        except RobotError:
+            dashboard_stop(self.cfg.host)  # the link is gone: the arm may still be moving
+            raise
 
     def _move(self, pose: Pose) -> str:
         """Start the move and watch it from here: "done", "refused", "stopped" (safety stop or

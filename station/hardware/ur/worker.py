@@ -28,6 +28,8 @@ RECEIVE_VARIABLES = [
     "robot_status_bits",
     "actual_digital_input_bits",
     "actual_digital_output_bits",
+    "payload",
+    "payload_cog",
 ]
 
 
@@ -69,21 +71,37 @@ class Worker:
             "control_connected": bool(self.control.isConnected()) if self.control else None,
         }
 
-    def op_ensure_script(self, wait_s: float = 2.0) -> bool:
-        """Re-upload the control script when it is not running (after a protective stop)."""
+    def op_ensure_script(self, wait_s: float = 2.0) -> str:
+        """Re-upload the control script when it is not running (a protective stop, Stop on the
+        pendant): "running" (it was), "uploaded" (it runs again, with the installation's TCP
+        and payload: the parent sets them again) or "stopped" (it did not start in wait_s)."""
         c = self.control
         if c.isProgramRunning():
-            return True
+            return "running"
         c.reuploadScript()
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if c.isProgramRunning():
-                return True
+                return "uploaded"
             time.sleep(0.01)
-        return False
+        return "stopped"
 
     def op_set_tcp(self, offset: list[float]) -> bool:
         return bool(self.control.setTcp(offset))
+
+    def op_set_payload(self, mass: float, cog: list[float]) -> bool:
+        return bool(self.control.setPayload(mass, cog))
+
+    def op_tcp_offset(self) -> list[float]:
+        """The active TCP offset, asked of the control script (a full command round trip)."""
+        return [float(v) for v in self.control.getTCPOffset()]
+
+    def op_payload(self) -> dict[str, Any]:
+        r = self.receive
+        return {
+            "payload": float(r.getPayload()),
+            "payload_cog": [float(v) for v in r.getPayloadCog()],
+        }
 
     def op_movel_start(self, pose: list[float], speed: float, acceleration: float) -> bool:
         """Start an async moveL; the parent polls `move_status` with short timeouts, so a call

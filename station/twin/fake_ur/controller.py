@@ -5,7 +5,8 @@ real controller (it reports a CB3 UR5, PolyScope 3.15, so RTDE runs at 125 Hz). 
 loopback address per instance (127.0.0.2, 127.0.0.3, ...): ur_rtde always uses the standard
 ports. Faults for tests and demos: `protective_stop`, `arm_protective_stop` (mid-move),
 `emergency_stop`, `drop_connections`, `disconnect_network` (drop and refuse), `go_silent`
-(accept but never answer).
+(accept but never answer). Every program start makes the installation's TCP and payload
+active again (`installation_tcp_offset`, `installation_payload`), as a real controller does.
 """
 
 from __future__ import annotations
@@ -184,6 +185,8 @@ class FakeURController:
         robot_model: str = "UR5",
         serial_number: str = "2019300000",
         remote_control: bool = True,
+        installation_tcp_offset: list[float] | None = None,  # metres, rotvec; default zero
+        installation_payload: float = 0.0,  # kg
     ) -> None:
         self.host = host
         self.controller_version = controller_version
@@ -195,6 +198,8 @@ class FakeURController:
             speed_scale=speed_scale,
             initial_tcp_pose=initial_tcp_pose,
             protective_stop_unlock_delay_s=protective_stop_unlock_delay_s,
+            installation_tcp_offset=installation_tcp_offset,
+            installation_payload=installation_payload,
         )
         self.silent = False
         self.stopping = threading.Event()

@@ -58,13 +58,19 @@ class RobotModel:
         speed_scale: float = 1.0,
         initial_tcp_pose: list[float] | None = None,
         protective_stop_unlock_delay_s: float = 5.0,
+        installation_tcp_offset: list[float] | None = None,
+        installation_payload: float = 0.0,
     ) -> None:
         self.lock = threading.RLock()
         self.t_start = time.monotonic()
         self.speed_scale = speed_scale
         self.unlock_delay_s = protective_stop_unlock_delay_s
         self._tcp_pose = list(initial_tcp_pose or [0.4, 0.0, 0.5, 3.14159, 0.0, 0.0])
-        self._tcp_offset = [0.0] * 6
+        # the pendant installation's TCP and payload: active again whenever a program starts
+        self.installation_tcp_offset = list(installation_tcp_offset or [0.0] * 6)
+        self.installation_payload = installation_payload
+        self.installation_payload_cog = [0.0, 0.0, 0.0]
+        self._tcp_offset = list(self.installation_tcp_offset)
         self.move: LinearMove | None = None
         self.robot_mode = RUNNING
         self.safety_mode = NORMAL
@@ -74,8 +80,8 @@ class RobotModel:
         self.outputs_frozen = False  # fault: digital output writes are ignored
         self.async_report_cycles = 2  # cycles before an async move reports "running"
         self.speed_slider = 1.0
-        self.payload = 0.0
-        self.payload_cog = [0.0, 0.0, 0.0]
+        self.payload = installation_payload
+        self.payload_cog = list(self.installation_payload_cog)
         self.in_int = [0] * 48
         self.in_double = [0.0] * 48
         self.out_int = [0] * 48
@@ -217,6 +223,13 @@ class RobotModel:
             self._tcp_offset = list(offset)
             self._tcp_pose = pose_trans(flange, self._tcp_offset)
 
+    def _reset_tool_locked(self) -> None:
+        """A program starts: the installation's TCP and payload are active again, as on a real
+        controller; whatever the last program set with set_tcp / set_payload is gone."""
+        self.set_tcp(self.installation_tcp_offset)
+        self.payload = self.installation_payload
+        self.payload_cog = list(self.installation_payload_cog)
+
     # -- faults and safety --------------------------------------------------------------------
     def _protective_stop_locked(self, why: str) -> None:
         self.halt()
@@ -348,6 +361,7 @@ class RobotModel:
                 return
             offsets = re.search(r"global reg_offset_int\s*=\s*(\d+)", script)
             offset = int(offsets.group(1)) if offsets else 0
+            self._reset_tool_locked()
             self.program = ControlScript(self, offset)
             self.program.start()
             log.info("program %s started (register offset %d)", self.program_name, offset)
