@@ -206,6 +206,10 @@ def test_lamp_dimming_on_the_twin_raises_a_stored_alarm_that_survives_a_restart(
 
     client = TestClient(create_app(recipe.storage.resolved_database_url(),
                                    station_home / "data"), base_url="http://127.0.0.1:8080")
+    queue = client.get("/").text  # every page says that alarms are open and links them
+    n = len(alarms)
+    assert f"Alarms ({n} open)" in queue and 'id="alarm-banner"' in queue
+    assert f"{n} drift alarm{'s' if n != 1 else ''} open" in queue
     html = client.get("/alarms").text
     assert f'id="alarm-{first.id}"' in html and "<svg" in html and "<polyline" in html
     csrf = html.split('name="csrf" value="')[1].split('"')[0]
@@ -214,6 +218,8 @@ def test_lamp_dimming_on_the_twin_raises_a_stored_alarm_that_survives_a_restart(
     assert r.status_code == 303
     cleared = [a for a in list_alarms(db, recipe.name) if a.id == first.id][0]
     assert cleared.cleared_by == "ana" and not cleared.open
+    left = client.get("/").text
+    assert (f"Alarms ({n - 1} open)" in left) if n > 1 else ("alarm-banner" not in left)
     client.close()
     db.dispose()
 

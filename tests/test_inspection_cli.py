@@ -427,3 +427,39 @@ def test_second_live_run_on_a_recipe_exits_2_naming_the_lock(
     assert str(lock) in out and f"PID {first.pid}" in out, out
     assert first.returncode == 0, "".join(lines) + rest
     assert "recovered" not in rest and Verdict.INTERRUPTED not in {r.verdict for r in _parts(home)}
+
+
+def test_the_terminal_prompt_on_the_simulated_cell(
+    station_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enter resumes and, on the twin (no pendant), clears what the operator would fix at the
+    cell, keeping faults not fired yet; Ctrl-C at the prompt stops at once (the run's own
+    handler only notes a first Ctrl-C)."""
+    import sys
+
+    from station.cli import inspect as cli_inspect
+    from station.cli.app import console
+    from station.inspection.faults import Fault, Policy
+    from station.recipe import load_recipe
+    from station.twin.world import TwinWorld
+
+    world = TwinWorld(load_recipe("glassfiber"))
+    world.inject_fault("protective_stop", after=0)
+    world.inject_fault("camera_timeout", after=5)
+    world.protective_stop, world.link_up = True, False
+    fault = Fault("protective_stop", "robot protective/emergency stop: x", "clear it, then resume",
+                  Policy.OPERATOR)  # fmt: skip
+    op = cli_inspect._TerminalOperator()
+    op.world = world
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(console, "input", lambda _prompt: "")
+    assert op(fault) is True
+    assert (world.protective_stop, world.link_up) == (False, True)
+    assert list(world.faults) == ["camera_timeout"]
+
+    def ctrl_c(_prompt: str) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(console, "input", ctrl_c)
+    world.protective_stop = True
+    assert op(fault) is False and world.protective_stop is True

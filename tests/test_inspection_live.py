@@ -565,6 +565,8 @@ def test_repeated_faults_call_the_operator(cell: Cell) -> None:
     assert [r.verdict for r in summary.results[:3]] == [Verdict.FAULT] * 3
     assert summary.results[3].verdict is not Verdict.FAULT  # operator cleared it
     assert len(cell.faults_seen) == 1 and "3 faults in a row" in cell.faults_seen[0].message
+    # it has repeated: the operator is told what to check, not "if this repeats"
+    assert cell.faults_seen[0].action == "check the camera's cable and power, then resume"
     assert opened == [True]  # reopened on resume: a replugged camera is a new device
 
 
@@ -741,8 +743,7 @@ def test_second_live_run_on_a_recipe_is_refused(cell: Cell) -> None:
 def test_a_hooks_database_work_waits_seconds_not_the_busy_timeout(cell: Cell) -> None:
     """Hooks' database work (drift charts, alarms) runs under HOOK_DB_WAIT_S: a database
     locked by another program must not hold up the next sheet for a whole busy timeout."""
-    from station.inspection.cycle import HOOK_DB_WAIT_S
-    from station.inspection.hooks import CycleHook
+    from station.inspection.hooks import HOOK_DB_WAIT_S, CycleHook
     from station.storage import db as dbmod
 
     left_ms: list[int] = []
@@ -762,3 +763,25 @@ def test_a_hooks_database_work_waits_seconds_not_the_busy_timeout(cell: Cell) ->
     assert cell.run(2).parts == 2
     assert len(left_ms) == 3 and all(0 <= ms <= HOOK_DB_WAIT_S * 1000 for ms in left_ms)
     assert dbmod._wait_ms() == dbmod.SQLITE_BUSY_TIMEOUT_S * 1000  # the deadline ends with it
+
+
+def test_a_camera_other_than_the_calibrated_one_stops_the_run_before_any_sheet(
+    cell: Cell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With camera.serial null the driver opens whichever camera is there: a swapped camera
+    has its own lens and mounting, so the cell calibration of another is refused."""
+    import dataclasses as dc
+
+    from station.cellcal.store import inspection_camera
+    from station.errors import CellCalibrationError
+    from station.inspection import cycle
+
+    made = dc.replace(inspection_camera(cell.recipe), calibrated=True, camera_serial="0815-0001")
+    monkeypatch.setattr(cycle, "inspection_camera", lambda _recipe: made)
+    with pytest.raises(CellCalibrationError, match="made with camera 0815-0001, the camera "
+                       "opened is TWIN-0001"):
+        cell.run(2)
+    assert cell.parts() == [] and cell.world.reject_output is True
+    same = dc.replace(made, camera_serial="TWIN-0001")
+    monkeypatch.setattr(cycle, "inspection_camera", lambda _recipe: same)
+    assert cell.run(1).parts == 1

@@ -87,6 +87,11 @@ def test_pose_as_ur_is_metres() -> None:
             "camera.driver: sim with line_io.driver ur_rtde: real sheets would be judged on "
             "the twin's shots",
         ),
+        (  # a real robot's sheets whose verdicts no line hears
+            lambda d: d.update(backend="real") or d["line_io"].update(driver="sim"),
+            "line_io.driver: sim with robot.driver ur_rtde: the robot would inspect real "
+            "sheets whose verdicts no line hears",
+        ),
         (  # a coarser grid than half the smallest defect could pass an unseen strip
             lambda d: d["decision"].update(sheet_map_mm_per_px=1.5),
             "decision.sheet_map_mm_per_px: 1.5 mm cells can miss an unseen gap as narrow as "

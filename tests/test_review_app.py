@@ -839,3 +839,12 @@ def test_the_newest_review_counts_and_a_tie_goes_to_the_later_row(seeded) -> Non
                      created_at=t + timedelta(hours=1)))
     with db.session() as s:
         assert store.load_part(s, pid).newest_review.operator == "Dee"
+
+
+def test_a_fault_is_judged_as_a_sheet_not_as_the_detectors_reject() -> None:
+    """A fault rejects whatever the sheet was: the operator says what the sheet is, as for an
+    interrupted part; "false reject" would blame a detector that never decided."""
+    assert store.label_text(ReviewLabel.DEFECT_CONFIRMED, Verdict.FAULT) == "sheet defective"
+    assert store.label_text(ReviewLabel.FALSE_REJECT, Verdict.FAULT) == "sheet good"
+    assert store.label_text(ReviewLabel.FALSE_REJECT, Verdict.FAIL) == "false reject"
+    assert store.label_text(ReviewLabel.DEFECT_CONFIRMED, Verdict.PASS) == "missed defect"

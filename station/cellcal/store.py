@@ -111,6 +111,18 @@ class CameraModel:
     source: str  # "calibrated (...)" or "nominal (...)"
     calibrated: bool
     hand_eye: bool = False  # the mounting and table plane solved too, not only the lens
+    camera_serial: str | None = None  # the camera it was made with (calibrated models)
+
+    def refuse_other_camera(self, opened: Any) -> None:
+        """CellCalibrationError when the camera opened (its serial, None when it has none)
+        is not the one this calibration was made with: a swapped camera has its own lens
+        and mounting."""
+        if self.calibrated and self.camera_serial and opened and opened != self.camera_serial:
+            raise CellCalibrationError(
+                f"the cell calibration was made with camera {self.camera_serial}, the camera "
+                f"opened is {opened}",
+                hint="set camera.serial to the calibrated camera, or run station "
+                "calibrate-camera and calibrate-hand-eye with this one")
 
     def camera_pose(self, tcp: Any) -> np.ndarray:
         """4x4 camera -> base when the robot reports TCP pose `tcp` (mm, rotvec rad)."""
@@ -159,6 +171,7 @@ def camera_model(recipe: Recipe) -> CameraModel:
             f"{display(path)} was made with camera {data.get('camera_serial')}, the recipe uses "
             f"camera {serial}", hint="run station calibrate-camera with this camera")
     _refuse_stale(recipe, data, path)
+    serial_made = data.get("camera_serial")
     k = np.array(c["matrix"], np.float64)
     dist = np.array([c["distortion"][n] for n in ("k1", "k2", "p1", "p2", "k3")], np.float64)
     he = data.get("hand_eye")
@@ -166,7 +179,7 @@ def camera_model(recipe: Recipe) -> CameraModel:
         return CameraModel(k, dist, nominal.camera_to_flange, nominal.tcp_to_flange,
                            nominal.table_to_base, nominal.width, nominal.height,
                            f"calibrated intrinsics ({display(path)}, {c['date']}); nominal "
-                           "mounting (no hand-eye yet)", True)
+                           "mounting (no hand-eye yet)", True, camera_serial=serial_made)
     mount = geo.from_dict(he["camera_to_flange"])
     if "matrix" in he:  # refined jointly with the mounting
         k = np.array(he["matrix"], np.float64)
@@ -174,7 +187,7 @@ def camera_model(recipe: Recipe) -> CameraModel:
     return CameraModel(k, dist, mount, geo.inv(geo.from_dict(he["nominal_mount"])),
                        geo.from_dict(he["board_to_base"]), nominal.width, nominal.height,
                        f"calibrated ({display(path)}: camera {c['date']}, hand-eye "
-                       f"{he['date']})", True, True)
+                       f"{he['date']})", True, True, serial_made)
 
 
 STALE_MOUNT_MM = 0.5  # robot.tcp_offset_mm moved since the hand-eye by more: stale

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
                 raise
         console.print(
             f"[green]captured[/] {len(res.sequences)} parts, {res.shots} shots "
-            f"({res.defect_shots} defect shots, {res.defect_parts} defect parts) in "
+            f"({res.defect_shots} in test/defect, {res.defect_parts} defective sheets) in "
             f"{res.seconds:.1f} s -> {res.root}"
         )
         if res.placements:

@@ -122,7 +122,10 @@ def _exit_for(summary: Any, offline_parts: int | None) -> None:
         raise StationError(
             f"{summary.counts['fault']} of {summary.parts} part(s) ended in a fault "
             "(each listed above with its reason, and stored as a reject)",
-            hint="fix the cause, then inspect those parts again",
+            hint="fix the cause, then inspect those parts again"
+            if offline_parts is not None
+            else "the line rejected those sheets; fix the cause, and judge them in the review "
+            "queue (station review)",
         )
 
 
@@ -239,10 +242,11 @@ def run_live_with_view(
                 with Live(
                     get_renderable=view.render, console=console, refresh_per_second=4
                 ) as live:
-                    operator.live = live
+                    operator.live, operator.world = live, devices.world
                     summary = insp.run_live(count=count, stop=stop)
                 operator.live = None
             else:
+                operator.world = devices.world
                 summary = insp.run_live(count=count, stop=stop)
     finally:
         if in_main:
@@ -280,6 +284,7 @@ class _TerminalOperator:
 
     def __init__(self) -> None:
         self.live: Any = None  # the rich Live screen while it runs
+        self.world: Any = None  # the simulated cell, whose faults the resume clears
 
     def __call__(self, fault: Any) -> bool:
         from station.cli.app import console
@@ -290,13 +295,24 @@ class _TerminalOperator:
             self.live.stop()
         console.print(f"[bold red]{escape(fault.message)}[/]", highlight=False)
         console.print(f"  {escape(fault.action)}", highlight=False)
+        in_main = threading.current_thread() is threading.main_thread()
+        # at the prompt the first Ctrl-C stops (the run's handler would only note it)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main else None
         try:
-            answer = console.input("  press Enter to resume, or q then Enter to stop: ")
+            answer = console.input("  press Enter to resume, or q then Enter (or Ctrl-C) to stop: ")
         except (EOFError, KeyboardInterrupt):
             answer = "q"
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+        resume = answer.strip().lower() not in ("q", "quit", "stop")
+        if resume and self.world is not None:
+            self.world.operator_fixes()
+            console.print("  simulated cell: the fault is cleared, as the operator would at the "
+                          "cell", highlight=False)
         if self.live is not None:
             self.live.start()
-        return answer.strip().lower() not in ("q", "quit", "stop")
+        return resume
 
 
 def _print_summary(summary: Any) -> None:

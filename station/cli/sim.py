@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import threading
 import time
@@ -136,6 +137,18 @@ def _start_fake(host: str, speed_scale: float, verbose: bool) -> FakeURControlle
     return fake
 
 
+def _console_is_ours() -> bool:
+    """Whether typed commands can be read: stdin open, and not a terminal this process is in
+    the background of (`station sim robot-server &`: reading would stop the whole server)."""
+    if sys.stdin is None or sys.stdin.closed:
+        return False
+    try:
+        fd = sys.stdin.fileno()
+        return not os.isatty(fd) or os.tcgetpgrp(fd) == os.getpgrp()
+    except (OSError, ValueError):
+        return False
+
+
 def _read_console(fake: FakeURController, part_input: int) -> None:
     """Answer the operator's commands typed on stdin (runs in a daemon thread)."""
     from station.cli.app import console
@@ -217,7 +230,7 @@ def register(app: typer.Typer) -> None:
             f"[green]fake UR5 controller[/] on {host} (RTDE 30004, dashboard 29999, "
             f"script 30001-30003); Ctrl-C stops it"
         )
-        if sys.stdin is not None and not sys.stdin.closed:
+        if _console_is_ours():
             threading.Thread(
                 target=_read_console, args=(fake, part_input), name="sim-console", daemon=True
             ).start()

@@ -41,7 +41,7 @@ from station.cellcal.store import CameraModel, inspection_camera
 from station.decision import Decision, Verdict, combine_scores, decide
 from station.errors import NowhereToStore, StationError, StorageError
 from station.inspection.faults import MAX_CONSECUTIVE_FAULTS, Fault, Policy, classify, in_a_row
-from station.inspection.hooks import CycleHook
+from station.inspection.hooks import HOOK_DB_WAIT_S, CycleHook
 from station.inspection.line_hold import HeldSheet, release_held, send_result, still_held
 from station.inspection.models import DetectorSet
 from station.inspection.offline import OfflinePart, offline_shots
@@ -61,8 +61,6 @@ from station.inspection.results import (
 )
 from station.inspection.sheet import PartSheet, finish_sheet
 from station.recipe import Recipe
-
-HOOK_DB_WAIT_S = 2.0  # the hooks' database work per part, lock waits included, at most
 
 
 class Inspector:
@@ -413,7 +411,8 @@ class Inspector:
             try:
                 self.devices.line.fail_safe()
             except Exception as exc:  # noqa: BLE001 - a dead line I/O is the fault told below
-                self._emit("message", f"could not stop the heartbeat: {exc}", level="error")
+                why = exc.message if isinstance(exc, StationError) else exc
+                self._emit("message", f"could not stop the heartbeat: {why}", level="warning")
             self._emit("operator", str(fault), level="error")
             if self.operator is None or not self.operator(fault):
                 return fault
@@ -489,6 +488,7 @@ class Inspector:
         try:  # from here on, however the run ends, the cell is left safe (reject output up)
             summary.recovery = self.recorder.recover()
             self._report_recovery(summary.recovery)
+            self.camera.refuse_other_camera(self.devices.camera.settings().get("serial"))
             self._announce()
             started = False  # robot home and heartbeat on; a fault there waits for the operator
             while not stop.is_set() and (count is None or summary.parts < count):
@@ -551,8 +551,7 @@ class Inspector:
         return self._after_hooks(self._result(part, timings, fault))
 
     def _after_hooks(self, result: PartResult) -> PartResult:
-        """Show the finished part to the hooks; their events go out before the part's own.
-        A failing hook is reported, never allowed to change the part or stop the line."""
+        """Show the finished part to the hooks (`_hook_events`); theirs go out first."""
         self._hook_events(lambda hook: hook.part(result))
         return result
 

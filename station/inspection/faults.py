@@ -76,7 +76,9 @@ class Fault:
 def in_a_row(fault: Fault, count: int) -> Fault:
     """`count` "next part" faults in a row, the last one `fault`: now one for the operator."""
     message = f"{count} faults in a row, last: {fault.message}"
-    return dataclasses.replace(fault, message=message, policy=Policy.OPERATOR)
+    todo = fault.action.removeprefix("part rejected; ").replace("if this repeats, ", "")
+    action = todo.replace(" if this repeats", "") + ", then resume"  # it has repeated
+    return dataclasses.replace(fault, message=message, action=action, policy=Policy.OPERATOR)
 
 
 def classify(exc: BaseException) -> Fault:
@@ -139,7 +141,7 @@ def _next_part(exc: BaseException, text: str) -> Fault | None:
     material, not inspected, misplaced; None for any other."""
     if isinstance(exc, CameraError):
         kind, text = "camera", f"camera: {text}"
-        todo = "part rejected; check the camera cable and trigger if this repeats"
+        todo = "part rejected; check the camera's cable and power if this repeats"
     elif isinstance(exc, DetectorError):
         kind, text = "detector", f"detector: {text}"
         todo = "part rejected; check the model files and the GPU if this repeats"

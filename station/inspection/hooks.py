@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from station.inspection.results import Event, PartResult
 
 
+HOOK_DB_WAIT_S = 2.0  # the hooks' database work per part, lock waits included, at most
+
+
 class CycleHook:
     """Base hook: does nothing. Subclasses override what they need."""
 

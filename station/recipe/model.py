@@ -284,8 +284,15 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _real_line_sees_real_sheets(self) -> Recipe:
-        """A real line's verdicts must come from the real cell, not from the twin's images."""
+        """A real line's verdicts must come from the real cell, not from the twin's images; and
+        a real robot's sheets must have their verdicts heard by the real line."""
         if self.line_driver == "sim":
+            if self.robot_driver != "sim":
+                raise ValueError(
+                    f"line_io.driver: sim with robot.driver {self.robot_driver}: the robot would "
+                    "inspect real sheets whose verdicts no line hears, and sheets would be "
+                    "announced by the twin; give line_io its real driver"
+                )
             return self
         for section, driver in (("robot", self.robot_driver), ("camera", self.camera_driver)):
             if driver == "sim":

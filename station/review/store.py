@@ -39,11 +39,12 @@ REVIEWED_CHOICES = ("no", "yes", ReviewLabel.DEFECT_CONFIRMED.value, ReviewLabel
 
 def label_text(label: ReviewLabel | str, verdict: Verdict | str) -> str:
     """What a label means for a part with `verdict`: the two stored labels read as a reject's
-    check, an audit of a passed part, or the operator's call on a sheet never decided."""
+    check, an audit of a passed part, or the operator's call on a sheet the detectors never
+    decided (interrupted, pending, or a fault: rejected whatever the sheet was)."""
     v = Verdict(verdict)
     if v == Verdict.PASS:
         words = ("missed defect", "good")
-    elif v in UNDECIDED_VERDICTS:
+    elif v in UNDECIDED_VERDICTS or v == Verdict.FAULT:  # the station's reject, not a verdict
         words = ("sheet defective", "sheet good")
     else:
         words = ("defect confirmed", "false reject")

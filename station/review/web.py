@@ -20,6 +20,7 @@ from station.errors import StationError
 from station.review import store
 from station.review.disk import DiskBanner
 from station.review.security import AuthThrottle, SessionSigner, tokens_equal
+from station.storage.alarms import count_open
 from station.storage.db import Database
 from station.storage.models import ReviewLabel
 
@@ -102,8 +103,18 @@ def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLRe
         logged_in=bool(session.get("auth")),
         flash=flash,
         disk_lines=cfg.disk.lines(cfg.db) if cfg.disk is not None else [],
+        open_alarms=_open_alarms(cfg),
     )
     return cfg.templates.TemplateResponse(request, name, ctx, status_code=status)
+
+
+def _open_alarms(cfg: Any) -> int:
+    """Open drift alarms for the banner; 0 when the database cannot say (that page is then
+    the database's error, which says so)."""
+    try:
+        return count_open(cfg.db, cfg.recipe_name)
+    except StationError:
+        return 0
 
 
 def refusal(request: Request, exc: Refused) -> Response:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import selectinload
 
 from station.errors import StorageError
@@ -130,6 +130,15 @@ def list_alarms(
         rows = list(s.scalars(q))
         seq = _sequences(s, rows)
         return [_row(a, seq) for a in rows]
+
+
+def count_open(db: Database, recipe: str | None = None) -> int:
+    """Alarms not cleared (of `recipe`, if given): every review page says so."""
+    with db.reading() as s:
+        q = select(func.count(Alarm.id)).where(Alarm.cleared_at.is_(None))
+        if recipe is not None:
+            q = q.where(Alarm.recipe == recipe)
+        return int(s.scalar(q) or 0)
 
 
 def get_alarm(db: Database, alarm_id: int) -> AlarmRow | None:

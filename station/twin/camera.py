@@ -52,7 +52,9 @@ class SimCamera:
 
     def grab(self) -> Frame:
         if not self.is_open:
-            raise CameraError(f"camera {self.serial} is not open", hint="call open() first")
+            raise CameraError(
+                f"camera {self.serial} is not open", hint="check the camera, then resume"
+            )
         tries = self.cfg.retries + 1
         last = ""
         for _ in range(tries):

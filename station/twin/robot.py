@@ -83,7 +83,7 @@ class SimRobot:
 
     def move_to(self, pose: Pose) -> RobotState:
         if not self.connected:
-            raise RobotError("robot is not connected", hint="call connect() first")
+            raise RobotError("robot is not connected", hint="check the robot's link and power")
         self._link(f"moving to {pose.name!r}")
         if self.world.protective_stop:
             raise ProtectiveStop(

@@ -211,6 +211,14 @@ class TwinWorld:
         self.protective_stop = False
         self.link_up = True
 
+    def operator_fixes(self) -> None:
+        """What the operator's fix at the cell does (the simulated cell has no pendant): the
+        protective stop and the link reset, the faults that fired gone; faults still counting
+        down to their first firing stay."""
+        self.faults = {k: f for k, f in self.faults.items() if f.after > 0}
+        self.protective_stop = False
+        self.link_up = True
+
     def trip(self, kind: str) -> bool:
         """Count one operation for fault `kind`; True when the fault fires now."""
         f = self.faults.get(kind)

@@ -252,7 +252,7 @@ class PylonCamera:
 
     def _require_open(self) -> None:
         if self._cam is None:
-            raise CameraError("the pylon camera is not open", hint="call open() first")
+            raise CameraError("the pylon camera is not open", hint="check the camera, then resume")
 
     def _find_device(self, pylon: Any) -> Any:
         try:
