@@ -330,3 +330,24 @@ def test_a_writer_taking_part_numbers_meanwhile_never_shares_one(station_home: P
     seq_of = {p.id: p.sequence for p in parts}
     assert all(sh.image_path.split("/")[-1].startswith(f"p{seq_of[sh.part_id]:06d}_")
                for sh in shots)
+
+
+def test_a_capture_refuses_a_camera_other_than_the_calibrated_one(
+    station_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a live run: the sheets' placement is found through the cell calibration, which is
+    the calibrated camera's own."""
+    import dataclasses as dc
+
+    from station.cellcal.store import inspection_camera
+    from station.errors import CellCalibrationError
+    from station.inspection import capture as capture_mod
+
+    set_twin(station_home)
+    recipe = load_recipe("glassfiber")
+    made = dc.replace(inspection_camera(recipe), calibrated=True, camera_serial="0815-0001")
+    monkeypatch.setattr(capture_mod, "inspection_camera", lambda _recipe: made)
+    with pytest.raises(CellCalibrationError, match="made with camera 0815-0001"):
+        run_capture(recipe, 1)
+    parts, _ = parts_and_shots(station_home)
+    assert parts == [] and pngs(recipe.dataset_dir) == []

@@ -143,6 +143,8 @@ def run_capture(
     t_start = time.perf_counter()
     try:
         with open_devices(recipe, world) as dev:
+            if store.camera is not None:  # its placement check: the calibrated camera's
+                store.camera.refuse_other_camera(dev.camera.settings().get("serial"))
             for _ in range(count):
                 # the number is the database's before anything is captured: another writer
                 # (an offline inspection) cannot take it between the files and the rows
