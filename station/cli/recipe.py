@@ -166,11 +166,13 @@ def device_warnings(recipe: Recipe) -> list[str]:
     here), a UR robot without its payload."""
     from station.detectors.backbones import resolve_device
     from station.errors import DetectorError
+    from station.hardware.ur.robot import NO_PAYLOAD
+    from station.recipe import URRobotConfig
 
     out = []
-    if getattr(recipe.robot, "payload_kg", 0) is None:  # a real UR robot's config
-        out.append("robot.payload_kg not set: the pendant installation's payload is used; set "
-                   "the camera, lens and bracket mass so that its collision detection holds")
+    if isinstance(recipe.robot, URRobotConfig) and recipe.robot.payload_kg is None:
+        out.append(f"{NO_PAYLOAD}; set the camera, lens and bracket mass so that its collision "
+                   "detection holds")
     for i, det in enumerate(recipe.detectors):
         if not det.device.strip().lower().startswith("cuda"):
             continue  # auto and cpu run anywhere (auto says so when it takes the CPU)

@@ -565,8 +565,9 @@ class Inspector:
                 except Exception as exc:  # noqa: BLE001
                     self._emit("message", f"{hook.name}: {exc}", level="warning")
                     continue
-                for event in events if self.on_event is not None else []:
-                    self.on_event(event)
+                for event in events:
+                    if self.on_event is not None:
+                        self.on_event(event)
 
     def _announce(self) -> None:
         self._emit("message", f"sheet map camera model: {self.camera.source}")

@@ -59,6 +59,7 @@ class Fault:
     action: str  # one line: what to do about it (an OPERATOR fault's ends with the resume)
     policy: Policy
     stop_action: str = ""  # what to do once the run has ended instead (no resume); see below
+    check: str = ""  # a "next part" fault's remedy, said as an order once it repeats (in_a_row)
 
     def __str__(self) -> str:
         return f"{self.message} ({self.action})"
@@ -76,8 +77,7 @@ class Fault:
 def in_a_row(fault: Fault, count: int) -> Fault:
     """`count` "next part" faults in a row, the last one `fault`: now one for the operator."""
     message = f"{count} faults in a row, last: {fault.message}"
-    todo = fault.action.removeprefix("part rejected; ").replace("if this repeats, ", "")
-    action = todo.replace(" if this repeats", "") + ", then resume"  # it has repeated
+    action = f"{fault.check}, then resume" if fault.check else fault.action  # it has repeated
     return dataclasses.replace(fault, message=message, action=action, policy=Policy.OPERATOR)
 
 
@@ -141,26 +141,29 @@ def _next_part(exc: BaseException, text: str) -> Fault | None:
     material, not inspected, misplaced; None for any other."""
     if isinstance(exc, CameraError):
         kind, text = "camera", f"camera: {text}"
-        todo = "part rejected; check the camera's cable and power if this repeats"
+        check = "check the camera's cable and power"
+        todo = f"part rejected; {check} if this repeats"
     elif isinstance(exc, DetectorError):
         kind, text = "detector", f"detector: {text}"
-        todo = "part rejected; check the model files and the GPU if this repeats"
+        check = "check the model files and the GPU"
+        todo = f"part rejected; {check} if this repeats"
     elif isinstance(exc, MaterialError):
         kind = "material"
-        todo = "part rejected; check that the sheet is the recipe's product and lot, else retrain"
+        check = "check that the sheet is the recipe's product and lot, else retrain"
+        todo = f"part rejected; {check}"
     elif isinstance(exc, NotInspected):
         kind = "not_inspected"
-        todo = "part rejected; if this repeats, " + (
+        check = (
             "lower camera.exposure_us or diffuse the light"
             if exc.glare
             else "check the poses against the cell's camera model with station recipe check"
         )
+        todo = f"part rejected; if this repeats, {check}"
     elif isinstance(exc, Misplaced):
         kind = "misplaced"
-        todo = (
-            "part rejected; if this repeats, check the line's stops and guides against "
-            "sheet.center_mm, or widen coverage.edge_margin_mm and plan the poses again"
-        )
+        check = ("check the line's stops and guides against sheet.center_mm, or widen "
+                 "coverage.edge_margin_mm and plan the poses again")  # fmt: skip
+        todo = f"part rejected; if this repeats, {check}"
     else:
         return None
-    return Fault(kind, text, todo, Policy.CONTINUE)
+    return Fault(kind, text, todo, Policy.CONTINUE, check=check)

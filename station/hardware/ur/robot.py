@@ -275,7 +275,8 @@ class URRobot:
         outcome = self._guarded_move(pose)
         if outcome == "refused":
             # The script may have stopped after the state read above (a cycle old): the arm
-            # did not move. Unless a safety stop did it, upload it and try once more.
+            # did not move. Unless a safety stop did it, upload it and try once more. Two fresh
+            # reads: the second comes a full controller cycle after the refusal.
             self._state()
             check_safety(self._state(), cfg.host)
             if self._ensure_script():
